@@ -1,0 +1,206 @@
+//! The agent↔helper link: a closed set of requests and responses.
+//!
+//! Unlike the agent↔listener link, nothing unknown is tolerated here: an
+//! unknown request, an unknown field or a trailing byte is an error and the
+//! helper refuses the request. The listener's own payloads travel inside as
+//! the exact JSON text the listener sent (`execute_job`, `cron_refresh`), so
+//! the helper parses and validates them itself rather than trusting the
+//! agent's reading, and a future listener signature can be checked over the
+//! exact bytes.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::wire::{self, CronEntry, CronRejection, ExecuteJob, ExecutionReport};
+
+/// What the agent may ask of the helper. Nothing else exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HelperRequest {
+    /// Is system mode on, and what can this host enforce?
+    Status,
+    /// Run one job as root in the sandbox.
+    Exec(ExecRequest),
+    /// Replace the system cron file with these entries.
+    WriteCron(WriteCronRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The listener's `execute_job` payload, as the exact JSON text received.
+    pub execute_job: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteCronRequest {
+    /// The listener's `cron_refresh` payload, as the exact JSON text received.
+    pub cron_refresh: String,
+}
+
+impl HelperRequest {
+    pub fn operation(&self) -> &'static str {
+        match self {
+            HelperRequest::Status => "status",
+            HelperRequest::Exec(_) => "exec",
+            HelperRequest::WriteCron(_) => "write_cron",
+        }
+    }
+}
+
+impl ExecRequest {
+    /// The embedded `execute_job`, decoded by the listener-link rules.
+    pub fn job(&self) -> Result<ExecuteJob, serde_json::Error> {
+        wire::decode_payload(&self.execute_job, &mut Vec::new())
+    }
+}
+
+impl WriteCronRequest {
+    pub fn entries(&self) -> Result<Vec<CronEntry>, serde_json::Error> {
+        wire::decode_payload(&self.cron_refresh, &mut Vec::new())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HelperResponse {
+    Status(HelperStatus),
+    /// The job ran (or could not start); the report says how it went.
+    ExecResult(ExecutionReport),
+    CronWritten(CronWritten),
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelperStatus {
+    pub version: String,
+    pub system_mode: bool,
+    /// What the landlock rules would be on this kernel: "full", "partial"
+    /// or "none".
+    pub landlock: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronWritten {
+    pub installed: Vec<String>,
+    pub rejected: Vec<CronRejection>,
+}
+
+/// Why the helper said no, for the agent to pass on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub code: RefusalCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalCode {
+    /// The frame or its JSON was not a valid request.
+    BadRequest,
+    /// The embedded job or cron list failed validation.
+    InvalidPayload,
+    /// `system_mode` is off in the helper's own config.
+    SystemModeDisabled,
+    /// The program is not in `allowed_commands`.
+    CommandNotAllowed,
+    /// The sandbox could not be set up as configured.
+    SandboxUnavailable,
+    /// Something on the helper's side failed; the message says what.
+    Internal,
+}
+
+#[derive(Debug, Error)]
+pub enum LinkError {
+    #[error("frame is not UTF-8")]
+    NotUtf8,
+    #[error("malformed frame: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unknown field `{0}`")]
+    UnknownField(String),
+}
+
+/// Decodes one frame body strictly: unknown fields are an error.
+pub fn decode_strict<T: DeserializeOwned>(body: &[u8]) -> Result<T, LinkError> {
+    let text = std::str::from_utf8(body).map_err(|_| LinkError::NotUtf8)?;
+    let mut unknown = None;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value: T = serde_ignored::deserialize(&mut de, |path| {
+        unknown.get_or_insert_with(|| path.to_string());
+    })?;
+    de.end()?;
+    match unknown {
+        Some(path) => Err(LinkError::UnknownField(path)),
+        None => Ok(value),
+    }
+}
+
+/// Encodes one frame body.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let reqs = [
+            HelperRequest::Status,
+            HelperRequest::Exec(ExecRequest {
+                execute_job: r#"{"jobId":"j","command":"/bin/true","args":[]}"#.into(),
+            }),
+            HelperRequest::WriteCron(WriteCronRequest {
+                cron_refresh: "[]".into(),
+            }),
+        ];
+        for r in reqs {
+            let body = encode(&r).unwrap();
+            assert_eq!(decode_strict::<HelperRequest>(&body).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn the_wire_form_is_plain() {
+        assert_eq!(encode(&HelperRequest::Status).unwrap(), br#""status""#);
+    }
+
+    #[test]
+    fn unknown_requests_and_fields_are_refused() {
+        let cases: &[(&[u8], &str)] = &[
+            (br#""shell""#, "malformed frame: unknown variant `shell`"),
+            (
+                br#"{"exec":{"execute_job":"{}","as_uid":0}}"#,
+                "unknown field `?.as_uid`",
+            ),
+            (
+                br#"{"exec":{}}"#,
+                "malformed frame: missing field `execute_job`",
+            ),
+            (br#""status" x"#, "malformed frame: trailing characters"),
+            (b"\xff", "frame is not UTF-8"),
+        ];
+        for (body, msg) in cases {
+            let e = decode_strict::<HelperRequest>(body)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(msg), "{e} / {msg}");
+        }
+    }
+
+    #[test]
+    fn embedded_payload_is_kept_byte_for_byte() {
+        let original =
+            r#"{"jobId":"j1","command":"backup.sh","args":["--full"],"timeout":3600,"sig":"x"}"#;
+        let req = HelperRequest::Exec(ExecRequest {
+            execute_job: original.into(),
+        });
+        let back: HelperRequest = decode_strict(&encode(&req).unwrap()).unwrap();
+        let HelperRequest::Exec(exec) = back else {
+            panic!()
+        };
+        assert_eq!(exec.execute_job, original);
+        assert_eq!(exec.job().unwrap().job_id, "j1");
+    }
+}

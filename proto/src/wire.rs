@@ -1,0 +1,585 @@
+//! The agent↔listener messages of `agent-listener-v1.3.md`, plus our
+//! documented extensions (`docs/PROTOCOL.md`).
+//!
+//! Every message is `{"type": …, "payload": …}`. These structs are the edge:
+//! JSON types are checked strictly (a string where a number belongs is an
+//! error), strings are kept as sent, and `validate` methods turn them into
+//! the types the rest of the code takes ([`JobSpec`], [`CronJob`],
+//! [`AgentInfo`]).
+//!
+//! Decoding is forward compatible: unknown fields and unknown message types
+//! are not errors; [`decode`] hands them back to the caller, which logs them.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use thiserror::Error;
+
+use crate::command::CommandLine;
+use crate::ids::{Hostname, JobId, Tag, TextError, Timeout, check_text};
+use crate::output::MAX_STREAM_BYTES;
+use crate::schedule::{Schedule, ScheduleError};
+use crate::time::{Timestamp, TimestampError};
+
+/// Largest agent↔listener message either side accepts: two full 256 KiB
+/// streams with room for JSON escaping and the envelope.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Most entries one `cron_refresh` may carry.
+pub const MAX_CRON_ENTRIES: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionMode {
+    User,
+    System,
+}
+
+/// `register` (agent → listener).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Register {
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub execution_mode: ExecutionMode,
+    pub is_root: bool,
+}
+
+/// `heartbeat` (agent → listener): payload empty or `{timestamp}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+}
+
+/// `execute_job` (listener → agent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecuteJob {
+    pub job_id: String,
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Seconds; [`Timeout::DEFAULT`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+}
+
+/// `execution_report` (agent → listener), `execution-report-v1.3.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionReport {
+    pub job_id: String,
+    pub command: String,
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub start_time: String,
+    pub duration_ms: u64,
+    pub executing_uid: u32,
+    pub executing_user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+    /// Extension: unique per run, so a resent report is stored once and can
+    /// be acknowledged. Optional: a spec-only agent leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_id: Option<String>,
+}
+
+/// One entry of `cron_refresh` (listener → agent); the payload is a bare
+/// array of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronEntry {
+    pub id: String,
+    pub schedule: String,
+    pub command: String,
+}
+
+/// Extension `report_ack` (listener → agent): the report with this id is
+/// stored durably; the agent may drop it from its outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportAck {
+    pub report_id: String,
+}
+
+/// Extension `cron_status` (agent → listener): what the last
+/// `cron_refresh` installed and which entries were refused, with why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronStatus {
+    pub installed: Vec<String>,
+    pub rejected: Vec<CronRejection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronRejection {
+    pub id: String,
+    pub reason: String,
+}
+
+/// Every message we know, by its `type`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case")]
+pub enum Message {
+    Register(Register),
+    Heartbeat(Heartbeat),
+    ExecuteJob(ExecuteJob),
+    ExecutionReport(ExecutionReport),
+    CronRefresh(Vec<CronEntry>),
+    ReportAck(ReportAck),
+    CronStatus(CronStatus),
+}
+
+impl Message {
+    /// The message as sent on the wire.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Register(_) => "register",
+            Message::Heartbeat(_) => "heartbeat",
+            Message::ExecuteJob(_) => "execute_job",
+            Message::ExecutionReport(_) => "execution_report",
+            Message::CronRefresh(_) => "cron_refresh",
+            Message::ReportAck(_) => "report_ack",
+            Message::CronStatus(_) => "cron_status",
+        }
+    }
+}
+
+/// What [`decode`] made of a text frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub message: Incoming,
+    /// Fields we do not know, as paths (`payload.extra`), for the log.
+    pub ignored_fields: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Known(Message),
+    /// A well-formed envelope with a `type` we do not know.
+    UnknownType(String),
+}
+
+#[derive(Debug, Error)]
+pub enum DecodeError {
+    #[error("message is {len} bytes; at most {max} allowed")]
+    TooLarge { len: usize, max: usize },
+    #[error("malformed message: {0}")]
+    Envelope(serde_json::Error),
+    #[error("{kind} has no payload")]
+    MissingPayload { kind: &'static str },
+    #[error("invalid {kind} payload: {source}")]
+    Payload {
+        kind: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+/// Decodes one agent↔listener message.
+pub fn decode(text: &str) -> Result<Decoded, DecodeError> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge {
+            len: text.len(),
+            max: MAX_MESSAGE_BYTES,
+        });
+    }
+    let mut ignored = Vec::new();
+    let envelope: RawEnvelope<'_> = {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let env = serde_ignored::deserialize(&mut de, |path| ignored.push(path.to_string()))
+            .map_err(DecodeError::Envelope)?;
+        de.end().map_err(DecodeError::Envelope)?;
+        env
+    };
+    let payload = envelope.payload.map(RawValue::get);
+    let message = match envelope.kind.as_str() {
+        "register" => Message::Register(required("register", payload, &mut ignored)?),
+        "heartbeat" => Message::Heartbeat(heartbeat(payload, &mut ignored)?),
+        "execute_job" => Message::ExecuteJob(required("execute_job", payload, &mut ignored)?),
+        "execution_report" => {
+            Message::ExecutionReport(required("execution_report", payload, &mut ignored)?)
+        }
+        "cron_refresh" => Message::CronRefresh(required("cron_refresh", payload, &mut ignored)?),
+        "report_ack" => Message::ReportAck(required("report_ack", payload, &mut ignored)?),
+        "cron_status" => Message::CronStatus(required("cron_status", payload, &mut ignored)?),
+        _ => {
+            return Ok(Decoded {
+                message: Incoming::UnknownType(envelope.kind.chars().take(64).collect()),
+                ignored_fields: ignored,
+            });
+        }
+    };
+    Ok(Decoded {
+        message: Incoming::Known(message),
+        ignored_fields: ignored,
+    })
+}
+
+fn required<T: DeserializeOwned>(
+    kind: &'static str,
+    payload: Option<&str>,
+    ignored: &mut Vec<String>,
+) -> Result<T, DecodeError> {
+    let text = payload.ok_or(DecodeError::MissingPayload { kind })?;
+    decode_payload(text, ignored).map_err(|source| DecodeError::Payload { kind, source })
+}
+
+fn heartbeat(payload: Option<&str>, ignored: &mut Vec<String>) -> Result<Heartbeat, DecodeError> {
+    let Some(text) = payload else {
+        return Ok(Heartbeat::default());
+    };
+    // "Empty or Timestamp": also accept a bare timestamp string.
+    if text.trim_start().starts_with('"') {
+        let timestamp: String =
+            serde_json::from_str(text).map_err(|source| DecodeError::Payload {
+                kind: "heartbeat",
+                source,
+            })?;
+        return Ok(Heartbeat {
+            timestamp: Some(timestamp),
+        });
+    }
+    decode_payload(text, ignored).map_err(|source| DecodeError::Payload {
+        kind: "heartbeat",
+        source,
+    })
+}
+
+/// Decodes one payload, adding the paths of fields it did not know to
+/// `ignored` (prefixed `payload.`).
+pub fn decode_payload<T: DeserializeOwned>(
+    text: &str,
+    ignored: &mut Vec<String>,
+) -> Result<T, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = serde_ignored::deserialize(&mut de, |path| {
+        ignored.push(format!("payload.{path}"));
+    })?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Why a payload that decoded is still not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InvalidPayload {
+    #[error(transparent)]
+    Text(#[from] TextError),
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error(transparent)]
+    Timestamp(#[from] TimestampError),
+}
+
+/// A validated `execute_job`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSpec {
+    pub id: JobId,
+    pub command: CommandLine,
+    pub timeout: Timeout,
+}
+
+impl ExecuteJob {
+    pub fn validate(&self) -> Result<JobSpec, InvalidPayload> {
+        Ok(JobSpec {
+            id: JobId::parse(&self.job_id)?,
+            command: CommandLine::new(&self.command, &self.args)?,
+            timeout: match self.timeout {
+                Some(secs) => Timeout::from_secs(secs)?,
+                None => Timeout::DEFAULT,
+            },
+        })
+    }
+}
+
+impl From<&JobSpec> for ExecuteJob {
+    fn from(job: &JobSpec) -> Self {
+        ExecuteJob {
+            job_id: job.id.to_string(),
+            command: job.command.program().to_owned(),
+            args: job.command.args().to_vec(),
+            timeout: Some(job.timeout.secs()),
+        }
+    }
+}
+
+/// A validated cron entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronJob {
+    pub id: JobId,
+    pub schedule: Schedule,
+    pub command: CommandLine,
+}
+
+impl CronEntry {
+    pub fn validate(&self) -> Result<CronJob, InvalidPayload> {
+        Ok(CronJob {
+            id: JobId::parse(&self.id)?,
+            schedule: Schedule::parse(&self.schedule)?,
+            command: CommandLine::parse_shell_words(&self.command)?,
+        })
+    }
+}
+
+/// A validated `register`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub hostname: Hostname,
+    pub os: String,
+    pub arch: String,
+    pub tags: Vec<Tag>,
+    pub execution_mode: ExecutionMode,
+    pub is_root: bool,
+}
+
+impl Register {
+    pub fn validate(&self) -> Result<AgentInfo, InvalidPayload> {
+        check_text("os", &self.os, 32)?;
+        check_text("arch", &self.arch, 32)?;
+        Ok(AgentInfo {
+            hostname: Hostname::parse(&self.hostname)?,
+            os: self.os.clone(),
+            arch: self.arch.clone(),
+            tags: Tag::parse_all(&self.tags)?,
+            execution_mode: self.execution_mode,
+            is_root: self.is_root,
+        })
+    }
+}
+
+impl ExecutionReport {
+    /// Checks what a receiver relies on: a valid job id, a real timestamp,
+    /// streams within the cap, a short user name and warning, a short
+    /// report id.
+    pub fn validate(&self) -> Result<(), InvalidPayload> {
+        JobId::parse(&self.job_id)?;
+        Timestamp::parse("startTime", &self.start_time)?;
+        for (field, text) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            if text.len() > MAX_STREAM_BYTES {
+                return Err(TextError::TooLong {
+                    field,
+                    len: text.len(),
+                    max: MAX_STREAM_BYTES,
+                }
+                .into());
+            }
+        }
+        if self.command.len() > CommandLine::MAX_PROGRAM_LEN + 2 * CommandLine::MAX_ARGS_BYTES {
+            return Err(TextError::TooLong {
+                field: "command",
+                len: self.command.len(),
+                max: CommandLine::MAX_PROGRAM_LEN + 2 * CommandLine::MAX_ARGS_BYTES,
+            }
+            .into());
+        }
+        check_text("executingUser", &self.executing_user, 256)?;
+        if let Some(w) = &self.warning {
+            if w.len() > 4096 {
+                return Err(TextError::TooLong {
+                    field: "warning",
+                    len: w.len(),
+                    max: 4096,
+                }
+                .into());
+            }
+        }
+        if let Some(id) = &self.report_id {
+            JobId::parse(id).map_err(|_| TextError::Invalid {
+                field: "reportId",
+                reason: "must be 1-128 characters of A-Z a-z 0-9 _ . -",
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(text: &str) -> Message {
+        match decode(text).unwrap().message {
+            Incoming::Known(m) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_not_fatal() {
+        let d = decode(
+            r#"{"type":"heartbeat","payload":{"timestamp":"2024-03-20T10:00:00Z","load":1.5},"seq":7}"#,
+        )
+        .unwrap();
+        assert_eq!(d.ignored_fields, ["seq", "payload.load"]);
+        assert!(matches!(d.message, Incoming::Known(Message::Heartbeat(_))));
+    }
+
+    #[test]
+    fn unknown_types_are_reported_not_fatal() {
+        let d = decode(r#"{"type":"telemetry","payload":{"x":1}}"#).unwrap();
+        assert_eq!(d.message, Incoming::UnknownType("telemetry".into()));
+    }
+
+    #[test]
+    fn heartbeat_payload_may_be_empty_absent_null_or_a_string() {
+        for text in [
+            r#"{"type":"heartbeat"}"#,
+            r#"{"type":"heartbeat","payload":null}"#,
+            r#"{"type":"heartbeat","payload":{}}"#,
+        ] {
+            assert_eq!(
+                known(text),
+                Message::Heartbeat(Heartbeat::default()),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            known(r#"{"type":"heartbeat","payload":"2024-03-20T10:00:00Z"}"#),
+            Message::Heartbeat(Heartbeat {
+                timestamp: Some("2024-03-20T10:00:00Z".into())
+            })
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_missing_fields_are_errors_that_say_what() {
+        let e = decode(
+            r#"{"type":"execute_job","payload":{"jobId":"a","command":"x","timeout":"10"}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("invalid execute_job payload: invalid type: string \"10\", expected u64"),
+            "{e}"
+        );
+        let e = decode(r#"{"type":"execute_job","payload":{"command":"x"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("invalid execute_job payload: missing field `jobId`"),
+            "{e}"
+        );
+        let e = decode(r#"{"type":"register"}"#).unwrap_err().to_string();
+        assert_eq!(e, "register has no payload");
+        let e = decode(r#"{"payload":{}}"#).unwrap_err().to_string();
+        assert!(
+            e.starts_with("malformed message: missing field `type`"),
+            "{e}"
+        );
+        let e = decode(r#"{"type":"heartbeat"} trailing"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("malformed message: trailing characters"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_never_overflows_the_stack() {
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        // Deep nesting where a struct is expected is a type error.
+        assert!(
+            decode(&format!(
+                r#"{{"type":"register","payload":{}}}"#,
+                nest(100_000)
+            ))
+            .is_err()
+        );
+        // Deep nesting in an unknown field is skipped without recursing.
+        let d = decode(&format!(
+            r#"{{"type":"heartbeat","payload":{{"x":{}}}}}"#,
+            nest(100_000)
+        ))
+        .unwrap();
+        assert_eq!(d.ignored_fields, ["payload.x"]);
+        // Deep nesting where we do build values hits the recursion limit.
+        let e = decode(&format!(
+            r#"{{"type":"cron_refresh","payload":[{}]}}"#,
+            nest(100_000)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("recursion limit exceeded") || e.contains("invalid type"),
+            "{e}"
+        );
+        // An unknown type's payload is skipped without recursing.
+        let d = decode(&format!(r#"{{"type":"x","payload":{}}}"#, nest(100_000))).unwrap();
+        assert_eq!(d.message, Incoming::UnknownType("x".into()));
+    }
+
+    #[test]
+    fn oversized_messages_are_refused_before_parsing() {
+        let big = format!(
+            r#"{{"type":"heartbeat","payload":{{"x":"{}"}}}}"#,
+            "a".repeat(MAX_MESSAGE_BYTES)
+        );
+        assert!(matches!(decode(&big), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn execute_job_validation() {
+        let job = ExecuteJob {
+            job_id: "j1".into(),
+            command: "backup.sh".into(),
+            args: vec!["--full".into()],
+            timeout: None,
+        };
+        let spec = job.validate().unwrap();
+        assert_eq!(spec.timeout, Timeout::DEFAULT);
+        assert_eq!(spec.command.to_shell_line(), "backup.sh --full");
+        let bad = ExecuteJob {
+            args: vec!["a\nb".into()],
+            ..job.clone()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "args contains a control character ('\\n') at byte 1"
+        );
+        let bad = ExecuteJob {
+            timeout: Some(0),
+            ..job
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "timeout: must be at least 1 second"
+        );
+    }
+
+    #[test]
+    fn cron_entry_validation_names_the_problem() {
+        let e = CronEntry {
+            id: "job-1".into(),
+            schedule: "61 * * * *".into(),
+            command: "/bin/true".into(),
+        };
+        assert_eq!(
+            e.validate().unwrap_err().to_string(),
+            "minute field \"61\": 61 is out of range 0-59"
+        );
+        let e = CronEntry {
+            id: "job-1".into(),
+            schedule: "@daily".into(),
+            command: "/bin/echo 'a\nb'".into(),
+        };
+        assert_eq!(
+            e.validate().unwrap_err().to_string(),
+            "command contains a control character ('\\n') at byte 12"
+        );
+    }
+}

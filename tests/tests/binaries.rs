@@ -1,0 +1,31 @@
+//! The binaries exist, answer --help, and a subcommand that is not built yet
+//! says so and fails rather than pretending to work.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
+
+use std::process::Command;
+
+use cc_e2e::bin;
+
+#[test]
+fn every_binary_answers_help() {
+    for name in ["cc-agent", "cc-listener", "cc-privhelper"] {
+        let out = Command::new(bin(name)).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{name} --help failed");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage:"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn unknown_subcommands_fail() {
+    for name in ["cc-agent", "cc-listener", "cc-privhelper"] {
+        let out = Command::new(bin(name))
+            .arg("no-such-command")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name} accepted a bogus subcommand");
+    }
+}
