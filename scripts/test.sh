@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The test command: on a fresh Debian machine, as root, installs what the suite
+# needs, then checks formatting and lints, builds, runs the whole suite and
+# runs each fuzz target for a bounded time. `.ci/run` runs exactly this.
+#
+#   FUZZ_SECONDS=N   seconds per fuzz target (default 30; 0 skips the runs,
+#                    the targets are still built)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# Debian packages the suite uses: Debian's real cron daemon and crontab.
+PACKAGES=(cron)
+# The unprivileged user the agent runs as in tests, as in production.
+AGENT_USER=cc-agent-user
+
+if [ "$(id -u)" -eq 0 ]; then
+    missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        step "installing Debian packages: ${missing[*]}"
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+    if ! id "$AGENT_USER" >/dev/null 2>&1; then
+        step "creating system user $AGENT_USER"
+        useradd --system --user-group --home-dir /nonexistent --no-create-home \
+            --shell /usr/sbin/nologin "$AGENT_USER"
+    fi
+elif [ "${CI:-}" = "true" ]; then
+    echo "the test command must run as root in CI (it installs packages and creates $AGENT_USER)" >&2
+    exit 1
+else
+    echo "note: not root: no packages installed, no user created; tests that need them will skip" >&2
+fi
+
+command -v cargo-nextest >/dev/null || { step "installing cargo-nextest"; cargo install cargo-nextest --locked; }
+command -v cargo-fuzz >/dev/null || { step "installing cargo-fuzz"; cargo install cargo-fuzz --locked; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "building the binaries the end-to-end suite starts"
+cargo build --workspace --bins --locked
+
+step "doc tests"
+cargo test --workspace --doc --locked
+
+step "fuzz targets (cargo fuzz on stable with RUSTC_BOOTSTRAP=1)"
+fuzz_seconds="${FUZZ_SECONDS:-30}"
+(
+    cd fuzz
+    export RUSTC_BOOTSTRAP=1
+    cargo fuzz build -O
+    if [ "$fuzz_seconds" -gt 0 ]; then
+        for target in $(cargo fuzz list); do
+            mkdir -p "corpus/$target"
+            echo "fuzzing $target for ${fuzz_seconds}s"
+            cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
+                -max_total_time="$fuzz_seconds" -print_final_stats=1 2>&1 |
+                grep -E '^(Done|stat::number_of_executed_units)|ERROR|panicked' || true
+            if [ -n "$(ls -A "artifacts/$target" 2>/dev/null)" ]; then
+                echo "fuzz target $target found a crash: see fuzz/artifacts/$target" >&2
+                exit 1
+            fi
+        done
+    fi
+)
+
+step "the whole suite"
+cargo nextest run --workspace --locked --no-fail-fast
