@@ -1,12 +1,26 @@
-//! `cc-listener`: the central server agents connect to.
+//! `cc-listener` command line.
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use serde::Deserialize;
+
+use cc_listener::store::Store;
+use cc_listener::{Settings, TlsFiles, now_ms, read_token_file};
+
+const DEFAULT_DB: &str = "/var/lib/croncommander/listener.db";
 
 #[derive(Debug, Parser)]
-#[command(name = "cc-listener", version, about = "CronCommander listener")]
+#[command(
+    name = "cc-listener",
+    version,
+    about = "CronCommander listener: agents on /agent, operators on /api/v1"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,16 +29,225 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Accept agents and serve the operator API.
-    Serve,
+    Serve(ServeArgs),
     /// Manage agent API keys.
-    Keys,
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Agent WebSocket address [default: 0.0.0.0:8081].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Operator API address [default: 127.0.0.1:8082].
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// SQLite database file.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// File holding the operator API bearer token (else CC_ADMIN_TOKEN).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (only it) on stdout.
+    Add {
+        name: String,
+        /// Bind the key to this hostname now (else: the first it registers).
+        #[arg(long)]
+        hostname: Option<String>,
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: PathBuf,
+    },
+    /// List keys (never their values).
+    List {
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: PathBuf,
+    },
+    /// Revoke a key; agents using it are disconnected.
+    Revoke {
+        name: String,
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: PathBuf,
+    },
+}
+
+/// The config file; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    db: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
+    heartbeat_interval_secs: Option<u64>,
+    ping_interval_secs: Option<u64>,
+    job_queue_ttl_secs: Option<u64>,
+    lost_grace_secs: Option<u64>,
+    sweep_interval_ms: Option<u64>,
+    max_connections: Option<usize>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+}
+
+fn load_file(path: &Path) -> Result<FileConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
+    let file = match &args.config {
+        Some(p) => load_file(p)?,
+        None => FileConfig::default(),
+    };
+    let db = args
+        .db
+        .clone()
+        .or(file.db)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DB));
+    let mut s = Settings::new(db);
+    if let Some(a) = args.listen.or(file.listen) {
+        s.listen = a;
+    }
+    if let Some(a) = args.admin_listen.or(file.admin_listen) {
+        s.admin_listen = a;
+    }
+    let secs = |v: Option<u64>, name: &str| -> Result<Option<Duration>> {
+        match v {
+            Some(0) => bail!("{name} must be at least 1"),
+            other => Ok(other.map(Duration::from_secs)),
+        }
+    };
+    if let Some(d) = secs(file.heartbeat_interval_secs, "heartbeat_interval_secs")? {
+        s.heartbeat_interval = d;
+    }
+    if let Some(d) = secs(file.ping_interval_secs, "ping_interval_secs")? {
+        s.ping_interval = d;
+    }
+    if let Some(d) = secs(file.job_queue_ttl_secs, "job_queue_ttl_secs")? {
+        s.job_queue_ttl = d;
+    }
+    if let Some(d) = file.lost_grace_secs {
+        s.lost_grace = Duration::from_secs(d);
+    }
+    if let Some(ms) = file.sweep_interval_ms {
+        s.sweep_interval = Duration::from_millis(ms.max(10));
+    }
+    if let Some(n) = file.max_connections {
+        s.max_connections = n.max(1);
+    }
+    s.tls = match (file.tls_cert_file, file.tls_key_file) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => bail!("tls_cert_file and tls_key_file go together"),
+    };
+    let token = match args.admin_token_file.clone().or(file.admin_token_file) {
+        Some(path) => read_token_file(&path)?,
+        None => match std::env::var("CC_ADMIN_TOKEN") {
+            Ok(t) if t.len() >= 16 => t,
+            Ok(_) => bail!("CC_ADMIN_TOKEN must be at least 16 characters"),
+            Err(_) => bail!(
+                "no operator API token: pass --admin-token-file or set CC_ADMIN_TOKEN (the API refuses to start without one)"
+            ),
+        },
+    };
+    Ok((s, token))
+}
+
+fn serve(args: &ServeArgs) -> Result<()> {
+    let (settings, token) = settings(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let bound = cc_listener::bind(&settings).await?;
+        // One line on stdout with the real addresses (ports may be 0).
+        let scheme = if settings.tls.is_some() { "wss" } else { "ws" };
+        println!(
+            "cc-listener: agents on {scheme}://{}/agent, operator API on http://{}/api/v1",
+            bound.agent_addr, bound.admin_addr
+        );
+        cc_listener::serve(settings, token, bound, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn keys(command: &KeysCommand) -> Result<()> {
+    match command {
+        KeysCommand::Add { name, hostname, db } => {
+            cc_proto::JobId::parse(name).map_err(|e| {
+                anyhow::anyhow!("key name: {}", e.to_string().replacen("job id", "name", 1))
+            })?;
+            if let Some(h) = hostname {
+                cc_proto::Hostname::parse(h)?;
+            }
+            let key = Store::open(db)?.add_key(name, hostname.as_deref(), now_ms())?;
+            println!("{key}");
+        }
+        KeysCommand::List { db } => {
+            for k in Store::open(db)?.list_keys()? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    k.name,
+                    k.hostname.as_deref().unwrap_or("-"),
+                    cc_listener::rfc3339_ms(k.created_ms),
+                    if k.revoked { "revoked" } else { "active" }
+                );
+            }
+        }
+        KeysCommand::Revoke { name, db } => {
+            if !Store::open(db)?.revoke_key(name, now_ms())? {
+                bail!("no active key named {name:?}");
+            }
+            eprintln!("revoked {name}");
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
-    let what = match Cli::parse().command {
-        Command::Serve => "serve",
-        Command::Keys => "keys",
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match &cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Keys { command } => keys(command),
     };
-    eprintln!("cc-listener: error: `{what}` is not built yet");
-    ExitCode::from(2)
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cc-listener: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -154,10 +154,12 @@ impl Message {
 
 /// What [`decode`] made of a text frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decoded {
+pub struct Decoded<'a> {
     pub message: Incoming,
     /// Fields we do not know, as paths (`payload.extra`), for the log.
     pub ignored_fields: Vec<String>,
+    /// The payload exactly as it stood in the frame, for storing verbatim.
+    pub raw_payload: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,7 +193,7 @@ struct RawEnvelope<'a> {
 }
 
 /// Decodes one agent↔listener message.
-pub fn decode(text: &str) -> Result<Decoded, DecodeError> {
+pub fn decode(text: &str) -> Result<Decoded<'_>, DecodeError> {
     if text.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge {
             len: text.len(),
@@ -221,12 +223,14 @@ pub fn decode(text: &str) -> Result<Decoded, DecodeError> {
             return Ok(Decoded {
                 message: Incoming::UnknownType(envelope.kind.chars().take(64).collect()),
                 ignored_fields: ignored,
+                raw_payload: payload,
             });
         }
     };
     Ok(Decoded {
         message: Incoming::Known(message),
         ignored_fields: ignored,
+        raw_payload: payload,
     })
 }
 
@@ -425,6 +429,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.ignored_fields, ["seq", "payload.load"]);
+        assert_eq!(
+            d.raw_payload,
+            Some(r#"{"timestamp":"2024-03-20T10:00:00Z","load":1.5}"#)
+        );
         assert!(matches!(d.message, Incoming::Known(Message::Heartbeat(_))));
     }
 
@@ -501,11 +509,11 @@ mod tests {
             .is_err()
         );
         // Deep nesting in an unknown field is skipped without recursing.
-        let d = decode(&format!(
+        let text = format!(
             r#"{{"type":"heartbeat","payload":{{"x":{}}}}}"#,
             nest(100_000)
-        ))
-        .unwrap();
+        );
+        let d = decode(&text).unwrap();
         assert_eq!(d.ignored_fields, ["payload.x"]);
         // Deep nesting where we do build values hits the recursion limit.
         let e = decode(&format!(
@@ -519,7 +527,8 @@ mod tests {
             "{e}"
         );
         // An unknown type's payload is skipped without recursing.
-        let d = decode(&format!(r#"{{"type":"x","payload":{}}}"#, nest(100_000))).unwrap();
+        let text = format!(r#"{{"type":"x","payload":{}}}"#, nest(100_000));
+        let d = decode(&text).unwrap();
         assert_eq!(d.message, Incoming::UnknownType("x".into()));
     }
 

@@ -77,8 +77,9 @@ fn json_blocks(spec: &str) -> Vec<(Option<String>, Value)> {
 /// re-encodes it.
 fn round_trip(kind: &str, payload: &Value) -> Value {
     let envelope = serde_json::json!({ "type": kind, "payload": payload });
-    let decoded = wire::decode(&envelope.to_string())
-        .unwrap_or_else(|e| panic!("{kind} example does not decode: {e}"));
+    let text = envelope.to_string();
+    let decoded =
+        wire::decode(&text).unwrap_or_else(|e| panic!("{kind} example does not decode: {e}"));
     assert!(
         decoded.ignored_fields.is_empty(),
         "{kind}: {:?}",

@@ -1,21 +1,22 @@
-//! Helpers for the end-to-end suite: finding the workspace's real binaries.
+//! The end-to-end harness: real binaries in fresh temp directories, a small
+//! HTTP client for the operator API, and WebSocket helpers that play an agent.
 //!
-//! Cargo gives `CARGO_BIN_EXE_*` only to a binary's own package, so the suite
-//! finds `cc-agent`, `cc-listener` and `cc-privhelper` next to its own test
-//! executable (`target/<profile>/deps/..`). The test command builds them
-//! first (`cargo build --workspace --bins`).
+//! Cargo gives `CARGO_BIN_EXE_*` only to a binary's own package, so suites in
+//! this crate find `cc-agent`, `cc-listener` and `cc-privhelper` next to
+//! their own test executable with [`bin`] (the test command builds them
+//! first); suites inside a binary's package pass `CARGO_BIN_EXE_*`.
 #![forbid(unsafe_code)]
-// Test support: a missing binary or directory is a broken test set-up and
-// should stop the test with a message, which is what `expect` does.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
+// Test support: a broken set-up should stop the test with a message, which is
+// what `expect` does.
+#![allow(clippy::expect_used, clippy::unwrap_used, unreachable_pub)]
 
-use std::path::PathBuf;
+pub mod http;
+pub mod listener;
+pub mod ws;
+
+use std::path::{Path, PathBuf};
 
 /// Path of a workspace binary built beside the running test executable.
-///
-/// # Panics
-/// When the binary is missing: the suite cannot run without it, and the
-/// message says how to build it.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current test executable");
     let dir = exe
@@ -29,4 +30,53 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "cc-{prefix}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("creating a temp dir");
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether CI asked for every test to run (`CI=true`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// For a test that needs something of the machine (root, a kernel feature,
+/// a package): true when it is there; outside CI a missing prerequisite
+/// skips the test with a note, in CI it fails the test.
+pub fn require(what: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "CI=true but this test's prerequisite is missing: {what}"
+    );
+    eprintln!("skipped: needs {what}");
+    false
 }

@@ -1,0 +1,603 @@
+//! The `/agent` WebSocket endpoint.
+//!
+//! `accept_connection` owns one TCP connection and logs how it ended;
+//! `handle_connection` does the work and uses `?`. The API key is checked in
+//! the handshake callback, before the upgrade: missing, unknown or revoked →
+//! HTTP 401 and no WebSocket. Limits are chosen on purpose (`ws_config`).
+//!
+//! Policy for what an agent sends:
+//! - malformed JSON, wrong types, invalid values, binary frames, or
+//!   listener-to-agent message types: logged and dropped; after
+//!   [`MAX_PROTOCOL_ERRORS`] of them the connection is closed with 1008;
+//! - unknown message types and unknown fields: logged at debug and ignored
+//!   (the protocol grows);
+//! - a frame over [`MAX_MESSAGE_BYTES`]: the connection is closed (1009),
+//!   since the stream cannot be resynchronised.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use futures_util::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::{MissedTickBehavior, interval, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tracing::{debug, error, info, warn};
+
+use cc_proto::wire::{
+    self, AgentInfo, DecodeError, ExecuteJob, ExecutionReport, Incoming, MAX_MESSAGE_BYTES,
+    Message, ReportAck,
+};
+
+use crate::hub::{OUTBOUND_QUEUE, Outbound};
+use crate::store::{Binding, JobRow, KeyRecord, Stored};
+use crate::{AppState, now_ms};
+
+/// Invalid messages tolerated on one connection before it is closed.
+pub const MAX_PROTOCOL_ERRORS: u32 = 16;
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        // Allocated up front for every connection: keep idle agents cheap.
+        .read_buffer_size(4 * 1024)
+        // Write each message as it is sent; nothing waits in a buffer.
+        .write_buffer_size(0)
+        // Back-pressure: a peer that does not read stops us at 2 MiB.
+        .max_write_buffer_size(2 * MAX_MESSAGE_BYTES)
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+}
+
+/// Accepts agents until `shutdown` flips. Connections over the cap are
+/// closed at once.
+pub async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(state.settings.max_connections));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                        warn!(%peer, max = state.settings.max_connections, "connection cap reached; closing");
+                        continue;
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let state = Arc::clone(&state);
+                    let tls = tls.clone();
+                    tokio::spawn(async move {
+                        accept_connection(tcp, peer, state, tls).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off, keep serving.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn accept_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let result = match tls {
+        Some(acceptor) => {
+            match timeout(state.settings.handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => handle_connection(stream, peer, &state).await,
+                Ok(Err(e)) => Err(anyhow!("TLS handshake failed: {e}")),
+                Err(_) => Err(anyhow!("TLS handshake timed out")),
+            }
+        }
+        None => handle_connection(tcp, peer, &state).await,
+    };
+    match result {
+        Ok(()) => debug!(%peer, "agent connection closed"),
+        Err(e) => info!(%peer, "agent connection ended: {e:#}"),
+    }
+}
+
+fn refuse(status: StatusCode, why: &str) -> ErrorResponse {
+    let mut resp = ErrorResponse::new(Some(format!("{why}\n")));
+    *resp.status_mut() = status;
+    resp
+}
+
+async fn handle_connection<S>(stream: S, peer: SocketAddr, state: &AppState) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut key: Option<KeyRecord> = None;
+    let store = state.db.store();
+    // The signature is tungstenite's `Callback`; its error type is not ours.
+    #[allow(clippy::result_large_err)]
+    let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != "/agent" {
+            return Err(refuse(StatusCode::NOT_FOUND, "agents connect to /agent"));
+        }
+        let presented = req
+            .headers()
+            .get("x-cc-api-key")
+            .and_then(|v| v.to_str().ok());
+        let Some(presented) = presented else {
+            warn!(%peer, "refused: no X-CC-API-KEY");
+            return Err(refuse(StatusCode::UNAUTHORIZED, "missing X-CC-API-KEY"));
+        };
+        match store.authenticate(presented) {
+            Ok(Some(record)) => {
+                key = Some(record);
+                Ok(resp)
+            }
+            Ok(None) => {
+                warn!(%peer, "refused: unknown or revoked API key");
+                Err(refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "unknown or revoked X-CC-API-KEY",
+                ))
+            }
+            Err(e) => {
+                error!(%peer, "key lookup failed: {e:#}");
+                Err(refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "key store unavailable",
+                ))
+            }
+        }
+    };
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(ws_config()));
+    let mut ws = timeout(state.settings.handshake_timeout, handshake)
+        .await
+        .context("WebSocket handshake timed out")?
+        .context("WebSocket handshake failed")?;
+    let key = key.context("handshake accepted without a key")?;
+
+    let info = match timeout(state.settings.register_timeout, wait_for_register(&mut ws)).await {
+        Ok(Ok(info)) => info,
+        Ok(Err(e)) => {
+            close(
+                &mut ws,
+                CloseCode::Policy,
+                "the first message must be a valid register",
+            )
+            .await;
+            return Err(e.context(format!("key {:?}: bad registration", key.name)));
+        }
+        Err(_) => {
+            close(&mut ws, CloseCode::Policy, "no register in time").await;
+            return Err(anyhow!(
+                "key {:?}: no register within the time limit",
+                key.name
+            ));
+        }
+    };
+    let hostname = info.hostname.to_string();
+
+    let binding = {
+        let host = hostname.clone();
+        let id = key.id;
+        state.db.call(move |s| s.bind_key(id, &host)).await?
+    };
+    match binding {
+        Binding::Ok => {}
+        Binding::OtherHost(bound) => {
+            warn!(%peer, key = %key.name, %hostname, %bound, "refused: key belongs to another hostname");
+            close(
+                &mut ws,
+                CloseCode::Policy,
+                "this key belongs to another hostname",
+            )
+            .await;
+            return Ok(());
+        }
+        Binding::HostnameTaken => {
+            warn!(%peer, key = %key.name, %hostname, "refused: hostname belongs to another key");
+            close(
+                &mut ws,
+                CloseCode::Policy,
+                "this hostname belongs to another key",
+            )
+            .await;
+            return Ok(());
+        }
+    }
+
+    let session = Session {
+        state,
+        hostname,
+        conn_id: state.hub.next_conn_id(),
+        last_seen: Arc::new(AtomicI64::new(now_ms())),
+        last_heartbeat: Arc::new(AtomicI64::new(0)),
+        protocol_errors: 0,
+    };
+    session.run(ws, key.id, info, peer).await
+}
+
+/// Reads until the first data frame, which must be `register`.
+async fn wait_for_register<S>(ws: &mut WebSocketStream<S>) -> Result<AgentInfo>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let frame = ws.next().await.context("closed before register")??;
+        let text = match frame {
+            WsMessage::Text(t) => t,
+            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
+            WsMessage::Binary(_) => return Err(anyhow!("binary frame before register")),
+            WsMessage::Close(_) => return Err(anyhow!("closed before register")),
+        };
+        let decoded = wire::decode(text.as_str())?;
+        return match decoded.message {
+            Incoming::Known(Message::Register(r)) => Ok(r.validate()?),
+            Incoming::Known(other) => Err(anyhow!("{} before register", other.kind())),
+            Incoming::UnknownType(t) => Err(anyhow!("unknown type {t:?} before register")),
+        };
+    }
+}
+
+async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+}
+
+struct Session<'a> {
+    state: &'a AppState,
+    hostname: String,
+    conn_id: u64,
+    last_seen: Arc<AtomicI64>,
+    last_heartbeat: Arc<AtomicI64>,
+    protocol_errors: u32,
+}
+
+enum Flow {
+    Continue,
+    Close(CloseCode, &'static str),
+}
+
+impl Session<'_> {
+    async fn run<S>(
+        mut self,
+        mut ws: WebSocketStream<S>,
+        key_id: i64,
+        info: AgentInfo,
+        peer: SocketAddr,
+    ) -> Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let state = self.state;
+        let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
+        {
+            let info = info.clone();
+            state
+                .db
+                .call(move |s| s.upsert_agent(&info, now_ms()))
+                .await?;
+        }
+        if let Some(old) = state.hub.insert(
+            self.conn_id,
+            key_id,
+            info.clone(),
+            now_ms(),
+            Arc::clone(&self.last_seen),
+            Arc::clone(&self.last_heartbeat),
+            tx,
+        ) {
+            info!(hostname = %self.hostname, old_conn = old, "a newer connection replaces the old one");
+        }
+        if info.is_root && info.execution_mode == wire::ExecutionMode::User {
+            warn!(hostname = %self.hostname, "agent runs as root in user mode");
+        }
+        info!(hostname = %self.hostname, %peer, mode = ?info.execution_mode, is_root = info.is_root, "agent registered");
+
+        let result = self.serve(&mut ws, &mut rx).await;
+        state.hub.remove(&self.hostname, self.conn_id);
+        let host = self.hostname.clone();
+        let seen = self.last_seen.load(Ordering::Relaxed);
+        if let Err(e) = state.db.call(move |s| s.touch_agent(&host, seen)).await {
+            warn!(hostname = %self.hostname, "could not record last contact: {e:#}");
+        }
+        result
+    }
+
+    async fn serve<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let state = self.state;
+        // What the agent should have: its cron list, then anything queued.
+        let host = self.hostname.clone();
+        if let Some(entries) = state.db.call(move |s| s.get_cron(&host)).await? {
+            send(ws, &Message::CronRefresh(entries)).await?;
+        }
+        let host = self.hostname.clone();
+        let queued = state
+            .db
+            .call(move |s| s.queued_jobs(&host, now_ms()))
+            .await?;
+        self.send_jobs(ws, queued).await?;
+
+        let mut ticker = interval(state.settings.ping_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let mut shutdown = state.shutdown.clone();
+        let silence_limit =
+            i64::try_from(state.settings.heartbeat_interval.as_millis() * 3).unwrap_or(i64::MAX);
+        loop {
+            let flow = tokio::select! {
+                incoming = ws.next() => {
+                    let Some(frame) = incoming else { return Ok(()) };
+                    let frame = match frame {
+                        Ok(f) => f,
+                        Err(tungstenite::Error::Capacity(e)) => {
+                            close(ws, CloseCode::Size, "message too large").await;
+                            return Err(anyhow!("closed: {e}"));
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    self.last_seen.store(now_ms(), Ordering::Relaxed);
+                    match frame {
+                        WsMessage::Text(text) => self.on_text(ws, text.as_str()).await?,
+                        WsMessage::Binary(_) => self.protocol_error("binary frame"),
+                        WsMessage::Close(_) => return Ok(()),
+                        WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Flow::Continue,
+                    }
+                }
+                out = rx.recv() => match out {
+                    Some(Outbound::Text(text)) => {
+                        ws.send(WsMessage::Text(text.into())).await?;
+                        Flow::Continue
+                    }
+                    Some(Outbound::Close(reason)) => Flow::Close(CloseCode::Policy, reason),
+                    None => Flow::Close(CloseCode::Away, "listener shutting down"),
+                },
+                _ = ticker.tick() => {
+                    if now_ms() - self.last_seen.load(Ordering::Relaxed) > silence_limit {
+                        Flow::Close(CloseCode::Away, "silent for three heartbeat intervals")
+                    } else {
+                        ws.send(WsMessage::Ping(Default::default())).await?;
+                        Flow::Continue
+                    }
+                }
+                _ = shutdown.changed() => Flow::Close(CloseCode::Away, "listener shutting down"),
+            };
+            if let Flow::Close(code, reason) = flow {
+                info!(hostname = %self.hostname, "closing: {reason}");
+                close(ws, code, reason).await;
+                return Ok(());
+            }
+        }
+    }
+
+    fn protocol_error(&mut self, what: &str) -> Flow {
+        self.protocol_errors += 1;
+        warn!(hostname = %self.hostname, errors = self.protocol_errors, "invalid message dropped: {what}");
+        if self.protocol_errors >= MAX_PROTOCOL_ERRORS {
+            Flow::Close(CloseCode::Policy, "too many invalid messages")
+        } else {
+            Flow::Continue
+        }
+    }
+
+    async fn on_text<S>(&mut self, ws: &mut WebSocketStream<S>, text: &str) -> Result<Flow>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let decoded = match wire::decode(text) {
+            Ok(d) => d,
+            Err(DecodeError::TooLarge { .. }) => {
+                return Ok(Flow::Close(CloseCode::Size, "message too large"));
+            }
+            Err(e) => return Ok(self.protocol_error(&e.to_string())),
+        };
+        if !decoded.ignored_fields.is_empty() {
+            debug!(hostname = %self.hostname, fields = ?decoded.ignored_fields, "unknown fields ignored");
+        }
+        let message = match decoded.message {
+            Incoming::Known(m) => m,
+            Incoming::UnknownType(kind) => {
+                debug!(hostname = %self.hostname, %kind, "unknown message type ignored");
+                return Ok(Flow::Continue);
+            }
+        };
+        match message {
+            Message::Heartbeat(_) => {
+                self.last_heartbeat.store(now_ms(), Ordering::Relaxed);
+                Ok(Flow::Continue)
+            }
+            Message::ExecutionReport(report) => {
+                let raw = decoded.raw_payload.unwrap_or_default();
+                self.on_report(ws, report, raw).await
+            }
+            Message::CronStatus(status) => {
+                if !status.rejected.is_empty() {
+                    warn!(hostname = %self.hostname, rejected = ?status.rejected, "agent refused cron entries");
+                }
+                let host = self.hostname.clone();
+                self.state
+                    .db
+                    .call(move |s| s.set_cron_status(&host, &status))
+                    .await?;
+                Ok(Flow::Continue)
+            }
+            Message::Register(_) => Ok(self.protocol_error("register on a registered connection")),
+            other => Ok(self.protocol_error(&format!("{} is not sent by agents", other.kind()))),
+        }
+    }
+
+    async fn on_report<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        report: ExecutionReport,
+        raw: &str,
+    ) -> Result<Flow>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if let Err(e) = report.validate() {
+            return Ok(self.protocol_error(&format!("execution_report: {e}")));
+        }
+        let dedupe_key = match &report.report_id {
+            Some(id) => format!("id:{id}"),
+            None => derived_report_key(&report),
+        };
+        let host = self.hostname.clone();
+        let job_id = report.job_id.clone();
+        let payload = raw.to_owned();
+        let stored = self
+            .state
+            .db
+            .call(move |s| s.store_report(&host, &job_id, &dedupe_key, &payload, now_ms()))
+            .await;
+        match stored {
+            Ok(outcome) => {
+                if outcome == Stored::Duplicate {
+                    debug!(hostname = %self.hostname, job_id = %report.job_id, "duplicate report");
+                } else {
+                    info!(hostname = %self.hostname, job_id = %report.job_id, exit_code = report.exit_code, "report stored");
+                }
+                if let Some(report_id) = report.report_id {
+                    send(ws, &Message::ReportAck(ReportAck { report_id })).await?;
+                }
+            }
+            // Not acknowledged: the agent keeps it and sends it again.
+            Err(e) => {
+                error!(hostname = %self.hostname, job_id = %report.job_id, "storing report failed: {e:#}")
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn send_jobs<S>(&self, ws: &mut WebSocketStream<S>, jobs: Vec<JobRow>) -> Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        // Marked sent before they are handed over (a fast report must find
+        // them settled); whatever could not be written goes back in the
+        // queue.
+        let ids: Vec<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+        let marked = ids.clone();
+        self.state
+            .db
+            .call(move |s| s.mark_sent(&marked, now_ms()))
+            .await?;
+        for (i, job) in jobs.iter().enumerate() {
+            if let Err(e) = send(ws, &Message::ExecuteJob(job_message(job))).await {
+                let unsent = ids[i..].to_vec();
+                let _ = self
+                    .state
+                    .db
+                    .call(move |s| unsent.iter().try_for_each(|id| s.requeue(id)))
+                    .await;
+                return Err(e);
+            }
+            info!(hostname = %self.hostname, job_id = %job.job_id, "queued job sent");
+        }
+        Ok(())
+    }
+}
+
+/// The `execute_job` for a stored job.
+pub fn job_message(job: &JobRow) -> ExecuteJob {
+    ExecuteJob {
+        job_id: job.job_id.clone(),
+        command: job.command.clone(),
+        args: job.args.clone(),
+        timeout: Some(job.timeout_secs),
+    }
+}
+
+/// Dedupe key for a report without `reportId` (a spec-only agent): the same
+/// run resent has the same job, start time and command line.
+fn derived_report_key(r: &ExecutionReport) -> String {
+    let mut h = Sha256::new();
+    for part in [&r.job_id, &r.start_time, &r.command] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    format!("derived:{}", hex::encode(&h.finalize()[..16]))
+}
+
+async fn send<S>(ws: &mut WebSocketStream<S>, message: &Message) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let text = message.to_json()?;
+    ws.send(WsMessage::Text(text.into())).await?;
+    Ok(())
+}
+
+/// Sends queued jobs of connected agents that could not be sent when they
+/// were posted (queue full, or posted while the agent was connecting).
+pub fn retry_queued(state: &AppState, jobs: Vec<JobRow>) -> Vec<String> {
+    let mut sent = Vec::new();
+    for job in jobs {
+        let Ok(text) = Message::ExecuteJob(job_message(&job)).to_json() else {
+            continue;
+        };
+        if state.hub.send(&job.hostname, text) {
+            sent.push(job.job_id);
+        }
+    }
+    sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_keys_separate_runs_and_match_resends() {
+        let r = ExecutionReport {
+            job_id: "cron-1".into(),
+            command: "x".into(),
+            exit_code: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            start_time: "2024-03-20T10:00:00Z".into(),
+            duration_ms: 1,
+            executing_uid: 1,
+            executing_user: "u".into(),
+            warning: None,
+            report_id: None,
+        };
+        let later = ExecutionReport {
+            start_time: "2024-03-20T10:01:00Z".into(),
+            ..r.clone()
+        };
+        assert_eq!(derived_report_key(&r), derived_report_key(&r.clone()));
+        assert_ne!(derived_report_key(&r), derived_report_key(&later));
+    }
+}

@@ -1,0 +1,514 @@
+//! The operator API under `/api/v1`: JSON in, JSON out, bearer-token auth.
+//!
+//! Errors are `{"error": MESSAGE, "field": NAME?}` with the status that fits:
+//! 400 invalid input (naming the field), 401 missing or wrong token, 404
+//! unknown agent or job, 413 body over 1 MiB, 405/404 for unknown routes.
+//! `GET /api/v1/healthz` needs no token (for probes).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+
+use cc_proto::Hostname;
+use cc_proto::ids::TextError;
+use cc_proto::wire::{CronEntry, ExecuteJob, MAX_CRON_ENTRIES, Message};
+
+use crate::store::{AgentRow, JobRow, NewJob, ReportQuery, ReportRow};
+use crate::{AppState, now_ms, rfc3339_ms};
+
+/// Largest request body.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+const MAX_REPORTS_LIMIT: u32 = 1000;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let authed = Router::new()
+        .route("/agents", get(list_agents))
+        .route("/agents/{hostname}/jobs", post(post_job))
+        .route("/agents/{hostname}/cron", get(get_cron).put(put_cron))
+        .route("/jobs/{job_id}", get(get_job))
+        .route("/reports", get(list_reports))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_token,
+        ));
+    Router::new()
+        .nest("/api/v1", authed.route("/healthz", get(healthz)))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            field: Some(field),
+        }
+    }
+
+    fn internal(e: anyhow::Error) -> Self {
+        warn!("internal error: {e:#}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; see the listener log",
+        )
+    }
+}
+
+impl From<TextError> for ApiError {
+    fn from(e: TextError) -> Self {
+        let field = match &e {
+            TextError::Empty { field }
+            | TextError::TooLong { field, .. }
+            | TextError::Control { field, .. }
+            | TextError::BadChar { field, .. }
+            | TextError::BadStart { field, .. }
+            | TextError::TooMany { field, .. }
+            | TextError::Invalid { field, .. } => *field,
+        };
+        Self::invalid(field, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            field: Option<&'static str>,
+        }
+        let mut resp = (
+            self.status,
+            Json(Body {
+                error: &self.message,
+                field: self.field,
+            }),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn require_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare digests in constant time: neither the token nor its length
+    // leaks through timing.
+    let ok = presented.is_some_and(|p| {
+        let a = Sha256::digest(p.as_bytes());
+        let b = Sha256::digest(state.admin_token.as_bytes());
+        bool::from(a.ct_eq(&b))
+    });
+    if !ok {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+            .into_response();
+    }
+    next.run(request).await
+}
+
+fn body_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let body = body.map_err(|r| {
+        let status = r.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                format!("request body is over {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            ApiError::new(status, r.body_text())
+        }
+    })?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+fn hostname_param(raw: &str) -> ApiResult<Hostname> {
+    Ok(Hostname::parse(raw)?)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AgentView {
+    hostname: String,
+    os: String,
+    arch: String,
+    tags: Vec<String>,
+    execution_mode: String,
+    is_root: bool,
+    connected: bool,
+    last_heartbeat: Option<String>,
+    last_seen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cron_status: Option<Box<RawValue>>,
+}
+
+async fn list_agents(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<AgentView>>> {
+    let rows: Vec<AgentRow> = state
+        .db
+        .call(|s| s.list_agents())
+        .await
+        .map_err(ApiError::internal)?;
+    let live = state.hub.view();
+    let agents = rows
+        .into_iter()
+        .map(|row| {
+            let l = live.get(&row.hostname);
+            let last_seen = l.map_or(row.last_seen_ms, |l| l.last_seen_ms.max(row.last_seen_ms));
+            let last_heartbeat = l.map(|l| l.last_heartbeat_ms).filter(|&ms| ms > 0);
+            let warning = (row.is_root && row.execution_mode == "user").then(|| {
+                "agent runs as root (UID 0) in user mode: every job runs as root; run it as cc-agent-user".to_owned()
+            });
+            AgentView {
+                connected: l.is_some(),
+                last_heartbeat: last_heartbeat.map(rfc3339_ms),
+                last_seen: rfc3339_ms(last_seen),
+                warning,
+                cron_status: row.cron_status.and_then(|t| RawValue::from_string(t).ok()),
+                hostname: row.hostname,
+                os: row.os,
+                arch: row.arch,
+                tags: row.tags,
+                execution_mode: row.execution_mode,
+                is_root: row.is_root,
+            }
+        })
+        .collect();
+    Ok(Json(agents))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobRequest {
+    command: String,
+    #[serde(default)]
+    args: Vec<String>,
+    timeout: Option<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobAccepted {
+    job_id: String,
+    status: &'static str,
+}
+
+async fn post_job(
+    State(state): State<Arc<AppState>>,
+    Path(hostname): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<JobAccepted>)> {
+    let hostname = hostname_param(&hostname)?;
+    let req: JobRequest = body_json(body)?;
+    let job_id = uuid::Uuid::new_v4().to_string();
+    let spec = ExecuteJob {
+        job_id: job_id.clone(),
+        command: req.command,
+        args: req.args,
+        timeout: req.timeout,
+    }
+    .validate()
+    .map_err(|e| match e {
+        cc_proto::wire::InvalidPayload::Text(t) => ApiError::from(t),
+        other => ApiError::new(StatusCode::BAD_REQUEST, other.to_string()),
+    })?;
+    let host = hostname.to_string();
+    let known = {
+        let host = host.clone();
+        state
+            .db
+            .call(move |s| s.agent_known(&host))
+            .await
+            .map_err(ApiError::internal)?
+    };
+    if !known {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no agent {host:?} has registered"),
+        ));
+    }
+    let now = now_ms();
+    let job = NewJob {
+        job_id: job_id.clone(),
+        hostname: host.clone(),
+        command: spec.command.program().to_owned(),
+        args: spec.command.args().to_vec(),
+        timeout_secs: spec.timeout.secs(),
+        created_ms: now,
+        expires_ms: now
+            + i64::try_from(state.settings.job_queue_ttl.as_millis()).unwrap_or(i64::MAX / 2),
+    };
+    let text = Message::ExecuteJob(ExecuteJob::from(&spec))
+        .to_json()
+        .map_err(|e| ApiError::internal(e.into()))?;
+    // Stored as sent before it is handed over, so a fast report finds it.
+    let online = state.hub.is_connected(&host);
+    {
+        let job = job.clone();
+        state
+            .db
+            .call(move |s| s.create_job(&job, online))
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    let status = if online && state.hub.send(&host, text) {
+        "sent"
+    } else {
+        if online {
+            // The connection went away or its queue is full: back to the
+            // queue; the sweeper or the next connection sends it.
+            let id = job_id.clone();
+            state
+                .db
+                .call(move |s| s.requeue(&id))
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        "queued"
+    };
+    info!(hostname = %host, %job_id, status, "job accepted");
+    Ok((StatusCode::ACCEPTED, Json(JobAccepted { job_id, status })))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobView {
+    job_id: String,
+    hostname: String,
+    command: String,
+    args: Vec<String>,
+    timeout: u64,
+    status: String,
+    created_at: String,
+    expires_at: String,
+    sent_at: Option<String>,
+    finished_at: Option<String>,
+    report: Option<Box<RawValue>>,
+}
+
+fn job_view(row: JobRow) -> JobView {
+    JobView {
+        report: row.report.and_then(|t| RawValue::from_string(t).ok()),
+        job_id: row.job_id,
+        hostname: row.hostname,
+        command: row.command,
+        args: row.args,
+        timeout: row.timeout_secs,
+        status: row.status,
+        created_at: rfc3339_ms(row.created_ms),
+        expires_at: rfc3339_ms(row.expires_ms),
+        sent_at: row.sent_ms.map(rfc3339_ms),
+        finished_at: row.finished_ms.map(rfc3339_ms),
+    }
+}
+
+async fn get_job(
+    State(state): State<Arc<AppState>>,
+    Path(job_id): Path<String>,
+) -> ApiResult<Json<JobView>> {
+    cc_proto::JobId::parse(&job_id)?;
+    let id = job_id.clone();
+    let row = state
+        .db
+        .call(move |s| s.get_job(&id))
+        .await
+        .map_err(ApiError::internal)?;
+    row.map(|r| Json(job_view(r)))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {job_id:?}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportParams {
+    hostname: Option<String>,
+    #[serde(rename = "jobId")]
+    job_id: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReportView {
+    hostname: String,
+    job_id: String,
+    kind: String,
+    received_at: String,
+    report: Box<RawValue>,
+}
+
+async fn list_reports(
+    State(state): State<Arc<AppState>>,
+    params: Result<Query<ReportParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<ReportView>>> {
+    let Query(p) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if let Some(h) = &p.hostname {
+        Hostname::parse(h)?;
+    }
+    if let Some(j) = &p.job_id {
+        cc_proto::JobId::parse(j)?;
+    }
+    let limit = p.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_REPORTS_LIMIT {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("limit must be 1 to {MAX_REPORTS_LIMIT}"),
+        ));
+    }
+    let q = ReportQuery {
+        hostname: p.hostname,
+        job_id: p.job_id,
+        limit,
+    };
+    let rows: Vec<ReportRow> = state
+        .db
+        .call(move |s| s.reports(&q))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        rows.into_iter()
+            .filter_map(|r| {
+                Some(ReportView {
+                    report: RawValue::from_string(r.payload).ok()?,
+                    hostname: r.hostname,
+                    job_id: r.job_id,
+                    kind: r.kind,
+                    received_at: rfc3339_ms(r.received_ms),
+                })
+            })
+            .collect(),
+    ))
+}
+
+async fn put_cron(
+    State(state): State<Arc<AppState>>,
+    Path(hostname): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Vec<CronEntry>>> {
+    let hostname = hostname_param(&hostname)?;
+    let entries: Vec<CronEntry> = body_json(body)?;
+    if entries.len() > MAX_CRON_ENTRIES {
+        return Err(ApiError::invalid(
+            "entries",
+            format!("at most {MAX_CRON_ENTRIES} entries"),
+        ));
+    }
+    let mut canonical = Vec::with_capacity(entries.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let job = entry.validate().map_err(|e| {
+            ApiError::invalid("entries", format!("entry {i} (id {:?}): {e}", entry.id))
+        })?;
+        if !seen.insert(job.id.clone()) {
+            return Err(ApiError::invalid(
+                "entries",
+                format!("entry {i}: id {:?} appears twice", entry.id),
+            ));
+        }
+        // Stored and pushed in canonical form: the schedule as our grammar
+        // renders it, the command as the exact argv quoted.
+        canonical.push(CronEntry {
+            id: job.id.to_string(),
+            schedule: job.schedule.to_string(),
+            command: job.command.to_shell_line(),
+        });
+    }
+    let host = hostname.to_string();
+    let h = host.clone();
+    let known = state
+        .db
+        .call(move |s| s.agent_known(&h))
+        .await
+        .map_err(ApiError::internal)?;
+    if !known {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no agent {host:?} has registered"),
+        ));
+    }
+    {
+        let (host, list) = (host.clone(), canonical.clone());
+        state
+            .db
+            .call(move |s| s.set_cron(&host, &list, now_ms()))
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    if let Ok(text) = Message::CronRefresh(canonical.clone()).to_json() {
+        let pushed = state.hub.send(&host, text);
+        info!(hostname = %host, entries = canonical.len(), pushed, "cron definitions stored");
+    }
+    Ok(Json(canonical))
+}
+
+async fn get_cron(
+    State(state): State<Arc<AppState>>,
+    Path(hostname): Path<String>,
+) -> ApiResult<Json<Vec<CronEntry>>> {
+    let host = hostname_param(&hostname)?.to_string();
+    let h = host.clone();
+    let (known, list) = state
+        .db
+        .call(move |s| Ok((s.agent_known(&h)?, s.get_cron(&h)?)))
+        .await
+        .map_err(ApiError::internal)?;
+    if !known {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no agent {host:?} has registered"),
+        ));
+    }
+    Ok(Json(list.unwrap_or_default()))
+}

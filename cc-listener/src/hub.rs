@@ -1,0 +1,160 @@
+//! Live agent connections, by hostname.
+//!
+//! Each connection task owns its socket; the hub holds only a bounded
+//! channel to it, so the API and other tasks can ask it to send a message or
+//! close. A second connection for the same hostname replaces the first.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use cc_proto::wire::AgentInfo;
+
+/// What a connection task is asked to do.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Send this text frame.
+    Text(String),
+    /// Close with a policy reason (the connection was replaced, its key
+    /// revoked, or the listener is shutting down).
+    Close(&'static str),
+}
+
+/// Capacity of each connection's outbound queue. Jobs that do not fit stay
+/// queued in the store and are sent on the next sweep.
+pub const OUTBOUND_QUEUE: usize = 32;
+
+#[derive(Debug)]
+pub struct Live {
+    pub conn_id: u64,
+    pub key_id: i64,
+    pub info: AgentInfo,
+    pub connected_ms: i64,
+    /// Last time anything arrived from the agent (ms since the epoch).
+    pub last_seen_ms: Arc<AtomicI64>,
+    /// Last heartbeat message (ms since the epoch), 0 before the first.
+    pub last_heartbeat_ms: Arc<AtomicI64>,
+    tx: mpsc::Sender<Outbound>,
+}
+
+#[derive(Debug, Default)]
+pub struct Hub {
+    agents: Mutex<HashMap<String, Live>>,
+    next_conn: AtomicU64,
+}
+
+/// A snapshot of one live agent, for the API.
+#[derive(Debug, Clone)]
+pub struct LiveView {
+    pub info: AgentInfo,
+    pub connected_ms: i64,
+    pub last_seen_ms: i64,
+    pub last_heartbeat_ms: i64,
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        // The map stays consistent under panic (single inserts/removes).
+        self.agents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a connection; an older one for the same host is told to
+    /// close and is returned for logging.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert(
+        &self,
+        conn_id: u64,
+        key_id: i64,
+        info: AgentInfo,
+        now_ms: i64,
+        last_seen_ms: Arc<AtomicI64>,
+        last_heartbeat_ms: Arc<AtomicI64>,
+        tx: mpsc::Sender<Outbound>,
+    ) -> Option<u64> {
+        let hostname = info.hostname.to_string();
+        let live = Live {
+            conn_id,
+            key_id,
+            info,
+            connected_ms: now_ms,
+            last_seen_ms,
+            last_heartbeat_ms,
+            tx,
+        };
+        let old = self.lock().insert(hostname, live)?;
+        let _ = old.tx.try_send(Outbound::Close(
+            "replaced by a newer connection for this hostname",
+        ));
+        Some(old.conn_id)
+    }
+
+    /// Removes the entry only if it is still this connection's.
+    pub fn remove(&self, hostname: &str, conn_id: u64) {
+        let mut map = self.lock();
+        if map.get(hostname).is_some_and(|l| l.conn_id == conn_id) {
+            map.remove(hostname);
+        }
+    }
+
+    /// Queues a text frame for a host; false if it is not connected or its
+    /// queue is full.
+    pub fn send(&self, hostname: &str, text: String) -> bool {
+        match self.lock().get(hostname) {
+            Some(live) => live.tx.try_send(Outbound::Text(text)).is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn is_connected(&self, hostname: &str) -> bool {
+        self.lock().contains_key(hostname)
+    }
+
+    pub fn view(&self) -> HashMap<String, LiveView> {
+        self.lock()
+            .iter()
+            .map(|(h, l)| {
+                (
+                    h.clone(),
+                    LiveView {
+                        info: l.info.clone(),
+                        connected_ms: l.connected_ms,
+                        last_seen_ms: l.last_seen_ms.load(Ordering::Relaxed),
+                        last_heartbeat_ms: l.last_heartbeat_ms.load(Ordering::Relaxed),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// (hostname, key id) of every live connection.
+    pub fn keys(&self) -> Vec<(String, i64)> {
+        self.lock()
+            .iter()
+            .map(|(h, l)| (h.clone(), l.key_id))
+            .collect()
+    }
+
+    pub fn hostnames(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    pub fn close(&self, hostname: &str, reason: &'static str) {
+        if let Some(l) = self.lock().get(hostname) {
+            let _ = l.tx.try_send(Outbound::Close(reason));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,260 @@
+//! `cc-listener`: accepts agents on `/agent`, orchestrates jobs and cron
+//! definitions, stores every report, and serves the operator API.
+//!
+//! - [`agents`]: the WebSocket endpoint, one task per connection.
+//! - [`hub`]: live connections by hostname.
+//! - [`api`]: the operator HTTP API.
+//! - [`store`]: SQLite; the only module that touches storage.
+#![forbid(unsafe_code)]
+
+pub mod agents;
+pub mod api;
+pub mod hub;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::hub::Hub;
+use crate::store::{Db, Store};
+
+/// Everything `serve` needs, resolved from flags, config file and defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub db: PathBuf,
+    /// How often agents are expected to heartbeat; three intervals of
+    /// silence and the agent is dropped as offline.
+    pub heartbeat_interval: Duration,
+    /// WebSocket ping period (finds dead TCP).
+    pub ping_interval: Duration,
+    pub handshake_timeout: Duration,
+    pub register_timeout: Duration,
+    /// How long a job for an offline agent waits before it expires.
+    pub job_queue_ttl: Duration,
+    /// A sent job with no report after `timeout + lost_grace` is lost.
+    pub lost_grace: Duration,
+    /// How often lost/expired jobs are swept and queued jobs retried.
+    pub sweep_interval: Duration,
+    pub max_connections: usize,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Settings {
+    pub fn new(db: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            db,
+            heartbeat_interval: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            register_timeout: Duration::from_secs(10),
+            job_queue_ttl: Duration::from_secs(3600),
+            lost_grace: Duration::from_secs(60),
+            sweep_interval: Duration::from_secs(1),
+            max_connections: 20_000,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct AppState {
+    pub db: Db,
+    pub hub: Hub,
+    pub settings: Settings,
+    pub admin_token: String,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| cc_proto::Timestamp::from_datetime(t).to_string())
+        .unwrap_or_default()
+}
+
+fn load_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .with_context(|| format!("reading {}", files.cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", files.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .with_context(|| format!("reading a private key from {}", files.key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("certificate and key do not form a usable pair")?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Bound sockets, ready to serve: binding is separate so the caller can print
+/// the real addresses (port 0 in tests) before serving.
+#[derive(Debug)]
+pub struct Bound {
+    agent: TcpListener,
+    admin: TcpListener,
+    pub agent_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+pub async fn bind(settings: &Settings) -> Result<Bound> {
+    let agent = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding the agent listener on {}", settings.listen))?;
+    let admin = TcpListener::bind(settings.admin_listen)
+        .await
+        .with_context(|| format!("binding the operator API on {}", settings.admin_listen))?;
+    Ok(Bound {
+        agent_addr: agent.local_addr()?,
+        admin_addr: admin.local_addr()?,
+        agent,
+        admin,
+    })
+}
+
+/// Serves agents and the operator API until `stop` resolves, then closes
+/// every agent connection (1001) and returns.
+pub async fn serve(
+    settings: Settings,
+    admin_token: String,
+    bound: Bound,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let store = Store::open(&settings.db)?;
+    let tls = settings.tls.as_ref().map(load_tls).transpose()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = Arc::new(AppState {
+        db: Db::new(store),
+        hub: Hub::default(),
+        settings: settings.clone(),
+        admin_token,
+        shutdown: shutdown_rx.clone(),
+    });
+
+    let agents = tokio::spawn(agents::accept_loop(
+        bound.agent,
+        Arc::clone(&state),
+        tls,
+        shutdown_rx.clone(),
+    ));
+    let sweeper = tokio::spawn(sweep_loop(Arc::clone(&state), shutdown_rx.clone()));
+    let mut api_shutdown = shutdown_rx.clone();
+    let api = tokio::spawn(
+        axum::serve(bound.admin, api::router(Arc::clone(&state)))
+            .with_graceful_shutdown(async move {
+                let _ = api_shutdown.changed().await;
+            })
+            .into_future(),
+    );
+    info!(
+        agents = %bound.agent_addr,
+        admin = %bound.admin_addr,
+        tls = settings.tls.is_some(),
+        "listening"
+    );
+
+    stop.await;
+    info!("shutting down");
+    // Every task watches this: connections close with 1001.
+    let _ = shutdown_tx.send(true);
+    let _ = agents.await;
+    let _ = sweeper.await;
+    match api.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("operator API ended with an error: {e}"),
+        Err(e) => warn!("operator API task failed: {e}"),
+    }
+    // Give connection tasks a moment to send their close frames.
+    for _ in 0..50 {
+        if state.hub.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Marks overdue jobs lost and stale queued jobs expired, retries queued
+/// jobs of connected agents, and drops connections whose key was revoked.
+async fn sweep_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(state.settings.sweep_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let grace = i64::try_from(state.settings.lost_grace.as_millis()).unwrap_or(i64::MAX / 2);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match state.db.call(move |s| s.sweep(now_ms(), grace)).await {
+            Ok((0, 0)) => {}
+            Ok((lost, expired)) => info!(lost, expired, "jobs swept"),
+            Err(e) => warn!("sweep failed: {e:#}"),
+        }
+        match state.db.call(|s| s.all_queued(now_ms())).await {
+            Ok(jobs) => {
+                let jobs: Vec<_> = jobs
+                    .into_iter()
+                    .filter(|j| state.hub.is_connected(&j.hostname))
+                    .collect();
+                let sent = agents::retry_queued(&state, jobs);
+                if !sent.is_empty() {
+                    if let Err(e) = state.db.call(move |s| s.mark_sent(&sent, now_ms())).await {
+                        warn!("marking retried jobs sent failed: {e:#}");
+                    }
+                }
+            }
+            Err(e) => warn!("reading queued jobs failed: {e:#}"),
+        }
+        match state.db.call(|s| s.revoked_key_ids()).await {
+            Ok(revoked) if !revoked.is_empty() => {
+                for (host, key) in state.hub.keys() {
+                    if revoked.contains(&key) {
+                        warn!(hostname = %host, "API key revoked: disconnecting");
+                        state.hub.close(&host, "API key revoked");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!("reading revoked keys failed: {e:#}"),
+        }
+    }
+}
+
+/// Reads the admin token from a file (first line, trimmed).
+pub fn read_token_file(path: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    anyhow::ensure!(
+        token.len() >= 16,
+        "{}: the admin token must be at least 16 characters",
+        path.display()
+    );
+    Ok(token)
+}

@@ -1,0 +1,853 @@
+//! Durable state: one SQLite file in WAL mode.
+//!
+//! Everything the listener must not lose lives here, and every other module
+//! reaches storage only through [`Store`], so a second backend can stand
+//! beside this one. Methods are synchronous; async callers go through
+//! [`Db::call`], which runs them on the blocking pool.
+//!
+//! Durability: `synchronous = FULL`, so a committed transaction survives a
+//! crash of the process or the machine. A report is acknowledged to the agent
+//! only after `store_report` has committed.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use sha2::{Digest, Sha256};
+
+use cc_proto::wire::{AgentInfo, CronEntry, CronStatus, ExecutionMode};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how
+/// many ran. Append only.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE api_keys (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    key_hash    TEXT NOT NULL UNIQUE,
+    hostname    TEXT UNIQUE,
+    created_ms  INTEGER NOT NULL,
+    revoked_ms  INTEGER
+);
+CREATE TABLE agents (
+    hostname        TEXT PRIMARY KEY,
+    os              TEXT NOT NULL,
+    arch            TEXT NOT NULL,
+    tags            TEXT NOT NULL,
+    execution_mode  TEXT NOT NULL,
+    is_root         INTEGER NOT NULL,
+    first_seen_ms   INTEGER NOT NULL,
+    last_seen_ms    INTEGER NOT NULL,
+    cron_status     TEXT
+);
+CREATE TABLE jobs (
+    job_id        TEXT PRIMARY KEY,
+    hostname      TEXT NOT NULL,
+    command       TEXT NOT NULL,
+    args          TEXT NOT NULL,
+    timeout_secs  INTEGER NOT NULL,
+    status        TEXT NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    expires_ms    INTEGER NOT NULL,
+    sent_ms       INTEGER,
+    finished_ms   INTEGER,
+    report_id     INTEGER
+);
+CREATE INDEX jobs_by_host_status ON jobs (hostname, status);
+CREATE INDEX jobs_by_status ON jobs (status);
+CREATE TABLE cron_sets (
+    hostname    TEXT PRIMARY KEY,
+    entries     TEXT NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE TABLE reports (
+    id           INTEGER PRIMARY KEY,
+    hostname     TEXT NOT NULL,
+    job_id       TEXT NOT NULL,
+    dedupe_key   TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    received_ms  INTEGER NOT NULL,
+    payload      TEXT NOT NULL,
+    UNIQUE (hostname, dedupe_key)
+);
+CREATE INDEX reports_by_job ON reports (job_id, id);
+CREATE INDEX reports_by_host ON reports (hostname, id);
+"#];
+
+/// Job states as stored and shown by the API.
+pub mod status {
+    pub const QUEUED: &str = "queued";
+    pub const SENT: &str = "sent";
+    pub const DONE: &str = "done";
+    pub const LOST: &str = "lost";
+    pub const EXPIRED: &str = "expired";
+}
+
+#[derive(Debug)]
+pub struct Store {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+/// An API key as the handshake sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: i64,
+    pub name: String,
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyInfo {
+    pub name: String,
+    pub hostname: Option<String>,
+    pub created_ms: i64,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// The key is (now) bound to this hostname.
+    Ok,
+    /// The key belongs to another host.
+    OtherHost(String),
+    /// Another key already owns this hostname.
+    HostnameTaken,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentRow {
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub tags: Vec<String>,
+    pub execution_mode: String,
+    pub is_root: bool,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub cron_status: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub job_id: String,
+    pub hostname: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub timeout_secs: u64,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub job_id: String,
+    pub hostname: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub timeout_secs: u64,
+    pub status: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub sent_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub report: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReportRow {
+    pub hostname: String,
+    pub job_id: String,
+    pub kind: String,
+    pub received_ms: i64,
+    pub payload: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    New,
+    Duplicate,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReportQuery {
+    pub hostname: Option<String>,
+    pub job_id: Option<String>,
+    pub limit: u32,
+}
+
+/// SHA-256 of an API key, hex. Keys are 256 random bits, so a fast hash is
+/// enough: there is nothing to brute-force.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding the lock cannot leave SQLite inconsistent (a
+    // transaction not committed is rolled back), so a poisoned lock is
+    // still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn json_list(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self> {
+        let writer = open_connection(path)?;
+        migrate(&writer).with_context(|| format!("migrating {}", path.display()))?;
+        let reader = open_connection(path)?;
+        Ok(Self {
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    // ---- API keys ----
+
+    /// Creates a key and returns it; only its hash is stored.
+    pub fn add_key(&self, name: &str, hostname: Option<&str>, now_ms: i64) -> Result<String> {
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let key = format!("cck_{}", hex::encode(raw));
+        let conn = lock(&self.writer);
+        let done = conn.execute(
+            "INSERT INTO api_keys (name, key_hash, hostname, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![name, hash_key(&key), hostname, now_ms],
+        );
+        match done {
+            Ok(_) => Ok(key),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                bail!("a key named {name:?} exists, or the hostname already has a key")
+            }
+            Err(e) => Err(e).context("storing the key"),
+        }
+    }
+
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare(
+            "SELECT name, hostname, created_ms, revoked_ms IS NOT NULL FROM api_keys ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(KeyInfo {
+                name: r.get(0)?,
+                hostname: r.get(1)?,
+                created_ms: r.get(2)?,
+                revoked: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes a key by name; false when there is no such live key.
+    pub fn revoke_key(&self, name: &str, now_ms: i64) -> Result<bool> {
+        let conn = lock(&self.writer);
+        let n = conn.execute(
+            "UPDATE api_keys SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
+            params![name, now_ms],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The live key with this value, if any.
+    pub fn authenticate(&self, key: &str) -> Result<Option<KeyRecord>> {
+        let conn = lock(&self.reader);
+        Ok(conn
+            .query_row(
+                "SELECT id, name, hostname FROM api_keys WHERE key_hash = ?1 AND revoked_ms IS NULL",
+                params![hash_key(key)],
+                |r| {
+                    Ok(KeyRecord {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        hostname: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Ids of revoked keys (few; checked against live connections).
+    pub fn revoked_key_ids(&self) -> Result<std::collections::HashSet<i64>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare("SELECT id FROM api_keys WHERE revoked_ms IS NOT NULL")?;
+        let ids = stmt.query_map([], |r| r.get(0))?;
+        Ok(ids.collect::<Result<_, _>>()?)
+    }
+
+    /// Binds key `id` to `hostname` the first time it registers.
+    pub fn bind_key(&self, id: i64, hostname: &str) -> Result<Binding> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        let bound: Option<String> = tx.query_row(
+            "SELECT hostname FROM api_keys WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?;
+        let outcome = match bound {
+            Some(h) if h == hostname => Binding::Ok,
+            Some(h) => Binding::OtherHost(h),
+            None => {
+                let taken = tx
+                    .query_row(
+                        "SELECT 1 FROM api_keys WHERE hostname = ?1",
+                        params![hostname],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some();
+                if taken {
+                    Binding::HostnameTaken
+                } else {
+                    tx.execute(
+                        "UPDATE api_keys SET hostname = ?2 WHERE id = ?1",
+                        params![id, hostname],
+                    )?;
+                    Binding::Ok
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    // ---- agents ----
+
+    pub fn upsert_agent(&self, info: &AgentInfo, now_ms: i64) -> Result<()> {
+        let tags: Vec<&str> = info.tags.iter().map(|t| t.as_str()).collect();
+        let mode = match info.execution_mode {
+            ExecutionMode::User => "user",
+            ExecutionMode::System => "system",
+        };
+        lock(&self.writer).execute(
+            "INSERT INTO agents (hostname, os, arch, tags, execution_mode, is_root, first_seen_ms, last_seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+             ON CONFLICT (hostname) DO UPDATE SET os = ?2, arch = ?3, tags = ?4,
+                 execution_mode = ?5, is_root = ?6, last_seen_ms = ?7",
+            params![
+                info.hostname.as_str(),
+                info.os,
+                info.arch,
+                serde_json::to_string(&tags)?,
+                mode,
+                info.is_root,
+                now_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn touch_agent(&self, hostname: &str, last_seen_ms: i64) -> Result<()> {
+        lock(&self.writer).execute(
+            "UPDATE agents SET last_seen_ms = max(last_seen_ms, ?2) WHERE hostname = ?1",
+            params![hostname, last_seen_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_cron_status(&self, hostname: &str, status: &CronStatus) -> Result<()> {
+        lock(&self.writer).execute(
+            "UPDATE agents SET cron_status = ?2 WHERE hostname = ?1",
+            params![hostname, serde_json::to_string(status)?],
+        )?;
+        Ok(())
+    }
+
+    pub fn list_agents(&self) -> Result<Vec<AgentRow>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare(
+            "SELECT hostname, os, arch, tags, execution_mode, is_root, first_seen_ms, last_seen_ms, cron_status
+             FROM agents ORDER BY hostname",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AgentRow {
+                hostname: r.get(0)?,
+                os: r.get(1)?,
+                arch: r.get(2)?,
+                tags: json_list(&r.get::<_, String>(3)?),
+                execution_mode: r.get(4)?,
+                is_root: r.get(5)?,
+                first_seen_ms: r.get(6)?,
+                last_seen_ms: r.get(7)?,
+                cron_status: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether an agent with this hostname has ever registered, or a key is
+    /// bound to it.
+    pub fn agent_known(&self, hostname: &str) -> Result<bool> {
+        let conn = lock(&self.reader);
+        Ok(conn
+            .query_row(
+                "SELECT 1 FROM agents WHERE hostname = ?1
+                 UNION ALL SELECT 1 FROM api_keys WHERE hostname = ?1 LIMIT 1",
+                params![hostname],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    // ---- jobs ----
+
+    /// Stores a new job, `sent` already when `sent` is true.
+    pub fn create_job(&self, job: &NewJob, sent: bool) -> Result<()> {
+        let (status, sent_ms) = if sent {
+            (status::SENT, Some(job.created_ms))
+        } else {
+            (status::QUEUED, None)
+        };
+        lock(&self.writer).execute(
+            "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms, expires_ms, sent_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                job.job_id,
+                job.hostname,
+                job.command,
+                serde_json::to_string(&job.args)?,
+                job.timeout_secs,
+                status,
+                job.created_ms,
+                job.expires_ms,
+                sent_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Marks queued jobs sent; returns how many changed.
+    pub fn mark_sent(&self, job_ids: &[String], now_ms: i64) -> Result<usize> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        let mut n = 0;
+        for id in job_ids {
+            n += tx.execute(
+                "UPDATE jobs SET status = 'sent', sent_ms = ?2 WHERE job_id = ?1 AND status = 'queued'",
+                params![id, now_ms],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Puts a job marked sent back in the queue (it could not be handed to
+    /// the connection).
+    pub fn requeue(&self, job_id: &str) -> Result<()> {
+        lock(&self.writer).execute(
+            "UPDATE jobs SET status = 'queued', sent_ms = NULL WHERE job_id = ?1 AND status = 'sent'",
+            params![job_id],
+        )?;
+        Ok(())
+    }
+
+    /// Every queued, unexpired job, oldest first.
+    pub fn all_queued(&self, now_ms: i64) -> Result<Vec<JobRow>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare(&format!(
+            "{JOB_SELECT} WHERE j.status = 'queued' AND j.expires_ms > ?1 ORDER BY j.created_ms, j.job_id"
+        ))?;
+        let rows = stmt.query_map(params![now_ms], job_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Queued, unexpired jobs for a host, oldest first.
+    pub fn queued_jobs(&self, hostname: &str, now_ms: i64) -> Result<Vec<JobRow>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare(&format!(
+            "{JOB_SELECT} WHERE j.hostname = ?1 AND j.status = 'queued' AND j.expires_ms > ?2
+             ORDER BY j.created_ms, j.job_id"
+        ))?;
+        let rows = stmt.query_map(params![hostname, now_ms], job_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn get_job(&self, job_id: &str) -> Result<Option<JobRow>> {
+        let conn = lock(&self.reader);
+        Ok(conn
+            .query_row(
+                &format!("{JOB_SELECT} WHERE j.job_id = ?1"),
+                params![job_id],
+                job_row,
+            )
+            .optional()?)
+    }
+
+    /// Marks sent jobs whose report is overdue (`timeout + grace`) lost,
+    /// and queued jobs past their expiry expired. Returns (lost, expired).
+    pub fn sweep(&self, now_ms: i64, grace_ms: i64) -> Result<(usize, usize)> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        let lost = tx.execute(
+            "UPDATE jobs SET status = 'lost', finished_ms = ?1
+             WHERE status = 'sent' AND sent_ms + timeout_secs * 1000 + ?2 < ?1",
+            params![now_ms, grace_ms],
+        )?;
+        let expired = tx.execute(
+            "UPDATE jobs SET status = 'expired', finished_ms = ?1
+             WHERE status = 'queued' AND expires_ms <= ?1",
+            params![now_ms],
+        )?;
+        tx.commit()?;
+        Ok((lost, expired))
+    }
+
+    // ---- cron ----
+
+    pub fn set_cron(&self, hostname: &str, entries: &[CronEntry], now_ms: i64) -> Result<()> {
+        lock(&self.writer).execute(
+            "INSERT INTO cron_sets (hostname, entries, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (hostname) DO UPDATE SET entries = ?2, updated_ms = ?3",
+            params![hostname, serde_json::to_string(entries)?, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// The stored cron list, or `None` when none was ever set.
+    pub fn get_cron(&self, hostname: &str) -> Result<Option<Vec<CronEntry>>> {
+        let conn = lock(&self.reader);
+        let text: Option<String> = conn
+            .query_row(
+                "SELECT entries FROM cron_sets WHERE hostname = ?1",
+                params![hostname],
+                |r| r.get(0),
+            )
+            .optional()?;
+        text.map(|t| serde_json::from_str(&t).context("stored cron list is corrupt"))
+            .transpose()
+    }
+
+    fn is_cron_entry(tx: &Transaction<'_>, hostname: &str, job_id: &str) -> Result<bool> {
+        let text: Option<String> = tx
+            .query_row(
+                "SELECT entries FROM cron_sets WHERE hostname = ?1",
+                params![hostname],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let entries: Vec<CronEntry> = match text {
+            Some(t) => serde_json::from_str(&t).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        Ok(entries.iter().any(|e| e.id == job_id))
+    }
+
+    // ---- reports ----
+
+    /// Stores a report once per (hostname, dedupe key) and, for an ad-hoc
+    /// job of this host, marks the job done, in one transaction.
+    pub fn store_report(
+        &self,
+        hostname: &str,
+        job_id: &str,
+        dedupe_key: &str,
+        payload: &str,
+        now_ms: i64,
+    ) -> Result<Stored> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM reports WHERE hostname = ?1 AND dedupe_key = ?2",
+                params![hostname, dedupe_key],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if exists {
+            return Ok(Stored::Duplicate);
+        }
+        let is_job = tx
+            .query_row(
+                "SELECT 1 FROM jobs WHERE job_id = ?1 AND hostname = ?2",
+                params![job_id, hostname],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        let kind = if is_job {
+            "job"
+        } else if Self::is_cron_entry(&tx, hostname, job_id)? {
+            "cron"
+        } else {
+            "unmatched"
+        };
+        tx.execute(
+            "INSERT INTO reports (hostname, job_id, dedupe_key, kind, received_ms, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![hostname, job_id, dedupe_key, kind, now_ms, payload],
+        )?;
+        let report_row = tx.last_insert_rowid();
+        if is_job {
+            // The first report of a job settles it, whatever state it was in.
+            tx.execute(
+                "UPDATE jobs SET status = 'done', finished_ms = ?3, report_id = ?2
+                 WHERE job_id = ?1 AND report_id IS NULL",
+                params![job_id, report_row, now_ms],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Stored::New)
+    }
+
+    /// Reports, newest first.
+    pub fn reports(&self, q: &ReportQuery) -> Result<Vec<ReportRow>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare(
+            "SELECT hostname, job_id, kind, received_ms, payload FROM reports
+             WHERE (?1 IS NULL OR hostname = ?1) AND (?2 IS NULL OR job_id = ?2)
+             ORDER BY id DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![q.hostname, q.job_id, q.limit], |r| {
+            Ok(ReportRow {
+                hostname: r.get(0)?,
+                job_id: r.get(1)?,
+                kind: r.get(2)?,
+                received_ms: r.get(3)?,
+                payload: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn count_reports(&self) -> Result<i64> {
+        Ok(lock(&self.reader).query_row("SELECT count(*) FROM reports", [], |r| r.get(0))?)
+    }
+}
+
+const JOB_SELECT: &str = "SELECT j.job_id, j.hostname, j.command, j.args, j.timeout_secs, j.status,
+    j.created_ms, j.expires_ms, j.sent_ms, j.finished_ms, r.payload
+    FROM jobs j LEFT JOIN reports r ON r.id = j.report_id";
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        job_id: r.get(0)?,
+        hostname: r.get(1)?,
+        command: r.get(2)?,
+        args: json_list(&r.get::<_, String>(3)?),
+        timeout_secs: r.get(4)?,
+        status: r.get(5)?,
+        created_ms: r.get(6)?,
+        expires_ms: r.get(7)?,
+        sent_ms: r.get(8)?,
+        finished_ms: r.get(9)?,
+        report: r.get(10)?,
+    })
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        bail!(
+            "{} could not be put in WAL mode (got {mode})",
+            path.display()
+        );
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    // IMMEDIATE takes the write lock before the version is read, so two
+    // processes opening a fresh file at once (`serve` and `keys add`) do
+    // not both apply the same migration.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        let done: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let done = usize::try_from(done).context("negative schema version")?;
+        if done > MIGRATIONS.len() {
+            bail!(
+                "database schema version {done} is newer than this listener knows ({})",
+                MIGRATIONS.len()
+            );
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+            conn.execute_batch(sql)
+                .with_context(|| format!("applying migration {}", i + 1))?;
+            conn.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => conn
+            .execute_batch("COMMIT")
+            .context("committing migrations"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Shared handle for async code: runs store calls on the blocking pool.
+#[derive(Debug, Clone)]
+pub struct Db(Arc<Store>);
+
+impl Db {
+    pub fn new(store: Store) -> Self {
+        Self(Arc::new(store))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.0
+    }
+
+    pub async fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Store) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let store = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .context("storage task failed")?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_store() -> (tempdir::Dir, Store) {
+        let dir = tempdir::Dir::new();
+        let store = Store::open(&dir.path().join("cc.db")).unwrap();
+        (dir, store)
+    }
+
+    /// A tiny temp dir, removed on drop (avoids a dependency for one test).
+    mod tempdir {
+        use std::path::{Path, PathBuf};
+        pub(super) struct Dir(PathBuf);
+        impl Dir {
+            pub(super) fn new() -> Self {
+                let p = std::env::temp_dir().join(format!(
+                    "cc-store-test-{}-{}",
+                    std::process::id(),
+                    uuid::Uuid::new_v4()
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Self(p)
+            }
+            pub(super) fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn keys_are_stored_hashed_bound_once_and_revocable() {
+        let (_d, s) = temp_store();
+        let key = s.add_key("web1", None, 1).unwrap();
+        assert!(key.starts_with("cck_") && key.len() == 68);
+        let rec = s.authenticate(&key).unwrap().unwrap();
+        assert_eq!(rec.name, "web1");
+        assert!(s.authenticate("cck_wrong").unwrap().is_none());
+        assert_eq!(s.bind_key(rec.id, "web1.example").unwrap(), Binding::Ok);
+        assert_eq!(
+            s.bind_key(rec.id, "db1.example").unwrap(),
+            Binding::OtherHost("web1.example".into())
+        );
+        let other = s.add_key("other", None, 1).unwrap();
+        let other = s.authenticate(&other).unwrap().unwrap();
+        assert_eq!(
+            s.bind_key(other.id, "web1.example").unwrap(),
+            Binding::HostnameTaken
+        );
+        assert!(s.revoke_key("web1", 2).unwrap());
+        assert!(s.authenticate(&key).unwrap().is_none());
+        assert!(!s.revoke_key("web1", 3).unwrap());
+        assert!(s.add_key("web1", None, 4).is_err(), "names are unique");
+    }
+
+    #[test]
+    fn reports_are_stored_once_and_settle_their_job() {
+        let (_d, s) = temp_store();
+        s.create_job(
+            &NewJob {
+                job_id: "j1".into(),
+                hostname: "h".into(),
+                command: "/bin/true".into(),
+                args: vec![],
+                timeout_secs: 10,
+                created_ms: 0,
+                expires_ms: 100,
+            },
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            s.store_report("h", "j1", "r1", "{}", 5).unwrap(),
+            Stored::New
+        );
+        assert_eq!(
+            s.store_report("h", "j1", "r1", "{}", 6).unwrap(),
+            Stored::Duplicate
+        );
+        let job = s.get_job("j1").unwrap().unwrap();
+        assert_eq!(job.status, status::DONE);
+        assert_eq!(job.report.as_deref(), Some("{}"));
+        assert_eq!(s.count_reports().unwrap(), 1);
+    }
+
+    #[test]
+    fn sweep_marks_overdue_jobs_lost_and_old_queued_jobs_expired() {
+        let (_d, s) = temp_store();
+        let job = |id: &str| NewJob {
+            job_id: id.into(),
+            hostname: "h".into(),
+            command: "x".into(),
+            args: vec![],
+            timeout_secs: 1,
+            created_ms: 0,
+            expires_ms: 500,
+        };
+        s.create_job(&job("sent"), true).unwrap();
+        s.create_job(&job("queued"), false).unwrap();
+        assert_eq!(s.sweep(400, 100).unwrap(), (0, 0));
+        assert_eq!(s.sweep(1_101, 100).unwrap(), (1, 1));
+        assert_eq!(s.get_job("sent").unwrap().unwrap().status, status::LOST);
+        assert_eq!(
+            s.get_job("queued").unwrap().unwrap().status,
+            status::EXPIRED
+        );
+    }
+
+    /// Regression: `serve` and `keys add` opening a fresh file at the same
+    /// moment both saw schema version 0 and the second failed with "table
+    /// api_keys already exists".
+    #[test]
+    fn concurrent_first_opens_migrate_once() {
+        let dir = tempdir::Dir::new();
+        let path = dir.path().join("cc.db");
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let p = path.clone();
+                std::thread::spawn(move || Store::open(&p).map(|_| ()))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+    }
+
+    #[test]
+    fn reopening_keeps_everything_and_does_not_migrate_twice() {
+        let dir = tempdir::Dir::new();
+        let path = dir.path().join("cc.db");
+        let key = Store::open(&path).unwrap().add_key("k", None, 1).unwrap();
+        let again = Store::open(&path).unwrap();
+        assert!(again.authenticate(&key).unwrap().is_some());
+    }
+}

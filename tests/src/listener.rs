@@ -1,0 +1,198 @@
+//! A real `cc-listener` process on loopback with its own database.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::http::{self, Response};
+
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+#[derive(Debug)]
+pub struct ListenerProcess {
+    pub child: Child,
+    pub agent_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    bin: PathBuf,
+    dir: PathBuf,
+    extra_config: String,
+}
+
+impl ListenerProcess {
+    /// Starts the listener in `dir` (database, token file, config) on free
+    /// loopback ports. `extra_config` is appended to the TOML config.
+    pub fn start(bin: &Path, dir: &Path, extra_config: &str) -> Self {
+        Self::start_on(
+            bin,
+            dir,
+            extra_config,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+    }
+
+    pub fn start_on(
+        bin: &Path,
+        dir: &Path,
+        extra_config: &str,
+        agent: SocketAddr,
+        admin: SocketAddr,
+    ) -> Self {
+        std::fs::write(dir.join("token"), TOKEN).unwrap();
+        let config = format!(
+            "db = {:?}\nadmin_token_file = {:?}\nlisten = \"{agent}\"\nadmin_listen = \"{admin}\"\n{extra_config}\n",
+            dir.join("listener.db"),
+            dir.join("token"),
+        );
+        std::fs::write(dir.join("listener.toml"), &config).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("listener.log"))
+            .unwrap();
+        let mut child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(dir.join("listener.toml"))
+            .env("CC_LOG", "info,cc_listener=debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starting cc-listener");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addrs = parse_banner(&line).unwrap_or_else(|| {
+            let log = std::fs::read_to_string(dir.join("listener.log")).unwrap_or_default();
+            panic!("cc-listener did not start: {line:?}\n{log}")
+        });
+        Self {
+            child,
+            agent_addr: addrs.0,
+            admin_addr: addrs.1,
+            bin: bin.to_owned(),
+            dir: dir.to_owned(),
+            extra_config: extra_config.to_owned(),
+        }
+    }
+
+    /// SIGKILL, then start again on the same ports and database.
+    pub fn kill_and_restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The port may linger for a moment after the kill.
+            let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Self::start_on(
+                    &self.bin,
+                    &self.dir,
+                    &self.extra_config,
+                    self.agent_addr,
+                    self.admin_addr,
+                )
+            }));
+            match next {
+                Ok(p) => {
+                    let old = std::mem::replace(self, p);
+                    std::mem::forget(old);
+                    return;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => std::panic::resume_unwind(e),
+            }
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn add_key(&self, name: &str) -> String {
+        let out = Command::new(&self.bin)
+            .args(["keys", "add", name, "--db"])
+            .arg(self.dir.join("listener.db"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "keys add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    pub fn keys(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.bin)
+            .arg("keys")
+            .args(args)
+            .arg("--db")
+            .arg(self.dir.join("listener.db"))
+            .output()
+            .unwrap()
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        http::request(self.admin_addr, "GET", path, Some(TOKEN), None)
+    }
+
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> Response {
+        http::request(
+            self.admin_addr,
+            "POST",
+            path,
+            Some(TOKEN),
+            Some(body.to_string().as_bytes()),
+        )
+    }
+
+    pub fn put(&self, path: &str, body: &serde_json::Value) -> Response {
+        http::request(
+            self.admin_addr,
+            "PUT",
+            path,
+            Some(TOKEN),
+            Some(body.to_string().as_bytes()),
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("listener.log")).unwrap_or_default()
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/agent", self.agent_addr)
+    }
+
+    /// Polls `f` until it returns Some, for at most `limit`.
+    pub fn wait_for<T>(&self, limit: Duration, mut f: impl FnMut(&Self) -> Option<T>) -> T {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(v) = f(self) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "condition not met within {limit:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for ListenerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn parse_banner(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    // "cc-listener: agents on ws://A/agent, operator API on http://B/api/v1"
+    let agent = line.split("://").nth(1)?.split('/').next()?.parse().ok()?;
+    let admin = line.split("://").nth(2)?.split('/').next()?.parse().ok()?;
+    Some((agent, admin))
+}

@@ -1,0 +1,115 @@
+//! A test agent: a WebSocket client that speaks the protocol by hand.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connects with `key` (none: no header). Err carries the HTTP status of a
+/// refused handshake.
+pub async fn connect(url: &str, key: Option<&str>) -> Result<Ws, u16> {
+    let mut req = url.into_client_request().unwrap();
+    if let Some(k) = key {
+        req.headers_mut()
+            .insert("X-CC-API-KEY", HeaderValue::from_str(k).unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("connect failed: {e}"),
+    }
+}
+
+pub fn register(hostname: &str) -> Value {
+    json!({"type": "register", "payload": {
+        "hostname": hostname, "os": "linux", "arch": "amd64", "tags": ["test"],
+        "executionMode": "user", "isRoot": false
+    }})
+}
+
+/// Connects and registers as `hostname`.
+pub async fn agent(url: &str, key: &str, hostname: &str) -> Ws {
+    let mut ws = connect(url, Some(key)).await.expect("handshake refused");
+    send(&mut ws, &register(hostname)).await;
+    ws
+}
+
+pub async fn send(ws: &mut Ws, v: &Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(text.to_owned().into()))
+        .await
+        .unwrap();
+}
+
+/// Next text message as JSON, within `limit`; pings are skipped. None on
+/// close.
+pub async fn recv(ws: &mut Ws, limit: Duration) -> Option<Value> {
+    recv_raw(ws, limit)
+        .await
+        .map(|t| serde_json::from_str(&t).unwrap())
+}
+
+pub async fn recv_raw(ws: &mut Ws, limit: Duration) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("no message in time");
+        match next {
+            Some(Ok(Message::Text(t))) => return Some(t.to_string()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Waits for the close frame and returns its code and reason.
+pub async fn recv_close(ws: &mut Ws, limit: Duration) -> Option<(u16, String)> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await.ok()? {
+            Some(Ok(Message::Close(Some(f)))) => {
+                return Some((f.code.into(), f.reason.to_string()));
+            }
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Receives messages until one of `kind` arrives.
+pub async fn recv_type(ws: &mut Ws, kind: &str, limit: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let msg = recv(ws, left)
+            .await
+            .unwrap_or_else(|| panic!("closed while waiting for {kind}"));
+        if msg["type"] == kind {
+            return msg;
+        }
+    }
+}
+
+/// A well-formed report for `job_id`.
+pub fn report(job_id: &str, report_id: Option<&str>) -> Value {
+    let mut payload = json!({
+        "jobId": job_id, "command": "/bin/echo hi", "exitCode": 0,
+        "stdout": "hi\n", "stderr": "", "startTime": "2024-03-20T10:00:00Z",
+        "durationMs": 3, "executingUid": 1001, "executingUser": "cc-agent-user"
+    });
+    if let Some(r) = report_id {
+        payload["reportId"] = json!(r);
+    }
+    json!({"type": "execution_report", "payload": payload})
+}
