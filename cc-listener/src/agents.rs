@@ -77,11 +77,27 @@ pub async fn accept_loop(
                     };
                     let _ = tcp.set_nodelay(true);
                     let state = Arc::clone(&state);
-                    let tls = tls.clone();
-                    tokio::spawn(async move {
-                        accept_connection(tcp, peer, state, tls).await;
-                        drop(permit);
-                    });
+                    // Two task types, so a plaintext connection is not sized
+                    // for a TLS stream.
+                    match tls.clone() {
+                        None => {
+                            tokio::spawn(async move {
+                                serve_agent(tcp, peer, &state).await;
+                                drop(permit);
+                            });
+                        }
+                        Some(acceptor) => {
+                            tokio::spawn(async move {
+                                let limit = state.settings.handshake_timeout;
+                                match timeout(limit, Box::pin(acceptor.accept(tcp))).await {
+                                    Ok(Ok(stream)) => serve_agent(stream, peer, &state).await,
+                                    Ok(Err(e)) => info!(%peer, "TLS handshake failed: {e}"),
+                                    Err(_) => info!(%peer, "TLS handshake timed out"),
+                                }
+                                drop(permit);
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off, keep serving.
@@ -94,21 +110,19 @@ pub async fn accept_loop(
     }
 }
 
-async fn accept_connection(
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    state: Arc<AppState>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) {
-    let result = match tls {
-        Some(acceptor) => {
-            match timeout(state.settings.handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => handle_connection(stream, peer, &state).await,
-                Ok(Err(e)) => Err(anyhow!("TLS handshake failed: {e}")),
-                Err(_) => Err(anyhow!("TLS handshake timed out")),
-            }
-        }
-        None => handle_connection(tcp, peer, &state).await,
+/// One agent connection from the first byte to the end, and how it ended.
+///
+/// Set-up (handshake, register, key binding) runs boxed: it is transient
+/// and its state machine is large, so it must not size the future every
+/// idle connection keeps for its whole life (see BENCHMARKS.md).
+async fn serve_agent<S>(stream: S, peer: SocketAddr, state: &AppState)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let result = match Box::pin(set_up(stream, peer, state)).await {
+        Ok(Some((session, ws, key_id, info))) => session.run(ws, key_id, info, peer).await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
     };
     match result {
         Ok(()) => debug!(%peer, "agent connection closed"),
@@ -122,7 +136,12 @@ fn refuse(status: StatusCode, why: &str) -> ErrorResponse {
     resp
 }
 
-async fn handle_connection<S>(stream: S, peer: SocketAddr, state: &AppState) -> Result<()>
+/// A registered agent, ready to serve.
+type Ready<'a, S> = (Session<'a>, WebSocketStream<S>, i64, AgentInfo);
+
+/// Handshake with the key check, `register`, key binding. `Ok(None)`: the
+/// agent was refused and told why.
+async fn set_up<S>(stream: S, peer: SocketAddr, state: &AppState) -> Result<Option<Ready<'_, S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -207,7 +226,7 @@ where
                 "this key belongs to another hostname",
             )
             .await;
-            return Ok(());
+            return Ok(None);
         }
         Binding::HostnameTaken => {
             warn!(%peer, key = %key.name, %hostname, "refused: hostname belongs to another key");
@@ -217,7 +236,7 @@ where
                 "this hostname belongs to another key",
             )
             .await;
-            return Ok(());
+            return Ok(None);
         }
     }
 
@@ -229,7 +248,7 @@ where
         last_heartbeat: Arc::new(AtomicI64::new(0)),
         protocol_errors: 0,
     };
-    session.run(ws, key.id, info, peer).await
+    Ok(Some((session, ws, key.id, info)))
 }
 
 /// Reads until the first data frame, which must be `register`.
@@ -334,17 +353,8 @@ impl Session<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let state = self.state;
-        // What the agent should have: its cron list, then anything queued.
-        let host = self.hostname.clone();
-        if let Some(entries) = state.db.call(move |s| s.get_cron(&host)).await? {
-            send(ws, &Message::CronRefresh(entries)).await?;
-        }
-        let host = self.hostname.clone();
-        let queued = state
-            .db
-            .call(move |s| s.queued_jobs(&host, now_ms()))
-            .await?;
-        self.send_jobs(ws, queued).await?;
+        // Boxed: it runs once, and must not size the long-lived future.
+        Box::pin(self.catch_up(ws)).await?;
 
         let mut ticker = interval(state.settings.ping_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -366,7 +376,8 @@ impl Session<'_> {
                     };
                     self.last_seen.store(now_ms(), Ordering::Relaxed);
                     match frame {
-                        WsMessage::Text(text) => self.on_text(ws, text.as_str()).await?,
+                        // Boxed for the same reason: allocated per message.
+                        WsMessage::Text(text) => Box::pin(self.on_text(ws, text.as_str())).await?,
                         WsMessage::Binary(_) => self.protocol_error("binary frame"),
                         WsMessage::Close(_) => return Ok(()),
                         WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Flow::Continue,
@@ -396,6 +407,25 @@ impl Session<'_> {
                 return Ok(());
             }
         }
+    }
+
+    /// What the agent should have on (re)connect: its cron list, then any
+    /// queued jobs.
+    async fn catch_up<S>(&self, ws: &mut WebSocketStream<S>) -> Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let host = self.hostname.clone();
+        if let Some(entries) = self.state.db.call(move |s| s.get_cron(&host)).await? {
+            send(ws, &Message::CronRefresh(entries)).await?;
+        }
+        let host = self.hostname.clone();
+        let queued = self
+            .state
+            .db
+            .call(move |s| s.queued_jobs(&host, now_ms()))
+            .await?;
+        self.send_jobs(ws, queued).await
     }
 
     fn protocol_error(&mut self, what: &str) -> Flow {

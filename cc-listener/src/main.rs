@@ -166,6 +166,11 @@ fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
 fn serve(args: &ServeArgs) -> Result<()> {
     let (settings, token) = settings(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        // Storage calls run on the blocking pool, and SQLite serialises
+        // writers anyway: a few threads do the work, where tokio's default
+        // of up to 512 would only add stacks and malloc arenas under a burst
+        // of registrations.
+        .max_blocking_threads(4)
         .enable_all()
         .build()
         .context("starting the async runtime")?;

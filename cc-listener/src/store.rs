@@ -208,23 +208,35 @@ impl Store {
 
     /// Creates a key and returns it; only its hash is stored.
     pub fn add_key(&self, name: &str, hostname: Option<&str>, now_ms: i64) -> Result<String> {
-        let mut raw = [0u8; 32];
-        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-        let key = format!("cck_{}", hex::encode(raw));
-        let conn = lock(&self.writer);
-        let done = conn.execute(
-            "INSERT INTO api_keys (name, key_hash, hostname, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![name, hash_key(&key), hostname, now_ms],
-        );
-        match done {
-            Ok(_) => Ok(key),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                bail!("a key named {name:?} exists, or the hostname already has a key")
+        let mut keys = self.add_keys(&[(name, hostname)], now_ms)?;
+        keys.pop().context("no key created")
+    }
+
+    /// Creates several keys in one transaction (provisioning a fleet).
+    pub fn add_keys(&self, specs: &[(&str, Option<&str>)], now_ms: i64) -> Result<Vec<String>> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        let mut keys = Vec::with_capacity(specs.len());
+        for &(name, hostname) in specs {
+            let mut raw = [0u8; 32];
+            getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let key = format!("cck_{}", hex::encode(raw));
+            let done = tx.execute(
+                "INSERT INTO api_keys (name, key_hash, hostname, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![name, hash_key(&key), hostname, now_ms],
+            );
+            match done {
+                Ok(_) => keys.push(key),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    bail!("a key named {name:?} exists, or the hostname already has a key")
+                }
+                Err(e) => return Err(e).context("storing the key"),
             }
-            Err(e) => Err(e).context("storing the key"),
         }
+        tx.commit()?;
+        Ok(keys)
     }
 
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {

@@ -1,0 +1,251 @@
+//! Load generator: N simulated agents (default 10,000) held against the real
+//! release `cc-listener`, all heartbeating, while jobs go round trip one at
+//! a time: operator API → `execute_job` to the agent → `execution_report`
+//! back → `report_ack` (sent only after the report is committed to SQLite).
+//!
+//! Measures the listener's RSS per idle connection and the p50/p99 of the
+//! round trip at that load. Run:
+//!
+//!     cargo bench -p cc-listener --bench agents_10k
+//!
+//! `CC_BENCH_AGENTS`, `CC_BENCH_JOBS`, `CC_BENCH_HEARTBEAT_SECS` change the
+//! defaults (10000, 2000, 10). `CC_BENCH_LISTENER=PATH` runs another
+//! listener binary or a wrapper script (to profile it under a tool).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a failed step should stop it
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use cc_e2e::TempDir;
+use cc_e2e::listener::ListenerProcess;
+use cc_listener::store::Store;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+async fn simulated_agent(
+    url: String,
+    key: String,
+    host: String,
+    heartbeat: Duration,
+    acks: std_mpsc::Sender<(String, Instant)>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("X-CC-API-KEY", HeaderValue::from_str(&key).unwrap());
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true)
+        .await
+        .expect("connect");
+    let register = json!({"type": "register", "payload": {"hostname": host, "os": "linux", "arch": "amd64",
+        "tags": ["bench"], "executionMode": "user", "isRoot": false}});
+    ws.send(Message::Text(register.to_string().into()))
+        .await
+        .unwrap();
+    drop(permit);
+    // Spread heartbeats over the interval.
+    let seed: u64 = host
+        .bytes()
+        .fold(0, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let offset = Duration::from_millis(seed % heartbeat.as_millis().max(1) as u64);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if ws.send(Message::Text(r#"{"type":"heartbeat","payload":{}}"#.into())).await.is_err() { return }
+            }
+            msg = ws.next() => {
+                let Some(Ok(msg)) = msg else { return };
+                let Message::Text(text) = msg else { continue };
+                let v: Value = serde_json::from_str(text.as_str()).unwrap();
+                match v["type"].as_str() {
+                    Some("execute_job") => {
+                        let job_id = v["payload"]["jobId"].as_str().unwrap();
+                        let report = json!({"type": "execution_report", "payload": {
+                            "jobId": job_id, "command": "/bin/true", "exitCode": 0, "stdout": "", "stderr": "",
+                            "startTime": "2024-03-20T10:00:00Z", "durationMs": 1, "executingUid": 1001,
+                            "executingUser": "cc-agent-user", "reportId": job_id}});
+                        if ws.send(Message::Text(report.to_string().into())).await.is_err() { return }
+                    }
+                    Some("report_ack") => {
+                        let id = v["payload"]["reportId"].as_str().unwrap().to_owned();
+                        let _ = acks.send((id, Instant::now()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn main() {
+    let agents = env_or("CC_BENCH_AGENTS", 10_000) as usize;
+    let jobs = env_or("CC_BENCH_JOBS", 2_000) as usize;
+    let heartbeat = Duration::from_secs(env_or("CC_BENCH_HEARTBEAT_SECS", 10));
+    let dir = TempDir::new("bench");
+
+    let hosts: Vec<String> = (0..agents).map(|i| format!("sim-{i:05}")).collect();
+    let keys = {
+        let store = Store::open(&dir.path().join("listener.db")).unwrap();
+        let specs: Vec<(&str, Option<&str>)> = hosts
+            .iter()
+            .map(|h| (h.as_str(), Some(h.as_str())))
+            .collect();
+        store.add_keys(&specs, 0).unwrap()
+    };
+    let config = format!(
+        "heartbeat_interval_secs = {}\nmax_connections = {}\n",
+        heartbeat.as_secs(),
+        agents + 100
+    );
+    let bin = std::env::var_os("CC_BENCH_LISTENER").map_or_else(
+        || Path::new(env!("CARGO_BIN_EXE_cc-listener")).to_owned(),
+        std::path::PathBuf::from,
+    );
+    let listener = ListenerProcess::start(&bin, dir.path(), &config);
+    let pid = listener.child.id();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_start = rss_kib(pid);
+
+    let (ack_tx, ack_rx) = std_mpsc::channel();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = listener.ws_url();
+    let connect_started = Instant::now();
+    runtime.block_on(async {
+        let gate = Arc::new(Semaphore::new(256));
+        for (host, key) in hosts.iter().cloned().zip(keys) {
+            let permit = Arc::clone(&gate).acquire_owned().await.unwrap();
+            let (url, acks) = (url.clone(), ack_tx.clone());
+            tokio::spawn(simulated_agent(url, key, host, heartbeat, acks, permit));
+        }
+    });
+    // Wait until the listener shows every agent connected.
+    let connected = |l: &ListenerProcess| {
+        let agents = l.get("/api/v1/agents").json();
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["connected"] == true)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while connected(&listener) < agents {
+        assert!(Instant::now() < deadline, "not all agents connected");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let connect_time = connect_started.elapsed();
+
+    // Idle (heartbeating only) for two heartbeat intervals.
+    std::thread::sleep(heartbeat * 2);
+    let rss_idle = rss_kib(pid);
+
+    let mut latencies = Vec::with_capacity(jobs);
+    let run_started = Instant::now();
+    for i in 0..jobs {
+        let host = &hosts[(i * 7919) % agents];
+        let t0 = Instant::now();
+        let r = listener.post(
+            &format!("/api/v1/agents/{host}/jobs"),
+            &json!({"command": "/bin/true", "timeout": 60}),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        let job_id = r.json()["jobId"].as_str().unwrap().to_owned();
+        loop {
+            let (id, at) = ack_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("report_ack");
+            if id == job_id {
+                latencies.push(at - t0);
+                break;
+            }
+        }
+    }
+    let run_time = run_started.elapsed();
+    let rss_after = rss_kib(pid);
+    latencies.sort();
+
+    let per_conn = (rss_idle.saturating_sub(rss_start)) as f64 * 1024.0 / agents as f64;
+    println!(
+        "agents_10k: {agents} simulated agents, heartbeat every {}s, {jobs} sequential jobs",
+        heartbeat.as_secs()
+    );
+    println!(
+        "  connect + register all agents    {:>10.1} s",
+        connect_time.as_secs_f64()
+    );
+    println!("  listener RSS at start            {:>10} KiB", rss_start);
+    println!("  listener RSS, all agents idle    {:>10} KiB", rss_idle);
+    println!(
+        "  RSS per idle connection          {:>10.0} bytes ({:.1} KiB; target <= 16 KiB)",
+        per_conn,
+        per_conn / 1024.0
+    );
+    println!("  listener RSS after the jobs      {:>10} KiB", rss_after);
+    println!(
+        "  job round trip p50               {:>10.2} ms",
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3
+    );
+    println!(
+        "  job round trip p90               {:>10.2} ms",
+        percentile(&latencies, 0.90).as_secs_f64() * 1e3
+    );
+    println!(
+        "  job round trip p99               {:>10.2} ms (target < 10 ms)",
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "  job round trip max               {:>10.2} ms",
+        latencies.last().unwrap().as_secs_f64() * 1e3
+    );
+    println!(
+        "  jobs per second (sequential)     {:>10.0}",
+        jobs as f64 / run_time.as_secs_f64()
+    );
+    let stored = listener
+        .get("/api/v1/reports?limit=1000")
+        .json()
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(stored >= jobs.min(1000), "reports missing: {stored}");
+    let mut listener = listener;
+    assert!(
+        listener.terminate().is_some_and(|s| s.success()),
+        "listener did not stop cleanly"
+    );
+    runtime.shutdown_timeout(Duration::from_secs(1));
+}
