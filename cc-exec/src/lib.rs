@@ -1,0 +1,375 @@
+//! `cc-exec`: how a job runs, shared by the agent (user mode) and the root
+//! helper (system mode), so both capture and time out in exactly one way.
+//!
+//! - [`spawn`] starts a program directly (no shell) with a clean
+//!   environment, stdin `/dev/null`, a working directory, in a new session
+//!   (so its own process group), with nothing of ours open in it.
+//! - [`supervise`] takes any such child with piped stdout and stderr, reads
+//!   both with `poll(2)` into the shared [`OutputCollector`]s so the child
+//!   never blocks on a full pipe, and enforces the timeout on the whole
+//!   process group: SIGTERM, a grace period, SIGKILL.
+//! - [`Finished::report`] turns the outcome into the spec's
+//!   `execution_report`, exit codes as DESIGN.md says.
+//!
+//! Synchronous and small on purpose: the helper links it, and the helper has
+//! no async runtime.
+
+use std::io::{self, ErrorKind, Read};
+use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cc_proto::output::{CapturedOutput, OutputCollector};
+use cc_proto::wire::ExecutionReport;
+use cc_proto::{CommandLine, JobId, Timestamp};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+mod sys;
+
+/// Exit code for a timed-out job (as `timeout(1)`).
+pub const EXIT_TIMEOUT: i32 = 124;
+/// Exit code when the program exists but cannot be executed.
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+/// Exit code when the program was not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// Where and how to start a job.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The whole environment of the job; nothing else is inherited.
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+}
+
+/// How long a job may run and how it is stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub timeout: Duration,
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// Bytes kept per stream.
+    pub stream_cap: usize,
+}
+
+impl Limits {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            grace: Duration::from_secs(5),
+            stream_cap: cc_proto::MAX_STREAM_BYTES,
+        }
+    }
+}
+
+/// A job's outcome.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub exit_code: i32,
+    pub stdout: CapturedOutput,
+    pub stderr: CapturedOutput,
+    pub started: Timestamp,
+    pub duration: Duration,
+    pub warnings: Vec<String>,
+}
+
+/// Starts `command` as a new session. A program that cannot be started is
+/// not an error here: it is a finished job with exit code 127 or 126 and the
+/// reason in stderr, which is what the report must say.
+pub fn spawn(command: &CommandLine, launch: &Launch) -> Result<Child, Box<Finished>> {
+    let started = Timestamp::now();
+    let clock = Instant::now();
+    let mut cmd = Command::new(command.program());
+    cmd.args(command.args())
+        .env_clear()
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&launch.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    sys::prepare_child(&mut cmd);
+    cmd.spawn()
+        .map_err(|e| Box::new(not_started(command, &e, started, clock.elapsed())))
+}
+
+/// Like [`spawn`] for a prepared `Command` (the helper's launcher): the
+/// caller has set program, environment and sandbox; this adds the pipes, the
+/// new session and the close-on-exec sweep.
+pub fn spawn_prepared(mut cmd: Command, command: &CommandLine) -> Result<Child, Box<Finished>> {
+    let started = Timestamp::now();
+    let clock = Instant::now();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    sys::prepare_child(&mut cmd);
+    cmd.spawn()
+        .map_err(|e| Box::new(not_started(command, &e, started, clock.elapsed())))
+}
+
+fn not_started(
+    command: &CommandLine,
+    e: &io::Error,
+    started: Timestamp,
+    took: Duration,
+) -> Finished {
+    let (exit_code, why) = match e.kind() {
+        ErrorKind::NotFound => (EXIT_NOT_FOUND, "not found"),
+        ErrorKind::PermissionDenied => (EXIT_NOT_EXECUTABLE, "permission denied (not executable)"),
+        _ => (EXIT_NOT_EXECUTABLE, "could not be started"),
+    };
+    let mut stderr = OutputCollector::new(cc_proto::MAX_STREAM_BYTES);
+    stderr.push(format!("croncommander: {}: {why}: {e}\n", command.program()).as_bytes());
+    Finished {
+        exit_code,
+        stdout: OutputCollector::new(cc_proto::MAX_STREAM_BYTES).finish(),
+        stderr: stderr.finish(),
+        started,
+        duration: took,
+        warnings: Vec::new(),
+    }
+}
+
+/// Reads the child's output and waits for it, within `limits`.
+pub fn supervise(mut child: Child, limits: Limits) -> Finished {
+    let started = Timestamp::now();
+    let clock = Instant::now();
+    let deadline = clock + limits.timeout;
+    let pgid = i32::try_from(child.id()).map(Pid::from_raw).ok();
+    let mut out = Stream::new(child.stdout.take(), limits.stream_cap);
+    let mut err = Stream::new(child.stderr.take(), limits.stream_cap);
+    let mut warnings = Vec::new();
+    let mut status = None;
+    let mut timed_out = false;
+    let mut exited_at: Option<Instant> = None;
+    let mut killed_leftovers = false;
+
+    loop {
+        if status.is_none() {
+            status = child.try_wait().ok().flatten();
+            if status.is_some() {
+                exited_at = Some(Instant::now());
+            }
+        }
+        if out.done() && err.done() && status.is_some() {
+            break;
+        }
+        let now = Instant::now();
+        if !timed_out && now >= deadline {
+            timed_out = true;
+            stop_group(pgid, &mut child, limits.grace, &mut out, &mut err);
+            continue;
+        }
+        // The main process is gone but something it started still holds a
+        // pipe open: give it a moment to finish writing, then end the group.
+        if let Some(t) = exited_at {
+            if !killed_leftovers && now.duration_since(t) > Duration::from_millis(500) {
+                killed_leftovers = true;
+                signal_group(pgid, Signal::SIGKILL);
+                warnings.push(
+                    "processes the job left running in its process group were killed".to_owned(),
+                );
+            }
+        }
+        let wait = deadline
+            .saturating_duration_since(now)
+            .min(Duration::from_millis(50));
+        pump(&mut out, &mut err, wait);
+    }
+    let duration = clock.elapsed();
+    let exit_code = if timed_out {
+        warnings.push(format!(
+            "timed out after {} s: the process group was sent SIGTERM, then SIGKILL after {} s",
+            limits.timeout.as_secs(),
+            limits.grace.as_secs()
+        ));
+        EXIT_TIMEOUT
+    } else {
+        match status {
+            Some(s) => s
+                .code()
+                .or_else(|| s.signal().map(|n| 128 + n))
+                .unwrap_or(EXIT_NOT_EXECUTABLE),
+            None => EXIT_NOT_EXECUTABLE,
+        }
+    };
+    let stdout = out.finish();
+    let stderr = err.finish();
+    for (name, s) in [("stdout", &stdout), ("stderr", &stderr)] {
+        if s.dropped_bytes > 0 {
+            warnings.push(format!(
+                "{name}: {} of {} bytes dropped (first and last {} KiB kept)",
+                s.dropped_bytes,
+                s.total_bytes,
+                limits.stream_cap / 2048
+            ));
+        }
+    }
+    Finished {
+        exit_code,
+        stdout,
+        stderr,
+        started,
+        duration,
+        warnings,
+    }
+}
+
+/// SIGTERM the group, keep draining for the grace period, SIGKILL, reap.
+fn stop_group(
+    pgid: Option<Pid>,
+    child: &mut Child,
+    grace: Duration,
+    out: &mut Stream<ChildStdout>,
+    err: &mut Stream<ChildStderr>,
+) {
+    signal_group(pgid, Signal::SIGTERM);
+    let until = Instant::now() + grace;
+    while Instant::now() < until {
+        if matches!(child.try_wait(), Ok(Some(_))) && out.done() && err.done() {
+            break;
+        }
+        pump(out, err, Duration::from_millis(20));
+    }
+    // Everything in the group, whatever it ignored.
+    signal_group(pgid, Signal::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn signal_group(pgid: Option<Pid>, signal: Signal) {
+    if let Some(pgid) = pgid {
+        // ESRCH (group already gone) is fine.
+        let _ = killpg(pgid, signal);
+    }
+}
+
+/// One captured stream: the pipe until EOF, and what was kept.
+struct Stream<R> {
+    pipe: Option<R>,
+    collector: OutputCollector,
+}
+
+impl<R: Read + AsFd> Stream<R> {
+    fn new(pipe: Option<R>, cap: usize) -> Self {
+        Self {
+            pipe,
+            collector: OutputCollector::new(cap),
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.pipe.is_none()
+    }
+
+    /// Reads what is there; EOF or an error closes the stream.
+    fn read_some(&mut self, buf: &mut [u8]) {
+        let Some(pipe) = &mut self.pipe else { return };
+        match pipe.read(buf) {
+            Ok(0) => self.pipe = None,
+            Ok(n) => self.collector.push(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::WouldBlock => {}
+            Err(_) => self.pipe = None,
+        }
+    }
+
+    fn finish(self) -> CapturedOutput {
+        self.collector.finish()
+    }
+}
+
+/// Waits up to `wait` for either pipe, then reads from each ready one.
+fn pump(out: &mut Stream<ChildStdout>, err: &mut Stream<ChildStderr>, wait: Duration) {
+    let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+    let (out_ready, err_ready) = {
+        let mut fds = Vec::with_capacity(2);
+        if let Some(p) = &out.pipe {
+            fds.push((0, PollFd::new(p.as_fd(), PollFlags::POLLIN)));
+        }
+        if let Some(p) = &err.pipe {
+            fds.push((1, PollFd::new(p.as_fd(), PollFlags::POLLIN)));
+        }
+        if fds.is_empty() {
+            std::thread::sleep(wait.min(Duration::from_millis(5)));
+            return;
+        }
+        let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|(_, p)| p.clone()).collect();
+        if poll(&mut pfds, timeout).is_err() {
+            return;
+        }
+        let mut ready = (false, false);
+        for ((which, _), p) in fds.iter().zip(&pfds) {
+            if p.revents().is_some_and(|r| !r.is_empty()) {
+                if *which == 0 {
+                    ready.0 = true;
+                } else {
+                    ready.1 = true;
+                }
+            }
+        }
+        ready
+    };
+    let mut buf = [0u8; 64 * 1024];
+    if out_ready {
+        out.read_some(&mut buf);
+    }
+    if err_ready {
+        err.read_some(&mut buf);
+    }
+}
+
+impl Finished {
+    /// The spec's `execution_report` for this run.
+    pub fn report(
+        &self,
+        job_id: &JobId,
+        command: &CommandLine,
+        uid: u32,
+        user: &str,
+        extra_warning: Option<&str>,
+        report_id: Option<String>,
+    ) -> ExecutionReport {
+        let warnings: Vec<&str> = extra_warning
+            .into_iter()
+            .chain(self.warnings.iter().map(String::as_str))
+            .collect();
+        ExecutionReport {
+            job_id: job_id.to_string(),
+            command: command.to_shell_line(),
+            exit_code: self.exit_code,
+            stdout: self.stdout.text.clone(),
+            stderr: self.stderr.text.clone(),
+            start_time: self.started.to_string(),
+            duration_ms: u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            executing_uid: uid,
+            executing_user: user.to_owned(),
+            warning: (!warnings.is_empty()).then(|| warnings.join("; ")),
+            report_id,
+        }
+    }
+}
+
+/// A job that never started for a reason of ours (refused, invalid): the
+/// report still goes back, with a non-zero exit code and the reason.
+pub fn refused(exit_code: i32, reason: &str) -> Finished {
+    let mut stderr = OutputCollector::new(cc_proto::MAX_STREAM_BYTES);
+    stderr.push(format!("croncommander: {reason}\n").as_bytes());
+    Finished {
+        exit_code,
+        stdout: OutputCollector::new(cc_proto::MAX_STREAM_BYTES).finish(),
+        stderr: stderr.finish(),
+        started: Timestamp::now(),
+        duration: Duration::ZERO,
+        warnings: vec![reason.to_owned()],
+    }
+}
+
+/// Runs `command` to the end: [`spawn`] then [`supervise`].
+pub fn run(command: &CommandLine, launch: &Launch, limits: Limits) -> Finished {
+    match spawn(command, launch) {
+        Ok(child) => supervise(child, limits),
+        Err(finished) => *finished,
+    }
+}
