@@ -1,10 +1,24 @@
 //! `cc-agent`: the unprivileged, network-facing agent on every host.
 #![forbid(unsafe_code)]
 
+mod config;
+mod conn;
+mod cron;
+mod outbox;
+mod runner;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use nix::fcntl::{Flock, FlockArg};
+
+use cc_proto::{JobId, Timeout};
+
+use crate::config::{Config, DEFAULT_CONFIG};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,25 +33,90 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Connect to the listener and serve jobs.
+    /// Connect to the listener and serve jobs until stopped.
     Run {
         /// TOML config file.
-        #[arg(long, default_value = "/etc/croncommander/agent.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Run one scheduled job now (what managed crontab lines call).
+    /// Run one scheduled job now and put its report in the outbox (what the
+    /// managed crontab lines call).
     CronRun {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
         /// The cron entry's id.
         job_id: String,
     },
 }
 
+/// Exit code of a skipped scheduled run (EX_TEMPFAIL).
+const EXIT_SKIPPED: i32 = 75;
+
+fn cron_run(config: &std::path::Path, job_id: &str) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let id = JobId::parse(job_id)?;
+    let outbox = outbox::Outbox::open(&cfg.state_dir)?;
+    let runner = runner::Runner::new(cfg.execution_mode);
+    let entry = cron::load(&cfg.state_dir, &id)?;
+    let command = entry.command()?;
+
+    let locks = cfg.state_dir.join("locks");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&locks)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(locks.join(format!("{id}.lock")))
+        .context("opening the job's lock file")?;
+    let report = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => {
+            let report = runner.run(&id, &command, Timeout::DEFAULT);
+            drop(lock);
+            report
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => runner.refused(
+            &id,
+            &command,
+            EXIT_SKIPPED,
+            "skipped: the previous run of this job is still running",
+        ),
+        Err((_, e)) => return Err(e).context("locking the job"),
+    };
+    outbox.put(report)?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let what = match cli.command {
-        Command::Run { .. } => "run",
-        Command::CronRun { .. } => "cron-run",
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CC_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,tungstenite=warn,tokio_tungstenite=warn")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match &cli.command {
+        Command::Run { config } => Config::load(config).and_then(|cfg| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .max_blocking_threads(64)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(conn::run(cfg))
+        }),
+        Command::CronRun { config, job_id } => cron_run(config, job_id),
     };
-    eprintln!("cc-agent: error: `{what}` is not built yet");
-    ExitCode::from(2)
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cc-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,500 @@
+//! The agent's link to the listener: connect, register, heartbeat, take
+//! jobs and cron lists, send the outbox, reconnect for ever.
+//!
+//! Jobs outlive connections: they are queued in order to a dispatcher that
+//! runs at most `max_concurrent_jobs` at once, and each report goes to the
+//! outbox before anything is sent. Every connection starts by sending the
+//! whole outbox; a report leaves the outbox only on `report_ack`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::{debug, error, info, warn};
+
+use cc_proto::wire::{
+    self, CronEntry, ExecuteJob, Heartbeat, Incoming, MAX_MESSAGE_BYTES, Message, Register,
+};
+use cc_proto::{CommandLine, JobId, Timestamp};
+
+use crate::config::Config;
+use crate::outbox::{self, Outbox};
+use crate::runner::Runner;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// A connection that lasted this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(30);
+/// How often the outbox is looked at for reports written by `cron-run`.
+const OUTBOX_SCAN: Duration = Duration::from_secs(1);
+
+struct Ctx {
+    cfg: Config,
+    key: String,
+    outbox: Outbox,
+    runner: Arc<Runner>,
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    jobs: mpsc::Sender<ExecuteJob>,
+}
+
+/// Runs until the process is stopped.
+pub(crate) async fn run(cfg: Config) -> Result<()> {
+    let key = cfg.read_api_key()?;
+    let outbox = Outbox::open(&cfg.state_dir)?;
+    let runner = Arc::new(Runner::new(cfg.execution_mode));
+    if runner.identity.is_root() && cfg.execution_mode == wire::ExecutionMode::User {
+        warn!("{}", crate::runner::ROOT_IN_USER_MODE);
+    }
+    let tls = if cfg.tls {
+        Some(tls_config(&cfg)?)
+    } else {
+        None
+    };
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1024);
+    let (jobs_tx, jobs_rx) = mpsc::channel(1024);
+    tokio::spawn(dispatch(
+        jobs_rx,
+        cfg.max_concurrent_jobs,
+        Arc::clone(&runner),
+        outbox.clone(),
+        done_tx,
+    ));
+    let ctx = Ctx {
+        cfg,
+        key,
+        outbox,
+        runner,
+        tls,
+        jobs: jobs_tx,
+    };
+    let mut attempt: u32 = 0;
+    loop {
+        let started = Instant::now();
+        match session(&ctx, &mut done_rx).await {
+            Ok(why) => info!("connection ended: {why}"),
+            Err(e) => warn!("connection failed: {e:#}"),
+        }
+        if started.elapsed() >= STABLE {
+            attempt = 0;
+        }
+        let delay = backoff(attempt);
+        attempt = attempt.saturating_add(1);
+        info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Capped exponential backoff with full jitter in the upper half.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let exp = BACKOFF_FIRST
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_CAP);
+    let mut r = [0u8; 4];
+    let jitter = if getrandom::fill(&mut r).is_ok() {
+        u32::from_le_bytes(r)
+    } else {
+        0
+    };
+    let half = exp / 2;
+    half + Duration::from_millis(u64::from(jitter) % (half.as_millis().max(1) as u64 + 1))
+}
+
+fn tls_config(cfg: &Config) -> Result<Arc<tokio_rustls::rustls::ClientConfig>> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("reading ca_file {}", path.display()))?
+            {
+                roots.add(cert.with_context(|| format!("parsing ca_file {}", path.display()))?)?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        bail!("no trusted certificates for wss:// (install ca-certificates or set ca_file)");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+}
+
+async fn session(ctx: &Ctx, done: &mut mpsc::Receiver<()>) -> Result<String> {
+    let mut req = ctx.cfg.listener_url.as_str().into_client_request()?;
+    req.headers_mut().insert(
+        "X-CC-API-KEY",
+        HeaderValue::from_str(&ctx.key).context("the API key is not a valid header value")?,
+    );
+    match &ctx.tls {
+        None => {
+            let (ws, _) = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), true),
+            )
+            .await
+            .context("connecting timed out")?
+            .map_err(describe)?;
+            serve(ctx, ws, done).await
+        }
+        Some(tls) => {
+            let host = req
+                .uri()
+                .host()
+                .context("listener_url has no host")?
+                .trim_matches(['[', ']'])
+                .to_owned();
+            let port = req.uri().port_u16().unwrap_or(443);
+            let connect = async {
+                let tcp = TcpStream::connect((host.as_str(), port)).await?;
+                let _ = tcp.set_nodelay(true);
+                let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone())?;
+                let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
+                    .connect(name, tcp)
+                    .await?;
+                let (ws, _) =
+                    tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()))
+                        .await
+                        .map_err(describe)?;
+                anyhow::Ok(ws)
+            };
+            let ws = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                .await
+                .context("connecting timed out")??;
+            serve(ctx, ws, done).await
+        }
+    }
+}
+
+/// Says what a refused handshake means, without echoing our request.
+fn describe(e: tokio_tungstenite::tungstenite::Error) -> anyhow::Error {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(resp) if resp.status().as_u16() == 401 => {
+            anyhow!("the listener refused the API key (401)")
+        }
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            anyhow!("the listener answered HTTP {}", resp.status())
+        }
+        other => anyhow!(other),
+    }
+}
+
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    m: &Message,
+) -> Result<()> {
+    ws.send(WsMessage::Text(m.to_json()?.into())).await?;
+    Ok(())
+}
+
+async fn serve<S>(
+    ctx: &Ctx,
+    mut ws: WebSocketStream<S>,
+    done: &mut mpsc::Receiver<()>,
+) -> Result<String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let cfg = &ctx.cfg;
+    let register = Register {
+        hostname: cfg.hostname.to_string(),
+        os: "linux".into(),
+        arch: arch().into(),
+        tags: cfg.tags.iter().map(ToString::to_string).collect(),
+        execution_mode: cfg.execution_mode,
+        is_root: ctx.runner.identity.is_root(),
+    };
+    send(&mut ws, &Message::Register(register)).await?;
+    info!(hostname = %cfg.hostname, url = %cfg.listener_url, "connected and registered");
+
+    let mut sent = HashSet::new();
+    flush_outbox(ctx, &mut ws, &mut sent).await?;
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut scan = tokio::time::interval(OUTBOX_SCAN);
+    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            frame = ws.next() => {
+                let Some(frame) = frame else { return Ok("the listener closed the connection".into()) };
+                match frame? {
+                    WsMessage::Text(text) => on_text(ctx, &mut ws, text.as_str(), &mut sent).await?,
+                    WsMessage::Close(frame) => {
+                        return Ok(match frame {
+                            Some(f) => format!("closed by the listener ({}): {}", u16::from(f.code), f.reason),
+                            None => "closed by the listener".into(),
+                        });
+                    }
+                    WsMessage::Binary(_) => warn!("binary frame from the listener ignored"),
+                    _ => {}
+                }
+            }
+            _ = heartbeat.tick() => {
+                let hb = Heartbeat { timestamp: Some(Timestamp::now().to_string()) };
+                send(&mut ws, &Message::Heartbeat(hb)).await?;
+            }
+            Some(()) = done.recv() => flush_outbox(ctx, &mut ws, &mut sent).await?,
+            _ = scan.tick() => flush_outbox(ctx, &mut ws, &mut sent).await?,
+        }
+    }
+}
+
+async fn on_text<S>(
+    ctx: &Ctx,
+    ws: &mut WebSocketStream<S>,
+    text: &str,
+    sent: &mut HashSet<String>,
+) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let decoded = match wire::decode(text) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!("invalid message from the listener dropped: {e}");
+            return Ok(());
+        }
+    };
+    if !decoded.ignored_fields.is_empty() {
+        debug!(fields = ?decoded.ignored_fields, "unknown fields ignored");
+    }
+    match decoded.message {
+        Incoming::Known(Message::ExecuteJob(job)) => {
+            info!(job_id = %job.job_id, "job received");
+            if ctx.jobs.try_send(job).is_err() {
+                warn!("job queue full: job dropped; the listener will mark it lost");
+            }
+        }
+        Incoming::Known(Message::CronRefresh(entries)) => {
+            let status = apply_cron(ctx, entries).await;
+            send(ws, &Message::CronStatus(status)).await?;
+        }
+        Incoming::Known(Message::ReportAck(ack)) => {
+            sent.remove(&ack.report_id);
+            match ctx.outbox.remove(&ack.report_id) {
+                Ok(true) => debug!(report_id = %ack.report_id, "report acknowledged"),
+                Ok(false) => {}
+                Err(e) => warn!("could not remove an acknowledged report: {e:#}"),
+            }
+        }
+        Incoming::Known(other) => warn!(
+            kind = other.kind(),
+            "unexpected message from the listener ignored"
+        ),
+        Incoming::UnknownType(kind) => debug!(%kind, "unknown message type ignored"),
+    }
+    Ok(())
+}
+
+async fn apply_cron(ctx: &Ctx, entries: Vec<CronEntry>) -> wire::CronStatus {
+    if ctx.cfg.execution_mode == wire::ExecutionMode::System {
+        return wire::CronStatus {
+            installed: Vec::new(),
+            rejected: entries
+                .iter()
+                .map(|e| wire::CronRejection {
+                    id: e.id.chars().take(128).collect(),
+                    reason: "system mode: this agent cannot reach a root helper yet".into(),
+                })
+                .collect(),
+        };
+    }
+    let state = ctx.cfg.state_dir.clone();
+    let config = ctx.cfg.path.clone();
+    let exe = std::env::current_exe().unwrap_or_default();
+    let all: Vec<String> = entries
+        .iter()
+        .map(|e| e.id.chars().take(128).collect())
+        .collect();
+    let result =
+        tokio::task::spawn_blocking(move || crate::cron::apply(&state, &exe, &config, &entries))
+            .await;
+    match result {
+        Ok(Ok(status)) => {
+            info!(
+                installed = status.installed.len(),
+                rejected = status.rejected.len(),
+                "cron entries applied"
+            );
+            for r in &status.rejected {
+                warn!(id = %r.id, reason = %r.reason, "cron entry refused");
+            }
+            status
+        }
+        Ok(Err(e)) => {
+            error!("could not install cron entries: {e:#}");
+            let reason = format!("{e:#}");
+            wire::CronStatus {
+                installed: Vec::new(),
+                rejected: all
+                    .into_iter()
+                    .map(|id| wire::CronRejection {
+                        id,
+                        reason: reason.clone(),
+                    })
+                    .collect(),
+            }
+        }
+        Err(e) => {
+            error!("cron task failed: {e}");
+            wire::CronStatus::default()
+        }
+    }
+}
+
+/// Sends every stored report not yet sent on this connection, in order.
+async fn flush_outbox<S>(
+    ctx: &Ctx,
+    ws: &mut WebSocketStream<S>,
+    sent: &mut HashSet<String>,
+) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let entries = ctx.outbox.list()?;
+    for entry in entries {
+        if sent.contains(&entry.report_id) {
+            continue;
+        }
+        let text = match ctx.outbox.message(&entry) {
+            Ok(t) => t,
+            // Removed by an ack meanwhile, or unreadable: skip it.
+            Err(e) => {
+                debug!("outbox entry skipped: {e:#}");
+                continue;
+            }
+        };
+        ws.send(WsMessage::Text(text.into())).await?;
+        sent.insert(entry.report_id);
+    }
+    let dropped = ctx.outbox.enforce_bound(sent, outbox::MAX_REPORTS)?;
+    if dropped > 0 {
+        warn!(dropped, "outbox over its bound: oldest reports dropped");
+    }
+    Ok(())
+}
+
+/// Runs jobs in arrival order, at most `slots` at once.
+async fn dispatch(
+    mut jobs: mpsc::Receiver<ExecuteJob>,
+    slots: usize,
+    runner: Arc<Runner>,
+    outbox: Outbox,
+    done: mpsc::Sender<()>,
+) {
+    let slots = Arc::new(Semaphore::new(slots));
+    while let Some(job) = jobs.recv().await {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let (runner, outbox, done) = (Arc::clone(&runner), outbox.clone(), done.clone());
+        tokio::spawn(async move {
+            let report = tokio::task::spawn_blocking(move || run_job(&runner, &job)).await;
+            drop(permit);
+            match report {
+                Ok(Some(report)) => {
+                    let job_id = report.job_id.clone();
+                    match tokio::task::spawn_blocking(move || outbox.put(report)).await {
+                        Ok(Ok(_)) => {
+                            info!(%job_id, "job finished; report stored");
+                            let _ = done.try_send(());
+                        }
+                        Ok(Err(e)) => error!(%job_id, "could not store the report: {e:#}"),
+                        Err(e) => error!(%job_id, "report task failed: {e}"),
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => error!("job task failed: {e}"),
+            }
+        });
+    }
+}
+
+/// Validates and runs one job; an invalid one still gets a report when it
+/// has a usable id.
+fn run_job(runner: &Runner, job: &ExecuteJob) -> Option<cc_proto::wire::ExecutionReport> {
+    match job.validate() {
+        Ok(spec) => Some(runner.run(&spec.id, &spec.command, spec.timeout)),
+        Err(e) => {
+            let Ok(id) = JobId::parse(&job.job_id) else {
+                warn!("execute_job with an invalid job id dropped: {e}");
+                return None;
+            };
+            warn!(%id, "invalid execute_job refused: {e}");
+            let placeholder = CommandLine::new("-", &[]).ok()?;
+            let mut report = runner.refused(
+                &id,
+                &placeholder,
+                cc_exec::EXIT_NOT_EXECUTABLE,
+                &format!("invalid job: {e}"),
+            );
+            // Show what was asked, with control characters made visible.
+            let asked: String = std::iter::once(job.command.as_str())
+                .chain(job.args.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" ")
+                .chars()
+                .take(4096)
+                .flat_map(char::escape_debug)
+                .collect();
+            report.command = asked;
+            Some(report)
+        }
+    }
+}
+
+/// `arch` as the spec spells it.
+pub(crate) fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        for attempt in 0..30 {
+            let d = backoff(attempt);
+            let exp = BACKOFF_FIRST
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(BACKOFF_CAP);
+            assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?}");
+        }
+        assert!(backoff(30) <= BACKOFF_CAP);
+    }
+}

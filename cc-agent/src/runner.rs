@@ -1,0 +1,126 @@
+//! Running a job as the agent's own user and turning it into a report.
+//! Shared by `cc-agent run` (ad-hoc jobs) and `cc-agent cron-run`
+//! (scheduled jobs), so both run exactly alike.
+
+use std::path::PathBuf;
+
+use cc_exec::{Launch, Limits};
+use cc_proto::wire::{ExecutionMode, ExecutionReport};
+use cc_proto::{CommandLine, JobId, Timeout};
+use nix::unistd::{Uid, User};
+
+/// The spec's warning for a root agent in user mode.
+pub(crate) const ROOT_IN_USER_MODE: &str =
+    "Running as root (UID 0) in user mode: every job runs as root. Run the agent as cc-agent-user.";
+
+/// Who the agent really is, read once from the kernel and the user database.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub(crate) uid: u32,
+    pub(crate) user: String,
+    pub(crate) home: PathBuf,
+    pub(crate) shell: String,
+}
+
+impl Identity {
+    pub(crate) fn current() -> Self {
+        let uid = Uid::effective();
+        let entry = User::from_uid(uid).ok().flatten();
+        Self {
+            uid: uid.as_raw(),
+            user: entry
+                .as_ref()
+                .map_or_else(|| uid.to_string(), |u| u.name.clone()),
+            home: entry
+                .as_ref()
+                .map(|u| u.dir.clone())
+                .filter(|d| d.is_dir())
+                .unwrap_or_else(|| PathBuf::from("/")),
+            shell: entry
+                .as_ref()
+                .map(|u| u.shell.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "/bin/sh".to_owned()),
+        }
+    }
+
+    pub(crate) fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Runner {
+    pub(crate) identity: Identity,
+    pub(crate) mode: ExecutionMode,
+}
+
+impl Runner {
+    pub(crate) fn new(mode: ExecutionMode) -> Self {
+        Self {
+            identity: Identity::current(),
+            mode,
+        }
+    }
+
+    /// The whole environment a job gets.
+    fn launch(&self) -> Launch {
+        let id = &self.identity;
+        Launch {
+            env: vec![
+                ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+                ("HOME".into(), id.home.to_string_lossy().into_owned()),
+                ("USER".into(), id.user.clone()),
+                ("LOGNAME".into(), id.user.clone()),
+                ("SHELL".into(), id.shell.clone()),
+                ("LANG".into(), "C.UTF-8".into()),
+            ],
+            cwd: id.home.clone(),
+        }
+    }
+
+    fn warning(&self) -> Option<&'static str> {
+        (self.identity.is_root() && self.mode == ExecutionMode::User).then_some(ROOT_IN_USER_MODE)
+    }
+
+    /// Runs a job to the end (blocking) and returns its report.
+    pub(crate) fn run(
+        &self,
+        id: &JobId,
+        command: &CommandLine,
+        timeout: Timeout,
+    ) -> ExecutionReport {
+        let finished = if self.mode == ExecutionMode::System {
+            // System-mode jobs go to cc-privhelper; the agent never runs
+            // them itself.
+            cc_exec::refused(
+                cc_exec::EXIT_NOT_EXECUTABLE,
+                "system mode is configured, but this agent cannot reach a root helper yet: the job was not run",
+            )
+        } else {
+            cc_exec::run(command, &self.launch(), Limits::new(timeout.duration()))
+        };
+        self.report(id, command, &finished)
+    }
+
+    /// A report for a job refused before it started.
+    pub(crate) fn refused(
+        &self,
+        id: &JobId,
+        command: &CommandLine,
+        exit_code: i32,
+        reason: &str,
+    ) -> ExecutionReport {
+        self.report(id, command, &cc_exec::refused(exit_code, reason))
+    }
+
+    fn report(&self, id: &JobId, command: &CommandLine, f: &cc_exec::Finished) -> ExecutionReport {
+        f.report(
+            id,
+            command,
+            self.identity.uid,
+            &self.identity.user,
+            self.warning(),
+            None,
+        )
+    }
+}
