@@ -61,6 +61,11 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
     } else {
         None
     };
+    match crate::seen::prune(&cfg.state_dir) {
+        Ok(0) => {}
+        Ok(n) => info!(removed = n, "old job markers removed"),
+        Err(e) => warn!("could not prune job markers: {e:#}"),
+    }
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1024);
     let (jobs_tx, jobs_rx) = mpsc::channel(1024);
     tokio::spawn(dispatch(
@@ -291,6 +296,16 @@ where
     match decoded.message {
         Incoming::Known(Message::ExecuteJob(job)) => {
             info!(job_id = %job.job_id, "job received");
+            match crate::seen::first_time(&ctx.cfg.state_dir, &job.job_id) {
+                Ok(true) => {}
+                Ok(false) => {
+                    info!(job_id = %job.job_id, "job already received: this delivery is ignored");
+                    return Ok(());
+                }
+                Err(e) => {
+                    warn!(job_id = %job.job_id, "could not record the job as received: {e:#}")
+                }
+            }
             if ctx.jobs.try_send(job).is_err() {
                 warn!("job queue full: job dropped; the listener will mark it lost");
             }

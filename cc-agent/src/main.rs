@@ -6,6 +6,7 @@ mod conn;
 mod cron;
 mod outbox;
 mod runner;
+mod seen;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

@@ -419,6 +419,18 @@ impl Session<'_> {
         if let Some(entries) = self.state.db.call(move |s| s.get_cron(&host)).await? {
             send(ws, &Message::CronRefresh(entries)).await?;
         }
+        // Sent before but never reported (the connection, or the listener,
+        // went away): sent again; the agent runs a job id at most once.
+        let host = self.hostname.clone();
+        let unreported = self
+            .state
+            .db
+            .call(move |s| s.resend_unreported(&host, now_ms()))
+            .await?;
+        for job in &unreported {
+            send(ws, &Message::ExecuteJob(job_message(job))).await?;
+            info!(hostname = %self.hostname, job_id = %job.job_id, "unreported job sent again");
+        }
         let host = self.hostname.clone();
         let queued = self
             .state

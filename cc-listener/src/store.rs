@@ -458,6 +458,28 @@ impl Store {
         Ok(())
     }
 
+    /// Jobs already sent to a host that have no report yet, oldest first,
+    /// their send time reset to now: they are sent again on reconnect (the
+    /// agent runs a job id at most once).
+    pub fn resend_unreported(&self, hostname: &str, now_ms: i64) -> Result<Vec<JobRow>> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        let rows = {
+            let mut stmt = tx.prepare(&format!(
+                "{JOB_SELECT} WHERE j.hostname = ?1 AND j.status = 'sent' AND j.report_id IS NULL
+                 ORDER BY j.created_ms, j.job_id"
+            ))?;
+            let rows = stmt.query_map(params![hostname], job_row)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        tx.execute(
+            "UPDATE jobs SET sent_ms = ?2 WHERE hostname = ?1 AND status = 'sent' AND report_id IS NULL",
+            params![hostname, now_ms],
+        )?;
+        tx.commit()?;
+        Ok(rows)
+    }
+
     /// Every queued, unexpired job, oldest first.
     pub fn all_queued(&self, now_ms: i64) -> Result<Vec<JobRow>> {
         let conn = lock(&self.reader);

@@ -601,3 +601,33 @@ fn refuses_to_start_without_an_admin_token() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no operator API token"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sent_job_without_a_report_is_sent_again_on_reconnect() {
+    let dir = TempDir::new("l-resend");
+    let l = start(&dir);
+    let key = l.add_key("flaky");
+    let mut ws = ws::agent(&l.ws_url(), &key, "flaky").await;
+    wait_connected(&l, "flaky", true);
+    let job_id = l
+        .post(
+            "/api/v1/agents/flaky/jobs",
+            &json!({"command": "/bin/true"}),
+        )
+        .json()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ws::recv_type(&mut ws, "execute_job", T).await;
+    drop(ws); // gone before reporting
+    wait_connected(&l, "flaky", false);
+    let mut ws = ws::agent(&l.ws_url(), &key, "flaky").await;
+    let again = ws::recv_type(&mut ws, "execute_job", T).await;
+    assert_eq!(again["payload"]["jobId"], job_id.as_str());
+    ws::send(&mut ws, &ws::report(&job_id, Some("once"))).await;
+    ws::recv_type(&mut ws, "report_ack", T).await;
+    assert_eq!(
+        l.get(&format!("/api/v1/jobs/{job_id}")).json()["status"],
+        "done"
+    );
+}

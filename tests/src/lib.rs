@@ -10,6 +10,7 @@
 // what `expect` does.
 #![allow(clippy::expect_used, clippy::unwrap_used, unreachable_pub)]
 
+pub mod agent;
 pub mod http;
 pub mod listener;
 pub mod ws;

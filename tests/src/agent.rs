@@ -1,0 +1,160 @@
+//! A real `cc-agent` process, as the unprivileged `cc-agent-user` when the
+//! test runs as root.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use nix::unistd::{Gid, Uid, User, chown};
+
+pub const AGENT_USER: &str = "cc-agent-user";
+
+/// The agent user's uid and gid, if it exists.
+pub fn agent_user() -> Option<(u32, u32)> {
+    User::from_name(AGENT_USER)
+        .ok()
+        .flatten()
+        .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+}
+
+pub fn is_root() -> bool {
+    Uid::effective().is_root()
+}
+
+#[derive(Debug)]
+pub struct AgentProcess {
+    pub child: Child,
+    pub dir: PathBuf,
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
+}
+
+impl AgentProcess {
+    /// Writes `dir/agent.toml`, `dir/key` (0600) and `dir/state` (0700),
+    /// owned by `user` when given, and starts `cc-agent run` as that user.
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        url: &str,
+        key: &str,
+        hostname: &str,
+        extra: &str,
+        user: Option<(u32, u32)>,
+    ) -> Self {
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(dir.join("key"), format!("{key}\n")).unwrap();
+        std::fs::set_permissions(dir.join("key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = format!(
+            "listener_url = \"{url}\"\napi_key_file = {:?}\nhostname = \"{hostname}\"\ntags = [\"e2e\"]\nstate_dir = {:?}\nheartbeat_interval_secs = 1\n{extra}\n",
+            dir.join("key"),
+            state
+        );
+        std::fs::write(dir.join("agent.toml"), config).unwrap();
+        if let Some((uid, gid)) = user {
+            for p in [
+                dir.to_owned(),
+                state.clone(),
+                dir.join("key"),
+                dir.join("agent.toml"),
+            ] {
+                chown(&p, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).unwrap();
+            }
+        }
+        let mut a = Self {
+            child: Command::new("true").spawn().unwrap(),
+            dir: dir.to_owned(),
+            bin: bin.to_owned(),
+            user,
+        };
+        let _ = a.child.wait();
+        a.child = a.spawn();
+        a
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("CC_LOG", "info,cc_agent=debug")
+            .current_dir("/");
+        if let Some((uid, gid)) = self.user {
+            // std clears supplementary groups when root sets the uid.
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    fn spawn(&self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .unwrap();
+        let config = self.config_path();
+        self.command(&["run", "--config", config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting cc-agent")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("agent.toml")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Runs another cc-agent subcommand as the same user.
+    pub fn run_subcommand(&self, args: &[&str]) -> std::process::Output {
+        self.command(args).output().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+}
+
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,331 @@
+//! The real agent, as the unprivileged `cc-agent-user`, against the real
+//! listener, driven through the operator API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cc_e2e::agent::{AgentProcess, agent_user, is_root};
+use cc_e2e::listener::ListenerProcess;
+use cc_e2e::{TempDir, bin, require};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(30);
+const FAST: &str = "heartbeat_interval_secs = 2\nping_interval_secs = 1\nlost_grace_secs = 5\nsweep_interval_ms = 100\n";
+
+struct Rig {
+    _dir: TempDir,
+    listener: ListenerProcess,
+    agent: AgentProcess,
+    host: String,
+    uid: u32,
+}
+
+/// A listener and an agent (as cc-agent-user) registered to it; None when
+/// the machine cannot run it outside CI.
+fn rig(name: &str, agent_extra: &str) -> Option<Rig> {
+    let user = agent_user();
+    if !require(
+        "root and the cc-agent-user account (the test command creates it)",
+        is_root() && user.is_some(),
+    ) {
+        return None;
+    }
+    let (uid, gid) = user.unwrap();
+    let dir = TempDir::new(name);
+    std::fs::create_dir_all(dir.path().join("listener")).unwrap();
+    std::fs::create_dir_all(dir.path().join("agent")).unwrap();
+    let listener = ListenerProcess::start(&bin("cc-listener"), &dir.path().join("listener"), FAST);
+    let host = format!("{name}.test");
+    let key = listener.add_key(&host);
+    let agent = AgentProcess::start(
+        &bin("cc-agent"),
+        &dir.path().join("agent"),
+        &listener.ws_url(),
+        &key,
+        &host,
+        agent_extra,
+        Some((uid, gid)),
+    );
+    let rig = Rig {
+        _dir: dir,
+        listener,
+        agent,
+        host,
+        uid,
+    };
+    rig.wait_connected();
+    Some(rig)
+}
+
+impl Rig {
+    fn wait_connected(&self) {
+        let host = self.host.clone();
+        let deadline = Instant::now() + T;
+        loop {
+            let agents = self.listener.get("/api/v1/agents").json();
+            if agents
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["hostname"] == host.as_str() && a["connected"] == true)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent never connected\n{}",
+                self.agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn post_job(&self, body: Value) -> String {
+        let deadline = Instant::now() + T;
+        loop {
+            let r = self
+                .listener
+                .post(&format!("/api/v1/agents/{}/jobs", self.host), &body);
+            if r.status == 202 {
+                return r.json()["jobId"].as_str().unwrap().to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job refused: {} {}",
+                r.status,
+                r.body
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_report(&self, job_id: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let job = self.listener.get(&format!("/api/v1/jobs/{job_id}")).json();
+            if job["status"] == "done" {
+                return job["report"].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no report for {job_id}: {job}\n--- agent log ---\n{}\n--- listener log ---\n{}",
+                self.agent.log(),
+                self.listener.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn a_job_report_has_exactly_the_spec_fields_and_the_real_uid() {
+    let Some(rig) = rig("a-fields", "") else {
+        return;
+    };
+    let id = rig.post_job(json!({"command": "/bin/echo", "args": ["hello world"], "timeout": 30}));
+    let r = rig.wait_report(&id, T);
+    let mut keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "command",
+            "durationMs",
+            "executingUid",
+            "executingUser",
+            "exitCode",
+            "jobId",
+            "reportId",
+            "startTime",
+            "stderr",
+            "stdout"
+        ]
+    );
+    assert_eq!(r["jobId"], id.as_str());
+    assert_eq!(r["command"], "/bin/echo 'hello world'");
+    assert_eq!(r["exitCode"], 0);
+    assert_eq!(r["stdout"], "hello world\n");
+    assert_eq!(r["stderr"], "");
+    assert_eq!(r["executingUid"], rig.uid);
+    assert_eq!(r["executingUser"], "cc-agent-user");
+    assert!(
+        chrono_like(r["startTime"].as_str().unwrap()),
+        "{}",
+        r["startTime"]
+    );
+    assert!(r["durationMs"].as_u64().unwrap() < 10_000);
+    // The key never shows up in the agent's log.
+    let key = std::fs::read_to_string(rig.agent.dir.join("key")).unwrap();
+    assert!(!rig.agent.log().contains(key.trim()));
+    // Registered as the spec spells it.
+    let agents = rig.listener.get("/api/v1/agents").json();
+    let me = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["hostname"] == rig.host.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (me["os"].as_str(), me["arch"].as_str()),
+        (Some("linux"), Some("amd64"))
+    );
+    assert_eq!(
+        (me["executionMode"].as_str(), me["isRoot"].as_bool()),
+        (Some("user"), Some(false))
+    );
+}
+
+fn chrono_like(s: &str) -> bool {
+    s.len() >= 20 && s.ends_with('Z') && s.as_bytes()[10] == b'T'
+}
+
+#[test]
+fn missing_programs_give_127_and_timeouts_kill_the_whole_group() {
+    let Some(rig) = rig("a-codes", "") else {
+        return;
+    };
+    let missing = rig.post_job(json!({"command": "no-such-program-anywhere"}));
+    let r = rig.wait_report(&missing, T);
+    assert_eq!(r["exitCode"], 127);
+    assert!(r["stderr"].as_str().unwrap().contains("not found"), "{r}");
+
+    // A grandchild that ignores SIGTERM still goes (SIGKILL after the grace).
+    let script = "trap '' TERM; sh -c 'trap \"\" TERM; exec sleep 600' & wait";
+    let t = rig.post_job(json!({"command": "/bin/sh", "args": ["-c", script], "timeout": 1}));
+    let r = rig.wait_report(&t, Duration::from_secs(60));
+    assert_eq!(r["exitCode"], 124);
+    assert!(
+        r["warning"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 1 s"),
+        "{r}"
+    );
+    let leftovers = std::process::Command::new("pgrep")
+        .args(["-u", "cc-agent-user", "-f", "sleep 600"])
+        .output()
+        .unwrap();
+    assert!(
+        leftovers.stdout.is_empty(),
+        "sleep 600 survived: {}",
+        String::from_utf8_lossy(&leftovers.stdout)
+    );
+}
+
+#[test]
+fn a_gibibyte_of_stdout_keeps_the_agent_small_and_the_report_capped() {
+    let Some(rig) = rig("a-gib", "") else { return };
+    let id = rig.post_job(json!({"command": "/usr/bin/head", "args": ["-c", "1073741824", "/dev/zero"], "timeout": 600}));
+    let r = rig.wait_report(&id, Duration::from_secs(600));
+    assert_eq!(r["exitCode"], 0);
+    assert!(r["stdout"].as_str().unwrap().len() <= 262_144);
+    assert!(r["warning"].as_str().unwrap().contains("stdout: "), "{r}");
+    let peak = rig.agent.peak_rss_kib();
+    eprintln!("agent peak RSS after a 1 GiB job: {peak} KiB");
+    assert!(peak > 0 && peak < 32 * 1024, "agent peak RSS {peak} KiB");
+}
+
+#[test]
+fn listener_killed_twice_during_200_jobs_loses_no_report_and_stores_none_twice() {
+    let Some(mut rig) = rig("a-durable", "max_concurrent_jobs = 4") else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        if i == 70 || i == 140 {
+            rig.listener.kill_and_restart();
+            rig.wait_connected();
+        }
+        ids.push(rig.post_job(
+            json!({"command": "/bin/sh", "args": ["-c", format!("sleep 0.0{}; echo {i}", i % 5)]}),
+        ));
+    }
+    for id in &ids {
+        rig.wait_report(id, Duration::from_secs(120));
+    }
+    let reports = rig.listener.get("/api/v1/reports?limit=1000").json();
+    let mut per_job: HashMap<String, usize> = HashMap::new();
+    for r in reports.as_array().unwrap() {
+        *per_job
+            .entry(r["jobId"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    for id in &ids {
+        assert_eq!(
+            per_job.get(id),
+            Some(&1),
+            "job {id} has {:?} reports",
+            per_job.get(id)
+        );
+    }
+    assert_eq!(per_job.len(), 200);
+    // The kills really cut the stream: the agent reconnected at least twice.
+    let connects = rig.agent.log().matches("connected and registered").count();
+    assert!(
+        connects >= 3,
+        "agent connected {connects} times\n{}",
+        rig.agent.log()
+    );
+    // Every report was acknowledged, so the outbox drains.
+    let deadline = Instant::now() + T;
+    while std::fs::read_dir(rig.agent.state().join("outbox"))
+        .unwrap()
+        .count()
+        > 0
+    {
+        assert!(Instant::now() < deadline, "outbox never drained");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn reports_written_while_the_agent_is_down_are_sent_when_it_returns() {
+    let Some(mut rig) = rig("a-restart", "") else {
+        return;
+    };
+    let id = rig.post_job(
+        json!({"command": "/bin/sh", "args": ["-c", "sleep 2; echo survived"], "timeout": 60}),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // Agent killed mid-job: that job is lost (after timeout + grace); the
+    // agent, restarted, runs new work and its outbox is delivered.
+    rig.agent.kill();
+    rig.agent.restart();
+    rig.wait_connected();
+    let next = rig.post_job(json!({"command": "/bin/echo", "args": ["after"]}));
+    assert_eq!(rig.wait_report(&next, T)["stdout"], "after\n");
+    let job = rig.listener.get(&format!("/api/v1/jobs/{id}")).json();
+    assert!(
+        matches!(job["status"].as_str(), Some("sent" | "lost" | "done")),
+        "{job}"
+    );
+}
+
+#[test]
+fn the_agent_refuses_a_world_readable_key_and_plaintext_to_a_remote_host() {
+    let Some(rig) = rig("a-refuse", "") else {
+        return;
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let dir = &rig.agent.dir;
+    std::fs::set_permissions(dir.join("key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out =
+        rig.agent
+            .run_subcommand(&["run", "--config", dir.join("agent.toml").to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("group or others can read it"), "{err}");
+
+    let remote = dir.join("remote.toml");
+    let text = std::fs::read_to_string(dir.join("agent.toml")).unwrap();
+    let text = text.replace(&rig.listener.ws_url(), "ws://192.0.2.10:8081/agent");
+    std::fs::write(&remote, text).unwrap();
+    let out = rig
+        .agent
+        .run_subcommand(&["run", "--config", remote.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("insecure_allow_plaintext"));
+}
