@@ -30,6 +30,12 @@ use nix::unistd::Pid;
 
 mod sys;
 
+/// Pipe buffer asked for each stream.
+const PIPE_SIZE: i32 = 1024 * 1024;
+/// Bytes read per `read(2)`: the collector copies only the last 128 KiB of
+/// a chunk into its tail ring, so large chunks mean little copying.
+const READ_CHUNK: usize = 1024 * 1024;
+
 /// Exit code for a timed-out job (as `timeout(1)`).
 pub const EXIT_TIMEOUT: i32 = 124;
 /// Exit code when the program exists but cannot be executed.
@@ -140,6 +146,18 @@ pub fn supervise(mut child: Child, limits: Limits) -> Finished {
     let pgid = i32::try_from(child.id()).map(Pid::from_raw).ok();
     let mut out = Stream::new(child.stdout.take(), limits.stream_cap);
     let mut err = Stream::new(child.stderr.take(), limits.stream_cap);
+    // A larger pipe means fewer wake-ups for a chatty job (best effort: the
+    // kernel caps it at /proc/sys/fs/pipe-max-size for unprivileged users).
+    for fd in [
+        out.pipe.as_ref().map(AsFd::as_fd),
+        err.pipe.as_ref().map(AsFd::as_fd),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    }
+    let mut buf = vec![0u8; READ_CHUNK];
     let mut warnings = Vec::new();
     let mut status = None;
     let mut timed_out = false;
@@ -176,7 +194,7 @@ pub fn supervise(mut child: Child, limits: Limits) -> Finished {
         let wait = deadline
             .saturating_duration_since(now)
             .min(Duration::from_millis(50));
-        pump(&mut out, &mut err, wait);
+        pump(&mut out, &mut err, wait, &mut buf);
     }
     let duration = clock.elapsed();
     let exit_code = if timed_out {
@@ -231,7 +249,7 @@ fn stop_group(
         if matches!(child.try_wait(), Ok(Some(_))) && out.done() && err.done() {
             break;
         }
-        pump(out, err, Duration::from_millis(20));
+        pump(out, err, Duration::from_millis(20), &mut [0u8; 16 * 1024]);
     }
     // Everything in the group, whatever it ignored.
     signal_group(pgid, Signal::SIGKILL);
@@ -264,14 +282,25 @@ impl<R: Read + AsFd> Stream<R> {
         self.pipe.is_none()
     }
 
-    /// Reads what is there; EOF or an error closes the stream.
+    /// Reads what is there; EOF or an error closes the stream. While reads
+    /// fill the buffer (a fast writer), reads again without polling, a few
+    /// times, so the other stream still gets its turn.
     fn read_some(&mut self, buf: &mut [u8]) {
-        let Some(pipe) = &mut self.pipe else { return };
-        match pipe.read(buf) {
-            Ok(0) => self.pipe = None,
-            Ok(n) => self.collector.push(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::WouldBlock => {}
-            Err(_) => self.pipe = None,
+        for _ in 0..8 {
+            let Some(pipe) = &mut self.pipe else { return };
+            match pipe.read(buf) {
+                Ok(0) => self.pipe = None,
+                Ok(n) => {
+                    self.collector.push(&buf[..n]);
+                    if n == buf.len() {
+                        continue;
+                    }
+                }
+                Err(e)
+                    if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => self.pipe = None,
+            }
+            return;
         }
     }
 
@@ -281,7 +310,12 @@ impl<R: Read + AsFd> Stream<R> {
 }
 
 /// Waits up to `wait` for either pipe, then reads from each ready one.
-fn pump(out: &mut Stream<ChildStdout>, err: &mut Stream<ChildStderr>, wait: Duration) {
+fn pump(
+    out: &mut Stream<ChildStdout>,
+    err: &mut Stream<ChildStderr>,
+    wait: Duration,
+    buf: &mut [u8],
+) {
     let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
     let (out_ready, err_ready) = {
         let mut fds = Vec::with_capacity(2);
@@ -311,12 +345,11 @@ fn pump(out: &mut Stream<ChildStdout>, err: &mut Stream<ChildStderr>, wait: Dura
         }
         ready
     };
-    let mut buf = [0u8; 64 * 1024];
     if out_ready {
-        out.read_some(&mut buf);
+        out.read_some(buf);
     }
     if err_ready {
-        err.read_some(&mut buf);
+        err.read_some(buf);
     }
 }
 

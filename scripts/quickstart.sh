@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# CronCommander quickstart: builds, starts a listener on loopback with a fresh
+# SQLite file, creates an agent key and an operator token, starts an agent in
+# user mode (as cc-agent-user when run as root), runs a sample job through the
+# operator API, prints its report, and keeps both running until Ctrl-C.
+#
+#   CC_QUICKSTART_BIN_DIR=DIR   use binaries already built in DIR (no build)
+#   CC_QUICKSTART_ONCE=1        stop after printing the report (for tests)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+bin_dir="${CC_QUICKSTART_BIN_DIR:-}"
+if [ -z "$bin_dir" ]; then
+    say "building (release)"
+    cargo build --release --bins
+    bin_dir="$PWD/target/release"
+fi
+bin_dir="$(cd "$bin_dir" && pwd)"
+
+work="$(mktemp -d /tmp/croncommander-quickstart.XXXXXX)"
+chmod 755 "$work"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ "${CC_QUICKSTART_ONCE:-}" = 1 ]; then rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
+
+say "listener: fresh database in $work"
+token="$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+printf '%s\n' "$token" > "$work/admin-token"
+chmod 600 "$work/admin-token"
+"$bin_dir/cc-listener" keys add quickstart-host --db "$work/listener.db" > "$work/agent.key"
+chmod 600 "$work/agent.key"
+"$bin_dir/cc-listener" serve --db "$work/listener.db" --admin-token-file "$work/admin-token" \
+    --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 > "$work/listener.out" 2> "$work/listener.log" &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$work/listener.out" ] && break; sleep 0.1; done
+banner="$(head -n1 "$work/listener.out")"
+[ -n "$banner" ] || { cat "$work/listener.log" >&2; exit 1; }
+agent_addr="$(sed -E 's|.*agents on ws://([^/]+)/agent.*|\1|' <<<"$banner")"
+admin_port="$(sed -E 's|.*operator API on http://127.0.0.1:([0-9]+)/.*|\1|' <<<"$banner")"
+echo "$banner"
+
+# The operator API over bash's /dev/tcp: nothing to install.
+api() { # METHOD PATH [JSON]
+    local body="${3:-}"
+    exec 3<>"/dev/tcp/127.0.0.1/$admin_port"
+    printf '%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n%s' \
+        "$1" "$2" "$token" "${#body}" "$body" >&3
+    sed '1,/^\r$/d' <&3
+    exec 3>&-
+}
+
+say "agent: user mode"
+mkdir -p "$work/agent-state"
+chmod 700 "$work/agent-state"
+cat > "$work/agent.toml" <<TOML
+listener_url = "ws://$agent_addr/agent"
+api_key_file = "$work/agent.key"
+hostname = "quickstart-host"
+tags = ["quickstart"]
+execution_mode = "user"
+heartbeat_interval_secs = 10
+state_dir = "$work/agent-state"
+TOML
+run_agent=("$bin_dir/cc-agent" run --config "$work/agent.toml")
+if [ "$(id -u)" -eq 0 ]; then
+    id cc-agent-user >/dev/null 2>&1 || useradd --system --user-group --home-dir /nonexistent \
+        --no-create-home --shell /usr/sbin/nologin cc-agent-user
+    chown cc-agent-user: "$work/agent.key" "$work/agent.toml" "$work/agent-state"
+    run_agent=(setpriv --reuid=cc-agent-user --regid=cc-agent-user --clear-groups "${run_agent[@]}")
+    echo "running the agent as cc-agent-user (unprivileged)"
+fi
+"${run_agent[@]}" 2> "$work/agent.log" &
+pids+=($!)
+for _ in $(seq 100); do api GET /api/v1/agents | grep -q '"connected":true' && break; sleep 0.1; done
+api GET /api/v1/agents; echo
+
+say "a sample job through the operator API"
+job="$(api POST /api/v1/agents/quickstart-host/jobs '{"command":"/bin/sh","args":["-c","echo hello from CronCommander; id -un"],"timeout":30}')"
+echo "$job"
+job_id="$(sed -E 's/.*"jobId":"([^"]+)".*/\1/' <<<"$job")"
+for _ in $(seq 100); do
+    result="$(api GET "/api/v1/jobs/$job_id")"
+    grep -q '"status":"done"' <<<"$result" && break
+    sleep 0.1
+done
+say "its report"
+echo "$result"
+
+if [ "${CC_QUICKSTART_ONCE:-}" = 1 ]; then
+    exit 0
+fi
+cat <<TXT
+
+Listener and agent are running. Try:
+  token=\$(cat $work/admin-token)
+  curl -H "Authorization: Bearer \$token" http://127.0.0.1:$admin_port/api/v1/agents
+Logs: $work/listener.log, $work/agent.log. Ctrl-C stops both.
+TXT
+wait
