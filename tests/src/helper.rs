@@ -1,0 +1,130 @@
+//! A real `cc-privhelper serve` (as root) with its own config, socket, cron
+//! directory and state, and a client that talks to it as cc-agent-user.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+#[derive(Debug)]
+pub struct HelperProcess {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub agent: (u32, u32),
+}
+
+impl HelperProcess {
+    /// Config keys `socket`, `cron_file`, `state_dir`, `report_dir`,
+    /// `agent_user` point into `dir`; `extra` adds or overrides the rest
+    /// (it must not repeat those keys).
+    pub fn start(dir: &Path, extra: &str, agent: (u32, u32)) -> Self {
+        std::fs::create_dir_all(dir.join("cron.d")).unwrap();
+        std::fs::create_dir_all(dir.join("writable")).unwrap();
+        let config = format!(
+            "socket = {:?}\nagent_user = \"cc-agent-user\"\ncron_file = {:?}\nstate_dir = {:?}\nreport_dir = {:?}\n{extra}\n",
+            dir.join("run/helper.sock"),
+            dir.join("cron.d/croncommander"),
+            dir.join("state"),
+            dir.join("spool"),
+        );
+        std::fs::write(dir.join("helper.toml"), config).unwrap();
+        let _ = std::fs::remove_file(dir.join("run/helper.sock"));
+        let h = Self {
+            child: Self::spawn(dir),
+            dir: dir.to_owned(),
+            agent,
+        };
+        h.wait_ready();
+        h
+    }
+
+    fn spawn(dir: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("helper.log"))
+            .unwrap();
+        Command::new(crate::bin("cc-privhelper"))
+            .args(["serve", "--config"])
+            .arg(dir.join("helper.toml"))
+            .env("CC_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.socket().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "helper did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.socket());
+        self.child = Self::spawn(&self.dir);
+        self.wait_ready();
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("run/helper.sock")
+    }
+
+    pub fn cron_file(&self) -> PathBuf {
+        self.dir.join("cron.d/croncommander")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("helper.log")).unwrap_or_default()
+    }
+
+    /// Sends `body` as `uid:gid` (None: as this process); returns the
+    /// response text, empty when the helper closed without answering.
+    pub fn send_as(&self, who: Option<(u32, u32)>, body: &[u8], raw: bool) -> String {
+        let mut cmd = Command::new(crate::bin("cc-helper-client"));
+        if raw {
+            cmd.arg("--raw");
+        }
+        cmd.arg(self.socket())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some((uid, gid)) = who {
+            cmd.uid(uid).gid(gid);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let _ = child.stdin.take().unwrap().write_all(body);
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A request as the agent user; the parsed response.
+    pub fn request(&self, req: &Value) -> Value {
+        let text = self.send_as(Some(self.agent), req.to_string().as_bytes(), false);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("no response ({e}): {text:?}\n{}", self.log()))
+    }
+
+    /// An `exec` request carrying this `execute_job` payload.
+    pub fn exec(&self, job: &Value) -> Value {
+        self.request(&serde_json::json!({"exec": {"execute_job": job.to_string()}}))
+    }
+}
+
+impl Drop for HelperProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

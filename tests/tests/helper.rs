@@ -1,0 +1,371 @@
+//! cc-privhelper as root with the real binaries, spoken to as the
+//! unprivileged cc-agent-user: every refusal, and the sandbox checked from
+//! outside (`/proc/self/status` of the job, a write that must fail).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
+
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+
+use cc_e2e::agent::{agent_user, is_root};
+use cc_e2e::helper::HelperProcess;
+use cc_e2e::{TempDir, bin, require};
+use serde_json::{Value, json};
+
+fn setup(name: &str, extra: &str) -> Option<(TempDir, HelperProcess)> {
+    let user = agent_user();
+    if !require(
+        "root and the cc-agent-user account",
+        is_root() && user.is_some(),
+    ) {
+        return None;
+    }
+    let dir = TempDir::new(name);
+    let h = HelperProcess::start(dir.path(), extra, user.unwrap());
+    Some((dir, h))
+}
+
+fn on(dir: &TempDir) -> String {
+    format!(
+        "system_mode = true\n[sandbox]\nkeep_capabilities = [\"CAP_CHOWN\", \"CAP_KILL\"]\nwrite_paths = [{:?}]\n",
+        dir.path().join("writable")
+    )
+}
+
+fn job(id: &str, command: &str, args: &[&str]) -> Value {
+    json!({"jobId": id, "command": command, "args": args, "timeout": 30})
+}
+
+fn refused_code(resp: &Value) -> &str {
+    resp["refused"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not refused: {resp}"))
+}
+
+#[test]
+fn a_client_with_another_uid_is_refused_before_anything_is_read() {
+    let Some((_d, h)) = setup("h-peer", "") else {
+        return;
+    };
+    // This test process is root, not cc-agent-user.
+    let answer = h.send_as(None, br#""status""#, false);
+    assert_eq!(answer, "", "the helper answered a stranger");
+    assert!(h.log().contains("peer is not agent_user"), "{}", h.log());
+    // The agent user gets an answer.
+    assert_eq!(h.request(&json!("status"))["status"]["system_mode"], false);
+    // Socket 0660 and directory 0750, group = the agent's.
+    let sock = std::fs::metadata(h.socket()).unwrap();
+    assert_eq!(
+        (sock.mode() & 0o777, sock.uid(), sock.gid()),
+        (0o660, 0, h.agent.1)
+    );
+    let dir = std::fs::metadata(h.socket().parent().unwrap()).unwrap();
+    assert_eq!(
+        (dir.mode() & 0o777, dir.uid(), dir.gid()),
+        (0o750, 0, h.agent.1)
+    );
+}
+
+#[test]
+fn with_system_mode_off_exec_and_write_cron_are_refused() {
+    let Some((_d, h)) = setup("h-off", "") else {
+        return;
+    };
+    let r = h.exec(&job("j1", "/bin/true", &[]));
+    assert_eq!(refused_code(&r), "system_mode_disabled");
+    assert!(
+        r["refused"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("system mode is not enabled on this host")
+    );
+    let r = h.request(&json!({"write_cron": {"cron_refresh": "[]"}}));
+    assert_eq!(refused_code(&r), "system_mode_disabled");
+    assert!(!h.cron_file().exists());
+}
+
+#[test]
+fn a_system_job_runs_as_root_with_the_configured_sandbox() {
+    let Some((dir, h)) = setup("h-exec", "") else {
+        return;
+    };
+    drop(h);
+    let h = HelperProcess::start(dir.path(), &on(&dir), agent_user().unwrap());
+    let r = h.exec(&job("status-1", "/bin/cat", &["/proc/self/status"]));
+    let report = &r["exec_result"];
+    assert_eq!(report["executingUid"], 0, "{r}");
+    assert_eq!(report["executingUser"], "root");
+    assert_eq!(report["exitCode"], 0, "{r}");
+    let status = report["stdout"].as_str().unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or("?")
+            .to_owned()
+    };
+    // CAP_CHOWN (0) and CAP_KILL (5): 0x21.
+    assert_eq!(field("CapBnd:"), "0000000000000021", "{status}");
+    assert_eq!(field("CapEff:"), "0000000000000021");
+    assert_eq!(field("CapInh:"), "0000000000000000");
+    assert_eq!(field("CapAmb:"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Uid:").split_whitespace().next(), Some("0"));
+
+    // Landlock: a write outside write_paths fails with EACCES…
+    let outside = "/etc/cc-landlock-probe";
+    let r = h.exec(&job(
+        "w-1",
+        "/bin/sh",
+        &["-c", &format!("echo x > {outside}")],
+    ));
+    assert_ne!(r["exec_result"]["exitCode"], 0, "{r}");
+    assert!(
+        r["exec_result"]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("Permission denied"),
+        "{r}"
+    );
+    assert!(!std::path::Path::new(outside).exists());
+    // …so does a write to the helper's own config…
+    let cfg = dir.path().join("helper.toml");
+    let r = h.exec(&job(
+        "w-2",
+        "/bin/sh",
+        &["-c", &format!("echo x >> {}", cfg.display())],
+    ));
+    assert!(
+        r["exec_result"]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("Permission denied"),
+        "{r}"
+    );
+    // …and one inside write_paths works.
+    let inside = dir.path().join("writable/ok");
+    let r = h.exec(&job(
+        "w-3",
+        "/bin/sh",
+        &["-c", &format!("echo fine > {}", inside.display())],
+    ));
+    assert_eq!(r["exec_result"]["exitCode"], 0, "{r}");
+    assert_eq!(std::fs::read_to_string(&inside).unwrap(), "fine\n");
+    // The environment is the helper's, not the agent's.
+    let r = h.exec(&job("env-1", "/usr/bin/env", &[]));
+    let mut env: Vec<&str> = r["exec_result"]["stdout"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .collect();
+    env.sort_unstable();
+    assert_eq!(
+        env,
+        [
+            "HOME=/root",
+            "LANG=C.UTF-8",
+            "LOGNAME=root",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "SHELL=/bin/sh",
+            "USER=root"
+        ]
+    );
+}
+
+#[test]
+fn allowed_commands_is_enforced_on_the_resolved_program() {
+    let Some((dir, h)) = setup("h-allow", "") else {
+        return;
+    };
+    drop(h);
+    let extra = format!("allowed_commands = [\"/bin/true\"]\n{}", on(&dir));
+    let h = HelperProcess::start(dir.path(), &extra, agent_user().unwrap());
+    // /bin/true resolves (merged /usr) to the same file as `true` on PATH.
+    assert_eq!(
+        h.exec(&job("a-1", "true", &[]))["exec_result"]["exitCode"],
+        0
+    );
+    let r = h.exec(&job("a-2", "/bin/echo", &["hi"]));
+    assert_eq!(refused_code(&r), "command_not_allowed", "{r}");
+    let r = h.exec(&job("a-3", "/bin/sh", &["-c", "true"]));
+    assert_eq!(refused_code(&r), "command_not_allowed");
+    assert!(h.log().contains("decision=\"refused\""), "{}", h.log());
+}
+
+#[test]
+fn unknown_requests_fields_bad_frames_and_invalid_jobs_are_refused() {
+    let Some((dir, h)) = setup("h-hostile", "") else {
+        return;
+    };
+    drop(h);
+    let h = HelperProcess::start(dir.path(), &on(&dir), agent_user().unwrap());
+    let as_agent = |body: &[u8], raw: bool| h.send_as(Some(h.agent), body, raw);
+    let cases: &[&[u8]] = &[
+        br#""shell""#,
+        br#"{"exec":{"execute_job":"{}","as_uid":0}}"#,
+        br#"{"exec":{}}"#,
+        b"\xff\xfe",
+        br#""status" trailing"#,
+    ];
+    for body in cases {
+        let v: Value = serde_json::from_str(&as_agent(body, false)).unwrap();
+        assert_eq!(
+            refused_code(&v),
+            "bad_request",
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    // A declared length of 64 MiB is refused before it is read.
+    let mut huge = (64u32 * 1024 * 1024).to_be_bytes().to_vec();
+    huge.extend_from_slice(b"xx");
+    let v: Value = serde_json::from_str(&as_agent(&huge, true)).unwrap();
+    assert!(
+        v["refused"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most"),
+        "{v}"
+    );
+    // Invalid jobs inside a well-formed request.
+    for bad in [
+        json!({"jobId": "j", "command": "/bin/echo", "args": ["a\nb"]}),
+        json!({"jobId": "../x", "command": "/bin/true"}),
+        json!({"jobId": "j", "command": "/bin/true", "timeout": 0}),
+    ] {
+        assert_eq!(refused_code(&h.exec(&bad)), "invalid_payload", "{bad}");
+    }
+    let r = h.request(&json!({"exec": {"execute_job": "not json"}}));
+    assert_eq!(refused_code(&r), "invalid_payload");
+    // Still serving.
+    assert_eq!(h.request(&json!("status"))["status"]["system_mode"], true);
+}
+
+#[test]
+fn the_cron_file_is_root_owned_0644_atomic_and_no_entry_changes_its_structure() {
+    let Some((dir, h)) = setup("h-cron", "") else {
+        return;
+    };
+    drop(h);
+    let mut h = HelperProcess::start(dir.path(), &on(&dir), agent_user().unwrap());
+    let entries = json!([
+        {"id": "ok", "schedule": "*/5 * * * *", "command": "/bin/echo five"},
+        {"id": "pct", "schedule": "@daily", "command": "/bin/echo 100%"},
+        {"id": "lf", "schedule": "* * * * *", "command": "/bin/true\n* * * * * root /bin/sh -c evil"},
+        {"id": "cr", "schedule": "* * * * *", "command": "/bin/true\r* * * * * root evil"},
+        {"id": "nul", "schedule": "@daily", "command": "/bin/true\u{0}evil"},
+        {"id": "sched-lf", "schedule": "* * * * *\n* * * * * root evil", "command": "/bin/true"},
+        {"id": "extra", "schedule": "* * * * * root", "command": "/bin/true"},
+        {"id": "bad", "schedule": "61 * * * *", "command": "/bin/true"}
+    ]);
+    let r = h.request(&json!({"write_cron": {"cron_refresh": entries.to_string()}}));
+    assert_eq!(r["cron_written"]["installed"], json!(["ok", "pct"]), "{r}");
+    assert_eq!(r["cron_written"]["rejected"].as_array().unwrap().len(), 6);
+    let text = std::fs::read_to_string(h.cron_file()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(lines[0].starts_with("# Managed by CronCommander"));
+    let exe = bin("cc-privhelper");
+    assert_eq!(
+        lines[3],
+        format!(
+            "*/5 * * * * root {} cron-run --config {} ok",
+            exe.display(),
+            dir.path().join("helper.toml").display()
+        )
+    );
+    assert!(!text.contains("evil") && !text.contains('%'), "{text}");
+    let meta = std::fs::metadata(h.cron_file()).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777, meta.nlink()),
+        (0, 0, 0o644, 1)
+    );
+
+    // Debian's cron accepts the file's syntax: the same lines as a crontab.
+    let check = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "sed 's/ root / /' {} | crontab -u nobody - && crontab -u nobody -r",
+            h.cron_file().display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "cron refused the syntax: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // A SIGKILL at any moment of a write leaves a whole file: either the old
+    // or the new one, never a mix.
+    let old = text.clone();
+    let new_entries = json!([{"id": "other", "schedule": "@hourly", "command": "/bin/true"}]);
+    for i in 0..20 {
+        let req = json!({"write_cron": {"cron_refresh": if i % 2 == 0 { new_entries.to_string() } else { entries.to_string() }}});
+        let sock = h.socket();
+        let agent = h.agent;
+        let sender = std::thread::spawn(move || {
+            let mut c = Command::new(bin("cc-helper-client"));
+            use std::os::unix::process::CommandExt;
+            c.arg(sock)
+                .uid(agent.0)
+                .gid(agent.1)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null());
+            let mut child = c.spawn().unwrap();
+            use std::io::Write;
+            let _ = child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(req.to_string().as_bytes());
+            let _ = child.wait();
+        });
+        std::thread::sleep(std::time::Duration::from_micros(200 * (i % 7)));
+        h.restart(); // SIGKILL, then start again
+        let _ = sender.join();
+        let now = std::fs::read_to_string(h.cron_file()).unwrap();
+        let new_text_ok = now.lines().count() == 4 && now.contains(" other");
+        assert!(
+            now == old || new_text_ok,
+            "torn cron file after kill {i}:\n{now}"
+        );
+    }
+}
+
+#[test]
+fn a_config_not_owned_by_root_or_writable_by_others_is_refused() {
+    let Some((dir, h)) = setup("h-config", "") else {
+        return;
+    };
+    drop(h);
+    use std::os::unix::fs::PermissionsExt;
+    let cfg = dir.path().join("helper.toml");
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new(bin("cc-privhelper"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("writable by group or others"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (uid, gid) = agent_user().unwrap();
+    nix::unistd::chown(
+        &cfg,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .unwrap();
+    let out = Command::new(bin("cc-privhelper"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not owned by root"));
+}
