@@ -45,14 +45,15 @@ struct Ctx {
     outbox: Outbox,
     runner: Arc<Runner>,
     tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
-    jobs: mpsc::Sender<ExecuteJob>,
+    /// Jobs with the listener's payload text (system mode forwards it).
+    jobs: mpsc::Sender<(ExecuteJob, String)>,
 }
 
 /// Runs until the process is stopped.
 pub(crate) async fn run(cfg: Config) -> Result<()> {
     let key = cfg.read_api_key()?;
     let outbox = Outbox::open(&cfg.state_dir)?;
-    let runner = Arc::new(Runner::new(cfg.execution_mode));
+    let runner = Arc::new(Runner::new(cfg.execution_mode, cfg.helper_socket.clone()));
     if runner.identity.is_root() && cfg.execution_mode == wire::ExecutionMode::User {
         warn!("{}", crate::runner::ROOT_IN_USER_MODE);
     }
@@ -269,7 +270,14 @@ where
                 send(&mut ws, &Message::Heartbeat(hb)).await?;
             }
             Some(()) = done.recv() => flush_outbox(ctx, &mut ws, &mut sent).await?,
-            _ = scan.tick() => flush_outbox(ctx, &mut ws, &mut sent).await?,
+            _ = scan.tick() => {
+                if ctx.cfg.execution_mode == wire::ExecutionMode::System {
+                    if let Err(e) = collect_helper_reports(ctx) {
+                        warn!("collecting the helper's reports failed: {e:#}");
+                    }
+                }
+                flush_outbox(ctx, &mut ws, &mut sent).await?
+            }
         }
     }
 }
@@ -306,12 +314,14 @@ where
                     warn!(job_id = %job.job_id, "could not record the job as received: {e:#}")
                 }
             }
-            if ctx.jobs.try_send(job).is_err() {
+            let raw = decoded.raw_payload.unwrap_or_default().to_owned();
+            if ctx.jobs.try_send((job, raw)).is_err() {
                 warn!("job queue full: job dropped; the listener will mark it lost");
             }
         }
         Incoming::Known(Message::CronRefresh(entries)) => {
-            let status = apply_cron(ctx, entries).await;
+            let raw = decoded.raw_payload.unwrap_or("[]").to_owned();
+            let status = apply_cron(ctx, entries, raw).await;
             send(ws, &Message::CronStatus(status)).await?;
         }
         Incoming::Known(Message::ReportAck(ack)) => {
@@ -331,18 +341,9 @@ where
     Ok(())
 }
 
-async fn apply_cron(ctx: &Ctx, entries: Vec<CronEntry>) -> wire::CronStatus {
+async fn apply_cron(ctx: &Ctx, entries: Vec<CronEntry>, raw: String) -> wire::CronStatus {
     if ctx.cfg.execution_mode == wire::ExecutionMode::System {
-        return wire::CronStatus {
-            installed: Vec::new(),
-            rejected: entries
-                .iter()
-                .map(|e| wire::CronRejection {
-                    id: e.id.chars().take(128).collect(),
-                    reason: "system mode: this agent cannot reach a root helper yet".into(),
-                })
-                .collect(),
-        };
+        return system_cron(ctx, &entries, raw).await;
     }
     let state = ctx.cfg.state_dir.clone();
     let config = ctx.cfg.path.clone();
@@ -387,6 +388,73 @@ async fn apply_cron(ctx: &Ctx, entries: Vec<CronEntry>) -> wire::CronStatus {
     }
 }
 
+/// System mode: the listener's `cron_refresh` text goes to cc-privhelper,
+/// which writes `/etc/cron.d/croncommander`.
+async fn system_cron(ctx: &Ctx, entries: &[CronEntry], raw: String) -> wire::CronStatus {
+    use cc_proto::helper::{HelperRequest, HelperResponse, WriteCronRequest};
+    let socket = ctx.cfg.helper_socket.clone();
+    let req = HelperRequest::WriteCron(WriteCronRequest { cron_refresh: raw });
+    let answer =
+        tokio::task::spawn_blocking(move || crate::helper_client::call(&socket, &req)).await;
+    let reason = match answer {
+        Ok(Ok(HelperResponse::CronWritten(w))) => {
+            info!(
+                installed = w.installed.len(),
+                rejected = w.rejected.len(),
+                "system cron entries written by the helper"
+            );
+            return wire::CronStatus {
+                installed: w.installed,
+                rejected: w.rejected,
+            };
+        }
+        Ok(Ok(HelperResponse::Refused(r))) => format!("the root helper refused: {}", r.message),
+        Ok(Ok(_)) => "the root helper gave an unexpected answer".to_owned(),
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(e) => format!("helper task failed: {e}"),
+    };
+    warn!("system cron entries not installed: {reason}");
+    wire::CronStatus {
+        installed: Vec::new(),
+        rejected: entries
+            .iter()
+            .map(|e| wire::CronRejection {
+                id: e.id.chars().take(128).collect(),
+                reason: reason.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Moves reports of scheduled system jobs, left by cc-privhelper, into the
+/// outbox (the outbox first, then the spool file goes).
+fn collect_helper_reports(ctx: &Ctx) -> Result<usize> {
+    let Ok(entries) = std::fs::read_dir(&ctx.cfg.helper_report_dir) else {
+        return Ok(0);
+    };
+    let mut moved = 0;
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        let parsed = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<wire::ExecutionReport>(&t).ok())
+            .filter(|r| r.validate().is_ok());
+        match parsed {
+            Some(report) => {
+                ctx.outbox.put(report)?;
+                moved += 1;
+            }
+            None => warn!(file = %path.display(), "unreadable report from the root helper dropped"),
+        }
+        std::fs::remove_file(&path)?;
+    }
+    Ok(moved)
+}
+
 /// Sends every stored report not yet sent on this connection, in order.
 async fn flush_outbox<S>(
     ctx: &Ctx,
@@ -421,20 +489,20 @@ where
 
 /// Runs jobs in arrival order, at most `slots` at once.
 async fn dispatch(
-    mut jobs: mpsc::Receiver<ExecuteJob>,
+    mut jobs: mpsc::Receiver<(ExecuteJob, String)>,
     slots: usize,
     runner: Arc<Runner>,
     outbox: Outbox,
     done: mpsc::Sender<()>,
 ) {
     let slots = Arc::new(Semaphore::new(slots));
-    while let Some(job) = jobs.recv().await {
+    while let Some((job, raw)) = jobs.recv().await {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
         let (runner, outbox, done) = (Arc::clone(&runner), outbox.clone(), done.clone());
         tokio::spawn(async move {
-            let report = tokio::task::spawn_blocking(move || run_job(&runner, &job)).await;
+            let report = tokio::task::spawn_blocking(move || run_job(&runner, &job, &raw)).await;
             drop(permit);
             match report {
                 Ok(Some(report)) => {
@@ -457,9 +525,13 @@ async fn dispatch(
 
 /// Validates and runs one job; an invalid one still gets a report when it
 /// has a usable id.
-fn run_job(runner: &Runner, job: &ExecuteJob) -> Option<cc_proto::wire::ExecutionReport> {
+fn run_job(
+    runner: &Runner,
+    job: &ExecuteJob,
+    raw: &str,
+) -> Option<cc_proto::wire::ExecutionReport> {
     match job.validate() {
-        Ok(spec) => Some(runner.run(&spec.id, &spec.command, spec.timeout)),
+        Ok(spec) => Some(runner.run(&spec.id, &spec.command, spec.timeout, Some(raw))),
         Err(e) => {
             let Ok(id) = JobId::parse(&job.job_id) else {
                 warn!("execute_job with an invalid job id dropped: {e}");

@@ -4,6 +4,7 @@
 mod config;
 mod conn;
 mod cron;
+mod helper_client;
 mod outbox;
 mod runner;
 mod seen;
@@ -57,7 +58,7 @@ fn cron_run(config: &std::path::Path, job_id: &str) -> Result<()> {
     let cfg = Config::load(config)?;
     let id = JobId::parse(job_id)?;
     let outbox = outbox::Outbox::open(&cfg.state_dir)?;
-    let runner = runner::Runner::new(cfg.execution_mode);
+    let runner = runner::Runner::new(cfg.execution_mode, cfg.helper_socket.clone());
     let entry = cron::load(&cfg.state_dir, &id)?;
     let command = entry.command()?;
 
@@ -75,7 +76,7 @@ fn cron_run(config: &std::path::Path, job_id: &str) -> Result<()> {
         .context("opening the job's lock file")?;
     let report = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => {
-            let report = runner.run(&id, &command, Timeout::DEFAULT);
+            let report = runner.run(&id, &command, Timeout::DEFAULT, None);
             drop(lock);
             report
         }

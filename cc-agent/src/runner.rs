@@ -52,13 +52,16 @@ impl Identity {
 pub(crate) struct Runner {
     pub(crate) identity: Identity,
     pub(crate) mode: ExecutionMode,
+    /// System mode: where cc-privhelper listens.
+    pub(crate) helper_socket: PathBuf,
 }
 
 impl Runner {
-    pub(crate) fn new(mode: ExecutionMode) -> Self {
+    pub(crate) fn new(mode: ExecutionMode, helper_socket: PathBuf) -> Self {
         Self {
             identity: Identity::current(),
             mode,
+            helper_socket,
         }
     }
 
@@ -82,24 +85,69 @@ impl Runner {
         (self.identity.is_root() && self.mode == ExecutionMode::User).then_some(ROOT_IN_USER_MODE)
     }
 
-    /// Runs a job to the end (blocking) and returns its report.
+    /// Runs a job to the end (blocking) and returns its report. In system
+    /// mode the job goes to cc-privhelper with the listener's payload text
+    /// (`raw`) untouched; the agent never runs it itself.
     pub(crate) fn run(
         &self,
         id: &JobId,
         command: &CommandLine,
         timeout: Timeout,
+        raw: Option<&str>,
     ) -> ExecutionReport {
-        let finished = if self.mode == ExecutionMode::System {
-            // System-mode jobs go to cc-privhelper; the agent never runs
-            // them itself.
-            cc_exec::refused(
-                cc_exec::EXIT_NOT_EXECUTABLE,
-                "system mode is configured, but this agent cannot reach a root helper yet: the job was not run",
-            )
-        } else {
-            cc_exec::run(command, &self.launch(), Limits::new(timeout.duration()))
-        };
+        if self.mode == ExecutionMode::System {
+            return self.run_as_root(id, command, raw);
+        }
+        let finished = cc_exec::run(command, &self.launch(), Limits::new(timeout.duration()));
         self.report(id, command, &finished)
+    }
+
+    fn run_as_root(&self, id: &JobId, command: &CommandLine, raw: Option<&str>) -> ExecutionReport {
+        use cc_proto::helper::{ExecRequest, HelperRequest, HelperResponse};
+        let Some(raw) = raw else {
+            return self.refused(
+                id,
+                command,
+                cc_exec::EXIT_NOT_EXECUTABLE,
+                "system mode: a scheduled system job runs from /etc/cron.d, not through the agent",
+            );
+        };
+        let req = HelperRequest::Exec(ExecRequest {
+            execute_job: raw.to_owned(),
+        });
+        match crate::helper_client::call(&self.helper_socket, &req) {
+            Ok(HelperResponse::ExecResult(report)) if report.job_id == id.as_str() => report,
+            Ok(HelperResponse::ExecResult(_)) => self.refused(
+                id,
+                command,
+                cc_exec::EXIT_NOT_EXECUTABLE,
+                "the root helper answered for another job",
+            ),
+            Ok(HelperResponse::Refused(r)) => {
+                let code = serde_json::to_value(r.code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                self.refused(
+                    id,
+                    command,
+                    cc_exec::EXIT_NOT_EXECUTABLE,
+                    &format!("the root helper refused the job ({code}): {}", r.message),
+                )
+            }
+            Ok(_) => self.refused(
+                id,
+                command,
+                cc_exec::EXIT_NOT_EXECUTABLE,
+                "the root helper gave an unexpected answer",
+            ),
+            Err(e) => self.refused(
+                id,
+                command,
+                cc_exec::EXIT_NOT_EXECUTABLE,
+                &format!("{e:#}: the job was not run"),
+            ),
+        }
     }
 
     /// A report for a job refused before it started.

@@ -82,3 +82,37 @@ pub fn require(what: &str, available: bool) -> bool {
     eprintln!("skipped: needs {what}");
     false
 }
+
+/// Debian's cron daemon for a test: the one already running, or one started
+/// here (`cron -f`) and stopped when the guard goes.
+#[derive(Debug)]
+pub struct CronDaemon(Option<std::process::Child>);
+
+impl CronDaemon {
+    pub fn ensure() -> Self {
+        use std::process::{Command, Stdio};
+        let running = Command::new("pgrep")
+            .args(["-x", "cron"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if running {
+            return Self(None);
+        }
+        let child = Command::new("cron")
+            .arg("-f")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting cron");
+        Self(Some(child))
+    }
+}
+
+impl Drop for CronDaemon {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cc_e2e::agent::{AGENT_USER, AgentProcess, agent_user, is_root};
@@ -41,40 +41,6 @@ fn spool_mtime() -> i64 {
     std::fs::metadata(format!("/var/spool/cron/crontabs/{AGENT_USER}"))
         .map(|m| m.mtime_nsec() + m.mtime() * 1_000_000_000)
         .unwrap_or(0)
-}
-
-/// Debian's cron daemon: the running one, or one we start (and stop).
-struct Cron(Option<Child>);
-
-impl Cron {
-    fn ensure() -> Self {
-        let running = Command::new("pgrep")
-            .args(["-x", "cron"])
-            .output()
-            .unwrap()
-            .status
-            .success();
-        if running {
-            return Self(None);
-        }
-        Self(Some(
-            Command::new("cron")
-                .arg("-f")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("starting cron"),
-        ))
-    }
-}
-
-impl Drop for Cron {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -190,7 +156,7 @@ fn user_crontab_real_cron_cron_run_and_a_hostile_listener() {
     );
 
     // 3. Debian's cron runs the * * * * * entry; its report reaches the listener.
-    let _cron = Cron::ensure();
+    let _cron = cc_e2e::CronDaemon::ensure();
     let report = wait_for(
         Duration::from_secs(150),
         "a report from the real cron daemon",
