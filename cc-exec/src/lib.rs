@@ -163,6 +163,7 @@ pub fn supervise(mut child: Child, limits: Limits) -> Finished {
     let mut timed_out = false;
     let mut exited_at: Option<Instant> = None;
     let mut killed_leftovers = false;
+    let mut reap_wait = Duration::from_micros(50);
 
     loop {
         if status.is_none() {
@@ -190,6 +191,15 @@ pub fn supervise(mut child: Child, limits: Limits) -> Finished {
                     "processes the job left running in its process group were killed".to_owned(),
                 );
             }
+        }
+        if out.done() && err.done() {
+            // Only the reap is left. Pipes reach EOF when the child closes its
+            // files on exit, a moment before it can be reaped: wait in short,
+            // growing steps rather than a fixed sleep (a fixed 5 ms here cost
+            // short jobs up to 5 ms each).
+            std::thread::sleep(reap_wait);
+            reap_wait = (reap_wait * 2).min(Duration::from_millis(5));
+            continue;
         }
         let wait = deadline
             .saturating_duration_since(now)

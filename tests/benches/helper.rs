@@ -1,0 +1,123 @@
+//! `/bin/true` as a system job through cc-privhelper (socket, validation,
+//! the launcher's rlimits + no_new_privs + landlock + capability cut, the
+//! shared executor) beside the same program run directly, in one run.
+//!
+//! As root: `cargo build --release --bins && cargo bench -p cc-e2e --bench helper`.
+//! The helper is configured with `agent_user = "root"` so that this
+//! process may talk to it; who the peer is does not change the job's path.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a failed step should stop it
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cc_e2e::{TempDir, bin};
+use cc_proto::frame::{self, HEADER_LEN, MAX_FRAME_LEN};
+
+fn exec_via_helper(socket: &std::path::Path, i: usize) {
+    let job = format!(r#"{{"jobId":"b-{i}","command":"/bin/true","args":[],"timeout":30}}"#);
+    let req = serde_json::json!({"exec": {"execute_job": job}}).to_string();
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.write_all(&frame::encode_frame(req.as_bytes(), MAX_FRAME_LEN).unwrap())
+        .unwrap();
+    let mut h = [0u8; HEADER_LEN];
+    s.read_exact(&mut h).unwrap();
+    let mut body = vec![0u8; frame::parse_header(h, MAX_FRAME_LEN).unwrap()];
+    s.read_exact(&mut body).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["exec_result"]["exitCode"], 0, "{v}");
+}
+
+fn median_ms(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1e3
+}
+
+fn main() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the helper benchmark runs as root"
+    );
+    let dir = TempDir::new("bench-helper");
+    std::fs::create_dir_all(dir.path().join("cron.d")).unwrap();
+    let config = format!(
+        "socket = {:?}\nagent_user = \"root\"\nsystem_mode = true\ncron_file = {:?}\nstate_dir = {:?}\n[sandbox]\nlandlock = \"required\"\n",
+        dir.path().join("helper.sock"),
+        dir.path().join("cron.d/croncommander"),
+        dir.path().join("state")
+    );
+    std::fs::write(dir.path().join("helper.toml"), config).unwrap();
+    let mut helper = Command::new(bin("cc-privhelper"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("helper.toml"))
+        .env("CC_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = dir.path().join("helper.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "helper did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let runs = 300;
+    let sandbox = r#"{"keep_capabilities":["CAP_CHOWN","CAP_KILL"],"write_paths":[],"landlock":"required","rlimits":{"nofile":1024,"nproc":4096,"core":0}}"#;
+    let truth = cc_proto::CommandLine::new("/bin/true", &[]).unwrap();
+    let launch = cc_exec::Launch {
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        cwd: "/".into(),
+    };
+    let limits = cc_exec::Limits::new(Duration::from_secs(30));
+    let (mut direct, mut executor, mut launcher, mut helper_t) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        // Interleaved, so all see the same machine.
+        let t = Instant::now();
+        assert!(
+            Command::new("/bin/true")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .output()
+                .unwrap()
+                .status
+                .success()
+        );
+        direct.push(t.elapsed());
+        let t = Instant::now();
+        assert_eq!(cc_exec::run(&truth, &launch, limits).exit_code, 0);
+        executor.push(t.elapsed());
+        let t = Instant::now();
+        let mut cmd = Command::new(bin("cc-privhelper"));
+        cmd.args(["launch", sandbox, "/bin/true"]).env_clear();
+        let child = cc_exec::spawn_prepared(cmd, &truth).unwrap();
+        assert_eq!(cc_exec::supervise(child, limits).exit_code, 0);
+        launcher.push(t.elapsed());
+        let t = Instant::now();
+        exec_via_helper(&socket, i);
+        helper_t.push(t.elapsed());
+    }
+    let _ = helper.kill();
+    let _ = helper.wait();
+    let (d, e, l, h) = (
+        median_ms(direct),
+        median_ms(executor),
+        median_ms(launcher),
+        median_ms(helper_t),
+    );
+    println!("/bin/true, median of {runs} interleaved runs:");
+    println!("  run directly (spawn, capture, wait)        {d:>7.3} ms");
+    println!(
+        "  shared executor (cc-exec), no sandbox      {e:>7.3} ms  ({:.2}x)",
+        e / d
+    );
+    println!(
+        "  executor + sandboxing launcher             {l:>7.3} ms  ({:.2}x)",
+        l / d
+    );
+    println!(
+        "  system job through cc-privhelper           {h:>7.3} ms  ({:.2}x; target <= 2x)",
+        h / d
+    );
+}
