@@ -174,6 +174,25 @@ fn hostname_param(raw: &str) -> ApiResult<Hostname> {
     Ok(Hostname::parse(raw)?)
 }
 
+/// 404 unless an agent with this hostname has registered (or a key is
+/// bound to it).
+async fn require_known(state: &AppState, host: &str) -> ApiResult<()> {
+    let h = host.to_owned();
+    let known = state
+        .db
+        .call(move |s| s.agent_known(&h))
+        .await
+        .map_err(ApiError::internal)?;
+    if known {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no agent {host:?} has registered"),
+        ))
+    }
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
@@ -266,20 +285,7 @@ async fn post_job(
         other => ApiError::new(StatusCode::BAD_REQUEST, other.to_string()),
     })?;
     let host = hostname.to_string();
-    let known = {
-        let host = host.clone();
-        state
-            .db
-            .call(move |s| s.agent_known(&host))
-            .await
-            .map_err(ApiError::internal)?
-    };
-    if !known {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no agent {host:?} has registered"),
-        ));
-    }
+    require_known(&state, &host).await?;
     let now = now_ms();
     let job = NewJob {
         job_id: job_id.clone(),
@@ -466,18 +472,7 @@ async fn put_cron(
         });
     }
     let host = hostname.to_string();
-    let h = host.clone();
-    let known = state
-        .db
-        .call(move |s| s.agent_known(&h))
-        .await
-        .map_err(ApiError::internal)?;
-    if !known {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no agent {host:?} has registered"),
-        ));
-    }
+    require_known(&state, &host).await?;
     {
         let (host, list) = (host.clone(), canonical.clone());
         state
@@ -498,17 +493,11 @@ async fn get_cron(
     Path(hostname): Path<String>,
 ) -> ApiResult<Json<Vec<CronEntry>>> {
     let host = hostname_param(&hostname)?.to_string();
-    let h = host.clone();
-    let (known, list) = state
+    require_known(&state, &host).await?;
+    let list = state
         .db
-        .call(move |s| Ok((s.agent_known(&h)?, s.get_cron(&h)?)))
+        .call(move |s| s.get_cron(&host))
         .await
         .map_err(ApiError::internal)?;
-    if !known {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no agent {host:?} has registered"),
-        ));
-    }
     Ok(Json(list.unwrap_or_default()))
 }

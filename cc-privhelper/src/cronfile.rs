@@ -78,13 +78,7 @@ pub(crate) fn write(
 
 fn plain(p: &Path) -> Result<&str> {
     let s = p.to_str().context("path is not UTF-8")?;
-    ensure!(
-        s.starts_with('/')
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b)),
-        "{s:?} cannot stand on a cron line"
-    );
-    Ok(s)
+    Ok(cc_proto::command::plain_cron_path(s)?)
 }
 
 pub(crate) fn write_cron_file(path: &Path, body: &[u8]) -> Result<()> {

@@ -97,6 +97,30 @@ impl CommandLine {
     }
 }
 
+/// A path that may stand unquoted on a cron line (the agent's and the
+/// helper's own paths): absolute, made only of `A-Z a-z 0-9 / . _ - +`, so
+/// no space, `%`, quote or control character can change the line.
+pub fn plain_cron_path(path: &str) -> Result<&str, TextError> {
+    if !path.starts_with('/') {
+        return Err(TextError::Invalid {
+            field: "path",
+            reason: "must be absolute to stand on a cron line",
+        });
+    }
+    match path
+        .char_indices()
+        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || "/._-+".contains(c)))
+    {
+        Some((at, ch)) => Err(TextError::BadChar {
+            field: "path",
+            ch,
+            at,
+            allowed: "A-Z a-z 0-9 / . _ - + (to stand on a cron line)",
+        }),
+        None => Ok(path),
+    }
+}
+
 /// Quotes one word for a POSIX shell: as is when it is made only of
 /// characters no shell treats specially, otherwise in single quotes with
 /// embedded `'` written as `'\''`.
@@ -119,6 +143,14 @@ mod tests {
     fn cl(p: &str, a: &[&str]) -> CommandLine {
         let args: Vec<String> = a.iter().map(|s| (*s).to_owned()).collect();
         CommandLine::new(p, &args).unwrap()
+    }
+
+    #[test]
+    fn only_plain_paths_go_on_a_cron_line() {
+        assert!(plain_cron_path("/usr/bin/cc-agent").is_ok());
+        for bad in ["/opt/my agent", "/x%y", "relative", "/a\nb", "/a;b", "/a'b"] {
+            assert!(plain_cron_path(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
