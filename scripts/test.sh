@@ -10,8 +10,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# Debian packages the suite uses: Debian's real cron daemon and crontab.
-PACKAGES=(cron)
+# Debian packages the suite uses: Debian's real cron daemon and crontab, and
+# systemd-analyze for the units' exposure scores.
+PACKAGES=(cron systemd)
 # The unprivileged user the agent runs as in tests, as in production.
 AGENT_USER=cc-agent-user
 
