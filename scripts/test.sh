@@ -11,8 +11,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages the suite uses: Debian's real cron daemon and crontab, and
-# systemd-analyze for the units' exposure scores.
-PACKAGES=(cron systemd)
+# systemd-analyze for the units' exposure scores, and the SELinux tool chain
+# that builds, links and queries the policy module.
+PACKAGES=(cron systemd make selinux-policy-dev selinux-policy-default semodule-utils policycoreutils setools)
 # The unprivileged user the agent runs as in tests, as in production.
 AGENT_USER=cc-agent-user
 
