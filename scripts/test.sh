@@ -41,6 +41,7 @@ fi
 
 command -v cargo-nextest >/dev/null || { step "installing cargo-nextest"; cargo install cargo-nextest --locked; }
 command -v cargo-fuzz >/dev/null || { step "installing cargo-fuzz"; cargo install cargo-fuzz --locked; }
+command -v cargo-deb >/dev/null || { step "installing cargo-deb"; cargo install cargo-deb --locked; }
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -74,6 +75,12 @@ fuzz_seconds="${FUZZ_SECONDS:-30}"
         done
     fi
 )
+
+step "the Debian package (release build, cargo deb)"
+
+cargo build --release --bins --locked
+rm -rf target/debian
+cargo deb -p cc-agent --no-build
 
 step "the whole suite"
 cargo nextest run --workspace --locked --no-fail-fast
