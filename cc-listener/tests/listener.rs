@@ -631,3 +631,17 @@ async fn a_sent_job_without_a_report_is_sent_again_on_reconnect() {
         "done"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_a_key_closes_its_live_connection() {
+    let dir = TempDir::new("l-revoke");
+    let l = start(&dir);
+    let key = l.add_key("doomed");
+    let mut ws = ws::agent(&l.ws_url(), &key, "doomed").await;
+    wait_connected(&l, "doomed", true);
+    assert!(l.keys(&["revoke", "doomed"]).status.success());
+    let close = ws::recv_close(&mut ws, T).await;
+    assert_eq!(close, Some((1008, "API key revoked".into())));
+    wait_connected(&l, "doomed", false);
+    assert_eq!(ws::connect(&l.ws_url(), Some(&key)).await.err(), Some(401));
+}
