@@ -68,13 +68,20 @@ fn cron_run(args: &[String]) -> Result<()> {
             &command,
         )
     };
-    report.report_id = Some(
-        format!("sys-{}-{}", id, std::process::id())
-            + &format!("-{}", cc_proto::Timestamp::now().unix_millis()),
-    );
+    report.report_id = Some(scheduled_report_id(
+        std::process::id(),
+        cc_proto::Timestamp::now().unix_millis(),
+    ));
     let path = cronfile::deliver(&cfg, &report, agent.gid.as_raw())?;
     tracing::info!(job_id = %id, exit_code = report.exit_code, report = %path.display(), "scheduled system job ran");
     Ok(())
+}
+
+/// A report id for a scheduled run: unique per process and moment, and
+/// short whatever the job id (a `reportId` must fit the job-id rules, or the
+/// listener refuses the report and it would stay in the agent's outbox).
+fn scheduled_report_id(pid: u32, unix_millis: i64) -> String {
+    format!("sys-{unix_millis}-{pid}")
 }
 
 fn main() -> ExitCode {
@@ -116,5 +123,19 @@ fn main() -> ExitCode {
             eprintln!("cc-privhelper: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the id once embedded the job id, so a 128-character job
+    /// id gave a reportId the listener refused for ever.
+    #[test]
+    fn scheduled_report_ids_are_valid_report_ids() {
+        let id = scheduled_report_id(u32::MAX, i64::MAX);
+        assert!(cc_proto::JobId::parse(&id).is_ok(), "{id}");
+        assert!(id.len() <= cc_proto::JobId::MAX_LEN);
     }
 }
