@@ -677,14 +677,31 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
 fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    // Switching a new file to WAL while another process opens it can return
+    // SQLITE_BUSY without consulting the busy handler (found by
+    // `concurrent_first_opens_migrate_once`): retry it for as long as the
+    // busy timeout would have waited.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mode: String = loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+            Ok(mode) => break mode,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => return Err(e).context("switching to WAL"),
+        }
+    };
     if !mode.eq_ignore_ascii_case("wal") {
         bail!(
             "{} could not be put in WAL mode (got {mode})",
             path.display()
         );
     }
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+        .context("setting synchronous = FULL")?;
     Ok(conn)
 }
 
