@@ -6,7 +6,7 @@
 //! outbox before anything is sent. Every connection starts by sending the
 //! whole outbox; a report leaves the outbox only on `report_ack`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,9 @@ const BACKOFF_CAP: Duration = Duration::from_secs(60);
 const STABLE: Duration = Duration::from_secs(30);
 /// How often the outbox is looked at for reports written by `cron-run`.
 const OUTBOX_SCAN: Duration = Duration::from_secs(1);
+
+/// Reports sent on the current connection and not yet acknowledged.
+type Sent = HashMap<String, outbox::Entry>;
 
 struct Ctx {
     cfg: Config,
@@ -243,7 +246,8 @@ where
     send(&mut ws, &Message::Register(register)).await?;
     info!(hostname = %cfg.hostname, url = %cfg.listener_url, "connected and registered");
 
-    let mut sent = HashSet::new();
+    // Reports sent on this connection, by id: an ack deletes that file.
+    let mut sent: Sent = HashMap::new();
     flush_outbox(ctx, &mut ws, &mut sent).await?;
     let mut heartbeat = tokio::time::interval(cfg.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -286,7 +290,7 @@ async fn on_text<S>(
     ctx: &Ctx,
     ws: &mut WebSocketStream<S>,
     text: &str,
-    sent: &mut HashSet<String>,
+    sent: &mut Sent,
 ) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -325,11 +329,12 @@ where
             send(ws, &Message::CronStatus(status)).await?;
         }
         Incoming::Known(Message::ReportAck(ack)) => {
-            sent.remove(&ack.report_id);
-            match ctx.outbox.remove(&ack.report_id) {
-                Ok(true) => debug!(report_id = %ack.report_id, "report acknowledged"),
-                Ok(false) => {}
-                Err(e) => warn!("could not remove an acknowledged report: {e:#}"),
+            if let Some(entry) = sent.remove(&ack.report_id) {
+                match ctx.outbox.remove(&entry) {
+                    Ok(true) => debug!(report_id = %ack.report_id, "report acknowledged"),
+                    Ok(false) => {}
+                    Err(e) => warn!("could not remove an acknowledged report: {e:#}"),
+                }
             }
         }
         Incoming::Known(other) => warn!(
@@ -456,20 +461,16 @@ fn collect_helper_reports(ctx: &Ctx) -> Result<usize> {
 }
 
 /// Sends every stored report not yet sent on this connection, in order.
-async fn flush_outbox<S>(
-    ctx: &Ctx,
-    ws: &mut WebSocketStream<S>,
-    sent: &mut HashSet<String>,
-) -> Result<()>
+async fn flush_outbox<S>(ctx: &Ctx, ws: &mut WebSocketStream<S>, sent: &mut Sent) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let entries = ctx.outbox.list()?;
-    for entry in entries {
-        if sent.contains(&entry.report_id) {
+    for entry in &entries {
+        if sent.contains_key(&entry.report_id) {
             continue;
         }
-        let text = match ctx.outbox.message(&entry) {
+        let text = match ctx.outbox.message(entry) {
             Ok(t) => t,
             // Removed by an ack meanwhile, or unreadable: skip it.
             Err(e) => {
@@ -478,9 +479,11 @@ where
             }
         };
         ws.send(WsMessage::Text(text.into())).await?;
-        sent.insert(entry.report_id);
+        sent.insert(entry.report_id.clone(), entry.clone());
     }
-    let dropped = ctx.outbox.enforce_bound(sent, outbox::MAX_REPORTS)?;
+    let dropped = ctx
+        .outbox
+        .enforce_bound(entries, sent, outbox::MAX_REPORTS)?;
     if dropped > 0 {
         warn!(dropped, "outbox over its bound: oldest reports dropped");
     }

@@ -9,9 +9,9 @@
 //! is kept in the state directory (`cron/JOB_ID.json`), never in the
 //! crontab. Nothing is rewritten when nothing changed.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -96,8 +96,9 @@ pub(crate) fn apply(
                 .chain(job.command.args().iter().cloned())
                 .collect(),
         };
-        write_atomic(
-            &dir.join(format!("{}.json", job.id)),
+        crate::atomic::write_file(
+            &dir,
+            &format!("{}.json", job.id),
             &serde_json::to_vec(&stored)?,
         )?;
     }
@@ -202,20 +203,6 @@ fn write_crontab(text: &str) -> Result<()> {
         "crontab - failed: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
-    Ok(())
-}
-
-fn write_atomic(path: &Path, body: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(body)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
     Ok(())
 }
 

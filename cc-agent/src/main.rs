@@ -1,6 +1,7 @@
 //! `cc-agent`: the unprivileged, network-facing agent on every host.
 #![forbid(unsafe_code)]
 
+mod atomic;
 mod config;
 mod conn;
 mod cron;

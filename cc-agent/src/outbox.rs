@@ -13,10 +13,9 @@
 //! deleted oldest first; if every report is unsent, the oldest are deleted.
 //! Each deletion is logged with its job id.
 
-use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -62,22 +61,8 @@ impl Outbox {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let name = format!("{nanos:020}-{id}.json");
-        let tmp = self.dir.join(format!(".tmp-{name}"));
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            fs::rename(&tmp, self.dir.join(&name))?;
-            File::open(&self.dir)?.sync_all()
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(e).with_context(|| format!("writing a report to {}", self.dir.display()));
-        }
+        crate::atomic::write_file(&self.dir, &name, &body)
+            .with_context(|| format!("writing a report to {}", self.dir.display()))?;
         Ok(id)
     }
 
@@ -112,33 +97,36 @@ impl Outbox {
         Ok(format!(r#"{{"type":"execution_report","payload":{text}}}"#))
     }
 
-    /// Deletes the report with this id (acknowledged). Unknown ids are
-    /// ignored: an ack may come twice.
-    pub(crate) fn remove(&self, report_id: &str) -> Result<bool> {
-        for e in self.list()? {
-            if e.report_id == report_id {
-                fs::remove_file(&e.path)?;
-                return Ok(true);
-            }
+    /// Deletes an acknowledged report; false when it is already gone (an
+    /// ack may come twice).
+    pub(crate) fn remove(&self, entry: &Entry) -> Result<bool> {
+        match fs::remove_file(&entry.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("removing {}", entry.path.display())),
         }
-        Ok(false)
     }
 
-    /// Keeps at most `max` reports ([`MAX_REPORTS`] in the agent); `sent`
-    /// holds the ids sent at least once, which go first.
-    pub(crate) fn enforce_bound(&self, sent: &HashSet<String>, max: usize) -> Result<usize> {
-        let entries = self.list()?;
+    /// Keeps at most `max` of `entries` (this directory's listing, from
+    /// [`Outbox::list`]; [`MAX_REPORTS`] in the agent); the reports in
+    /// `sent` (sent at least once) go first.
+    pub(crate) fn enforce_bound(
+        &self,
+        entries: Vec<Entry>,
+        sent: &HashMap<String, Entry>,
+        max: usize,
+    ) -> Result<usize> {
         let mut excess = entries.len().saturating_sub(max);
         let mut dropped = 0;
         let (sent_first, unsent): (Vec<_>, Vec<_>) = entries
             .into_iter()
-            .partition(|e| sent.contains(&e.report_id));
+            .partition(|e| sent.contains_key(&e.report_id));
         for e in sent_first.into_iter().chain(unsent) {
             if excess == 0 {
                 break;
             }
             warn!(report_id = %e.report_id, "outbox full: dropping the oldest report");
-            fs::remove_file(&e.path)?;
+            self.remove(&e)?;
             excess -= 1;
             dropped += 1;
         }
@@ -226,8 +214,10 @@ mod tests {
             msg.starts_with(r#"{"type":"execution_report","payload":{"jobId":"a""#),
             "{msg}"
         );
-        assert!(ob.remove(&a).unwrap());
-        assert!(!ob.remove(&a).unwrap());
+        let first = ob.list().unwrap()[0].clone();
+        assert_eq!(first.report_id, a);
+        assert!(ob.remove(&first).unwrap());
+        assert!(!ob.remove(&first).unwrap());
         assert_eq!(ob.list().unwrap().len(), 1);
         fs::remove_dir_all(dir).unwrap();
     }
@@ -248,8 +238,13 @@ mod tests {
         let ids: Vec<String> = (0..5)
             .map(|i| ob.put(report(&format!("j{i}"))).unwrap())
             .collect();
-        let sent: HashSet<String> = [ids[3].clone()].into();
-        assert_eq!(ob.enforce_bound(&sent, 3).unwrap(), 2);
+        let listed = ob.list().unwrap();
+        let sent: HashMap<String, Entry> = listed
+            .iter()
+            .filter(|e| e.report_id == ids[3])
+            .map(|e| (e.report_id.clone(), e.clone()))
+            .collect();
+        assert_eq!(ob.enforce_bound(listed, &sent, 3).unwrap(), 2);
         let left: Vec<String> = ob
             .list()
             .unwrap()

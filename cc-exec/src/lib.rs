@@ -126,15 +126,27 @@ fn not_started(
         ErrorKind::PermissionDenied => (EXIT_NOT_EXECUTABLE, "permission denied (not executable)"),
         _ => (EXIT_NOT_EXECUTABLE, "could not be started"),
     };
+    let line = format!("{}: {why}: {e}", command.program());
+    without_running(exit_code, &line, started, took, Vec::new())
+}
+
+/// The outcome of a job that never ran: `croncommander: LINE` on stderr.
+fn without_running(
+    exit_code: i32,
+    line: &str,
+    started: Timestamp,
+    duration: Duration,
+    warnings: Vec<String>,
+) -> Finished {
     let mut stderr = OutputCollector::new(cc_proto::MAX_STREAM_BYTES);
-    stderr.push(format!("croncommander: {}: {why}: {e}\n", command.program()).as_bytes());
+    stderr.push(format!("croncommander: {line}\n").as_bytes());
     Finished {
         exit_code,
         stdout: OutputCollector::new(cc_proto::MAX_STREAM_BYTES).finish(),
         stderr: stderr.finish(),
         started,
-        duration: took,
-        warnings: Vec::new(),
+        duration,
+        warnings,
     }
 }
 
@@ -328,32 +340,29 @@ fn pump(
 ) {
     let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
     let (out_ready, err_ready) = {
-        let mut fds = Vec::with_capacity(2);
-        if let Some(p) = &out.pipe {
-            fds.push((0, PollFd::new(p.as_fd(), PollFlags::POLLIN)));
-        }
-        if let Some(p) = &err.pipe {
-            fds.push((1, PollFd::new(p.as_fd(), PollFlags::POLLIN)));
-        }
+        let open = [
+            out.pipe.as_ref().map(AsFd::as_fd),
+            err.pipe.as_ref().map(AsFd::as_fd),
+        ];
+        let mut fds: Vec<PollFd<'_>> = open
+            .iter()
+            .flatten()
+            .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+            .collect();
         if fds.is_empty() {
             std::thread::sleep(wait.min(Duration::from_millis(5)));
             return;
         }
-        let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|(_, p)| p.clone()).collect();
-        if poll(&mut pfds, timeout).is_err() {
+        if poll(&mut fds, timeout).is_err() {
             return;
         }
-        let mut ready = (false, false);
-        for ((which, _), p) in fds.iter().zip(&pfds) {
-            if p.revents().is_some_and(|r| !r.is_empty()) {
-                if *which == 0 {
-                    ready.0 = true;
-                } else {
-                    ready.1 = true;
-                }
-            }
-        }
-        ready
+        // `fds` holds the open pipes in order: stdout's first if open.
+        let mut ready = fds
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()));
+        let out_ready = open[0].is_some() && ready.next().unwrap_or(false);
+        let err_ready = open[1].is_some() && ready.next().unwrap_or(false);
+        (out_ready, err_ready)
     };
     if out_ready {
         out.read_some(buf);
@@ -397,16 +406,13 @@ impl Finished {
 /// A job that never started for a reason of ours (refused, invalid): the
 /// report still goes back, with a non-zero exit code and the reason.
 pub fn refused(exit_code: i32, reason: &str) -> Finished {
-    let mut stderr = OutputCollector::new(cc_proto::MAX_STREAM_BYTES);
-    stderr.push(format!("croncommander: {reason}\n").as_bytes());
-    Finished {
+    without_running(
         exit_code,
-        stdout: OutputCollector::new(cc_proto::MAX_STREAM_BYTES).finish(),
-        stderr: stderr.finish(),
-        started: Timestamp::now(),
-        duration: Duration::ZERO,
-        warnings: vec![reason.to_owned()],
-    }
+        reason,
+        Timestamp::now(),
+        Duration::ZERO,
+        vec![reason.to_owned()],
+    )
 }
 
 /// Runs `command` to the end: [`spawn`] then [`supervise`].

@@ -140,10 +140,6 @@ impl Hub {
             .collect()
     }
 
-    pub fn hostnames(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
-    }
-
     pub fn close(&self, hostname: &str, reason: &'static str) {
         if let Some(l) = self.lock().get(hostname) {
             let _ = l.tx.try_send(Outbound::Close(reason));

@@ -94,8 +94,9 @@ impl ListenerProcess {
             }));
             match next {
                 Ok(p) => {
-                    let old = std::mem::replace(self, p);
-                    std::mem::forget(old);
+                    // The old one is already killed and reaped; dropping it
+                    // only repeats a kill that is ignored.
+                    *self = p;
                     return;
                 }
                 Err(_) if Instant::now() < deadline => {
