@@ -508,21 +508,59 @@ async fn dispatch(
             let report = tokio::task::spawn_blocking(move || run_job(&runner, &job, &raw)).await;
             drop(permit);
             match report {
-                Ok(Some(report)) => {
-                    let job_id = report.job_id.clone();
-                    match tokio::task::spawn_blocking(move || outbox.put(report)).await {
-                        Ok(Ok(_)) => {
-                            info!(%job_id, "job finished; report stored");
-                            let _ = done.try_send(());
-                        }
-                        Ok(Err(e)) => error!(%job_id, "could not store the report: {e:#}"),
-                        Err(e) => error!(%job_id, "report task failed: {e}"),
-                    }
-                }
+                Ok(Some(report)) => store(outbox, report, done).await,
                 Ok(None) => {}
                 Err(e) => error!("job task failed: {e}"),
             }
         });
+    }
+}
+
+/// Longest wait between two attempts to store a report the disk refused.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Puts a finished job's report in the outbox. While the state directory
+/// refuses it (full, read-only, out of inodes) the report waits here in
+/// memory and the write is tried again, 1 s then doubling up to
+/// [`STORE_RETRY_MAX`], each failure logged with its reason: a report is
+/// never sent before it is on disk, and never given up because the disk was
+/// full for a while. A failed attempt leaves nothing behind (the atomic
+/// write removes its temp file).
+async fn store(outbox: Outbox, mut report: wire::ExecutionReport, done: mpsc::Sender<()>) {
+    let job_id = report.job_id.clone();
+    // One id for every attempt, so the report is the same one throughout.
+    report
+        .report_id
+        .get_or_insert_with(|| uuid::Uuid::new_v4().to_string());
+    let mut wait = Duration::from_secs(1);
+    let mut failures = 0u32;
+    loop {
+        let (o, r) = (outbox.clone(), report.clone());
+        match tokio::task::spawn_blocking(move || o.put(r)).await {
+            Ok(Ok(_)) => {
+                if failures > 0 {
+                    info!(%job_id, failures, "report stored after the state directory refused it");
+                } else {
+                    info!(%job_id, "job finished; report stored");
+                }
+                let _ = done.try_send(());
+                return;
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                error!(
+                    %job_id,
+                    retry_in_secs = wait.as_secs(),
+                    "could not store the report, it waits in memory: {e:#}"
+                );
+            }
+            Err(e) => {
+                error!(%job_id, "report task failed: {e}");
+                return;
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(STORE_RETRY_MAX);
     }
 }
 
