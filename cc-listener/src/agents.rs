@@ -372,6 +372,12 @@ impl Session<'_> {
                             close(ws, CloseCode::Size, "message too large").await;
                             return Err(anyhow!("closed: {e}"));
                         }
+                        // RFC 6455 §8.1: a text frame that is not UTF-8
+                        // fails the connection with 1007.
+                        Err(tungstenite::Error::Utf8(e)) => {
+                            close(ws, CloseCode::Invalid, "text frame is not valid UTF-8").await;
+                            return Err(anyhow!("closed: invalid UTF-8 in a text frame: {e}"));
+                        }
                         Err(e) => return Err(e.into()),
                     };
                     self.last_seen.store(now_ms(), Ordering::Relaxed);
