@@ -13,7 +13,12 @@
 pub mod agent;
 pub mod helper;
 pub mod http;
+pub mod isolation;
 pub mod listener;
+pub mod proxy;
+pub mod rawws;
+pub mod reliability;
+pub mod sim;
 pub mod ws;
 
 use std::path::{Path, PathBuf};
