@@ -83,4 +83,20 @@ rm -rf target/debian
 cargo deb -p cc-agent --no-build
 
 step "the whole suite"
+# The reliability suite records a row per check here (tests/src/reliability.rs).
+rm -rf target/reliability
 cargo nextest run --workspace --locked --no-fail-fast
+
+if [ "$(id -u)" -eq 0 ]; then
+    step "RELIABILITY.md from this run's rows"
+    # Fails if a row failed or a scenario left no rows.
+    target/debug/cc-reliability-table target/reliability > target/RELIABILITY.md
+    grep -E '^[0-9]+ checks' target/RELIABILITY.md
+    # The committed document must list exactly the checks the suite makes
+    # (scenario, target, input); the observed figures change run to run.
+    checks() { grep '^| `' "$1" | awk -F' [|] ' '{print $1" | "$2" | "$3}' | sort; }
+    if ! diff <(checks RELIABILITY.md) <(checks target/RELIABILITY.md); then
+        echo "RELIABILITY.md does not list the suite's checks: regenerate it with bash scripts/reliability.sh" >&2
+        exit 1
+    fi
+fi

@@ -332,7 +332,9 @@ fn fault_agent_killed_mid_job_and_cron_runs_while_it_is_down() {
             "report {}; outbox {}",
             got.as_ref().map_or("missing".to_owned(), |g| format!(
                 "kind {} stdout {:?} uid {}",
-                g["kind"], g["report"]["stdout"], g["report"]["executingUid"]
+                g["kind"],
+                g["report"]["stdout"].as_str().unwrap_or(""),
+                g["report"]["executingUid"]
             )),
             if drained { "empty" } else { "not empty" }
         ),
