@@ -11,7 +11,8 @@
 //!
 //! Needs release binaries: `cargo build --release --bins`, then
 //! `cargo bench -p cc-e2e --bench agent`. As root the agent runs as
-//! cc-agent-user.
+//! cc-agent-user. `CC_BENCH_ONLY=capture` (or `idle`, `throughput`,
+//! comma-separated) runs only those parts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a failed step should stop it
 
@@ -208,7 +209,17 @@ fn throughput() {
 }
 
 fn main() {
-    capture();
-    idle_rss();
-    throughput();
+    // CC_BENCH_ONLY=capture (or idle, throughput; comma-separated) runs
+    // only those parts.
+    let only = std::env::var("CC_BENCH_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|p| p.trim() == name);
+    if wanted("capture") {
+        capture();
+    }
+    if wanted("idle") {
+        idle_rss();
+    }
+    if wanted("throughput") {
+        throughput();
+    }
 }
