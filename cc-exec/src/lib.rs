@@ -32,9 +32,13 @@ mod sys;
 
 /// Pipe buffer asked for each stream.
 const PIPE_SIZE: i32 = 1024 * 1024;
-/// Bytes read per `read(2)`: the collector copies only the last 128 KiB of
-/// a chunk into its tail ring, so large chunks mean little copying.
+/// Bytes read per `read(2)` once a stream has filled a first, small read:
+/// the collector copies only the last 128 KiB of a chunk into its tail ring,
+/// so large chunks mean little copying.
 const READ_CHUNK: usize = 1024 * 1024;
+/// The first reads' buffer. Most jobs print little; zeroing a 1 MiB buffer
+/// for each of them cost more than running `/bin/true`'s capture.
+const FIRST_READ: usize = 16 * 1024;
 
 /// Exit code for a timed-out job (as `timeout(1)`).
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -169,7 +173,7 @@ pub fn supervise(mut child: Child, limits: Limits) -> Finished {
     {
         let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
     }
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = vec![0u8; FIRST_READ];
     let mut warnings = Vec::new();
     let mut status = None;
     let mut timed_out = false;
@@ -271,7 +275,12 @@ fn stop_group(
         if matches!(child.try_wait(), Ok(Some(_))) && out.done() && err.done() {
             break;
         }
-        pump(out, err, Duration::from_millis(20), &mut [0u8; 16 * 1024]);
+        pump(
+            out,
+            err,
+            Duration::from_millis(20),
+            &mut vec![0u8; FIRST_READ],
+        );
     }
     // Everything in the group, whatever it ignored.
     signal_group(pgid, Signal::SIGKILL);
@@ -307,7 +316,7 @@ impl<R: Read + AsFd> Stream<R> {
     /// Reads what is there; EOF or an error closes the stream. While reads
     /// fill the buffer (a fast writer), reads again without polling, a few
     /// times, so the other stream still gets its turn.
-    fn read_some(&mut self, buf: &mut [u8]) {
+    fn read_some(&mut self, buf: &mut Vec<u8>) {
         for _ in 0..8 {
             let Some(pipe) = &mut self.pipe else { return };
             match pipe.read(buf) {
@@ -315,6 +324,9 @@ impl<R: Read + AsFd> Stream<R> {
                 Ok(n) => {
                     self.collector.push(&buf[..n]);
                     if n == buf.len() {
+                        if buf.len() < READ_CHUNK {
+                            buf.resize(READ_CHUNK, 0);
+                        }
                         continue;
                     }
                 }
@@ -336,7 +348,7 @@ fn pump(
     out: &mut Stream<ChildStdout>,
     err: &mut Stream<ChildStderr>,
     wait: Duration,
-    buf: &mut [u8],
+    buf: &mut Vec<u8>,
 ) {
     let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
     let (out_ready, err_ready) = {

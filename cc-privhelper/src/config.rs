@@ -89,7 +89,7 @@ impl Default for Rlimits {
     }
 }
 
-/// What the launcher applies to a job: derived from the config only.
+/// The sandbox every job starts in: derived from the config only.
 #[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Sandbox {

@@ -1,6 +1,7 @@
-//! Running one job as root: resolve and check the program, then start the
-//! launcher (`sandbox.rs`) through the shared executor, so capture and
-//! timeout are exactly the agent's. The report's uid and user are what this
+//! Running one job as root: resolve and check the program, prepare its
+//! sandbox (`sandbox.rs`), then start it through the shared executor with
+//! the sandbox applied between `fork` and `exec`, so capture and timeout are
+//! exactly the agent's. The report's uid and user are what this
 //! process runs as, never anything the agent said.
 
 use std::path::{Path, PathBuf};
@@ -13,7 +14,6 @@ use cc_proto::{CommandLine, JobId};
 use nix::unistd::{Uid, User};
 
 use crate::config::Config;
-use crate::sandbox::WARNING_PREFIX;
 
 const JOB_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -58,15 +58,18 @@ pub(crate) fn run(cfg: &Config, job: &JobSpec) -> Result<ExecutionReport, Refusa
             ));
         }
     }
-    let me = std::env::current_exe()
-        .map_err(|e| refusal(RefusalCode::Internal, format!("finding the launcher: {e}")))?;
-    let sandbox = serde_json::to_string(&cfg.sandbox)
-        .map_err(|e| refusal(RefusalCode::Internal, e.to_string()))?;
-    let mut cmd = Command::new(me);
-    cmd.arg("launch")
-        .arg(sandbox)
-        .arg(&program)
-        .args(job.command.args())
+    let (sandbox, warning) = match crate::sandbox::prepare(&cfg.sandbox) {
+        Ok(p) => p,
+        Err(e) => {
+            let f = cc_exec::refused(
+                cc_exec::EXIT_NOT_EXECUTABLE,
+                &format!("sandbox: {e:#}: the job was not started"),
+            );
+            return Ok(stamp(&f, &job.id, &job.command));
+        }
+    };
+    let mut cmd = Command::new(&program);
+    cmd.args(job.command.args())
         .env_clear()
         .envs([
             ("PATH", JOB_PATH),
@@ -77,22 +80,27 @@ pub(crate) fn run(cfg: &Config, job: &JobSpec) -> Result<ExecutionReport, Refusa
             ("LANG", "C.UTF-8"),
         ])
         .current_dir("/");
+    crate::sys::sandbox_child(&mut cmd, sandbox);
     let mut finished = match cc_exec::spawn_prepared(cmd, &job.command) {
         Ok(child) => cc_exec::supervise(child, Limits::new(job.timeout.duration())),
-        Err(f) => *f,
+        Err(f) => {
+            // The sandbox steps and exec both run in the child, and either
+            // failing ends it before the job's program runs; std reports
+            // only the errno, not which step it was.
+            let why = f.stderr.text.trim_end();
+            let why = why.strip_prefix("croncommander: ").unwrap_or(why);
+            cc_exec::refused(
+                f.exit_code,
+                &format!(
+                    "the job was not started: its sandbox could not be applied, or exec failed ({why})"
+                ),
+            )
+        }
     };
-    take_sandbox_warning(&mut finished);
-    Ok(stamp(&finished, &job.id, &job.command))
-}
-
-/// Moves the launcher's warning line (best-effort landlock) from stderr to
-/// the report's warnings.
-fn take_sandbox_warning(f: &mut Finished) {
-    if let Some(rest) = f.stderr.text.strip_prefix(WARNING_PREFIX) {
-        let (line, after) = rest.split_once('\n').unwrap_or((rest, ""));
-        f.warnings.insert(0, format!("sandbox: {line}"));
-        f.stderr.text = after.to_owned();
+    if let Some(w) = warning {
+        finished.warnings.insert(0, format!("sandbox: {w}"));
     }
+    Ok(stamp(&finished, &job.id, &job.command))
 }
 
 /// The report, stamped with the uid this process really has.

@@ -4,8 +4,7 @@
 //! - `serve [--config FILE]` — the daemon;
 //! - `cron-run [--config FILE] JOB_ID` — what `/etc/cron.d/croncommander`
 //!   lines call: runs one scheduled job in the sandbox and leaves its report
-//!   for the agent;
-//! - `launch SANDBOX PROGRAM [ARGS…]` — internal: the sandboxing launcher.
+//!   for the agent.
 
 mod config;
 mod cronfile;
@@ -86,10 +85,6 @@ fn scheduled_report_id(pid: u32, unix_millis: i64) -> String {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("launch") {
-        // Before anything else: the launcher stays a bare, single-threaded process.
-        return sandbox::launch(&args[1..]);
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CC_LOG")

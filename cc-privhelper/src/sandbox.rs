@@ -1,124 +1,144 @@
-//! The launcher: `cc-privhelper launch SANDBOX_JSON PROGRAM [ARGS…]`.
+//! The sandbox a root job starts in, applied in the job's own process
+//! between `fork` and `exec`: no second program, no second `exec`.
 //!
-//! A fresh, single-threaded process (the helper re-executes itself), started
-//! by `cc_exec::spawn_prepared` with a clean environment, stdin `/dev/null`,
-//! a new session and every inherited descriptor ≥ 3 close-on-exec. It does
-//! the irreversible steps in one visible sequence, then `exec`s the job:
+//! Split in two so that the part after `fork` is a short list of plain
+//! system calls:
 //!
-//! 1. resource limits;
-//! 2. `no_new_privs`;
-//! 3. the landlock ruleset: read and execute everywhere, write only beneath
-//!    `write_paths` (and `/dev/null`); `required` refuses the job unless the
-//!    kernel enforces all of it;
-//! 4. the capability bounding set cut to `keep_capabilities`; ambient and
-//!    inheritable sets cleared;
-//! 5. `exec`.
+//! - [`prepare`], in the helper: everything that allocates, opens files or
+//!   can fail with a message — the landlock ruleset is built here (a kernel
+//!   object behind a descriptor: read and execute everywhere, write only
+//!   beneath `write_paths` and `/dev/null`), `required` refuses the job here
+//!   unless the kernel enforces all of it, and the capabilities to drop are
+//!   worked out here;
+//! - [`crate::sys::sandbox_child`], in the forked child (single-threaded,
+//!   a new session, every descriptor ≥ 3 close-on-exec): in one visible
+//!   sequence
+//!   1. resource limits;
+//!   2. `no_new_privs`;
+//!   3. `landlock_restrict_self` with the prepared ruleset;
+//!   4. the capability bounding set cut to `keep_capabilities`; ambient and
+//!      inheritable sets cleared;
+//!   5. `exec` (std).
 //!
-//! A failure at any step ends the launcher with exit code 126 and the
-//! reason on stderr: the job never starts half-sandboxed.
+//! A failure at any step in the child ends it before `exec`: the spawn
+//! fails, the report says exit code 126 and the job never started, so it
+//! never runs half-sandboxed.
 
 use std::collections::HashSet;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitCode};
+use std::os::fd::OwnedFd;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 use caps::{CapSet, Capability};
 use landlock::{
-    ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
-    path_beneath_rules,
+    ABI, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetError, path_beneath_rules,
 };
-use nix::sys::resource::{Resource, setrlimit};
+use nix::sys::resource::Resource;
 
 use crate::config::{LandlockMode, Sandbox};
-
-/// Marks a line the launcher writes to the job's stderr for the helper to
-/// turn into the report's `warning`.
-pub(crate) const WARNING_PREFIX: &str = "croncommander-sandbox-warning: ";
 
 /// The ABI whose filesystem rights are asked for (v3: includes truncate).
 const LANDLOCK_ABI: ABI = ABI::V3;
 
-pub(crate) fn launch(args: &[String]) -> ExitCode {
-    let [sandbox, program, rest @ ..] = args else {
-        eprintln!(
-            "croncommander: launch: usage: cc-privhelper launch SANDBOX_JSON PROGRAM [ARGS...]"
-        );
-        return ExitCode::from(126);
-    };
-    let result = serde_json::from_str::<Sandbox>(sandbox)
-        .context("sandbox description")
-        .and_then(|s| apply(&s));
-    if let Err(e) = result {
-        eprintln!("croncommander: sandbox: {e:#}: the job was not started");
-        return ExitCode::from(126);
-    }
-    // Only returns on failure.
-    let e = Command::new(program).args(rest).exec();
-    let code = if e.kind() == std::io::ErrorKind::NotFound {
-        127
-    } else {
-        126
-    };
-    eprintln!("croncommander: {program}: {e}");
-    ExitCode::from(code)
+/// What the forked child applies, all of it worked out beforehand.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// Soft = hard.
+    pub(crate) rlimits: [(Resource, u64); 3],
+    /// The landlock ruleset; `None` only with `best_effort` on a kernel
+    /// without landlock (the report's warning says so).
+    pub(crate) ruleset: Option<OwnedFd>,
+    /// Capability numbers to drop from the bounding set.
+    pub(crate) drop_caps: Vec<u8>,
 }
 
-fn apply(s: &Sandbox) -> Result<()> {
+/// Prepares `s` for one job; the warning, if any, goes into the report.
+pub(crate) fn prepare(s: &Sandbox) -> Result<(Prepared, Option<String>)> {
     let r = &s.rlimits;
-    for (res, v) in [
-        (Resource::RLIMIT_NOFILE, r.nofile),
-        (Resource::RLIMIT_NPROC, r.nproc),
-        (Resource::RLIMIT_CORE, r.core),
-    ] {
-        setrlimit(res, v, v).with_context(|| format!("setting {res:?} to {v}"))?;
-    }
-    nix::sys::prctl::set_no_new_privs().context("setting no_new_privs")?;
-    landlock_rules(s)?;
-    cut_capabilities(&s.keep_capabilities)?;
-    Ok(())
+    let (ruleset, warning) = landlock_ruleset(s)?;
+    Ok((
+        Prepared {
+            rlimits: [
+                (Resource::RLIMIT_NOFILE, r.nofile),
+                (Resource::RLIMIT_NPROC, r.nproc),
+                (Resource::RLIMIT_CORE, r.core),
+            ],
+            ruleset,
+            drop_caps: capabilities_to_drop(&s.keep_capabilities)?,
+        },
+        warning,
+    ))
 }
 
-fn landlock_rules(s: &Sandbox) -> Result<()> {
+fn build_ruleset(s: &Sandbox, level: CompatLevel) -> Result<Option<OwnedFd>, RulesetError> {
     let abi = LANDLOCK_ABI;
     let mut writable: Vec<&std::path::Path> = s.write_paths.iter().map(|p| p.as_path()).collect();
     writable.push(std::path::Path::new("/dev/null"));
-    let status = Ruleset::default()
+    let created = Ruleset::default()
+        .set_compatibility(level)
         .handle_access(AccessFs::from_all(abi))?
         .create()?
         .add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))?
-        .add_rules(path_beneath_rules(writable, AccessFs::from_all(abi)))?
-        .restrict_self()?;
-    match (status.ruleset, s.landlock) {
-        (RulesetStatus::FullyEnforced, _) => Ok(()),
-        (other, LandlockMode::Required) => bail!(
-            "landlock = \"required\" but this kernel enforces the ruleset only as {other:?}; \
-             set landlock = \"best_effort\" in the helper config to run anyway"
-        ),
-        (other, LandlockMode::BestEffort) => {
-            eprintln!(
-                "{WARNING_PREFIX}landlock ruleset {other:?} on this kernel (best_effort): writes outside write_paths may not be blocked"
-            );
-            Ok(())
+        .add_rules(path_beneath_rules(writable, AccessFs::from_all(abi)))?;
+    Ok(created.into())
+}
+
+/// With `HardRequirement` the crate fails unless the kernel enforces every
+/// requested right: that is `required`. `best_effort` falls back to what the
+/// kernel has and says so.
+fn landlock_ruleset(s: &Sandbox) -> Result<(Option<OwnedFd>, Option<String>)> {
+    let full = build_ruleset(s, CompatLevel::HardRequirement);
+    match (full, s.landlock) {
+        (Ok(Some(fd)), _) => Ok((Some(fd), None)),
+        (full, LandlockMode::Required) => {
+            let why = match full {
+                Err(e) => e.to_string(),
+                Ok(_) => "no ruleset".to_owned(),
+            };
+            bail!(
+                "landlock = \"required\" but this kernel cannot enforce the whole ruleset ({why}); \
+                 set landlock = \"best_effort\" in the helper config to run anyway"
+            )
+        }
+        (_, LandlockMode::BestEffort) => {
+            let fd = build_ruleset(s, CompatLevel::BestEffort).context("landlock ruleset")?;
+            let status = if fd.is_some() {
+                "PartiallyEnforced"
+            } else {
+                "NotEnforced"
+            };
+            Ok((
+                fd,
+                Some(format!(
+                    "landlock ruleset {status} on this kernel (best_effort): writes outside write_paths may not be blocked"
+                )),
+            ))
         }
     }
 }
 
-fn cut_capabilities(keep: &[String]) -> Result<()> {
+fn capabilities_to_drop(keep: &[String]) -> Result<Vec<u8>> {
     let keep: HashSet<Capability> = keep
         .iter()
         .map(|n| Capability::from_str(n).map_err(|_| anyhow::anyhow!("unknown capability {n}")))
         .collect::<Result<_>>()?;
-    // Only what the kernel has: dropping an unknown capability fails.
-    let bounding = caps::read(None, CapSet::Bounding)
-        .map_err(|e| anyhow::anyhow!("reading the bounding set: {e}"))?;
-    for cap in bounding.difference(&keep) {
-        caps::drop(None, CapSet::Bounding, *cap)
-            .map_err(|e| anyhow::anyhow!("dropping {cap} from the bounding set: {e}"))?;
+    let mut drop: Vec<u8> = bounding()?.difference(&keep).map(|c| c.index()).collect();
+    drop.sort_unstable();
+    Ok(drop)
+}
+
+/// The helper's bounding set, read once (41 `prctl` calls): only what the
+/// kernel has may be dropped, dropping an unknown capability fails. No
+/// thread of the helper changes its own set, and every thread has the one
+/// it started with, so this is every forked child's.
+fn bounding() -> Result<&'static HashSet<Capability>> {
+    static BOUNDING: OnceLock<HashSet<Capability>> = OnceLock::new();
+    if let Some(b) = BOUNDING.get() {
+        return Ok(b);
     }
-    caps::clear(None, CapSet::Ambient)
-        .map_err(|e| anyhow::anyhow!("clearing ambient capabilities: {e}"))?;
-    caps::clear(None, CapSet::Inheritable)
-        .map_err(|e| anyhow::anyhow!("clearing inheritable capabilities: {e}"))?;
-    Ok(())
+    let read = caps::read(None, CapSet::Bounding)
+        .map_err(|e| anyhow::anyhow!("reading the bounding set: {e}"))?;
+    Ok(BOUNDING.get_or_init(|| read))
 }

@@ -1,8 +1,10 @@
 //! Agent benchmarks, each beside the same work done directly, in one run:
 //!
 //! 1. capture: a job writing 1 GiB to stdout through the shared executor
-//!    (`cc-exec`, what the agent and helper run) vs `cmd > /dev/null` and
-//!    vs `cmd | cat > /dev/null` (any pipe reader);
+//!    (`cc-exec`, what the agent and helper run) vs `cmd > /dev/null`, vs
+//!    `cmd | cat > /dev/null` (any pipe reader), and vs a reader that moves
+//!    every byte to `/dev/null` with `splice(2)` as soon as it is there (no
+//!    copy to user space: what is left is the cost of the pipe itself);
 //! 2. idle RSS of `cc-agent run` connected to a listener, beside a minimal
 //!    process (`sleep`);
 //! 3. throughput of `/bin/true` jobs through listener → agent → report
@@ -11,10 +13,12 @@
 //!
 //! Needs release binaries: `cargo build --release --bins`, then
 //! `cargo bench -p cc-e2e --bench agent`. As root the agent runs as
-//! cc-agent-user.
+//! cc-agent-user. `CC_BENCH_ONLY=capture` (or `idle`, `throughput`,
+//! comma-separated) runs only those parts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a failed step should stop it
 
+use std::fs::OpenOptions;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,6 +27,7 @@ use cc_e2e::listener::ListenerProcess;
 use cc_e2e::{TempDir, bin};
 use cc_exec::{Launch, Limits};
 use cc_proto::CommandLine;
+use nix::fcntl::{FcntlArg, SpliceFFlags, fcntl, splice};
 use serde_json::json;
 
 const GIB: &str = "1073741824";
@@ -48,7 +53,8 @@ fn capture() {
         &["-c".into(), GIB.into(), "/dev/zero".into()],
     )
     .unwrap();
-    let (mut direct, mut piped, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut direct, mut piped, mut spliced, mut ours) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..11 {
         direct.push(time(|| {
             let s = Command::new("/usr/bin/head")
@@ -65,13 +71,25 @@ fn capture() {
                 .unwrap();
             assert!(s.success());
         }));
+        spliced.push(time(|| {
+            let mut child = Command::new("/usr/bin/head")
+                .args(["-c", GIB, "/dev/zero"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let out = child.stdout.take().unwrap();
+            let _ = fcntl(&out, FcntlArg::F_SETPIPE_SZ(1 << 20));
+            let null = OpenOptions::new().write(true).open("/dev/null").unwrap();
+            while splice(&out, None, &null, None, 1 << 20, SpliceFFlags::empty()).unwrap() > 0 {}
+            assert!(child.wait().unwrap().success());
+        }));
         ours.push(time(|| {
             let f = cc_exec::run(&cmd, &launch, Limits::new(Duration::from_secs(600)));
             assert_eq!(f.exit_code, 0);
             assert_eq!(f.stdout.total_bytes, 1 << 30);
         }));
     }
-    let (d, p, o) = (median(direct), median(piped), median(ours));
+    let (d, p, s, o) = (median(direct), median(piped), median(spliced), median(ours));
     println!("capture, 1 GiB to stdout (median of 11, interleaved):");
     println!(
         "  head > /dev/null                 {d:>8.3} s  {:>7.0} MiB/s",
@@ -81,6 +99,11 @@ fn capture() {
         "  head | cat > /dev/null           {p:>8.3} s  {:>7.0} MiB/s  ({:.2}x direct)",
         1024.0 / p,
         p / d
+    );
+    println!(
+        "  head | splice to /dev/null       {s:>8.3} s  {:>7.0} MiB/s  ({:.2}x direct; no copy to user space)",
+        1024.0 / s,
+        s / d
     );
     println!(
         "  cc-exec capture (agent, helper)  {o:>8.3} s  {:>7.0} MiB/s  ({:.2}x direct, {:.2}x pipe to cat)",
@@ -208,7 +231,17 @@ fn throughput() {
 }
 
 fn main() {
-    capture();
-    idle_rss();
-    throughput();
+    // CC_BENCH_ONLY=capture (or idle, throughput; comma-separated) runs
+    // only those parts.
+    let only = std::env::var("CC_BENCH_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|p| p.trim() == name);
+    if wanted("capture") {
+        capture();
+    }
+    if wanted("idle") {
+        idle_rss();
+    }
+    if wanted("throughput") {
+        throughput();
+    }
 }

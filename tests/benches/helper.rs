@@ -1,6 +1,7 @@
 //! `/bin/true` as a system job through cc-privhelper (socket, validation,
-//! the launcher's rlimits + no_new_privs + landlock + capability cut, the
-//! shared executor) beside the same program run directly, in one run.
+//! the sandbox prepared in the helper and applied in the forked child —
+//! rlimits, no_new_privs, landlock, capability cut — the shared executor)
+//! beside the same program run directly, in one run.
 //!
 //! As root: `cargo build --release --bins && cargo bench -p cc-e2e --bench helper`.
 //! The helper is configured with `agent_user = "root"` so that this
@@ -63,15 +64,13 @@ fn main() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let runs = 300;
-    let sandbox = r#"{"keep_capabilities":["CAP_CHOWN","CAP_KILL"],"write_paths":[],"landlock":"required","rlimits":{"nofile":1024,"nproc":4096,"core":0}}"#;
     let truth = cc_proto::CommandLine::new("/bin/true", &[]).unwrap();
     let launch = cc_exec::Launch {
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         cwd: "/".into(),
     };
     let limits = cc_exec::Limits::new(Duration::from_secs(30));
-    let (mut direct, mut executor, mut launcher, mut helper_t) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut direct, mut executor, mut helper_t) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         // Interleaved, so all see the same machine.
         let t = Instant::now();
@@ -89,32 +88,17 @@ fn main() {
         assert_eq!(cc_exec::run(&truth, &launch, limits).exit_code, 0);
         executor.push(t.elapsed());
         let t = Instant::now();
-        let mut cmd = Command::new(bin("cc-privhelper"));
-        cmd.args(["launch", sandbox, "/bin/true"]).env_clear();
-        let child = cc_exec::spawn_prepared(cmd, &truth).unwrap();
-        assert_eq!(cc_exec::supervise(child, limits).exit_code, 0);
-        launcher.push(t.elapsed());
-        let t = Instant::now();
         exec_via_helper(&socket, i);
         helper_t.push(t.elapsed());
     }
     let _ = helper.kill();
     let _ = helper.wait();
-    let (d, e, l, h) = (
-        median_ms(direct),
-        median_ms(executor),
-        median_ms(launcher),
-        median_ms(helper_t),
-    );
+    let (d, e, h) = (median_ms(direct), median_ms(executor), median_ms(helper_t));
     println!("/bin/true, median of {runs} interleaved runs:");
     println!("  run directly (spawn, capture, wait)        {d:>7.3} ms");
     println!(
         "  shared executor (cc-exec), no sandbox      {e:>7.3} ms  ({:.2}x)",
         e / d
-    );
-    println!(
-        "  executor + sandboxing launcher             {l:>7.3} ms  ({:.2}x)",
-        l / d
     );
     println!(
         "  system job through cc-privhelper           {h:>7.3} ms  ({:.2}x; target <= 2x)",

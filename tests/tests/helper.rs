@@ -174,6 +174,37 @@ fn a_system_job_runs_as_root_with_the_configured_sandbox() {
 }
 
 #[test]
+fn a_job_whose_sandbox_cannot_be_applied_never_starts() {
+    let Some((dir, h)) = setup("h-nosandbox", "") else {
+        return;
+    };
+    drop(h);
+    // A file limit above fs.nr_open: setrlimit fails with EPERM even for
+    // root, in the child, before exec.
+    let extra = format!(
+        "{}[rlimits]\nnofile = 1073741824\nnproc = 4096\ncore = 0\n",
+        on(&dir)
+    );
+    let h = HelperProcess::start(dir.path(), &extra, agent_user().unwrap());
+    let marker = dir.path().join("writable/started");
+    let r = h.exec(&job(
+        "ns-1",
+        "/bin/sh",
+        &["-c", &format!("echo started > {}", marker.display())],
+    ));
+    let report = &r["exec_result"];
+    assert_eq!(report["exitCode"], 126, "{r}");
+    assert!(
+        report["warning"]
+            .as_str()
+            .unwrap()
+            .contains("the job was not started"),
+        "{r}"
+    );
+    assert!(!marker.exists(), "the job ran without its sandbox");
+}
+
+#[test]
 fn allowed_commands_is_enforced_on_the_resolved_program() {
     let Some((dir, h)) = setup("h-allow", "") else {
         return;
