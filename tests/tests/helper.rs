@@ -400,3 +400,64 @@ fn a_config_not_owned_by_root_or_writable_by_others_is_refused() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not owned by root"));
 }
+
+#[test]
+fn systemd_socket_activation_is_accepted() {
+    let Some((dir, mut h)) = setup("h-activate", "") else {
+        return;
+    };
+    // The config HelperProcess wrote, served on a socket that
+    // systemd-socket-activate (Debian's systemd) creates and passes as fd 3.
+    let _ = h.child.kill();
+    let _ = h.child.wait();
+    let sock = dir.path().join("activated.sock");
+    let log = std::fs::File::create(dir.path().join("activated.log")).unwrap();
+    let mut activator = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&sock)
+        .arg("--")
+        .arg(bin("cc-privhelper"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("helper.toml"))
+        .env("CC_LOG", "debug")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "no activation socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Its mode is the activator's business (SocketMode= in the unit); let
+    // the agent user reach it here.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let ask = |who: Option<(u32, u32)>| {
+        let mut c = Command::new(bin("cc-helper-client"));
+        c.arg(&sock)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        if let Some((uid, gid)) = who {
+            use std::os::unix::process::CommandExt;
+            c.uid(uid).gid(gid);
+        }
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(br#""status""#)
+            .unwrap();
+        String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+    };
+    let answer = ask(Some(h.agent));
+    let stranger = ask(None);
+    let log = std::fs::read_to_string(dir.path().join("activated.log")).unwrap_or_default();
+    let _ = activator.kill();
+    let _ = activator.wait();
+    assert!(answer.contains(r#""status""#), "{answer}\n{log}");
+    assert!(log.contains("using the socket passed by systemd"), "{log}");
+    // The peer check holds on the passed socket too.
+    assert_eq!(stranger, "", "{log}");
+}
