@@ -88,18 +88,25 @@ pub fn require(what: &str, available: bool) -> bool {
     false
 }
 
-/// Debian's cron daemon for a test: the one already running, or one started
-/// here (`cron -f`) and stopped when the guard goes.
+/// Debian's cron daemon for a test: the one already running in this mount
+/// namespace, or one started here (`cron -f`) and stopped when the guard
+/// goes.
 #[derive(Debug)]
 pub struct CronDaemon(Option<std::process::Child>);
 
 impl CronDaemon {
     pub fn ensure() -> Self {
         use std::process::{Command, Stdio};
+        // A cron of this mount namespace: the reliability suite runs crons
+        // of its own in private namespaces, which see other files.
+        let mine = std::fs::read_link("/proc/self/ns/mnt").ok();
         let running = Command::new("pgrep")
             .args(["-x", "cron"])
             .output()
-            .is_ok_and(|o| o.status.success());
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|pid| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() == mine);
         if running {
             return Self(None);
         }
