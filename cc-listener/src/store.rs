@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
 use cc_proto::wire::{AgentInfo, CronEntry, CronStatus, ExecutionMode};
@@ -215,7 +215,7 @@ impl Store {
     /// Creates several keys in one transaction (provisioning a fleet).
     pub fn add_keys(&self, specs: &[(&str, Option<&str>)], now_ms: i64) -> Result<Vec<String>> {
         let mut conn = lock(&self.writer);
-        let tx = conn.transaction()?;
+        let tx = write_tx(&mut conn)?;
         let mut keys = Vec::with_capacity(specs.len());
         for &(name, hostname) in specs {
             let mut raw = [0u8; 32];
@@ -294,7 +294,7 @@ impl Store {
     /// Binds key `id` to `hostname` the first time it registers.
     pub fn bind_key(&self, id: i64, hostname: &str) -> Result<Binding> {
         let mut conn = lock(&self.writer);
-        let tx = conn.transaction()?;
+        let tx = write_tx(&mut conn)?;
         let bound: Option<String> = tx.query_row(
             "SELECT hostname FROM api_keys WHERE id = ?1",
             params![id],
@@ -436,7 +436,7 @@ impl Store {
     /// Marks queued jobs sent; returns how many changed.
     pub fn mark_sent(&self, job_ids: &[String], now_ms: i64) -> Result<usize> {
         let mut conn = lock(&self.writer);
-        let tx = conn.transaction()?;
+        let tx = write_tx(&mut conn)?;
         let mut n = 0;
         for id in job_ids {
             n += tx.execute(
@@ -463,7 +463,7 @@ impl Store {
     /// agent runs a job id at most once).
     pub fn resend_unreported(&self, hostname: &str, now_ms: i64) -> Result<Vec<JobRow>> {
         let mut conn = lock(&self.writer);
-        let tx = conn.transaction()?;
+        let tx = write_tx(&mut conn)?;
         let rows = {
             let mut stmt = tx.prepare(&format!(
                 "{JOB_SELECT} WHERE j.hostname = ?1 AND j.status = 'sent' AND j.report_id IS NULL
@@ -516,7 +516,7 @@ impl Store {
     /// and queued jobs past their expiry expired. Returns (lost, expired).
     pub fn sweep(&self, now_ms: i64, grace_ms: i64) -> Result<(usize, usize)> {
         let mut conn = lock(&self.writer);
-        let tx = conn.transaction()?;
+        let tx = write_tx(&mut conn)?;
         let lost = tx.execute(
             "UPDATE jobs SET status = 'lost', finished_ms = ?1
              WHERE status = 'sent' AND sent_ms + timeout_secs * 1000 + ?2 < ?1",
@@ -584,7 +584,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<Stored> {
         let mut conn = lock(&self.writer);
-        let tx = conn.transaction()?;
+        let tx = write_tx(&mut conn)?;
         let exists = tx
             .query_row(
                 "SELECT 1 FROM reports WHERE hostname = ?1 AND dedupe_key = ?2",
@@ -672,6 +672,19 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         finished_ms: r.get(9)?,
         report: r.get(10)?,
     })
+}
+
+/// A write transaction that takes SQLite's write lock at `BEGIN`.
+///
+/// A deferred transaction that reads and then writes fails at once with
+/// `SQLITE_BUSY` (no busy handler, no retry) when another connection
+/// committed in between — in practice `cc-listener keys add` run by an
+/// operator while agents register: their connections ended with "database
+/// is locked". Taken up front, the lock is waited for (`busy_timeout`)
+/// instead. In this process every write goes through the one writer
+/// connection behind a mutex, so this costs nothing here.
+fn write_tx(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
 fn open_connection(path: &Path) -> Result<Connection> {

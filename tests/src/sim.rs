@@ -21,6 +21,18 @@ pub struct SimStats {
     pub registered: AtomicUsize,
     pub jobs: AtomicUsize,
     pub reconnects: AtomicUsize,
+    /// The first few reasons a connection failed or ended.
+    pub errors: std::sync::Mutex<Vec<String>>,
+}
+
+impl SimStats {
+    fn note(&self, why: String) {
+        if let Ok(mut e) = self.errors.lock() {
+            if e.len() < 5 {
+                e.push(why);
+            }
+        }
+    }
 }
 
 /// Runs one simulated agent for ever (until the runtime is dropped).
@@ -49,8 +61,12 @@ pub async fn agent(
             return;
         };
         req.headers_mut().insert("X-CC-API-KEY", k);
-        let Ok((mut conn, _)) = tokio_tungstenite::connect_async(req).await else {
-            continue;
+        let mut conn = match tokio_tungstenite::connect_async(req).await {
+            Ok((c, _)) => c,
+            Err(e) => {
+                stats.note(format!("handshake: {e}"));
+                continue;
+            }
         };
         if conn
             .send(Message::Text(ws::register(&host).to_string().into()))
@@ -65,7 +81,11 @@ pub async fn agent(
         loop {
             tokio::select! {
                 m = conn.next() => {
-                    let Some(Ok(m)) = m else { break };
+                    let m = match m {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => { stats.note(format!("read: {e}")); break }
+                        None => { stats.note("closed by the listener".into()); break }
+                    };
                     let Message::Text(t) = m else { continue };
                     let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else { continue };
                     if v["type"] != "execute_job" {

@@ -1447,6 +1447,26 @@ fn load_1000_simulated_and_5_real_agents_10000_jobs() {
             .count();
         (n == 1005).then_some(n)
     });
+    // Handshakes refused while 1,000 connect at once are retried; what
+    // counts is that none drops once connected.
+    let setup_retries = stats.reconnects.load(Ordering::Relaxed);
+    let setup_errors = stats.errors.lock().unwrap().clone();
+    if setup_retries > 0 {
+        for l in r
+            .listener
+            .log()
+            .lines()
+            .filter(|l| {
+                l.contains("WARN")
+                    || l.contains("ERROR")
+                    || l.contains("ended")
+                    || l.contains("timed out")
+            })
+            .take(20)
+        {
+            eprintln!("listener: {l}");
+        }
+    }
     // 10,000 jobs: every tenth to a real agent (1,000 in all), the rest
     // spread over the simulated ones; posted from 4 threads.
     let started = Instant::now();
@@ -1527,17 +1547,19 @@ fn load_1000_simulated_and_5_real_agents_10000_jobs() {
         ),
         done == 10_000 && missing == 0 && twice == 0,
     );
-    let reconnects = stats.reconnects.load(Ordering::Relaxed);
+    let reconnects = stats.reconnects.load(Ordering::Relaxed) - setup_retries;
     let real_connects: Vec<usize> = agents
         .iter()
         .map(|a| a.log().matches("connected and registered").count())
         .collect();
     r.rec.row(
         "listener",
-        "connections during the load",
-        "no agent dropped",
-        &format!("simulated reconnects {reconnects}; real agents' connections {real_connects:?}"),
-        reconnects == 0 && real_connects.iter().all(|c| *c == 1),
+        "connections while 1,005 agents connect (keys added with `keys add` meanwhile) and during the load",
+        "no connection dropped",
+        &format!(
+            "simulated agents: {setup_retries} connections ended while connecting {setup_errors:?}, {reconnects} during the load; real agents' connections {real_connects:?}"
+        ),
+        setup_retries == 0 && reconnects == 0 && real_connects.iter().all(|c| *c == 1),
     );
     drop(runtime);
 }
