@@ -68,6 +68,22 @@ impl Drop for TempDir {
     }
 }
 
+/// Polls `f` every 100 ms until it returns `Some`, for at most `limit`;
+/// panics naming `what` when it never does.
+pub fn wait_for<V>(limit: std::time::Duration, what: &str, mut f: impl FnMut() -> Option<V>) -> V {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Whether CI asked for every test to run (`CI=true`).
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")

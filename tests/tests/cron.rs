@@ -7,11 +7,11 @@
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cc_e2e::agent::{AGENT_USER, AgentProcess, agent_user, is_root};
 use cc_e2e::listener::ListenerProcess;
-use cc_e2e::{TempDir, bin, require};
+use cc_e2e::{TempDir, bin, require, wait_for};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -41,17 +41,6 @@ fn spool_mtime() -> i64 {
     std::fs::metadata(format!("/var/spool/cron/crontabs/{AGENT_USER}"))
         .map(|m| m.mtime_nsec() + m.mtime() * 1_000_000_000)
         .unwrap_or(0)
-}
-
-fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn cron_status(l: &ListenerProcess, host: &str) -> Option<Value> {

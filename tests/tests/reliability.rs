@@ -27,7 +27,7 @@ use cc_e2e::listener::{ListenerProcess, TOKEN};
 use cc_e2e::proxy::CuttingProxy;
 use cc_e2e::rawws::{self, BINARY, TEXT};
 use cc_e2e::reliability::Record;
-use cc_e2e::{TempDir, bin, http, require};
+use cc_e2e::{TempDir, bin, http, require, wait_for};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
@@ -174,17 +174,6 @@ impl Rig {
             .filter(|i| per.get(*i).is_some_and(|n| *n > 1))
             .count();
         (done, missing, twice)
-    }
-}
-
-fn wait_for<V>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<V>) -> V {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

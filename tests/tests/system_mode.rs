@@ -3,26 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cc_e2e::agent::{AgentProcess, agent_user, is_root};
 use cc_e2e::helper::HelperProcess;
 use cc_e2e::listener::ListenerProcess;
-use cc_e2e::{CronDaemon, TempDir, bin, require};
+use cc_e2e::{CronDaemon, TempDir, bin, require, wait_for};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
-
-fn wait_for<V>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<V>) -> V {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn job_report(l: &ListenerProcess, host: &str, body: &Value) -> Value {
     let r = l.post(&format!("/api/v1/agents/{host}/jobs"), body);
