@@ -194,7 +194,7 @@ pub fn supervise(mut child: Child, limits: Limits) -> Finished {
         let now = Instant::now();
         if !timed_out && now >= deadline {
             timed_out = true;
-            stop_group(pgid, &mut child, limits.grace, &mut out, &mut err);
+            stop_group(pgid, &mut child, limits.grace, &mut out, &mut err, &mut buf);
             continue;
         }
         // The main process is gone but something it started still holds a
@@ -268,6 +268,7 @@ fn stop_group(
     grace: Duration,
     out: &mut Stream<ChildStdout>,
     err: &mut Stream<ChildStderr>,
+    buf: &mut Vec<u8>,
 ) {
     signal_group(pgid, Signal::SIGTERM);
     let until = Instant::now() + grace;
@@ -275,12 +276,7 @@ fn stop_group(
         if matches!(child.try_wait(), Ok(Some(_))) && out.done() && err.done() {
             break;
         }
-        pump(
-            out,
-            err,
-            Duration::from_millis(20),
-            &mut vec![0u8; FIRST_READ],
-        );
+        pump(out, err, Duration::from_millis(20), buf);
     }
     // Everything in the group, whatever it ignored.
     signal_group(pgid, Signal::SIGKILL);

@@ -82,11 +82,16 @@ impl Isolation {
         Self { cron }
     }
 
-    /// Whether this thread's `/etc/cron.d` is the test's (a tmpfs of its own).
+    /// Whether this thread is in a mount namespace other than its parent
+    /// process's (the test runner's), i.e. [`Isolation::enter`] took effect.
     pub fn is_private() -> bool {
         let mine = std::fs::read_link("/proc/thread-self/ns/mnt").ok();
-        let init = std::fs::read_link("/proc/1/ns/mnt").ok();
-        mine.is_some() && mine != init
+        let parent = std::fs::read_link(format!(
+            "/proc/{}/ns/mnt",
+            std::os::unix::process::parent_id()
+        ))
+        .ok();
+        mine.is_some() && parent.is_some() && mine != parent
     }
 }
 

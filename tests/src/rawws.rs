@@ -12,7 +12,6 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 pub const TEXT: u8 = 0x1;
 pub const BINARY: u8 = 0x2;
 pub const CLOSE: u8 = 0x8;
-pub const PING: u8 = 0x9;
 
 /// A frame's bytes: FIN set, `opcode`, `payload`, masked when `mask` (a
 /// client must mask), with `declared` as the length field when given (a lie
@@ -118,17 +117,14 @@ fn read_head(s: &mut TcpStream) -> Result<String, String> {
 }
 
 /// Reads frames until a close (its code, 1005 when none) or EOF (None),
-/// answering nothing; text frames seen on the way are returned too.
-pub fn until_close(s: &mut TcpStream) -> (Option<u16>, Vec<String>) {
-    let mut texts = Vec::new();
+/// answering nothing.
+pub fn until_close(s: &mut TcpStream) -> Option<u16> {
     while let Some((op, p)) = read_frame(s) {
-        match op {
-            CLOSE => return (Some(close_code(&p).unwrap_or(1005)), texts),
-            TEXT => texts.push(String::from_utf8_lossy(&p).into_owned()),
-            _ => {}
+        if op == CLOSE {
+            return Some(close_code(&p).unwrap_or(1005));
         }
     }
-    (None, texts)
+    None
 }
 
 /// Server side: a hostile listener on loopback for the real agent.
@@ -204,6 +200,22 @@ pub fn next_text(s: &mut TcpStream) -> Option<String> {
             }
             CLOSE => return None,
             _ => {}
+        }
+    }
+}
+
+/// The next text frame that is JSON and satisfies `want`, skipping the
+/// rest; None when the connection ends first.
+pub fn next_json(
+    s: &mut TcpStream,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
+    loop {
+        let t = next_text(s)?;
+        if let Ok(v) = serde_json::from_str(&t) {
+            if want(&v) {
+                return Some(v);
+            }
         }
     }
 }

@@ -18,8 +18,6 @@ use crate::ws;
 /// Counters shared by all simulated agents.
 #[derive(Debug, Default)]
 pub struct SimStats {
-    pub registered: AtomicUsize,
-    pub jobs: AtomicUsize,
     pub reconnects: AtomicUsize,
     /// The first few reasons a connection failed or ended.
     pub errors: std::sync::Mutex<Vec<String>>,
@@ -76,7 +74,6 @@ pub async fn agent(
             continue;
         }
         drop(permit);
-        stats.registered.fetch_add(1, Ordering::Relaxed);
         let mut tick = tokio::time::interval(heartbeat);
         loop {
             tokio::select! {
@@ -101,7 +98,6 @@ pub async fn agent(
                     if conn.send(Message::Text(report.to_string().into())).await.is_err() {
                         break;
                     }
-                    stats.jobs.fetch_add(1, Ordering::Relaxed);
                 }
                 _ = tick.tick() => {
                     let hb = json!({"type": "heartbeat", "payload": {}});

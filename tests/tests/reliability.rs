@@ -278,16 +278,16 @@ fn fault_agent_killed_mid_job_and_cron_runs_while_it_is_down() {
         (r.job(&id)["status"] == "lost").then_some(())
     })
     .is_some();
+    let reports = r.reports_per_job(host).get(&id).copied().unwrap_or(0);
     r.rec.row(
         "agent",
         "SIGKILL while a job (timeout 3 s) runs",
         "the job is marked lost after its timeout + lost_grace_secs (5 s); no report is invented",
         &format!(
-            "status {before} at the kill, then {}; {} reports for it",
+            "status {before} at the kill, then {}; {reports} reports for it",
             r.job(&id)["status"],
-            r.reports_per_job(host).get(&id).copied().unwrap_or(0)
         ),
-        lost && !r.reports_per_job(host).contains_key(&id),
+        lost && reports == 0,
     );
     // Debian's cron runs the entry while the agent is down: its report
     // waits in the outbox.
@@ -305,23 +305,19 @@ fn fault_agent_killed_mid_job_and_cron_runs_while_it_is_down() {
     // Runs of the entry the listener has already (some may have come
     // before the kill): the waiting one must come on top of these.
     let cron_reports = || {
-        r.listener
-            .get("/api/v1/reports?jobId=rel-tick&limit=100")
-            .json()
-            .as_array()
-            .map_or(0, Vec::len)
-    };
-    let before_restart = cron_reports();
-    agent.restart();
-    r.wait_connected(host, &agent);
-    let got = poll(T, || {
         let rs = r
             .listener
             .get("/api/v1/reports?jobId=rel-tick&limit=100")
             .json();
-        let rs = rs.as_array()?;
+        rs.as_array().cloned().unwrap_or_default()
+    };
+    let before_restart = cron_reports().len();
+    agent.restart();
+    r.wait_connected(host, &agent);
+    let got = poll(T, || {
+        let rs = cron_reports();
         (rs.len() > before_restart)
-            .then(|| rs.iter().find(|x| x["kind"] == "cron").cloned())
+            .then(|| rs.into_iter().find(|x| x["kind"] == "cron"))
             .flatten()
     });
     let drained = poll(T, || (outbox_len(&agent) == 0).then_some(())).is_some();
@@ -700,7 +696,7 @@ fn hostile_input_to_the_listener_websocket() {
     for (what, bytes) in &firsts {
         let mut s = rawws::connect(addr, &spare).unwrap();
         s.write_all(&rawws::frame(TEXT, bytes, true, None)).unwrap();
-        let (code, _) = rawws::until_close(&mut s);
+        let code = rawws::until_close(&mut s);
         r.rec.row(
             "listener /agent",
             &format!("first frame: {what}"),
@@ -737,7 +733,7 @@ fn hostile_input_to_the_listener_websocket() {
         ))
         .unwrap();
         let _ = s.write_all(&bytes);
-        let (code, _) = rawws::until_close(&mut s);
+        let code = rawws::until_close(&mut s);
         r.rec.row(
             "listener /agent",
             what,
@@ -873,7 +869,7 @@ fn hostile_input_to_the_listener_websocket() {
     }
     let open_after_15 = acked(&mut t);
     send(&mut t, TEXT, b"not json");
-    let (code, _) = rawws::until_close(&mut t);
+    let code = rawws::until_close(&mut t);
     r.rec.row(
         "listener /agent",
         "16 invalid messages on one connection",
@@ -1006,13 +1002,9 @@ fn hostile_listener_to_the_agent() {
         let id = format!("probe-{n}");
         let job = json!({"type": "execute_job", "payload": {"jobId": id, "command": "/bin/echo", "args": [n.to_string()], "timeout": 30}});
         push(s, TEXT, job.to_string().as_bytes());
-        loop {
-            let t = rawws::next_text(s)?;
-            let v: Value = serde_json::from_str(&t).ok()?;
-            if v["type"] == "execution_report" && v["payload"]["jobId"] == id.as_str() {
-                return Some(v);
-            }
-        }
+        rawws::next_json(s, |v| {
+            v["type"] == "execution_report" && v["payload"]["jobId"] == id.as_str()
+        })
     };
     let job = |payload: &str| format!(r#"{{"type":"execute_job","payload":{payload}}}"#);
     let cases: Vec<(&str, Vec<u8>, u8, &str)> = vec![
@@ -1093,15 +1085,7 @@ fn hostile_listener_to_the_agent() {
         TEXT,
         job(r#"{"jobId":"h-nl","command":"/bin/echo\nrm -rf /","timeout":30}"#).as_bytes(),
     );
-    let refused = loop {
-        let Some(t) = rawws::next_text(&mut s) else {
-            break None;
-        };
-        let v: Value = serde_json::from_str(&t).unwrap_or_default();
-        if v["payload"]["jobId"] == "h-nl" {
-            break Some(v);
-        }
-    };
+    let refused = rawws::next_json(&mut s, |v| v["payload"]["jobId"] == "h-nl");
     r.rec.row(
         "agent (from a hostile listener)",
         "execute_job with LF in the command",
@@ -1131,15 +1115,7 @@ fn hostile_listener_to_the_agent() {
         {"id": "../path", "schedule": "* * * * *", "command": "/bin/true"},
     ]});
     push(&mut s, TEXT, hostile_cron.to_string().as_bytes());
-    let status = loop {
-        let Some(t) = rawws::next_text(&mut s) else {
-            break Value::Null;
-        };
-        let v: Value = serde_json::from_str(&t).unwrap_or_default();
-        if v["type"] == "cron_status" {
-            break v;
-        }
-    };
+    let status = rawws::next_json(&mut s, |v| v["type"] == "cron_status").unwrap_or_default();
     let crontab = String::from_utf8_lossy(
         &Command::new("crontab")
             .args(["-l", "-u", "cc-agent-user"])
@@ -1191,7 +1167,7 @@ fn hostile_listener_to_the_agent() {
     ];
     for (what, bytes) in enders {
         let _ = s.write_all(&bytes);
-        let (_, _) = rawws::until_close(&mut s);
+        let _ = rawws::until_close(&mut s);
         let (mut s2, reg) = server.accept(T);
         let back = serde_json::from_str::<Value>(&reg).is_ok_and(|v| v["type"] == "register");
         let ok = back && probe(&mut s2).is_some();
