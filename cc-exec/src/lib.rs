@@ -86,12 +86,36 @@ pub struct Finished {
     pub warnings: Vec<String>,
 }
 
-/// Starts `command` as a new session. A program that cannot be started is
-/// not an error here: it is a finished job with exit code 127 or 126 and the
-/// reason in stderr, which is what the report must say.
-pub fn spawn(command: &CommandLine, launch: &Launch) -> Result<Child, Box<Finished>> {
+/// A started job: the process to wait for and, for a job with a reaper
+/// ([`spawn`]), the reaper's status pipe.
+#[derive(Debug)]
+pub struct Started {
+    child: Child,
+    reaper: Option<std::fs::File>,
+}
+
+impl Started {
+    /// The pid of the process [`supervise`] waits for.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Starts `command` under a reaper of its own (see `sys.rs`): the job leads
+/// a new session, and whatever it leaves running — even in another
+/// session — is killed when it ends or times out. A program that cannot be
+/// started is not an error here: it is a finished job with exit code 127
+/// or 126 and the reason in stderr, which is what the report must say.
+pub fn spawn(
+    command: &CommandLine,
+    launch: &Launch,
+    limits: &Limits,
+) -> Result<Started, Box<Finished>> {
     let started = Timestamp::now();
     let clock = Instant::now();
+    let fail = |e: &io::Error| Box::new(not_started(command, e, started, clock.elapsed()));
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(&io::Error::from(e)))?;
     let mut cmd = Command::new(command.program());
     cmd.args(command.args())
         .env_clear()
@@ -100,23 +124,40 @@ pub fn spawn(command: &CommandLine, launch: &Launch) -> Result<Child, Box<Finish
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    sys::prepare_child(&mut cmd);
-    cmd.spawn()
-        .map_err(|e| Box::new(not_started(command, &e, started, clock.elapsed())))
+    sys::prepare_reaped_child(&mut cmd, limits.grace, write);
+    let child = cmd.spawn().map_err(|e| fail(&e))?;
+    // The parent's copy of the write end went with `cmd`'s closure.
+    drop(cmd);
+    Ok(Started {
+        child,
+        reaper: Some(std::fs::File::from(read)),
+    })
 }
 
-/// Like [`spawn`] for a prepared `Command` (the helper's launcher): the
-/// caller has set program, environment and sandbox; this adds the pipes, the
-/// new session and the close-on-exec sweep.
-pub fn spawn_prepared(mut cmd: Command, command: &CommandLine) -> Result<Child, Box<Finished>> {
+/// Like [`spawn`] for a prepared `Command` (the helper's): the caller has
+/// set program, environment and containment — its `pre_exec` starts with
+/// [`child_session_and_cloexec`], and its PID namespace ends whatever the
+/// job leaves. This adds the pipes.
+pub fn spawn_prepared(mut cmd: Command, command: &CommandLine) -> Result<Started, Box<Finished>> {
     let started = Timestamp::now();
     let clock = Instant::now();
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    sys::prepare_child(&mut cmd);
-    cmd.spawn()
-        .map_err(|e| Box::new(not_started(command, &e, started, clock.elapsed())))
+    let child = cmd
+        .spawn()
+        .map_err(|e| Box::new(not_started(command, &e, started, clock.elapsed())))?;
+    Ok(Started {
+        child,
+        reaper: None,
+    })
+}
+
+/// For a caller's own `pre_exec` (async-signal-safe: two system calls): a
+/// new session and process group led by the child, and every descriptor
+/// from 3 up close-on-exec.
+pub fn child_session_and_cloexec() -> io::Result<()> {
+    sys::session_and_cloexec()
 }
 
 fn not_started(
@@ -154,12 +195,26 @@ fn without_running(
     }
 }
 
-/// Reads the child's output and waits for it, within `limits`.
-pub fn supervise(mut child: Child, limits: Limits) -> Finished {
+/// After the job's process is gone, how long something it started may keep
+/// the output pipes open: first a moment to finish writing, then the
+/// process group is killed (a job without a reaper), and after the second
+/// mark the pipes are abandoned, so nothing can keep the supervisor waiting.
+const LEFTOVER_WAIT: Duration = Duration::from_millis(500);
+const ABANDON_WAIT: Duration = Duration::from_millis(1000);
+/// How long past the grace a reaper gets to finish its own SIGKILL round.
+const REAPER_SLACK: Duration = Duration::from_secs(2);
+
+/// Reads the job's output and waits for it, within `limits`. It sleeps in
+/// `poll(2)` on the pipes and a pidfd of the process, so it wakes only when
+/// there is output, the process exits, or a deadline comes.
+pub fn supervise(job: Started, limits: Limits) -> Finished {
+    let Started { mut child, reaper } = job;
+    let mut reaper = reaper.map(ReaperStatus::new);
     let started = Timestamp::now();
     let clock = Instant::now();
     let deadline = clock + limits.timeout;
     let pgid = i32::try_from(child.id()).map(Pid::from_raw).ok();
+    let exit_fd = sys::pidfd_open(child.id()).ok();
     let mut out = Stream::new(child.stdout.take(), limits.stream_cap);
     let mut err = Stream::new(child.stderr.take(), limits.stream_cap);
     // A larger pipe means fewer wake-ups for a chatty job (best effort: the
@@ -176,9 +231,11 @@ pub fn supervise(mut child: Child, limits: Limits) -> Finished {
     let mut buf = vec![0u8; FIRST_READ];
     let mut warnings = Vec::new();
     let mut status = None;
-    let mut timed_out = false;
     let mut exited_at: Option<Instant> = None;
-    let mut killed_leftovers = false;
+    // Set at the timeout: when the stop must be complete.
+    let mut stop_by: Option<Instant> = None;
+    let mut forced = false;
+    let mut leftovers_killed = false;
     let mut reap_wait = Duration::from_micros(50);
 
     loop {
@@ -192,51 +249,109 @@ pub fn supervise(mut child: Child, limits: Limits) -> Finished {
             break;
         }
         let now = Instant::now();
-        if !timed_out && now >= deadline {
-            timed_out = true;
-            stop_group(pgid, &mut child, limits.grace, &mut out, &mut err, &mut buf);
-            continue;
+        if stop_by.is_none() && now >= deadline {
+            // The reaper forwards SIGTERM to everything the job started and
+            // SIGKILLs it after the grace; without one, the group is all.
+            signal_group(pgid, Signal::SIGTERM);
+            let slack = if reaper.is_some() {
+                REAPER_SLACK
+            } else {
+                Duration::ZERO
+            };
+            stop_by = Some(now + limits.grace + slack);
         }
-        // The main process is gone but something it started still holds a
-        // pipe open: give it a moment to finish writing, then end the group.
+        if let Some(t) = stop_by {
+            if !forced && now >= t && status.is_none() {
+                forced = true;
+                signal_group(pgid, Signal::SIGKILL);
+                if let Some(job) = reaper.as_mut().and_then(ReaperStatus::job_pid) {
+                    signal_group(Some(job), Signal::SIGKILL);
+                }
+                let _ = child.kill();
+            }
+        }
         if let Some(t) = exited_at {
-            if !killed_leftovers && now.duration_since(t) > Duration::from_millis(500) {
-                killed_leftovers = true;
+            let since = now.duration_since(t);
+            if reaper.is_none() && !leftovers_killed && since >= LEFTOVER_WAIT {
+                // The main process is gone but something it started still
+                // holds a pipe open: end the group.
+                leftovers_killed = true;
                 signal_group(pgid, Signal::SIGKILL);
                 warnings.push(
                     "processes the job left running in its process group were killed".to_owned(),
                 );
             }
+            if since >= ABANDON_WAIT {
+                out.abandon();
+                err.abandon();
+                warnings.push(
+                    "the output pipes were still held open by a process outside the job's control; they were closed".to_owned(),
+                );
+                continue;
+            }
         }
-        if out.done() && err.done() {
-            // Only the reap is left. Pipes reach EOF when the child closes its
-            // files on exit, a moment before it can be reaped: wait in short,
-            // growing steps rather than a fixed sleep (a fixed 5 ms here cost
-            // short jobs up to 5 ms each).
-            std::thread::sleep(reap_wait);
+        // The next moment something must be done, whatever arrives first.
+        let next = [
+            (stop_by.is_none()).then_some(deadline),
+            stop_by.filter(|_| !forced && status.is_none()),
+            exited_at.map(|t| {
+                t + if leftovers_killed || reaper.is_some() {
+                    ABANDON_WAIT
+                } else {
+                    LEFTOVER_WAIT
+                }
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + Duration::from_secs(1));
+        let wait = next
+            .saturating_duration_since(now)
+            .clamp(Duration::from_millis(1), Duration::from_secs(1));
+        if out.done() && err.done() && exit_fd.is_none() {
+            // Only the reap is left and there is no pidfd to wait on: pipes
+            // reach EOF a moment before the process can be reaped, so wait
+            // in short, growing steps.
+            std::thread::sleep(reap_wait.min(wait));
             reap_wait = (reap_wait * 2).min(Duration::from_millis(5));
             continue;
         }
-        let wait = deadline
-            .saturating_duration_since(now)
-            .min(Duration::from_millis(50));
-        pump(&mut out, &mut err, wait, &mut buf);
+        pump(&mut out, &mut err, exit_fd.as_ref(), wait, &mut buf);
     }
     let duration = clock.elapsed();
-    let exit_code = if timed_out {
+    let main_status = reaper.as_mut().and_then(ReaperStatus::finish);
+    if let Some((_, n)) = main_status {
+        if n > 0 {
+            warnings.push(format!(
+                "{n} processes the job left running were killed when it ended"
+            ));
+        }
+    } else if reaper.is_some() {
+        warnings.push(
+            "the job's reaper ended without a status; the exit code is the reaper's".to_owned(),
+        );
+    }
+    let exit_code = if stop_by.is_some() {
         warnings.push(format!(
-            "timed out after {} s: the process group was sent SIGTERM, then SIGKILL after {} s",
+            "timed out after {} s: the job and everything it started were sent SIGTERM, then SIGKILL after {} s",
             limits.timeout.as_secs(),
             limits.grace.as_secs()
         ));
         EXIT_TIMEOUT
     } else {
-        match status {
-            Some(s) => s
+        match (main_status, status) {
+            (Some((raw, _)), _) => {
+                let s = std::process::ExitStatus::from_raw(raw);
+                s.code()
+                    .or_else(|| s.signal().map(|n| 128 + n))
+                    .unwrap_or(EXIT_NOT_EXECUTABLE)
+            }
+            (None, Some(s)) => s
                 .code()
                 .or_else(|| s.signal().map(|n| 128 + n))
                 .unwrap_or(EXIT_NOT_EXECUTABLE),
-            None => EXIT_NOT_EXECUTABLE,
+            (None, None) => EXIT_NOT_EXECUTABLE,
         }
     };
     let stdout = out.finish();
@@ -261,27 +376,55 @@ pub fn supervise(mut child: Child, limits: Limits) -> Finished {
     }
 }
 
-/// SIGTERM the group, keep draining for the grace period, SIGKILL, reap.
-fn stop_group(
-    pgid: Option<Pid>,
-    child: &mut Child,
-    grace: Duration,
-    out: &mut Stream<ChildStdout>,
-    err: &mut Stream<ChildStderr>,
-    buf: &mut Vec<u8>,
-) {
-    signal_group(pgid, Signal::SIGTERM);
-    let until = Instant::now() + grace;
-    while Instant::now() < until {
-        if matches!(child.try_wait(), Ok(Some(_))) && out.done() && err.done() {
-            break;
+/// The reaper's status pipe: the job's pid first, the job's wait status and
+/// the number of leftovers killed last.
+#[derive(Debug)]
+struct ReaperStatus {
+    pipe: std::fs::File,
+    got: Vec<u8>,
+}
+
+impl ReaperStatus {
+    fn new(pipe: std::fs::File) -> Self {
+        Self {
+            pipe,
+            got: Vec::with_capacity(sys::STATUS_LEN),
         }
-        pump(out, err, Duration::from_millis(20), buf);
     }
-    // Everything in the group, whatever it ignored.
-    signal_group(pgid, Signal::SIGKILL);
-    let _ = child.kill();
-    let _ = child.wait();
+
+    /// Reads what is there without waiting (the reaper may still run).
+    fn job_pid(&mut self) -> Option<Pid> {
+        if self.got.len() < 4 {
+            let _ = nix::fcntl::fcntl(
+                self.pipe.as_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            );
+            let mut b = [0u8; sys::STATUS_LEN];
+            if let Ok(n) = self.pipe.read(&mut b[..4 - self.got.len()]) {
+                self.got.extend_from_slice(&b[..n]);
+            }
+        }
+        let pid = i32::from_ne_bytes(self.got.get(..4)?.try_into().ok()?);
+        (pid > 0).then(|| Pid::from_raw(pid))
+    }
+
+    /// After the reaper exited: (the job's raw wait status, leftovers).
+    fn finish(&mut self) -> Option<(i32, u32)> {
+        let _ = nix::fcntl::fcntl(
+            self.pipe.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+        let mut b = [0u8; sys::STATUS_LEN];
+        while self.got.len() < sys::STATUS_LEN {
+            match self.pipe.read(&mut b[..sys::STATUS_LEN - self.got.len()]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.got.extend_from_slice(&b[..n]),
+            }
+        }
+        let raw = i32::from_ne_bytes(self.got.get(4..8)?.try_into().ok()?);
+        let leftovers = u32::from_ne_bytes(self.got.get(8..12)?.try_into().ok()?);
+        (raw >= 0).then_some((raw, leftovers))
+    }
 }
 
 fn signal_group(pgid: Option<Pid>, signal: Signal) {
@@ -307,6 +450,11 @@ impl<R: Read + AsFd> Stream<R> {
 
     fn done(&self) -> bool {
         self.pipe.is_none()
+    }
+
+    /// Stops reading: whatever still holds the pipe writes to no one.
+    fn abandon(&mut self) {
+        self.pipe = None;
     }
 
     /// Reads what is there; EOF or an error closes the stream. While reads
@@ -339,10 +487,12 @@ impl<R: Read + AsFd> Stream<R> {
     }
 }
 
-/// Waits up to `wait` for either pipe, then reads from each ready one.
+/// Waits up to `wait` for either pipe or the process's exit, then reads
+/// from each ready pipe.
 fn pump(
     out: &mut Stream<ChildStdout>,
     err: &mut Stream<ChildStderr>,
+    exit: Option<&std::os::fd::OwnedFd>,
     wait: Duration,
     buf: &mut Vec<u8>,
 ) {
@@ -357,6 +507,9 @@ fn pump(
             .flatten()
             .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
             .collect();
+        if let Some(e) = exit {
+            fds.push(PollFd::new(e.as_fd(), PollFlags::POLLIN));
+        }
         if fds.is_empty() {
             std::thread::sleep(wait.min(Duration::from_millis(5)));
             return;
@@ -425,7 +578,7 @@ pub fn refused(exit_code: i32, reason: &str) -> Finished {
 
 /// Runs `command` to the end: [`spawn`] then [`supervise`].
 pub fn run(command: &CommandLine, launch: &Launch, limits: Limits) -> Finished {
-    match spawn(command, launch) {
+    match spawn(command, launch, &limits) {
         Ok(child) => supervise(child, limits),
         Err(finished) => *finished,
     }

@@ -211,3 +211,101 @@ fn processes_left_behind_holding_the_pipes_are_killed_soon_after_the_job_exits()
         done.warnings
     );
 }
+
+/// Host pids of processes whose argv is exactly `argv`.
+fn processes(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+/// Runs `script` on another thread; (the outcome, the supervising thread's
+/// CPU time), or None if it did not return within `limit`.
+fn run_bounded(script: &str, l: Limits, limit: Duration) -> Option<(cc_exec::Finished, Duration)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let script = script.to_owned();
+    std::thread::spawn(move || {
+        let done = run(&sh(&script), &launch(), l);
+        let cpu = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD)
+            .map(|u| {
+                let t = |v: nix::sys::time::TimeVal| {
+                    Duration::from_secs(v.tv_sec() as u64)
+                        + Duration::from_micros(v.tv_usec() as u64)
+                };
+                t(u.user_time()) + t(u.system_time())
+            })
+            .unwrap_or_default();
+        let _ = tx.send((done, cpu));
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// Issue "The root boundary holds", finding 3, in user mode: a job that
+/// calls `setsid` leaves its process group. Seen failing before the job's
+/// reaper: holding stdout, it kept the supervisor spinning (a whole core)
+/// until it chose to exit, and it outlived the timeout.
+#[test]
+fn a_process_that_leaves_the_session_dies_at_the_timeout_and_the_supervisor_sleeps() {
+    let argv = ["sleep", "41.41"];
+    let mut l = limits(2);
+    l.grace = Duration::from_secs(1);
+    let got = run_bounded(
+        "setsid sleep 41.41 & echo started; exec sleep 40",
+        l,
+        Duration::from_secs(15),
+    );
+    let left = processes(&argv);
+    for pid in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let (done, cpu) = got.expect("the supervisor did not return within 15 s");
+    assert_eq!(done.exit_code, 124, "{:?}", done.warnings);
+    assert_eq!(done.stdout.text, "started\n");
+    assert!(left.is_empty(), "left running after the timeout: {left:?}");
+    assert!(
+        cpu < Duration::from_millis(500),
+        "the supervisor used {cpu:?} of CPU waiting"
+    );
+}
+
+/// The same, when the job itself ends at once: nothing it started, in any
+/// session, survives the end of the job.
+#[test]
+fn nothing_a_job_started_survives_its_end_even_in_another_session() {
+    let argv = ["sleep", "42.42"];
+    let got = run_bounded(
+        "setsid sleep 42.42 >/dev/null 2>&1 </dev/null & echo started",
+        limits(30),
+        Duration::from_secs(10),
+    );
+    let left = processes(&argv);
+    for pid in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let (done, _) = got.expect("the supervisor did not return");
+    assert_eq!(done.exit_code, 0, "{:?}", done.warnings);
+    assert!(
+        left.is_empty(),
+        "left running after the job ended: {left:?}"
+    );
+    assert!(
+        done.warnings
+            .iter()
+            .any(|w| w.contains("left running were killed")),
+        "{:?}",
+        done.warnings
+    );
+}
