@@ -26,7 +26,6 @@ struct File {
     heartbeat_interval_secs: Option<u64>,
     state_dir: Option<PathBuf>,
     helper_socket: Option<PathBuf>,
-    helper_report_dir: Option<PathBuf>,
     max_concurrent_jobs: Option<usize>,
     #[serde(default)]
     insecure_allow_plaintext: bool,
@@ -48,8 +47,6 @@ pub(crate) struct Config {
     pub(crate) state_dir: PathBuf,
     /// Where cc-privhelper listens (system mode).
     pub(crate) helper_socket: PathBuf,
-    /// Where cc-privhelper leaves reports of scheduled system jobs.
-    pub(crate) helper_report_dir: PathBuf,
     pub(crate) max_concurrent_jobs: usize,
     pub(crate) ca_file: Option<PathBuf>,
 }
@@ -104,9 +101,6 @@ impl Config {
             helper_socket: file
                 .helper_socket
                 .unwrap_or_else(|| PathBuf::from("/run/croncommander/helper.sock")),
-            helper_report_dir: file
-                .helper_report_dir
-                .unwrap_or_else(|| PathBuf::from("/var/spool/croncommander")),
             max_concurrent_jobs: max_jobs,
             ca_file: file.ca_file,
         })

@@ -276,8 +276,11 @@ where
             Some(()) = done.recv() => flush_outbox(ctx, &mut ws, &mut sent).await?,
             _ = scan.tick() => {
                 if ctx.cfg.execution_mode == wire::ExecutionMode::System {
-                    if let Err(e) = collect_helper_reports(ctx) {
-                        warn!("collecting the helper's reports failed: {e:#}");
+                    let (socket, outbox) = (ctx.cfg.helper_socket.clone(), ctx.outbox.clone());
+                    match tokio::task::spawn_blocking(move || collect_helper_reports(&socket, &outbox)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => warn!("collecting the helper's reports failed: {e:#}"),
+                        Err(e) => warn!("collecting the helper's reports failed: {e}"),
                     }
                 }
                 flush_outbox(ctx, &mut ws, &mut sent).await?
@@ -431,33 +434,47 @@ async fn system_cron(ctx: &Ctx, entries: &[CronEntry], raw: String) -> wire::Cro
     }
 }
 
-/// Moves reports of scheduled system jobs, left by cc-privhelper, into the
-/// outbox (the outbox first, then the spool file goes).
-fn collect_helper_reports(ctx: &Ctx) -> Result<usize> {
-    let Ok(entries) = std::fs::read_dir(&ctx.cfg.helper_report_dir) else {
-        return Ok(0);
-    };
+/// Takes the reports of scheduled system jobs the helper keeps, stores
+/// each in the outbox, then tells the helper it may forget them: a report
+/// is on the agent's disk before root lets go of it.
+fn collect_helper_reports(socket: &std::path::Path, outbox: &Outbox) -> Result<usize> {
+    use cc_proto::helper::{AckReportsRequest, HelperRequest, HelperResponse};
     let mut moved = 0;
-    for entry in entries {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with('.') || !name.ends_with(".json") {
-            continue;
-        }
-        let parsed = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<wire::ExecutionReport>(&t).ok())
-            .filter(|r| r.validate().is_ok());
-        match parsed {
-            Some(report) => {
-                ctx.outbox.put(report)?;
-                moved += 1;
+    loop {
+        let reports = match crate::helper_client::call(socket, &HelperRequest::TakeReports)? {
+            HelperResponse::Reports(r) => r,
+            HelperResponse::Refused(r) => {
+                bail!("the root helper refused take_reports: {}", r.message)
             }
-            None => warn!(file = %path.display(), "unreadable report from the root helper dropped"),
+            _ => bail!("the root helper gave an unexpected answer to take_reports"),
+        };
+        if reports.is_empty() {
+            return Ok(moved);
         }
-        std::fs::remove_file(&path)?;
+        let mut ids = Vec::new();
+        for report in reports {
+            let Some(id) = report.report_id.clone() else {
+                continue;
+            };
+            match report.validate() {
+                Ok(()) => {
+                    outbox.put(report)?;
+                    moved += 1;
+                }
+                Err(e) => {
+                    warn!(report_id = %id, "invalid report from the root helper dropped: {e}")
+                }
+            }
+            ids.push(id);
+        }
+        if ids.is_empty() {
+            return Ok(moved);
+        }
+        crate::helper_client::call(
+            socket,
+            &HelperRequest::AckReports(AckReportsRequest { report_ids: ids }),
+        )?;
     }
-    Ok(moved)
 }
 
 /// Sends every stored report not yet sent on this connection, in order.

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use cc_proto::wire::{ExecutionReport, MAX_MESSAGE_BYTES, Message};
+use cc_proto::wire::ExecutionReport;
 use tracing::warn;
 
 pub(crate) const MAX_REPORTS: usize = 10_000;
@@ -55,7 +55,7 @@ impl Outbox {
             .report_id
             .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
             .clone();
-        fit(&mut report);
+        report.fit();
         let body = serde_json::to_vec(&report)?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -131,42 +131,6 @@ impl Outbox {
             dropped += 1;
         }
         Ok(dropped)
-    }
-}
-
-/// Keeps the message within the listener's cap: JSON escaping can grow a
-/// 256 KiB stream of control characters sixfold. Halves the larger stream
-/// (on a character boundary) until the whole message fits, and says so.
-pub(crate) fn fit(report: &mut ExecutionReport) {
-    let budget = MAX_MESSAGE_BYTES - 4096;
-    let size = |r: &ExecutionReport| {
-        Message::ExecutionReport(r.clone())
-            .to_json()
-            .map_or(usize::MAX, |t| t.len())
-    };
-    let mut cut = false;
-    while size(report) > budget {
-        let field = if report.stdout.len() >= report.stderr.len() {
-            &mut report.stdout
-        } else {
-            &mut report.stderr
-        };
-        if field.is_empty() {
-            break;
-        }
-        let mut keep = field.len() / 2;
-        while !field.is_char_boundary(keep) {
-            keep -= 1;
-        }
-        field.truncate(keep);
-        cut = true;
-    }
-    if cut {
-        let note = "output shortened further to fit the 1 MiB message limit (JSON escaping)";
-        report.warning = Some(match report.warning.take() {
-            Some(w) => format!("{w}; {note}"),
-            None => note.to_owned(),
-        });
     }
 }
 
@@ -253,16 +217,5 @@ mod tests {
             .collect();
         assert_eq!(left, [ids[1].clone(), ids[2].clone(), ids[4].clone()]);
         fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn escaped_output_is_shortened_to_fit_one_message() {
-        let mut r = report("a");
-        r.stdout = "\u{1}".repeat(262_144);
-        r.stderr = "\u{2}".repeat(262_144);
-        fit(&mut r);
-        let len = Message::ExecutionReport(r.clone()).to_json().unwrap().len();
-        assert!(len <= MAX_MESSAGE_BYTES, "{len}");
-        assert!(r.warning.unwrap().contains("1 MiB"));
     }
 }

@@ -14,7 +14,9 @@ use thiserror::Error;
 
 use crate::wire::{self, CronEntry, CronRejection, ExecuteJob, ExecutionReport};
 
-/// What the agent may ask of the helper. Nothing else exists.
+/// What a peer may ask of the helper. Nothing else exists. The agent's uid
+/// may send every request but `run_scheduled`; root (the cron daemon, via
+/// `cc-privhelper cron-run`) may send only `status` and `run_scheduled`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HelperRequest {
@@ -24,7 +26,28 @@ pub enum HelperRequest {
     Exec(ExecRequest),
     /// Replace the system cron file with these entries.
     WriteCron(WriteCronRequest),
+    /// Run the system cron entry with this id now (from root only): the
+    /// report is kept by the helper for the agent to take.
+    RunScheduled(RunScheduledRequest),
+    /// Hand over the reports of scheduled runs not yet acknowledged.
+    TakeReports,
+    /// The agent has these reports on disk: the helper may forget them.
+    AckReports(AckReportsRequest),
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunScheduledRequest {
+    pub job_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckReportsRequest {
+    pub report_ids: Vec<String>,
+}
+
+/// At most this many reports per `take_reports` answer (a frame holds
+/// four 1 MiB-sized reports); the agent asks again until none are left.
+pub const MAX_REPORTS_PER_TAKE: usize = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {
@@ -44,6 +67,9 @@ impl HelperRequest {
             HelperRequest::Status => "status",
             HelperRequest::Exec(_) => "exec",
             HelperRequest::WriteCron(_) => "write_cron",
+            HelperRequest::RunScheduled(_) => "run_scheduled",
+            HelperRequest::TakeReports => "take_reports",
+            HelperRequest::AckReports(_) => "ack_reports",
         }
     }
 }
@@ -68,6 +94,10 @@ pub enum HelperResponse {
     /// The job ran (or could not start); the report says how it went.
     ExecResult(ExecutionReport),
     CronWritten(CronWritten),
+    /// Reports of scheduled runs (oldest first), for `take_reports`.
+    Reports(Vec<ExecutionReport>),
+    /// How many reports `ack_reports` removed.
+    Acked(usize),
     Refused(Refusal),
 }
 
@@ -75,9 +105,11 @@ pub enum HelperResponse {
 pub struct HelperStatus {
     pub version: String,
     pub system_mode: bool,
-    /// What the landlock rules would be on this kernel: "full", "partial"
-    /// or "none".
+    /// The configured landlock mode: "required" or "best_effort".
     pub landlock: String,
+    /// The landlock ABI this kernel offers and jobs are restricted at (0:
+    /// none).
+    pub landlock_abi: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +140,12 @@ pub enum RefusalCode {
     SandboxUnavailable,
     /// Something on the helper's side failed; the message says what.
     Internal,
+    /// This peer may not make this request (the agent asking to run a
+    /// scheduled entry, root asking for anything but that).
+    NotPermitted,
+    /// The helper is serving as many requests of this peer class as it
+    /// will at once; ask again later.
+    Busy,
 }
 
 #[derive(Debug, Error)]
@@ -153,6 +191,13 @@ mod tests {
             }),
             HelperRequest::WriteCron(WriteCronRequest {
                 cron_refresh: "[]".into(),
+            }),
+            HelperRequest::RunScheduled(RunScheduledRequest {
+                job_id: "daily".into(),
+            }),
+            HelperRequest::TakeReports,
+            HelperRequest::AckReports(AckReportsRequest {
+                report_ids: vec!["a".into(), "b".into()],
             }),
         ];
         for r in reqs {

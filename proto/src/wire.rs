@@ -366,6 +366,43 @@ impl Register {
 }
 
 impl ExecutionReport {
+    /// Keeps the whole `execution_report` message within the listener's
+    /// cap (minus 4 KiB of room): JSON escaping can grow a 256 KiB stream of
+    /// control characters sixfold. Halves the larger stream (on a character
+    /// boundary) until the message fits, and says so in the warning.
+    pub fn fit(&mut self) {
+        let budget = MAX_MESSAGE_BYTES - 4096;
+        let size = |r: &ExecutionReport| {
+            Message::ExecutionReport(r.clone())
+                .to_json()
+                .map_or(usize::MAX, |t| t.len())
+        };
+        let mut cut = false;
+        while size(self) > budget {
+            let field = if self.stdout.len() >= self.stderr.len() {
+                &mut self.stdout
+            } else {
+                &mut self.stderr
+            };
+            if field.is_empty() {
+                break;
+            }
+            let mut keep = field.len() / 2;
+            while !field.is_char_boundary(keep) {
+                keep -= 1;
+            }
+            field.truncate(keep);
+            cut = true;
+        }
+        if cut {
+            let note = "output shortened further to fit the 1 MiB message limit (JSON escaping)";
+            self.warning = Some(match self.warning.take() {
+                Some(w) => format!("{w}; {note}"),
+                None => note.to_owned(),
+            });
+        }
+    }
+
     /// Checks what a receiver relies on: a valid job id, a real timestamp,
     /// streams within the cap, a short user name and warning, a short
     /// report id.
@@ -420,6 +457,36 @@ mod tests {
             Incoming::Known(m) => m,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn escaped_output_is_shortened_to_fit_one_message() {
+        let mut r = ExecutionReport {
+            job_id: "a".into(),
+            command: "x".into(),
+            exit_code: 0,
+            stdout: "\u{1}".repeat(262_144),
+            stderr: "\u{2}".repeat(262_144),
+            start_time: "2024-03-20T10:00:00Z".into(),
+            duration_ms: 1,
+            executing_uid: 1,
+            executing_user: "u".into(),
+            warning: None,
+            report_id: None,
+        };
+        let small = ExecutionReport {
+            stdout: "ok".into(),
+            stderr: String::new(),
+            ..r.clone()
+        };
+        let mut kept = small.clone();
+        kept.fit();
+        assert_eq!(kept, small, "a report that fits is left alone");
+        r.fit();
+        let len = Message::ExecutionReport(r.clone()).to_json().unwrap().len();
+        assert!(len <= MAX_MESSAGE_BYTES - 4096, "{len}");
+        assert!(len > MAX_MESSAGE_BYTES / 2, "cut more than needed: {len}");
+        assert!(r.warning.unwrap().contains("1 MiB"));
     }
 
     #[test]
