@@ -1,5 +1,6 @@
 //! The helper's own configuration, the only thing it trusts. Refused unless
-//! owned by root and not writable by group or others.
+//! it and every directory above it are owned by root and not writable by
+//! group or others.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -10,16 +11,14 @@ use serde::Deserialize;
 
 pub(crate) const DEFAULT_CONFIG: &str = "/etc/croncommander/helper.toml";
 
-/// Capabilities a scheduled root job keeps unless the config says
-/// otherwise. Everything else — module loading, raw I/O, reboot, MAC
-/// admin/override, sys_admin, ptrace, bpf, time, net admin/raw, audit
-/// control, setfcap/setpcap, immutable files, mknod — is dropped.
+/// Capabilities a root job keeps unless the config says otherwise: it may
+/// read and write files whatever their mode, signal its own processes,
+/// change its uid or gid (to drop privileges), bind low ports and write the
+/// audit log. Nothing that changes an owner or a mode (CHOWN, FOWNER,
+/// FSETID), nothing that administers the system.
 const DEFAULT_KEEP: &[&str] = &[
-    "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
     "CAP_KILL",
     "CAP_SETGID",
     "CAP_SETUID",
@@ -27,13 +26,61 @@ const DEFAULT_KEEP: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// Never kept, whatever the config says.
+/// Never kept, whatever the config says: each would let a job undo its
+/// containment (mounts, namespaces, ptrace, devices, capabilities, MAC,
+/// modules, raw I/O, BPF) or change what a file is (owner, mode, flags).
 const NEVER_KEEP: &[&str] = &[
+    "CAP_SYS_ADMIN",
     "CAP_SYS_MODULE",
     "CAP_SYS_RAWIO",
     "CAP_SYS_BOOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_CHROOT",
+    "CAP_MKNOD",
+    "CAP_SETPCAP",
+    "CAP_SETFCAP",
     "CAP_MAC_ADMIN",
     "CAP_MAC_OVERRIDE",
+    "CAP_BPF",
+    "CAP_PERFMON",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_CHOWN",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+];
+
+/// Trees a job may never write, nor any directory that holds one: the
+/// system's programs and libraries, what starts services and grants
+/// privileges, and the helper's own files (added at load).
+const PROTECTED_TREES: &[&str] = &[
+    "/usr",
+    "/boot",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/etc/systemd",
+    "/lib/systemd",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/cron.d",
+    "/etc/crontab",
+    "/etc/pam.d",
+    "/etc/security",
+    "/etc/ssh",
+    "/etc/polkit-1",
+    "/etc/ld.so.preload",
+    "/etc/ld.so.conf.d",
+    "/etc/passwd",
+    "/etc/shadow",
+    "/etc/group",
+    "/etc/gshadow",
+    "/etc/croncommander",
+    "/var/spool/cron",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -45,12 +92,19 @@ struct File {
     system_mode: bool,
     cron_file: Option<PathBuf>,
     state_dir: Option<PathBuf>,
-    report_dir: Option<PathBuf>,
-    allowed_commands: Option<Vec<PathBuf>>,
+    allowed_commands: Option<Vec<AllowedFile>>,
     #[serde(default)]
     sandbox: SandboxFile,
     #[serde(default)]
     rlimits: Rlimits,
+}
+
+/// An `allowed_commands` entry: a path, or a path with argument patterns.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum AllowedFile {
+    Path(PathBuf),
+    WithArgs { path: PathBuf, args: Vec<String> },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,22 +113,41 @@ struct SandboxFile {
     keep_capabilities: Option<Vec<String>>,
     #[serde(default)]
     write_paths: Vec<PathBuf>,
-    landlock: Option<LandlockMode>,
+    landlock: Option<Enforce>,
+    limits: Option<Enforce>,
+    max_processes: Option<u64>,
+    max_memory_mib: Option<u64>,
+    #[serde(default)]
+    tcp_bind_ports: Vec<u16>,
+    tcp_connect_ports: Option<Vec<u16>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+/// What happens when the kernel cannot enforce part of the containment:
+/// `required` runs nothing; `best_effort` runs and says in the report what
+/// was not enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum LandlockMode {
+pub(crate) enum Enforce {
     Required,
     BestEffort,
 }
 
-/// Resource limits set on every job (soft = hard).
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+impl Enforce {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Enforce::Required => "required",
+            Enforce::BestEffort => "best_effort",
+        }
+    }
+}
+
+/// Resource limits set on every job (soft = hard). The process count and
+/// memory are cgroup limits ([`Sandbox`]): `RLIMIT_NPROC` binds no root
+/// process.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Rlimits {
     pub(crate) nofile: u64,
-    pub(crate) nproc: u64,
     /// Core dump size: 0, so a root job leaves no memory image behind.
     pub(crate) core: u64,
 }
@@ -83,19 +156,33 @@ impl Default for Rlimits {
     fn default() -> Self {
         Self {
             nofile: 1024,
-            nproc: 4096,
             core: 0,
         }
     }
 }
 
-/// The sandbox every job starts in: derived from the config only.
-#[derive(Debug, Clone, serde::Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One allowed program: an exact absolute path and, optionally, one
+/// pattern per argument (`*` any run of characters, `?` one; the count
+/// must match).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Allowed {
+    pub(crate) path: PathBuf,
+    pub(crate) args: Option<Vec<String>>,
+}
+
+/// The containment every root job starts in: derived from the config only.
+#[derive(Debug, Clone)]
 pub(crate) struct Sandbox {
     pub(crate) keep_capabilities: Vec<String>,
+    /// Canonical directories (checked at load).
     pub(crate) write_paths: Vec<PathBuf>,
-    pub(crate) landlock: LandlockMode,
+    pub(crate) landlock: Enforce,
+    pub(crate) limits: Enforce,
+    pub(crate) max_processes: u64,
+    pub(crate) max_memory_bytes: u64,
+    pub(crate) tcp_bind_ports: Vec<u16>,
+    /// `None`: any port.
+    pub(crate) tcp_connect_ports: Option<Vec<u16>>,
     pub(crate) rlimits: Rlimits,
 }
 
@@ -106,8 +193,7 @@ pub(crate) struct Config {
     pub(crate) system_mode: bool,
     pub(crate) cron_file: PathBuf,
     pub(crate) state_dir: PathBuf,
-    pub(crate) report_dir: PathBuf,
-    pub(crate) allowed_commands: Option<Vec<PathBuf>>,
+    pub(crate) allowed_commands: Option<Vec<Allowed>>,
     pub(crate) sandbox: Sandbox,
     pub(crate) path: PathBuf,
 }
@@ -137,9 +223,56 @@ pub(crate) fn check_root_owned(path: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// [`check_root_owned`] for `path`, and every directory above it owned by
+/// root and either closed to group and others or sticky (`/tmp`: others
+/// may not rename or remove root's entries there): nobody but root can
+/// replace any part of the path.
+pub(crate) fn check_root_owned_chain(path: &Path, what: &str) -> Result<()> {
+    ensure!(
+        path.is_absolute(),
+        "{what} {} is not absolute",
+        path.display()
+    );
+    check_root_owned(path, what)?;
+    for dir in path.ancestors().skip(1) {
+        let meta = std::fs::symlink_metadata(dir)
+            .with_context(|| format!("directory {} above the {what}", dir.display()))?;
+        ensure!(
+            meta.is_dir(),
+            "{} above the {what} is not a directory",
+            dir.display()
+        );
+        ensure!(
+            meta.uid() == 0,
+            "directory {} above the {what} is not owned by root (uid {})",
+            dir.display(),
+            meta.uid()
+        );
+        ensure!(
+            meta.mode() & 0o022 == 0 || meta.mode() & 0o1000 != 0,
+            "directory {} above the {what} is writable by group or others (mode {:04o})",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// An absolute path with no `.`, `..` or empty parts, as written (std's
+/// `components` would quietly drop a `.`).
+fn plain_absolute(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = p.as_os_str().as_bytes();
+    bytes.first() == Some(&b'/')
+        && (bytes == b"/"
+            || bytes[1..]
+                .split(|&b| b == b'/')
+                .all(|c| !matches!(c, b"" | b"." | b"..")))
+}
+
 impl Config {
     pub(crate) fn load(path: &Path) -> Result<Self> {
-        check_root_owned(path, "config file")?;
+        check_root_owned_chain(path, "config file")?;
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let f: File =
@@ -156,6 +289,14 @@ impl Config {
                 "keep_capabilities: {name} may never be kept"
             );
         }
+        let allowed_commands = f
+            .allowed_commands
+            .map(|list| {
+                list.into_iter()
+                    .map(Allowed::check)
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?;
         let cfg = Self {
             socket: f
                 .socket
@@ -168,50 +309,145 @@ impl Config {
             state_dir: f
                 .state_dir
                 .unwrap_or_else(|| "/var/lib/croncommander-helper".into()),
-            report_dir: f
-                .report_dir
-                .unwrap_or_else(|| "/var/spool/croncommander".into()),
-            allowed_commands: f.allowed_commands,
+            allowed_commands,
             sandbox: Sandbox {
                 keep_capabilities: keep,
                 write_paths: f.sandbox.write_paths,
-                landlock: f.sandbox.landlock.unwrap_or(LandlockMode::Required),
+                landlock: f.sandbox.landlock.unwrap_or(Enforce::Required),
+                limits: f.sandbox.limits.unwrap_or(Enforce::Required),
+                max_processes: f.sandbox.max_processes.unwrap_or(512),
+                max_memory_bytes: f
+                    .sandbox
+                    .max_memory_mib
+                    .unwrap_or(1024)
+                    .checked_mul(1024 * 1024)
+                    .context("max_memory_mib is too large")?,
+                tcp_bind_ports: f.sandbox.tcp_bind_ports,
+                tcp_connect_ports: f.sandbox.tcp_connect_ports,
                 rlimits: f.rlimits,
             },
             path: path.to_owned(),
         };
-        cfg.check_write_paths()?;
+        ensure!(
+            cfg.sandbox.max_processes >= 1,
+            "max_processes must be at least 1"
+        );
+        ensure!(
+            cfg.sandbox.max_memory_bytes >= 16 * 1024 * 1024,
+            "max_memory_mib must be at least 16"
+        );
+        let mut cfg = cfg;
+        cfg.sandbox.write_paths = cfg.check_write_paths()?;
         Ok(cfg)
     }
 
-    /// A job may never write the helper's config, state or cron file: no
-    /// write path may be one of them or contain one.
-    fn check_write_paths(&self) -> Result<()> {
+    /// Every write path is a plain absolute path to an existing directory,
+    /// named without symlinks (so what is checked is what landlock and the
+    /// mounts will use), and none lies inside or holds a protected tree or
+    /// one of the helper's own files.
+    fn check_write_paths(&self) -> Result<Vec<PathBuf>> {
+        let exe = std::env::current_exe().context("finding cc-privhelper's own path")?;
         let cron_dir = self.cron_file.parent().unwrap_or(Path::new("/"));
-        let protected = [
+        let config_dir = self.path.parent().unwrap_or(Path::new("/"));
+        let own = [
             self.path.as_path(),
+            config_dir,
             self.state_dir.as_path(),
             self.cron_file.as_path(),
             cron_dir,
+            exe.as_path(),
+            self.socket.as_path(),
         ];
+        let mut out = Vec::new();
         for w in &self.sandbox.write_paths {
             ensure!(
-                w.is_absolute(),
-                "write_paths: {} is not absolute",
+                plain_absolute(w),
+                "write_paths: {} is not a plain absolute path (no `.`, `..` or relative parts)",
                 w.display()
             );
+            let real = std::fs::canonicalize(w)
+                .with_context(|| format!("write_paths: {}", w.display()))?;
+            ensure!(
+                &real == w,
+                "write_paths: {} is reached through a symlink ({}); name the real directory",
+                w.display(),
+                real.display()
+            );
+            ensure!(
+                real.is_dir(),
+                "write_paths: {} is not a directory",
+                w.display()
+            );
+            let protected = PROTECTED_TREES.iter().map(Path::new).chain(own);
             for p in protected {
-                if p.starts_with(w) {
+                if p.starts_with(&real) || real.starts_with(p) {
                     bail!(
-                        "write_paths: {} contains {}, which jobs must never write",
+                        "write_paths: {} overlaps {}, which jobs must never write",
                         w.display(),
                         p.display()
                     );
                 }
             }
+            out.push(real);
         }
-        Ok(())
+        Ok(out)
     }
+}
+
+impl Allowed {
+    fn check(f: AllowedFile) -> Result<Self> {
+        let (path, args) = match f {
+            AllowedFile::Path(p) => (p, None),
+            AllowedFile::WithArgs { path, args } => (path, Some(args)),
+        };
+        ensure!(
+            plain_absolute(&path),
+            "allowed_commands: {} is not a plain absolute path",
+            path.display()
+        );
+        Ok(Self { path, args })
+    }
+
+    /// Whether `argv` (without the program) fits the patterns.
+    pub(crate) fn args_match(&self, argv: &[String]) -> bool {
+        match &self.args {
+            None => true,
+            Some(patterns) => {
+                patterns.len() == argv.len()
+                    && patterns
+                        .iter()
+                        .zip(argv)
+                        .all(|(p, a)| glob(p.as_bytes(), a.as_bytes()))
+            }
+        }
+    }
+}
+
+/// `*` matches any run of bytes, `?` one byte; everything else itself.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, si));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                Some((sp, ss)) => {
+                    pi = sp + 1;
+                    si = ss + 1;
+                    star = Some((sp, ss + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
@@ -225,12 +461,16 @@ mod tests {
             system_mode: true,
             cron_file: "/etc/cron.d/croncommander".into(),
             state_dir: "/var/lib/cch".into(),
-            report_dir: "/var/spool/cc".into(),
             allowed_commands: None,
             sandbox: Sandbox {
                 keep_capabilities: vec![],
                 write_paths: write.iter().map(PathBuf::from).collect(),
-                landlock: LandlockMode::Required,
+                landlock: Enforce::Required,
+                limits: Enforce::Required,
+                max_processes: 512,
+                max_memory_bytes: 1 << 30,
+                tcp_bind_ports: vec![],
+                tcp_connect_ports: None,
                 rlimits: Rlimits::default(),
             },
             path: "/etc/croncommander/helper.toml".into(),
@@ -238,12 +478,53 @@ mod tests {
     }
 
     #[test]
-    fn write_paths_may_not_cover_the_helpers_own_files() {
-        assert!(cfg(&["/tmp", "/var/backups"]).check_write_paths().is_ok());
-        for bad in ["/", "/etc", "/etc/cron.d", "/var/lib", "/etc/croncommander"] {
-            let e = cfg(&[bad]).check_write_paths().unwrap_err().to_string();
-            assert!(e.contains("jobs must never write"), "{bad}: {e}");
+    fn write_paths_may_not_overlap_protected_trees_or_the_helpers_own_files() {
+        let ok = std::env::temp_dir();
+        let ok = std::fs::canonicalize(ok).unwrap();
+        assert!(cfg(&[ok.to_str().unwrap()]).check_write_paths().is_ok());
+        for bad in [
+            "/",
+            "/etc",
+            "/etc/cron.d",
+            "/var/lib",
+            "/etc/croncommander",
+            "/usr/local",
+            "/etc/systemd/system",
+        ] {
+            let Err(e) = cfg(&[bad]).check_write_paths() else {
+                panic!("{bad} accepted");
+            };
+            let e = e.to_string();
+            assert!(
+                e.contains("must never write") || e.contains("write_paths"),
+                "{bad}: {e}"
+            );
         }
-        assert!(cfg(&["relative"]).check_write_paths().is_err());
+        for bad in ["relative", "/tmp/../etc", "/tmp/./x", "/tmp//x", "/tmp/"] {
+            let e = cfg(&[bad]).check_write_paths().unwrap_err().to_string();
+            assert!(e.contains("plain absolute"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn argument_patterns_match_whole_arguments_one_for_one() {
+        let a = Allowed {
+            path: "/usr/bin/systemctl".into(),
+            args: Some(vec!["restart".into(), "nginx*.service".into()]),
+        };
+        let v = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert!(a.args_match(&v(&["restart", "nginx.service"])));
+        assert!(a.args_match(&v(&["restart", "nginx-2.service"])));
+        assert!(!a.args_match(&v(&["start", "nginx.service"])));
+        assert!(!a.args_match(&v(&["restart", "nginx.service", "x"])));
+        assert!(!a.args_match(&v(&["restart"])));
+        assert!(!a.args_match(&v(&["restart", "nginx.service.bak"])));
+        assert!(glob(b"a?c", b"abc") && !glob(b"a?c", b"ac"));
+        assert!(glob(b"*", b"") && glob(b"**x", b"yx") && !glob(b"x*", b"yx"));
+        let any = Allowed {
+            path: "/bin/true".into(),
+            args: None,
+        };
+        assert!(any.args_match(&v(&["anything", "at all"])));
     }
 }

@@ -1,29 +1,39 @@
-//! The system cron file, `/etc/cron.d/croncommander`, and `cron-run`.
+//! The system cron file, `/etc/cron.d/croncommander`, and the state file
+//! that holds the commands its lines name.
 //!
 //! Each line is `SCHEDULE root /path/to/cc-privhelper cron-run --config
 //! /path/to/helper.toml JOB_ID`: a canonical schedule, a validated id and
-//! plain paths. The commands live in a root-owned state file. The file is
-//! written atomically: a dot-named temp file (cron ignores names with dots)
-//! opened `O_CREAT|O_EXCL|O_NOFOLLOW` with mode 0644, fsync, rename, fsync
-//! of the directory; a directory that is a symlink or writable by group or
-//! others is refused.
+//! plain paths. `cron-run` only asks the running helper to run that id; the
+//! command comes from the root-owned state file. Both files are written
+//! atomically (a dot-named temp file opened `O_CREAT|O_EXCL|O_NOFOLLOW`,
+//! owner set on the descriptor, fsync, rename, fsync of the directory) in a
+//! directory that must be root's and closed to others, and one write at a
+//! time, so the two never disagree. With system mode off the helper removes
+//! both when it starts.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, ensure};
 use cc_proto::wire::{CronEntry, CronJob, CronRejection};
 use cc_proto::{CommandLine, JobId, Timeout};
-use nix::unistd::{Gid, Uid, chown};
+use tracing::info;
 
 use crate::config::{Config, check_root_owned};
 
 const STATE_FILE: &str = "system-cron.json";
 pub(crate) const HEADER: &str =
     "# Managed by CronCommander (cc-privhelper). Do not edit: rewritten on every cron_refresh.";
+
+pub(crate) const CRON_TIMEOUT: Timeout = Timeout::DEFAULT;
+
+/// One `write`/`remove_all` at a time: the state file and the cron file
+/// change together.
+static WRITING: Mutex<()> = Mutex::new(());
 
 /// Validates, stores the commands, and rewrites the cron file. Returns
 /// (installed ids, rejections).
@@ -36,7 +46,7 @@ pub(crate) fn write(
     for e in entries {
         match e.validate() {
             Ok(j) if valid.iter().any(|v| v.id == j.id) => rejected.push(CronRejection {
-                id: e.id.clone(),
+                id: j.id.to_string(),
                 reason: "duplicate id".into(),
             }),
             Ok(j) => valid.push(j),
@@ -61,6 +71,7 @@ pub(crate) fn write(
             .collect();
         state.insert(j.id.to_string(), argv);
     }
+    let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -73,7 +84,30 @@ pub(crate) fn write(
         0o600,
     )?;
     write_cron_file(&cfg.cron_file, text.as_bytes())?;
+    for j in &valid {
+        info!(id = %j.id, schedule = %j.schedule, command = ?j.command.to_shell_line(), "cron entry written");
+    }
     Ok((valid.iter().map(|j| j.id.to_string()).collect(), rejected))
+}
+
+/// System mode is off: no root cron line may remain from when it was on.
+/// Removes the cron file (only if it is ours) and the state file.
+pub(crate) fn remove_all(cfg: &Config) -> Result<()> {
+    let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Ok(text) = fs::read_to_string(&cfg.cron_file) {
+        ensure!(
+            text.starts_with(HEADER),
+            "{} is not CronCommander's: left alone",
+            cfg.cron_file.display()
+        );
+        fs::remove_file(&cfg.cron_file)
+            .with_context(|| format!("removing {}", cfg.cron_file.display()))?;
+        info!(file = %cfg.cron_file.display(), "system mode is off: system cron file removed");
+    }
+    match fs::remove_file(cfg.state_dir.join(STATE_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn plain(p: &Path) -> Result<&str> {
@@ -81,7 +115,7 @@ fn plain(p: &Path) -> Result<&str> {
     Ok(cc_proto::command::plain_cron_path(s)?)
 }
 
-pub(crate) fn write_cron_file(path: &Path, body: &[u8]) -> Result<()> {
+fn write_cron_file(path: &Path, body: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -90,19 +124,15 @@ pub(crate) fn write_cron_file(path: &Path, body: &[u8]) -> Result<()> {
         !name.contains('.'),
         "cron_file name {name:?} contains a dot: cron would ignore it"
     );
-    let dir = path.parent().context("cron_file has no directory")?;
-    check_root_owned(dir, "cron directory")?;
-    ensure!(
-        fs::symlink_metadata(dir)?.is_dir(),
-        "{} is not a directory",
-        dir.display()
-    );
     atomic_write(path, body, 0o644)
 }
 
-/// temp file (`O_EXCL|O_NOFOLLOW`), fsync, rename, fsync the directory.
-fn atomic_write(path: &Path, body: &[u8], mode: u32) -> Result<()> {
+/// Temp file (`O_EXCL|O_NOFOLLOW`) in a root-owned directory closed to
+/// others, owner and mode set on the descriptor, fsync, rename, fsync of
+/// the directory. Callers serialise writes to one path.
+pub(crate) fn atomic_write(path: &Path, body: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().context("no parent directory")?;
+    check_root_owned(dir, "directory")?;
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -114,21 +144,22 @@ fn atomic_write(path: &Path, body: &[u8], mode: u32) -> Result<()> {
         .write(true)
         .create_new(true)
         .mode(mode)
-        .custom_flags(libc_o_nofollow())
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
+    nix::unistd::fchown(
+        &f,
+        Some(nix::unistd::Uid::from_raw(0)),
+        Some(nix::unistd::Gid::from_raw(0)),
+    )
+    .context("chown root:root")?;
     f.set_permissions(fs::Permissions::from_mode(mode))?;
-    chown(&tmp, Some(Uid::from_raw(0)), Some(Gid::from_raw(0))).context("chown root:root")?;
     f.write_all(body)?;
     f.sync_all()?;
     drop(f);
     fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
     File::open(dir)?.sync_all()?;
     Ok(())
-}
-
-fn libc_o_nofollow() -> i32 {
-    nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }
 
 /// The stored command of a system cron entry.
@@ -141,41 +172,4 @@ pub(crate) fn load(cfg: &Config, id: &JobId) -> Result<CommandLine> {
         .with_context(|| format!("no system cron entry {id}"))?;
     let (program, args) = argv.split_first().context("empty command")?;
     Ok(CommandLine::new(program, args)?)
-}
-
-pub(crate) const CRON_TIMEOUT: Timeout = Timeout::DEFAULT;
-
-/// Where the agent collects reports of scheduled system jobs: a directory
-/// root owns and the agent's group may read and empty (0770), files 0640.
-pub(crate) fn deliver(
-    cfg: &Config,
-    report: &cc_proto::wire::ExecutionReport,
-    agent_gid: u32,
-) -> Result<PathBuf> {
-    let dir = &cfg.report_dir;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o770)
-        .create(dir)?;
-    chown(dir, Some(Uid::from_raw(0)), Some(Gid::from_raw(agent_gid)))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o770))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let id = report.report_id.clone().unwrap_or_default();
-    let path = dir.join(format!("{nanos:020}-{id}.json"));
-    let tmp = dir.join(format!(".{nanos:020}-{id}.tmp"));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o640)
-        .custom_flags(libc_o_nofollow())
-        .open(&tmp)?;
-    chown(&tmp, Some(Uid::from_raw(0)), Some(Gid::from_raw(agent_gid)))?;
-    f.write_all(&serde_json::to_vec(report)?)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()?;
-    Ok(path)
 }

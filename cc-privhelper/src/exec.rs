@@ -1,11 +1,17 @@
-//! Running one job as root: resolve and check the program, prepare its
-//! sandbox (`sandbox.rs`), then start it through the shared executor with
-//! the sandbox applied between `fork` and `exec`, so capture and timeout are
-//! exactly the agent's. The report's uid and user are what this
+//! Running one job as root: find the program and open it, check it against
+//! `allowed_commands`, give the job a cgroup, then start it through the
+//! shared executor with its containment applied between `fork` and `exec`
+//! (`sandbox.rs`), executing the very file that was checked. Capture and
+//! timeout are exactly the agent's. The report's uid and user are what this
 //! process runs as, never anything the agent said.
 
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, OnceLock};
 
 use cc_exec::{Finished, Limits};
 use cc_proto::helper::{Refusal, RefusalCode};
@@ -13,9 +19,20 @@ use cc_proto::wire::{ExecutionReport, JobSpec};
 use cc_proto::{CommandLine, JobId};
 use nix::unistd::{Uid, User};
 
-use crate::config::Config;
+use crate::config::{Config, check_root_owned_chain};
+use crate::sandbox::Plan;
 
 const JOB_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The whole environment of a root job.
+const JOB_ENV: &[(&str, &str)] = &[
+    ("PATH", JOB_PATH),
+    ("HOME", "/root"),
+    ("USER", "root"),
+    ("LOGNAME", "root"),
+    ("SHELL", "/bin/sh"),
+    ("LANG", "C.UTF-8"),
+];
 
 pub(crate) fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
     Refusal {
@@ -36,79 +53,193 @@ fn resolve(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Runs a validated job, or says why not.
-pub(crate) fn run(cfg: &Config, job: &JobSpec) -> Result<ExecutionReport, Refusal> {
-    let Some(found) = resolve(job.command.program()) else {
-        // Not found is the job's outcome (127), not a refusal.
-        let f = cc_exec::refused(
-            cc_exec::EXIT_NOT_FOUND,
-            &format!("{}: not found", job.command.program()),
-        );
-        return Ok(stamp(&f, &job.id, &job.command));
+/// With `allowed_commands` set: the program's path must be exactly an
+/// entry's (no symlink resolution), its arguments must fit that entry's
+/// patterns, and the file and every directory above it must be root's and
+/// closed to others, so nobody else can swap what the path names.
+fn check_allowed(cfg: &Config, path: &Path, argv: &[String]) -> Result<(), Refusal> {
+    let Some(allowed) = &cfg.allowed_commands else {
+        return Ok(());
     };
-    let program = std::fs::canonicalize(&found).unwrap_or(found);
-    if let Some(allowed) = &cfg.allowed_commands {
-        let ok = allowed
-            .iter()
-            .any(|a| std::fs::canonicalize(a).is_ok_and(|a| a == program));
-        if !ok {
-            return Err(refusal(
-                RefusalCode::CommandNotAllowed,
-                format!("{} is not in allowed_commands", program.display()),
+    let entries: Vec<_> = allowed.iter().filter(|a| a.path == path).collect();
+    if entries.is_empty() {
+        return Err(refusal(
+            RefusalCode::CommandNotAllowed,
+            format!("{} is not in allowed_commands", path.display()),
+        ));
+    }
+    if !entries.iter().any(|a| a.args_match(argv)) {
+        return Err(refusal(
+            RefusalCode::CommandNotAllowed,
+            format!(
+                "{}: these arguments do not match allowed_commands",
+                path.display()
+            ),
+        ));
+    }
+    check_root_owned_chain(path, "allowed command").map_err(|e| {
+        refusal(
+            RefusalCode::CommandNotAllowed,
+            format!("{e:#}: an allowed command must be a file only root can change"),
+        )
+    })
+}
+
+/// The job's outcome when it could not be started.
+fn not_started(code: i32, why: &str, job: &JobSpec) -> ExecutionReport {
+    stamp(&cc_exec::refused(code, why), &job.id, &job.command)
+}
+
+/// Runs a validated job, or says why not.
+pub(crate) fn run(
+    cfg: &Config,
+    plan: &Arc<Plan>,
+    job: &JobSpec,
+) -> Result<ExecutionReport, Refusal> {
+    let program = job.command.program();
+    let Some(path) = resolve(program) else {
+        // Not found is the job's outcome (127), not a refusal.
+        return Ok(not_started(
+            cc_exec::EXIT_NOT_FOUND,
+            &format!("{program}: not found"),
+            job,
+        ));
+    };
+    check_allowed(cfg, &path, job.command.args())?;
+    if let Some(why) = &plan.refusal {
+        return Ok(not_started(
+            cc_exec::EXIT_NOT_EXECUTABLE,
+            &format!("the job was not started: {why}"),
+            job,
+        ));
+    }
+    // The file that was checked is the file that runs: opened once, then
+    // executed through /proc/self/fd.
+    let mut file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            return Ok(not_started(
+                cc_exec::EXIT_NOT_EXECUTABLE,
+                &format!("{}: {e}", path.display()),
+                job,
             ));
         }
+    };
+    let meta = file.metadata().ok();
+    let same_file = std::fs::symlink_metadata(&path)
+        .ok()
+        .zip(meta.as_ref())
+        .is_some_and(|(l, m)| l.dev() == m.dev() && l.ino() == m.ino());
+    if cfg.allowed_commands.is_some() && !same_file {
+        return Err(refusal(
+            RefusalCode::CommandNotAllowed,
+            format!("{} changed while it was checked", path.display()),
+        ));
     }
-    let (sandbox, warning) = match crate::sandbox::prepare(&cfg.sandbox) {
-        Ok(p) => p,
-        Err(e) => {
-            let f = cc_exec::refused(
+    if !meta.is_some_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
+        return Ok(not_started(
+            cc_exec::EXIT_NOT_EXECUTABLE,
+            &format!(
+                "{}: permission denied (not an executable file)",
+                path.display()
+            ),
+            job,
+        ));
+    }
+    let mut magic = [0u8; 2];
+    let script = file.read_exact(&mut magic).is_ok() && &magic == b"#!";
+    let mut warnings: Vec<String> = plan.warning.iter().cloned().collect();
+    let cgroup = match plan.cgroups.create(plan.max_processes, plan.max_memory) {
+        Ok(c) => Some(c),
+        Err(e) if cfg.sandbox.limits == crate::config::Enforce::Required => {
+            return Ok(not_started(
                 cc_exec::EXIT_NOT_EXECUTABLE,
-                &format!("sandbox: {e:#}: the job was not started"),
-            );
-            return Ok(stamp(&f, &job.id, &job.command));
+                &format!("the job was not started: its cgroup could not be made ({e:#})"),
+                job,
+            ));
+        }
+        Err(e) => {
+            warnings.push(format!("no job cgroup ({e:#}): no process or memory limit"));
+            None
         }
     };
-    let mut cmd = Command::new(&program);
-    cmd.args(job.command.args())
-        .env_clear()
-        .envs([
-            ("PATH", JOB_PATH),
-            ("HOME", "/root"),
-            ("USER", "root"),
-            ("LOGNAME", "root"),
-            ("SHELL", "/bin/sh"),
-            ("LANG", "C.UTF-8"),
-        ])
-        .current_dir("/");
-    crate::sys::sandbox_child(&mut cmd, sandbox);
+    let argv = std::iter::once(program).chain(job.command.args().iter().map(String::as_str));
+    let Some(exec) = crate::sys::ExecVectors::new(argv, JOB_ENV) else {
+        return Ok(not_started(
+            cc_exec::EXIT_NOT_EXECUTABLE,
+            "an argument holds a NUL byte",
+            job,
+        ));
+    };
+    // std's program is never run: the child executes the checked file
+    // itself (execveat) at the end of its containment.
+    let mut cmd = Command::new(program);
+    cmd.current_dir("/");
+    let fds = crate::sys::JobFds {
+        cgroup_procs: cgroup
+            .iter()
+            .flat_map(|c| c.procs.iter().map(AsRawFd::as_raw_fd))
+            .collect(),
+        program: file.as_raw_fd(),
+        script,
+        exec,
+    };
+    crate::sys::contain_child(&mut cmd, Arc::clone(plan), fds);
+    if let Err(e) = crate::sys::pid_namespace_for_next_child() {
+        return Ok(not_started(
+            cc_exec::EXIT_NOT_EXECUTABLE,
+            &format!("the job was not started: no PID namespace ({e})"),
+            job,
+        ));
+    }
     let mut finished = match cc_exec::spawn_prepared(cmd, &job.command) {
         Ok(child) => cc_exec::supervise(child, Limits::new(job.timeout.duration())),
         Err(f) => {
-            // The sandbox steps and exec both run in the child, and either
-            // failing ends it before the job's program runs; std reports
-            // only the errno, not which step it was.
+            // The containment steps and exec both run in the child, and
+            // either failing ends it before the job's program runs; std
+            // reports only the errno, not which step it was.
             let why = f.stderr.text.trim_end();
             let why = why.strip_prefix("croncommander: ").unwrap_or(why);
             cc_exec::refused(
                 f.exit_code,
                 &format!(
-                    "the job was not started: its sandbox could not be applied, or exec failed ({why})"
+                    "the job was not started: its containment could not be applied, or exec failed ({why})"
                 ),
             )
         }
     };
-    if let Some(w) = warning {
-        finished.warnings.insert(0, format!("sandbox: {w}"));
+    drop(file);
+    if let Some(c) = &cgroup {
+        let (forks, ooms) = c.limits_hit();
+        if forks > 0 {
+            warnings.push(format!(
+                "process limit ({}) reached: {forks} forks refused",
+                plan.max_processes
+            ));
+        }
+        if ooms > 0 {
+            warnings.push(format!(
+                "memory limit ({} MiB) reached: {ooms} processes killed",
+                plan.max_memory / (1024 * 1024)
+            ));
+        }
+    }
+    for w in warnings.into_iter().rev() {
+        finished.warnings.insert(0, w);
     }
     Ok(stamp(&finished, &job.id, &job.command))
 }
 
 /// The report, stamped with the uid this process really has.
 pub(crate) fn stamp(f: &Finished, id: &JobId, command: &CommandLine) -> ExecutionReport {
-    let uid = Uid::effective();
-    let user = User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map_or_else(|| uid.to_string(), |u| u.name);
-    f.report(id, command, uid.as_raw(), &user, None, None)
+    static USER: OnceLock<(u32, String)> = OnceLock::new();
+    let (uid, user) = USER.get_or_init(|| {
+        let uid = Uid::effective();
+        let name = User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map_or_else(|| uid.to_string(), |u| u.name);
+        (uid.as_raw(), name)
+    });
+    f.report(id, command, *uid, user, None, None)
 }

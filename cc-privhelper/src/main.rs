@@ -3,21 +3,26 @@
 //! Subcommands (parsed by hand: no CLI framework to trust):
 //! - `serve [--config FILE]` — the daemon;
 //! - `cron-run [--config FILE] JOB_ID` — what `/etc/cron.d/croncommander`
-//!   lines call: runs one scheduled job in the sandbox and leaves its report
-//!   for the agent.
+//!   lines call: asks the running helper, over its socket, to run that
+//!   scheduled entry. It runs nothing itself: every root job runs inside
+//!   the helper's service, contained alike.
 
+mod cgroup;
 mod config;
 mod cronfile;
 mod exec;
+mod reports;
 mod sandbox;
 mod server;
 mod sys;
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use cc_proto::JobId;
+use cc_proto::frame::{FrameDecoder, MAX_FRAME_LEN};
+use cc_proto::helper::{HelperRequest, HelperResponse, RunScheduledRequest};
 
 use crate::config::{Config, DEFAULT_CONFIG};
 
@@ -33,54 +38,40 @@ fn config_arg(args: &[String]) -> Result<(PathBuf, Vec<String>)> {
     }
 }
 
+/// Asks the helper to run one scheduled entry and waits for it to end (the
+/// cron daemon sees its duration); the report is the helper's to keep.
 fn cron_run(args: &[String]) -> Result<()> {
     let (config, rest) = config_arg(args)?;
     let [job_id] = rest.as_slice() else {
         bail!("{USAGE}")
     };
     let cfg = Config::load(&config)?;
-    let id = JobId::parse(job_id)?;
-    let agent =
-        nix::unistd::User::from_name(&cfg.agent_user)?.context("agent_user does not exist")?;
-    let command = cronfile::load(&cfg, &id)?;
-    let spec = cc_proto::wire::JobSpec {
-        id: id.clone(),
-        command: command.clone(),
-        timeout: cronfile::CRON_TIMEOUT,
-    };
-    let mut report = if cfg.system_mode {
-        match exec::run(&cfg, &spec) {
-            Ok(r) => r,
-            Err(refusal) => exec::stamp(
-                &cc_exec::refused(cc_exec::EXIT_NOT_EXECUTABLE, &refusal.message),
-                &id,
-                &command,
-            ),
+    let req = HelperRequest::RunScheduled(RunScheduledRequest {
+        job_id: job_id.clone(),
+    });
+    let mut stream = std::os::unix::net::UnixStream::connect(&cfg.socket)
+        .with_context(|| format!("connecting to the helper at {}", cfg.socket.display()))?;
+    let body = cc_proto::helper::encode(&req)?;
+    stream.write_all(&cc_proto::frame::encode_frame(&body, MAX_FRAME_LEN)?)?;
+    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+    let mut buf = [0u8; 16 * 1024];
+    let body = loop {
+        let want = decoder.wanted().clamp(1, buf.len());
+        let n = stream
+            .read(&mut buf[..want])
+            .context("reading the helper's answer")?;
+        if n == 0 {
+            bail!("the helper closed without answering");
         }
-    } else {
-        exec::stamp(
-            &cc_exec::refused(
-                cc_exec::EXIT_NOT_EXECUTABLE,
-                "system mode is not enabled on this host",
-            ),
-            &id,
-            &command,
-        )
+        if let (_, Some(body)) = decoder.feed(&buf[..n])? {
+            break body;
+        }
     };
-    report.report_id = Some(scheduled_report_id(
-        std::process::id(),
-        cc_proto::Timestamp::now().unix_millis(),
-    ));
-    let path = cronfile::deliver(&cfg, &report, agent.gid.as_raw())?;
-    tracing::info!(job_id = %id, exit_code = report.exit_code, report = %path.display(), "scheduled system job ran");
-    Ok(())
-}
-
-/// A report id for a scheduled run: unique per process and moment, and
-/// short whatever the job id (a `reportId` must fit the job-id rules, or the
-/// listener refuses the report and it would stay in the agent's outbox).
-fn scheduled_report_id(pid: u32, unix_millis: i64) -> String {
-    format!("sys-{unix_millis}-{pid}")
+    match cc_proto::helper::decode_strict::<HelperResponse>(&body)? {
+        HelperResponse::ExecResult(_) => Ok(()),
+        HelperResponse::Refused(r) => bail!("the helper refused: {}", r.message),
+        _ => bail!("the helper gave an unexpected answer"),
+    }
 }
 
 fn main() -> ExitCode {
@@ -118,19 +109,5 @@ fn main() -> ExitCode {
             eprintln!("cc-privhelper: error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Regression: the id once embedded the job id, so a 128-character job
-    /// id gave a reportId the listener refused for ever.
-    #[test]
-    fn scheduled_report_ids_are_valid_report_ids() {
-        let id = scheduled_report_id(u32::MAX, i64::MAX);
-        assert!(cc_proto::JobId::parse(&id).is_ok(), "{id}");
-        assert!(id.len() <= cc_proto::JobId::MAX_LEN);
     }
 }

@@ -1,122 +1,179 @@
-//! The sandbox a root job starts in, applied in the job's own process
-//! between `fork` and `exec`: no second program, no second `exec`.
+//! The containment every root job starts in, worked out once from the
+//! config ([`Plan`]) and applied by the kernel in the job's own process
+//! between `fork` and `exec` (`sys.rs`), in one visible sequence:
 //!
-//! Split in two so that the part after `fork` is a short list of plain
-//! system calls:
+//! 0. (in the helper's request thread) a new PID namespace for its child:
+//!    the job is PID 1 there, and when it ends the kernel kills everything
+//!    it started — no process of a job outlives it or its timeout;
+//! 1. the job's cgroup (process count, memory; `cgroup.rs`);
+//! 2. a new mount namespace, private, with `/proc` of the job's PID
+//!    namespace (it sees only its own processes), an empty `/run` (no
+//!    root-only sockets of systemd, D-Bus or container runtimes), and the
+//!    whole tree read-only except `write_paths` (`nosuid`, `nodev`): chmod,
+//!    chown, xattrs and times outside them fail with `EROFS`, which landlock
+//!    alone does not govern;
+//! 3. resource limits (open files, no core file);
+//! 4. `no_new_privs`;
+//! 5. landlock at the highest ABI the kernel offers: write, create and
+//!    remove only beneath `write_paths`; TCP bind only to `tcp_bind_ports`,
+//!    connect only to `tcp_connect_ports` when set (ABI 4); no signals to,
+//!    and no abstract-socket connections with, processes outside the job
+//!    (ABI 6); pathname-socket connections only beneath `write_paths`
+//!    (ABI 9);
+//! 6. the capability bounding set cut to `keep_capabilities`; ambient and
+//!    inheritable sets cleared;
+//! 7. a session of its own, every descriptor close-on-exec, then `exec` of
+//!    the program file the helper opened and checked.
 //!
-//! - [`prepare`], in the helper: everything that allocates, opens files or
-//!   can fail with a message — the landlock ruleset is built here (a kernel
-//!   object behind a descriptor: read and execute everywhere, write only
-//!   beneath `write_paths` and `/dev/null`), `required` refuses the job here
-//!   unless the kernel enforces all of it, and the capabilities to drop are
-//!   worked out here;
-//! - [`crate::sys::sandbox_child`], in the forked child (single-threaded,
-//!   a new session, every descriptor ≥ 3 close-on-exec): in one visible
-//!   sequence
-//!   1. resource limits;
-//!   2. `no_new_privs`;
-//!   3. `landlock_restrict_self` with the prepared ruleset;
-//!   4. the capability bounding set cut to `keep_capabilities`; ambient and
-//!      inheritable sets cleared;
-//!   5. `exec` (std).
-//!
-//! A failure at any step in the child ends it before `exec`: the spawn
-//! fails, the report says exit code 126 and the job never started, so it
-//! never runs half-sandboxed.
+//! A failure at any step ends that process before `exec`: the report says
+//! exit code 126 and the job never started, so it never runs half-contained.
+//! `landlock = "required"` (the default) refuses every job on a kernel below
+//! ABI 6; `limits = "required"` refuses them without job cgroups.
 
 use std::collections::HashSet;
+use std::ffi::CString;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::str::FromStr;
-use std::sync::OnceLock;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use caps::{CapSet, Capability};
 use landlock::{
-    ABI, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
-    RulesetError, path_beneath_rules,
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetError, Scope, path_beneath_rules,
 };
 use nix::sys::resource::Resource;
 
-use crate::config::{LandlockMode, Sandbox};
+use crate::cgroup::Cgroups;
+use crate::config::{Enforce, Sandbox};
 
-/// The ABI whose filesystem rights are asked for (v3: includes truncate).
-const LANDLOCK_ABI: ABI = ABI::V3;
+/// The ABI whose rules a job's containment relies on: write access (with
+/// truncate and device ioctls), network rules, and signal and
+/// abstract-socket scoping. `landlock = "required"` refuses jobs below it.
+const BASELINE: ABI = ABI::V6;
+/// The newest rights asked for where the kernel has them.
+const NEWEST: ABI = ABI::V10;
 
-/// What the forked child applies, all of it worked out beforehand.
+/// Everything the job's forked process applies, prepared once.
 #[derive(Debug)]
-pub(crate) struct Prepared {
-    /// Soft = hard.
-    pub(crate) rlimits: [(Resource, u64); 3],
-    /// The landlock ruleset; `None` only with `best_effort` on a kernel
-    /// without landlock (the report's warning says so).
+pub(crate) struct Plan {
+    /// The landlock ruleset (a kernel object: every job restricts itself
+    /// with the same one); `None` only with `best_effort` and no landlock.
     pub(crate) ruleset: Option<OwnedFd>,
+    /// The landlock ABI of this kernel (0: none).
+    pub(crate) landlock_abi: u32,
     /// Capability numbers to drop from the bounding set.
     pub(crate) drop_caps: Vec<u8>,
+    /// Soft = hard.
+    pub(crate) rlimits: [(Resource, u64); 2],
+    pub(crate) write_paths: Vec<CString>,
+    pub(crate) cgroups: Cgroups,
+    pub(crate) max_processes: u64,
+    pub(crate) max_memory: u64,
+    /// Why a job cannot run (`required` and the kernel cannot enforce).
+    pub(crate) refusal: Option<String>,
+    /// What `best_effort` could not enforce, for every report.
+    pub(crate) warning: Option<String>,
 }
 
-/// Prepares `s` for one job; the warning, if any, goes into the report.
-pub(crate) fn prepare(s: &Sandbox) -> Result<(Prepared, Option<String>)> {
-    let r = &s.rlimits;
-    let (ruleset, warning) = landlock_ruleset(s)?;
-    Ok((
-        Prepared {
-            rlimits: [
-                (Resource::RLIMIT_NOFILE, r.nofile),
-                (Resource::RLIMIT_NPROC, r.nproc),
-                (Resource::RLIMIT_CORE, r.core),
-            ],
+impl Plan {
+    pub(crate) fn new(s: &Sandbox) -> Result<Self> {
+        let abi = crate::sys::landlock_abi();
+        let mut refusal = Vec::new();
+        let mut warning = Vec::new();
+        let ruleset = match (build_ruleset(s, s.landlock), s.landlock) {
+            (Ok(Some(fd)), _) if abi >= BASELINE as u32 => Some(fd),
+            (Ok(fd), Enforce::BestEffort) => {
+                warning.push(format!(
+                    "landlock ABI {abi} (ABI {} wanted): only what it offers is enforced",
+                    BASELINE as u32
+                ));
+                fd
+            }
+            (Err(e), Enforce::BestEffort) => {
+                warning.push(format!("no landlock ruleset ({e}): only the read-only mounts keep writes to write_paths"));
+                None
+            }
+            (r, Enforce::Required) => {
+                let why = r.err().map_or_else(String::new, |e| format!(": {e}"));
+                refusal.push(format!(
+                    "landlock = \"required\" needs ABI {} (Linux 6.12); this kernel offers ABI {abi}{why}",
+                    BASELINE as u32
+                ));
+                None
+            }
+        };
+        let cgroups = Cgroups::detect();
+        if let Err(e) = cgroups.create(1, 16 * 1024 * 1024) {
+            let why =
+                format!("no job cgroup ({e:#}): the process and memory limits are not enforced");
+            match s.limits {
+                Enforce::Required => refusal.push(format!("limits = \"required\" but {why}")),
+                Enforce::BestEffort => warning.push(why),
+            }
+        }
+        let join = |v: Vec<String>| (!v.is_empty()).then(|| v.join("; "));
+        Ok(Self {
             ruleset,
+            landlock_abi: abi,
             drop_caps: capabilities_to_drop(&s.keep_capabilities)?,
-        },
-        warning,
-    ))
-}
-
-fn build_ruleset(s: &Sandbox, level: CompatLevel) -> Result<Option<OwnedFd>, RulesetError> {
-    let abi = LANDLOCK_ABI;
-    let mut writable: Vec<&std::path::Path> = s.write_paths.iter().map(|p| p.as_path()).collect();
-    writable.push(std::path::Path::new("/dev/null"));
-    let created = Ruleset::default()
-        .set_compatibility(level)
-        .handle_access(AccessFs::from_all(abi))?
-        .create()?
-        .add_rules(path_beneath_rules(["/"], AccessFs::from_read(abi)))?
-        .add_rules(path_beneath_rules(writable, AccessFs::from_all(abi)))?;
-    Ok(created.into())
-}
-
-/// With `HardRequirement` the crate fails unless the kernel enforces every
-/// requested right: that is `required`. `best_effort` falls back to what the
-/// kernel has and says so.
-fn landlock_ruleset(s: &Sandbox) -> Result<(Option<OwnedFd>, Option<String>)> {
-    let full = build_ruleset(s, CompatLevel::HardRequirement);
-    match (full, s.landlock) {
-        (Ok(Some(fd)), _) => Ok((Some(fd), None)),
-        (full, LandlockMode::Required) => {
-            let why = match full {
-                Err(e) => e.to_string(),
-                Ok(_) => "no ruleset".to_owned(),
-            };
-            bail!(
-                "landlock = \"required\" but this kernel cannot enforce the whole ruleset ({why}); \
-                 set landlock = \"best_effort\" in the helper config to run anyway"
-            )
-        }
-        (_, LandlockMode::BestEffort) => {
-            let fd = build_ruleset(s, CompatLevel::BestEffort).context("landlock ruleset")?;
-            let status = if fd.is_some() {
-                "PartiallyEnforced"
-            } else {
-                "NotEnforced"
-            };
-            Ok((
-                fd,
-                Some(format!(
-                    "landlock ruleset {status} on this kernel (best_effort): writes outside write_paths may not be blocked"
-                )),
-            ))
-        }
+            rlimits: [
+                (Resource::RLIMIT_NOFILE, s.rlimits.nofile),
+                (Resource::RLIMIT_CORE, s.rlimits.core),
+            ],
+            write_paths: s
+                .write_paths
+                .iter()
+                .map(|p| CString::new(p.as_os_str().as_bytes()))
+                .collect::<Result<_, _>>()
+                .context("a write path holds a NUL byte")?,
+            cgroups,
+            max_processes: s.max_processes,
+            max_memory: s.max_memory_bytes,
+            refusal: join(refusal),
+            warning: join(warning),
+        })
     }
+}
+
+/// Read and execute everywhere; everything beneath `write_paths`; TCP as
+/// configured; scoped signals and abstract sockets. With `required` the
+/// baseline must be handled whole; rights newer than it are added where
+/// the kernel has them (a rule's right the kernel lacks only narrows it).
+fn build_ruleset(s: &Sandbox, mode: Enforce) -> Result<Option<OwnedFd>, RulesetError> {
+    let level = match mode {
+        Enforce::Required => CompatLevel::HardRequirement,
+        Enforce::BestEffort => CompatLevel::BestEffort,
+    };
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(level)
+        .handle_access(AccessFs::from_all(BASELINE))?
+        .handle_access(AccessNet::BindTcp)?
+        .scope(Scope::from_all(BASELINE))?;
+    if s.tcp_connect_ports.is_some() {
+        ruleset = ruleset.handle_access(AccessNet::ConnectTcp)?;
+    }
+    let mut created = ruleset
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(NEWEST))?
+        .create()?
+        .set_compatibility(CompatLevel::BestEffort)
+        .add_rules(path_beneath_rules(["/"], AccessFs::from_read(NEWEST)))?
+        .add_rules(path_beneath_rules(
+            &s.write_paths,
+            AccessFs::from_all(NEWEST),
+        ))?
+        .add_rules(path_beneath_rules(
+            ["/dev/null"],
+            AccessFs::from_file(NEWEST),
+        ))?;
+    for &port in &s.tcp_bind_ports {
+        created = created.add_rule(NetPort::new(port, AccessNet::BindTcp))?;
+    }
+    for &port in s.tcp_connect_ports.iter().flatten() {
+        created = created.add_rule(NetPort::new(port, AccessNet::ConnectTcp))?;
+    }
+    Ok(created.into())
 }
 
 fn capabilities_to_drop(keep: &[String]) -> Result<Vec<u8>> {
@@ -124,21 +181,11 @@ fn capabilities_to_drop(keep: &[String]) -> Result<Vec<u8>> {
         .iter()
         .map(|n| Capability::from_str(n).map_err(|_| anyhow::anyhow!("unknown capability {n}")))
         .collect::<Result<_>>()?;
-    let mut drop: Vec<u8> = bounding()?.difference(&keep).map(|c| c.index()).collect();
+    // Only what the kernel has may be dropped: dropping an unknown
+    // capability fails.
+    let bounding = caps::read(None, CapSet::Bounding)
+        .map_err(|e| anyhow::anyhow!("reading the bounding set: {e}"))?;
+    let mut drop: Vec<u8> = bounding.difference(&keep).map(|c| c.index()).collect();
     drop.sort_unstable();
     Ok(drop)
-}
-
-/// The helper's bounding set, read once (41 `prctl` calls): only what the
-/// kernel has may be dropped, dropping an unknown capability fails. No
-/// thread of the helper changes its own set, and every thread has the one
-/// it started with, so this is every forked child's.
-fn bounding() -> Result<&'static HashSet<Capability>> {
-    static BOUNDING: OnceLock<HashSet<Capability>> = OnceLock::new();
-    if let Some(b) = BOUNDING.get() {
-        return Ok(b);
-    }
-    let read = caps::read(None, CapSet::Bounding)
-        .map_err(|e| anyhow::anyhow!("reading the bounding set: {e}"))?;
-    Ok(BOUNDING.get_or_init(|| read))
 }

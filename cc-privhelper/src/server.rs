@@ -1,41 +1,75 @@
 //! The socket: who may talk, and the closed set of requests.
 //!
 //! Before a byte is read, the peer's uid (SO_PEERCRED) must be the
-//! configured `agent_user`'s; anyone else is logged and disconnected. Then
-//! exactly one request per connection: a frame whose declared length is
-//! checked before anything is allocated, decoded strictly (unknown requests
-//! and fields refused), answered, logged, closed.
+//! configured `agent_user`'s or root's; anyone else is logged and
+//! disconnected. Each class has its own slots (a compromised agent cannot
+//! crowd out the cron daemon's scheduled runs); over them, the answer is
+//! `busy`. Then exactly one request per connection, read through the
+//! length-checked frame decoder within one deadline for the whole request
+//! (a byte at a time buys nothing), decoded strictly, answered, logged,
+//! closed.
 //!
 //! The request table — everything the helper will do, and nothing else:
 //!
-//! | request      | what it may do                                   | refused when                                   |
-//! |--------------|--------------------------------------------------|------------------------------------------------|
-//! | `status`     | say the version, whether system mode is on, the landlock mode | never                             |
-//! | `exec`       | run one validated job as root in the sandbox     | system mode off; invalid job; program not in `allowed_commands` |
-//! | `write_cron` | replace `cron_file` and the state file with validated entries | system mode off; invalid payload |
+//! | request         | peer  | what it may do                                   | refused when                                   |
+//! |-----------------|-------|--------------------------------------------------|------------------------------------------------|
+//! | `status`        | both  | say the version, system mode, landlock mode and ABI | never                                       |
+//! | `exec`          | agent | run one validated job as root, contained         | system mode off; invalid job; program not allowed |
+//! | `write_cron`    | agent | replace `cron_file` and the state file with validated entries | system mode off; invalid payload |
+//! | `take_reports`  | agent | hand over kept reports of scheduled runs         | never                                          |
+//! | `ack_reports`   | agent | forget the reports the agent has stored          | never                                          |
+//! | `run_scheduled` | root  | run one entry of the state file, contained; keep its report | system mode off; unknown entry       |
+//!
+//! The audit log holds only validated values: the job id once it parsed,
+//! the full argv of every root run (quoted, escaped), every cron entry
+//! written.
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use cc_proto::frame::{self, HEADER_LEN, MAX_FRAME_LEN};
+use anyhow::{Context, Result, bail};
+use cc_proto::JobId;
+use cc_proto::frame::{self, FrameDecoder, MAX_FRAME_LEN};
 use cc_proto::helper::{
     self, CronWritten, HelperRequest, HelperResponse, HelperStatus, RefusalCode,
 };
+use cc_proto::wire::{ExecutionReport, JobSpec};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::{Gid, Uid, User, chown};
 use tracing::{info, warn};
 
-use crate::config::{Config, LandlockMode};
+use crate::config::Config;
 use crate::exec::refusal;
+use crate::reports::Reports;
+use crate::sandbox::Plan;
 
-/// Connections served at once; more wait in the kernel's backlog.
-const MAX_IN_FLIGHT: usize = 16;
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Everything a request may read from the peer, header to last byte.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests served at once, per peer class.
+const AGENT_SLOTS: usize = 64;
+const ROOT_SLOTS: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Agent,
+    Root,
+}
+
+#[derive(Debug)]
+struct Helper {
+    cfg: Config,
+    plan: Arc<Plan>,
+    reports: Reports,
+    /// Scheduled entries running now: a second run of one is skipped.
+    running: Mutex<HashSet<String>>,
+    slots: [AtomicUsize; 2],
+}
 
 pub(crate) fn serve(cfg: Config) -> Result<()> {
     let agent = User::from_name(&cfg.agent_user)?
@@ -49,9 +83,31 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
         }
         None => bind(&cfg, agent.gid)?,
     };
-    info!(socket = %cfg.socket.display(), agent_user = %cfg.agent_user, system_mode = cfg.system_mode, "cc-privhelper serving");
-    let cfg = Arc::new(cfg);
-    let in_flight = Arc::new(AtomicUsize::new(0));
+    if !cfg.system_mode {
+        if let Err(e) = crate::cronfile::remove_all(&cfg) {
+            warn!(
+                "system mode is off, but the old system cron entries could not be removed: {e:#}"
+            );
+        }
+    }
+    let plan = Arc::new(crate::sandbox::Plan::new(&cfg.sandbox)?);
+    info!(
+        socket = %cfg.socket.display(),
+        agent_user = %cfg.agent_user,
+        system_mode = cfg.system_mode,
+        landlock_abi = plan.landlock_abi,
+        cgroups = %plan.cgroups.describe(),
+        refusing = plan.refusal.as_deref().unwrap_or(""),
+        "cc-privhelper serving"
+    );
+    let helper = Arc::new(Helper {
+        reports: Reports::open(&cfg.state_dir)?,
+        cfg,
+        plan,
+        running: Mutex::new(HashSet::new()),
+        slots: [AtomicUsize::new(0), AtomicUsize::new(0)],
+    });
+    let agent_uid = agent.uid.as_raw();
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(s) => s,
@@ -61,16 +117,65 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
                 continue;
             }
         };
-        while in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT {
-            std::thread::sleep(Duration::from_millis(10));
+        let Ok(cred) = getsockopt(&stream, PeerCredentials) else {
+            warn!("refused: no peer credentials");
+            continue;
+        };
+        let (uid, pid) = (cred.uid(), cred.pid());
+        let peer = match uid {
+            u if u == agent_uid => Peer::Agent,
+            0 => Peer::Root,
+            _ => {
+                warn!(
+                    peer_uid = uid,
+                    peer_pid = pid,
+                    decision = "refused",
+                    reason = "peer is neither agent_user nor root",
+                    "helper request"
+                );
+                continue;
+            }
+        };
+        let (slot, cap) = match peer {
+            Peer::Agent => (&helper.slots[0], AGENT_SLOTS),
+            Peer::Root => (&helper.slots[1], ROOT_SLOTS),
+        };
+        if slot.fetch_add(1, Ordering::AcqRel) >= cap {
+            slot.fetch_sub(1, Ordering::AcqRel);
+            warn!(
+                peer_uid = uid,
+                peer_pid = pid,
+                decision = "refused",
+                reason = "busy",
+                "helper request"
+            );
+            let _ = stream.set_nonblocking(true);
+            respond(
+                &stream,
+                &refused(
+                    RefusalCode::Busy,
+                    "the helper is serving as many requests as it will; try again",
+                ),
+            );
+            continue;
         }
-        in_flight.fetch_add(1, Ordering::AcqRel);
-        let (cfg, in_flight, agent_uid) =
-            (Arc::clone(&cfg), Arc::clone(&in_flight), agent.uid.as_raw());
-        std::thread::spawn(move || {
-            handle(stream, &cfg, agent_uid);
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-        });
+        let h = Arc::clone(&helper);
+        let spawned = std::thread::Builder::new()
+            .name("request".into())
+            .spawn(move || {
+                handle(stream, &h, peer, uid, pid);
+                let i = usize::from(peer == Peer::Root);
+                h.slots[i].fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            // The stream went with the closure: the peer sees it close.
+            slot.fetch_sub(1, Ordering::AcqRel);
+            warn!(
+                peer_uid = uid,
+                peer_pid = pid,
+                "no thread for a request: {e}"
+            );
+        }
     }
     Ok(())
 }
@@ -95,136 +200,223 @@ fn bind(cfg: &Config, agent_gid: Gid) -> Result<UnixListener> {
     Ok(listener)
 }
 
-fn handle(mut stream: UnixStream, cfg: &Config, agent_uid: u32) {
-    let Ok(cred) = getsockopt(&stream, PeerCredentials) else {
-        warn!("refused: no peer credentials");
-        return;
-    };
-    let (uid, pid) = (cred.uid(), cred.pid());
-    if uid != agent_uid {
-        warn!(
-            peer_uid = uid,
-            peer_pid = pid,
-            decision = "refused",
-            reason = "peer is not agent_user",
-            "helper request"
-        );
-        return;
-    }
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let (response, op, job_id) = match read_request(&mut stream) {
-        Ok(req) => {
-            let op = req.operation();
-            let (resp, job) = answer(cfg, req);
-            (resp, op, job)
-        }
-        Err(e) => (
-            HelperResponse::Refused(refusal(RefusalCode::BadRequest, format!("{e:#}"))),
-            "invalid",
-            String::new(),
-        ),
-    };
-    let (decision, reason) = match &response {
-        HelperResponse::Refused(r) => ("refused", r.message.as_str()),
-        _ => ("done", ""),
-    };
-    info!(peer_uid = uid, peer_pid = pid, op, job_id = %job_id, decision, reason, "helper request");
-    if let Ok(body) = helper::encode(&response) {
+fn respond(mut stream: &UnixStream, response: &HelperResponse) {
+    if let Ok(body) = helper::encode(response) {
         if let Ok(framed) = frame::encode_frame(&body, MAX_FRAME_LEN) {
             let _ = stream.write_all(&framed);
         }
     }
 }
 
+/// What the audit line says about a request besides its outcome.
+#[derive(Default)]
+struct Audit {
+    job_id: Option<JobId>,
+    argv: Option<String>,
+}
+
+fn handle(mut stream: UnixStream, h: &Helper, peer: Peer, uid: u32, pid: i32) {
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let mut audit = Audit::default();
+    let (response, op) = match read_request(&mut stream) {
+        Ok(req) => {
+            let op = req.operation();
+            (answer(h, peer, req, &mut audit), op)
+        }
+        Err(e) => (
+            HelperResponse::Refused(refusal(RefusalCode::BadRequest, format!("{e:#}"))),
+            "invalid",
+        ),
+    };
+    let (decision, reason) = match &response {
+        HelperResponse::Refused(r) => ("refused", r.message.as_str()),
+        _ => ("done", ""),
+    };
+    let job_id = audit.job_id.as_ref().map(JobId::as_str).unwrap_or("");
+    let argv = audit.argv.as_deref().unwrap_or("");
+    info!(peer_uid = uid, peer_pid = pid, op, job_id, argv, decision, reason = ?reason, "helper request");
+    respond(&stream, &response);
+}
+
+/// One frame, through the same decoder the fuzz target exercises, within
+/// [`REQUEST_DEADLINE`] for the whole of it.
 fn read_request(stream: &mut UnixStream) -> Result<HelperRequest> {
-    let mut header = [0u8; HEADER_LEN];
-    stream
-        .read_exact(&mut header)
-        .context("reading the frame header")?;
-    // Checked before anything is allocated for the body.
-    let len = frame::parse_header(header, MAX_FRAME_LEN)?;
-    let mut body = vec![0u8; len];
-    stream
-        .read_exact(&mut body)
-        .context("reading the frame body")?;
-    Ok(helper::decode_strict(&body)?)
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("no whole request within {} s", REQUEST_DEADLINE.as_secs());
+        }
+        stream.set_read_timeout(Some(left))?;
+        // Never past the end of the frame: a request is one frame.
+        let want = decoder.wanted().clamp(1, buf.len());
+        let n = match stream.read(&mut buf[..want]) {
+            Ok(0) => bail!("the peer closed before a whole request"),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                bail!("no whole request within {} s", REQUEST_DEADLINE.as_secs())
+            }
+            Err(e) => return Err(e).context("reading the request"),
+        };
+        if let (_, Some(body)) = decoder.feed(&buf[..n])? {
+            return Ok(helper::decode_strict(&body)?);
+        }
+    }
 }
 
 /// The request table, in code.
-fn answer(cfg: &Config, req: HelperRequest) -> (HelperResponse, String) {
+fn answer(h: &Helper, peer: Peer, req: HelperRequest, audit: &mut Audit) -> HelperResponse {
+    let cfg = &h.cfg;
+    let allowed = match (&req, peer) {
+        (HelperRequest::Status, _) | (HelperRequest::RunScheduled(_), Peer::Root) => true,
+        (HelperRequest::RunScheduled(_), Peer::Agent) | (_, Peer::Root) => false,
+        (_, Peer::Agent) => true,
+    };
+    if !allowed {
+        return refused(
+            RefusalCode::NotPermitted,
+            format!("{} is not a request this peer may make", req.operation()),
+        );
+    }
     match req {
-        HelperRequest::Status => (
-            HelperResponse::Status(HelperStatus {
-                version: env!("CARGO_PKG_VERSION").into(),
-                system_mode: cfg.system_mode,
-                landlock: match cfg.sandbox.landlock {
-                    LandlockMode::Required => "required".into(),
-                    LandlockMode::BestEffort => "best_effort".into(),
-                },
-            }),
-            String::new(),
-        ),
+        HelperRequest::Status => HelperResponse::Status(HelperStatus {
+            version: env!("CARGO_PKG_VERSION").into(),
+            system_mode: cfg.system_mode,
+            landlock: cfg.sandbox.landlock.name().into(),
+            landlock_abi: h.plan.landlock_abi,
+        }),
         HelperRequest::Exec(e) => {
-            let job = match e.job() {
-                Ok(j) => j,
+            if !cfg.system_mode {
+                return refused(RefusalCode::SystemModeDisabled, DISABLED);
+            }
+            let spec = match e
+                .job()
+                .map_err(|e| e.to_string())
+                .and_then(|j| j.validate().map_err(|e| e.to_string()))
+            {
+                Ok(s) => s,
                 Err(err) => {
-                    return (
-                        refused(RefusalCode::InvalidPayload, format!("execute_job: {err}")),
-                        String::new(),
-                    );
+                    return refused(RefusalCode::InvalidPayload, format!("execute_job: {err}"));
                 }
             };
-            let id = job.job_id.chars().take(128).collect::<String>();
-            if !cfg.system_mode {
-                return (refused(RefusalCode::SystemModeDisabled, DISABLED), id);
-            }
-            let spec = match job.validate() {
-                Ok(s) => s,
-                Err(err) => return (refused(RefusalCode::InvalidPayload, err.to_string()), id),
-            };
-            match crate::exec::run(cfg, &spec) {
-                Ok(report) => (HelperResponse::ExecResult(report), id),
-                Err(r) => (HelperResponse::Refused(r), id),
-            }
+            run(h, &spec, audit).map_or_else(HelperResponse::Refused, HelperResponse::ExecResult)
         }
         HelperRequest::WriteCron(w) => {
             if !cfg.system_mode {
-                return (
-                    refused(RefusalCode::SystemModeDisabled, DISABLED),
-                    String::new(),
-                );
+                return refused(RefusalCode::SystemModeDisabled, DISABLED);
             }
             let entries = match w.entries() {
                 Ok(e) => e,
                 Err(err) => {
-                    return (
-                        refused(RefusalCode::InvalidPayload, format!("cron_refresh: {err}")),
-                        String::new(),
-                    );
+                    return refused(RefusalCode::InvalidPayload, format!("cron_refresh: {err}"));
                 }
             };
             if entries.len() > cc_proto::wire::MAX_CRON_ENTRIES {
-                return (
-                    refused(RefusalCode::InvalidPayload, "too many cron entries"),
-                    String::new(),
-                );
+                return refused(RefusalCode::InvalidPayload, "too many cron entries");
             }
             match crate::cronfile::write(cfg, &entries) {
-                Ok((installed, rejected)) => (
-                    HelperResponse::CronWritten(CronWritten {
-                        installed,
-                        rejected,
-                    }),
-                    String::new(),
-                ),
-                Err(e) => (
-                    refused(RefusalCode::Internal, format!("{e:#}")),
-                    String::new(),
-                ),
+                Ok((installed, rejected)) => HelperResponse::CronWritten(CronWritten {
+                    installed,
+                    rejected,
+                }),
+                Err(e) => refused(RefusalCode::Internal, format!("{e:#}")),
             }
         }
+        HelperRequest::RunScheduled(r) => {
+            if !cfg.system_mode {
+                return refused(RefusalCode::SystemModeDisabled, DISABLED);
+            }
+            let id = match JobId::parse(&r.job_id) {
+                Ok(id) => id,
+                Err(e) => return refused(RefusalCode::InvalidPayload, format!("job id: {e}")),
+            };
+            audit.job_id = Some(id.clone());
+            let command = match crate::cronfile::load(cfg, &id) {
+                Ok(c) => c,
+                Err(e) => return refused(RefusalCode::InvalidPayload, format!("{e:#}")),
+            };
+            let spec = JobSpec {
+                id: id.clone(),
+                command,
+                timeout: crate::cronfile::CRON_TIMEOUT,
+            };
+            let mut report = if !lock_entry(h, &id) {
+                crate::exec::stamp(
+                    &cc_exec::refused(
+                        EXIT_SKIPPED,
+                        "skipped: the previous run of this job is still running",
+                    ),
+                    &spec.id,
+                    &spec.command,
+                )
+            } else {
+                let done = run(h, &spec, audit).unwrap_or_else(|r| {
+                    crate::exec::stamp(
+                        &cc_exec::refused(cc_exec::EXIT_NOT_EXECUTABLE, &r.message),
+                        &spec.id,
+                        &spec.command,
+                    )
+                });
+                h.running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id.as_str());
+                done
+            };
+            report.report_id = Some(scheduled_report_id());
+            match h.reports.put(&report) {
+                Ok(()) => HelperResponse::ExecResult(report),
+                Err(e) => refused(RefusalCode::Internal, format!("keeping the report: {e:#}")),
+            }
+        }
+        HelperRequest::TakeReports => HelperResponse::Reports(h.reports.take()),
+        HelperRequest::AckReports(a) => HelperResponse::Acked(h.reports.ack(&a.report_ids)),
     }
+}
+
+/// Exit code of a skipped scheduled run (EX_TEMPFAIL), as in user mode.
+const EXIT_SKIPPED: i32 = 75;
+
+/// Marks a scheduled entry running; false if it already is.
+fn lock_entry(h: &Helper, id: &JobId) -> bool {
+    h.running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.to_string())
+}
+
+/// Runs a validated job (ad hoc or scheduled), its argv in the audit line.
+fn run(
+    h: &Helper,
+    spec: &JobSpec,
+    audit: &mut Audit,
+) -> Result<ExecutionReport, cc_proto::helper::Refusal> {
+    audit.job_id = Some(spec.id.clone());
+    audit.argv = Some(spec.command.to_shell_line());
+    let mut report = crate::exec::run(&h.cfg, &h.plan, spec)?;
+    report.fit();
+    Ok(report)
+}
+
+/// A report id for a scheduled run: unique per helper process and run, and
+/// short whatever the job id (a `reportId` must fit the job-id rules, or
+/// the listener refuses the report and it would stay in the agent's outbox).
+fn scheduled_report_id() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let millis = cc_proto::Timestamp::now().unix_millis();
+    format!(
+        "sys-{millis}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 const DISABLED: &str =
@@ -232,4 +424,17 @@ const DISABLED: &str =
 
 fn refused(code: RefusalCode, message: impl Into<String>) -> HelperResponse {
     HelperResponse::Refused(refusal(code, message))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Regression: the id once embedded the job id, so a 128-character job
+    /// id gave a reportId the listener refused for ever.
+    #[test]
+    fn scheduled_report_ids_are_valid_report_ids() {
+        let id = super::scheduled_report_id();
+        assert!(cc_proto::JobId::parse(&id).is_ok(), "{id}");
+        assert!(id.len() <= cc_proto::JobId::MAX_LEN);
+        assert_ne!(id, super::scheduled_report_id());
+    }
 }
