@@ -17,20 +17,20 @@ pub struct HelperProcess {
 }
 
 impl HelperProcess {
-    /// Config keys `socket`, `cron_file`, `state_dir`, `report_dir`,
-    /// `agent_user` point into `dir`; `extra` adds or overrides the rest
-    /// (it must not repeat those keys).
+    /// The config is `dir/etc/helper.toml`; its keys `socket`, `cron_file`,
+    /// `state_dir`, `agent_user` point into `dir`; `extra` adds or
+    /// overrides the rest (it must not repeat those keys).
     pub fn start(dir: &Path, extra: &str, agent: (u32, u32)) -> Self {
-        std::fs::create_dir_all(dir.join("cron.d")).unwrap();
-        std::fs::create_dir_all(dir.join("writable")).unwrap();
+        for d in ["cron.d", "writable", "etc"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
         let config = format!(
-            "socket = {:?}\nagent_user = \"cc-agent-user\"\ncron_file = {:?}\nstate_dir = {:?}\nreport_dir = {:?}\n{extra}\n",
+            "socket = {:?}\nagent_user = \"cc-agent-user\"\ncron_file = {:?}\nstate_dir = {:?}\n{extra}\n",
             dir.join("run/helper.sock"),
             dir.join("cron.d/croncommander"),
             dir.join("state"),
-            dir.join("spool"),
         );
-        std::fs::write(dir.join("helper.toml"), config).unwrap();
+        std::fs::write(dir.join("etc/helper.toml"), config).unwrap();
         let _ = std::fs::remove_file(dir.join("run/helper.sock"));
         let h = Self {
             child: Self::spawn(dir),
@@ -49,7 +49,7 @@ impl HelperProcess {
             .unwrap();
         Command::new(crate::bin("cc-privhelper"))
             .args(["serve", "--config"])
-            .arg(dir.join("helper.toml"))
+            .arg(dir.join("etc/helper.toml"))
             .env("CC_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -75,6 +75,10 @@ impl HelperProcess {
         let _ = std::fs::remove_file(self.socket());
         self.child = Self::spawn(&self.dir);
         self.wait_ready();
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("etc/helper.toml")
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -107,6 +111,26 @@ impl HelperProcess {
         let _ = child.stdin.take().unwrap().write_all(body);
         let out = child.wait_with_output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Sends `body` as `uid:gid`; (response text, the client's exit code:
+    /// 0 answered, 3 could not connect, 4 closed without an answer).
+    pub fn exchange_as(&self, who: (u32, u32), body: &[u8]) -> (String, Option<i32>) {
+        let mut child = Command::new(crate::bin("cc-helper-client"))
+            .arg(self.socket())
+            .uid(who.0)
+            .gid(who.1)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(body);
+        let out = child.wait_with_output().unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            out.status.code(),
+        )
     }
 
     /// A request as the agent user; the parsed response.

@@ -368,19 +368,18 @@ fn fault_helper_stopped_and_restarted() {
     );
     let mut helper = HelperProcess::start(&hdir, &helper_cfg, r.user);
     // The system cron file where the namespace's cron reads it.
-    let cfg = std::fs::read_to_string(hdir.join("helper.toml")).unwrap();
+    let cfg = std::fs::read_to_string(hdir.join("etc/helper.toml")).unwrap();
     let cfg = cfg.replace(
         &format!("cron_file = {:?}", hdir.join("cron.d/croncommander")),
         "cron_file = \"/etc/cron.d/croncommander\"",
     );
-    std::fs::write(hdir.join("helper.toml"), cfg).unwrap();
+    std::fs::write(hdir.join("etc/helper.toml"), cfg).unwrap();
     helper.restart();
     let sys = "rel-system.test";
     let usr = "rel-user.test";
     let extra = format!(
-        "execution_mode = \"system\"\nhelper_socket = {:?}\nhelper_report_dir = {:?}\n",
+        "execution_mode = \"system\"\nhelper_socket = {:?}\n",
         helper.socket(),
-        hdir.join("spool")
     );
     let sys_agent = r.agent(sys, &extra);
     let usr_agent = r.agent(usr, "");

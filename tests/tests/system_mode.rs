@@ -50,12 +50,12 @@ fn system_jobs_run_as_root_through_the_helper_and_fail_clearly_without_it() {
     );
     // HelperProcess points cron_file into its dir; override for this test.
     let mut helper = HelperProcess::start(&hdir, &helper_cfg, (uid, gid));
-    let cfg = std::fs::read_to_string(hdir.join("helper.toml")).unwrap();
+    let cfg = std::fs::read_to_string(hdir.join("etc/helper.toml")).unwrap();
     let cfg = cfg.replace(
         &format!("cron_file = {:?}", hdir.join("cron.d/croncommander")),
         &format!("cron_file = {cron_file:?}"),
     );
-    std::fs::write(hdir.join("helper.toml"), cfg).unwrap();
+    std::fs::write(hdir.join("etc/helper.toml"), cfg).unwrap();
     helper.restart();
 
     let listener = ListenerProcess::start(
@@ -66,9 +66,8 @@ fn system_jobs_run_as_root_through_the_helper_and_fail_clearly_without_it() {
     let host = "sys-e2e.test";
     let key = listener.add_key(host);
     let agent_extra = format!(
-        "execution_mode = \"system\"\nhelper_socket = {:?}\nhelper_report_dir = {:?}\n",
+        "execution_mode = \"system\"\nhelper_socket = {:?}\n",
         helper.socket(),
-        hdir.join("spool")
     );
     let agent = AgentProcess::start(
         &bin("cc-agent"),
