@@ -15,6 +15,7 @@ use std::fs;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail};
@@ -25,12 +26,19 @@ enum Tree {
     V1 { pids: PathBuf, memory: PathBuf },
 }
 
-/// Where job cgroups go, found once at start.
+/// Where job cgroups go, found once at start, and a few made ahead of
+/// time (making one — a v1 memory cgroup above all — costs more than
+/// starting `/bin/true`; it is done after a job's answer is sent).
 #[derive(Debug)]
 pub(crate) struct Cgroups {
     tree: Result<Tree, String>,
     next: AtomicU64,
+    limits: (u64, u64),
+    spare: Mutex<Vec<JobCgroup>>,
 }
+
+/// Cgroups kept ready.
+const SPARE: usize = 2;
 
 /// One job's cgroup(s).
 #[derive(Debug)]
@@ -120,7 +128,8 @@ fn find_tree() -> Result<Tree> {
 }
 
 impl Cgroups {
-    pub(crate) fn detect() -> Self {
+    /// Job cgroups with these limits: (processes, memory bytes).
+    pub(crate) fn detect(max_processes: u64, max_memory: u64) -> Self {
         let tree = find_tree().map_err(|e| format!("{e:#}"));
         if let Ok(t) = &tree {
             for dir in match t {
@@ -144,6 +153,22 @@ impl Cgroups {
         Self {
             tree,
             next: AtomicU64::new(0),
+            limits: (max_processes, max_memory),
+            spare: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A fresh cgroup for one job: one made ahead, or a new one.
+    pub(crate) fn take(&self) -> Result<JobCgroup> {
+        let ready = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        ready.map_or_else(|| self.create(), Ok)
+    }
+
+    /// Makes cgroups ahead of the next jobs, up to [`SPARE`].
+    pub(crate) fn replenish(&self) {
+        while self.spare.lock().unwrap_or_else(|e| e.into_inner()).len() < SPARE {
+            let Ok(c) = self.create() else { return };
+            self.spare.lock().unwrap_or_else(|e| e.into_inner()).push(c);
         }
     }
 
@@ -158,8 +183,9 @@ impl Cgroups {
         }
     }
 
-    /// A fresh cgroup for one job with its limits set.
-    pub(crate) fn create(&self, max_processes: u64, max_memory: u64) -> Result<JobCgroup> {
+    /// A new cgroup with the job limits set.
+    fn create(&self) -> Result<JobCgroup> {
+        let (max_processes, max_memory) = self.limits;
         let tree = self.tree.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
         let name = format!(
             "cc-job-{}-{}",

@@ -272,6 +272,8 @@ fn plain_absolute(p: &Path) -> bool {
 
 impl Config {
     pub(crate) fn load(path: &Path) -> Result<Self> {
+        let path = &std::path::absolute(path)
+            .with_context(|| format!("config file {}", path.display()))?;
         check_root_owned_chain(path, "config file")?;
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

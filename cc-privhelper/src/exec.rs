@@ -85,9 +85,27 @@ fn check_allowed(cfg: &Config, path: &Path, argv: &[String]) -> Result<(), Refus
     })
 }
 
+/// What a finished job still holds, released after its answer is sent: its
+/// cgroup (removed when dropped) and its mount namespace, kept alive by a
+/// descriptor so that tearing it down — which waits for an RCU grace
+/// period — happens then rather than between the job's exit and its
+/// report.
+#[derive(Debug, Default)]
+pub(crate) struct Leftovers {
+    _cgroup: Option<crate::cgroup::JobCgroup>,
+    _namespace: Option<File>,
+}
+
 /// The job's outcome when it could not be started.
-fn not_started(code: i32, why: &str, job: &JobSpec) -> ExecutionReport {
-    stamp(&cc_exec::refused(code, why), &job.id, &job.command)
+fn not_started(
+    code: i32,
+    why: &str,
+    job: &JobSpec,
+) -> Result<(ExecutionReport, Leftovers), Refusal> {
+    Ok((
+        stamp(&cc_exec::refused(code, why), &job.id, &job.command),
+        Leftovers::default(),
+    ))
 }
 
 /// Runs a validated job, or says why not.
@@ -95,34 +113,34 @@ pub(crate) fn run(
     cfg: &Config,
     plan: &Arc<Plan>,
     job: &JobSpec,
-) -> Result<ExecutionReport, Refusal> {
+) -> Result<(ExecutionReport, Leftovers), Refusal> {
     let program = job.command.program();
     let Some(path) = resolve(program) else {
         // Not found is the job's outcome (127), not a refusal.
-        return Ok(not_started(
+        return not_started(
             cc_exec::EXIT_NOT_FOUND,
             &format!("{program}: not found"),
             job,
-        ));
+        );
     };
     check_allowed(cfg, &path, job.command.args())?;
     if let Some(why) = &plan.refusal {
-        return Ok(not_started(
+        return not_started(
             cc_exec::EXIT_NOT_EXECUTABLE,
             &format!("the job was not started: {why}"),
             job,
-        ));
+        );
     }
     // The file that was checked is the file that runs: opened once, then
     // executed through /proc/self/fd.
     let mut file = match File::open(&path) {
         Ok(f) => f,
         Err(e) => {
-            return Ok(not_started(
+            return not_started(
                 cc_exec::EXIT_NOT_EXECUTABLE,
                 &format!("{}: {e}", path.display()),
                 job,
-            ));
+            );
         }
     };
     let meta = file.metadata().ok();
@@ -137,26 +155,26 @@ pub(crate) fn run(
         ));
     }
     if !meta.is_some_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
-        return Ok(not_started(
+        return not_started(
             cc_exec::EXIT_NOT_EXECUTABLE,
             &format!(
                 "{}: permission denied (not an executable file)",
                 path.display()
             ),
             job,
-        ));
+        );
     }
     let mut magic = [0u8; 2];
     let script = file.read_exact(&mut magic).is_ok() && &magic == b"#!";
     let mut warnings: Vec<String> = plan.warning.iter().cloned().collect();
-    let cgroup = match plan.cgroups.create(plan.max_processes, plan.max_memory) {
+    let cgroup = match plan.cgroups.take() {
         Ok(c) => Some(c),
         Err(e) if cfg.sandbox.limits == crate::config::Enforce::Required => {
-            return Ok(not_started(
+            return not_started(
                 cc_exec::EXIT_NOT_EXECUTABLE,
                 &format!("the job was not started: its cgroup could not be made ({e:#})"),
                 job,
-            ));
+            );
         }
         Err(e) => {
             warnings.push(format!("no job cgroup ({e:#}): no process or memory limit"));
@@ -165,11 +183,11 @@ pub(crate) fn run(
     };
     let argv = std::iter::once(program).chain(job.command.args().iter().map(String::as_str));
     let Some(exec) = crate::sys::ExecVectors::new(argv, JOB_ENV) else {
-        return Ok(not_started(
+        return not_started(
             cc_exec::EXIT_NOT_EXECUTABLE,
             "an argument holds a NUL byte",
             job,
-        ));
+        );
     };
     // std's program is never run: the child executes the checked file
     // itself (execveat) at the end of its containment.
@@ -186,14 +204,18 @@ pub(crate) fn run(
     };
     crate::sys::contain_child(&mut cmd, Arc::clone(plan), fds);
     if let Err(e) = crate::sys::pid_namespace_for_next_child() {
-        return Ok(not_started(
+        return not_started(
             cc_exec::EXIT_NOT_EXECUTABLE,
             &format!("the job was not started: no PID namespace ({e})"),
             job,
-        ));
+        );
     }
+    let mut namespace = None;
     let mut finished = match cc_exec::spawn_prepared(cmd, &job.command) {
-        Ok(child) => cc_exec::supervise(child, Limits::new(job.timeout.duration())),
+        Ok(child) => {
+            namespace = File::open(format!("/proc/{}/ns/mnt", child.id())).ok();
+            cc_exec::supervise(child, Limits::new(job.timeout.duration()))
+        }
         Err(f) => {
             // The containment steps and exec both run in the child, and
             // either failing ends it before the job's program runs; std
@@ -227,7 +249,11 @@ pub(crate) fn run(
     for w in warnings.into_iter().rev() {
         finished.warnings.insert(0, w);
     }
-    Ok(stamp(&finished, &job.id, &job.command))
+    let leftovers = Leftovers {
+        _cgroup: cgroup,
+        _namespace: namespace,
+    };
+    Ok((stamp(&finished, &job.id, &job.command), leftovers))
 }
 
 /// The report, stamped with the uid this process really has.

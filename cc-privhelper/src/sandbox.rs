@@ -103,13 +103,17 @@ impl Plan {
                 None
             }
         };
-        let cgroups = Cgroups::detect();
-        if let Err(e) = cgroups.create(1, 16 * 1024 * 1024) {
-            let why =
-                format!("no job cgroup ({e:#}): the process and memory limits are not enforced");
-            match s.limits {
-                Enforce::Required => refusal.push(format!("limits = \"required\" but {why}")),
-                Enforce::BestEffort => warning.push(why),
+        let cgroups = Cgroups::detect(s.max_processes, s.max_memory_bytes);
+        match cgroups.take() {
+            Ok(_probe) => cgroups.replenish(),
+            Err(e) => {
+                let why = format!(
+                    "no job cgroup ({e:#}): the process and memory limits are not enforced"
+                );
+                match s.limits {
+                    Enforce::Required => refusal.push(format!("limits = \"required\" but {why}")),
+                    Enforce::BestEffort => warning.push(why),
+                }
             }
         }
         let join = |v: Vec<String>| (!v.is_empty()).then(|| v.join("; "));

@@ -208,11 +208,13 @@ fn respond(mut stream: &UnixStream, response: &HelperResponse) {
     }
 }
 
-/// What the audit line says about a request besides its outcome.
+/// What the audit line says about a request besides its outcome, and what
+/// its job left to release once the answer is sent.
 #[derive(Default)]
 struct Audit {
     job_id: Option<JobId>,
     argv: Option<String>,
+    leftovers: crate::exec::Leftovers,
 }
 
 fn handle(mut stream: UnixStream, h: &Helper, peer: Peer, uid: u32, pid: i32) {
@@ -236,6 +238,12 @@ fn handle(mut stream: UnixStream, h: &Helper, peer: Peer, uid: u32, pid: i32) {
     let argv = audit.argv.as_deref().unwrap_or("");
     info!(peer_uid = uid, peer_pid = pid, op, job_id, argv, decision, reason = ?reason, "helper request");
     respond(&stream, &response);
+    drop(stream);
+    if audit.argv.is_some() {
+        drop(audit.leftovers);
+        // A job used a cgroup: make the next one now, not on its time.
+        h.plan.cgroups.replenish();
+    }
 }
 
 /// One frame, through the same decoder the fuzz target exercises, within
@@ -401,7 +409,8 @@ fn run(
 ) -> Result<ExecutionReport, cc_proto::helper::Refusal> {
     audit.job_id = Some(spec.id.clone());
     audit.argv = Some(spec.command.to_shell_line());
-    let mut report = crate::exec::run(&h.cfg, &h.plan, spec)?;
+    let (mut report, leftovers) = crate::exec::run(&h.cfg, &h.plan, spec)?;
+    audit.leftovers = leftovers;
     report.fit();
     Ok(report)
 }
