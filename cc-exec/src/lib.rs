@@ -19,6 +19,8 @@ use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cc_proto::output::{CapturedOutput, OutputCollector};
@@ -42,6 +44,9 @@ const FIRST_READ: usize = 16 * 1024;
 
 /// Exit code for a timed-out job (as `timeout(1)`).
 pub const EXIT_TIMEOUT: i32 = 124;
+/// Exit code for a job stopped because its runner was shutting down
+/// (128 + SIGTERM).
+pub const EXIT_STOPPED: i32 = 143;
 /// Exit code when the program exists but cannot be executed.
 pub const EXIT_NOT_EXECUTABLE: i32 = 126;
 /// Exit code when the program was not found.
@@ -56,13 +61,18 @@ pub struct Launch {
 }
 
 /// How long a job may run and how it is stopped.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub timeout: Duration,
     /// Between SIGTERM and SIGKILL.
     pub grace: Duration,
     /// Bytes kept per stream.
     pub stream_cap: usize,
+    /// Set by the caller to stop the job before its timeout (the agent's
+    /// drain time ran out): it is stopped as at a timeout, and its report
+    /// says why. Looked at whenever the supervisor wakes, at least once a
+    /// second.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Limits {
@@ -71,7 +81,14 @@ impl Limits {
             timeout,
             grace: Duration::from_secs(5),
             stream_cap: cc_proto::MAX_STREAM_BYTES,
+            cancel: None,
         }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -217,17 +234,6 @@ pub fn supervise(job: Started, limits: Limits) -> Finished {
     let exit_fd = sys::pidfd_open(child.id()).ok();
     let mut out = Stream::new(child.stdout.take(), limits.stream_cap);
     let mut err = Stream::new(child.stderr.take(), limits.stream_cap);
-    // A larger pipe means fewer wake-ups for a chatty job (best effort: the
-    // kernel caps it at /proc/sys/fs/pipe-max-size for unprivileged users).
-    for fd in [
-        out.pipe.as_ref().map(AsFd::as_fd),
-        err.pipe.as_ref().map(AsFd::as_fd),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
-    }
     let mut buf = vec![0u8; FIRST_READ];
     let mut warnings = Vec::new();
     let mut status = None;
@@ -235,6 +241,7 @@ pub fn supervise(job: Started, limits: Limits) -> Finished {
     // Set at the timeout: when the stop must be complete.
     let mut stop_by: Option<Instant> = None;
     let mut forced = false;
+    let mut cancelled = false;
     let mut leftovers_killed = false;
     let mut reap_wait = Duration::from_micros(50);
 
@@ -249,7 +256,8 @@ pub fn supervise(job: Started, limits: Limits) -> Finished {
             break;
         }
         let now = Instant::now();
-        if stop_by.is_none() && now >= deadline {
+        if stop_by.is_none() && (now >= deadline || limits.cancelled()) {
+            cancelled = now < deadline;
             // The reaper forwards SIGTERM to everything the job started and
             // SIGKILLs it after the grace; without one, the group is all.
             signal_group(pgid, Signal::SIGTERM);
@@ -332,7 +340,14 @@ pub fn supervise(job: Started, limits: Limits) -> Finished {
             "the job's reaper ended without a status; the exit code is the reaper's".to_owned(),
         );
     }
-    let exit_code = if stop_by.is_some() {
+    let exit_code = if cancelled {
+        warnings.push(format!(
+            "stopped after {} s: the agent was shutting down and its drain time ran out; the job and everything it started were sent SIGTERM, then SIGKILL after {} s",
+            duration.as_secs(),
+            limits.grace.as_secs()
+        ));
+        EXIT_STOPPED
+    } else if stop_by.is_some() {
         warnings.push(format!(
             "timed out after {} s: the job and everything it started were sent SIGTERM, then SIGKILL after {} s",
             limits.timeout.as_secs(),
@@ -438,6 +453,8 @@ fn signal_group(pgid: Option<Pid>, signal: Signal) {
 struct Stream<R> {
     pipe: Option<R>,
     collector: OutputCollector,
+    /// The pipe was enlarged (once a read found it full).
+    grown: bool,
 }
 
 impl<R: Read + AsFd> Stream<R> {
@@ -445,6 +462,7 @@ impl<R: Read + AsFd> Stream<R> {
         Self {
             pipe,
             collector: OutputCollector::new(cap),
+            grown: false,
         }
     }
 
@@ -468,6 +486,18 @@ impl<R: Read + AsFd> Stream<R> {
                 Ok(n) => {
                     self.collector.push(&buf[..n]);
                     if n == buf.len() {
+                        if !self.grown {
+                            // A chatty job: a larger pipe means fewer
+                            // wake-ups (best effort: the kernel caps it at
+                            // fs.pipe-max-size for unprivileged users). Not
+                            // done up front: most jobs print little, and
+                            // the resize costs more than `/bin/true`'s run.
+                            self.grown = true;
+                            let _ = nix::fcntl::fcntl(
+                                pipe.as_fd(),
+                                nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE),
+                            );
+                        }
                         if buf.len() < READ_CHUNK {
                             buf.resize(READ_CHUNK, 0);
                         }
