@@ -46,6 +46,11 @@ pub struct Register {
     pub tags: Vec<String>,
     pub execution_mode: ExecutionMode,
     pub is_root: bool,
+    /// Extension: how many jobs sent and not yet reported the agent will
+    /// hold (running or about to run). A listener sends no more; absent
+    /// (a spec-only agent), it sends every job at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_window: Option<u32>,
 }
 
 /// `heartbeat` (agent → listener): payload empty or `{timestamp}`.
@@ -348,7 +353,12 @@ pub struct AgentInfo {
     pub tags: Vec<Tag>,
     pub execution_mode: ExecutionMode,
     pub is_root: bool,
+    /// 1..=[`MAX_JOB_WINDOW`], or `None` for a spec-only agent.
+    pub job_window: Option<u32>,
 }
+
+/// The largest `jobWindow` an agent may ask for.
+pub const MAX_JOB_WINDOW: u32 = 10_000;
 
 impl Register {
     pub fn validate(&self) -> Result<AgentInfo, InvalidPayload> {
@@ -361,6 +371,16 @@ impl Register {
             tags: Tag::parse_all(&self.tags)?,
             execution_mode: self.execution_mode,
             is_root: self.is_root,
+            job_window: match self.job_window {
+                Some(w) if !(1..=MAX_JOB_WINDOW).contains(&w) => {
+                    return Err(TextError::Invalid {
+                        field: "jobWindow",
+                        reason: "must be between 1 and 10000",
+                    }
+                    .into());
+                }
+                w => w,
+            },
         })
     }
 }
