@@ -27,6 +27,7 @@ struct File {
     state_dir: Option<PathBuf>,
     helper_socket: Option<PathBuf>,
     max_concurrent_jobs: Option<usize>,
+    drain_timeout_secs: Option<u64>,
     #[serde(default)]
     insecure_allow_plaintext: bool,
     ca_file: Option<PathBuf>,
@@ -48,6 +49,8 @@ pub(crate) struct Config {
     /// Where cc-privhelper listens (system mode).
     pub(crate) helper_socket: PathBuf,
     pub(crate) max_concurrent_jobs: usize,
+    /// How long running jobs may go on once the agent is asked to stop.
+    pub(crate) drain_timeout: Duration,
     pub(crate) ca_file: Option<PathBuf>,
 }
 
@@ -85,6 +88,8 @@ impl Config {
             (1..=256).contains(&max_jobs),
             "max_concurrent_jobs must be 1 to 256"
         );
+        let drain = file.drain_timeout_secs.unwrap_or(30);
+        ensure!(drain <= 3600, "drain_timeout_secs must be 0 to 3600");
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
         Ok(Self {
             path,
@@ -102,6 +107,7 @@ impl Config {
                 .helper_socket
                 .unwrap_or_else(|| PathBuf::from("/run/croncommander/helper.sock")),
             max_concurrent_jobs: max_jobs,
+            drain_timeout: Duration::from_secs(drain),
             ca_file: file.ca_file,
         })
     }

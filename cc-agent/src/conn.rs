@@ -1,10 +1,17 @@
 //! The agent's link to the listener: connect, register, heartbeat, take
-//! jobs and cron lists, send the outbox, reconnect for ever.
+//! jobs and cron lists, send the outbox, reconnect until stopped.
 //!
-//! Jobs outlive connections: they are queued in order to a dispatcher that
-//! runs at most `max_concurrent_jobs` at once, and each report goes to the
-//! outbox before anything is sent. Every connection starts by sending the
-//! whole outbox; a report leaves the outbox only on `report_ack`.
+//! Jobs outlive connections: they are validated on arrival and held by
+//! `jobs.rs`, which starts at most `max_concurrent_jobs` at once, and each
+//! report goes to the outbox before anything is sent. Every connection
+//! starts by sending the whole outbox; a report leaves the outbox only on
+//! `report_ack`.
+//!
+//! SIGTERM (or SIGINT) stops the agent gracefully: no new job is taken and
+//! the ones held but not started are let go (the listener still has them
+//! and sends them again to the next agent run); running jobs get
+//! `drain_timeout_secs` to finish, then are stopped and reported as such;
+//! the outbox is flushed and acknowledged; the connection closes with 1001.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +21,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -28,6 +35,7 @@ use cc_proto::wire::{
 use cc_proto::{CommandLine, JobId, Timestamp};
 
 use crate::config::Config;
+use crate::jobs::{Job, Jobs, Offer};
 use crate::outbox::{self, Outbox};
 use crate::runner::Runner;
 
@@ -38,6 +46,8 @@ const BACKOFF_CAP: Duration = Duration::from_secs(60);
 const STABLE: Duration = Duration::from_secs(30);
 /// How often the outbox is looked at for reports written by `cron-run`.
 const OUTBOX_SCAN: Duration = Duration::from_secs(1);
+/// How long a stopping agent waits for its last reports' acknowledgements.
+const ACK_WAIT: Duration = Duration::from_secs(5);
 
 /// Reports sent on the current connection and not yet acknowledged.
 type Sent = HashMap<String, outbox::Entry>;
@@ -48,8 +58,16 @@ struct Ctx {
     outbox: Outbox,
     runner: Arc<Runner>,
     tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
-    /// Jobs with the listener's payload text (system mode forwards it).
-    jobs: mpsc::Sender<(ExecuteJob, String)>,
+    jobs: Arc<Jobs>,
+    /// Told when a report is in the outbox.
+    done: mpsc::Sender<()>,
+}
+
+/// How a session ended.
+enum Ended {
+    Connection(String),
+    /// The agent was asked to stop and has drained.
+    Stopped,
 }
 
 /// Runs until the process is stopped.
@@ -71,28 +89,29 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
         Err(e) => warn!("could not prune job markers: {e:#}"),
     }
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1024);
-    let (jobs_tx, jobs_rx) = mpsc::channel(1024);
-    tokio::spawn(dispatch(
-        jobs_rx,
-        cfg.max_concurrent_jobs,
-        Arc::clone(&runner),
-        outbox.clone(),
-        done_tx,
-    ));
+    let jobs = Arc::new(Jobs::new(cfg.state_dir.clone(), cfg.max_concurrent_jobs));
+    tokio::spawn(Arc::clone(&jobs).dispatch(Arc::clone(&runner), outbox.clone(), done_tx.clone()));
+    let mut stop = stop_signal()?;
     let ctx = Ctx {
         cfg,
         key,
         outbox,
         runner,
         tls,
-        jobs: jobs_tx,
+        jobs,
+        done: done_tx,
     };
     let mut attempt: u32 = 0;
     loop {
         let started = Instant::now();
-        match session(&ctx, &mut done_rx).await {
-            Ok(why) => info!("connection ended: {why}"),
+        match session(&ctx, &mut done_rx, &mut stop).await {
+            Ok(Ended::Stopped) => return Ok(()),
+            Ok(Ended::Connection(why)) => info!("connection ended: {why}"),
             Err(e) => warn!("connection failed: {e:#}"),
+        }
+        if *stop.borrow() {
+            drain::<TcpStream>(&ctx, None, &mut done_rx).await;
+            return Ok(());
         }
         if started.elapsed() >= STABLE {
             attempt = 0;
@@ -100,7 +119,91 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
         let delay = backoff(attempt);
         attempt = attempt.saturating_add(1);
         info!(delay_ms = delay.as_millis() as u64, "reconnecting");
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => {
+                drain::<TcpStream>(&ctx, None, &mut done_rx).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Flips to true on SIGTERM or SIGINT.
+fn stop_signal() -> Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: stopping"),
+            _ = int.recv() => info!("SIGINT: stopping"),
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+/// Stops taking jobs and lets the running ones finish within the drain
+/// time (then stops them), their reports stored; while connected, keeps
+/// flushing the outbox and reading acknowledgements.
+async fn drain<S>(
+    ctx: &Ctx,
+    mut link: Option<(&mut WebSocketStream<S>, &mut Sent)>,
+    done: &mut mpsc::Receiver<()>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let dropped = ctx.jobs.close();
+    info!(
+        running = ctx.jobs.running(),
+        not_started = dropped,
+        drain_secs = ctx.cfg.drain_timeout.as_secs(),
+        "stopping: no new jobs; jobs not started are left to the listener"
+    );
+    let mut deadline = Instant::now() + ctx.cfg.drain_timeout;
+    let mut cancelled = false;
+    while ctx.jobs.running() > 0 {
+        if Instant::now() >= deadline {
+            if cancelled {
+                warn!(
+                    running = ctx.jobs.running(),
+                    "jobs still running after the drain time and their grace: leaving them"
+                );
+                break;
+            }
+            warn!(
+                running = ctx.jobs.running(),
+                "drain time over: stopping the running jobs"
+            );
+            crate::jobs::cancel_all(&ctx.runner.cancel);
+            cancelled = true;
+            // SIGTERM, the executor's grace, SIGKILL, and the report.
+            deadline = Instant::now() + Duration::from_secs(10);
+        }
+        match &mut link {
+            Some((ws, sent)) => {
+                tokio::select! {
+                    frame = ws.next() => match frame {
+                        Some(Ok(WsMessage::Text(text))) => {
+                            if on_text(ctx, ws, text.as_str(), sent).await.is_err() {
+                                link = None;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => link = None,
+                    },
+                    Some(()) = done.recv() => {
+                        if flush_outbox(ctx, ws, sent).await.is_err() {
+                            link = None;
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
 }
 
@@ -159,7 +262,11 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_MESSAGE_BYTES))
 }
 
-async fn session(ctx: &Ctx, done: &mut mpsc::Receiver<()>) -> Result<String> {
+async fn session(
+    ctx: &Ctx,
+    done: &mut mpsc::Receiver<()>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Ended> {
     let mut req = ctx.cfg.listener_url.as_str().into_client_request()?;
     req.headers_mut().insert(
         "X-CC-API-KEY",
@@ -167,14 +274,15 @@ async fn session(ctx: &Ctx, done: &mut mpsc::Receiver<()>) -> Result<String> {
     );
     match &ctx.tls {
         None => {
-            let (ws, _) = tokio::time::timeout(
+            let connect = tokio::time::timeout(
                 CONNECT_TIMEOUT,
                 tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), true),
-            )
-            .await
-            .context("connecting timed out")?
-            .map_err(describe)?;
-            serve(ctx, ws, done).await
+            );
+            let (ws, _) = tokio::select! {
+                c = connect => c.context("connecting timed out")?.map_err(describe)?,
+                _ = stop.changed() => return Ok(Ended::Connection("stopping while connecting".into())),
+            };
+            serve(ctx, ws, done, stop).await
         }
         Some(tls) => {
             let host = req
@@ -197,10 +305,11 @@ async fn session(ctx: &Ctx, done: &mut mpsc::Receiver<()>) -> Result<String> {
                         .map_err(describe)?;
                 anyhow::Ok(ws)
             };
-            let ws = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-                .await
-                .context("connecting timed out")??;
-            serve(ctx, ws, done).await
+            let ws = tokio::select! {
+                c = tokio::time::timeout(CONNECT_TIMEOUT, connect) => c.context("connecting timed out")??,
+                _ = stop.changed() => return Ok(Ended::Connection("stopping while connecting".into())),
+            };
+            serve(ctx, ws, done, stop).await
         }
     }
 }
@@ -230,7 +339,8 @@ async fn serve<S>(
     ctx: &Ctx,
     mut ws: WebSocketStream<S>,
     done: &mut mpsc::Receiver<()>,
-) -> Result<String>
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Ended>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -242,6 +352,7 @@ where
         tags: cfg.tags.iter().map(ToString::to_string).collect(),
         execution_mode: cfg.execution_mode,
         is_root: ctx.runner.identity.is_root(),
+        job_window: Some(ctx.jobs.window()),
     };
     send(&mut ws, &Message::Register(register)).await?;
     info!(hostname = %cfg.hostname, url = %cfg.listener_url, "connected and registered");
@@ -256,14 +367,14 @@ where
     loop {
         tokio::select! {
             frame = ws.next() => {
-                let Some(frame) = frame else { return Ok("the listener closed the connection".into()) };
+                let Some(frame) = frame else { return Ok(Ended::Connection("the listener closed the connection".into())) };
                 match frame? {
                     WsMessage::Text(text) => on_text(ctx, &mut ws, text.as_str(), &mut sent).await?,
                     WsMessage::Close(frame) => {
-                        return Ok(match frame {
+                        return Ok(Ended::Connection(match frame {
                             Some(f) => format!("closed by the listener ({}): {}", u16::from(f.code), f.reason),
                             None => "closed by the listener".into(),
-                        });
+                        }));
                     }
                     WsMessage::Binary(_) => warn!("binary frame from the listener ignored"),
                     _ => {}
@@ -274,6 +385,11 @@ where
                 send(&mut ws, &Message::Heartbeat(hb)).await?;
             }
             Some(()) = done.recv() => flush_outbox(ctx, &mut ws, &mut sent).await?,
+            _ = stop.changed() => {
+                drain(ctx, Some((&mut ws, &mut sent)), done).await;
+                goodbye(ctx, &mut ws, &mut sent).await;
+                return Ok(Ended::Stopped);
+            }
             _ = scan.tick() => {
                 if ctx.cfg.execution_mode == wire::ExecutionMode::System {
                     let (socket, outbox) = (ctx.cfg.helper_socket.clone(), ctx.outbox.clone());
@@ -310,21 +426,8 @@ where
     }
     match decoded.message {
         Incoming::Known(Message::ExecuteJob(job)) => {
-            info!(job_id = %job.job_id, "job received");
-            match crate::seen::first_time(&ctx.cfg.state_dir, &job.job_id) {
-                Ok(true) => {}
-                Ok(false) => {
-                    info!(job_id = %job.job_id, "job already received: this delivery is ignored");
-                    return Ok(());
-                }
-                Err(e) => {
-                    warn!(job_id = %job.job_id, "could not record the job as received: {e:#}")
-                }
-            }
-            let raw = decoded.raw_payload.unwrap_or_default().to_owned();
-            if ctx.jobs.try_send((job, raw)).is_err() {
-                warn!("job queue full: job dropped; the listener will mark it lost");
-            }
+            let raw = decoded.raw_payload.unwrap_or_default();
+            accept_job(ctx, &job, raw).await;
         }
         Incoming::Known(Message::CronRefresh(entries)) => {
             let raw = decoded.raw_payload.unwrap_or("[]").to_owned();
@@ -507,32 +610,6 @@ where
     Ok(())
 }
 
-/// Runs jobs in arrival order, at most `slots` at once.
-async fn dispatch(
-    mut jobs: mpsc::Receiver<(ExecuteJob, String)>,
-    slots: usize,
-    runner: Arc<Runner>,
-    outbox: Outbox,
-    done: mpsc::Sender<()>,
-) {
-    let slots = Arc::new(Semaphore::new(slots));
-    while let Some((job, raw)) = jobs.recv().await {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let (runner, outbox, done) = (Arc::clone(&runner), outbox.clone(), done.clone());
-        tokio::spawn(async move {
-            let report = tokio::task::spawn_blocking(move || run_job(&runner, &job, &raw)).await;
-            drop(permit);
-            match report {
-                Ok(Some(report)) => store(outbox, report, done).await,
-                Ok(None) => {}
-                Err(e) => error!("job task failed: {e}"),
-            }
-        });
-    }
-}
-
 /// Longest wait between two attempts to store a report the disk refused.
 const STORE_RETRY_MAX: Duration = Duration::from_secs(10);
 
@@ -543,7 +620,11 @@ const STORE_RETRY_MAX: Duration = Duration::from_secs(10);
 /// never sent before it is on disk, and never given up because the disk was
 /// full for a while. A failed attempt leaves nothing behind (the atomic
 /// write removes its temp file).
-async fn store(outbox: Outbox, mut report: wire::ExecutionReport, done: mpsc::Sender<()>) {
+pub(crate) async fn store(
+    outbox: Outbox,
+    mut report: wire::ExecutionReport,
+    done: mpsc::Sender<()>,
+) {
     let job_id = report.job_id.clone();
     // One id for every attempt, so the report is the same one throughout.
     report
@@ -581,30 +662,29 @@ async fn store(outbox: Outbox, mut report: wire::ExecutionReport, done: mpsc::Se
     }
 }
 
-/// Validates and runs one job; an invalid one still gets a report when it
-/// has a usable id.
-fn run_job(
-    runner: &Runner,
-    job: &ExecuteJob,
-    raw: &str,
-) -> Option<cc_proto::wire::ExecutionReport> {
-    match job.validate() {
-        Ok(spec) => Some(runner.run(&spec.id, &spec.command, spec.timeout, Some(raw))),
+/// Validates an arriving job and hands it to `jobs.rs`; an invalid one
+/// gets a report at once when it has a usable id (it never runs, so no
+/// marker), and is dropped with a log line when it has none.
+async fn accept_job(ctx: &Ctx, job: &ExecuteJob, raw: &str) {
+    let spec = match job.validate() {
+        Ok(spec) => spec,
         Err(e) => {
             let Ok(id) = JobId::parse(&job.job_id) else {
                 warn!("execute_job with an invalid job id dropped: {e}");
-                return None;
+                return;
             };
             warn!(%id, "invalid execute_job refused: {e}");
-            let placeholder = CommandLine::new("-", &[]).ok()?;
-            let mut report = runner.refused(
+            let Ok(placeholder) = CommandLine::new("-", &[]) else {
+                return;
+            };
+            let mut report = ctx.runner.refused(
                 &id,
                 &placeholder,
                 cc_exec::EXIT_NOT_EXECUTABLE,
                 &format!("invalid job: {e}"),
             );
             // Show what was asked, with control characters made visible.
-            let asked: String = std::iter::once(job.command.as_str())
+            report.command = std::iter::once(job.command.as_str())
                 .chain(job.args.iter().map(String::as_str))
                 .collect::<Vec<_>>()
                 .join(" ")
@@ -612,10 +692,56 @@ fn run_job(
                 .take(4096)
                 .flat_map(char::escape_debug)
                 .collect();
-            report.command = asked;
-            Some(report)
+            tokio::spawn(store(ctx.outbox.clone(), report, ctx.done.clone()));
+            return;
+        }
+    };
+    let id = spec.id.clone();
+    // System mode forwards the listener's exact text to the helper.
+    let raw = (ctx.cfg.execution_mode == wire::ExecutionMode::System).then(|| raw.to_owned());
+    match ctx.jobs.offer(Job { spec, raw }) {
+        Offer::Queued => info!(job_id = %id, "job received"),
+        Offer::Duplicate => debug!(job_id = %id, "job already held: this delivery is ignored"),
+        Offer::AlreadyStarted => {
+            info!(job_id = %id, "job started before: this delivery is ignored")
+        }
+        Offer::Full => {
+            warn!(job_id = %id, "job queue full: job dropped, not started; the listener sends it again after a reconnect")
+        }
+        Offer::Closed => info!(job_id = %id, "stopping: job not taken; the listener keeps it"),
+    }
+}
+
+/// The end of a graceful stop on a live connection: every report sent and,
+/// for a few seconds at most, acknowledged; then close with 1001.
+async fn goodbye<S>(ctx: &Ctx, ws: &mut WebSocketStream<S>, sent: &mut Sent)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let until = Instant::now() + ACK_WAIT;
+    while flush_outbox(ctx, ws, sent).await.is_ok() && !sent.is_empty() && Instant::now() < until {
+        match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+            Ok(Some(Ok(WsMessage::Text(text)))) => {
+                if on_text(ctx, ws, text.as_str(), sent).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Some(Ok(_))) | Err(_) => {}
+            Ok(Some(Err(_)) | None) => break,
         }
     }
+    if !sent.is_empty() {
+        warn!(
+            unacknowledged = sent.len(),
+            "stopping with reports not yet acknowledged: they stay in the outbox"
+        );
+    }
+    let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away,
+        reason: "agent shutting down".into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+    info!("stopped");
 }
 
 /// `arch` as the spec spells it.

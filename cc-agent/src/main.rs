@@ -6,6 +6,7 @@ mod config;
 mod conn;
 mod cron;
 mod helper_client;
+mod jobs;
 mod outbox;
 mod runner;
 mod seen;

@@ -54,6 +54,8 @@ pub(crate) struct Runner {
     pub(crate) mode: ExecutionMode,
     /// System mode: where cc-privhelper listens.
     pub(crate) helper_socket: PathBuf,
+    /// Set when running jobs must stop (the agent's drain time ran out).
+    pub(crate) cancel: crate::jobs::Cancel,
 }
 
 impl Runner {
@@ -62,6 +64,7 @@ impl Runner {
             identity: Identity::current(),
             mode,
             helper_socket,
+            cancel: crate::jobs::Cancel::default(),
         }
     }
 
@@ -98,7 +101,11 @@ impl Runner {
         if self.mode == ExecutionMode::System {
             return self.run_as_root(id, command, raw);
         }
-        let finished = cc_exec::run(command, &self.launch(), Limits::new(timeout.duration()));
+        let limits = Limits {
+            cancel: Some(std::sync::Arc::clone(&self.cancel)),
+            ..Limits::new(timeout.duration())
+        };
+        let finished = cc_exec::run(command, &self.launch(), limits);
         self.report(id, command, &finished)
     }
 

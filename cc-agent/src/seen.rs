@@ -1,11 +1,13 @@
 //! At most once per job id: `execute_job` is delivered at least once (the
 //! listener sends again, on reconnect, any job it sent that has no report),
-//! so the agent records each job id it accepts and ignores a second
-//! delivery. A marker is an empty file `jobs/<id>` in the state directory,
-//! created with `O_EXCL`; markers older than the longest timeout plus a day
-//! are pruned when the agent starts.
+//! so the agent records each job id it *starts* and never starts it again.
+//! A marker is an empty file `jobs/<id>` in the state directory, created
+//! with `O_EXCL` and made durable (the directory is fsync'd) immediately
+//! before the job starts: a job that never started leaves none and runs
+//! when it is sent again. Markers older than the longest timeout plus a
+//! day are pruned when the agent starts.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
@@ -16,12 +18,14 @@ use cc_proto::{JobId, Timeout};
 
 const KEEP: Duration = Duration::from_secs(Timeout::MAX_SECS + 24 * 3600);
 
-/// True the first time `job_id` is seen; false for a repeat. An invalid id
-/// is "first" (it is refused later with a reason).
-pub(crate) fn first_time(state_dir: &Path, job_id: &str) -> Result<bool> {
-    let Ok(id) = JobId::parse(job_id) else {
-        return Ok(true);
-    };
+/// Whether `id` was started before.
+pub(crate) fn started(state_dir: &Path, id: &JobId) -> bool {
+    state_dir.join("jobs").join(id.as_str()).exists()
+}
+
+/// Records that `id` starts now, on disk before it returns: true the first
+/// time, false if it had started before.
+pub(crate) fn mark_started(state_dir: &Path, id: &JobId) -> Result<bool> {
     let dir = state_dir.join("jobs");
     fs::DirBuilder::new()
         .recursive(true)
@@ -33,7 +37,13 @@ pub(crate) fn first_time(state_dir: &Path, job_id: &str) -> Result<bool> {
         .mode(0o600)
         .open(dir.join(id.as_str()))
     {
-        Ok(_) => Ok(true),
+        Ok(_) => {
+            // The name is what matters: make the directory entry durable.
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .context("making the job marker durable")?;
+            Ok(true)
+        }
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e).context("creating a job marker"),
     }
@@ -67,15 +77,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_job_id_is_accepted_once() {
+    fn a_job_id_starts_once() {
         let dir = std::env::temp_dir().join(format!("cc-seen-{}", uuid::Uuid::new_v4()));
-        assert!(first_time(&dir, "job-1").unwrap());
-        assert!(!first_time(&dir, "job-1").unwrap());
-        assert!(first_time(&dir, "job-2").unwrap());
-        assert!(
-            first_time(&dir, "../bad").unwrap(),
-            "invalid ids are refused later, not here"
+        let (one, two) = (
+            JobId::parse("job-1").unwrap(),
+            JobId::parse("job-2").unwrap(),
         );
+        assert!(!started(&dir, &one));
+        assert!(mark_started(&dir, &one).unwrap());
+        assert!(started(&dir, &one));
+        assert!(!mark_started(&dir, &one).unwrap());
+        assert!(!started(&dir, &two));
+        assert!(mark_started(&dir, &two).unwrap());
         assert_eq!(prune(&dir).unwrap(), 0);
         fs::remove_dir_all(dir).unwrap();
     }
