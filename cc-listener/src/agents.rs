@@ -242,6 +242,7 @@ where
 
     let session = Session {
         state,
+        window: info.job_window,
         hostname,
         conn_id: state.hub.next_conn_id(),
         last_seen: Arc::new(AtomicI64::new(now_ms())),
@@ -287,6 +288,8 @@ where
 struct Session<'a> {
     state: &'a AppState,
     hostname: String,
+    /// The agent's `jobWindow`; `None` for a spec-only agent.
+    window: Option<u32>,
     conn_id: u64,
     last_seen: Arc<AtomicI64>,
     last_heartbeat: Arc<AtomicI64>,
@@ -394,6 +397,10 @@ impl Session<'_> {
                         ws.send(WsMessage::Text(text.into())).await?;
                         Flow::Continue
                     }
+                    Some(Outbound::Dispatch) => {
+                        self.dispatch(ws).await?;
+                        Flow::Continue
+                    }
                     Some(Outbound::Close(reason)) => Flow::Close(CloseCode::Policy, reason),
                     None => Flow::Close(CloseCode::Away, "listener shutting down"),
                 },
@@ -415,8 +422,9 @@ impl Session<'_> {
         }
     }
 
-    /// What the agent should have on (re)connect: its cron list, then any
-    /// queued jobs.
+    /// What the agent should have on (re)connect: its cron list, the jobs
+    /// it was sent and never reported, then queued jobs as its window
+    /// allows.
     async fn catch_up<S>(&self, ws: &mut WebSocketStream<S>) -> Result<()>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -437,13 +445,7 @@ impl Session<'_> {
             send(ws, &Message::ExecuteJob(job_message(job))).await?;
             info!(hostname = %self.hostname, job_id = %job.job_id, "unreported job sent again");
         }
-        let host = self.hostname.clone();
-        let queued = self
-            .state
-            .db
-            .call(move |s| s.queued_jobs(&host, now_ms()))
-            .await?;
-        self.send_jobs(ws, queued).await
+        self.dispatch(ws).await
     }
 
     fn protocol_error(&mut self, what: &str) -> Flow {
@@ -536,6 +538,10 @@ impl Session<'_> {
                 if let Some(report_id) = report.report_id {
                     send(ws, &Message::ReportAck(ReportAck { report_id })).await?;
                 }
+                if outcome == Stored::New {
+                    // A slot of the window may be free now.
+                    self.dispatch(ws).await?;
+                }
             }
             // Not acknowledged: the agent keeps it and sends it again.
             Err(e) => {
@@ -545,35 +551,37 @@ impl Session<'_> {
         Ok(Flow::Continue)
     }
 
-    async fn send_jobs<S>(&self, ws: &mut WebSocketStream<S>, jobs: Vec<JobRow>) -> Result<()>
+    /// Hands the agent the queued jobs its window allows, oldest first
+    /// (`Store::take_for_host` marks them sent in the same transaction);
+    /// whatever cannot be written goes back in the queue.
+    async fn dispatch<S>(&self, ws: &mut WebSocketStream<S>) -> Result<()>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        // Marked sent before they are handed over (a fast report must find
-        // them settled); whatever could not be written goes back in the
-        // queue.
-        let ids: Vec<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
-        let marked = ids.clone();
-        self.state
-            .db
-            .call(move |s| s.mark_sent(&marked, now_ms()))
-            .await?;
-        for (i, job) in jobs.iter().enumerate() {
-            if let Err(e) = send(ws, &Message::ExecuteJob(job_message(job))).await {
-                let unsent = ids[i..].to_vec();
-                let _ = self
-                    .state
-                    .db
-                    .call(move |s| unsent.iter().try_for_each(|id| s.requeue(id)))
-                    .await;
-                return Err(e);
+        loop {
+            let (host, window) = (self.hostname.clone(), self.window);
+            let jobs = self
+                .state
+                .db
+                .call(move |s| s.take_for_host(&host, window, now_ms()))
+                .await?;
+            let full_batch = jobs.len() as i64 == crate::store::TAKE_BATCH;
+            for (i, job) in jobs.iter().enumerate() {
+                if let Err(e) = send(ws, &Message::ExecuteJob(job_message(job))).await {
+                    let unsent: Vec<String> = jobs[i..].iter().map(|j| j.job_id.clone()).collect();
+                    let _ = self
+                        .state
+                        .db
+                        .call(move |s| unsent.iter().try_for_each(|id| s.requeue(id)))
+                        .await;
+                    return Err(e);
+                }
+                debug!(hostname = %self.hostname, job_id = %job.job_id, "job sent");
             }
-            info!(hostname = %self.hostname, job_id = %job.job_id, "queued job sent");
+            if !full_batch {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 }
 
@@ -605,21 +613,6 @@ where
     let text = message.to_json()?;
     ws.send(WsMessage::Text(text.into())).await?;
     Ok(())
-}
-
-/// Sends queued jobs of connected agents that could not be sent when they
-/// were posted (queue full, or posted while the agent was connecting).
-pub fn retry_queued(state: &AppState, jobs: Vec<JobRow>) -> Vec<String> {
-    let mut sent = Vec::new();
-    for job in jobs {
-        let Ok(text) = Message::ExecuteJob(job_message(&job)).to_json() else {
-            continue;
-        };
-        if state.hub.send(&job.hostname, text) {
-            sent.push(job.job_id);
-        }
-    }
-    sent
 }
 
 #[cfg(test)]

@@ -297,34 +297,18 @@ async fn post_job(
         expires_ms: now
             + i64::try_from(state.settings.job_queue_ttl.as_millis()).unwrap_or(i64::MAX / 2),
     };
-    let text = Message::ExecuteJob(ExecuteJob::from(&spec))
-        .to_json()
-        .map_err(|e| ApiError::internal(e.into()))?;
-    // Stored as sent before it is handed over, so a fast report finds it.
-    let online = state.hub.is_connected(&host);
+    // Queued first; the agent's connection takes it from the store as the
+    // agent's window allows (`agents::Session::dispatch`).
     {
         let job = job.clone();
         state
             .db
-            .call(move |s| s.create_job(&job, online))
+            .call(move |s| s.create_job(&job))
             .await
             .map_err(ApiError::internal)?;
     }
-    let status = if online && state.hub.send(&host, text) {
-        "sent"
-    } else {
-        if online {
-            // The connection went away or its queue is full: back to the
-            // queue; the sweeper or the next connection sends it.
-            let id = job_id.clone();
-            state
-                .db
-                .call(move |s| s.requeue(&id))
-                .await
-                .map_err(ApiError::internal)?;
-        }
-        "queued"
-    };
+    state.hub.nudge(&host);
+    let status = crate::store::status::QUEUED;
     info!(hostname = %host, %job_id, status, "job accepted");
     Ok((StatusCode::ACCEPTED, Json(JobAccepted { job_id, status })))
 }

@@ -17,13 +17,17 @@ use cc_proto::wire::AgentInfo;
 pub enum Outbound {
     /// Send this text frame.
     Text(String),
+    /// Hand the host whatever queued jobs its window allows (a job was
+    /// posted, or one of its jobs was lost: `agents::Session::dispatch`).
+    Dispatch,
     /// Close with a policy reason (the connection was replaced, its key
     /// revoked, or the listener is shutting down).
     Close(&'static str),
 }
 
-/// Capacity of each connection's outbound queue. Jobs that do not fit stay
-/// queued in the store and are sent on the next sweep.
+/// Capacity of each connection's outbound queue. Jobs never travel
+/// through it (the connection takes them from the store), so a full queue
+/// loses nothing: a dispatch already waits in it.
 pub const OUTBOUND_QUEUE: usize = 32;
 
 #[derive(Debug)]
@@ -107,6 +111,18 @@ impl Hub {
     pub fn send(&self, hostname: &str, text: String) -> bool {
         match self.lock().get(hostname) {
             Some(live) => live.tx.try_send(Outbound::Text(text)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Asks a host's connection to take its queued jobs; false if it is
+    /// not connected.
+    pub fn nudge(&self, hostname: &str) -> bool {
+        match self.lock().get(hostname) {
+            Some(live) => {
+                let _ = live.tx.try_send(Outbound::Dispatch);
+                true
+            }
             None => false,
         }
     }

@@ -200,8 +200,9 @@ pub async fn serve(
     Ok(())
 }
 
-/// Marks overdue jobs lost and stale queued jobs expired, retries queued
-/// jobs of connected agents, and drops connections whose key was revoked.
+/// Marks overdue jobs lost and stale queued jobs expired, has connected
+/// agents take their queued jobs, and drops connections whose key was
+/// revoked.
 async fn sweep_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(state.settings.sweep_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -216,17 +217,12 @@ async fn sweep_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
             Ok((lost, expired)) => info!(lost, expired, "jobs swept"),
             Err(e) => warn!("sweep failed: {e:#}"),
         }
-        match state.db.call(|s| s.all_queued(now_ms())).await {
-            Ok(jobs) => {
-                let jobs: Vec<_> = jobs
-                    .into_iter()
-                    .filter(|j| state.hub.is_connected(&j.hostname))
-                    .collect();
-                let sent = agents::retry_queued(&state, jobs);
-                if !sent.is_empty() {
-                    if let Err(e) = state.db.call(move |s| s.mark_sent(&sent, now_ms())).await {
-                        warn!("marking retried jobs sent failed: {e:#}");
-                    }
+        // Queued jobs of connected hosts: posted while the agent was
+        // connecting, or with room in a window a lost job freed.
+        match state.db.call(|s| s.hosts_with_queued(now_ms())).await {
+            Ok(hosts) => {
+                for h in hosts {
+                    state.hub.nudge(&h);
                 }
             }
             Err(e) => warn!("reading queued jobs failed: {e:#}"),

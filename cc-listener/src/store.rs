@@ -74,6 +74,9 @@ CREATE INDEX reports_by_job ON reports (job_id, id);
 CREATE INDEX reports_by_host ON reports (hostname, id);
 "#];
 
+/// Jobs handed to a spec-only agent per transaction.
+pub const TAKE_BATCH: i64 = 1000;
+
 /// Job states as stored and shown by the API.
 pub mod status {
     pub const QUEUED: &str = "queued";
@@ -408,44 +411,77 @@ impl Store {
 
     // ---- jobs ----
 
-    /// Stores a new job, `sent` already when `sent` is true.
-    pub fn create_job(&self, job: &NewJob, sent: bool) -> Result<()> {
-        let (status, sent_ms) = if sent {
-            (status::SENT, Some(job.created_ms))
-        } else {
-            (status::QUEUED, None)
-        };
+    /// Stores a new job, queued: [`Store::take_for_host`] hands it over.
+    pub fn create_job(&self, job: &NewJob) -> Result<()> {
         lock(&self.writer).execute(
-            "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms, expires_ms, sent_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms, expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7)",
             params![
                 job.job_id,
                 job.hostname,
                 job.command,
                 serde_json::to_string(&job.args)?,
                 job.timeout_secs,
-                status,
                 job.created_ms,
-                job.expires_ms,
-                sent_ms
+                job.expires_ms
             ],
         )?;
         Ok(())
     }
 
-    /// Marks queued jobs sent; returns how many changed.
-    pub fn mark_sent(&self, job_ids: &[String], now_ms: i64) -> Result<usize> {
+    /// The one place a job is handed to a host: while fewer than `window`
+    /// of the host's jobs are sent and unreported, its oldest queued
+    /// (unexpired) jobs become sent, in submission order, and are returned
+    /// to be written to the connection. `window` `None` (a spec-only agent):
+    /// every queued job, [`TAKE_BATCH`] at a time.
+    pub fn take_for_host(
+        &self,
+        hostname: &str,
+        window: Option<u32>,
+        now_ms: i64,
+    ) -> Result<Vec<JobRow>> {
         let mut conn = lock(&self.writer);
         let tx = write_tx(&mut conn)?;
-        let mut n = 0;
-        for id in job_ids {
-            n += tx.execute(
+        let room = match window {
+            None => TAKE_BATCH,
+            Some(w) => {
+                let in_flight: i64 = tx.query_row(
+                    "SELECT count(*) FROM jobs WHERE hostname = ?1 AND status = 'sent'",
+                    params![hostname],
+                    |r| r.get(0),
+                )?;
+                (i64::from(w) - in_flight).clamp(0, TAKE_BATCH)
+            }
+        };
+        if room == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = {
+            let mut stmt = tx.prepare(&format!(
+                "{JOB_SELECT} WHERE j.hostname = ?1 AND j.status = 'queued' AND j.expires_ms > ?2
+                 ORDER BY j.rowid LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![hostname, now_ms, room], job_row)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        for job in &rows {
+            tx.execute(
                 "UPDATE jobs SET status = 'sent', sent_ms = ?2 WHERE job_id = ?1 AND status = 'queued'",
-                params![id, now_ms],
+                params![job.job_id, now_ms],
             )?;
         }
         tx.commit()?;
-        Ok(n)
+        Ok(rows)
+    }
+
+    /// Hosts with queued, unexpired jobs.
+    pub fn hosts_with_queued(&self, now_ms: i64) -> Result<Vec<String>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare(
+            "SELECT DISTINCT hostname FROM jobs WHERE status = 'queued' AND expires_ms > ?1",
+        )?;
+        let rows = stmt.query_map(params![now_ms], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Puts a job marked sent back in the queue (it could not be handed to
@@ -467,7 +503,7 @@ impl Store {
         let rows = {
             let mut stmt = tx.prepare(&format!(
                 "{JOB_SELECT} WHERE j.hostname = ?1 AND j.status = 'sent' AND j.report_id IS NULL
-                 ORDER BY j.created_ms, j.job_id"
+                 ORDER BY j.rowid"
             ))?;
             let rows = stmt.query_map(params![hostname], job_row)?;
             rows.collect::<Result<Vec<_>, _>>()?
@@ -478,27 +514,6 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(rows)
-    }
-
-    /// Every queued, unexpired job, oldest first.
-    pub fn all_queued(&self, now_ms: i64) -> Result<Vec<JobRow>> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn.prepare(&format!(
-            "{JOB_SELECT} WHERE j.status = 'queued' AND j.expires_ms > ?1 ORDER BY j.created_ms, j.job_id"
-        ))?;
-        let rows = stmt.query_map(params![now_ms], job_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Queued, unexpired jobs for a host, oldest first.
-    pub fn queued_jobs(&self, hostname: &str, now_ms: i64) -> Result<Vec<JobRow>> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn.prepare(&format!(
-            "{JOB_SELECT} WHERE j.hostname = ?1 AND j.status = 'queued' AND j.expires_ms > ?2
-             ORDER BY j.created_ms, j.job_id"
-        ))?;
-        let rows = stmt.query_map(params![hostname, now_ms], job_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn get_job(&self, job_id: &str) -> Result<Option<JobRow>> {
@@ -838,18 +853,15 @@ mod tests {
     #[test]
     fn reports_are_stored_once_and_settle_their_job() {
         let (_d, s) = temp_store();
-        s.create_job(
-            &NewJob {
-                job_id: "j1".into(),
-                hostname: "h".into(),
-                command: "/bin/true".into(),
-                args: vec![],
-                timeout_secs: 10,
-                created_ms: 0,
-                expires_ms: 100,
-            },
-            true,
-        )
+        s.create_job(&NewJob {
+            job_id: "j1".into(),
+            hostname: "h".into(),
+            command: "/bin/true".into(),
+            args: vec![],
+            timeout_secs: 10,
+            created_ms: 0,
+            expires_ms: 100,
+        })
         .unwrap();
         assert_eq!(
             s.store_report("h", "j1", "r1", "{}", 5).unwrap(),
@@ -877,8 +889,9 @@ mod tests {
             created_ms: 0,
             expires_ms: 500,
         };
-        s.create_job(&job("sent"), true).unwrap();
-        s.create_job(&job("queued"), false).unwrap();
+        s.create_job(&job("sent")).unwrap();
+        assert_eq!(s.take_for_host("h", None, 0).unwrap().len(), 1);
+        s.create_job(&job("queued")).unwrap();
         assert_eq!(s.sweep(400, 100).unwrap(), (0, 0));
         assert_eq!(s.sweep(1_101, 100).unwrap(), (1, 1));
         assert_eq!(s.get_job("sent").unwrap().unwrap().status, status::LOST);
@@ -886,6 +899,41 @@ mod tests {
             s.get_job("queued").unwrap().unwrap().status,
             status::EXPIRED
         );
+    }
+
+    /// Issue "An agent restart loses no job": the listener hands a host no
+    /// more than its window, oldest first, and the next as one settles.
+    #[test]
+    fn jobs_go_out_in_submission_order_within_the_window() {
+        let (_d, s) = temp_store();
+        // Ids that sort against their submission order.
+        let ids = ["z", "b", "y", "a", "x"];
+        for id in ids {
+            s.create_job(&NewJob {
+                job_id: id.into(),
+                hostname: "h".into(),
+                command: "x".into(),
+                args: vec![],
+                timeout_secs: 10,
+                created_ms: 7,
+                expires_ms: 1_000,
+            })
+            .unwrap();
+        }
+        let take = |w| -> Vec<String> {
+            s.take_for_host("h", w, 1)
+                .unwrap()
+                .into_iter()
+                .map(|j| j.job_id)
+                .collect()
+        };
+        assert_eq!(take(Some(2)), ["z", "b"]);
+        assert!(take(Some(2)).is_empty(), "the window is full");
+        s.store_report("h", "z", "r-z", "{}", 2).unwrap();
+        assert_eq!(take(Some(2)), ["y"]);
+        assert!(s.take_for_host("other", Some(2), 1).unwrap().is_empty());
+        assert_eq!(take(None), ["a", "x"], "no window: everything queued");
+        assert!(s.hosts_with_queued(1).unwrap().is_empty());
     }
 
     /// Regression: `serve` and `keys add` opening a fresh file at the same
