@@ -130,6 +130,29 @@ impl AgentProcess {
         self.child = self.spawn();
     }
 
+    /// SIGTERM, as `systemctl stop` sends, and waits up to `limit` for the
+    /// agent to exit; (its exit code, how long it took). None if it was
+    /// still running at the limit (then it is SIGKILLed).
+    pub fn terminate(&mut self, limit: std::time::Duration) -> (Option<i32>, std::time::Duration) {
+        let start = std::time::Instant::now();
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (status.code(), start.elapsed());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.kill();
+        (None, start.elapsed())
+    }
+
+    /// Starts the agent again after it stopped.
+    pub fn start_again(&mut self) {
+        let _ = self.child.try_wait();
+        self.child = self.spawn();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }

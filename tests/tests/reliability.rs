@@ -630,6 +630,175 @@ fn fault_state_directory_full() {
     let _ = nix::mount::umount(&state);
 }
 
+/// How an agent restart is done in [`restarts_during_1000_jobs`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    /// SIGTERM, what `systemctl restart cc-agent` sends: a graceful stop.
+    Term,
+    /// SIGKILL: the agent dies wherever it is.
+    Kill,
+    /// SIGKILL, and the listener SIGKILLed and restarted in between too.
+    KillBoth,
+}
+
+/// Issue "An agent restart loses no job": 1,000 jobs to one agent
+/// (`max_concurrent_jobs = 4`) that is restarted 5 times; each job appends
+/// its number to a file, so runs are counted from what ran, not from what
+/// was reported.
+fn restarts_during_1000_jobs(r: &mut Rig, how: Restart) {
+    let host = "rel-restart.test";
+    let runs = r.dir.path().join("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    nix::unistd::chown(
+        &runs,
+        Some(nix::unistd::Uid::from_raw(r.user.0)),
+        Some(nix::unistd::Gid::from_raw(r.user.1)),
+    )
+    .unwrap();
+    let ran = runs.join("ran");
+    let mut agent = r.agent(host, "max_concurrent_jobs = 4\ndrain_timeout_secs = 20\n");
+    let ids: Vec<String> = (0..1000)
+        .map(|i| {
+            let script = format!("sleep 0.0{}; echo {i} >> {}", i % 10, ran.display());
+            r.post(
+                host,
+                &json!({"command": "/bin/sh", "args": ["-c", script], "timeout": 10}),
+            )
+        })
+        .collect();
+    let posted = Instant::now();
+    let mut stops = Vec::new();
+    let mut kills = 0;
+    for k in 0..5 {
+        // Wait for progress, so every restart lands among running jobs.
+        let want = 120 * (k + 1);
+        poll(Duration::from_secs(60), || {
+            let n = std::fs::read_to_string(&ran).map_or(0, |t| t.lines().count());
+            (n >= want).then_some(())
+        });
+        match how {
+            Restart::Term => {
+                let (code, took) = agent.terminate(Duration::from_secs(40));
+                stops.push((code, took));
+                agent.start_again();
+            }
+            Restart::Kill | Restart::KillBoth => {
+                agent.restart();
+                kills += 1;
+                if how == Restart::KillBoth {
+                    r.listener.kill_and_restart();
+                }
+            }
+        }
+        r.wait_connected(host, &agent);
+    }
+    let restarted = posted.elapsed();
+    // Lost jobs are lost only after their timeout and the grace.
+    let done = r.settle(&ids, Duration::from_secs(300));
+    let status: HashMap<String, String> = ids
+        .iter()
+        .map(|i| {
+            (
+                i.clone(),
+                r.job(i)["status"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let lost: Vec<&String> = ids.iter().filter(|i| status[*i] == "lost").collect();
+    let other = ids.len() - done - lost.len();
+    let mut times_run: HashMap<usize, usize> = HashMap::new();
+    for l in std::fs::read_to_string(&ran).unwrap_or_default().lines() {
+        if let Ok(i) = l.trim().parse::<usize>() {
+            *times_run.entry(i).or_default() += 1;
+        }
+    }
+    let twice_run = times_run.values().filter(|n| **n > 1).count();
+    let per = r.reports_per_job(host);
+    let stored_twice = ids
+        .iter()
+        .filter(|i| per.get(*i).is_some_and(|n| *n > 1))
+        .count();
+    // A job the listener calls lost had started: its marker is on disk.
+    let lost_unstarted = lost
+        .iter()
+        .filter(|i| !agent.state().join("jobs").join(i.as_str()).exists())
+        .count();
+    let lost_ran = lost
+        .iter()
+        .filter(|i| {
+            let n = ids.iter().position(|x| x == **i).unwrap_or(usize::MAX);
+            times_run.contains_key(&n)
+        })
+        .count();
+    let never_ran = (0..1000).filter(|i| !times_run.contains_key(i)).count();
+    match how {
+        Restart::Term => {
+            let slow = stops
+                .iter()
+                .map(|(_, t)| t.as_secs_f64())
+                .fold(0.0, f64::max);
+            let clean = stops.iter().all(|(c, _)| *c == Some(0));
+            r.rec.row(
+                "agent",
+                "1,000 `sh -c 'sleep 0.0N; echo I >> file'` jobs to one agent (max_concurrent_jobs = 4), the agent restarted 5 times by SIGTERM",
+                "0 lost, 0 run twice (counted from the file), 0 stored twice; every job done; each stop graceful (exit 0, within the drain time)",
+                &format!(
+                    "{done}/1000 done, {} lost, {other} other; {twice_run} run twice, {never_ran} never ran; {stored_twice} stored twice; stops took at most {slow:.1} s, exit codes {:?}; 5 restarts in {:.1} s",
+                    lost.len(),
+                    stops.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+                    restarted.as_secs_f64()
+                ),
+                done == 1000 && lost.is_empty() && twice_run == 0 && stored_twice == 0 && never_ran == 0 && clean,
+            );
+        }
+        Restart::Kill | Restart::KillBoth => {
+            let what = if how == Restart::Kill {
+                "the agent SIGKILLed and restarted 5 times"
+            } else {
+                "the agent SIGKILLed 5 times and the listener SIGKILLed and restarted after each"
+            };
+            r.rec.row(
+                "agent",
+                &format!("1,000 `sh -c 'sleep 0.0N; echo I >> file'` jobs to one agent (max_concurrent_jobs = 4), {what}"),
+                "lost only jobs that had started (at most 4 per kill), each shown lost by the listener; 0 run twice (counted from the file); 0 stored twice; every other job done",
+                &format!(
+                    "{done}/1000 done, {} lost ({lost_unstarted} of them not started; {lost_ran} had run their command), {other} other; {twice_run} run twice; {stored_twice} stored twice; {kills} kills",
+                    lost.len()
+                ),
+                lost.len() <= 4 * kills
+                    && lost_unstarted == 0
+                    && done + lost.len() == 1000
+                    && twice_run == 0
+                    && stored_twice == 0,
+            );
+        }
+    }
+}
+
+#[test]
+fn fault_agent_restarted_by_sigterm_during_1000_jobs() {
+    let Some(mut r) = rig("fault", "fault_7_agent_sigterm_restarts", "") else {
+        return;
+    };
+    restarts_during_1000_jobs(&mut r, Restart::Term);
+}
+
+#[test]
+fn fault_agent_sigkilled_during_1000_jobs() {
+    let Some(mut r) = rig("fault", "fault_8_agent_sigkills", "") else {
+        return;
+    };
+    restarts_during_1000_jobs(&mut r, Restart::Kill);
+}
+
+#[test]
+fn fault_agent_and_listener_sigkilled_during_1000_jobs() {
+    let Some(mut r) = rig("fault", "fault_9_agent_and_listener_sigkills", "") else {
+        return;
+    };
+    restarts_during_1000_jobs(&mut r, Restart::KillBoth);
+}
+
 // --------------------------------------------------------- hostile input
 
 /// Strings that have broken other programs, for every field.
@@ -1359,6 +1528,63 @@ fn hostile_input_to_the_helper_socket() {
 }
 
 // ------------------------------------------------------------------ load
+
+/// Issue "An agent restart loses no job": a fan-out-sized backlog lives in
+/// the listener's store, not in the agent's memory.
+#[test]
+fn load_10000_jobs_queued_for_one_agent() {
+    let Some(r) = rig("load", "load_2_backlog_for_one_agent", "") else {
+        return;
+    };
+    let host = "rel-backlog.test";
+    let agent = r.agent(host, "max_concurrent_jobs = 4\n");
+    // Idle as in service: it has run jobs (its threads and buffers exist)
+    // and has none now.
+    let warm: Vec<String> = (0..8)
+        .map(|_| r.post(host, &json!({"command": "/bin/true"})))
+        .collect();
+    assert_eq!(r.settle(&warm, T), 8);
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = agent.rss_kib();
+    let admin = r.listener.admin_addr;
+    let hosts = vec![host.to_owned(); 10_000];
+    std::thread::scope(|sc| {
+        for chunk in hosts.chunks(2500) {
+            sc.spawn(move || {
+                for h in chunk {
+                    let body = json!({"command": "/bin/sleep", "args": ["60"], "timeout": 120})
+                        .to_string();
+                    let resp = http::request(
+                        admin,
+                        "POST",
+                        &format!("/api/v1/agents/{h}/jobs"),
+                        Some(TOKEN),
+                        Some(body.as_bytes()),
+                    );
+                    assert_eq!(resp.status, 202, "{}", resp.body);
+                }
+            });
+        }
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let loaded = agent.rss_kib();
+    let running = std::fs::read_dir(agent.state().join("jobs")).map_or(0, Iterator::count) - 8;
+    let agents = r.listener.get("/api/v1/agents").json();
+    let connected = agents.as_array().is_some_and(|a| {
+        a.iter()
+            .any(|x| x["hostname"] == host && x["connected"] == true)
+    });
+    r.rec.row(
+        "agent",
+        "10,000 `sleep 60` jobs posted for one agent (max_concurrent_jobs = 4, so its window is 8)",
+        "the backlog stays in the listener's store: the agent's RSS within 1 MiB of idle (after 8 jobs, none running); 4 jobs started",
+        &format!(
+            "agent RSS {idle} KiB idle, {loaded} KiB with the backlog ({:+} KiB); {running} jobs started; connected: {connected}",
+            loaded as i64 - idle as i64
+        ),
+        loaded <= idle + 1024 && running == 4 && connected,
+    );
+}
 
 #[test]
 fn load_1000_simulated_and_5_real_agents_10000_jobs() {
