@@ -113,9 +113,8 @@ fn find_tree() -> Result<Tree> {
         }
     }
     let v1 = |ctl: &str| -> Option<PathBuf> {
-        let (mnt, _, _) = mounts
-            .iter()
-            .find(|(_, t, o)| t == "cgroup" && o.split(',').any(|x| x == ctl))?;
+        let (mnt, _, _) =
+            mounts.iter().find(|(_, t, o)| t == "cgroup" && o.split(',').any(|x| x == ctl))?;
         let (_, path) = own.iter().find(|(c, _)| c.split(',').any(|x| x == ctl))?;
         Some(join(mnt, path))
     };
@@ -141,9 +140,7 @@ impl Cgroups {
                 // ours to touch.
                 for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    let owner = name
-                        .strip_prefix("cc-job-")
-                        .and_then(|r| r.split('-').next());
+                    let owner = name.strip_prefix("cc-job-").and_then(|r| r.split('-').next());
                     if owner.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
                         let _ = fs::remove_dir(e.path());
                     }
@@ -187,20 +184,13 @@ impl Cgroups {
     fn create(&self) -> Result<JobCgroup> {
         let (max_processes, max_memory) = self.limits;
         let tree = self.tree.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let name = format!(
-            "cc-job-{}-{}",
-            std::process::id(),
-            self.next.fetch_add(1, Ordering::Relaxed)
-        );
+        let name =
+            format!("cc-job-{}-{}", std::process::id(), self.next.fetch_add(1, Ordering::Relaxed));
         let (dirs, v2) = match tree {
             Tree::V2(d) => (vec![d.join(&name)], true),
             Tree::V1 { pids, memory } => (vec![pids.join(&name), memory.join(&name)], false),
         };
-        let mut job = JobCgroup {
-            dirs: Vec::new(),
-            v2,
-            procs: Vec::new(),
-        };
+        let mut job = JobCgroup { dirs: Vec::new(), v2, procs: Vec::new() };
         for d in &dirs {
             fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
             job.dirs.push(d.clone());
@@ -212,14 +202,8 @@ impl Cgroups {
             // No swap: the limit is the memory the job may use.
             let _ = write(&memory.join("memory.swap.max"), "0");
         } else {
-            write(
-                &memory.join("memory.limit_in_bytes"),
-                &max_memory.to_string(),
-            )?;
-            let _ = write(
-                &memory.join("memory.memsw.limit_in_bytes"),
-                &max_memory.to_string(),
-            );
+            write(&memory.join("memory.limit_in_bytes"), &max_memory.to_string())?;
+            let _ = write(&memory.join("memory.memsw.limit_in_bytes"), &max_memory.to_string());
         }
         for d in &job.dirs {
             let f = fs::OpenOptions::new()

@@ -154,10 +154,7 @@ pub(crate) struct Rlimits {
 
 impl Default for Rlimits {
     fn default() -> Self {
-        Self {
-            nofile: 1024,
-            core: 0,
-        }
+        Self { nofile: 1024, core: 0 }
     }
 }
 
@@ -203,17 +200,8 @@ pub(crate) struct Config {
 pub(crate) fn check_root_owned(path: &Path, what: &str) -> Result<()> {
     let meta =
         std::fs::symlink_metadata(path).with_context(|| format!("{what} {}", path.display()))?;
-    ensure!(
-        !meta.file_type().is_symlink(),
-        "{what} {} is a symlink",
-        path.display()
-    );
-    ensure!(
-        meta.uid() == 0,
-        "{what} {} is not owned by root (uid {})",
-        path.display(),
-        meta.uid()
-    );
+    ensure!(!meta.file_type().is_symlink(), "{what} {} is a symlink", path.display());
+    ensure!(meta.uid() == 0, "{what} {} is not owned by root (uid {})", path.display(), meta.uid());
     ensure!(
         meta.mode() & 0o022 == 0,
         "{what} {} is writable by group or others (mode {:04o})",
@@ -228,20 +216,12 @@ pub(crate) fn check_root_owned(path: &Path, what: &str) -> Result<()> {
 /// may not rename or remove root's entries there): nobody but root can
 /// replace any part of the path.
 pub(crate) fn check_root_owned_chain(path: &Path, what: &str) -> Result<()> {
-    ensure!(
-        path.is_absolute(),
-        "{what} {} is not absolute",
-        path.display()
-    );
+    ensure!(path.is_absolute(), "{what} {} is not absolute", path.display());
     check_root_owned(path, what)?;
     for dir in path.ancestors().skip(1) {
         let meta = std::fs::symlink_metadata(dir)
             .with_context(|| format!("directory {} above the {what}", dir.display()))?;
-        ensure!(
-            meta.is_dir(),
-            "{} above the {what} is not a directory",
-            dir.display()
-        );
+        ensure!(meta.is_dir(), "{} above the {what} is not a directory", dir.display());
         ensure!(
             meta.uid() == 0,
             "directory {} above the {what} is not owned by root (uid {})",
@@ -265,9 +245,7 @@ fn plain_absolute(p: &Path) -> bool {
     let bytes = p.as_os_str().as_bytes();
     bytes.first() == Some(&b'/')
         && (bytes == b"/"
-            || bytes[1..]
-                .split(|&b| b == b'/')
-                .all(|c| !matches!(c, b"" | b"." | b"..")))
+            || bytes[1..].split(|&b| b == b'/').all(|c| !matches!(c, b"" | b"." | b"..")))
 }
 
 impl Config {
@@ -293,24 +271,14 @@ impl Config {
         }
         let allowed_commands = f
             .allowed_commands
-            .map(|list| {
-                list.into_iter()
-                    .map(Allowed::check)
-                    .collect::<Result<Vec<_>>>()
-            })
+            .map(|list| list.into_iter().map(Allowed::check).collect::<Result<Vec<_>>>())
             .transpose()?;
         let cfg = Self {
-            socket: f
-                .socket
-                .unwrap_or_else(|| "/run/croncommander/helper.sock".into()),
+            socket: f.socket.unwrap_or_else(|| "/run/croncommander/helper.sock".into()),
             agent_user: f.agent_user.unwrap_or_else(|| "cc-agent-user".into()),
             system_mode: f.system_mode,
-            cron_file: f
-                .cron_file
-                .unwrap_or_else(|| "/etc/cron.d/croncommander".into()),
-            state_dir: f
-                .state_dir
-                .unwrap_or_else(|| "/var/lib/croncommander-helper".into()),
+            cron_file: f.cron_file.unwrap_or_else(|| "/etc/cron.d/croncommander".into()),
+            state_dir: f.state_dir.unwrap_or_else(|| "/var/lib/croncommander-helper".into()),
             allowed_commands,
             sandbox: Sandbox {
                 keep_capabilities: keep,
@@ -330,10 +298,7 @@ impl Config {
             },
             path: path.to_owned(),
         };
-        ensure!(
-            cfg.sandbox.max_processes >= 1,
-            "max_processes must be at least 1"
-        );
+        ensure!(cfg.sandbox.max_processes >= 1, "max_processes must be at least 1");
         ensure!(
             cfg.sandbox.max_memory_bytes >= 16 * 1024 * 1024,
             "max_memory_mib must be at least 16"
@@ -375,11 +340,7 @@ impl Config {
                 w.display(),
                 real.display()
             );
-            ensure!(
-                real.is_dir(),
-                "write_paths: {} is not a directory",
-                w.display()
-            );
+            ensure!(real.is_dir(), "write_paths: {} is not a directory", w.display());
             let protected = PROTECTED_TREES.iter().map(Path::new).chain(own);
             for p in protected {
                 if p.starts_with(&real) || real.starts_with(p) {
@@ -416,10 +377,7 @@ impl Allowed {
             None => true,
             Some(patterns) => {
                 patterns.len() == argv.len()
-                    && patterns
-                        .iter()
-                        .zip(argv)
-                        .all(|(p, a)| glob(p.as_bytes(), a.as_bytes()))
+                    && patterns.iter().zip(argv).all(|(p, a)| glob(p.as_bytes(), a.as_bytes()))
             }
         }
     }
@@ -497,10 +455,7 @@ mod tests {
                 panic!("{bad} accepted");
             };
             let e = e.to_string();
-            assert!(
-                e.contains("must never write") || e.contains("write_paths"),
-                "{bad}: {e}"
-            );
+            assert!(e.contains("must never write") || e.contains("write_paths"), "{bad}: {e}");
         }
         for bad in ["relative", "/tmp/../etc", "/tmp/./x", "/tmp//x", "/tmp/"] {
             let e = cfg(&[bad]).check_write_paths().unwrap_err().to_string();
@@ -523,10 +478,7 @@ mod tests {
         assert!(!a.args_match(&v(&["restart", "nginx.service.bak"])));
         assert!(glob(b"a?c", b"abc") && !glob(b"a?c", b"ac"));
         assert!(glob(b"*", b"") && glob(b"**x", b"yx") && !glob(b"x*", b"yx"));
-        let any = Allowed {
-            path: "/bin/true".into(),
-            args: None,
-        };
+        let any = Allowed { path: "/bin/true".into(), args: None };
         assert!(any.args_match(&v(&["anything", "at all"])));
     }
 }

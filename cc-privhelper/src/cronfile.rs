@@ -45,10 +45,9 @@ pub(crate) fn write(
     let mut rejected = Vec::new();
     for e in entries {
         match e.validate() {
-            Ok(j) if valid.iter().any(|v| v.id == j.id) => rejected.push(CronRejection {
-                id: j.id.to_string(),
-                reason: "duplicate id".into(),
-            }),
+            Ok(j) if valid.iter().any(|v| v.id == j.id) => {
+                rejected.push(CronRejection { id: j.id.to_string(), reason: "duplicate id".into() })
+            }
             Ok(j) => valid.push(j),
             Err(err) => rejected.push(CronRejection {
                 id: e.id.chars().take(128).collect(),
@@ -62,20 +61,14 @@ pub(crate) fn write(
     let mut text = format!("{HEADER}\nSHELL=/bin/sh\nPATH=/usr/sbin:/usr/bin:/sbin:/bin\n");
     let mut state = BTreeMap::new();
     for j in &valid {
-        text.push_str(&format!(
-            "{} root {exe} cron-run --config {config} {}\n",
-            j.schedule, j.id
-        ));
+        text.push_str(&format!("{} root {exe} cron-run --config {config} {}\n", j.schedule, j.id));
         let argv: Vec<String> = std::iter::once(j.command.program().to_owned())
             .chain(j.command.args().iter().cloned())
             .collect();
         state.insert(j.id.to_string(), argv);
     }
     let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&cfg.state_dir)?;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(&cfg.state_dir)?;
     check_root_owned(&cfg.state_dir, "state_dir")?;
     // Commands first: a run that starts right after the file changes finds them.
     atomic_write(
@@ -116,14 +109,8 @@ fn plain(p: &Path) -> Result<&str> {
 }
 
 fn write_cron_file(path: &Path, body: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("cron_file has no file name")?;
-    ensure!(
-        !name.contains('.'),
-        "cron_file name {name:?} contains a dot: cron would ignore it"
-    );
+    let name = path.file_name().and_then(|n| n.to_str()).context("cron_file has no file name")?;
+    ensure!(!name.contains('.'), "cron_file name {name:?} contains a dot: cron would ignore it");
     atomic_write(path, body, 0o644)
 }
 
@@ -133,10 +120,7 @@ fn write_cron_file(path: &Path, body: &[u8]) -> Result<()> {
 pub(crate) fn atomic_write(path: &Path, body: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().context("no parent directory")?;
     check_root_owned(dir, "directory")?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("no file name")?;
+    let name = path.file_name().and_then(|n| n.to_str()).context("no file name")?;
     let tmp = dir.join(format!(".{name}.new"));
     // A temp file left by a crash: remove it (unlink does not follow links).
     let _ = fs::remove_file(&tmp);
@@ -167,9 +151,7 @@ pub(crate) fn load(cfg: &Config, id: &JobId) -> Result<CommandLine> {
     let path = cfg.state_dir.join(STATE_FILE);
     check_root_owned(&path, "cron state file")?;
     let state: BTreeMap<String, Vec<String>> = serde_json::from_str(&fs::read_to_string(&path)?)?;
-    let argv = state
-        .get(id.as_str())
-        .with_context(|| format!("no system cron entry {id}"))?;
+    let argv = state.get(id.as_str()).with_context(|| format!("no system cron entry {id}"))?;
     let (program, args) = argv.split_first().context("empty command")?;
     Ok(CommandLine::new(program, args)?)
 }

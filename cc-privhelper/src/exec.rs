@@ -35,10 +35,7 @@ const JOB_ENV: &[(&str, &str)] = &[
 ];
 
 pub(crate) fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
-    Refusal {
-        code,
-        message: message.into(),
-    }
+    Refusal { code, message: message.into() }
 }
 
 /// Where `program` is, as `execvp` would find it with the job's PATH.
@@ -47,10 +44,7 @@ fn resolve(program: &str) -> Option<PathBuf> {
         let p = Path::new(program);
         return (p.is_absolute() && p.is_file()).then(|| p.to_owned());
     }
-    JOB_PATH
-        .split(':')
-        .map(|d| Path::new(d).join(program))
-        .find(|p| p.is_file())
+    JOB_PATH.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
 }
 
 /// With `allowed_commands` set: the program's path must be exactly an
@@ -71,10 +65,7 @@ fn check_allowed(cfg: &Config, path: &Path, argv: &[String]) -> Result<(), Refus
     if !entries.iter().any(|a| a.args_match(argv)) {
         return Err(refusal(
             RefusalCode::CommandNotAllowed,
-            format!(
-                "{}: these arguments do not match allowed_commands",
-                path.display()
-            ),
+            format!("{}: these arguments do not match allowed_commands", path.display()),
         ));
     }
     check_root_owned_chain(path, "allowed command").map_err(|e| {
@@ -102,10 +93,7 @@ fn not_started(
     why: &str,
     job: &JobSpec,
 ) -> Result<(ExecutionReport, Leftovers), Refusal> {
-    Ok((
-        stamp(&cc_exec::refused(code, why), &job.id, &job.command),
-        Leftovers::default(),
-    ))
+    Ok((stamp(&cc_exec::refused(code, why), &job.id, &job.command), Leftovers::default()))
 }
 
 /// Runs a validated job, or says why not.
@@ -117,11 +105,7 @@ pub(crate) fn run(
     let program = job.command.program();
     let Some(path) = resolve(program) else {
         // Not found is the job's outcome (127), not a refusal.
-        return not_started(
-            cc_exec::EXIT_NOT_FOUND,
-            &format!("{program}: not found"),
-            job,
-        );
+        return not_started(cc_exec::EXIT_NOT_FOUND, &format!("{program}: not found"), job);
     };
     check_allowed(cfg, &path, job.command.args())?;
     if let Some(why) = &plan.refusal {
@@ -157,10 +141,7 @@ pub(crate) fn run(
     if !meta.is_some_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
         return not_started(
             cc_exec::EXIT_NOT_EXECUTABLE,
-            &format!(
-                "{}: permission denied (not an executable file)",
-                path.display()
-            ),
+            &format!("{}: permission denied (not an executable file)", path.display()),
             job,
         );
     }
@@ -183,21 +164,14 @@ pub(crate) fn run(
     };
     let argv = std::iter::once(program).chain(job.command.args().iter().map(String::as_str));
     let Some(exec) = crate::sys::ExecVectors::new(argv, JOB_ENV) else {
-        return not_started(
-            cc_exec::EXIT_NOT_EXECUTABLE,
-            "an argument holds a NUL byte",
-            job,
-        );
+        return not_started(cc_exec::EXIT_NOT_EXECUTABLE, "an argument holds a NUL byte", job);
     };
     // std's program is never run: the child executes the checked file
     // itself (execveat) at the end of its containment.
     let mut cmd = Command::new(program);
     cmd.current_dir("/");
     let fds = crate::sys::JobFds {
-        cgroup_procs: cgroup
-            .iter()
-            .flat_map(|c| c.procs.iter().map(AsRawFd::as_raw_fd))
-            .collect(),
+        cgroup_procs: cgroup.iter().flat_map(|c| c.procs.iter().map(AsRawFd::as_raw_fd)).collect(),
         program: file.as_raw_fd(),
         script,
         exec,
@@ -249,10 +223,7 @@ pub(crate) fn run(
     for w in warnings.into_iter().rev() {
         finished.warnings.insert(0, w);
     }
-    let leftovers = Leftovers {
-        _cgroup: cgroup,
-        _namespace: namespace,
-    };
+    let leftovers = Leftovers { _cgroup: cgroup, _namespace: namespace };
     Ok((stamp(&finished, &job.id, &job.command), leftovers))
 }
 
@@ -261,10 +232,7 @@ pub(crate) fn stamp(f: &Finished, id: &JobId, command: &CommandLine) -> Executio
     static USER: OnceLock<(u32, String)> = OnceLock::new();
     let (uid, user) = USER.get_or_init(|| {
         let uid = Uid::effective();
-        let name = User::from_uid(uid)
-            .ok()
-            .flatten()
-            .map_or_else(|| uid.to_string(), |u| u.name);
+        let name = User::from_uid(uid).ok().flatten().map_or_else(|| uid.to_string(), |u| u.name);
         (uid.as_raw(), name)
     });
     f.report(id, command, *uid, user, None, None)

@@ -42,13 +42,9 @@ fn config_arg(args: &[String]) -> Result<(PathBuf, Vec<String>)> {
 /// cron daemon sees its duration); the report is the helper's to keep.
 fn cron_run(args: &[String]) -> Result<()> {
     let (config, rest) = config_arg(args)?;
-    let [job_id] = rest.as_slice() else {
-        bail!("{USAGE}")
-    };
+    let [job_id] = rest.as_slice() else { bail!("{USAGE}") };
     let cfg = Config::load(&config)?;
-    let req = HelperRequest::RunScheduled(RunScheduledRequest {
-        job_id: job_id.clone(),
-    });
+    let req = HelperRequest::RunScheduled(RunScheduledRequest { job_id: job_id.clone() });
     let mut stream = std::os::unix::net::UnixStream::connect(&cfg.socket)
         .with_context(|| format!("connecting to the helper at {}", cfg.socket.display()))?;
     let body = cc_proto::helper::encode(&req)?;
@@ -57,9 +53,7 @@ fn cron_run(args: &[String]) -> Result<()> {
     let mut buf = [0u8; 16 * 1024];
     let body = loop {
         let want = decoder.wanted().clamp(1, buf.len());
-        let n = stream
-            .read(&mut buf[..want])
-            .context("reading the helper's answer")?;
+        let n = stream.read(&mut buf[..want]).context("reading the helper's answer")?;
         if n == 0 {
             bail!("the helper closed without answering");
         }

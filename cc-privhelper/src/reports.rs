@@ -35,10 +35,7 @@ impl Reports {
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
         crate::config::check_root_owned(&dir, "report directory")?;
-        Ok(Self {
-            dir,
-            lock: Mutex::new(()),
-        })
+        Ok(Self { dir, lock: Mutex::new(()) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -63,10 +60,7 @@ impl Reports {
 
     /// Stores a report (it must carry a `reportId`), whole or not at all.
     pub(crate) fn put(&self, report: &ExecutionReport) -> Result<()> {
-        let id = report
-            .report_id
-            .as_deref()
-            .context("a kept report needs a reportId")?;
+        let id = report.report_id.as_deref().context("a kept report needs a reportId")?;
         let _g = self.lock();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -163,14 +163,8 @@ fn build_ruleset(s: &Sandbox, mode: Enforce) -> Result<Option<OwnedFd>, RulesetE
         .create()?
         .set_compatibility(CompatLevel::BestEffort)
         .add_rules(path_beneath_rules(["/"], AccessFs::from_read(NEWEST)))?
-        .add_rules(path_beneath_rules(
-            &s.write_paths,
-            AccessFs::from_all(NEWEST),
-        ))?
-        .add_rules(path_beneath_rules(
-            ["/dev/null"],
-            AccessFs::from_file(NEWEST),
-        ))?;
+        .add_rules(path_beneath_rules(&s.write_paths, AccessFs::from_all(NEWEST)))?
+        .add_rules(path_beneath_rules(["/dev/null"], AccessFs::from_file(NEWEST)))?;
     for &port in &s.tcp_bind_ports {
         created = created.add_rule(NetPort::new(port, AccessNet::BindTcp))?;
     }

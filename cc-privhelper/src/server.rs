@@ -160,21 +160,15 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
             continue;
         }
         let h = Arc::clone(&helper);
-        let spawned = std::thread::Builder::new()
-            .name("request".into())
-            .spawn(move || {
-                handle(stream, &h, peer, uid, pid);
-                let i = usize::from(peer == Peer::Root);
-                h.slots[i].fetch_sub(1, Ordering::AcqRel);
-            });
+        let spawned = std::thread::Builder::new().name("request".into()).spawn(move || {
+            handle(stream, &h, peer, uid, pid);
+            let i = usize::from(peer == Peer::Root);
+            h.slots[i].fetch_sub(1, Ordering::AcqRel);
+        });
         if let Err(e) = spawned {
             // The stream went with the closure: the peer sees it close.
             slot.fetch_sub(1, Ordering::AcqRel);
-            warn!(
-                peer_uid = uid,
-                peer_pid = pid,
-                "no thread for a request: {e}"
-            );
+            warn!(peer_uid = uid, peer_pid = pid, "no thread for a request: {e}");
         }
     }
     Ok(())
@@ -182,14 +176,8 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
 
 /// Socket directory 0750 and socket 0660, both root:<agent's group>.
 fn bind(cfg: &Config, agent_gid: Gid) -> Result<UnixListener> {
-    let dir = cfg
-        .socket
-        .parent()
-        .context("socket path has no directory")?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(dir)?;
+    let dir = cfg.socket.parent().context("socket path has no directory")?;
+    std::fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)?;
     chown(dir, Some(Uid::from_raw(0)), Some(agent_gid))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
     let _ = std::fs::remove_file(&cfg.socket);
@@ -225,10 +213,9 @@ fn handle(mut stream: UnixStream, h: &Helper, peer: Peer, uid: u32, pid: i32) {
             let op = req.operation();
             (answer(h, peer, req, &mut audit), op)
         }
-        Err(e) => (
-            HelperResponse::Refused(refusal(RefusalCode::BadRequest, format!("{e:#}"))),
-            "invalid",
-        ),
+        Err(e) => {
+            (HelperResponse::Refused(refusal(RefusalCode::BadRequest, format!("{e:#}"))), "invalid")
+        }
     };
     let (decision, reason) = match &response {
         HelperResponse::Refused(r) => ("refused", r.message.as_str()),
@@ -331,10 +318,9 @@ fn answer(h: &Helper, peer: Peer, req: HelperRequest, audit: &mut Audit) -> Help
                 return refused(RefusalCode::InvalidPayload, "too many cron entries");
             }
             match crate::cronfile::write(cfg, &entries) {
-                Ok((installed, rejected)) => HelperResponse::CronWritten(CronWritten {
-                    installed,
-                    rejected,
-                }),
+                Ok((installed, rejected)) => {
+                    HelperResponse::CronWritten(CronWritten { installed, rejected })
+                }
                 Err(e) => refused(RefusalCode::Internal, format!("{e:#}")),
             }
         }
@@ -351,11 +337,7 @@ fn answer(h: &Helper, peer: Peer, req: HelperRequest, audit: &mut Audit) -> Help
                 Ok(c) => c,
                 Err(e) => return refused(RefusalCode::InvalidPayload, format!("{e:#}")),
             };
-            let spec = JobSpec {
-                id: id.clone(),
-                command,
-                timeout: crate::cronfile::CRON_TIMEOUT,
-            };
+            let spec = JobSpec { id: id.clone(), command, timeout: crate::cronfile::CRON_TIMEOUT };
             let mut report = if !lock_entry(h, &id) {
                 crate::exec::stamp(
                     &cc_exec::refused(
@@ -373,10 +355,7 @@ fn answer(h: &Helper, peer: Peer, req: HelperRequest, audit: &mut Audit) -> Help
                         &spec.command,
                     )
                 });
-                h.running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(id.as_str());
+                h.running.lock().unwrap_or_else(|e| e.into_inner()).remove(id.as_str());
                 done
             };
             report.report_id = Some(scheduled_report_id());
@@ -395,10 +374,7 @@ const EXIT_SKIPPED: i32 = 75;
 
 /// Marks a scheduled entry running; false if it already is.
 fn lock_entry(h: &Helper, id: &JobId) -> bool {
-    h.running
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id.to_string())
+    h.running.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string())
 }
 
 /// Runs a validated job (ad hoc or scheduled), its argv in the audit line.
@@ -421,11 +397,7 @@ fn run(
 fn scheduled_report_id() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     let millis = cc_proto::Timestamp::now().unix_millis();
-    format!(
-        "sys-{millis}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("sys-{millis}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 const DISABLED: &str =

@@ -23,21 +23,13 @@ use crate::sandbox::Plan;
 
 /// The socket systemd passed, if `LISTEN_PID` is us and `LISTEN_FDS` ≥ 1.
 pub(crate) fn systemd_socket() -> Result<Option<UnixListener>> {
-    let pid_ok = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
+    let pid_ok = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok())
         == Some(std::process::id());
-    let fds: u32 = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let fds: u32 = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
     if !pid_ok || fds == 0 {
         return Ok(None);
     }
-    ensure!(
-        fds == 1,
-        "systemd passed {fds} sockets; cc-privhelper takes exactly one"
-    );
+    ensure!(fds == 1, "systemd passed {fds} sockets; cc-privhelper takes exactly one");
     // SAFETY: with LISTEN_PID equal to our pid and LISTEN_FDS = 1, systemd's
     // socket-activation protocol guarantees fd 3 is an open listening socket
     // handed to this process, and nothing else in this process owns it: it
@@ -75,9 +67,7 @@ pub(crate) fn landlock_abi() -> u32 {
 pub(crate) fn pid_namespace_for_next_child() -> io::Result<()> {
     // SAFETY: unshare(2) with one flag; CLONE_NEWPID does not imply
     // CLONE_THREAD, so a thread of a multi-threaded process may call it.
-    check(libc::c_long::from(unsafe {
-        libc::unshare(libc::CLONE_NEWPID)
-    }))
+    check(libc::c_long::from(unsafe { libc::unshare(libc::CLONE_NEWPID) }))
 }
 
 /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
@@ -114,11 +104,7 @@ const MOUNT_ATTR_NODEV: u64 = 0x4;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 
 fn check(r: libc::c_long) -> io::Result<()> {
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 fn errno(e: nix::errno::Errno) -> io::Error {
@@ -143,12 +129,7 @@ fn mount(
 
 /// mount_setattr(2) on `path` and every mount beneath it.
 fn set_mount_attr(path: &CStr, set: u64, clear: u64) -> io::Result<()> {
-    let attr = MountAttr {
-        attr_set: set,
-        attr_clr: clear,
-        propagation: 0,
-        userns_fd: 0,
-    };
+    let attr = MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 };
     // SAFETY: a NUL-terminated path and a pointer to a local struct of the
     // size passed.
     check(unsafe {
@@ -186,27 +167,18 @@ impl ExecVectors {
         argv: impl IntoIterator<Item = &'a str>,
         env: &[(&str, &str)],
     ) -> Option<Self> {
-        let args: Vec<CString> = argv
-            .into_iter()
-            .map(|a| CString::new(a).ok())
-            .collect::<Option<_>>()?;
+        let args: Vec<CString> =
+            argv.into_iter().map(|a| CString::new(a).ok()).collect::<Option<_>>()?;
         let n = args.len();
         let mut strings = args;
         for (k, v) in env {
             strings.push(CString::new(format!("{k}={v}")).ok()?);
         }
         let mut ptrs: Vec<*const libc::c_char> = strings.iter().map(|c| c.as_ptr()).collect();
-        let envp: Vec<*const libc::c_char> = ptrs
-            .split_off(n)
-            .into_iter()
-            .chain([std::ptr::null()])
-            .collect();
+        let envp: Vec<*const libc::c_char> =
+            ptrs.split_off(n).into_iter().chain([std::ptr::null()]).collect();
         ptrs.push(std::ptr::null());
-        Some(Self {
-            _strings: strings,
-            argv: ptrs,
-            envp,
-        })
+        Some(Self { _strings: strings, argv: ptrs, envp })
     }
 }
 
@@ -237,9 +209,7 @@ pub(crate) fn contain_child(cmd: &mut Command, plan: Arc<Plan>, job: JobFds) {
             }
         }
         // SAFETY: unshare(2) with one flag; the child is single-threaded.
-        check(libc::c_long::from(unsafe {
-            libc::unshare(libc::CLONE_NEWNS)
-        }))?;
+        check(libc::c_long::from(unsafe { libc::unshare(libc::CLONE_NEWNS) }))?;
         mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
         mount(
             Some(c"proc"),
@@ -304,15 +274,8 @@ pub(crate) fn contain_child(cmd: &mut Command, plan: Arc<Plan>, job: JobFds) {
             )
         }))?;
         // Inheritable set: read this thread's sets, clear it, write back.
-        let mut header = CapHeader {
-            version: CAPABILITY_VERSION_3,
-            pid: 0,
-        };
-        let mut data = [CapData {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        }; 2];
+        let mut header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
+        let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
         // SAFETY: capget(2) with version 3 reads one header and writes two
         // data structs; both pointers are to live, writable locals of
         // exactly those C layouts.
@@ -325,9 +288,7 @@ pub(crate) fn contain_child(cmd: &mut Command, plan: Arc<Plan>, job: JobFds) {
         if job.script {
             // SAFETY: fcntl(2) with integer arguments: the interpreter
             // opens the script as /dev/fd/N, so N stays open.
-            check(libc::c_long::from(unsafe {
-                libc::fcntl(job.program, libc::F_SETFD, 0)
-            }))?;
+            check(libc::c_long::from(unsafe { libc::fcntl(job.program, libc::F_SETFD, 0) }))?;
         }
         // The checked file itself, not whatever its path names now. On
         // success this does not return; on failure std reports the errno.
