@@ -14,11 +14,12 @@
 //! Synchronous and small on purpose: the helper links it, and the helper has
 //! no async runtime.
 
+use std::fs::File;
 use std::io::{self, ErrorKind, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -103,18 +104,67 @@ pub struct Finished {
     pub warnings: Vec<String>,
 }
 
-/// A started job: the process to wait for and, for a job with a reaper
-/// ([`spawn`]), the reaper's status pipe.
+/// A started job: the process to wait for, its output pipes and, for a
+/// job with a reaper ([`spawn`]), the reaper's status pipe.
 #[derive(Debug)]
 pub struct Started {
-    child: Child,
-    reaper: Option<std::fs::File>,
+    pid: u32,
+    /// std's handle when std started it; `None` for [`Started::from_raw`].
+    child: Option<Child>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+    reaper: Option<File>,
 }
 
 impl Started {
+    /// A job a caller started itself (the helper's contained jobs): `pid`
+    /// is a child of this process not yet waited for, whose stdout and
+    /// stderr are the write ends of these pipes. It leads its own session
+    /// (the timeout signals its process group) and something other than a
+    /// reaper ends what it leaves (the helper's PID namespace).
+    pub fn from_raw(pid: u32, stdout: OwnedFd, stderr: OwnedFd) -> Self {
+        Self {
+            pid,
+            child: None,
+            stdout: Some(stdout.into()),
+            stderr: Some(stderr.into()),
+            reaper: None,
+        }
+    }
+
+    fn from_child(mut child: Child, reaper: Option<File>) -> Self {
+        Self {
+            pid: child.id(),
+            stdout: child.stdout.take().map(|p| OwnedFd::from(p).into()),
+            stderr: child.stderr.take().map(|p| OwnedFd::from(p).into()),
+            child: Some(child),
+            reaper,
+        }
+    }
+
     /// The pid of the process [`supervise`] waits for.
     pub fn id(&self) -> u32 {
-        self.child.id()
+        self.pid
+    }
+
+    fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        match &mut self.child {
+            Some(c) => c.try_wait().ok().flatten(),
+            None => sys::try_wait(self.pid),
+        }
+    }
+
+    fn kill(&mut self) {
+        match &mut self.child {
+            Some(c) => {
+                let _ = c.kill();
+            }
+            None => {
+                if let Ok(pid) = i32::try_from(self.pid) {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
     }
 }
 
@@ -145,29 +195,7 @@ pub fn spawn(
     let child = cmd.spawn().map_err(|e| fail(&e))?;
     // The parent's copy of the write end went with `cmd`'s closure.
     drop(cmd);
-    Ok(Started {
-        child,
-        reaper: Some(std::fs::File::from(read)),
-    })
-}
-
-/// Like [`spawn`] for a prepared `Command` (the helper's): the caller has
-/// set program, environment and containment — its `pre_exec` starts with
-/// [`child_session_and_cloexec`], and its PID namespace ends whatever the
-/// job leaves. This adds the pipes.
-pub fn spawn_prepared(mut cmd: Command, command: &CommandLine) -> Result<Started, Box<Finished>> {
-    let started = Timestamp::now();
-    let clock = Instant::now();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd
-        .spawn()
-        .map_err(|e| Box::new(not_started(command, &e, started, clock.elapsed())))?;
-    Ok(Started {
-        child,
-        reaper: None,
-    })
+    Ok(Started::from_child(child, Some(File::from(read))))
 }
 
 /// For a caller's own `pre_exec` (async-signal-safe: two system calls): a
@@ -225,8 +253,8 @@ const REAPER_SLACK: Duration = Duration::from_secs(2);
 /// `poll(2)` on the pipes and a pidfd of the process, so it wakes only when
 /// there is output, the process exits, or a deadline comes.
 pub fn supervise(job: Started, limits: Limits) -> Finished {
-    let Started { mut child, reaper } = job;
-    let mut reaper = reaper.map(ReaperStatus::new);
+    let mut child = job;
+    let mut reaper = child.reaper.take().map(ReaperStatus::new);
     let started = Timestamp::now();
     let clock = Instant::now();
     let deadline = clock + limits.timeout;
@@ -247,7 +275,7 @@ pub fn supervise(job: Started, limits: Limits) -> Finished {
 
     loop {
         if status.is_none() {
-            status = child.try_wait().ok().flatten();
+            status = child.try_wait();
             if status.is_some() {
                 exited_at = Some(Instant::now());
             }
@@ -275,7 +303,7 @@ pub fn supervise(job: Started, limits: Limits) -> Finished {
                 if let Some(job) = reaper.as_mut().and_then(ReaperStatus::job_pid) {
                     signal_group(Some(job), Signal::SIGKILL);
                 }
-                let _ = child.kill();
+                child.kill();
             }
         }
         if let Some(t) = exited_at {
@@ -520,8 +548,8 @@ impl<R: Read + AsFd> Stream<R> {
 /// Waits up to `wait` for either pipe or the process's exit, then reads
 /// from each ready pipe.
 fn pump(
-    out: &mut Stream<ChildStdout>,
-    err: &mut Stream<ChildStderr>,
+    out: &mut Stream<File>,
+    err: &mut Stream<File>,
     exit: Option<&std::os::fd::OwnedFd>,
     wait: Duration,
     buf: &mut Vec<u8>,

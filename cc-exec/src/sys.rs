@@ -270,3 +270,14 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     // SAFETY: `fd` is a fresh descriptor owned by no one else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
+
+/// `waitpid(pid, WNOHANG)`: the child's status once it has ended, which
+/// reaps it.
+pub(crate) fn try_wait(pid: u32) -> Option<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid writes one int, a local.
+    let r = unsafe { libc::waitpid(pid, &raw mut status, libc::WNOHANG) };
+    (r == pid).then(|| std::process::ExitStatus::from_raw(status))
+}

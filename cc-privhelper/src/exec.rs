@@ -10,7 +10,6 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use cc_exec::{Finished, Limits};
@@ -108,24 +107,15 @@ pub(crate) fn run(
         return not_started(cc_exec::EXIT_NOT_FOUND, &format!("{program}: not found"), job);
     };
     check_allowed(cfg, &path, job.command.args())?;
+    let cannot = |why: String| not_started(cc_exec::EXIT_NOT_EXECUTABLE, &why, job);
     if let Some(why) = &plan.refusal {
-        return not_started(
-            cc_exec::EXIT_NOT_EXECUTABLE,
-            &format!("the job was not started: {why}"),
-            job,
-        );
+        return cannot(format!("the job was not started: {why}"));
     }
     // The file that was checked is the file that runs: opened once, then
     // executed through /proc/self/fd.
     let mut file = match File::open(&path) {
         Ok(f) => f,
-        Err(e) => {
-            return not_started(
-                cc_exec::EXIT_NOT_EXECUTABLE,
-                &format!("{}: {e}", path.display()),
-                job,
-            );
-        }
+        Err(e) => return cannot(format!("{}: {e}", path.display())),
     };
     let meta = file.metadata().ok();
     let same_file = std::fs::symlink_metadata(&path)
@@ -139,11 +129,7 @@ pub(crate) fn run(
         ));
     }
     if !meta.is_some_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
-        return not_started(
-            cc_exec::EXIT_NOT_EXECUTABLE,
-            &format!("{}: permission denied (not an executable file)", path.display()),
-            job,
-        );
+        return cannot(format!("{}: permission denied (not an executable file)", path.display()));
     }
     let mut magic = [0u8; 2];
     let script = file.read_exact(&mut magic).is_ok() && &magic == b"#!";
@@ -151,11 +137,9 @@ pub(crate) fn run(
     let cgroup = match plan.cgroups.take() {
         Ok(c) => Some(c),
         Err(e) if cfg.sandbox.limits == crate::config::Enforce::Required => {
-            return not_started(
-                cc_exec::EXIT_NOT_EXECUTABLE,
-                &format!("the job was not started: its cgroup could not be made ({e:#})"),
-                job,
-            );
+            return cannot(format!(
+                "the job was not started: its cgroup could not be made ({e:#})"
+            ));
         }
         Err(e) => {
             warnings.push(format!("no job cgroup ({e:#}): no process or memory limit"));
@@ -164,45 +148,26 @@ pub(crate) fn run(
     };
     let argv = std::iter::once(program).chain(job.command.args().iter().map(String::as_str));
     let Some(exec) = crate::sys::ExecVectors::new(argv, JOB_ENV) else {
-        return not_started(cc_exec::EXIT_NOT_EXECUTABLE, "an argument holds a NUL byte", job);
+        return cannot("an argument holds a NUL byte".into());
     };
-    // std's program is never run: the child executes the checked file
-    // itself (execveat) at the end of its containment.
-    let mut cmd = Command::new(program);
-    cmd.current_dir("/");
     let fds = crate::sys::JobFds {
         cgroup_procs: cgroup.iter().flat_map(|c| c.procs.iter().map(AsRawFd::as_raw_fd)).collect(),
         program: file.as_raw_fd(),
         script,
         exec,
     };
-    crate::sys::contain_child(&mut cmd, Arc::clone(plan), fds);
-    if let Err(e) = crate::sys::pid_namespace_for_next_child() {
-        return not_started(
-            cc_exec::EXIT_NOT_EXECUTABLE,
-            &format!("the job was not started: no PID namespace ({e})"),
-            job,
-        );
-    }
     let mut namespace = None;
-    let mut finished = match cc_exec::spawn_prepared(cmd, &job.command) {
+    let mut finished = match crate::sys::spawn_contained(plan, &fds) {
         Ok(child) => {
-            namespace = File::open(format!("/proc/{}/ns/mnt", child.id())).ok();
-            cc_exec::supervise(child, Limits::new(job.timeout.duration()))
+            namespace = File::open(format!("/proc/{}/ns/mnt", child.pid)).ok();
+            let started = cc_exec::Started::from_raw(child.pid, child.stdout, child.stderr);
+            cc_exec::supervise(started, Limits::new(job.timeout.duration()))
         }
-        Err(f) => {
-            // The containment steps and exec both run in the child, and
-            // either failing ends it before the job's program runs; std
-            // reports only the errno, not which step it was.
-            let why = f.stderr.text.trim_end();
-            let why = why.strip_prefix("croncommander: ").unwrap_or(why);
-            cc_exec::refused(
-                f.exit_code,
-                &format!(
-                    "the job was not started: its containment could not be applied, or exec failed ({why})"
-                ),
-            )
-        }
+        // Every failure ends that process before the job's program runs.
+        Err(e) => cc_exec::refused(
+            cc_exec::EXIT_NOT_EXECUTABLE,
+            &format!("the job was not started: {} failed: {}", e.step, e.error),
+        ),
     };
     drop(file);
     if let Some(c) = &cgroup {

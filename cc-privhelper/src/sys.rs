@@ -1,21 +1,23 @@
 //! The helper's `unsafe`, in three places:
 //! - taking over the listening socket systemd passes on fd 3 (socket
 //!   activation), which std can only adopt from a raw descriptor;
-//! - two questions to the kernel with no safe wrapper: the landlock ABI,
-//!   and a new PID namespace for the request thread's next child;
-//! - applying a job's containment between `fork` and `exec`
-//!   ([`contain_child`], the sequence `sandbox.rs` documents): `pre_exec`
-//!   is `unsafe`, and mounts, landlock and the capability sets have no
-//!   allocation-free safe wrappers.
+//! - asking the kernel for its landlock ABI (no safe wrapper);
+//! - starting a job ([`spawn_contained`]): `clone(2)` with `CLONE_VM |
+//!   CLONE_VFORK | CLONE_NEWPID` on a stack of its own, as `posix_spawn`
+//!   does — a fork of the multi-threaded helper would copy its page tables
+//!   for a process that lives a few microseconds before `exec` — and, in
+//!   that child, the containment sequence `sandbox.rs` documents: mounts,
+//!   landlock and the capability sets have no allocation-free safe
+//!   wrappers.
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
-use std::process::Command;
-use std::sync::Arc;
+
+use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
 
 use anyhow::{Result, ensure};
 
@@ -59,15 +61,6 @@ pub(crate) fn landlock_abi() -> u32 {
         )
     };
     u32::try_from(v).unwrap_or(0)
-}
-
-/// The next child this thread forks starts a new PID namespace (and is PID
-/// 1 in it); the thread itself stays where it is. Each request has a thread
-/// of its own that starts at most one job.
-pub(crate) fn pid_namespace_for_next_child() -> io::Result<()> {
-    // SAFETY: unshare(2) with one flag; CLONE_NEWPID does not imply
-    // CLONE_THREAD, so a thread of a multi-threaded process may call it.
-    check(libc::c_long::from(unsafe { libc::unshare(libc::CLONE_NEWPID) }))
 }
 
 /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
@@ -154,13 +147,6 @@ pub(crate) struct ExecVectors {
     envp: Vec<*const libc::c_char>,
 }
 
-// SAFETY: the pointers point into `_strings`, which the struct owns and
-// never changes after construction; nothing writes through them, so the
-// struct may move to and be read from any thread (the forked child).
-unsafe impl Send for ExecVectors {}
-// SAFETY: as above: shared access only reads immutable data.
-unsafe impl Sync for ExecVectors {}
-
 impl ExecVectors {
     /// `argv` and `KEY=VALUE` pairs; `None` if a string holds a NUL byte.
     pub(crate) fn new<'a>(
@@ -182,7 +168,7 @@ impl ExecVectors {
     }
 }
 
-/// What one job's forked process needs beyond the [`Plan`]: the cgroup
+/// What one job's process needs beyond the [`Plan`]: the cgroup
 /// `cgroup.procs` descriptors, the program file that was checked (kept
 /// open across `exec` only for a script, whose interpreter reads it as
 /// `/dev/fd/N`), and what to execute it with.
@@ -194,128 +180,255 @@ pub(crate) struct JobFds {
     pub(crate) exec: ExecVectors,
 }
 
-/// Makes the child apply `plan` after `fork`, before `exec`, in the order
-/// `sandbox.rs` documents. Any error ends the child before `exec` (std
-/// reports it to the parent as a failed spawn): the job never starts.
-pub(crate) fn contain_child(cmd: &mut Command, plan: Arc<Plan>, job: JobFds) {
-    let apply = move || -> io::Result<()> {
-        // The whole of `job` moves in (its vectors are Send only together).
-        let job = &job;
-        cc_exec::child_session_and_cloexec()?;
-        for &fd in &job.cgroup_procs {
-            // SAFETY: writes one byte from a static string.
-            if unsafe { libc::write(fd, c"0".as_ptr().cast(), 1) } != 1 {
-                return Err(io::Error::last_os_error());
-            }
+/// A job's process, started: its pid (1 in its own PID namespace) and the
+/// read ends of its stdout and stderr.
+pub(crate) struct Spawned {
+    pub(crate) pid: u32,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: OwnedFd,
+}
+
+/// What the child reads and, sharing the parent's memory until `exec`
+/// (the parent waits meanwhile), writes back: the containment step it
+/// reached and, if that step failed, its errno.
+struct Child<'a> {
+    plan: &'a Plan,
+    job: &'a JobFds,
+    stdio: [RawFd; 3],
+    step: Cell<&'static str>,
+    errno: Cell<i32>,
+}
+
+/// A containment step that failed (the job did not start).
+#[derive(Debug)]
+pub(crate) struct NotStarted {
+    pub(crate) step: &'static str,
+    pub(crate) error: io::Error,
+}
+
+/// Child stack size: the containment steps are plain system calls (a debug
+/// build needs more than a release build); a guard page below it.
+const STACK: usize = 256 * 1024;
+
+/// Starts the job: a new process in a new PID namespace, which applies the
+/// containment and executes the checked program file. Returns once it has
+/// executed it (`CLONE_VFORK`) or failed to.
+pub(crate) fn spawn_contained(plan: &Plan, job: &JobFds) -> Result<Spawned, NotStarted> {
+    let fail = |step, error| NotStarted { step, error };
+    let (out_r, out_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail("pipes", errno(e)))?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail("pipes", errno(e)))?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| fail("/dev/null", e))?;
+    let stack = Stack::new().map_err(|e| fail("a stack", e))?;
+    let child = Child {
+        plan,
+        job,
+        stdio: [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+        step: Cell::new("clone"),
+        errno: Cell::new(0),
+    };
+    // No signal handler may run on the child's stack while it shares our
+    // memory; the child sets its own mask before exec.
+    let mut before = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut before))
+        .map_err(|e| fail("signals", errno(e)))?;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_NEWPID | libc::SIGCHLD;
+    // SAFETY: `contained` runs on `stack` (mapped, writable, STACK bytes
+    // above a guard page, alive until after clone returns) in a child that
+    // shares this memory; with CLONE_VFORK this thread does not resume
+    // until the child has called execveat or exited, so `child` (on this
+    // thread's stack) outlives every access the child makes to it.
+    let pid =
+        unsafe { libc::clone(contained, stack.top(), flags, (&raw const child).cast_mut().cast()) };
+    let clone_error = io::Error::last_os_error();
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&before), None);
+    drop((out_w, err_w, null, stack));
+    if pid < 0 {
+        return Err(fail("clone", clone_error));
+    }
+    if child.errno.get() != 0 {
+        // It exited without running the job: reap it now.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        return Err(fail(child.step.get(), io::Error::from_raw_os_error(child.errno.get())));
+    }
+    Ok(Spawned { pid: pid.unsigned_abs(), stdout: out_r, stderr: err_r })
+}
+
+/// The child's stack: anonymous memory with a guard page at its low end.
+struct Stack(*mut libc::c_void);
+
+impl Stack {
+    fn new() -> io::Result<Self> {
+        let page = 4096;
+        // SAFETY: a new private anonymous mapping; no pointer is passed in.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                STACK + page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
         }
-        // SAFETY: unshare(2) with one flag; the child is single-threaded.
-        check(libc::c_long::from(unsafe { libc::unshare(libc::CLONE_NEWNS) }))?;
-        mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
-        mount(
-            Some(c"proc"),
-            c"/proc",
-            Some(c"proc"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            None,
-        )?;
-        match mount(
-            Some(c"tmpfs"),
-            c"/run",
-            Some(c"tmpfs"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            Some(c"mode=0755,size=16k"),
-        ) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            other => other?,
+        let stack = Self(base);
+        // SAFETY: the first page of the mapping just made.
+        check(libc::c_long::from(unsafe { libc::mprotect(base, page, libc::PROT_NONE) }))?;
+        Ok(stack)
+    }
+
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of the mapping (the stack grows down).
+        unsafe { self.0.cast::<u8>().add(STACK + 4096).cast() }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: the whole mapping made in `new`, no longer used.
+        unsafe { libc::munmap(self.0, STACK + 4096) };
+    }
+}
+
+/// The child: applies the containment, then executes the program. On a
+/// failure it records the step and errno and exits 126.
+extern "C" fn contained(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Child` that `spawn_contained` passed, alive
+    // until this process execs or exits (CLONE_VFORK).
+    let child = unsafe { &*arg.cast::<Child<'_>>() };
+    if let Err(e) = contain(child) {
+        child.errno.set(e.raw_os_error().unwrap_or(libc::EIO).max(1));
+    }
+    // SAFETY: _exit(2) ends this process only (no CLONE_THREAD); it runs no
+    // atexit handler, which would touch the parent's state.
+    unsafe { libc::_exit(126) }
+}
+
+/// The sequence `sandbox.rs` documents, each step recorded before it runs.
+/// Only system calls on data prepared before the clone: nothing here
+/// allocates, locks, or touches state another thread may hold.
+fn contain(child: &Child<'_>) -> io::Result<()> {
+    let (plan, job) = (child.plan, child.job);
+    let step = |name| child.step.set(name);
+    step("stdio");
+    for (to, &from) in child.stdio.iter().enumerate() {
+        // SAFETY: dup2(2) on descriptors open in this process.
+        if unsafe { libc::dup2(from, to as RawFd) } < 0 {
+            return Err(io::Error::last_os_error());
         }
-        for w in &plan.write_paths {
-            mount(Some(w), w, None, libc::MS_BIND | libc::MS_REC, None)?;
+    }
+    step("chdir /");
+    // SAFETY: chdir(2) with a static NUL-terminated path.
+    check(libc::c_long::from(unsafe { libc::chdir(c"/".as_ptr()) }))?;
+    step("a session of its own");
+    cc_exec::child_session_and_cloexec()?;
+    step("joining the job's cgroup");
+    for &fd in &job.cgroup_procs {
+        // SAFETY: writes one byte from a static string.
+        if unsafe { libc::write(fd, c"0".as_ptr().cast(), 1) } != 1 {
+            return Err(io::Error::last_os_error());
         }
-        set_mount_attr(c"/", MOUNT_ATTR_RDONLY, 0)?;
-        for w in &plan.write_paths {
-            set_mount_attr(w, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, MOUNT_ATTR_RDONLY)?;
-        }
-        for (resource, v) in plan.rlimits {
-            nix::sys::resource::setrlimit(resource, v, v).map_err(errno)?;
-        }
-        nix::sys::prctl::set_no_new_privs().map_err(errno)?;
-        if let Some(ruleset) = &plan.ruleset {
-            // SAFETY: landlock_restrict_self(2) takes a descriptor and a
-            // flags word; the descriptor is the prepared ruleset, open for
-            // the whole call.
-            check(unsafe {
-                libc::syscall(
-                    libc::SYS_landlock_restrict_self,
-                    ruleset.as_raw_fd(),
-                    0 as libc::c_uint,
-                )
-            })?;
-        }
-        for &cap in &plan.drop_caps {
-            // SAFETY: prctl(2) with integer arguments only.
-            check(libc::c_long::from(unsafe {
-                libc::prctl(
-                    libc::PR_CAPBSET_DROP,
-                    libc::c_ulong::from(cap),
-                    0 as libc::c_ulong,
-                    0 as libc::c_ulong,
-                    0 as libc::c_ulong,
-                )
-            }))?;
-        }
+    }
+    step("a mount namespace");
+    // SAFETY: unshare(2) with one flag; this process shares no fs struct.
+    check(libc::c_long::from(unsafe { libc::unshare(libc::CLONE_NEWNS) }))?;
+    step("making mounts private");
+    mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    step("mounting /proc");
+    let hidden = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount(Some(c"proc"), c"/proc", Some(c"proc"), hidden, None)?;
+    step("mounting /run");
+    match mount(Some(c"tmpfs"), c"/run", Some(c"tmpfs"), hidden, Some(c"mode=0755,size=16k")) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        other => other?,
+    }
+    step("binding write_paths");
+    for w in &plan.write_paths {
+        mount(Some(w), w, None, libc::MS_BIND | libc::MS_REC, None)?;
+    }
+    step("making the tree read-only");
+    set_mount_attr(c"/", MOUNT_ATTR_RDONLY, 0)?;
+    step("write_paths writable (nosuid, nodev)");
+    for w in &plan.write_paths {
+        set_mount_attr(w, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, MOUNT_ATTR_RDONLY)?;
+    }
+    step("rlimits");
+    for (resource, v) in plan.rlimits {
+        nix::sys::resource::setrlimit(resource, v, v).map_err(errno)?;
+    }
+    step("no_new_privs");
+    nix::sys::prctl::set_no_new_privs().map_err(errno)?;
+    step("landlock");
+    if let Some(ruleset) = &plan.ruleset {
+        // SAFETY: landlock_restrict_self(2) takes a descriptor and a flags
+        // word; the descriptor is the prepared ruleset, open for the call.
+        check(unsafe {
+            libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0 as libc::c_uint)
+        })?;
+    }
+    step("dropping capabilities");
+    for &cap in &plan.drop_caps {
         // SAFETY: prctl(2) with integer arguments only.
         check(libc::c_long::from(unsafe {
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            )
+            libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0)
         }))?;
-        // Inheritable set: read this thread's sets, clear it, write back.
-        let mut header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
-        let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
-        // SAFETY: capget(2) with version 3 reads one header and writes two
-        // data structs; both pointers are to live, writable locals of
-        // exactly those C layouts.
-        check(unsafe { libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) })?;
-        for d in &mut data {
-            d.inheritable = 0;
-        }
-        // SAFETY: capset(2) reads the same header and two data structs.
-        check(unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) })?;
-        if job.script {
-            // SAFETY: fcntl(2) with integer arguments: the interpreter
-            // opens the script as /dev/fd/N, so N stays open.
-            check(libc::c_long::from(unsafe { libc::fcntl(job.program, libc::F_SETFD, 0) }))?;
-        }
-        // The checked file itself, not whatever its path names now. On
-        // success this does not return; on failure std reports the errno.
-        // SAFETY: execveat(2) with the program descriptor, an empty path
-        // (AT_EMPTY_PATH), and null-terminated arrays of pointers to
-        // NUL-terminated strings, all owned by `job.exec` for the call.
-        check(unsafe {
-            libc::syscall(
-                libc::SYS_execveat,
-                job.program,
-                c"".as_ptr(),
-                job.exec.argv.as_ptr(),
-                job.exec.envp.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            )
-        })?;
-        Ok(())
-    };
-    // SAFETY: the closure runs in the child after fork, where only
-    // async-signal-safe calls are allowed, and the helper is multi-threaded.
-    // It makes plain system calls (write, unshare, mount, mount_setattr,
-    // setrlimit, prctl, landlock_restrict_self, capget, capset, fcntl,
-    // execveat) on
-    // data prepared in the parent and moved into the closure or static
-    // strings; it does not allocate (errors are built from errno values),
-    // lock, or touch state shared with other threads.
-    unsafe {
-        cmd.pre_exec(apply);
     }
+    step("clearing ambient capabilities");
+    // SAFETY: prctl(2) with integer arguments only.
+    check(libc::c_long::from(unsafe {
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    }))?;
+    // Inheritable set: read this process's sets, clear it, write back.
+    step("clearing inheritable capabilities");
+    let mut header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: capget(2) with version 3 reads one header and writes two data
+    // structs; both pointers are to live, writable locals of those layouts.
+    check(unsafe { libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) })?;
+    for d in &mut data {
+        d.inheritable = 0;
+    }
+    // SAFETY: capset(2) reads the same header and two data structs.
+    check(unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) })?;
+    step("keeping the script open");
+    if job.script {
+        // SAFETY: fcntl(2) with integers: the interpreter opens the script
+        // as /dev/fd/N, so N stays open.
+        check(libc::c_long::from(unsafe { libc::fcntl(job.program, libc::F_SETFD, 0) }))?;
+    }
+    // Signals as a freshly started program expects them.
+    step("signals");
+    // SAFETY: signal(2) and sigprocmask(2) on integers and a local set.
+    unsafe {
+        if libc::signal(libc::SIGPIPE, libc::SIG_DFL) == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut none);
+        check(libc::c_long::from(libc::sigprocmask(
+            libc::SIG_SETMASK,
+            &raw const none,
+            std::ptr::null_mut(),
+        )))?;
+    }
+    step("exec");
+    // The checked file itself, not whatever its path names now; returns
+    // only on failure.
+    // SAFETY: execveat(2) with the program descriptor, an empty path
+    // (AT_EMPTY_PATH), and null-terminated arrays of pointers to
+    // NUL-terminated strings, all owned by `job.exec` for the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            job.program,
+            c"".as_ptr(),
+            job.exec.argv.as_ptr(),
+            job.exec.envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    })
 }

@@ -194,8 +194,8 @@ fn a_job_whose_sandbox_cannot_be_applied_never_starts() {
         report["warning"]
             .as_str()
             .unwrap()
-            .contains("the job was not started"),
-        "{r}"
+            .contains("the job was not started: rlimits failed"),
+        "the refusal names the step that failed: {r}"
     );
     assert!(!marker.exists(), "the job ran without its sandbox");
 }
