@@ -427,11 +427,12 @@ where
     match decoded.message {
         Incoming::Known(Message::ExecuteJob(job)) => {
             let raw = decoded.raw_payload.unwrap_or_default();
-            accept_job(ctx, &job, raw).await;
+            accept_job(ctx, &job, raw, decoded.raw_signed).await;
         }
         Incoming::Known(Message::CronRefresh(entries)) => {
             let raw = decoded.raw_payload.unwrap_or("[]").to_owned();
-            let status = apply_cron(ctx, entries, raw).await;
+            let signed = decoded.raw_signed.map(str::to_owned);
+            let status = apply_cron(ctx, entries, raw, signed).await;
             send(ws, &Message::CronStatus(status)).await?;
         }
         Incoming::Known(Message::ReportAck(ack)) => {
@@ -452,9 +453,14 @@ where
     Ok(())
 }
 
-async fn apply_cron(ctx: &Ctx, entries: Vec<CronEntry>, raw: String) -> wire::CronStatus {
+async fn apply_cron(
+    ctx: &Ctx,
+    entries: Vec<CronEntry>,
+    raw: String,
+    signed: Option<String>,
+) -> wire::CronStatus {
     if ctx.cfg.execution_mode == wire::ExecutionMode::System {
-        return system_cron(ctx, &entries, raw).await;
+        return system_cron(ctx, &entries, raw, signed).await;
     }
     let state = ctx.cfg.state_dir.clone();
     let config = ctx.cfg.path.clone();
@@ -501,10 +507,18 @@ async fn apply_cron(ctx: &Ctx, entries: Vec<CronEntry>, raw: String) -> wire::Cr
 
 /// System mode: the listener's `cron_refresh` text goes to cc-privhelper,
 /// which writes `/etc/cron.d/croncommander`.
-async fn system_cron(ctx: &Ctx, entries: &[CronEntry], raw: String) -> wire::CronStatus {
+async fn system_cron(
+    ctx: &Ctx,
+    entries: &[CronEntry],
+    raw: String,
+    signed: Option<String>,
+) -> wire::CronStatus {
     use cc_proto::helper::{HelperRequest, HelperResponse, WriteCronRequest};
     let socket = ctx.cfg.helper_socket.clone();
-    let req = HelperRequest::WriteCron(WriteCronRequest { cron_refresh: raw });
+    let req = HelperRequest::WriteCron(WriteCronRequest {
+        cron_refresh: raw,
+        signed,
+    });
     let answer =
         tokio::task::spawn_blocking(move || crate::helper_client::call(&socket, &req)).await;
     let reason = match answer {
@@ -665,7 +679,7 @@ pub(crate) async fn store(
 /// Validates an arriving job and hands it to `jobs.rs`; an invalid one
 /// gets a report at once when it has a usable id (it never runs, so no
 /// marker), and is dropped with a log line when it has none.
-async fn accept_job(ctx: &Ctx, job: &ExecuteJob, raw: &str) {
+async fn accept_job(ctx: &Ctx, job: &ExecuteJob, raw: &str, signed: Option<&str>) {
     let spec = match job.validate() {
         Ok(spec) => spec,
         Err(e) => {
@@ -698,8 +712,12 @@ async fn accept_job(ctx: &Ctx, job: &ExecuteJob, raw: &str) {
     };
     let id = spec.id.clone();
     // System mode forwards the listener's exact text to the helper.
-    let raw = (ctx.cfg.execution_mode == wire::ExecutionMode::System).then(|| raw.to_owned());
-    match ctx.jobs.offer(Job { spec, raw }) {
+    let forward =
+        (ctx.cfg.execution_mode == wire::ExecutionMode::System).then(|| crate::runner::Forward {
+            payload: raw.to_owned(),
+            signed: signed.map(str::to_owned),
+        });
+    match ctx.jobs.offer(Job { spec, forward }) {
         Offer::Queued => info!(job_id = %id, "job received"),
         Offer::Duplicate => debug!(job_id = %id, "job already held: this delivery is ignored"),
         Offer::AlreadyStarted => {

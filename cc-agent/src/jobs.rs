@@ -31,12 +31,11 @@ const MAX_QUEUED: usize = 1024;
 /// system mode, the listener's payload text).
 const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
 
-/// A validated job; `raw` is the listener's payload text, which system mode
-/// forwards to the helper untouched.
+/// A validated job; in system mode, what goes to the helper untouched.
 #[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) spec: JobSpec,
-    pub(crate) raw: Option<String>,
+    pub(crate) forward: Option<crate::runner::Forward>,
 }
 
 impl Job {
@@ -49,7 +48,9 @@ impl Job {
                 .iter()
                 .map(String::len)
                 .sum::<usize>()
-            + self.raw.as_ref().map_or(0, String::len)
+            + self.forward.as_ref().map_or(0, |f| {
+                f.payload.len() + f.signed.as_ref().map_or(0, String::len)
+            })
     }
 }
 
@@ -230,7 +231,7 @@ impl Jobs {
 fn start(state_dir: &std::path::Path, runner: &Runner, job: &Job) -> Option<ExecutionReport> {
     let spec = &job.spec;
     match crate::seen::mark_started(state_dir, &spec.id) {
-        Ok(true) => Some(runner.run(&spec.id, &spec.command, spec.timeout, job.raw.as_deref())),
+        Ok(true) => Some(runner.run(&spec.id, &spec.command, spec.timeout, job.forward.as_ref())),
         Ok(false) => {
             info!(job_id = %spec.id, "job started before: not run again");
             None

@@ -48,6 +48,14 @@ impl Identity {
     }
 }
 
+/// A root job as the listener sent it: the `execute_job` payload and its
+/// `signed` extension, exact texts for the helper to check itself.
+#[derive(Debug, Clone)]
+pub(crate) struct Forward {
+    pub(crate) payload: String,
+    pub(crate) signed: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Runner {
     pub(crate) identity: Identity,
@@ -89,17 +97,17 @@ impl Runner {
     }
 
     /// Runs a job to the end (blocking) and returns its report. In system
-    /// mode the job goes to cc-privhelper with the listener's payload text
-    /// (`raw`) untouched; the agent never runs it itself.
+    /// mode the job goes to cc-privhelper with the listener's texts
+    /// (`forward`) untouched; the agent never runs it itself.
     pub(crate) fn run(
         &self,
         id: &JobId,
         command: &CommandLine,
         timeout: Timeout,
-        raw: Option<&str>,
+        forward: Option<&Forward>,
     ) -> ExecutionReport {
         if self.mode == ExecutionMode::System {
-            return self.run_as_root(id, command, raw);
+            return self.run_as_root(id, command, forward);
         }
         let limits = Limits {
             cancel: Some(std::sync::Arc::clone(&self.cancel)),
@@ -109,9 +117,14 @@ impl Runner {
         self.report(id, command, &finished)
     }
 
-    fn run_as_root(&self, id: &JobId, command: &CommandLine, raw: Option<&str>) -> ExecutionReport {
+    fn run_as_root(
+        &self,
+        id: &JobId,
+        command: &CommandLine,
+        forward: Option<&Forward>,
+    ) -> ExecutionReport {
         use cc_proto::helper::{ExecRequest, HelperRequest, HelperResponse};
-        let Some(raw) = raw else {
+        let Some(forward) = forward else {
             return self.refused(
                 id,
                 command,
@@ -120,7 +133,8 @@ impl Runner {
             );
         };
         let req = HelperRequest::Exec(ExecRequest {
-            execute_job: raw.to_owned(),
+            execute_job: forward.payload.clone(),
+            signed: forward.signed.clone(),
         });
         match crate::helper_client::call(&self.helper_socket, &req) {
             Ok(HelperResponse::ExecResult(report)) if report.job_id == id.as_str() => report,

@@ -53,12 +53,19 @@ pub const MAX_REPORTS_PER_TAKE: usize = 3;
 pub struct ExecRequest {
     /// The listener's `execute_job` payload, as the exact JSON text received.
     pub execute_job: String,
+    /// The message's `signed` extension (a [`crate::sign::Signed`] of an
+    /// exec statement), as the exact JSON text received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteCronRequest {
     /// The listener's `cron_refresh` payload, as the exact JSON text received.
     pub cron_refresh: String,
+    /// The message's `signed` extension (a cron list's statement), exact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<String>,
 }
 
 impl HelperRequest {
@@ -79,6 +86,13 @@ impl ExecRequest {
     pub fn job(&self) -> Result<ExecuteJob, serde_json::Error> {
         wire::decode_payload(&self.execute_job, &mut Vec::new())
     }
+}
+
+/// A `signed` extension's text, decoded strictly (it is what a root job
+/// rests on: nothing unknown is tolerated).
+pub fn signed(text: Option<&str>) -> Result<crate::sign::Signed, crate::sign::SignError> {
+    let text = text.ok_or(crate::sign::SignError::Unsigned)?;
+    decode_strict(text.as_bytes()).map_err(|e| crate::sign::SignError::Malformed(e.to_string()))
 }
 
 impl WriteCronRequest {
@@ -140,6 +154,10 @@ pub enum RefusalCode {
     SandboxUnavailable,
     /// Something on the helper's side failed; the message says what.
     Internal,
+    /// The work's signature was missing or did not hold: unsigned, bad
+    /// signature, unknown key, wrong host, expired, not yet valid,
+    /// replayed, rolled back, changed after signing (the message says which).
+    SignatureRefused,
     /// This peer may not make this request (the agent asking to run a
     /// scheduled entry, root asking for anything but that).
     NotPermitted,
@@ -188,9 +206,15 @@ mod tests {
             HelperRequest::Status,
             HelperRequest::Exec(ExecRequest {
                 execute_job: r#"{"jobId":"j","command":"/bin/true","args":[]}"#.into(),
+                signed: None,
+            }),
+            HelperRequest::Exec(ExecRequest {
+                execute_job: "{}".into(),
+                signed: Some(r#"{"statement":"","signature":"","key":""}"#.into()),
             }),
             HelperRequest::WriteCron(WriteCronRequest {
                 cron_refresh: "[]".into(),
+                signed: None,
             }),
             HelperRequest::RunScheduled(RunScheduledRequest {
                 job_id: "daily".into(),
@@ -240,6 +264,7 @@ mod tests {
             r#"{"jobId":"j1","command":"backup.sh","args":["--full"],"timeout":3600,"sig":"x"}"#;
         let req = HelperRequest::Exec(ExecRequest {
             execute_job: original.into(),
+            signed: None,
         });
         let back: HelperRequest = decode_strict(&encode(&req).unwrap()).unwrap();
         let HelperRequest::Exec(exec) = back else {

@@ -8,6 +8,7 @@
 //! - [`helper`], [`frame`]: the agent↔helper link.
 //! - [`ids`], [`command`], [`schedule`], [`time`]: validated values.
 //! - [`output`]: the bounded output collector every executor shares.
+//! - [`sign`]: signed root work — statements, their encoding, verification.
 #![forbid(unsafe_code)]
 
 pub mod command;
@@ -16,6 +17,7 @@ pub mod helper;
 pub mod ids;
 pub mod output;
 pub mod schedule;
+pub mod sign;
 pub mod time;
 pub mod wire;
 

@@ -144,6 +144,22 @@ impl Message {
         serde_json::to_string(self)
     }
 
+    /// The message with the signature extension beside its payload:
+    /// `{"type", "payload", "signed"}`. A spec-only peer ignores `signed`.
+    pub fn to_json_signed(
+        &self,
+        signed: Option<&crate::sign::Signed>,
+    ) -> Result<String, serde_json::Error> {
+        let Some(signed) = signed else {
+            return self.to_json();
+        };
+        let mut v = serde_json::to_value(self)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("signed".into(), serde_json::to_value(signed)?);
+        }
+        serde_json::to_string(&v)
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Register(_) => "register",
@@ -165,6 +181,10 @@ pub struct Decoded<'a> {
     pub ignored_fields: Vec<String>,
     /// The payload exactly as it stood in the frame, for storing verbatim.
     pub raw_payload: Option<&'a str>,
+    /// Extension: the envelope's `signed` field (a [`crate::sign::Signed`]
+    /// of an `execute_job` or `cron_refresh` for a system-mode host),
+    /// exactly as it stood in the frame.
+    pub raw_signed: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +215,8 @@ struct RawEnvelope<'a> {
     kind: String,
     #[serde(borrow, default)]
     payload: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    signed: Option<&'a RawValue>,
 }
 
 /// Decodes one agent↔listener message.
@@ -229,6 +251,7 @@ pub fn decode(text: &str) -> Result<Decoded<'_>, DecodeError> {
                 message: Incoming::UnknownType(envelope.kind.chars().take(64).collect()),
                 ignored_fields: ignored,
                 raw_payload: payload,
+                raw_signed: envelope.signed.map(RawValue::get),
             });
         }
     };
@@ -236,6 +259,7 @@ pub fn decode(text: &str) -> Result<Decoded<'_>, DecodeError> {
         message: Incoming::Known(message),
         ignored_fields: ignored,
         raw_payload: payload,
+        raw_signed: envelope.signed.map(RawValue::get),
     })
 }
 
@@ -392,6 +416,12 @@ impl ExecutionReport {
     /// boundary) until the message fits, and says so in the warning.
     pub fn fit(&mut self) {
         let budget = MAX_MESSAGE_BYTES - 4096;
+        // JSON escaping grows a byte to at most six: a report this small
+        // fits whatever it holds, without encoding it to find out.
+        let fields = self.stdout.len() + self.stderr.len() + self.command.len();
+        if fields.saturating_mul(6) + 64 * 1024 < budget {
+            return;
+        }
         let size = |r: &ExecutionReport| {
             Message::ExecutionReport(r.clone())
                 .to_json()

@@ -1,0 +1,522 @@
+//! `ccctl`: the operator's command line for CronCommander.
+//!
+//! It talks to the listener's operator API (URL and token from `--url` /
+//! `--token-file`, `CC_URL` / `CC_TOKEN_FILE`, or
+//! `~/.config/croncommander/ccctl.toml`), and signs root work with the
+//! operator's own key, offline: the listener stores and relays the signed
+//! statement but cannot change it, and a host's helper runs only what a key
+//! it trusts signed.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use cc_proto::Timestamp;
+use cc_proto::sign::{self, CronStatement, ExecStatement};
+use cc_proto::wire::CronEntry;
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ccctl",
+    version,
+    about = "CronCommander operator CLI",
+    long_about = "Runs jobs on hosts, reads their reports, manages cron lists, and signs root \
+                  work with your own key.\n\nThe listener and its token come from --url and \
+                  --token-file, else CC_URL and CC_TOKEN_FILE, else \
+                  ~/.config/croncommander/ccctl.toml (keys url, token_file, key_file)."
+)]
+struct Cli {
+    /// The listener's operator API, e.g. http://127.0.0.1:8082.
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// File holding the operator API token.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make an operator signing key: writes the private key (0600) and
+    /// prints the public key line to put in a host's helper.toml
+    /// (`trusted_keys`).
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long, default_value = "ccctl-signing.key")]
+        out: PathBuf,
+        /// A name for the key, printed after it (who holds it).
+        #[arg(long, default_value = "operator")]
+        name: String,
+    },
+    /// Run a program on hosts and wait for the reports.
+    ///
+    /// `ccctl run web1 web2 -- /usr/bin/uptime`. With --system the job
+    /// runs as root through the host's helper, signed here with --key.
+    Run {
+        /// Hosts to run on.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// Seconds before the job is stopped.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        /// Root work: sign the job for each host with your key.
+        #[arg(long)]
+        system: bool,
+        /// Your signing key (else key_file in ccctl.toml, else CC_KEY_FILE).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// How long the signature stays valid, in seconds (at most a day).
+        #[arg(long, default_value_t = 3600)]
+        valid_for: i64,
+        /// Print the job ids and return without waiting.
+        #[arg(long)]
+        no_wait: bool,
+        /// `table` (default) or `json`.
+        #[arg(long, default_value = "table")]
+        output: String,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Show a job and its report (stdout and stderr verbatim).
+    Job { id: String },
+    /// List agents.
+    Agents,
+    /// Read or replace a host's cron list.
+    Cron {
+        #[command(subcommand)]
+        command: CronCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CronCommand {
+    /// Print the list as `ID SCHEDULE COMMAND` lines.
+    Get { host: String },
+    /// Replace the list with a file of `ID SCHEDULE COMMAND` lines (`#`
+    /// comments); every line is checked here first, and an error names it.
+    Set {
+        host: String,
+        file: PathBuf,
+        /// Root cron entries: sign the list with your key.
+        #[arg(long)]
+        system: bool,
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    url: Option<String>,
+    token_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+struct Api {
+    url: String,
+    token: String,
+}
+
+fn file_config() -> Result<FileConfig> {
+    let Some(home) = std::env::var_os("HOME") else {
+        return Ok(FileConfig::default());
+    };
+    let path = Path::new(&home).join(".config/croncommander/ccctl.toml");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => toml::from_str(&t).with_context(|| format!("parsing {}", path.display())),
+        Err(_) => Ok(FileConfig::default()),
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Api {
+    fn new(cli: &Cli, file: &FileConfig) -> Result<Self> {
+        let url = cli
+            .url
+            .clone()
+            .or_else(|| env("CC_URL"))
+            .or_else(|| file.url.clone())
+            .context("no listener URL: --url, CC_URL or url in ccctl.toml")?;
+        let token_file = cli
+            .token_file
+            .clone()
+            .or_else(|| env("CC_TOKEN_FILE").map(PathBuf::from))
+            .or_else(|| file.token_file.clone())
+            .context("no token: --token-file, CC_TOKEN_FILE or token_file in ccctl.toml")?;
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("reading {}", token_file.display()))?
+            .trim()
+            .to_owned();
+        Ok(Self {
+            url: url.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        let req = ureq::request(method, &format!("{}/api/v1{path}", self.url))
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .timeout(Duration::from_secs(30));
+        let resp = match body {
+            Some(b) => req.send_string(&b.to_string()),
+            None => req.call(),
+        };
+        match resp {
+            Ok(r) => Ok(serde_json::from_str(&r.into_string()?)?),
+            Err(ureq::Error::Status(code, r)) => {
+                let text = r.into_string().unwrap_or_default();
+                let why = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_owned))
+                    .unwrap_or(text);
+                bail!("the listener answered {code}: {why}")
+            }
+            Err(e) => Err(e).context("reaching the listener"),
+        }
+    }
+}
+
+fn key_path(given: Option<PathBuf>, file: &FileConfig) -> Result<PathBuf> {
+    given
+        .or_else(|| env("CC_KEY_FILE").map(PathBuf::from))
+        .or_else(|| file.key_file.clone())
+        .context("root work needs your signing key: --key, CC_KEY_FILE or key_file in ccctl.toml")
+}
+
+fn load_key(path: &Path) -> Result<ring::signature::Ed25519KeyPair> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(sign::key_pair_from_pem(&text)?)
+}
+
+fn nonce() -> Result<String> {
+    let mut r = [0u8; 16];
+    getrandom::fill(&mut r).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(sign::nonce(r))
+}
+
+fn keygen(out: &Path, name: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let rng = ring::rand::SystemRandom::new();
+    let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| anyhow::anyhow!("could not generate a key"))?;
+    let key = ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref())
+        .map_err(|_| anyhow::anyhow!("the generated key does not load"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("creating {} (it must not exist yet)", out.display()))?;
+    f.write_all(sign::pem(doc.as_ref()).as_bytes())?;
+    f.sync_all()?;
+    println!("{} {name}", sign::public_id(&key));
+    Ok(())
+}
+
+/// One line per host: exit code, duration, first line of output.
+fn summarize(jobs: &[(String, String, Value)], json_out: bool) -> bool {
+    let ok = jobs.iter().all(|(_, _, j)| j["report"]["exitCode"] == 0);
+    if json_out {
+        let v: Vec<Value> = jobs
+            .iter()
+            .map(|(h, id, j)| json!({"host": h, "jobId": id, "status": j["status"], "report": j["report"]}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return ok;
+    }
+    println!(
+        "{:<28} {:<8} {:>6} {:>9}  OUTPUT",
+        "HOST", "STATUS", "EXIT", "MS"
+    );
+    for (h, _, j) in jobs {
+        let r = &j["report"];
+        let first = r["stdout"]
+            .as_str()
+            .filter(|s| !s.trim().is_empty())
+            .or(r["stderr"].as_str())
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("");
+        println!(
+            "{:<28} {:<8} {:>6} {:>9}  {}",
+            h,
+            j["status"].as_str().unwrap_or("?"),
+            r["exitCode"].as_i64().map_or("-".into(), |c| c.to_string()),
+            r["durationMs"]
+                .as_u64()
+                .map_or("-".into(), |d| d.to_string()),
+            first
+        );
+        if let Some(w) = r["warning"].as_str() {
+            println!("{:<28} warning: {w}", "");
+        }
+    }
+    ok
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    api: &Api,
+    file: &FileConfig,
+    hosts: &[String],
+    command: &[String],
+    timeout: u64,
+    system: bool,
+    key: Option<PathBuf>,
+    valid_for: i64,
+    no_wait: bool,
+    json_out: bool,
+) -> Result<bool> {
+    let (program, args) = command.split_first().context("no program given")?;
+    let key = if system {
+        Some(load_key(&key_path(key, file)?)?)
+    } else {
+        None
+    };
+    let mut posted = Vec::new();
+    for host in hosts {
+        let body = match &key {
+            Some(k) => {
+                let (not_before, expires_at) = sign::window(Timestamp::now(), valid_for);
+                let st = ExecStatement {
+                    host: host.clone(),
+                    job_id: uuid::Uuid::new_v4().to_string(),
+                    program: program.clone(),
+                    args: args.to_vec(),
+                    timeout,
+                    not_before,
+                    expires_at,
+                    nonce: nonce()?,
+                };
+                json!({"signed": sign::sign(&st, sign::EXEC_LABEL, k)?})
+            }
+            None => json!({"command": program, "args": args, "timeout": timeout}),
+        };
+        let r = api.call("POST", &format!("/agents/{host}/jobs"), Some(&body))?;
+        let id = r["jobId"]
+            .as_str()
+            .context("no jobId in the answer")?
+            .to_owned();
+        posted.push((host.clone(), id));
+    }
+    if no_wait {
+        for (h, id) in &posted {
+            println!("{h} {id}");
+        }
+        return Ok(true);
+    }
+    // Until every job is settled (done, lost or expired).
+    let limit = Instant::now() + Duration::from_secs(timeout + 120);
+    let mut done: Vec<(String, String, Value)> = Vec::new();
+    let mut waiting = posted;
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for (h, id) in waiting {
+            let j = api.call("GET", &format!("/jobs/{id}"), None)?;
+            if matches!(j["status"].as_str(), Some("done" | "lost" | "expired")) {
+                done.push((h, id, j));
+            } else {
+                still.push((h, id));
+            }
+        }
+        waiting = still;
+        if Instant::now() > limit {
+            bail!("gave up waiting; follow with `ccctl job ID`");
+        }
+        if !waiting.is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(summarize(&done, json_out))
+}
+
+/// `ID SCHEDULE COMMAND` lines; the schedule is five fields or one `@` word.
+fn parse_cron_file(text: &str) -> Result<Vec<CronEntry>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let fields = if words.get(1).is_some_and(|w| w.starts_with('@')) {
+            1
+        } else {
+            5
+        };
+        ensure!(
+            words.len() > 1 + fields,
+            "line {}: expected ID SCHEDULE COMMAND: {line:?}",
+            n + 1
+        );
+        let entry = CronEntry {
+            id: words[0].to_owned(),
+            schedule: words[1..=fields].join(" "),
+            command: words[1 + fields..].join(" "),
+        };
+        entry
+            .validate()
+            .with_context(|| format!("line {}: {line:?}", n + 1))?;
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = (|| -> Result<bool> {
+        let file = file_config()?;
+        match &cli.command {
+            Command::Keygen { out, name } => keygen(out, name).map(|()| true),
+            Command::Run {
+                hosts,
+                timeout,
+                system,
+                key,
+                valid_for,
+                no_wait,
+                output,
+                command,
+            } => {
+                let api = Api::new(&cli, &file)?;
+                run(
+                    &api,
+                    &file,
+                    hosts,
+                    command,
+                    *timeout,
+                    *system,
+                    key.clone(),
+                    *valid_for,
+                    *no_wait,
+                    output == "json",
+                )
+            }
+            Command::Job { id } => {
+                let j = Api::new(&cli, &file)?.call("GET", &format!("/jobs/{id}"), None)?;
+                println!("{}", serde_json::to_string_pretty(&j)?);
+                Ok(j["report"]["exitCode"] == 0)
+            }
+            Command::Agents => {
+                let a = Api::new(&cli, &file)?.call("GET", "/agents", None)?;
+                println!(
+                    "{:<28} {:<7} {:<7} {:<6} TAGS",
+                    "HOST", "ONLINE", "MODE", "ROOT"
+                );
+                for x in a.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<28} {:<7} {:<7} {:<6} {}",
+                        x["hostname"].as_str().unwrap_or("?"),
+                        x["connected"],
+                        x["executionMode"].as_str().unwrap_or("?"),
+                        x["isRoot"],
+                        x["tags"]
+                    );
+                    if let Some(w) = x["warning"].as_str() {
+                        println!("{:<28} warning: {w}", "");
+                    }
+                }
+                Ok(true)
+            }
+            Command::Cron { command } => match command {
+                CronCommand::Get { host } => {
+                    let list = Api::new(&cli, &file)?.call(
+                        "GET",
+                        &format!("/agents/{host}/cron"),
+                        None,
+                    )?;
+                    for e in list.as_array().into_iter().flatten() {
+                        println!(
+                            "{} {} {}",
+                            e["id"].as_str().unwrap_or(""),
+                            e["schedule"].as_str().unwrap_or(""),
+                            e["command"].as_str().unwrap_or("")
+                        );
+                    }
+                    Ok(true)
+                }
+                CronCommand::Set {
+                    host,
+                    file: path,
+                    system,
+                    key,
+                } => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let entries = parse_cron_file(&text)?;
+                    let body = if *system {
+                        let k = load_key(&key_path(key.clone(), &file)?)?;
+                        let (not_before, expires_at) =
+                            sign::window(Timestamp::now(), sign::MAX_VALIDITY_SECS);
+                        let st = CronStatement {
+                            host: host.clone(),
+                            generation: u64::try_from(Timestamp::now().unix_millis()).unwrap_or(0),
+                            entries,
+                            not_before,
+                            expires_at,
+                            nonce: nonce()?,
+                        };
+                        json!({"signed": sign::sign(&st, sign::CRON_LABEL, &k)?})
+                    } else {
+                        serde_json::to_value(&entries)?
+                    };
+                    let stored = Api::new(&cli, &file)?.call(
+                        "PUT",
+                        &format!("/agents/{host}/cron"),
+                        Some(&body),
+                    )?;
+                    println!(
+                        "{} entries stored for {host}",
+                        stored.as_array().map_or(0, Vec::len)
+                    );
+                    Ok(true)
+                }
+            },
+        }
+    })();
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("ccctl: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron_files_parse_line_by_line_and_errors_name_the_line() {
+        let ok = parse_cron_file(
+            "# backups\nnightly 0 3 * * * /usr/local/sbin/backup --full\n\nhourly @hourly /bin/true\n",
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].schedule, "0 3 * * *");
+        assert_eq!(ok[0].command, "/usr/local/sbin/backup --full");
+        assert_eq!(ok[1].schedule, "@hourly");
+        let e = parse_cron_file("a @daily /bin/true\nbad 61 * * * * /bin/true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("line 2"), "{e}");
+        let e = parse_cron_file("short 0 3 *\n").unwrap_err().to_string();
+        assert!(e.starts_with("line 1"), "{e}");
+    }
+}
