@@ -430,8 +430,13 @@ impl Session<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let host = self.hostname.clone();
-        if let Some(entries) = self.state.db.call(move |s| s.get_cron(&host)).await? {
-            send(ws, &Message::CronRefresh(entries)).await?;
+        if let Some((entries, signed)) = self.state.db.call(move |s| s.get_cron(&host)).await? {
+            let signed = signed.and_then(|t| serde_json::from_str(&t).ok());
+            send_text(
+                ws,
+                Message::CronRefresh(entries).to_json_signed(signed.as_ref())?,
+            )
+            .await?;
         }
         // Sent before but never reported (the connection, or the listener,
         // went away): sent again; the agent runs a job id at most once.
@@ -442,7 +447,7 @@ impl Session<'_> {
             .call(move |s| s.resend_unreported(&host, now_ms()))
             .await?;
         for job in &unreported {
-            send(ws, &Message::ExecuteJob(job_message(job))).await?;
+            send_text(ws, job_text(job)?).await?;
             info!(hostname = %self.hostname, job_id = %job.job_id, "unreported job sent again");
         }
         self.dispatch(ws).await
@@ -567,7 +572,7 @@ impl Session<'_> {
                 .await?;
             let full_batch = jobs.len() as i64 == crate::store::TAKE_BATCH;
             for (i, job) in jobs.iter().enumerate() {
-                if let Err(e) = send(ws, &Message::ExecuteJob(job_message(job))).await {
+                if let Err(e) = async { send_text(ws, job_text(job)?).await }.await {
                     let unsent: Vec<String> = jobs[i..].iter().map(|j| j.job_id.clone()).collect();
                     let _ = self
                         .state
@@ -583,6 +588,25 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// The `execute_job` message for a stored job, its signature beside it.
+pub fn job_text(job: &JobRow) -> Result<String> {
+    let signed: Option<cc_proto::sign::Signed> = job
+        .signed
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .context("stored signature is corrupt")?;
+    Ok(Message::ExecuteJob(job_message(job)).to_json_signed(signed.as_ref())?)
+}
+
+async fn send_text<S>(ws: &mut WebSocketStream<S>, text: String) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ws.send(WsMessage::Text(text.into())).await?;
+    Ok(())
 }
 
 /// The `execute_job` for a stored job.

@@ -23,7 +23,16 @@ use tracing::{info, warn};
 
 use cc_proto::Hostname;
 use cc_proto::ids::TextError;
+use cc_proto::sign::{self, CronStatement, ExecStatement, Signed};
 use cc_proto::wire::{CronEntry, ExecuteJob, MAX_CRON_ENTRIES, Message};
+
+/// `PUT /agents/{hostname}/cron`: a list, or an operator's signed one.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CronBody {
+    List(Vec<CronEntry>),
+    Signed { signed: Signed },
+}
 
 use crate::store::{AgentRow, JobRow, NewJob, ReportQuery, ReportRow};
 use crate::{AppState, now_ms, rfc3339_ms};
@@ -249,13 +258,63 @@ async fn list_agents(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<A
     Ok(Json(agents))
 }
 
+/// A job: `command`, `args`, `timeout`; or, for a system-mode host, an
+/// operator's `signed` statement, whose job id and argv it carries (any of
+/// the other fields given must then say the same).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JobRequest {
-    command: String,
-    #[serde(default)]
-    args: Vec<String>,
+    command: Option<String>,
+    args: Option<Vec<String>>,
     timeout: Option<u64>,
+    signed: Option<Signed>,
+}
+
+/// A signed statement's text, checked as a relay can (the signature holds
+/// for the key it names, the encoding is canonical, it is for this host);
+/// whether the key is trusted is the host's to decide.
+fn open_signed<T: Serialize + serde::de::DeserializeOwned>(
+    signed: &Signed,
+    label: &str,
+    host: &str,
+    statement_host: impl Fn(&T) -> &str,
+) -> ApiResult<T> {
+    let t: T = sign::open(signed, label).map_err(|e| ApiError::invalid("signed", e.to_string()))?;
+    if !statement_host(&t).eq_ignore_ascii_case(host) {
+        return Err(ApiError::invalid(
+            "signed",
+            format!(
+                "the statement is for {:?}, not {host:?}",
+                statement_host(&t)
+            ),
+        ));
+    }
+    Ok(t)
+}
+
+/// This listener's signature for unsigned system-mode work, if it was
+/// given a key and the host registered in system mode.
+async fn listener_signs(
+    state: &AppState,
+    host: &str,
+) -> ApiResult<Option<Arc<ring::signature::Ed25519KeyPair>>> {
+    let Some(key) = state.settings.signing_key.clone() else {
+        return Ok(None);
+    };
+    let h = host.to_owned();
+    let mode = state
+        .db
+        .call(move |s| s.agent_mode(&h))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((mode.as_deref() == Some("system")).then_some(key))
+}
+
+fn random_nonce() -> ApiResult<String> {
+    let mut r = [0u8; 16];
+    getrandom::fill(&mut r)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("no randomness: {e}")))?;
+    Ok(sign::nonce(r))
 }
 
 #[derive(Serialize)]
@@ -271,22 +330,70 @@ async fn post_job(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<JobAccepted>)> {
     let hostname = hostname_param(&hostname)?;
+    let host = hostname.to_string();
     let req: JobRequest = body_json(body)?;
-    let job_id = uuid::Uuid::new_v4().to_string();
-    let spec = ExecuteJob {
-        job_id: job_id.clone(),
-        command: req.command,
-        args: req.args,
-        timeout: req.timeout,
-    }
-    .validate()
-    .map_err(|e| match e {
+    let (exec, signed) = match req.signed {
+        Some(signed) => {
+            let st: ExecStatement =
+                open_signed(&signed, sign::EXEC_LABEL, &host, |t: &ExecStatement| {
+                    &t.host
+                })?;
+            let exec = st.job();
+            let differs = req.command.is_some_and(|c| c != exec.command)
+                || req.args.is_some_and(|a| a != exec.args)
+                || req.timeout.is_some_and(|t| Some(t) != exec.timeout);
+            if differs {
+                return Err(ApiError::invalid(
+                    "signed",
+                    "command, args or timeout differ from the signed statement's",
+                ));
+            }
+            (exec, Some(signed))
+        }
+        None => {
+            let command = req
+                .command
+                .ok_or_else(|| ApiError::invalid("command", "command is required"))?;
+            let exec = ExecuteJob {
+                job_id: uuid::Uuid::new_v4().to_string(),
+                command,
+                args: req.args.unwrap_or_default(),
+                timeout: req.timeout,
+            };
+            (exec, None)
+        }
+    };
+    let spec = exec.validate().map_err(|e| match e {
         cc_proto::wire::InvalidPayload::Text(t) => ApiError::from(t),
         other => ApiError::new(StatusCode::BAD_REQUEST, other.to_string()),
     })?;
-    let host = hostname.to_string();
+    let job_id = spec.id.to_string();
     require_known(&state, &host).await?;
     let now = now_ms();
+    let queue_ttl = i64::try_from(state.settings.job_queue_ttl.as_secs()).unwrap_or(i64::MAX / 2);
+    let signed = match signed {
+        Some(s) => Some(s),
+        None => match listener_signs(&state, &host).await? {
+            Some(key) => {
+                let (not_before, expires_at) = sign::window(cc_proto::Timestamp::now(), queue_ttl);
+                let statement = ExecStatement {
+                    host: host.clone(),
+                    job_id: job_id.clone(),
+                    program: spec.command.program().to_owned(),
+                    args: spec.command.args().to_vec(),
+                    timeout: spec.timeout.secs(),
+                    not_before,
+                    expires_at,
+                    nonce: random_nonce()?,
+                };
+                Some(
+                    sign::sign(&statement, sign::EXEC_LABEL, &key)
+                        .map_err(|e| ApiError::internal(e.into()))?,
+                )
+            }
+            None => None,
+        },
+    };
     let job = NewJob {
         job_id: job_id.clone(),
         hostname: host.clone(),
@@ -296,11 +403,29 @@ async fn post_job(
         created_ms: now,
         expires_ms: now
             + i64::try_from(state.settings.job_queue_ttl.as_millis()).unwrap_or(i64::MAX / 2),
+        signed: signed
+            .map(|s| serde_json::to_string(&s))
+            .transpose()
+            .map_err(|e| ApiError::internal(e.into()))?,
     };
     // Queued first; the agent's connection takes it from the store as the
     // agent's window allows (`agents::Session::dispatch`).
     {
         let job = job.clone();
+        let exists = {
+            let id = job.job_id.clone();
+            state
+                .db
+                .call(move |s| s.get_job(&id))
+                .await
+                .map_err(ApiError::internal)?
+        };
+        if exists.is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("a job {} exists already", job.job_id),
+            ));
+        }
         state
             .db
             .call(move |s| s.create_job(&job))
@@ -428,7 +553,19 @@ async fn put_cron(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Vec<CronEntry>>> {
     let hostname = hostname_param(&hostname)?;
-    let entries: Vec<CronEntry> = body_json(body)?;
+    let host = hostname.to_string();
+    // A list, or `{"signed": …}`: an operator's signed cron statement.
+    let body: CronBody = body_json(body)?;
+    let (entries, signed) = match body {
+        CronBody::List(entries) => (entries, None),
+        CronBody::Signed { signed } => {
+            let st: CronStatement =
+                open_signed(&signed, sign::CRON_LABEL, &host, |t: &CronStatement| {
+                    &t.host
+                })?;
+            (st.entries, Some(signed))
+        }
+    };
     if entries.len() > MAX_CRON_ENTRIES {
         return Err(ApiError::invalid(
             "entries",
@@ -455,17 +592,43 @@ async fn put_cron(
             command: job.command.to_shell_line(),
         });
     }
-    let host = hostname.to_string();
     require_known(&state, &host).await?;
+    let signed = match signed {
+        Some(s) => Some(s),
+        None => match listener_signs(&state, &host).await? {
+            Some(key) => {
+                let (not_before, expires_at) =
+                    sign::window(cc_proto::Timestamp::now(), sign::MAX_VALIDITY_SECS);
+                let statement = CronStatement {
+                    host: host.clone(),
+                    generation: u64::try_from(now_ms()).unwrap_or(0),
+                    entries: canonical.clone(),
+                    not_before,
+                    expires_at,
+                    nonce: random_nonce()?,
+                };
+                Some(
+                    sign::sign(&statement, sign::CRON_LABEL, &key)
+                        .map_err(|e| ApiError::internal(e.into()))?,
+                )
+            }
+            None => None,
+        },
+    };
     {
         let (host, list) = (host.clone(), canonical.clone());
+        let signed_text = signed
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| ApiError::internal(e.into()))?;
         state
             .db
-            .call(move |s| s.set_cron(&host, &list, now_ms()))
+            .call(move |s| s.set_cron(&host, &list, signed_text.as_deref(), now_ms()))
             .await
             .map_err(ApiError::internal)?;
     }
-    if let Ok(text) = Message::CronRefresh(canonical.clone()).to_json() {
+    if let Ok(text) = Message::CronRefresh(canonical.clone()).to_json_signed(signed.as_ref()) {
         let pushed = state.hub.send(&host, text);
         info!(hostname = %host, entries = canonical.len(), pushed, "cron definitions stored");
     }
@@ -483,5 +646,5 @@ async fn get_cron(
         .call(move |s| s.get_cron(&host))
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(list.unwrap_or_default()))
+    Ok(Json(list.map(|(entries, _)| entries).unwrap_or_default()))
 }

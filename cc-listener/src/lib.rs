@@ -46,6 +46,10 @@ pub struct Settings {
     pub sweep_interval: Duration,
     pub max_connections: usize,
     pub tls: Option<TlsFiles>,
+    /// Signs system-mode work posted unsigned, on the operator API's
+    /// behalf (`--signing-key-file`): convenient and weaker — whoever owns
+    /// this listener owns every host that trusts this key.
+    pub signing_key: Option<Arc<ring::signature::Ed25519KeyPair>>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +73,7 @@ impl Settings {
             sweep_interval: Duration::from_secs(1),
             max_connections: 20_000,
             tls: None,
+            signing_key: None,
         }
     }
 }

@@ -54,6 +54,11 @@ struct ServeArgs {
     /// File holding the operator API bearer token (else CC_ADMIN_TOKEN).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Sign system-mode jobs and cron lists posted unsigned with this key
+    /// (a `ccctl keygen` file). Weaker than operators signing: whoever
+    /// holds this listener holds every host that trusts the key.
+    #[arg(long)]
+    signing_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +101,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
+    signing_key_file: Option<PathBuf>,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -120,6 +126,21 @@ fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
     }
     if let Some(a) = args.admin_listen.or(file.admin_listen) {
         s.admin_listen = a;
+    }
+    if let Some(path) = args
+        .signing_key_file
+        .clone()
+        .or(file.signing_key_file.clone())
+    {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the signing key {}", path.display()))?;
+        let key = cc_proto::sign::key_pair_from_pem(&text)
+            .with_context(|| format!("the signing key {}", path.display()))?;
+        tracing::warn!(
+            key = %cc_proto::sign::public_id(&key),
+            "this listener signs system-mode work posted unsigned: hosts that trust this key trust the listener"
+        );
+        s.signing_key = Some(std::sync::Arc::new(key));
     }
     let secs = |v: Option<u64>, name: &str| -> Result<Option<Duration>> {
         match v {

@@ -20,7 +20,8 @@ use cc_proto::wire::{AgentInfo, CronEntry, CronStatus, ExecutionMode};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many ran. Append only.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE api_keys (
     id          INTEGER PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -72,7 +73,12 @@ CREATE TABLE reports (
 );
 CREATE INDEX reports_by_job ON reports (job_id, id);
 CREATE INDEX reports_by_host ON reports (hostname, id);
-"#];
+"#,
+    r#"
+ALTER TABLE jobs ADD COLUMN signed TEXT;
+ALTER TABLE cron_sets ADD COLUMN signed TEXT;
+"#,
+];
 
 /// Jobs handed to a spec-only agent per transaction.
 pub const TAKE_BATCH: i64 = 1000;
@@ -140,6 +146,9 @@ pub struct NewJob {
     pub timeout_secs: u64,
     pub created_ms: i64,
     pub expires_ms: i64,
+    /// The operator's (or this listener's) signature, a `Signed` as JSON,
+    /// relayed untouched beside the `execute_job`.
+    pub signed: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +164,7 @@ pub struct JobRow {
     pub sent_ms: Option<i64>,
     pub finished_ms: Option<i64>,
     pub report: Option<String>,
+    pub signed: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -414,8 +424,8 @@ impl Store {
     /// Stores a new job, queued: [`Store::take_for_host`] hands it over.
     pub fn create_job(&self, job: &NewJob) -> Result<()> {
         lock(&self.writer).execute(
-            "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms, expires_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7)",
+            "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms, expires_ms, signed)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8)",
             params![
                 job.job_id,
                 job.hostname,
@@ -423,7 +433,8 @@ impl Store {
                 serde_json::to_string(&job.args)?,
                 job.timeout_secs,
                 job.created_ms,
-                job.expires_ms
+                job.expires_ms,
+                job.signed
             ],
         )?;
         Ok(())
@@ -548,27 +559,51 @@ impl Store {
 
     // ---- cron ----
 
-    pub fn set_cron(&self, hostname: &str, entries: &[CronEntry], now_ms: i64) -> Result<()> {
+    /// Stores a host's cron list and, for a system-mode host, its signed
+    /// statement (JSON), relayed untouched.
+    pub fn set_cron(
+        &self,
+        hostname: &str,
+        entries: &[CronEntry],
+        signed: Option<&str>,
+        now_ms: i64,
+    ) -> Result<()> {
         lock(&self.writer).execute(
-            "INSERT INTO cron_sets (hostname, entries, updated_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (hostname) DO UPDATE SET entries = ?2, updated_ms = ?3",
-            params![hostname, serde_json::to_string(entries)?, now_ms],
+            "INSERT INTO cron_sets (hostname, entries, updated_ms, signed) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (hostname) DO UPDATE SET entries = ?2, updated_ms = ?3, signed = ?4",
+            params![hostname, serde_json::to_string(entries)?, now_ms, signed],
         )?;
         Ok(())
     }
 
-    /// The stored cron list, or `None` when none was ever set.
-    pub fn get_cron(&self, hostname: &str) -> Result<Option<Vec<CronEntry>>> {
+    /// The stored cron list and its signature, or `None` when none was set.
+    pub fn get_cron(&self, hostname: &str) -> Result<Option<(Vec<CronEntry>, Option<String>)>> {
         let conn = lock(&self.reader);
-        let text: Option<String> = conn
+        let row: Option<(String, Option<String>)> = conn
             .query_row(
-                "SELECT entries FROM cron_sets WHERE hostname = ?1",
+                "SELECT entries, signed FROM cron_sets WHERE hostname = ?1",
+                params![hostname],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(t, signed)| {
+            serde_json::from_str(&t)
+                .map(|e| (e, signed))
+                .context("stored cron list is corrupt")
+        })
+        .transpose()
+    }
+
+    /// The execution mode a host registered with last.
+    pub fn agent_mode(&self, hostname: &str) -> Result<Option<String>> {
+        let conn = lock(&self.reader);
+        Ok(conn
+            .query_row(
+                "SELECT execution_mode FROM agents WHERE hostname = ?1",
                 params![hostname],
                 |r| r.get(0),
             )
-            .optional()?;
-        text.map(|t| serde_json::from_str(&t).context("stored cron list is corrupt"))
-            .transpose()
+            .optional()?)
     }
 
     fn is_cron_entry(tx: &Transaction<'_>, hostname: &str, job_id: &str) -> Result<bool> {
@@ -670,7 +705,7 @@ impl Store {
 }
 
 const JOB_SELECT: &str = "SELECT j.job_id, j.hostname, j.command, j.args, j.timeout_secs, j.status,
-    j.created_ms, j.expires_ms, j.sent_ms, j.finished_ms, r.payload
+    j.created_ms, j.expires_ms, j.sent_ms, j.finished_ms, r.payload, j.signed
     FROM jobs j LEFT JOIN reports r ON r.id = j.report_id";
 
 fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
@@ -686,6 +721,7 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         sent_ms: r.get(8)?,
         finished_ms: r.get(9)?,
         report: r.get(10)?,
+        signed: r.get(11)?,
     })
 }
 
@@ -861,6 +897,7 @@ mod tests {
             timeout_secs: 10,
             created_ms: 0,
             expires_ms: 100,
+            signed: None,
         })
         .unwrap();
         assert_eq!(
@@ -888,6 +925,7 @@ mod tests {
             timeout_secs: 1,
             created_ms: 0,
             expires_ms: 500,
+            signed: None,
         };
         s.create_job(&job("sent")).unwrap();
         assert_eq!(s.take_for_host("h", None, 0).unwrap().len(), 1);
@@ -917,6 +955,7 @@ mod tests {
                 timeout_secs: 10,
                 created_ms: 7,
                 expires_ms: 1_000,
+                signed: None,
             })
             .unwrap();
         }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result, bail};
 
 #[derive(Debug)]
-enum Tree {
+pub(crate) enum Tree {
     V2(PathBuf),
     V1 { pids: PathBuf, memory: PathBuf },
 }
@@ -31,7 +31,8 @@ enum Tree {
 /// starting `/bin/true`; it is done after a job's answer is sent).
 #[derive(Debug)]
 pub(crate) struct Cgroups {
-    tree: Result<Tree, String>,
+    /// Where job cgroups go, or why there are none.
+    pub(crate) tree: Result<Tree, String>,
     next: AtomicU64,
     limits: (u64, u64),
     spare: Mutex<Vec<JobCgroup>>,
@@ -166,17 +167,6 @@ impl Cgroups {
         while self.spare.lock().unwrap_or_else(|e| e.into_inner()).len() < SPARE {
             let Ok(c) = self.create() else { return };
             self.spare.lock().unwrap_or_else(|e| e.into_inner()).push(c);
-        }
-    }
-
-    /// "v1" or "v2", or why there are no job cgroups.
-    pub(crate) fn describe(&self) -> String {
-        match &self.tree {
-            Ok(Tree::V2(d)) => format!("v2 at {}", d.display()),
-            Ok(Tree::V1 { pids, memory }) => {
-                format!("v1 at {} and {}", pids.display(), memory.display())
-            }
-            Err(e) => e.clone(),
         }
     }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{Context, Result, bail, ensure};
+use cc_proto::sign::PublicKey;
 use serde::Deserialize;
 
 pub(crate) const DEFAULT_CONFIG: &str = "/etc/croncommander/helper.toml";
@@ -16,72 +17,23 @@ pub(crate) const DEFAULT_CONFIG: &str = "/etc/croncommander/helper.toml";
 /// change its uid or gid (to drop privileges), bind low ports and write the
 /// audit log. Nothing that changes an owner or a mode (CHOWN, FOWNER,
 /// FSETID), nothing that administers the system.
-const DEFAULT_KEEP: &[&str] = &[
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_AUDIT_WRITE",
-];
+const DEFAULT_KEEP: &str = "CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_KILL CAP_SETGID CAP_SETUID \
+                            CAP_NET_BIND_SERVICE CAP_AUDIT_WRITE";
 
 /// Never kept, whatever the config says: each would let a job undo its
 /// containment (mounts, namespaces, ptrace, devices, capabilities, MAC,
 /// modules, raw I/O, BPF) or change what a file is (owner, mode, flags).
-const NEVER_KEEP: &[&str] = &[
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_CHROOT",
-    "CAP_MKNOD",
-    "CAP_SETPCAP",
-    "CAP_SETFCAP",
-    "CAP_MAC_ADMIN",
-    "CAP_MAC_OVERRIDE",
-    "CAP_BPF",
-    "CAP_PERFMON",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_CHOWN",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-];
+const NEVER_KEEP: &str = "CAP_SYS_ADMIN CAP_SYS_MODULE CAP_SYS_RAWIO CAP_SYS_BOOT CAP_SYS_PTRACE \
+    CAP_SYS_CHROOT CAP_MKNOD CAP_SETPCAP CAP_SETFCAP CAP_MAC_ADMIN CAP_MAC_OVERRIDE CAP_BPF \
+    CAP_PERFMON CAP_LINUX_IMMUTABLE CAP_CHOWN CAP_FOWNER CAP_FSETID";
 
 /// Trees a job may never write, nor any directory that holds one: the
 /// system's programs and libraries, what starts services and grants
 /// privileges, and the helper's own files (added at load).
-const PROTECTED_TREES: &[&str] = &[
-    "/usr",
-    "/boot",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib64",
-    "/etc/systemd",
-    "/lib/systemd",
-    "/etc/sudoers",
-    "/etc/sudoers.d",
-    "/etc/cron.d",
-    "/etc/crontab",
-    "/etc/pam.d",
-    "/etc/security",
-    "/etc/ssh",
-    "/etc/polkit-1",
-    "/etc/ld.so.preload",
-    "/etc/ld.so.conf.d",
-    "/etc/passwd",
-    "/etc/shadow",
-    "/etc/group",
-    "/etc/gshadow",
-    "/etc/croncommander",
-    "/var/spool/cron",
-    "/proc",
-    "/sys",
-    "/dev",
-    "/run",
-];
+const PROTECTED_TREES: &str = "/usr /boot /bin /sbin /lib /lib64 /etc/systemd /lib/systemd \
+    /etc/sudoers /etc/sudoers.d /etc/cron.d /etc/crontab /etc/pam.d /etc/security /etc/ssh \
+    /etc/polkit-1 /etc/ld.so.preload /etc/ld.so.conf.d /etc/passwd /etc/shadow /etc/group \
+    /etc/gshadow /etc/croncommander /var/spool/cron /proc /sys /dev /run";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +45,10 @@ struct File {
     cron_file: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     allowed_commands: Option<Vec<AllowedFile>>,
+    /// `ed25519:BASE64 name` lines.
+    #[serde(default)]
+    trusted_keys: Vec<String>,
+    hostname: Option<String>,
     #[serde(default)]
     sandbox: SandboxFile,
     #[serde(default)]
@@ -191,6 +147,11 @@ pub(crate) struct Config {
     pub(crate) cron_file: PathBuf,
     pub(crate) state_dir: PathBuf,
     pub(crate) allowed_commands: Option<Vec<Allowed>>,
+    /// Keys whose signature makes root work: an operator's, or a
+    /// listener's that signs on the API's behalf.
+    pub(crate) trusted_keys: Vec<PublicKey>,
+    /// This host's identity: a statement for another host is refused.
+    pub(crate) hostname: String,
     pub(crate) sandbox: Sandbox,
     pub(crate) path: PathBuf,
 }
@@ -198,12 +159,18 @@ pub(crate) struct Config {
 /// Refuses a file or directory that root does not own or that group or
 /// others may write.
 pub(crate) fn check_root_owned(path: &Path, what: &str) -> Result<()> {
+    check_owner(path, what, false)
+}
+
+/// The same, a sticky directory (`/tmp`) allowed to be writable when
+/// `sticky_ok`: nobody else can rename or remove what root put in it.
+fn check_owner(path: &Path, what: &str, sticky_ok: bool) -> Result<()> {
     let meta =
         std::fs::symlink_metadata(path).with_context(|| format!("{what} {}", path.display()))?;
     ensure!(!meta.file_type().is_symlink(), "{what} {} is a symlink", path.display());
     ensure!(meta.uid() == 0, "{what} {} is not owned by root (uid {})", path.display(), meta.uid());
     ensure!(
-        meta.mode() & 0o022 == 0,
+        meta.mode() & 0o022 == 0 || (sticky_ok && meta.mode() & 0o1000 != 0),
         "{what} {} is writable by group or others (mode {:04o})",
         path.display(),
         meta.mode() & 0o7777
@@ -212,30 +179,13 @@ pub(crate) fn check_root_owned(path: &Path, what: &str) -> Result<()> {
 }
 
 /// [`check_root_owned`] for `path`, and every directory above it owned by
-/// root and either closed to group and others or sticky (`/tmp`: others
-/// may not rename or remove root's entries there): nobody but root can
-/// replace any part of the path.
+/// root and not a symlink, writable by others only if sticky: nobody but
+/// root can replace what the path names.
 pub(crate) fn check_root_owned_chain(path: &Path, what: &str) -> Result<()> {
     ensure!(path.is_absolute(), "{what} {} is not absolute", path.display());
     check_root_owned(path, what)?;
-    for dir in path.ancestors().skip(1) {
-        let meta = std::fs::symlink_metadata(dir)
-            .with_context(|| format!("directory {} above the {what}", dir.display()))?;
-        ensure!(meta.is_dir(), "{} above the {what} is not a directory", dir.display());
-        ensure!(
-            meta.uid() == 0,
-            "directory {} above the {what} is not owned by root (uid {})",
-            dir.display(),
-            meta.uid()
-        );
-        ensure!(
-            meta.mode() & 0o022 == 0 || meta.mode() & 0o1000 != 0,
-            "directory {} above the {what} is writable by group or others (mode {:04o})",
-            dir.display(),
-            meta.mode() & 0o7777
-        );
-    }
-    Ok(())
+    let above = format!("directory above the {what}:");
+    path.ancestors().skip(1).try_for_each(|dir| check_owner(dir, &above, true))
 }
 
 /// An absolute path with no `.`, `..` or empty parts, as written (std's
@@ -260,15 +210,30 @@ impl Config {
         let keep = f
             .sandbox
             .keep_capabilities
-            .unwrap_or_else(|| DEFAULT_KEEP.iter().map(|s| (*s).to_owned()).collect());
+            .unwrap_or_else(|| DEFAULT_KEEP.split_whitespace().map(str::to_owned).collect());
         for name in &keep {
             caps::Capability::from_str(name)
                 .map_err(|_| anyhow::anyhow!("keep_capabilities: unknown capability {name:?}"))?;
             ensure!(
-                !NEVER_KEEP.contains(&name.as_str()),
+                !NEVER_KEEP.split_whitespace().any(|n| n == name),
                 "keep_capabilities: {name} may never be kept"
             );
         }
+        let trusted_keys = f
+            .trusted_keys
+            .iter()
+            .map(|l| PublicKey::parse(l).map_err(|e| anyhow::anyhow!("trusted_keys: {e}")))
+            .collect::<Result<Vec<_>>>()?;
+        ensure!(
+            !f.system_mode || !trusted_keys.is_empty(),
+            "system_mode = true needs at least one key in trusted_keys: unsigned root work does not exist"
+        );
+        let hostname = match f.hostname {
+            Some(h) => h,
+            None => nix::unistd::gethostname()?
+                .into_string()
+                .map_err(|_| anyhow::anyhow!("the system hostname is not UTF-8"))?,
+        };
         let allowed_commands = f
             .allowed_commands
             .map(|list| list.into_iter().map(Allowed::check).collect::<Result<Vec<_>>>())
@@ -280,6 +245,8 @@ impl Config {
             cron_file: f.cron_file.unwrap_or_else(|| "/etc/cron.d/croncommander".into()),
             state_dir: f.state_dir.unwrap_or_else(|| "/var/lib/croncommander-helper".into()),
             allowed_commands,
+            trusted_keys,
+            hostname: cc_proto::Hostname::parse(&hostname).context("hostname")?.to_string(),
             sandbox: Sandbox {
                 keep_capabilities: keep,
                 write_paths: f.sandbox.write_paths,
@@ -341,7 +308,7 @@ impl Config {
                 real.display()
             );
             ensure!(real.is_dir(), "write_paths: {} is not a directory", w.display());
-            let protected = PROTECTED_TREES.iter().map(Path::new).chain(own);
+            let protected = PROTECTED_TREES.split_whitespace().map(Path::new).chain(own);
             for p in protected {
                 if p.starts_with(&real) || real.starts_with(p) {
                     bail!(
@@ -422,6 +389,8 @@ mod tests {
             cron_file: "/etc/cron.d/croncommander".into(),
             state_dir: "/var/lib/cch".into(),
             allowed_commands: None,
+            trusted_keys: vec![],
+            hostname: "h".into(),
             sandbox: Sandbox {
                 keep_capabilities: vec![],
                 write_paths: write.iter().map(PathBuf::from).collect(),

@@ -4,14 +4,15 @@
 //! Each line is `SCHEDULE root /path/to/cc-privhelper cron-run --config
 //! /path/to/helper.toml JOB_ID`: a canonical schedule, a validated id and
 //! plain paths. `cron-run` only asks the running helper to run that id; the
-//! command comes from the root-owned state file. Both files are written
+//! command comes from the signed statement kept in the root-owned state
+//! file, verified again at every run (an edited state file, or a key since
+//! removed, runs nothing). Both files are written
 //! atomically (a dot-named temp file opened `O_CREAT|O_EXCL|O_NOFOLLOW`,
 //! owner set on the descriptor, fsync, rename, fsync of the directory) in a
 //! directory that must be root's and closed to others, and one write at a
 //! time, so the two never disagree. With system mode off the helper removes
 //! both when it starts.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -19,6 +20,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result, ensure};
+use cc_proto::sign::Signed;
 use cc_proto::wire::{CronEntry, CronJob, CronRejection};
 use cc_proto::{CommandLine, JobId, Timeout};
 use tracing::info;
@@ -35,12 +37,51 @@ pub(crate) const CRON_TIMEOUT: Timeout = Timeout::DEFAULT;
 /// change together.
 static WRITING: Mutex<()> = Mutex::new(());
 
-/// Validates, stores the commands, and rewrites the cron file. Returns
-/// (installed ids, rejections).
+/// The state file: the installed list's signed statement and generation.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct State {
+    pub(crate) generation: u64,
+    pub(crate) signed: Signed,
+}
+
+/// The installed list's state, if any (unreadable is none).
+pub(crate) fn installed(cfg: &Config) -> Option<State> {
+    let path = cfg.state_dir.join(STATE_FILE);
+    check_root_owned(&path, "cron state file").ok()?;
+    serde_json::from_str(&fs::read_to_string(path).ok()?).ok()
+}
+
+/// Validates `entries` (the statement's), stores the statement, and
+/// rewrites the cron file. Returns (installed ids, rejections).
 pub(crate) fn write(
     cfg: &Config,
     entries: &[CronEntry],
+    state: &State,
 ) -> Result<(Vec<String>, Vec<CronRejection>)> {
+    let (valid, rejected) = validate(entries);
+    let me = std::env::current_exe().context("finding cc-privhelper's own path")?;
+    let exe = plain(&me)?;
+    let config = plain(&cfg.path)?;
+    let mut text = format!("{HEADER}\nSHELL=/bin/sh\nPATH=/usr/sbin:/usr/bin:/sbin:/bin\n");
+    for j in &valid {
+        text.push_str(&format!("{} root {exe} cron-run --config {config} {}\n", j.schedule, j.id));
+    }
+    let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(&cfg.state_dir)?;
+    check_root_owned(&cfg.state_dir, "state_dir")?;
+    // The statement first: a run that starts right after the file changes
+    // finds it.
+    atomic_write(&cfg.state_dir.join(STATE_FILE), serde_json::to_string(state)?.as_bytes(), 0o600)?;
+    write_cron_file(&cfg.cron_file, text.as_bytes())?;
+    for j in &valid {
+        info!(id = %j.id, schedule = %j.schedule, command = ?j.command.to_shell_line(), generation = state.generation, "cron entry written");
+    }
+    Ok((valid.iter().map(|j| j.id.to_string()).collect(), rejected))
+}
+
+/// Valid entries (first of each id) and why the others are not.
+pub(crate) fn validate(entries: &[CronEntry]) -> (Vec<CronJob>, Vec<CronRejection>) {
     let mut valid: Vec<CronJob> = Vec::new();
     let mut rejected = Vec::new();
     for e in entries {
@@ -55,32 +96,7 @@ pub(crate) fn write(
             }),
         }
     }
-    let me = std::env::current_exe().context("finding cc-privhelper's own path")?;
-    let exe = plain(&me)?;
-    let config = plain(&cfg.path)?;
-    let mut text = format!("{HEADER}\nSHELL=/bin/sh\nPATH=/usr/sbin:/usr/bin:/sbin:/bin\n");
-    let mut state = BTreeMap::new();
-    for j in &valid {
-        text.push_str(&format!("{} root {exe} cron-run --config {config} {}\n", j.schedule, j.id));
-        let argv: Vec<String> = std::iter::once(j.command.program().to_owned())
-            .chain(j.command.args().iter().cloned())
-            .collect();
-        state.insert(j.id.to_string(), argv);
-    }
-    let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(&cfg.state_dir)?;
-    check_root_owned(&cfg.state_dir, "state_dir")?;
-    // Commands first: a run that starts right after the file changes finds them.
-    atomic_write(
-        &cfg.state_dir.join(STATE_FILE),
-        serde_json::to_string(&state)?.as_bytes(),
-        0o600,
-    )?;
-    write_cron_file(&cfg.cron_file, text.as_bytes())?;
-    for j in &valid {
-        info!(id = %j.id, schedule = %j.schedule, command = ?j.command.to_shell_line(), "cron entry written");
-    }
-    Ok((valid.iter().map(|j| j.id.to_string()).collect(), rejected))
+    (valid, rejected)
 }
 
 /// System mode is off: no root cron line may remain from when it was on.
@@ -146,12 +162,24 @@ pub(crate) fn atomic_write(path: &Path, body: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// The stored command of a system cron entry.
-pub(crate) fn load(cfg: &Config, id: &JobId) -> Result<CommandLine> {
-    let path = cfg.state_dir.join(STATE_FILE);
-    check_root_owned(&path, "cron state file")?;
-    let state: BTreeMap<String, Vec<String>> = serde_json::from_str(&fs::read_to_string(&path)?)?;
-    let argv = state.get(id.as_str()).with_context(|| format!("no system cron entry {id}"))?;
-    let (program, args) = argv.split_first().context("empty command")?;
-    Ok(CommandLine::new(program, args)?)
+/// The command of installed entry `id`, from the stored statement checked
+/// again now (trusted key, this host); or why it may not run.
+pub(crate) fn load(
+    cfg: &Config,
+    trust: &crate::trust::Trust,
+    id: &JobId,
+) -> Result<CommandLine, String> {
+    let state = installed(cfg).ok_or("no readable, root-owned cron state file")?;
+    let (statement, _) = trust
+        .installed(&state.signed)
+        .map_err(|e| format!("the installed cron list does not verify: {e}"))?;
+    if statement.generation != state.generation {
+        return Err("the state file's generation is not its statement's".into());
+    }
+    let (valid, _) = validate(&statement.entries);
+    valid
+        .into_iter()
+        .find(|j| &j.id == id)
+        .map(|j| j.command)
+        .ok_or_else(|| format!("no signed system cron entry {id}"))
 }

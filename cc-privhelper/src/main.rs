@@ -11,17 +11,19 @@ mod cgroup;
 mod config;
 mod cronfile;
 mod exec;
+mod nonces;
 mod reports;
 mod sandbox;
 mod server;
 mod sys;
+mod trust;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use cc_proto::frame::{FrameDecoder, MAX_FRAME_LEN};
+use cc_proto::frame::MAX_FRAME_LEN;
 use cc_proto::helper::{HelperRequest, HelperResponse, RunScheduledRequest};
 
 use crate::config::{Config, DEFAULT_CONFIG};
@@ -49,18 +51,7 @@ fn cron_run(args: &[String]) -> Result<()> {
         .with_context(|| format!("connecting to the helper at {}", cfg.socket.display()))?;
     let body = cc_proto::helper::encode(&req)?;
     stream.write_all(&cc_proto::frame::encode_frame(&body, MAX_FRAME_LEN)?)?;
-    let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
-    let mut buf = [0u8; 16 * 1024];
-    let body = loop {
-        let want = decoder.wanted().clamp(1, buf.len());
-        let n = stream.read(&mut buf[..want]).context("reading the helper's answer")?;
-        if n == 0 {
-            bail!("the helper closed without answering");
-        }
-        if let (_, Some(body)) = decoder.feed(&buf[..n])? {
-            break body;
-        }
-    };
+    let body = server::read_frame(&mut stream, None).context("reading the helper's answer")?;
     match cc_proto::helper::decode_strict::<HelperResponse>(&body)? {
         HelperResponse::ExecResult(_) => Ok(()),
         HelperResponse::Refused(r) => bail!("the helper refused: {}", r.message),

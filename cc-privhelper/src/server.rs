@@ -14,29 +14,29 @@
 //! | request         | peer  | what it may do                                   | refused when                                   |
 //! |-----------------|-------|--------------------------------------------------|------------------------------------------------|
 //! | `status`        | both  | say the version, system mode, landlock mode and ABI | never                                       |
-//! | `exec`          | agent | run one validated job as root, contained         | system mode off; invalid job; program not allowed |
-//! | `write_cron`    | agent | replace `cron_file` and the state file with validated entries | system mode off; invalid payload |
+//! | `exec`          | agent | run one validated job as root, contained         | system mode off; invalid job; its signature does not hold (`trust.rs`); program not allowed |
+//! | `write_cron`    | agent | replace `cron_file` and the state file with a signed list's valid entries | system mode off; invalid payload; its signature does not hold |
 //! | `take_reports`  | agent | hand over kept reports of scheduled runs         | never                                          |
 //! | `ack_reports`   | agent | forget the reports the agent has stored          | never                                          |
-//! | `run_scheduled` | root  | run one entry of the state file, contained; keep its report | system mode off; unknown entry       |
+//! | `run_scheduled` | root  | run one entry of the installed signed list, contained; keep its report (a refusal too) | system mode off |
 //!
 //! The audit log holds only validated values: the job id once it parsed,
 //! the full argv of every root run (quoted, escaped), every cron entry
 //! written.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use cc_proto::JobId;
 use cc_proto::frame::{self, FrameDecoder, MAX_FRAME_LEN};
 use cc_proto::helper::{
-    self, CronWritten, HelperRequest, HelperResponse, HelperStatus, RefusalCode,
+    self, CronWritten, HelperRequest, HelperResponse, HelperStatus, Refusal, RefusalCode,
 };
 use cc_proto::wire::{ExecutionReport, JobSpec};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -65,6 +65,7 @@ enum Peer {
 struct Helper {
     cfg: Config,
     plan: Arc<Plan>,
+    trust: crate::trust::Trust,
     reports: Reports,
     /// Scheduled entries running now: a second run of one is skipped.
     running: Mutex<HashSet<String>>,
@@ -96,17 +97,28 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
         agent_user = %cfg.agent_user,
         system_mode = cfg.system_mode,
         landlock_abi = plan.landlock_abi,
-        cgroups = %plan.cgroups.describe(),
+        cgroups = ?plan.cgroups.tree,
         refusing = plan.refusal.as_deref().unwrap_or(""),
         "cc-privhelper serving"
     );
+    // SIGHUP re-reads the trusted keys; blocked here, before any thread
+    // exists, so only the waiting thread below takes it.
+    let hup = nix::sys::signal::SigSet::from(nix::sys::signal::Signal::SIGHUP);
+    hup.thread_block()?;
     let helper = Arc::new(Helper {
         reports: Reports::open(&cfg.state_dir)?,
+        trust: crate::trust::Trust::new(&cfg)?,
         cfg,
         plan,
         running: Mutex::new(HashSet::new()),
         slots: [AtomicUsize::new(0), AtomicUsize::new(0)],
     });
+    let reloader = Arc::clone(&helper);
+    std::thread::Builder::new().name("sighup".into()).spawn(move || {
+        while hup.wait().is_ok() {
+            reloader.trust.reload(&reloader.cfg.path);
+        }
+    })?;
     let agent_uid = agent.uid.as_raw();
     for stream in listener.incoming() {
         let stream = match stream {
@@ -126,13 +138,7 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
             u if u == agent_uid => Peer::Agent,
             0 => Peer::Root,
             _ => {
-                warn!(
-                    peer_uid = uid,
-                    peer_pid = pid,
-                    decision = "refused",
-                    reason = "peer is neither agent_user nor root",
-                    "helper request"
-                );
+                turned_away(uid, pid, "peer is neither agent_user nor root");
                 continue;
             }
         };
@@ -142,13 +148,7 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
         };
         if slot.fetch_add(1, Ordering::AcqRel) >= cap {
             slot.fetch_sub(1, Ordering::AcqRel);
-            warn!(
-                peer_uid = uid,
-                peer_pid = pid,
-                decision = "refused",
-                reason = "busy",
-                "helper request"
-            );
+            turned_away(uid, pid, "busy");
             let _ = stream.set_nonblocking(true);
             respond(
                 &stream,
@@ -172,6 +172,11 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The audit line of a connection refused before its request was read.
+fn turned_away(peer_uid: u32, peer_pid: i32, reason: &str) {
+    warn!(peer_uid, peer_pid, decision = "refused", reason, "helper request");
 }
 
 /// Socket directory 0750 and socket 0660, both root:<agent's group>.
@@ -202,6 +207,8 @@ fn respond(mut stream: &UnixStream, response: &HelperResponse) {
 struct Audit {
     job_id: Option<JobId>,
     argv: Option<String>,
+    /// The name of the key whose signature made the work.
+    key: Option<String>,
     leftovers: crate::exec::Leftovers,
 }
 
@@ -211,11 +218,10 @@ fn handle(mut stream: UnixStream, h: &Helper, peer: Peer, uid: u32, pid: i32) {
     let (response, op) = match read_request(&mut stream) {
         Ok(req) => {
             let op = req.operation();
-            (answer(h, peer, req, &mut audit), op)
+            let response = answer(h, peer, req, &mut audit).unwrap_or_else(HelperResponse::Refused);
+            (response, op)
         }
-        Err(e) => {
-            (HelperResponse::Refused(refusal(RefusalCode::BadRequest, format!("{e:#}"))), "invalid")
-        }
+        Err(e) => (refused(RefusalCode::BadRequest, format!("{e:#}")), "invalid"),
     };
     let (decision, reason) = match &response {
         HelperResponse::Refused(r) => ("refused", r.message.as_str()),
@@ -223,7 +229,8 @@ fn handle(mut stream: UnixStream, h: &Helper, peer: Peer, uid: u32, pid: i32) {
     };
     let job_id = audit.job_id.as_ref().map(JobId::as_str).unwrap_or("");
     let argv = audit.argv.as_deref().unwrap_or("");
-    info!(peer_uid = uid, peer_pid = pid, op, job_id, argv, decision, reason = ?reason, "helper request");
+    let key = audit.key.as_deref().unwrap_or("");
+    info!(peer_uid = uid, peer_pid = pid, op, job_id, argv, key, decision, reason = ?reason, "helper request");
     respond(&stream, &response);
     drop(stream);
     if audit.argv.is_some() {
@@ -233,42 +240,52 @@ fn handle(mut stream: UnixStream, h: &Helper, peer: Peer, uid: u32, pid: i32) {
     }
 }
 
-/// One frame, through the same decoder the fuzz target exercises, within
-/// [`REQUEST_DEADLINE`] for the whole of it.
+/// One request: one frame, decoded strictly, within [`REQUEST_DEADLINE`]
+/// for the whole of it.
 fn read_request(stream: &mut UnixStream) -> Result<HelperRequest> {
-    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let body = read_frame(stream, Some(Instant::now() + REQUEST_DEADLINE))?;
+    Ok(helper::decode_strict(&body)?)
+}
+
+/// One frame, through the same decoder the fuzz target exercises (never a
+/// byte past its end); with a deadline, all of it by then.
+pub(crate) fn read_frame(stream: &mut UnixStream, deadline: Option<Instant>) -> Result<Vec<u8>> {
     let mut decoder = FrameDecoder::new(MAX_FRAME_LEN);
     let mut buf = [0u8; 16 * 1024];
+    let late = || anyhow!("no whole frame within {} s", REQUEST_DEADLINE.as_secs());
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            bail!("no whole request within {} s", REQUEST_DEADLINE.as_secs());
+        if let Some(left) = deadline.map(|d| d.saturating_duration_since(Instant::now())) {
+            ensure!(!left.is_zero(), late());
+            stream.set_read_timeout(Some(left))?;
         }
-        stream.set_read_timeout(Some(left))?;
-        // Never past the end of the frame: a request is one frame.
         let want = decoder.wanted().clamp(1, buf.len());
         let n = match stream.read(&mut buf[..want]) {
-            Ok(0) => bail!("the peer closed before a whole request"),
+            Ok(0) => bail!("the peer closed before a whole frame"),
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                bail!("no whole request within {} s", REQUEST_DEADLINE.as_secs())
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(late());
             }
-            Err(e) => return Err(e).context("reading the request"),
+            Err(e) => return Err(e).context("reading a frame"),
         };
         if let (_, Some(body)) = decoder.feed(&buf[..n])? {
-            return Ok(helper::decode_strict(&body)?);
+            return Ok(body);
         }
     }
 }
 
+/// A refusal with this code, for `?`.
+fn no(code: RefusalCode) -> impl Fn(&dyn std::fmt::Display) -> Refusal {
+    move |why| refusal(code, why.to_string())
+}
+
 /// The request table, in code.
-fn answer(h: &Helper, peer: Peer, req: HelperRequest, audit: &mut Audit) -> HelperResponse {
+fn answer(
+    h: &Helper,
+    peer: Peer,
+    req: HelperRequest,
+    audit: &mut Audit,
+) -> Result<HelperResponse, Refusal> {
     let cfg = &h.cfg;
     let allowed = match (&req, peer) {
         (HelperRequest::Status, _) | (HelperRequest::RunScheduled(_), Peer::Root) => true,
@@ -276,12 +293,22 @@ fn answer(h: &Helper, peer: Peer, req: HelperRequest, audit: &mut Audit) -> Help
         (_, Peer::Agent) => true,
     };
     if !allowed {
-        return refused(
+        let op = req.operation();
+        return Err(refusal(
             RefusalCode::NotPermitted,
-            format!("{} is not a request this peer may make", req.operation()),
-        );
+            format!("{op} is not a request this peer may make"),
+        ));
     }
-    match req {
+    let root_work = matches!(
+        req,
+        HelperRequest::Exec(_) | HelperRequest::WriteCron(_) | HelperRequest::RunScheduled(_)
+    );
+    if root_work && !cfg.system_mode {
+        return Err(refusal(RefusalCode::SystemModeDisabled, DISABLED));
+    }
+    let invalid = no(RefusalCode::InvalidPayload);
+    let unsigned = no(RefusalCode::SignatureRefused);
+    Ok(match req {
         HelperRequest::Status => HelperResponse::Status(HelperStatus {
             version: env!("CARGO_PKG_VERSION").into(),
             system_mode: cfg.system_mode,
@@ -289,100 +316,114 @@ fn answer(h: &Helper, peer: Peer, req: HelperRequest, audit: &mut Audit) -> Help
             landlock_abi: h.plan.landlock_abi,
         }),
         HelperRequest::Exec(e) => {
-            if !cfg.system_mode {
-                return refused(RefusalCode::SystemModeDisabled, DISABLED);
+            let job = e.job().map_err(|e| invalid(&format!("execute_job: {e}")))?;
+            let spec = job.validate().map_err(|e| invalid(&format!("execute_job: {e}")))?;
+            audit.job_id = Some(spec.id.clone());
+            let signed = cc_proto::helper::signed(e.signed.as_deref());
+            // The key the envelope names, logged even when refused.
+            audit.key = signed.as_ref().ok().map(|s| s.key.clone());
+            audit.key = Some(h.trust.exec(signed, &job).map_err(|e| unsigned(&e))?);
+            let durable = h.trust.sync();
+            let report = run(h, &spec, audit);
+            if let Err(e) = durable.wait() {
+                warn!(job_id = %spec.id, "the nonce record may not be on disk: {e}");
             }
-            let spec = match e
-                .job()
-                .map_err(|e| e.to_string())
-                .and_then(|j| j.validate().map_err(|e| e.to_string()))
-            {
-                Ok(s) => s,
-                Err(err) => {
-                    return refused(RefusalCode::InvalidPayload, format!("execute_job: {err}"));
-                }
-            };
-            run(h, &spec, audit).map_or_else(HelperResponse::Refused, HelperResponse::ExecResult)
+            HelperResponse::ExecResult(report?)
         }
         HelperRequest::WriteCron(w) => {
-            if !cfg.system_mode {
-                return refused(RefusalCode::SystemModeDisabled, DISABLED);
-            }
-            let entries = match w.entries() {
-                Ok(e) => e,
-                Err(err) => {
-                    return refused(RefusalCode::InvalidPayload, format!("cron_refresh: {err}"));
+            let installed = crate::cronfile::installed(cfg);
+            let signed = cc_proto::helper::signed(w.signed.as_deref()).ok();
+            audit.key = signed.as_ref().map(|s| s.key.clone());
+            let (statement, key) = match installed
+                .as_ref()
+                .filter(|i| Some(&i.signed) == signed.as_ref())
+            {
+                // The listener pushes the list again on every connection:
+                // the installed statement, checked again, nothing to write.
+                Some(i) => {
+                    let (s, _) = h.trust.installed(&i.signed).map_err(|e| unsigned(&e))?;
+                    let (valid, rejected) = crate::cronfile::validate(&s.entries);
+                    let installed = valid.iter().map(|j| j.id.to_string()).collect();
+                    return Ok(HelperResponse::CronWritten(CronWritten { installed, rejected }));
+                }
+                None => {
+                    let generation = installed.map_or(0, |s| s.generation);
+                    let (s, signed, key) =
+                        h.trust.cron(w.signed.as_deref(), generation).map_err(|e| unsigned(&e))?;
+                    ((s, signed), key)
                 }
             };
-            if entries.len() > cc_proto::wire::MAX_CRON_ENTRIES {
-                return refused(RefusalCode::InvalidPayload, "too many cron entries");
+            audit.key = Some(key);
+            h.trust
+                .sync()
+                .wait()
+                .map_err(|e| refusal(RefusalCode::Internal, format!("recording the nonce: {e}")))?;
+            let (statement, signed) = statement;
+            if statement.entries.len() > cc_proto::wire::MAX_CRON_ENTRIES {
+                return Err(invalid(&"too many cron entries"));
             }
-            match crate::cronfile::write(cfg, &entries) {
-                Ok((installed, rejected)) => {
-                    HelperResponse::CronWritten(CronWritten { installed, rejected })
-                }
-                Err(e) => refused(RefusalCode::Internal, format!("{e:#}")),
-            }
+            let state = crate::cronfile::State { generation: statement.generation, signed };
+            let (installed, rejected) = crate::cronfile::write(cfg, &statement.entries, &state)
+                .map_err(|e| refusal(RefusalCode::Internal, format!("{e:#}")))?;
+            HelperResponse::CronWritten(CronWritten { installed, rejected })
         }
         HelperRequest::RunScheduled(r) => {
-            if !cfg.system_mode {
-                return refused(RefusalCode::SystemModeDisabled, DISABLED);
-            }
-            let id = match JobId::parse(&r.job_id) {
-                Ok(id) => id,
-                Err(e) => return refused(RefusalCode::InvalidPayload, format!("job id: {e}")),
-            };
+            let id = JobId::parse(&r.job_id).map_err(|e| invalid(&format!("job id: {e}")))?;
             audit.job_id = Some(id.clone());
-            let command = match crate::cronfile::load(cfg, &id) {
-                Ok(c) => c,
-                Err(e) => return refused(RefusalCode::InvalidPayload, format!("{e:#}")),
-            };
-            let spec = JobSpec { id: id.clone(), command, timeout: crate::cronfile::CRON_TIMEOUT };
-            let mut report = if !lock_entry(h, &id) {
-                crate::exec::stamp(
-                    &cc_exec::refused(
-                        EXIT_SKIPPED,
-                        "skipped: the previous run of this job is still running",
-                    ),
-                    &spec.id,
-                    &spec.command,
-                )
-            } else {
-                let done = run(h, &spec, audit).unwrap_or_else(|r| {
-                    crate::exec::stamp(
-                        &cc_exec::refused(cc_exec::EXIT_NOT_EXECUTABLE, &r.message),
-                        &spec.id,
-                        &spec.command,
-                    )
-                });
-                h.running.lock().unwrap_or_else(|e| e.into_inner()).remove(id.as_str());
-                done
+            // Whatever happens now is a report: the operator sees a
+            // scheduled run refused, not silence.
+            let mut report = match crate::cronfile::load(cfg, &h.trust, &id) {
+                Ok(command) => scheduled(
+                    h,
+                    &JobSpec { id, command, timeout: crate::cronfile::CRON_TIMEOUT },
+                    audit,
+                ),
+                Err(why) => {
+                    let none = cc_proto::CommandLine::new("-", &[]).map_err(|e| invalid(&e))?;
+                    not_run(&id, &none, &why, cc_exec::EXIT_NOT_EXECUTABLE)
+                }
             };
             report.report_id = Some(scheduled_report_id());
-            match h.reports.put(&report) {
-                Ok(()) => HelperResponse::ExecResult(report),
-                Err(e) => refused(RefusalCode::Internal, format!("keeping the report: {e:#}")),
-            }
+            h.reports.put(&report).map_err(|e| {
+                refusal(RefusalCode::Internal, format!("keeping the report: {e:#}"))
+            })?;
+            HelperResponse::ExecResult(report)
         }
         HelperRequest::TakeReports => HelperResponse::Reports(h.reports.take()),
         HelperRequest::AckReports(a) => HelperResponse::Acked(h.reports.ack(&a.report_ids)),
+    })
+}
+
+/// The report of a scheduled run that did not start.
+fn not_run(id: &JobId, command: &cc_proto::CommandLine, why: &str, code: i32) -> ExecutionReport {
+    crate::exec::stamp(&cc_exec::refused(code, why), id, command)
+}
+
+/// Runs a scheduled entry unless its previous run still goes on.
+fn scheduled(h: &Helper, spec: &JobSpec, audit: &mut Audit) -> ExecutionReport {
+    let running = |f: &dyn Fn(&mut HashSet<String>) -> bool| {
+        f(&mut h.running.lock().unwrap_or_else(|e| e.into_inner()))
+    };
+    let (id, cmd) = (&spec.id, &spec.command);
+    if !running(&|r| r.insert(id.to_string())) {
+        return not_run(
+            id,
+            cmd,
+            "skipped: the previous run of this job is still running",
+            EXIT_SKIPPED,
+        );
     }
+    let done = run(h, spec, audit)
+        .unwrap_or_else(|r| not_run(id, cmd, &r.message, cc_exec::EXIT_NOT_EXECUTABLE));
+    running(&|r| r.remove(id.as_str()));
+    done
 }
 
 /// Exit code of a skipped scheduled run (EX_TEMPFAIL), as in user mode.
 const EXIT_SKIPPED: i32 = 75;
 
-/// Marks a scheduled entry running; false if it already is.
-fn lock_entry(h: &Helper, id: &JobId) -> bool {
-    h.running.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string())
-}
-
 /// Runs a validated job (ad hoc or scheduled), its argv in the audit line.
-fn run(
-    h: &Helper,
-    spec: &JobSpec,
-    audit: &mut Audit,
-) -> Result<ExecutionReport, cc_proto::helper::Refusal> {
+fn run(h: &Helper, spec: &JobSpec, audit: &mut Audit) -> Result<ExecutionReport, Refusal> {
     audit.job_id = Some(spec.id.clone());
     audit.argv = Some(spec.command.to_shell_line());
     let (mut report, leftovers) = crate::exec::run(&h.cfg, &h.plan, spec)?;
@@ -396,8 +437,8 @@ fn run(
 /// the listener refuses the report and it would stay in the agent's outbox).
 fn scheduled_report_id() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let millis = cc_proto::Timestamp::now().unix_millis();
-    format!("sys-{millis}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let (ms, n) = (cc_proto::Timestamp::now().unix_millis(), N.fetch_add(1, Ordering::Relaxed));
+    format!("sys-{ms}-{}-{n}", std::process::id())
 }
 
 const DISABLED: &str =

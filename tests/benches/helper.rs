@@ -19,9 +19,16 @@ use std::time::{Duration, Instant};
 use cc_e2e::{TempDir, bin};
 use cc_proto::frame::{self, HEADER_LEN, MAX_FRAME_LEN};
 
-fn exec_via_helper(socket: &std::path::Path, i: usize) {
-    let job = format!(r#"{{"jobId":"b-{i}","command":"/bin/true","args":[],"timeout":30}}"#);
-    let req = serde_json::json!({"exec": {"execute_job": job}}).to_string();
+/// A signed `exec` request for `/bin/true` (signed before the clock runs:
+/// an operator signs offline).
+fn signed_request(i: usize) -> String {
+    let job = serde_json::json!({"jobId": format!("b-{i}"), "command": "/bin/true", "args": [], "timeout": 30});
+    let st = cc_e2e::signing::exec_statement(&job, "bench.test");
+    let signed = cc_e2e::signing::sign_exec(&st, &cc_e2e::signing::operator().1);
+    serde_json::json!({"exec": {"execute_job": job.to_string(), "signed": serde_json::to_string(&signed).unwrap()}}).to_string()
+}
+
+fn exec_via_helper(socket: &std::path::Path, req: &str) {
     let mut s = UnixStream::connect(socket).unwrap();
     s.write_all(&frame::encode_frame(req.as_bytes(), MAX_FRAME_LEN).unwrap())
         .unwrap();
@@ -45,8 +52,9 @@ fn main() {
     );
     let dir = TempDir::new("bench-helper");
     std::fs::create_dir_all(dir.path().join("cron.d")).unwrap();
+    let key = cc_e2e::signing::trusted_line(&cc_e2e::signing::operator().1, "bench");
     let config = format!(
-        "socket = {:?}\nagent_user = \"root\"\nsystem_mode = true\ncron_file = {:?}\nstate_dir = {:?}\n[sandbox]\nlandlock = \"required\"\n",
+        "socket = {:?}\nagent_user = \"root\"\nsystem_mode = true\ncron_file = {:?}\nstate_dir = {:?}\nhostname = \"bench.test\"\ntrusted_keys = [{key:?}]\n[sandbox]\nlandlock = \"required\"\n",
         dir.path().join("helper.sock"),
         dir.path().join("cron.d/croncommander"),
         dir.path().join("state")
@@ -66,6 +74,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let runs = 300;
+    let requests: Vec<String> = (0..runs).map(signed_request).collect();
     let truth = cc_proto::CommandLine::new("/bin/true", &[]).unwrap();
     let launch = cc_exec::Launch {
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
@@ -73,7 +82,7 @@ fn main() {
     };
     let limits = cc_exec::Limits::new(Duration::from_secs(30));
     let (mut direct, mut executor, mut helper_t) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..runs {
+    for request in &requests {
         // Interleaved, so all see the same machine.
         let t = Instant::now();
         assert!(
@@ -90,11 +99,36 @@ fn main() {
         assert_eq!(cc_exec::run(&truth, &launch, limits.clone()).exit_code, 0);
         executor.push(t.elapsed());
         let t = Instant::now();
-        exec_via_helper(&socket, i);
+        exec_via_helper(&socket, request);
         helper_t.push(t.elapsed());
     }
     let _ = helper.kill();
     let _ = helper.wait();
+    // What the helper pays per job to check a signature (Ed25519, the
+    // canonical encoding, the window), measured alone.
+    let probe = {
+        let job =
+            serde_json::json!({"jobId": "v", "command": "/bin/true", "args": [], "timeout": 30});
+        cc_e2e::signing::sign_exec(
+            &cc_e2e::signing::exec_statement(&job, "bench.test"),
+            &cc_e2e::signing::operator().1,
+        )
+    };
+    let keys = vec![
+        cc_proto::sign::PublicKey::parse(&cc_e2e::signing::trusted_line(
+            &cc_e2e::signing::operator().1,
+            "bench",
+        ))
+        .unwrap(),
+    ];
+    let t = Instant::now();
+    for _ in 0..2000 {
+        let (st, _): (cc_proto::sign::ExecStatement, _) =
+            cc_proto::sign::verify(&probe, cc_proto::sign::EXEC_LABEL, &keys).unwrap();
+        cc_proto::sign::check_window(&st.not_before, &st.expires_at, cc_proto::Timestamp::now())
+            .unwrap();
+    }
+    let verify_us = t.elapsed().as_secs_f64() * 1e6 / 2000.0;
     let (d, e, h) = (median_ms(direct), median_ms(executor), median_ms(helper_t));
     println!("/bin/true, median of {runs} interleaved runs:");
     println!("  run directly (spawn, capture, wait)        {d:>7.3} ms");
@@ -103,7 +137,8 @@ fn main() {
         e / d
     );
     println!(
-        "  system job through cc-privhelper           {h:>7.3} ms  ({:.2}x; target <= 1.5x)",
+        "  system job through cc-privhelper, signed   {h:>7.3} ms  ({:.2}x; target <= 1.5x)",
         h / d
     );
+    println!("  signature check alone (verify + window)    {verify_us:>7.1} us per job");
 }

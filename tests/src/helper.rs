@@ -14,18 +14,30 @@ pub struct HelperProcess {
     pub child: Child,
     pub dir: PathBuf,
     pub agent: (u32, u32),
+    /// The host identity in the helper's config (what statements name).
+    pub hostname: String,
 }
+
+/// The helper's host identity unless a suite names one.
+pub const HELPER_HOST: &str = "helper.test";
 
 impl HelperProcess {
     /// The config is `dir/etc/helper.toml`; its keys `socket`, `cron_file`,
-    /// `state_dir`, `agent_user` point into `dir`; `extra` adds or
-    /// overrides the rest (it must not repeat those keys).
+    /// `state_dir`, `agent_user` point into `dir`, `hostname` is
+    /// [`HELPER_HOST`], and the suite's operator key is trusted; `extra`
+    /// adds or overrides the rest (it must not repeat those keys).
     pub fn start(dir: &Path, extra: &str, agent: (u32, u32)) -> Self {
+        Self::start_as(dir, extra, agent, HELPER_HOST)
+    }
+
+    /// [`HelperProcess::start`] with another host identity.
+    pub fn start_as(dir: &Path, extra: &str, agent: (u32, u32), hostname: &str) -> Self {
         for d in ["cron.d", "writable", "etc"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
+        let key = crate::signing::trusted_line(&crate::signing::operator().1, "suite-operator");
         let config = format!(
-            "socket = {:?}\nagent_user = \"cc-agent-user\"\ncron_file = {:?}\nstate_dir = {:?}\n{extra}\n",
+            "socket = {:?}\nagent_user = \"cc-agent-user\"\ncron_file = {:?}\nstate_dir = {:?}\nhostname = {hostname:?}\ntrusted_keys = [{key:?}]\n{extra}\n",
             dir.join("run/helper.sock"),
             dir.join("cron.d/croncommander"),
             dir.join("state"),
@@ -36,6 +48,7 @@ impl HelperProcess {
             child: Self::spawn(dir),
             dir: dir.to_owned(),
             agent,
+            hostname: hostname.to_owned(),
         };
         h.wait_ready();
         h
@@ -140,9 +153,45 @@ impl HelperProcess {
             .unwrap_or_else(|e| panic!("no response ({e}): {text:?}\n{}", self.log()))
     }
 
-    /// An `exec` request carrying this `execute_job` payload.
+    /// An `exec` request carrying this `execute_job` payload, signed for
+    /// this helper's host by the suite's operator key.
     pub fn exec(&self, job: &Value) -> Value {
-        self.request(&serde_json::json!({"exec": {"execute_job": job.to_string()}}))
+        let st = crate::signing::exec_statement(job, &self.hostname);
+        let signed = crate::signing::sign_exec(&st, &crate::signing::operator().1);
+        self.exec_signed(job, Some(&signed))
+    }
+
+    /// An `exec` request with whatever signature (or none) the caller has.
+    pub fn exec_signed(&self, job: &Value, signed: Option<&cc_proto::sign::Signed>) -> Value {
+        let mut inner = serde_json::json!({"execute_job": job.to_string()});
+        if let Some(s) = signed {
+            inner["signed"] = Value::String(serde_json::to_string(s).unwrap());
+        }
+        self.request(&serde_json::json!({ "exec": inner }))
+    }
+
+    /// A `write_cron` of these entries, signed for this host with a new
+    /// generation by the suite's operator key.
+    pub fn write_cron(&self, entries: &Value) -> Value {
+        let st = crate::signing::cron_statement(
+            entries,
+            &self.hostname,
+            crate::signing::next_generation(),
+        );
+        let signed = crate::signing::sign_cron(&st, &crate::signing::operator().1);
+        self.write_cron_signed(entries, Some(&signed))
+    }
+
+    pub fn write_cron_signed(
+        &self,
+        entries: &Value,
+        signed: Option<&cc_proto::sign::Signed>,
+    ) -> Value {
+        let mut inner = serde_json::json!({"cron_refresh": entries.to_string()});
+        if let Some(s) = signed {
+            inner["signed"] = Value::String(serde_json::to_string(s).unwrap());
+        }
+        self.request(&serde_json::json!({ "write_cron": inner }))
     }
 }
 

@@ -18,6 +18,7 @@ pub mod listener;
 pub mod proxy;
 pub mod rawws;
 pub mod reliability;
+pub mod signing;
 pub mod sim;
 pub mod ws;
 
@@ -101,6 +102,17 @@ pub fn require(what: &str, available: bool) -> bool {
         "CI=true but this test's prerequisite is missing: {what}"
     );
     eprintln!("skipped: needs {what}");
+    // The test command lists every skip in its summary.
+    if let Some(log) = std::env::var_os("CC_SKIP_LOG") {
+        let test = std::thread::current().name().unwrap_or("?").to_owned();
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = std::io::Write::write_all(&mut f, format!("{test}: needs {what}\n").as_bytes());
+        }
+    }
     false
 }
 

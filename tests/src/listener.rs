@@ -122,6 +122,11 @@ impl ListenerProcess {
         None
     }
 
+    /// The config lines used from the next (re)start on.
+    pub fn set_extra(&mut self, extra: &str) {
+        extra.clone_into(&mut self.extra_config);
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

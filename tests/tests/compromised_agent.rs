@@ -152,7 +152,7 @@ fn the_report_spool_race_never_gives_the_agent_a_root_file() {
     let extra = format!("allowed_commands = [\"/bin/true\"]\n{}", on(dir.path()));
     let mut h = HelperProcess::start(dir.path(), &extra, agent);
     let entries = json!([{"id": "race", "schedule": "@yearly", "command": "/nonexistent/program"}]);
-    let w = h.request(&json!({"write_cron": {"cron_refresh": entries.to_string()}}));
+    let w = h.write_cron(&entries);
     assert_eq!(w["cron_written"]["installed"], json!(["race"]), "{w}");
 
     for (round, system_mode) in [("refused command", true), ("system mode off", false)] {
@@ -207,7 +207,7 @@ fn a_root_job_cannot_change_metadata_outside_write_paths() {
         return;
     };
     let h = HelperProcess::start(dir.path(), &on(dir.path()), agent);
-    let w = h.request(&json!({"write_cron": {"cron_refresh": r#"[{"id":"a","schedule":"@daily","command":"/bin/true"}]"#}}));
+    let w = h.write_cron(&json!([{"id": "a", "schedule": "@daily", "command": "/bin/true"}]));
     assert!(w["cron_written"].is_object(), "{w}");
     let outside = dir.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
@@ -249,12 +249,10 @@ fn a_root_job_cannot_change_metadata_outside_write_paths() {
 
 /// The helper's answer to `job` within `limit` (as the agent), or None.
 fn exec_within(socket: &Path, agent: (u32, u32), job: &Value, limit: Duration) -> Option<Value> {
-    request_within(
-        socket,
-        agent,
-        &json!({"exec": {"execute_job": job.to_string()}}),
-        limit,
-    )
+    let st = cc_e2e::signing::exec_statement(job, cc_e2e::helper::HELPER_HOST);
+    let signed = cc_e2e::signing::sign_exec(&st, &cc_e2e::signing::operator().1);
+    let req = json!({"exec": {"execute_job": job.to_string(), "signed": serde_json::to_string(&signed).unwrap()}});
+    request_within(socket, agent, &req, limit)
 }
 
 /// The helper's answer to `req` within `limit` (as the agent), or None.
@@ -384,7 +382,7 @@ fn scheduled_root_jobs_run_in_the_helpers_containment() {
     let h = HelperProcess::start(dir.path(), &on(dir.path()), agent);
     let entries =
         json!([{"id": "sched", "schedule": "@yearly", "command": "/bin/cat /proc/self/status"}]);
-    let w = h.request(&json!({"write_cron": {"cron_refresh": entries.to_string()}}));
+    let w = h.write_cron(&entries);
     assert_eq!(w["cron_written"]["installed"], json!(["sched"]), "{w}");
     let adhoc = h.exec(&job("adhoc", "/bin/cat", &["/proc/self/status"], 30));
     let out = cron_run(&h, "sched");
@@ -556,8 +554,9 @@ fn device_nodes_and_mounts_are_refused_and_their_capabilities_never_kept() {
 fn helper_refuses(dir: &Path, extra: &str) -> String {
     let d = dir.join("refuse");
     std::fs::create_dir_all(&d).unwrap();
+    let key = cc_e2e::signing::trusted_line(&cc_e2e::signing::operator().1, "op");
     let cfg = format!(
-        "socket = {:?}\ncron_file = {:?}\nstate_dir = {:?}\n{extra}\n",
+        "socket = {:?}\ncron_file = {:?}\nstate_dir = {:?}\ntrusted_keys = [{key:?}]\n{extra}\n",
         d.join("run/helper.sock"),
         d.join("cron.d/croncommander"),
         d.join("state"),
@@ -606,7 +605,10 @@ fn concurrent_cron_writes_leave_the_cron_file_and_state_in_agreement() {
                 let entries: Vec<Value> = (0..=k)
                     .map(|n| json!({"id": format!("r{round}-{k}-{n}"), "schedule": "@daily", "command": "/bin/true"}))
                     .collect();
-                let req = json!({"write_cron": {"cron_refresh": Value::Array(entries).to_string()}});
+                let entries = Value::Array(entries);
+                let st = cc_e2e::signing::cron_statement(&entries, &h.hostname, cc_e2e::signing::next_generation());
+                let signed = cc_e2e::signing::sign_cron(&st, &cc_e2e::signing::operator().1);
+                let req = json!({"write_cron": {"cron_refresh": entries.to_string(), "signed": serde_json::to_string(&signed).unwrap()}});
                 let socket = h.socket();
                 std::thread::spawn(move || request_within(&socket, agent, &req, Duration::from_secs(20)))
             })
@@ -621,12 +623,18 @@ fn concurrent_cron_writes_leave_the_cron_file_and_state_in_agreement() {
                     .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
                     .collect()
             });
-        // A torn or missing state file is a disagreement too.
+        // A torn or missing state file is a disagreement too. Its entries
+        // are those of the signed statement it keeps.
         let stated: Option<std::collections::BTreeSet<String>> =
             std::fs::read_to_string(dir.path().join("state/system-cron.json"))
                 .ok()
                 .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()));
+                .and_then(|v| {
+                    serde_json::from_value::<cc_proto::sign::Signed>(v["signed"].clone()).ok()
+                })
+                .and_then(|s| cc_proto::sign::statement_bytes(&s).ok())
+                .and_then(|b| serde_json::from_slice::<cc_proto::sign::CronStatement>(&b).ok())
+                .map(|st| st.entries.into_iter().map(|e| e.id).collect());
         if cron.is_none() || cron != stated {
             disagreements.push(format!("round {round}: cron {cron:?} state {stated:?}"));
         }
@@ -715,7 +723,7 @@ fn the_audit_log_holds_only_validated_values_and_every_root_argv() {
     assert_eq!(report(&r)["exitCode"], 0);
     let entries =
         json!([{"id": "logged", "schedule": "*/5 * * * *", "command": "/usr/bin/echo five"}]);
-    h.request(&json!({"write_cron": {"cron_refresh": entries.to_string()}}));
+    h.write_cron(&entries);
     let log = h.log();
     assert!(
         !log.lines().any(|l| l.starts_with("FORGED")),
@@ -745,7 +753,7 @@ fn slow_clients_cannot_hold_the_helper() {
     };
     let h = HelperProcess::start(dir.path(), &on(dir.path()), agent);
     let entries = json!([{"id": "tick", "schedule": "@yearly", "command": "/bin/true"}]);
-    h.request(&json!({"write_cron": {"cron_refresh": entries.to_string()}}));
+    h.write_cron(&entries);
     let socket = h.socket();
     let slow: Vec<_> = (0..24)
         .map(|_| {

@@ -106,6 +106,8 @@ fn the_package_installs_root_owned_files_and_enables_nothing() {
         0o700,
     );
     check("/var/lib/croncommander-helper", 0, Some("root"), 0o700);
+    // The operator CLI, which signs root work, ships with the package.
+    check("/usr/bin/ccctl", 0, Some("root"), 0o755);
     // No directory is shared between root and the agent (reports of
     // scheduled system jobs travel over the helper's socket).
     assert!(!std::path::Path::new("/var/spool/croncommander").exists());

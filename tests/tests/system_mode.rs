@@ -48,8 +48,9 @@ fn system_jobs_run_as_root_through_the_helper_and_fail_clearly_without_it() {
         "system_mode = true\n[sandbox]\nwrite_paths = [{:?}]\nlandlock = \"required\"\n",
         hdir.join("writable")
     );
+    let host = "sys-e2e.test";
     // HelperProcess points cron_file into its dir; override for this test.
-    let mut helper = HelperProcess::start(&hdir, &helper_cfg, (uid, gid));
+    let mut helper = HelperProcess::start_as(&hdir, &helper_cfg, (uid, gid), host);
     let cfg = std::fs::read_to_string(hdir.join("etc/helper.toml")).unwrap();
     let cfg = cfg.replace(
         &format!("cron_file = {:?}", hdir.join("cron.d/croncommander")),
@@ -58,12 +59,15 @@ fn system_jobs_run_as_root_through_the_helper_and_fail_clearly_without_it() {
     std::fs::write(hdir.join("etc/helper.toml"), cfg).unwrap();
     helper.restart();
 
+    // The listener signs system-mode work on the API's behalf with a key
+    // the helper trusts (the operator-signed path: tests/tests/signed.rs).
+    let key_file = dir.path().join("listener/signing.key");
+    std::fs::write(&key_file, &cc_e2e::signing::operator().0).unwrap();
     let listener = ListenerProcess::start(
         &bin("cc-listener"),
         &dir.path().join("listener"),
-        "heartbeat_interval_secs = 2\n",
+        &format!("heartbeat_interval_secs = 2\nsigning_key_file = {key_file:?}\n"),
     );
-    let host = "sys-e2e.test";
     let key = listener.add_key(host);
     let agent_extra = format!(
         "execution_mode = \"system\"\nhelper_socket = {:?}\n",
