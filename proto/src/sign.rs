@@ -396,6 +396,117 @@ mod tests {
         ));
     }
 
+    /// The statement size limit, exactly at its edge, and a cron list of
+    /// 1,000 entries (what the limit is for) within it.
+    #[test]
+    fn statements_are_bounded_and_a_thousand_entry_cron_list_fits() {
+        let k = pair();
+        let keys = trusted(&k);
+        let s = sign(&stmt(), EXEC_LABEL, &k).unwrap();
+        let limit = MAX_STATEMENT_BYTES / 3 * 4 + 4;
+        let at = Signed {
+            statement: "A".repeat(limit),
+            ..s.clone()
+        };
+        // At the limit the bytes are decoded, and the signature judged.
+        assert!(matches!(
+            verify::<ExecStatement>(&at, EXEC_LABEL, &keys),
+            Err(SignError::BadSignature(_))
+        ));
+        let over = Signed {
+            statement: "A".repeat(limit + 4),
+            ..s
+        };
+        assert_eq!(
+            verify::<ExecStatement>(&over, EXEC_LABEL, &keys),
+            Err(SignError::Malformed("the statement is too large".into()))
+        );
+        let entries = (0..1000)
+            .map(|i| CronEntry {
+                id: format!("entry-{i:04}"),
+                schedule: "*/5 * * * *".into(),
+                command: "/usr/local/sbin/rotate --all /var/log/app".into(),
+            })
+            .collect();
+        let list = CronStatement {
+            host: "web1".into(),
+            generation: 1,
+            entries,
+            not_before: "2026-01-01T00:00:00Z".into(),
+            expires_at: "2026-01-01T01:00:00Z".into(),
+            nonce: "0123456789abcdef0123456789abcdef".into(),
+        };
+        let signed = sign(&list, CRON_LABEL, &k).unwrap();
+        assert!(signed.statement.len() > 64 * 1024, "the list is large");
+        let (got, _): (CronStatement, _) = verify(&signed, CRON_LABEL, &keys).unwrap();
+        assert_eq!(got.entries.len(), 1000);
+    }
+
+    /// The window's edges: an empty window is expired, not "too long"; a
+    /// statement is valid exactly the allowed skew before `notBefore`.
+    #[test]
+    fn window_edges() {
+        let t = |ms: i64| {
+            Timestamp::from_datetime(chrono::DateTime::from_timestamp_millis(ms).unwrap())
+        };
+        let from = t(1_767_225_600_000); // 2026-01-01T00:00:00Z
+        let (nb, ea) = (
+            from.to_string(),
+            t(from.unix_millis() + 3_600_000).to_string(),
+        );
+        let skew = CLOCK_SKEW_SECS * 1000;
+        assert_eq!(check_window(&nb, &ea, t(from.unix_millis() - skew)), Ok(()));
+        assert_eq!(
+            check_window(&nb, &ea, t(from.unix_millis() - skew - 1)),
+            Err(SignError::NotYetValid(nb.clone()))
+        );
+        assert_eq!(
+            check_window(&nb, &nb, t(from.unix_millis() + 1)),
+            Err(SignError::Expired(nb.clone()))
+        );
+        let day = t(from.unix_millis() + MAX_VALIDITY_SECS * 1000).to_string();
+        assert_eq!(check_window(&nb, &day, from), Ok(()));
+        let longer = t(from.unix_millis() + MAX_VALIDITY_SECS * 1000 + 1).to_string();
+        assert!(matches!(
+            check_window(&nb, &longer, from),
+            Err(SignError::TooLong(..))
+        ));
+        assert!(matches!(
+            check_window(&ea, &nb, from),
+            Err(SignError::TooLong(..))
+        ));
+    }
+
+    /// What `ccctl keygen` writes and prints: the key file loads back to
+    /// the same key, its public line parses to the same bytes, and nonces
+    /// are 32 lowercase hex digits of the random bytes given.
+    #[test]
+    fn key_files_public_ids_and_nonces_round_trip() {
+        use ring::signature::KeyPair as _;
+        let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .unwrap();
+        let text = pem(doc.as_ref());
+        assert!(text.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{text}");
+        assert!(text.ends_with("\n-----END PRIVATE KEY-----\n"), "{text}");
+        assert!(text.lines().all(|l| l.len() <= 64), "{text}");
+        let made = ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+        let loaded = key_pair_from_pem(&text).unwrap();
+        assert_eq!(made.public_key().as_ref(), loaded.public_key().as_ref());
+        assert!(key_pair_from_pem("-----BEGIN PRIVATE KEY-----\nnot base64!\n").is_err());
+        assert!(key_pair_from_pem(&pem(b"not a key")).is_err());
+        let id = public_id(&loaded);
+        assert_eq!(
+            id,
+            format!("ed25519:{}", B64.encode(loaded.public_key().as_ref()))
+        );
+        let parsed = PublicKey::parse(&format!("{id} alice@ops")).unwrap();
+        assert_eq!((parsed.id(), parsed.name.as_str()), (id, "alice@ops"));
+        assert_eq!(parsed.bytes.as_slice(), loaded.public_key().as_ref());
+        assert_eq!(nonce([0xab; 16]), "ab".repeat(16));
+        assert_eq!(nonce([0x01; 16]), "01".repeat(16));
+        assert!(valid_nonce(&nonce([0x7f; 16])));
+    }
+
     #[test]
     fn only_the_canonical_encoding_is_accepted() {
         let k = pair();
