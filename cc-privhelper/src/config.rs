@@ -408,9 +408,14 @@ mod tests {
 
     #[test]
     fn write_paths_may_not_overlap_protected_trees_or_the_helpers_own_files() {
-        let ok = std::env::temp_dir();
+        // A directory of its own, not the temp directory itself: a checkout
+        // (and so this test's own binary, a protected file) may live there.
+        let ok = std::env::temp_dir().join(format!("cc-write-path-{}", std::process::id()));
+        std::fs::create_dir_all(&ok).unwrap();
         let ok = std::fs::canonicalize(ok).unwrap();
-        assert!(cfg(&[ok.to_str().unwrap()]).check_write_paths().is_ok());
+        let allowed = cfg(&[ok.to_str().unwrap()]).check_write_paths();
+        let _ = std::fs::remove_dir(&ok);
+        assert!(allowed.is_ok(), "{allowed:?}");
         for bad in [
             "/",
             "/etc",
@@ -449,5 +454,59 @@ mod tests {
         assert!(glob(b"*", b"") && glob(b"**x", b"yx") && !glob(b"x*", b"yx"));
         let any = Allowed { path: "/bin/true".into(), args: None };
         assert!(any.args_match(&v(&["anything", "at all"])));
+    }
+
+    #[test]
+    fn ownership_checks_refuse_what_others_may_change() {
+        assert_eq!(
+            (Enforce::Required.name(), Enforce::BestEffort.name()),
+            ("required", "best_effort")
+        );
+        // Root's, closed to others: accepted, with every directory above.
+        check_root_owned(Path::new("/etc/passwd"), "file").unwrap();
+        check_root_owned_chain(Path::new("/etc/passwd"), "file").unwrap();
+        // /tmp is writable by all: refused as a file's home, accepted
+        // above one because it is sticky.
+        assert!(check_root_owned(Path::new("/tmp"), "dir").is_err());
+        check_owner(Path::new("/tmp"), "dir", true).unwrap();
+        // World-writable, and below a directory others may write.
+        let d = std::env::temp_dir().join(format!("cc-owner-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("helper.toml");
+        std::fs::write(&f, "").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = check_root_owned(&f, "config file").unwrap_err().to_string();
+        assert!(
+            e.contains("writable by group or others") || e.contains("not owned by root"),
+            "{e}"
+        );
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(check_root_owned_chain(&f, "config file").is_err());
+        assert!(check_root_owned_chain(Path::new("etc/passwd"), "file").is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_memory_limit_is_read_in_mebibytes() {
+        if !nix::unistd::Uid::effective().is_root() {
+            // Config::load needs a root-owned file; CI runs as root.
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI runs this as root");
+            return;
+        }
+        let d = std::env::temp_dir().join(format!("cc-load-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let f = d.join("helper.toml");
+        for (text, bytes) in [("", 1024u64 << 20), ("[sandbox]\nmax_memory_mib = 64\n", 64 << 20)] {
+            std::fs::write(&f, text).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert_eq!(Config::load(&f).unwrap().sandbox.max_memory_bytes, bytes);
+        }
+        std::fs::write(&f, "[sandbox]\nmax_memory_mib = 15\n").unwrap();
+        assert!(Config::load(&f).is_err(), "below 16 MiB");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -135,3 +135,57 @@ impl Syncing {
         st.failed.clone().map_or(Ok(()), Err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("cc-nonces-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_nonce_is_accepted_once_until_it_expires_also_after_a_restart() {
+        let d = dir("once");
+        let now = cc_proto::Timestamp::now().unix_millis();
+        let n = Nonces::open(&d).unwrap();
+        n.record("k", "n1", now + 60_000).unwrap();
+        assert!(matches!(n.record("k", "n1", now + 60_000), Err(SignError::Replayed(..))));
+        // Another nonce, or the same nonce of another key, is new.
+        n.record("k", "n2", now + 60_000).unwrap();
+        n.record("other", "n1", now + 60_000).unwrap();
+        // An expired record no longer refuses (its statement would be
+        // refused as expired first), and is not kept across a restart.
+        n.record("k", "old", now - 1).unwrap();
+        n.record("k", "old", now - 1).unwrap();
+        n.sync().wait().unwrap();
+        assert!(n.syncer.0.lock().unwrap().done >= 1, "the syncer ran");
+        drop(n);
+        let n = Nonces::open(&d).unwrap();
+        assert!(matches!(n.record("k", "n1", now + 60_000), Err(SignError::Replayed(..))));
+        assert!(matches!(n.record("other", "n1", now + 60_000), Err(SignError::Replayed(..))));
+        let log = std::fs::read_to_string(d.join("nonces.log")).unwrap();
+        // Compacted at start: the three live records, not the expired one.
+        assert_eq!(log.lines().count(), 3, "{log}");
+        assert!(log.lines().all(|l| l.split_once(' ').unwrap().1.parse::<i64>().unwrap() > now));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn every_sync_waits_for_a_flush_after_it_was_asked() {
+        let d = dir("sync");
+        let n = Nonces::open(&d).unwrap();
+        for i in 0..20 {
+            n.record("k", &format!("n{i}"), i64::MAX).unwrap();
+            let waiting = n.sync();
+            let ticket = waiting.ticket;
+            waiting.wait().unwrap();
+            assert!(n.syncer.0.lock().unwrap().done >= ticket);
+            assert_eq!(ticket, i + 1);
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

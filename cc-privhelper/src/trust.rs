@@ -121,3 +121,90 @@ impl Trust {
         self.nonces.record(&signed.key, nonce, until.unix_millis())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ring::signature::Ed25519KeyPair {
+        ring::signature::Ed25519KeyPair::from_seed_unchecked(&[3u8; 32]).unwrap()
+    }
+
+    fn trust(name: &str) -> (Trust, std::path::PathBuf) {
+        let d = std::env::temp_dir().join(format!("cc-trust-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let public = PublicKey::parse(&format!("{} ops", sign::public_id(&key()))).unwrap();
+        let t = Trust {
+            keys: RwLock::new(vec![public]),
+            hostname: "web1".into(),
+            nonces: Nonces::open(&d).unwrap(),
+        };
+        (t, d)
+    }
+
+    fn statement(host: &str, nonce: &str) -> (ExecStatement, ExecuteJob) {
+        let (not_before, expires_at) = sign::window(Timestamp::now(), 600);
+        let job = ExecuteJob {
+            job_id: "j1".into(),
+            command: "/usr/bin/id".into(),
+            args: vec!["-u".into()],
+            timeout: Some(60),
+        };
+        let s = ExecStatement {
+            host: host.into(),
+            job_id: job.job_id.clone(),
+            program: job.command.clone(),
+            args: job.args.clone(),
+            timeout: 60,
+            not_before,
+            expires_at,
+            nonce: nonce.into(),
+        };
+        (s, job)
+    }
+
+    #[test]
+    fn a_job_is_trusted_for_this_host_once_with_a_well_formed_nonce() {
+        let (t, d) = trust("exec");
+        let (s, job) = statement("WEB1", &"a".repeat(32));
+        let signed = sign::sign(&s, EXEC_LABEL, &key()).unwrap();
+        assert_eq!(t.exec(Ok(signed.clone()), &job), Ok("ops".into()));
+        assert!(matches!(t.exec(Ok(signed), &job), Err(SignError::Replayed(..))));
+        let (s, job) = statement("web2", &"b".repeat(32));
+        let signed = sign::sign(&s, EXEC_LABEL, &key()).unwrap();
+        assert!(matches!(t.exec(Ok(signed), &job), Err(SignError::WrongHost { .. })));
+        let (s, job) = statement("web1", &"C".repeat(32));
+        let signed = sign::sign(&s, EXEC_LABEL, &key()).unwrap();
+        assert!(matches!(t.exec(Ok(signed), &job), Err(SignError::Malformed(_))));
+        assert_eq!(t.exec(Err(SignError::Unsigned), &job), Err(SignError::Unsigned));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_cron_list_must_be_newer_than_the_installed_one() {
+        let (t, d) = trust("cron");
+        let list = |generation, nonce: &str| {
+            let (not_before, expires_at) = sign::window(Timestamp::now(), 600);
+            let s = CronStatement {
+                host: "web1".into(),
+                generation,
+                entries: vec![],
+                not_before,
+                expires_at,
+                nonce: nonce.into(),
+            };
+            serde_json::to_string(&sign::sign(&s, CRON_LABEL, &key()).unwrap()).unwrap()
+        };
+        let same = list(5, &"1".repeat(32));
+        assert_eq!(
+            t.cron(Some(&same), 5).unwrap_err(),
+            SignError::RolledBack { got: 5, installed: 5 }
+        );
+        let (s, signed, by) = t.cron(Some(&list(6, &"2".repeat(32))), 5).unwrap();
+        assert_eq!((s.generation, by.as_str()), (6, "ops"));
+        assert_eq!(t.installed(&signed).unwrap().0.generation, 6);
+        assert_eq!(t.cron(None, 0).unwrap_err(), SignError::Unsigned);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
