@@ -35,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
                         if let Ok(job) = e.job() {
                             let _ = job.validate();
                         }
+                        let _ = cc_proto::helper::signed(e.signed.as_deref());
                     }
                     HelperRequest::WriteCron(w) => {
                         if let Ok(entries) = w.entries() {
@@ -42,8 +43,17 @@ fuzz_target!(|data: &[u8]| {
                                 let _ = entry.validate();
                             }
                         }
+                        let _ = cc_proto::helper::signed(w.signed.as_deref());
                     }
-                    HelperRequest::Status => {}
+                    HelperRequest::RunScheduled(r) => {
+                        let _ = cc_proto::JobId::parse(&r.job_id);
+                    }
+                    HelperRequest::AckReports(a) => {
+                        for id in &a.report_ids {
+                            let _ = cc_proto::JobId::parse(id);
+                        }
+                    }
+                    HelperRequest::Status | HelperRequest::TakeReports => {}
                 }
             }
             let _ = decode_strict::<HelperResponse>(&body);
