@@ -293,11 +293,15 @@ fn open_signed<T: Serialize + serde::de::DeserializeOwned>(
 }
 
 /// This listener's signature for unsigned system-mode work, if it was
-/// given a key and the host registered in system mode.
-async fn listener_signs(
+/// given a key and the host registered in system mode: `statement` gets
+/// the window (`valid_secs` from now) and a fresh nonce.
+async fn listener_signature<T: Serialize>(
     state: &AppState,
     host: &str,
-) -> ApiResult<Option<Arc<ring::signature::Ed25519KeyPair>>> {
+    label: &str,
+    valid_secs: i64,
+    statement: impl FnOnce(String, String, String) -> T,
+) -> ApiResult<Option<Signed>> {
     let Some(key) = state.settings.signing_key.clone() else {
         return Ok(None);
     };
@@ -307,7 +311,14 @@ async fn listener_signs(
         .call(move |s| s.agent_mode(&h))
         .await
         .map_err(ApiError::internal)?;
-    Ok((mode.as_deref() == Some("system")).then_some(key))
+    if mode.as_deref() != Some("system") {
+        return Ok(None);
+    }
+    let (not_before, expires_at) = sign::window(cc_proto::Timestamp::now(), valid_secs);
+    let statement = statement(not_before, expires_at, random_nonce()?);
+    sign::sign(&statement, label, &key)
+        .map(Some)
+        .map_err(|e| ApiError::internal(e.into()))
 }
 
 fn random_nonce() -> ApiResult<String> {
@@ -373,10 +384,14 @@ async fn post_job(
     let queue_ttl = i64::try_from(state.settings.job_queue_ttl.as_secs()).unwrap_or(i64::MAX / 2);
     let signed = match signed {
         Some(s) => Some(s),
-        None => match listener_signs(&state, &host).await? {
-            Some(key) => {
-                let (not_before, expires_at) = sign::window(cc_proto::Timestamp::now(), queue_ttl);
-                let statement = ExecStatement {
+        None => {
+            let label = sign::EXEC_LABEL;
+            listener_signature(
+                &state,
+                &host,
+                label,
+                queue_ttl,
+                |not_before, expires_at, nonce| ExecStatement {
                     host: host.clone(),
                     job_id: job_id.clone(),
                     program: spec.command.program().to_owned(),
@@ -384,15 +399,11 @@ async fn post_job(
                     timeout: spec.timeout.secs(),
                     not_before,
                     expires_at,
-                    nonce: random_nonce()?,
-                };
-                Some(
-                    sign::sign(&statement, sign::EXEC_LABEL, &key)
-                        .map_err(|e| ApiError::internal(e.into()))?,
-                )
-            }
-            None => None,
-        },
+                    nonce,
+                },
+            )
+            .await?
+        }
     };
     let job = NewJob {
         job_id: job_id.clone(),
@@ -595,25 +606,24 @@ async fn put_cron(
     require_known(&state, &host).await?;
     let signed = match signed {
         Some(s) => Some(s),
-        None => match listener_signs(&state, &host).await? {
-            Some(key) => {
-                let (not_before, expires_at) =
-                    sign::window(cc_proto::Timestamp::now(), sign::MAX_VALIDITY_SECS);
-                let statement = CronStatement {
+        None => {
+            let (label, valid) = (sign::CRON_LABEL, sign::MAX_VALIDITY_SECS);
+            listener_signature(
+                &state,
+                &host,
+                label,
+                valid,
+                |not_before, expires_at, nonce| CronStatement {
                     host: host.clone(),
                     generation: u64::try_from(now_ms()).unwrap_or(0),
                     entries: canonical.clone(),
                     not_before,
                     expires_at,
-                    nonce: random_nonce()?,
-                };
-                Some(
-                    sign::sign(&statement, sign::CRON_LABEL, &key)
-                        .map_err(|e| ApiError::internal(e.into()))?,
-                )
-            }
-            None => None,
-        },
+                    nonce,
+                },
+            )
+            .await?
+        }
     };
     {
         let (host, list) = (host.clone(), canonical.clone());

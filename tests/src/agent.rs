@@ -22,6 +22,19 @@ pub fn is_root() -> bool {
     Uid::effective().is_root()
 }
 
+/// The agent user's (uid, gid), for a test that needs root and that
+/// account; without them the test skips outside CI and fails in CI
+/// ([`crate::require`]).
+pub fn root_and_agent_user() -> Option<(u32, u32)> {
+    let user = agent_user().filter(|_| is_root());
+    let what = "root and the cc-agent-user account (the test command creates it)";
+    if crate::require(what, user.is_some()) {
+        user
+    } else {
+        None
+    }
+}
+
 #[derive(Debug)]
 pub struct AgentProcess {
     pub child: Child,

@@ -85,6 +85,17 @@ pub fn wait_for<V>(limit: std::time::Duration, what: &str, mut f: impl FnMut() -
     }
 }
 
+/// The value of `name` (with its colon, as `"CapBnd:"`) in the text of a
+/// `/proc/PID/status`, its whitespace collapsed to single spaces; empty
+/// when the field is absent.
+pub fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 /// Whether CI asked for every test to run (`CI=true`).
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")

@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use cc_e2e::agent::{AgentProcess, agent_user, is_root};
+use cc_e2e::agent::{AgentProcess, root_and_agent_user};
 use cc_e2e::listener::ListenerProcess;
-use cc_e2e::{TempDir, bin, require};
+use cc_e2e::{TempDir, bin};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
@@ -25,14 +25,8 @@ struct Rig {
 /// A listener and an agent (as cc-agent-user) registered to it; None when
 /// the machine cannot run it outside CI.
 fn rig(name: &str, agent_extra: &str) -> Option<Rig> {
-    let user = agent_user();
-    if !require(
-        "root and the cc-agent-user account (the test command creates it)",
-        is_root() && user.is_some(),
-    ) {
-        return None;
-    }
-    let (uid, gid) = user.unwrap();
+    let user = root_and_agent_user()?;
+    let (uid, gid) = user;
     let dir = TempDir::new(name);
     std::fs::create_dir_all(dir.path().join("listener")).unwrap();
     std::fs::create_dir_all(dir.path().join("agent")).unwrap();

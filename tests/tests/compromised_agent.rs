@@ -17,20 +17,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cc_e2e::agent::{agent_user, is_root};
+use cc_e2e::agent::{agent_user, root_and_agent_user};
 use cc_e2e::helper::HelperProcess;
-use cc_e2e::{TempDir, bin, require};
+use cc_e2e::{TempDir, bin};
 use serde_json::{Value, json};
 
 fn setup(name: &str) -> Option<(TempDir, (u32, u32))> {
-    let user = agent_user();
-    if !require(
-        "root and the cc-agent-user account",
-        is_root() && user.is_some(),
-    ) {
-        return None;
-    }
-    Some((TempDir::new(name), user.unwrap()))
+    let user = root_and_agent_user()?;
+    Some((TempDir::new(name), user))
 }
 
 /// System mode on, writes only beneath `dir/writable`, default capabilities.
@@ -400,13 +394,7 @@ fn scheduled_root_jobs_run_in_the_helpers_containment() {
         .find(|r| r["jobId"] == "sched")
         .unwrap_or_else(|| panic!("no scheduled report: {taken}"));
     assert_eq!(sched["executingUid"], 0);
-    let field = |status: &str, name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-            .unwrap_or_default()
-    };
+    let field = cc_e2e::status_field;
     let (s, a) = (
         sched["stdout"].as_str().unwrap(),
         report(&adhoc)["stdout"].as_str().unwrap(),
@@ -874,14 +862,7 @@ fn a_root_jobs_containment_is_seen_from_outside_and_its_limits_hold() {
         );
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or("?")
-            .to_owned()
-    };
+    let field = |name: &str| cc_e2e::status_field(&status, name);
     // The default set: DAC_OVERRIDE, DAC_READ_SEARCH, KILL, SETGID, SETUID,
     // NET_BIND_SERVICE, AUDIT_WRITE — nothing that changes an owner or a mode.
     let want: u64 = [1u32, 2, 5, 6, 7, 10, 29].iter().map(|b| 1u64 << b).sum();

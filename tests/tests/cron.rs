@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cc_e2e::agent::{AGENT_USER, AgentProcess, agent_user, is_root};
+use cc_e2e::agent::{AGENT_USER, AgentProcess, root_and_agent_user};
 use cc_e2e::listener::ListenerProcess;
 use cc_e2e::{TempDir, bin, require, wait_for};
 use futures_util::{SinkExt, StreamExt};
@@ -56,8 +56,7 @@ fn cron_status(l: &ListenerProcess, host: &str) -> Option<Value> {
 
 #[test]
 fn user_crontab_real_cron_cron_run_and_a_hostile_listener() {
-    let Some((uid, gid)) = agent_user().filter(|_| is_root()) else {
-        require("root and the cc-agent-user account", false);
+    let Some((uid, gid)) = root_and_agent_user() else {
         return;
     };
     if !require(

@@ -7,21 +7,15 @@
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
-use cc_e2e::agent::{agent_user, is_root};
+use cc_e2e::agent::{agent_user, root_and_agent_user};
 use cc_e2e::helper::HelperProcess;
-use cc_e2e::{TempDir, bin, require};
+use cc_e2e::{TempDir, bin};
 use serde_json::{Value, json};
 
 fn setup(name: &str, extra: &str) -> Option<(TempDir, HelperProcess)> {
-    let user = agent_user();
-    if !require(
-        "root and the cc-agent-user account",
-        is_root() && user.is_some(),
-    ) {
-        return None;
-    }
+    let user = root_and_agent_user()?;
     let dir = TempDir::new(name);
-    let h = HelperProcess::start(dir.path(), extra, user.unwrap());
+    let h = HelperProcess::start(dir.path(), extra, user);
     Some((dir, h))
 }
 
@@ -103,14 +97,7 @@ fn a_system_job_runs_as_root_with_the_configured_sandbox() {
     assert_eq!(report["executingUser"], "root");
     assert_eq!(report["exitCode"], 0, "{r}");
     let status = report["stdout"].as_str().unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or("?")
-            .to_owned()
-    };
+    let field = |name: &str| cc_e2e::status_field(status, name);
     // CAP_KILL (5) and CAP_NET_BIND_SERVICE (10): 0x420.
     assert_eq!(field("CapBnd:"), "0000000000000420", "{status}");
     assert_eq!(field("CapEff:"), "0000000000000420");

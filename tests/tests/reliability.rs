@@ -20,14 +20,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use cc_e2e::agent::{AgentProcess, agent_user, is_root};
+use cc_e2e::agent::{AgentProcess, root_and_agent_user};
 use cc_e2e::helper::HelperProcess;
 use cc_e2e::isolation::Isolation;
 use cc_e2e::listener::{ListenerProcess, TOKEN};
 use cc_e2e::proxy::CuttingProxy;
 use cc_e2e::rawws::{self, BINARY, TEXT};
 use cc_e2e::reliability::Record;
-use cc_e2e::{TempDir, bin, http, require, wait_for};
+use cc_e2e::{TempDir, bin, http, wait_for};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
@@ -44,13 +44,7 @@ struct Rig {
 /// Root, the agent user, a private mount namespace with its own cron, and
 /// a listener with a fresh database.
 fn rig(area: &str, scenario: &str, listener_extra: &str) -> Option<Rig> {
-    let user = agent_user();
-    if !require(
-        "root and the cc-agent-user account (the test command creates it)",
-        is_root() && user.is_some(),
-    ) {
-        return None;
-    }
+    let user = root_and_agent_user()?;
     let iso = Isolation::enter();
     assert!(Isolation::is_private());
     let dir = TempDir::new(scenario);
@@ -70,7 +64,7 @@ fn rig(area: &str, scenario: &str, listener_extra: &str) -> Option<Rig> {
     Some(Rig {
         listener,
         rec: Record::new(area, scenario),
-        user: user.unwrap(),
+        user,
         dir,
         _iso: iso,
     })

@@ -10,11 +10,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use cc_e2e::agent::{AgentProcess, agent_user, is_root};
+use cc_e2e::agent::{AgentProcess, root_and_agent_user};
 use cc_e2e::helper::HelperProcess;
 use cc_e2e::listener::ListenerProcess;
 use cc_e2e::signing::{self, operator};
-use cc_e2e::{TempDir, bin, require, wait_for};
+use cc_e2e::{TempDir, bin, wait_for};
 use cc_proto::Timestamp;
 use cc_proto::sign::{self as proto_sign, ExecStatement, Signed};
 use serde_json::{Value, json};
@@ -22,19 +22,13 @@ use serde_json::{Value, json};
 const T: Duration = Duration::from_secs(30);
 
 fn setup(name: &str, extra: &str) -> Option<(TempDir, HelperProcess)> {
-    let user = agent_user();
-    if !require(
-        "root and the cc-agent-user account",
-        is_root() && user.is_some(),
-    ) {
-        return None;
-    }
+    let user = root_and_agent_user()?;
     let dir = TempDir::new(name);
     let cfg = format!(
         "system_mode = true\n{extra}[sandbox]\nwrite_paths = [{:?}]\n",
         dir.path().join("writable")
     );
-    let h = HelperProcess::start(dir.path(), &cfg, user.unwrap());
+    let h = HelperProcess::start(dir.path(), &cfg, user);
     Some((dir, h))
 }
 
@@ -362,8 +356,7 @@ fn ccctl(listener: &ListenerProcess, dir: &std::path::Path, args: &[&str]) -> st
 
 #[test]
 fn only_an_operators_signature_makes_root_work_through_the_whole_system() {
-    let Some((uid, gid)) = agent_user().filter(|_| is_root()) else {
-        require("root and the cc-agent-user account", false);
+    let Some((uid, gid)) = root_and_agent_user() else {
         return;
     };
     let dir = TempDir::new("sg-e2e");

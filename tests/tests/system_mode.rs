@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use cc_e2e::agent::{AgentProcess, agent_user, is_root};
+use cc_e2e::agent::{AgentProcess, root_and_agent_user};
 use cc_e2e::helper::HelperProcess;
 use cc_e2e::listener::ListenerProcess;
-use cc_e2e::{CronDaemon, TempDir, bin, require, wait_for};
+use cc_e2e::{CronDaemon, TempDir, bin, wait_for};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
@@ -25,8 +25,7 @@ fn job_report(l: &ListenerProcess, host: &str, body: &Value) -> Value {
 
 #[test]
 fn system_jobs_run_as_root_through_the_helper_and_fail_clearly_without_it() {
-    let Some((uid, gid)) = agent_user().filter(|_| is_root()) else {
-        require("root and the cc-agent-user account", false);
+    let Some((uid, gid)) = root_and_agent_user() else {
         return;
     };
     let dir = TempDir::new("sys");
