@@ -7,7 +7,11 @@
 //! - a job the agent held but never started runs after a restart: the
 //!   listener still has it as sent and unreported and sends it again;
 //! - a job that started never runs again: its marker refuses the resend;
-//! - a job dropped here (a full queue, the agent stopping) left no marker.
+//! - a job dropped here (a full queue, the agent stopping) left no marker;
+//! - a slot is freed only when the job's report is on disk, so at most
+//!   `max_concurrent_jobs` jobs are started and unreported at any moment
+//!   (what a SIGKILL can lose), and a disk that refuses reports stops new
+//!   jobs instead of piling reports up in memory.
 //!
 //! The listener sends no more than the agent's `jobWindow` (twice
 //! `max_concurrent_jobs`) unreported jobs, so the queue stays short; the
@@ -212,12 +216,15 @@ impl Jobs {
                 let id = job.spec.id.to_string();
                 let dir = jobs.state_dir.clone();
                 let report = tokio::task::spawn_blocking(move || start(&dir, &runner, &job)).await;
-                drop(permit);
                 match report {
                     Ok(Some(report)) => crate::conn::store(outbox, report, done).await,
                     Ok(None) => {}
                     Err(e) => error!(job_id = %id, "job task failed: {e}"),
                 }
+                // The slot is free only once the report is on disk: a crash
+                // loses at most `max_concurrent_jobs` started jobs, and a
+                // full disk holds at most that many reports in memory.
+                drop(permit);
                 // Only now: a stopping agent waits for the report too.
                 jobs.finished(&id);
             });

@@ -557,7 +557,7 @@ fn fault_state_directory_full() {
         Some(format!("size=2m,mode=0700,uid={},gid={}", r.user.0, r.user.1).as_str()),
     )
     .unwrap();
-    let mut agent = r.agent(host, "");
+    let mut agent = r.agent(host, "max_concurrent_jobs = 2\n");
     // Fill it.
     let filler = state.join("filler");
     let mut f = std::fs::File::create(&filler).unwrap();
@@ -584,19 +584,23 @@ fn fault_state_directory_full() {
         .iter()
         .map(|i| r.job(i)["status"].as_str().unwrap_or("").to_owned())
         .collect();
-    let waiting = statuses.iter().all(|s| s == "sent");
+    // The listener sends the agent's window (twice the slots); the fifth waits.
+    let waiting = statuses.iter().all(|s| s == "sent" || s == "queued");
+    // Started jobs leave a marker; a slot is freed only once its report is
+    // on disk, so no more than the 2 slots' worth may have started.
+    let started = std::fs::read_dir(state.join("jobs")).map_or(0, Iterator::count);
     r.rec.row(
         "agent",
-        "state directory on a 2 MiB tmpfs, filled up; 5 jobs",
-        "jobs run; reports wait (not sent before they are on disk); the agent logs why",
+        "state directory on a 2 MiB tmpfs, filled up; 5 jobs, max_concurrent_jobs = 2",
+        "2 jobs run and their reports wait in memory (not sent before they are on disk: every job still sent or queued); the other 3 do not start; the agent logs why",
         &format!(
-            "statuses {statuses:?}; agent up: {}; log: {:?}",
+            "statuses {statuses:?}; {started} started; agent up: {}; log: {:?}",
             alive(&mut agent.child),
             said.as_deref()
                 .map(|l| l.split("could not").nth(1).unwrap_or(l))
                 .unwrap_or("nothing")
         ),
-        waiting && said.is_some() && alive(&mut agent.child),
+        waiting && started == 2 && said.is_some() && alive(&mut agent.child),
     );
     // Nothing half-written: no temp files, every outbox file a whole report.
     let mut bad = Vec::new();
