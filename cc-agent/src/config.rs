@@ -139,17 +139,26 @@ impl Config {
 
 /// `ws://` only to a loopback host, unless the operator says otherwise.
 /// Returns whether the URL is `wss://`.
+///
+/// The URL is parsed by the parser the WebSocket client uses (`http::Uri`),
+/// so the host checked is the host it connects to; userinfo is refused, as
+/// it only serves to make a URL read as a different host than it is.
 fn check_url(url: &str, insecure_allow_plaintext: bool) -> Result<bool> {
-    let (scheme, rest) = url
-        .split_once("://")
+    use tokio_tungstenite::tungstenite::http::Uri;
+    let uri: Uri = url
+        .parse()
+        .with_context(|| format!("listener_url {url:?} is not a URL"))?;
+    let scheme = uri
+        .scheme_str()
         .context("listener_url has no scheme (ws:// or wss://)")?;
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-    };
+    let authority = uri.authority().context("listener_url has no host")?;
+    let host = authority.host().trim_matches(['[', ']']);
     ensure!(!host.is_empty(), "listener_url has no host");
+    ensure!(
+        !authority.as_str().contains('@'),
+        "listener_url {url:?} has a user name or password before '@': it connects to {host:?}; \
+         write the listener's address alone (the key goes in api_key_file)"
+    );
     match scheme {
         "wss" => Ok(true),
         "ws" => {
@@ -157,7 +166,7 @@ fn check_url(url: &str, insecure_allow_plaintext: bool) -> Result<bool> {
                 host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
             if !loopback && !insecure_allow_plaintext {
                 bail!(
-                    "listener_url {url} is plaintext ws:// to a host that is not loopback; use wss://, or set insecure_allow_plaintext = true"
+                    "listener_url {url} is plaintext ws:// to {host:?}, which is not loopback; use wss://, or set insecure_allow_plaintext = true"
                 );
             }
             Ok(false)
@@ -182,5 +191,27 @@ mod tests {
         assert!(e.contains("insecure_allow_plaintext"), "{e}");
         assert!(check_url("ws://10.0.0.5:8081/agent", true).is_ok());
         assert!(check_url("http://127.0.0.1/agent", false).is_err());
+    }
+
+    /// The host checked is the host the WebSocket client connects to: a
+    /// URL with userinfo whose text starts like a loopback address is
+    /// refused, and the message names where it would really go.
+    #[test]
+    fn userinfo_cannot_disguise_the_host() {
+        for url in [
+            "ws://127.0.0.1:x@elsewhere/agent",
+            "ws://127.0.0.1:8081@elsewhere:8081/agent",
+            "ws://user@elsewhere/agent",
+            "wss://127.0.0.1@elsewhere/agent",
+        ] {
+            let e = check_url(url, false).unwrap_err().to_string();
+            assert!(e.contains("elsewhere"), "{url}: {e}");
+            assert!(e.contains("user name or password"), "{url}: {e}");
+        }
+        // Even with plaintext allowed: a key must not go to a disguised host.
+        assert!(check_url("ws://127.0.0.1:x@elsewhere/agent", true).is_err());
+        for url in ["ws://", "ws:///agent", "ws://:8081/agent", "not a url"] {
+            assert!(check_url(url, false).is_err(), "{url}");
+        }
     }
 }

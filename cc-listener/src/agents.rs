@@ -14,7 +14,8 @@
 //! - a frame over [`MAX_MESSAGE_BYTES`]: the connection is closed (1009),
 //!   since the stream cannot be resynchronised.
 
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -24,7 +25,7 @@ use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -58,43 +59,181 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_MESSAGE_BYTES))
 }
 
-/// Accepts agents until `shutdown` flips. Connections over the cap are
-/// closed at once.
+/// Connections that have not registered yet: a budget of their own, a cap
+/// per source address, and (in [`serve_agent`]) a deadline. Registered
+/// agents hold a permit of another budget (`max_connections`), so no
+/// number of anonymous sockets can keep a registered agent out or push one
+/// off; when this budget is full the *oldest* unregistered connection is
+/// closed, so a new agent still gets its turn.
+#[derive(Debug)]
+struct Pending {
+    max: usize,
+    per_source: usize,
+    inner: std::sync::Mutex<PendingInner>,
+}
+
+#[derive(Debug, Default)]
+struct PendingInner {
+    next: u64,
+    /// Oldest first; dropping the sender closes that connection.
+    conns: BTreeMap<u64, (Source, oneshot::Sender<()>)>,
+    by_source: HashMap<Source, usize>,
+}
+
+/// Where a connection comes from, for the per-source cap: an IPv4
+/// address, or an IPv6 /64 (one host usually owns a whole /64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    V4(std::net::Ipv4Addr),
+    V6([u8; 8]),
+}
+
+impl Source {
+    fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::V4(v4),
+                None => {
+                    let o = v6.octets();
+                    Self::V6([o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]])
+                }
+            },
+        }
+    }
+}
+
+/// An admitted unregistered connection; dropping it gives its place back.
+#[derive(Debug)]
+struct Admitted {
+    pending: Arc<Pending>,
+    id: u64,
+    /// Resolves when the connection was pushed out to make room.
+    evicted: oneshot::Receiver<()>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, PartialEq, Eq)]
+struct SourceFull;
+
+impl Pending {
+    fn new(max: usize, per_source: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max: max.max(1),
+            per_source: per_source.max(1),
+            inner: std::sync::Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Admits a connection from `ip`, closing the oldest unregistered one
+    /// if the budget is full; refuses it if its source holds its share.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, SourceFull> {
+        let source = Source::of(ip);
+        let mut g = self.lock();
+        let inner = &mut *g;
+        if inner.by_source.get(&source).copied().unwrap_or(0) >= self.per_source {
+            return Err(SourceFull);
+        }
+        while inner.conns.len() >= self.max {
+            let Some((_, (old, _closes))) = inner.conns.pop_first() else {
+                break;
+            };
+            PendingInner::forget(&mut inner.by_source, old);
+        }
+        let id = inner.next;
+        inner.next += 1;
+        let (tx, rx) = oneshot::channel();
+        inner.conns.insert(id, (source, tx));
+        *inner.by_source.entry(source).or_default() += 1;
+        Ok(Admitted {
+            pending: Arc::clone(self),
+            id,
+            evicted: rx,
+        })
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().conns.len()
+    }
+}
+
+impl PendingInner {
+    fn forget(by_source: &mut HashMap<Source, usize>, source: Source) {
+        if let Some(n) = by_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                by_source.remove(&source);
+            }
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut g = self.pending.lock();
+        let inner = &mut *g;
+        // Absent when it was evicted: its source was forgotten then.
+        if let Some((source, _)) = inner.conns.remove(&self.id) {
+            PendingInner::forget(&mut inner.by_source, source);
+        }
+    }
+}
+
+/// Accepts agents until `shutdown` flips.
 pub async fn accept_loop(
     listener: TcpListener,
     state: Arc<AppState>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(state.settings.max_connections));
+    let registered = Arc::new(Semaphore::new(state.settings.max_connections));
+    let pending = Pending::new(
+        state.settings.max_unauthenticated,
+        state.settings.max_unauthenticated_per_source,
+    );
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                        warn!(%peer, max = state.settings.max_connections, "connection cap reached; closing");
+                    let Ok(admitted) = pending.admit(peer.ip()) else {
+                        debug!(%peer, max = state.settings.max_unauthenticated_per_source, "too many unregistered connections from this source; closing");
                         continue;
                     };
                     let _ = tcp.set_nodelay(true);
                     let state = Arc::clone(&state);
+                    let registered = Arc::clone(&registered);
+                    let deadline = tokio::time::Instant::now() + state.settings.auth_timeout;
                     // Two task types, so a plaintext connection is not sized
                     // for a TLS stream.
                     match tls.clone() {
                         None => {
                             tokio::spawn(async move {
-                                serve_agent(tcp, peer, &state).await;
-                                drop(permit);
+                                serve_agent(tcp, peer, &state, admitted, deadline, &registered).await;
                             });
                         }
                         Some(acceptor) => {
                             tokio::spawn(async move {
-                                let limit = state.settings.handshake_timeout;
-                                match timeout(limit, Box::pin(acceptor.accept(tcp))).await {
-                                    Ok(Ok(stream)) => serve_agent(stream, peer, &state).await,
+                                let mut admitted = admitted;
+                                let handshake = tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp)));
+                                let tls = tokio::select! {
+                                    r = handshake => r,
+                                    _ = &mut admitted.evicted => {
+                                        debug!(%peer, "closed during TLS: the oldest of too many unregistered connections");
+                                        return;
+                                    }
+                                };
+                                match tls {
+                                    Ok(Ok(stream)) => serve_agent(stream, peer, &state, admitted, deadline, &registered).await,
                                     Ok(Err(e)) => info!(%peer, "TLS handshake failed: {e}"),
                                     Err(_) => info!(%peer, "TLS handshake timed out"),
                                 }
-                                drop(permit);
                             });
                         }
                     }
@@ -112,15 +251,45 @@ pub async fn accept_loop(
 
 /// One agent connection from the first byte to the end, and how it ended.
 ///
-/// Set-up (handshake, register, key binding) runs boxed: it is transient
+/// Set-up (handshake, register, key binding) must end by `deadline` and
+/// ends early if the connection is evicted; it runs boxed: it is transient
 /// and its state machine is large, so it must not size the future every
 /// idle connection keeps for its whole life (see BENCHMARKS.md).
-async fn serve_agent<S>(stream: S, peer: SocketAddr, state: &AppState)
-where
+async fn serve_agent<S>(
+    stream: S,
+    peer: SocketAddr,
+    state: &AppState,
+    mut admitted: Admitted,
+    deadline: tokio::time::Instant,
+    registered: &Arc<Semaphore>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let result = match Box::pin(set_up(stream, peer, state)).await {
-        Ok(Some((session, ws, key_id, info))) => session.run(ws, key_id, info, peer).await,
+    let set_up = tokio::select! {
+        r = Box::pin(set_up(stream, peer, state, deadline)) => r,
+        _ = &mut admitted.evicted => {
+            debug!(%peer, "closed: the oldest of too many unregistered connections");
+            return;
+        }
+    };
+    drop(admitted);
+    let result = match set_up {
+        Ok(Some((session, mut ws, key_id, info))) => {
+            if let Ok(permit) = Arc::clone(registered).try_acquire_owned() {
+                let r = session.run(ws, key_id, info, peer).await;
+                drop(permit);
+                r
+            } else {
+                warn!(%peer, hostname = %info.hostname, max = state.settings.max_connections, "max_connections reached; closing");
+                close(
+                    &mut ws,
+                    CloseCode::Again,
+                    "the listener is at max_connections",
+                )
+                .await;
+                Ok(())
+            }
+        }
         Ok(None) => Ok(()),
         Err(e) => Err(e),
     };
@@ -141,7 +310,12 @@ type Ready<'a, S> = (Session<'a>, WebSocketStream<S>, i64, AgentInfo);
 
 /// Handshake with the key check, `register`, key binding. `Ok(None)`: the
 /// agent was refused and told why.
-async fn set_up<S>(stream: S, peer: SocketAddr, state: &AppState) -> Result<Option<Ready<'_, S>>>
+async fn set_up<S>(
+    stream: S,
+    peer: SocketAddr,
+    state: &AppState,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Ready<'_, S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -184,13 +358,13 @@ where
     };
     let handshake =
         tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(ws_config()));
-    let mut ws = timeout(state.settings.handshake_timeout, handshake)
+    let mut ws = tokio::time::timeout_at(deadline, handshake)
         .await
         .context("WebSocket handshake timed out")?
         .context("WebSocket handshake failed")?;
     let key = key.context("handshake accepted without a key")?;
 
-    let info = match timeout(state.settings.register_timeout, wait_for_register(&mut ws)).await {
+    let info = match tokio::time::timeout_at(deadline, wait_for_register(&mut ws)).await {
         Ok(Ok(info)) => info,
         Ok(Err(e)) => {
             close(
@@ -248,6 +422,8 @@ where
         last_seen: Arc::new(AtomicI64::new(now_ms())),
         last_heartbeat: Arc::new(AtomicI64::new(0)),
         protocol_errors: 0,
+        rate_tokens: state.settings.report_rate_bytes as f64 * 4.0,
+        rate_at: tokio::time::Instant::now(),
     };
     Ok(Some((session, ws, key.id, info)))
 }
@@ -294,6 +470,10 @@ struct Session<'a> {
     last_seen: Arc<AtomicI64>,
     last_heartbeat: Arc<AtomicI64>,
     protocol_errors: u32,
+    /// Report bytes this connection may still send before it is paced
+    /// (negative: owed), as of `rate_at`.
+    rate_tokens: f64,
+    rate_at: tokio::time::Instant,
 }
 
 enum Flow {
@@ -453,6 +633,23 @@ impl Session<'_> {
         self.dispatch(ws).await
     }
 
+    /// Holds this connection to `report_rate_bytes` a second (a burst of
+    /// four seconds' worth): a faster sender waits before its next message
+    /// is read, and TCP pushes back on it.
+    async fn pace(&mut self, bytes: usize) {
+        let rate = self.state.settings.report_rate_bytes.max(1) as f64;
+        let burst = rate * 4.0;
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.rate_at).as_secs_f64() * rate;
+        self.rate_at = now;
+        self.rate_tokens = (self.rate_tokens + refill).min(burst) - bytes as f64;
+        if self.rate_tokens < 0.0 {
+            let wait = Duration::from_secs_f64(-self.rate_tokens / rate);
+            debug!(hostname = %self.hostname, wait_ms = wait.as_millis(), "report rate: pacing");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     fn protocol_error(&mut self, what: &str) -> Flow {
         self.protocol_errors += 1;
         warn!(hostname = %self.hostname, errors = self.protocol_errors, "invalid message dropped: {what}");
@@ -489,10 +686,7 @@ impl Session<'_> {
                 self.last_heartbeat.store(now_ms(), Ordering::Relaxed);
                 Ok(Flow::Continue)
             }
-            Message::ExecutionReport(report) => {
-                let raw = decoded.raw_payload.unwrap_or_default();
-                self.on_report(ws, report, raw).await
-            }
+            Message::ExecutionReport(report) => self.on_report(ws, report).await,
             Message::CronStatus(status) => {
                 if !status.rejected.is_empty() {
                     warn!(hostname = %self.hostname, rejected = ?status.rejected, "agent refused cron entries");
@@ -513,7 +707,6 @@ impl Session<'_> {
         &mut self,
         ws: &mut WebSocketStream<S>,
         report: ExecutionReport,
-        raw: &str,
     ) -> Result<Flow>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -521,19 +714,29 @@ impl Session<'_> {
         if let Err(e) = report.validate() {
             return Ok(self.protocol_error(&format!("execution_report: {e}")));
         }
+        // Stored as the validated structure, re-serialised: the spec's
+        // fields and our documented extensions, nothing the peer added.
+        let payload = serde_json::to_string(&report).context("serialising a report")?;
+        self.pace(payload.len()).await;
         let dedupe_key = match &report.report_id {
             Some(id) => format!("id:{id}"),
             None => derived_report_key(&report),
         };
         let host = self.hostname.clone();
         let job_id = report.job_id.clone();
-        let payload = raw.to_owned();
+        let limits = self.state.settings.report_limits;
         let stored = self
             .state
             .db
-            .call(move |s| s.store_report(&host, &job_id, &dedupe_key, &payload, now_ms()))
+            .call(move |s| s.store_report(&host, &job_id, &dedupe_key, &payload, now_ms(), limits))
             .await;
         match stored {
+            // Not acknowledged: the agent keeps it, and sends it again on
+            // its next connection.
+            Ok(Stored::Refused(why)) => {
+                warn!(hostname = %self.hostname, job_id = %report.job_id, "report refused: {why}");
+                self.state.refusals.record(&self.hostname, &why.to_string());
+            }
             Ok(outcome) => {
                 if outcome == Stored::Duplicate {
                     debug!(hostname = %self.hostname, job_id = %report.job_id, "duplicate report");
@@ -642,6 +845,64 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Unregistered connections: a cap per source, the oldest pushed out
+    /// when the budget is full, places given back on drop (and not twice
+    /// for an evicted one).
+    #[test]
+    fn unregistered_connections_have_a_budget_and_a_cap_per_source() {
+        let p = Pending::new(3, 2);
+        let a1 = p.admit(ip("10.0.0.1")).unwrap();
+        let mut a2 = p.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(
+            p.admit(ip("10.0.0.1")).unwrap_err(),
+            SourceFull,
+            "2 per source"
+        );
+        let b1 = p.admit(ip("10.0.0.2")).unwrap();
+        assert_eq!(p.len(), 3);
+        // Full: the next one pushes out the oldest (a1), from any source.
+        let mut a1 = a1;
+        let c1 = p.admit(ip("10.0.0.3")).unwrap();
+        assert_eq!(p.len(), 3);
+        assert!(
+            a1.evicted
+                .try_recv()
+                .is_err_and(|e| e == oneshot::error::TryRecvError::Closed)
+        );
+        assert!(
+            a2.evicted
+                .try_recv()
+                .is_err_and(|e| e == oneshot::error::TryRecvError::Empty)
+        );
+        // a1's source place was given back when it was pushed out ...
+        drop(b1);
+        assert_eq!(p.len(), 2);
+        let a3 = p.admit(ip("10.0.0.1")).unwrap();
+        // ... and dropping it later gives nothing back twice.
+        drop(a1);
+        assert_eq!(p.admit(ip("10.0.0.1")).unwrap_err(), SourceFull);
+        assert_eq!(p.len(), 3);
+        drop((a2, a3));
+        assert_eq!(p.len(), 1);
+        let _x = p.admit(ip("10.0.0.1")).unwrap();
+        let _y = p.admit(ip("10.0.0.1")).unwrap();
+        drop(c1);
+        // IPv6: one /64 is one source; an IPv4-mapped address is its IPv4.
+        let q = Pending::new(10, 1);
+        let _v6 = q.admit(ip("2001:db8:1:2::1")).unwrap();
+        assert!(q.admit(ip("2001:db8:1:2::ffff")).is_err(), "same /64");
+        assert!(q.admit(ip("2001:db8:1:3::1")).is_ok(), "another /64");
+        let _v4 = q.admit(ip("192.0.2.7")).unwrap();
+        assert!(
+            q.admit(ip("::ffff:192.0.2.7")).is_err(),
+            "mapped = the IPv4 source"
+        );
+    }
 
     #[test]
     fn derived_keys_separate_runs_and_match_resends() {

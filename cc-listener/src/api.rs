@@ -34,7 +34,7 @@ enum CronBody {
     Signed { signed: Signed },
 }
 
-use crate::store::{AgentRow, JobRow, NewJob, ReportQuery, ReportRow};
+use crate::store::{AgentRow, JobRow, NewJob, ReportQuery};
 use crate::{AppState, now_ms, rfc3339_ms};
 
 /// Largest request body.
@@ -222,6 +222,13 @@ struct AgentView {
     warning: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cron_status: Option<Box<RawValue>>,
+    /// Bytes the host's stored reports take (held to `report_quota_bytes`).
+    report_bytes: i64,
+    /// Reports refused since the listener started (quota), and the last
+    /// reason.
+    reports_refused: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_refusal: Option<String>,
 }
 
 async fn list_agents(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<AgentView>>> {
@@ -240,7 +247,14 @@ async fn list_agents(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<A
             let warning = (row.is_root && row.execution_mode == "user").then(|| {
                 "agent runs as root (UID 0) in user mode: every job runs as root; run it as cc-agent-user".to_owned()
             });
+            let (reports_refused, last_refusal) = state
+                .refusals
+                .get(&row.hostname)
+                .map_or((0, None), |(n, why)| (n, Some(why)));
             AgentView {
+                report_bytes: row.report_bytes,
+                reports_refused,
+                last_refusal,
                 connected: l.is_some(),
                 last_heartbeat: last_heartbeat.map(rfc3339_ms),
                 last_seen: rfc3339_ms(last_seen),
@@ -503,6 +517,8 @@ struct ReportParams {
     #[serde(rename = "jobId")]
     job_id: Option<String>,
     limit: Option<u32>,
+    /// The previous page's `X-CC-Next-Before`.
+    before: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -515,14 +531,58 @@ struct ReportView {
     report: Box<RawValue>,
 }
 
+/// A page of `GET /reports` holds at most this many bytes of reports (and
+/// always at least one report); `X-CC-Next-Before` leads to the rest.
+pub const MAX_PAGE_BYTES: u64 = 8 << 20;
+/// A page is read from the store and sent in pieces of about this size, so
+/// a request holds about two pieces in memory whatever the page's size.
+const PIECE_BYTES: u64 = 1 << 20;
+
+/// Cuts `rows` (id, size; newest first; up to `limit + 1`) into a page of
+/// at most `limit` rows and `max_bytes` (at least one row), then into
+/// pieces of about `piece` bytes. Returns the pieces as id ranges (high,
+/// low) and the cursor for the next page if rows remain.
+fn paginate(
+    rows: &[(i64, u64)],
+    limit: usize,
+    max_bytes: u64,
+    piece: u64,
+) -> (Vec<(i64, i64)>, Option<i64>) {
+    let mut pieces: Vec<(i64, i64)> = Vec::new();
+    let (mut page_bytes, mut piece_bytes) = (0u64, 0u64);
+    let mut taken = 0usize;
+    for &(id, size) in rows.iter().take(limit) {
+        if taken > 0 && page_bytes.saturating_add(size) > max_bytes {
+            break;
+        }
+        page_bytes = page_bytes.saturating_add(size);
+        match pieces.last_mut() {
+            Some(last) if piece_bytes.saturating_add(size) <= piece => {
+                last.1 = id;
+                piece_bytes += size;
+            }
+            _ => {
+                pieces.push((id, id));
+                piece_bytes = size;
+            }
+        }
+        taken += 1;
+    }
+    let next = (rows.len() > taken).then(|| pieces.last().map_or(0, |p| p.1));
+    (pieces, next)
+}
+
 async fn list_reports(
     State(state): State<Arc<AppState>>,
     params: Result<Query<ReportParams>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Vec<ReportView>>> {
+) -> ApiResult<Response> {
     let Query(p) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    if let Some(h) = &p.hostname {
-        Hostname::parse(h)?;
-    }
+    let hostname = p
+        .hostname
+        .as_deref()
+        .map(hostname_param)
+        .transpose()?
+        .map(|h| h.to_string());
     if let Some(j) = &p.job_id {
         cc_proto::JobId::parse(j)?;
     }
@@ -533,29 +593,89 @@ async fn list_reports(
             format!("limit must be 1 to {MAX_REPORTS_LIMIT}"),
         ));
     }
+    if p.before.is_some_and(|b| b < 1) {
+        return Err(ApiError::invalid(
+            "before",
+            "before must be a positive report cursor",
+        ));
+    }
     let q = ReportQuery {
-        hostname: p.hostname,
+        hostname,
         job_id: p.job_id,
         limit,
+        before: p.before,
     };
-    let rows: Vec<ReportRow> = state
-        .db
-        .call(move |s| s.reports(&q))
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(
-        rows.into_iter()
-            .filter_map(|r| {
-                Some(ReportView {
-                    report: RawValue::from_string(r.payload).ok()?,
+    let rows = {
+        let q = q.clone();
+        state
+            .db
+            .call(move |s| s.report_page(&q))
+            .await
+            .map_err(ApiError::internal)?
+    };
+    let (pieces, next) = paginate(&rows, limit as usize, MAX_PAGE_BYTES, PIECE_BYTES);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    tokio::spawn(async move {
+        if tx.send(Ok(Bytes::from_static(b"["))).await.is_err() {
+            return;
+        }
+        let mut first = true;
+        for (high, low) in pieces {
+            let q = q.clone();
+            let rows = match state
+                .db
+                .call(move |s| s.reports_between(&q, high, low))
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    warn!("reading reports failed mid-page: {e:#}");
+                    let _ = tx
+                        .send(Err(std::io::Error::other("reading reports failed")))
+                        .await;
+                    return;
+                }
+            };
+            let mut buf = Vec::new();
+            for r in rows {
+                let Ok(report) = RawValue::from_string(r.payload) else {
+                    continue;
+                };
+                let view = ReportView {
+                    report,
                     hostname: r.hostname,
                     job_id: r.job_id,
                     kind: r.kind,
                     received_at: rfc3339_ms(r.received_ms),
-                })
-            })
-            .collect(),
-    ))
+                };
+                if !first {
+                    buf.push(b',');
+                }
+                first = false;
+                if serde_json::to_writer(&mut buf, &view).is_err() {
+                    return;
+                }
+            }
+            // The client went away: stop reading.
+            if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Ok(Bytes::from_static(b"]"))).await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(cursor) = next {
+        resp.headers_mut()
+            .insert("x-cc-next-before", HeaderValue::from(cursor));
+    }
+    Ok(resp)
 }
 
 async fn put_cron(
@@ -657,4 +777,35 @@ async fn get_cron(
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(list.map(|(entries, _)| entries).unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paginate;
+
+    /// Pages stop at the row limit or the byte budget, whichever comes
+    /// first, but always hold one row; pieces stay within their size; the
+    /// cursor is the last id sent, and only when rows remain.
+    #[test]
+    fn pages_are_cut_by_rows_and_by_bytes() {
+        let rows: Vec<(i64, u64)> = (1..=6).rev().map(|id| (id, 10)).collect();
+        // Rows first: 3 of 6, pieces of 20 bytes.
+        assert_eq!(
+            paginate(&rows, 3, 1000, 20),
+            (vec![(6, 5), (4, 4)], Some(4))
+        );
+        // Bytes first: 30 bytes exactly fit 3 rows; 31 do not fit a 4th.
+        assert_eq!(paginate(&rows, 6, 30, 100), (vec![(6, 4)], Some(4)));
+        assert_eq!(paginate(&rows, 6, 39, 100), (vec![(6, 4)], Some(4)));
+        assert_eq!(paginate(&rows, 6, 40, 100), (vec![(6, 3)], Some(3)));
+        // Everything fits: no cursor. limit + 1 rows read means one more.
+        assert_eq!(paginate(&rows, 6, 1000, 1000), (vec![(6, 1)], None));
+        assert_eq!(paginate(&rows, 5, 1000, 1000), (vec![(6, 2)], Some(2)));
+        // A row bigger than the budget still goes, alone.
+        let big = [(9, 500), (8, 1)];
+        assert_eq!(paginate(&big, 10, 100, 100), (vec![(9, 9)], Some(9)));
+        // A piece exactly full, then a new one.
+        assert_eq!(paginate(&rows, 6, 1000, 30), (vec![(6, 4), (3, 1)], None));
+        assert_eq!(paginate(&[], 10, 100, 100), (vec![], None));
+    }
 }

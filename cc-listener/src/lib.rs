@@ -36,14 +36,31 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// WebSocket ping period (finds dead TCP).
     pub ping_interval: Duration,
-    pub handshake_timeout: Duration,
-    pub register_timeout: Duration,
+    /// From the first byte to a valid `register` (TLS, the WebSocket
+    /// handshake with the key check, and `register`): longer and the
+    /// connection is closed.
+    pub auth_timeout: Duration,
+    /// Connections that have not registered yet, in all; when full, the
+    /// oldest of them is closed to admit a new one.
+    pub max_unauthenticated: usize,
+    /// Unregistered connections from one source address (an IPv6 /64);
+    /// further ones from it are closed at once.
+    pub max_unauthenticated_per_source: usize,
+    /// What one host's reports may take in the store.
+    pub report_limits: store::ReportLimits,
+    /// Report bytes per second one connection may have stored; faster
+    /// senders are paced (their next message is read later).
+    pub report_rate_bytes: u64,
+    /// Reports older than this are deleted (their bytes return to their
+    /// host's quota); `None` keeps them for ever.
+    pub report_retention: Option<Duration>,
     /// How long a job for an offline agent waits before it expires.
     pub job_queue_ttl: Duration,
     /// A sent job with no report after `timeout + lost_grace` is lost.
     pub lost_grace: Duration,
     /// How often lost/expired jobs are swept and queued jobs retried.
     pub sweep_interval: Duration,
+    /// Registered agents at once; an agent over it is closed (1013).
     pub max_connections: usize,
     pub tls: Option<TlsFiles>,
     /// Signs system-mode work posted unsigned, on the operator API's
@@ -66,8 +83,12 @@ impl Settings {
             db,
             heartbeat_interval: Duration::from_secs(60),
             ping_interval: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(10),
-            register_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(3),
+            max_unauthenticated: 2048,
+            max_unauthenticated_per_source: 128,
+            report_limits: store::ReportLimits::default(),
+            report_rate_bytes: 4 << 20,
+            report_retention: Some(Duration::from_secs(30 * 24 * 3600)),
             job_queue_ttl: Duration::from_secs(3600),
             lost_grace: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(1),
@@ -85,6 +106,35 @@ pub struct AppState {
     pub settings: Settings,
     pub admin_token: String,
     pub shutdown: watch::Receiver<bool>,
+    /// Reports refused per host since the listener started.
+    pub refusals: Refusals,
+}
+
+/// Reports refused per host (quota, unmatched): what `GET /agents` shows.
+/// In memory: a refused report is sent again, so counting it on disk
+/// would make every refusal a write.
+#[derive(Debug, Default)]
+pub struct Refusals(std::sync::Mutex<std::collections::HashMap<String, (u64, String)>>);
+
+impl Refusals {
+    pub fn record(&self, host: &str, why: &str) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = m.entry(host.to_owned()).or_default();
+        e.0 += 1;
+        why.clone_into(&mut e.1);
+    }
+
+    /// (count, last reason) for `host`.
+    pub fn get(&self, host: &str) -> Option<(u64, String)> {
+        let m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.get(host).cloned()
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -160,6 +210,7 @@ pub async fn serve(
         settings: settings.clone(),
         admin_token,
         shutdown: shutdown_rx.clone(),
+        refusals: Refusals::default(),
     });
 
     let agents = tokio::spawn(agents::accept_loop(
@@ -221,6 +272,14 @@ async fn sweep_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
             Ok((0, 0)) => {}
             Ok((lost, expired)) => info!(lost, expired, "jobs swept"),
             Err(e) => warn!("sweep failed: {e:#}"),
+        }
+        if let Some(keep) = state.settings.report_retention {
+            let before = now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX / 2);
+            match state.db.call(move |s| s.prune_reports(before, 1000)).await {
+                Ok(0) => {}
+                Ok(n) => info!(deleted = n, "reports past the retention deleted"),
+                Err(e) => warn!("deleting old reports failed: {e:#}"),
+            }
         }
         // Queued jobs of connected hosts: posted while the agent was
         // connecting, or with room in a window a lost job freed.

@@ -99,6 +99,13 @@ struct FileConfig {
     lost_grace_secs: Option<u64>,
     sweep_interval_ms: Option<u64>,
     max_connections: Option<usize>,
+    max_unauthenticated: Option<usize>,
+    max_unauthenticated_per_source: Option<usize>,
+    auth_timeout_ms: Option<u64>,
+    report_quota_bytes: Option<u64>,
+    unmatched_report_quota: Option<u64>,
+    report_rate_bytes_per_sec: Option<u64>,
+    report_retention_days: Option<u64>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     signing_key_file: Option<PathBuf>,
@@ -166,6 +173,35 @@ fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
     if let Some(n) = file.max_connections {
         s.max_connections = n.max(1);
     }
+    if let Some(n) = file.max_unauthenticated {
+        s.max_unauthenticated = n.max(1);
+    }
+    if let Some(n) = file.max_unauthenticated_per_source {
+        s.max_unauthenticated_per_source = n.max(1);
+    }
+    if let Some(ms) = file.auth_timeout_ms {
+        anyhow::ensure!(
+            (100..=60_000).contains(&ms),
+            "auth_timeout_ms must be 100 to 60000"
+        );
+        s.auth_timeout = Duration::from_millis(ms);
+    }
+    if let Some(n) = file.report_quota_bytes {
+        s.report_limits.quota_bytes = n;
+    }
+    if let Some(n) = file.unmatched_report_quota {
+        s.report_limits.unmatched = n;
+    }
+    if let Some(n) = file.report_rate_bytes_per_sec {
+        anyhow::ensure!(
+            n >= 1 << 20,
+            "report_rate_bytes_per_sec must be at least 1048576 (one report of the largest size a second)"
+        );
+        s.report_rate_bytes = n;
+    }
+    if let Some(days) = file.report_retention_days {
+        s.report_retention = (days > 0).then(|| Duration::from_secs(days * 24 * 3600));
+    }
     s.tls = match (file.tls_cert_file, file.tls_key_file) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
@@ -229,9 +265,12 @@ fn keys(command: &KeysCommand) -> Result<()> {
             cc_proto::JobId::parse(name).map_err(|e| {
                 anyhow::anyhow!("key name: {}", e.to_string().replacen("job id", "name", 1))
             })?;
-            if let Some(h) = hostname {
-                cc_proto::Hostname::parse(h)?;
-            }
+            // Bound in canonical (lowercase) form, like every hostname.
+            let hostname = hostname
+                .as_deref()
+                .map(cc_proto::Hostname::parse)
+                .transpose()?
+                .map(|h| h.to_string());
             let key = Store::open(db)?.add_key(name, hostname.as_deref(), now_ms())?;
             println!("{key}");
         }

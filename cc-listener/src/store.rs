@@ -78,6 +78,32 @@ CREATE INDEX reports_by_host ON reports (hostname, id);
 ALTER TABLE jobs ADD COLUMN signed TEXT;
 ALTER TABLE cron_sets ADD COLUMN signed TEXT;
 "#,
+    // Hostnames are case-insensitive: one canonical, lowercase form. Where
+    // two rows differ only in case, the first one updated keeps the name;
+    // a key left bound to a mixed-case name matches no registration again.
+    r#"
+UPDATE OR IGNORE api_keys SET hostname = lower(hostname)
+    WHERE hostname IS NOT NULL AND hostname <> lower(hostname);
+UPDATE OR IGNORE agents SET hostname = lower(hostname) WHERE hostname <> lower(hostname);
+DELETE FROM agents WHERE hostname <> lower(hostname);
+UPDATE jobs SET hostname = lower(hostname) WHERE hostname <> lower(hostname);
+UPDATE OR IGNORE cron_sets SET hostname = lower(hostname) WHERE hostname <> lower(hostname);
+UPDATE OR IGNORE reports SET hostname = lower(hostname) WHERE hostname <> lower(hostname);
+"#,
+    // What each host's reports take: the quota is checked against it in the
+    // transaction that stores a report.
+    r#"
+ALTER TABLE reports ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+UPDATE reports SET size = length(CAST(payload AS BLOB));
+CREATE TABLE report_usage (
+    hostname   TEXT PRIMARY KEY,
+    bytes      INTEGER NOT NULL,
+    unmatched  INTEGER NOT NULL
+);
+INSERT INTO report_usage (hostname, bytes, unmatched)
+    SELECT hostname, SUM(size), SUM(kind = 'unmatched') FROM reports GROUP BY hostname;
+CREATE INDEX reports_by_age ON reports (received_ms);
+"#,
 ];
 
 /// Jobs handed to a spec-only agent per transaction.
@@ -135,6 +161,8 @@ pub struct AgentRow {
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     pub cron_status: Option<String>,
+    /// What the host's stored reports take (its quota's use).
+    pub report_bytes: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -180,6 +208,46 @@ pub struct ReportRow {
 pub enum Stored {
     New,
     Duplicate,
+    /// Not stored, so not to be acknowledged: the agent keeps it.
+    Refused(Refusal),
+}
+
+/// Why a report was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "report quota reached: the host's reports take {used} bytes, this one {size} more, quota {quota}"
+    )]
+    Quota { used: u64, size: u64, quota: u64 },
+    #[error(
+        "unmatched report quota reached: {quota} reports for no job or cron entry of this host are kept"
+    )]
+    Unmatched { quota: u64 },
+}
+
+/// Per-host limits on what reports may take in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportLimits {
+    /// Bytes of stored reports (their JSON) per host.
+    pub quota_bytes: u64,
+    /// Reports per host that match no job and no cron entry of that host.
+    pub unmatched: u64,
+}
+
+impl Default for ReportLimits {
+    fn default() -> Self {
+        Self {
+            quota_bytes: 1 << 30,
+            unmatched: 100,
+        }
+    }
+}
+
+/// What a host's stored reports take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub unmatched: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -187,6 +255,8 @@ pub struct ReportQuery {
     pub hostname: Option<String>,
     pub job_id: Option<String>,
     pub limit: u32,
+    /// Only reports with a smaller id (the previous page's cursor).
+    pub before: Option<i64>,
 }
 
 /// SHA-256 of an API key, hex. Keys are 256 random bits, so a fast hash is
@@ -385,8 +455,10 @@ impl Store {
     pub fn list_agents(&self) -> Result<Vec<AgentRow>> {
         let conn = lock(&self.reader);
         let mut stmt = conn.prepare(
-            "SELECT hostname, os, arch, tags, execution_mode, is_root, first_seen_ms, last_seen_ms, cron_status
-             FROM agents ORDER BY hostname",
+            "SELECT a.hostname, os, arch, tags, execution_mode, is_root, first_seen_ms, last_seen_ms,
+                    cron_status, coalesce(u.bytes, 0)
+             FROM agents a LEFT JOIN report_usage u ON u.hostname = a.hostname
+             ORDER BY a.hostname",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(AgentRow {
@@ -399,6 +471,7 @@ impl Store {
                 first_seen_ms: r.get(6)?,
                 last_seen_ms: r.get(7)?,
                 cron_status: r.get(8)?,
+                report_bytes: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -624,7 +697,8 @@ impl Store {
     // ---- reports ----
 
     /// Stores a report once per (hostname, dedupe key) and, for an ad-hoc
-    /// job of this host, marks the job done, in one transaction.
+    /// job of this host, marks the job done, in one transaction — unless
+    /// it would take the host over `limits`: then nothing is written.
     pub fn store_report(
         &self,
         hostname: &str,
@@ -632,6 +706,7 @@ impl Store {
         dedupe_key: &str,
         payload: &str,
         now_ms: i64,
+        limits: ReportLimits,
     ) -> Result<Stored> {
         let mut conn = lock(&self.writer);
         let tx = write_tx(&mut conn)?;
@@ -661,10 +736,31 @@ impl Store {
         } else {
             "unmatched"
         };
+        let used = Self::usage_in(&tx, hostname)?;
+        let size = payload.len() as u64;
+        let unmatched = u64::from(kind == "unmatched");
+        if unmatched == 1 && used.unmatched >= limits.unmatched {
+            return Ok(Stored::Refused(Refusal::Unmatched {
+                quota: limits.unmatched,
+            }));
+        }
+        if used.bytes.saturating_add(size) > limits.quota_bytes {
+            return Ok(Stored::Refused(Refusal::Quota {
+                used: used.bytes,
+                size,
+                quota: limits.quota_bytes,
+            }));
+        }
         tx.execute(
-            "INSERT INTO reports (hostname, job_id, dedupe_key, kind, received_ms, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![hostname, job_id, dedupe_key, kind, now_ms, payload],
+            "INSERT INTO reports (hostname, job_id, dedupe_key, kind, received_ms, payload, size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![hostname, job_id, dedupe_key, kind, now_ms, payload, size],
+        )?;
+        tx.execute(
+            "INSERT INTO report_usage (hostname, bytes, unmatched) VALUES (?1, ?2, ?3)
+             ON CONFLICT (hostname) DO UPDATE
+             SET bytes = bytes + excluded.bytes, unmatched = unmatched + excluded.unmatched",
+            params![hostname, size, unmatched],
         )?;
         let report_row = tx.last_insert_rowid();
         if is_job {
@@ -679,15 +775,114 @@ impl Store {
         Ok(Stored::New)
     }
 
-    /// Reports, newest first.
-    pub fn reports(&self, q: &ReportQuery) -> Result<Vec<ReportRow>> {
+    fn usage_in(conn: &Connection, hostname: &str) -> Result<Usage> {
+        let row: Option<(i64, i64)> = conn
+            .query_row(
+                "SELECT bytes, unmatched FROM report_usage WHERE hostname = ?1",
+                params![hostname],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(row.map_or(Usage::default(), |(b, u)| Usage {
+            bytes: u64::try_from(b).unwrap_or(0),
+            unmatched: u64::try_from(u).unwrap_or(0),
+        }))
+    }
+
+    /// What `hostname`'s stored reports take.
+    pub fn usage(&self, hostname: &str) -> Result<Usage> {
+        Self::usage_in(&lock(&self.reader), hostname)
+    }
+
+    /// Deletes reports received before `before_ms`, at most `batch` of
+    /// them, and gives their bytes back to their hosts' quota. A job whose
+    /// report is gone stays `done`, without the report. Returns how many.
+    pub fn prune_reports(&self, before_ms: i64, batch: u32) -> Result<usize> {
+        let mut conn = lock(&self.writer);
+        let tx = write_tx(&mut conn)?;
+        tx.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS pruned (hostname TEXT, bytes INTEGER, unmatched INTEGER)",
+            [],
+        )?;
+        tx.execute("DELETE FROM temp.pruned", [])?;
+        tx.execute(
+            "INSERT INTO temp.pruned
+             SELECT hostname, size, kind = 'unmatched' FROM reports
+             WHERE id IN (SELECT id FROM reports WHERE received_ms < ?1 ORDER BY received_ms LIMIT ?2)",
+            params![before_ms, batch],
+        )?;
+        let n = tx.execute(
+            "DELETE FROM reports WHERE id IN
+             (SELECT id FROM reports WHERE received_ms < ?1 ORDER BY received_ms LIMIT ?2)",
+            params![before_ms, batch],
+        )?;
+        tx.execute(
+            "UPDATE report_usage SET
+                bytes = max(0, bytes - (SELECT SUM(bytes) FROM temp.pruned p WHERE p.hostname = report_usage.hostname)),
+                unmatched = max(0, unmatched - (SELECT SUM(unmatched) FROM temp.pruned p WHERE p.hostname = report_usage.hostname))
+             WHERE hostname IN (SELECT hostname FROM temp.pruned)",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Fixture for tests and benchmarks: `n` unmatched reports for `host`,
+    /// each with `stdout` as its output, in one transaction. Bypasses every
+    /// check and quota.
+    #[doc(hidden)]
+    pub fn insert_reports_for_test(&self, host: &str, n: u32, stdout: &str) -> Result<()> {
+        let mut conn = lock(&self.writer);
+        let tx = write_tx(&mut conn)?;
+        tx.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2)
+             INSERT INTO reports (hostname, job_id, dedupe_key, kind, received_ms, payload)
+             SELECT ?1, 'fixture-' || i, 'id:fixture-' || i, 'unmatched',
+                    CAST(strftime('%s', 'now') AS INTEGER) * 1000 + i,
+                    json_object('jobId', 'fixture-' || i, 'command', '/bin/echo',
+                                'exitCode', 0, 'stdout', ?3, 'stderr', '',
+                                'startTime', '2024-03-20T10:00:00Z', 'durationMs', 1,
+                                'executingUid', 1001, 'executingUser', 'cc-agent-user')
+             FROM n",
+            params![host, n, stdout],
+        )?;
+        tx.execute(
+            "UPDATE reports SET size = length(CAST(payload AS BLOB)) WHERE size = 0",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The ids and sizes of the reports `q` selects, newest first: up to
+    /// `q.limit + 1` of them, so the caller knows whether more follow.
+    /// Reads no report text.
+    pub fn report_page(&self, q: &ReportQuery) -> Result<Vec<(i64, u64)>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare(
+            "SELECT id, size FROM reports
+             WHERE (?1 IS NULL OR hostname = ?1) AND (?2 IS NULL OR job_id = ?2)
+               AND (?3 IS NULL OR id < ?3)
+             ORDER BY id DESC LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(
+            params![q.hostname, q.job_id, q.before, i64::from(q.limit) + 1],
+            |r| Ok((r.get(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0))),
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The reports `q` selects with ids from `high` down to `low`, newest
+    /// first.
+    pub fn reports_between(&self, q: &ReportQuery, high: i64, low: i64) -> Result<Vec<ReportRow>> {
         let conn = lock(&self.reader);
         let mut stmt = conn.prepare(
             "SELECT hostname, job_id, kind, received_ms, payload FROM reports
              WHERE (?1 IS NULL OR hostname = ?1) AND (?2 IS NULL OR job_id = ?2)
-             ORDER BY id DESC LIMIT ?3",
+               AND id <= ?3 AND id >= ?4
+             ORDER BY id DESC",
         )?;
-        let rows = stmt.query_map(params![q.hostname, q.job_id, q.limit], |r| {
+        let rows = stmt.query_map(params![q.hostname, q.job_id, high, low], |r| {
             Ok(ReportRow {
                 hostname: r.get(0)?,
                 job_id: r.get(1)?,
@@ -901,11 +1096,13 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            s.store_report("h", "j1", "r1", "{}", 5).unwrap(),
+            s.store_report("h", "j1", "r1", "{}", 5, ReportLimits::default())
+                .unwrap(),
             Stored::New
         );
         assert_eq!(
-            s.store_report("h", "j1", "r1", "{}", 6).unwrap(),
+            s.store_report("h", "j1", "r1", "{}", 6, ReportLimits::default())
+                .unwrap(),
             Stored::Duplicate
         );
         let job = s.get_job("j1").unwrap().unwrap();
@@ -968,11 +1165,111 @@ mod tests {
         };
         assert_eq!(take(Some(2)), ["z", "b"]);
         assert!(take(Some(2)).is_empty(), "the window is full");
-        s.store_report("h", "z", "r-z", "{}", 2).unwrap();
+        s.store_report("h", "z", "r-z", "{}", 2, ReportLimits::default())
+            .unwrap();
         assert_eq!(take(Some(2)), ["y"]);
         assert!(s.take_for_host("other", Some(2), 1).unwrap().is_empty());
         assert_eq!(take(None), ["a", "x"], "no window: everything queued");
         assert!(s.hosts_with_queued(1).unwrap().is_empty());
+    }
+
+    /// The quota admits a report that reaches it exactly and refuses one
+    /// byte more; unmatched reports have their own count; a refused report
+    /// writes nothing; pruning gives the bytes back.
+    #[test]
+    fn reports_are_held_to_the_hosts_quota() {
+        let (_dir, s) = temp_store();
+        let limits = ReportLimits {
+            quota_bytes: 10,
+            unmatched: 2,
+        };
+        s.set_cron(
+            "h",
+            &[CronEntry {
+                id: "c".into(),
+                schedule: "* * * * *".into(),
+                command: "/bin/true".into(),
+            }],
+            None,
+            0,
+        )
+        .unwrap();
+        let put = |key: &str, job: &str, payload: &str, at: i64| {
+            s.store_report("h", job, key, payload, at, limits).unwrap()
+        };
+        assert_eq!(put("1", "c", "1234", 1), Stored::New);
+        assert_eq!(
+            put("2", "c", "123456", 2),
+            Stored::New,
+            "exactly at the quota"
+        );
+        assert_eq!(
+            put("3", "c", "1", 3),
+            Stored::Refused(Refusal::Quota {
+                used: 10,
+                size: 1,
+                quota: 10
+            })
+        );
+        assert_eq!(
+            put("2", "c", "123456", 4),
+            Stored::Duplicate,
+            "a resend is still a duplicate"
+        );
+        assert_eq!(
+            s.usage("h").unwrap(),
+            Usage {
+                bytes: 10,
+                unmatched: 0
+            }
+        );
+        assert_eq!(
+            s.count_reports().unwrap(),
+            2,
+            "a refused report writes nothing"
+        );
+        // Another host has its own quota.
+        assert_eq!(
+            s.store_report("g", "x", "1", "12345678", 5, limits)
+                .unwrap(),
+            Stored::New
+        );
+        // Pruning the oldest gives its bytes back: 4 bytes free again.
+        assert_eq!(s.prune_reports(2, 100).unwrap(), 1);
+        assert_eq!(s.usage("h").unwrap().bytes, 6);
+        assert_eq!(put("4", "c", "1234", 6), Stored::New);
+        assert_eq!(
+            put("5", "c", "1", 7),
+            Stored::Refused(Refusal::Quota {
+                used: 10,
+                size: 1,
+                quota: 10
+            })
+        );
+        // Unmatched: two kept, the third refused, quota bytes or not.
+        let wide = ReportLimits {
+            quota_bytes: 1000,
+            unmatched: 2,
+        };
+        let un = |key: &str| s.store_report("u", "nojob", key, "{}", 8, wide).unwrap();
+        assert_eq!(un("a"), Stored::New);
+        assert_eq!(un("b"), Stored::New);
+        assert_eq!(un("c"), Stored::Refused(Refusal::Unmatched { quota: 2 }));
+        assert_eq!(
+            s.usage("u").unwrap(),
+            Usage {
+                bytes: 4,
+                unmatched: 2
+            }
+        );
+        // The batch bounds one pass, oldest first; pruned unmatched
+        // reports free their count too.
+        assert_eq!(s.prune_reports(9, 1).unwrap(), 1);
+        assert_eq!(s.usage("h").unwrap().bytes, 4, "the report at 2 went first");
+        assert_eq!(s.prune_reports(9, 100).unwrap(), 4);
+        assert_eq!(s.usage("u").unwrap(), Usage::default());
+        assert_eq!(s.usage("h").unwrap(), Usage::default());
+        assert_eq!(un("d"), Stored::New);
     }
 
     /// Regression: `serve` and `keys add` opening a fresh file at the same

@@ -289,6 +289,10 @@ fn run(
     };
     let mut posted = Vec::new();
     for host in hosts {
+        // Signed for the canonical (lowercase) name: the one hosts compare.
+        let host = &cc_proto::Hostname::parse(host)
+            .with_context(|| format!("host {host:?}"))?
+            .to_string();
         let body = match &key {
             Some(k) => {
                 let (not_before, expires_at) = sign::window(Timestamp::now(), valid_for);
@@ -463,7 +467,9 @@ fn main() -> ExitCode {
                         let (not_before, expires_at) =
                             sign::window(Timestamp::now(), sign::MAX_VALIDITY_SECS);
                         let st = CronStatement {
-                            host: host.clone(),
+                            host: cc_proto::Hostname::parse(host)
+                                .with_context(|| format!("host {host:?}"))?
+                                .to_string(),
                             generation: u64::try_from(Timestamp::now().unix_millis()).unwrap_or(0),
                             entries,
                             not_before,

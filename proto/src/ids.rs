@@ -122,6 +122,10 @@ impl JobId {
 /// A host's name as it registers: RFC 1123 labels (letters, digits, `-`,
 /// and `_` which real fleets use), separated by dots, at most 253 bytes,
 /// each label 1 to 63 bytes and not starting or ending with `-`.
+///
+/// Host names are case-insensitive (RFC 4343): the parsed value is the
+/// canonical lowercase form, so `WEB1` and `web1` are one host everywhere
+/// a `Hostname` is compared or stored.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Hostname(String);
 
@@ -154,7 +158,7 @@ impl Hostname {
                 });
             }
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s.to_ascii_lowercase()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -346,6 +350,18 @@ mod tests {
         }
         assert!(Hostname::parse(&"a".repeat(64)).is_err());
         assert!(Hostname::parse(&"a".repeat(254)).is_err());
+    }
+
+    /// One host, one name: case variants parse to the same canonical form.
+    #[test]
+    fn hostnames_are_case_insensitive() {
+        let canonical = Hostname::parse("web1.example.com").unwrap();
+        for variant in ["WEB1.example.com", "Web1.Example.COM", "web1.EXAMPLE.com"] {
+            let h = Hostname::parse(variant).unwrap();
+            assert_eq!(h, canonical, "{variant}");
+            assert_eq!(h.as_str(), "web1.example.com");
+        }
+        assert_ne!(Hostname::parse("web2").unwrap(), canonical);
     }
 
     #[test]

@@ -1,0 +1,322 @@
+//! Hostile peers against the real `cc-listener`: an agent with a valid key
+//! that tries to fill the disk, operator clients that page through large
+//! reports at once, anonymous sockets that try to lock agents out, and an
+//! agent that registers a case-variant of another host's name. Each test
+//! plays the attacker and then checks what the listener refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cc_e2e::listener::ListenerProcess;
+use cc_e2e::ws::{self, Ws};
+use cc_e2e::{TempDir, agent::proc_status_kib};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(10);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cc-listener"))
+}
+
+const FAST: &str = "heartbeat_interval_secs = 1\nping_interval_secs = 1\nlost_grace_secs = 1\nsweep_interval_ms = 100\n";
+
+fn agent_entry(l: &ListenerProcess, host: &str) -> Option<Value> {
+    let agents = l.get("/api/v1/agents").json();
+    agents
+        .as_array()?
+        .iter()
+        .find(|a| a["hostname"] == host)
+        .cloned()
+}
+
+async fn registered(l: &ListenerProcess, name: &str) -> Ws {
+    let key = l.add_key(name);
+    let mut ws = ws::agent(&l.ws_url(), &key, name).await;
+    l.wait_for(T, |l| {
+        agent_entry(l, name).filter(|a| a["connected"] == true)
+    });
+    ws::send(&mut ws, &json!({"type": "heartbeat", "payload": {}})).await;
+    ws
+}
+
+/// Report ids acknowledged on `ws` until `quiet` passes with no message.
+async fn acks(ws: &mut Ws, quiet: Duration) -> Vec<String> {
+    let mut ids = Vec::new();
+    loop {
+        match tokio::time::timeout(quiet, ws::recv(ws, Duration::from_secs(3600))).await {
+            Ok(Some(m)) if m["type"] == "report_ack" => {
+                ids.push(m["payload"]["reportId"].as_str().unwrap().to_owned());
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return ids,
+        }
+    }
+}
+
+fn db_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("listener.db"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum()
+}
+
+/// A report of about `size` bytes on the wire, half of it in a field the
+/// spec does not have.
+fn big_report(job_id: &str, report_id: &str, size: usize) -> Value {
+    let mut r = ws::report(job_id, Some(report_id));
+    r["payload"]["stdout"] = json!("o".repeat(size / 4));
+    r["payload"]["stderr"] = json!("e".repeat(size / 4));
+    r["payload"]["junk"] = json!("j".repeat(size / 2));
+    r
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_filling_agent_stops_at_its_quota_while_another_keeps_reporting() {
+    let dir = TempDir::new("h-quota");
+    let quota: u64 = 8_000_000;
+    let l = ListenerProcess::start(
+        bin(),
+        dir.path(),
+        &format!("{FAST}report_quota_bytes = {quota}\nunmatched_report_quota = 20\n"),
+    );
+    let mut filler = registered(&l, "filler.test").await;
+    let before = db_bytes(dir.path());
+
+    // 1. Reports for jobs that do not exist: only the unmatched quota is kept.
+    for i in 0..60 {
+        ws::send(
+            &mut filler,
+            &ws::report(&format!("made-up-{i}"), Some(&format!("u-{i}"))),
+        )
+        .await;
+    }
+    let unmatched_acked = acks(&mut filler, Duration::from_secs(2)).await;
+    assert_eq!(
+        unmatched_acked.len(),
+        20,
+        "60 reports for made-up jobs: only the unmatched quota (20) is stored and acknowledged"
+    );
+
+    // 2. Large reports for its real jobs, with a field the spec does not have.
+    let mut jobs = Vec::new();
+    for i in 0..40 {
+        let r = l.post(
+            "/api/v1/agents/filler.test/jobs",
+            &json!({"command": "/bin/echo", "args": [format!("{i}")]}),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        jobs.push(r.json()["jobId"].as_str().unwrap().to_owned());
+    }
+    for (i, id) in jobs.iter().enumerate() {
+        ws::send(&mut filler, &big_report(id, &format!("big-{i}"), 900_000)).await;
+    }
+    let big_acked = acks(&mut filler, Duration::from_secs(3)).await;
+    let grown = db_bytes(dir.path()).saturating_sub(before);
+    eprintln!(
+        "figures: unmatched acked {}/60; large acked {}/40; database grew {grown} bytes (quota {quota})",
+        unmatched_acked.len(),
+        big_acked.len()
+    );
+    assert!(
+        !big_acked.is_empty() && big_acked.len() < 40,
+        "40 reports of 900 kB against an 8 MB quota: some stored, the rest refused; {} acknowledged",
+        big_acked.len()
+    );
+    // What is kept is what the spec defines: the junk field is not stored.
+    let stored = l.get("/api/v1/reports?hostname=filler.test&limit=1").json();
+    let report = &stored[0]["report"];
+    assert!(
+        report["stdout"]
+            .as_str()
+            .is_some_and(|s| s.len() == 225_000)
+    );
+    assert!(
+        report.get("junk").is_none(),
+        "unknown fields are not stored"
+    );
+    // The disk holds the quota, not the attack (the WAL may hold a copy).
+    assert!(
+        grown < 3 * quota,
+        "the database grew by {grown} bytes for a {quota}-byte quota"
+    );
+    // The operator sees why.
+    let entry = agent_entry(&l, "filler.test").unwrap();
+    assert!(
+        entry["reportsRefused"].as_u64().unwrap_or(0) >= 40 + (40 - big_acked.len() as u64),
+        "{entry}"
+    );
+    assert!(
+        entry["reportBytes"].as_u64().unwrap_or(u64::MAX) <= quota,
+        "{entry}"
+    );
+    assert!(
+        entry["lastRefusal"]
+            .as_str()
+            .is_some_and(|s| s.contains("quota")),
+        "{entry}"
+    );
+    assert!(
+        l.log().contains("report refused") && l.log().contains("quota"),
+        "the listener logs each refusal"
+    );
+
+    // 3. Another agent's reports are stored and acknowledged meanwhile.
+    let mut bystander = registered(&l, "bystander.test").await;
+    let r = l.post(
+        "/api/v1/agents/bystander.test/jobs",
+        &json!({"command": "/bin/echo", "args": ["hi"]}),
+    );
+    let id = r.json()["jobId"].as_str().unwrap().to_owned();
+    let job = ws::recv_type(&mut bystander, "execute_job", T).await;
+    assert_eq!(job["payload"]["jobId"], id);
+    ws::send(&mut bystander, &ws::report(&id, Some("bystander-1"))).await;
+    let got = acks(&mut bystander, Duration::from_secs(2)).await;
+    assert_eq!(got, vec!["bystander-1".to_owned()]);
+    assert_eq!(
+        l.get(&format!("/api/v1/jobs/{id}")).json()["status"],
+        "done"
+    );
+}
+
+/// Three clients page through 150 reports of about 600 kB at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_large_report_pages_keep_the_listener_small() {
+    let dir = TempDir::new("h-pages");
+    {
+        let store = cc_listener::store::Store::open(&dir.path().join("listener.db")).unwrap();
+        let filler = "x".repeat(600_000);
+        store
+            .insert_reports_for_test("pages.test", 150, &filler)
+            .unwrap();
+    }
+    let l = ListenerProcess::start(bin(), dir.path(), FAST);
+    let base = proc_status_kib(l.child.id(), "VmRSS");
+    let addr = l.admin_addr;
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut seen = 0usize;
+                let mut pages = 0usize;
+                let mut next: Option<String> = None;
+                loop {
+                    let path = match &next {
+                        Some(c) => format!("/api/v1/reports?limit=1000&before={c}"),
+                        None => "/api/v1/reports?limit=1000".to_owned(),
+                    };
+                    let r = cc_e2e::http::request(
+                        addr,
+                        "GET",
+                        &path,
+                        Some(cc_e2e::listener::TOKEN),
+                        None,
+                    );
+                    assert_eq!(r.status, 200);
+                    seen += r.json().as_array().unwrap().len();
+                    pages += 1;
+                    next = r.header("x-cc-next-before").map(ToOwned::to_owned);
+                    if next.is_none() || pages > 1000 {
+                        return (seen, pages);
+                    }
+                }
+            })
+        })
+        .collect();
+    let results: Vec<(usize, usize)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let peak = proc_status_kib(l.child.id(), "VmHWM");
+    eprintln!("figures: RSS at start {base} KiB, peak {peak} KiB; pages per client {results:?}");
+    for (seen, pages) in &results {
+        assert_eq!(*seen, 150, "every report is reached by paging");
+        assert!(*pages > 1, "a 1000-row page is cut by bytes");
+    }
+    // 3 × 90 MB of reports; a page is at most 8 MiB and is streamed.
+    assert!(
+        peak < base + 64 * 1024,
+        "peak RSS {peak} KiB (started at {base} KiB) while 3 clients paged through 90 MB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_anonymous_sockets_do_not_keep_an_agent_out() {
+    let dir = TempDir::new("h-idle");
+    // Default liveness: the early agent is not expected to say anything.
+    let l = ListenerProcess::start(bin(), dir.path(), "max_connections = 1000\n");
+    let key = l.add_key("late.test");
+    let early = registered(&l, "early.test").await;
+    // 5,000 sockets from 250 loopback addresses that never say a word.
+    let mut idle = Vec::new();
+    for i in 0..5000u32 {
+        let src = std::net::SocketAddr::from(([127, 0, 1, (i % 250 + 1) as u8], 0));
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(src).unwrap();
+        if let Ok(Ok(c)) =
+            tokio::time::timeout(Duration::from_secs(2), s.connect(l.agent_addr)).await
+        {
+            idle.push(c);
+        }
+    }
+    assert!(idle.len() >= 4000, "only {} sockets opened", idle.len());
+    let started = Instant::now();
+    let mut ws = ws::agent(&l.ws_url(), &key, "late.test").await;
+    ws::send(&mut ws, &json!({"type": "heartbeat", "payload": {}})).await;
+    l.wait_for(Duration::from_secs(2), |l| {
+        agent_entry(l, "late.test").filter(|a| a["connected"] == true)
+    });
+    let took = started.elapsed();
+    eprintln!(
+        "figures: {} idle sockets open; agent registered in {took:?}",
+        idle.len()
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "registered in {took:?} beside 5,000 idle sockets"
+    );
+    assert_eq!(
+        agent_entry(&l, "early.test").unwrap()["connected"],
+        true,
+        "an authenticated agent is never dropped for anonymous ones"
+    );
+    drop((idle, early));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_case_variant_of_a_bound_hostname_is_refused() {
+    let dir = TempDir::new("h-case");
+    let l = ListenerProcess::start(bin(), dir.path(), FAST);
+    let _web1 = registered(&l, "web1.test").await;
+    let k2 = l.add_key("impostor");
+    let mut impostor = ws::agent(&l.ws_url(), &k2, "WEB1.test").await;
+    let closed = ws::recv_close(&mut impostor, T).await;
+    assert_eq!(
+        closed,
+        Some((1008, "this hostname belongs to another key".to_owned()))
+    );
+    let agents = l.get("/api/v1/agents").json();
+    let names: Vec<&str> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["hostname"].as_str())
+        .collect();
+    assert_eq!(names, vec!["web1.test"], "one host, in one canonical form");
+    // The operator's spelling does not matter either.
+    let r = l.post(
+        "/api/v1/agents/WEB1.Test/jobs",
+        &json!({"command": "/bin/true"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let job = l.get(&format!(
+        "/api/v1/jobs/{}",
+        r.json()["jobId"].as_str().unwrap()
+    ));
+    assert_eq!(job.json()["hostname"], "web1.test");
+    // A key cannot be bound to a case variant of a bound name either.
+    let out = l.keys(&["add", "other", "--hostname", "Web1.TEST"]);
+    assert!(
+        !out.status.success(),
+        "keys add --hostname of a bound name (any case) is refused"
+    );
+}
