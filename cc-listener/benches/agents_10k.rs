@@ -123,7 +123,8 @@ fn main() {
         store.add_keys(&specs, 0).unwrap()
     };
     let config = format!(
-        "heartbeat_interval_secs = {}\nmax_connections = {}\n",
+        // Every simulated agent connects from 127.0.0.1: one source.
+        "heartbeat_interval_secs = {}\nmax_connections = {}\nmax_unauthenticated_per_source = 4096\n",
         heartbeat.as_secs(),
         agents + 100
     );

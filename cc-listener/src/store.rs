@@ -756,13 +756,14 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![hostname, job_id, dedupe_key, kind, now_ms, payload, size],
         )?;
+        // Before any other insert: it is the last one's rowid.
+        let report_row = tx.last_insert_rowid();
         tx.execute(
             "INSERT INTO report_usage (hostname, bytes, unmatched) VALUES (?1, ?2, ?3)
              ON CONFLICT (hostname) DO UPDATE
              SET bytes = bytes + excluded.bytes, unmatched = unmatched + excluded.unmatched",
             params![hostname, size, unmatched],
         )?;
-        let report_row = tx.last_insert_rowid();
         if is_job {
             // The first report of a job settles it, whatever state it was in.
             tx.execute(
@@ -1095,6 +1096,20 @@ mod tests {
             signed: None,
         })
         .unwrap();
+        // Other hosts' reports first, so row ids of the tables differ: the
+        // job must point at its own report.
+        for (i, host) in ["a", "a", "b"].iter().enumerate() {
+            let key = format!("x{i}");
+            s.store_report(
+                host,
+                "other",
+                &key,
+                r#"{"other":1}"#,
+                1,
+                ReportLimits::default(),
+            )
+            .unwrap();
+        }
         assert_eq!(
             s.store_report("h", "j1", "r1", "{}", 5, ReportLimits::default())
                 .unwrap(),
@@ -1108,7 +1123,7 @@ mod tests {
         let job = s.get_job("j1").unwrap().unwrap();
         assert_eq!(job.status, status::DONE);
         assert_eq!(job.report.as_deref(), Some("{}"));
-        assert_eq!(s.count_reports().unwrap(), 1);
+        assert_eq!(s.count_reports().unwrap(), 4);
     }
 
     #[test]

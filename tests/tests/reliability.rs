@@ -1596,7 +1596,8 @@ fn load_1000_simulated_and_5_real_agents_10000_jobs() {
     let Some(r) = rig(
         "load",
         "load_1_agents_and_jobs",
-        "max_connections = 2000\nheartbeat_interval_secs = 10\nping_interval_secs = 10\n",
+        // Every simulated agent connects from 127.0.0.1: one source.
+        "max_connections = 2000\nmax_unauthenticated_per_source = 4096\nheartbeat_interval_secs = 10\nping_interval_secs = 10\n",
     ) else {
         return;
     };
