@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
 use cc_e2e::agent::{agent_user, root_and_agent_user};
-use cc_e2e::helper::HelperProcess;
+use cc_e2e::helper::{HelperProcess, stranger_refused_line};
 use cc_e2e::{TempDir, bin};
 use serde_json::{Value, json};
 
@@ -43,12 +43,19 @@ fn a_client_with_another_uid_is_refused_before_anything_is_read() {
     };
     // `nobody` in the agent's group: the socket's mode lets it connect,
     // so only the helper's own peer check stands between it and an answer.
-    let (answer, code) = h.exchange_as((65534, h.agent.1), br#""status""#);
-    assert_eq!(code, Some(4), "the stranger did not even connect");
-    assert_eq!(answer, "", "the helper answered a stranger");
+    // The client connected (exit 4: closed without an answer, not 3: could
+    // not connect), and the helper's audit line names this very client.
+    let e = h.exchange((65534, h.agent.1), br#""status""#);
+    assert_eq!(
+        e.code,
+        Some(4),
+        "the stranger was not turned away after connecting (exit 0: answered, 3: could not connect): {e:?}"
+    );
+    assert_eq!(e.answer, "", "the helper answered a stranger");
     assert!(
-        h.log().contains("peer is neither agent_user nor root"),
-        "{}",
+        stranger_refused_line(&h.log(), 65534, e.pid),
+        "no refusal of peer_pid={} in the helper's log:\n{}",
+        e.pid,
         h.log()
     );
     // The agent user gets an answer.
@@ -561,7 +568,9 @@ fn systemd_socket_activation_is_accepted() {
             use std::os::unix::process::CommandExt;
             c.uid(uid).gid(gid);
         }
+        c.stderr(std::process::Stdio::piped());
         let mut child = c.spawn().unwrap();
+        let pid = child.id();
         use std::io::Write;
         child
             .stdin
@@ -569,16 +578,29 @@ fn systemd_socket_activation_is_accepted() {
             .unwrap()
             .write_all(br#""status""#)
             .unwrap();
-        String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+        let out = child.wait_with_output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (text(&out.stdout), out.status.code(), text(&out.stderr), pid)
     };
-    let answer = ask(Some(h.agent));
-    let stranger = ask(Some((65534, 65534)));
+    let (answer, ..) = ask(Some(h.agent));
+    let (stranger, code, stderr, pid) = ask(Some((65534, 65534)));
     let log = std::fs::read_to_string(dir.path().join("activated.log")).unwrap_or_default();
     drop(activator);
     assert!(answer.contains(r#""status""#), "{answer}\n{log}");
     assert!(log.contains("using the socket passed by systemd"), "{log}");
-    // The peer check holds on the passed socket too.
+    // The peer check holds on the passed socket too: the stranger
+    // connected (exit 4, not 3: could not connect), got no answer, and the
+    // helper's audit line names it.
+    assert_eq!(
+        code,
+        Some(4),
+        "the stranger was not turned away after connecting (exit 0: answered, 3: could not connect): {stderr}\n{log}"
+    );
     assert_eq!(stranger, "", "{log}");
+    assert!(
+        stranger_refused_line(&log, 65534, pid),
+        "no refusal of peer_pid={pid} in the helper's log:\n{log}"
+    );
 }
 
 /// The helper is code a reviewer must read whole: under 2,000 lines of
