@@ -58,6 +58,8 @@ cargo build --workspace --bins --locked
 
 step "fuzz targets (cargo fuzz on stable with RUSTC_BOOTSTRAP=1)"
 fuzz_seconds="${FUZZ_SECONDS:-30}"
+fuzz_logs="$PWD/target/fuzz-logs"
+mkdir -p "$fuzz_logs"
 (
     cd fuzz
     export RUSTC_BOOTSTRAP=1
@@ -66,11 +68,20 @@ fuzz_seconds="${FUZZ_SECONDS:-30}"
         for target in $(cargo fuzz list); do
             mkdir -p "corpus/$target"
             echo "fuzzing $target for ${fuzz_seconds}s"
+            # The whole output goes to a log; only the summary lines are
+            # shown. A run that fails (to start, or finds a crash) fails
+            # the script.
+            log="$fuzz_logs/$target.log"
+            fuzz_status=0
             cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
-                -max_total_time="$fuzz_seconds" -print_final_stats=1 2>&1 |
-                grep -E '^(Done|stat::number_of_executed_units)|ERROR|panicked' || true
+                -max_total_time="$fuzz_seconds" -print_final_stats=1 >"$log" 2>&1 || fuzz_status=$?
+            grep -E '^(Done|stat::number_of_executed_units)|ERROR|panicked' "$log" || true
             if [ -n "$(ls -A "artifacts/$target" 2>/dev/null)" ]; then
-                echo "fuzz target $target found a crash: see fuzz/artifacts/$target" >&2
+                echo "fuzz target $target found a crash: see fuzz/artifacts/$target and $log" >&2
+                exit 1
+            fi
+            if [ "$fuzz_status" -ne 0 ]; then
+                echo "fuzz target $target: cargo fuzz run exited $fuzz_status: see $log" >&2
                 exit 1
             fi
         done
