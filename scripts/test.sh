@@ -124,6 +124,41 @@ if [ "$skipped" -gt 0 ] && [ "${CC_PARTIAL:-}" != "1" ]; then
     exit 1
 fi
 
+# RELIABILITY.md states the commit it was generated from
+# (cc-reliability-table). It is current when that commit is at or after the
+# last commit that changed the code it describes: the commit that adds the
+# document only touches the document, so its parent — the stamp — is
+# current. Refused: no stamp, a stamp from a dirty tree, a commit not in this
+# history, or one older than the last change to these paths. Needs the
+# whole history (not a shallow clone).
+RELIABILITY_CODE=(cc-agent cc-listener cc-privhelper cc-exec proto tests/tests/reliability.rs tests/src)
+reliability_is_current() {
+    local doc="$1" stamp last
+    if [ "$(git rev-parse --is-shallow-repository 2>/dev/null)" != "false" ]; then
+        echo "$doc: cannot check its commit: not a git checkout with its whole history" >&2
+        return 1
+    fi
+    stamp=$(sed -nE 's/^Generated from commit ([0-9a-f]{40})[ .;].*/\1/p' "$doc" | head -n 1)
+    if [ -z "$stamp" ]; then
+        echo "$doc states no commit it was generated from: regenerate it with bash scripts/reliability.sh" >&2
+        return 1
+    fi
+    if grep -q "^Generated from commit $stamp with uncommitted changes" "$doc"; then
+        echo "$doc was generated from a dirty tree at $stamp: commit, then regenerate it" >&2
+        return 1
+    fi
+    if ! git merge-base --is-ancestor "$stamp" HEAD 2>/dev/null; then
+        echo "$doc was generated at $stamp, which is not in this branch's history: regenerate it" >&2
+        return 1
+    fi
+    last=$(git log -1 --format=%H -- "${RELIABILITY_CODE[@]}")
+    if ! git merge-base --is-ancestor "$last" "$stamp"; then
+        echo "$doc was generated at $stamp, before $(git log -1 --format='%h "%s"' "$last") changed the code it describes: regenerate it with bash scripts/reliability.sh" >&2
+        return 1
+    fi
+    echo "$doc: generated at $(git log -1 --format=%h "$stamp"), at or after the last change to the code it describes ($(git log -1 --format=%h "$last"))"
+}
+
 if [ "$(id -u)" -eq 0 ]; then
     step "RELIABILITY.md from this run's rows"
     # Fails if a row failed or a scenario left no rows.
@@ -137,3 +172,6 @@ if [ "$(id -u)" -eq 0 ]; then
         exit 1
     fi
 fi
+
+step "RELIABILITY.md is current"
+reliability_is_current RELIABILITY.md
