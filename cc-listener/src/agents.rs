@@ -904,9 +904,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn derived_keys_separate_runs_and_match_resends() {
-        let r = ExecutionReport {
+    fn report() -> ExecutionReport {
+        ExecutionReport {
             job_id: "cron-1".into(),
             command: "x".into(),
             exit_code: 0,
@@ -918,12 +917,60 @@ mod tests {
             executing_user: "u".into(),
             warning: None,
             report_id: None,
+        }
+    }
+
+    /// The key stored reports were deduplicated with: changing how it is
+    /// computed would let every stored report's resend in as new. The
+    /// value is SHA-256 of "cron-1\0" "2024-03-20T10:00:00Z\0" "x\0",
+    /// first 16 bytes, computed apart:
+    /// `printf 'cron-1\0002024-03-20T10:00:00Z\000x\000' | sha256sum`.
+    #[test]
+    fn a_derived_key_is_pinned() {
+        assert_eq!(
+            derived_report_key(&report()),
+            "derived:0485fa239492498a96830fab2e690f91"
+        );
+    }
+
+    #[test]
+    fn derived_keys_separate_runs_and_match_resends() {
+        let r = report();
+        let key = derived_report_key(&r);
+        // Another run: another job, start time or command line.
+        let other_runs = [
+            ExecutionReport {
+                job_id: "cron-2".into(),
+                ..report()
+            },
+            ExecutionReport {
+                start_time: "2024-03-20T10:01:00Z".into(),
+                ..report()
+            },
+            ExecutionReport {
+                command: "y".into(),
+                ..report()
+            },
+            // The parts are kept apart: moving a byte across a boundary
+            // is another run.
+            ExecutionReport {
+                job_id: "cron-12024-03-20T10:00:00Z".into(),
+                start_time: String::new(),
+                ..report()
+            },
+        ];
+        for other in &other_runs {
+            assert_ne!(derived_report_key(other), key, "{other:?}");
+        }
+        // The same run sent again: what the run produced does not enter the key.
+        let resend = ExecutionReport {
+            exit_code: 1,
+            stdout: "out".into(),
+            stderr: "err".into(),
+            duration_ms: 2,
+            warning: Some("w".into()),
+            ..report()
         };
-        let later = ExecutionReport {
-            start_time: "2024-03-20T10:01:00Z".into(),
-            ..r.clone()
-        };
-        assert_eq!(derived_report_key(&r), derived_report_key(&r.clone()));
-        assert_ne!(derived_report_key(&r), derived_report_key(&later));
+        assert_eq!(derived_report_key(&resend), key);
     }
 }

@@ -80,11 +80,47 @@ async fn keys_add_prints_only_the_key_and_list_never_shows_it() {
         list.contains("web-1") && !list.contains(&key[4..]),
         "{list}"
     );
-    let db = std::fs::read(dir.path().join("listener.db")).unwrap();
+    // The listener keeps the database open, so the new row may sit in the
+    // write-ahead log (`listener.db-wal`) rather than in `listener.db`:
+    // search every file of the database. The key's row (its name) must be
+    // in one of them, or the search looked in the wrong place.
+    let files = database_files(dir.path());
     assert!(
-        !db.windows(key.len()).any(|w| w == key.as_bytes()),
-        "the key is stored in clear"
+        files.iter().any(|(_, b)| contains(b, b"web-1")),
+        "the key's row is in no database file, so this search proves nothing: {:?}",
+        files.iter().map(|(p, _)| p).collect::<Vec<_>>()
     );
+    for (path, bytes) in &files {
+        assert!(
+            !contains(bytes, key.as_bytes()) && !contains(bytes, &key.as_bytes()[4..]),
+            "the key is stored in clear in {}",
+            path.display()
+        );
+    }
+}
+
+/// Every file of the listener's SQLite database in `dir`: the database, its
+/// write-ahead log and shared-memory index, and any rollback journal.
+fn database_files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("listener.db"))
+        })
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[tokio::test(flavor = "multi_thread")]

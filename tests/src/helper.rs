@@ -9,6 +9,28 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// One request by `cc-helper-client`, and what became of it.
+#[derive(Debug)]
+pub struct Exchange {
+    /// The response body; empty when the helper closed without answering.
+    pub answer: String,
+    /// The client's exit code: 0 answered, 3 could not connect, 4 closed
+    /// without an answer.
+    pub code: Option<i32>,
+    /// What the client said on stderr (why it could not connect).
+    pub stderr: String,
+    pub pid: u32,
+}
+
+/// The audit line the helper writes for a peer it turns away before
+/// reading a byte (`server.rs`: `turned_away`), for the client `pid`.
+pub fn stranger_refused_line(log: &str, uid: u32, pid: u32) -> bool {
+    log.lines().any(|l| {
+        l.contains(&format!("peer_uid={uid} peer_pid={pid} "))
+            && l.contains("decision=\"refused\" reason=\"peer is neither agent_user nor root\"")
+    })
+}
+
 #[derive(Debug)]
 pub struct HelperProcess {
     pub child: Child,
@@ -129,6 +151,13 @@ impl HelperProcess {
     /// Sends `body` as `uid:gid`; (response text, the client's exit code:
     /// 0 answered, 3 could not connect, 4 closed without an answer).
     pub fn exchange_as(&self, who: (u32, u32), body: &[u8]) -> (String, Option<i32>) {
+        let e = self.exchange(who, body);
+        (e.answer, e.code)
+    }
+
+    /// [`HelperProcess::exchange_as`], with the client's pid (the
+    /// `peer_pid` the helper's audit line names).
+    pub fn exchange(&self, who: (u32, u32), body: &[u8]) -> Exchange {
         let mut child = Command::new(crate::bin("cc-helper-client"))
             .arg(self.socket())
             .uid(who.0)
@@ -138,12 +167,15 @@ impl HelperProcess {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let pid = child.id();
         let _ = child.stdin.take().unwrap().write_all(body);
         let out = child.wait_with_output().unwrap();
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            out.status.code(),
-        )
+        Exchange {
+            answer: String::from_utf8_lossy(&out.stdout).into_owned(),
+            code: out.status.code(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            pid,
+        }
     }
 
     /// A request as the agent user; the parsed response.

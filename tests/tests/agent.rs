@@ -283,19 +283,43 @@ fn reports_written_while_the_agent_is_down_are_sent_when_it_returns() {
     let id = rig.post_job(
         json!({"command": "/bin/sh", "args": ["-c", "sleep 2; echo survived"], "timeout": 60}),
     );
-    std::thread::sleep(Duration::from_millis(500));
-    // Agent killed mid-job: that job is lost (after timeout + grace); the
-    // agent, restarted, runs new work and its outbox is delivered.
+    let job_status = |rig: &Rig| {
+        let job = rig.listener.get(&format!("/api/v1/jobs/{id}")).json();
+        job["status"].as_str().unwrap_or_default().to_owned()
+    };
+    cc_e2e::wait_for(T, "the job sent to the agent", || {
+        (job_status(&rig) == "sent").then_some(())
+    });
+    // The link goes down while the job runs: its report can only go to the
+    // outbox. Then the agent is killed too, so the report is nowhere but
+    // on disk when the agent returns.
+    rig.listener.kill();
+    let outbox = rig.agent.state().join("outbox");
+    let stored = cc_e2e::wait_for(T, "the report in the agent's outbox", || {
+        let file = std::fs::read_dir(&outbox)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "json"))?;
+        serde_json::from_str::<Value>(&std::fs::read_to_string(file).ok()?).ok()
+    });
+    assert_eq!(stored["jobId"], id.as_str(), "{stored}");
     rig.agent.kill();
+    rig.listener.kill_and_restart();
     rig.agent.restart();
     rig.wait_connected();
+    // No new job is posted before the report arrives: the outbox is sent
+    // because the agent returned, not because another report pushed it.
+    // The agent never starts a job twice (`seen.rs`), so the report that
+    // arrives is the one from the outbox; its reportId says so.
+    let report = rig.wait_report(&id, T);
+    assert_eq!(job_status(&rig), "done");
+    assert_eq!(report["stdout"], "survived\n", "{report}");
+    assert_eq!(report["exitCode"], 0, "{report}");
+    assert_eq!(report["reportId"], stored["reportId"], "{report}");
+    // And the agent that returned runs new work.
     let next = rig.post_job(json!({"command": "/bin/echo", "args": ["after"]}));
     assert_eq!(rig.wait_report(&next, T)["stdout"], "after\n");
-    let job = rig.listener.get(&format!("/api/v1/jobs/{id}")).json();
-    assert!(
-        matches!(job["status"].as_str(), Some("sent" | "lost" | "done")),
-        "{job}"
-    );
 }
 
 #[test]

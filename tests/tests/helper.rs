@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
 use cc_e2e::agent::{agent_user, root_and_agent_user};
-use cc_e2e::helper::HelperProcess;
+use cc_e2e::helper::{HelperProcess, stranger_refused_line};
 use cc_e2e::{TempDir, bin};
 use serde_json::{Value, json};
 
@@ -43,12 +43,19 @@ fn a_client_with_another_uid_is_refused_before_anything_is_read() {
     };
     // `nobody` in the agent's group: the socket's mode lets it connect,
     // so only the helper's own peer check stands between it and an answer.
-    let (answer, code) = h.exchange_as((65534, h.agent.1), br#""status""#);
-    assert_eq!(code, Some(4), "the stranger did not even connect");
-    assert_eq!(answer, "", "the helper answered a stranger");
+    // The client connected (exit 4: closed without an answer, not 3: could
+    // not connect), and the helper's audit line names this very client.
+    let e = h.exchange((65534, h.agent.1), br#""status""#);
+    assert_eq!(
+        e.code,
+        Some(4),
+        "the stranger was not turned away after connecting (exit 0: answered, 3: could not connect): {e:?}"
+    );
+    assert_eq!(e.answer, "", "the helper answered a stranger");
     assert!(
-        h.log().contains("peer is neither agent_user nor root"),
-        "{}",
+        stranger_refused_line(&h.log(), 65534, e.pid),
+        "no refusal of peer_pid={} in the helper's log:\n{}",
+        e.pid,
         h.log()
     );
     // The agent user gets an answer.
@@ -315,11 +322,31 @@ fn the_cron_file_is_root_owned_0644_atomic_and_no_entry_changes_its_structure() 
         String::from_utf8_lossy(&check.stderr)
     );
 
-    // A SIGKILL at any moment of a write leaves a whole file: either the old
-    // or the new one, never a mix.
-    let old = text.clone();
+    // A SIGKILL in the middle of a write leaves a whole file: either the
+    // one before or the new one, never a mix. A kill "in the middle" is one
+    // that finds the helper, stopped with SIGSTOP so what it does cannot
+    // change under the look, holding a file in the cron directory open for
+    // writing (the temp file today; the cron file itself if the write were
+    // ever made in place). The helper is probed again and again from the
+    // moment the request is sent and killed at the first such look; every
+    // third write is let through and killed after its answer, so the file
+    // does change. At least MID_WRITE kills must land mid-write.
+    const MID_WRITE: usize = 8;
     let new_entries = json!([{"id": "other", "schedule": "@hourly", "command": "/bin/true"}]);
-    for i in 0..20 {
+    let whole = |list: &Value, now: &str| {
+        if list == &new_entries {
+            now.lines().count() == 4 && now.contains(" other")
+        } else {
+            now == text
+        }
+    };
+    let cron_dir = h.cron_file().parent().unwrap().to_owned();
+    let (mut mid_write, mut after, mut changed) = (0, 0, 0);
+    let mut before = text.clone();
+    for i in 0..60 {
+        if mid_write >= MID_WRITE && changed > 0 {
+            break;
+        }
         let list = if i % 2 == 0 { &new_entries } else { &entries };
         let st =
             cc_e2e::signing::cron_statement(list, &h.hostname, cc_e2e::signing::next_generation());
@@ -344,16 +371,112 @@ fn the_cron_file_is_root_owned_0644_atomic_and_no_entry_changes_its_structure() 
                 .write_all(req.to_string().as_bytes());
             let _ = child.wait();
         });
-        std::thread::sleep(std::time::Duration::from_micros(200 * (i % 7)));
-        h.restart(); // SIGKILL, then start again
+        let pid = h.child.id();
+        let let_through = i % 3 == 2;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "write {i} neither answered nor seen\n{}",
+                h.log()
+            );
+            // Answered before the look: this kill lands after the write.
+            let answered = sender.is_finished();
+            let stopped = Stopped::new(pid);
+            if !let_through && writing_into(pid, &cron_dir) {
+                stopped.kill();
+                mid_write += 1;
+                break;
+            }
+            if answered {
+                stopped.kill();
+                after += 1;
+                break;
+            }
+            drop(stopped);
+            std::thread::yield_now();
+        }
+        h.restart(); // reaps the killed helper and starts a new one
         let _ = sender.join();
         let now = std::fs::read_to_string(h.cron_file()).unwrap();
-        let new_text_ok = now.lines().count() == 4 && now.contains(" other");
         assert!(
-            now == old || new_text_ok,
-            "torn cron file after kill {i}:\n{now}"
+            now == before || whole(list, &now),
+            "torn cron file after kill {i} ({mid_write} mid-write so far):\n{now}"
         );
+        changed += usize::from(now != before);
+        before = now;
     }
+    assert!(
+        mid_write >= MID_WRITE,
+        "only {mid_write} kills landed while the helper was writing the cron file ({after} after the answer): the claim is unproven"
+    );
+    assert!(changed > 0, "no write ever changed the cron file");
+}
+
+/// A process held stopped (SIGSTOP, every thread seen stopped) until dropped.
+struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    fn new(pid: u32) -> Self {
+        use nix::sys::signal::{Signal, kill};
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        kill(pid, Signal::SIGSTOP).unwrap();
+        // A thread inside a system call stops when it returns from it.
+        let tasks = format!("/proc/{pid}/task");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read_dir(&tasks).unwrap().all(|t| {
+            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+            // The state follows the command name's closing parenthesis.
+            let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+            matches!(state, Some(Some('T' | 't' | 'Z' | 'X')) | None)
+        }) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the helper did not stop"
+            );
+            std::thread::yield_now();
+        }
+        Self(pid)
+    }
+}
+
+impl Stopped {
+    /// SIGKILL while still stopped: the process runs not one more
+    /// instruction after the look.
+    fn kill(self) {
+        nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL).unwrap();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// Whether process `pid` holds a file in `dir` open for writing.
+fn writing_into(pid: u32, dir: &std::path::Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok).any(|fd| {
+        let in_dir = std::fs::read_link(fd.path()).is_ok_and(|t| t.parent() == Some(dir));
+        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+        let flags = std::fs::read_to_string(info)
+            .ok()
+            .and_then(|i| {
+                let f = i
+                    .lines()
+                    .find_map(|l| l.strip_prefix("flags:"))?
+                    .trim()
+                    .to_owned();
+                u32::from_str_radix(&f, 8).ok()
+            })
+            .unwrap_or(0);
+        // O_ACCMODE: O_WRONLY or O_RDWR.
+        in_dir && flags & 0o3 != 0
+    })
 }
 
 #[test]
@@ -445,7 +568,9 @@ fn systemd_socket_activation_is_accepted() {
             use std::os::unix::process::CommandExt;
             c.uid(uid).gid(gid);
         }
+        c.stderr(std::process::Stdio::piped());
         let mut child = c.spawn().unwrap();
+        let pid = child.id();
         use std::io::Write;
         child
             .stdin
@@ -453,16 +578,29 @@ fn systemd_socket_activation_is_accepted() {
             .unwrap()
             .write_all(br#""status""#)
             .unwrap();
-        String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+        let out = child.wait_with_output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (text(&out.stdout), out.status.code(), text(&out.stderr), pid)
     };
-    let answer = ask(Some(h.agent));
-    let stranger = ask(Some((65534, 65534)));
+    let (answer, ..) = ask(Some(h.agent));
+    let (stranger, code, stderr, pid) = ask(Some((65534, 65534)));
     let log = std::fs::read_to_string(dir.path().join("activated.log")).unwrap_or_default();
     drop(activator);
     assert!(answer.contains(r#""status""#), "{answer}\n{log}");
     assert!(log.contains("using the socket passed by systemd"), "{log}");
-    // The peer check holds on the passed socket too.
+    // The peer check holds on the passed socket too: the stranger
+    // connected (exit 4, not 3: could not connect), got no answer, and the
+    // helper's audit line names it.
+    assert_eq!(
+        code,
+        Some(4),
+        "the stranger was not turned away after connecting (exit 0: answered, 3: could not connect): {stderr}\n{log}"
+    );
     assert_eq!(stranger, "", "{log}");
+    assert!(
+        stranger_refused_line(&log, 65534, pid),
+        "no refusal of peer_pid={pid} in the helper's log:\n{log}"
+    );
 }
 
 /// The helper is code a reviewer must read whole: under 2,000 lines of

@@ -988,23 +988,60 @@ fn hostile_input_to_the_listener_websocket() {
             TEXT,
         ));
     }
+    // "Dropped and logged", from outside: the listener's log gains one
+    // drop line for this host per bad message (written before the probe
+    // that follows is read), and the host's stored reports are the probes'
+    // only (an invalid report that got stored would show here).
+    let drop_lines = |l: &ListenerProcess| -> Vec<String> {
+        let host_field = format!("hostname={hostile} ");
+        l.log()
+            .lines()
+            .filter(|x| x.contains("invalid message dropped: ") && x.contains(&host_field))
+            .map(str::to_owned)
+            .collect()
+    };
+    let stored_for_host = |l: &ListenerProcess| -> Vec<String> {
+        l.get(&format!("/api/v1/reports?hostname={hostile}&limit=1000"))
+            .json()
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| x["jobId"].as_str().unwrap_or("?").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut probes_stored = stored_for_host(&r.listener).len();
     let mut s = open(hostile, &hkey);
     for (i, (what, bytes, op)) in bad.iter().enumerate() {
         if i > 0 && i % 8 == 0 {
             s = open(hostile, &hkey);
         }
+        let logged_before = drop_lines(&r.listener).len();
         send(&mut s, *op, bytes);
         let ok = acked(&mut s);
+        let logged = drop_lines(&r.listener);
+        let new_lines = &logged[logged_before.min(logged.len())..];
+        let stored = stored_for_host(&r.listener);
+        // Only the probe's report is new, and every stored one is a probe.
+        let nothing_stored =
+            stored.len() == probes_stored + 1 && stored.iter().all(|j| j == "rel-probe");
+        probes_stored = stored.len();
+        let line = new_lines.first().map_or("none".into(), |l| drop_reason(l));
         r.rec.row(
             "listener /agent",
             &format!("after register: {what}"),
             "dropped and logged; the connection goes on",
-            if ok {
-                "dropped; the next report acknowledged"
+            &if ok {
+                format!(
+                    "the next report acknowledged; {} drop line(s) logged ({line:?}); stored for it: {}",
+                    new_lines.len(),
+                    if nothing_stored { "nothing" } else { "a report" }
+                )
             } else {
-                "connection closed"
+                "connection closed".into()
             },
-            ok,
+            ok && new_lines.len() == 1 && nothing_stored,
         );
     }
     // Injection strings as data in a valid report: stored and returned
@@ -1065,6 +1102,14 @@ fn hostile_input_to_the_listener_websocket() {
         &format!("listener up: {up}; bystander connected {connects} time(s); its job done: {done}"),
         up && done && connects == 1,
     );
+}
+
+/// The reason a log line gives after "…dropped: ", without the fields
+/// that follow it (` hostname=…`), shortened for the table.
+fn drop_reason(line: &str) -> String {
+    let reason = line.split_once("dropped: ").map_or(line, |(_, r)| r);
+    let reason = reason.split(" hostname=").next().unwrap_or(reason);
+    trunc(reason)
 }
 
 fn trunc(s: &str) -> String {
@@ -1169,15 +1214,52 @@ fn hostile_listener_to_the_agent() {
     };
     let mut n = 0;
     // A valid job after each hostile frame: its report proves the agent
-    // still works. None: the connection ended first.
+    // still works. None: the connection ended first. The job ids of the
+    // other reports that came before it are kept for the rows that check
+    // no report was made for the hostile frame.
+    let others = std::cell::RefCell::new(Vec::<String>::new());
     let mut probe = |s: &mut std::net::TcpStream| -> Option<Value> {
         n += 1;
         let id = format!("probe-{n}");
         let job = json!({"type": "execute_job", "payload": {"jobId": id, "command": "/bin/echo", "args": [n.to_string()], "timeout": 30}});
         push(s, TEXT, job.to_string().as_bytes());
         rawws::next_json(s, |v| {
-            v["type"] == "execution_report" && v["payload"]["jobId"] == id.as_str()
+            let report = v["type"] == "execution_report";
+            let mine = v["payload"]["jobId"] == id.as_str();
+            if report && !mine {
+                others
+                    .borrow_mut()
+                    .push(v["payload"]["jobId"].as_str().unwrap_or("?").to_owned());
+            }
+            report && mine
         })
+    };
+    // "Dropped and logged", from outside: the agent's log gains one drop
+    // line per such frame (written before the probe after it is read), no
+    // report but the probe's comes back, and the agent started no job but
+    // the probes (its at-most-once markers, `state/jobs/<id>`, `seen.rs`).
+    let agent_log = agent.dir.join("agent.log");
+    let drop_lines = || -> Vec<String> {
+        std::fs::read_to_string(&agent_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.contains("invalid message from the listener dropped: ")
+                    || l.contains("execute_job with an invalid job id dropped: ")
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let markers = agent.state().join("jobs");
+    let started_not_probes = || -> Vec<String> {
+        std::fs::read_dir(&markers)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with("probe-"))
+                    .collect()
+            })
+            .unwrap_or_default()
     };
     let job = |payload: &str| format!(r#"{{"type":"execute_job","payload":{payload}}}"#);
     let cases: Vec<(&str, Vec<u8>, u8, &str)> = vec![
@@ -1238,18 +1320,41 @@ fn hostile_listener_to_the_agent() {
         ),
     ];
     for (what, bytes, op, expected) in cases {
+        let logged_before = drop_lines().len();
         push(&mut s, op, &bytes);
         let ok = probe(&mut s).is_some();
+        if expected != "dropped and logged" {
+            r.rec.row(
+                "agent (from a hostile listener)",
+                what,
+                &format!("{expected}; the connection goes on"),
+                if ok {
+                    "next job ran"
+                } else {
+                    "connection ended"
+                },
+                ok,
+            );
+            continue;
+        }
+        let logged = drop_lines();
+        let new_lines = &logged[logged_before.min(logged.len())..];
+        let line = new_lines.first().map_or("none".into(), |l| drop_reason(l));
+        let reports: Vec<String> = others.borrow_mut().drain(..).collect();
+        let started = started_not_probes();
         r.rec.row(
             "agent (from a hostile listener)",
             what,
             &format!("{expected}; the connection goes on"),
-            if ok {
-                "next job ran"
+            &if ok {
+                format!(
+                    "next job ran; {} drop line(s) logged ({line:?}); other reports {reports:?}; other jobs started {started:?}",
+                    new_lines.len()
+                )
             } else {
-                "connection ended"
+                "connection ended".into()
             },
-            ok,
+            ok && new_lines.len() == 1 && reports.is_empty() && started.is_empty(),
         );
     }
     // A job whose command has a newline: refused with a report saying why.
