@@ -231,45 +231,157 @@ struct AgentView {
     last_refusal: Option<String>,
 }
 
-async fn list_agents(State(state): State<Arc<AppState>>) -> ApiResult<Json<Vec<AgentView>>> {
-    let rows: Vec<AgentRow> = state
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentParams {
+    limit: Option<u32>,
+    /// The previous page's `X-CC-Next-After`.
+    after: Option<String>,
+}
+
+/// Most agents one `GET /agents` page holds (also the default).
+const MAX_AGENTS_LIMIT: u32 = 10_000;
+
+fn agent_view(state: &AppState, row: AgentRow) -> AgentView {
+    let l = state.hub.live(&row.hostname);
+    let last_seen = l
+        .as_ref()
+        .map_or(row.last_seen_ms, |l| l.last_seen_ms.max(row.last_seen_ms));
+    let last_heartbeat = l.as_ref().map(|l| l.last_heartbeat_ms).filter(|&ms| ms > 0);
+    let warning = (row.is_root && row.execution_mode == "user").then(|| {
+        "agent runs as root (UID 0) in user mode: every job runs as root; run it as cc-agent-user".to_owned()
+    });
+    let (reports_refused, last_refusal) = state
+        .refusals
+        .get(&row.hostname)
+        .map_or((0, None), |(n, why)| (n, Some(why)));
+    AgentView {
+        report_bytes: row.report_bytes,
+        reports_refused,
+        last_refusal,
+        connected: l.is_some(),
+        last_heartbeat: last_heartbeat.map(rfc3339_ms),
+        last_seen: rfc3339_ms(last_seen),
+        warning,
+        cron_status: row.cron_status.and_then(|t| RawValue::from_string(t).ok()),
+        hostname: row.hostname,
+        os: row.os,
+        arch: row.arch,
+        tags: row.tags,
+        execution_mode: row.execution_mode,
+        is_root: row.is_root,
+    }
+}
+
+/// A JSON array streamed piece by piece: `fetch` gives each piece's
+/// serialised items (an empty vector for an empty piece; an error ends the
+/// body early, which the client sees as a broken response).
+fn stream_array<K, F, Fut>(pieces: Vec<(K, K)>, fetch: F) -> axum::body::Body
+where
+    K: Send + 'static,
+    F: Fn(K, K) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<u8>>> + Send,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    tokio::spawn(async move {
+        if tx.send(Ok(Bytes::from_static(b"["))).await.is_err() {
+            return;
+        }
+        let mut first = true;
+        for (a, b) in pieces {
+            let items = match fetch(a, b).await {
+                Ok(items) => items,
+                Err(e) => {
+                    warn!("reading a page failed mid-way: {e:#}");
+                    let _ = tx.send(Err(std::io::Error::other("reading failed"))).await;
+                    return;
+                }
+            };
+            if items.is_empty() {
+                continue;
+            }
+            let mut buf = Vec::with_capacity(items.len() + 1);
+            if !first {
+                buf.push(b',');
+            }
+            first = false;
+            buf.extend_from_slice(&items);
+            // The client went away: stop reading.
+            if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Ok(Bytes::from_static(b"]"))).await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    axum::body::Body::from_stream(stream)
+}
+
+/// Items serialised and joined by commas.
+fn join_json<T: Serialize>(items: impl IntoIterator<Item = T>) -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        serde_json::to_writer(&mut buf, &item)?;
+    }
+    Ok(buf)
+}
+
+fn json_response(body: axum::body::Body, cursor: Option<(&'static str, HeaderValue)>) -> Response {
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some((name, value)) = cursor {
+        resp.headers_mut().insert(name, value);
+    }
+    resp
+}
+
+async fn list_agents(
+    State(state): State<Arc<AppState>>,
+    params: Result<Query<AgentParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(p) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let limit = p.limit.unwrap_or(MAX_AGENTS_LIMIT);
+    if limit == 0 || limit > MAX_AGENTS_LIMIT {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("limit must be 1 to {MAX_AGENTS_LIMIT}"),
+        ));
+    }
+    let after = p
+        .after
+        .as_deref()
+        .map(hostname_param)
+        .transpose()?
+        .map(|h| h.to_string());
+    let rows = state
         .db
-        .call(|s| s.list_agents())
+        .call(move |s| s.agent_page(after.as_deref(), limit))
         .await
         .map_err(ApiError::internal)?;
-    let live = state.hub.view();
-    let agents = rows
-        .into_iter()
-        .map(|row| {
-            let l = live.get(&row.hostname);
-            let last_seen = l.map_or(row.last_seen_ms, |l| l.last_seen_ms.max(row.last_seen_ms));
-            let last_heartbeat = l.map(|l| l.last_heartbeat_ms).filter(|&ms| ms > 0);
-            let warning = (row.is_root && row.execution_mode == "user").then(|| {
-                "agent runs as root (UID 0) in user mode: every job runs as root; run it as cc-agent-user".to_owned()
-            });
-            let (reports_refused, last_refusal) = state
-                .refusals
-                .get(&row.hostname)
-                .map_or((0, None), |(n, why)| (n, Some(why)));
-            AgentView {
-                report_bytes: row.report_bytes,
-                reports_refused,
-                last_refusal,
-                connected: l.is_some(),
-                last_heartbeat: last_heartbeat.map(rfc3339_ms),
-                last_seen: rfc3339_ms(last_seen),
-                warning,
-                cron_status: row.cron_status.and_then(|t| RawValue::from_string(t).ok()),
-                hostname: row.hostname,
-                os: row.os,
-                arch: row.arch,
-                tags: row.tags,
-                execution_mode: row.execution_mode,
-                is_root: row.is_root,
-            }
-        })
-        .collect();
-    Ok(Json(agents))
+    let (pieces, next) = paginate(&rows, limit as usize, MAX_PAGE_BYTES, PIECE_BYTES);
+    let cursor = next
+        .map(|h| HeaderValue::from_str(&h).map(|v| ("x-cc-next-after", v)))
+        .transpose()
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("cursor: {e}")))?;
+    let body = stream_array(pieces, move |first: String, last: String| {
+        let state = Arc::clone(&state);
+        async move {
+            let rows = state
+                .db
+                .call(move |s| s.agents_between(&first, &last))
+                .await?;
+            join_json(rows.into_iter().map(|r| agent_view(&state, r)))
+        }
+    });
+    Ok(json_response(body, cursor))
 }
 
 /// A job: `command`, `args`, `timeout`; or, for a system-mode host, an
@@ -542,16 +654,17 @@ const PIECE_BYTES: u64 = 1 << 20;
 /// at most `limit` rows and `max_bytes` (at least one row), then into
 /// pieces of about `piece` bytes. Returns the pieces as id ranges (high,
 /// low) and the cursor for the next page if rows remain.
-fn paginate(
-    rows: &[(i64, u64)],
+fn paginate<K: Clone>(
+    rows: &[(K, u64)],
     limit: usize,
     max_bytes: u64,
     piece: u64,
-) -> (Vec<(i64, i64)>, Option<i64>) {
-    let mut pieces: Vec<(i64, i64)> = Vec::new();
+) -> (Vec<(K, K)>, Option<K>) {
+    let mut pieces: Vec<(K, K)> = Vec::new();
     let (mut page_bytes, mut piece_bytes) = (0u64, 0u64);
     let mut taken = 0usize;
-    for &(id, size) in rows.iter().take(limit) {
+    for (id, size) in rows.iter().take(limit) {
+        let (id, size) = (id.clone(), *size);
         if taken > 0 && page_bytes.saturating_add(size) > max_bytes {
             break;
         }
@@ -562,13 +675,17 @@ fn paginate(
                 piece_bytes += size;
             }
             _ => {
-                pieces.push((id, id));
+                pieces.push((id.clone(), id));
                 piece_bytes = size;
             }
         }
         taken += 1;
     }
-    let next = (rows.len() > taken).then(|| pieces.last().map_or(0, |p| p.1));
+    let next = if rows.len() > taken {
+        pieces.last().map(|p| p.1.clone())
+    } else {
+        None
+    };
     (pieces, next)
 }
 
@@ -614,68 +731,28 @@ async fn list_reports(
             .map_err(ApiError::internal)?
     };
     let (pieces, next) = paginate(&rows, limit as usize, MAX_PAGE_BYTES, PIECE_BYTES);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
-    tokio::spawn(async move {
-        if tx.send(Ok(Bytes::from_static(b"["))).await.is_err() {
-            return;
-        }
-        let mut first = true;
-        for (high, low) in pieces {
-            let q = q.clone();
-            let rows = match state
+    let body = stream_array(pieces, move |high: i64, low: i64| {
+        let (state, q) = (Arc::clone(&state), q.clone());
+        async move {
+            let rows = state
                 .db
                 .call(move |s| s.reports_between(&q, high, low))
-                .await
-            {
-                Ok(rows) => rows,
-                Err(e) => {
-                    warn!("reading reports failed mid-page: {e:#}");
-                    let _ = tx
-                        .send(Err(std::io::Error::other("reading reports failed")))
-                        .await;
-                    return;
-                }
-            };
-            let mut buf = Vec::new();
-            for r in rows {
-                let Ok(report) = RawValue::from_string(r.payload) else {
-                    continue;
-                };
-                let view = ReportView {
-                    report,
+                .await?;
+            join_json(rows.into_iter().filter_map(|r| {
+                Some(ReportView {
+                    report: RawValue::from_string(r.payload).ok()?,
                     hostname: r.hostname,
                     job_id: r.job_id,
                     kind: r.kind,
                     received_at: rfc3339_ms(r.received_ms),
-                };
-                if !first {
-                    buf.push(b',');
-                }
-                first = false;
-                if serde_json::to_writer(&mut buf, &view).is_err() {
-                    return;
-                }
-            }
-            // The client went away: stop reading.
-            if tx.send(Ok(Bytes::from(buf))).await.is_err() {
-                return;
-            }
+                })
+            }))
         }
-        let _ = tx.send(Ok(Bytes::from_static(b"]"))).await;
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    let mut resp = axum::body::Body::from_stream(stream).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(cursor) = next {
-        resp.headers_mut()
-            .insert("x-cc-next-before", HeaderValue::from(cursor));
-    }
-    Ok(resp)
+    Ok(json_response(
+        body,
+        next.map(|c| ("x-cc-next-before", HeaderValue::from(c))),
+    ))
 }
 
 async fn put_cron(
@@ -806,6 +883,16 @@ mod tests {
         assert_eq!(paginate(&big, 10, 100, 100), (vec![(9, 9)], Some(9)));
         // A piece exactly full, then a new one.
         assert_eq!(paginate(&rows, 6, 1000, 30), (vec![(6, 4), (3, 1)], None));
-        assert_eq!(paginate(&[], 10, 100, 100), (vec![], None));
+        assert_eq!(paginate::<i64>(&[], 10, 100, 100), (vec![], None));
+        // Keys of any kind: hostnames, ascending.
+        let hosts = [
+            ("a".to_owned(), 10),
+            ("b".to_owned(), 10),
+            ("c".to_owned(), 10),
+        ];
+        assert_eq!(
+            paginate(&hosts, 2, 1000, 1000),
+            (vec![("a".to_owned(), "b".to_owned())], Some("b".to_owned()))
+        );
     }
 }

@@ -131,21 +131,14 @@ impl Hub {
         self.lock().contains_key(hostname)
     }
 
-    pub fn view(&self) -> HashMap<String, LiveView> {
-        self.lock()
-            .iter()
-            .map(|(h, l)| {
-                (
-                    h.clone(),
-                    LiveView {
-                        info: l.info.clone(),
-                        connected_ms: l.connected_ms,
-                        last_seen_ms: l.last_seen_ms.load(Ordering::Relaxed),
-                        last_heartbeat_ms: l.last_heartbeat_ms.load(Ordering::Relaxed),
-                    },
-                )
-            })
-            .collect()
+    /// The live connection of `hostname`, if any.
+    pub fn live(&self, hostname: &str) -> Option<LiveView> {
+        self.lock().get(hostname).map(|l| LiveView {
+            info: l.info.clone(),
+            connected_ms: l.connected_ms,
+            last_seen_ms: l.last_seen_ms.load(Ordering::Relaxed),
+            last_heartbeat_ms: l.last_heartbeat_ms.load(Ordering::Relaxed),
+        })
     }
 
     /// (hostname, key id) of every live connection.

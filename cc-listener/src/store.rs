@@ -452,15 +452,33 @@ impl Store {
         Ok(())
     }
 
-    pub fn list_agents(&self) -> Result<Vec<AgentRow>> {
+    /// Hostnames of agents after `after`, in order, up to `limit + 1` of
+    /// them (so the caller knows whether more follow), each with an upper
+    /// estimate of its size in the API's JSON.
+    pub fn agent_page(&self, after: Option<&str>, limit: u32) -> Result<Vec<(String, u64)>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare(
+            "SELECT hostname, 512 + length(CAST(hostname AS BLOB)) + length(CAST(tags AS BLOB))
+                    + coalesce(length(CAST(cron_status AS BLOB)), 0)
+             FROM agents WHERE (?1 IS NULL OR hostname > ?1) ORDER BY hostname LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, i64::from(limit) + 1], |r| {
+            Ok((r.get(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0)))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Agents with hostnames from `first` to `last`, in order.
+    pub fn agents_between(&self, first: &str, last: &str) -> Result<Vec<AgentRow>> {
         let conn = lock(&self.reader);
         let mut stmt = conn.prepare(
             "SELECT a.hostname, os, arch, tags, execution_mode, is_root, first_seen_ms, last_seen_ms,
                     cron_status, coalesce(u.bytes, 0)
              FROM agents a LEFT JOIN report_usage u ON u.hostname = a.hostname
+             WHERE a.hostname >= ?1 AND a.hostname <= ?2
              ORDER BY a.hostname",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let rows = stmt.query_map(params![first, last], |r| {
             Ok(AgentRow {
                 hostname: r.get(0)?,
                 os: r.get(1)?,

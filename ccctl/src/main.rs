@@ -188,6 +188,44 @@ impl Api {
     }
 }
 
+impl Api {
+    /// Every item of a paged list: follows `cursor_header` into `param`
+    /// until the listener gives no cursor.
+    fn get_all(&self, path: &str, cursor_header: &str, param: &str) -> Result<Vec<Value>> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let url = match &cursor {
+                Some(c) => format!("{}/api/v1{path}{sep}{param}={c}", self.url),
+                None => format!("{}/api/v1{path}", self.url),
+            };
+            let resp = ureq::get(&url)
+                .set("Authorization", &format!("Bearer {}", self.token))
+                .timeout(Duration::from_secs(60))
+                .call();
+            let r = match resp {
+                Ok(r) => r,
+                Err(ureq::Error::Status(code, r)) => {
+                    bail!(
+                        "the listener answered {code}: {}",
+                        r.into_string().unwrap_or_default()
+                    )
+                }
+                Err(e) => return Err(e).context("reaching the listener"),
+            };
+            let next = r.header(cursor_header).map(str::to_owned);
+            let page: Vec<Value> = serde_json::from_str(&r.into_string()?)?;
+            all.extend(page);
+            // A cursor must move on, or the listener is not paging.
+            if next.is_none() || next == cursor {
+                return Ok(all);
+            }
+            cursor = next;
+        }
+    }
+}
+
 fn key_path(given: Option<PathBuf>, file: &FileConfig) -> Result<PathBuf> {
     given
         .or_else(|| env("CC_KEY_FILE").map(PathBuf::from))
@@ -416,12 +454,12 @@ fn main() -> ExitCode {
                 Ok(j["report"]["exitCode"] == 0)
             }
             Command::Agents => {
-                let a = Api::new(&cli, &file)?.call("GET", "/agents", None)?;
+                let a = Api::new(&cli, &file)?.get_all("/agents", "x-cc-next-after", "after")?;
                 println!(
                     "{:<28} {:<7} {:<7} {:<6} TAGS",
                     "HOST", "ONLINE", "MODE", "ROOT"
                 );
-                for x in a.as_array().into_iter().flatten() {
+                for x in &a {
                     println!(
                         "{:<28} {:<7} {:<7} {:<6} {}",
                         x["hostname"].as_str().unwrap_or("?"),

@@ -180,13 +180,17 @@ impl AgentProcess {
     }
 }
 
+/// A `kB` field of `/proc/PID/status` (`"VmRSS"` or `"VmRSS:"`). Panics when
+/// the process or the field is missing: a measurement must not read as 0.
 pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = field.trim_end_matches(':');
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
     status
         .lines()
-        .find_map(|l| l.strip_prefix(field))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 impl Drop for AgentProcess {
