@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cc_e2e::TempDir;
+use cc_e2e::agent::AgentProcess;
 use cc_e2e::listener::ListenerProcess;
 use futures_util::SinkExt;
 use serde_json::json;
@@ -84,4 +85,89 @@ async fn agents_register_over_wss_and_plaintext_is_not_spoken_there() {
         "plaintext handshake succeeded on the TLS port"
     );
     ws.close(None).await.ok();
+}
+
+/// The agent's own TLS path, as production runs it: the real `cc-agent`
+/// with `ca_file` registers over `wss://`; with a CA that did not sign the
+/// listener's certificate it stops at the handshake, before the HTTP
+/// upgrade that carries its key, and never registers.
+#[test]
+fn the_real_agent_trusts_its_ca_file_and_nothing_else() {
+    let dir = TempDir::new("l-tls-agent");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("other.pem"), other.cert.pem()).unwrap();
+    let extra = format!(
+        "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem")
+    );
+    let l = ListenerProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_cc-listener")),
+        dir.path(),
+        &extra,
+    );
+    let url = format!("wss://localhost:{}/agent", l.agent_addr.port());
+    let agents = |l: &ListenerProcess| l.get("/api/v1/agents").json();
+
+    // A CA that did not sign the listener's certificate: refused.
+    let wrong_dir = dir.path().join("wrong");
+    std::fs::create_dir_all(&wrong_dir).unwrap();
+    let wrong_key = l.add_key("wrong-ca.test");
+    let wrong = AgentProcess::start(
+        &cc_e2e::bin("cc-agent"),
+        &wrong_dir,
+        &url,
+        &wrong_key,
+        "wrong-ca.test",
+        &format!("ca_file = {:?}\n", dir.path().join("other.pem")),
+        None,
+    );
+    let said = l.wait_for(Duration::from_secs(10), |_| {
+        wrong
+            .log()
+            .lines()
+            .find(|x| x.contains("certificate") || x.contains("UnknownIssuer"))
+            .map(ToOwned::to_owned)
+    });
+    l.wait_for(Duration::from_secs(10), |l| {
+        l.log().contains("TLS handshake failed").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        agents(&l),
+        json!([]),
+        "nothing registered with the wrong CA"
+    );
+    // The key never reached the listener: no key check was logged at all.
+    let log = l.log();
+    assert!(
+        !log.contains("unknown or revoked") && !log.contains("X-CC-API-KEY"),
+        "the listener saw a handshake request: {log}"
+    );
+    assert!(
+        said.contains("certificate") || said.contains("UnknownIssuer"),
+        "{said}"
+    );
+    drop(wrong);
+
+    // The right CA: registered over wss://.
+    let right_dir = dir.path().join("right");
+    std::fs::create_dir_all(&right_dir).unwrap();
+    let right_key = l.add_key("right-ca.test");
+    let _right = AgentProcess::start(
+        &cc_e2e::bin("cc-agent"),
+        &right_dir,
+        &url,
+        &right_key,
+        "right-ca.test",
+        &format!("ca_file = {:?}\n", dir.path().join("cert.pem")),
+        None,
+    );
+    l.wait_for(Duration::from_secs(10), |l| {
+        let a = agents(l);
+        (a[0]["hostname"] == "right-ca.test" && a[0]["connected"] == true).then_some(())
+    });
 }
