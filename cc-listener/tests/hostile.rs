@@ -372,3 +372,39 @@ async fn the_agent_list_pages_with_a_cursor() {
     }
     drop(conns);
 }
+
+/// A fast reporter is paced, not refused: 20 reports of about 480 kB
+/// (9.6 MB) at 1 MiB/s with a 4 s burst take at least 4 s to be
+/// acknowledged, and every one is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fast_reporter_is_paced_and_loses_nothing() {
+    let dir = TempDir::new("h-rate");
+    let l = ListenerProcess::start(
+        bin(),
+        dir.path(),
+        &format!("{FAST}report_rate_bytes_per_sec = 1048576\n"),
+    );
+    let mut a = registered(&l, "fast.test").await;
+    let started = Instant::now();
+    for i in 0..20 {
+        let mut r = ws::report(&format!("fast-{i}"), Some(&format!("f-{i}")));
+        r["payload"]["stdout"] = json!("o".repeat(240_000));
+        r["payload"]["stderr"] = json!("e".repeat(240_000));
+        ws::send(&mut a, &r).await;
+    }
+    let mut acked = 0;
+    while acked < 20 {
+        let m = ws::recv(&mut a, Duration::from_secs(30))
+            .await
+            .expect("closed");
+        if m["type"] == "report_ack" {
+            acked += 1;
+        }
+    }
+    let took = started.elapsed();
+    eprintln!("figures: 20 reports of 480 kB acknowledged in {took:?}");
+    assert!(
+        took >= Duration::from_secs(4),
+        "9.6 MB at 1 MiB/s (burst 4 MiB) acknowledged in {took:?}: not paced"
+    );
+}
