@@ -56,11 +56,17 @@ pub(crate) struct Config {
 
 impl Config {
     pub(crate) fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, |name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with the environment given: `CC_LISTENER_URL` and
+    /// `CC_API_KEY_FILE` override the file when set and not empty.
+    fn load_with(path: &Path, getenv: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let file: File =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let env = |name: &str| getenv(name).filter(|v| !v.is_empty());
         let listener_url = env("CC_LISTENER_URL")
             .or(file.listener_url)
             .context("listener_url is not set (config file or CC_LISTENER_URL)")?;
@@ -178,6 +184,175 @@ fn check_url(url: &str, insecure_allow_plaintext: bool) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A fresh directory for one test, removed at the end.
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new(name: &str) -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "cc-agent-config-{name}-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4()
+            ));
+            fs_create(&p);
+            Self(p)
+        }
+        fn write(&self, name: &str, text: &str, mode: u32) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    fn fs_create(p: &Path) {
+        std::fs::create_dir_all(p).unwrap();
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn config(d: &Dir, extra: &str) -> PathBuf {
+        let key = d.0.join("key");
+        d.write(
+            "agent.toml",
+            &format!(
+                "listener_url = \"ws://127.0.0.1:8081/agent\"\napi_key_file = {key:?}\nhostname = \"h\"\n{extra}"
+            ),
+            0o600,
+        )
+    }
+
+    fn load_err(d: &Dir, extra: &str) -> String {
+        format!(
+            "{:#}",
+            Config::load_with(&config(d, extra), no_env).unwrap_err()
+        )
+    }
+
+    /// Each bound is accepted at its edge and refused one past it.
+    #[test]
+    fn numeric_settings_are_bounded_at_their_edges() {
+        let d = Dir::new("bounds");
+        for ok in [
+            "heartbeat_interval_secs = 1",
+            "heartbeat_interval_secs = 3600",
+            "max_concurrent_jobs = 1",
+            "max_concurrent_jobs = 256",
+            "drain_timeout_secs = 0",
+            "drain_timeout_secs = 3600",
+        ] {
+            assert!(Config::load_with(&config(&d, ok), no_env).is_ok(), "{ok}");
+        }
+        let c = Config::load_with(
+            &config(
+                &d,
+                "max_concurrent_jobs = 7\ndrain_timeout_secs = 9\nheartbeat_interval_secs = 11",
+            ),
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(c.max_concurrent_jobs, 7);
+        assert_eq!(c.drain_timeout, Duration::from_secs(9));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(11));
+        for (bad, says) in [
+            (
+                "heartbeat_interval_secs = 0",
+                "heartbeat_interval_secs must be 1 to 3600",
+            ),
+            (
+                "heartbeat_interval_secs = 3601",
+                "heartbeat_interval_secs must be 1 to 3600",
+            ),
+            (
+                "max_concurrent_jobs = 0",
+                "max_concurrent_jobs must be 1 to 256",
+            ),
+            (
+                "max_concurrent_jobs = 257",
+                "max_concurrent_jobs must be 1 to 256",
+            ),
+            (
+                "drain_timeout_secs = 3601",
+                "drain_timeout_secs must be 0 to 3600",
+            ),
+            ("unknown_key = 1", "unknown field"),
+            ("hostname = \"a/b\"", "hostname"),
+        ] {
+            let e = load_err(&d, bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    /// The environment overrides the file only when set and not empty.
+    #[test]
+    fn the_environment_overrides_the_file_when_not_empty() {
+        let d = Dir::new("env");
+        let path = config(&d, "");
+        let c = Config::load_with(&path, |_| Some(String::new())).unwrap();
+        assert_eq!(
+            c.listener_url, "ws://127.0.0.1:8081/agent",
+            "an empty variable is unset"
+        );
+        assert_eq!(c.api_key_file, d.0.join("key"));
+        let c = Config::load_with(&path, |name| match name {
+            "CC_LISTENER_URL" => Some("wss://cc.example/agent".into()),
+            "CC_API_KEY_FILE" => Some("/other/key".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.listener_url, "wss://cc.example/agent");
+        assert!(c.tls);
+        assert_eq!(c.api_key_file, PathBuf::from("/other/key"));
+        // Neither file nor environment: the error names both.
+        let bare = d.write("bare.toml", "hostname = \"h\"\n", 0o600);
+        let e = format!("{:#}", Config::load_with(&bare, no_env).unwrap_err());
+        assert!(
+            e.contains("listener_url is not set") && e.contains("CC_LISTENER_URL"),
+            "{e}"
+        );
+        let only_url = d.write(
+            "url.toml",
+            "listener_url = \"ws://127.0.0.1/agent\"\n",
+            0o600,
+        );
+        let e = format!("{:#}", Config::load_with(&only_url, no_env).unwrap_err());
+        assert!(e.contains("api_key_file is not set"), "{e}");
+    }
+
+    /// The key file: only its owner may read it; it must hold one key.
+    #[test]
+    fn the_api_key_file_is_private_and_holds_a_key() {
+        let d = Dir::new("key");
+        let c = Config::load_with(&config(&d, ""), no_env).unwrap();
+        d.write("key", "cck_0123abcd\n", 0o600);
+        assert_eq!(c.read_api_key().unwrap(), "cck_0123abcd");
+        d.write("key", "cck_0123abcd\n", 0o400);
+        assert_eq!(c.read_api_key().unwrap(), "cck_0123abcd");
+        for mode in [0o640, 0o604, 0o660, 0o644, 0o610, 0o601] {
+            d.write("key", "cck_0123abcd\n", mode);
+            let e = c.read_api_key().unwrap_err().to_string();
+            assert!(e.contains("group or others can read it"), "{mode:o}: {e}");
+        }
+        for (text, says) in [
+            ("\n", "is empty"),
+            ("", "is empty"),
+            ("cck_01 23\n", "not a key"),
+            ("cck_é\n", "not a key"),
+        ] {
+            d.write("key", text, 0o600);
+            let e = c.read_api_key().unwrap_err().to_string();
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
+        std::fs::remove_file(d.0.join("key")).unwrap();
+        assert!(c.read_api_key().is_err(), "a missing key file");
+    }
 
     #[test]
     fn plaintext_is_for_loopback_only() {
