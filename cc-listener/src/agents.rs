@@ -728,8 +728,17 @@ impl Session<'_> {
         let stored = self
             .state
             .db
-            .call(move |s| s.store_report(&host, &job_id, &dedupe_key, &payload, now_ms(), limits))
+            .call(move |s| {
+                s.store_report_releasing(&host, &job_id, &dedupe_key, &payload, now_ms(), limits)
+            })
             .await;
+        let stored = stored.map(|(stored, released)| {
+            // Held jobs of a batched run this report made room for.
+            for host in released {
+                self.state.hub.nudge(&host);
+            }
+            stored
+        });
         match stored {
             // Not acknowledged: the agent keeps it, and sends it again on
             // its next connection.

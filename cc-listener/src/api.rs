@@ -34,7 +34,7 @@ enum CronBody {
     Signed { signed: Signed },
 }
 
-use crate::store::{AgentRow, JobRow, NewJob, ReportQuery};
+use crate::store::{AgentRow, JobRow, NewJob, NewRun, ReportQuery, RunRow};
 use crate::{AppState, now_ms, rfc3339_ms};
 
 /// Largest request body.
@@ -48,6 +48,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/agents/{hostname}/cron", get(get_cron).put(put_cron))
         .route("/jobs/{job_id}", get(get_job))
         .route("/reports", get(list_reports))
+        .route("/runs", post(post_run))
+        .route("/runs/{run_id}", get(get_run))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token,
@@ -753,6 +755,271 @@ async fn list_reports(
         body,
         next.map(|c| ("x-cc-next-before", HeaderValue::from(c))),
     ))
+}
+
+/// `POST /runs`: one job per matched host.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunRequest {
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    command: Option<String>,
+    args: Option<Vec<String>>,
+    timeout: Option<u64>,
+    batch: Option<u32>,
+}
+
+/// Most hosts one run may reach.
+const MAX_RUN_HOSTS: usize = 100_000;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunJobView {
+    hostname: String,
+    job_id: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunAccepted {
+    run_id: String,
+    jobs: Vec<RunJobView>,
+}
+
+async fn post_run(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<RunAccepted>)> {
+    let req: RunRequest = body_json(body)?;
+    if req.hosts.is_empty() && req.tags.is_empty() {
+        return Err(ApiError::invalid("hosts", "give hosts, tags, or both"));
+    }
+    if req.hosts.len() > MAX_RUN_HOSTS {
+        return Err(ApiError::invalid(
+            "hosts",
+            format!("at most {MAX_RUN_HOSTS} hosts"),
+        ));
+    }
+    let mut hosts = req
+        .hosts
+        .iter()
+        .map(|h| hostname_param(h).map(|h| h.to_string()))
+        .collect::<ApiResult<Vec<String>>>()?;
+    let tags: Vec<String> = cc_proto::Tag::parse_all(&req.tags)?
+        .into_iter()
+        .map(|t| t.to_string())
+        .collect();
+    if req.batch.is_some_and(|b| b == 0) {
+        return Err(ApiError::invalid("batch", "batch must be at least 1"));
+    }
+    let command = req
+        .command
+        .ok_or_else(|| ApiError::invalid("command", "command is required"))?;
+    let spec = ExecuteJob {
+        job_id: uuid::Uuid::new_v4().to_string(),
+        command,
+        args: req.args.unwrap_or_default(),
+        timeout: req.timeout,
+    }
+    .validate()
+    .map_err(|e| match e {
+        cc_proto::wire::InvalidPayload::Text(t) => ApiError::from(t),
+        other => ApiError::new(StatusCode::BAD_REQUEST, other.to_string()),
+    })?;
+    // Named hosts must exist; tags select among registered agents.
+    for h in &hosts {
+        let host = h.clone();
+        let known = state
+            .db
+            .call(move |s| s.agent_known(&host))
+            .await
+            .map_err(ApiError::internal)?;
+        if !known {
+            return Err(ApiError::invalid(
+                "hosts",
+                format!("no agent {h:?} has registered"),
+            ));
+        }
+    }
+    if !tags.is_empty() {
+        let t = tags.clone();
+        let tagged = state
+            .db
+            .call(move |s| s.hosts_with_tags(&t))
+            .await
+            .map_err(ApiError::internal)?;
+        hosts.extend(tagged);
+    }
+    hosts.sort();
+    hosts.dedup();
+    if hosts.is_empty() {
+        return Err(ApiError::invalid(
+            "tags",
+            format!("no host matches: no registered agent has every tag of {tags:?}"),
+        ));
+    }
+    let now = now_ms();
+    let queue_ttl_ms =
+        i64::try_from(state.settings.job_queue_ttl.as_millis()).unwrap_or(i64::MAX / 2);
+    let queue_ttl = i64::try_from(state.settings.job_queue_ttl.as_secs()).unwrap_or(i64::MAX / 2);
+    let run = NewRun {
+        run_id: uuid::Uuid::new_v4().to_string(),
+        command: spec.command.program().to_owned(),
+        args: spec.command.args().to_vec(),
+        timeout_secs: spec.timeout.secs(),
+        batch: req.batch,
+        selector: serde_json::json!({"hosts": req.hosts, "tags": tags}).to_string(),
+        queue_ttl_ms,
+        created_ms: now,
+    };
+    let mut jobs = Vec::with_capacity(hosts.len());
+    for host in &hosts {
+        let job_id = uuid::Uuid::new_v4().to_string();
+        // System-mode hosts: signed here when this listener signs.
+        let signed = listener_signature(
+            &state,
+            host,
+            sign::EXEC_LABEL,
+            queue_ttl,
+            |not_before, expires_at, nonce| ExecStatement {
+                host: host.clone(),
+                job_id: job_id.clone(),
+                program: run.command.clone(),
+                args: run.args.clone(),
+                timeout: run.timeout_secs,
+                not_before,
+                expires_at,
+                nonce,
+            },
+        )
+        .await?;
+        jobs.push(NewJob {
+            job_id,
+            hostname: host.clone(),
+            command: run.command.clone(),
+            args: run.args.clone(),
+            timeout_secs: run.timeout_secs,
+            created_ms: now,
+            expires_ms: now + queue_ttl_ms,
+            signed: signed
+                .map(|s| serde_json::to_string(&s))
+                .transpose()
+                .map_err(|e| ApiError::internal(e.into()))?,
+        });
+    }
+    {
+        let (run, jobs) = (run.clone(), jobs.clone());
+        state
+            .db
+            .call(move |s| s.create_run(&run, &jobs))
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    for job in jobs
+        .iter()
+        .take(req.batch.map_or(usize::MAX, |b| b as usize))
+    {
+        state.hub.nudge(&job.hostname);
+    }
+    info!(run_id = %run.run_id, hosts = jobs.len(), batch = ?run.batch, "run accepted");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RunAccepted {
+            run_id: run.run_id,
+            jobs: jobs
+                .into_iter()
+                .map(|j| RunJobView {
+                    hostname: j.hostname,
+                    job_id: j.job_id,
+                })
+                .collect(),
+        }),
+    ))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunHostView {
+    hostname: String,
+    job_id: String,
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<i64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunView {
+    run_id: String,
+    command: String,
+    args: Vec<String>,
+    timeout: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch: Option<u32>,
+    selector: serde_json::Value,
+    created_at: String,
+    /// Jobs per state (`held`, `queued`, `sent`, `done`, `lost`, `expired`).
+    counts: std::collections::BTreeMap<String, usize>,
+    /// Done jobs that exited 0, and those that did not.
+    succeeded: usize,
+    failed: usize,
+    hosts: Vec<RunHostView>,
+}
+
+fn run_view(run: RunRow) -> RunView {
+    let mut counts = std::collections::BTreeMap::new();
+    let (mut succeeded, mut failed) = (0, 0);
+    for j in &run.jobs {
+        *counts.entry(j.status.clone()).or_insert(0) += 1;
+        match j.exit_code {
+            Some(0) => succeeded += 1,
+            Some(_) => failed += 1,
+            None => {}
+        }
+    }
+    RunView {
+        run_id: run.run_id,
+        command: run.command,
+        args: run.args,
+        timeout: run.timeout_secs,
+        batch: run.batch,
+        selector: serde_json::from_str(&run.selector).unwrap_or_default(),
+        created_at: rfc3339_ms(run.created_ms),
+        counts,
+        succeeded,
+        failed,
+        hosts: run
+            .jobs
+            .into_iter()
+            .map(|j| RunHostView {
+                hostname: j.hostname,
+                job_id: j.job_id,
+                status: j.status,
+                exit_code: j.exit_code,
+                duration_ms: j.duration_ms,
+            })
+            .collect(),
+    }
+}
+
+async fn get_run(
+    State(state): State<Arc<AppState>>,
+    Path(run_id): Path<String>,
+) -> ApiResult<Json<RunView>> {
+    cc_proto::JobId::parse(&run_id)
+        .map_err(|e| ApiError::invalid("runId", e.to_string().replacen("job id", "run id", 1)))?;
+    let id = run_id.clone();
+    let run = state
+        .db
+        .call(move |s| s.get_run(&id))
+        .await
+        .map_err(ApiError::internal)?;
+    run.map(|r| Json(run_view(r)))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no run {run_id:?}")))
 }
 
 async fn put_cron(

@@ -104,6 +104,22 @@ INSERT INTO report_usage (hostname, bytes, unmatched)
     SELECT hostname, SUM(size), SUM(kind = 'unmatched') FROM reports GROUP BY hostname;
 CREATE INDEX reports_by_age ON reports (received_ms);
 "#,
+    // Runs: one job per matched host; a batched run holds its jobs `held`
+    // until one of its running jobs ends.
+    r#"
+CREATE TABLE runs (
+    run_id        TEXT PRIMARY KEY,
+    command       TEXT NOT NULL,
+    args          TEXT NOT NULL,
+    timeout_secs  INTEGER NOT NULL,
+    batch         INTEGER,
+    selector      TEXT NOT NULL,
+    queue_ttl_ms  INTEGER NOT NULL,
+    created_ms    INTEGER NOT NULL
+);
+ALTER TABLE jobs ADD COLUMN run_id TEXT;
+CREATE INDEX jobs_by_run ON jobs (run_id, status);
+"#,
 ];
 
 /// Jobs handed to a spec-only agent per transaction.
@@ -116,6 +132,8 @@ pub mod status {
     pub const DONE: &str = "done";
     pub const LOST: &str = "lost";
     pub const EXPIRED: &str = "expired";
+    /// A job of a batched run waiting for a place in its batch.
+    pub const HELD: &str = "held";
 }
 
 #[derive(Debug)]
@@ -163,6 +181,42 @@ pub struct AgentRow {
     pub cron_status: Option<String>,
     /// What the host's stored reports take (its quota's use).
     pub report_bytes: i64,
+}
+
+/// A fan-out: what runs, where it was aimed, and how many at once.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub run_id: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub timeout_secs: u64,
+    pub batch: Option<u32>,
+    /// What the operator asked for (`{"hosts": …, "tags": …}`), as JSON.
+    pub selector: String,
+    pub queue_ttl_ms: i64,
+    pub created_ms: i64,
+}
+
+/// A run and where each of its jobs is.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub run_id: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub timeout_secs: u64,
+    pub batch: Option<u32>,
+    pub selector: String,
+    pub created_ms: i64,
+    pub jobs: Vec<RunJob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunJob {
+    pub hostname: String,
+    pub job_id: String,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub duration_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -531,6 +585,149 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a run and its jobs (`jobs`' hostnames and ids; command,
+    /// args and timeout are the run's) in one transaction: with a batch,
+    /// the first `batch` jobs are queued and the rest held.
+    pub fn create_run(&self, run: &NewRun, jobs: &[NewJob]) -> Result<()> {
+        let mut conn = lock(&self.writer);
+        let tx = write_tx(&mut conn)?;
+        tx.execute(
+            "INSERT INTO runs (run_id, command, args, timeout_secs, batch, selector, queue_ttl_ms, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                run.run_id,
+                run.command,
+                serde_json::to_string(&run.args)?,
+                run.timeout_secs,
+                run.batch,
+                run.selector,
+                run.queue_ttl_ms,
+                run.created_ms
+            ],
+        )?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms,
+                                   expires_ms, signed, run_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            let args = serde_json::to_string(&run.args)?;
+            for (i, job) in jobs.iter().enumerate() {
+                let held = run.batch.is_some_and(|b| i >= b as usize);
+                insert.execute(params![
+                    job.job_id,
+                    job.hostname,
+                    run.command,
+                    args,
+                    run.timeout_secs,
+                    if held { status::HELD } else { status::QUEUED },
+                    job.created_ms,
+                    if held { i64::MAX } else { job.expires_ms },
+                    job.signed,
+                    run.run_id
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Queues as many of `run_id`'s held jobs as its batch has room for
+    /// (its queued and sent jobs are what runs), oldest first; their queue
+    /// time starts now. Returns their hosts.
+    fn release_held(tx: &Transaction<'_>, run_id: &str, now_ms: i64) -> Result<Vec<String>> {
+        let Some((batch, ttl)): Option<(Option<i64>, i64)> = tx
+            .query_row(
+                "SELECT batch, queue_ttl_ms FROM runs WHERE run_id = ?1",
+                params![run_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+        else {
+            return Ok(Vec::new());
+        };
+        let Some(batch) = batch else {
+            return Ok(Vec::new());
+        };
+        let active: i64 = tx.query_row(
+            "SELECT count(*) FROM jobs WHERE run_id = ?1 AND status IN ('queued', 'sent')",
+            params![run_id],
+            |r| r.get(0),
+        )?;
+        let room = batch - active;
+        if room <= 0 {
+            return Ok(Vec::new());
+        }
+        let mut stmt = tx.prepare(
+            "UPDATE jobs SET status = 'queued', expires_ms = ?2 + ?3
+             WHERE job_id IN (SELECT job_id FROM jobs WHERE run_id = ?1 AND status = 'held'
+                              ORDER BY created_ms, rowid LIMIT ?4)
+             RETURNING hostname",
+        )?;
+        let hosts = stmt.query_map(params![run_id, now_ms, ttl, room], |r| r.get(0))?;
+        Ok(hosts.collect::<Result<_, _>>()?)
+    }
+
+    /// A run with each of its jobs, by hostname.
+    pub fn get_run(&self, run_id: &str) -> Result<Option<RunRow>> {
+        let conn = lock(&self.reader);
+        let run = conn
+            .query_row(
+                "SELECT run_id, command, args, timeout_secs, batch, selector, created_ms
+                 FROM runs WHERE run_id = ?1",
+                params![run_id],
+                |r| {
+                    Ok(RunRow {
+                        run_id: r.get(0)?,
+                        command: r.get(1)?,
+                        args: json_list(&r.get::<_, String>(2)?),
+                        timeout_secs: r.get(3)?,
+                        batch: r.get(4)?,
+                        selector: r.get(5)?,
+                        created_ms: r.get(6)?,
+                        jobs: Vec::new(),
+                    })
+                },
+            )
+            .optional()?;
+        let Some(mut run) = run else {
+            return Ok(None);
+        };
+        let mut stmt = conn.prepare(
+            "SELECT j.hostname, j.job_id, j.status, json_extract(r.payload, '$.exitCode'),
+                    json_extract(r.payload, '$.durationMs')
+             FROM jobs j LEFT JOIN reports r ON r.id = j.report_id
+             WHERE j.run_id = ?1 ORDER BY j.hostname",
+        )?;
+        let jobs = stmt.query_map(params![run_id], |r| {
+            Ok(RunJob {
+                hostname: r.get(0)?,
+                job_id: r.get(1)?,
+                status: r.get(2)?,
+                exit_code: r.get(3)?,
+                duration_ms: r.get(4)?,
+            })
+        })?;
+        run.jobs = jobs.collect::<Result<_, _>>()?;
+        Ok(Some(run))
+    }
+
+    /// Hostnames of agents that carry every tag in `tags`, in order.
+    pub fn hosts_with_tags(&self, tags: &[String]) -> Result<Vec<String>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare("SELECT hostname, tags FROM agents ORDER BY hostname")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut hosts = Vec::new();
+        for row in rows {
+            let (host, have) = row?;
+            let have = json_list(&have);
+            if tags.iter().all(|t| have.contains(t)) {
+                hosts.push(host);
+            }
+        }
+        Ok(hosts)
+    }
+
     /// The one place a job is handed to a host: while fewer than `window`
     /// of the host's jobs are sent and unreported, its oldest queued
     /// (unexpired) jobs become sent, in submission order, and are returned
@@ -644,6 +841,15 @@ impl Store {
              WHERE status = 'queued' AND expires_ms <= ?1",
             params![now_ms],
         )?;
+        // Lost and expired jobs free places in their runs' batches.
+        let runs: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT DISTINCT run_id FROM jobs WHERE status = 'held'")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for run in runs {
+            Self::release_held(&tx, &run, now_ms)?;
+        }
         tx.commit()?;
         Ok((lost, expired))
     }
@@ -726,6 +932,21 @@ impl Store {
         now_ms: i64,
         limits: ReportLimits,
     ) -> Result<Stored> {
+        self.store_report_releasing(hostname, job_id, dedupe_key, payload, now_ms, limits)
+            .map(|(stored, _)| stored)
+    }
+
+    /// [`Store::store_report`], also returning the hosts whose held jobs
+    /// the report let into their run's batch (to be nudged).
+    pub fn store_report_releasing(
+        &self,
+        hostname: &str,
+        job_id: &str,
+        dedupe_key: &str,
+        payload: &str,
+        now_ms: i64,
+        limits: ReportLimits,
+    ) -> Result<(Stored, Vec<String>)> {
         let mut conn = lock(&self.writer);
         let tx = write_tx(&mut conn)?;
         let exists = tx
@@ -737,7 +958,7 @@ impl Store {
             .optional()?
             .is_some();
         if exists {
-            return Ok(Stored::Duplicate);
+            return Ok((Stored::Duplicate, Vec::new()));
         }
         let is_job = tx
             .query_row(
@@ -758,16 +979,22 @@ impl Store {
         let size = payload.len() as u64;
         let unmatched = u64::from(kind == "unmatched");
         if unmatched == 1 && used.unmatched >= limits.unmatched {
-            return Ok(Stored::Refused(Refusal::Unmatched {
-                quota: limits.unmatched,
-            }));
+            return Ok((
+                Stored::Refused(Refusal::Unmatched {
+                    quota: limits.unmatched,
+                }),
+                Vec::new(),
+            ));
         }
         if used.bytes.saturating_add(size) > limits.quota_bytes {
-            return Ok(Stored::Refused(Refusal::Quota {
-                used: used.bytes,
-                size,
-                quota: limits.quota_bytes,
-            }));
+            return Ok((
+                Stored::Refused(Refusal::Quota {
+                    used: used.bytes,
+                    size,
+                    quota: limits.quota_bytes,
+                }),
+                Vec::new(),
+            ));
         }
         tx.execute(
             "INSERT INTO reports (hostname, job_id, dedupe_key, kind, received_ms, payload, size)
@@ -776,6 +1003,7 @@ impl Store {
         )?;
         // Before any other insert: it is the last one's rowid.
         let report_row = tx.last_insert_rowid();
+        let mut released = Vec::new();
         tx.execute(
             "INSERT INTO report_usage (hostname, bytes, unmatched) VALUES (?1, ?2, ?3)
              ON CONFLICT (hostname) DO UPDATE
@@ -789,9 +1017,18 @@ impl Store {
                  WHERE job_id = ?1 AND report_id IS NULL",
                 params![job_id, report_row, now_ms],
             )?;
+            // A place in its run's batch may be free now.
+            let run: Option<String> = tx.query_row(
+                "SELECT run_id FROM jobs WHERE job_id = ?1",
+                params![job_id],
+                |r| r.get(0),
+            )?;
+            if let Some(run) = run {
+                released = Self::release_held(&tx, &run, now_ms)?;
+            }
         }
         tx.commit()?;
-        Ok(Stored::New)
+        Ok((Stored::New, released))
     }
 
     fn usage_in(conn: &Connection, hostname: &str) -> Result<Usage> {

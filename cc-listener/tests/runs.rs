@@ -1,0 +1,226 @@
+//! Fan-out: one `POST /api/v1/runs` aimed at hosts and tags makes one job
+//! per matched host; a batch bounds how many run at once. Test agents
+//! (WebSocket clients) answer each job after a delay.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
+
+use std::path::Path;
+use std::time::Duration;
+
+use cc_e2e::TempDir;
+use cc_e2e::listener::ListenerProcess;
+use cc_e2e::ws;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(10);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cc-listener"))
+}
+
+/// Registers `host` with `tags`, then answers every job after `delay`
+/// with exit code 0 (or 3 for a job whose first arg is "fail").
+async fn agent(l: &ListenerProcess, host: &str, tags: &[&str], delay: Duration) {
+    let key = l.add_key(host);
+    let mut conn = ws::connect(&l.ws_url(), Some(&key)).await.unwrap();
+    ws::send(
+        &mut conn,
+        &json!({"type": "register", "payload": {
+            "hostname": host, "os": "linux", "arch": "amd64", "tags": tags,
+            "executionMode": "user", "isRoot": false, "jobWindow": 4
+        }}),
+    )
+    .await;
+    let host = host.to_owned();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(m) = ws::recv(&mut conn, Duration::from_secs(3600)).await {
+            if m["type"] != "execute_job" {
+                continue;
+            }
+            tokio::time::sleep(delay).await;
+            n += 1;
+            let id = m["payload"]["jobId"].as_str().unwrap().to_owned();
+            let mut r = ws::report(&id, Some(&format!("{host}-{n}")));
+            if m["payload"]["args"][0] == "fail" {
+                r["payload"]["exitCode"] = json!(3);
+            }
+            ws::send(&mut conn, &r).await;
+        }
+    });
+}
+
+fn wait_registered(l: &ListenerProcess, n: usize) {
+    l.wait_for(T, |l| {
+        let a = l.get("/api/v1/agents").json();
+        let up = a
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["connected"] == true)
+            .count();
+        (up == n).then_some(())
+    });
+}
+
+fn settled(l: &ListenerProcess, run: &str, total: usize) -> Value {
+    l.wait_for(Duration::from_secs(30), |l| {
+        let r = l.get(&format!("/api/v1/runs/{run}")).json();
+        (r["counts"]["done"].as_u64() == Some(total as u64)).then_some(r)
+    })
+}
+
+fn hosts_of(accepted: &Value) -> Vec<String> {
+    accepted["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["hostname"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_reaches_exactly_the_hosts_its_tags_and_names_select() {
+    let dir = TempDir::new("runs-tags");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let fast = Duration::from_millis(10);
+    agent(&l, "a.test", &["db", "eu"], fast).await;
+    agent(&l, "b.test", &["db", "eu", "big"], fast).await;
+    agent(&l, "c.test", &["db", "us"], fast).await;
+    agent(&l, "d.test", &["web", "eu"], fast).await;
+    agent(&l, "e.test", &[], fast).await;
+    wait_registered(&l, 5);
+
+    // Every tag given must be carried.
+    let r = l.post(
+        "/api/v1/runs",
+        &json!({"tags": ["db", "eu"], "command": "/bin/true"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let accepted = r.json();
+    assert_eq!(hosts_of(&accepted), ["a.test", "b.test"]);
+    let run = accepted["runId"].as_str().unwrap().to_owned();
+    let view = settled(&l, &run, 2);
+    assert_eq!(view["succeeded"], 2);
+    assert_eq!(view["hosts"][0]["exitCode"], 0);
+    assert_eq!(view["hosts"][0]["durationMs"], 3);
+
+    // Names and tags together: the union, each host once.
+    let r = l.post(
+        "/api/v1/runs",
+        &json!({"tags": ["db"], "hosts": ["E.test", "a.test"], "command": "/bin/echo", "args": ["fail"]}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let accepted = r.json();
+    assert_eq!(
+        hosts_of(&accepted),
+        ["a.test", "b.test", "c.test", "e.test"]
+    );
+    let view = settled(&l, accepted["runId"].as_str().unwrap(), 4);
+    assert_eq!(view["failed"], 4, "exit code 3 everywhere: {view}");
+
+    // Nothing matches: a 400 that says so; an unknown name: a 400 naming it.
+    let r = l.post(
+        "/api/v1/runs",
+        &json!({"tags": ["db", "web"], "command": "/bin/true"}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("no host matches"),
+        "{}",
+        r.body
+    );
+    let r = l.post(
+        "/api/v1/runs",
+        &json!({"hosts": ["nowhere.test"], "command": "/bin/true"}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("nowhere.test"), "{}", r.body);
+    for bad in [
+        json!({"command": "/bin/true"}),
+        json!({"tags": ["db"]}),
+        json!({"tags": ["db"], "command": "/bin/true", "batch": 0}),
+        json!({"tags": ["a b"], "command": "/bin/true"}),
+        json!({"tags": ["db"], "command": "/bin/true", "shell": true}),
+    ] {
+        assert_eq!(l.post("/api/v1/runs", &bad).status, 400, "{bad}");
+    }
+    assert_eq!(l.get("/api/v1/runs/no-such-run").status, 404);
+}
+
+/// `batch: 2` over 6 hosts whose jobs take 300 ms: never more than 2 at
+/// once, and the next host starts as one reports (not at the next sweep,
+/// every 2 s here), shown from the jobs' own sent and finished times.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_never_has_more_than_its_size_running() {
+    let dir = TempDir::new("runs-batch");
+    let l = ListenerProcess::start(bin(), dir.path(), "sweep_interval_ms = 2000\n");
+    for i in 0..6 {
+        agent(
+            &l,
+            &format!("b{i}.test"),
+            &["batch"],
+            Duration::from_millis(300),
+        )
+        .await;
+    }
+    wait_registered(&l, 6);
+    let r = l.post(
+        "/api/v1/runs",
+        &json!({"tags": ["batch"], "command": "/bin/true", "batch": 2}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let accepted = r.json();
+    let run = accepted["runId"].as_str().unwrap().to_owned();
+    let early = l.get(&format!("/api/v1/runs/{run}")).json();
+    assert_eq!(early["counts"]["held"], 4, "{early}");
+    settled(&l, &run, 6);
+    let mut spans: Vec<(String, String)> = accepted["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            let job = l
+                .get(&format!("/api/v1/jobs/{}", j["jobId"].as_str().unwrap()))
+                .json();
+            (
+                job["sentAt"].as_str().unwrap().to_owned(),
+                job["finishedAt"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    spans.sort();
+    // RFC 3339 in UTC with milliseconds sorts as time does.
+    let mut most = 0;
+    for (start, _) in &spans {
+        let running = spans
+            .iter()
+            .filter(|(s, f)| s <= start && start < f)
+            .count();
+        most = most.max(running);
+    }
+    assert_eq!(
+        most, 2,
+        "at most 2 at once, and the batch was used: {spans:?}"
+    );
+    let ms = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .timestamp_millis()
+    };
+    for (start, _) in spans.iter().skip(2) {
+        let gap = spans
+            .iter()
+            .map(|(_, f)| ms(start) - ms(f))
+            .filter(|g| *g >= 0)
+            .min()
+            .unwrap();
+        assert!(
+            gap < 500,
+            "a held job started {gap} ms after the report that made room: {spans:?}"
+        );
+    }
+}
