@@ -224,3 +224,132 @@ async fn a_batch_never_has_more_than_its_size_running() {
         );
     }
 }
+
+/// `ccctl` as an operator runs it, against this listener.
+fn ccctl(l: &ListenerProcess, dir: &Path, args: &[&str]) -> std::process::Output {
+    std::fs::write(dir.join("ccctl-token"), cc_e2e::listener::TOKEN).unwrap();
+    std::process::Command::new(cc_e2e::bin("ccctl"))
+        .arg("--url")
+        .arg(format!("http://{}", l.admin_addr))
+        .arg("--token-file")
+        .arg(dir.join("ccctl-token"))
+        .args(args)
+        .env_remove("HOME")
+        .output()
+        .unwrap()
+}
+
+/// `ccctl run --tag …` fans out through the API, prints one line per host,
+/// and exits 0 only when every host succeeded; `run status` shows a run
+/// later; JSON for scripts; no progress line when stderr is not a terminal.
+#[tokio::test(flavor = "multi_thread")]
+async fn ccctl_runs_by_tag_and_exits_non_zero_when_a_host_fails() {
+    let dir = TempDir::new("runs-ccctl");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let fast = Duration::from_millis(10);
+    agent(&l, "a.test", &["db", "eu"], fast).await;
+    agent(&l, "b.test", &["db", "eu"], fast).await;
+    agent(&l, "c.test", &["db", "us"], fast).await;
+    wait_registered(&l, 3);
+    let ok = ccctl(
+        &l,
+        dir.path(),
+        &["run", "--tag", "db", "--tag", "eu", "--", "/bin/true"],
+    );
+    let out = String::from_utf8_lossy(&ok.stdout);
+    let err = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{out}\n{err}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows[0].starts_with("a.test") && rows[1].starts_with("b.test"),
+        "{out}"
+    );
+    assert!(
+        rows.iter().all(|r| r.contains("done") && r.contains(" 0 ")),
+        "{out}"
+    );
+    assert!(
+        err.contains("ccctl run status"),
+        "says how to follow: {err}"
+    );
+    assert!(!err.contains('\r'), "no progress line in a pipe: {err:?}");
+
+    let bad = ccctl(
+        &l,
+        dir.path(),
+        &[
+            "run",
+            "--tag",
+            "db",
+            "--batch",
+            "1",
+            "--output",
+            "json",
+            "--",
+            "/bin/echo",
+            "fail",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(1), "a failed host makes ccctl fail");
+    let v: Value = serde_json::from_slice(&bad.stdout).unwrap();
+    let hosts: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["a.test", "b.test", "c.test"]);
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["report"]["exitCode"] == 3),
+        "{v}"
+    );
+
+    let none = ccctl(&l, dir.path(), &["run", "--tag", "nope", "--", "/bin/true"]);
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no host matches"));
+
+    let later = ccctl(
+        &l,
+        dir.path(),
+        &["run", "--no-wait", "c.test", "--", "/bin/true"],
+    );
+    let text = String::from_utf8_lossy(&later.stdout).into_owned();
+    let id = text
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("run ")
+        .unwrap()
+        .to_owned();
+    let watched = ccctl(&l, dir.path(), &["run", "watch", &id]);
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    let status = ccctl(&l, dir.path(), &["run", "status", &id]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("c.test"));
+
+    // On a terminal (a pty from util-linux `script`): the progress line.
+    let cmd = format!(
+        "{} --url http://{} --token-file {} run --tag db -- /bin/true",
+        cc_e2e::bin("ccctl").display(),
+        l.admin_addr,
+        dir.path().join("ccctl-token").display()
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .env_remove("HOME")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(
+        shown.contains("\r3 done (0 failed), 0 lost, 0 expired of 3"),
+        "a progress line on a terminal: {shown:?}"
+    );
+}

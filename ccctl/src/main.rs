@@ -57,34 +57,13 @@ enum Command {
     },
     /// Run a program on hosts and wait for the reports.
     ///
-    /// `ccctl run web1 web2 -- /usr/bin/uptime`. With --system the job
-    /// runs as root through the host's helper, signed here with --key.
-    Run {
-        /// Hosts to run on.
-        #[arg(required = true)]
-        hosts: Vec<String>,
-        /// Seconds before the job is stopped.
-        #[arg(long, default_value_t = 3600)]
-        timeout: u64,
-        /// Root work: sign the job for each host with your key.
-        #[arg(long)]
-        system: bool,
-        /// Your signing key (else key_file in ccctl.toml, else CC_KEY_FILE).
-        #[arg(long)]
-        key: Option<PathBuf>,
-        /// How long the signature stays valid, in seconds (at most a day).
-        #[arg(long, default_value_t = 3600)]
-        valid_for: i64,
-        /// Print the job ids and return without waiting.
-        #[arg(long)]
-        no_wait: bool,
-        /// `table` (default) or `json`.
-        #[arg(long, default_value = "table")]
-        output: String,
-        /// The program and its arguments, after `--`.
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
-    },
+    /// `ccctl run web1 web2 -- /usr/bin/uptime`; `ccctl run --tag db --tag eu
+    /// --batch 2 -- /usr/bin/apt-get -q update` (hosts carrying every tag
+    /// given, at most 2 at once). Exits 0 only if every host succeeded.
+    /// With --system the job runs as root through each host's helper,
+    /// signed here with --key. `ccctl run status ID` and `ccctl run watch
+    /// ID` follow a run started earlier (or left with Ctrl-C).
+    Run(RunArgs),
     /// Show a job and its report (stdout and stderr verbatim).
     Job { id: String },
     /// List agents.
@@ -94,6 +73,50 @@ enum Command {
         #[command(subcommand)]
         command: CronCommand,
     },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct RunArgs {
+    #[command(subcommand)]
+    follow: Option<RunCommand>,
+    /// Hosts to run on.
+    hosts: Vec<String>,
+    /// Also every agent carrying this tag (repeat: all of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// At most this many hosts running at once; the next starts as one reports.
+    #[arg(long)]
+    batch: Option<u32>,
+    /// Seconds before the job is stopped.
+    #[arg(long, default_value_t = 3600)]
+    timeout: u64,
+    /// Root work: sign the job for each host with your key.
+    #[arg(long)]
+    system: bool,
+    /// Your signing key (else key_file in ccctl.toml, else CC_KEY_FILE).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// How long the signature stays valid, in seconds (at most a day).
+    #[arg(long, default_value_t = 3600)]
+    valid_for: i64,
+    /// Print the run and job ids and return without waiting.
+    #[arg(long)]
+    no_wait: bool,
+    /// `table` (default) or `json`.
+    #[arg(long, default_value = "table")]
+    output: String,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunCommand {
+    /// Where a run is now: one line per host.
+    Status { id: String },
+    /// Wait for a run to finish, then one line per host.
+    Watch { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -386,6 +409,109 @@ fn run(
     Ok(summarize(&done, json_out))
 }
 
+/// Hostnames of the agents carrying every tag in `tags`.
+fn hosts_with_tags(api: &Api, tags: &[String]) -> Result<Vec<String>> {
+    let agents = api.get_all("/agents", "x-cc-next-after", "after")?;
+    Ok(agents
+        .iter()
+        .filter(|a| {
+            tags.iter().all(|t| {
+                a["tags"]
+                    .as_array()
+                    .is_some_and(|have| have.iter().any(|h| h == t))
+            })
+        })
+        .filter_map(|a| a["hostname"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// One `POST /runs` for the hosts and tags given, then wait and print.
+fn fan_out(api: &Api, args: &RunArgs, json_out: bool) -> Result<bool> {
+    let (program, rest) = args
+        .command
+        .split_first()
+        .context("no program given: ccctl run HOST… | --tag T… -- PROGRAM ARGS…")?;
+    ensure!(
+        !args.hosts.is_empty() || !args.tags.is_empty(),
+        "give hosts, --tag, or both"
+    );
+    let mut body = json!({"hosts": args.hosts, "tags": args.tags, "command": program,
+        "args": rest, "timeout": args.timeout});
+    if let Some(b) = args.batch {
+        body["batch"] = json!(b);
+    }
+    let accepted = api.call("POST", "/runs", Some(&body))?;
+    let id = accepted["runId"]
+        .as_str()
+        .context("no runId in the answer")?
+        .to_owned();
+    if args.no_wait {
+        println!("run {id}");
+        for j in accepted["jobs"].as_array().into_iter().flatten() {
+            println!(
+                "{} {}",
+                j["hostname"].as_str().unwrap_or("?"),
+                j["jobId"].as_str().unwrap_or("?")
+            );
+        }
+        return Ok(true);
+    }
+    eprintln!("run {id}: follow it later with `ccctl run status {id}` or `ccctl run watch {id}`");
+    wait_run(api, &id, args.timeout)?;
+    run_table(api, &id, json_out)
+}
+
+/// Waits until none of the run's jobs is held, queued or sent; on a
+/// terminal, a progress line on stderr.
+fn wait_run(api: &Api, id: &str, timeout: u64) -> Result<()> {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let limit = started + Duration::from_secs(timeout + 120);
+    loop {
+        let r = api.call("GET", &format!("/runs/{id}"), None)?;
+        let count = |s: &str| r["counts"][s].as_u64().unwrap_or(0);
+        let total = r["hosts"].as_array().map_or(0, Vec::len);
+        let pending = count("held") + count("queued") + count("sent");
+        if tty {
+            eprint!(
+                "\r{} done ({} failed), {} lost, {} expired of {total}; {:.1} s   ",
+                count("done"),
+                r["failed"].as_u64().unwrap_or(0),
+                count("lost"),
+                count("expired"),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if pending == 0 {
+            if tty {
+                eprintln!();
+            }
+            return Ok(());
+        }
+        if Instant::now() > limit {
+            bail!("gave up waiting; follow with `ccctl run watch {id}`");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The run's table (or JSON), from each job; true when every host succeeded.
+fn run_table(api: &Api, id: &str, json_out: bool) -> Result<bool> {
+    let r = api.call("GET", &format!("/runs/{id}"), None)?;
+    let mut jobs = Vec::new();
+    for h in r["hosts"].as_array().into_iter().flatten() {
+        let job_id = h["jobId"].as_str().context("a host without jobId")?;
+        let j = api.call("GET", &format!("/jobs/{job_id}"), None)?;
+        jobs.push((
+            h["hostname"].as_str().unwrap_or("?").to_owned(),
+            job_id.to_owned(),
+            j,
+        ));
+    }
+    Ok(summarize(&jobs, json_out))
+}
+
 /// `ID SCHEDULE COMMAND` lines; the schedule is five fields or one `@` word.
 fn parse_cron_file(text: &str) -> Result<Vec<CronEntry>> {
     let mut out = Vec::new();
@@ -424,29 +550,40 @@ fn main() -> ExitCode {
         let file = file_config()?;
         match &cli.command {
             Command::Keygen { out, name } => keygen(out, name).map(|()| true),
-            Command::Run {
-                hosts,
-                timeout,
-                system,
-                key,
-                valid_for,
-                no_wait,
-                output,
-                command,
-            } => {
+            Command::Run(args) => {
                 let api = Api::new(&cli, &file)?;
-                run(
-                    &api,
-                    &file,
-                    hosts,
-                    command,
-                    *timeout,
-                    *system,
-                    key.clone(),
-                    *valid_for,
-                    *no_wait,
-                    output == "json",
-                )
+                let json_out = args.output == "json";
+                match &args.follow {
+                    Some(RunCommand::Status { id }) => run_table(&api, id, json_out),
+                    Some(RunCommand::Watch { id }) => {
+                        wait_run(&api, id, args.timeout)?;
+                        run_table(&api, id, json_out)
+                    }
+                    None if args.system => {
+                        ensure!(
+                            args.batch.is_none(),
+                            "--batch with --system is not supported yet: run the hosts in groups"
+                        );
+                        let mut hosts = args.hosts.clone();
+                        if !args.tags.is_empty() {
+                            hosts.extend(hosts_with_tags(&api, &args.tags)?);
+                        }
+                        ensure!(!hosts.is_empty(), "no host matches tags {:?}", args.tags);
+                        run(
+                            &api,
+                            &file,
+                            &hosts,
+                            &args.command,
+                            args.timeout,
+                            true,
+                            args.key.clone(),
+                            args.valid_for,
+                            args.no_wait,
+                            json_out,
+                        )
+                    }
+                    None => fan_out(&api, args, json_out),
+                }
             }
             Command::Job { id } => {
                 let j = Api::new(&cli, &file)?.call("GET", &format!("/jobs/{id}"), None)?;
