@@ -37,7 +37,65 @@ pub fn bin(name: &str) -> PathBuf {
         "{} is missing: run `cargo build --workspace --bins` first",
         path.display()
     );
-    path
+    reachable(&path)
+}
+
+/// `path`, or — when a directory above it does not let other users
+/// through (a checkout in root's 0700 home, a `mktemp -d` directory) — a
+/// copy other users can run, so tests can start binaries as
+/// `cc-agent-user` and Debian's cron can run the lines that name them.
+///
+/// Copies live in `$TMPDIR/cc-e2e-bins-<euid>/<size>-<mtime>/`, under a
+/// directory this user created and only it may write (checked, so another
+/// user cannot plant a binary there first), and are shared by concurrent
+/// test processes: each writes its own temporary name and renames it.
+pub fn reachable(path: &Path) -> PathBuf {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let others_can_reach = path.ancestors().skip(1).all(|d| {
+        d.as_os_str().is_empty()
+            || std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    });
+    let meta = std::fs::metadata(path).expect("the binary's metadata");
+    if others_can_reach && meta.permissions().mode() & 0o005 == 0o005 {
+        return path.to_owned();
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    let root = std::env::temp_dir().join(format!("cc-e2e-bins-{euid}"));
+    let made = std::fs::DirBuilder::new().mode(0o755).create(&root);
+    if let Err(e) = made {
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::AlreadyExists,
+            "creating {}: {e}",
+            root.display()
+        );
+    }
+    let m = std::fs::symlink_metadata(&root).expect("the copies' directory");
+    assert!(
+        m.is_dir() && m.uid() == euid && m.mode() & 0o022 == 0,
+        "{} is not a directory that only this user may write: refusing to run binaries from it",
+        root.display()
+    );
+    let dir = root.join(format!(
+        "{}-{}-{}",
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    ));
+    let _ = std::fs::DirBuilder::new().mode(0o755).create(&dir);
+    let name = path.file_name().expect("a binary has a name");
+    let copy = dir.join(name);
+    if !copy.is_file() {
+        let tmp = dir.join(format!(
+            "{}.tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        std::fs::copy(path, &tmp).expect("copying a binary where other users can run it");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &copy).expect("renaming the copied binary");
+    }
+    copy
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
