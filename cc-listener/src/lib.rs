@@ -280,6 +280,11 @@ async fn sweep_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
                 Ok(n) => info!(deleted = n, "reports past the retention deleted"),
                 Err(e) => warn!("deleting old reports failed: {e:#}"),
             }
+            match state.db.call(move |s| s.prune_events(before, 5000)).await {
+                Ok(0) => {}
+                Ok(n) => info!(deleted = n, "events past the retention deleted"),
+                Err(e) => warn!("deleting old events failed: {e:#}"),
+            }
         }
         // Queued jobs of connected hosts: posted while the agent was
         // connecting, or with room in a window a lost job freed.

@@ -120,6 +120,35 @@ CREATE TABLE runs (
 ALTER TABLE jobs ADD COLUMN run_id TEXT;
 CREATE INDEX jobs_by_run ON jobs (run_id, status);
 "#,
+    // Every change of a job's state, in commit order, written by the
+    // database itself (triggers) in the transaction that makes the change:
+    // what the live event stream serves.
+    r#"
+CREATE TABLE events (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms      INTEGER NOT NULL,
+    job_id     TEXT NOT NULL,
+    run_id     TEXT,
+    hostname   TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    exit_code  INTEGER
+);
+CREATE INDEX events_by_run ON events (run_id, id);
+CREATE INDEX events_by_host ON events (hostname, id);
+CREATE INDEX events_by_job ON events (job_id, id);
+CREATE INDEX events_by_age ON events (at_ms);
+CREATE TRIGGER job_created AFTER INSERT ON jobs BEGIN
+    INSERT INTO events (at_ms, job_id, run_id, hostname, status)
+    VALUES (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER),
+            NEW.job_id, NEW.run_id, NEW.hostname, NEW.status);
+END;
+CREATE TRIGGER job_changed AFTER UPDATE OF status ON jobs WHEN NEW.status IS NOT OLD.status BEGIN
+    INSERT INTO events (at_ms, job_id, run_id, hostname, status, exit_code)
+    VALUES (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER),
+            NEW.job_id, NEW.run_id, NEW.hostname, NEW.status,
+            (SELECT json_extract(payload, '$.exitCode') FROM reports WHERE id = NEW.report_id));
+END;
+"#,
 ];
 
 /// Jobs handed to a spec-only agent per transaction.
@@ -195,6 +224,26 @@ pub struct NewRun {
     pub selector: String,
     pub queue_ttl_ms: i64,
     pub created_ms: i64,
+}
+
+/// One change of a job's state (`events` table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub id: i64,
+    pub at_ms: i64,
+    pub job_id: String,
+    pub run_id: Option<String>,
+    pub hostname: String,
+    pub status: String,
+    pub exit_code: Option<i64>,
+}
+
+/// Which events a reader wants.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub run_id: Option<String>,
+    pub hostname: Option<String>,
+    pub job_id: Option<String>,
 }
 
 /// A run and where each of its jobs is.
@@ -710,6 +759,38 @@ impl Store {
         })?;
         run.jobs = jobs.collect::<Result<_, _>>()?;
         Ok(Some(run))
+    }
+
+    /// Events after `after` that `f` selects, oldest first, at most `limit`.
+    pub fn events(&self, after: i64, f: &EventFilter, limit: u32) -> Result<Vec<EventRow>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare(
+            "SELECT id, at_ms, job_id, run_id, hostname, status, exit_code FROM events
+             WHERE id > ?1 AND (?2 IS NULL OR run_id = ?2) AND (?3 IS NULL OR hostname = ?3)
+               AND (?4 IS NULL OR job_id = ?4)
+             ORDER BY id LIMIT ?5",
+        )?;
+        let rows = stmt.query_map(params![after, f.run_id, f.hostname, f.job_id, limit], |r| {
+            Ok(EventRow {
+                id: r.get(0)?,
+                at_ms: r.get(1)?,
+                job_id: r.get(2)?,
+                run_id: r.get(3)?,
+                hostname: r.get(4)?,
+                status: r.get(5)?,
+                exit_code: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes events older than `before_ms`, at most `batch`.
+    pub fn prune_events(&self, before_ms: i64, batch: u32) -> Result<usize> {
+        Ok(lock(&self.writer).execute(
+            "DELETE FROM events WHERE id IN
+             (SELECT id FROM events WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)",
+            params![before_ms, batch],
+        )?)
     }
 
     /// Hostnames of agents that carry every tag in `tags`, in order.
@@ -1252,17 +1333,25 @@ fn migrate(conn: &Connection) -> Result<()> {
     }
 }
 
-/// Shared handle for async code: runs store calls on the blocking pool.
+/// Shared handle for async code: runs store calls on the blocking pool,
+/// and tells watchers ([`Db::watch`]) after each one, so the event stream
+/// reads new events when there may be some instead of polling.
 #[derive(Debug, Clone)]
-pub struct Db(Arc<Store>);
+pub struct Db {
+    store: Arc<Store>,
+    calls: Arc<tokio::sync::watch::Sender<u64>>,
+}
 
 impl Db {
     pub fn new(store: Store) -> Self {
-        Self(Arc::new(store))
+        Self {
+            store: Arc::new(store),
+            calls: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
     }
 
     pub fn store(&self) -> &Store {
-        &self.0
+        &self.store
     }
 
     pub async fn call<R, F>(&self, f: F) -> Result<R>
@@ -1270,10 +1359,30 @@ impl Db {
         F: FnOnce(&Store) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let store = Arc::clone(&self.0);
+        let store = Arc::clone(&self.store);
+        let r = tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .context("storage task failed")?;
+        self.calls.send_modify(|n| *n = n.wrapping_add(1));
+        r
+    }
+
+    /// A read that tells no watcher (the event stream's own reads: were
+    /// they counted, streams would wake each other for ever).
+    pub async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Store) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || f(&store))
             .await
             .context("storage task failed")?
+    }
+
+    /// Changes after every store call (a write may have added events).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.calls.subscribe()
     }
 }
 

@@ -1,0 +1,268 @@
+//! Live events: `GET /api/v1/events` streams every job state change once,
+//! in commit order, filtered by run, host or job, and a client that comes
+//! back with `Last-Event-ID` misses nothing and sees nothing twice.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cc_e2e::TempDir;
+use cc_e2e::listener::{ListenerProcess, TOKEN};
+use cc_e2e::ws;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(10);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cc-listener"))
+}
+
+/// An open event stream.
+struct Stream {
+    reader: BufReader<TcpStream>,
+    pub status: u16,
+    pub content_type: String,
+}
+
+impl Stream {
+    fn open(l: &ListenerProcess, query: &str, last: Option<i64>, token: Option<&str>) -> Self {
+        let mut s = TcpStream::connect(l.admin_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut head = format!("GET /api/v1/events{query} HTTP/1.1\r\nHost: x\r\n");
+        if let Some(t) = token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        if let Some(id) = last {
+            head.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let mut reader = BufReader::new(s);
+        let mut status = 0;
+        let mut content_type = String::new();
+        let deadline = Instant::now() + T;
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) if Instant::now() < deadline => continue,
+                Err(e) => panic!("no answer: {e}"),
+            }
+            let line = line.trim_end();
+            if status == 0 {
+                status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+            } else if line.is_empty() {
+                break;
+            } else if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-type")
+            {
+                v.trim().clone_into(&mut content_type);
+            }
+        }
+        Self {
+            reader,
+            status,
+            content_type,
+        }
+    }
+
+    /// Events (their JSON data) until `stop` says so or `limit` passes.
+    /// The body is chunked: chunk-size lines are skipped as noise (they
+    /// never start with a field name).
+    fn until(&mut self, limit: Duration, mut stop: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
+        let mut got = Vec::new();
+        let mut id: Option<i64> = None;
+        while Instant::now() < deadline && !stop(&got) {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => continue,
+            }
+            let line = line.trim_end();
+            if let Some(v) = line.strip_prefix("id: ") {
+                id = Some(v.parse().unwrap());
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                let v: Value = serde_json::from_str(data).unwrap();
+                assert_eq!(
+                    Some(v["id"].as_i64().unwrap()),
+                    id,
+                    "the SSE id is the event's"
+                );
+                got.push(v);
+            }
+        }
+        got
+    }
+}
+
+async fn agent(l: &ListenerProcess, host: &str, tags: &[&str]) {
+    let key = l.add_key(host);
+    let mut conn = ws::connect(&l.ws_url(), Some(&key)).await.unwrap();
+    ws::send(
+        &mut conn,
+        &json!({"type": "register", "payload": {
+            "hostname": host, "os": "linux", "arch": "amd64", "tags": tags,
+            "executionMode": "user", "isRoot": false, "jobWindow": 4
+        }}),
+    )
+    .await;
+    let host = host.to_owned();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(m) = ws::recv(&mut conn, Duration::from_secs(3600)).await {
+            if m["type"] != "execute_job" {
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            n += 1;
+            let id = m["payload"]["jobId"].as_str().unwrap().to_owned();
+            let mut r = ws::report(&id, Some(&format!("{host}-{n}")));
+            r["payload"]["exitCode"] = json!(if host.starts_with('x') { 7 } else { 0 });
+            ws::send(&mut conn, &r).await;
+        }
+    });
+}
+
+fn wait_registered(l: &ListenerProcess, n: usize) {
+    l.wait_for(T, |l| {
+        let a = l.get("/api/v1/agents").json();
+        let up = a
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["connected"] == true)
+            .count();
+        (up == n).then_some(())
+    });
+}
+
+fn states(events: &[Value], job: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["jobId"] == job)
+        .map(|e| e["status"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_state_change_once_in_order_and_resumable() {
+    let dir = TempDir::new("events");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    for h in ["a.test", "b.test", "x.test", "other.test"] {
+        agent(&l, h, if h == "other.test" { &["no"] } else { &["ev"] }).await;
+    }
+    wait_registered(&l, 4);
+
+    // Refused without the token; an event stream with it.
+    assert_eq!(Stream::open(&l, "", None, None).status, 401);
+    assert_eq!(Stream::open(&l, "?run=a/b", None, Some(TOKEN)).status, 400);
+    let mut live = Stream::open(&l, "", None, Some(TOKEN));
+    assert_eq!(live.status, 200);
+    assert!(
+        live.content_type.starts_with("text/event-stream"),
+        "{}",
+        live.content_type
+    );
+
+    let r = l.post(
+        "/api/v1/runs",
+        &json!({"tags": ["ev"], "command": "/bin/true", "batch": 2}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let run = r.json()["runId"].as_str().unwrap().to_owned();
+    let jobs: Vec<(String, String)> = r.json()["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["hostname"].as_str().unwrap().to_owned(),
+                j["jobId"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let other = l.post(
+        "/api/v1/agents/other.test/jobs",
+        &json!({"command": "/bin/true"}),
+    );
+    let other_job = other.json()["jobId"].as_str().unwrap().to_owned();
+
+    // The run's stream: read part of it, drop the connection, resume.
+    let mut first = Stream::open(&l, &format!("?run={run}"), None, Some(TOKEN));
+    let part = first.until(T, |got| got.len() >= 4);
+    assert_eq!(part.len(), 4);
+    drop(first);
+    let last = part.last().unwrap()["id"].as_i64().unwrap();
+    let done = |got: &[Value]| got.iter().filter(|e| e["status"] == "done").count() >= 3;
+    let mut rest_stream = Stream::open(&l, &format!("?run={run}"), Some(last), Some(TOKEN));
+    let rest = rest_stream.until(T, |got| {
+        let all: Vec<Value> = part.iter().chain(got).cloned().collect();
+        done(&all)
+    });
+    let resumed: Vec<Value> = part.iter().chain(&rest).cloned().collect();
+
+    // Everything, from the start, in one go: the same events.
+    let mut all_stream = Stream::open(&l, &format!("?run={run}"), None, Some(TOKEN));
+    let all = all_stream.until(T, done);
+    let ids = |v: &[Value]| {
+        v.iter()
+            .map(|e| e["id"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&resumed), ids(&all), "resuming lost or repeated events");
+    assert!(ids(&all).windows(2).all(|w| w[0] < w[1]), "in commit order");
+    assert!(
+        all.iter().all(|e| e["runId"] == run.as_str()),
+        "only the run's"
+    );
+
+    // Each job: created held or queued, then queued, sent, done — once each.
+    for (host, job) in &jobs {
+        let s = states(&all, job);
+        let want: &[&str] = if s.first().map(String::as_str) == Some("held") {
+            &["held", "queued", "sent", "done"]
+        } else {
+            &["queued", "sent", "done"]
+        };
+        assert_eq!(s, want, "{host}");
+        let done_event = all
+            .iter()
+            .find(|e| e["jobId"] == *job && e["status"] == "done")
+            .unwrap();
+        let code = if host.starts_with('x') { 7 } else { 0 };
+        assert_eq!(
+            done_event["exitCode"], code,
+            "{host}: exit code in the event"
+        );
+    }
+    assert_eq!(
+        all.iter().filter(|e| e["status"] == "held").count(),
+        1,
+        "a batch of 2 over 3 hosts holds one"
+    );
+
+    // The unfiltered live stream saw the other job too; a host filter only it.
+    let everything = live.until(T, |got| {
+        got.iter().filter(|e| e["status"] == "done").count() >= 4
+    });
+    assert_eq!(states(&everything, &other_job), ["queued", "sent", "done"]);
+    let mut by_host = Stream::open(&l, "?host=OTHER.test", None, Some(TOKEN));
+    let theirs = by_host.until(Duration::from_secs(2), |got| got.len() >= 3);
+    assert!(
+        theirs.iter().all(|e| e["hostname"] == "other.test"),
+        "{theirs:?}"
+    );
+    assert_eq!(states(&theirs, &other_job), ["queued", "sent", "done"]);
+    let mut by_job = Stream::open(&l, &format!("?job={}", jobs[0].1), None, Some(TOKEN));
+    let one = by_job.until(Duration::from_secs(2), |got| {
+        got.iter().any(|e| e["status"] == "done")
+    });
+    assert!(one.iter().all(|e| e["jobId"] == jobs[0].1.as_str()));
+}
