@@ -461,38 +461,93 @@ fn fan_out(api: &Api, args: &RunArgs, json_out: bool) -> Result<bool> {
     run_table(api, &id, json_out)
 }
 
-/// Waits until none of the run's jobs is held, queued or sent; on a
-/// terminal, a progress line on stderr.
+/// Waits until every job of the run has ended (done, lost or expired),
+/// reading the listener's live event stream for the run — from its first
+/// event, so nothing that happened before is missed, and again from the
+/// last event seen if the stream drops. On a terminal, a progress line on
+/// stderr.
 fn wait_run(api: &Api, id: &str, timeout: u64) -> Result<()> {
-    use std::io::IsTerminal;
+    use std::collections::HashMap;
+    use std::io::{BufRead, IsTerminal};
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let limit = started + Duration::from_secs(timeout + 120);
+    let run = api.call("GET", &format!("/runs/{id}"), None)?;
+    let mut state: HashMap<String, (String, Option<i64>)> = run["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| {
+            let status = h["status"].as_str().unwrap_or("").to_owned();
+            Some((
+                h["jobId"].as_str()?.to_owned(),
+                (status, h["exitCode"].as_i64()),
+            ))
+        })
+        .collect();
+    let total = state.len();
+    let ended = |s: &str| matches!(s, "done" | "lost" | "expired");
+    // Over already (its events may have been pruned since).
+    if state.values().all(|(st, _)| ended(st)) {
+        return Ok(());
+    }
+    let mut last = 0i64;
     loop {
-        let r = api.call("GET", &format!("/runs/{id}"), None)?;
-        let count = |s: &str| r["counts"][s].as_u64().unwrap_or(0);
-        let total = r["hosts"].as_array().map_or(0, Vec::len);
-        let pending = count("held") + count("queued") + count("sent");
-        if tty {
-            eprint!(
-                "\r{} done ({} failed), {} lost, {} expired of {total}; {:.1} s   ",
-                count("done"),
-                r["failed"].as_u64().unwrap_or(0),
-                count("lost"),
-                count("expired"),
-                started.elapsed().as_secs_f64()
-            );
-        }
-        if pending == 0 {
-            if tty {
-                eprintln!();
+        let resp = ureq::get(&format!("{}/api/v1/events?run={id}", api.url))
+            .set("Authorization", &format!("Bearer {}", api.token))
+            .set("Last-Event-ID", &last.to_string())
+            .call();
+        let resp = match resp {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => {
+                bail!(
+                    "the listener answered {code}: {}",
+                    r.into_string().unwrap_or_default()
+                )
             }
-            return Ok(());
+            Err(e) => return Err(e).context("reaching the listener's event stream"),
+        };
+        for line in std::io::BufReader::new(resp.into_reader()).lines() {
+            let Ok(line) = line else { break };
+            let Some(data) = line.strip_prefix("data:") else {
+                continue;
+            };
+            let Ok(e) = serde_json::from_str::<Value>(data.trim()) else {
+                continue;
+            };
+            last = e["id"].as_i64().unwrap_or(last);
+            if let (Some(job), Some(status)) = (e["jobId"].as_str(), e["status"].as_str()) {
+                state.insert(job.to_owned(), (status.to_owned(), e["exitCode"].as_i64()));
+            }
+            let count = |s: &str| state.values().filter(|(st, _)| st == s).count();
+            let failed = state
+                .values()
+                .filter(|(st, code)| st == "done" && *code != Some(0))
+                .count();
+            if tty {
+                eprint!(
+                    "\r{} done ({failed} failed), {} lost, {} expired of {total}; {:.1} s   ",
+                    count("done"),
+                    count("lost"),
+                    count("expired"),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            if state.values().all(|(st, _)| ended(st)) {
+                if tty {
+                    eprintln!();
+                }
+                return Ok(());
+            }
+            if Instant::now() > limit {
+                bail!("gave up waiting; follow with `ccctl run watch {id}`");
+            }
         }
+        // The stream ended (listener restart, network): resume from `last`.
         if Instant::now() > limit {
             bail!("gave up waiting; follow with `ccctl run watch {id}`");
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
