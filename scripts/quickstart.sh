@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CronCommander quickstart: builds, starts a listener on loopback with a fresh
 # SQLite file, creates an agent key and an operator token, starts an agent in
-# user mode (as cc-agent-user when run as root), runs a sample job through the
-# operator API, prints its report, and keeps both running until Ctrl-C.
+# user mode (as cc-agent-user when run as root), then drives it with ccctl as
+# an operator would (ccctl agents, ccctl run, ccctl job), and keeps both
+# running until Ctrl-C.
 #
 #   CC_QUICKSTART_BIN_DIR=DIR   use binaries already built in DIR (no build)
 #   CC_QUICKSTART_ONCE=1        stop after printing the report (for tests)
@@ -70,6 +71,10 @@ state_dir = "$work/agent-state"
 TOML
 run_agent=("$bin_dir/cc-agent" run --config "$work/agent.toml")
 if [ "$(id -u)" -eq 0 ]; then
+    # The checkout may sit where cc-agent-user cannot go (root's 0700 home):
+    # the agent runs from a copy in the work directory.
+    install -m 0755 "$bin_dir/cc-agent" "$work/cc-agent"
+    run_agent=("$work/cc-agent" run --config "$work/agent.toml")
     id cc-agent-user >/dev/null 2>&1 || useradd --system --user-group --home-dir /nonexistent \
         --no-create-home --shell /usr/sbin/nologin cc-agent-user
     chown cc-agent-user: "$work/agent.key" "$work/agent.toml" "$work/agent-state"
@@ -79,28 +84,35 @@ fi
 "${run_agent[@]}" 2> "$work/agent.log" &
 pids+=($!)
 for _ in $(seq 100); do api GET /api/v1/agents | grep -q '"connected":true' && break; sleep 0.1; done
-api GET /api/v1/agents; echo
 
-say "a sample job through the operator API"
-job="$(api POST /api/v1/agents/quickstart-host/jobs '{"command":"/bin/sh","args":["-c","echo hello from CronCommander; id -un"],"timeout":30}')"
-echo "$job"
-job_id="$(sed -E 's/.*"jobId":"([^"]+)".*/\1/' <<<"$job")"
-for _ in $(seq 100); do
-    result="$(api GET "/api/v1/jobs/$job_id")"
-    grep -q '"status":"done"' <<<"$result" && break
-    sleep 0.1
-done
-say "its report"
-echo "$result"
+# ccctl finds the listener and its token in these two variables.
+export CC_URL="http://127.0.0.1:$admin_port"
+export CC_TOKEN_FILE="$work/admin-token"
+ccctl="$bin_dir/ccctl"
+
+say "ccctl agents"
+"$ccctl" agents
+
+say "ccctl run quickstart-host -- /bin/sh -c 'echo hello from CronCommander; id -un'"
+"$ccctl" run quickstart-host -- /bin/sh -c 'echo hello from CronCommander; id -un'
+
+say "ccctl job ID: the report of a job"
+started="$("$ccctl" run --no-wait quickstart-host -- /bin/sh -c 'echo hello from CronCommander; id -un')"
+run_id="$(sed -n 's/^run //p' <<<"$started")"
+job_id="$(sed -n 's/^quickstart-host //p' <<<"$started")"
+"$ccctl" run watch "$run_id" > /dev/null
+"$ccctl" job "$job_id"
 
 if [ "${CC_QUICKSTART_ONCE:-}" = 1 ]; then
     exit 0
 fi
 cat <<TXT
 
-Listener and agent are running. Try:
-  token=\$(cat $work/admin-token)
-  curl -H "Authorization: Bearer \$token" http://127.0.0.1:$admin_port/api/v1/agents
+Listener and agent are running. In another shell:
+  export CC_URL=$CC_URL CC_TOKEN_FILE=$CC_TOKEN_FILE
+  $ccctl agents
+  $ccctl run --tag quickstart -- /usr/bin/uptime
+  $ccctl run quickstart-host -- /bin/ls -l /tmp
 Logs: $work/listener.log, $work/agent.log. Ctrl-C stops both.
 TXT
 wait

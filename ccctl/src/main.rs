@@ -65,7 +65,12 @@ enum Command {
     /// ID` follow a run started earlier (or left with Ctrl-C).
     Run(RunArgs),
     /// Show a job and its report (stdout and stderr verbatim).
-    Job { id: String },
+    Job {
+        id: String,
+        /// `text` (default: the report, stdout and stderr verbatim) or `json`.
+        #[arg(long, default_value = "text")]
+        output: String,
+    },
     /// List agents.
     Agents,
     /// Read or replace a host's cron list.
@@ -409,6 +414,46 @@ fn run(
     Ok(summarize(&done, json_out))
 }
 
+/// A job as a person reads it: what ran where, how it ended, then its
+/// output verbatim.
+fn print_job(j: &Value) {
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    let args: Vec<String> = j["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| a.as_str().unwrap_or("").to_owned())
+        .collect();
+    println!("job      {}", text(&j["jobId"]));
+    println!("host     {}", text(&j["hostname"]));
+    println!("command  {} {}", text(&j["command"]), args.join(" "));
+    println!("status   {}", text(&j["status"]));
+    let r = &j["report"];
+    if r.is_object() {
+        println!("exit     {}", r["exitCode"]);
+        println!(
+            "ran as   {} (uid {})",
+            text(&r["executingUser"]),
+            r["executingUid"]
+        );
+        println!("started  {}", text(&r["startTime"]));
+        println!("took     {} ms", r["durationMs"]);
+        if let Some(w) = r["warning"].as_str() {
+            println!("warning  {w}");
+        }
+        for stream in ["stdout", "stderr"] {
+            let out = r[stream].as_str().unwrap_or("");
+            if !out.is_empty() {
+                println!("--- {stream} ---");
+                print!("{out}");
+                if !out.ends_with('\n') {
+                    println!();
+                }
+            }
+        }
+    }
+}
+
 /// Hostnames of the agents carrying every tag in `tags`.
 fn hosts_with_tags(api: &Api, tags: &[String]) -> Result<Vec<String>> {
     let agents = api.get_all("/agents", "x-cc-next-after", "after")?;
@@ -640,25 +685,36 @@ fn main() -> ExitCode {
                     None => fan_out(&api, args, json_out),
                 }
             }
-            Command::Job { id } => {
+            Command::Job { id, output } => {
                 let j = Api::new(&cli, &file)?.call("GET", &format!("/jobs/{id}"), None)?;
-                println!("{}", serde_json::to_string_pretty(&j)?);
+                if output == "json" {
+                    println!("{}", serde_json::to_string_pretty(&j)?);
+                } else {
+                    print_job(&j);
+                }
                 Ok(j["report"]["exitCode"] == 0)
             }
             Command::Agents => {
                 let a = Api::new(&cli, &file)?.get_all("/agents", "x-cc-next-after", "after")?;
                 println!(
-                    "{:<28} {:<7} {:<7} {:<6} TAGS",
-                    "HOST", "ONLINE", "MODE", "ROOT"
+                    "{:<28} {:<7} {:<7} {:<6} {:<25} TAGS",
+                    "HOST", "ONLINE", "MODE", "ROOT", "LAST HEARTBEAT"
                 );
                 for x in &a {
+                    let tags: Vec<&str> = x["tags"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
                     println!(
-                        "{:<28} {:<7} {:<7} {:<6} {}",
+                        "{:<28} {:<7} {:<7} {:<6} {:<25} {}",
                         x["hostname"].as_str().unwrap_or("?"),
-                        x["connected"],
+                        if x["connected"] == true { "yes" } else { "no" },
                         x["executionMode"].as_str().unwrap_or("?"),
-                        x["isRoot"],
-                        x["tags"]
+                        if x["isRoot"] == true { "yes" } else { "no" },
+                        x["lastHeartbeat"].as_str().unwrap_or("-"),
+                        tags.join(",")
                     );
                     if let Some(w) = x["warning"].as_str() {
                         println!("{:<28} warning: {w}", "");

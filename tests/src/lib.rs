@@ -24,14 +24,20 @@ pub mod ws;
 
 use std::path::{Path, PathBuf};
 
-/// Path of a workspace binary built beside the running test executable.
-pub fn bin(name: &str) -> PathBuf {
+/// The directory the workspace's binaries are built in, beside the running
+/// test executable (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current test executable");
-    let dir = exe
-        .parent()
+    exe.parent()
         .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
-    let path = dir.join(name);
+        .expect("test executable lives in target/<profile>/deps")
+        .to_owned()
+}
+
+/// Path of a workspace binary built beside the running test executable
+/// (or of a copy other users can run: [`reachable`]).
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
     assert!(
         path.is_file(),
         "{} is missing: run `cargo build --workspace --bins` first",

@@ -1,5 +1,5 @@
-//! The README's "run it" command works: listener, key, token, agent, a
-//! sample job through the API, its report printed.
+//! The README's "run it" command works: listener, key, token, agent, then
+//! `ccctl agents`, `ccctl run` and `ccctl job` as a newcomer types them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
@@ -11,7 +11,12 @@ use cc_e2e::bin;
 #[test]
 fn the_quickstart_runs_a_job_and_prints_its_report() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bin_dir = bin("cc-agent").parent().unwrap().to_owned();
+    // The build's own directory, not a copy (the script copies what the
+    // agent's user runs): `bin` only checks the binaries are there.
+    for b in ["cc-agent", "cc-listener", "ccctl"] {
+        bin(b);
+    }
+    let bin_dir = cc_e2e::bin_dir();
     let out = Command::new("bash")
         .arg(root.join("scripts/quickstart.sh"))
         .env("CC_QUICKSTART_BIN_DIR", &bin_dir)
@@ -24,10 +29,27 @@ fn the_quickstart_runs_a_job_and_prints_its_report() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains(r#""status":"done""#), "{stdout}");
+    // ccctl agents: the host, online, in user mode.
     assert!(
-        stdout.contains(r#""stdout":"hello from CronCommander\n"#),
+        stdout.lines().any(|l| l.starts_with("quickstart-host")
+            && l.contains(" yes ")
+            && l.contains(" user ")),
         "{stdout}"
     );
-    assert!(stdout.contains(r#""exitCode":0"#), "{stdout}");
+    // ccctl run: its table, the host done with exit code 0.
+    assert!(
+        stdout.lines().any(|l| l.starts_with("quickstart-host")
+            && l.contains("done")
+            && l.contains(" 0 ")
+            && l.contains("hello from CronCommander")),
+        "{stdout}"
+    );
+    // ccctl job: the report as a person reads it, output verbatim.
+    assert!(stdout.contains("status   done"), "{stdout}");
+    assert!(stdout.contains("exit     0"), "{stdout}");
+    assert!(
+        stdout.contains("--- stdout ---\nhello from CronCommander\n"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(r#""exitCode""#), "no raw JSON: {stdout}");
 }
