@@ -41,7 +41,7 @@ use cc_proto::wire::{
 };
 
 use crate::hub::{OUTBOUND_QUEUE, Outbound};
-use crate::store::{Binding, JobRow, KeyRecord, Stored};
+use crate::store::{Binding, JobRow, KeyRecord, Stored, WriteOp, WriteOut};
 use crate::{AppState, now_ms};
 
 /// Invalid messages tolerated on one connection before it is closed.
@@ -385,10 +385,22 @@ where
     };
     let hostname = info.hostname.to_string();
 
-    let binding = {
-        let host = hostname.clone();
-        let id = key.id;
-        state.db.call(move |s| s.bind_key(id, &host)).await?
+    // Committed with other registrations: a reconnect storm costs a
+    // commit per group, not per agent.
+    let binding = match state
+        .writer
+        .write(WriteOp::Bind {
+            key_id: key.id,
+            hostname: hostname.clone(),
+        })
+        .await?
+    {
+        WriteOut::Bound(b) => b,
+        _ => {
+            return Err(anyhow!(
+                "the writer answered a key binding with something else"
+            ));
+        }
     };
     match binding {
         Binding::Ok => {}
@@ -494,13 +506,7 @@ impl Session<'_> {
     {
         let state = self.state;
         let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
-        {
-            let info = info.clone();
-            state
-                .db
-                .call(move |s| s.upsert_agent(&info, now_ms()))
-                .await?;
-        }
+        state.writer.write(WriteOp::Register(info.clone())).await?;
         if let Some(old) = state.hub.insert(
             self.conn_id,
             key_id,
@@ -722,23 +728,25 @@ impl Session<'_> {
             Some(id) => format!("id:{id}"),
             None => derived_report_key(&report),
         };
-        let host = self.hostname.clone();
-        let job_id = report.job_id.clone();
-        let limits = self.state.settings.report_limits;
-        let stored = self
-            .state
-            .db
-            .call(move |s| {
-                s.store_report_releasing(&host, &job_id, &dedupe_key, &payload, now_ms(), limits)
-            })
-            .await;
-        let stored = stored.map(|(stored, released)| {
-            // Held jobs of a batched run this report made room for.
-            for host in released {
-                self.state.hub.nudge(&host);
+        let op = WriteOp::Report {
+            hostname: self.hostname.clone(),
+            job_id: report.job_id.clone(),
+            dedupe_key,
+            payload,
+            limits: self.state.settings.report_limits,
+        };
+        // Committed with whatever other reports arrive meanwhile.
+        let stored = match self.state.writer.write(op).await {
+            Ok(WriteOut::Report { stored, released }) => {
+                // Held jobs of a batched run this report made room for.
+                for host in released {
+                    self.state.hub.nudge(&host);
+                }
+                Ok(stored)
             }
-            stored
-        });
+            Ok(_) => Err(anyhow!("the writer answered a report with something else")),
+            Err(e) => Err(e),
+        };
         match stored {
             // Not acknowledged: the agent keeps it, and sends it again on
             // its next connection.
@@ -776,12 +784,14 @@ impl Session<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         loop {
-            let (host, window) = (self.hostname.clone(), self.window);
-            let jobs = self
-                .state
-                .db
-                .call(move |s| s.take_for_host(&host, window, now_ms()))
-                .await?;
+            let op = WriteOp::Take {
+                hostname: self.hostname.clone(),
+                window: self.window,
+            };
+            let jobs = match self.state.writer.write(op).await? {
+                WriteOut::Taken(jobs) => jobs,
+                _ => return Err(anyhow!("the writer answered a take with something else")),
+            };
             let full_batch = jobs.len() as i64 == crate::store::TAKE_BATCH;
             for (i, job) in jobs.iter().enumerate() {
                 if let Err(e) = async { send_text(ws, job_text(job)?).await }.await {

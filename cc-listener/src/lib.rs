@@ -108,6 +108,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Reports refused per host since the listener started.
     pub refusals: Refusals,
+    /// Group commit for reports and job hand-overs.
+    pub writer: store::Writer,
 }
 
 /// Reports refused per host (quota, unmatched): what `GET /agents` shows.
@@ -204,8 +206,11 @@ pub async fn serve(
     let store = Store::open(&settings.db)?;
     let tls = settings.tls.as_ref().map(load_tls).transpose()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let db = Db::new(store);
+    let writer = store::Writer::spawn(db.clone());
     let state = Arc::new(AppState {
-        db: Db::new(store),
+        db,
+        writer,
         hub: Hub::default(),
         settings: settings.clone(),
         admin_token,

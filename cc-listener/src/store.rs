@@ -226,6 +226,37 @@ pub struct NewRun {
     pub created_ms: i64,
 }
 
+/// A write that may share its transaction with others ([`Store::write_batch`]).
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    Report {
+        hostname: String,
+        job_id: String,
+        dedupe_key: String,
+        payload: String,
+        limits: ReportLimits,
+    },
+    Take {
+        hostname: String,
+        window: Option<u32>,
+    },
+    /// [`Store::bind_key`].
+    Bind { key_id: i64, hostname: String },
+    /// [`Store::upsert_agent`], seen now.
+    Register(AgentInfo),
+}
+
+#[derive(Debug, Clone)]
+pub enum WriteOut {
+    Report {
+        stored: Stored,
+        released: Vec<String>,
+    },
+    Taken(Vec<JobRow>),
+    Bound(Binding),
+    Registered,
+}
+
 /// One change of a job's state (`events` table).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRow {
@@ -481,6 +512,12 @@ impl Store {
     pub fn bind_key(&self, id: i64, hostname: &str) -> Result<Binding> {
         let mut conn = lock(&self.writer);
         let tx = write_tx(&mut conn)?;
+        let outcome = Self::bind_in(&tx, id, hostname)?;
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    fn bind_in(tx: &Connection, id: i64, hostname: &str) -> Result<Binding> {
         let bound: Option<String> = tx.query_row(
             "SELECT hostname FROM api_keys WHERE id = ?1",
             params![id],
@@ -509,19 +546,22 @@ impl Store {
                 }
             }
         };
-        tx.commit()?;
         Ok(outcome)
     }
 
     // ---- agents ----
 
     pub fn upsert_agent(&self, info: &AgentInfo, now_ms: i64) -> Result<()> {
+        Self::upsert_in(&lock(&self.writer), info, now_ms)
+    }
+
+    fn upsert_in(conn: &Connection, info: &AgentInfo, now_ms: i64) -> Result<()> {
         let tags: Vec<&str> = info.tags.iter().map(|t| t.as_str()).collect();
         let mode = match info.execution_mode {
             ExecutionMode::User => "user",
             ExecutionMode::System => "system",
         };
-        lock(&self.writer).execute(
+        conn.execute(
             "INSERT INTO agents (hostname, os, arch, tags, execution_mode, is_root, first_seen_ms, last_seen_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
              ON CONFLICT (hostname) DO UPDATE SET os = ?2, arch = ?3, tags = ?4,
@@ -684,7 +724,7 @@ impl Store {
     /// Queues as many of `run_id`'s held jobs as its batch has room for
     /// (its queued and sent jobs are what runs), oldest first; their queue
     /// time starts now. Returns their hosts.
-    fn release_held(tx: &Transaction<'_>, run_id: &str, now_ms: i64) -> Result<Vec<String>> {
+    fn release_held(tx: &Connection, run_id: &str, now_ms: i64) -> Result<Vec<String>> {
         let Some((batch, ttl)): Option<(Option<i64>, i64)> = tx
             .query_row(
                 "SELECT batch, queue_ttl_ms FROM runs WHERE run_id = ?1",
@@ -822,6 +862,18 @@ impl Store {
     ) -> Result<Vec<JobRow>> {
         let mut conn = lock(&self.writer);
         let tx = write_tx(&mut conn)?;
+        let rows = Self::take_in(&tx, hostname, window, now_ms)?;
+        tx.commit()?;
+        Ok(rows)
+    }
+
+    /// [`Store::take_for_host`] inside the caller's transaction.
+    fn take_in(
+        tx: &Connection,
+        hostname: &str,
+        window: Option<u32>,
+        now_ms: i64,
+    ) -> Result<Vec<JobRow>> {
         let room = match window {
             None => TAKE_BATCH,
             Some(w) => {
@@ -850,7 +902,6 @@ impl Store {
                 params![job.job_id, now_ms],
             )?;
         }
-        tx.commit()?;
         Ok(rows)
     }
 
@@ -984,7 +1035,7 @@ impl Store {
             .optional()?)
     }
 
-    fn is_cron_entry(tx: &Transaction<'_>, hostname: &str, job_id: &str) -> Result<bool> {
+    fn is_cron_entry(tx: &Connection, hostname: &str, job_id: &str) -> Result<bool> {
         let text: Option<String> = tx
             .query_row(
                 "SELECT entries FROM cron_sets WHERE hostname = ?1",
@@ -1030,6 +1081,23 @@ impl Store {
     ) -> Result<(Stored, Vec<String>)> {
         let mut conn = lock(&self.writer);
         let tx = write_tx(&mut conn)?;
+        let out = Self::store_in(&tx, hostname, job_id, dedupe_key, payload, now_ms, limits)?;
+        // Nothing was written for a duplicate or a refusal: no commit needed,
+        // but committing an empty transaction is harmless and simpler.
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// [`Store::store_report_releasing`] inside the caller's transaction.
+    fn store_in(
+        tx: &Connection,
+        hostname: &str,
+        job_id: &str,
+        dedupe_key: &str,
+        payload: &str,
+        now_ms: i64,
+        limits: ReportLimits,
+    ) -> Result<(Stored, Vec<String>)> {
         let exists = tx
             .query_row(
                 "SELECT 1 FROM reports WHERE hostname = ?1 AND dedupe_key = ?2",
@@ -1051,12 +1119,12 @@ impl Store {
             .is_some();
         let kind = if is_job {
             "job"
-        } else if Self::is_cron_entry(&tx, hostname, job_id)? {
+        } else if Self::is_cron_entry(tx, hostname, job_id)? {
             "cron"
         } else {
             "unmatched"
         };
-        let used = Self::usage_in(&tx, hostname)?;
+        let used = Self::usage_in(tx, hostname)?;
         let size = payload.len() as u64;
         let unmatched = u64::from(kind == "unmatched");
         if unmatched == 1 && used.unmatched >= limits.unmatched {
@@ -1105,10 +1173,9 @@ impl Store {
                 |r| r.get(0),
             )?;
             if let Some(run) = run {
-                released = Self::release_held(&tx, &run, now_ms)?;
+                released = Self::release_held(tx, &run, now_ms)?;
             }
         }
-        tx.commit()?;
         Ok((Stored::New, released))
     }
 
@@ -1129,6 +1196,51 @@ impl Store {
     /// What `hostname`'s stored reports take.
     pub fn usage(&self, hostname: &str) -> Result<Usage> {
         Self::usage_in(&lock(&self.reader), hostname)
+    }
+
+    /// Several writes in one transaction — one commit, one fsync — for
+    /// writes that arrive together (group commit). Each runs in its own
+    /// savepoint: one that fails is undone alone and gets its error; the
+    /// others commit. If the commit itself fails, every write gets that
+    /// error and none happened.
+    pub fn write_batch(&self, ops: &[WriteOp], now_ms: i64) -> Result<Vec<Result<WriteOut>>> {
+        let mut conn = lock(&self.writer);
+        let mut tx = write_tx(&mut conn)?;
+        let mut outs = Vec::with_capacity(ops.len());
+        for op in ops {
+            let sp = tx.savepoint()?;
+            let out = match op {
+                WriteOp::Report {
+                    hostname,
+                    job_id,
+                    dedupe_key,
+                    payload,
+                    limits,
+                } => Self::store_in(&sp, hostname, job_id, dedupe_key, payload, now_ms, *limits)
+                    .map(|(stored, released)| WriteOut::Report { stored, released }),
+                WriteOp::Take { hostname, window } => {
+                    Self::take_in(&sp, hostname, *window, now_ms).map(WriteOut::Taken)
+                }
+                WriteOp::Bind { key_id, hostname } => {
+                    Self::bind_in(&sp, *key_id, hostname).map(WriteOut::Bound)
+                }
+                WriteOp::Register(info) => {
+                    Self::upsert_in(&sp, info, now_ms).map(|()| WriteOut::Registered)
+                }
+            };
+            match out {
+                Ok(o) => {
+                    sp.commit()?;
+                    outs.push(Ok(o));
+                }
+                Err(e) => {
+                    drop(sp); // rolls back this write only
+                    outs.push(Err(e));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(outs)
     }
 
     /// Deletes reports received before `before_ms`, at most `batch` of
@@ -1383,6 +1495,66 @@ impl Db {
     /// Changes after every store call (a write may have added events).
     pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.calls.subscribe()
+    }
+}
+
+/// Group commit for the writes connections make at a high rate (reports,
+/// handing jobs over): one task takes every write waiting, up to
+/// [`MAX_GROUP`], and commits them in one transaction
+/// ([`Store::write_batch`]); each caller gets its own result once that
+/// transaction is committed — so a report is still acknowledged only after
+/// it is on disk, and a burst costs one fsync per group, not per report.
+#[derive(Debug, Clone)]
+pub struct Writer(
+    tokio::sync::mpsc::Sender<(WriteOp, tokio::sync::oneshot::Sender<Result<WriteOut>>)>,
+);
+
+/// Most writes one transaction takes.
+pub const MAX_GROUP: usize = 512;
+
+impl Writer {
+    pub fn spawn(db: Db) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(
+            WriteOp,
+            tokio::sync::oneshot::Sender<Result<WriteOut>>,
+        )>(4 * MAX_GROUP);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(w) => group.push(w),
+                        Err(_) => break,
+                    }
+                }
+                let (ops, replies): (Vec<WriteOp>, Vec<_>) = group.into_iter().unzip();
+                match db.call(move |s| s.write_batch(&ops, crate::now_ms())).await {
+                    Ok(outs) => {
+                        for (reply, out) in replies.into_iter().zip(outs) {
+                            let _ = reply.send(out);
+                        }
+                    }
+                    Err(e) => {
+                        let why = format!("{e:#}");
+                        for reply in replies {
+                            let _ = reply.send(Err(anyhow::anyhow!("{why}")));
+                        }
+                    }
+                }
+            }
+        });
+        Self(tx)
+    }
+
+    /// Queues `op` for the next group and waits until it is committed.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteOut> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.0
+            .send((op, tx))
+            .await
+            .map_err(|_| anyhow::anyhow!("the store's writer has stopped"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the store's writer dropped a write"))?
     }
 }
 
@@ -1649,6 +1821,69 @@ mod tests {
         assert_eq!(s.usage("u").unwrap(), Usage::default());
         assert_eq!(s.usage("h").unwrap(), Usage::default());
         assert_eq!(un("d"), Stored::New);
+    }
+
+    /// A group gives each write the result it would have had alone, in
+    /// order: later writes see earlier ones (duplicate, quota).
+    #[test]
+    fn a_group_of_writes_is_each_write_in_order() {
+        let (_d, s) = temp_store();
+        s.create_job(&NewJob {
+            job_id: "j".into(),
+            hostname: "h".into(),
+            command: "/bin/true".into(),
+            args: vec![],
+            timeout_secs: 10,
+            created_ms: 0,
+            expires_ms: 1_000_000,
+            signed: None,
+        })
+        .unwrap();
+        let limits = ReportLimits {
+            quota_bytes: 6,
+            unmatched: 10,
+        };
+        let report = |key: &str, job: &str, payload: &str| WriteOp::Report {
+            hostname: "h".into(),
+            job_id: job.into(),
+            dedupe_key: key.into(),
+            payload: payload.into(),
+            limits,
+        };
+        let ops = [
+            WriteOp::Take {
+                hostname: "h".into(),
+                window: Some(1),
+            },
+            report("1", "other", "{}"),
+            report("1", "other", "{}"),
+            report("2", "j", "1234"),
+            report("3", "other", "1"),
+        ];
+        let outs = s.write_batch(&ops, 5).unwrap();
+        let taken = |o: &Result<WriteOut>| match o {
+            Ok(WriteOut::Taken(jobs)) => jobs.iter().map(|j| j.job_id.clone()).collect(),
+            _ => Vec::new(),
+        };
+        let stored = |o: &Result<WriteOut>| match o {
+            Ok(WriteOut::Report { stored, .. }) => Some(*stored),
+            _ => None,
+        };
+        assert_eq!(taken(&outs[0]), ["j"]);
+        assert_eq!(stored(&outs[1]), Some(Stored::New));
+        assert_eq!(stored(&outs[2]), Some(Stored::Duplicate));
+        assert_eq!(stored(&outs[3]), Some(Stored::New));
+        assert_eq!(
+            stored(&outs[4]),
+            Some(Stored::Refused(Refusal::Quota {
+                used: 6,
+                size: 1,
+                quota: 6
+            }))
+        );
+        assert_eq!(s.get_job("j").unwrap().unwrap().status, status::DONE);
+        assert_eq!(s.count_reports().unwrap(), 2);
+        assert!(s.write_batch(&[], 6).unwrap().is_empty());
     }
 
     /// Regression: `serve` and `keys add` opening a fresh file at the same
