@@ -21,8 +21,9 @@ use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use cc_e2e::TempDir;
+use cc_e2e::agent::proc_status_kib;
 use cc_e2e::listener::ListenerProcess;
+use cc_e2e::{TempDir, env_or};
 use cc_listener::store::Store;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -31,22 +32,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -197,7 +182,7 @@ fn main() {
     let listener = ListenerProcess::start(&bin, dir.path(), &config);
     let pid = listener.child.id();
     std::thread::sleep(Duration::from_millis(500));
-    let rss_start = rss_kib(pid);
+    let rss_start = proc_status_kib(pid, "VmRSS");
 
     let (ack_tx, ack_rx) = std_mpsc::channel();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -238,7 +223,7 @@ fn main() {
 
     // Idle (heartbeating only) for two heartbeat intervals.
     std::thread::sleep(heartbeat * 2);
-    let rss_idle = rss_kib(pid);
+    let rss_idle = proc_status_kib(pid, "VmRSS");
 
     let mut latencies = Vec::with_capacity(jobs);
     let run_started = Instant::now();
@@ -262,7 +247,7 @@ fn main() {
         }
     }
     let run_time = run_started.elapsed();
-    let rss_after = rss_kib(pid);
+    let rss_after = proc_status_kib(pid, "VmRSS");
     latencies.sort();
 
     let per_conn = (rss_idle.saturating_sub(rss_start)) as f64 * 1024.0 / agents as f64;

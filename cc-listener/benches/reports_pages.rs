@@ -16,17 +16,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use cc_e2e::TempDir;
 use cc_e2e::agent::proc_status_kib;
 use cc_e2e::listener::{ListenerProcess, TOKEN};
+use cc_e2e::{TempDir, env_or};
 use cc_listener::store::Store;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     // `cargo bench` passes --bench; nothing else to parse.

@@ -457,6 +457,52 @@ fn random_nonce() -> ApiResult<String> {
     Ok(sign::nonce(r))
 }
 
+/// A job's fields checked as the agent will check them: 400 naming what is
+/// wrong.
+fn job_spec(exec: &ExecuteJob) -> ApiResult<cc_proto::wire::JobSpec> {
+    exec.validate().map_err(|e| match e {
+        cc_proto::wire::InvalidPayload::Text(t) => ApiError::from(t),
+        other => ApiError::new(StatusCode::BAD_REQUEST, other.to_string()),
+    })
+}
+
+/// How long a queued job waits, in milliseconds.
+fn queue_ttl_ms(state: &AppState) -> i64 {
+    i64::try_from(state.settings.job_queue_ttl.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// This listener's signature (as stored JSON) on job `job_id` running
+/// `spec` on `host`, when it signs and the host is in system mode.
+async fn sign_job(
+    state: &AppState,
+    host: &str,
+    job_id: &str,
+    spec: &cc_proto::wire::JobSpec,
+) -> ApiResult<Option<String>> {
+    let valid_secs = queue_ttl_ms(state) / 1000;
+    let signed = listener_signature(
+        state,
+        host,
+        sign::EXEC_LABEL,
+        valid_secs,
+        |not_before, expires_at, nonce| ExecStatement {
+            host: host.to_owned(),
+            job_id: job_id.to_owned(),
+            program: spec.command.program().to_owned(),
+            args: spec.command.args().to_vec(),
+            timeout: spec.timeout.secs(),
+            not_before,
+            expires_at,
+            nonce,
+        },
+    )
+    .await?;
+    signed
+        .map(|s| serde_json::to_string(&s))
+        .transpose()
+        .map_err(|e| ApiError::internal(e.into()))
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct JobAccepted {
@@ -503,36 +549,13 @@ async fn post_job(
             (exec, None)
         }
     };
-    let spec = exec.validate().map_err(|e| match e {
-        cc_proto::wire::InvalidPayload::Text(t) => ApiError::from(t),
-        other => ApiError::new(StatusCode::BAD_REQUEST, other.to_string()),
-    })?;
+    let spec = job_spec(&exec)?;
     let job_id = spec.id.to_string();
     require_known(&state, &host).await?;
     let now = now_ms();
-    let queue_ttl = i64::try_from(state.settings.job_queue_ttl.as_secs()).unwrap_or(i64::MAX / 2);
     let signed = match signed {
-        Some(s) => Some(s),
-        None => {
-            let label = sign::EXEC_LABEL;
-            listener_signature(
-                &state,
-                &host,
-                label,
-                queue_ttl,
-                |not_before, expires_at, nonce| ExecStatement {
-                    host: host.clone(),
-                    job_id: job_id.clone(),
-                    program: spec.command.program().to_owned(),
-                    args: spec.command.args().to_vec(),
-                    timeout: spec.timeout.secs(),
-                    not_before,
-                    expires_at,
-                    nonce,
-                },
-            )
-            .await?
-        }
+        Some(s) => Some(serde_json::to_string(&s).map_err(|e| ApiError::internal(e.into()))?),
+        None => sign_job(&state, &host, &job_id, &spec).await?,
     };
     let job = NewJob {
         job_id: job_id.clone(),
@@ -541,12 +564,8 @@ async fn post_job(
         args: spec.command.args().to_vec(),
         timeout_secs: spec.timeout.secs(),
         created_ms: now,
-        expires_ms: now
-            + i64::try_from(state.settings.job_queue_ttl.as_millis()).unwrap_or(i64::MAX / 2),
-        signed: signed
-            .map(|s| serde_json::to_string(&s))
-            .transpose()
-            .map_err(|e| ApiError::internal(e.into()))?,
+        expires_ms: now + queue_ttl_ms(&state),
+        signed,
     };
     // Queued first; the agent's connection takes it from the store as the
     // agent's window allows (`agents::Session::dispatch`).
@@ -818,16 +837,11 @@ async fn post_run(
     let command = req
         .command
         .ok_or_else(|| ApiError::invalid("command", "command is required"))?;
-    let spec = ExecuteJob {
+    let spec = job_spec(&ExecuteJob {
         job_id: uuid::Uuid::new_v4().to_string(),
         command,
         args: req.args.unwrap_or_default(),
         timeout: req.timeout,
-    }
-    .validate()
-    .map_err(|e| match e {
-        cc_proto::wire::InvalidPayload::Text(t) => ApiError::from(t),
-        other => ApiError::new(StatusCode::BAD_REQUEST, other.to_string()),
     })?;
     // Named hosts must exist; tags select among registered agents.
     for h in &hosts {
@@ -862,9 +876,7 @@ async fn post_run(
         ));
     }
     let now = now_ms();
-    let queue_ttl_ms =
-        i64::try_from(state.settings.job_queue_ttl.as_millis()).unwrap_or(i64::MAX / 2);
-    let queue_ttl = i64::try_from(state.settings.job_queue_ttl.as_secs()).unwrap_or(i64::MAX / 2);
+    let queue_ttl_ms = queue_ttl_ms(&state);
     let run = NewRun {
         run_id: uuid::Uuid::new_v4().to_string(),
         command: spec.command.program().to_owned(),
@@ -879,23 +891,7 @@ async fn post_run(
     for host in &hosts {
         let job_id = uuid::Uuid::new_v4().to_string();
         // System-mode hosts: signed here when this listener signs.
-        let signed = listener_signature(
-            &state,
-            host,
-            sign::EXEC_LABEL,
-            queue_ttl,
-            |not_before, expires_at, nonce| ExecStatement {
-                host: host.clone(),
-                job_id: job_id.clone(),
-                program: run.command.clone(),
-                args: run.args.clone(),
-                timeout: run.timeout_secs,
-                not_before,
-                expires_at,
-                nonce,
-            },
-        )
-        .await?;
+        let signed = sign_job(&state, host, &job_id, &spec).await?;
         jobs.push(NewJob {
             job_id,
             hostname: host.clone(),
@@ -904,10 +900,7 @@ async fn post_run(
             timeout_secs: run.timeout_secs,
             created_ms: now,
             expires_ms: now + queue_ttl_ms,
-            signed: signed
-                .map(|s| serde_json::to_string(&s))
-                .transpose()
-                .map_err(|e| ApiError::internal(e.into()))?,
+            signed,
         });
     }
     {

@@ -1064,31 +1064,18 @@ impl Store {
         now_ms: i64,
         limits: ReportLimits,
     ) -> Result<Stored> {
-        self.store_report_releasing(hostname, job_id, dedupe_key, payload, now_ms, limits)
-            .map(|(stored, _)| stored)
-    }
-
-    /// [`Store::store_report`], also returning the hosts whose held jobs
-    /// the report let into their run's batch (to be nudged).
-    pub fn store_report_releasing(
-        &self,
-        hostname: &str,
-        job_id: &str,
-        dedupe_key: &str,
-        payload: &str,
-        now_ms: i64,
-        limits: ReportLimits,
-    ) -> Result<(Stored, Vec<String>)> {
         let mut conn = lock(&self.writer);
         let tx = write_tx(&mut conn)?;
         let out = Self::store_in(&tx, hostname, job_id, dedupe_key, payload, now_ms, limits)?;
         // Nothing was written for a duplicate or a refusal: no commit needed,
         // but committing an empty transaction is harmless and simpler.
         tx.commit()?;
-        Ok(out)
+        Ok(out.0)
     }
 
-    /// [`Store::store_report_releasing`] inside the caller's transaction.
+    /// [`Store::store_report`] inside the caller's transaction, also
+    /// returning the hosts whose held jobs the report let into their run's
+    /// batch (to be nudged).
     fn store_in(
         tx: &Connection,
         hostname: &str,
@@ -1471,10 +1458,7 @@ impl Db {
         F: FnOnce(&Store) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let store = Arc::clone(&self.store);
-        let r = tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .context("storage task failed")?;
+        let r = self.read(f).await;
         self.calls.send_modify(|n| *n = n.wrapping_add(1));
         r
     }

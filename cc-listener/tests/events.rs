@@ -102,45 +102,11 @@ impl Stream {
     }
 }
 
+/// A test agent answering every job after 50 ms: exit code 7 on hosts
+/// whose name starts with "x", else 0.
 async fn agent(l: &ListenerProcess, host: &str, tags: &[&str]) {
-    let key = l.add_key(host);
-    let mut conn = ws::connect(&l.ws_url(), Some(&key)).await.unwrap();
-    ws::send(
-        &mut conn,
-        &json!({"type": "register", "payload": {
-            "hostname": host, "os": "linux", "arch": "amd64", "tags": tags,
-            "executionMode": "user", "isRoot": false, "jobWindow": 4
-        }}),
-    )
-    .await;
-    let host = host.to_owned();
-    tokio::spawn(async move {
-        let mut n = 0;
-        while let Some(m) = ws::recv(&mut conn, Duration::from_secs(3600)).await {
-            if m["type"] != "execute_job" {
-                continue;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            n += 1;
-            let id = m["payload"]["jobId"].as_str().unwrap().to_owned();
-            let mut r = ws::report(&id, Some(&format!("{host}-{n}")));
-            r["payload"]["exitCode"] = json!(if host.starts_with('x') { 7 } else { 0 });
-            ws::send(&mut conn, &r).await;
-        }
-    });
-}
-
-fn wait_registered(l: &ListenerProcess, n: usize) {
-    l.wait_for(T, |l| {
-        let a = l.get("/api/v1/agents").json();
-        let up = a
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|x| x["connected"] == true)
-            .count();
-        (up == n).then_some(())
-    });
+    let code = if host.starts_with('x') { 7 } else { 0 };
+    ws::answering_agent(l, host, tags, Duration::from_millis(50), move |_| code).await;
 }
 
 fn states(events: &[Value], job: &str) -> Vec<String> {
@@ -158,7 +124,7 @@ async fn every_state_change_once_in_order_and_resumable() {
     for h in ["a.test", "b.test", "x.test", "other.test"] {
         agent(&l, h, if h == "other.test" { &["no"] } else { &["ev"] }).await;
     }
-    wait_registered(&l, 4);
+    l.wait_connected_count(4);
 
     // Refused without the token; an event stream with it.
     assert_eq!(Stream::open(&l, "", None, None).status, 401);

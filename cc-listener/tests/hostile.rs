@@ -22,25 +22,6 @@ fn bin() -> &'static Path {
 
 const FAST: &str = "heartbeat_interval_secs = 1\nping_interval_secs = 1\nlost_grace_secs = 1\nsweep_interval_ms = 100\n";
 
-fn agent_entry(l: &ListenerProcess, host: &str) -> Option<Value> {
-    let agents = l.get("/api/v1/agents").json();
-    agents
-        .as_array()?
-        .iter()
-        .find(|a| a["hostname"] == host)
-        .cloned()
-}
-
-async fn registered(l: &ListenerProcess, name: &str) -> Ws {
-    let key = l.add_key(name);
-    let mut ws = ws::agent(&l.ws_url(), &key, name).await;
-    l.wait_for(T, |l| {
-        agent_entry(l, name).filter(|a| a["connected"] == true)
-    });
-    ws::send(&mut ws, &json!({"type": "heartbeat", "payload": {}})).await;
-    ws
-}
-
 /// Report ids acknowledged on `ws` until `quiet` passes with no message.
 async fn acks(ws: &mut Ws, quiet: Duration) -> Vec<String> {
     let mut ids = Vec::new();
@@ -83,7 +64,7 @@ async fn a_disk_filling_agent_stops_at_its_quota_while_another_keeps_reporting()
         dir.path(),
         &format!("{FAST}report_quota_bytes = {quota}\nunmatched_report_quota = 20\n"),
     );
-    let mut filler = registered(&l, "filler.test").await;
+    let mut filler = ws::registered(&l, "filler.test").await;
     let before = db_bytes(dir.path());
 
     // 1. Reports for jobs that do not exist: only the unmatched quota is kept.
@@ -144,7 +125,7 @@ async fn a_disk_filling_agent_stops_at_its_quota_while_another_keeps_reporting()
         "the database grew by {grown} bytes for a {quota}-byte quota"
     );
     // The operator sees why.
-    let entry = agent_entry(&l, "filler.test").unwrap();
+    let entry = l.agent_entry("filler.test").unwrap();
     assert!(
         entry["reportsRefused"].as_u64().unwrap_or(0) >= 40 + (40 - big_acked.len() as u64),
         "{entry}"
@@ -165,7 +146,7 @@ async fn a_disk_filling_agent_stops_at_its_quota_while_another_keeps_reporting()
     );
 
     // 3. Another agent's reports are stored and acknowledged meanwhile.
-    let mut bystander = registered(&l, "bystander.test").await;
+    let mut bystander = ws::registered(&l, "bystander.test").await;
     let r = l.post(
         "/api/v1/agents/bystander.test/jobs",
         &json!({"command": "/bin/echo", "args": ["hi"]}),
@@ -245,7 +226,7 @@ async fn idle_anonymous_sockets_do_not_keep_an_agent_out() {
     // Default liveness: the early agent is not expected to say anything.
     let l = ListenerProcess::start(bin(), dir.path(), "max_connections = 1000\n");
     let key = l.add_key("late.test");
-    let early = registered(&l, "early.test").await;
+    let early = ws::registered(&l, "early.test").await;
     // 5,000 sockets from 250 loopback addresses that never say a word.
     let mut idle = Vec::new();
     for i in 0..5000u32 {
@@ -263,7 +244,8 @@ async fn idle_anonymous_sockets_do_not_keep_an_agent_out() {
     let mut ws = ws::agent(&l.ws_url(), &key, "late.test").await;
     ws::send(&mut ws, &json!({"type": "heartbeat", "payload": {}})).await;
     l.wait_for(Duration::from_secs(2), |l| {
-        agent_entry(l, "late.test").filter(|a| a["connected"] == true)
+        l.agent_entry("late.test")
+            .filter(|a| a["connected"] == true)
     });
     let took = started.elapsed();
     eprintln!(
@@ -275,7 +257,7 @@ async fn idle_anonymous_sockets_do_not_keep_an_agent_out() {
         "registered in {took:?} beside 5,000 idle sockets"
     );
     assert_eq!(
-        agent_entry(&l, "early.test").unwrap()["connected"],
+        l.agent_entry("early.test").unwrap()["connected"],
         true,
         "an authenticated agent is never dropped for anonymous ones"
     );
@@ -286,7 +268,7 @@ async fn idle_anonymous_sockets_do_not_keep_an_agent_out() {
 async fn a_case_variant_of_a_bound_hostname_is_refused() {
     let dir = TempDir::new("h-case");
     let l = ListenerProcess::start(bin(), dir.path(), FAST);
-    let _web1 = registered(&l, "web1.test").await;
+    let _web1 = ws::registered(&l, "web1.test").await;
     let k2 = l.add_key("impostor");
     let mut impostor = ws::agent(&l.ws_url(), &k2, "WEB1.test").await;
     let closed = ws::recv_close(&mut impostor, T).await;
@@ -384,7 +366,7 @@ async fn a_fast_reporter_is_paced_and_loses_nothing() {
         dir.path(),
         &format!("{FAST}report_rate_bytes_per_sec = 1048576\n"),
     );
-    let mut a = registered(&l, "fast.test").await;
+    let mut a = ws::registered(&l, "fast.test").await;
     let started = Instant::now();
     for i in 0..20 {
         let mut r = ws::report(&format!("fast-{i}"), Some(&format!("f-{i}")));

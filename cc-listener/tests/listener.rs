@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cc_e2e::listener::{ListenerProcess, TOKEN};
-use cc_e2e::ws::{self, Ws};
+use cc_e2e::ws;
 use cc_e2e::{TempDir, http};
 use serde_json::{Value, json};
 
@@ -22,30 +22,6 @@ const FAST: &str = "heartbeat_interval_secs = 1\nping_interval_secs = 1\nlost_gr
 
 fn start(dir: &TempDir) -> ListenerProcess {
     ListenerProcess::start(bin(), dir.path(), FAST)
-}
-
-async fn registered(l: &ListenerProcess, name: &str) -> Ws {
-    let key = l.add_key(name);
-    let mut ws = ws::agent(&l.ws_url(), &key, name).await;
-    // Any server message, or a visible registration, means it is in.
-    wait_connected(l, name, true);
-    ws::send(&mut ws, &json!({"type": "heartbeat", "payload": {}})).await;
-    ws
-}
-
-fn agent_entry(l: &ListenerProcess, host: &str) -> Option<Value> {
-    let agents = l.get("/api/v1/agents").json();
-    agents
-        .as_array()?
-        .iter()
-        .find(|a| a["hostname"] == host)
-        .cloned()
-}
-
-fn wait_connected(l: &ListenerProcess, host: &str, connected: bool) -> Value {
-    l.wait_for(T, |l| {
-        agent_entry(l, host).filter(|a| a["connected"] == connected)
-    })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -143,7 +119,8 @@ async fn register_and_heartbeat_show_in_agents_and_offline_after_disconnect() {
     )
     .await;
     let a = l.wait_for(T, |l| {
-        agent_entry(l, "rooty").filter(|a| !a["lastHeartbeat"].is_null())
+        l.agent_entry("rooty")
+            .filter(|a| !a["lastHeartbeat"].is_null())
     });
     assert_eq!(a["connected"], true);
     assert_eq!(a["os"], "linux");
@@ -153,7 +130,7 @@ async fn register_and_heartbeat_show_in_agents_and_offline_after_disconnect() {
     assert_eq!(a["isRoot"], true);
     assert!(a["warning"].as_str().unwrap().contains("root"), "{a}");
     drop(ws);
-    wait_connected(&l, "rooty", false);
+    l.wait_connected("rooty", false);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -165,9 +142,9 @@ async fn silent_agent_is_dropped_after_three_heartbeat_intervals() {
     // tungstenite answers pings only while it is being polled, so not
     // polling the socket makes it silent.
     let mut ws = ws::agent(&l.ws_url(), &key, "quiet").await;
-    wait_connected(&l, "quiet", true);
+    l.wait_connected("quiet", true);
     let started = std::time::Instant::now();
-    wait_connected(&l, "quiet", false);
+    l.wait_connected("quiet", false);
     let took = started.elapsed();
     assert!(
         took >= Duration::from_secs(2),
@@ -188,7 +165,7 @@ async fn silent_agent_is_dropped_after_three_heartbeat_intervals() {
 async fn job_round_trip_has_exact_fields_and_the_report_comes_back_as_validated() {
     let dir = TempDir::new("l-job");
     let l = start(&dir);
-    let mut ws = registered(&l, "web-1").await;
+    let mut ws = ws::registered(&l, "web-1").await;
     let r = l.post(
         "/api/v1/agents/web-1/jobs",
         &json!({"command": "backup.sh", "args": ["--full"], "timeout": 60}),
@@ -238,7 +215,7 @@ async fn cron_definitions_are_pushed_on_change_and_on_reconnect() {
     let l = start(&dir);
     let key = l.add_key("cron-host");
     let mut ws = ws::agent(&l.ws_url(), &key, "cron-host").await;
-    wait_connected(&l, "cron-host", true);
+    l.wait_connected("cron-host", true);
 
     let bad = l.put(
         "/api/v1/agents/cron-host/cron",
@@ -271,7 +248,7 @@ async fn cron_definitions_are_pushed_on_change_and_on_reconnect() {
     assert_eq!(l.get("/api/v1/agents/cron-host/cron").json(), canonical);
 
     drop(ws);
-    wait_connected(&l, "cron-host", false);
+    l.wait_connected("cron-host", false);
     let mut ws = ws::agent(&l.ws_url(), &key, "cron-host").await;
     let again = ws::recv_type(&mut ws, "cron_refresh", T).await;
     assert_eq!(again["payload"], canonical);
@@ -289,7 +266,7 @@ async fn a_report_resent_after_sigkill_and_restart_is_stored_once() {
     let mut l = start(&dir);
     let key = l.add_key("durable");
     let mut ws = ws::agent(&l.ws_url(), &key, "durable").await;
-    wait_connected(&l, "durable", true);
+    l.wait_connected("durable", true);
     let job_id = l
         .post(
             "/api/v1/agents/durable/jobs",
@@ -316,7 +293,7 @@ async fn a_report_resent_after_sigkill_and_restart_is_stored_once() {
     l.kill_and_restart();
     drop(ws);
     let mut ws = ws::agent(&l.ws_url(), &key, "durable").await;
-    wait_connected(&l, "durable", true);
+    l.wait_connected("durable", true);
     // The agent never saw... suppose it resends both after reconnecting.
     ws::send(&mut ws, &ws::report(&job_id, Some("rep-1"))).await;
     ws::recv_type(&mut ws, "report_ack", T).await;
@@ -350,8 +327,8 @@ async fn a_report_resent_after_sigkill_and_restart_is_stored_once() {
 async fn garbage_nested_and_oversized_frames_leave_other_agents_served() {
     let dir = TempDir::new("l-hostile");
     let l = start(&dir);
-    let mut good = registered(&l, "good").await;
-    let mut bad = registered(&l, "bad").await;
+    let mut good = ws::registered(&l, "good").await;
+    let mut bad = ws::registered(&l, "bad").await;
 
     for junk in [
         "not json".to_owned(),
@@ -403,7 +380,7 @@ async fn garbage_nested_and_oversized_frames_leave_other_agents_served() {
 async fn too_many_invalid_messages_close_the_connection_with_1008() {
     let dir = TempDir::new("l-policy");
     let l = start(&dir);
-    let mut bad = registered(&l, "noisy").await;
+    let mut bad = ws::registered(&l, "noisy").await;
     for _ in 0..20 {
         ws::send_text(&mut bad, "{").await;
     }
@@ -417,7 +394,7 @@ async fn a_second_connection_for_a_hostname_replaces_the_first() {
     let l = start(&dir);
     let key = l.add_key("twice");
     let mut first = ws::agent(&l.ws_url(), &key, "twice").await;
-    wait_connected(&l, "twice", true);
+    l.wait_connected("twice", true);
     let mut second = ws::agent(&l.ws_url(), &key, "twice").await;
     let close = ws::recv_close(&mut first, T).await;
     assert_eq!(
@@ -441,14 +418,14 @@ async fn a_key_belongs_to_one_hostname() {
     let l = start(&dir);
     let key = l.add_key("host-a");
     let _a = ws::agent(&l.ws_url(), &key, "host-a").await;
-    wait_connected(&l, "host-a", true);
+    l.wait_connected("host-a", true);
     let mut b = ws::agent(&l.ws_url(), &key, "host-b").await;
     let close = ws::recv_close(&mut b, T).await;
     assert_eq!(
         close,
         Some((1008, "this key belongs to another hostname".into()))
     );
-    assert!(agent_entry(&l, "host-b").is_none());
+    assert!(l.agent_entry("host-b").is_none());
     assert!(l.log().contains("refused: key belongs to another hostname"));
 }
 
@@ -458,9 +435,9 @@ async fn jobs_for_offline_agents_queue_and_are_sent_on_connect_and_unanswered_jo
     let l = start(&dir);
     let key = l.add_key("later");
     let ws = ws::agent(&l.ws_url(), &key, "later").await;
-    wait_connected(&l, "later", true);
+    l.wait_connected("later", true);
     drop(ws);
-    wait_connected(&l, "later", false);
+    l.wait_connected("later", false);
 
     let r = l.post(
         "/api/v1/agents/later/jobs",
@@ -492,7 +469,7 @@ fn operator_api_errors_say_what_is_wrong_with_the_right_status() {
     let dir = TempDir::new("l-api");
     let l = start(&dir);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let _ws = rt.block_on(registered(&l, "api-host"));
+    let _ws = rt.block_on(ws::registered(&l, "api-host"));
 
     let no_token = http::request(l.admin_addr, "GET", "/api/v1/agents", None, None);
     assert_eq!(no_token.status, 401);
@@ -607,7 +584,7 @@ fn sigterm_closes_agents_with_1001_and_exits_cleanly() {
     let dir = TempDir::new("l-term");
     let mut l = start(&dir);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut ws = rt.block_on(registered(&l, "bye"));
+    let mut ws = rt.block_on(ws::registered(&l, "bye"));
     let pid = l.child.id();
     std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -645,7 +622,7 @@ async fn a_sent_job_without_a_report_is_sent_again_on_reconnect() {
     let l = start(&dir);
     let key = l.add_key("flaky");
     let mut ws = ws::agent(&l.ws_url(), &key, "flaky").await;
-    wait_connected(&l, "flaky", true);
+    l.wait_connected("flaky", true);
     let job_id = l
         .post(
             "/api/v1/agents/flaky/jobs",
@@ -657,7 +634,7 @@ async fn a_sent_job_without_a_report_is_sent_again_on_reconnect() {
         .to_owned();
     ws::recv_type(&mut ws, "execute_job", T).await;
     drop(ws); // gone before reporting
-    wait_connected(&l, "flaky", false);
+    l.wait_connected("flaky", false);
     let mut ws = ws::agent(&l.ws_url(), &key, "flaky").await;
     let again = ws::recv_type(&mut ws, "execute_job", T).await;
     assert_eq!(again["payload"]["jobId"], job_id.as_str());
@@ -675,10 +652,10 @@ async fn revoking_a_key_closes_its_live_connection() {
     let l = start(&dir);
     let key = l.add_key("doomed");
     let mut ws = ws::agent(&l.ws_url(), &key, "doomed").await;
-    wait_connected(&l, "doomed", true);
+    l.wait_connected("doomed", true);
     assert!(l.keys(&["revoke", "doomed"]).status.success());
     let close = ws::recv_close(&mut ws, T).await;
     assert_eq!(close, Some((1008, "API key revoked".into())));
-    wait_connected(&l, "doomed", false);
+    l.wait_connected("doomed", false);
     assert_eq!(ws::connect(&l.ws_url(), Some(&key)).await.err(), Some(401));
 }

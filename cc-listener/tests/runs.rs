@@ -12,55 +12,21 @@ use cc_e2e::listener::ListenerProcess;
 use cc_e2e::ws;
 use serde_json::{Value, json};
 
-const T: Duration = Duration::from_secs(10);
-
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cc-listener"))
 }
 
-/// Registers `host` with `tags`, then answers every job after `delay`
-/// with exit code 0 (or 3 for a job whose first arg is "fail").
+/// A test agent answering every job after `delay` with exit code 0, or 3
+/// for a job whose first arg is "fail".
 async fn agent(l: &ListenerProcess, host: &str, tags: &[&str], delay: Duration) {
-    let key = l.add_key(host);
-    let mut conn = ws::connect(&l.ws_url(), Some(&key)).await.unwrap();
-    ws::send(
-        &mut conn,
-        &json!({"type": "register", "payload": {
-            "hostname": host, "os": "linux", "arch": "amd64", "tags": tags,
-            "executionMode": "user", "isRoot": false, "jobWindow": 4
-        }}),
-    )
-    .await;
-    let host = host.to_owned();
-    tokio::spawn(async move {
-        let mut n = 0;
-        while let Some(m) = ws::recv(&mut conn, Duration::from_secs(3600)).await {
-            if m["type"] != "execute_job" {
-                continue;
-            }
-            tokio::time::sleep(delay).await;
-            n += 1;
-            let id = m["payload"]["jobId"].as_str().unwrap().to_owned();
-            let mut r = ws::report(&id, Some(&format!("{host}-{n}")));
-            if m["payload"]["args"][0] == "fail" {
-                r["payload"]["exitCode"] = json!(3);
-            }
-            ws::send(&mut conn, &r).await;
+    ws::answering_agent(l, host, tags, delay, |m| {
+        if m["payload"]["args"][0] == "fail" {
+            3
+        } else {
+            0
         }
-    });
-}
-
-fn wait_registered(l: &ListenerProcess, n: usize) {
-    l.wait_for(T, |l| {
-        let a = l.get("/api/v1/agents").json();
-        let up = a
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|x| x["connected"] == true)
-            .count();
-        (up == n).then_some(())
-    });
+    })
+    .await;
 }
 
 fn settled(l: &ListenerProcess, run: &str, total: usize) -> Value {
@@ -89,7 +55,7 @@ async fn a_run_reaches_exactly_the_hosts_its_tags_and_names_select() {
     agent(&l, "c.test", &["db", "us"], fast).await;
     agent(&l, "d.test", &["web", "eu"], fast).await;
     agent(&l, "e.test", &[], fast).await;
-    wait_registered(&l, 5);
+    l.wait_connected_count(5);
 
     // Every tag given must be carried.
     let r = l.post(
@@ -167,7 +133,7 @@ async fn a_batch_never_has_more_than_its_size_running() {
         )
         .await;
     }
-    wait_registered(&l, 6);
+    l.wait_connected_count(6);
     let r = l.post(
         "/api/v1/runs",
         &json!({"tags": ["batch"], "command": "/bin/true", "batch": 2}),
@@ -250,7 +216,7 @@ async fn ccctl_runs_by_tag_and_exits_non_zero_when_a_host_fails() {
     agent(&l, "a.test", &["db", "eu"], fast).await;
     agent(&l, "b.test", &["db", "eu"], fast).await;
     agent(&l, "c.test", &["db", "us"], fast).await;
-    wait_registered(&l, 3);
+    l.wait_connected_count(3);
     let ok = ccctl(
         &l,
         dir.path(),

@@ -18,9 +18,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn agents_register_over_wss_and_plaintext_is_not_spoken_there() {
-    let dir = TempDir::new("l-tls");
+/// A listener serving TLS with a new self-signed certificate for
+/// `localhost`, written to `dir/cert.pem` (its key to `dir/key.pem`).
+fn tls_listener(dir: &TempDir) -> (ListenerProcess, rcgen::CertifiedKey<rcgen::KeyPair>) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
     std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
@@ -34,6 +34,13 @@ async fn agents_register_over_wss_and_plaintext_is_not_spoken_there() {
         dir.path(),
         &extra,
     );
+    (l, cert)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_register_over_wss_and_plaintext_is_not_spoken_there() {
+    let dir = TempDir::new("l-tls");
+    let (l, cert) = tls_listener(&dir);
     let key = l.add_key("tls-host");
 
     let mut roots = rustls::RootCertStore::empty();
@@ -94,21 +101,9 @@ async fn agents_register_over_wss_and_plaintext_is_not_spoken_there() {
 #[test]
 fn the_real_agent_trusts_its_ca_file_and_nothing_else() {
     let dir = TempDir::new("l-tls-agent");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (l, _cert) = tls_listener(&dir);
     let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
     std::fs::write(dir.path().join("other.pem"), other.cert.pem()).unwrap();
-    let extra = format!(
-        "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
-        dir.path().join("cert.pem"),
-        dir.path().join("key.pem")
-    );
-    let l = ListenerProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_cc-listener")),
-        dir.path(),
-        &extra,
-    );
     let url = format!("wss://localhost:{}/agent", l.agent_addr.port());
     let agents = |l: &ListenerProcess| l.get("/api/v1/agents").json();
 

@@ -193,16 +193,20 @@ impl Api {
         })
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
-        let req = ureq::request(method, &format!("{}/api/v1{path}", self.url))
+    /// A request to `path` under `/api/v1`, with the token.
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        ureq::request(method, &format!("{}/api/v1{path}", self.url))
             .set("Authorization", &format!("Bearer {}", self.token))
-            .timeout(Duration::from_secs(30));
+    }
+
+    /// Sends `req`; an error status becomes the listener's own message.
+    fn send(req: ureq::Request, body: Option<&Value>) -> Result<ureq::Response> {
         let resp = match body {
             Some(b) => req.send_string(&b.to_string()),
             None => req.call(),
         };
         match resp {
-            Ok(r) => Ok(serde_json::from_str(&r.into_string()?)?),
+            Ok(r) => Ok(r),
             Err(ureq::Error::Status(code, r)) => {
                 let text = r.into_string().unwrap_or_default();
                 let why = serde_json::from_str::<Value>(&text)
@@ -214,9 +218,14 @@ impl Api {
             Err(e) => Err(e).context("reaching the listener"),
         }
     }
-}
 
-impl Api {
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        let req = self.request(method, path).timeout(Duration::from_secs(30));
+        Ok(serde_json::from_str(
+            &Self::send(req, body)?.into_string()?,
+        )?)
+    }
+
     /// Every item of a paged list: follows `cursor_header` into `param`
     /// until the listener gives no cursor.
     fn get_all(&self, path: &str, cursor_header: &str, param: &str) -> Result<Vec<Value>> {
@@ -224,24 +233,14 @@ impl Api {
         let mut cursor: Option<String> = None;
         loop {
             let sep = if path.contains('?') { '&' } else { '?' };
-            let url = match &cursor {
-                Some(c) => format!("{}/api/v1{path}{sep}{param}={c}", self.url),
-                None => format!("{}/api/v1{path}", self.url),
+            let page_path = match &cursor {
+                Some(c) => format!("{path}{sep}{param}={c}"),
+                None => path.to_owned(),
             };
-            let resp = ureq::get(&url)
-                .set("Authorization", &format!("Bearer {}", self.token))
-                .timeout(Duration::from_secs(60))
-                .call();
-            let r = match resp {
-                Ok(r) => r,
-                Err(ureq::Error::Status(code, r)) => {
-                    bail!(
-                        "the listener answered {code}: {}",
-                        r.into_string().unwrap_or_default()
-                    )
-                }
-                Err(e) => return Err(e).context("reaching the listener"),
-            };
+            let req = self
+                .request("GET", &page_path)
+                .timeout(Duration::from_secs(60));
+            let r = Self::send(req, None)?;
             let next = r.header(cursor_header).map(str::to_owned);
             let page: Vec<Value> = serde_json::from_str(&r.into_string()?)?;
             all.extend(page);
@@ -538,20 +537,11 @@ fn wait_run(api: &Api, id: &str, timeout: u64) -> Result<()> {
     }
     let mut last = 0i64;
     loop {
-        let resp = ureq::get(&format!("{}/api/v1/events?run={id}", api.url))
-            .set("Authorization", &format!("Bearer {}", api.token))
-            .set("Last-Event-ID", &last.to_string())
-            .call();
-        let resp = match resp {
-            Ok(r) => r,
-            Err(ureq::Error::Status(code, r)) => {
-                bail!(
-                    "the listener answered {code}: {}",
-                    r.into_string().unwrap_or_default()
-                )
-            }
-            Err(e) => return Err(e).context("reaching the listener's event stream"),
-        };
+        // No timeout: the stream stays open while the run goes on.
+        let req = api
+            .request("GET", &format!("/events?run={id}"))
+            .set("Last-Event-ID", &last.to_string());
+        let resp = Api::send(req, None).context("the listener's event stream")?;
         for line in std::io::BufReader::new(resp.into_reader()).lines() {
             let Ok(line) = line else { break };
             let Some(data) = line.strip_prefix("data:") else {

@@ -104,6 +104,14 @@ pub fn reachable(path: &Path) -> PathBuf {
     copy
 }
 
+/// A number from the environment (benchmarks' knobs), or `default`.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 #[derive(Debug)]
 pub struct TempDir(PathBuf);

@@ -188,6 +188,34 @@ impl ListenerProcess {
         format!("ws://{}/agent", self.agent_addr)
     }
 
+    /// The agent `host` as `GET /api/v1/agents` lists it.
+    pub fn agent_entry(&self, host: &str) -> Option<serde_json::Value> {
+        let agents = self.get("/api/v1/agents").json();
+        agents
+            .as_array()?
+            .iter()
+            .find(|a| a["hostname"] == host)
+            .cloned()
+    }
+
+    /// Waits (10 s at most) until `host` is listed as `connected`.
+    pub fn wait_connected(&self, host: &str, connected: bool) -> serde_json::Value {
+        self.wait_for(Duration::from_secs(10), |l| {
+            l.agent_entry(host).filter(|a| a["connected"] == connected)
+        })
+    }
+
+    /// Waits (10 s at most) until exactly `n` agents are connected.
+    pub fn wait_connected_count(&self, n: usize) {
+        self.wait_for(Duration::from_secs(10), |l| {
+            let agents = l.get("/api/v1/agents").json();
+            let up = agents
+                .as_array()
+                .map_or(0, |a| a.iter().filter(|x| x["connected"] == true).count());
+            (up == n).then_some(())
+        });
+    }
+
     /// Polls `f` until it returns Some, for at most `limit`.
     pub fn wait_for<T>(&self, limit: Duration, mut f: impl FnMut(&Self) -> Option<T>) -> T {
         let deadline = Instant::now() + limit;

@@ -41,6 +41,54 @@ pub async fn agent(url: &str, key: &str, hostname: &str) -> Ws {
     ws
 }
 
+/// A new key for `name`, connected and registered as `name`, seen
+/// connected by the listener, one heartbeat sent.
+pub async fn registered(l: &crate::listener::ListenerProcess, name: &str) -> Ws {
+    let key = l.add_key(name);
+    let mut ws = agent(&l.ws_url(), &key, name).await;
+    // Any server message, or a visible registration, means it is in.
+    l.wait_connected(name, true);
+    send(&mut ws, &json!({"type": "heartbeat", "payload": {}})).await;
+    ws
+}
+
+/// Registers `host` (a new key) with `tags` and a `jobWindow` of 4, then,
+/// in a task of its own, answers every job after `delay` with a report
+/// whose exit code `exit` chooses from the `execute_job` message.
+pub async fn answering_agent(
+    l: &crate::listener::ListenerProcess,
+    host: &str,
+    tags: &[&str],
+    delay: Duration,
+    exit: impl Fn(&Value) -> i64 + Send + 'static,
+) {
+    let key = l.add_key(host);
+    let mut conn = connect(&l.ws_url(), Some(&key)).await.unwrap();
+    send(
+        &mut conn,
+        &json!({"type": "register", "payload": {
+            "hostname": host, "os": "linux", "arch": "amd64", "tags": tags,
+            "executionMode": "user", "isRoot": false, "jobWindow": 4
+        }}),
+    )
+    .await;
+    let host = host.to_owned();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(m) = recv(&mut conn, Duration::from_secs(3600)).await {
+            if m["type"] != "execute_job" {
+                continue;
+            }
+            tokio::time::sleep(delay).await;
+            n += 1;
+            let id = m["payload"]["jobId"].as_str().unwrap().to_owned();
+            let mut r = report(&id, Some(&format!("{host}-{n}")));
+            r["payload"]["exitCode"] = json!(exit(&m));
+            send(&mut conn, &r).await;
+        }
+    });
+}
+
 pub async fn send(ws: &mut Ws, v: &Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
