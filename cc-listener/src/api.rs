@@ -13,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -51,6 +51,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/events", get(events))
         .route("/runs", post(post_run))
         .route("/runs/{run_id}", get(get_run))
+        .route("/keys", get(list_keys).post(post_key))
+        .route("/keys/{name}", delete(revoke_key))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token,
@@ -789,6 +791,11 @@ struct RunRequest {
     args: Option<Vec<String>>,
     timeout: Option<u64>,
     batch: Option<u32>,
+    /// Root work an operator signed, one statement per host: the
+    /// statements name the hosts, the job ids and the one command, so
+    /// `hosts`, `tags`, `command`, `args` and `timeout` are not given.
+    #[serde(default)]
+    signed: Vec<Signed>,
 }
 
 /// Most hosts one run may reach.
@@ -813,6 +820,12 @@ async fn post_run(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<RunAccepted>)> {
     let req: RunRequest = body_json(body)?;
+    if req.batch.is_some_and(|b| b == 0) {
+        return Err(ApiError::invalid("batch", "batch must be at least 1"));
+    }
+    if !req.signed.is_empty() {
+        return post_signed_run(&state, req).await;
+    }
     if req.hosts.is_empty() && req.tags.is_empty() {
         return Err(ApiError::invalid("hosts", "give hosts, tags, or both"));
     }
@@ -831,9 +844,6 @@ async fn post_run(
         .into_iter()
         .map(|t| t.to_string())
         .collect();
-    if req.batch.is_some_and(|b| b == 0) {
-        return Err(ApiError::invalid("batch", "batch must be at least 1"));
-    }
     let command = req
         .command
         .ok_or_else(|| ApiError::invalid("command", "command is required"))?;
@@ -843,21 +853,7 @@ async fn post_run(
         args: req.args.unwrap_or_default(),
         timeout: req.timeout,
     })?;
-    // Named hosts must exist; tags select among registered agents.
-    for h in &hosts {
-        let host = h.clone();
-        let known = state
-            .db
-            .call(move |s| s.agent_known(&host))
-            .await
-            .map_err(ApiError::internal)?;
-        if !known {
-            return Err(ApiError::invalid(
-                "hosts",
-                format!("no agent {h:?} has registered"),
-            ));
-        }
-    }
+    require_all_known(&state, &hosts).await?;
     if !tags.is_empty() {
         let t = tags.clone();
         let tagged = state
@@ -903,6 +899,132 @@ async fn post_run(
             signed,
         });
     }
+    store_run(&state, run, jobs).await
+}
+
+/// 400 naming the first of `hosts` no agent has registered as.
+async fn require_all_known(state: &AppState, hosts: &[String]) -> ApiResult<()> {
+    for h in hosts {
+        let host = h.clone();
+        let known = state
+            .db
+            .call(move |s| s.agent_known(&host))
+            .await
+            .map_err(ApiError::internal)?;
+        if !known {
+            return Err(ApiError::invalid(
+                "hosts",
+                format!("no agent {h:?} has registered"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A run of root work an operator signed: one statement per host, each
+/// opened as a relay can (`open_signed`), all for the one command. The
+/// statements' job ids are the jobs'; whether the key is trusted is each
+/// host's helper's to decide.
+async fn post_signed_run(
+    state: &AppState,
+    req: RunRequest,
+) -> ApiResult<(StatusCode, Json<RunAccepted>)> {
+    if !req.hosts.is_empty() || !req.tags.is_empty() {
+        return Err(ApiError::invalid(
+            "signed",
+            "a signed run names its hosts in its statements: give no hosts or tags",
+        ));
+    }
+    if req.command.is_some() || req.args.is_some() || req.timeout.is_some() {
+        return Err(ApiError::invalid(
+            "signed",
+            "a signed run's command, args and timeout are its statements'",
+        ));
+    }
+    if req.signed.len() > MAX_RUN_HOSTS {
+        return Err(ApiError::invalid(
+            "signed",
+            format!("at most {MAX_RUN_HOSTS} statements"),
+        ));
+    }
+    let now = now_ms();
+    let queue_ttl_ms = queue_ttl_ms(state);
+    let mut hosts = Vec::with_capacity(req.signed.len());
+    let mut jobs: Vec<NewJob> = Vec::with_capacity(req.signed.len());
+    for signed in &req.signed {
+        let st: ExecStatement = sign::open(signed, sign::EXEC_LABEL)
+            .map_err(|e| ApiError::invalid("signed", e.to_string()))?;
+        let host = hostname_param(&st.host)?.to_string();
+        let spec = job_spec(&st.job())?;
+        if let Some(first) = jobs.first()
+            && (first.command != spec.command.program()
+                || first.args != spec.command.args()
+                || first.timeout_secs != spec.timeout.secs())
+        {
+            return Err(ApiError::invalid(
+                "signed",
+                "every statement of a run must sign the same command, args and timeout",
+            ));
+        }
+        if hosts.contains(&host) {
+            return Err(ApiError::invalid(
+                "signed",
+                format!("two statements for {host:?}"),
+            ));
+        }
+        hosts.push(host.clone());
+        jobs.push(NewJob {
+            job_id: spec.id.to_string(),
+            hostname: host,
+            command: spec.command.program().to_owned(),
+            args: spec.command.args().to_vec(),
+            timeout_secs: spec.timeout.secs(),
+            created_ms: now,
+            expires_ms: now + queue_ttl_ms,
+            signed: Some(serde_json::to_string(signed).map_err(|e| ApiError::internal(e.into()))?),
+        });
+    }
+    require_all_known(state, &hosts).await?;
+    let ids: Vec<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+    let taken = state
+        .db
+        .call(move |s| {
+            for id in &ids {
+                if s.get_job(id)?.is_some() {
+                    return Ok(Some(id.clone()));
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    if let Some(id) = taken {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("a job {id} exists already"),
+        ));
+    }
+    let first = &jobs[0];
+    let run = NewRun {
+        run_id: uuid::Uuid::new_v4().to_string(),
+        command: first.command.clone(),
+        args: first.args.clone(),
+        timeout_secs: first.timeout_secs,
+        batch: req.batch,
+        selector: serde_json::json!({"hosts": hosts, "tags": [], "signed": true}).to_string(),
+        queue_ttl_ms,
+        created_ms: now,
+    };
+    store_run(state, run, jobs).await
+}
+
+/// Stores the run and its jobs in one transaction (with `batch`, all but
+/// the first `batch` held), nudges the hosts that may start, answers 202.
+async fn store_run(
+    state: &AppState,
+    run: NewRun,
+    jobs: Vec<NewJob>,
+) -> ApiResult<(StatusCode, Json<RunAccepted>)> {
     {
         let (run, jobs) = (run.clone(), jobs.clone());
         state
@@ -913,7 +1035,7 @@ async fn post_run(
     }
     for job in jobs
         .iter()
-        .take(req.batch.map_or(usize::MAX, |b| b as usize))
+        .take(run.batch.map_or(usize::MAX, |b| b as usize))
     {
         state.hub.nudge(&job.hostname);
     }
@@ -1295,4 +1417,85 @@ mod tests {
             (vec![("a".to_owned(), "b".to_owned())], Some("b".to_owned()))
         );
     }
+}
+
+// ---- agent keys: `ccctl keys`, the same as `cc-listener keys` ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRequest {
+    name: String,
+    hostname: Option<String>,
+}
+
+/// `POST /keys` `{"name", "hostname"?}` → 201 `{"name", "hostname", "key"}`:
+/// the key is in this answer only (the store keeps its hash); 409 when the
+/// name, or the hostname's binding, is taken.
+async fn post_key(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let req: KeyRequest = body_json(body)?;
+    let (name, hostname) = crate::key_spec(&req.name, req.hostname.as_deref())
+        .map_err(|(field, e)| ApiError::invalid(field, e))?;
+    let (n, h) = (name.clone(), hostname.clone());
+    let key = state
+        .db
+        .call(move |s| s.add_key(&n, h.as_deref(), now_ms()))
+        .await
+        .map_err(|e| match e.downcast_ref::<crate::store::KeyConflict>() {
+            Some(c) => ApiError::new(StatusCode::CONFLICT, c.to_string()),
+            None => ApiError::internal(e),
+        })?;
+    info!(name = %name, hostname = hostname.as_deref().unwrap_or("-"), "agent key added through the API");
+    let body = serde_json::json!({ "name": name, "hostname": hostname, "key": key });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `GET /keys`: every key's name, bound hostname, creation time and state,
+/// never its value.
+async fn list_keys(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+    let keys = state
+        .db
+        .call(|s| s.list_keys())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(serde_json::Value::Array(
+        keys.into_iter()
+            .map(|k| {
+                serde_json::json!({
+                    "name": k.name,
+                    "hostname": k.hostname,
+                    "created": rfc3339_ms(k.created_ms),
+                    "revoked": k.revoked,
+                })
+            })
+            .collect(),
+    )))
+}
+
+/// `DELETE /keys/{name}` → 204: the key is refused from now on and a live
+/// connection made with it is closed at once; 404 when no active key has
+/// that name.
+async fn revoke_key(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    let n = name.clone();
+    let revoked = state
+        .db
+        .call(move |s| s.revoke_key(&n, now_ms()))
+        .await
+        .map_err(ApiError::internal)?;
+    if !revoked {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no active key named {name:?}"),
+        ));
+    }
+    info!(name = %name, "agent key revoked through the API");
+    crate::close_revoked(&state)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(StatusCode::NO_CONTENT)
 }

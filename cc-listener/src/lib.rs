@@ -301,19 +301,46 @@ async fn sweep_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
             }
             Err(e) => warn!("reading queued jobs failed: {e:#}"),
         }
-        match state.db.call(|s| s.revoked_key_ids()).await {
-            Ok(revoked) if !revoked.is_empty() => {
-                for (host, key) in state.hub.keys() {
-                    if revoked.contains(&key) {
-                        warn!(hostname = %host, "API key revoked: disconnecting");
-                        state.hub.close(&host, "API key revoked");
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(e) => warn!("reading revoked keys failed: {e:#}"),
+        if let Err(e) = close_revoked(&state).await {
+            warn!("reading revoked keys failed: {e:#}");
         }
     }
+}
+
+/// Closes every live connection whose key has been revoked (by `keys
+/// revoke` in another process, found by the sweep, or by the API at once).
+pub(crate) async fn close_revoked(state: &AppState) -> Result<()> {
+    let revoked = state.db.call(|s| s.revoked_key_ids()).await?;
+    if revoked.is_empty() {
+        return Ok(());
+    }
+    for (host, key) in state.hub.keys() {
+        if revoked.contains(&key) {
+            warn!(hostname = %host, "API key revoked: disconnecting");
+            state.hub.close(&host, "API key revoked");
+        }
+    }
+    Ok(())
+}
+
+/// Why a key's name or hostname was refused: the field, and the message.
+pub type KeySpecError = (&'static str, String);
+
+/// A new key's name (a job-id-like word) and the hostname it is bound to,
+/// canonical (lowercase) like every hostname. `keys add` and
+/// `POST /api/v1/keys` take the same.
+pub fn key_spec(
+    name: &str,
+    hostname: Option<&str>,
+) -> std::result::Result<(String, Option<String>), KeySpecError> {
+    cc_proto::JobId::parse(name)
+        .map_err(|e| ("name", e.to_string().replacen("job id", "name", 1)))?;
+    let hostname = hostname
+        .map(cc_proto::Hostname::parse)
+        .transpose()
+        .map_err(|e| ("hostname", e.to_string()))?
+        .map(|h| h.to_string());
+    Ok((name.to_owned(), hostname))
 }
 
 /// Reads the admin token from a file (first line, trimmed).

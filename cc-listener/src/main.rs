@@ -262,16 +262,9 @@ async fn shutdown_signal() {
 fn keys(command: &KeysCommand) -> Result<()> {
     match command {
         KeysCommand::Add { name, hostname, db } => {
-            cc_proto::JobId::parse(name).map_err(|e| {
-                anyhow::anyhow!("key name: {}", e.to_string().replacen("job id", "name", 1))
-            })?;
-            // Bound in canonical (lowercase) form, like every hostname.
-            let hostname = hostname
-                .as_deref()
-                .map(cc_proto::Hostname::parse)
-                .transpose()?
-                .map(|h| h.to_string());
-            let key = Store::open(db)?.add_key(name, hostname.as_deref(), now_ms())?;
+            let (name, hostname) = cc_listener::key_spec(name, hostname.as_deref())
+                .map_err(|(field, e)| anyhow::anyhow!("key {field}: {e}"))?;
+            let key = Store::open(db)?.add_key(&name, hostname.as_deref(), now_ms())?;
             println!("{key}");
         }
         KeysCommand::List { db } => {

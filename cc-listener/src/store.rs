@@ -179,6 +179,14 @@ pub struct KeyRecord {
     pub hostname: Option<String>,
 }
 
+/// A key name, or the hostname it was to be bound to, is taken: the
+/// operator API answers 409 from this type.
+#[derive(Debug, thiserror::Error)]
+#[error("a key named {name:?} exists, or the hostname already has a key")]
+pub struct KeyConflict {
+    pub name: String,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct KeyInfo {
     pub name: String,
@@ -447,7 +455,10 @@ impl Store {
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if e.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
-                    bail!("a key named {name:?} exists, or the hostname already has a key")
+                    return Err(KeyConflict {
+                        name: name.to_owned(),
+                    }
+                    .into());
                 }
                 Err(e) => return Err(e).context("storing the key"),
             }

@@ -319,3 +319,92 @@ async fn ccctl_runs_by_tag_and_exits_non_zero_when_a_host_fails() {
         "a progress line on a terminal: {shown:?}"
     );
 }
+
+/// A run of operator-signed root work: one statement per host names the
+/// host and the job id; the listener relays each statement as it was
+/// signed, batches them like any run, and refuses what it can see is wrong
+/// (another field beside the statements, two commands, one host twice, a
+/// broken signature). Whether the key is trusted is each host's to decide.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_run_relays_each_hosts_statement_and_refuses_what_is_malformed() {
+    use cc_e2e::signing::{exec_statement, operator, sign_exec};
+    let dir = TempDir::new("runs-signed");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let key = &operator().1;
+    let hosts = ["s1.test", "s2.test", "s3.test"];
+    for h in hosts {
+        agent(&l, h, &[], Duration::from_millis(300)).await;
+    }
+    l.wait_connected_count(3);
+    let job =
+        |id: &str| json!({"jobId": id, "command": "/usr/bin/id", "args": ["-u"], "timeout": 30});
+    let statements: Vec<Value> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            json!(sign_exec(
+                &exec_statement(&job(&format!("signed-{i}")), h),
+                key
+            ))
+        })
+        .collect();
+
+    let refused = |body: Value, why: &str| {
+        let r = l.post("/api/v1/runs", &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.body.contains(why), "{why:?} in {}", r.body);
+    };
+    refused(
+        json!({"signed": statements, "hosts": ["s1.test"]}),
+        "give no hosts or tags",
+    );
+    refused(
+        json!({"signed": statements, "command": "/bin/true"}),
+        "are its statements'",
+    );
+    refused(
+        json!({"signed": [statements[0].clone(), statements[0].clone()]}),
+        "two statements for \\\"s1.test\\\"",
+    );
+    let other = json!(sign_exec(
+        &exec_statement(
+            &json!({"jobId": "x-1", "command": "/bin/true", "args": [], "timeout": 30}),
+            "s2.test"
+        ),
+        key
+    ));
+    refused(
+        json!({"signed": [statements[0].clone(), other]}),
+        "the same command, args and timeout",
+    );
+    let mut forged = statements[1].clone();
+    let sig = forged["signature"].as_str().unwrap().to_owned();
+    let flipped = if sig.starts_with('A') { "B" } else { "A" };
+    forged["signature"] = json!(format!("{flipped}{}", &sig[1..]));
+    refused(json!({"signed": [forged]}), "signature");
+
+    let accepted = l
+        .post("/api/v1/runs", &json!({"signed": statements, "batch": 1}))
+        .json();
+    let mut ids: Vec<&str> = accepted["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["jobId"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        ["signed-0", "signed-1", "signed-2"],
+        "the statements' job ids"
+    );
+    let run = accepted["runId"].as_str().unwrap();
+    let first = l.get(&format!("/api/v1/runs/{run}")).json();
+    assert_eq!(first["counts"]["held"], 2, "batch 1: {first}");
+    let r = settled(&l, run, 3);
+    assert_eq!(r["command"], "/usr/bin/id");
+    let j = l.get("/api/v1/jobs/signed-1").json();
+    assert_eq!(j["status"], "done");
+    let again = l.post("/api/v1/runs", &json!({"signed": [statements[2].clone()]}));
+    assert_eq!(again.status, 409, "a job id is used once: {}", again.body);
+}

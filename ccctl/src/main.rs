@@ -71,8 +71,47 @@ enum Command {
         #[arg(long, default_value = "text")]
         output: String,
     },
-    /// List agents.
-    Agents,
+    /// List agents: host, online, mode, root, last heartbeat, cron status,
+    /// tags; a warning under any agent that runs as root in user mode.
+    Agents {
+        /// Only agents carrying this tag (repeat: all of them).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Only agents not connected now.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Reports, newest first: ad-hoc and scheduled runs alike.
+    ///
+    /// `ccctl reports --host web1 --since 2h`; `ccctl reports --job nightly`
+    /// (a cron entry's id gives every scheduled run of it).
+    Reports {
+        /// Only this host's reports.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this job's (or cron entry's) reports.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only reports received since then: an age (`90s`, `30m`, `2h`,
+        /// `7d`) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many reports.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// `table` (default: one line each) or `json` (the reports whole).
+        #[arg(long, default_value = "table")]
+        output: String,
+    },
+    /// Manage the keys agents connect with (as `cc-listener keys` does on
+    /// the listener's host).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Print a shell completion script: `ccctl completions bash >
+    /// /etc/bash_completion.d/ccctl` (also zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
     /// Read or replace a host's cron list.
     Cron {
         #[command(subcommand)]
@@ -122,6 +161,24 @@ enum RunCommand {
     Status { id: String },
     /// Wait for a run to finish, then one line per host.
     Watch { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a key for an agent; prints the key, and only it, on stdout
+    /// (put it in the agent's `api_key_file`). The listener keeps its hash.
+    Add {
+        name: String,
+        /// Bind the key to this hostname now (else to the first hostname
+        /// that registers with it).
+        #[arg(long)]
+        hostname: Option<String>,
+    },
+    /// Every key: name, bound hostname, created, active or revoked.
+    List,
+    /// Refuse the key from now on; an agent connected with it is
+    /// disconnected at once.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,9 +283,27 @@ impl Api {
         )?)
     }
 
+    /// One page of a list and the cursor the listener gave for the next.
+    fn page(&self, path: &str, cursor_header: &str) -> Result<(Vec<Value>, Option<String>)> {
+        let req = self.request("GET", path).timeout(Duration::from_secs(60));
+        let r = Self::send(req, None)?;
+        let next = r.header(cursor_header).map(str::to_owned);
+        Ok((serde_json::from_str(&r.into_string()?)?, next))
+    }
+
     /// Every item of a paged list: follows `cursor_header` into `param`
-    /// until the listener gives no cursor.
+    /// until the listener gives no cursor, or `enough` says so.
     fn get_all(&self, path: &str, cursor_header: &str, param: &str) -> Result<Vec<Value>> {
+        self.get_until(path, cursor_header, param, |_| false)
+    }
+
+    fn get_until(
+        &self,
+        path: &str,
+        cursor_header: &str,
+        param: &str,
+        mut enough: impl FnMut(&mut Vec<Value>) -> bool,
+    ) -> Result<Vec<Value>> {
         let mut all = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -237,15 +312,10 @@ impl Api {
                 Some(c) => format!("{path}{sep}{param}={c}"),
                 None => path.to_owned(),
             };
-            let req = self
-                .request("GET", &page_path)
-                .timeout(Duration::from_secs(60));
-            let r = Self::send(req, None)?;
-            let next = r.header(cursor_header).map(str::to_owned);
-            let page: Vec<Value> = serde_json::from_str(&r.into_string()?)?;
+            let (page, next) = self.page(&page_path, cursor_header)?;
             all.extend(page);
             // A cursor must move on, or the listener is not paging.
-            if next.is_none() || next == cursor {
+            if enough(&mut all) || next.is_none() || next == cursor {
                 return Ok(all);
             }
             cursor = next;
@@ -291,6 +361,29 @@ fn keygen(out: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A report's first line of output (stdout, else stderr) for a table: at
+/// most 60 characters, control characters escaped, so a job's output
+/// cannot move the cursor or recolour the operator's terminal.
+fn first_line(report: &Value) -> String {
+    let line = report["stdout"]
+        .as_str()
+        .filter(|s| !s.trim().is_empty())
+        .or(report["stderr"].as_str())
+        .unwrap_or("")
+        .lines()
+        .next()
+        .unwrap_or("");
+    let mut out = String::new();
+    for c in line.chars().take(60) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One line per host: exit code, duration, first line of output.
 fn summarize(jobs: &[(String, String, Value)], json_out: bool) -> bool {
     let ok = jobs.iter().all(|(_, _, j)| j["report"]["exitCode"] == 0);
@@ -308,14 +401,7 @@ fn summarize(jobs: &[(String, String, Value)], json_out: bool) -> bool {
     );
     for (h, _, j) in jobs {
         let r = &j["report"];
-        let first = r["stdout"]
-            .as_str()
-            .filter(|s| !s.trim().is_empty())
-            .or(r["stderr"].as_str())
-            .unwrap_or("")
-            .lines()
-            .next()
-            .unwrap_or("");
+        let first = first_line(r);
         println!(
             "{:<28} {:<8} {:>6} {:>9}  {}",
             h,
@@ -333,84 +419,50 @@ fn summarize(jobs: &[(String, String, Value)], json_out: bool) -> bool {
     ok
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run(
-    api: &Api,
-    file: &FileConfig,
-    hosts: &[String],
-    command: &[String],
-    timeout: u64,
-    system: bool,
-    key: Option<PathBuf>,
-    valid_for: i64,
-    no_wait: bool,
-    json_out: bool,
-) -> Result<bool> {
-    let (program, args) = command.split_first().context("no program given")?;
-    let key = if system {
-        Some(load_key(&key_path(key, file)?)?)
-    } else {
-        None
-    };
-    let mut posted = Vec::new();
-    for host in hosts {
+/// Root work: one statement per host, signed here with the operator's key
+/// for that host (tags are resolved to hosts first), sent as one signed
+/// run; then followed like any run.
+fn system_run(api: &Api, file: &FileConfig, args: &RunArgs, json_out: bool) -> Result<bool> {
+    let (program, rest) = args
+        .command
+        .split_first()
+        .context("no program given: ccctl run --system HOST… | --tag T… -- PROGRAM ARGS…")?;
+    let mut hosts = Vec::new();
+    for h in &args.hosts {
         // Signed for the canonical (lowercase) name: the one hosts compare.
-        let host = &cc_proto::Hostname::parse(host)
-            .with_context(|| format!("host {host:?}"))?
-            .to_string();
-        let body = match &key {
-            Some(k) => {
-                let (not_before, expires_at) = sign::window(Timestamp::now(), valid_for);
-                let st = ExecStatement {
-                    host: host.clone(),
-                    job_id: uuid::Uuid::new_v4().to_string(),
-                    program: program.clone(),
-                    args: args.to_vec(),
-                    timeout,
-                    not_before,
-                    expires_at,
-                    nonce: nonce()?,
-                };
-                json!({"signed": sign::sign(&st, sign::EXEC_LABEL, k)?})
-            }
-            None => json!({"command": program, "args": args, "timeout": timeout}),
+        hosts.push(
+            cc_proto::Hostname::parse(h)
+                .with_context(|| format!("host {h:?}"))?
+                .to_string(),
+        );
+    }
+    if !args.tags.is_empty() {
+        hosts.extend(hosts_with_tags(api, &args.tags)?);
+    }
+    hosts.sort();
+    hosts.dedup();
+    ensure!(!hosts.is_empty(), "no host matches tags {:?}", args.tags);
+    let key = load_key(&key_path(args.key.clone(), file)?)?;
+    let mut statements = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        let (not_before, expires_at) = sign::window(Timestamp::now(), args.valid_for);
+        let st = ExecStatement {
+            host,
+            job_id: uuid::Uuid::new_v4().to_string(),
+            program: program.clone(),
+            args: rest.to_vec(),
+            timeout: args.timeout,
+            not_before,
+            expires_at,
+            nonce: nonce()?,
         };
-        let r = api.call("POST", &format!("/agents/{host}/jobs"), Some(&body))?;
-        let id = r["jobId"]
-            .as_str()
-            .context("no jobId in the answer")?
-            .to_owned();
-        posted.push((host.clone(), id));
+        statements.push(sign::sign(&st, sign::EXEC_LABEL, &key)?);
     }
-    if no_wait {
-        for (h, id) in &posted {
-            println!("{h} {id}");
-        }
-        return Ok(true);
+    let mut body = json!({ "signed": statements });
+    if let Some(b) = args.batch {
+        body["batch"] = json!(b);
     }
-    // Until every job is settled (done, lost or expired).
-    let limit = Instant::now() + Duration::from_secs(timeout + 120);
-    let mut done: Vec<(String, String, Value)> = Vec::new();
-    let mut waiting = posted;
-    while !waiting.is_empty() {
-        let mut still = Vec::new();
-        for (h, id) in waiting {
-            let j = api.call("GET", &format!("/jobs/{id}"), None)?;
-            if matches!(j["status"].as_str(), Some("done" | "lost" | "expired")) {
-                done.push((h, id, j));
-            } else {
-                still.push((h, id));
-            }
-        }
-        waiting = still;
-        if Instant::now() > limit {
-            bail!("gave up waiting; follow with `ccctl job ID`");
-        }
-        if !waiting.is_empty() {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    Ok(summarize(&done, json_out))
+    follow_run(api, &body, args, json_out)
 }
 
 /// A job as a person reads it: what ran where, how it ended, then its
@@ -453,18 +505,206 @@ fn print_job(j: &Value) {
     }
 }
 
+/// Whether the agent carries every tag in `tags`.
+fn has_tags(agent: &Value, tags: &[String]) -> bool {
+    tags.iter().all(|t| {
+        agent["tags"]
+            .as_array()
+            .is_some_and(|have| have.iter().any(|h| h == t))
+    })
+}
+
+/// `ccctl agents`: the table, with the count of agents that are root in
+/// user mode above it, where it cannot be missed.
+fn print_agents(api: &Api, tags: &[String], offline: bool) -> Result<bool> {
+    let all = api.get_all("/agents", "x-cc-next-after", "after")?;
+    let shown: Vec<&Value> = all
+        .iter()
+        .filter(|a| has_tags(a, tags) && !(offline && a["connected"] == true))
+        .collect();
+    let warned = shown.iter().filter(|a| a["warning"].is_string()).count();
+    if warned > 0 {
+        println!(
+            "WARNING: {warned} agent(s) run as root (UID 0) in user mode: every job they run runs as root"
+        );
+    }
+    println!(
+        "{:<28} {:<7} {:<7} {:<6} {:<25} {:<22} TAGS",
+        "HOST", "ONLINE", "MODE", "ROOT", "LAST HEARTBEAT", "CRON"
+    );
+    for x in shown {
+        let tags: Vec<&str> = x["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let cron = &x["cronStatus"];
+        let cron = if cron.is_object() {
+            let n = |k: &str| cron[k].as_array().map_or(0, Vec::len);
+            format!("{} installed, {} refused", n("installed"), n("rejected"))
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "{:<28} {:<7} {:<7} {:<6} {:<25} {:<22} {}",
+            x["hostname"].as_str().unwrap_or("?"),
+            if x["connected"] == true { "yes" } else { "no" },
+            x["executionMode"].as_str().unwrap_or("?"),
+            if x["isRoot"] == true { "yes" } else { "no" },
+            x["lastHeartbeat"].as_str().unwrap_or("-"),
+            cron,
+            tags.join(",")
+        );
+        if let Some(w) = x["warning"].as_str() {
+            println!("{:<28} WARNING: {w}", "");
+        }
+    }
+    Ok(true)
+}
+
+/// `--since`: an age (`90s`, `30m`, `2h`, `7d`) before `now_ms`, or an
+/// RFC 3339 time; in Unix milliseconds.
+fn since_ms(text: &str, now_ms: i64) -> Result<i64> {
+    let unit = |c: char| match c {
+        's' => Some(1_000),
+        'm' => Some(60_000),
+        'h' => Some(3_600_000),
+        'd' => Some(86_400_000),
+        _ => None,
+    };
+    if let Some(last) = text.chars().last()
+        && let Some(ms) = unit(last)
+        && let Ok(n) = text[..text.len() - 1].parse::<i64>()
+    {
+        ensure!(n >= 0, "--since: an age is not negative");
+        return Ok(now_ms - n.saturating_mul(ms));
+    }
+    Timestamp::parse("since", text)
+        .map(Timestamp::unix_millis)
+        .map_err(|_| anyhow::anyhow!("--since {text:?}: expected an age such as 30m, 2h or 7d, or an RFC 3339 time such as 2026-11-30T12:00:00Z"))
+}
+
+/// `ccctl reports`: newest first, following the listener's pages until
+/// `limit` reports or one older than `since`.
+fn print_reports(
+    api: &Api,
+    host: Option<&str>,
+    job: Option<&str>,
+    since: Option<&str>,
+    limit: u32,
+    json_out: bool,
+) -> Result<bool> {
+    ensure!((1..=100_000).contains(&limit), "--limit is 1 to 100000");
+    let mut query = vec![format!("limit={}", limit.min(1000))];
+    if let Some(h) = host {
+        let h = cc_proto::Hostname::parse(h).with_context(|| format!("--host {h:?}"))?;
+        query.push(format!("hostname={h}"));
+    }
+    if let Some(j) = job {
+        cc_proto::JobId::parse(j).with_context(|| format!("--job {j:?}"))?;
+        query.push(format!("jobId={j}"));
+    }
+    let since = since
+        .map(|t| since_ms(t, Timestamp::now().unix_millis()))
+        .transpose()?;
+    let received = |r: &Value| {
+        r["receivedAt"]
+            .as_str()
+            .and_then(|t| Timestamp::parse("receivedAt", t).ok())
+            .map_or(i64::MIN, Timestamp::unix_millis)
+    };
+    let path = format!("/reports?{}", query.join("&"));
+    let reports = api.get_until(&path, "x-cc-next-before", "before", |all| {
+        let old = since.and_then(|s| all.iter().position(|r| received(r) < s));
+        if let Some(i) = old {
+            all.truncate(i);
+        }
+        all.truncate(limit as usize);
+        old.is_some() || all.len() >= limit as usize
+    })?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(true);
+    }
+    println!(
+        "{:<24} {:<28} {:<24} {:<6} {:>5} {:>6}  OUTPUT",
+        "RECEIVED", "HOST", "JOB", "KIND", "EXIT", "UID"
+    );
+    for r in &reports {
+        let rep = &r["report"];
+        println!(
+            "{:<24} {:<28} {:<24} {:<6} {:>5} {:>6}  {}",
+            r["receivedAt"].as_str().unwrap_or("-"),
+            r["hostname"].as_str().unwrap_or("?"),
+            r["jobId"].as_str().unwrap_or("?"),
+            r["kind"].as_str().unwrap_or("?"),
+            rep["exitCode"]
+                .as_i64()
+                .map_or("-".into(), |c| c.to_string()),
+            rep["executingUid"]
+                .as_i64()
+                .map_or("-".into(), |c| c.to_string()),
+            first_line(rep)
+        );
+    }
+    Ok(true)
+}
+
+/// `ccctl keys`: the listener's `keys` subcommand, through the API.
+fn keys(api: &Api, command: &KeysCommand) -> Result<bool> {
+    match command {
+        KeysCommand::Add { name, hostname } => {
+            let body = json!({"name": name, "hostname": hostname});
+            let k = api.call("POST", "/keys", Some(&body))?;
+            println!("{}", k["key"].as_str().context("no key in the answer")?);
+            eprintln!(
+                "key {name} added{}; it is shown only now",
+                k["hostname"]
+                    .as_str()
+                    .map(|h| format!(" for {h}"))
+                    .unwrap_or_default()
+            );
+        }
+        KeysCommand::List => {
+            println!("{:<24} {:<28} {:<25} STATE", "NAME", "HOSTNAME", "CREATED");
+            for k in api
+                .call("GET", "/keys", None)?
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                println!(
+                    "{:<24} {:<28} {:<25} {}",
+                    k["name"].as_str().unwrap_or("?"),
+                    k["hostname"].as_str().unwrap_or("-"),
+                    k["created"].as_str().unwrap_or("-"),
+                    if k["revoked"] == true {
+                        "revoked"
+                    } else {
+                        "active"
+                    }
+                );
+            }
+        }
+        KeysCommand::Revoke { name } => {
+            cc_proto::JobId::parse(name).with_context(|| format!("key name {name:?}"))?;
+            let req = api
+                .request("DELETE", &format!("/keys/{name}"))
+                .timeout(Duration::from_secs(30));
+            Api::send(req, None)?;
+            eprintln!("revoked {name}; an agent connected with it was disconnected");
+        }
+    }
+    Ok(true)
+}
+
 /// Hostnames of the agents carrying every tag in `tags`.
 fn hosts_with_tags(api: &Api, tags: &[String]) -> Result<Vec<String>> {
     let agents = api.get_all("/agents", "x-cc-next-after", "after")?;
     Ok(agents
         .iter()
-        .filter(|a| {
-            tags.iter().all(|t| {
-                a["tags"]
-                    .as_array()
-                    .is_some_and(|have| have.iter().any(|h| h == t))
-            })
-        })
+        .filter(|a| has_tags(a, tags))
         .filter_map(|a| a["hostname"].as_str().map(str::to_owned))
         .collect())
 }
@@ -484,7 +724,13 @@ fn fan_out(api: &Api, args: &RunArgs, json_out: bool) -> Result<bool> {
     if let Some(b) = args.batch {
         body["batch"] = json!(b);
     }
-    let accepted = api.call("POST", "/runs", Some(&body))?;
+    follow_run(api, &body, args, json_out)
+}
+
+/// Posts the run, then (unless `--no-wait`) follows it to the end on the
+/// event stream and prints its table; Ctrl-C stops the waiting only.
+fn follow_run(api: &Api, body: &Value, args: &RunArgs, json_out: bool) -> Result<bool> {
+    let accepted = api.call("POST", "/runs", Some(body))?;
     let id = accepted["runId"]
         .as_str()
         .context("no runId in the answer")?
@@ -501,8 +747,23 @@ fn fan_out(api: &Api, args: &RunArgs, json_out: bool) -> Result<bool> {
         return Ok(true);
     }
     eprintln!("run {id}: follow it later with `ccctl run status {id}` or `ccctl run watch {id}`");
+    stop_waiting_on_ctrl_c(&id);
     wait_run(api, &id, args.timeout)?;
     run_table(api, &id, json_out)
+}
+
+/// Ctrl-C while waiting for a run: the jobs go on (nothing is sent to the
+/// listener); say how to follow the run, and exit 130 as a shell expects.
+fn stop_waiting_on_ctrl_c(id: &str) {
+    let msg = format!(
+        "\nccctl: stopped waiting; run {id} goes on. Follow it with `ccctl run status {id}` or `ccctl run watch {id}`"
+    );
+    // The handler runs on its own thread, not in signal context. One run
+    // is waited for per process, so a second install cannot happen.
+    let _ = ctrlc::set_handler(move || {
+        eprintln!("{msg}");
+        std::process::exit(130);
+    });
 }
 
 /// Waits until every job of the run has ended (done, lost or expired),
@@ -602,7 +863,23 @@ fn run_table(api: &Api, id: &str, json_out: bool) -> Result<bool> {
     Ok(summarize(&jobs, json_out))
 }
 
-/// `ID SCHEDULE COMMAND` lines; the schedule is five fields or one `@` word.
+/// The first `n` whitespace-separated words of `line` and the rest of it,
+/// verbatim (a command keeps its own spacing); `None` when nothing is left.
+fn words_then_rest(line: &str, n: usize) -> Option<(Vec<&str>, &str)> {
+    let mut rest = line.trim();
+    let mut words = Vec::with_capacity(n);
+    for _ in 0..n {
+        let end = rest.find(char::is_whitespace)?;
+        words.push(&rest[..end]);
+        rest = rest[end..].trim_start();
+    }
+    (!rest.is_empty()).then_some((words, rest))
+}
+
+/// `ID SCHEDULE COMMAND` lines; the schedule is five fields or one `@`
+/// word; blank lines and `#` comments are skipped (the listener stores the
+/// entries, not the comments). Every entry is validated as the agent will
+/// (`cc-proto`), and an error names its line.
 fn parse_cron_file(text: &str) -> Result<Vec<CronEntry>> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -610,21 +887,21 @@ fn parse_cron_file(text: &str) -> Result<Vec<CronEntry>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let fields = if words.get(1).is_some_and(|w| w.starts_with('@')) {
+        let fields = if line
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|w| w.starts_with('@'))
+        {
             1
         } else {
             5
         };
-        ensure!(
-            words.len() > 1 + fields,
-            "line {}: expected ID SCHEDULE COMMAND: {line:?}",
-            n + 1
-        );
+        let (words, command) = words_then_rest(line, 1 + fields)
+            .with_context(|| format!("line {}: expected ID SCHEDULE COMMAND: {line:?}", n + 1))?;
         let entry = CronEntry {
             id: words[0].to_owned(),
-            schedule: words[1..=fields].join(" "),
-            command: words[1 + fields..].join(" "),
+            schedule: words[1..].join(" "),
+            command: command.to_owned(),
         };
         entry
             .validate()
@@ -646,32 +923,11 @@ fn main() -> ExitCode {
                 match &args.follow {
                     Some(RunCommand::Status { id }) => run_table(&api, id, json_out),
                     Some(RunCommand::Watch { id }) => {
+                        stop_waiting_on_ctrl_c(id);
                         wait_run(&api, id, args.timeout)?;
                         run_table(&api, id, json_out)
                     }
-                    None if args.system => {
-                        ensure!(
-                            args.batch.is_none(),
-                            "--batch with --system is not supported yet: run the hosts in groups"
-                        );
-                        let mut hosts = args.hosts.clone();
-                        if !args.tags.is_empty() {
-                            hosts.extend(hosts_with_tags(&api, &args.tags)?);
-                        }
-                        ensure!(!hosts.is_empty(), "no host matches tags {:?}", args.tags);
-                        run(
-                            &api,
-                            &file,
-                            &hosts,
-                            &args.command,
-                            args.timeout,
-                            true,
-                            args.key.clone(),
-                            args.valid_for,
-                            args.no_wait,
-                            json_out,
-                        )
-                    }
+                    None if args.system => system_run(&api, &file, args, json_out),
                     None => fan_out(&api, args, json_out),
                 }
             }
@@ -684,32 +940,32 @@ fn main() -> ExitCode {
                 }
                 Ok(j["report"]["exitCode"] == 0)
             }
-            Command::Agents => {
-                let a = Api::new(&cli, &file)?.get_all("/agents", "x-cc-next-after", "after")?;
-                println!(
-                    "{:<28} {:<7} {:<7} {:<6} {:<25} TAGS",
-                    "HOST", "ONLINE", "MODE", "ROOT", "LAST HEARTBEAT"
+            Command::Agents { tags, offline } => {
+                print_agents(&Api::new(&cli, &file)?, tags, *offline)
+            }
+            Command::Reports {
+                host,
+                job,
+                since,
+                limit,
+                output,
+            } => print_reports(
+                &Api::new(&cli, &file)?,
+                host.as_deref(),
+                job.as_deref(),
+                since.as_deref(),
+                *limit,
+                output == "json",
+            ),
+            Command::Keys { command } => keys(&Api::new(&cli, &file)?, command),
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    *shell,
+                    &mut Cli::command(),
+                    "ccctl",
+                    &mut std::io::stdout(),
                 );
-                for x in &a {
-                    let tags: Vec<&str> = x["tags"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .collect();
-                    println!(
-                        "{:<28} {:<7} {:<7} {:<6} {:<25} {}",
-                        x["hostname"].as_str().unwrap_or("?"),
-                        if x["connected"] == true { "yes" } else { "no" },
-                        x["executionMode"].as_str().unwrap_or("?"),
-                        if x["isRoot"] == true { "yes" } else { "no" },
-                        x["lastHeartbeat"].as_str().unwrap_or("-"),
-                        tags.join(",")
-                    );
-                    if let Some(w) = x["warning"].as_str() {
-                        println!("{:<28} warning: {w}", "");
-                    }
-                }
                 Ok(true)
             }
             Command::Cron { command } => match command {
@@ -800,5 +1056,42 @@ mod tests {
         assert!(e.starts_with("line 2"), "{e}");
         let e = parse_cron_file("short 0 3 *\n").unwrap_err().to_string();
         assert!(e.starts_with("line 1"), "{e}");
+        let e = parse_cron_file("# c\nfive 0 3 * * *\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("line 2: expected ID SCHEDULE COMMAND"), "{e}");
+        // A command keeps its own spacing; the schedule is normalised.
+        let ok = parse_cron_file("  s  0  3 * * *   /bin/echo 'a  b'  \n").unwrap();
+        assert_eq!(ok[0].schedule, "0 3 * * *");
+        assert_eq!(ok[0].command, "/bin/echo 'a  b'");
+    }
+
+    #[test]
+    fn since_takes_an_age_or_a_time() {
+        let now = 1_000_000_000_000;
+        assert_eq!(since_ms("90s", now).unwrap(), now - 90_000);
+        assert_eq!(since_ms("30m", now).unwrap(), now - 1_800_000);
+        assert_eq!(since_ms("2h", now).unwrap(), now - 7_200_000);
+        assert_eq!(since_ms("7d", now).unwrap(), now - 604_800_000);
+        assert_eq!(
+            since_ms("2026-11-30T12:00:00Z", now).unwrap(),
+            1_796_040_000_000
+        );
+        for bad in ["", "h", "-3h", "3w", "yesterday", "2026-13-01T00:00:00Z"] {
+            let e = since_ms(bad, now).unwrap_err().to_string();
+            assert!(e.contains("--since"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_table_line_never_carries_a_control_character() {
+        let r = json!({"stdout": "\u{1b}[31mred\u{1b}[0m\rover\nsecond", "stderr": ""});
+        let line = first_line(&r);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.starts_with("\\u{1b}[31mred"), "{line:?}");
+        let r = json!({"stdout": " \n", "stderr": "boom\n"});
+        assert_eq!(first_line(&r), "boom");
+        let long = json!({"stdout": "x".repeat(100)});
+        assert_eq!(first_line(&long).len(), 60);
     }
 }
