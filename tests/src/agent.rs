@@ -46,6 +46,7 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Writes `dir/agent.toml`, `dir/key` (0600) and `dir/state` (0700),
     /// owned by `user` when given, and starts `cc-agent run` as that user.
+    /// The agent's tags are `["e2e"]` unless `extra` sets `tags`.
     pub fn start(
         bin: &Path,
         dir: &Path,
@@ -60,8 +61,12 @@ impl AgentProcess {
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::write(dir.join("key"), format!("{key}\n")).unwrap();
         std::fs::set_permissions(dir.join("key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let sets_tags = extra
+            .lines()
+            .any(|l| l.split('=').next().is_some_and(|k| k.trim() == "tags"));
+        let tags = if sets_tags { "" } else { "tags = [\"e2e\"]\n" };
         let config = format!(
-            "listener_url = \"{url}\"\napi_key_file = {:?}\nhostname = \"{hostname}\"\ntags = [\"e2e\"]\nstate_dir = {:?}\nheartbeat_interval_secs = 1\n{extra}\n",
+            "listener_url = \"{url}\"\napi_key_file = {:?}\nhostname = \"{hostname}\"\n{tags}state_dir = {:?}\nheartbeat_interval_secs = 1\n{extra}\n",
             dir.join("key"),
             state
         );

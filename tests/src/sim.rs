@@ -44,6 +44,21 @@ pub async fn agent(
     stats: Arc<SimStats>,
     gate: Arc<Semaphore>,
 ) {
+    tagged(url, key, host, &["test"], heartbeat, stats, gate).await;
+}
+
+/// [`agent`], registering with `tags`.
+pub async fn tagged(
+    url: String,
+    key: String,
+    host: String,
+    tags: &[&str],
+    heartbeat: Duration,
+    stats: Arc<SimStats>,
+    gate: Arc<Semaphore>,
+) {
+    let mut register = ws::register(&host);
+    register["payload"]["tags"] = json!(tags);
     let mut first = true;
     loop {
         if !first {
@@ -67,7 +82,7 @@ pub async fn agent(
             }
         };
         if conn
-            .send(Message::Text(ws::register(&host).to_string().into()))
+            .send(Message::Text(register.to_string().into()))
             .await
             .is_err()
         {
