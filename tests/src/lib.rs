@@ -20,6 +20,7 @@ pub mod rawws;
 pub mod reliability;
 pub mod signing;
 pub mod sim;
+pub mod sse;
 pub mod ws;
 
 use std::path::{Path, PathBuf};
