@@ -34,7 +34,9 @@ enum CronBody {
     Signed { signed: Signed },
 }
 
-use crate::store::{AgentRow, EventFilter, EventRow, JobRow, NewJob, NewRun, ReportQuery, RunRow};
+use crate::store::{
+    AgentRow, EventFilter, EventRow, JobRow, JobStatus, NewJob, NewRun, ReportQuery, RunRow,
+};
 use crate::{AppState, now_ms, rfc3339_ms};
 
 /// Largest request body.
@@ -509,7 +511,7 @@ async fn sign_job(
 #[serde(rename_all = "camelCase")]
 struct JobAccepted {
     job_id: String,
-    status: &'static str,
+    status: JobStatus,
 }
 
 async fn post_job(
@@ -594,8 +596,8 @@ async fn post_job(
             .map_err(ApiError::internal)?;
     }
     state.hub.nudge(&host);
-    let status = crate::store::status::QUEUED;
-    info!(hostname = %host, %job_id, status, "job accepted");
+    let status = JobStatus::Queued;
+    info!(hostname = %host, %job_id, %status, "job accepted");
     Ok((StatusCode::ACCEPTED, Json(JobAccepted { job_id, status })))
 }
 
@@ -607,7 +609,7 @@ struct JobView {
     command: String,
     args: Vec<String>,
     timeout: u64,
-    status: String,
+    status: JobStatus,
     created_at: String,
     expires_at: String,
     sent_at: Option<String>,
@@ -1060,7 +1062,7 @@ async fn store_run(
 struct RunHostView {
     hostname: String,
     job_id: String,
-    status: String,
+    status: JobStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_code: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1079,7 +1081,7 @@ struct RunView {
     selector: serde_json::Value,
     created_at: String,
     /// Jobs per state (`held`, `queued`, `sent`, `done`, `lost`, `expired`).
-    counts: std::collections::BTreeMap<String, usize>,
+    counts: std::collections::BTreeMap<JobStatus, usize>,
     /// Done jobs that exited 0, and those that did not.
     succeeded: usize,
     failed: usize,
@@ -1090,7 +1092,7 @@ fn run_view(run: RunRow) -> RunView {
     let mut counts = std::collections::BTreeMap::new();
     let (mut succeeded, mut failed) = (0, 0);
     for j in &run.jobs {
-        *counts.entry(j.status.clone()).or_insert(0) += 1;
+        *counts.entry(j.status).or_insert(0) += 1;
         match j.exit_code {
             Some(0) => succeeded += 1,
             Some(_) => failed += 1,
@@ -1161,7 +1163,7 @@ struct EventView {
     #[serde(skip_serializing_if = "Option::is_none")]
     run_id: Option<String>,
     hostname: String,
-    status: String,
+    status: JobStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_code: Option<i64>,
 }

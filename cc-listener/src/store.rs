@@ -155,14 +155,76 @@ END;
 pub const TAKE_BATCH: i64 = 1000;
 
 /// Job states as stored and shown by the API.
-pub mod status {
-    pub const QUEUED: &str = "queued";
-    pub const SENT: &str = "sent";
-    pub const DONE: &str = "done";
-    pub const LOST: &str = "lost";
-    pub const EXPIRED: &str = "expired";
+/// Where a job is. The store is the only place a job changes state, and
+/// these are the only changes it makes:
+///
+/// - `Held` → `Queued`: a place in its run's batch came free;
+/// - `Queued` → `Sent`: handed to its host's connection, within the
+///   agent's window ([`Store::take_for_host`]); `Sent` → `Queued`: that
+///   connection could not take it ([`Store::requeue`]);
+/// - `Sent` → `Lost`: no report within timeout + grace; `Queued` →
+///   `Expired`: its agent did not take it within the queue time
+///   ([`Store::sweep`]);
+/// - any → `Done`: its first report ([`Store::write_batch`]).
+///
+/// Stored and sent to operators as the lowercase word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
     /// A job of a batched run waiting for a place in its batch.
-    pub const HELD: &str = "held";
+    Held,
+    Queued,
+    Sent,
+    Done,
+    Lost,
+    Expired,
+}
+
+impl JobStatus {
+    pub const ALL: [Self; 6] = [
+        Self::Held,
+        Self::Queued,
+        Self::Sent,
+        Self::Done,
+        Self::Lost,
+        Self::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "held",
+            Self::Queued => "queued",
+            Self::Sent => "sent",
+            Self::Done => "done",
+            Self::Lost => "lost",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl rusqlite::ToSql for JobStatus {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for JobStatus {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = v.as_str()?;
+        Self::parse(text).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown job status {text:?}").into())
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -273,7 +335,7 @@ pub struct EventRow {
     pub job_id: String,
     pub run_id: Option<String>,
     pub hostname: String,
-    pub status: String,
+    pub status: JobStatus,
     pub exit_code: Option<i64>,
 }
 
@@ -302,7 +364,7 @@ pub struct RunRow {
 pub struct RunJob {
     pub hostname: String,
     pub job_id: String,
-    pub status: String,
+    pub status: JobStatus,
     pub exit_code: Option<i64>,
     pub duration_ms: Option<i64>,
 }
@@ -328,7 +390,7 @@ pub struct JobRow {
     pub command: String,
     pub args: Vec<String>,
     pub timeout_secs: u64,
-    pub status: String,
+    pub status: JobStatus,
     pub created_ms: i64,
     pub expires_ms: i64,
     pub sent_ms: Option<i64>,
@@ -670,7 +732,7 @@ impl Store {
     pub fn create_job(&self, job: &NewJob) -> Result<()> {
         lock(&self.writer).execute(
             "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms, expires_ms, signed)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?9, ?6, ?7, ?8)",
             params![
                 job.job_id,
                 job.hostname,
@@ -679,7 +741,8 @@ impl Store {
                 job.timeout_secs,
                 job.created_ms,
                 job.expires_ms,
-                job.signed
+                job.signed,
+                JobStatus::Queued
             ],
         )?;
         Ok(())
@@ -720,7 +783,11 @@ impl Store {
                     run.command,
                     args,
                     run.timeout_secs,
-                    if held { status::HELD } else { status::QUEUED },
+                    if held {
+                        JobStatus::Held
+                    } else {
+                        JobStatus::Queued
+                    },
                     job.created_ms,
                     if held { i64::MAX } else { job.expires_ms },
                     job.signed,
@@ -750,8 +817,8 @@ impl Store {
             return Ok(Vec::new());
         };
         let active: i64 = tx.query_row(
-            "SELECT count(*) FROM jobs WHERE run_id = ?1 AND status IN ('queued', 'sent')",
-            params![run_id],
+            "SELECT count(*) FROM jobs WHERE run_id = ?1 AND status IN (?2, ?3)",
+            params![run_id, JobStatus::Queued, JobStatus::Sent],
             |r| r.get(0),
         )?;
         let room = batch - active;
@@ -759,12 +826,22 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut stmt = tx.prepare(
-            "UPDATE jobs SET status = 'queued', expires_ms = ?2 + ?3
-             WHERE job_id IN (SELECT job_id FROM jobs WHERE run_id = ?1 AND status = 'held'
+            "UPDATE jobs SET status = ?5, expires_ms = ?2 + ?3
+             WHERE job_id IN (SELECT job_id FROM jobs WHERE run_id = ?1 AND status = ?6
                               ORDER BY created_ms, rowid LIMIT ?4)
              RETURNING hostname",
         )?;
-        let hosts = stmt.query_map(params![run_id, now_ms, ttl, room], |r| r.get(0))?;
+        let hosts = stmt.query_map(
+            params![
+                run_id,
+                now_ms,
+                ttl,
+                room,
+                JobStatus::Queued,
+                JobStatus::Held
+            ],
+            |r| r.get(0),
+        )?;
         Ok(hosts.collect::<Result<_, _>>()?)
     }
 
@@ -889,8 +966,8 @@ impl Store {
             None => TAKE_BATCH,
             Some(w) => {
                 let in_flight: i64 = tx.query_row(
-                    "SELECT count(*) FROM jobs WHERE hostname = ?1 AND status = 'sent'",
-                    params![hostname],
+                    "SELECT count(*) FROM jobs WHERE hostname = ?1 AND status = ?2",
+                    params![hostname, JobStatus::Sent],
                     |r| r.get(0),
                 )?;
                 (i64::from(w) - in_flight).clamp(0, TAKE_BATCH)
@@ -901,16 +978,17 @@ impl Store {
         }
         let rows = {
             let mut stmt = tx.prepare(&format!(
-                "{JOB_SELECT} WHERE j.hostname = ?1 AND j.status = 'queued' AND j.expires_ms > ?2
+                "{JOB_SELECT} WHERE j.hostname = ?1 AND j.status = ?4 AND j.expires_ms > ?2
                  ORDER BY j.rowid LIMIT ?3"
             ))?;
-            let rows = stmt.query_map(params![hostname, now_ms, room], job_row)?;
+            let rows =
+                stmt.query_map(params![hostname, now_ms, room, JobStatus::Queued], job_row)?;
             rows.collect::<Result<Vec<_>, _>>()?
         };
         for job in &rows {
             tx.execute(
-                "UPDATE jobs SET status = 'sent', sent_ms = ?2 WHERE job_id = ?1 AND status = 'queued'",
-                params![job.job_id, now_ms],
+                "UPDATE jobs SET status = ?3, sent_ms = ?2 WHERE job_id = ?1 AND status = ?4",
+                params![job.job_id, now_ms, JobStatus::Sent, JobStatus::Queued],
             )?;
         }
         Ok(rows)
@@ -919,10 +997,9 @@ impl Store {
     /// Hosts with queued, unexpired jobs.
     pub fn hosts_with_queued(&self, now_ms: i64) -> Result<Vec<String>> {
         let conn = lock(&self.reader);
-        let mut stmt = conn.prepare(
-            "SELECT DISTINCT hostname FROM jobs WHERE status = 'queued' AND expires_ms > ?1",
-        )?;
-        let rows = stmt.query_map(params![now_ms], |r| r.get(0))?;
+        let mut stmt = conn
+            .prepare("SELECT DISTINCT hostname FROM jobs WHERE status = ?2 AND expires_ms > ?1")?;
+        let rows = stmt.query_map(params![now_ms, JobStatus::Queued], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -930,8 +1007,8 @@ impl Store {
     /// the connection).
     pub fn requeue(&self, job_id: &str) -> Result<()> {
         lock(&self.writer).execute(
-            "UPDATE jobs SET status = 'queued', sent_ms = NULL WHERE job_id = ?1 AND status = 'sent'",
-            params![job_id],
+            "UPDATE jobs SET status = ?2, sent_ms = NULL WHERE job_id = ?1 AND status = ?3",
+            params![job_id, JobStatus::Queued, JobStatus::Sent],
         )?;
         Ok(())
     }
@@ -944,15 +1021,15 @@ impl Store {
         let tx = write_tx(&mut conn)?;
         let rows = {
             let mut stmt = tx.prepare(&format!(
-                "{JOB_SELECT} WHERE j.hostname = ?1 AND j.status = 'sent' AND j.report_id IS NULL
+                "{JOB_SELECT} WHERE j.hostname = ?1 AND j.status = ?2 AND j.report_id IS NULL
                  ORDER BY j.rowid"
             ))?;
-            let rows = stmt.query_map(params![hostname], job_row)?;
+            let rows = stmt.query_map(params![hostname, JobStatus::Sent], job_row)?;
             rows.collect::<Result<Vec<_>, _>>()?
         };
         tx.execute(
-            "UPDATE jobs SET sent_ms = ?2 WHERE hostname = ?1 AND status = 'sent' AND report_id IS NULL",
-            params![hostname, now_ms],
+            "UPDATE jobs SET sent_ms = ?2 WHERE hostname = ?1 AND status = ?3 AND report_id IS NULL",
+            params![hostname, now_ms, JobStatus::Sent],
         )?;
         tx.commit()?;
         Ok(rows)
@@ -975,19 +1052,19 @@ impl Store {
         let mut conn = lock(&self.writer);
         let tx = write_tx(&mut conn)?;
         let lost = tx.execute(
-            "UPDATE jobs SET status = 'lost', finished_ms = ?1
-             WHERE status = 'sent' AND sent_ms + timeout_secs * 1000 + ?2 < ?1",
-            params![now_ms, grace_ms],
+            "UPDATE jobs SET status = ?3, finished_ms = ?1
+             WHERE status = ?4 AND sent_ms + timeout_secs * 1000 + ?2 < ?1",
+            params![now_ms, grace_ms, JobStatus::Lost, JobStatus::Sent],
         )?;
         let expired = tx.execute(
-            "UPDATE jobs SET status = 'expired', finished_ms = ?1
-             WHERE status = 'queued' AND expires_ms <= ?1",
-            params![now_ms],
+            "UPDATE jobs SET status = ?2, finished_ms = ?1
+             WHERE status = ?3 AND expires_ms <= ?1",
+            params![now_ms, JobStatus::Expired, JobStatus::Queued],
         )?;
         // Lost and expired jobs free places in their runs' batches.
         let runs: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT DISTINCT run_id FROM jobs WHERE status = 'held'")?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
+            let mut stmt = tx.prepare("SELECT DISTINCT run_id FROM jobs WHERE status = ?1")?;
+            let rows = stmt.query_map(params![JobStatus::Held], |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
         for run in runs {
@@ -1160,9 +1237,9 @@ impl Store {
         if is_job {
             // The first report of a job settles it, whatever state it was in.
             tx.execute(
-                "UPDATE jobs SET status = 'done', finished_ms = ?3, report_id = ?2
+                "UPDATE jobs SET status = ?4, finished_ms = ?3, report_id = ?2
                  WHERE job_id = ?1 AND report_id IS NULL",
-                params![job_id, report_row, now_ms],
+                params![job_id, report_row, now_ms, JobStatus::Done],
             )?;
             // A place in its run's batch may be free now.
             let run: Option<String> = tx.query_row(
@@ -1589,6 +1666,33 @@ mod tests {
     }
 
     #[test]
+    fn job_states_are_stored_as_their_words_and_an_unknown_one_is_an_error() {
+        for st in JobStatus::ALL {
+            assert_eq!(JobStatus::parse(st.as_str()), Some(st));
+            assert_eq!(serde_json::to_value(st).unwrap(), st.as_str());
+        }
+        assert_eq!(JobStatus::parse("Done"), None);
+        let (_dir, s) = temp_store();
+        let job = |id: &str| NewJob {
+            job_id: id.into(),
+            hostname: "h".into(),
+            command: "/bin/true".into(),
+            args: vec![],
+            timeout_secs: 5,
+            created_ms: 0,
+            expires_ms: 10,
+            signed: None,
+        };
+        s.create_job(&job("j")).unwrap();
+        assert_eq!(s.get_job("j").unwrap().unwrap().status, JobStatus::Queued);
+        lock(&s.writer)
+            .execute("UPDATE jobs SET status = 'running' WHERE job_id = 'j'", [])
+            .unwrap();
+        let e = s.get_job("j").unwrap_err().to_string();
+        assert!(e.contains("unknown job status \"running\""), "{e}");
+    }
+
+    #[test]
     fn keys_are_stored_hashed_bound_once_and_revocable() {
         let (_d, s) = temp_store();
         let key = s.add_key("web1", None, 1).unwrap();
@@ -1652,7 +1756,7 @@ mod tests {
             Stored::Duplicate
         );
         let job = s.get_job("j1").unwrap().unwrap();
-        assert_eq!(job.status, status::DONE);
+        assert_eq!(job.status, JobStatus::Done);
         assert_eq!(job.report.as_deref(), Some("{}"));
         assert_eq!(s.count_reports().unwrap(), 4);
     }
@@ -1675,10 +1779,10 @@ mod tests {
         s.create_job(&job("queued")).unwrap();
         assert_eq!(s.sweep(400, 100).unwrap(), (0, 0));
         assert_eq!(s.sweep(1_101, 100).unwrap(), (1, 1));
-        assert_eq!(s.get_job("sent").unwrap().unwrap().status, status::LOST);
+        assert_eq!(s.get_job("sent").unwrap().unwrap().status, JobStatus::Lost);
         assert_eq!(
             s.get_job("queued").unwrap().unwrap().status,
-            status::EXPIRED
+            JobStatus::Expired
         );
     }
 
@@ -1876,7 +1980,7 @@ mod tests {
                 quota: 6
             }))
         );
-        assert_eq!(s.get_job("j").unwrap().unwrap().status, status::DONE);
+        assert_eq!(s.get_job("j").unwrap().unwrap().status, JobStatus::Done);
         assert_eq!(s.count_reports().unwrap(), 2);
         assert!(s.write_batch(&[], 6).unwrap().is_empty());
     }
