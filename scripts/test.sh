@@ -106,18 +106,12 @@ rm -rf target/reliability
 export CC_SKIP_LOG="$PWD/target/skipped.txt"
 rm -f "$CC_SKIP_LOG"
 suite=0
-cargo nextest run --workspace --locked --no-fail-fast || suite=$?
+nextest_log="$PWD/target/nextest.log"
+cargo nextest run --workspace --locked --no-fail-fast 2>&1 | tee "$nextest_log" || suite=$?
 step "skipped tests"
+bash scripts/skip-summary.sh "$CC_SKIP_LOG" "$nextest_log"
 skipped=0
-if [ -s "$CC_SKIP_LOG" ]; then
-    skipped=$(wc -l < "$CC_SKIP_LOG")
-    sort "$CC_SKIP_LOG"
-    echo "$skipped tests skipped; the reasons (count, reason):"
-    # Lines are "TEST: needs WHAT"; test names hold no space.
-    sed -E 's/^[^ ]*: //' "$CC_SKIP_LOG" | sort | uniq -c | sort -rn
-else
-    echo "none"
-fi
+[ -s "$CC_SKIP_LOG" ] && skipped=$(wc -l < "$CC_SKIP_LOG")
 [ "$suite" -eq 0 ] || exit "$suite"
 if [ "$skipped" -gt 0 ] && [ "${CC_PARTIAL:-}" != "1" ]; then
     echo "$skipped tests skipped: the run is not complete (CC_PARTIAL=1 accepts a partial run)" >&2
