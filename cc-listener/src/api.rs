@@ -61,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     Router::new()
         .nest("/api/v1", authed.route("/healthz", get(healthz)))
+        .merge(crate::ui::router(Arc::clone(&state)))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -80,6 +81,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// What went wrong, as the API would answer it.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -158,16 +164,20 @@ async fn require_token(
         .and_then(|v| v.strip_prefix("Bearer "));
     // Compare digests in constant time: neither the token nor its length
     // leaks through timing.
-    let ok = presented.is_some_and(|p| {
-        let a = Sha256::digest(p.as_bytes());
-        let b = Sha256::digest(state.admin_token.as_bytes());
-        bool::from(a.ct_eq(&b))
-    });
+    let ok = presented.is_some_and(|p| token_matches(&state, p));
     if !ok {
         return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
             .into_response();
     }
     next.run(request).await
+}
+
+/// Whether `presented` is the operator token: digests compared in constant
+/// time, so neither the token nor its length leaks through timing.
+pub(crate) fn token_matches(state: &AppState, presented: &str) -> bool {
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(state.admin_token.as_bytes());
+    bool::from(a.ct_eq(&b))
 }
 
 fn body_json<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
@@ -215,27 +225,27 @@ async fn healthz() -> Json<serde_json::Value> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct AgentView {
-    hostname: String,
-    os: String,
-    arch: String,
-    tags: Vec<String>,
-    execution_mode: String,
-    is_root: bool,
-    connected: bool,
-    last_heartbeat: Option<String>,
-    last_seen: String,
+pub(crate) struct AgentView {
+    pub(crate) hostname: String,
+    pub(crate) os: String,
+    pub(crate) arch: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) execution_mode: String,
+    pub(crate) is_root: bool,
+    pub(crate) connected: bool,
+    pub(crate) last_heartbeat: Option<String>,
+    pub(crate) last_seen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    warning: Option<String>,
+    pub(crate) warning: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    cron_status: Option<Box<RawValue>>,
+    pub(crate) cron_status: Option<Box<RawValue>>,
     /// Bytes the host's stored reports take (held to `report_quota_bytes`).
-    report_bytes: i64,
+    pub(crate) report_bytes: i64,
     /// Reports refused since the listener started (quota), and the last
     /// reason.
-    reports_refused: u64,
+    pub(crate) reports_refused: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    last_refusal: Option<String>,
+    pub(crate) last_refusal: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -249,7 +259,7 @@ struct AgentParams {
 /// Most agents one `GET /agents` page holds (also the default).
 const MAX_AGENTS_LIMIT: u32 = 10_000;
 
-fn agent_view(state: &AppState, row: AgentRow) -> AgentView {
+pub(crate) fn agent_view(state: &AppState, row: AgentRow) -> AgentView {
     let l = state.hub.live(&row.hostname);
     let last_seen = l
         .as_ref()
@@ -603,7 +613,7 @@ async fn post_job(
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct JobView {
+pub(crate) struct JobView {
     job_id: String,
     hostname: String,
     command: String,
@@ -633,7 +643,7 @@ fn job_view(row: JobRow) -> JobView {
     }
 }
 
-async fn get_job(
+pub(crate) async fn get_job(
     State(state): State<Arc<AppState>>,
     Path(job_id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
@@ -805,19 +815,19 @@ const MAX_RUN_HOSTS: usize = 100_000;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct RunJobView {
-    hostname: String,
-    job_id: String,
+pub(crate) struct RunJobView {
+    pub(crate) hostname: String,
+    pub(crate) job_id: String,
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct RunAccepted {
-    run_id: String,
-    jobs: Vec<RunJobView>,
+pub(crate) struct RunAccepted {
+    pub(crate) run_id: String,
+    pub(crate) jobs: Vec<RunJobView>,
 }
 
-async fn post_run(
+pub(crate) async fn post_run(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<RunAccepted>)> {
@@ -1071,7 +1081,7 @@ struct RunHostView {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct RunView {
+pub(crate) struct RunView {
     run_id: String,
     command: String,
     args: Vec<String>,
@@ -1124,7 +1134,7 @@ fn run_view(run: RunRow) -> RunView {
     }
 }
 
-async fn get_run(
+pub(crate) async fn get_run(
     State(state): State<Arc<AppState>>,
     Path(run_id): Path<String>,
 ) -> ApiResult<Json<RunView>> {
@@ -1142,7 +1152,7 @@ async fn get_run(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EventParams {
+pub(crate) struct EventParams {
     run: Option<String>,
     host: Option<String>,
     job: Option<String>,
@@ -1172,7 +1182,7 @@ struct EventView {
 /// order, from `Last-Event-ID` (or `since`) on, filtered by run, host or
 /// job. Each event's `id` is its place in the log: a client that reconnects
 /// with the last id it saw misses nothing and sees nothing twice.
-async fn events(
+pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,

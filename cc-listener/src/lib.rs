@@ -4,6 +4,7 @@
 //! - [`agents`]: the WebSocket endpoint, one task per connection.
 //! - [`hub`]: live connections by hostname.
 //! - [`api`]: the operator HTTP API.
+//! - [`ui`]: the web console (`/ui/`) on the operator address.
 //! - [`store`]: SQLite; the only module that touches storage.
 #![forbid(unsafe_code)]
 
@@ -11,6 +12,7 @@ pub mod agents;
 pub mod api;
 pub mod hub;
 pub mod store;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -67,6 +69,9 @@ pub struct Settings {
     /// behalf (`--signing-key-file`): convenient and weaker — whoever owns
     /// this listener owns every host that trusts this key.
     pub signing_key: Option<Arc<ring::signature::Ed25519KeyPair>>,
+    /// The console's session cookie carries `Secure`: set it when the
+    /// operator address is reached through a TLS proxy.
+    pub ui_secure_cookie: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +100,7 @@ impl Settings {
             max_connections: 20_000,
             tls: None,
             signing_key: None,
+            ui_secure_cookie: false,
         }
     }
 }
@@ -110,6 +116,8 @@ pub struct AppState {
     pub refusals: Refusals,
     /// Group commit for reports and job hand-overs.
     pub writer: store::Writer,
+    /// The web console's logged-in operators.
+    pub sessions: ui::Sessions,
 }
 
 /// Reports refused per host (quota, unmatched): what `GET /agents` shows.
@@ -216,6 +224,7 @@ pub async fn serve(
         admin_token,
         shutdown: shutdown_rx.clone(),
         refusals: Refusals::default(),
+        sessions: ui::Sessions::default(),
     });
 
     let agents = tokio::spawn(agents::accept_loop(

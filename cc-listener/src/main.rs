@@ -109,6 +109,7 @@ struct FileConfig {
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     signing_key_file: Option<PathBuf>,
+    ui_secure_cookie: Option<bool>,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -169,6 +170,9 @@ fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
     }
     if let Some(ms) = file.sweep_interval_ms {
         s.sweep_interval = Duration::from_millis(ms.max(10));
+    }
+    if let Some(b) = file.ui_secure_cookie {
+        s.ui_secure_cookie = b;
     }
     if let Some(n) = file.max_connections {
         s.max_connections = n.max(1);

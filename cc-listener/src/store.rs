@@ -154,7 +154,6 @@ END;
 /// Jobs handed to a spec-only agent per transaction.
 pub const TAKE_BATCH: i64 = 1000;
 
-/// Job states as stored and shown by the API.
 /// Where a job is. The store is the only place a job changes state, and
 /// these are the only changes it makes:
 ///
@@ -397,6 +396,33 @@ pub struct JobRow {
     pub finished_ms: Option<i64>,
     pub report: Option<String>,
     pub signed: Option<String>,
+}
+
+/// A run as the console lists it.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub created_ms: i64,
+    /// Jobs per state, in [`JobStatus`] order; states with none left out.
+    pub counts: Vec<(JobStatus, usize)>,
+    /// Done jobs whose exit code was not 0.
+    pub failed: usize,
+}
+
+/// A job as the console lists it.
+#[derive(Debug, Clone)]
+pub struct JobSummary {
+    pub job_id: String,
+    pub hostname: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub status: JobStatus,
+    pub created_ms: i64,
+    pub run_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub duration_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -1378,6 +1404,59 @@ impl Store {
         Ok(())
     }
 
+    /// A fleet's history for benches and tests: `agents` agents
+    /// (`fleet-N.test`, every 100th root in user mode), and `runs` runs of
+    /// `jobs_per_run` jobs each, every job done with its report (a run's
+    /// jobs on consecutive agents; every 10th job exits 1).
+    pub fn insert_fleet_for_test(&self, agents: u32, runs: u32, jobs_per_run: u32) -> Result<()> {
+        let mut conn = lock(&self.writer);
+        let tx = write_tx(&mut conn)?;
+        tx.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1)
+             INSERT INTO agents (hostname, os, arch, tags, execution_mode, is_root,
+                                 first_seen_ms, last_seen_ms)
+             SELECT 'fleet-' || i || '.test', 'linux', 'amd64',
+                    json_array('fleet', 'rack-' || (i % 40)), 'user', i % 100 = 0,
+                    1700000000000, 1700000000000 + i
+             FROM n",
+            params![agents],
+        )?;
+        tx.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1)
+             INSERT INTO runs (run_id, command, args, timeout_secs, batch, selector, queue_ttl_ms,
+                               created_ms)
+             SELECT 'run-' || i, '/bin/echo', '[\"fixture\"]', 60, NULL, '{}', 3600000,
+                    1700000000000 + i * 1000
+             FROM n",
+            params![runs],
+        )?;
+        tx.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1 * ?2)
+             INSERT INTO reports (hostname, job_id, dedupe_key, kind, received_ms, payload, size)
+             SELECT 'fleet-' || (i % max(?3, 1)) || '.test', 'job-' || i, 'id:job-' || i, 'job',
+                    1700000000000 + i,
+                    json_object('jobId', 'job-' || i, 'command', '/bin/echo fixture',
+                                'exitCode', CASE WHEN i % 10 = 0 THEN 1 ELSE 0 END,
+                                'stdout', 'fixture\n', 'stderr', '',
+                                'startTime', '2026-11-30T10:00:00Z', 'durationMs', 3,
+                                'executingUid', 999, 'executingUser', 'cc-agent-user'),
+                    200
+             FROM n",
+            params![runs, jobs_per_run, agents],
+        )?;
+        tx.execute(
+            "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms,
+                               expires_ms, finished_ms, report_id, run_id)
+             SELECT r.job_id, r.hostname, '/bin/echo', '[\"fixture\"]', 60, ?2, r.received_ms,
+                    r.received_ms + 3600000, r.received_ms, r.id,
+                    'run-' || (CAST(substr(r.job_id, 5) AS INTEGER) / ?1)
+             FROM reports r WHERE r.kind = 'job' AND r.job_id LIKE 'job-%'",
+            params![jobs_per_run.max(1), JobStatus::Done],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// The ids and sizes of the reports `q` selects, newest first: up to
     /// `q.limit + 1` of them, so the caller knows whether more follow.
     /// Reads no report text.
@@ -1416,6 +1495,101 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest `limit` runs, newest first, with their jobs counted per
+    /// state and how many of their done jobs failed (the console's list).
+    pub fn recent_runs(&self, limit: u32) -> Result<Vec<RunSummary>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare(
+            "SELECT run_id, command, args, created_ms FROM runs ORDER BY rowid DESC LIMIT ?1",
+        )?;
+        let runs = stmt.query_map(params![limit], |r| {
+            Ok(RunSummary {
+                run_id: r.get(0)?,
+                command: r.get(1)?,
+                args: json_list(&r.get::<_, String>(2)?),
+                created_ms: r.get(3)?,
+                counts: Vec::new(),
+                failed: 0,
+            })
+        })?;
+        let mut runs: Vec<RunSummary> = runs.collect::<Result<_, _>>()?;
+        let mut count = conn.prepare(
+            "SELECT j.status, count(*),
+                    sum(CASE WHEN json_extract(r.payload, '$.exitCode') != 0 THEN 1 ELSE 0 END)
+             FROM jobs j LEFT JOIN reports r ON r.id = j.report_id
+             WHERE j.run_id = ?1 GROUP BY j.status",
+        )?;
+        for run in &mut runs {
+            let rows = count.query_map(params![run.run_id], |r| {
+                Ok((
+                    r.get::<_, JobStatus>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (st, n, failed) = row?;
+                run.counts.push((st, usize::try_from(n).unwrap_or(0)));
+                run.failed += usize::try_from(failed.unwrap_or(0)).unwrap_or(0);
+            }
+            run.counts.sort();
+        }
+        Ok(runs)
+    }
+
+    /// The newest `limit` jobs, newest first: of one host, or (`single`)
+    /// only those posted alone, not as part of a run.
+    pub fn recent_jobs(
+        &self,
+        hostname: Option<&str>,
+        single: bool,
+        limit: u32,
+    ) -> Result<Vec<JobSummary>> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn.prepare(
+            "SELECT j.job_id, j.hostname, j.command, j.args, j.status, j.created_ms, j.run_id,
+                    json_extract(r.payload, '$.exitCode'), json_extract(r.payload, '$.durationMs')
+             FROM jobs j LEFT JOIN reports r ON r.id = j.report_id
+             WHERE (?1 IS NULL OR j.hostname = ?1) AND (NOT ?2 OR j.run_id IS NULL)
+             ORDER BY j.rowid DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![hostname, single, limit], |r| {
+            Ok(JobSummary {
+                job_id: r.get(0)?,
+                hostname: r.get(1)?,
+                command: r.get(2)?,
+                args: json_list(&r.get::<_, String>(3)?),
+                status: r.get(4)?,
+                created_ms: r.get(5)?,
+                run_id: r.get(6)?,
+                exit_code: r.get(7)?,
+                duration_ms: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest event's id (0 when there is none): where a page that
+    /// shows the present starts following the stream.
+    pub fn last_event_id(&self) -> Result<i64> {
+        Ok(lock(&self.reader)
+            .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?)
+    }
+
+    /// The newest report of `job_id` (a cron entry's id: its last run) on
+    /// `hostname`: when it came and its exit code.
+    pub fn last_report(&self, hostname: &str, job_id: &str) -> Result<Option<(i64, i64)>> {
+        let conn = lock(&self.reader);
+        Ok(conn
+            .query_row(
+                "SELECT received_ms, json_extract(payload, '$.exitCode') FROM reports
+                 WHERE hostname = ?1 AND job_id = ?2 ORDER BY id DESC LIMIT 1",
+                params![hostname, job_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
     }
 
     pub fn count_reports(&self) -> Result<i64> {

@@ -64,6 +64,12 @@ enum Command {
     /// signed here with --key. `ccctl run status ID` and `ccctl run watch
     /// ID` follow a run started earlier (or left with Ctrl-C).
     Run(RunArgs),
+    /// Sign root work for hosts and print the statements (a JSON list)
+    /// without sending them: for the web console's "Root work" box, or to
+    /// send later (`POST /api/v1/runs {"signed": [...]}`). Takes `ccctl run`'s
+    /// hosts, --tag (which asks the listener for the hosts), --timeout,
+    /// --key and --valid-for.
+    Sign(RunArgs),
     /// Show a job and its report (stdout and stderr verbatim).
     Job {
         id: String,
@@ -419,14 +425,17 @@ fn summarize(jobs: &[(String, String, Value)], json_out: bool) -> bool {
     ok
 }
 
-/// Root work: one statement per host, signed here with the operator's key
-/// for that host (tags are resolved to hosts first), sent as one signed
-/// run; then followed like any run.
-fn system_run(api: &Api, file: &FileConfig, args: &RunArgs, json_out: bool) -> Result<bool> {
+/// One `exec` statement per host — the hosts given and those carrying
+/// every tag — signed here with the operator's key, each for its host.
+fn sign_for_hosts(
+    api: Option<&Api>,
+    file: &FileConfig,
+    args: &RunArgs,
+) -> Result<Vec<sign::Signed>> {
     let (program, rest) = args
         .command
         .split_first()
-        .context("no program given: ccctl run --system HOST… | --tag T… -- PROGRAM ARGS…")?;
+        .context("no program given: HOST… | --tag T… -- PROGRAM ARGS…")?;
     let mut hosts = Vec::new();
     for h in &args.hosts {
         // Signed for the canonical (lowercase) name: the one hosts compare.
@@ -437,6 +446,7 @@ fn system_run(api: &Api, file: &FileConfig, args: &RunArgs, json_out: bool) -> R
         );
     }
     if !args.tags.is_empty() {
+        let api = api.context("--tag needs the listener to find the hosts: give --url")?;
         hosts.extend(hosts_with_tags(api, &args.tags)?);
     }
     hosts.sort();
@@ -458,6 +468,13 @@ fn system_run(api: &Api, file: &FileConfig, args: &RunArgs, json_out: bool) -> R
         };
         statements.push(sign::sign(&st, sign::EXEC_LABEL, &key)?);
     }
+    Ok(statements)
+}
+
+/// Root work: the statements sent as one signed run, then followed like
+/// any run.
+fn system_run(api: &Api, file: &FileConfig, args: &RunArgs, json_out: bool) -> Result<bool> {
+    let statements = sign_for_hosts(Some(api), file, args)?;
     let mut body = json!({ "signed": statements });
     if let Some(b) = args.batch {
         body["batch"] = json!(b);
@@ -930,6 +947,16 @@ fn main() -> ExitCode {
                     None if args.system => system_run(&api, &file, args, json_out),
                     None => fan_out(&api, args, json_out),
                 }
+            }
+            Command::Sign(args) => {
+                let api = if args.tags.is_empty() {
+                    None
+                } else {
+                    Some(Api::new(&cli, &file)?)
+                };
+                let signed = sign_for_hosts(api.as_ref(), &file, args)?;
+                println!("{}", serde_json::to_string_pretty(&signed)?);
+                Ok(true)
             }
             Command::Job { id, output } => {
                 let j = Api::new(&cli, &file)?.call("GET", &format!("/jobs/{id}"), None)?;

@@ -336,6 +336,156 @@ impl fmt::Display for Field {
     }
 }
 
+impl Item {
+    /// Whether `v` is one of the item's values; `min` is the field's first
+    /// value (a `*/step` counts from it).
+    fn matches(self, v: u8, min: u8) -> bool {
+        match self {
+            Item::Any { step } => step.is_none_or(|s| (v - min) % s == 0),
+            Item::One(n) => v == n,
+            Item::Range { lo, hi, step } => {
+                (lo..=hi).contains(&v) && step.is_none_or(|s| (v - lo) % s == 0)
+            }
+        }
+    }
+}
+
+impl Field {
+    fn matches(&self, v: u8, min: u8) -> bool {
+        self.0.iter().any(|i| i.matches(v, min))
+    }
+
+    /// Starts with `*` (so `*/2` too): cron then takes the other day field
+    /// alone.
+    fn is_star(&self) -> bool {
+        matches!(self.0.first(), Some(Item::Any { .. }))
+    }
+}
+
+impl Schedule {
+    /// The first minute after `after` (to the minute, in the time zone of
+    /// `after`'s clock, as cron reads the local time) at which the
+    /// schedule fires; `None` for `@reboot`, or for a date that never comes
+    /// within 5 years (`0 0 30 2 *`).
+    pub fn next_after<Tz: chrono::TimeZone>(
+        &self,
+        after: chrono::DateTime<Tz>,
+    ) -> Option<chrono::DateTime<Tz>> {
+        use chrono::{Datelike, Duration, Timelike};
+        let fields = match self {
+            Schedule::Fields(f) => (**f).clone(),
+            Schedule::Keyword(k) => {
+                let text = match k {
+                    Keyword::Reboot => return None,
+                    Keyword::Yearly => "0 0 1 1 *",
+                    Keyword::Monthly => "0 0 1 * *",
+                    Keyword::Weekly => "0 0 * * 0",
+                    Keyword::Daily => "0 0 * * *",
+                    Keyword::Hourly => "0 * * * *",
+                };
+                match Schedule::parse(text) {
+                    Ok(Schedule::Fields(f)) => *f,
+                    _ => return None,
+                }
+            }
+        };
+        let [minute, hour, dom, month, dow] = &fields;
+        let tz = after.timezone();
+        let start = after.naive_local().with_second(0)?.with_nanosecond(0)? + Duration::minutes(1);
+        let day_ok = |d: chrono::NaiveDate| {
+            let (dm, dw) = (d.day() as u8, d.weekday().num_days_from_sunday() as u8);
+            let by_dom = dom.matches(dm, 1);
+            // Day-of-week 7 is Sunday too.
+            let by_dow = dow.matches(dw, 0) || (dw == 0 && dow.matches(7, 0));
+            month.matches(d.month() as u8, 1)
+                && match (dom.is_star(), dow.is_star()) {
+                    (true, true) => true,
+                    (false, true) => by_dom,
+                    (true, false) => by_dow,
+                    (false, false) => by_dom || by_dow,
+                }
+        };
+        let mut date = start.date();
+        for day in 0..(5 * 366) {
+            if day_ok(date) {
+                let (h0, m0) = if day == 0 {
+                    (start.hour() as u8, start.minute() as u8)
+                } else {
+                    (0, 0)
+                };
+                for h in h0..24 {
+                    if !hour.matches(h, 0) {
+                        continue;
+                    }
+                    let from = if h == h0 { m0 } else { 0 };
+                    if let Some(m) = (from..60).find(|&m| minute.matches(m, 0)) {
+                        let naive = date.and_hms_opt(u32::from(h), u32::from(m), 0)?;
+                        // A local time skipped by a clock change: the next
+                        // minute that exists.
+                        if let Some(t) = tz.from_local_datetime(&naive).earliest() {
+                            return Some(t);
+                        }
+                    }
+                }
+            }
+            date = date.succ_opt()?;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod next_tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn next(schedule: &str, after: &str) -> Option<String> {
+        let after = chrono::DateTime::parse_from_rfc3339(after)
+            .unwrap()
+            .with_timezone(&Utc);
+        Schedule::parse(schedule)
+            .unwrap()
+            .next_after(after)
+            .map(|t| t.format("%Y-%m-%d %H:%M %a").to_string())
+    }
+
+    #[test]
+    fn next_runs_follow_cron_rules() {
+        let at = "2026-11-30T17:45:30Z"; // a Monday
+        assert_eq!(next("* * * * *", at).unwrap(), "2026-11-30 17:46 Mon");
+        assert_eq!(next("*/15 * * * *", at).unwrap(), "2026-11-30 18:00 Mon");
+        assert_eq!(next("50 17 * * *", at).unwrap(), "2026-11-30 17:50 Mon");
+        assert_eq!(next("45 17 * * *", at).unwrap(), "2026-12-01 17:45 Tue");
+        assert_eq!(next("0 3 * * *", at).unwrap(), "2026-12-01 03:00 Tue");
+        assert_eq!(next("@hourly", at).unwrap(), "2026-11-30 18:00 Mon");
+        assert_eq!(next("@daily", at).unwrap(), "2026-12-01 00:00 Tue");
+        assert_eq!(next("@weekly", at).unwrap(), "2026-12-06 00:00 Sun");
+        assert_eq!(next("@monthly", at).unwrap(), "2026-12-01 00:00 Tue");
+        assert_eq!(next("@yearly", at).unwrap(), "2027-01-01 00:00 Fri");
+        // Sunday as 7, and names.
+        assert_eq!(next("0 9 * * 7", at).unwrap(), "2026-12-06 09:00 Sun");
+        assert_eq!(next("0 9 * * sat", at).unwrap(), "2026-12-05 09:00 Sat");
+        // Both day fields restricted: either matches (the 1st, or a Friday).
+        assert_eq!(next("0 0 1 * 5", at).unwrap(), "2026-12-01 00:00 Tue");
+        assert_eq!(next("0 0 15 * 3", at).unwrap(), "2026-12-02 00:00 Wed");
+        // One restricted and the other `*/2`: only the restricted one.
+        assert_eq!(next("0 0 15 * */2", at).unwrap(), "2026-12-15 00:00 Tue");
+        // Ranges with steps, months.
+        assert_eq!(
+            next("10-50/20 2 * feb *", at).unwrap(),
+            "2027-02-01 02:10 Mon"
+        );
+        assert_eq!(next("0 0 29 2 *", at).unwrap(), "2028-02-29 00:00 Tue");
+        assert_eq!(next("0 0 30 2 *", at), None, "never");
+        assert_eq!(next("@reboot", at), None);
+        // Within the same minute: the next one, not this one.
+        assert_eq!(
+            next("46 17 * * *", "2026-11-30T17:46:00Z").unwrap(),
+            "2026-12-01 17:46 Tue"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

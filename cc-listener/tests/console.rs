@@ -1,0 +1,542 @@
+//! The web console in a real browser: Debian's headless Chromium driven
+//! through chromedriver (WebDriver, `fantoccini`), against the real
+//! listener and real agents — one as `cc-agent-user`, one as root in user
+//! mode (the spec's security warning).
+//!
+//! Screenshots of each page at 1280 and 390 px wide are written to
+//! `target/ui-screenshots/`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cc_e2e::agent::{AgentProcess, root_and_agent_user};
+use cc_e2e::listener::{ListenerProcess, TOKEN};
+use cc_e2e::{TempDir, require};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cc-listener"))
+}
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const HOSTILE: &str = "<script>window.pwned=1</script><img src=x onerror=\"window.pwned=2\">\u{1b}[31mred\u{1b}[0m & done";
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn browser() -> (Driver, Client) {
+    // fantoccini's HTTP client (to chromedriver, plain HTTP here) needs a
+    // rustls provider chosen once per process.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let driver = Driver(
+        Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"binary": "/usr/bin/chromium", "args": [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--window-size=1280,900"
+        ]}),
+    );
+    let client = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    (driver, client)
+}
+
+fn shots_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ui-screenshots");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn eval(c: &Client, script: &str) -> Value {
+    c.execute(script, vec![]).await.unwrap()
+}
+
+/// Waits until `script` returns true in the page.
+async fn until(c: &Client, limit: Duration, script: &str) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if eval(c, script).await == json!(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {script}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Screenshot at this width, and the page must not scroll sideways.
+async fn shoot(c: &Client, name: &str, width: u32) {
+    c.set_window_size(width, 900).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fits = eval(
+        c,
+        "return document.documentElement.scrollWidth <= window.innerWidth",
+    )
+    .await;
+    let sizes = eval(
+        c,
+        "return [document.documentElement.scrollWidth, window.innerWidth]",
+    )
+    .await;
+    assert_eq!(
+        fits,
+        json!(true),
+        "{name} at {width} px scrolls sideways: {sizes}"
+    );
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(shots_dir().join(format!("{name}-{width}.png")), png).unwrap();
+}
+
+async fn both_widths(c: &Client, name: &str) {
+    shoot(c, name, 1280).await;
+    shoot(c, name, 390).await;
+    c.set_window_size(1280, 900).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_in_a_real_browser() {
+    let Some(agent_user) = root_and_agent_user() else {
+        return;
+    };
+    if !require(
+        "Debian's chromium and chromium-driver",
+        Path::new(CHROMEDRIVER).exists(),
+    ) {
+        return;
+    }
+    let dir = TempDir::new("console");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let agent_bin = cc_e2e::bin("cc-agent");
+    let (web_dir, root_dir) = (dir.path().join("web1"), dir.path().join("rooty"));
+    std::fs::create_dir_all(&web_dir).unwrap();
+    std::fs::create_dir_all(&root_dir).unwrap();
+    let _web = AgentProcess::start(
+        &agent_bin,
+        &web_dir,
+        &l.ws_url(),
+        &l.add_key("web1.test"),
+        "web1.test",
+        "tags = [\"web\", \"eu\"]",
+        Some(agent_user),
+    );
+    // A real agent run as root in user mode: what the warning is for.
+    let _rooty = AgentProcess::start(
+        &agent_bin,
+        &root_dir,
+        &l.ws_url(),
+        &l.add_key("rooty.test"),
+        "rooty.test",
+        "tags = [\"db\"]",
+        None,
+    );
+    l.wait_connected("web1.test", true);
+    l.wait_connected("rooty.test", true);
+
+    // A job whose output is hostile, run by the real agent.
+    let hostile = l.post(
+        "/api/v1/agents/web1.test/jobs",
+        // `%b` turns `\033` into ESC: a job's argv holds no control
+        // character, its output may.
+        &json!({"command": "/usr/bin/printf", "args": ["%b", HOSTILE.replace('\u{1b}', "\\033")]}),
+    );
+    assert_eq!(hostile.status, 202, "{}", hostile.body);
+    let hostile_id = hostile.json()["jobId"].as_str().unwrap().to_owned();
+    let done = l.wait_for(Duration::from_secs(20), |l| {
+        let j = l.get(&format!("/api/v1/jobs/{hostile_id}")).json();
+        (j["status"] == "done").then_some(j)
+    });
+    assert_eq!(done["report"]["stdout"], HOSTILE);
+    // A fan-out run for the runs page.
+    let run = l.post(
+        "/api/v1/runs",
+        &json!({"hosts": ["web1.test", "rooty.test"], "command": "/bin/echo", "args": ["fan"]}),
+    );
+    assert_eq!(run.status, 202, "{}", run.body);
+    let run_id = run.json()["runId"].as_str().unwrap().to_owned();
+
+    let base = format!("http://{}", l.admin_addr);
+    let (_driver, c) = browser().await;
+
+    // Not logged in: the login page.
+    c.goto(&format!("{base}/ui/")).await.unwrap();
+    assert!(c.current_url().await.unwrap().path().ends_with("/ui/login"));
+    both_widths(&c, "login").await;
+    c.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys("not-the-token-at-all")
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        Duration::from_secs(5),
+        "return document.body.textContent.includes('That is not the operator token')",
+    )
+    .await;
+    c.goto(&format!("{base}/ui/login")).await.unwrap();
+    c.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        Duration::from_secs(5),
+        "return location.pathname === '/ui/'",
+    )
+    .await;
+
+    // Fleet: the warning for the root agent in user mode, and for it alone.
+    let fleet = eval(
+        &c,
+        "return {
+            banner: (document.getElementById('root-warning') || {}).textContent || '',
+            rootWarned: document.querySelector('tr[data-host=\"rooty.test\"]').classList.contains('warned'),
+            webWarned: document.querySelector('tr[data-host=\"web1.test\"]').classList.contains('warned'),
+            warningRows: document.querySelectorAll('tr.warning-row').length,
+            rowText: document.querySelector('tr.warning-row').textContent
+        }",
+    )
+    .await;
+    assert!(
+        fleet["banner"]
+            .as_str()
+            .unwrap()
+            .contains("1 agent run as root (UID 0) in user mode"),
+        "{fleet}"
+    );
+    assert_eq!(fleet["rootWarned"], true, "{fleet}");
+    assert_eq!(fleet["webWarned"], false, "{fleet}");
+    assert_eq!(fleet["warningRows"], 1, "{fleet}");
+    assert!(
+        fleet["rowText"]
+            .as_str()
+            .unwrap()
+            .contains("SECURITY WARNING")
+    );
+    both_widths(&c, "fleet").await;
+    // Filters.
+    c.goto(&format!("{base}/ui/?tag=web")).await.unwrap();
+    let hosts = eval(
+        &c,
+        "return [...document.querySelectorAll('#fleet tbody tr[data-host]')].map(r => r.dataset.host)",
+    )
+    .await;
+    assert_eq!(hosts, json!(["web1.test"]));
+
+    // The hostile output shows as text and runs nothing.
+    c.goto(&format!("{base}/ui/jobs/{hostile_id}"))
+        .await
+        .unwrap();
+    let page = eval(
+        &c,
+        "return {
+            pwned: window.pwned === undefined ? null : window.pwned,
+            stdout: document.getElementById('stdout').textContent,
+            scripts: [...document.querySelectorAll('script')].map(s => s.getAttribute('src')),
+            images: document.querySelectorAll('img').length
+        }",
+    )
+    .await;
+    assert_eq!(page["pwned"], Value::Null, "a script ran: {page}");
+    assert_eq!(page["stdout"], HOSTILE, "shown verbatim, as text");
+    assert_eq!(page["scripts"], json!(["/ui/static/app.js"]), "{page}");
+    assert_eq!(page["images"], 0, "{page}");
+    both_widths(&c, "job-hostile").await;
+
+    // The host page: its recent jobs.
+    c.goto(&format!("{base}/ui/hosts/web1.test")).await.unwrap();
+    until(
+        &c,
+        Duration::from_secs(5),
+        &format!("return !!document.querySelector('tr[data-job=\"{hostile_id}\"]')"),
+    )
+    .await;
+    both_widths(&c, "host").await;
+
+    // Runs, and one run's hosts.
+    c.goto(&format!("{base}/ui/runs")).await.unwrap();
+    until(
+        &c,
+        Duration::from_secs(5),
+        &format!("return !!document.querySelector('tr[data-run=\"{run_id}\"]')"),
+    )
+    .await;
+    both_widths(&c, "runs").await;
+    c.goto(&format!("{base}/ui/runs/{run_id}")).await.unwrap();
+    until(
+        &c,
+        Duration::from_secs(20),
+        "return [...document.querySelectorAll('#run-hosts [data-field=status]')].every(td => td.textContent === 'done')",
+    )
+    .await;
+    both_widths(&c, "run").await;
+
+    // A job started from the page shows its report without a reload.
+    c.goto(&format!("{base}/ui/new")).await.unwrap();
+    both_widths(&c, "new").await;
+    c.find(Locator::Css("#hosts"))
+        .await
+        .unwrap()
+        .send_keys("web1.test")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#command"))
+        .await
+        .unwrap()
+        .send_keys("/bin/sh")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#args"))
+        .await
+        .unwrap()
+        .send_keys("-c\nsleep 1.5; echo from-the-page")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#new-run button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        Duration::from_secs(5),
+        "return location.pathname.startsWith('/ui/jobs/') && !!document.getElementById('job')",
+    )
+    .await;
+    let status = eval(
+        &c,
+        "window.marker = 42; return document.getElementById('state').textContent",
+    )
+    .await;
+    assert_ne!(
+        status, "done",
+        "the report must arrive after the page: {status}"
+    );
+    until(
+        &c,
+        Duration::from_secs(20),
+        "return document.getElementById('stdout').textContent === 'from-the-page\\n'",
+    )
+    .await;
+    let after = eval(
+        &c,
+        "return [window.marker, document.getElementById('state').textContent, document.getElementById('changes').children.length]",
+    )
+    .await;
+    assert_eq!(after[0], 42, "no reload: {after}");
+    assert_eq!(after[1], "done", "{after}");
+    assert!(
+        after[2].as_u64().unwrap() >= 1,
+        "state changes listed: {after}"
+    );
+
+    // A POST without the CSRF token is refused, from the logged-in page.
+    let refused = c
+        .execute_async(
+            "const done = arguments[0];
+             fetch('/ui/new', {method: 'POST', credentials: 'same-origin',
+                 headers: {'Content-Type': 'application/x-www-form-urlencoded'},
+                 body: 'hosts=web1.test&command=%2Fbin%2Ftrue'})
+               .then(r => r.text().then(t => done([r.status, t])));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused[0], 403, "{refused}");
+    assert!(refused[1].as_str().unwrap().contains("CSRF"), "{refused}");
+    c.close().await.unwrap();
+}
+
+/// Without a session: pages send to the login page, a POST is refused, and
+/// every answer carries the policy that forbids inline script; the session
+/// cookie is `HttpOnly` and `SameSite=Strict`.
+#[test]
+fn the_console_needs_a_session_and_sends_a_strict_policy() {
+    let dir = TempDir::new("console-http");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let send = |method: &str, path: &str, body: &str, cookie: Option<&str>| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(l.admin_addr).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(c) = cookie {
+            head.push_str(&format!("Cookie: {c}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let page = send("GET", "/ui/", "", None);
+    assert!(
+        page.starts_with("HTTP/1.1 303")
+            || page.starts_with("HTTP/1.1 302")
+            || page.starts_with("HTTP/1.1 307"),
+        "{page}"
+    );
+    assert!(page.contains("location: /ui/login"), "{page}");
+    let csp = "content-security-policy: default-src 'none'; script-src 'self'; style-src 'self'";
+    assert!(page.contains(csp), "{page}");
+    let post = send("POST", "/ui/new", "hosts=a&command=%2Fbin%2Ftrue", None);
+    assert!(post.starts_with("HTTP/1.1 403"), "{post}");
+    let forged = send("POST", "/ui/new", "", Some("cc_session=0000"));
+    assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
+    let wrong = send("POST", "/ui/login", "token=wrong-token-wrong", None);
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    assert!(
+        !wrong.to_ascii_lowercase().contains("set-cookie"),
+        "{wrong}"
+    );
+    let ok = send("POST", "/ui/login", &format!("token={TOKEN}"), None);
+    let cookie = ok
+        .lines()
+        .find(|h| h.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("{ok}"));
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP here: {cookie}");
+    let session = cookie
+        .split_once(':')
+        .unwrap()
+        .1
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let fleet = send("GET", "/ui/", "", Some(&session));
+    assert!(fleet.starts_with("HTTP/1.1 200"), "{fleet}");
+    assert!(
+        fleet.contains("x-frame-options: DENY") || fleet.contains("x-frame-options: deny"),
+        "{fleet}"
+    );
+    let no_token = send(
+        "POST",
+        "/ui/new",
+        "hosts=a&command=%2Fbin%2Ftrue",
+        Some(&session),
+    );
+    assert!(no_token.starts_with("HTTP/1.1 403"), "{no_token}");
+    assert!(!fleet.contains("<script>"), "no inline script: {fleet}");
+
+    // Root work from the form: a system-mode target needs signed
+    // statements and a ticked confirmation; the console never signs.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _sys = rt.block_on(async {
+        let key = l.add_key("sys.test");
+        let mut ws = cc_e2e::ws::connect(&l.ws_url(), Some(&key)).await.unwrap();
+        cc_e2e::ws::send(
+            &mut ws,
+            &json!({"type": "register", "payload": {"hostname": "sys.test", "os": "linux",
+                "arch": "amd64", "tags": [], "executionMode": "system", "isRoot": false}}),
+        )
+        .await;
+        ws
+    });
+    l.wait_connected("sys.test", true);
+    let form = send("GET", "/ui/new", "", Some(&session));
+    let csrf = form
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("{form}"))
+        .to_owned();
+    let unsigned = send(
+        "POST",
+        "/ui/new",
+        &format!("csrf={csrf}&hosts=sys.test&command=%2Fusr%2Fbin%2Fid"),
+        Some(&session),
+    );
+    assert!(unsigned.starts_with("HTTP/1.1 400"), "{unsigned}");
+    assert!(unsigned.contains("sys.test in system mode"), "{unsigned}");
+    let st = cc_e2e::signing::exec_statement(
+        &json!({"jobId": "from-console-1", "command": "/usr/bin/id", "args": ["-u"], "timeout": 30}),
+        "sys.test",
+    );
+    let signed = json!([cc_e2e::signing::sign_exec(
+        &st,
+        &cc_e2e::signing::operator().1
+    )]);
+    let encoded: String = signed
+        .to_string()
+        .bytes()
+        .map(|b| format!("%{b:02X}"))
+        .collect();
+    let unconfirmed = send(
+        "POST",
+        "/ui/new",
+        &format!("csrf={csrf}&signed={encoded}"),
+        Some(&session),
+    );
+    assert!(unconfirmed.starts_with("HTTP/1.1 400"), "{unconfirmed}");
+    assert!(unconfirmed.contains("tick the box"), "{unconfirmed}");
+    let confirmed = send(
+        "POST",
+        "/ui/new",
+        &format!("csrf={csrf}&signed={encoded}&confirm_root=yes"),
+        Some(&session),
+    );
+    assert!(confirmed.starts_with("HTTP/1.1 303"), "{confirmed}");
+    assert!(
+        confirmed.contains("location: /ui/jobs/from-console-1"),
+        "{confirmed}"
+    );
+    let job = l.get("/api/v1/jobs/from-console-1").json();
+    assert_eq!(job["hostname"], "sys.test");
+    assert_eq!(job["command"], "/usr/bin/id");
+}
