@@ -488,11 +488,7 @@ fn a_config_not_owned_by_root_or_writable_by_others_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let cfg = dir.path().join("etc/helper.toml");
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = Command::new(bin("cc-privhelper"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = serve_refused(&cfg, "a config writable by others");
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("writable by group or others"),
@@ -507,12 +503,35 @@ fn a_config_not_owned_by_root_or_writable_by_others_is_refused() {
         Some(nix::unistd::Gid::from_raw(gid)),
     )
     .unwrap();
-    let out = Command::new(bin("cc-privhelper"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = serve_refused(&cfg, "a config owned by the agent's uid");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not owned by root"));
+}
+
+/// `cc-privhelper serve --config cfg`, which must exit at once: a helper
+/// that accepts the config serves until killed, and waiting on it with
+/// `output()` would hang the test instead of failing it.
+fn serve_refused(cfg: &std::path::Path, what: &str) -> std::process::Output {
+    let child = Command::new(bin("cc-privhelper"))
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let out = rx.recv().unwrap().unwrap();
+            panic!(
+                "cc-privhelper started with {what} and was still serving after 10 s:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }
 
 #[test]

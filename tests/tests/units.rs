@@ -1,5 +1,5 @@
 //! The systemd units pass `systemd-analyze security --offline=true` at the
-//! exposure levels SECURITY.md promises.
+//! exposure levels SECURITY.md states.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
@@ -49,9 +49,12 @@ fn unit_exposure_levels_are_within_their_targets() {
     ) {
         return;
     }
+    // The targets are the levels SECURITY.md states, not a margin above
+    // them: with 1.5 for the listener (at 1.1), 12 of the 14 directives
+    // whose removal raises its score could each be dropped unnoticed.
     for (unit, target) in [
-        ("cc-agent.service", 1.5),
-        ("cc-listener.service", 1.5),
+        ("cc-agent.service", 1.4),
+        ("cc-listener.service", 1.1),
         ("cc-privhelper.service", 3.0),
     ] {
         let level = exposure(unit);
