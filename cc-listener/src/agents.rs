@@ -41,7 +41,8 @@ use cc_proto::wire::{
 };
 
 use crate::hub::{OUTBOUND_QUEUE, Outbound};
-use crate::store::{Binding, JobRow, KeyRecord, Stored, WriteOp, WriteOut};
+use crate::metrics::{ConnRefusal, ReportRefusal, WsRefusal};
+use crate::store::{Binding, JobRow, KeyRecord, Refusal, Stored, WriteOp, WriteOut};
 use crate::{AppState, now_ms};
 
 /// Invalid messages tolerated on one connection before it is closed.
@@ -203,6 +204,7 @@ pub async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let Ok(admitted) = pending.admit(peer.ip()) else {
+                        state.metrics.connection_refused(ConnRefusal::PerSource);
                         debug!(%peer, max = state.settings.max_unauthenticated_per_source, "too many unregistered connections from this source; closing");
                         continue;
                     };
@@ -225,6 +227,7 @@ pub async fn accept_loop(
                                 let tls = tokio::select! {
                                     r = handshake => r,
                                     _ = &mut admitted.evicted => {
+                                        state.metrics.connection_refused(ConnRefusal::Budget);
                                         debug!(%peer, "closed during TLS: the oldest of too many unregistered connections");
                                         return;
                                     }
@@ -268,6 +271,7 @@ async fn serve_agent<S>(
     let set_up = tokio::select! {
         r = Box::pin(set_up(stream, peer, state, deadline)) => r,
         _ = &mut admitted.evicted => {
+            state.metrics.connection_refused(ConnRefusal::Budget);
             debug!(%peer, "closed: the oldest of too many unregistered connections");
             return;
         }
@@ -280,6 +284,9 @@ async fn serve_agent<S>(
                 drop(permit);
                 r
             } else {
+                state
+                    .metrics
+                    .connection_refused(ConnRefusal::MaxConnections);
                 warn!(%peer, hostname = %info.hostname, max = state.settings.max_connections, "max_connections reached; closing");
                 close(
                     &mut ws,
@@ -332,6 +339,7 @@ where
             .get("x-cc-api-key")
             .and_then(|v| v.to_str().ok());
         let Some(presented) = presented else {
+            state.metrics.connection_refused(ConnRefusal::Auth);
             warn!(%peer, "refused: no X-CC-API-KEY");
             return Err(refuse(StatusCode::UNAUTHORIZED, "missing X-CC-API-KEY"));
         };
@@ -341,6 +349,7 @@ where
                 Ok(resp)
             }
             Ok(None) => {
+                state.metrics.connection_refused(ConnRefusal::Auth);
                 warn!(%peer, "refused: unknown or revoked API key");
                 Err(refuse(
                     StatusCode::UNAUTHORIZED,
@@ -367,6 +376,7 @@ where
     let info = match tokio::time::timeout_at(deadline, wait_for_register(&mut ws)).await {
         Ok(Ok(info)) => info,
         Ok(Err(e)) => {
+            state.metrics.connection_refused(ConnRefusal::Register);
             close(
                 &mut ws,
                 CloseCode::Policy,
@@ -376,6 +386,7 @@ where
             return Err(e.context(format!("key {:?}: bad registration", key.name)));
         }
         Err(_) => {
+            state.metrics.connection_refused(ConnRefusal::Register);
             close(&mut ws, CloseCode::Policy, "no register in time").await;
             return Err(anyhow!(
                 "key {:?}: no register within the time limit",
@@ -405,6 +416,7 @@ where
     match binding {
         Binding::Ok => {}
         Binding::OtherHost(bound) => {
+            state.metrics.connection_refused(ConnRefusal::KeyBinding);
             warn!(%peer, key = %key.name, %hostname, %bound, "refused: key belongs to another hostname");
             close(
                 &mut ws,
@@ -415,6 +427,7 @@ where
             return Ok(None);
         }
         Binding::HostnameTaken => {
+            state.metrics.connection_refused(ConnRefusal::KeyBinding);
             warn!(%peer, key = %key.name, %hostname, "refused: hostname belongs to another key");
             close(
                 &mut ws,
@@ -558,12 +571,14 @@ impl Session<'_> {
                     let frame = match frame {
                         Ok(f) => f,
                         Err(tungstenite::Error::Capacity(e)) => {
+                            state.metrics.ws_refused(WsRefusal::TooLarge);
                             close(ws, CloseCode::Size, "message too large").await;
                             return Err(anyhow!("closed: {e}"));
                         }
                         // RFC 6455 §8.1: a text frame that is not UTF-8
                         // fails the connection with 1007.
                         Err(tungstenite::Error::Utf8(e)) => {
+                            state.metrics.ws_refused(WsRefusal::InvalidUtf8);
                             close(ws, CloseCode::Invalid, "text frame is not valid UTF-8").await;
                             return Err(anyhow!("closed: invalid UTF-8 in a text frame: {e}"));
                         }
@@ -573,7 +588,7 @@ impl Session<'_> {
                     match frame {
                         // Boxed for the same reason: allocated per message.
                         WsMessage::Text(text) => Box::pin(self.on_text(ws, text.as_str())).await?,
-                        WsMessage::Binary(_) => self.protocol_error("binary frame"),
+                        WsMessage::Binary(_) => self.protocol_error(WsRefusal::Binary, "binary frame"),
                         WsMessage::Close(_) => return Ok(()),
                         WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Flow::Continue,
                     }
@@ -656,7 +671,8 @@ impl Session<'_> {
         }
     }
 
-    fn protocol_error(&mut self, what: &str) -> Flow {
+    fn protocol_error(&mut self, reason: WsRefusal, what: &str) -> Flow {
+        self.state.metrics.ws_refused(reason);
         self.protocol_errors += 1;
         warn!(hostname = %self.hostname, errors = self.protocol_errors, "invalid message dropped: {what}");
         if self.protocol_errors >= MAX_PROTOCOL_ERRORS {
@@ -673,9 +689,13 @@ impl Session<'_> {
         let decoded = match wire::decode(text) {
             Ok(d) => d,
             Err(DecodeError::TooLarge { .. }) => {
+                self.state.metrics.ws_refused(WsRefusal::TooLarge);
                 return Ok(Flow::Close(CloseCode::Size, "message too large"));
             }
-            Err(e) => return Ok(self.protocol_error(&e.to_string())),
+            Err(e @ DecodeError::Envelope(_)) => {
+                return Ok(self.protocol_error(WsRefusal::Malformed, &e.to_string()));
+            }
+            Err(e) => return Ok(self.protocol_error(WsRefusal::InvalidPayload, &e.to_string())),
         };
         if !decoded.ignored_fields.is_empty() {
             debug!(hostname = %self.hostname, fields = ?decoded.ignored_fields, "unknown fields ignored");
@@ -704,8 +724,14 @@ impl Session<'_> {
                     .await?;
                 Ok(Flow::Continue)
             }
-            Message::Register(_) => Ok(self.protocol_error("register on a registered connection")),
-            other => Ok(self.protocol_error(&format!("{} is not sent by agents", other.kind()))),
+            Message::Register(_) => Ok(self.protocol_error(
+                WsRefusal::UnexpectedType,
+                "register on a registered connection",
+            )),
+            other => Ok(self.protocol_error(
+                WsRefusal::UnexpectedType,
+                &format!("{} is not sent by agents", other.kind()),
+            )),
         }
     }
 
@@ -718,7 +744,10 @@ impl Session<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         if let Err(e) = report.validate() {
-            return Ok(self.protocol_error(&format!("execution_report: {e}")));
+            self.state.metrics.report_refused(ReportRefusal::Invalid);
+            return Ok(
+                self.protocol_error(WsRefusal::InvalidReport, &format!("execution_report: {e}"))
+            );
         }
         // Stored as the validated structure, re-serialised: the spec's
         // fields and our documented extensions, nothing the peer added.
@@ -737,7 +766,17 @@ impl Session<'_> {
         };
         // Committed with whatever other reports arrive meanwhile.
         let stored = match self.state.writer.write(op).await {
-            Ok(WriteOut::Report { stored, released }) => {
+            Ok(WriteOut::Report {
+                stored,
+                released,
+                new,
+            }) => {
+                if let Some((kind, settled)) = new {
+                    self.state.metrics.report_stored(kind);
+                    if settled {
+                        self.state.metrics.job_done(report.duration_ms);
+                    }
+                }
                 // Held jobs of a batched run this report made room for.
                 for host in released {
                     self.state.hub.nudge(&host);
@@ -752,6 +791,10 @@ impl Session<'_> {
             // its next connection.
             Ok(Stored::Refused(why)) => {
                 warn!(hostname = %self.hostname, job_id = %report.job_id, "report refused: {why}");
+                self.state.metrics.report_refused(match why {
+                    Refusal::Quota { .. } => ReportRefusal::Quota,
+                    Refusal::Unmatched { .. } => ReportRefusal::UnmatchedQuota,
+                });
                 self.state.refusals.record(&self.hostname, &why.to_string());
             }
             Ok(outcome) => {
@@ -770,6 +813,7 @@ impl Session<'_> {
             }
             // Not acknowledged: the agent keeps it and sends it again.
             Err(e) => {
+                self.state.metrics.report_refused(ReportRefusal::Error);
                 error!(hostname = %self.hostname, job_id = %report.job_id, "storing report failed: {e:#}")
             }
         }

@@ -62,6 +62,13 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .nest("/api/v1", authed.route("/healthz", get(healthz)))
         .merge(crate::ui::router(Arc::clone(&state)))
+        .route(
+            "/metrics",
+            get(crate::metrics::scrape).route_layer(middleware::from_fn_with_state(
+                Arc::clone(&state),
+                require_token,
+            )),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -1163,6 +1170,11 @@ pub(crate) struct EventParams {
 /// Event streams open at once; more are refused (503).
 const MAX_EVENT_STREAMS: usize = 256;
 static EVENT_STREAMS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_EVENT_STREAMS);
+
+/// Event streams open now (for the metrics).
+pub(crate) fn open_event_streams() -> usize {
+    MAX_EVENT_STREAMS - EVENT_STREAMS.available_permits()
+}
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use cc_proto::wire::AgentInfo;
+use cc_proto::wire::{AgentInfo, ExecutionMode};
 
 /// What a connection task is asked to do.
 #[derive(Debug)]
@@ -47,6 +47,17 @@ pub struct Live {
 pub struct Hub {
     agents: Mutex<HashMap<String, Live>>,
     next_conn: AtomicU64,
+}
+
+/// Live agents counted by what they registered as ([`Hub::census`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    pub user: i64,
+    pub system: i64,
+    /// User mode, running as root (every job runs as root, unsigned).
+    pub root_in_user_mode: i64,
+    /// Messages waiting in the connections' outbound queues, in all.
+    pub outbound_queued: i64,
 }
 
 /// A snapshot of one live agent, for the API.
@@ -153,6 +164,22 @@ impl Hub {
         if let Some(l) = self.lock().get(hostname) {
             let _ = l.tx.try_send(Outbound::Close(reason));
         }
+    }
+
+    /// Live agents by mode, and their outbound queues, for the metrics.
+    pub fn census(&self) -> Census {
+        let mut c = Census::default();
+        for l in self.lock().values() {
+            match l.info.execution_mode {
+                ExecutionMode::User => c.user += 1,
+                ExecutionMode::System => c.system += 1,
+            }
+            if l.info.is_root && l.info.execution_mode == ExecutionMode::User {
+                c.root_in_user_mode += 1;
+            }
+            c.outbound_queued += (l.tx.max_capacity() - l.tx.capacity()) as i64;
+        }
+        c
     }
 
     pub fn len(&self) -> usize {

@@ -6,11 +6,13 @@
 //! - [`api`]: the operator HTTP API.
 //! - [`ui`]: the web console (`/ui/`) on the operator address.
 //! - [`store`]: SQLite; the only module that touches storage.
+//! - [`metrics`]: Prometheus metrics (`GET /metrics`).
 #![forbid(unsafe_code)]
 
 pub mod agents;
 pub mod api;
 pub mod hub;
+pub mod metrics;
 pub mod store;
 pub mod ui;
 
@@ -118,6 +120,7 @@ pub struct AppState {
     pub writer: store::Writer,
     /// The web console's logged-in operators.
     pub sessions: ui::Sessions,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Reports refused per host (quota, unmatched): what `GET /agents` shows.
@@ -215,10 +218,13 @@ pub async fn serve(
     let tls = settings.tls.as_ref().map(load_tls).transpose()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let db = Db::new(store);
-    let writer = store::Writer::spawn(db.clone());
+    let metrics = Arc::new(metrics::Metrics::new());
+    let m = Arc::clone(&metrics);
+    let writer = store::Writer::spawn(db.clone(), move |took, n| m.commit(took, n));
     let state = Arc::new(AppState {
         db,
         writer,
+        metrics,
         hub: Hub::default(),
         settings: settings.clone(),
         admin_token,
@@ -284,7 +290,10 @@ async fn sweep_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
         }
         match state.db.call(move |s| s.sweep(now_ms(), grace)).await {
             Ok((0, 0)) => {}
-            Ok((lost, expired)) => info!(lost, expired, "jobs swept"),
+            Ok((lost, expired)) => {
+                state.metrics.jobs_swept(lost, expired);
+                info!(lost, expired, "jobs swept");
+            }
             Err(e) => warn!("sweep failed: {e:#}"),
         }
         if let Some(keep) = state.settings.report_retention {

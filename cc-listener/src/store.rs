@@ -320,11 +320,16 @@ pub enum WriteOut {
     Report {
         stored: Stored,
         released: Vec<String>,
+        new: Option<NewReport>,
     },
     Taken(Vec<JobRow>),
     Bound(Binding),
     Registered,
 }
+
+/// A new report's kind (`job`, `cron`, `unmatched`) and whether it
+/// settled its job (for the metrics).
+pub type NewReport = (&'static str, bool);
 
 /// One change of a job's state (`events` table).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1072,6 +1077,15 @@ impl Store {
             .optional()?)
     }
 
+    /// How many jobs are in `status` now (for the metrics).
+    pub fn count_jobs(&self, status: JobStatus) -> Result<i64> {
+        Ok(lock(&self.reader).query_row(
+            "SELECT COUNT(*) FROM jobs WHERE status = ?1",
+            params![status],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Marks sent jobs whose report is overdue (`timeout + grace`) lost,
     /// and queued jobs past their expiry expired. Returns (lost, expired).
     pub fn sweep(&self, now_ms: i64, grace_ms: i64) -> Result<(usize, usize)> {
@@ -1198,7 +1212,7 @@ impl Store {
         payload: &str,
         now_ms: i64,
         limits: ReportLimits,
-    ) -> Result<(Stored, Vec<String>)> {
+    ) -> Result<(Stored, Vec<String>, Option<NewReport>)> {
         let exists = tx
             .query_row(
                 "SELECT 1 FROM reports WHERE hostname = ?1 AND dedupe_key = ?2",
@@ -1208,7 +1222,7 @@ impl Store {
             .optional()?
             .is_some();
         if exists {
-            return Ok((Stored::Duplicate, Vec::new()));
+            return Ok((Stored::Duplicate, Vec::new(), None));
         }
         let is_job = tx
             .query_row(
@@ -1234,6 +1248,7 @@ impl Store {
                     quota: limits.unmatched,
                 }),
                 Vec::new(),
+                None,
             ));
         }
         if used.bytes.saturating_add(size) > limits.quota_bytes {
@@ -1244,6 +1259,7 @@ impl Store {
                     quota: limits.quota_bytes,
                 }),
                 Vec::new(),
+                None,
             ));
         }
         tx.execute(
@@ -1254,6 +1270,7 @@ impl Store {
         // Before any other insert: it is the last one's rowid.
         let report_row = tx.last_insert_rowid();
         let mut released = Vec::new();
+        let mut settled = false;
         tx.execute(
             "INSERT INTO report_usage (hostname, bytes, unmatched) VALUES (?1, ?2, ?3)
              ON CONFLICT (hostname) DO UPDATE
@@ -1262,11 +1279,11 @@ impl Store {
         )?;
         if is_job {
             // The first report of a job settles it, whatever state it was in.
-            tx.execute(
+            settled = tx.execute(
                 "UPDATE jobs SET status = ?4, finished_ms = ?3, report_id = ?2
                  WHERE job_id = ?1 AND report_id IS NULL",
                 params![job_id, report_row, now_ms, JobStatus::Done],
-            )?;
+            )? == 1;
             // A place in its run's batch may be free now.
             let run: Option<String> = tx.query_row(
                 "SELECT run_id FROM jobs WHERE job_id = ?1",
@@ -1277,7 +1294,7 @@ impl Store {
                 released = Self::release_held(tx, &run, now_ms)?;
             }
         }
-        Ok((Stored::New, released))
+        Ok((Stored::New, released, Some((kind, settled))))
     }
 
     fn usage_in(conn: &Connection, hostname: &str) -> Result<Usage> {
@@ -1318,7 +1335,11 @@ impl Store {
                     payload,
                     limits,
                 } => Self::store_in(&sp, hostname, job_id, dedupe_key, payload, now_ms, *limits)
-                    .map(|(stored, released)| WriteOut::Report { stored, released }),
+                    .map(|(stored, released, new)| WriteOut::Report {
+                        stored,
+                        released,
+                        new,
+                    }),
                 WriteOp::Take { hostname, window } => {
                     Self::take_in(&sp, hostname, *window, now_ms).map(WriteOut::Taken)
                 }
@@ -1759,7 +1780,8 @@ pub struct Writer(
 pub const MAX_GROUP: usize = 512;
 
 impl Writer {
-    pub fn spawn(db: Db) -> Self {
+    /// `on_commit` is told each group's commit time and size.
+    pub fn spawn(db: Db, on_commit: impl Fn(std::time::Duration, usize) + Send + 'static) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(
             WriteOp,
             tokio::sync::oneshot::Sender<Result<WriteOut>>,
@@ -1774,7 +1796,10 @@ impl Writer {
                     }
                 }
                 let (ops, replies): (Vec<WriteOp>, Vec<_>) = group.into_iter().unzip();
-                match db.call(move |s| s.write_batch(&ops, crate::now_ms())).await {
+                let (n, started) = (ops.len(), std::time::Instant::now());
+                let committed = db.call(move |s| s.write_batch(&ops, crate::now_ms())).await;
+                on_commit(started.elapsed(), n);
+                match committed {
                     Ok(outs) => {
                         for (reply, out) in replies.into_iter().zip(outs) {
                             let _ = reply.send(out);
@@ -1790,6 +1815,11 @@ impl Writer {
             }
         });
         Self(tx)
+    }
+
+    /// Writes waiting for the next group now.
+    pub fn queued(&self) -> usize {
+        self.0.max_capacity() - self.0.capacity()
     }
 
     /// Queues `op` for the next group and waits until it is committed.

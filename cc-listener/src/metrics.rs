@@ -1,0 +1,675 @@
+//! Prometheus metrics, served at `GET /metrics` on the operator address
+//! (bearer token, like the API): the OpenMetrics text format to a client
+//! that asks for it (Prometheus does), else the Prometheus text format
+//! (0.0.4), which older tools (`promtool check metrics`) read.
+//!
+//! Counters and histograms are kept here as things happen; gauges of
+//! what is live (connected agents by mode, open jobs, queue depths, event
+//! streams) are read at scrape time from the hub, the store and the writer,
+//! so they cannot drift. Every label value is one of a fixed set of words
+//! (the enums below): never a hostname, a job id or an error's text, so the
+//! number of series is the same for ten agents or ten thousand.
+//! `docs/listener.md` ("Metrics") lists every metric.
+
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use tracing::warn;
+
+use crate::AppState;
+use crate::store::JobStatus;
+
+/// The content types [`scrape`] serves.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A label's closed set of values: an enum, its words, and every value
+/// (each series exists from the start, at zero).
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $word:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $word),+ }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+                encoder.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_values! {
+    /// An agent's `executionMode`.
+    Mode { User => "user", System => "system" }
+}
+
+label_values! {
+    /// How a job ended.
+    Final { Done => "done", Lost => "lost", Expired => "expired" }
+}
+
+label_values! {
+    /// What a stored report answers: a job, an entry of the host's cron
+    /// list, or neither.
+    ReportKind { Job => "job", Cron => "cron", Unmatched => "unmatched" }
+}
+
+label_values! {
+    /// Why a report was not stored.
+    ReportRefusal {
+        /// The host's reports would take more than its byte quota.
+        Quota => "quota",
+        /// The host already has as many unmatched reports as it may keep.
+        UnmatchedQuota => "unmatched_quota",
+        /// The report failed validation (also counted as a refused message).
+        Invalid => "invalid",
+        /// Storing it failed (the agent sends it again).
+        Error => "error",
+    }
+}
+
+label_values! {
+    /// Why a message from a registered agent was refused.
+    WsRefusal {
+        /// Not a JSON envelope with a type.
+        Malformed => "malformed",
+        /// A known type whose payload is missing or of the wrong shape.
+        InvalidPayload => "invalid_payload",
+        /// An `execution_report` that decoded but failed validation.
+        InvalidReport => "invalid_report",
+        /// A type agents do not send (a second `register`, `execute_job`...).
+        UnexpectedType => "unexpected_type",
+        Binary => "binary",
+        /// Over the size limit: the connection is closed (1009).
+        TooLarge => "too_large",
+        /// A text frame that is not UTF-8: the connection is closed (1007).
+        InvalidUtf8 => "invalid_utf8",
+    }
+}
+
+label_values! {
+    /// Why an agent connection was closed before it was served.
+    ConnRefusal {
+        /// Pushed out, unregistered, to admit a newer connection when the
+        /// budget of unregistered connections was full.
+        Budget => "budget",
+        /// Its source address already held its share of that budget.
+        PerSource => "per_source",
+        /// No API key, or an unknown or revoked one.
+        Auth => "auth",
+        /// No valid `register` first, or none in time.
+        Register => "register",
+        /// The key belongs to another hostname, or the hostname to another key.
+        KeyBinding => "key_binding",
+        /// Registered, but the listener was at `max_connections`.
+        MaxConnections => "max_connections",
+    }
+}
+
+/// The job states that are not final, as the `state` label of
+/// `croncommander_jobs_open`.
+const OPEN: [JobStatus; 3] = [JobStatus::Held, JobStatus::Queued, JobStatus::Sent];
+
+impl EncodeLabelValue for JobStatus {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ModeLabel {
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FinalLabel {
+    pub state: Final,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OpenLabel {
+    pub state: JobStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: ReportKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReportRefusalLabel {
+    pub reason: ReportRefusal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WsRefusalLabel {
+    pub reason: WsRefusal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ConnRefusalLabel {
+    pub reason: ConnRefusal,
+}
+
+/// Every metric of the listener, in one registry of its own (no global
+/// state: a test can run several listeners in one process).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    agents_connected: Family<ModeLabel, Gauge>,
+    agents_root_in_user_mode: Gauge,
+    jobs_finished: Family<FinalLabel, Counter>,
+    jobs_open: Family<OpenLabel, Gauge>,
+    job_duration: Histogram,
+    reports_stored: Family<KindLabel, Counter>,
+    reports_refused: Family<ReportRefusalLabel, Counter>,
+    store_commit: Histogram,
+    store_commit_group: Histogram,
+    store_write_queue: Gauge,
+    agent_outbound_queued: Gauge,
+    ws_refused: Family<WsRefusalLabel, Counter>,
+    connections_refused: Family<ConnRefusalLabel, Counter>,
+    event_streams_open: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let m = Self {
+            registry: Registry::default(),
+            agents_connected: Family::default(),
+            agents_root_in_user_mode: Gauge::default(),
+            jobs_finished: Family::default(),
+            jobs_open: Family::default(),
+            // 50 ms to 4 h: jobs range from a quick check to a backup.
+            job_duration: Histogram::new([
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+                14400.0,
+            ]),
+            reports_stored: Family::default(),
+            reports_refused: Family::default(),
+            // 0.25 ms to about 4 s.
+            store_commit: Histogram::new(exponential_buckets(0.00025, 2.0, 15)),
+            // 1 to 512 (`store::MAX_GROUP`).
+            store_commit_group: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            store_write_queue: Gauge::default(),
+            agent_outbound_queued: Gauge::default(),
+            ws_refused: Family::default(),
+            connections_refused: Family::default(),
+            event_streams_open: Gauge::default(),
+        };
+        r.register(
+            "croncommander_agents_connected",
+            "Registered agents connected now, by executionMode",
+            m.agents_connected.clone(),
+        );
+        r.register(
+            "croncommander_agents_root_in_user_mode",
+            "Connected agents that run as root in user mode (jobs run as root, unsigned)",
+            m.agents_root_in_user_mode.clone(),
+        );
+        r.register(
+            "croncommander_jobs_finished",
+            "Jobs that reached a final state: done (a report settled it), lost (no report in time), expired (never sent)",
+            m.jobs_finished.clone(),
+        );
+        r.register(
+            "croncommander_jobs_open",
+            "Jobs not yet in a final state, by state (held in a run's batch, queued, sent)",
+            m.jobs_open.clone(),
+        );
+        r.register_with_unit(
+            "croncommander_job_duration",
+            "Run time of each job a report settled, as the agent reported it",
+            Unit::Seconds,
+            m.job_duration.clone(),
+        );
+        r.register(
+            "croncommander_reports_stored",
+            "Reports stored, by what they answer (duplicates not counted)",
+            m.reports_stored.clone(),
+        );
+        r.register(
+            "croncommander_reports_refused",
+            "Reports not stored (the agent keeps them and sends them again), by reason",
+            m.reports_refused.clone(),
+        );
+        r.register_with_unit(
+            "croncommander_store_commit",
+            "Time of each group commit of the store's writer (the transaction and its fsync)",
+            Unit::Seconds,
+            m.store_commit.clone(),
+        );
+        r.register(
+            "croncommander_store_commit_group_size",
+            "Writes (reports, job hand-overs, registrations) committed together in one group",
+            m.store_commit_group.clone(),
+        );
+        r.register(
+            "croncommander_store_write_queue",
+            "Writes waiting for the store's writer now",
+            m.store_write_queue.clone(),
+        );
+        r.register(
+            "croncommander_agent_outbound_queued",
+            "Messages waiting in connected agents' outbound queues now, all agents together",
+            m.agent_outbound_queued.clone(),
+        );
+        r.register(
+            "croncommander_ws_messages_refused",
+            "Messages from registered agents refused (dropped, or the connection closed), by reason",
+            m.ws_refused.clone(),
+        );
+        r.register(
+            "croncommander_connections_refused",
+            "Agent connections closed before they were served, by reason",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "croncommander_event_streams_open",
+            "Operator event streams (GET /api/v1/events) open now",
+            m.event_streams_open.clone(),
+        );
+        // Every series from the start: a rate over a series that appears
+        // with its first event misses that event.
+        for &mode in Mode::ALL {
+            let _ = m.agents_connected.get_or_create(&ModeLabel { mode });
+        }
+        for &state in Final::ALL {
+            let _ = m.jobs_finished.get_or_create(&FinalLabel { state });
+        }
+        for state in OPEN {
+            let _ = m.jobs_open.get_or_create(&OpenLabel { state });
+        }
+        for &kind in ReportKind::ALL {
+            let _ = m.reports_stored.get_or_create(&KindLabel { kind });
+        }
+        for &reason in ReportRefusal::ALL {
+            let _ = m
+                .reports_refused
+                .get_or_create(&ReportRefusalLabel { reason });
+        }
+        for &reason in WsRefusal::ALL {
+            let _ = m.ws_refused.get_or_create(&WsRefusalLabel { reason });
+        }
+        for &reason in ConnRefusal::ALL {
+            let _ = m
+                .connections_refused
+                .get_or_create(&ConnRefusalLabel { reason });
+        }
+        Self { registry: r, ..m }
+    }
+
+    /// A job settled by its first report, which says it ran `duration_ms`.
+    pub fn job_done(&self, duration_ms: u64) {
+        self.jobs_finished
+            .get_or_create(&FinalLabel { state: Final::Done })
+            .inc();
+        self.job_duration.observe(duration_ms as f64 / 1000.0);
+    }
+
+    /// What one sweep marked lost and expired.
+    pub fn jobs_swept(&self, lost: usize, expired: usize) {
+        for (state, n) in [(Final::Lost, lost), (Final::Expired, expired)] {
+            self.jobs_finished
+                .get_or_create(&FinalLabel { state })
+                .inc_by(n as u64);
+        }
+    }
+
+    /// A new report stored; `kind` is the store's word for it.
+    pub fn report_stored(&self, kind: &str) {
+        let kind = match kind {
+            "job" => ReportKind::Job,
+            "cron" => ReportKind::Cron,
+            _ => ReportKind::Unmatched,
+        };
+        self.reports_stored.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn report_refused(&self, reason: ReportRefusal) {
+        self.reports_refused
+            .get_or_create(&ReportRefusalLabel { reason })
+            .inc();
+    }
+
+    pub fn ws_refused(&self, reason: WsRefusal) {
+        self.ws_refused
+            .get_or_create(&WsRefusalLabel { reason })
+            .inc();
+    }
+
+    pub fn connection_refused(&self, reason: ConnRefusal) {
+        self.connections_refused
+            .get_or_create(&ConnRefusalLabel { reason })
+            .inc();
+    }
+
+    /// One group commit of the store's writer: how long, how many writes.
+    pub fn commit(&self, took: Duration, group: usize) {
+        self.store_commit.observe(took.as_secs_f64());
+        self.store_commit_group.observe(group as f64);
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn encode(&self) -> Result<String, fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// The OpenMetrics exposition `open` in the Prometheus text format: the
+/// same samples; a counter's family is named as its samples (`_total`), and
+/// there is no `# UNIT` or `# EOF`.
+pub fn to_prometheus_text(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len() + 16 * counters.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?.split_once(' ')?)));
+        match meta {
+            Some((p, (name, rest))) if counters.contains(name) => {
+                let _ = writeln!(out, "{p}{name}_total {rest}");
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// `GET /metrics`: the gauges read now, then everything encoded, in the
+/// format the client asked for.
+pub(crate) async fn scrape(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let m = &state.metrics;
+    let live = state.hub.census();
+    for (mode, n) in [(Mode::User, live.user), (Mode::System, live.system)] {
+        m.agents_connected.get_or_create(&ModeLabel { mode }).set(n);
+    }
+    m.agents_root_in_user_mode.set(live.root_in_user_mode);
+    m.agent_outbound_queued.set(live.outbound_queued);
+    m.store_write_queue
+        .set(i64::try_from(state.writer.queued()).unwrap_or(i64::MAX));
+    m.event_streams_open
+        .set(i64::try_from(crate::api::open_event_streams()).unwrap_or(i64::MAX));
+    // A read that wakes no event stream.
+    let open = state
+        .db
+        .read(|s| {
+            OPEN.into_iter()
+                .map(|st| Ok((st, s.count_jobs(st)?)))
+                .collect()
+        })
+        .await;
+    let open: Vec<(JobStatus, i64)> = match open {
+        Ok(v) => v,
+        Err(e) => {
+            warn!("metrics: counting open jobs failed: {e:#}");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "counting jobs failed\n").into_response();
+        }
+    };
+    for (state, n) in open {
+        m.jobs_open.get_or_create(&OpenLabel { state }).set(n);
+    }
+    let Ok(body) = m.encode() else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();
+    };
+    let open_metrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if open_metrics {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
+    } else {
+        let text = to_prometheus_text(&body);
+        ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `# TYPE name type` of every family, from the encoded registry.
+    fn families(text: &str) -> Vec<(String, String)> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| {
+                let (name, ty) = l.split_once(' ').unwrap();
+                (name.to_owned(), ty.to_owned())
+            })
+            .collect()
+    }
+
+    /// Names follow Prometheus' conventions: one prefix, snake case,
+    /// counters' samples end `_total`, times are in seconds and say so,
+    /// no other unit of time anywhere.
+    #[test]
+    fn every_metric_name_follows_the_conventions() {
+        let text = Metrics::new().encode().unwrap();
+        let fams = families(&text);
+        assert_eq!(fams.len(), 14, "{text}");
+        for (name, ty) in &fams {
+            assert!(name.starts_with("croncommander_"), "{name}");
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{name}"
+            );
+            for bad in ["_ms", "milli", "micro", "_secs", "_total_"] {
+                assert!(!name.contains(bad), "{name}");
+            }
+            let samples: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| l.split(['{', ' ']).next().unwrap())
+                .filter(|s| {
+                    s.strip_prefix(name.as_str()).is_some_and(|rest| {
+                        ["", "_total", "_bucket", "_sum", "_count", "_created"].contains(&rest)
+                    })
+                })
+                .collect();
+            assert!(!samples.is_empty(), "{name} has no sample");
+            match ty.as_str() {
+                "counter" => {
+                    assert!(
+                        !name.ends_with("_total"),
+                        "{name}: the family name has no _total"
+                    );
+                    assert!(
+                        samples.iter().all(|s| s.ends_with("_total")),
+                        "{name}: {samples:?}"
+                    );
+                }
+                "gauge" => {
+                    assert!(!name.ends_with("_total"), "{name}: a gauge is not a _total");
+                    assert!(samples.iter().all(|s| s == name), "{name}: {samples:?}");
+                }
+                "histogram" => {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        assert!(
+                            samples.iter().any(|s| s.ends_with(suffix)),
+                            "{name}{suffix}"
+                        );
+                    }
+                }
+                other => panic!("{name}: unexpected type {other}"),
+            }
+        }
+        // Times are histograms in seconds, with their unit declared.
+        for timed in [
+            "croncommander_job_duration_seconds",
+            "croncommander_store_commit_seconds",
+        ] {
+            assert!(
+                fams.contains(&(timed.to_owned(), "histogram".to_owned())),
+                "{timed}"
+            );
+            assert!(text.contains(&format!("# UNIT {timed} seconds")), "{timed}");
+        }
+        // Anything that measures a time is one of them.
+        for (name, _) in &fams {
+            if ["duration", "latency", "time", "commit"]
+                .iter()
+                .any(|w| name.contains(w))
+                && !name.ends_with("_group_size")
+            {
+                assert!(name.ends_with("_seconds"), "{name}");
+            }
+        }
+    }
+
+    /// docs/listener.md's "Metrics" table lists every metric, with its
+    /// type and every label value, and no metric that does not exist.
+    #[test]
+    fn the_documentation_lists_every_metric() {
+        let doc = include_str!("../../docs/listener.md");
+        let text = to_prometheus_text(&Metrics::new().encode().unwrap());
+        let fams = families(&text);
+        for (name, ty) in &fams {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{name}` |")))
+                .unwrap_or_else(|| panic!("{name} is not in docs/listener.md"));
+            assert!(row.contains(&format!("| {ty} |")), "{name}: {row}");
+            for line in text.lines().filter(|l| l.starts_with(&format!("{name}{{"))) {
+                let labels = line.split_once('{').unwrap().1.split_once('}').unwrap().0;
+                for pair in labels.split(',').filter(|p| !p.starts_with("le=")) {
+                    let (k, v) = pair.split_once('=').unwrap();
+                    assert!(row.contains(&format!("`{k}`")), "{name}: label {k}");
+                    assert!(
+                        row.contains(&format!("`{}`", v.trim_matches('"'))),
+                        "{name}: {v}"
+                    );
+                }
+            }
+        }
+        let documented = doc
+            .lines()
+            .filter(|l| l.starts_with("| `croncommander_"))
+            .count();
+        assert_eq!(documented, fams.len());
+    }
+
+    /// The Prometheus text format: the same samples, counters' families
+    /// named `_total`, no OpenMetrics-only lines.
+    #[test]
+    fn the_prometheus_text_format_has_the_same_samples() {
+        let m = Metrics::new();
+        m.jobs_swept(2, 0);
+        m.job_done(1500);
+        let open = m.encode().unwrap();
+        let text = to_prometheus_text(&open);
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(samples(&open), samples(&text));
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE croncommander_jobs_finished_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP croncommander_jobs_finished_total Jobs that"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE croncommander_job_duration_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(text.contains("croncommander_jobs_finished_total{state=\"lost\"} 2\n"));
+    }
+
+    /// Every label value is one of the closed sets above: whatever
+    /// happens, no hostname, id or message becomes a label value.
+    #[test]
+    fn label_values_are_words_of_closed_sets() {
+        let m = Metrics::new();
+        m.job_done(1500);
+        m.jobs_swept(2, 3);
+        m.report_stored("job");
+        m.report_stored("web1.example.com");
+        m.report_refused(ReportRefusal::Quota);
+        m.ws_refused(WsRefusal::Binary);
+        m.connection_refused(ConnRefusal::Auth);
+        m.commit(Duration::from_millis(3), 7);
+        let text = m.encode().unwrap();
+        let mut allowed: Vec<&str> = Vec::new();
+        allowed.extend(Mode::ALL.iter().map(|v| v.as_str()));
+        allowed.extend(Final::ALL.iter().map(|v| v.as_str()));
+        allowed.extend(OPEN.iter().map(|v| v.as_str()));
+        allowed.extend(ReportKind::ALL.iter().map(|v| v.as_str()));
+        allowed.extend(ReportRefusal::ALL.iter().map(|v| v.as_str()));
+        allowed.extend(WsRefusal::ALL.iter().map(|v| v.as_str()));
+        allowed.extend(ConnRefusal::ALL.iter().map(|v| v.as_str()));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((_, rest)) = line.split_once('{') else {
+                continue;
+            };
+            let labels = rest.split_once('}').unwrap().0;
+            for pair in labels.split(',') {
+                let (k, v) = pair.split_once('=').unwrap();
+                let v = v.trim_matches('"');
+                if k == "le" {
+                    assert!(v == "+Inf" || v.parse::<f64>().is_ok(), "{line}");
+                } else {
+                    assert!(
+                        ["mode", "state", "kind", "reason"].contains(&k),
+                        "{line}: label {k}"
+                    );
+                    assert!(allowed.contains(&v), "{line}: value {v}");
+                }
+            }
+        }
+        assert!(
+            text.contains("croncommander_reports_stored_total{kind=\"unmatched\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("croncommander_jobs_finished_total{state=\"expired\"} 3"),
+            "{text}"
+        );
+    }
+}
