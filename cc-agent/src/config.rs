@@ -14,10 +14,21 @@ use serde::Deserialize;
 
 pub(crate) const DEFAULT_CONFIG: &str = "/etc/croncommander/agent.toml";
 
+/// `listener_url`: one URL, or a list tried in order.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Urls {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Listener URLs an agent may be given.
+pub(crate) const MAX_LISTENERS: usize = 16;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    listener_url: Option<String>,
+    listener_url: Option<Urls>,
     api_key_file: Option<PathBuf>,
     hostname: Option<String>,
     #[serde(default)]
@@ -33,13 +44,20 @@ struct File {
     ca_file: Option<PathBuf>,
 }
 
+/// One listener URL, checked, and whether it speaks TLS (`wss://`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Listener {
+    pub(crate) url: String,
+    pub(crate) tls: bool,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     /// The file it came from (cron lines name it).
     pub(crate) path: PathBuf,
-    pub(crate) listener_url: String,
-    pub(crate) tls: bool,
+    /// Where to connect, in the order they are tried (at least one).
+    pub(crate) listeners: Vec<Listener>,
     pub(crate) api_key_file: PathBuf,
     pub(crate) hostname: Hostname,
     pub(crate) tags: Vec<Tag>,
@@ -67,14 +85,31 @@ impl Config {
         let file: File =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let env = |name: &str| getenv(name).filter(|v| !v.is_empty());
-        let listener_url = env("CC_LISTENER_URL")
-            .or(file.listener_url)
-            .context("listener_url is not set (config file or CC_LISTENER_URL)")?;
+        // The environment's list is comma-separated.
+        let urls: Vec<String> = match (env("CC_LISTENER_URL"), file.listener_url) {
+            (Some(v), _) => v.split(',').map(|u| u.trim().to_owned()).collect(),
+            (None, Some(Urls::One(u))) => vec![u],
+            (None, Some(Urls::Many(list))) => list,
+            (None, None) => bail!("listener_url is not set (config file or CC_LISTENER_URL)"),
+        };
+        ensure!(
+            !urls.is_empty() && urls.len() <= MAX_LISTENERS,
+            "listener_url must hold 1 to {MAX_LISTENERS} URLs, not {}",
+            urls.len()
+        );
         let api_key_file = env("CC_API_KEY_FILE")
             .map(PathBuf::from)
             .or(file.api_key_file)
             .context("api_key_file is not set (config file or CC_API_KEY_FILE)")?;
-        let tls = check_url(&listener_url, file.insecure_allow_plaintext)?;
+        let mut listeners: Vec<Listener> = Vec::with_capacity(urls.len());
+        for url in urls {
+            ensure!(
+                !listeners.iter().any(|l| l.url == url),
+                "listener_url lists {url:?} twice"
+            );
+            let tls = check_url(&url, file.insecure_allow_plaintext)?;
+            listeners.push(Listener { url, tls });
+        }
         let hostname = match file.hostname {
             Some(h) => h,
             None => nix::unistd::gethostname()
@@ -99,8 +134,7 @@ impl Config {
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
         Ok(Self {
             path,
-            listener_url,
-            tls,
+            listeners,
             api_key_file,
             hostname,
             tags,
@@ -297,7 +331,7 @@ mod tests {
         let path = config(&d, "");
         let c = Config::load_with(&path, |_| Some(String::new())).unwrap();
         assert_eq!(
-            c.listener_url, "ws://127.0.0.1:8081/agent",
+            c.listeners[0].url, "ws://127.0.0.1:8081/agent",
             "an empty variable is unset"
         );
         assert_eq!(c.api_key_file, d.0.join("key"));
@@ -307,8 +341,13 @@ mod tests {
             _ => None,
         })
         .unwrap();
-        assert_eq!(c.listener_url, "wss://cc.example/agent");
-        assert!(c.tls);
+        assert_eq!(
+            c.listeners,
+            [Listener {
+                url: "wss://cc.example/agent".into(),
+                tls: true
+            }]
+        );
         assert_eq!(c.api_key_file, PathBuf::from("/other/key"));
         // Neither file nor environment: the error names both.
         let bare = d.write("bare.toml", "hostname = \"h\"\n", 0o600);
@@ -324,6 +363,75 @@ mod tests {
         );
         let e = format!("{:#}", Config::load_with(&only_url, no_env).unwrap_err());
         assert!(e.contains("api_key_file is not set"), "{e}");
+    }
+
+    /// `listener_url` is one URL or a list (the environment's: commas),
+    /// each checked like one; 1 to 16 of them, none twice.
+    #[test]
+    fn listener_url_may_be_a_list_tried_in_order() {
+        let d = Dir::new("urls");
+        let key = d.0.join("key");
+        let with = |urls: &str| {
+            let path = d.write(
+                "urls.toml",
+                &format!("listener_url = {urls}\napi_key_file = {key:?}\nhostname = \"h\"\n"),
+                0o600,
+            );
+            Config::load_with(&path, no_env)
+        };
+        let c = with(r#"["ws://127.0.0.1:1/agent", "wss://b.example/agent"]"#).unwrap();
+        let got: Vec<(&str, bool)> = c
+            .listeners
+            .iter()
+            .map(|l| (l.url.as_str(), l.tls))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("ws://127.0.0.1:1/agent", false),
+                ("wss://b.example/agent", true)
+            ]
+        );
+        let sixteen: Vec<String> = (0..16)
+            .map(|i| format!("\"wss://h{i}.example/agent\""))
+            .collect();
+        assert_eq!(
+            with(&format!("[{}]", sixteen.join(",")))
+                .unwrap()
+                .listeners
+                .len(),
+            16
+        );
+        for (bad, says) in [
+            ("[]", "1 to 16 URLs, not 0"),
+            (
+                &format!("[{}, \"wss://x.example/agent\"]", sixteen.join(",")) as &str,
+                "not 17",
+            ),
+            (
+                r#"["wss://a.example/agent", "wss://a.example/agent"]"#,
+                "twice",
+            ),
+            (
+                r#"["wss://a.example/agent", "ws://10.0.0.1/agent"]"#,
+                "not loopback",
+            ),
+            (
+                r#"["wss://a.example/agent", "http://a.example/"]"#,
+                "not ws or wss",
+            ),
+        ] {
+            let e = format!("{:#}", with(bad).unwrap_err());
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let path = config(&d, "");
+        let c = Config::load_with(&path, |name| {
+            (name == "CC_LISTENER_URL")
+                .then(|| "wss://a.example/agent, wss://b.example/agent".into())
+        })
+        .unwrap();
+        let urls: Vec<&str> = c.listeners.iter().map(|l| l.url.as_str()).collect();
+        assert_eq!(urls, ["wss://a.example/agent", "wss://b.example/agent"]);
     }
 
     /// The key file: only its owner may read it; it must hold one key.

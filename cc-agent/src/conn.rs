@@ -61,6 +61,10 @@ struct Ctx {
     jobs: Arc<Jobs>,
     /// Told when a report is in the outbox.
     done: mpsc::Sender<()>,
+    /// The current connection has carried a frame from the listener (after
+    /// `register`, the agent pings; a listener that accepted it answers):
+    /// the backoff starts again.
+    delivered: std::sync::atomic::AtomicBool,
 }
 
 /// How a session ended.
@@ -78,7 +82,7 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
     if runner.identity.is_root() && cfg.execution_mode == wire::ExecutionMode::User {
         warn!("{}", crate::runner::ROOT_IN_USER_MODE);
     }
-    let tls = if cfg.tls {
+    let tls = if cfg.listeners.iter().any(|l| l.tls) {
         Some(tls_config(&cfg)?)
     } else {
         None
@@ -100,21 +104,38 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
         tls,
         jobs,
         done: done_tx,
+        delivered: std::sync::atomic::AtomicBool::new(false),
     };
+    // The listeners are tried in order; after a round of failures, a
+    // backoff. A connection that carried something from its listener (or
+    // lasted `STABLE`) starts again from the first, after the shortest wait.
     let mut attempt: u32 = 0;
+    let mut next = 0usize;
     loop {
         let started = Instant::now();
-        match session(&ctx, &mut done_rx, &mut stop).await {
+        let listener = &ctx.cfg.listeners[next];
+        ctx.delivered
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        match session(&ctx, listener, &mut done_rx, &mut stop).await {
             Ok(Ended::Stopped) => return Ok(()),
-            Ok(Ended::Connection(why)) => info!("connection ended: {why}"),
-            Err(e) => warn!("connection failed: {e:#}"),
+            Ok(Ended::Connection(why)) => info!(url = %listener.url, "connection ended: {why}"),
+            Err(e) => warn!(url = %listener.url, "connection failed: {e:#}"),
         }
         if *stop.borrow() {
             drain::<TcpStream>(&ctx, None, &mut done_rx).await;
             return Ok(());
         }
-        if started.elapsed() >= STABLE {
+        let delivered = ctx.delivered.load(std::sync::atomic::Ordering::Relaxed);
+        if delivered || started.elapsed() >= STABLE {
             attempt = 0;
+            next = 0;
+        } else {
+            next += 1;
+            if next < ctx.cfg.listeners.len() {
+                // The next listener at once: a round waits only at its end.
+                continue;
+            }
+            next = 0;
         }
         let delay = backoff(attempt);
         attempt = attempt.saturating_add(1);
@@ -264,15 +285,16 @@ fn ws_config() -> WebSocketConfig {
 
 async fn session(
     ctx: &Ctx,
+    listener: &crate::config::Listener,
     done: &mut mpsc::Receiver<()>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Ended> {
-    let mut req = ctx.cfg.listener_url.as_str().into_client_request()?;
+    let mut req = listener.url.as_str().into_client_request()?;
     req.headers_mut().insert(
         "X-CC-API-KEY",
         HeaderValue::from_str(&ctx.key).context("the API key is not a valid header value")?,
     );
-    match &ctx.tls {
+    match ctx.tls.as_ref().filter(|_| listener.tls) {
         None => {
             let connect = tokio::time::timeout(
                 CONNECT_TIMEOUT,
@@ -282,7 +304,7 @@ async fn session(
                 c = connect => c.context("connecting timed out")?.map_err(describe)?,
                 _ = stop.changed() => return Ok(Ended::Connection("stopping while connecting".into())),
             };
-            serve(ctx, ws, done, stop).await
+            serve(ctx, listener, ws, done, stop).await
         }
         Some(tls) => {
             let host = req
@@ -309,7 +331,7 @@ async fn session(
                 c = tokio::time::timeout(CONNECT_TIMEOUT, connect) => c.context("connecting timed out")??,
                 _ = stop.changed() => return Ok(Ended::Connection("stopping while connecting".into())),
             };
-            serve(ctx, ws, done, stop).await
+            serve(ctx, listener, ws, done, stop).await
         }
     }
 }
@@ -337,6 +359,7 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
 
 async fn serve<S>(
     ctx: &Ctx,
+    listener: &crate::config::Listener,
     mut ws: WebSocketStream<S>,
     done: &mut mpsc::Receiver<()>,
     stop: &mut watch::Receiver<bool>,
@@ -355,7 +378,10 @@ where
         job_window: Some(ctx.jobs.window()),
     };
     send(&mut ws, &Message::Register(register)).await?;
-    info!(hostname = %cfg.hostname, url = %cfg.listener_url, "connected and registered");
+    // A listener that took the registration answers this; one that refused
+    // it closes first. Its answer marks the connection as delivering.
+    ws.send(WsMessage::Ping(Vec::from(*b"cc").into())).await?;
+    info!(hostname = %cfg.hostname, url = %listener.url, "connected and registered");
 
     // Reports sent on this connection, by id: an ack deletes that file.
     let mut sent: Sent = HashMap::new();
@@ -368,7 +394,11 @@ where
         tokio::select! {
             frame = ws.next() => {
                 let Some(frame) = frame else { return Ok(Ended::Connection("the listener closed the connection".into())) };
-                match frame? {
+                let frame = frame?;
+                if !matches!(frame, WsMessage::Close(_)) {
+                    ctx.delivered.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                match frame {
                     WsMessage::Text(text) => on_text(ctx, &mut ws, text.as_str(), &mut sent).await?,
                     WsMessage::Close(frame) => {
                         return Ok(Ended::Connection(match frame {

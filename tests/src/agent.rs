@@ -65,8 +65,14 @@ impl AgentProcess {
             .lines()
             .any(|l| l.split('=').next().is_some_and(|k| k.trim() == "tags"));
         let tags = if sets_tags { "" } else { "tags = [\"e2e\"]\n" };
+        // A TOML list (`[...]`) is written as it is: several listeners.
+        let url = if url.starts_with('[') {
+            url.to_owned()
+        } else {
+            format!("\"{url}\"")
+        };
         let config = format!(
-            "listener_url = \"{url}\"\napi_key_file = {:?}\nhostname = \"{hostname}\"\n{tags}state_dir = {:?}\nheartbeat_interval_secs = 1\n{extra}\n",
+            "listener_url = {url}\napi_key_file = {:?}\nhostname = \"{hostname}\"\n{tags}state_dir = {:?}\nheartbeat_interval_secs = 1\n{extra}\n",
             dir.join("key"),
             state
         );
