@@ -239,7 +239,10 @@ fn hostile_listener_cannot_inject(dir: &TempDir, uid: u32, gid: u32) {
         ws.send(Message::Text(hostile.to_string().into())).await.unwrap();
         let status = loop {
             let m = tokio::time::timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
-            let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+            // The agent pings after `register` (its backoff resets on the
+            // answer): only text frames are messages.
+            let Message::Text(text) = m else { continue };
+            let v: Value = serde_json::from_str(text.as_str()).unwrap();
             if v["type"] == "cron_status" {
                 break v["payload"].clone();
             }
