@@ -341,6 +341,36 @@ pub(crate) async fn close_revoked(state: &AppState) -> Result<()> {
     Ok(())
 }
 
+/// What `--db` (and the config's `db`) names: a SQLite file, given as a
+/// path or as `sqlite:PATH`. A `postgres://` URL is refused with a clear
+/// error: this listener has only the SQLite store so far.
+pub fn db_location(raw: &Path) -> Result<PathBuf> {
+    let text = raw.to_string_lossy();
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        anyhow::bail!(
+            "--db {:?}: PostgreSQL is not built into this cc-listener yet; give a SQLite file (a path or sqlite:PATH)",
+            redact_url(&text)
+        );
+    }
+    let path = match text.strip_prefix("sqlite:") {
+        Some(rest) => PathBuf::from(rest.strip_prefix("//").unwrap_or(rest)),
+        None => raw.to_owned(),
+    };
+    anyhow::ensure!(
+        !path.as_os_str().is_empty(),
+        "--db is empty: give a SQLite file (a path or sqlite:PATH)"
+    );
+    Ok(path)
+}
+
+/// A database URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
 /// Why a key's name or hostname was refused: the field, and the message.
 pub type KeySpecError = (&'static str, String);
 
@@ -372,4 +402,43 @@ pub fn read_token_file(path: &Path) -> Result<String> {
         path.display()
     );
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn db_takes_a_path_or_sqlite_and_refuses_postgres_without_its_password() {
+        assert_eq!(
+            db_location(Path::new("/var/lib/cc.db")).unwrap(),
+            PathBuf::from("/var/lib/cc.db")
+        );
+        assert_eq!(
+            db_location(Path::new("sqlite:/tmp/x.db")).unwrap(),
+            PathBuf::from("/tmp/x.db")
+        );
+        assert_eq!(
+            db_location(Path::new("sqlite:///tmp/x.db")).unwrap(),
+            PathBuf::from("/tmp/x.db")
+        );
+        assert_eq!(
+            db_location(Path::new("sqlite:rel.db")).unwrap(),
+            PathBuf::from("rel.db")
+        );
+        for empty in ["", "sqlite:"] {
+            assert!(
+                db_location(Path::new(empty))
+                    .unwrap_err()
+                    .to_string()
+                    .contains("empty")
+            );
+        }
+        let e = db_location(Path::new("postgres://cc:s3cret@db.example/cc"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PostgreSQL is not built"), "{e}");
+        assert!(!e.contains("s3cret") && e.contains("db.example/cc"), "{e}");
+        assert!(db_location(Path::new("postgresql://h/cc")).is_err());
+    }
 }

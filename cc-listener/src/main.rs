@@ -128,7 +128,7 @@ fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
         .clone()
         .or(file.db)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DB));
-    let mut s = Settings::new(db);
+    let mut s = Settings::new(cc_listener::db_location(&db)?);
     if let Some(a) = args.listen.or(file.listen) {
         s.listen = a;
     }
@@ -268,11 +268,15 @@ fn keys(command: &KeysCommand) -> Result<()> {
         KeysCommand::Add { name, hostname, db } => {
             let (name, hostname) = cc_listener::key_spec(name, hostname.as_deref())
                 .map_err(|(field, e)| anyhow::anyhow!("key {field}: {e}"))?;
-            let key = Store::open(db)?.add_key(&name, hostname.as_deref(), now_ms())?;
+            let key = Store::open(&cc_listener::db_location(db)?)?.add_key(
+                &name,
+                hostname.as_deref(),
+                now_ms(),
+            )?;
             println!("{key}");
         }
         KeysCommand::List { db } => {
-            for k in Store::open(db)?.list_keys()? {
+            for k in Store::open(&cc_listener::db_location(db)?)?.list_keys()? {
                 println!(
                     "{}\t{}\t{}\t{}",
                     k.name,
@@ -283,7 +287,7 @@ fn keys(command: &KeysCommand) -> Result<()> {
             }
         }
         KeysCommand::Revoke { name, db } => {
-            if !Store::open(db)?.revoke_key(name, now_ms())? {
+            if !Store::open(&cc_listener::db_location(db)?)?.revoke_key(name, now_ms())? {
                 bail!("no active key named {name:?}");
             }
             eprintln!("revoked {name}");
