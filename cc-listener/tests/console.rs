@@ -83,6 +83,25 @@ fn shots_dir() -> PathBuf {
     d
 }
 
+/// Types `text` into the element `css` finds.
+async fn fill(c: &Client, css: &str, text: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn eval(c: &Client, script: &str) -> Value {
     c.execute(script, vec![]).await.unwrap()
 }
@@ -196,18 +215,8 @@ async fn the_console_in_a_real_browser() {
     c.goto(&format!("{base}/ui/")).await.unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/ui/login"));
     both_widths(&c, "login").await;
-    c.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys("not-the-token-at-all")
-        .await
-        .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    fill(&c, "#token", "not-the-token-at-all").await;
+    click(&c, "button[type=submit]").await;
     until(
         &c,
         Duration::from_secs(5),
@@ -215,18 +224,8 @@ async fn the_console_in_a_real_browser() {
     )
     .await;
     c.goto(&format!("{base}/ui/login")).await.unwrap();
-    c.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(TOKEN)
-        .await
-        .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    fill(&c, "#token", TOKEN).await;
+    click(&c, "button[type=submit]").await;
     until(
         &c,
         Duration::from_secs(5),
@@ -323,30 +322,10 @@ async fn the_console_in_a_real_browser() {
     // A job started from the page shows its report without a reload.
     c.goto(&format!("{base}/ui/new")).await.unwrap();
     both_widths(&c, "new").await;
-    c.find(Locator::Css("#hosts"))
-        .await
-        .unwrap()
-        .send_keys("web1.test")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#command"))
-        .await
-        .unwrap()
-        .send_keys("/bin/sh")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#args"))
-        .await
-        .unwrap()
-        .send_keys("-c\nsleep 1.5; echo from-the-page")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#new-run button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    fill(&c, "#hosts", "web1.test").await;
+    fill(&c, "#command", "/bin/sh").await;
+    fill(&c, "#args", "-c\nsleep 1.5; echo from-the-page").await;
+    click(&c, "#new-run button[type=submit]").await;
     until(
         &c,
         Duration::from_secs(5),

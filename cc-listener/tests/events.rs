@@ -54,23 +54,7 @@ async fn every_state_change_once_in_order_and_resumable() {
         live.content_type
     );
 
-    let r = l.post(
-        "/api/v1/runs",
-        &json!({"tags": ["ev"], "command": "/bin/true", "batch": 2}),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let run = r.json()["runId"].as_str().unwrap().to_owned();
-    let jobs: Vec<(String, String)> = r.json()["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| {
-            (
-                j["hostname"].as_str().unwrap().to_owned(),
-                j["jobId"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let (run, jobs) = l.post_run(&json!({"tags": ["ev"], "command": "/bin/true", "batch": 2}));
     let other = l.post(
         "/api/v1/agents/other.test/jobs",
         &json!({"command": "/bin/true"}),

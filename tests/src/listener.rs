@@ -133,17 +133,27 @@ impl ListenerProcess {
     }
 
     pub fn add_key(&self, name: &str) -> String {
-        let out = Command::new(&self.bin)
-            .args(["keys", "add", name, "--db"])
-            .arg(self.dir.join("listener.db"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "keys add: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        add_key_to(&self.bin, &self.dir.join("listener.db"), name)
+    }
+
+    /// `POST /api/v1/runs` with `body`, which must be accepted: the run id
+    /// and each (hostname, job id).
+    pub fn post_run(&self, body: &serde_json::Value) -> (String, Vec<(String, String)>) {
+        let r = self.post("/api/v1/runs", body);
+        assert_eq!(r.status, 202, "{}", r.body);
+        let v = r.json();
+        let jobs = v["jobs"]
+            .as_array()
+            .expect("jobs in the answer")
+            .iter()
+            .map(|j| {
+                (
+                    j["hostname"].as_str().unwrap_or_default().to_owned(),
+                    j["jobId"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        (v["runId"].as_str().unwrap_or_default().to_owned(), jobs)
     }
 
     pub fn keys(&self, args: &[&str]) -> std::process::Output {
@@ -244,4 +254,21 @@ fn parse_banner(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     let agent = line.split("://").nth(1)?.split('/').next()?.parse().ok()?;
     let admin = line.split("://").nth(2)?.split('/').next()?.parse().ok()?;
     Some((agent, admin))
+}
+
+/// A new agent key named `name` in the database at `db` (made if missing),
+/// with `bin keys add`: before a listener runs, a copy of the database
+/// gives a second listener the same key.
+pub fn add_key_to(bin: &Path, db: &Path, name: &str) -> String {
+    let out = Command::new(bin)
+        .args(["keys", "add", name, "--db"])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "keys add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }

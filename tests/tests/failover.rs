@@ -9,31 +9,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cc_e2e::agent::{AgentProcess, root_and_agent_user};
-use cc_e2e::listener::ListenerProcess;
+use cc_e2e::listener::{ListenerProcess, add_key_to};
 use cc_e2e::proxy::CuttingProxy;
 use cc_e2e::{TempDir, bin};
 use serde_json::json;
-
-/// A new key in a fresh database at `dir/listener.db`, made before any
-/// listener runs, so a copy of the database gives a second listener the
-/// same key (two listeners on SQLite share nothing else).
-fn key_in_new_db(dir: &std::path::Path, name: &str) -> String {
-    let out = Command::new(bin("cc-listener"))
-        .args(["keys", "add", name, "--db"])
-        .arg(dir.join("listener.db"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 #[test]
 fn when_its_listener_dies_the_agent_is_served_by_the_next_within_one_backoff() {
@@ -49,7 +31,9 @@ fn when_its_listener_dies_the_agent_is_served_by_the_next_within_one_backoff() {
     for d in [&a_dir, &b_dir, &agent_dir] {
         std::fs::create_dir_all(d).unwrap();
     }
-    let key = key_in_new_db(&a_dir, "fo.test");
+    // Made before any listener runs, so a copy of the database gives the
+    // second listener the same key (on SQLite they share nothing else).
+    let key = add_key_to(&bin("cc-listener"), &a_dir.join("listener.db"), "fo.test");
     std::fs::copy(a_dir.join("listener.db"), b_dir.join("listener.db")).unwrap();
     let mut a = ListenerProcess::start(&bin("cc-listener"), &a_dir, "");
     let b = ListenerProcess::start(&bin("cc-listener"), &b_dir, "");

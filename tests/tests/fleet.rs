@@ -226,21 +226,7 @@ impl Fleet {
     }
 
     fn post_run(&self, body: &Value) -> (String, Vec<(String, String)>) {
-        let r = self.listener.post("/api/v1/runs", body);
-        assert_eq!(r.status, 202, "{}", r.body);
-        let v = r.json();
-        let jobs = v["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|j| {
-                (
-                    j["hostname"].as_str().unwrap().to_owned(),
-                    j["jobId"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
-        (v["runId"].as_str().unwrap().to_owned(), jobs)
+        self.listener.post_run(body)
     }
 
     /// The run's view once all `n` of its jobs are done.
