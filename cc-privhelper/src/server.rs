@@ -851,6 +851,20 @@ mod tests {
         denied(&report(ask(&f, Peer::Agent, exec_of("/etc/passwd", 1))));
     }
 
+    /// With `limits = "required"`, a job whose cgroup cannot be made (the
+    /// tree went away after the helper started) is not started.
+    #[test]
+    fn a_job_without_its_required_cgroup_never_starts() {
+        let mut f = fixture("no-cgroup", true, None);
+        let plan = Arc::get_mut(&mut f.h.plan).unwrap();
+        plan.refusal = None;
+        plan.cgroups.tree = Err("no cgroup tree in this test".into());
+        let r = report(ask(&f, Peer::Agent, exec_of("/usr/bin/id", 1)));
+        assert_eq!(r.exit_code, cc_exec::EXIT_NOT_EXECUTABLE, "{r:?}");
+        assert!(r.stderr.contains("its cgroup could not be made"), "{r:?}");
+        assert!(r.stderr.contains("no cgroup tree in this test"), "{r:?}");
+    }
+
     fn pair() -> (UnixStream, UnixStream) {
         UnixStream::pair().unwrap()
     }
@@ -903,6 +917,30 @@ mod tests {
         let e = read_frame(&mut b, soon()).unwrap_err().to_string();
         assert!(e.starts_with("frame declares 4194305 bytes"), "{e}");
         drop(a);
+    }
+
+    /// Stopped and continued mid-read (a debugger, a cgroup freezer), a
+    /// socket read with a timeout fails with EINTR on Linux even with no
+    /// signal handler: that is retried, not taken for a bad request.
+    #[test]
+    fn a_read_interrupted_by_stop_and_continue_is_retried() {
+        let (mut a, mut b) = pair();
+        let pid = std::process::id();
+        let stopper = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("sleep 0.1; kill -STOP {pid}; sleep 0.1; kill -CONT {pid}"))
+            .spawn()
+            .unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(600));
+            a.write_all(&frame::encode_frame(b"x", MAX_FRAME_LEN).unwrap()).unwrap();
+            a
+        });
+        let got = read_frame(&mut b, Some(Instant::now() + Duration::from_secs(4)));
+        let _ = writer.join();
+        let mut stopper = stopper;
+        let _ = stopper.wait();
+        assert_eq!(got.unwrap(), b"x");
     }
 
     /// Regression: the id once embedded the job id, so a 128-character job
