@@ -784,6 +784,15 @@ mod tests {
         assert!(message_len(&r) > budget);
         r.fit();
         assert!(message_len(&r) <= budget, "{}", message_len(&r));
+        // The command counts too: 200 KiB of quotes escape to 400 KiB.
+        let mut r = ExecutionReport {
+            command: "\"".repeat(204_800),
+            stdout: "\u{1}".repeat(112_640),
+            ..report()
+        };
+        assert!(message_len(&r) > budget);
+        r.fit();
+        assert!(message_len(&r) <= budget, "{}", message_len(&r));
         // A long command and small streams: left alone.
         let long = ExecutionReport {
             command: "c".repeat(100_000),
