@@ -378,10 +378,11 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn cfg(write: &[&str]) -> Config {
+    /// A config for unit tests (paths need not exist).
+    pub(crate) fn cfg(write: &[&str]) -> Config {
         Config {
             socket: "/run/s".into(),
             agent_user: "u".into(),

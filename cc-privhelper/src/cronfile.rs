@@ -183,3 +183,69 @@ pub(crate) fn load(
         .map(|j| j.command)
         .ok_or_else(|| format!("no signed system cron entry {id}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(name: &str) -> (Config, std::path::PathBuf) {
+        let d = std::env::temp_dir().join(format!("cc-cronfile-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(d.join("state")).unwrap();
+        let mut cfg = crate::config::tests::cfg(&[]);
+        cfg.cron_file = d.join("croncommander");
+        cfg.state_dir = d.join("state");
+        (cfg, d)
+    }
+
+    /// With system mode off, our cron file and the state go; a file that
+    /// is not ours stays, and says so; nothing there is no error.
+    #[test]
+    fn remove_all_removes_only_what_is_ours() {
+        let (cfg, d) = cfg("remove");
+        let state = cfg.state_dir.join(STATE_FILE);
+        remove_all(&cfg).unwrap();
+        fs::write(&cfg.cron_file, format!("{HEADER}\n* * * * * root x\n")).unwrap();
+        fs::write(&state, "{}").unwrap();
+        remove_all(&cfg).unwrap();
+        assert!(!cfg.cron_file.exists() && !state.exists());
+        fs::write(&cfg.cron_file, "* * * * * root someone-elses\n").unwrap();
+        let e = remove_all(&cfg).unwrap_err().to_string();
+        assert!(e.ends_with("is not CronCommander's: left alone"), "{e}");
+        assert!(cfg.cron_file.exists());
+        fs::remove_file(&cfg.cron_file).unwrap();
+        // A state "file" that cannot be removed is an error, not ignored.
+        fs::create_dir(&state).unwrap();
+        assert!(remove_all(&cfg).is_err());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn validation_keeps_the_first_of_each_id_and_says_why_the_others_went() {
+        let e = |id: &str, schedule: &str| CronEntry {
+            id: id.into(),
+            schedule: schedule.into(),
+            command: "/bin/true".into(),
+        };
+        let long = "x".repeat(300);
+        let (valid, rejected) =
+            validate(&[e("a", "@daily"), e("a", "@hourly"), e("b", "@hourly"), e(&long, "@daily")]);
+        let ids: Vec<&str> = valid.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(valid[0].schedule.to_string(), "@daily");
+        assert_eq!(rejected[0], CronRejection { id: "a".into(), reason: "duplicate id".into() });
+        assert_eq!(rejected[1].id, "x".repeat(128));
+        assert_eq!(rejected[1].reason, "job id is 300 bytes long; at most 128 allowed");
+        assert_eq!(rejected.len(), 2);
+    }
+
+    #[test]
+    fn a_cron_file_name_with_a_dot_is_refused() {
+        let (cfg, d) = cfg("dot");
+        let e = write_cron_file(&d.join("cc.cron"), b"x").unwrap_err().to_string();
+        assert!(e.contains("contains a dot: cron would ignore it"), "{e}");
+        write_cron_file(&cfg.cron_file, b"x\n").unwrap();
+        assert_eq!(fs::read(&cfg.cron_file).unwrap(), b"x\n");
+        let _ = fs::remove_dir_all(&d);
+    }
+}

@@ -202,3 +202,69 @@ pub(crate) fn stamp(f: &Finished, id: &JobId, command: &CommandLine) -> Executio
     });
     f.report(id, command, *uid, user, None, None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Allowed;
+
+    #[test]
+    fn programs_are_found_as_execvp_would_with_the_jobs_path() {
+        assert_eq!(resolve("/usr/bin/env"), Some(PathBuf::from("/usr/bin/env")));
+        let found = resolve("env").unwrap();
+        assert!(found.is_absolute() && found.ends_with("env"), "{found:?}");
+        let first = JOB_PATH.split(':').map(|d| Path::new(d).join("env")).find(|p| p.is_file());
+        assert_eq!(Some(found), first);
+        assert_eq!(resolve("/no/such/cc-program"), None);
+        assert_eq!(resolve("cc-no-such-program"), None);
+        // A relative path with a slash is never looked up.
+        assert_eq!(resolve("usr/bin/env"), None);
+    }
+
+    #[test]
+    fn allowed_commands_need_the_exact_path_matching_arguments_and_roots_file() {
+        let v = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        let mut cfg = crate::config::tests::cfg(&[]);
+        let env = Path::new("/usr/bin/env");
+        assert!(check_allowed(&cfg, env, &v(&["anything"])).is_ok(), "no list: anything");
+        cfg.allowed_commands = Some(vec![
+            Allowed { path: "/usr/bin/id".into(), args: None },
+            Allowed { path: env.into(), args: Some(v(&["-u", "HOME"])) },
+        ]);
+        assert_eq!(check_allowed(&cfg, env, &v(&["-u", "HOME"])), Ok(()));
+        assert_eq!(check_allowed(&cfg, Path::new("/usr/bin/id"), &v(&["-u"])), Ok(()));
+        let refused = |cfg: &Config, path: &Path, args: &[&str]| {
+            let r = check_allowed(cfg, path, &v(args)).unwrap_err();
+            assert_eq!(r.code, RefusalCode::CommandNotAllowed);
+            r.message
+        };
+        assert_eq!(
+            refused(&cfg, env, &["-u", "PATH"]),
+            "/usr/bin/env: these arguments do not match allowed_commands"
+        );
+        assert_eq!(
+            refused(&cfg, Path::new("/usr/bin/who"), &[]),
+            "/usr/bin/who is not in allowed_commands"
+        );
+        // Listed, but in a directory anybody may write: refused.
+        let d = std::env::temp_dir().join(format!("cc-allowed-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let tool = d.join("tool");
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        cfg.allowed_commands = Some(vec![Allowed { path: tool.clone(), args: None }]);
+        let message = refused(&cfg, &tool, &[]);
+        let _ = std::fs::remove_dir_all(&d);
+        assert!(
+            message.ends_with("an allowed command must be a file only root can change"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn refusals_carry_their_code_and_message() {
+        let r = refusal(RefusalCode::Busy, "later");
+        assert_eq!((r.code, r.message.as_str()), (RefusalCode::Busy, "later"));
+    }
+}

@@ -182,6 +182,52 @@ mod tests {
         assert_eq!(c.args(), ["$HOME", "`id`", "*"]);
     }
 
+    /// Each limit is accepted exactly at its value and refused one past it.
+    #[test]
+    fn limits_are_exact() {
+        let program = "p".repeat(CommandLine::MAX_PROGRAM_LEN);
+        assert!(CommandLine::new(&program, &[]).is_ok());
+        assert_eq!(
+            CommandLine::new(&format!("{program}p"), &[])
+                .unwrap_err()
+                .to_string(),
+            "command is 4097 bytes long; at most 4096 allowed"
+        );
+
+        let many = vec!["a".to_owned(); CommandLine::MAX_ARGS];
+        assert!(CommandLine::new("p", &many).is_ok());
+        assert_eq!(
+            CommandLine::new("p", &[many.as_slice(), &["a".to_owned()]].concat())
+                .unwrap_err()
+                .to_string(),
+            "args has 1025 entries; at most 1024 allowed"
+        );
+
+        // 128 KiB of arguments in all, split over two words.
+        assert_eq!(CommandLine::MAX_ARGS_BYTES, 131_072);
+        let half = "a".repeat(CommandLine::MAX_ARGS_BYTES / 2);
+        assert!(CommandLine::new("p", &[half.clone(), half.clone()]).is_ok());
+        assert_eq!(
+            CommandLine::new("p", &[half.clone(), format!("{half}a")])
+                .unwrap_err()
+                .to_string(),
+            "args is 131073 bytes long; at most 131072 allowed"
+        );
+
+        // A cron line may be as long as the longest program and arguments
+        // together (with the space between them), not one byte more.
+        let line = format!("{program} {}", "a".repeat(CommandLine::MAX_ARGS_BYTES - 1));
+        assert_eq!(line.len(), 135_168);
+        let c = CommandLine::parse_shell_words(&line).unwrap();
+        assert_eq!(c.program(), program);
+        assert_eq!(
+            CommandLine::parse_shell_words(&format!("{line}a"))
+                .unwrap_err()
+                .to_string(),
+            "command is 135169 bytes long; at most 135168 allowed"
+        );
+    }
+
     #[test]
     fn bad_commands_are_refused_with_a_reason() {
         let cases: &[(&str, &str)] = &[

@@ -143,6 +143,9 @@ mod tests {
                 let mut piece = &rest[..take];
                 while !piece.is_empty() {
                     let (used, frame) = dec.feed(piece).unwrap();
+                    // Progress on every call: a decoder that takes nothing
+                    // would spin its reader for ever.
+                    assert!(used > 0, "feed took nothing of {} bytes", piece.len());
                     piece = &piece[used..];
                     frames.extend(frame);
                 }

@@ -230,6 +230,105 @@ mod tests {
         }
     }
 
+    /// `operation` (what the helper logs and refuses by) is the request's
+    /// name on the wire.
+    #[test]
+    fn operations_are_the_wire_names() {
+        let reqs = [
+            HelperRequest::Status,
+            HelperRequest::Exec(ExecRequest {
+                execute_job: "{}".into(),
+                signed: None,
+            }),
+            HelperRequest::WriteCron(WriteCronRequest {
+                cron_refresh: "[]".into(),
+                signed: None,
+            }),
+            HelperRequest::RunScheduled(RunScheduledRequest {
+                job_id: "daily".into(),
+            }),
+            HelperRequest::TakeReports,
+            HelperRequest::AckReports(AckReportsRequest { report_ids: vec![] }),
+        ];
+        for r in reqs {
+            let name = match serde_json::to_value(&r).unwrap() {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Object(o) => o.keys().next().unwrap().clone(),
+                other => panic!("{other}"),
+            };
+            assert_eq!(r.operation(), name);
+        }
+    }
+
+    #[test]
+    fn the_embedded_cron_list_is_decoded_entry_by_entry() {
+        let req = WriteCronRequest {
+            cron_refresh: r#"[{"id":"daily","schedule":"0 0 * * *","command":"/bin/true"},
+                {"id":"hourly","schedule":"@hourly","command":"backup.sh --full"}]"#
+                .into(),
+            signed: None,
+        };
+        let entries = req.entries().unwrap();
+        assert_eq!(
+            entries,
+            [
+                CronEntry {
+                    id: "daily".into(),
+                    schedule: "0 0 * * *".into(),
+                    command: "/bin/true".into(),
+                },
+                CronEntry {
+                    id: "hourly".into(),
+                    schedule: "@hourly".into(),
+                    command: "backup.sh --full".into(),
+                },
+            ]
+        );
+        let bad = WriteCronRequest {
+            cron_refresh: r#"{"id":"daily"}"#.into(),
+            signed: None,
+        };
+        assert!(bad.entries().is_err());
+    }
+
+    /// The helper link's frame cap holds its largest messages: a
+    /// `take_reports` answer of [`MAX_REPORTS_PER_TAKE`] reports each cut to
+    /// the listener's message cap, and a `write_cron` carrying a cron list as
+    /// large as the listener may send, even if every byte of it needs
+    /// escaping again.
+    #[test]
+    fn the_frame_cap_holds_the_largest_messages() {
+        use crate::frame::{MAX_FRAME_LEN, encode_frame};
+        use crate::wire::MAX_MESSAGE_BYTES;
+        assert_eq!(MAX_FRAME_LEN, 4 * 1024 * 1024);
+        let mut report = ExecutionReport {
+            job_id: "a".into(),
+            command: "x".into(),
+            exit_code: 0,
+            stdout: "\u{1}".repeat(262_144),
+            stderr: "\u{2}".repeat(262_144),
+            start_time: "2024-03-20T10:00:00Z".into(),
+            duration_ms: 1,
+            executing_uid: 1,
+            executing_user: "u".into(),
+            warning: None,
+            report_id: Some("r".repeat(128)),
+        };
+        report.fit();
+        let one = encode(&HelperResponse::ExecResult(report.clone())).unwrap();
+        assert!(one.len() > MAX_MESSAGE_BYTES / 2, "{}", one.len());
+        assert!(encode_frame(&one, MAX_FRAME_LEN).is_ok());
+        let take = encode(&HelperResponse::Reports(vec![report; MAX_REPORTS_PER_TAKE])).unwrap();
+        assert!(take.len() > 2 * MAX_MESSAGE_BYTES, "{}", take.len());
+        assert!(encode_frame(&take, MAX_FRAME_LEN).is_ok());
+
+        let cron = HelperRequest::WriteCron(WriteCronRequest {
+            cron_refresh: "\"".repeat(MAX_MESSAGE_BYTES),
+            signed: None,
+        });
+        assert!(encode_frame(&encode(&cron).unwrap(), MAX_FRAME_LEN).is_ok());
+    }
+
     #[test]
     fn the_wire_form_is_plain() {
         assert_eq!(encode(&HelperRequest::Status).unwrap(), br#""status""#);

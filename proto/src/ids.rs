@@ -378,6 +378,61 @@ mod tests {
         );
     }
 
+    /// Every length limit sits exactly at its documented value: the limit
+    /// itself is accepted, one more byte (or entry) is refused.
+    #[test]
+    fn every_length_limit_is_exact() {
+        let id = "a".repeat(JobId::MAX_LEN);
+        assert_eq!(JobId::MAX_LEN, 128);
+        assert_eq!(JobId::parse(&id).unwrap().as_str(), id);
+        assert!(JobId::parse(&format!("{id}a")).is_err());
+
+        // 253 bytes: three 63-byte labels and a 61-byte one, dot-separated.
+        let label = "a".repeat(63);
+        let host = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+        assert_eq!(host.len(), Hostname::MAX_LEN);
+        assert_eq!(Hostname::parse(&host).unwrap().as_str(), host);
+        assert_eq!(
+            Hostname::parse(&format!("{host}b"))
+                .unwrap_err()
+                .to_string(),
+            "hostname is 254 bytes long; at most 253 allowed"
+        );
+        // A label of 63 bytes is fine, 64 is not.
+        assert!(Hostname::parse(&format!("{label}.x")).is_ok());
+        assert_eq!(
+            Hostname::parse(&format!("{label}a.x"))
+                .unwrap_err()
+                .to_string(),
+            "hostname: has a label longer than 63 bytes"
+        );
+
+        let tag = "t".repeat(Tag::MAX_LEN);
+        assert_eq!(Tag::MAX_LEN, 64);
+        assert_eq!(Tag::parse(&tag).unwrap().as_str(), tag);
+        assert_eq!(
+            Tag::parse(&format!("{tag}t")).unwrap_err().to_string(),
+            "tag is 65 bytes long; at most 64 allowed"
+        );
+        let tags: Vec<String> = (0..Tag::MAX_COUNT).map(|i| format!("t{i}")).collect();
+        assert_eq!(Tag::MAX_COUNT, 32);
+        let parsed = Tag::parse_all(&tags).unwrap();
+        let back: Vec<&str> = parsed.iter().map(Tag::as_str).collect();
+        assert_eq!(back, tags);
+    }
+
+    /// What `as_str`, `Display` and `AsRef` give back is the parsed text.
+    #[test]
+    fn parsed_ids_give_back_their_text() {
+        let id = JobId::parse("nightly_backup.v2").unwrap();
+        assert_eq!(id.as_str(), "nightly_backup.v2");
+        assert_eq!(id.to_string(), "nightly_backup.v2");
+        assert_eq!(id.as_ref(), "nightly_backup.v2");
+        let tag = Tag::parse("role=web").unwrap();
+        assert_eq!(tag.as_str(), "role=web");
+        assert_eq!(tag.as_ref(), "role=web");
+    }
+
     #[test]
     fn timeouts() {
         assert_eq!(Timeout::from_secs(3600).unwrap().secs(), 3600);
@@ -385,7 +440,18 @@ mod tests {
             Timeout::from_secs(0).unwrap_err().to_string(),
             "timeout: must be at least 1 second"
         );
-        assert!(Timeout::from_secs(Timeout::MAX_SECS).is_ok());
-        assert!(Timeout::from_secs(Timeout::MAX_SECS + 1).is_err());
+        assert_eq!(Timeout::from_secs(1).unwrap().secs(), 1);
+        // Seven days, as the spec and the message say.
+        assert_eq!(Timeout::MAX_SECS, 604_800);
+        assert_eq!(Timeout::from_secs(604_800).unwrap().secs(), 604_800);
+        assert_eq!(
+            Timeout::from_secs(604_801).unwrap_err().to_string(),
+            "timeout: must be at most 604800 seconds (7 days)"
+        );
+        assert_eq!(
+            Timeout::from_secs(90).unwrap().duration(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(Timeout::DEFAULT.duration(), Duration::from_secs(3600));
     }
 }

@@ -708,4 +708,251 @@ mod tests {
             "command contains a control character ('\\n') at byte 12"
         );
     }
+
+    fn report() -> ExecutionReport {
+        ExecutionReport {
+            job_id: "a".into(),
+            command: "x".into(),
+            exit_code: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            start_time: "2024-03-20T10:00:00Z".into(),
+            duration_ms: 1,
+            executing_uid: 1,
+            executing_user: "u".into(),
+            warning: None,
+            report_id: None,
+        }
+    }
+
+    fn message_len(r: &ExecutionReport) -> usize {
+        Message::ExecutionReport(r.clone()).to_json().unwrap().len()
+    }
+
+    /// A report exactly at the budget (the cap less 4 KiB) is left whole;
+    /// one byte over is cut to fit, and says so.
+    #[test]
+    fn fit_cuts_exactly_past_the_budget() {
+        let budget = MAX_MESSAGE_BYTES - 4096;
+        let base = message_len(&report());
+        let at = ExecutionReport {
+            stdout: "a".repeat(budget - base),
+            ..report()
+        };
+        assert_eq!(message_len(&at), budget);
+        let mut kept = at.clone();
+        kept.fit();
+        assert_eq!(kept, at);
+        let mut over = ExecutionReport {
+            stdout: "a".repeat(budget - base + 1),
+            ..report()
+        };
+        over.fit();
+        assert!(message_len(&over) <= budget);
+        assert!(over.stdout.len() < budget / 2 + 1, "{}", over.stdout.len());
+        assert!(over.warning.is_some());
+    }
+
+    /// Halving a stream steps back to a character boundary, never past the
+    /// half.
+    #[test]
+    fn fit_cuts_on_a_character_boundary_at_or_below_the_half() {
+        // "a" then 600,000 two-byte characters: the half (600,000) falls
+        // inside one, so 599,999 bytes are kept.
+        let mut r = ExecutionReport {
+            stdout: format!("a{}", "é".repeat(600_000)),
+            ..report()
+        };
+        r.fit();
+        assert_eq!(r.stdout.len(), 599_999);
+        assert_eq!(r.stdout, format!("a{}", "é".repeat(299_999)));
+    }
+
+    /// The fast path (no encoding when the streams are small) must not let
+    /// through a report whose other fields escape large: a 4 KiB warning of
+    /// control characters grows sixfold.
+    #[test]
+    fn fit_sees_what_escaping_does_to_the_whole_report() {
+        let budget = MAX_MESSAGE_BYTES - 4096;
+        // Streams whose escaped size sits just under the budget: the fast
+        // path does not apply, so the report is measured and cut.
+        let mut r = ExecutionReport {
+            stdout: "\u{1}".repeat((budget - 2048) / 6),
+            warning: Some("\u{1}".repeat(4096)),
+            ..report()
+        };
+        assert!(message_len(&r) > budget);
+        r.fit();
+        assert!(message_len(&r) <= budget, "{}", message_len(&r));
+        // The command counts too: 200 KiB of quotes escape to 400 KiB.
+        let mut r = ExecutionReport {
+            command: "\"".repeat(204_800),
+            stdout: "\u{1}".repeat(112_640),
+            ..report()
+        };
+        assert!(message_len(&r) > budget);
+        r.fit();
+        assert!(message_len(&r) <= budget, "{}", message_len(&r));
+        // A long command and small streams: left alone.
+        let long = ExecutionReport {
+            command: "c".repeat(100_000),
+            stdout: "ok".into(),
+            ..report()
+        };
+        let mut kept = long.clone();
+        kept.fit();
+        assert_eq!(kept, long);
+    }
+
+    #[test]
+    fn signed_messages_carry_the_extension_beside_the_payload() {
+        let m = Message::ReportAck(ReportAck {
+            report_id: "r1".into(),
+        });
+        assert_eq!(m.to_json_signed(None).unwrap(), m.to_json().unwrap());
+        let signed = crate::sign::Signed {
+            statement: "c3Q=".into(),
+            signature: "c2ln".into(),
+            key: "ed25519:a2V5".into(),
+        };
+        let text = m.to_json_signed(Some(&signed)).unwrap();
+        let d = decode(&text).unwrap();
+        assert_eq!(d.message, Incoming::Known(m));
+        assert_eq!(
+            serde_json::from_str::<crate::sign::Signed>(d.raw_signed.unwrap()).unwrap(),
+            signed
+        );
+        assert!(d.ignored_fields.is_empty(), "{:?}", d.ignored_fields);
+    }
+
+    /// Every known type decodes as itself, `kind` names it, and it encodes
+    /// back to the same JSON.
+    #[test]
+    fn every_known_type_decodes_as_itself() {
+        for text in [
+            r#"{"type":"register","payload":{"hostname":"h","os":"linux","arch":"x86_64","tags":["prod"],"executionMode":"user","isRoot":false}}"#,
+            r#"{"type":"heartbeat","payload":{"timestamp":"2024-03-20T10:00:00Z"}}"#,
+            r#"{"type":"execute_job","payload":{"jobId":"j","command":"/bin/true","args":[]}}"#,
+            r#"{"type":"cron_refresh","payload":[{"id":"d","schedule":"@daily","command":"/bin/true"}]}"#,
+            r#"{"type":"report_ack","payload":{"reportId":"r1"}}"#,
+            r#"{"type":"cron_status","payload":{"installed":["d"],"rejected":[{"id":"e","reason":"why"}]}}"#,
+        ] {
+            let m = known(text);
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(m.kind(), v["type"], "{text}");
+            let back: serde_json::Value = serde_json::from_str(&m.to_json().unwrap()).unwrap();
+            assert_eq!(back, v, "{text}");
+        }
+    }
+
+    /// A message of exactly the cap is read; one byte more is not.
+    #[test]
+    fn the_message_cap_is_exact() {
+        let head = r#"{"type":"report_ack","payload":{"reportId":"r1"}}"#;
+        let at = format!("{head}{}", " ".repeat(MAX_MESSAGE_BYTES - head.len()));
+        assert_eq!(at.len(), MAX_MESSAGE_BYTES);
+        assert!(matches!(known(&at), Message::ReportAck(_)));
+        let over = format!("{at} ");
+        assert_eq!(
+            decode(&over).unwrap_err().to_string(),
+            "message is 1048577 bytes; at most 1048576 allowed"
+        );
+    }
+
+    #[test]
+    fn job_windows_are_1_to_10000_or_absent() {
+        let r = |w: Option<u32>| Register {
+            hostname: "h".into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            tags: vec![],
+            execution_mode: ExecutionMode::User,
+            is_root: false,
+            job_window: w,
+        };
+        for ok in [None, Some(1), Some(10_000)] {
+            assert_eq!(r(ok).validate().unwrap().job_window, ok);
+        }
+        for bad in [0, 10_001] {
+            assert_eq!(
+                r(Some(bad)).validate().unwrap_err().to_string(),
+                "jobWindow: must be between 1 and 10000"
+            );
+        }
+    }
+
+    /// Every bound `ExecutionReport::validate` sets holds exactly at its
+    /// value and refuses one past it.
+    #[test]
+    fn report_validation_limits_are_exact() {
+        let ok = ExecutionReport {
+            job_id: "j".repeat(128),
+            command: "c".repeat(CommandLine::MAX_PROGRAM_LEN + 2 * CommandLine::MAX_ARGS_BYTES),
+            stdout: "o".repeat(MAX_STREAM_BYTES),
+            stderr: "e".repeat(MAX_STREAM_BYTES),
+            executing_user: "u".repeat(256),
+            warning: Some("w".repeat(4096)),
+            report_id: Some("r".repeat(128)),
+            ..report()
+        };
+        assert_eq!(ok.command.len(), 266_240);
+        ok.validate().unwrap();
+        let refused = |r: ExecutionReport| r.validate().unwrap_err().to_string();
+        assert_eq!(
+            refused(ExecutionReport {
+                stdout: format!("{}o", ok.stdout),
+                ..ok.clone()
+            }),
+            "stdout is 262145 bytes long; at most 262144 allowed"
+        );
+        assert_eq!(
+            refused(ExecutionReport {
+                stderr: format!("{}e", ok.stderr),
+                ..ok.clone()
+            }),
+            "stderr is 262145 bytes long; at most 262144 allowed"
+        );
+        assert_eq!(
+            refused(ExecutionReport {
+                command: format!("{}c", ok.command),
+                ..ok.clone()
+            }),
+            "command is 266241 bytes long; at most 266240 allowed"
+        );
+        assert_eq!(
+            refused(ExecutionReport {
+                executing_user: format!("{}u", ok.executing_user),
+                ..ok.clone()
+            }),
+            "executingUser is 257 bytes long; at most 256 allowed"
+        );
+        assert_eq!(
+            refused(ExecutionReport {
+                warning: Some("w".repeat(4097)),
+                ..ok.clone()
+            }),
+            "warning is 4097 bytes long; at most 4096 allowed"
+        );
+        assert_eq!(
+            refused(ExecutionReport {
+                report_id: Some("r".repeat(129)),
+                ..ok.clone()
+            }),
+            "reportId: must be 1-128 characters of A-Z a-z 0-9 _ . -"
+        );
+        assert_eq!(
+            refused(ExecutionReport {
+                job_id: "../x".into(),
+                ..ok.clone()
+            }),
+            "job id contains '/' at byte 2; allowed: A-Z a-z 0-9 _ . -"
+        );
+        assert!(
+            refused(ExecutionReport {
+                start_time: "yesterday".into(),
+                ..ok
+            })
+            .contains("startTime")
+        );
+    }
 }

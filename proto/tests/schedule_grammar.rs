@@ -53,6 +53,10 @@ const VALID: &[(&str, &str)] = &[
     ("0-59 0-23 1-31 1-12 0-7", "0-59 0-23 1-31 1-12 0-7"),
     ("0 0 * jul-dec/2 *", "0 0 * 7-12/2 *"),
     ("30 2 * * tue/2", "30 2 * * 2-7/2"),
+    ("5-5 * * * *", "5-5 * * * *"),
+    ("0 0 */31 * *", "0 0 */31 * *"),
+    ("0 0 * */12 *", "0 0 * */12 *"),
+    ("0 0 * * */8", "0 0 * * */8"),
 ];
 
 /// (input, the message it must give)
@@ -223,6 +227,22 @@ const INVALID: &[(&str, &str)] = &[
         "0 0 * * * root",
         "schedule has 6 fields; expected 5 (minute hour day-of-month month day-of-week) or an @keyword",
     ),
+    (
+        "daily",
+        "schedule has 1 fields; expected 5 (minute hour day-of-month month day-of-week) or an @keyword",
+    ),
+    (
+        "0 0 */32 * *",
+        r#"day-of-month field "*/32": step 32 is larger than the field's 31 values"#,
+    ),
+    (
+        "0 0 * */13 *",
+        r#"month field "*/13": step 13 is larger than the field's 12 values"#,
+    ),
+    (
+        "0 0 * * */9",
+        r#"day-of-week field "*/9": step 9 is larger than the field's 8 values"#,
+    ),
 ];
 
 #[test]
@@ -258,6 +278,39 @@ fn overlong_schedules_are_refused() {
     assert_eq!(
         Schedule::parse(&long).unwrap_err().to_string(),
         format!("schedule is {} bytes long; at most 256 allowed", long.len())
+    );
+}
+
+/// 256 bytes is allowed, as written and once rendered; 257 is not.
+#[test]
+fn the_length_limit_is_exact() {
+    // Written and rendered alike: 123 times "1," then "10", then " * * * *".
+    let input = format!("{}10 * * * *", "1,".repeat(123));
+    assert_eq!(input.len(), 256);
+    assert_eq!(Schedule::parse(&input).unwrap().to_string(), input);
+    let input = format!("{}10 * * * *", "1,".repeat(124));
+    assert_eq!(
+        Schedule::parse(&input).unwrap_err().to_string(),
+        "schedule is 258 bytes long; at most 256 allowed"
+    );
+    let input = format!("{}1 * * * *", "1,".repeat(124));
+    assert_eq!(
+        Schedule::parse(&input).unwrap_err().to_string(),
+        "schedule is 257 bytes long; at most 256 allowed"
+    );
+
+    // Shorter as written, exactly 256 once `5/15` renders as `5-59/15`.
+    let input = format!("5/15,10{} * * * *", ",1".repeat(119));
+    assert_eq!(input.len(), 253);
+    let rendered = Schedule::parse(&input).unwrap().to_string();
+    assert_eq!(rendered.len(), 256);
+    assert!(rendered.starts_with("5-59/15,10,1,"), "{rendered}");
+    // One byte more once rendered.
+    let input = format!("5/15,10,10{} * * * *", ",1".repeat(118));
+    assert_eq!(input.len(), 254);
+    assert_eq!(
+        Schedule::parse(&input).unwrap_err().to_string(),
+        "schedule is 257 bytes long once written in canonical form; at most 256 allowed"
     );
 }
 

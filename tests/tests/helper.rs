@@ -103,6 +103,8 @@ fn a_system_job_runs_as_root_with_the_configured_sandbox() {
     assert_eq!(report["executingUid"], 0, "{r}");
     assert_eq!(report["executingUser"], "root");
     assert_eq!(report["exitCode"], 0, "{r}");
+    // Nothing to warn about: no limit was reached, the sandbox is whole.
+    assert!(report["warning"].is_null(), "{r}");
     let status = report["stdout"].as_str().unwrap();
     let field = |name: &str| cc_e2e::status_field(status, name);
     // CAP_KILL (5) and CAP_NET_BIND_SERVICE (10): 0x420.
@@ -145,6 +147,18 @@ fn a_system_job_runs_as_root_with_the_configured_sandbox() {
     ));
     assert_eq!(r["exec_result"]["exitCode"], 0, "{r}");
     assert_eq!(std::fs::read_to_string(&inside).unwrap(), "fine\n");
+    // A `#!` script runs: its interpreter reads it through the descriptor
+    // the helper checked, kept open for it alone. A binary gets no
+    // descriptor of its own file: `ls` sees stdin, stdout, stderr and the
+    // directory it lists.
+    let script = dir.path().join("hello.sh");
+    std::fs::write(&script, "#!/bin/sh\necho \"script $1\"\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let r = h.exec(&job("script-1", script.to_str().unwrap(), &["ran"]));
+    assert_eq!(r["exec_result"]["exitCode"], 0, "{r}");
+    assert_eq!(r["exec_result"]["stdout"], "script ran\n", "{r}");
+    let r = h.exec(&job("fds-1", "/usr/bin/ls", &["/proc/self/fd"]));
+    assert_eq!(r["exec_result"]["stdout"], "0\n1\n2\n3\n", "{r}");
     // The environment is the helper's, not the agent's.
     let r = h.exec(&job("env-1", "/usr/bin/env", &[]));
     let mut env: Vec<&str> = r["exec_result"]["stdout"]
