@@ -109,6 +109,24 @@ impl ApiError {
         }
     }
 
+    /// A store failure answered by its kind: 409 conflict, 404 not found,
+    /// 500 for a database this listener cannot read or that failed.
+    fn store(e: anyhow::Error) -> Self {
+        use crate::store::{ErrorKind, StoreError};
+        match StoreError::classify(&e) {
+            ErrorKind::Conflict => Self::new(StatusCode::CONFLICT, e.to_string()),
+            ErrorKind::NotFound => Self::new(StatusCode::NOT_FOUND, e.to_string()),
+            ErrorKind::Corrupt => {
+                warn!("the database holds something unreadable: {e:#}");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the database holds something this listener cannot read; see the listener log",
+                )
+            }
+            ErrorKind::Backend => Self::internal(e),
+        }
+    }
+
     fn internal(e: anyhow::Error) -> Self {
         warn!("internal error: {e:#}");
         Self::new(
@@ -215,7 +233,7 @@ async fn require_known(state: &AppState, host: &str) -> ApiResult<()> {
         .db
         .call(move |s| s.agent_known(&h))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     if known {
         Ok(())
     } else {
@@ -389,7 +407,7 @@ async fn list_agents(
         .db
         .call(move |s| s.agent_page(after.as_deref(), limit))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     let (pieces, next) = paginate(&rows, limit as usize, MAX_PAGE_BYTES, PIECE_BYTES);
     let cursor = next
         .map(|h| HeaderValue::from_str(&h).map(|v| ("x-cc-next-after", v)))
@@ -460,7 +478,7 @@ async fn listener_signature<T: Serialize>(
         .db
         .call(move |s| s.agent_mode(&h))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     if mode.as_deref() != Some("system") {
         return Ok(None);
     }
@@ -589,29 +607,13 @@ async fn post_job(
         signed,
     };
     // Queued first; the agent's connection takes it from the store as the
-    // agent's window allows (`agents::Session::dispatch`).
-    {
-        let job = job.clone();
-        let exists = {
-            let id = job.job_id.clone();
-            state
-                .db
-                .call(move |s| s.get_job(&id))
-                .await
-                .map_err(ApiError::internal)?
-        };
-        if exists.is_some() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("a job {} exists already", job.job_id),
-            ));
-        }
-        state
-            .db
-            .call(move |s| s.create_job(&job))
-            .await
-            .map_err(ApiError::internal)?;
-    }
+    // agent's window allows (`agents::Session::dispatch`). A job id used
+    // before (a signed statement sent twice) is the store's conflict: 409.
+    state
+        .db
+        .call(move |s| s.create_job(&job))
+        .await
+        .map_err(ApiError::store)?;
     state.hub.nudge(&host);
     let status = JobStatus::Queued;
     info!(hostname = %host, %job_id, %status, "job accepted");
@@ -660,7 +662,7 @@ pub(crate) async fn get_job(
         .db
         .call(move |s| s.get_job(&id))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     row.map(|r| Json(job_view(r)))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {job_id:?}")))
 }
@@ -771,7 +773,7 @@ async fn list_reports(
             .db
             .call(move |s| s.report_page(&q))
             .await
-            .map_err(ApiError::internal)?
+            .map_err(ApiError::store)?
     };
     let (pieces, next) = paginate(&rows, limit as usize, MAX_PAGE_BYTES, PIECE_BYTES);
     let body = stream_array(pieces, move |high: i64, low: i64| {
@@ -879,7 +881,7 @@ pub(crate) async fn post_run(
             .db
             .call(move |s| s.hosts_with_tags(&t))
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::store)?;
         hosts.extend(tagged);
     }
     hosts.sort();
@@ -929,7 +931,7 @@ async fn require_all_known(state: &AppState, hosts: &[String]) -> ApiResult<()> 
             .db
             .call(move |s| s.agent_known(&host))
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::store)?;
         if !known {
             return Err(ApiError::invalid(
                 "hosts",
@@ -1004,25 +1006,7 @@ async fn post_signed_run(
         });
     }
     require_all_known(state, &hosts).await?;
-    let ids: Vec<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
-    let taken = state
-        .db
-        .call(move |s| {
-            for id in &ids {
-                if s.get_job(id)?.is_some() {
-                    return Ok(Some(id.clone()));
-                }
-            }
-            Ok(None)
-        })
-        .await
-        .map_err(ApiError::internal)?;
-    if let Some(id) = taken {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("a job {id} exists already"),
-        ));
-    }
+    // A job id used before: the store's conflict (409), in `store_run`.
     let first = &jobs[0];
     let run = NewRun {
         run_id: uuid::Uuid::new_v4().to_string(),
@@ -1050,7 +1034,7 @@ async fn store_run(
             .db
             .call(move |s| s.create_run(&run, &jobs))
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::store)?;
     }
     for job in jobs
         .iter()
@@ -1152,7 +1136,7 @@ pub(crate) async fn get_run(
         .db
         .call(move |s| s.get_run(&id))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     run.map(|r| Json(run_view(r)))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no run {run_id:?}")))
 }
@@ -1379,7 +1363,7 @@ async fn put_cron(
             .db
             .call(move |s| s.set_cron(&host, &list, signed_text.as_deref(), now_ms()))
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::store)?;
     }
     if let Ok(text) = Message::CronRefresh(canonical.clone()).to_json_signed(signed.as_ref()) {
         let pushed = state.hub.send(&host, text);
@@ -1398,7 +1382,7 @@ async fn get_cron(
         .db
         .call(move |s| s.get_cron(&host))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     Ok(Json(list.map(|(entries, _)| entries).unwrap_or_default()))
 }
 
@@ -1467,10 +1451,7 @@ async fn post_key(
         .db
         .call(move |s| s.add_key(&n, h.as_deref(), now_ms()))
         .await
-        .map_err(|e| match e.downcast_ref::<crate::store::KeyConflict>() {
-            Some(c) => ApiError::new(StatusCode::CONFLICT, c.to_string()),
-            None => ApiError::internal(e),
-        })?;
+        .map_err(ApiError::store)?;
     info!(name = %name, hostname = hostname.as_deref().unwrap_or("-"), "agent key added through the API");
     let body = serde_json::json!({ "name": name, "hostname": hostname, "key": key });
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -1483,7 +1464,7 @@ async fn list_keys(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_j
         .db
         .call(|s| s.list_keys())
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     Ok(Json(serde_json::Value::Array(
         keys.into_iter()
             .map(|k| {
@@ -1506,20 +1487,15 @@ async fn revoke_key(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     let n = name.clone();
-    let revoked = state
+    // No active key of that name: the store's not-found, 404.
+    state
         .db
         .call(move |s| s.revoke_key(&n, now_ms()))
         .await
-        .map_err(ApiError::internal)?;
-    if !revoked {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no active key named {name:?}"),
-        ));
-    }
+        .map_err(ApiError::store)?;
     info!(name = %name, "agent key revoked through the API");
     crate::close_revoked(&state)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     Ok(StatusCode::NO_CONTENT)
 }

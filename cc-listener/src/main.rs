@@ -287,9 +287,7 @@ fn keys(command: &KeysCommand) -> Result<()> {
             }
         }
         KeysCommand::Revoke { name, db } => {
-            if !Store::open(&cc_listener::db_location(db)?)?.revoke_key(name, now_ms())? {
-                bail!("no active key named {name:?}");
-            }
+            Store::open(&cc_listener::db_location(db)?)?.revoke_key(name, now_ms())?;
             eprintln!("revoked {name}");
         }
     }

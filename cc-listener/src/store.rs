@@ -240,12 +240,65 @@ pub struct KeyRecord {
     pub hostname: Option<String>,
 }
 
-/// A key name, or the hostname it was to be bound to, is taken: the
-/// operator API answers 409 from this type.
+/// What went wrong in the store, by kind: the operator API answers from
+/// the kind (409, 404, 500), never from the message. Store calls return
+/// `anyhow::Error`; these travel inside it (`downcast_ref`), and so does a
+/// `rusqlite::Error` reading a value this listener cannot understand
+/// ([`StoreError::classify`] names it corrupt).
 #[derive(Debug, thiserror::Error)]
-#[error("a key named {name:?} exists, or the hostname already has a key")]
-pub struct KeyConflict {
-    pub name: String,
+pub enum StoreError {
+    /// What was to be created exists already (a key name, a job id).
+    #[error("{0}")]
+    Conflict(String),
+    /// What was asked for is not there.
+    #[error("{0}")]
+    NotFound(String),
+    /// The database holds something this listener cannot read.
+    #[error("the database holds something this listener cannot read: {0}")]
+    Corrupt(String),
+}
+
+/// The kind of a store failure, for answering it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Conflict,
+    NotFound,
+    Corrupt,
+    /// The database itself failed (I/O, locked, full).
+    Backend,
+}
+
+impl StoreError {
+    /// The kind of `e`, an error a store call returned.
+    pub fn classify(e: &anyhow::Error) -> ErrorKind {
+        if let Some(s) = e.downcast_ref::<StoreError>() {
+            return match s {
+                StoreError::Conflict(_) => ErrorKind::Conflict,
+                StoreError::NotFound(_) => ErrorKind::NotFound,
+                StoreError::Corrupt(_) => ErrorKind::Corrupt,
+            };
+        }
+        match e.downcast_ref::<rusqlite::Error>() {
+            Some(
+                rusqlite::Error::FromSqlConversionFailure(..)
+                | rusqlite::Error::InvalidColumnType(..)
+                | rusqlite::Error::IntegralValueOutOfRange(..),
+            ) => ErrorKind::Corrupt,
+            _ => ErrorKind::Backend,
+        }
+    }
+}
+
+/// A unique constraint refused the insert: `what` exists already.
+fn conflict_on_constraint(e: rusqlite::Error, what: impl FnOnce() -> String) -> anyhow::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict(what()).into()
+        }
+        other => other.into(),
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -545,15 +598,11 @@ impl Store {
             );
             match done {
                 Ok(_) => keys.push(key),
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    return Err(KeyConflict {
-                        name: name.to_owned(),
-                    }
-                    .into());
+                Err(e) => {
+                    return Err(conflict_on_constraint(e, || {
+                        format!("a key named {name:?} exists, or the hostname already has a key")
+                    }));
                 }
-                Err(e) => return Err(e).context("storing the key"),
             }
         }
         tx.commit()?;
@@ -576,14 +625,19 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Revokes a key by name; false when there is no such live key.
-    pub fn revoke_key(&self, name: &str, now_ms: i64) -> Result<bool> {
+    /// Revokes a key by name; [`StoreError::NotFound`] when there is no such
+    /// live key.
+    pub fn revoke_key(&self, name: &str, now_ms: i64) -> Result<()> {
         let conn = lock(&self.writer);
         let n = conn.execute(
             "UPDATE api_keys SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
             params![name, now_ms],
         )?;
-        Ok(n == 1)
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound(format!("no active key named {name:?}")).into())
+        }
     }
 
     /// The live key with this value, if any.
@@ -760,8 +814,10 @@ impl Store {
     // ---- jobs ----
 
     /// Stores a new job, queued: [`Store::take_for_host`] hands it over.
+    /// A job id used before is a [`StoreError::Conflict`].
     pub fn create_job(&self, job: &NewJob) -> Result<()> {
-        lock(&self.writer).execute(
+        lock(&self.writer)
+            .execute(
             "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms, expires_ms, signed)
              VALUES (?1, ?2, ?3, ?4, ?5, ?9, ?6, ?7, ?8)",
             params![
@@ -775,7 +831,8 @@ impl Store {
                 job.signed,
                 JobStatus::Queued
             ],
-        )?;
+        )
+            .map_err(|e| conflict_on_constraint(e, || format!("a job {} exists already", job.job_id)))?;
         Ok(())
     }
 
@@ -808,22 +865,26 @@ impl Store {
             let args = serde_json::to_string(&run.args)?;
             for (i, job) in jobs.iter().enumerate() {
                 let held = run.batch.is_some_and(|b| i >= b as usize);
-                insert.execute(params![
-                    job.job_id,
-                    job.hostname,
-                    run.command,
-                    args,
-                    run.timeout_secs,
-                    if held {
-                        JobStatus::Held
-                    } else {
-                        JobStatus::Queued
-                    },
-                    job.created_ms,
-                    if held { i64::MAX } else { job.expires_ms },
-                    job.signed,
-                    run.run_id
-                ])?;
+                insert
+                    .execute(params![
+                        job.job_id,
+                        job.hostname,
+                        run.command,
+                        args,
+                        run.timeout_secs,
+                        if held {
+                            JobStatus::Held
+                        } else {
+                            JobStatus::Queued
+                        },
+                        job.created_ms,
+                        if held { i64::MAX } else { job.expires_ms },
+                        job.signed,
+                        run.run_id
+                    ])
+                    .map_err(|e| {
+                        conflict_on_constraint(e, || format!("a job {} exists already", job.job_id))
+                    })?;
             }
         }
         tx.commit()?;
@@ -1892,8 +1953,62 @@ mod tests {
         lock(&s.writer)
             .execute("UPDATE jobs SET status = 'running' WHERE job_id = 'j'", [])
             .unwrap();
-        let e = s.get_job("j").unwrap_err().to_string();
-        assert!(e.contains("unknown job status \"running\""), "{e}");
+        let e = s.get_job("j").unwrap_err();
+        assert!(
+            e.to_string().contains("unknown job status \"running\""),
+            "{e}"
+        );
+        assert_eq!(StoreError::classify(&e), ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn store_errors_have_kinds_the_api_answers_from() {
+        let (_dir, s) = temp_store();
+        let job = NewJob {
+            job_id: "once".into(),
+            hostname: "h".into(),
+            command: "/bin/true".into(),
+            args: vec![],
+            timeout_secs: 5,
+            created_ms: 0,
+            expires_ms: 10,
+            signed: None,
+        };
+        s.create_job(&job).unwrap();
+        let again = s.create_job(&job).unwrap_err();
+        assert_eq!(StoreError::classify(&again), ErrorKind::Conflict);
+        assert_eq!(again.to_string(), "a job once exists already");
+        // The same id in a run: the whole run is refused, nothing stored.
+        let run = NewRun {
+            run_id: "r".into(),
+            command: "/bin/true".into(),
+            args: vec![],
+            timeout_secs: 5,
+            batch: None,
+            selector: "{}".into(),
+            queue_ttl_ms: 10,
+            created_ms: 0,
+        };
+        let fresh = NewJob {
+            job_id: "fresh".into(),
+            ..job.clone()
+        };
+        let e = s.create_run(&run, &[fresh, job.clone()]).unwrap_err();
+        assert_eq!(StoreError::classify(&e), ErrorKind::Conflict);
+        assert!(s.get_job("fresh").unwrap().is_none(), "rolled back");
+        assert!(s.get_run("r").unwrap().is_none(), "rolled back");
+        s.add_key("k", None, 0).unwrap();
+        let dup = s.add_key("k", None, 0).unwrap_err();
+        assert_eq!(StoreError::classify(&dup), ErrorKind::Conflict);
+        assert_eq!(
+            StoreError::classify(&anyhow::anyhow!("disk on fire")),
+            ErrorKind::Backend
+        );
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert_eq!(StoreError::classify(&busy.into()), ErrorKind::Backend);
     }
 
     #[test]
@@ -1915,9 +2030,10 @@ mod tests {
             s.bind_key(other.id, "web1.example").unwrap(),
             Binding::HostnameTaken
         );
-        assert!(s.revoke_key("web1", 2).unwrap());
+        s.revoke_key("web1", 2).unwrap();
         assert!(s.authenticate(&key).unwrap().is_none());
-        assert!(!s.revoke_key("web1", 3).unwrap());
+        let again = s.revoke_key("web1", 3).unwrap_err();
+        assert_eq!(StoreError::classify(&again), ErrorKind::NotFound);
         assert!(s.add_key("web1", None, 4).is_err(), "names are unique");
     }
 
