@@ -25,12 +25,23 @@ fn bin() -> &'static Path {
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const HOSTILE: &str = "<script>window.pwned=1</script><img src=x onerror=\"window.pwned=2\">\u{1b}[31mred\u{1b}[0m & done";
 
-struct Driver(Child);
+/// chromedriver and the browser it starts: the browser runs with a
+/// profile directory of its own, so that even a test that fails half way
+/// leaves no browser process behind (they are found by that directory).
+struct Driver {
+    child: Child,
+    profile: PathBuf,
+}
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", "--"])
+            .arg(format!("--user-data-dir={}", self.profile.display()))
+            .status();
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
@@ -47,14 +58,17 @@ async fn browser() -> (Driver, Client) {
     // rustls provider chosen once per process.
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let port = free_port();
-    let driver = Driver(
-        Command::new(CHROMEDRIVER)
+    let profile =
+        std::env::temp_dir().join(format!("cc-console-chromium-{}-{port}", std::process::id()));
+    let driver = Driver {
+        child: Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
-    );
+        profile: profile.clone(),
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "chromedriver did not listen");
@@ -65,7 +79,7 @@ async fn browser() -> (Driver, Client) {
         "goog:chromeOptions".into(),
         json!({"binary": "/usr/bin/chromium", "args": [
             "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--window-size=1280,900"
+            "--window-size=1280,900", format!("--user-data-dir={}", profile.display())
         ]}),
     );
     let client = ClientBuilder::rustls()
