@@ -519,7 +519,13 @@ impl Session<'_> {
     {
         let state = self.state;
         let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
-        state.writer.write(WriteOp::Register(info.clone())).await?;
+        state
+            .writer
+            .write(WriteOp::Register {
+                info: info.clone(),
+                conn: self.conn_id,
+            })
+            .await?;
         if let Some(old) = state.hub.insert(
             self.conn_id,
             key_id,
@@ -540,7 +546,12 @@ impl Session<'_> {
         state.hub.remove(&self.hostname, self.conn_id);
         let host = self.hostname.clone();
         let seen = self.last_seen.load(Ordering::Relaxed);
-        if let Err(e) = state.db.call(move |s| s.touch_agent(&host, seen)).await {
+        let conn = self.conn_id;
+        if let Err(e) = state
+            .db
+            .call(move |s| s.touch_agent(&host, seen, conn))
+            .await
+        {
             warn!(hostname = %self.hostname, "could not record last contact: {e:#}");
         }
         result
@@ -831,6 +842,7 @@ impl Session<'_> {
             let op = WriteOp::Take {
                 hostname: self.hostname.clone(),
                 window: self.window,
+                conn: self.conn_id,
             };
             let jobs = match self.state.writer.write(op).await? {
                 WriteOut::Taken(jobs) => jobs,

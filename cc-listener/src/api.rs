@@ -258,6 +258,10 @@ pub(crate) struct AgentView {
     pub(crate) execution_mode: String,
     pub(crate) is_root: bool,
     pub(crate) connected: bool,
+    /// The listener holding the agent's connection (several listeners
+    /// sharing one database).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) listener: Option<String>,
     pub(crate) last_heartbeat: Option<String>,
     pub(crate) last_seen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -286,6 +290,10 @@ const MAX_AGENTS_LIMIT: u32 = 10_000;
 
 pub(crate) fn agent_view(state: &AppState, row: AgentRow) -> AgentView {
     let l = state.hub.live(&row.hostname);
+    let listener = row
+        .listener
+        .filter(|_| row.lease_ms.is_some_and(|ms| ms > crate::now_ms()));
+    let held_elsewhere = listener.is_some();
     let last_seen = l
         .as_ref()
         .map_or(row.last_seen_ms, |l| l.last_seen_ms.max(row.last_seen_ms));
@@ -301,7 +309,9 @@ pub(crate) fn agent_view(state: &AppState, row: AgentRow) -> AgentView {
         report_bytes: row.report_bytes,
         reports_refused,
         last_refusal,
-        connected: l.is_some(),
+        // Here, or held by a listener whose lease still runs.
+        connected: l.is_some() || held_elsewhere,
+        listener,
         last_heartbeat: last_heartbeat.map(rfc3339_ms),
         last_seen: rfc3339_ms(last_seen),
         warning,

@@ -11,13 +11,16 @@
 
 pub mod agents;
 pub mod api;
+pub mod doorbell;
 pub mod hub;
 pub mod metrics;
+pub mod sql;
 pub mod store;
 pub mod ui;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +37,7 @@ use crate::store::{Db, Store};
 pub struct Settings {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    pub db: PathBuf,
+    pub db: store::DbLocation,
     /// How often agents are expected to heartbeat; three intervals of
     /// silence and the agent is dropped as offline.
     pub heartbeat_interval: Duration,
@@ -74,6 +77,10 @@ pub struct Settings {
     /// The console's session cookie carries `Secure`: set it when the
     /// operator address is reached through a TLS proxy.
     pub ui_secure_cookie: bool,
+    /// This listener's name among several sharing one database (which
+    /// listener holds which agent); by default `MACHINE:PORT`, the
+    /// machine's hostname and the agent port it is bound to.
+    pub listener_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,11 +90,11 @@ pub struct TlsFiles {
 }
 
 impl Settings {
-    pub fn new(db: PathBuf) -> Self {
+    pub fn new(db: impl Into<store::DbLocation>) -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
-            db,
+            db: db.into(),
             heartbeat_interval: Duration::from_secs(60),
             ping_interval: Duration::from_secs(30),
             auth_timeout: Duration::from_secs(3),
@@ -103,6 +110,7 @@ impl Settings {
             tls: None,
             signing_key: None,
             ui_secure_cookie: false,
+            listener_name: None,
         }
     }
 }
@@ -214,7 +222,13 @@ pub async fn serve(
     bound: Bound,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let store = Store::open(&settings.db)?;
+    let name = settings.listener_name.clone().unwrap_or_else(|| {
+        let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "listener".into());
+        format!("{machine}:{}", bound.agent_addr.port())
+    });
+    let store = Store::open_at(&settings.db)?.held_as(&name)?;
     let tls = settings.tls.as_ref().map(load_tls).transpose()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let db = Db::new(store);
@@ -240,6 +254,16 @@ pub async fn serve(
         shutdown_rx.clone(),
     ));
     let sweeper = tokio::spawn(sweep_loop(Arc::clone(&state), shutdown_rx.clone()));
+    // Other listeners on the same PostgreSQL database queue jobs and write
+    // events this one must act on.
+    let doorbell = match &settings.db {
+        store::DbLocation::Postgres(url) => Some(doorbell::spawn(
+            url.clone(),
+            Arc::clone(&state),
+            shutdown_rx.clone(),
+        )),
+        store::DbLocation::Sqlite(_) => None,
+    };
     let mut api_shutdown = shutdown_rx.clone();
     let api = tokio::spawn(
         axum::serve(bound.admin, api::router(Arc::clone(&state)))
@@ -252,6 +276,8 @@ pub async fn serve(
         agents = %bound.agent_addr,
         admin = %bound.admin_addr,
         tls = settings.tls.is_some(),
+        db = %settings.db,
+        listener = %name,
         "listening"
     );
 
@@ -261,6 +287,9 @@ pub async fn serve(
     let _ = shutdown_tx.send(true);
     let _ = agents.await;
     let _ = sweeper.await;
+    if let Some(d) = doorbell {
+        let _ = tokio::task::spawn_blocking(move || d.join()).await;
+    }
     match api.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!("operator API ended with an error: {e}"),
@@ -283,10 +312,18 @@ async fn sweep_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(state.settings.sweep_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let grace = i64::try_from(state.settings.lost_grace.as_millis()).unwrap_or(i64::MAX / 2);
+    let mut renewed = now_ms();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.changed() => return,
+        }
+        // A third of the lease: two renewals may fail before it runs out.
+        if now_ms() - renewed >= store::LEASE_MS / 3 {
+            renewed = now_ms();
+            if let Err(e) = state.db.call(|s| s.renew_leases(now_ms())).await {
+                warn!("renewing the agents' leases failed: {e:#}");
+            }
         }
         match state.db.call(move |s| s.sweep(now_ms(), grace)).await {
             Ok((0, 0)) => {}
@@ -307,6 +344,11 @@ async fn sweep_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
                 Ok(0) => {}
                 Ok(n) => info!(deleted = n, "events past the retention deleted"),
                 Err(e) => warn!("deleting old events failed: {e:#}"),
+            }
+            match state.db.call(move |s| s.prune_jobs(before, 1000)).await {
+                Ok(0) => {}
+                Ok(n) => info!(deleted = n, "jobs past the retention deleted"),
+                Err(e) => warn!("deleting old jobs failed: {e:#}"),
             }
         }
         // Queued jobs of connected hosts: posted while the agent was
@@ -342,15 +384,15 @@ pub(crate) async fn close_revoked(state: &AppState) -> Result<()> {
 }
 
 /// What `--db` (and the config's `db`) names: a SQLite file, given as a
-/// path or as `sqlite:PATH`. A `postgres://` URL is refused with a clear
-/// error: this listener has only the SQLite store so far.
-pub fn db_location(raw: &Path) -> Result<PathBuf> {
+/// path or as `sqlite:PATH`, or a PostgreSQL database, given as a
+/// `postgres://` (or `postgresql://`) URL that several listeners share.
+pub fn db_location(raw: &Path) -> Result<store::DbLocation> {
     let text = raw.to_string_lossy();
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        anyhow::bail!(
-            "--db {:?}: PostgreSQL is not built into this cc-listener yet; give a SQLite file (a path or sqlite:PATH)",
-            redact_url(&text)
-        );
+        let url = text.into_owned();
+        postgres::Config::from_str(&url)
+            .map_err(|e| anyhow::anyhow!("--db {:?}: {e}", redact_url(&url)))?;
+        return Ok(store::DbLocation::Postgres(url));
     }
     let path = match text.strip_prefix("sqlite:") {
         Some(rest) => PathBuf::from(rest.strip_prefix("//").unwrap_or(rest)),
@@ -358,9 +400,9 @@ pub fn db_location(raw: &Path) -> Result<PathBuf> {
     };
     anyhow::ensure!(
         !path.as_os_str().is_empty(),
-        "--db is empty: give a SQLite file (a path or sqlite:PATH)"
+        "--db is empty: give a SQLite file (a path or sqlite:PATH) or a postgres:// URL"
     );
-    Ok(path)
+    Ok(store::DbLocation::Sqlite(path))
 }
 
 /// A database URL without its password, for messages.
@@ -409,22 +451,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn db_takes_a_path_or_sqlite_and_refuses_postgres_without_its_password() {
+    fn db_takes_a_path_sqlite_or_postgres_and_never_shows_the_password() {
+        use store::DbLocation::{Postgres, Sqlite};
+        let sqlite = |p: &str| Sqlite(PathBuf::from(p));
         assert_eq!(
             db_location(Path::new("/var/lib/cc.db")).unwrap(),
-            PathBuf::from("/var/lib/cc.db")
+            sqlite("/var/lib/cc.db")
         );
         assert_eq!(
             db_location(Path::new("sqlite:/tmp/x.db")).unwrap(),
-            PathBuf::from("/tmp/x.db")
+            sqlite("/tmp/x.db")
         );
         assert_eq!(
             db_location(Path::new("sqlite:///tmp/x.db")).unwrap(),
-            PathBuf::from("/tmp/x.db")
+            sqlite("/tmp/x.db")
         );
         assert_eq!(
             db_location(Path::new("sqlite:rel.db")).unwrap(),
-            PathBuf::from("rel.db")
+            sqlite("rel.db")
         );
         for empty in ["", "sqlite:"] {
             assert!(
@@ -434,11 +478,21 @@ mod tests {
                     .contains("empty")
             );
         }
-        let e = db_location(Path::new("postgres://cc:s3cret@db.example/cc"))
+        let url = "postgres://cc:s3cret@db.example/cc";
+        let at = db_location(Path::new(url)).unwrap();
+        assert_eq!(at, Postgres(url.into()));
+        let shown = at.to_string();
+        assert!(
+            !shown.contains("s3cret") && shown.contains("db.example"),
+            "{shown}"
+        );
+        assert_eq!(
+            db_location(Path::new("postgresql://h/cc")).unwrap(),
+            Postgres("postgresql://h/cc".into())
+        );
+        let e = db_location(Path::new("postgres://cc:s3cret@db.example:notaport/cc"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("PostgreSQL is not built"), "{e}");
-        assert!(!e.contains("s3cret") && e.contains("db.example/cc"), "{e}");
-        assert!(db_location(Path::new("postgresql://h/cc")).is_err());
+        assert!(!e.contains("s3cret") && e.contains("db.example"), "{e}");
     }
 }

@@ -110,6 +110,7 @@ struct FileConfig {
     tls_key_file: Option<PathBuf>,
     signing_key_file: Option<PathBuf>,
     ui_secure_cookie: Option<bool>,
+    listener_name: Option<String>,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -170,6 +171,13 @@ fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
     }
     if let Some(ms) = file.sweep_interval_ms {
         s.sweep_interval = Duration::from_millis(ms.max(10));
+    }
+    if let Some(name) = file.listener_name {
+        anyhow::ensure!(
+            !name.is_empty() && name.len() <= 128 && !name.chars().any(char::is_control),
+            "listener_name must be 1 to 128 characters, none of them a control character"
+        );
+        s.listener_name = Some(name);
     }
     if let Some(b) = file.ui_secure_cookie {
         s.ui_secure_cookie = b;
@@ -268,7 +276,7 @@ fn keys(command: &KeysCommand) -> Result<()> {
         KeysCommand::Add { name, hostname, db } => {
             let (name, hostname) = cc_listener::key_spec(name, hostname.as_deref())
                 .map_err(|(field, e)| anyhow::anyhow!("key {field}: {e}"))?;
-            let key = Store::open(&cc_listener::db_location(db)?)?.add_key(
+            let key = Store::open_at(&cc_listener::db_location(db)?)?.add_key(
                 &name,
                 hostname.as_deref(),
                 now_ms(),
@@ -276,7 +284,7 @@ fn keys(command: &KeysCommand) -> Result<()> {
             println!("{key}");
         }
         KeysCommand::List { db } => {
-            for k in Store::open(&cc_listener::db_location(db)?)?.list_keys()? {
+            for k in Store::open_at(&cc_listener::db_location(db)?)?.list_keys()? {
                 println!(
                     "{}\t{}\t{}\t{}",
                     k.name,
@@ -287,7 +295,7 @@ fn keys(command: &KeysCommand) -> Result<()> {
             }
         }
         KeysCommand::Revoke { name, db } => {
-            Store::open(&cc_listener::db_location(db)?)?.revoke_key(name, now_ms())?;
+            Store::open_at(&cc_listener::db_location(db)?)?.revoke_key(name, now_ms())?;
             eprintln!("revoked {name}");
         }
     }

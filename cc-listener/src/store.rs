@@ -1,22 +1,28 @@
-//! Durable state: one SQLite file in WAL mode.
+//! Durable state: one SQLite file in WAL mode (the default), or a
+//! PostgreSQL database that several listeners share.
 //!
 //! Everything the listener must not lose lives here, and every other module
-//! reaches storage only through [`Store`], so a second backend can stand
-//! beside this one. Methods are synchronous; async callers go through
-//! [`Db::call`], which runs them on the blocking pool.
+//! reaches storage only through [`Store`]. Each query is written once, in
+//! the SQL both engines speak ([`crate::sql`]); only the schema and its
+//! migrations are written per engine. Methods are synchronous; async
+//! callers go through [`Db::call`], which runs them on the blocking pool.
 //!
-//! Durability: `synchronous = FULL`, so a committed transaction survives a
-//! crash of the process or the machine. A report is acknowledged to the agent
-//! only after `store_report` has committed.
+//! Durability: SQLite with `synchronous = FULL`, PostgreSQL with its
+//! defaults (`fsync`, `synchronous_commit = on`), so a committed transaction
+//! survives a crash of the process or the machine. A report is acknowledged
+//! to the agent only after `store_report` has committed.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
 use cc_proto::wire::{AgentInfo, CronEntry, CronStatus, ExecutionMode};
+
+pub use crate::sql::Dialect;
+use crate::sql::{FromV, Lite, P, PgConn, Row, Sql, ToP, p, scalar};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many ran. Append only.
@@ -149,6 +155,12 @@ CREATE TRIGGER job_changed AFTER UPDATE OF status ON jobs WHEN NEW.status IS NOT
             (SELECT json_extract(payload, '$.exitCode') FROM reports WHERE id = NEW.report_id));
 END;
 "#,
+    // Which listener holds each agent's connection, until when.
+    r#"
+ALTER TABLE agents ADD COLUMN listener TEXT;
+ALTER TABLE agents ADD COLUMN lease_conn INTEGER;
+ALTER TABLE agents ADD COLUMN lease_ms INTEGER;
+"#,
 ];
 
 /// Jobs handed to a spec-only agent per transaction.
@@ -211,25 +223,99 @@ impl std::fmt::Display for JobStatus {
     }
 }
 
-impl rusqlite::ToSql for JobStatus {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(self.as_str().into())
+impl ToP for JobStatus {
+    fn to_p(&self) -> P<'_> {
+        P::Text(self.as_str())
     }
 }
 
-impl rusqlite::types::FromSql for JobStatus {
-    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        let text = v.as_str()?;
-        Self::parse(text).ok_or_else(|| {
-            rusqlite::types::FromSqlError::Other(format!("unknown job status {text:?}").into())
-        })
+impl FromV for JobStatus {
+    fn from_v(v: &crate::sql::V) -> Result<Self, String> {
+        let text = String::from_v(v)?;
+        Self::parse(&text).ok_or_else(|| format!("unknown job status {text:?}"))
     }
 }
+
+/// Where the store is: `--db` and `db` in the config. Shown (`Debug`,
+/// `Display`) without a password.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DbLocation {
+    /// A SQLite file (`PATH` or `sqlite:PATH`).
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database (`postgres://…` or `postgresql://…`).
+    Postgres(String),
+}
+
+impl std::fmt::Display for DbLocation {
+    /// Never shows a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            Self::Postgres(url) => match postgres::Config::from_str(url) {
+                Ok(c) => write!(
+                    f,
+                    "postgres: database {:?} on {:?}",
+                    c.get_dbname().unwrap_or("(default)"),
+                    c.get_hosts()
+                ),
+                Err(_) => f.write_str("postgres: (unparsable settings)"),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for DbLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl From<std::path::PathBuf> for DbLocation {
+    fn from(p: std::path::PathBuf) -> Self {
+        Self::Sqlite(p)
+    }
+}
+
+use std::str::FromStr as _;
 
 #[derive(Debug)]
 pub struct Store {
-    writer: Mutex<Connection>,
-    reader: Mutex<Connection>,
+    backend: Backend,
+    /// This listener's name, when it serves agents ([`Store::held_as`]).
+    holder: Option<String>,
+}
+
+/// How long a listener's hold on an agent lasts without renewal: a
+/// listener that dies leaves its agents shown connected at most this long.
+pub const LEASE_MS: i64 = 30_000;
+
+#[derive(Debug)]
+enum Backend {
+    Sqlite {
+        writer: Mutex<Connection>,
+        reader: Mutex<Connection>,
+    },
+    Postgres {
+        url: String,
+        writer: Box<Mutex<PgConn>>,
+        reader: Box<Mutex<PgConn>>,
+    },
+}
+
+/// The advisory lock every PostgreSQL write transaction holds (see
+/// `Store::write`); any constant, the same in every listener.
+const PG_WRITE_LOCK: i64 = 0x6363_5752; // "ccWR"
+/// The advisory lock held while the schema is migrated.
+const PG_MIGRATE_LOCK: i64 = 0x6363_4d47; // "ccMG"
+
+/// A connection the server closed (the database restarted) is opened
+/// again on the next call; the call that found it broken failed, and its
+/// caller (an agent's report, an operator's request) retries.
+fn reconnect_if_closed(conn: &mut PgConn, url: &str) -> Result<()> {
+    if conn.client.is_closed() {
+        *conn = PgConn::connect(url)?;
+    }
+    Ok(())
 }
 
 /// An API key as the handshake sees it.
@@ -256,6 +342,10 @@ pub enum StoreError {
     /// The database holds something this listener cannot read.
     #[error("the database holds something this listener cannot read: {0}")]
     Corrupt(String),
+    /// Another listener holds this host's agent now (it reconnected
+    /// there): this listener's connection to it is stale.
+    #[error("the agent of {0} is connected to another listener now")]
+    Moved(String),
 }
 
 /// The kind of a store failure, for answering it.
@@ -276,7 +366,11 @@ impl StoreError {
                 StoreError::Conflict(_) => ErrorKind::Conflict,
                 StoreError::NotFound(_) => ErrorKind::NotFound,
                 StoreError::Corrupt(_) => ErrorKind::Corrupt,
+                StoreError::Moved(_) => ErrorKind::Conflict,
             };
+        }
+        if e.downcast_ref::<crate::sql::Unreadable>().is_some() {
+            return ErrorKind::Corrupt;
         }
         match e.downcast_ref::<rusqlite::Error>() {
             Some(
@@ -290,14 +384,11 @@ impl StoreError {
 }
 
 /// A unique constraint refused the insert: `what` exists already.
-fn conflict_on_constraint(e: rusqlite::Error, what: impl FnOnce() -> String) -> anyhow::Error {
-    match e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            StoreError::Conflict(what()).into()
-        }
-        other => other.into(),
+fn conflict_on_constraint(e: anyhow::Error, what: impl FnOnce() -> String) -> anyhow::Error {
+    if crate::sql::is_constraint(&e) {
+        StoreError::Conflict(what()).into()
+    } else {
+        e
     }
 }
 
@@ -332,6 +423,10 @@ pub struct AgentRow {
     pub cron_status: Option<String>,
     /// What the host's stored reports take (its quota's use).
     pub report_bytes: i64,
+    /// The listener holding the agent's connection, and until when its
+    /// lease runs (it renews it while it holds the connection).
+    pub listener: Option<String>,
+    pub lease_ms: Option<i64>,
 }
 
 /// A fan-out: what runs, where it was aimed, and how many at once.
@@ -361,11 +456,13 @@ pub enum WriteOp {
     Take {
         hostname: String,
         window: Option<u32>,
+        /// The connection that asks (see [`Store::held_as`]).
+        conn: u64,
     },
     /// [`Store::bind_key`].
     Bind { key_id: i64, hostname: String },
     /// [`Store::upsert_agent`], seen now.
-    Register(AgentInfo),
+    Register { info: AgentInfo, conn: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -553,7 +650,7 @@ pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave SQLite inconsistent (a
     // transaction not committed is rolled back), so a poisoned lock is
     // still usable.
@@ -565,14 +662,125 @@ fn json_list(text: &str) -> Vec<String> {
 }
 
 impl Store {
+    /// Opens (creating and migrating it if need be) the SQLite file at
+    /// `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let writer = open_connection(path)?;
         migrate(&writer).with_context(|| format!("migrating {}", path.display()))?;
         let reader = open_connection(path)?;
         Ok(Self {
-            writer: Mutex::new(writer),
-            reader: Mutex::new(reader),
+            backend: Backend::Sqlite {
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+            },
+            holder: None,
         })
+    }
+
+    /// Connects to the PostgreSQL database at `url` (a `postgres://` URL
+    /// or `key=value` settings) and brings its schema up to date; several
+    /// listeners may do this at once.
+    pub fn open_postgres(url: &str) -> Result<Self> {
+        let mut writer = PgConn::connect(url)?;
+        migrate_postgres(&mut writer).context("migrating the PostgreSQL schema")?;
+        let reader = PgConn::connect(url)?;
+        Ok(Self {
+            backend: Backend::Postgres {
+                url: url.to_owned(),
+                writer: Box::new(Mutex::new(writer)),
+                reader: Box::new(Mutex::new(reader)),
+            },
+            holder: None,
+        })
+    }
+
+    /// This store serves agents for the listener named `name`: a
+    /// registration records that the listener holds the agent (with a
+    /// lease of [`LEASE_MS`]), and a job is handed over only by the
+    /// listener that holds its agent — an agent that moved to another
+    /// listener leaves a stale connection here, which
+    /// [`StoreError::Moved`] closes. Leases this name held before (a
+    /// previous run of the same listener) are released.
+    pub fn held_as(mut self, name: &str) -> Result<Self> {
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE agents SET listener = NULL, lease_conn = NULL, lease_ms = NULL
+                 WHERE listener = ?1",
+                &p![name],
+            )
+        })?;
+        self.holder = Some(name.to_owned());
+        Ok(self)
+    }
+
+    /// Renews the leases of every agent this listener holds.
+    pub fn renew_leases(&self, now_ms: i64) -> Result<usize> {
+        let Some(me) = &self.holder else {
+            return Ok(0);
+        };
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE agents SET lease_ms = ?2 WHERE listener = ?1",
+                &p![me, now_ms + LEASE_MS],
+            )
+        })
+    }
+
+    /// Opens the store `at` names.
+    pub fn open_at(at: &DbLocation) -> Result<Self> {
+        match at {
+            DbLocation::Sqlite(path) => Self::open(path),
+            DbLocation::Postgres(url) => Self::open_postgres(url),
+        }
+    }
+
+    /// Which engine holds the data.
+    pub fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::Sqlite { .. } => Dialect::Sqlite,
+            Backend::Postgres { .. } => Dialect::Postgres,
+        }
+    }
+
+    /// Runs `f` in a write transaction and commits it if `f` succeeds.
+    ///
+    /// On PostgreSQL every write transaction first takes one advisory lock
+    /// (held to its commit), so the writes of all listeners sharing the
+    /// database commit one at a time, as in SQLite: event ids are then
+    /// assigned in commit order (a stream that read id N never misses a
+    /// smaller id committed later), and two listeners never hand out the
+    /// same job or settle it twice.
+    fn write<R>(&self, f: impl FnOnce(&mut dyn Sql) -> Result<R>) -> Result<R> {
+        match &self.backend {
+            Backend::Sqlite { writer, .. } => {
+                let mut conn = lock(writer);
+                let tx = write_tx(&mut conn)?;
+                let out = f(&mut Lite(&tx))?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Backend::Postgres { url, writer, .. } => {
+                let mut conn = lock(writer);
+                reconnect_if_closed(&mut conn, url)?;
+                let mut tx = conn.transaction()?;
+                tx.exec("SELECT pg_advisory_xact_lock(?1)", &p![PG_WRITE_LOCK])?;
+                let out = f(&mut tx)?;
+                tx.commit()?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Runs `f` on the reading connection.
+    fn read<R>(&self, f: impl FnOnce(&mut dyn Sql) -> Result<R>) -> Result<R> {
+        match &self.backend {
+            Backend::Sqlite { reader, .. } => f(&mut Lite(&lock(reader))),
+            Backend::Postgres { url, reader, .. } => {
+                let mut conn = lock(reader);
+                reconnect_if_closed(&mut conn, url)?;
+                f(&mut conn.auto())
+            }
+        }
     }
 
     // ---- API keys ----
@@ -585,54 +793,55 @@ impl Store {
 
     /// Creates several keys in one transaction (provisioning a fleet).
     pub fn add_keys(&self, specs: &[(&str, Option<&str>)], now_ms: i64) -> Result<Vec<String>> {
-        let mut conn = lock(&self.writer);
-        let tx = write_tx(&mut conn)?;
-        let mut keys = Vec::with_capacity(specs.len());
-        for &(name, hostname) in specs {
-            let mut raw = [0u8; 32];
-            getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-            let key = format!("cck_{}", hex::encode(raw));
-            let done = tx.execute(
-                "INSERT INTO api_keys (name, key_hash, hostname, created_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![name, hash_key(&key), hostname, now_ms],
-            );
-            match done {
-                Ok(_) => keys.push(key),
-                Err(e) => {
-                    return Err(conflict_on_constraint(e, || {
+        self.write(|tx| {
+            let mut keys = Vec::with_capacity(specs.len());
+            for &(name, hostname) in specs {
+                let mut raw = [0u8; 32];
+                getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+                let key = format!("cck_{}", hex::encode(raw));
+                tx.exec(
+                    "INSERT INTO api_keys (name, key_hash, hostname, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                    &p![name, hash_key(&key), hostname, now_ms],
+                )
+                .map_err(|e| {
+                    conflict_on_constraint(e, || {
                         format!("a key named {name:?} exists, or the hostname already has a key")
-                    }));
-                }
+                    })
+                })?;
+                keys.push(key);
             }
-        }
-        tx.commit()?;
-        Ok(keys)
+            Ok(keys)
+        })
     }
 
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn.prepare(
-            "SELECT name, hostname, created_ms, revoked_ms IS NOT NULL FROM api_keys ORDER BY name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(KeyInfo {
-                name: r.get(0)?,
-                hostname: r.get(1)?,
-                created_ms: r.get(2)?,
-                revoked: r.get(3)?,
+        self.read(|c| {
+            c.query(
+                "SELECT name, hostname, created_ms, revoked_ms IS NOT NULL FROM api_keys ORDER BY name",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(KeyInfo {
+                    name: r.get(0)?,
+                    hostname: r.get(1)?,
+                    created_ms: r.get(2)?,
+                    revoked: r.get(3)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 
     /// Revokes a key by name; [`StoreError::NotFound`] when there is no such
     /// live key.
     pub fn revoke_key(&self, name: &str, now_ms: i64) -> Result<()> {
-        let conn = lock(&self.writer);
-        let n = conn.execute(
-            "UPDATE api_keys SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
-            params![name, now_ms],
-        )?;
+        let n = self.write(|tx| {
+            tx.exec(
+                "UPDATE api_keys SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
+                &p![name, now_ms],
+            )
+        })?;
         if n == 1 {
             Ok(())
         } else {
@@ -642,63 +851,53 @@ impl Store {
 
     /// The live key with this value, if any.
     pub fn authenticate(&self, key: &str) -> Result<Option<KeyRecord>> {
-        let conn = lock(&self.reader);
-        Ok(conn
-            .query_row(
+        self.read(|c| {
+            c.one(
                 "SELECT id, name, hostname FROM api_keys WHERE key_hash = ?1 AND revoked_ms IS NULL",
-                params![hash_key(key)],
-                |r| {
-                    Ok(KeyRecord {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        hostname: r.get(2)?,
-                    })
-                },
-            )
-            .optional()?)
+                &p![hash_key(key)],
+            )?
+            .map(|r| {
+                Ok(KeyRecord {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    hostname: r.get(2)?,
+                })
+            })
+            .transpose()
+        })
     }
 
     /// Ids of revoked keys (few; checked against live connections).
     pub fn revoked_key_ids(&self) -> Result<std::collections::HashSet<i64>> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn.prepare("SELECT id FROM api_keys WHERE revoked_ms IS NOT NULL")?;
-        let ids = stmt.query_map([], |r| r.get(0))?;
-        Ok(ids.collect::<Result<_, _>>()?)
+        self.read(|c| {
+            c.query("SELECT id FROM api_keys WHERE revoked_ms IS NOT NULL", &[])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        })
     }
 
     /// Binds key `id` to `hostname` the first time it registers.
     pub fn bind_key(&self, id: i64, hostname: &str) -> Result<Binding> {
-        let mut conn = lock(&self.writer);
-        let tx = write_tx(&mut conn)?;
-        let outcome = Self::bind_in(&tx, id, hostname)?;
-        tx.commit()?;
-        Ok(outcome)
+        self.write(|tx| Self::bind_in(tx, id, hostname))
     }
 
-    fn bind_in(tx: &Connection, id: i64, hostname: &str) -> Result<Binding> {
-        let bound: Option<String> = tx.query_row(
-            "SELECT hostname FROM api_keys WHERE id = ?1",
-            params![id],
-            |r| r.get(0),
-        )?;
+    fn bind_in(tx: &mut dyn Sql, id: i64, hostname: &str) -> Result<Binding> {
+        let bound: Option<String> =
+            scalar(tx, "SELECT hostname FROM api_keys WHERE id = ?1", &p![id])?;
         let outcome = match bound {
             Some(h) if h == hostname => Binding::Ok,
             Some(h) => Binding::OtherHost(h),
             None => {
                 let taken = tx
-                    .query_row(
-                        "SELECT 1 FROM api_keys WHERE hostname = ?1",
-                        params![hostname],
-                        |_| Ok(()),
-                    )
-                    .optional()?
+                    .one("SELECT 1 FROM api_keys WHERE hostname = ?1", &p![hostname])?
                     .is_some();
                 if taken {
                     Binding::HostnameTaken
                 } else {
-                    tx.execute(
+                    tx.exec(
                         "UPDATE api_keys SET hostname = ?2 WHERE id = ?1",
-                        params![id, hostname],
+                        &p![id, hostname],
                     )?;
                     Binding::Ok
                 }
@@ -710,46 +909,71 @@ impl Store {
     // ---- agents ----
 
     pub fn upsert_agent(&self, info: &AgentInfo, now_ms: i64) -> Result<()> {
-        Self::upsert_in(&lock(&self.writer), info, now_ms)
+        self.write(|tx| Self::upsert_in(tx, None, info, now_ms))
     }
 
-    fn upsert_in(conn: &Connection, info: &AgentInfo, now_ms: i64) -> Result<()> {
+    /// Records a registration; `by`: this listener and its connection now
+    /// hold the agent.
+    fn upsert_in(
+        tx: &mut dyn Sql,
+        by: Option<(&str, u64)>,
+        info: &AgentInfo,
+        now_ms: i64,
+    ) -> Result<()> {
         let tags: Vec<&str> = info.tags.iter().map(|t| t.as_str()).collect();
         let mode = match info.execution_mode {
             ExecutionMode::User => "user",
             ExecutionMode::System => "system",
         };
-        conn.execute(
-            "INSERT INTO agents (hostname, os, arch, tags, execution_mode, is_root, first_seen_ms, last_seen_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+        tx.exec(
+            "INSERT INTO agents (hostname, os, arch, tags, execution_mode, is_root, first_seen_ms,
+                                 last_seen_ms, listener, lease_conn, lease_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)
              ON CONFLICT (hostname) DO UPDATE SET os = ?2, arch = ?3, tags = ?4,
-                 execution_mode = ?5, is_root = ?6, last_seen_ms = ?7",
-            params![
+                 execution_mode = ?5, is_root = ?6, last_seen_ms = ?7, listener = ?8,
+                 lease_conn = ?9, lease_ms = ?10",
+            &p![
                 info.hostname.as_str(),
                 info.os,
                 info.arch,
                 serde_json::to_string(&tags)?,
                 mode,
                 info.is_root,
-                now_ms
+                now_ms,
+                by.map(|b| b.0),
+                by.map(|b| b.1),
+                by.map(|_| now_ms + LEASE_MS)
             ],
         )?;
         Ok(())
     }
 
-    pub fn touch_agent(&self, hostname: &str, last_seen_ms: i64) -> Result<()> {
-        lock(&self.writer).execute(
-            "UPDATE agents SET last_seen_ms = max(last_seen_ms, ?2) WHERE hostname = ?1",
-            params![hostname, last_seen_ms],
-        )?;
+    /// Connection `conn` to the agent ended: when it last sent anything,
+    /// and, if it still held the agent, the hold is released.
+    pub fn touch_agent(&self, hostname: &str, last_seen_ms: i64, conn: u64) -> Result<()> {
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE agents SET last_seen_ms = CASE WHEN last_seen_ms < ?2 THEN ?2 ELSE last_seen_ms END
+                 WHERE hostname = ?1",
+                &p![hostname, last_seen_ms],
+            )?;
+            tx.exec(
+                "UPDATE agents SET listener = NULL, lease_conn = NULL, lease_ms = NULL
+                 WHERE hostname = ?1 AND listener = ?2 AND lease_conn = ?3",
+                &p![hostname, self.holder, conn],
+            )
+        })?;
         Ok(())
     }
 
     pub fn set_cron_status(&self, hostname: &str, status: &CronStatus) -> Result<()> {
-        lock(&self.writer).execute(
-            "UPDATE agents SET cron_status = ?2 WHERE hostname = ?1",
-            params![hostname, serde_json::to_string(status)?],
-        )?;
+        let text = serde_json::to_string(status)?;
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE agents SET cron_status = ?2 WHERE hostname = ?1",
+                &p![hostname, text],
+            )
+        })?;
         Ok(())
     }
 
@@ -757,58 +981,63 @@ impl Store {
     /// them (so the caller knows whether more follow), each with an upper
     /// estimate of its size in the API's JSON.
     pub fn agent_page(&self, after: Option<&str>, limit: u32) -> Result<Vec<(String, u64)>> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn.prepare(
-            "SELECT hostname, 512 + length(CAST(hostname AS BLOB)) + length(CAST(tags AS BLOB))
-                    + coalesce(length(CAST(cron_status AS BLOB)), 0)
-             FROM agents WHERE (?1 IS NULL OR hostname > ?1) ORDER BY hostname LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![after, i64::from(limit) + 1], |r| {
-            Ok((r.get(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0)))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|c| {
+            c.query(
+                "SELECT hostname, 512 + octet_length(hostname) + octet_length(tags)
+                        + coalesce(octet_length(cron_status), 0)
+                 FROM agents WHERE (CAST(?1 AS TEXT) IS NULL OR hostname > ?1)
+                 ORDER BY hostname LIMIT ?2",
+                &p![after, i64::from(limit) + 1],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, u64::try_from(r.get::<i64>(1)?).unwrap_or(0))))
+            .collect()
+        })
     }
 
     /// Agents with hostnames from `first` to `last`, in order.
     pub fn agents_between(&self, first: &str, last: &str) -> Result<Vec<AgentRow>> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn.prepare(
-            "SELECT a.hostname, os, arch, tags, execution_mode, is_root, first_seen_ms, last_seen_ms,
-                    cron_status, coalesce(u.bytes, 0)
-             FROM agents a LEFT JOIN report_usage u ON u.hostname = a.hostname
-             WHERE a.hostname >= ?1 AND a.hostname <= ?2
-             ORDER BY a.hostname",
-        )?;
-        let rows = stmt.query_map(params![first, last], |r| {
-            Ok(AgentRow {
-                hostname: r.get(0)?,
-                os: r.get(1)?,
-                arch: r.get(2)?,
-                tags: json_list(&r.get::<_, String>(3)?),
-                execution_mode: r.get(4)?,
-                is_root: r.get(5)?,
-                first_seen_ms: r.get(6)?,
-                last_seen_ms: r.get(7)?,
-                cron_status: r.get(8)?,
-                report_bytes: r.get(9)?,
+        self.read(|c| {
+            c.query(
+                "SELECT a.hostname, os, arch, tags, execution_mode, is_root, first_seen_ms,
+                        last_seen_ms, cron_status, coalesce(u.bytes, 0), listener, lease_ms
+                 FROM agents a LEFT JOIN report_usage u ON u.hostname = a.hostname
+                 WHERE a.hostname >= ?1 AND a.hostname <= ?2
+                 ORDER BY a.hostname",
+                &p![first, last],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(AgentRow {
+                    hostname: r.get(0)?,
+                    os: r.get(1)?,
+                    arch: r.get(2)?,
+                    tags: json_list(&r.get::<String>(3)?),
+                    execution_mode: r.get(4)?,
+                    is_root: r.get(5)?,
+                    first_seen_ms: r.get(6)?,
+                    last_seen_ms: r.get(7)?,
+                    cron_status: r.get(8)?,
+                    report_bytes: r.get(9)?,
+                    listener: r.get(10)?,
+                    lease_ms: r.get(11)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 
     /// Whether an agent with this hostname has ever registered, or a key is
     /// bound to it.
     pub fn agent_known(&self, hostname: &str) -> Result<bool> {
-        let conn = lock(&self.reader);
-        Ok(conn
-            .query_row(
+        self.read(|c| {
+            Ok(c.one(
                 "SELECT 1 FROM agents WHERE hostname = ?1
                  UNION ALL SELECT 1 FROM api_keys WHERE hostname = ?1 LIMIT 1",
-                params![hostname],
-                |_| Ok(()),
-            )
-            .optional()?
+                &p![hostname],
+            )?
             .is_some())
+        })
     }
 
     // ---- jobs ----
@@ -816,23 +1045,26 @@ impl Store {
     /// Stores a new job, queued: [`Store::take_for_host`] hands it over.
     /// A job id used before is a [`StoreError::Conflict`].
     pub fn create_job(&self, job: &NewJob) -> Result<()> {
-        lock(&self.writer)
-            .execute(
-            "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms, expires_ms, signed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?9, ?6, ?7, ?8)",
-            params![
-                job.job_id,
-                job.hostname,
-                job.command,
-                serde_json::to_string(&job.args)?,
-                job.timeout_secs,
-                job.created_ms,
-                job.expires_ms,
-                job.signed,
-                JobStatus::Queued
-            ],
-        )
-            .map_err(|e| conflict_on_constraint(e, || format!("a job {} exists already", job.job_id)))?;
+        let args = serde_json::to_string(&job.args)?;
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms,
+                                   expires_ms, signed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?9, ?6, ?7, ?8)",
+                &p![
+                    job.job_id,
+                    job.hostname,
+                    job.command,
+                    args,
+                    job.timeout_secs,
+                    job.created_ms,
+                    job.expires_ms,
+                    job.signed,
+                    JobStatus::Queued
+                ],
+            )
+            .map_err(|e| conflict_on_constraint(e, || format!("a job {} exists already", job.job_id)))
+        })?;
         Ok(())
     }
 
@@ -840,91 +1072,84 @@ impl Store {
     /// args and timeout are the run's) in one transaction: with a batch,
     /// the first `batch` jobs are queued and the rest held.
     pub fn create_run(&self, run: &NewRun, jobs: &[NewJob]) -> Result<()> {
-        let mut conn = lock(&self.writer);
-        let tx = write_tx(&mut conn)?;
-        tx.execute(
-            "INSERT INTO runs (run_id, command, args, timeout_secs, batch, selector, queue_ttl_ms, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                run.run_id,
-                run.command,
-                serde_json::to_string(&run.args)?,
-                run.timeout_secs,
-                run.batch,
-                run.selector,
-                run.queue_ttl_ms,
-                run.created_ms
-            ],
-        )?;
-        {
-            let mut insert = tx.prepare(
-                "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms,
-                                   expires_ms, signed, run_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        let args = serde_json::to_string(&run.args)?;
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO runs (run_id, command, args, timeout_secs, batch, selector, queue_ttl_ms,
+                                   created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                &p![
+                    run.run_id,
+                    run.command,
+                    args,
+                    run.timeout_secs,
+                    run.batch,
+                    run.selector,
+                    run.queue_ttl_ms,
+                    run.created_ms
+                ],
             )?;
-            let args = serde_json::to_string(&run.args)?;
             for (i, job) in jobs.iter().enumerate() {
                 let held = run.batch.is_some_and(|b| i >= b as usize);
-                insert
-                    .execute(params![
+                let status = if held {
+                    JobStatus::Held
+                } else {
+                    JobStatus::Queued
+                };
+                tx.exec(
+                    "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status,
+                                       created_ms, expires_ms, signed, run_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    &p![
                         job.job_id,
                         job.hostname,
                         run.command,
                         args,
                         run.timeout_secs,
-                        if held {
-                            JobStatus::Held
-                        } else {
-                            JobStatus::Queued
-                        },
+                        status,
                         job.created_ms,
                         if held { i64::MAX } else { job.expires_ms },
                         job.signed,
                         run.run_id
-                    ])
-                    .map_err(|e| {
-                        conflict_on_constraint(e, || format!("a job {} exists already", job.job_id))
-                    })?;
+                    ],
+                )
+                .map_err(|e| {
+                    conflict_on_constraint(e, || format!("a job {} exists already", job.job_id))
+                })?;
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Queues as many of `run_id`'s held jobs as its batch has room for
     /// (its queued and sent jobs are what runs), oldest first; their queue
     /// time starts now. Returns their hosts.
-    fn release_held(tx: &Connection, run_id: &str, now_ms: i64) -> Result<Vec<String>> {
-        let Some((batch, ttl)): Option<(Option<i64>, i64)> = tx
-            .query_row(
-                "SELECT batch, queue_ttl_ms FROM runs WHERE run_id = ?1",
-                params![run_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?
+    fn release_held(tx: &mut dyn Sql, run_id: &str, now_ms: i64) -> Result<Vec<String>> {
+        let Some(row) = tx.one(
+            "SELECT batch, queue_ttl_ms FROM runs WHERE run_id = ?1",
+            &p![run_id],
+        )?
         else {
             return Ok(Vec::new());
         };
-        let Some(batch) = batch else {
+        let (Some(batch), ttl): (Option<i64>, i64) = (row.get(0)?, row.get(1)?) else {
             return Ok(Vec::new());
         };
-        let active: i64 = tx.query_row(
+        let active: i64 = scalar(
+            tx,
             "SELECT count(*) FROM jobs WHERE run_id = ?1 AND status IN (?2, ?3)",
-            params![run_id, JobStatus::Queued, JobStatus::Sent],
-            |r| r.get(0),
+            &p![run_id, JobStatus::Queued, JobStatus::Sent],
         )?;
         let room = batch - active;
         if room <= 0 {
             return Ok(Vec::new());
         }
-        let mut stmt = tx.prepare(
+        tx.query(
             "UPDATE jobs SET status = ?5, expires_ms = ?2 + ?3
              WHERE job_id IN (SELECT job_id FROM jobs WHERE run_id = ?1 AND status = ?6
                               ORDER BY created_ms, rowid LIMIT ?4)
              RETURNING hostname",
-        )?;
-        let hosts = stmt.query_map(
-            params![
+            &p![
                 run_id,
                 now_ms,
                 ttl,
@@ -932,98 +1157,102 @@ impl Store {
                 JobStatus::Queued,
                 JobStatus::Held
             ],
-            |r| r.get(0),
-        )?;
-        Ok(hosts.collect::<Result<_, _>>()?)
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
     }
 
     /// A run with each of its jobs, by hostname.
     pub fn get_run(&self, run_id: &str) -> Result<Option<RunRow>> {
-        let conn = lock(&self.reader);
-        let run = conn
-            .query_row(
+        self.read(|c| {
+            let Some(r) = c.one(
                 "SELECT run_id, command, args, timeout_secs, batch, selector, created_ms
                  FROM runs WHERE run_id = ?1",
-                params![run_id],
-                |r| {
-                    Ok(RunRow {
-                        run_id: r.get(0)?,
-                        command: r.get(1)?,
-                        args: json_list(&r.get::<_, String>(2)?),
-                        timeout_secs: r.get(3)?,
-                        batch: r.get(4)?,
-                        selector: r.get(5)?,
-                        created_ms: r.get(6)?,
-                        jobs: Vec::new(),
+                &p![run_id],
+            )?
+            else {
+                return Ok(None);
+            };
+            let jobs = c
+                .query(
+                    "SELECT j.hostname, j.job_id, j.status, json_extract(r.payload, '$.exitCode'),
+                            json_extract(r.payload, '$.durationMs')
+                     FROM jobs j LEFT JOIN reports r ON r.id = j.report_id
+                     WHERE j.run_id = ?1 ORDER BY j.hostname",
+                    &p![run_id],
+                )?
+                .iter()
+                .map(|r| {
+                    Ok(RunJob {
+                        hostname: r.get(0)?,
+                        job_id: r.get(1)?,
+                        status: r.get(2)?,
+                        exit_code: r.get(3)?,
+                        duration_ms: r.get(4)?,
                     })
-                },
-            )
-            .optional()?;
-        let Some(mut run) = run else {
-            return Ok(None);
-        };
-        let mut stmt = conn.prepare(
-            "SELECT j.hostname, j.job_id, j.status, json_extract(r.payload, '$.exitCode'),
-                    json_extract(r.payload, '$.durationMs')
-             FROM jobs j LEFT JOIN reports r ON r.id = j.report_id
-             WHERE j.run_id = ?1 ORDER BY j.hostname",
-        )?;
-        let jobs = stmt.query_map(params![run_id], |r| {
-            Ok(RunJob {
-                hostname: r.get(0)?,
-                job_id: r.get(1)?,
-                status: r.get(2)?,
-                exit_code: r.get(3)?,
-                duration_ms: r.get(4)?,
-            })
-        })?;
-        run.jobs = jobs.collect::<Result<_, _>>()?;
-        Ok(Some(run))
+                })
+                .collect::<Result<_>>()?;
+            Ok(Some(RunRow {
+                run_id: r.get(0)?,
+                command: r.get(1)?,
+                args: json_list(&r.get::<String>(2)?),
+                timeout_secs: r.get(3)?,
+                batch: r.get(4)?,
+                selector: r.get(5)?,
+                created_ms: r.get(6)?,
+                jobs,
+            }))
+        })
     }
 
     /// Events after `after` that `f` selects, oldest first, at most `limit`.
     pub fn events(&self, after: i64, f: &EventFilter, limit: u32) -> Result<Vec<EventRow>> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn.prepare(
-            "SELECT id, at_ms, job_id, run_id, hostname, status, exit_code FROM events
-             WHERE id > ?1 AND (?2 IS NULL OR run_id = ?2) AND (?3 IS NULL OR hostname = ?3)
-               AND (?4 IS NULL OR job_id = ?4)
-             ORDER BY id LIMIT ?5",
-        )?;
-        let rows = stmt.query_map(params![after, f.run_id, f.hostname, f.job_id, limit], |r| {
-            Ok(EventRow {
-                id: r.get(0)?,
-                at_ms: r.get(1)?,
-                job_id: r.get(2)?,
-                run_id: r.get(3)?,
-                hostname: r.get(4)?,
-                status: r.get(5)?,
-                exit_code: r.get(6)?,
+        self.read(|c| {
+            c.query(
+                "SELECT id, at_ms, job_id, run_id, hostname, status, exit_code FROM events
+                 WHERE id > ?1 AND (CAST(?2 AS TEXT) IS NULL OR run_id = ?2)
+                   AND (CAST(?3 AS TEXT) IS NULL OR hostname = ?3)
+                   AND (CAST(?4 AS TEXT) IS NULL OR job_id = ?4)
+                 ORDER BY id LIMIT ?5",
+                &p![after, f.run_id, f.hostname, f.job_id, limit],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(EventRow {
+                    id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    job_id: r.get(2)?,
+                    run_id: r.get(3)?,
+                    hostname: r.get(4)?,
+                    status: r.get(5)?,
+                    exit_code: r.get(6)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 
     /// Deletes events older than `before_ms`, at most `batch`.
     pub fn prune_events(&self, before_ms: i64, batch: u32) -> Result<usize> {
-        Ok(lock(&self.writer).execute(
-            "DELETE FROM events WHERE id IN
-             (SELECT id FROM events WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)",
-            params![before_ms, batch],
-        )?)
+        self.write(|tx| {
+            tx.exec(
+                "DELETE FROM events WHERE id IN
+                 (SELECT id FROM events WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)",
+                &p![before_ms, batch],
+            )
+        })
     }
 
     /// Hostnames of agents that carry every tag in `tags`, in order.
     pub fn hosts_with_tags(&self, tags: &[String]) -> Result<Vec<String>> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn.prepare("SELECT hostname, tags FROM agents ORDER BY hostname")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let rows =
+            self.read(|c| c.query("SELECT hostname, tags FROM agents ORDER BY hostname", &[]))?;
         let mut hosts = Vec::new();
-        for row in rows {
-            let (host, have) = row?;
-            let have = json_list(&have);
+        for r in rows {
+            let have = json_list(&r.get::<String>(1)?);
             if tags.iter().all(|t| have.contains(t)) {
-                hosts.push(host);
+                hosts.push(r.get(0)?);
             }
         }
         Ok(hosts)
@@ -1040,27 +1269,36 @@ impl Store {
         window: Option<u32>,
         now_ms: i64,
     ) -> Result<Vec<JobRow>> {
-        let mut conn = lock(&self.writer);
-        let tx = write_tx(&mut conn)?;
-        let rows = Self::take_in(&tx, hostname, window, now_ms)?;
-        tx.commit()?;
-        Ok(rows)
+        self.write(|tx| Self::take_in(tx, None, hostname, window, now_ms))
     }
 
-    /// [`Store::take_for_host`] inside the caller's transaction.
+    /// [`Store::take_for_host`] inside the caller's transaction; with
+    /// `by`, only for the listener and connection that hold the agent.
     fn take_in(
-        tx: &Connection,
+        tx: &mut dyn Sql,
+        by: Option<(&str, u64)>,
         hostname: &str,
         window: Option<u32>,
         now_ms: i64,
     ) -> Result<Vec<JobRow>> {
+        if let Some((me, conn)) = by {
+            let holds = tx
+                .one(
+                    "SELECT 1 FROM agents WHERE hostname = ?1 AND listener = ?2 AND lease_conn = ?3",
+                    &p![hostname, me, conn],
+                )?
+                .is_some();
+            if !holds {
+                return Err(StoreError::Moved(hostname.to_owned()).into());
+            }
+        }
         let room = match window {
             None => TAKE_BATCH,
             Some(w) => {
-                let in_flight: i64 = tx.query_row(
+                let in_flight: i64 = scalar(
+                    tx,
                     "SELECT count(*) FROM jobs WHERE hostname = ?1 AND status = ?2",
-                    params![hostname, JobStatus::Sent],
-                    |r| r.get(0),
+                    &p![hostname, JobStatus::Sent],
                 )?;
                 (i64::from(w) - in_flight).clamp(0, TAKE_BATCH)
             }
@@ -1068,111 +1306,130 @@ impl Store {
         if room == 0 {
             return Ok(Vec::new());
         }
-        let rows = {
-            let mut stmt = tx.prepare(&format!(
-                "{JOB_SELECT} WHERE j.hostname = ?1 AND j.status = ?4 AND j.expires_ms > ?2
-                 ORDER BY j.rowid LIMIT ?3"
-            ))?;
-            let rows =
-                stmt.query_map(params![hostname, now_ms, room, JobStatus::Queued], job_row)?;
-            rows.collect::<Result<Vec<_>, _>>()?
-        };
-        for job in &rows {
-            tx.execute(
+        let rows = tx
+            .query(
+                &format!(
+                    "{JOB_SELECT} WHERE j.hostname = ?1 AND j.status = ?4 AND j.expires_ms > ?2
+                     ORDER BY j.rowid LIMIT ?3"
+                ),
+                &p![hostname, now_ms, room, JobStatus::Queued],
+            )?
+            .iter()
+            .map(job_row)
+            .collect::<Result<Vec<_>>>()?;
+        let mut taken = Vec::with_capacity(rows.len());
+        for job in rows {
+            // Only what this transaction moved is handed over.
+            let moved = tx.exec(
                 "UPDATE jobs SET status = ?3, sent_ms = ?2 WHERE job_id = ?1 AND status = ?4",
-                params![job.job_id, now_ms, JobStatus::Sent, JobStatus::Queued],
+                &p![job.job_id, now_ms, JobStatus::Sent, JobStatus::Queued],
             )?;
+            if moved == 1 {
+                taken.push(job);
+            }
         }
-        Ok(rows)
+        Ok(taken)
     }
 
     /// Hosts with queued, unexpired jobs.
     pub fn hosts_with_queued(&self, now_ms: i64) -> Result<Vec<String>> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn
-            .prepare("SELECT DISTINCT hostname FROM jobs WHERE status = ?2 AND expires_ms > ?1")?;
-        let rows = stmt.query_map(params![now_ms, JobStatus::Queued], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|c| {
+            c.query(
+                "SELECT DISTINCT hostname FROM jobs WHERE status = ?2 AND expires_ms > ?1",
+                &p![now_ms, JobStatus::Queued],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+        })
     }
 
     /// Puts a job marked sent back in the queue (it could not be handed to
     /// the connection).
     pub fn requeue(&self, job_id: &str) -> Result<()> {
-        lock(&self.writer).execute(
-            "UPDATE jobs SET status = ?2, sent_ms = NULL WHERE job_id = ?1 AND status = ?3",
-            params![job_id, JobStatus::Queued, JobStatus::Sent],
-        )?;
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE jobs SET status = ?2, sent_ms = NULL WHERE job_id = ?1 AND status = ?3",
+                &p![job_id, JobStatus::Queued, JobStatus::Sent],
+            )
+        })?;
         Ok(())
     }
 
     /// Jobs already sent to a host that have no report yet, oldest first,
     /// their send time reset to now: they are sent again on reconnect (the
-    /// agent runs a job id at most once).
+    /// agent runs a job id at most once) — whichever listener the agent
+    /// reconnects to.
     pub fn resend_unreported(&self, hostname: &str, now_ms: i64) -> Result<Vec<JobRow>> {
-        let mut conn = lock(&self.writer);
-        let tx = write_tx(&mut conn)?;
-        let rows = {
-            let mut stmt = tx.prepare(&format!(
-                "{JOB_SELECT} WHERE j.hostname = ?1 AND j.status = ?2 AND j.report_id IS NULL
-                 ORDER BY j.rowid"
-            ))?;
-            let rows = stmt.query_map(params![hostname, JobStatus::Sent], job_row)?;
-            rows.collect::<Result<Vec<_>, _>>()?
-        };
-        tx.execute(
-            "UPDATE jobs SET sent_ms = ?2 WHERE hostname = ?1 AND status = ?3 AND report_id IS NULL",
-            params![hostname, now_ms, JobStatus::Sent],
-        )?;
-        tx.commit()?;
-        Ok(rows)
+        self.write(|tx| {
+            let rows = tx
+                .query(
+                    &format!(
+                        "{JOB_SELECT} WHERE j.hostname = ?1 AND j.status = ?2 AND j.report_id IS NULL
+                         ORDER BY j.rowid"
+                    ),
+                    &p![hostname, JobStatus::Sent],
+                )?
+                .iter()
+                .map(job_row)
+                .collect::<Result<Vec<_>>>()?;
+            tx.exec(
+                "UPDATE jobs SET sent_ms = ?2
+                 WHERE hostname = ?1 AND status = ?3 AND report_id IS NULL",
+                &p![hostname, now_ms, JobStatus::Sent],
+            )?;
+            Ok(rows)
+        })
     }
 
     pub fn get_job(&self, job_id: &str) -> Result<Option<JobRow>> {
-        let conn = lock(&self.reader);
-        Ok(conn
-            .query_row(
-                &format!("{JOB_SELECT} WHERE j.job_id = ?1"),
-                params![job_id],
-                job_row,
-            )
-            .optional()?)
+        self.read(|c| {
+            c.one(&format!("{JOB_SELECT} WHERE j.job_id = ?1"), &p![job_id])?
+                .as_ref()
+                .map(job_row)
+                .transpose()
+        })
     }
 
     /// How many jobs are in `status` now (for the metrics).
     pub fn count_jobs(&self, status: JobStatus) -> Result<i64> {
-        Ok(lock(&self.reader).query_row(
-            "SELECT COUNT(*) FROM jobs WHERE status = ?1",
-            params![status],
-            |r| r.get(0),
-        )?)
+        self.read(|c| {
+            scalar(
+                c,
+                "SELECT COUNT(*) FROM jobs WHERE status = ?1",
+                &p![status],
+            )
+        })
     }
 
     /// Marks sent jobs whose report is overdue (`timeout + grace`) lost,
     /// and queued jobs past their expiry expired. Returns (lost, expired).
     pub fn sweep(&self, now_ms: i64, grace_ms: i64) -> Result<(usize, usize)> {
-        let mut conn = lock(&self.writer);
-        let tx = write_tx(&mut conn)?;
-        let lost = tx.execute(
-            "UPDATE jobs SET status = ?3, finished_ms = ?1
-             WHERE status = ?4 AND sent_ms + timeout_secs * 1000 + ?2 < ?1",
-            params![now_ms, grace_ms, JobStatus::Lost, JobStatus::Sent],
-        )?;
-        let expired = tx.execute(
-            "UPDATE jobs SET status = ?2, finished_ms = ?1
-             WHERE status = ?3 AND expires_ms <= ?1",
-            params![now_ms, JobStatus::Expired, JobStatus::Queued],
-        )?;
-        // Lost and expired jobs free places in their runs' batches.
-        let runs: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT DISTINCT run_id FROM jobs WHERE status = ?1")?;
-            let rows = stmt.query_map(params![JobStatus::Held], |r| r.get(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        for run in runs {
-            Self::release_held(&tx, &run, now_ms)?;
-        }
-        tx.commit()?;
-        Ok((lost, expired))
+        self.write(|tx| {
+            let lost = tx.exec(
+                "UPDATE jobs SET status = ?3, finished_ms = ?1
+                 WHERE status = ?4 AND sent_ms + timeout_secs * 1000 + ?2 < ?1",
+                &p![now_ms, grace_ms, JobStatus::Lost, JobStatus::Sent],
+            )?;
+            let expired = tx.exec(
+                "UPDATE jobs SET status = ?2, finished_ms = ?1
+                 WHERE status = ?3 AND expires_ms <= ?1",
+                &p![now_ms, JobStatus::Expired, JobStatus::Queued],
+            )?;
+            // Lost and expired jobs free places in their runs' batches.
+            let runs: Vec<String> = tx
+                .query(
+                    "SELECT DISTINCT run_id FROM jobs WHERE status = ?1",
+                    &p![JobStatus::Held],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect::<Result<_>>()?;
+            for run in runs {
+                Self::release_held(tx, &run, now_ms)?;
+            }
+            Ok((lost, expired))
+        })
     }
 
     // ---- cron ----
@@ -1186,26 +1443,29 @@ impl Store {
         signed: Option<&str>,
         now_ms: i64,
     ) -> Result<()> {
-        lock(&self.writer).execute(
-            "INSERT INTO cron_sets (hostname, entries, updated_ms, signed) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (hostname) DO UPDATE SET entries = ?2, updated_ms = ?3, signed = ?4",
-            params![hostname, serde_json::to_string(entries)?, now_ms, signed],
-        )?;
+        let text = serde_json::to_string(entries)?;
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO cron_sets (hostname, entries, updated_ms, signed) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (hostname) DO UPDATE SET entries = ?2, updated_ms = ?3, signed = ?4",
+                &p![hostname, text, now_ms, signed],
+            )
+        })?;
         Ok(())
     }
 
     /// The stored cron list and its signature, or `None` when none was set.
     pub fn get_cron(&self, hostname: &str) -> Result<Option<(Vec<CronEntry>, Option<String>)>> {
-        let conn = lock(&self.reader);
-        let row: Option<(String, Option<String>)> = conn
-            .query_row(
+        let row = self.read(|c| {
+            c.one(
                 "SELECT entries, signed FROM cron_sets WHERE hostname = ?1",
-                params![hostname],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                &p![hostname],
             )
-            .optional()?;
-        row.map(|(t, signed)| {
-            serde_json::from_str(&t)
+        })?;
+        row.map(|r| {
+            let text: String = r.get(0)?;
+            let signed: Option<String> = r.get(1)?;
+            serde_json::from_str(&text)
                 .map(|e| (e, signed))
                 .context("stored cron list is corrupt")
         })
@@ -1214,24 +1474,24 @@ impl Store {
 
     /// The execution mode a host registered with last.
     pub fn agent_mode(&self, hostname: &str) -> Result<Option<String>> {
-        let conn = lock(&self.reader);
-        Ok(conn
-            .query_row(
+        self.read(|c| {
+            c.one(
                 "SELECT execution_mode FROM agents WHERE hostname = ?1",
-                params![hostname],
-                |r| r.get(0),
-            )
-            .optional()?)
+                &p![hostname],
+            )?
+            .map(|r| r.get(0))
+            .transpose()
+        })
     }
 
-    fn is_cron_entry(tx: &Connection, hostname: &str, job_id: &str) -> Result<bool> {
+    fn is_cron_entry(tx: &mut dyn Sql, hostname: &str, job_id: &str) -> Result<bool> {
         let text: Option<String> = tx
-            .query_row(
+            .one(
                 "SELECT entries FROM cron_sets WHERE hostname = ?1",
-                params![hostname],
-                |r| r.get(0),
-            )
-            .optional()?;
+                &p![hostname],
+            )?
+            .map(|r| r.get(0))
+            .transpose()?;
         let entries: Vec<CronEntry> = match text {
             Some(t) => serde_json::from_str(&t).unwrap_or_default(),
             None => Vec::new(),
@@ -1253,20 +1513,19 @@ impl Store {
         now_ms: i64,
         limits: ReportLimits,
     ) -> Result<Stored> {
-        let mut conn = lock(&self.writer);
-        let tx = write_tx(&mut conn)?;
-        let out = Self::store_in(&tx, hostname, job_id, dedupe_key, payload, now_ms, limits)?;
-        // Nothing was written for a duplicate or a refusal: no commit needed,
-        // but committing an empty transaction is harmless and simpler.
-        tx.commit()?;
-        Ok(out.0)
+        // Nothing is written for a duplicate or a refusal: committing the
+        // empty transaction is harmless and simpler.
+        self.write(|tx| {
+            Self::store_in(tx, hostname, job_id, dedupe_key, payload, now_ms, limits)
+                .map(|out| out.0)
+        })
     }
 
     /// [`Store::store_report`] inside the caller's transaction, also
     /// returning the hosts whose held jobs the report let into their run's
     /// batch (to be nudged).
     fn store_in(
-        tx: &Connection,
+        tx: &mut dyn Sql,
         hostname: &str,
         job_id: &str,
         dedupe_key: &str,
@@ -1275,23 +1534,19 @@ impl Store {
         limits: ReportLimits,
     ) -> Result<(Stored, Vec<String>, Option<NewReport>)> {
         let exists = tx
-            .query_row(
+            .one(
                 "SELECT 1 FROM reports WHERE hostname = ?1 AND dedupe_key = ?2",
-                params![hostname, dedupe_key],
-                |_| Ok(()),
-            )
-            .optional()?
+                &p![hostname, dedupe_key],
+            )?
             .is_some();
         if exists {
             return Ok((Stored::Duplicate, Vec::new(), None));
         }
         let is_job = tx
-            .query_row(
+            .one(
                 "SELECT 1 FROM jobs WHERE job_id = ?1 AND hostname = ?2",
-                params![job_id, hostname],
-                |_| Ok(()),
-            )
-            .optional()?
+                &p![job_id, hostname],
+            )?
             .is_some();
         let kind = if is_job {
             "job"
@@ -1323,34 +1578,31 @@ impl Store {
                 None,
             ));
         }
-        tx.execute(
+        let report_row: i64 = scalar(
+            tx,
             "INSERT INTO reports (hostname, job_id, dedupe_key, kind, received_ms, payload, size)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![hostname, job_id, dedupe_key, kind, now_ms, payload, size],
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+            &p![hostname, job_id, dedupe_key, kind, now_ms, payload, size],
         )?;
-        // Before any other insert: it is the last one's rowid.
-        let report_row = tx.last_insert_rowid();
         let mut released = Vec::new();
         let mut settled = false;
-        tx.execute(
+        tx.exec(
             "INSERT INTO report_usage (hostname, bytes, unmatched) VALUES (?1, ?2, ?3)
              ON CONFLICT (hostname) DO UPDATE
-             SET bytes = bytes + excluded.bytes, unmatched = unmatched + excluded.unmatched",
-            params![hostname, size, unmatched],
+             SET bytes = report_usage.bytes + excluded.bytes,
+                 unmatched = report_usage.unmatched + excluded.unmatched",
+            &p![hostname, size, unmatched],
         )?;
         if is_job {
             // The first report of a job settles it, whatever state it was in.
-            settled = tx.execute(
+            settled = tx.exec(
                 "UPDATE jobs SET status = ?4, finished_ms = ?3, report_id = ?2
                  WHERE job_id = ?1 AND report_id IS NULL",
-                params![job_id, report_row, now_ms, JobStatus::Done],
+                &p![job_id, report_row, now_ms, JobStatus::Done],
             )? == 1;
             // A place in its run's batch may be free now.
-            let run: Option<String> = tx.query_row(
-                "SELECT run_id FROM jobs WHERE job_id = ?1",
-                params![job_id],
-                |r| r.get(0),
-            )?;
+            let run: Option<String> =
+                scalar(tx, "SELECT run_id FROM jobs WHERE job_id = ?1", &p![job_id])?;
             if let Some(run) = run {
                 released = Self::release_held(tx, &run, now_ms)?;
             }
@@ -1358,23 +1610,22 @@ impl Store {
         Ok((Stored::New, released, Some((kind, settled))))
     }
 
-    fn usage_in(conn: &Connection, hostname: &str) -> Result<Usage> {
-        let row: Option<(i64, i64)> = conn
-            .query_row(
-                "SELECT bytes, unmatched FROM report_usage WHERE hostname = ?1",
-                params![hostname],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        Ok(row.map_or(Usage::default(), |(b, u)| Usage {
-            bytes: u64::try_from(b).unwrap_or(0),
-            unmatched: u64::try_from(u).unwrap_or(0),
-        }))
+    fn usage_in(c: &mut dyn Sql, hostname: &str) -> Result<Usage> {
+        let row = c.one(
+            "SELECT bytes, unmatched FROM report_usage WHERE hostname = ?1",
+            &p![hostname],
+        )?;
+        row.map_or(Ok(Usage::default()), |r| {
+            Ok(Usage {
+                bytes: u64::try_from(r.get::<i64>(0)?).unwrap_or(0),
+                unmatched: u64::try_from(r.get::<i64>(1)?).unwrap_or(0),
+            })
+        })
     }
 
     /// What `hostname`'s stored reports take.
     pub fn usage(&self, hostname: &str) -> Result<Usage> {
-        Self::usage_in(&lock(&self.reader), hostname)
+        self.read(|c| Self::usage_in(c, hostname))
     }
 
     /// Several writes in one transaction — one commit, one fsync — for
@@ -1383,88 +1634,126 @@ impl Store {
     /// others commit. If the commit itself fails, every write gets that
     /// error and none happened.
     pub fn write_batch(&self, ops: &[WriteOp], now_ms: i64) -> Result<Vec<Result<WriteOut>>> {
-        let mut conn = lock(&self.writer);
-        let mut tx = write_tx(&mut conn)?;
-        let mut outs = Vec::with_capacity(ops.len());
-        for op in ops {
-            let sp = tx.savepoint()?;
-            let out = match op {
-                WriteOp::Report {
-                    hostname,
-                    job_id,
-                    dedupe_key,
-                    payload,
-                    limits,
-                } => Self::store_in(&sp, hostname, job_id, dedupe_key, payload, now_ms, *limits)
-                    .map(|(stored, released, new)| WriteOut::Report {
-                        stored,
-                        released,
-                        new,
-                    }),
-                WriteOp::Take { hostname, window } => {
-                    Self::take_in(&sp, hostname, *window, now_ms).map(WriteOut::Taken)
-                }
-                WriteOp::Bind { key_id, hostname } => {
-                    Self::bind_in(&sp, *key_id, hostname).map(WriteOut::Bound)
-                }
-                WriteOp::Register(info) => {
-                    Self::upsert_in(&sp, info, now_ms).map(|()| WriteOut::Registered)
-                }
-            };
-            match out {
-                Ok(o) => {
-                    sp.commit()?;
-                    outs.push(Ok(o));
-                }
-                Err(e) => {
-                    drop(sp); // rolls back this write only
-                    outs.push(Err(e));
+        self.write(|tx| {
+            let mut outs = Vec::with_capacity(ops.len());
+            for op in ops {
+                tx.batch("SAVEPOINT write_op")?;
+                let out = match op {
+                    WriteOp::Report {
+                        hostname,
+                        job_id,
+                        dedupe_key,
+                        payload,
+                        limits,
+                    } => Self::store_in(tx, hostname, job_id, dedupe_key, payload, now_ms, *limits)
+                        .map(|(stored, released, new)| WriteOut::Report {
+                            stored,
+                            released,
+                            new,
+                        }),
+                    WriteOp::Take {
+                        hostname,
+                        window,
+                        conn,
+                    } => {
+                        let by = self.holder.as_deref().map(|me| (me, *conn));
+                        Self::take_in(tx, by, hostname, *window, now_ms).map(WriteOut::Taken)
+                    }
+                    WriteOp::Bind { key_id, hostname } => {
+                        Self::bind_in(tx, *key_id, hostname).map(WriteOut::Bound)
+                    }
+                    WriteOp::Register { info, conn } => {
+                        let by = self.holder.as_deref().map(|me| (me, *conn));
+                        Self::upsert_in(tx, by, info, now_ms).map(|()| WriteOut::Registered)
+                    }
+                };
+                match out {
+                    Ok(o) => {
+                        tx.batch("RELEASE write_op")?;
+                        outs.push(Ok(o));
+                    }
+                    Err(e) => {
+                        // Undoes this write only.
+                        tx.batch("ROLLBACK TO write_op; RELEASE write_op")?;
+                        outs.push(Err(e));
+                    }
                 }
             }
-        }
-        tx.commit()?;
-        Ok(outs)
+            Ok(outs)
+        })
     }
 
     /// Deletes reports received before `before_ms`, at most `batch` of
     /// them, and gives their bytes back to their hosts' quota. A job whose
     /// report is gone stays `done`, without the report. Returns how many.
     pub fn prune_reports(&self, before_ms: i64, batch: u32) -> Result<usize> {
-        let mut conn = lock(&self.writer);
-        let tx = write_tx(&mut conn)?;
-        tx.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS pruned (hostname TEXT, bytes INTEGER, unmatched INTEGER)",
-            [],
-        )?;
-        tx.execute("DELETE FROM temp.pruned", [])?;
-        tx.execute(
-            "INSERT INTO temp.pruned
-             SELECT hostname, size, kind = 'unmatched' FROM reports
-             WHERE id IN (SELECT id FROM reports WHERE received_ms < ?1 ORDER BY received_ms LIMIT ?2)",
-            params![before_ms, batch],
-        )?;
-        let n = tx.execute(
-            "DELETE FROM reports WHERE id IN
-             (SELECT id FROM reports WHERE received_ms < ?1 ORDER BY received_ms LIMIT ?2)",
-            params![before_ms, batch],
-        )?;
-        tx.execute(
-            "UPDATE report_usage SET
-                bytes = max(0, bytes - (SELECT SUM(bytes) FROM temp.pruned p WHERE p.hostname = report_usage.hostname)),
-                unmatched = max(0, unmatched - (SELECT SUM(unmatched) FROM temp.pruned p WHERE p.hostname = report_usage.hostname))
-             WHERE hostname IN (SELECT hostname FROM temp.pruned)",
-            [],
-        )?;
-        tx.commit()?;
-        Ok(n)
+        self.write(|tx| {
+            let gone = tx.query(
+                "DELETE FROM reports WHERE id IN
+                 (SELECT id FROM reports WHERE received_ms < ?1 ORDER BY received_ms LIMIT ?2)
+                 RETURNING hostname, size, CASE WHEN kind = 'unmatched' THEN 1 ELSE 0 END",
+                &p![before_ms, batch],
+            )?;
+            let mut per_host: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+            for r in &gone {
+                let e = per_host.entry(r.get(0)?).or_default();
+                e.0 += r.get::<i64>(1)?;
+                e.1 += r.get::<i64>(2)?;
+            }
+            for (host, (bytes, unmatched)) in per_host {
+                tx.exec(
+                    "UPDATE report_usage SET
+                        bytes = CASE WHEN bytes > ?2 THEN bytes - ?2 ELSE 0 END,
+                        unmatched = CASE WHEN unmatched > ?3 THEN unmatched - ?3 ELSE 0 END
+                     WHERE hostname = ?1",
+                    &p![host, bytes, unmatched],
+                )?;
+            }
+            Ok(gone.len())
+        })
     }
 
-    /// Fixture for tests and benchmarks: `n` unmatched reports for `host`,
-    /// each with `stdout` as its output, in one transaction. Bypasses every
-    /// check and quota.
+    /// Deletes jobs that ended (done, lost, expired) before `before_ms`,
+    /// at most `batch` of them, then runs created before it that have no
+    /// job left. Returns how many jobs.
+    pub fn prune_jobs(&self, before_ms: i64, batch: u32) -> Result<usize> {
+        self.write(|tx| {
+            let n = tx.exec(
+                "DELETE FROM jobs WHERE job_id IN
+                 (SELECT job_id FROM jobs WHERE status IN (?3, ?4, ?5) AND finished_ms < ?1
+                  ORDER BY finished_ms LIMIT ?2)",
+                &p![
+                    before_ms,
+                    batch,
+                    JobStatus::Done,
+                    JobStatus::Lost,
+                    JobStatus::Expired
+                ],
+            )?;
+            tx.exec(
+                "DELETE FROM runs WHERE created_ms < ?1
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = runs.run_id)",
+                &p![before_ms],
+            )?;
+            Ok(n)
+        })
+    }
+
+    /// The SQLite connection that writes, for fixtures; `None` on
+    /// PostgreSQL.
+    fn sqlite_writer(&self) -> Option<MutexGuard<'_, Connection>> {
+        match &self.backend {
+            Backend::Sqlite { writer, .. } => Some(lock(writer)),
+            Backend::Postgres { .. } => None,
+        }
+    }
+
+    /// Fixture for tests and benchmarks (SQLite): `n` unmatched reports
+    /// for `host`, each with `stdout` as its output, in one transaction.
+    /// Bypasses every check and quota.
     #[doc(hidden)]
     pub fn insert_reports_for_test(&self, host: &str, n: u32, stdout: &str) -> Result<()> {
-        let mut conn = lock(&self.writer);
+        let mut conn = self.sqlite_writer().context("a SQLite fixture")?;
         let tx = write_tx(&mut conn)?;
         tx.execute(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2)
@@ -1476,7 +1765,7 @@ impl Store {
                                 'startTime', '2024-03-20T10:00:00Z', 'durationMs', 1,
                                 'executingUid', 1001, 'executingUser', 'cc-agent-user')
              FROM n",
-            params![host, n, stdout],
+            rusqlite::params![host, n, stdout],
         )?;
         tx.execute(
             "UPDATE reports SET size = length(CAST(payload AS BLOB)) WHERE size = 0",
@@ -1486,12 +1775,12 @@ impl Store {
         Ok(())
     }
 
-    /// A fleet's history for benches and tests: `agents` agents
+    /// A fleet's history for benches and tests (SQLite): `agents` agents
     /// (`fleet-N.test`, every 100th root in user mode), and `runs` runs of
     /// `jobs_per_run` jobs each, every job done with its report (a run's
     /// jobs on consecutive agents; every 10th job exits 1).
     pub fn insert_fleet_for_test(&self, agents: u32, runs: u32, jobs_per_run: u32) -> Result<()> {
-        let mut conn = lock(&self.writer);
+        let mut conn = self.sqlite_writer().context("a SQLite fixture")?;
         let tx = write_tx(&mut conn)?;
         tx.execute(
             "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1)
@@ -1501,7 +1790,7 @@ impl Store {
                     json_array('fleet', 'rack-' || (i % 40)), 'user', i % 100 = 0,
                     1700000000000, 1700000000000 + i
              FROM n",
-            params![agents],
+            rusqlite::params![agents],
         )?;
         tx.execute(
             "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1)
@@ -1510,7 +1799,7 @@ impl Store {
              SELECT 'run-' || i, '/bin/echo', '[\"fixture\"]', 60, NULL, '{}', 3600000,
                     1700000000000 + i * 1000
              FROM n",
-            params![runs],
+            rusqlite::params![runs],
         )?;
         tx.execute(
             "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1 * ?2)
@@ -1524,7 +1813,7 @@ impl Store {
                                 'executingUid', 999, 'executingUser', 'cc-agent-user'),
                     200
              FROM n",
-            params![runs, jobs_per_run, agents],
+            rusqlite::params![runs, jobs_per_run, agents],
         )?;
         tx.execute(
             "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms,
@@ -1533,7 +1822,7 @@ impl Store {
                     r.received_ms + 3600000, r.received_ms, r.id,
                     'run-' || (CAST(substr(r.job_id, 5) AS INTEGER) / ?1)
              FROM reports r WHERE r.kind = 'job' AND r.job_id LIKE 'job-%'",
-            params![jobs_per_run.max(1), JobStatus::Done],
+            rusqlite::params![jobs_per_run.max(1), JobStatus::Done.as_str()],
         )?;
         tx.commit()?;
         Ok(())
@@ -1543,82 +1832,86 @@ impl Store {
     /// `q.limit + 1` of them, so the caller knows whether more follow.
     /// Reads no report text.
     pub fn report_page(&self, q: &ReportQuery) -> Result<Vec<(i64, u64)>> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn.prepare(
-            "SELECT id, size FROM reports
-             WHERE (?1 IS NULL OR hostname = ?1) AND (?2 IS NULL OR job_id = ?2)
-               AND (?3 IS NULL OR id < ?3)
-             ORDER BY id DESC LIMIT ?4",
-        )?;
-        let rows = stmt.query_map(
-            params![q.hostname, q.job_id, q.before, i64::from(q.limit) + 1],
-            |r| Ok((r.get(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0))),
-        )?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|c| {
+            c.query(
+                "SELECT id, size FROM reports
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR hostname = ?1)
+                   AND (CAST(?2 AS TEXT) IS NULL OR job_id = ?2)
+                   AND (CAST(?3 AS BIGINT) IS NULL OR id < ?3)
+                 ORDER BY id DESC LIMIT ?4",
+                &p![q.hostname, q.job_id, q.before, i64::from(q.limit) + 1],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, u64::try_from(r.get::<i64>(1)?).unwrap_or(0))))
+            .collect()
+        })
     }
 
     /// The reports `q` selects with ids from `high` down to `low`, newest
     /// first.
     pub fn reports_between(&self, q: &ReportQuery, high: i64, low: i64) -> Result<Vec<ReportRow>> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn.prepare(
-            "SELECT hostname, job_id, kind, received_ms, payload FROM reports
-             WHERE (?1 IS NULL OR hostname = ?1) AND (?2 IS NULL OR job_id = ?2)
-               AND id <= ?3 AND id >= ?4
-             ORDER BY id DESC",
-        )?;
-        let rows = stmt.query_map(params![q.hostname, q.job_id, high, low], |r| {
-            Ok(ReportRow {
-                hostname: r.get(0)?,
-                job_id: r.get(1)?,
-                kind: r.get(2)?,
-                received_ms: r.get(3)?,
-                payload: r.get(4)?,
+        self.read(|c| {
+            c.query(
+                "SELECT hostname, job_id, kind, received_ms, payload FROM reports
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR hostname = ?1)
+                   AND (CAST(?2 AS TEXT) IS NULL OR job_id = ?2)
+                   AND id <= ?3 AND id >= ?4
+                 ORDER BY id DESC",
+                &p![q.hostname, q.job_id, high, low],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(ReportRow {
+                    hostname: r.get(0)?,
+                    job_id: r.get(1)?,
+                    kind: r.get(2)?,
+                    received_ms: r.get(3)?,
+                    payload: r.get(4)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 
     /// The newest `limit` runs, newest first, with their jobs counted per
     /// state and how many of their done jobs failed (the console's list).
     pub fn recent_runs(&self, limit: u32) -> Result<Vec<RunSummary>> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn.prepare(
-            "SELECT run_id, command, args, created_ms FROM runs ORDER BY rowid DESC LIMIT ?1",
-        )?;
-        let runs = stmt.query_map(params![limit], |r| {
-            Ok(RunSummary {
-                run_id: r.get(0)?,
-                command: r.get(1)?,
-                args: json_list(&r.get::<_, String>(2)?),
-                created_ms: r.get(3)?,
-                counts: Vec::new(),
-                failed: 0,
-            })
-        })?;
-        let mut runs: Vec<RunSummary> = runs.collect::<Result<_, _>>()?;
-        let mut count = conn.prepare(
-            "SELECT j.status, count(*),
-                    sum(CASE WHEN json_extract(r.payload, '$.exitCode') != 0 THEN 1 ELSE 0 END)
-             FROM jobs j LEFT JOIN reports r ON r.id = j.report_id
-             WHERE j.run_id = ?1 GROUP BY j.status",
-        )?;
-        for run in &mut runs {
-            let rows = count.query_map(params![run.run_id], |r| {
-                Ok((
-                    r.get::<_, JobStatus>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (st, n, failed) = row?;
-                run.counts.push((st, usize::try_from(n).unwrap_or(0)));
-                run.failed += usize::try_from(failed.unwrap_or(0)).unwrap_or(0);
+        self.read(|c| {
+            let mut runs = c
+                .query(
+                    "SELECT run_id, command, args, created_ms FROM runs ORDER BY rowid DESC LIMIT ?1",
+                    &p![limit],
+                )?
+                .iter()
+                .map(|r| {
+                    Ok(RunSummary {
+                        run_id: r.get(0)?,
+                        command: r.get(1)?,
+                        args: json_list(&r.get::<String>(2)?),
+                        created_ms: r.get(3)?,
+                        counts: Vec::new(),
+                        failed: 0,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for run in &mut runs {
+                let rows = c.query(
+                    "SELECT j.status, count(*),
+                            sum(CASE WHEN json_extract(r.payload, '$.exitCode') <> 0 THEN 1 ELSE 0 END)
+                     FROM jobs j LEFT JOIN reports r ON r.id = j.report_id
+                     WHERE j.run_id = ?1 GROUP BY j.status",
+                    &p![run.run_id],
+                )?;
+                for r in rows {
+                    let (st, n, failed): (JobStatus, i64, Option<i64>) =
+                        (r.get(0)?, r.get(1)?, r.get(2)?);
+                    run.counts.push((st, usize::try_from(n).unwrap_or(0)));
+                    run.failed += usize::try_from(failed.unwrap_or(0)).unwrap_or(0);
+                }
+                run.counts.sort();
             }
-            run.counts.sort();
-        }
-        Ok(runs)
+            Ok(runs)
+        })
     }
 
     /// The newest `limit` jobs, newest first: of one host, or (`single`)
@@ -1629,53 +1922,56 @@ impl Store {
         single: bool,
         limit: u32,
     ) -> Result<Vec<JobSummary>> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn.prepare(
-            "SELECT j.job_id, j.hostname, j.command, j.args, j.status, j.created_ms, j.run_id,
-                    json_extract(r.payload, '$.exitCode'), json_extract(r.payload, '$.durationMs')
-             FROM jobs j LEFT JOIN reports r ON r.id = j.report_id
-             WHERE (?1 IS NULL OR j.hostname = ?1) AND (NOT ?2 OR j.run_id IS NULL)
-             ORDER BY j.rowid DESC LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![hostname, single, limit], |r| {
-            Ok(JobSummary {
-                job_id: r.get(0)?,
-                hostname: r.get(1)?,
-                command: r.get(2)?,
-                args: json_list(&r.get::<_, String>(3)?),
-                status: r.get(4)?,
-                created_ms: r.get(5)?,
-                run_id: r.get(6)?,
-                exit_code: r.get(7)?,
-                duration_ms: r.get(8)?,
+        self.read(|c| {
+            c.query(
+                "SELECT j.job_id, j.hostname, j.command, j.args, j.status, j.created_ms, j.run_id,
+                        json_extract(r.payload, '$.exitCode'), json_extract(r.payload, '$.durationMs')
+                 FROM jobs j LEFT JOIN reports r ON r.id = j.report_id
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR j.hostname = ?1)
+                   AND (NOT ?2 OR j.run_id IS NULL)
+                 ORDER BY j.rowid DESC LIMIT ?3",
+                &p![hostname, single, limit],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(JobSummary {
+                    job_id: r.get(0)?,
+                    hostname: r.get(1)?,
+                    command: r.get(2)?,
+                    args: json_list(&r.get::<String>(3)?),
+                    status: r.get(4)?,
+                    created_ms: r.get(5)?,
+                    run_id: r.get(6)?,
+                    exit_code: r.get(7)?,
+                    duration_ms: r.get(8)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 
     /// The newest event's id (0 when there is none): where a page that
     /// shows the present starts following the stream.
     pub fn last_event_id(&self) -> Result<i64> {
-        Ok(lock(&self.reader)
-            .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?)
+        self.read(|c| scalar(c, "SELECT coalesce(max(id), 0) FROM events", &[]))
     }
 
     /// The newest report of `job_id` (a cron entry's id: its last run) on
     /// `hostname`: when it came and its exit code.
     pub fn last_report(&self, hostname: &str, job_id: &str) -> Result<Option<(i64, i64)>> {
-        let conn = lock(&self.reader);
-        Ok(conn
-            .query_row(
+        self.read(|c| {
+            c.one(
                 "SELECT received_ms, json_extract(payload, '$.exitCode') FROM reports
                  WHERE hostname = ?1 AND job_id = ?2 ORDER BY id DESC LIMIT 1",
-                params![hostname, job_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?)
+                &p![hostname, job_id],
+            )?
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .transpose()
+        })
     }
 
     pub fn count_reports(&self) -> Result<i64> {
-        Ok(lock(&self.reader).query_row("SELECT count(*) FROM reports", [], |r| r.get(0))?)
+        self.read(|c| scalar(c, "SELECT count(*) FROM reports", &[]))
     }
 }
 
@@ -1683,12 +1979,12 @@ const JOB_SELECT: &str = "SELECT j.job_id, j.hostname, j.command, j.args, j.time
     j.created_ms, j.expires_ms, j.sent_ms, j.finished_ms, r.payload, j.signed
     FROM jobs j LEFT JOIN reports r ON r.id = j.report_id";
 
-fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+fn job_row(r: &Row) -> Result<JobRow> {
     Ok(JobRow {
         job_id: r.get(0)?,
         hostname: r.get(1)?,
         command: r.get(2)?,
-        args: json_list(&r.get::<_, String>(3)?),
+        args: json_list(&r.get::<String>(3)?),
         timeout_secs: r.get(4)?,
         status: r.get(5)?,
         created_ms: r.get(6)?,
@@ -1776,6 +2072,164 @@ fn migrate(conn: &Connection) -> Result<()> {
     }
 }
 
+/// The PostgreSQL schema, in order; `cc_schema.version` records how many
+/// ran. Append only. The first is the SQLite schema as its migrations
+/// left it, in PostgreSQL's types: `BIGINT` for every integer, `BOOLEAN`
+/// for `is_root`, `BIGSERIAL` where SQLite has a `rowid` (named `rowid`,
+/// so the queries that order by submission read the same in both).
+const PG_MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE api_keys (
+    id          BIGSERIAL PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    key_hash    TEXT NOT NULL UNIQUE,
+    hostname    TEXT UNIQUE,
+    created_ms  BIGINT NOT NULL,
+    revoked_ms  BIGINT
+);
+CREATE TABLE agents (
+    hostname        TEXT PRIMARY KEY,
+    os              TEXT NOT NULL,
+    arch            TEXT NOT NULL,
+    tags            TEXT NOT NULL,
+    execution_mode  TEXT NOT NULL,
+    is_root         BOOLEAN NOT NULL,
+    first_seen_ms   BIGINT NOT NULL,
+    last_seen_ms    BIGINT NOT NULL,
+    cron_status     TEXT,
+    listener        TEXT,
+    lease_conn      BIGINT,
+    lease_ms        BIGINT
+);
+CREATE TABLE jobs (
+    rowid         BIGSERIAL UNIQUE,
+    job_id        TEXT PRIMARY KEY,
+    hostname      TEXT NOT NULL,
+    command       TEXT NOT NULL,
+    args          TEXT NOT NULL,
+    timeout_secs  BIGINT NOT NULL,
+    status        TEXT NOT NULL,
+    created_ms    BIGINT NOT NULL,
+    expires_ms    BIGINT NOT NULL,
+    sent_ms       BIGINT,
+    finished_ms   BIGINT,
+    report_id     BIGINT,
+    signed        TEXT,
+    run_id        TEXT
+);
+CREATE INDEX jobs_by_host_status ON jobs (hostname, status);
+CREATE INDEX jobs_by_status ON jobs (status);
+CREATE INDEX jobs_by_run ON jobs (run_id, status);
+CREATE TABLE cron_sets (
+    hostname    TEXT PRIMARY KEY,
+    entries     TEXT NOT NULL,
+    updated_ms  BIGINT NOT NULL,
+    signed      TEXT
+);
+CREATE TABLE reports (
+    id           BIGSERIAL PRIMARY KEY,
+    hostname     TEXT NOT NULL,
+    job_id       TEXT NOT NULL,
+    dedupe_key   TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    received_ms  BIGINT NOT NULL,
+    payload      TEXT NOT NULL,
+    size         BIGINT NOT NULL DEFAULT 0,
+    UNIQUE (hostname, dedupe_key)
+);
+CREATE INDEX reports_by_job ON reports (job_id, id);
+CREATE INDEX reports_by_host ON reports (hostname, id);
+CREATE INDEX reports_by_age ON reports (received_ms);
+CREATE TABLE report_usage (
+    hostname   TEXT PRIMARY KEY,
+    bytes      BIGINT NOT NULL,
+    unmatched  BIGINT NOT NULL
+);
+CREATE TABLE runs (
+    rowid         BIGSERIAL UNIQUE,
+    run_id        TEXT PRIMARY KEY,
+    command       TEXT NOT NULL,
+    args          TEXT NOT NULL,
+    timeout_secs  BIGINT NOT NULL,
+    batch         BIGINT,
+    selector      TEXT NOT NULL,
+    queue_ttl_ms  BIGINT NOT NULL,
+    created_ms    BIGINT NOT NULL
+);
+CREATE TABLE events (
+    id         BIGSERIAL PRIMARY KEY,
+    at_ms      BIGINT NOT NULL,
+    job_id     TEXT NOT NULL,
+    run_id     TEXT,
+    hostname   TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    exit_code  BIGINT
+);
+CREATE INDEX events_by_run ON events (run_id, id);
+CREATE INDEX events_by_host ON events (hostname, id);
+CREATE INDEX events_by_job ON events (job_id, id);
+CREATE INDEX events_by_age ON events (at_ms);
+-- SQLite's json_extract, for the integer fields the queries read.
+CREATE FUNCTION json_extract(doc TEXT, path TEXT) RETURNS BIGINT
+    LANGUAGE sql IMMUTABLE STRICT
+    AS $$ SELECT (doc::jsonb #>> string_to_array(substr(path, 3), '.'))::bigint $$;
+-- Every change of a job's state becomes an event, in the transaction that
+-- makes it (as SQLite's triggers do). Listeners are told after the commit:
+-- `cc_events` (one per transaction: equal notifications are folded) wakes
+-- event streams; `cc_jobs` with the hostname, when a job is queued, wakes
+-- whichever listener holds that host's agent.
+CREATE FUNCTION cc_job_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.status IS DISTINCT FROM OLD.status THEN
+        INSERT INTO events (at_ms, job_id, run_id, hostname, status, exit_code)
+        VALUES ((extract(epoch FROM clock_timestamp()) * 1000)::bigint,
+                NEW.job_id, NEW.run_id, NEW.hostname, NEW.status,
+                CASE WHEN TG_OP = 'UPDATE' THEN
+                    (SELECT json_extract(payload, '$.exitCode') FROM reports WHERE id = NEW.report_id)
+                END);
+        PERFORM pg_notify('cc_events', '');
+        IF NEW.status = 'queued' THEN
+            PERFORM pg_notify('cc_jobs', NEW.hostname);
+        END IF;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER job_created AFTER INSERT ON jobs
+    FOR EACH ROW EXECUTE FUNCTION cc_job_changed();
+CREATE TRIGGER job_changed AFTER UPDATE OF status ON jobs
+    FOR EACH ROW EXECUTE FUNCTION cc_job_changed();
+"#];
+
+/// Brings a PostgreSQL database's schema up to date, under an advisory
+/// lock so that listeners starting together migrate it once.
+fn migrate_postgres(conn: &mut PgConn) -> Result<()> {
+    let mut tx = conn.transaction()?;
+    tx.exec("SELECT pg_advisory_xact_lock(?1)", &p![PG_MIGRATE_LOCK])?;
+    tx.batch("CREATE TABLE IF NOT EXISTS cc_schema (version BIGINT NOT NULL)")?;
+    let done: Option<i64> = tx
+        .one("SELECT version FROM cc_schema", &[])?
+        .map(|r| r.get(0))
+        .transpose()?;
+    let done = match done {
+        Some(v) => usize::try_from(v).context("negative schema version")?,
+        None => {
+            tx.exec("INSERT INTO cc_schema (version) VALUES (0)", &[])?;
+            0
+        }
+    };
+    if done > PG_MIGRATIONS.len() {
+        bail!(
+            "database schema version {done} is newer than this listener knows ({})",
+            PG_MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in PG_MIGRATIONS.iter().enumerate().skip(done) {
+        tx.batch(sql)
+            .with_context(|| format!("applying PostgreSQL migration {}", i + 1))?;
+        tx.exec("UPDATE cc_schema SET version = ?1", &p![i + 1])?;
+    }
+    tx.commit()
+}
+
 /// Shared handle for async code: runs store calls on the blocking pool,
 /// and tells watchers ([`Db::watch`]) after each one, so the event stream
 /// reads new events when there may be some instead of polling.
@@ -1818,6 +2272,12 @@ impl Db {
         tokio::task::spawn_blocking(move || f(&store))
             .await
             .context("storage task failed")?
+    }
+
+    /// Wakes the watchers: another listener sharing the database added
+    /// events.
+    pub fn poke(&self) {
+        self.calls.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Changes after every store call (a write may have added events).
@@ -1899,10 +2359,26 @@ impl Writer {
 mod tests {
     use super::*;
 
-    fn temp_store() -> (tempdir::Dir, Store) {
+    /// What keeps a test's store alive: its directory or its cluster.
+    #[allow(dead_code)]
+    enum Guard {
+        Dir(tempdir::Dir),
+        Pg(cc_e2e::pg::Cluster),
+    }
+
+    /// A fresh store of each backend: a SQLite file, and a database in a
+    /// private PostgreSQL cluster (skipped, with a note, outside CI when
+    /// PostgreSQL is not installed). Each test runs against both.
+    fn stores() -> Vec<(Guard, Store)> {
         let dir = tempdir::Dir::new();
-        let store = Store::open(&dir.path().join("cc.db")).unwrap();
-        (dir, store)
+        let sqlite = Store::open(&dir.path().join("cc.db")).unwrap();
+        let mut all = vec![(Guard::Dir(dir), sqlite)];
+        if let Some(cluster) = cc_e2e::pg::Cluster::start() {
+            let url = cluster.create_db("cc");
+            let pg = Store::open_postgres(&url).unwrap();
+            all.push((Guard::Pg(cluster), pg));
+        }
+        all
     }
 
     /// A tiny temp dir, removed on drop (avoids a dependency for one test).
@@ -1937,210 +2413,215 @@ mod tests {
             assert_eq!(serde_json::to_value(st).unwrap(), st.as_str());
         }
         assert_eq!(JobStatus::parse("Done"), None);
-        let (_dir, s) = temp_store();
-        let job = |id: &str| NewJob {
-            job_id: id.into(),
-            hostname: "h".into(),
-            command: "/bin/true".into(),
-            args: vec![],
-            timeout_secs: 5,
-            created_ms: 0,
-            expires_ms: 10,
-            signed: None,
-        };
-        s.create_job(&job("j")).unwrap();
-        assert_eq!(s.get_job("j").unwrap().unwrap().status, JobStatus::Queued);
-        lock(&s.writer)
-            .execute("UPDATE jobs SET status = 'running' WHERE job_id = 'j'", [])
-            .unwrap();
-        let e = s.get_job("j").unwrap_err();
-        assert!(
-            e.to_string().contains("unknown job status \"running\""),
-            "{e}"
-        );
-        assert_eq!(StoreError::classify(&e), ErrorKind::Corrupt);
+        for (_guard, s) in stores() {
+            let job = |id: &str| NewJob {
+                job_id: id.into(),
+                hostname: "h".into(),
+                command: "/bin/true".into(),
+                args: vec![],
+                timeout_secs: 5,
+                created_ms: 0,
+                expires_ms: 10,
+                signed: None,
+            };
+            s.create_job(&job("j")).unwrap();
+            assert_eq!(s.get_job("j").unwrap().unwrap().status, JobStatus::Queued);
+            s.write(|tx| tx.exec("UPDATE jobs SET status = 'running' WHERE job_id = 'j'", &[]))
+                .unwrap();
+            let e = s.get_job("j").unwrap_err();
+            assert!(
+                e.to_string().contains("unknown job status \"running\""),
+                "{e}"
+            );
+            assert_eq!(StoreError::classify(&e), ErrorKind::Corrupt);
+        }
     }
 
     #[test]
     fn store_errors_have_kinds_the_api_answers_from() {
-        let (_dir, s) = temp_store();
-        let job = NewJob {
-            job_id: "once".into(),
-            hostname: "h".into(),
-            command: "/bin/true".into(),
-            args: vec![],
-            timeout_secs: 5,
-            created_ms: 0,
-            expires_ms: 10,
-            signed: None,
-        };
-        s.create_job(&job).unwrap();
-        let again = s.create_job(&job).unwrap_err();
-        assert_eq!(StoreError::classify(&again), ErrorKind::Conflict);
-        assert_eq!(again.to_string(), "a job once exists already");
-        // The same id in a run: the whole run is refused, nothing stored.
-        let run = NewRun {
-            run_id: "r".into(),
-            command: "/bin/true".into(),
-            args: vec![],
-            timeout_secs: 5,
-            batch: None,
-            selector: "{}".into(),
-            queue_ttl_ms: 10,
-            created_ms: 0,
-        };
-        let fresh = NewJob {
-            job_id: "fresh".into(),
-            ..job.clone()
-        };
-        let e = s.create_run(&run, &[fresh, job.clone()]).unwrap_err();
-        assert_eq!(StoreError::classify(&e), ErrorKind::Conflict);
-        assert!(s.get_job("fresh").unwrap().is_none(), "rolled back");
-        assert!(s.get_run("r").unwrap().is_none(), "rolled back");
-        s.add_key("k", None, 0).unwrap();
-        let dup = s.add_key("k", None, 0).unwrap_err();
-        assert_eq!(StoreError::classify(&dup), ErrorKind::Conflict);
-        assert_eq!(
-            StoreError::classify(&anyhow::anyhow!("disk on fire")),
-            ErrorKind::Backend
-        );
-        let busy = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-            None,
-        );
-        assert_eq!(StoreError::classify(&busy.into()), ErrorKind::Backend);
+        for (_guard, s) in stores() {
+            let job = NewJob {
+                job_id: "once".into(),
+                hostname: "h".into(),
+                command: "/bin/true".into(),
+                args: vec![],
+                timeout_secs: 5,
+                created_ms: 0,
+                expires_ms: 10,
+                signed: None,
+            };
+            s.create_job(&job).unwrap();
+            let again = s.create_job(&job).unwrap_err();
+            assert_eq!(StoreError::classify(&again), ErrorKind::Conflict);
+            assert_eq!(again.to_string(), "a job once exists already");
+            // The same id in a run: the whole run is refused, nothing stored.
+            let run = NewRun {
+                run_id: "r".into(),
+                command: "/bin/true".into(),
+                args: vec![],
+                timeout_secs: 5,
+                batch: None,
+                selector: "{}".into(),
+                queue_ttl_ms: 10,
+                created_ms: 0,
+            };
+            let fresh = NewJob {
+                job_id: "fresh".into(),
+                ..job.clone()
+            };
+            let e = s.create_run(&run, &[fresh, job.clone()]).unwrap_err();
+            assert_eq!(StoreError::classify(&e), ErrorKind::Conflict);
+            assert!(s.get_job("fresh").unwrap().is_none(), "rolled back");
+            assert!(s.get_run("r").unwrap().is_none(), "rolled back");
+            s.add_key("k", None, 0).unwrap();
+            let dup = s.add_key("k", None, 0).unwrap_err();
+            assert_eq!(StoreError::classify(&dup), ErrorKind::Conflict);
+            assert_eq!(
+                StoreError::classify(&anyhow::anyhow!("disk on fire")),
+                ErrorKind::Backend
+            );
+            let busy = rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                None,
+            );
+            assert_eq!(StoreError::classify(&busy.into()), ErrorKind::Backend);
+        }
     }
 
     #[test]
     fn keys_are_stored_hashed_bound_once_and_revocable() {
-        let (_d, s) = temp_store();
-        let key = s.add_key("web1", None, 1).unwrap();
-        assert!(key.starts_with("cck_") && key.len() == 68);
-        let rec = s.authenticate(&key).unwrap().unwrap();
-        assert_eq!(rec.name, "web1");
-        assert!(s.authenticate("cck_wrong").unwrap().is_none());
-        assert_eq!(s.bind_key(rec.id, "web1.example").unwrap(), Binding::Ok);
-        assert_eq!(
-            s.bind_key(rec.id, "db1.example").unwrap(),
-            Binding::OtherHost("web1.example".into())
-        );
-        let other = s.add_key("other", None, 1).unwrap();
-        let other = s.authenticate(&other).unwrap().unwrap();
-        assert_eq!(
-            s.bind_key(other.id, "web1.example").unwrap(),
-            Binding::HostnameTaken
-        );
-        s.revoke_key("web1", 2).unwrap();
-        assert!(s.authenticate(&key).unwrap().is_none());
-        let again = s.revoke_key("web1", 3).unwrap_err();
-        assert_eq!(StoreError::classify(&again), ErrorKind::NotFound);
-        assert!(s.add_key("web1", None, 4).is_err(), "names are unique");
+        for (_guard, s) in stores() {
+            let key = s.add_key("web1", None, 1).unwrap();
+            assert!(key.starts_with("cck_") && key.len() == 68);
+            let rec = s.authenticate(&key).unwrap().unwrap();
+            assert_eq!(rec.name, "web1");
+            assert!(s.authenticate("cck_wrong").unwrap().is_none());
+            assert_eq!(s.bind_key(rec.id, "web1.example").unwrap(), Binding::Ok);
+            assert_eq!(
+                s.bind_key(rec.id, "db1.example").unwrap(),
+                Binding::OtherHost("web1.example".into())
+            );
+            let other = s.add_key("other", None, 1).unwrap();
+            let other = s.authenticate(&other).unwrap().unwrap();
+            assert_eq!(
+                s.bind_key(other.id, "web1.example").unwrap(),
+                Binding::HostnameTaken
+            );
+            s.revoke_key("web1", 2).unwrap();
+            assert!(s.authenticate(&key).unwrap().is_none());
+            let again = s.revoke_key("web1", 3).unwrap_err();
+            assert_eq!(StoreError::classify(&again), ErrorKind::NotFound);
+            assert!(s.add_key("web1", None, 4).is_err(), "names are unique");
+        }
     }
 
     #[test]
     fn reports_are_stored_once_and_settle_their_job() {
-        let (_d, s) = temp_store();
-        s.create_job(&NewJob {
-            job_id: "j1".into(),
-            hostname: "h".into(),
-            command: "/bin/true".into(),
-            args: vec![],
-            timeout_secs: 10,
-            created_ms: 0,
-            expires_ms: 100,
-            signed: None,
-        })
-        .unwrap();
-        // Other hosts' reports first, so row ids of the tables differ: the
-        // job must point at its own report.
-        for (i, host) in ["a", "a", "b"].iter().enumerate() {
-            let key = format!("x{i}");
-            s.store_report(
-                host,
-                "other",
-                &key,
-                r#"{"other":1}"#,
-                1,
-                ReportLimits::default(),
-            )
+        for (_guard, s) in stores() {
+            s.create_job(&NewJob {
+                job_id: "j1".into(),
+                hostname: "h".into(),
+                command: "/bin/true".into(),
+                args: vec![],
+                timeout_secs: 10,
+                created_ms: 0,
+                expires_ms: 100,
+                signed: None,
+            })
             .unwrap();
+            // Other hosts' reports first, so row ids of the tables differ: the
+            // job must point at its own report.
+            for (i, host) in ["a", "a", "b"].iter().enumerate() {
+                let key = format!("x{i}");
+                s.store_report(
+                    host,
+                    "other",
+                    &key,
+                    r#"{"other":1}"#,
+                    1,
+                    ReportLimits::default(),
+                )
+                .unwrap();
+            }
+            assert_eq!(
+                s.store_report("h", "j1", "r1", "{}", 5, ReportLimits::default())
+                    .unwrap(),
+                Stored::New
+            );
+            assert_eq!(
+                s.store_report("h", "j1", "r1", "{}", 6, ReportLimits::default())
+                    .unwrap(),
+                Stored::Duplicate
+            );
+            let job = s.get_job("j1").unwrap().unwrap();
+            assert_eq!(job.status, JobStatus::Done);
+            assert_eq!(job.report.as_deref(), Some("{}"));
+            assert_eq!(s.count_reports().unwrap(), 4);
         }
-        assert_eq!(
-            s.store_report("h", "j1", "r1", "{}", 5, ReportLimits::default())
-                .unwrap(),
-            Stored::New
-        );
-        assert_eq!(
-            s.store_report("h", "j1", "r1", "{}", 6, ReportLimits::default())
-                .unwrap(),
-            Stored::Duplicate
-        );
-        let job = s.get_job("j1").unwrap().unwrap();
-        assert_eq!(job.status, JobStatus::Done);
-        assert_eq!(job.report.as_deref(), Some("{}"));
-        assert_eq!(s.count_reports().unwrap(), 4);
     }
 
     #[test]
     fn sweep_marks_overdue_jobs_lost_and_old_queued_jobs_expired() {
-        let (_d, s) = temp_store();
-        let job = |id: &str| NewJob {
-            job_id: id.into(),
-            hostname: "h".into(),
-            command: "x".into(),
-            args: vec![],
-            timeout_secs: 1,
-            created_ms: 0,
-            expires_ms: 500,
-            signed: None,
-        };
-        s.create_job(&job("sent")).unwrap();
-        assert_eq!(s.take_for_host("h", None, 0).unwrap().len(), 1);
-        s.create_job(&job("queued")).unwrap();
-        assert_eq!(s.sweep(400, 100).unwrap(), (0, 0));
-        assert_eq!(s.sweep(1_101, 100).unwrap(), (1, 1));
-        assert_eq!(s.get_job("sent").unwrap().unwrap().status, JobStatus::Lost);
-        assert_eq!(
-            s.get_job("queued").unwrap().unwrap().status,
-            JobStatus::Expired
-        );
+        for (_guard, s) in stores() {
+            let job = |id: &str| NewJob {
+                job_id: id.into(),
+                hostname: "h".into(),
+                command: "x".into(),
+                args: vec![],
+                timeout_secs: 1,
+                created_ms: 0,
+                expires_ms: 500,
+                signed: None,
+            };
+            s.create_job(&job("sent")).unwrap();
+            assert_eq!(s.take_for_host("h", None, 0).unwrap().len(), 1);
+            s.create_job(&job("queued")).unwrap();
+            assert_eq!(s.sweep(400, 100).unwrap(), (0, 0));
+            assert_eq!(s.sweep(1_101, 100).unwrap(), (1, 1));
+            assert_eq!(s.get_job("sent").unwrap().unwrap().status, JobStatus::Lost);
+            assert_eq!(
+                s.get_job("queued").unwrap().unwrap().status,
+                JobStatus::Expired
+            );
+        }
     }
 
     /// Issue "An agent restart loses no job": the listener hands a host no
     /// more than its window, oldest first, and the next as one settles.
     #[test]
     fn jobs_go_out_in_submission_order_within_the_window() {
-        let (_d, s) = temp_store();
-        // Ids that sort against their submission order.
-        let ids = ["z", "b", "y", "a", "x"];
-        for id in ids {
-            s.create_job(&NewJob {
-                job_id: id.into(),
-                hostname: "h".into(),
-                command: "x".into(),
-                args: vec![],
-                timeout_secs: 10,
-                created_ms: 7,
-                expires_ms: 1_000,
-                signed: None,
-            })
-            .unwrap();
+        for (_guard, s) in stores() {
+            // Ids that sort against their submission order.
+            let ids = ["z", "b", "y", "a", "x"];
+            for id in ids {
+                s.create_job(&NewJob {
+                    job_id: id.into(),
+                    hostname: "h".into(),
+                    command: "x".into(),
+                    args: vec![],
+                    timeout_secs: 10,
+                    created_ms: 7,
+                    expires_ms: 1_000,
+                    signed: None,
+                })
+                .unwrap();
+            }
+            let take = |w| -> Vec<String> {
+                s.take_for_host("h", w, 1)
+                    .unwrap()
+                    .into_iter()
+                    .map(|j| j.job_id)
+                    .collect()
+            };
+            assert_eq!(take(Some(2)), ["z", "b"]);
+            assert!(take(Some(2)).is_empty(), "the window is full");
+            s.store_report("h", "z", "r-z", "{}", 2, ReportLimits::default())
+                .unwrap();
+            assert_eq!(take(Some(2)), ["y"]);
+            assert!(s.take_for_host("other", Some(2), 1).unwrap().is_empty());
+            assert_eq!(take(None), ["a", "x"], "no window: everything queued");
+            assert!(s.hosts_with_queued(1).unwrap().is_empty());
         }
-        let take = |w| -> Vec<String> {
-            s.take_for_host("h", w, 1)
-                .unwrap()
-                .into_iter()
-                .map(|j| j.job_id)
-                .collect()
-        };
-        assert_eq!(take(Some(2)), ["z", "b"]);
-        assert!(take(Some(2)).is_empty(), "the window is full");
-        s.store_report("h", "z", "r-z", "{}", 2, ReportLimits::default())
-            .unwrap();
-        assert_eq!(take(Some(2)), ["y"]);
-        assert!(s.take_for_host("other", Some(2), 1).unwrap().is_empty());
-        assert_eq!(take(None), ["a", "x"], "no window: everything queued");
-        assert!(s.hosts_with_queued(1).unwrap().is_empty());
     }
 
     /// The quota admits a report that reaches it exactly and refuses one
@@ -2148,161 +2629,164 @@ mod tests {
     /// writes nothing; pruning gives the bytes back.
     #[test]
     fn reports_are_held_to_the_hosts_quota() {
-        let (_dir, s) = temp_store();
-        let limits = ReportLimits {
-            quota_bytes: 10,
-            unmatched: 2,
-        };
-        s.set_cron(
-            "h",
-            &[CronEntry {
-                id: "c".into(),
-                schedule: "* * * * *".into(),
-                command: "/bin/true".into(),
-            }],
-            None,
-            0,
-        )
-        .unwrap();
-        let put = |key: &str, job: &str, payload: &str, at: i64| {
-            s.store_report("h", job, key, payload, at, limits).unwrap()
-        };
-        assert_eq!(put("1", "c", "1234", 1), Stored::New);
-        assert_eq!(
-            put("2", "c", "123456", 2),
-            Stored::New,
-            "exactly at the quota"
-        );
-        assert_eq!(
-            put("3", "c", "1", 3),
-            Stored::Refused(Refusal::Quota {
-                used: 10,
-                size: 1,
-                quota: 10
-            })
-        );
-        assert_eq!(
-            put("2", "c", "123456", 4),
-            Stored::Duplicate,
-            "a resend is still a duplicate"
-        );
-        assert_eq!(
-            s.usage("h").unwrap(),
-            Usage {
-                bytes: 10,
-                unmatched: 0
-            }
-        );
-        assert_eq!(
-            s.count_reports().unwrap(),
-            2,
-            "a refused report writes nothing"
-        );
-        // Another host has its own quota.
-        assert_eq!(
-            s.store_report("g", "x", "1", "12345678", 5, limits)
-                .unwrap(),
-            Stored::New
-        );
-        // Pruning the oldest gives its bytes back: 4 bytes free again.
-        assert_eq!(s.prune_reports(2, 100).unwrap(), 1);
-        assert_eq!(s.usage("h").unwrap().bytes, 6);
-        assert_eq!(put("4", "c", "1234", 6), Stored::New);
-        assert_eq!(
-            put("5", "c", "1", 7),
-            Stored::Refused(Refusal::Quota {
-                used: 10,
-                size: 1,
-                quota: 10
-            })
-        );
-        // Unmatched: two kept, the third refused, quota bytes or not.
-        let wide = ReportLimits {
-            quota_bytes: 1000,
-            unmatched: 2,
-        };
-        let un = |key: &str| s.store_report("u", "nojob", key, "{}", 8, wide).unwrap();
-        assert_eq!(un("a"), Stored::New);
-        assert_eq!(un("b"), Stored::New);
-        assert_eq!(un("c"), Stored::Refused(Refusal::Unmatched { quota: 2 }));
-        assert_eq!(
-            s.usage("u").unwrap(),
-            Usage {
-                bytes: 4,
-                unmatched: 2
-            }
-        );
-        // The batch bounds one pass, oldest first; pruned unmatched
-        // reports free their count too.
-        assert_eq!(s.prune_reports(9, 1).unwrap(), 1);
-        assert_eq!(s.usage("h").unwrap().bytes, 4, "the report at 2 went first");
-        assert_eq!(s.prune_reports(9, 100).unwrap(), 4);
-        assert_eq!(s.usage("u").unwrap(), Usage::default());
-        assert_eq!(s.usage("h").unwrap(), Usage::default());
-        assert_eq!(un("d"), Stored::New);
+        for (_guard, s) in stores() {
+            let limits = ReportLimits {
+                quota_bytes: 10,
+                unmatched: 2,
+            };
+            s.set_cron(
+                "h",
+                &[CronEntry {
+                    id: "c".into(),
+                    schedule: "* * * * *".into(),
+                    command: "/bin/true".into(),
+                }],
+                None,
+                0,
+            )
+            .unwrap();
+            let put = |key: &str, job: &str, payload: &str, at: i64| {
+                s.store_report("h", job, key, payload, at, limits).unwrap()
+            };
+            assert_eq!(put("1", "c", "1234", 1), Stored::New);
+            assert_eq!(
+                put("2", "c", "123456", 2),
+                Stored::New,
+                "exactly at the quota"
+            );
+            assert_eq!(
+                put("3", "c", "1", 3),
+                Stored::Refused(Refusal::Quota {
+                    used: 10,
+                    size: 1,
+                    quota: 10
+                })
+            );
+            assert_eq!(
+                put("2", "c", "123456", 4),
+                Stored::Duplicate,
+                "a resend is still a duplicate"
+            );
+            assert_eq!(
+                s.usage("h").unwrap(),
+                Usage {
+                    bytes: 10,
+                    unmatched: 0
+                }
+            );
+            assert_eq!(
+                s.count_reports().unwrap(),
+                2,
+                "a refused report writes nothing"
+            );
+            // Another host has its own quota.
+            assert_eq!(
+                s.store_report("g", "x", "1", "12345678", 5, limits)
+                    .unwrap(),
+                Stored::New
+            );
+            // Pruning the oldest gives its bytes back: 4 bytes free again.
+            assert_eq!(s.prune_reports(2, 100).unwrap(), 1);
+            assert_eq!(s.usage("h").unwrap().bytes, 6);
+            assert_eq!(put("4", "c", "1234", 6), Stored::New);
+            assert_eq!(
+                put("5", "c", "1", 7),
+                Stored::Refused(Refusal::Quota {
+                    used: 10,
+                    size: 1,
+                    quota: 10
+                })
+            );
+            // Unmatched: two kept, the third refused, quota bytes or not.
+            let wide = ReportLimits {
+                quota_bytes: 1000,
+                unmatched: 2,
+            };
+            let un = |key: &str| s.store_report("u", "nojob", key, "{}", 8, wide).unwrap();
+            assert_eq!(un("a"), Stored::New);
+            assert_eq!(un("b"), Stored::New);
+            assert_eq!(un("c"), Stored::Refused(Refusal::Unmatched { quota: 2 }));
+            assert_eq!(
+                s.usage("u").unwrap(),
+                Usage {
+                    bytes: 4,
+                    unmatched: 2
+                }
+            );
+            // The batch bounds one pass, oldest first; pruned unmatched
+            // reports free their count too.
+            assert_eq!(s.prune_reports(9, 1).unwrap(), 1);
+            assert_eq!(s.usage("h").unwrap().bytes, 4, "the report at 2 went first");
+            assert_eq!(s.prune_reports(9, 100).unwrap(), 4);
+            assert_eq!(s.usage("u").unwrap(), Usage::default());
+            assert_eq!(s.usage("h").unwrap(), Usage::default());
+            assert_eq!(un("d"), Stored::New);
+        }
     }
 
     /// A group gives each write the result it would have had alone, in
     /// order: later writes see earlier ones (duplicate, quota).
     #[test]
     fn a_group_of_writes_is_each_write_in_order() {
-        let (_d, s) = temp_store();
-        s.create_job(&NewJob {
-            job_id: "j".into(),
-            hostname: "h".into(),
-            command: "/bin/true".into(),
-            args: vec![],
-            timeout_secs: 10,
-            created_ms: 0,
-            expires_ms: 1_000_000,
-            signed: None,
-        })
-        .unwrap();
-        let limits = ReportLimits {
-            quota_bytes: 6,
-            unmatched: 10,
-        };
-        let report = |key: &str, job: &str, payload: &str| WriteOp::Report {
-            hostname: "h".into(),
-            job_id: job.into(),
-            dedupe_key: key.into(),
-            payload: payload.into(),
-            limits,
-        };
-        let ops = [
-            WriteOp::Take {
+        for (_guard, s) in stores() {
+            s.create_job(&NewJob {
+                job_id: "j".into(),
                 hostname: "h".into(),
-                window: Some(1),
-            },
-            report("1", "other", "{}"),
-            report("1", "other", "{}"),
-            report("2", "j", "1234"),
-            report("3", "other", "1"),
-        ];
-        let outs = s.write_batch(&ops, 5).unwrap();
-        let taken = |o: &Result<WriteOut>| match o {
-            Ok(WriteOut::Taken(jobs)) => jobs.iter().map(|j| j.job_id.clone()).collect(),
-            _ => Vec::new(),
-        };
-        let stored = |o: &Result<WriteOut>| match o {
-            Ok(WriteOut::Report { stored, .. }) => Some(*stored),
-            _ => None,
-        };
-        assert_eq!(taken(&outs[0]), ["j"]);
-        assert_eq!(stored(&outs[1]), Some(Stored::New));
-        assert_eq!(stored(&outs[2]), Some(Stored::Duplicate));
-        assert_eq!(stored(&outs[3]), Some(Stored::New));
-        assert_eq!(
-            stored(&outs[4]),
-            Some(Stored::Refused(Refusal::Quota {
-                used: 6,
-                size: 1,
-                quota: 6
-            }))
-        );
-        assert_eq!(s.get_job("j").unwrap().unwrap().status, JobStatus::Done);
-        assert_eq!(s.count_reports().unwrap(), 2);
-        assert!(s.write_batch(&[], 6).unwrap().is_empty());
+                command: "/bin/true".into(),
+                args: vec![],
+                timeout_secs: 10,
+                created_ms: 0,
+                expires_ms: 1_000_000,
+                signed: None,
+            })
+            .unwrap();
+            let limits = ReportLimits {
+                quota_bytes: 6,
+                unmatched: 10,
+            };
+            let report = |key: &str, job: &str, payload: &str| WriteOp::Report {
+                hostname: "h".into(),
+                job_id: job.into(),
+                dedupe_key: key.into(),
+                payload: payload.into(),
+                limits,
+            };
+            let ops = [
+                WriteOp::Take {
+                    hostname: "h".into(),
+                    window: Some(1),
+                    conn: 0,
+                },
+                report("1", "other", "{}"),
+                report("1", "other", "{}"),
+                report("2", "j", "1234"),
+                report("3", "other", "1"),
+            ];
+            let outs = s.write_batch(&ops, 5).unwrap();
+            let taken = |o: &Result<WriteOut>| match o {
+                Ok(WriteOut::Taken(jobs)) => jobs.iter().map(|j| j.job_id.clone()).collect(),
+                _ => Vec::new(),
+            };
+            let stored = |o: &Result<WriteOut>| match o {
+                Ok(WriteOut::Report { stored, .. }) => Some(*stored),
+                _ => None,
+            };
+            assert_eq!(taken(&outs[0]), ["j"]);
+            assert_eq!(stored(&outs[1]), Some(Stored::New));
+            assert_eq!(stored(&outs[2]), Some(Stored::Duplicate));
+            assert_eq!(stored(&outs[3]), Some(Stored::New));
+            assert_eq!(
+                stored(&outs[4]),
+                Some(Stored::Refused(Refusal::Quota {
+                    used: 6,
+                    size: 1,
+                    quota: 6
+                }))
+            );
+            assert_eq!(s.get_job("j").unwrap().unwrap().status, JobStatus::Done);
+            assert_eq!(s.count_reports().unwrap(), 2);
+            assert!(s.write_batch(&[], 6).unwrap().is_empty());
+        }
     }
 
     /// Regression: `serve` and `keys add` opening a fresh file at the same

@@ -15,6 +15,7 @@ pub mod helper;
 pub mod http;
 pub mod isolation;
 pub mod listener;
+pub mod pg;
 pub mod proxy;
 pub mod rawws;
 pub mod reliability;

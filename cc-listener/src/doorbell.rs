@@ -1,0 +1,97 @@
+//! Several listeners on one PostgreSQL database: how a listener learns
+//! that another one changed something it must act on.
+//!
+//! The store's trigger notifies, after each commit, `cc_jobs` with the
+//! hostname of every job that became queued, and `cc_events` once per
+//! transaction that changed a job's state (see the PostgreSQL schema in
+//! `store.rs`). One thread per listener holds a connection that `LISTEN`s
+//! on both: a job for a host whose agent this listener holds is handed
+//! over at once ([`Hub::nudge`](crate::hub::Hub::nudge); hosts it does not
+//! hold are ignored), and event streams read the new events.
+//!
+//! Notifications are a doorbell, not a queue: PostgreSQL does not keep
+//! them for a listener that was not listening. So whenever the
+//! notification connection is (re)opened, the listener reconciles from the
+//! tables — every host with queued jobs is nudged and every stream reads —
+//! and the sweep does the same every `sweep_interval` in any case. A lost
+//! notification delays a job by at most one sweep; it never loses it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres::fallible_iterator::FallibleIterator as _;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::AppState;
+
+/// Starts the notification thread; it ends when `shutdown` turns true.
+pub fn spawn(
+    url: String,
+    state: Arc<AppState>,
+    shutdown: watch::Receiver<bool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("cc-doorbell".into())
+        .spawn(move || run(&url, &state, &shutdown))
+        .unwrap_or_else(|e| {
+            // Without the thread the sweep still hands every job over.
+            warn!("no notification thread ({e}): jobs from other listeners wait for the sweep");
+            std::thread::spawn(|| {})
+        })
+}
+
+fn run(url: &str, state: &AppState, shutdown: &watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    while !*shutdown.borrow() {
+        match listen(url, state, shutdown) {
+            Ok(()) => return,
+            Err(e) => {
+                warn!("notification connection: {e:#}; reconnecting in {backoff:?}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Listens until shutdown (`Ok`) or until the connection fails.
+fn listen(url: &str, state: &AppState, shutdown: &watch::Receiver<bool>) -> anyhow::Result<()> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+    client.batch_execute("LISTEN cc_jobs; LISTEN cc_events")?;
+    info!("listening for other listeners' jobs and events");
+    reconcile(state);
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        // Wakes at least twice a second to see the shutdown.
+        let mut notes = client.notifications();
+        let mut waiting = notes.timeout_iter(Duration::from_millis(500));
+        while let Some(note) = waiting.next()? {
+            match note.channel() {
+                "cc_jobs" => {
+                    state.hub.nudge(note.payload());
+                }
+                "cc_events" => state.db.poke(),
+                _ => {}
+            }
+        }
+        drop(waiting);
+        drop(notes);
+        anyhow::ensure!(!client.is_closed(), "the server closed the connection");
+    }
+}
+
+/// What a missed notification would have said, read from the tables.
+fn reconcile(state: &AppState) {
+    match state.db.store().hosts_with_queued(crate::now_ms()) {
+        Ok(hosts) => {
+            for h in hosts {
+                state.hub.nudge(&h);
+            }
+        }
+        Err(e) => warn!("reconciling queued jobs: {e:#}"),
+    }
+    state.db.poke();
+}

@@ -1,0 +1,516 @@
+//! The little the store needs from a SQL database, over SQLite and
+//! PostgreSQL alike: run a statement with parameters, read rows back.
+//!
+//! The store's queries are written once, in the SQL both engines speak,
+//! with SQLite's numbered parameters (`?1`); for PostgreSQL they become
+//! `$1` ([`pg_sql`]). Parameters ([`P`]) and values read back ([`V`]) are
+//! the four kinds the schema uses: null, integer, text, boolean — each
+//! backend converts them to and from the column's own type, so a query
+//! does not care that `is_root` is `INTEGER` in one and `BOOLEAN` in the
+//! other. Rows are read into owned values: the store's rows are small, and
+//! one code path for both engines is worth a copy.
+
+use std::collections::HashMap;
+
+use anyhow::{Result, anyhow};
+
+/// A parameter.
+#[derive(Debug, Clone, Copy)]
+pub enum P<'a> {
+    Null,
+    Int(i64),
+    Text(&'a str),
+    Bool(bool),
+}
+
+/// What may be bound as a parameter.
+pub trait ToP {
+    fn to_p(&self) -> P<'_>;
+}
+
+impl ToP for i64 {
+    fn to_p(&self) -> P<'_> {
+        P::Int(*self)
+    }
+}
+impl ToP for i32 {
+    fn to_p(&self) -> P<'_> {
+        P::Int(i64::from(*self))
+    }
+}
+impl ToP for u32 {
+    fn to_p(&self) -> P<'_> {
+        P::Int(i64::from(*self))
+    }
+}
+impl ToP for u64 {
+    fn to_p(&self) -> P<'_> {
+        P::Int(i64::try_from(*self).unwrap_or(i64::MAX))
+    }
+}
+impl ToP for usize {
+    fn to_p(&self) -> P<'_> {
+        P::Int(i64::try_from(*self).unwrap_or(i64::MAX))
+    }
+}
+impl ToP for bool {
+    fn to_p(&self) -> P<'_> {
+        P::Bool(*self)
+    }
+}
+impl ToP for str {
+    fn to_p(&self) -> P<'_> {
+        P::Text(self)
+    }
+}
+impl ToP for String {
+    fn to_p(&self) -> P<'_> {
+        P::Text(self)
+    }
+}
+impl<T: ToP + ?Sized> ToP for &T {
+    fn to_p(&self) -> P<'_> {
+        (**self).to_p()
+    }
+}
+impl<T: ToP> ToP for Option<T> {
+    fn to_p(&self) -> P<'_> {
+        self.as_ref().map_or(P::Null, ToP::to_p)
+    }
+}
+
+/// `p![a, b]`: a parameter list.
+macro_rules! p {
+    ($($e:expr),* $(,)?) => { [$($crate::sql::ToP::to_p(&$e)),*] };
+}
+pub(crate) use p;
+
+/// A value read back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum V {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+/// A row read back.
+#[derive(Debug, Clone)]
+pub struct Row(pub Vec<V>);
+
+impl Row {
+    /// Column `i` as a `T`; a value of another kind is an error (the
+    /// store calls that corrupt).
+    pub fn get<T: FromV>(&self, i: usize) -> Result<T> {
+        let v = self
+            .0
+            .get(i)
+            .ok_or_else(|| anyhow!("column {i} is not in the row"))?;
+        T::from_v(v).map_err(|e| anyhow::Error::new(Unreadable(format!("column {i}: {e}"))))
+    }
+}
+
+/// A value of the wrong kind: what the database holds is not what this
+/// listener wrote.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreadable(pub String);
+
+/// What a value may be read as.
+pub trait FromV: Sized {
+    fn from_v(v: &V) -> Result<Self, String>;
+}
+
+impl FromV for i64 {
+    fn from_v(v: &V) -> Result<Self, String> {
+        match v {
+            V::Int(i) => Ok(*i),
+            other => Err(format!("expected an integer, found {other:?}")),
+        }
+    }
+}
+impl FromV for u32 {
+    fn from_v(v: &V) -> Result<Self, String> {
+        u32::try_from(i64::from_v(v)?).map_err(|e| e.to_string())
+    }
+}
+impl FromV for u64 {
+    fn from_v(v: &V) -> Result<Self, String> {
+        u64::try_from(i64::from_v(v)?).map_err(|e| e.to_string())
+    }
+}
+impl FromV for bool {
+    fn from_v(v: &V) -> Result<Self, String> {
+        Ok(i64::from_v(v)? != 0)
+    }
+}
+impl FromV for String {
+    fn from_v(v: &V) -> Result<Self, String> {
+        match v {
+            V::Text(s) => Ok(s.clone()),
+            other => Err(format!("expected text, found {other:?}")),
+        }
+    }
+}
+impl<T: FromV> FromV for Option<T> {
+    fn from_v(v: &V) -> Result<Self, String> {
+        match v {
+            V::Null => Ok(None),
+            other => T::from_v(other).map(Some),
+        }
+    }
+}
+
+/// Which engine a connection talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection or transaction of either engine.
+pub trait Sql {
+    fn dialect(&self) -> Dialect;
+    /// Runs a statement; returns the rows it changed.
+    fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<usize>;
+    /// Runs a query; returns every row.
+    fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>>;
+    /// Runs statements without parameters (savepoints).
+    fn batch(&mut self, sql: &str) -> Result<()>;
+
+    /// The first row, if any.
+    fn one(&mut self, sql: &str, params: &[P<'_>]) -> Result<Option<Row>> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+}
+
+/// The first column of the first row of `sql`, which must exist.
+pub fn scalar<T: FromV>(c: &mut dyn Sql, sql: &str, params: &[P<'_>]) -> Result<T> {
+    c.one(sql, params)?
+        .ok_or_else(|| anyhow!("the query returned no row"))?
+        .get(0)
+}
+
+// ---- SQLite ----
+
+impl rusqlite::ToSql for P<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+        Ok(match *self {
+            P::Null => ToSqlOutput::Owned(Value::Null),
+            P::Int(i) => ToSqlOutput::Owned(Value::Integer(i)),
+            P::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            P::Bool(b) => ToSqlOutput::Owned(Value::Integer(i64::from(b))),
+        })
+    }
+}
+
+/// A SQLite connection (or transaction, through `Deref`).
+#[derive(Debug)]
+pub struct Lite<'c>(pub &'c rusqlite::Connection);
+
+impl Sql for Lite<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<usize> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        Ok(stmt.execute(rusqlite::params_from_iter(params.iter()))?)
+    }
+
+    fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>> {
+        use rusqlite::types::ValueRef;
+        let mut stmt = self.0.prepare_cached(sql)?;
+        let n = stmt.column_count();
+        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let mut vals = Vec::with_capacity(n);
+            for i in 0..n {
+                vals.push(match r.get_ref(i)? {
+                    ValueRef::Null => V::Null,
+                    ValueRef::Integer(i) => V::Int(i),
+                    ValueRef::Real(f) => V::Real(f),
+                    ValueRef::Text(t) | ValueRef::Blob(t) => V::Text(
+                        String::from_utf8(t.to_vec())
+                            .map_err(|_| Unreadable(format!("column {i} is not UTF-8")))?,
+                    ),
+                });
+            }
+            out.push(Row(vals));
+        }
+        Ok(out)
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<()> {
+        Ok(self.0.execute_batch(sql)?)
+    }
+}
+
+// ---- PostgreSQL ----
+
+impl postgres::types::ToSql for P<'_> {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use postgres::types::{IsNull, Type};
+        match *self {
+            P::Null => Ok(IsNull::Yes),
+            P::Int(i) => match *ty {
+                Type::INT8 => i.to_sql(ty, out),
+                Type::INT4 => i32::try_from(i)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(i)?.to_sql(ty, out),
+                Type::BOOL => (i != 0).to_sql(ty, out),
+                _ => Err(format!("an integer cannot be bound as {ty}").into()),
+            },
+            P::Text(s) => s.to_sql(ty, out),
+            P::Bool(b) => match *ty {
+                Type::BOOL => b.to_sql(ty, out),
+                Type::INT8 => i64::from(b).to_sql(ty, out),
+                Type::INT4 => i32::from(b).to_sql(ty, out),
+                _ => Err(format!("a boolean cannot be bound as {ty}").into()),
+            },
+        }
+    }
+
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+/// `sql` with SQLite's `?N` parameters written as PostgreSQL's `$N`.
+/// The store's statements hold no `?` inside a string literal.
+pub fn pg_sql(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A PostgreSQL client with its prepared statements.
+pub struct PgConn {
+    pub client: postgres::Client,
+    cache: HashMap<String, postgres::Statement>,
+}
+
+impl std::fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConn")
+            .field("statements", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgConn {
+    pub fn connect(url: &str) -> Result<Self> {
+        let client = postgres::Client::connect(url, postgres::NoTls)
+            .map_err(|e| anyhow!("connecting to PostgreSQL: {e}"))?;
+        Ok(Self {
+            client,
+            cache: HashMap::new(),
+        })
+    }
+
+    /// A transaction on this connection.
+    pub fn transaction(&mut self) -> Result<PgTx<'_>> {
+        let tx = self.client.transaction()?;
+        Ok(PgTx {
+            c: tx,
+            cache: &mut self.cache,
+        })
+    }
+
+    /// Statements outside a transaction (each commits on its own).
+    pub fn auto(&mut self) -> PgAuto<'_> {
+        PgAuto {
+            c: &mut self.client,
+            cache: &mut self.cache,
+        }
+    }
+}
+
+/// A PostgreSQL transaction; dropped without [`PgTx::commit`], it rolls back.
+pub struct PgTx<'a> {
+    c: postgres::Transaction<'a>,
+    cache: &'a mut HashMap<String, postgres::Statement>,
+}
+
+impl std::fmt::Debug for PgTx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgTx")
+    }
+}
+
+impl PgTx<'_> {
+    pub fn commit(self) -> Result<()> {
+        Ok(self.c.commit()?)
+    }
+}
+
+/// PostgreSQL statements outside a transaction.
+pub struct PgAuto<'a> {
+    c: &'a mut postgres::Client,
+    cache: &'a mut HashMap<String, postgres::Statement>,
+}
+
+impl std::fmt::Debug for PgAuto<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgAuto")
+    }
+}
+
+fn pg_statement<C: postgres::GenericClient>(
+    c: &mut C,
+    cache: &mut HashMap<String, postgres::Statement>,
+    sql: &str,
+) -> Result<postgres::Statement> {
+    if let Some(s) = cache.get(sql) {
+        return Ok(s.clone());
+    }
+    let stmt = c.prepare(&pg_sql(sql))?;
+    cache.insert(sql.to_owned(), stmt.clone());
+    Ok(stmt)
+}
+
+fn pg_params<'a>(params: &'a [P<'a>]) -> Vec<&'a (dyn postgres::types::ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| p as &(dyn postgres::types::ToSql + Sync))
+        .collect()
+}
+
+fn pg_rows(rows: Vec<postgres::Row>) -> Result<Vec<Row>> {
+    use postgres::types::Type;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut vals = Vec::with_capacity(r.len());
+        for (i, col) in r.columns().iter().enumerate() {
+            let v = match *col.type_() {
+                Type::INT8 => r.try_get::<_, Option<i64>>(i)?.map_or(V::Null, V::Int),
+                Type::INT4 => r
+                    .try_get::<_, Option<i32>>(i)?
+                    .map_or(V::Null, |v| V::Int(i64::from(v))),
+                Type::INT2 => r
+                    .try_get::<_, Option<i16>>(i)?
+                    .map_or(V::Null, |v| V::Int(i64::from(v))),
+                Type::BOOL => r
+                    .try_get::<_, Option<bool>>(i)?
+                    .map_or(V::Null, |v| V::Int(i64::from(v))),
+                Type::FLOAT8 => r.try_get::<_, Option<f64>>(i)?.map_or(V::Null, V::Real),
+                Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR => {
+                    r.try_get::<_, Option<String>>(i)?.map_or(V::Null, V::Text)
+                }
+                ref other => {
+                    return Err(Unreadable(format!("column {i} has type {other}")).into());
+                }
+            };
+            vals.push(v);
+        }
+        out.push(Row(vals));
+    }
+    Ok(out)
+}
+
+macro_rules! pg_sql_impl {
+    ($t:ty) => {
+        impl Sql for $t {
+            fn dialect(&self) -> Dialect {
+                Dialect::Postgres
+            }
+
+            fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<usize> {
+                let stmt = pg_statement(&mut self.c, self.cache, sql)?;
+                let n = self.c.execute(&stmt, &pg_params(params))?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            }
+
+            fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>> {
+                let stmt = pg_statement(&mut self.c, self.cache, sql)?;
+                pg_rows(self.c.query(&stmt, &pg_params(params))?)
+            }
+
+            fn batch(&mut self, sql: &str) -> Result<()> {
+                Ok(self.c.batch_execute(sql)?)
+            }
+        }
+    };
+}
+
+pg_sql_impl!(PgTx<'_>);
+
+impl Sql for PgAuto<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<usize> {
+        let stmt = pg_statement(self.c, self.cache, sql)?;
+        let n = self.c.execute(&stmt, &pg_params(params))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>> {
+        let stmt = pg_statement(self.c, self.cache, sql)?;
+        pg_rows(self.c.query(&stmt, &pg_params(params))?)
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<()> {
+        Ok(self.c.batch_execute(sql)?)
+    }
+}
+
+/// Whether `e` is a unique (or other) constraint refusing a write, in
+/// either engine.
+pub fn is_constraint(e: &anyhow::Error) -> bool {
+    if let Some(rusqlite::Error::SqliteFailure(f, _)) = e.downcast_ref::<rusqlite::Error>() {
+        return f.code == rusqlite::ErrorCode::ConstraintViolation;
+    }
+    if let Some(pe) = e.downcast_ref::<postgres::Error>() {
+        return pe.code().is_some_and(|c| {
+            *c == postgres::error::SqlState::UNIQUE_VIOLATION
+                || *c == postgres::error::SqlState::INTEGRITY_CONSTRAINT_VIOLATION
+        });
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_parameters_become_dollars() {
+        assert_eq!(
+            pg_sql("SELECT ?1, ?12 FROM t WHERE a = ?2 AND b <> '?'"),
+            "SELECT $1, $12 FROM t WHERE a = $2 AND b <> '?'"
+        );
+    }
+
+    #[test]
+    fn values_of_the_wrong_kind_are_unreadable() {
+        let row = Row(vec![V::Text("x".into()), V::Int(3), V::Null]);
+        assert!(row.get::<i64>(0).is_err());
+        assert_eq!(row.get::<i64>(1).unwrap(), 3);
+        assert!(row.get::<bool>(1).unwrap());
+        assert_eq!(row.get::<Option<String>>(2).unwrap(), None);
+        assert!(row.get::<String>(2).is_err());
+        assert!(row.get::<i64>(3).is_err());
+        assert!(
+            row.get::<i64>(0)
+                .unwrap_err()
+                .downcast_ref::<Unreadable>()
+                .is_some()
+        );
+    }
+}

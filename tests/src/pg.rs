@@ -1,0 +1,196 @@
+//! A private PostgreSQL cluster for a test: Debian's `initdb` and `pg_ctl`
+//! in a fresh directory, listening on a free loopback port (and a socket
+//! in that directory), trust authentication for local connections only,
+//! stopped and removed when the guard goes. Run as the `postgres` user
+//! when the test runs as root (the server refuses root).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The newest installed server's `bin` directory.
+fn server_bin() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, b)| b)
+}
+
+/// A running cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Cluster {
+    /// Starts a cluster, or — when PostgreSQL is not installed — returns
+    /// `None` after [`crate::require`] (which fails the test in CI).
+    pub fn start() -> Option<Self> {
+        let bin = server_bin();
+        if !crate::require(
+            "PostgreSQL's server (Debian package postgresql)",
+            bin.is_some(),
+        ) {
+            return None;
+        }
+        let bin = bin.expect("checked");
+        let as_postgres = nix::unistd::geteuid().is_root();
+        let dir =
+            std::env::temp_dir().join(format!("cc-pg-{}-{}", std::process::id(), uuid_like()));
+        std::fs::create_dir_all(&dir).expect("cluster directory");
+        if as_postgres {
+            let pg = nix::unistd::User::from_name("postgres")
+                .expect("reading users")
+                .expect("the postgres user (Debian's postgresql package creates it)");
+            nix::unistd::chown(&dir, Some(pg.uid), Some(pg.gid)).expect("chown cluster dir");
+        }
+        let mut cluster = Self {
+            dir,
+            bin,
+            port: 0,
+            as_postgres,
+        };
+        let data = cluster.data();
+        let ok = cluster
+            .run("initdb")
+            .args(["-D"])
+            .arg(&data)
+            .args(["--auth=trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("running initdb")
+            .success();
+        assert!(ok, "initdb failed");
+        // A free port: bound and released; another process may take it in
+        // between, so a failed start tries another.
+        for attempt in 0.. {
+            cluster.port = free_port();
+            let opts = format!(
+                "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=400 \
+                 -c shared_buffers=64MB -c fsync=on",
+                cluster.port,
+                cluster.dir.display()
+            );
+            let started = cluster
+                .run("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .args(["-o", &opts, "-l"])
+                .arg(cluster.dir.join("log"))
+                .args(["-w", "-t", "30", "start"])
+                .stdout(Stdio::null())
+                .status()
+                .expect("running pg_ctl")
+                .success();
+            if started {
+                break;
+            }
+            assert!(
+                attempt < 3,
+                "the cluster did not start: {}",
+                std::fs::read_to_string(cluster.dir.join("log")).unwrap_or_default()
+            );
+        }
+        Some(cluster)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn run(&self, tool: &str) -> Command {
+        let path = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The URL of database `db` (created by [`Cluster::create_db`], or
+    /// `postgres`).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Creates database `name` and returns its URL.
+    pub fn create_db(&self, name: &str) -> String {
+        let ok = Command::new(self.bin.join("psql"))
+            .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(self.port.to_string())
+            .args(["-d", "postgres", "-c"])
+            .arg(format!("CREATE DATABASE \"{name}\""))
+            .status()
+            .expect("running psql")
+            .success();
+        assert!(ok, "CREATE DATABASE {name} failed");
+        self.url(name)
+    }
+
+    /// Runs SQL in database `db` with `psql`; returns its unaligned output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-qAt", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(self.port.to_string())
+            .args(["-d", db, "-c", sql])
+            .output()
+            .expect("running psql");
+        assert!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self
+            .run("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn uuid_like() -> String {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("randomness");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
