@@ -343,7 +343,16 @@ where
             warn!(%peer, "refused: no X-CC-API-KEY");
             return Err(refuse(StatusCode::UNAUTHORIZED, "missing X-CC-API-KEY"));
         };
-        match store.authenticate(presented) {
+        // A blocking call inside the handshake's callback: PostgreSQL's
+        // client must not block a runtime thread, so this worker steps out
+        // of the runtime for it (SQLite on a single-threaded runtime, as in
+        // some tests, is called directly).
+        let lookup = || store.authenticate(presented);
+        let found = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => lookup(),
+            _ => tokio::task::block_in_place(lookup),
+        };
+        match found {
             Ok(Some(record)) => {
                 key = Some(record);
                 Ok(resp)

@@ -228,7 +228,13 @@ pub async fn serve(
             .unwrap_or_else(|_| "listener".into());
         format!("{machine}:{}", bound.agent_addr.port())
     });
-    let store = Store::open_at(&settings.db)?.held_as(&name)?;
+    // PostgreSQL's client blocks: opened (and at the end dropped) off the
+    // runtime's threads.
+    let at = settings.db.clone();
+    let held = name.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open_at(&at)?.held_as(&held))
+        .await
+        .context("opening the store")??;
     let tls = settings.tls.as_ref().map(load_tls).transpose()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let db = Db::new(store);
@@ -302,6 +308,7 @@ pub async fn serve(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let _ = tokio::task::spawn_blocking(move || drop(state)).await;
     Ok(())
 }
 

@@ -300,8 +300,21 @@ pub fn pg_sql(sql: &str) -> String {
 
 /// A PostgreSQL client with its prepared statements.
 pub struct PgConn {
-    pub client: postgres::Client,
+    /// `None` only while it is dropped.
+    client: Option<postgres::Client>,
     cache: HashMap<String, postgres::Statement>,
+}
+
+impl Drop for PgConn {
+    /// The client runs a small runtime of its own, which must not be
+    /// dropped on a thread that drives async tasks (as the listener's
+    /// runtime does when it shuts down): it is dropped on a thread of its
+    /// own.
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            let _ = std::thread::spawn(move || drop(c)).join();
+        }
+    }
 }
 
 impl std::fmt::Debug for PgConn {
@@ -317,26 +330,42 @@ impl PgConn {
         let client = postgres::Client::connect(url, postgres::NoTls)
             .map_err(|e| anyhow!("connecting to PostgreSQL: {e}"))?;
         Ok(Self {
-            client,
+            client: Some(client),
             cache: HashMap::new(),
         })
     }
 
+    /// Whether the server closed the connection.
+    pub fn is_closed(&self) -> bool {
+        self.client.as_ref().is_none_or(postgres::Client::is_closed)
+    }
+
+    fn client(&mut self) -> Result<&mut postgres::Client> {
+        self.client
+            .as_mut()
+            .ok_or_else(|| anyhow!("the PostgreSQL connection is closed"))
+    }
+
     /// A transaction on this connection.
     pub fn transaction(&mut self) -> Result<PgTx<'_>> {
-        let tx = self.client.transaction()?;
+        let Self { client, cache } = self;
+        let client = client
+            .as_mut()
+            .ok_or_else(|| anyhow!("the PostgreSQL connection is closed"))?;
         Ok(PgTx {
-            c: tx,
-            cache: &mut self.cache,
+            c: client.transaction()?,
+            cache,
         })
     }
 
     /// Statements outside a transaction (each commits on its own).
-    pub fn auto(&mut self) -> PgAuto<'_> {
-        PgAuto {
-            c: &mut self.client,
-            cache: &mut self.cache,
-        }
+    pub fn auto(&mut self) -> Result<PgAuto<'_>> {
+        self.client()?;
+        let Self { client, cache } = self;
+        let c = client
+            .as_mut()
+            .ok_or_else(|| anyhow!("the PostgreSQL connection is closed"))?;
+        Ok(PgAuto { c, cache })
     }
 }
 

@@ -312,7 +312,7 @@ const PG_MIGRATE_LOCK: i64 = 0x6363_4d47; // "ccMG"
 /// again on the next call; the call that found it broken failed, and its
 /// caller (an agent's report, an operator's request) retries.
 fn reconnect_if_closed(conn: &mut PgConn, url: &str) -> Result<()> {
-    if conn.client.is_closed() {
+    if conn.is_closed() {
         *conn = PgConn::connect(url)?;
     }
     Ok(())
@@ -778,7 +778,7 @@ impl Store {
             Backend::Postgres { url, reader, .. } => {
                 let mut conn = lock(reader);
                 reconnect_if_closed(&mut conn, url)?;
-                f(&mut conn.auto())
+                f(&mut conn.auto()?)
             }
         }
     }
@@ -2204,7 +2204,10 @@ CREATE TRIGGER job_changed AFTER UPDATE OF status ON jobs
 fn migrate_postgres(conn: &mut PgConn) -> Result<()> {
     let mut tx = conn.transaction()?;
     tx.exec("SELECT pg_advisory_xact_lock(?1)", &p![PG_MIGRATE_LOCK])?;
-    tx.batch("CREATE TABLE IF NOT EXISTS cc_schema (version BIGINT NOT NULL)")?;
+    let fresh: bool = scalar(&mut tx, "SELECT to_regclass('cc_schema') IS NULL", &[])?;
+    if fresh {
+        tx.batch("CREATE TABLE cc_schema (version BIGINT NOT NULL)")?;
+    }
     let done: Option<i64> = tx
         .one("SELECT version FROM cc_schema", &[])?
         .map(|r| r.get(0))

@@ -18,6 +18,9 @@ pub struct ListenerProcess {
     bin: PathBuf,
     dir: PathBuf,
     extra_config: String,
+    /// The database it uses: `dir/listener.db`, or a shared one (a
+    /// `postgres://` URL, [`ListenerProcess::start_shared`]).
+    db: String,
 }
 
 impl ListenerProcess {
@@ -40,10 +43,28 @@ impl ListenerProcess {
         agent: SocketAddr,
         admin: SocketAddr,
     ) -> Self {
+        let db = dir.join("listener.db").to_string_lossy().into_owned();
+        Self::start_with(bin, dir, &db, extra_config, agent, admin)
+    }
+
+    /// One of several listeners sharing the database `db` (a
+    /// `postgres://` URL), started in its own `dir` on free ports.
+    pub fn start_shared(bin: &Path, dir: &Path, db: &str, extra_config: &str) -> Self {
+        let any = "127.0.0.1:0".parse().unwrap();
+        Self::start_with(bin, dir, db, extra_config, any, any)
+    }
+
+    fn start_with(
+        bin: &Path,
+        dir: &Path,
+        db: &str,
+        extra_config: &str,
+        agent: SocketAddr,
+        admin: SocketAddr,
+    ) -> Self {
         std::fs::write(dir.join("token"), TOKEN).unwrap();
         let config = format!(
-            "db = {:?}\nadmin_token_file = {:?}\nlisten = \"{agent}\"\nadmin_listen = \"{admin}\"\n{extra_config}\n",
-            dir.join("listener.db"),
+            "db = {db:?}\nadmin_token_file = {:?}\nlisten = \"{agent}\"\nadmin_listen = \"{admin}\"\n{extra_config}\n",
             dir.join("token"),
         );
         std::fs::write(dir.join("listener.toml"), &config).unwrap();
@@ -74,6 +95,7 @@ impl ListenerProcess {
             bin: bin.to_owned(),
             dir: dir.to_owned(),
             extra_config: extra_config.to_owned(),
+            db: db.to_owned(),
         }
     }
 
@@ -84,9 +106,10 @@ impl ListenerProcess {
         loop {
             // The port may linger for a moment after the kill.
             let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Self::start_on(
+                Self::start_with(
                     &self.bin,
                     &self.dir,
+                    &self.db,
                     &self.extra_config,
                     self.agent_addr,
                     self.admin_addr,
@@ -133,7 +156,7 @@ impl ListenerProcess {
     }
 
     pub fn add_key(&self, name: &str) -> String {
-        add_key_to(&self.bin, &self.dir.join("listener.db"), name)
+        add_key_to(&self.bin, Path::new(&self.db), name)
     }
 
     /// `POST /api/v1/runs` with `body`, which must be accepted: the run id
@@ -161,7 +184,7 @@ impl ListenerProcess {
             .arg("keys")
             .args(args)
             .arg("--db")
-            .arg(self.dir.join("listener.db"))
+            .arg(&self.db)
             .output()
             .unwrap()
     }

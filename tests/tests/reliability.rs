@@ -244,6 +244,244 @@ fn fault_listener_killed_during_500_jobs() {
     );
 }
 
+/// Issue "Beyond one server": 2,000 jobs to 6 agents while one listener
+/// is SIGKILLed twice. With `shared`, 3 listeners on one PostgreSQL
+/// database: each agent lists all three (in a different order, so two
+/// prefer the victim), jobs are posted through the two others' API, and
+/// the victim stays down 3 s each time. Without, the one listener on
+/// SQLite is killed and restarted at once (jobs are posted to it). Each job
+/// appends its number to a file: runs are counted from what ran.
+fn listener_killed_during_2000_jobs(r: &Rig, shared: bool) {
+    let cluster;
+    let mut ls: Vec<ListenerProcess> = Vec::new();
+    if shared {
+        let Some(c) = cc_e2e::pg::Cluster::start() else {
+            return;
+        };
+        let url = c.create_db("cc");
+        for i in 0..3 {
+            let d = r.dir.path().join(format!("listener-{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            ls.push(ListenerProcess::start_shared(
+                &bin("cc-listener"),
+                &d,
+                &url,
+                FAST,
+            ));
+        }
+        cluster = Some(c);
+    } else {
+        let d = r.dir.path().join("listener-solo");
+        std::fs::create_dir_all(&d).unwrap();
+        ls.push(ListenerProcess::start(&bin("cc-listener"), &d, FAST));
+        cluster = None;
+    }
+    let n = ls.len();
+    let runs = r.dir.path().join("ha-runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    nix::unistd::chown(
+        &runs,
+        Some(nix::unistd::Uid::from_raw(r.user.0)),
+        Some(nix::unistd::Gid::from_raw(r.user.1)),
+    )
+    .unwrap();
+    let ran = runs.join("ran");
+    let hosts: Vec<String> = (0..6).map(|i| format!("rel-ha-{i}.test")).collect();
+    let mut agents = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let key = ls[0].add_key(host);
+        let urls: Vec<String> = (0..n)
+            .map(|k| format!("{:?}", ls[(i + k) % n].ws_url()))
+            .collect();
+        let adir = r.dir.path().join(host);
+        std::fs::create_dir_all(&adir).unwrap();
+        agents.push(AgentProcess::start(
+            &bin("cc-agent"),
+            &adir,
+            &format!("[{}]", urls.join(", ")),
+            &key,
+            host,
+            "max_concurrent_jobs = 4\n",
+            Some(r.user),
+        ));
+    }
+    // The listener that is never killed answers every question.
+    let judge = n - 1;
+    let connected = |l: &ListenerProcess| {
+        l.get("/api/v1/agents").json().as_array().map_or(0, |a| {
+            a.iter()
+                .filter(|x| hosts.iter().any(|h| x["hostname"] == h.as_str()))
+                .filter(|x| x["connected"] == true)
+                .count()
+        })
+    };
+    wait_for(T, "all 6 agents connected", || {
+        (connected(&ls[judge]) == 6).then_some(())
+    });
+    // Agents that list the victim first are connected to it.
+    let on_victim: Vec<usize> = (0..6).filter(|&i| i % n == 0).collect();
+    let victim_port = ls[0].agent_addr.port().to_string();
+    for &i in &on_victim {
+        let held = ls[judge].agent_entry(&hosts[i]).unwrap()["listener"].clone();
+        assert!(
+            !shared || held.as_str().is_some_and(|l| l.ends_with(&victim_port)),
+            "{} is held by {held}, not the victim",
+            hosts[i]
+        );
+    }
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    let mut down = false;
+    let mut kills = 0;
+    for i in 0..2000usize {
+        match (i, shared) {
+            (600 | 1300, true) => {
+                ls[0].kill();
+                kills += 1;
+                down = true;
+            }
+            (900 | 1600, true) => {
+                ls[0].kill_and_restart();
+                down = false;
+            }
+            // The agents that prefer the victim come back to it (a rolling
+            // restart of those agents, SIGTERM), so the second kill finds
+            // them there with jobs in flight.
+            (1000, true) => {
+                for &k in &on_victim {
+                    agents[k].terminate(Duration::from_secs(40));
+                    agents[k].start_again();
+                }
+                wait_for(T, "the victim's agents back on it", || {
+                    on_victim
+                        .iter()
+                        .all(|&k| {
+                            ls[judge].agent_entry(&hosts[k]).is_some_and(|a| {
+                                a["listener"]
+                                    .as_str()
+                                    .is_some_and(|l| l.ends_with(&victim_port))
+                            })
+                        })
+                        .then_some(())
+                });
+            }
+            (600 | 1300, false) => {
+                ls[0].kill_and_restart();
+                kills += 1;
+            }
+            _ => {}
+        }
+        let poster = if shared { 1 + i % 2 } else { 0 };
+        assert!(!(down && poster == 0));
+        let script = format!("echo {i} >> {}", ran.display());
+        let body = json!({"command": "/bin/sh", "args": ["-c", script], "timeout": 30});
+        let path = format!("/api/v1/agents/{}/jobs", hosts[i % 6]);
+        let resp = ls[poster].post(&path, &body);
+        assert_eq!(resp.status, 202, "{}", resp.body);
+        ids.push(resp.json()["jobId"].as_str().unwrap().to_owned());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let posted = started.elapsed();
+    // Settled: done, lost or expired (lost only after timeout + grace).
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut status: HashMap<String, String> = HashMap::new();
+    for id in &ids {
+        loop {
+            let st = ls[judge].get(&format!("/api/v1/jobs/{id}")).json()["status"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            if matches!(st.as_str(), "done" | "lost" | "expired") || Instant::now() > deadline {
+                status.insert(id.clone(), st);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let done = status.values().filter(|s| *s == "done").count();
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for h in &hosts {
+        let reports = ls[judge]
+            .get(&format!("/api/v1/reports?hostname={h}&limit=1000"))
+            .json();
+        for rep in reports.as_array().unwrap() {
+            *per.entry(rep["jobId"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    let missing = ids.iter().filter(|i| !per.contains_key(*i)).count();
+    let stored_twice = ids
+        .iter()
+        .filter(|i| per.get(*i).is_some_and(|k| *k > 1))
+        .count();
+    let mut times_run: HashMap<usize, usize> = HashMap::new();
+    for l in std::fs::read_to_string(&ran).unwrap_or_default().lines() {
+        if let Ok(i) = l.trim().parse::<usize>() {
+            *times_run.entry(i).or_default() += 1;
+        }
+    }
+    let run_twice = times_run.values().filter(|k| **k > 1).count();
+    let never_ran = (0..2000).filter(|i| !times_run.contains_key(i)).count();
+    let all_back = poll(T, || (connected(&ls[judge]) == 6).then_some(())).is_some();
+    let reconnects: Vec<usize> = agents
+        .iter()
+        .map(|a| a.log().matches("connected and registered").count())
+        .collect();
+    // Shared: the first connection, after each kill, after the agent
+    // restart; one listener: the first and after each kill.
+    let moved_all = on_victim
+        .iter()
+        .all(|&i| reconnects[i] >= if shared { 4 } else { 3 });
+    let (target, setup) = if shared {
+        (
+            "3 listeners on one PostgreSQL",
+            "2,000 `sh -c 'echo I >> file'` jobs to 6 agents (each listing all 3 listeners, in 3 orders), posted through the API of listeners 2 and 3 while listener 1 is SIGKILLed twice (down 3 s each time)",
+        )
+    } else {
+        (
+            "1 listener on SQLite",
+            "2,000 `sh -c 'echo I >> file'` jobs to 6 agents while the listener is SIGKILLed and restarted twice",
+        )
+    };
+    r.rec.row(
+        target,
+        setup,
+        "every job done; 0 reports lost, 0 stored twice, 0 jobs run twice (counted from the file); every agent reconnected",
+        &format!(
+            "{done}/2000 done, {missing} reports missing, {stored_twice} stored twice, {run_twice} run twice, {never_ran} never ran; {kills} kills; agents on the victim {on_victim:?} reconnected {:?} times; all 6 connected at the end: {all_back}; posting took {:.1} s",
+            on_victim.iter().map(|&i| reconnects[i]).collect::<Vec<_>>(),
+            posted.as_secs_f64()
+        ),
+        done == 2000
+            && missing == 0
+            && stored_twice == 0
+            && run_twice == 0
+            && never_ran == 0
+            && all_back
+            && moved_all
+            && !on_victim.is_empty(),
+    );
+    drop(agents);
+    drop(ls);
+    drop(cluster);
+}
+
+#[test]
+fn fault_listener_killed_among_three_on_postgres() {
+    let Some(r) = rig("fault", "fault_10_listener_killed_of_three_postgres", "") else {
+        return;
+    };
+    listener_killed_during_2000_jobs(&r, true);
+}
+
+#[test]
+fn fault_listener_killed_alone_on_sqlite_2000_jobs() {
+    let Some(r) = rig("fault", "fault_11_listener_killed_alone_sqlite", "") else {
+        return;
+    };
+    listener_killed_during_2000_jobs(&r, false);
+}
+
 #[test]
 fn fault_agent_killed_mid_job_and_cron_runs_while_it_is_down() {
     let Some(r) = rig("fault", "fault_2_agent_killed", "") else {
