@@ -25,12 +25,21 @@ struct Rig {
 /// A listener and an agent (as cc-agent-user) registered to it; None when
 /// the machine cannot run it outside CI.
 fn rig(name: &str, agent_extra: &str) -> Option<Rig> {
+    rig_with(name, "", agent_extra)
+}
+
+/// [`rig`] with more listener configuration lines.
+fn rig_with(name: &str, listener_extra: &str, agent_extra: &str) -> Option<Rig> {
     let user = root_and_agent_user()?;
     let (uid, gid) = user;
     let dir = TempDir::new(name);
     std::fs::create_dir_all(dir.path().join("listener")).unwrap();
     std::fs::create_dir_all(dir.path().join("agent")).unwrap();
-    let listener = ListenerProcess::start(&bin("cc-listener"), &dir.path().join("listener"), FAST);
+    let listener = ListenerProcess::start(
+        &bin("cc-listener"),
+        &dir.path().join("listener"),
+        &format!("{FAST}{listener_extra}"),
+    );
     let host = format!("{name}.test");
     let key = listener.add_key(&host);
     let agent = AgentProcess::start(
@@ -354,4 +363,65 @@ fn the_agent_refuses_a_world_readable_key_and_plaintext_to_a_remote_host() {
         .run_subcommand(&["run", "--config", remote.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("insecure_allow_plaintext"));
+}
+
+/// The reports in the agent's outbox, read as the agent reads it: a
+/// dot-named file (a write in progress, the reserve) is not a report.
+fn outbox_reports(rig: &Rig) -> Vec<Value> {
+    let Ok(dir) = std::fs::read_dir(rig.agent.state().join("outbox")) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            !name.starts_with('.') && name.ends_with(".json")
+        })
+        .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
+        .collect()
+}
+
+fn job_status(rig: &Rig, id: &str) -> String {
+    let job = rig.listener.get(&format!("/api/v1/jobs/{id}")).json();
+    job["status"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A report the listener fails to store (another writer holds its
+/// database's lock past the listener's 10 s busy timeout) is not refused
+/// for good: nothing tells the agent to drop it, so it stays in the outbox
+/// and is stored when it goes again on the next connection.
+#[test]
+fn a_report_the_listener_could_not_store_stays_in_the_outbox() {
+    let Some(mut rig) = rig("a-store-error", "") else {
+        return;
+    };
+    let id = rig.post_job(json!({"command": "/bin/sh", "args": ["-c", "sleep 1; echo kept"]}));
+    cc_e2e::wait_for(T, "the job sent to the agent", || {
+        (job_status(&rig, &id) == "sent").then_some(())
+    });
+    let db = rusqlite::Connection::open(rig._dir.path().join("listener/listener.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    cc_e2e::wait_for(
+        Duration::from_secs(40),
+        "the listener failing to store the report",
+        || {
+            rig.listener
+                .log()
+                .contains("storing report failed")
+                .then_some(())
+        },
+    );
+    // Longer than a message takes to arrive: no rejection follows.
+    std::thread::sleep(Duration::from_secs(1));
+    let kept = outbox_reports(&rig);
+    assert_eq!(kept.len(), 1, "{kept:?}\n{}", rig.agent.log());
+    assert_eq!(kept[0]["jobId"], id.as_str());
+    assert!(!rig.agent.log().contains("rejected"), "{}", rig.agent.log());
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+    // The next connection sends it again, and it is stored.
+    rig.listener.kill_and_restart();
+    rig.wait_connected();
+    let report = rig.wait_report(&id, T);
+    assert_eq!(report["stdout"], "kept\n");
+    assert_eq!(report["reportId"], kept[0]["reportId"]);
 }
