@@ -1,5 +1,6 @@
 //! The on-disk outbox: every report is written here before it is sent, and
-//! removed only when the listener acknowledges it (`report_ack`).
+//! removed only when the listener acknowledges it (`report_ack`) or
+//! rejects it for good (`report_rejected`).
 //!
 //! One file per report, `<nanoseconds>-<reportId>.json`, holding the
 //! `execution_report` payload. Files are written to a dot-named temp file,
@@ -97,8 +98,22 @@ impl Outbox {
         Ok(format!(r#"{{"type":"execution_report","payload":{text}}}"#))
     }
 
-    /// Deletes an acknowledged report; false when it is already gone (an
-    /// ack may come twice).
+    /// The `jobId` of a stored report, for the log; None when it cannot
+    /// be read.
+    pub(crate) fn job_id(&self, entry: &Entry) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct JobOnly {
+            job_id: String,
+        }
+        let text = fs::read(&entry.path).ok()?;
+        serde_json::from_slice::<JobOnly>(&text)
+            .ok()
+            .map(|r| r.job_id)
+    }
+
+    /// Deletes an acknowledged (or rejected) report; false when it is
+    /// already gone (an ack may come twice).
     pub(crate) fn remove(&self, entry: &Entry) -> Result<bool> {
         match fs::remove_file(&entry.path) {
             Ok(()) => Ok(true),

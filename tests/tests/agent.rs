@@ -366,7 +366,7 @@ fn the_agent_refuses_a_world_readable_key_and_plaintext_to_a_remote_host() {
 }
 
 /// The reports in the agent's outbox, read as the agent reads it: a
-/// dot-named file (a write in progress, the reserve) is not a report.
+/// dot-named file (a write in progress) is not a report.
 fn outbox_reports(rig: &Rig) -> Vec<Value> {
     let Ok(dir) = std::fs::read_dir(rig.agent.state().join("outbox")) else {
         return Vec::new();
@@ -383,6 +383,66 @@ fn outbox_reports(rig: &Rig) -> Vec<Value> {
 fn job_status(rig: &Rig, id: &str) -> String {
     let job = rig.listener.get(&format!("/api/v1/jobs/{id}")).json();
     job["status"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A report the listener refuses for good (the host's report quota is
+/// full) stayed in the agent's outbox: it went again on every connection,
+/// was refused again every time, and left only when the outbox's bound
+/// (10,000 reports) pushed it out. Now the listener answers
+/// `report_rejected` and the agent deletes it at once, saying why.
+#[test]
+fn a_report_refused_for_the_hosts_quota_leaves_the_outbox_at_once() {
+    let Some(mut rig) = rig_with("a-refused", "report_quota_bytes = 3000\n", "") else {
+        return;
+    };
+    // 3,893 bytes of stdout: over the host's 3,000-byte quota on its own.
+    let big = rig.post_job(json!({"command": "/usr/bin/seq", "args": ["1", "1000"]}));
+    let entry = rig.listener.wait_for(T, |l| {
+        l.agent_entry(&rig.host)
+            .filter(|a| a["reportsRefused"].as_u64().unwrap_or(0) >= 1)
+    });
+    assert!(
+        entry["lastRefusal"]
+            .as_str()
+            .is_some_and(|s| s.contains("report quota reached")),
+        "{entry}"
+    );
+    // Right after the refusal the report is gone from the outbox.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !outbox_reports(&rig).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the refused report is still in the outbox 5 s after the refusal: {:?}\n--- agent log ---\n{}",
+            outbox_reports(&rig)
+                .iter()
+                .map(|r| r["jobId"].clone())
+                .collect::<Vec<_>>(),
+            rig.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = rig.agent.log();
+    let said = log
+        .lines()
+        .find(|l| l.contains("the listener rejected a report") && l.contains(big.as_str()))
+        .unwrap_or_else(|| panic!("the agent does not say why the report went\n{log}"));
+    assert!(said.contains("WARN"), "{said}");
+    assert!(said.contains("report quota reached"), "{said}");
+    // Not stored: the job has no report.
+    assert_eq!(job_status(&rig, &big), "sent");
+    let stored = rig
+        .listener
+        .get(&format!("/api/v1/reports?hostname={}", rig.host))
+        .json();
+    assert_eq!(stored.as_array().map(Vec::len), Some(0), "{stored}");
+    // And it is not sent again: a new listener process (refusals are
+    // counted in memory) sees none, and the next report goes through.
+    rig.listener.kill_and_restart();
+    rig.wait_connected();
+    let small = rig.post_job(json!({"command": "/bin/echo", "args": ["fits"]}));
+    assert_eq!(rig.wait_report(&small, T)["stdout"], "fits\n");
+    let entry = rig.listener.agent_entry(&rig.host).unwrap();
+    assert_eq!(entry["reportsRefused"].as_u64().unwrap_or(0), 0, "{entry}");
 }
 
 /// A report the listener fails to store (another writer holds its
