@@ -37,7 +37,7 @@ use cc_proto::{CommandLine, JobId, Timestamp};
 
 use crate::config::Config;
 use crate::jobs::{Job, Jobs, Offer};
-use crate::outbox::{self, Outbox};
+use crate::outbox::{self, Outbox, Reserve};
 use crate::runner::Runner;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -79,6 +79,15 @@ enum Ended {
 pub(crate) async fn run(cfg: Config) -> Result<()> {
     let key = cfg.read_api_key()?;
     let outbox = Outbox::open(&cfg.state_dir)?;
+    match outbox.ensure_reserve() {
+        Ok(Reserve::Present) => {}
+        Ok(Reserve::Made) => info!(bytes = outbox::RESERVE_BYTES, "outbox reserve made"),
+        Ok(Reserve::NoRoom { free }) => warn!(
+            free_bytes = free,
+            "no outbox reserve: too little free space in the state directory; it is made once there is room and the outbox is empty"
+        ),
+        Err(e) => warn!("no outbox reserve: {e:#}"),
+    }
     let runner = Arc::new(Runner::new(cfg.execution_mode, cfg.helper_socket.clone()));
     if runner.identity.is_root() && cfg.execution_mode == wire::ExecutionMode::User {
         warn!("{}", crate::runner::ROOT_IN_USER_MODE);
@@ -678,11 +687,25 @@ where
         ws.send(WsMessage::Text(text.into())).await?;
         sent.insert(entry.report_id.clone(), entry.clone());
     }
+    let drained = entries.is_empty();
     let dropped = ctx
         .outbox
         .enforce_bound(entries, sent, outbox::MAX_REPORTS)?;
     if dropped > 0 {
         warn!(dropped, "outbox over its bound: oldest reports dropped");
+    }
+    // A reserve used on a full disk is made again once the outbox has
+    // drained (and the file system has room: `ensure_reserve` checks).
+    if drained && !ctx.outbox.has_reserve() {
+        let o = ctx.outbox.clone();
+        match tokio::task::spawn_blocking(move || o.ensure_reserve()).await {
+            Ok(Ok(Reserve::Made)) => {
+                info!(bytes = outbox::RESERVE_BYTES, "outbox reserve made again")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => debug!("outbox reserve not made: {e:#}"),
+            Err(e) => debug!("outbox reserve task failed: {e}"),
+        }
     }
     Ok(())
 }
