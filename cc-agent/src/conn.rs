@@ -79,6 +79,14 @@ enum Ended {
 pub(crate) async fn run(cfg: Config) -> Result<()> {
     let key = cfg.read_api_key()?;
     let outbox = Outbox::open(&cfg.state_dir)?;
+    match outbox.remove_stale_temps(outbox::STALE_TEMP) {
+        Ok(0) => {}
+        Ok(n) => info!(
+            removed = n,
+            "temp files of interrupted writes removed from the outbox"
+        ),
+        Err(e) => warn!("could not clear interrupted writes from the outbox: {e:#}"),
+    }
     match outbox.ensure_reserve() {
         Ok(Reserve::Present) => {}
         Ok(Reserve::Made) => info!(bytes = outbox::RESERVE_BYTES, "outbox reserve made"),

@@ -28,7 +28,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use cc_proto::wire::{ExecutionReport, MAX_MESSAGE_BYTES};
@@ -48,6 +48,11 @@ const RESERVE: &str = ".reserve";
 /// The reserve is made only while the file system has this much free
 /// beyond it, so that making it does not itself fill the disk.
 const RESERVE_HEADROOM: u64 = 256 * 1024;
+
+/// A temp file older than this was left by a write that never finished
+/// (a crash between create and rename); a younger one may be a `cron-run`
+/// writing now, and is left alone.
+pub(crate) const STALE_TEMP: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
@@ -174,6 +179,36 @@ impl Outbox {
         crate::atomic::write_file(&self.dir, RESERVE, &vec![0u8; RESERVE_BYTES])
             .with_context(|| format!("making the reserve {}", path.display()))?;
         Ok(Reserve::Made)
+    }
+
+    /// Deletes temp files (`.tmp-…`) older than `older_than`: writes a
+    /// crash interrupted between create and rename. Younger ones are left:
+    /// a `cron-run` may be writing one now. Returns how many went.
+    pub(crate) fn remove_stale_temps(&self, older_than: Duration) -> Result<usize> {
+        let mut removed = 0;
+        for entry in
+            fs::read_dir(&self.dir).with_context(|| format!("reading {}", self.dir.display()))?
+        {
+            let entry = entry?;
+            if !entry.file_name().as_encoded_bytes().starts_with(b".tmp-") {
+                continue;
+            }
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= older_than));
+            if !stale {
+                continue;
+            }
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("removing {}", entry.path().display()));
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Stored reports in send order.
@@ -469,6 +504,47 @@ mod tests {
         assert!(ob.remove(&listed[0]).unwrap());
         assert_eq!(ob.ensure_reserve().unwrap(), Reserve::Made);
         assert!(ob.has_reserve());
+    }
+
+    /// A crash between a temp file's creation and its rename left the temp
+    /// file in the outbox for ever. At start the agent removes those old
+    /// enough to be no one's write in progress; a fresh one (a `cron-run`
+    /// writing now), the reserve and the reports stay.
+    #[test]
+    fn temp_files_of_interrupted_writes_are_removed_at_start() {
+        let dir = temp();
+        let ob = Outbox::open(&dir).unwrap();
+        let kept = ob.put(report("kept")).unwrap();
+        let outbox = dir.join("outbox");
+        let old = outbox.join(".tmp-00000000000000000001-crashed.json");
+        let fresh = outbox.join(".tmp-00000000000000000002-writing.json");
+        let reserve_tmp = outbox.join(".tmp-.reserve");
+        for p in [&old, &fresh, &reserve_tmp] {
+            fs::write(p, "{").unwrap();
+        }
+        let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        for p in [&old, &reserve_tmp] {
+            fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(an_hour_ago)
+                .unwrap();
+        }
+        fs::write(outbox.join(RESERVE), "").unwrap();
+        assert_eq!(ob.remove_stale_temps(STALE_TEMP).unwrap(), 2);
+        assert!(!old.exists() && !reserve_tmp.exists());
+        assert!(fresh.exists(), "a write in progress is left alone");
+        assert!(outbox.join(RESERVE).exists());
+        let ids: Vec<String> = ob
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.report_id)
+            .collect();
+        assert_eq!(ids, [kept]);
+        assert_eq!(ob.remove_stale_temps(STALE_TEMP).unwrap(), 0);
+        fs::remove_dir_all(dir).unwrap();
     }
 
     /// A reserve of the wrong size (an older agent's, a truncated copy) is
