@@ -5,7 +5,7 @@
 //! `jobs.rs`, which starts at most `max_concurrent_jobs` at once, and each
 //! report goes to the outbox before anything is sent. Every connection
 //! starts by sending the whole outbox; a report leaves the outbox only on
-//! `report_ack`.
+//! `report_ack`, or on `report_rejected` (refused for good, with a warning).
 //!
 //! SIGTERM (or SIGINT) stops the agent gracefully: no new job is taken and
 //! the ones held but not started are let go (the listener still has them
@@ -31,12 +31,13 @@ use tracing::{debug, error, info, warn};
 
 use cc_proto::wire::{
     self, CronEntry, ExecuteJob, Heartbeat, Incoming, MAX_MESSAGE_BYTES, Message, Register,
+    ReportRejected,
 };
 use cc_proto::{CommandLine, JobId, Timestamp};
 
 use crate::config::Config;
 use crate::jobs::{Job, Jobs, Offer};
-use crate::outbox::{self, Outbox};
+use crate::outbox::{self, Outbox, Reserve};
 use crate::runner::Runner;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -78,6 +79,23 @@ enum Ended {
 pub(crate) async fn run(cfg: Config) -> Result<()> {
     let key = cfg.read_api_key()?;
     let outbox = Outbox::open(&cfg.state_dir)?;
+    match outbox.remove_stale_temps(outbox::STALE_TEMP) {
+        Ok(0) => {}
+        Ok(n) => info!(
+            removed = n,
+            "temp files of interrupted writes removed from the outbox"
+        ),
+        Err(e) => warn!("could not clear interrupted writes from the outbox: {e:#}"),
+    }
+    match outbox.ensure_reserve() {
+        Ok(Reserve::Present) => {}
+        Ok(Reserve::Made) => info!(bytes = outbox::RESERVE_BYTES, "outbox reserve made"),
+        Ok(Reserve::NoRoom { free }) => warn!(
+            free_bytes = free,
+            "no outbox reserve: too little free space in the state directory; it is made once there is room and the outbox is empty"
+        ),
+        Err(e) => warn!("no outbox reserve: {e:#}"),
+    }
     let runner = Arc::new(Runner::new(cfg.execution_mode, cfg.helper_socket.clone()));
     if runner.identity.is_root() && cfg.execution_mode == wire::ExecutionMode::User {
         warn!("{}", crate::runner::ROOT_IN_USER_MODE);
@@ -474,6 +492,9 @@ where
                 }
             }
         }
+        Incoming::Known(Message::ReportRejected(rejected)) => {
+            on_rejected(&ctx.outbox, sent, &rejected);
+        }
         Incoming::Known(other) => warn!(
             kind = other.kind(),
             "unexpected message from the listener ignored"
@@ -481,6 +502,35 @@ where
         Incoming::UnknownType(kind) => debug!(%kind, "unknown message type ignored"),
     }
     Ok(())
+}
+
+/// `report_rejected`: the listener refused a report for good (sent again,
+/// it would be refused again). If this connection sent it, it leaves the
+/// outbox now, with a warning that says why. As with `report_ack`, only a
+/// report sent on this connection can go; an invalid rejection is dropped
+/// like any invalid message.
+fn on_rejected(outbox: &Outbox, sent: &mut Sent, rejected: &ReportRejected) {
+    if let Err(e) = rejected.validate() {
+        warn!("invalid report_rejected from the listener dropped: {e}");
+        return;
+    }
+    let Some(entry) = sent.remove(&rejected.report_id) else {
+        debug!(report_id = %rejected.report_id, "report_rejected for a report not sent on this connection ignored");
+        return;
+    };
+    let job_id = outbox.job_id(&entry).unwrap_or_default();
+    match outbox.remove(&entry) {
+        Ok(_) => warn!(
+            report_id = %rejected.report_id,
+            %job_id,
+            reason = %rejected.reason,
+            "the listener rejected a report for good: deleted from the outbox, not sent again"
+        ),
+        Err(e) => warn!(
+            report_id = %rejected.report_id,
+            "could not remove a rejected report: {e:#}"
+        ),
+    }
 }
 
 async fn apply_cron(
@@ -645,11 +695,25 @@ where
         ws.send(WsMessage::Text(text.into())).await?;
         sent.insert(entry.report_id.clone(), entry.clone());
     }
+    let drained = entries.is_empty();
     let dropped = ctx
         .outbox
         .enforce_bound(entries, sent, outbox::MAX_REPORTS)?;
     if dropped > 0 {
         warn!(dropped, "outbox over its bound: oldest reports dropped");
+    }
+    // A reserve used on a full disk is made again once the outbox has
+    // drained (and the file system has room: `ensure_reserve` checks).
+    if drained && !ctx.outbox.has_reserve() {
+        let o = ctx.outbox.clone();
+        match tokio::task::spawn_blocking(move || o.ensure_reserve()).await {
+            Ok(Ok(Reserve::Made)) => {
+                info!(bytes = outbox::RESERVE_BYTES, "outbox reserve made again")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => debug!("outbox reserve not made: {e:#}"),
+            Err(e) => debug!("outbox reserve task failed: {e}"),
+        }
     }
     Ok(())
 }
@@ -815,5 +879,72 @@ mod tests {
             assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?}");
         }
         assert!(backoff(30) <= BACKOFF_CAP);
+    }
+
+    fn report(job: &str) -> wire::ExecutionReport {
+        wire::ExecutionReport {
+            job_id: job.into(),
+            command: "x".into(),
+            exit_code: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            start_time: "2024-03-20T10:00:00Z".into(),
+            duration_ms: 1,
+            executing_uid: 1,
+            executing_user: "u".into(),
+            warning: None,
+            report_id: None,
+        }
+    }
+
+    /// A `report_rejected` deletes the one report it names, and only if
+    /// this connection sent it; one with an invalid id or a reason that
+    /// would forge log lines deletes nothing (a hostile listener could
+    /// ack the report anyway, but not write into the agent's log).
+    #[test]
+    fn a_rejection_deletes_only_the_valid_named_report_this_connection_sent() {
+        let dir = std::env::temp_dir().join(format!("cc-reject-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ob = Outbox::open(&dir).unwrap();
+        let a = ob.put(report("a")).unwrap();
+        let b = ob.put(report("b")).unwrap();
+        let unsent = ob.put(report("c")).unwrap();
+        let mut sent: Sent = ob
+            .list()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.report_id != unsent)
+            .map(|e| (e.report_id.clone(), e))
+            .collect();
+        let ids = |ob: &Outbox| -> Vec<String> {
+            ob.list()
+                .unwrap()
+                .into_iter()
+                .map(|e| e.report_id)
+                .collect()
+        };
+        let rejected = |id: &str, reason: &str| ReportRejected {
+            report_id: id.into(),
+            reason: reason.into(),
+        };
+        for bad in [
+            rejected(&a, "quota\n2026-01-01T00:00:00Z  INFO forged line"),
+            rejected(&a, &"q".repeat(1025)),
+            rejected(&a, ""),
+            rejected("../a", "quota"),
+            rejected(&unsent, "quota"),
+            rejected("never-sent", "quota"),
+        ] {
+            on_rejected(&ob, &mut sent, &bad);
+        }
+        assert_eq!(ids(&ob), [a.clone(), b.clone(), unsent.clone()]);
+        assert_eq!(sent.len(), 2);
+        on_rejected(&ob, &mut sent, &rejected(&a, "report quota reached"));
+        assert_eq!(ids(&ob), [b.clone(), unsent.clone()]);
+        assert!(!sent.contains_key(&a));
+        // Twice is harmless.
+        on_rejected(&ob, &mut sent, &rejected(&a, "report quota reached"));
+        assert_eq!(ids(&ob), [b, unsent]);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -37,7 +37,7 @@ use tracing::{debug, error, info, warn};
 
 use cc_proto::wire::{
     self, AgentInfo, DecodeError, ExecuteJob, ExecutionReport, Incoming, MAX_MESSAGE_BYTES,
-    Message, ReportAck,
+    Message, ReportAck, ReportRejected,
 };
 
 use crate::hub::{OUTBOUND_QUEUE, Outbound};
@@ -807,15 +807,22 @@ impl Session<'_> {
             Err(e) => Err(e),
         };
         match stored {
-            // Not acknowledged: the agent keeps it, and sends it again on
-            // its next connection.
+            // Refused for good (sent again, it would be refused again): an
+            // agent that gave the report an id is told so, and drops it
+            // from its outbox. A spec-only agent (no id) is told nothing
+            // and sends it again on its next connection, as before.
             Ok(Stored::Refused(why)) => {
                 warn!(hostname = %self.hostname, job_id = %report.job_id, "report refused: {why}");
                 self.state.metrics.report_refused(match why {
                     Refusal::Quota { .. } => ReportRefusal::Quota,
                     Refusal::Unmatched { .. } => ReportRefusal::UnmatchedQuota,
                 });
-                self.state.refusals.record(&self.hostname, &why.to_string());
+                let reason = why.to_string();
+                self.state.refusals.record(&self.hostname, &reason);
+                if let Some(report_id) = report.report_id {
+                    let rejected = ReportRejected::new(report_id, &reason);
+                    send(ws, &Message::ReportRejected(rejected)).await?;
+                }
             }
             Ok(outcome) => {
                 if outcome == Stored::Duplicate {
@@ -831,7 +838,8 @@ impl Session<'_> {
                     self.dispatch(ws).await?;
                 }
             }
-            // Not acknowledged: the agent keeps it and sends it again.
+            // A storage error may pass: neither acknowledged nor
+            // rejected, so the agent keeps it and sends it again.
             Err(e) => {
                 self.state.metrics.report_refused(ReportRefusal::Error);
                 error!(hostname = %self.hostname, job_id = %report.job_id, "storing report failed: {e:#}")
@@ -1056,5 +1064,23 @@ mod tests {
             ..report()
         };
         assert_eq!(derived_report_key(&resend), key);
+    }
+
+    /// What a refusal says reaches the agent whole: it passes the agent's
+    /// checks as it is, neither cut nor changed, at its longest.
+    #[test]
+    fn every_refusal_is_a_valid_rejection_as_it_is() {
+        for why in [
+            Refusal::Quota {
+                used: u64::MAX,
+                size: u64::MAX,
+                quota: u64::MAX,
+            },
+            Refusal::Unmatched { quota: u64::MAX },
+        ] {
+            let r = ReportRejected::new("r1".into(), &why.to_string());
+            r.validate().unwrap();
+            assert_eq!(r.reason, why.to_string());
+        }
     }
 }

@@ -260,6 +260,114 @@ async fn cron_definitions_are_pushed_on_change_and_on_reconnect() {
     assert_eq!(reports[0]["kind"], "cron");
 }
 
+/// Every message the listener sends on `ws` until `quiet` passes with none.
+async fn drain(ws: &mut ws::Ws, quiet: Duration) -> Vec<Value> {
+    let mut got = Vec::new();
+    while let Ok(Some(m)) =
+        tokio::time::timeout(quiet, ws::recv(ws, Duration::from_secs(3600))).await
+    {
+        got.push(m);
+    }
+    got
+}
+
+/// A report refused for good (a quota is full) used to get no answer, so
+/// the agent sent it again on every connection. Now one with a `reportId`
+/// is answered `report_rejected` with the reason, and one without (a
+/// spec-only agent, which does not know the extension) still gets nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_refused_for_a_quota_is_rejected_by_id_and_a_spec_only_one_hears_nothing() {
+    let dir = TempDir::new("l-reject");
+    let l = ListenerProcess::start(
+        bin(),
+        dir.path(),
+        &format!("{FAST}unmatched_report_quota = 1\nreport_quota_bytes = 3000\n"),
+    );
+    let key = l.add_key("rejected");
+    let mut ws = ws::agent(&l.ws_url(), &key, "rejected").await;
+    l.wait_connected("rejected", true);
+    // The one report for no job this host may keep.
+    ws::send(&mut ws, &ws::report("made-up-1", Some("u-1"))).await;
+    let ack = ws::recv_type(&mut ws, "report_ack", T).await;
+    assert_eq!(ack["payload"]["reportId"], "u-1");
+    drain(&mut ws, Duration::from_millis(300)).await;
+
+    // Past the unmatched quota; past the byte quota (a real job's report
+    // of 4,000 bytes of stdout); past the unmatched quota without an id.
+    let job_id = l
+        .post(
+            "/api/v1/agents/rejected/jobs",
+            &json!({"command": "/bin/true"}),
+        )
+        .json()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ws::recv_type(&mut ws, "execute_job", T).await;
+    ws::send(&mut ws, &ws::report("made-up-2", Some("u-2"))).await;
+    let mut big = ws::report(&job_id, Some("big-1"));
+    big["payload"]["stdout"] = json!("o".repeat(4000));
+    ws::send(&mut ws, &big).await;
+    ws::send(&mut ws, &ws::report("made-up-3", None)).await;
+    let got = drain(&mut ws, Duration::from_secs(2)).await;
+    let said: Vec<(&str, &str, &str)> = got
+        .iter()
+        .map(|m| {
+            (
+                m["type"].as_str().unwrap_or(""),
+                m["payload"]["reportId"].as_str().unwrap_or(""),
+                m["payload"]["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        said.len(),
+        2,
+        "two answers, no ack, none for the report without an id: {got:?}"
+    );
+    assert_eq!(
+        said[0],
+        (
+            "report_rejected",
+            "u-2",
+            "unmatched report quota reached: 1 reports for no job or cron entry of this host are kept"
+        )
+    );
+    assert_eq!((said[1].0, said[1].1), ("report_rejected", "big-1"));
+    assert!(
+        said[1]
+            .2
+            .starts_with("report quota reached: the host's reports take ")
+            && said[1].2.ends_with(" more, quota 3000"),
+        "{}",
+        said[1].2
+    );
+    // Each passes the checks an agent makes.
+    for m in &got {
+        let text = m.to_string();
+        let decoded = cc_proto::wire::decode(&text).unwrap();
+        let cc_proto::wire::Incoming::Known(cc_proto::wire::Message::ReportRejected(r)) =
+            decoded.message
+        else {
+            panic!("{text}")
+        };
+        r.validate().unwrap();
+    }
+    // Not stored; the refusals are visible to the operator.
+    assert_eq!(
+        l.get(&format!("/api/v1/jobs/{job_id}")).json()["status"],
+        "sent"
+    );
+    let entry = l.agent_entry("rejected").unwrap();
+    assert_eq!(entry["reportsRefused"], 3, "{entry}");
+    assert!(
+        entry["lastRefusal"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("unmatched report quota reached")),
+        "{entry}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_report_resent_after_sigkill_and_restart_is_stored_once() {
     let dir = TempDir::new("l-kill");

@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = e.validate();
             }
         }
+        Message::ReportRejected(r) => drop(r.validate()),
         Message::Heartbeat(_) | Message::ReportAck(_) | Message::CronStatus(_) => {}
     }
 });

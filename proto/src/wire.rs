@@ -111,6 +111,57 @@ pub struct ReportAck {
     pub report_id: String,
 }
 
+/// Extension `report_rejected` (listener → agent): the report with this id
+/// is refused for good — it would be refused again if sent again (the
+/// host's report quota, or its quota of reports for no job, is full) — so
+/// the agent drops it from its outbox. Never sent for a report the
+/// listener failed to store: that one is left unacknowledged and comes
+/// again. Check it with [`ReportRejected::validate`] before using it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportRejected {
+    pub report_id: String,
+    /// Why, for the agent's log: one line, at most
+    /// [`ReportRejected::MAX_REASON_BYTES`].
+    pub reason: String,
+}
+
+impl ReportRejected {
+    /// Longest `reason` a receiver accepts.
+    pub const MAX_REASON_BYTES: usize = 1024;
+
+    /// A rejection whose reason is made to pass [`ReportRejected::validate`]:
+    /// control characters become spaces and it is cut (on a character
+    /// boundary) to [`ReportRejected::MAX_REASON_BYTES`].
+    pub fn new(report_id: String, reason: &str) -> Self {
+        let mut reason: String = reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let mut keep = reason.len().min(Self::MAX_REASON_BYTES);
+        while !reason.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        reason.truncate(keep);
+        if reason.is_empty() {
+            reason.push_str("refused");
+        }
+        Self { report_id, reason }
+    }
+
+    /// Checks what the agent relies on: a report id of the job-id charset
+    /// (it names a file of the outbox) and a reason that is one bounded
+    /// line, safe to log.
+    pub fn validate(&self) -> Result<(), InvalidPayload> {
+        JobId::parse(&self.report_id).map_err(|_| TextError::Invalid {
+            field: "reportId",
+            reason: "must be 1-128 characters of A-Z a-z 0-9 _ . -",
+        })?;
+        check_text("reason", &self.reason, Self::MAX_REASON_BYTES)?;
+        Ok(())
+    }
+}
+
 /// Extension `cron_status` (agent → listener): what the last
 /// `cron_refresh` installed and which entries were refused, with why.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +186,7 @@ pub enum Message {
     ExecutionReport(ExecutionReport),
     CronRefresh(Vec<CronEntry>),
     ReportAck(ReportAck),
+    ReportRejected(ReportRejected),
     CronStatus(CronStatus),
 }
 
@@ -168,6 +220,7 @@ impl Message {
             Message::ExecutionReport(_) => "execution_report",
             Message::CronRefresh(_) => "cron_refresh",
             Message::ReportAck(_) => "report_ack",
+            Message::ReportRejected(_) => "report_rejected",
             Message::CronStatus(_) => "cron_status",
         }
     }
@@ -245,6 +298,9 @@ pub fn decode(text: &str) -> Result<Decoded<'_>, DecodeError> {
         }
         "cron_refresh" => Message::CronRefresh(required("cron_refresh", payload, &mut ignored)?),
         "report_ack" => Message::ReportAck(required("report_ack", payload, &mut ignored)?),
+        "report_rejected" => {
+            Message::ReportRejected(required("report_rejected", payload, &mut ignored)?)
+        }
         "cron_status" => Message::CronStatus(required("cron_status", payload, &mut ignored)?),
         _ => {
             return Ok(Decoded {
@@ -835,6 +891,7 @@ mod tests {
             r#"{"type":"execute_job","payload":{"jobId":"j","command":"/bin/true","args":[]}}"#,
             r#"{"type":"cron_refresh","payload":[{"id":"d","schedule":"@daily","command":"/bin/true"}]}"#,
             r#"{"type":"report_ack","payload":{"reportId":"r1"}}"#,
+            r#"{"type":"report_rejected","payload":{"reportId":"r1","reason":"quota"}}"#,
             r#"{"type":"cron_status","payload":{"installed":["d"],"rejected":[{"id":"e","reason":"why"}]}}"#,
         ] {
             let m = known(text);
@@ -954,5 +1011,89 @@ mod tests {
             })
             .contains("startTime")
         );
+    }
+
+    /// A `report_rejected` is checked like a report's own fields: the id
+    /// in the job-id charset (it names an outbox file), the reason one
+    /// line of at most 1,024 bytes (it goes to the agent's log).
+    #[test]
+    fn report_rejected_validation_limits_are_exact() {
+        let ok = ReportRejected {
+            report_id: "r".repeat(128),
+            reason: "q".repeat(ReportRejected::MAX_REASON_BYTES),
+        };
+        ok.validate().unwrap();
+        let refused = |r: ReportRejected| r.validate().unwrap_err().to_string();
+        let id_error = "reportId: must be 1-128 characters of A-Z a-z 0-9 _ . -";
+        for bad in [
+            "r".repeat(129),
+            String::new(),
+            "../x".into(),
+            "-r".into(),
+            "a b".into(),
+        ] {
+            assert_eq!(
+                refused(ReportRejected {
+                    report_id: bad.clone(),
+                    ..ok.clone()
+                }),
+                id_error,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            refused(ReportRejected {
+                reason: "q".repeat(1025),
+                ..ok.clone()
+            }),
+            "reason is 1025 bytes long; at most 1024 allowed"
+        );
+        assert_eq!(
+            refused(ReportRejected {
+                reason: "quota\nFAKE LOG LINE".into(),
+                ..ok.clone()
+            }),
+            "reason contains a control character ('\\n') at byte 5"
+        );
+        assert_eq!(
+            refused(ReportRejected {
+                reason: String::new(),
+                ..ok
+            }),
+            "reason is empty"
+        );
+        // Decoding is strict about types, as for every message.
+        let e = decode(r#"{"type":"report_rejected","payload":{"reportId":"r1"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("invalid report_rejected payload: missing field `reason`"),
+            "{e}"
+        );
+        let e = decode(r#"{"type":"report_rejected","payload":{"reportId":1,"reason":"x"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("invalid report_rejected payload: invalid type"),
+            "{e}"
+        );
+    }
+
+    /// What the listener builds always passes what the agent checks.
+    #[test]
+    fn a_built_rejection_always_validates() {
+        for reason in [
+            String::new(),
+            "quota".into(),
+            "a\nb\rc\u{0}d\u{7f}e\u{85}".into(),
+            "é".repeat(1000),
+            "x".repeat(5000),
+        ] {
+            let r = ReportRejected::new("r1".into(), &reason);
+            r.validate().unwrap_or_else(|e| panic!("{reason:?}: {e}"));
+            assert!(r.reason.len() <= ReportRejected::MAX_REASON_BYTES);
+        }
+        assert_eq!(ReportRejected::new("r1".into(), "a\nb").reason, "a b");
+        assert_eq!(ReportRejected::new("r1".into(), "").reason, "refused");
     }
 }

@@ -25,12 +25,21 @@ struct Rig {
 /// A listener and an agent (as cc-agent-user) registered to it; None when
 /// the machine cannot run it outside CI.
 fn rig(name: &str, agent_extra: &str) -> Option<Rig> {
+    rig_with(name, "", agent_extra)
+}
+
+/// [`rig`] with more listener configuration lines.
+fn rig_with(name: &str, listener_extra: &str, agent_extra: &str) -> Option<Rig> {
     let user = root_and_agent_user()?;
     let (uid, gid) = user;
     let dir = TempDir::new(name);
     std::fs::create_dir_all(dir.path().join("listener")).unwrap();
     std::fs::create_dir_all(dir.path().join("agent")).unwrap();
-    let listener = ListenerProcess::start(&bin("cc-listener"), &dir.path().join("listener"), FAST);
+    let listener = ListenerProcess::start(
+        &bin("cc-listener"),
+        &dir.path().join("listener"),
+        &format!("{FAST}{listener_extra}"),
+    );
     let host = format!("{name}.test");
     let key = listener.add_key(&host);
     let agent = AgentProcess::start(
@@ -263,10 +272,12 @@ fn listener_killed_twice_during_200_jobs_loses_no_report_and_stores_none_twice()
         "agent connected {connects} times\n{}",
         rig.agent.log()
     );
-    // Every report was acknowledged, so the outbox drains.
+    // Every report was acknowledged, so the outbox drains: nothing left
+    // but its reserve (space held for a full disk, never a report).
     let deadline = Instant::now() + T;
     while std::fs::read_dir(rig.agent.state().join("outbox"))
         .unwrap()
+        .filter(|e| e.as_ref().map_or(true, |e| e.file_name() != ".reserve"))
         .count()
         > 0
     {
@@ -354,4 +365,125 @@ fn the_agent_refuses_a_world_readable_key_and_plaintext_to_a_remote_host() {
         .run_subcommand(&["run", "--config", remote.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("insecure_allow_plaintext"));
+}
+
+/// The reports in the agent's outbox, read as the agent reads it: a
+/// dot-named file (a write in progress, the reserve) is not a report.
+fn outbox_reports(rig: &Rig) -> Vec<Value> {
+    let Ok(dir) = std::fs::read_dir(rig.agent.state().join("outbox")) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            !name.starts_with('.') && name.ends_with(".json")
+        })
+        .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
+        .collect()
+}
+
+fn job_status(rig: &Rig, id: &str) -> String {
+    let job = rig.listener.get(&format!("/api/v1/jobs/{id}")).json();
+    job["status"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A report the listener refuses for good (the host's report quota is
+/// full) stayed in the agent's outbox: it went again on every connection,
+/// was refused again every time, and left only when the outbox's bound
+/// (10,000 reports) pushed it out. Now the listener answers
+/// `report_rejected` and the agent deletes it at once, saying why.
+#[test]
+fn a_report_refused_for_the_hosts_quota_leaves_the_outbox_at_once() {
+    let Some(mut rig) = rig_with("a-refused", "report_quota_bytes = 3000\n", "") else {
+        return;
+    };
+    // 3,893 bytes of stdout: over the host's 3,000-byte quota on its own.
+    let big = rig.post_job(json!({"command": "/usr/bin/seq", "args": ["1", "1000"]}));
+    let entry = rig.listener.wait_for(T, |l| {
+        l.agent_entry(&rig.host)
+            .filter(|a| a["reportsRefused"].as_u64().unwrap_or(0) >= 1)
+    });
+    assert!(
+        entry["lastRefusal"]
+            .as_str()
+            .is_some_and(|s| s.contains("report quota reached")),
+        "{entry}"
+    );
+    // Right after the refusal the report is gone from the outbox.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !outbox_reports(&rig).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the refused report is still in the outbox 5 s after the refusal: {:?}\n--- agent log ---\n{}",
+            outbox_reports(&rig)
+                .iter()
+                .map(|r| r["jobId"].clone())
+                .collect::<Vec<_>>(),
+            rig.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = rig.agent.log();
+    let said = log
+        .lines()
+        .find(|l| l.contains("the listener rejected a report") && l.contains(big.as_str()))
+        .unwrap_or_else(|| panic!("the agent does not say why the report went\n{log}"));
+    assert!(said.contains("WARN"), "{said}");
+    assert!(said.contains("report quota reached"), "{said}");
+    // Not stored: the job has no report.
+    assert_eq!(job_status(&rig, &big), "sent");
+    let stored = rig
+        .listener
+        .get(&format!("/api/v1/reports?hostname={}", rig.host))
+        .json();
+    assert_eq!(stored.as_array().map(Vec::len), Some(0), "{stored}");
+    // And it is not sent again: a new listener process (refusals are
+    // counted in memory) sees none, and the next report goes through.
+    rig.listener.kill_and_restart();
+    rig.wait_connected();
+    let small = rig.post_job(json!({"command": "/bin/echo", "args": ["fits"]}));
+    assert_eq!(rig.wait_report(&small, T)["stdout"], "fits\n");
+    let entry = rig.listener.agent_entry(&rig.host).unwrap();
+    assert_eq!(entry["reportsRefused"].as_u64().unwrap_or(0), 0, "{entry}");
+}
+
+/// A report the listener fails to store (another writer holds its
+/// database's lock past the listener's 10 s busy timeout) is not refused
+/// for good: nothing tells the agent to drop it, so it stays in the outbox
+/// and is stored when it goes again on the next connection.
+#[test]
+fn a_report_the_listener_could_not_store_stays_in_the_outbox() {
+    let Some(mut rig) = rig("a-store-error", "") else {
+        return;
+    };
+    let id = rig.post_job(json!({"command": "/bin/sh", "args": ["-c", "sleep 1; echo kept"]}));
+    cc_e2e::wait_for(T, "the job sent to the agent", || {
+        (job_status(&rig, &id) == "sent").then_some(())
+    });
+    let db = rusqlite::Connection::open(rig._dir.path().join("listener/listener.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    cc_e2e::wait_for(
+        Duration::from_secs(40),
+        "the listener failing to store the report",
+        || {
+            rig.listener
+                .log()
+                .contains("storing report failed")
+                .then_some(())
+        },
+    );
+    // Longer than a message takes to arrive: no rejection follows.
+    std::thread::sleep(Duration::from_secs(1));
+    let kept = outbox_reports(&rig);
+    assert_eq!(kept.len(), 1, "{kept:?}\n{}", rig.agent.log());
+    assert_eq!(kept[0]["jobId"], id.as_str());
+    assert!(!rig.agent.log().contains("rejected"), "{}", rig.agent.log());
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+    // The next connection sends it again, and it is stored.
+    rig.listener.kill_and_restart();
+    rig.wait_connected();
+    let report = rig.wait_report(&id, T);
+    assert_eq!(report["stdout"], "kept\n");
+    assert_eq!(report["reportId"], kept[0]["reportId"]);
 }

@@ -796,12 +796,54 @@ fn fault_state_directory_full() {
     )
     .unwrap();
     let mut agent = r.agent(host, "max_concurrent_jobs = 2\n");
-    // Fill it.
+    // The agent holds 1 MiB of it back at start: the outbox's reserve.
+    let reserve = state.join("outbox/.reserve");
+    let reserve_whole = || {
+        std::fs::metadata(&reserve).is_ok_and(|m| {
+            m.len() == 1 << 20 && std::os::unix::fs::MetadataExt::blocks(&m) * 512 >= 1 << 20
+        })
+    };
+    let made = poll(T, || reserve_whole().then_some(())).is_some();
+    // Fill the rest.
     let filler = state.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap();
-    let chunk = vec![0u8; 64 * 1024];
-    while f.write_all(&chunk).is_ok() {}
-    drop(f);
+    let fill = || {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&filler)
+            .unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+    };
+    fill();
+    // The first report the full disk refuses takes the reserve's place.
+    let first = r.post(
+        host,
+        &json!({"command": "/bin/echo", "args": ["full-reserve"]}),
+    );
+    let used = poll(T, || {
+        agent
+            .log()
+            .lines()
+            .find(|l| l.contains("reserve") && l.contains("was used"))
+            .map(ToOwned::to_owned)
+    });
+    let (done, missing, twice) = r.delivery(host, std::slice::from_ref(&first), T);
+    r.rec.row(
+        "agent",
+        "state directory on a 2 MiB tmpfs (1 MiB of it the outbox reserve, made at start), filled up; 1 job",
+        "the reserve is given up and the report written to disk in its place (logged at error), then delivered once",
+        &format!(
+            "reserve made at start: {made}; {done}/1 done, {missing} missing, {twice} stored twice; reserve left: {}; log: {:?}",
+            reserve.exists(),
+            used.as_deref()
+                .map(|l| l.split("the state directory").nth(1).unwrap_or(l))
+                .unwrap_or("nothing")
+        ),
+        made && done == 1 && missing == 0 && twice == 0 && used.is_some() && !reserve.exists(),
+    );
+    // Fill what the reserve gave back.
+    fill();
     let ids: Vec<String> = (0..5)
         .map(|i| {
             r.post(
@@ -826,10 +868,13 @@ fn fault_state_directory_full() {
     let waiting = statuses.iter().all(|s| s == "sent" || s == "queued");
     // Started jobs leave a marker; a slot is freed only once its report is
     // on disk, so no more than the 2 slots' worth may have started.
-    let started = std::fs::read_dir(state.join("jobs")).map_or(0, Iterator::count);
+    let started = ids
+        .iter()
+        .filter(|i| state.join("jobs").join(i.as_str()).exists())
+        .count();
     r.rec.row(
         "agent",
-        "state directory on a 2 MiB tmpfs, filled up; 5 jobs, max_concurrent_jobs = 2",
+        "the same state directory filled up again, the reserve used; 5 jobs, max_concurrent_jobs = 2",
         "2 jobs run and their reports wait in memory (not sent before they are on disk: every job still sent or queued); the other 3 do not start; the agent logs why",
         &format!(
             "statuses {statuses:?}; {started} started; agent up: {}; log: {:?}",
@@ -840,11 +885,15 @@ fn fault_state_directory_full() {
         ),
         waiting && started == 2 && said.is_some() && alive(&mut agent.child),
     );
-    // Nothing half-written: no temp files, every outbox file a whole report.
+    // Nothing half-written: no temp files, every outbox file a whole report
+    // (or the reserve, were it back).
     let mut bad = Vec::new();
     for e in std::fs::read_dir(state.join("outbox")).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().into_owned();
+        if name == ".reserve" {
+            continue;
+        }
         let whole = std::fs::read(e.path())
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
@@ -868,6 +917,14 @@ fn fault_state_directory_full() {
         "the waiting reports are stored and delivered, once each",
         &format!("{done}/5 done, {missing} missing, {twice} stored twice"),
         done == 5 && missing == 0 && twice == 0,
+    );
+    let back = poll(T, || reserve_whole().then_some(())).is_some();
+    r.rec.row(
+        "agent",
+        "space freed, the outbox drained",
+        "the outbox reserve is made again: 1 MiB, every block allocated",
+        &format!("reserve back: {back}"),
+        back,
     );
     drop(agent);
     let _ = nix::mount::umount(&state);
