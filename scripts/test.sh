@@ -21,7 +21,7 @@ step() { printf '\n==> %s\n' "$*"; }
 # Debian packages the suite uses: Debian's real cron daemon and crontab, and
 # systemd-analyze for the units' exposure scores, and the SELinux tool chain
 # that builds, links and queries the policy module.
-PACKAGES=(cron systemd make selinux-policy-dev selinux-policy-default semodule-utils policycoreutils setools chromium chromium-driver)
+PACKAGES=(cron systemd make postgresql selinux-policy-dev selinux-policy-default semodule-utils policycoreutils setools chromium chromium-driver)
 # The unprivileged user the agent runs as in tests, as in production.
 AGENT_USER=cc-agent-user
 
