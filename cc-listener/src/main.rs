@@ -35,6 +35,17 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Copy a listener's database into an empty PostgreSQL database (to
+    /// run several listeners on it). Stop the listener first.
+    Migrate {
+        /// The database to copy: a SQLite file (PATH or sqlite:PATH).
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL database to copy into (postgres://…); it must
+        /// hold no data yet.
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -302,6 +313,26 @@ fn keys(command: &KeysCommand) -> Result<()> {
     Ok(())
 }
 
+fn migrate(from: &Path, to: &Path) -> Result<()> {
+    let (from, to) = (
+        cc_listener::db_location(from)?,
+        cc_listener::db_location(to)?,
+    );
+    anyhow::ensure!(from != to, "--from and --to name the same database");
+    let src = Store::open_at(&from)?;
+    let dst = Store::open_at(&to)?;
+    let started = std::time::Instant::now();
+    let copied = src.copy_into(&dst)?;
+    for (table, n) in &copied {
+        println!("{table}\t{n}");
+    }
+    eprintln!(
+        "copied {from} into {to} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -316,6 +347,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Serve(args) => serve(args),
         Command::Keys { command } => keys(command),
+        Command::Migrate { from, to } => migrate(from, to),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -94,6 +94,18 @@ pub enum V {
     Text(String),
 }
 
+impl V {
+    /// This value as a parameter (a copy between databases).
+    pub fn as_p(&self) -> P<'_> {
+        match self {
+            V::Null => P::Null,
+            V::Int(i) => P::Int(*i),
+            V::Text(t) => P::Text(t),
+            V::Real(_) => P::Null,
+        }
+    }
+}
+
 /// A row read back.
 #[derive(Debug, Clone)]
 pub struct Row(pub Vec<V>);

@@ -1,0 +1,232 @@
+//! `cc-listener migrate`: a SQLite database copied into PostgreSQL, read
+//! back through the store and used by a listener as if nothing happened.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
+
+use std::process::Command;
+
+use cc_e2e::TempDir;
+use cc_listener::store::{
+    EventFilter, NewJob, NewRun, ReportLimits, ReportQuery, Store, StoreError,
+};
+use cc_proto::wire::{AgentInfo, CronEntry, ExecutionMode};
+
+fn info(host: &str, root: bool) -> AgentInfo {
+    AgentInfo {
+        hostname: cc_proto::Hostname::parse(host).unwrap(),
+        os: "linux".into(),
+        arch: "amd64".into(),
+        tags: vec![cc_proto::Tag::parse("db").unwrap()],
+        execution_mode: ExecutionMode::User,
+        is_root: root,
+        job_window: Some(8),
+    }
+}
+
+fn job(id: &str, host: &str) -> NewJob {
+    NewJob {
+        job_id: id.into(),
+        hostname: host.into(),
+        command: "/bin/echo".into(),
+        args: vec!["hi".into()],
+        timeout_secs: 30,
+        created_ms: 1_000,
+        expires_ms: i64::MAX,
+        signed: None,
+    }
+}
+
+/// A history with something in every table: keys (one revoked), two
+/// agents (one root), a cron list, a run of three jobs with a batch, a
+/// single job, reports of a job, a cron run and nothing (unmatched).
+fn history(s: &Store) -> (String, String) {
+    let keys = s
+        .add_keys(&[("a", Some("a.test")), ("b", Some("b.test"))], 10)
+        .unwrap();
+    s.add_key("old", None, 11).unwrap();
+    s.revoke_key("old", 12).unwrap();
+    s.upsert_agent(&info("a.test", false), 20).unwrap();
+    s.upsert_agent(&info("b.test", true), 21).unwrap();
+    s.set_cron(
+        "a.test",
+        &[CronEntry {
+            id: "tick".into(),
+            schedule: "* * * * *".into(),
+            command: "/bin/true".into(),
+        }],
+        None,
+        30,
+    )
+    .unwrap();
+    let run = NewRun {
+        run_id: "run-1".into(),
+        command: "/bin/echo".into(),
+        args: vec!["hi".into()],
+        timeout_secs: 30,
+        batch: Some(1),
+        selector: r#"{"tags":["db"]}"#.into(),
+        queue_ttl_ms: 60_000,
+        created_ms: 40,
+    };
+    s.create_run(
+        &run,
+        &[
+            job("r1", "a.test"),
+            job("r2", "b.test"),
+            job("r3", "a.test"),
+        ],
+    )
+    .unwrap();
+    s.create_job(&job("single", "b.test")).unwrap();
+    s.take_for_host("a.test", Some(8), 50).unwrap();
+    let limits = ReportLimits::default();
+    let report = |job: &str, code: i32| {
+        format!(
+            r#"{{"jobId":"{job}","command":"/bin/echo hi","exitCode":{code},"stdout":"hi\n","stderr":"","startTime":"2026-11-30T10:00:00Z","durationMs":4,"executingUid":999,"executingUser":"cc-agent-user"}}"#
+        )
+    };
+    s.store_report("a.test", "r1", "id:r1", &report("r1", 0), 60, limits)
+        .unwrap();
+    s.store_report("a.test", "tick", "id:t1", &report("tick", 3), 61, limits)
+        .unwrap();
+    s.store_report("b.test", "nojob", "id:n1", &report("nojob", 1), 62, limits)
+        .unwrap();
+    (keys[0].clone(), keys[1].clone())
+}
+
+/// Everything an operator or agent can read back, in one comparable form.
+fn snapshot(s: &Store) -> String {
+    let mut out = String::new();
+    for k in s.list_keys().unwrap() {
+        out += &format!("key {k:?}\n");
+    }
+    for mut a in s.agents_between("", "~").unwrap() {
+        (a.listener, a.lease_ms) = (None, None);
+        out += &format!("agent {a:?}\n");
+    }
+    for host in ["a.test", "b.test"] {
+        out += &format!("cron {host} {:?}\n", s.get_cron(host).unwrap());
+        out += &format!("usage {host} {:?}\n", s.usage(host).unwrap());
+    }
+    for id in ["r1", "r2", "r3", "single"] {
+        out += &format!("job {:?}\n", s.get_job(id).unwrap());
+    }
+    out += &format!("run {:?}\n", s.get_run("run-1").unwrap());
+    for e in s.events(0, &EventFilter::default(), 1000).unwrap() {
+        out += &format!("event {e:?}\n");
+    }
+    let q = ReportQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let page = s.report_page(&q).unwrap();
+    let (high, low) = (page[0].0, page[page.len() - 1].0);
+    for r in s.reports_between(&q, high, low).unwrap() {
+        out += &format!("report {r:?}\n");
+    }
+    out += &format!("report ids {page:?}\n");
+    out
+}
+
+fn migrate(from: &str, to: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cc-listener"))
+        .args(["migrate", "--from", from, "--to", to])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_sqlite_database_moves_to_postgres_whole_and_once() {
+    let Some(cluster) = cc_e2e::pg::Cluster::start() else {
+        return;
+    };
+    let dir = TempDir::new("migrate");
+    let path = dir.path().join("listener.db");
+    let src = Store::open(&path).unwrap();
+    let (key_a, _) = history(&src);
+    let before = snapshot(&src);
+    assert!(before.contains("event") && before.contains("report ids"));
+    drop(src);
+
+    let url = cluster.create_db("fleet");
+    let out = migrate(&format!("sqlite:{}", path.display()), &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "api_keys\t3",
+        "agents\t2",
+        "reports\t3",
+        "jobs\t4",
+        "runs\t1",
+    ] {
+        assert!(counts.lines().any(|l| l == line), "{line} in {counts}");
+    }
+
+    let pg = Store::open_postgres(&url).unwrap();
+    assert_eq!(snapshot(&pg), before, "everything reads back the same");
+    assert_eq!(
+        pg.authenticate(&key_a)
+            .unwrap()
+            .unwrap()
+            .hostname
+            .as_deref(),
+        Some("a.test")
+    );
+    // New rows continue after the copied ids: nothing collides.
+    let last_report = pg.report_page(&ReportQuery {
+        limit: 1,
+        ..Default::default()
+    });
+    let last_report = last_report.unwrap()[0].0;
+    let last_event = pg.last_event_id().unwrap();
+    pg.create_job(&job("after", "b.test")).unwrap();
+    pg.store_report(
+        "b.test",
+        "after",
+        "id:after",
+        "{}",
+        70,
+        ReportLimits::default(),
+    )
+    .unwrap();
+    assert!(pg.last_event_id().unwrap() > last_event);
+    let newest = pg
+        .report_page(&ReportQuery {
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap()[0]
+        .0;
+    assert!(newest > last_report, "{newest} after {last_report}");
+    pg.add_key("c", Some("c.test"), 80).unwrap();
+    let e = pg.create_job(&job("r1", "a.test")).unwrap_err();
+    assert_eq!(
+        StoreError::classify(&e),
+        cc_listener::store::ErrorKind::Conflict
+    );
+    let reports_now = pg.count_reports().unwrap();
+    drop(pg);
+
+    // Into a database that holds something: refused, and nothing written.
+    let again = migrate(path.to_str().unwrap(), &url);
+    assert!(!again.status.success());
+    let why = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        why.contains("already holds data") && why.contains("rows in api_keys"),
+        "{why}"
+    );
+    let pg = Store::open_postgres(&url).unwrap();
+    assert_eq!(pg.count_reports().unwrap(), reports_now);
+    // And the other way round is refused before anything is read.
+    let back = migrate(&url, dir.path().join("back.db").to_str().unwrap());
+    assert!(!back.status.success());
+    assert!(
+        String::from_utf8_lossy(&back.stderr).contains("must be a PostgreSQL database"),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
+    );
+}
