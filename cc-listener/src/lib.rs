@@ -397,8 +397,14 @@ pub fn db_location(raw: &Path) -> Result<store::DbLocation> {
     let text = raw.to_string_lossy();
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
         let url = text.into_owned();
-        postgres::Config::from_str(&url)
+        let config = postgres::Config::from_str(&url)
             .map_err(|e| anyhow::anyhow!("--db {:?}: {e}", redact_url(&url)))?;
+        anyhow::ensure!(
+            config.get_ssl_mode() != postgres::config::SslMode::Require,
+            "--db {:?}: TLS to PostgreSQL (sslmode=require) is not built into cc-listener; \
+             reach the database on this machine, a private network or a tunnel",
+            redact_url(&url)
+        );
         return Ok(store::DbLocation::Postgres(url));
     }
     let path = match text.strip_prefix("sqlite:") {
@@ -501,5 +507,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("s3cret") && e.contains("db.example"), "{e}");
+        let e = db_location(Path::new(
+            "postgres://cc:s3cret@db.example/cc?sslmode=require",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("TLS to PostgreSQL") && !e.contains("s3cret"),
+            "{e}"
+        );
     }
 }
