@@ -74,24 +74,7 @@ impl Cluster {
         // between, so a failed start tries another.
         for attempt in 0.. {
             cluster.port = free_port();
-            let opts = format!(
-                "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=400 \
-                 -c shared_buffers=64MB -c fsync=on",
-                cluster.port,
-                cluster.dir.display()
-            );
-            let started = cluster
-                .run("pg_ctl")
-                .arg("-D")
-                .arg(&data)
-                .args(["-o", &opts, "-l"])
-                .arg(cluster.dir.join("log"))
-                .args(["-w", "-t", "30", "start"])
-                .stdout(Stdio::null())
-                .status()
-                .expect("running pg_ctl")
-                .success();
-            if started {
+            if cluster.start_server() {
                 break;
             }
             assert!(
@@ -156,6 +139,43 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Stops the server for `down`, then starts it again: `fast` (clients
+    /// disconnected, a clean shutdown) or `immediate` (as a crash:
+    /// recovery at start).
+    pub fn restart(&self, mode: &str, down: std::time::Duration) {
+        let ok = self
+            .run("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", mode, "-w", "-t", "30", "stop"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("running pg_ctl")
+            .success();
+        assert!(ok, "pg_ctl stop failed:\n{}", self.log());
+        std::thread::sleep(down);
+        assert!(self.start_server(), "pg_ctl start failed:\n{}", self.log());
+    }
+
+    fn start_server(&self) -> bool {
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=400 \
+             -c shared_buffers=64MB -c fsync=on",
+            self.port,
+            self.dir.display()
+        );
+        self.run("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-o", &opts, "-l"])
+            .arg(self.dir.join("log"))
+            .args(["-w", "-t", "30", "start"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("running pg_ctl")
+            .success()
     }
 
     /// The server's log so far.

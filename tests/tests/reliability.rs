@@ -466,6 +466,151 @@ fn listener_killed_during_2000_jobs(r: &Rig, shared: bool) {
     drop(cluster);
 }
 
+/// Issue "Beyond one server": the shared database restarted twice while
+/// jobs run — stopped cleanly (`pg_ctl stop -m fast`) and as a crash
+/// (`-m immediate`), away 2 s each time — under 2 listeners and 4 agents. Writes fail while it is
+/// down; nothing acknowledged may be lost and nothing may run twice.
+#[test]
+fn fault_database_restarted_under_two_listeners() {
+    let Some(r) = rig("fault", "fault_12_database_restarted", "") else {
+        return;
+    };
+    let Some(cluster) = cc_e2e::pg::Cluster::start() else {
+        return;
+    };
+    let url = cluster.create_db("cc");
+    let ls: Vec<ListenerProcess> = (0..2)
+        .map(|i| {
+            let d = r.dir.path().join(format!("listener-{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            ListenerProcess::start_shared(&bin("cc-listener"), &d, &url, FAST)
+        })
+        .collect();
+    let runs = r.dir.path().join("db-runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    nix::unistd::chown(
+        &runs,
+        Some(nix::unistd::Uid::from_raw(r.user.0)),
+        Some(nix::unistd::Gid::from_raw(r.user.1)),
+    )
+    .unwrap();
+    let ran = runs.join("ran");
+    let hosts: Vec<String> = (0..4).map(|i| format!("rel-db-{i}.test")).collect();
+    let agents: Vec<AgentProcess> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let key = ls[0].add_key(host);
+            let adir = r.dir.path().join(host);
+            std::fs::create_dir_all(&adir).unwrap();
+            let urls = format!("[{:?}, {:?}]", ls[i % 2].ws_url(), ls[(i + 1) % 2].ws_url());
+            AgentProcess::start(
+                &bin("cc-agent"),
+                &adir,
+                &urls,
+                &key,
+                host,
+                "max_concurrent_jobs = 4\n",
+                Some(r.user),
+            )
+        })
+        .collect();
+    let connected = || {
+        ls[1]
+            .get("/api/v1/agents")
+            .json()
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|x| x["connected"] == true).count())
+    };
+    wait_for(T, "4 agents connected", || (connected() == 4).then_some(()));
+    let mut ids = Vec::new();
+    let mut restarts = Vec::new();
+    for (phase, mode) in ["fast", "immediate"].into_iter().enumerate() {
+        for i in 0..300 {
+            let n = phase * 300 + i;
+            let script = format!("sleep 0.{}; echo {n} >> {}", n % 10, ran.display());
+            let body = json!({"command": "/bin/sh", "args": ["-c", script], "timeout": 30});
+            let resp = ls[n % 2].post(&format!("/api/v1/agents/{}/jobs", hosts[n % 4]), &body);
+            assert_eq!(resp.status, 202, "{}", resp.body);
+            ids.push(resp.json()["jobId"].as_str().unwrap().to_owned());
+        }
+        // While those run and report.
+        std::thread::sleep(Duration::from_millis(400));
+        let t = Instant::now();
+        cluster.restart(mode, Duration::from_secs(2));
+        restarts.push(t.elapsed());
+        wait_for(T, "the listeners answer again", || {
+            (ls.iter().all(|l| l.get("/api/v1/agents").status == 200)).then_some(())
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut done = 0;
+    for id in &ids {
+        loop {
+            let resp = ls[1].get(&format!("/api/v1/jobs/{id}"));
+            let st = if resp.status == 200 {
+                resp.json()["status"].as_str().unwrap_or("").to_owned()
+            } else {
+                String::new()
+            };
+            if st == "done" {
+                done += 1;
+                break;
+            }
+            if st == "lost" || st == "expired" || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for h in &hosts {
+        let reports = ls[1]
+            .get(&format!("/api/v1/reports?hostname={h}&limit=1000"))
+            .json();
+        for rep in reports.as_array().unwrap() {
+            *per.entry(rep["jobId"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    let missing = ids.iter().filter(|i| !per.contains_key(*i)).count();
+    let stored_twice = ids
+        .iter()
+        .filter(|i| per.get(*i).is_some_and(|k| *k > 1))
+        .count();
+    let mut times_run: HashMap<usize, usize> = HashMap::new();
+    for l in std::fs::read_to_string(&ran).unwrap_or_default().lines() {
+        if let Ok(i) = l.trim().parse::<usize>() {
+            *times_run.entry(i).or_default() += 1;
+        }
+    }
+    let run_twice = times_run.values().filter(|k| **k > 1).count();
+    let back = poll(T, || (connected() == 4).then_some(())).is_some();
+    // The outage was felt: errors the listeners logged, connections the
+    // agents made again.
+    let logged = ls
+        .iter()
+        .map(|l| l.log().matches(" ERROR ").count() + l.log().matches(" WARN ").count())
+        .sum::<usize>();
+    let reconnects = agents
+        .iter()
+        .map(|a| a.log().matches("connected and registered").count() - 1)
+        .sum::<usize>();
+    r.rec.row(
+        "2 listeners on one PostgreSQL",
+        "600 `sh -c 'sleep 0.N; echo I >> file'` jobs to 4 agents; the database stopped for 2 s while they run and started again, once stopped cleanly (`pg_ctl stop -m fast`) and once as a crash (`-m immediate`)",
+        "every job done; 0 reports lost, 0 stored twice, 0 run twice; the listeners serve again without a restart of their own; every agent connected",
+        &format!(
+            "{done}/600 done, {missing} reports missing, {stored_twice} stored twice, {run_twice} run twice; the database was away {:.1} s and {:.1} s; {logged} errors and warnings logged by the listeners, {reconnects} reconnections of the agents; all 4 connected at the end: {back}",
+            restarts[0].as_secs_f64(),
+            restarts[1].as_secs_f64()
+        ),
+        done == 600 && missing == 0 && stored_twice == 0 && run_twice == 0 && back && logged > 0,
+    );
+    drop(agents);
+    drop(ls);
+}
+
 #[test]
 fn fault_listener_killed_among_three_on_postgres() {
     let Some(r) = rig("fault", "fault_10_listener_killed_of_three_postgres", "") else {
