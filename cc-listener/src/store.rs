@@ -3144,4 +3144,72 @@ mod tests {
         let missed = all.iter().filter(|id| !seen.contains(id)).count();
         assert_eq!(missed, 0, "events the follower never saw");
     }
+
+    /// Retention: jobs that ended before the cut go (not queued or sent
+    /// ones, not newer ones), and runs left without jobs with them.
+    #[test]
+    fn pruning_removes_old_finished_jobs_and_empty_runs_only() {
+        for (_guard, s) in stores() {
+            let job = |id: &str| NewJob {
+                job_id: id.into(),
+                hostname: "h".into(),
+                command: "x".into(),
+                args: vec![],
+                timeout_secs: 1,
+                created_ms: 0,
+                expires_ms: 500,
+                signed: None,
+            };
+            let run = NewRun {
+                run_id: "old-run".into(),
+                command: "x".into(),
+                args: vec![],
+                timeout_secs: 1,
+                batch: None,
+                selector: "{}".into(),
+                queue_ttl_ms: 500,
+                created_ms: 0,
+            };
+            s.create_run(&run, &[job("r1")]).unwrap();
+            for id in ["done", "lost", "expired", "queued", "sent", "late"] {
+                s.create_job(&job(id)).unwrap();
+            }
+            s.store_report("h", "done", "k1", "{}", 100, ReportLimits::default())
+                .unwrap();
+            s.store_report("h", "r1", "k2", "{}", 100, ReportLimits::default())
+                .unwrap();
+            // "lost" and "sent" go out; the sweep loses "lost" and expires
+            // "expired" (and "late" and "queued", queued past 500).
+            let taken: Vec<String> = s
+                .take_for_host("h", Some(2), 1)
+                .unwrap()
+                .into_iter()
+                .map(|j| j.job_id)
+                .collect();
+            assert_eq!(taken, ["lost", "expired"]);
+            s.sweep(3_000, 100).unwrap();
+            assert_eq!(s.get_job("lost").unwrap().unwrap().status, JobStatus::Lost);
+            // "sent": taken now, still unreported; "late": ends after the cut.
+            s.write(|tx| {
+                tx.exec(
+                    "UPDATE jobs SET status = ?1, finished_ms = NULL WHERE job_id = 'sent'",
+                    &p![JobStatus::Sent],
+                )?;
+                tx.exec(
+                    "UPDATE jobs SET finished_ms = 9000 WHERE job_id = 'late'",
+                    &[],
+                )
+            })
+            .unwrap();
+            assert_eq!(s.prune_jobs(5_000, 2).unwrap(), 2, "a batch at a time");
+            assert_eq!(s.prune_jobs(5_000, 100).unwrap(), 3);
+            assert_eq!(s.prune_jobs(5_000, 100).unwrap(), 0);
+            let left: Vec<&str> = ["r1", "done", "lost", "expired", "queued", "sent", "late"]
+                .into_iter()
+                .filter(|id| s.get_job(id).unwrap().is_some())
+                .collect();
+            assert_eq!(left, ["sent", "late"]);
+            assert!(s.get_run("old-run").unwrap().is_none(), "its only job went");
+        }
+    }
 }

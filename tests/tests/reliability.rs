@@ -333,12 +333,28 @@ fn listener_killed_during_2000_jobs(r: &Rig, shared: bool) {
     let mut ids = Vec::new();
     let mut down = false;
     let mut kills = 0;
+    let mut failovers: Vec<Duration> = Vec::new();
     for i in 0..2000usize {
         match (i, shared) {
             (600 | 1300, true) => {
                 ls[0].kill();
+                let killed = Instant::now();
                 kills += 1;
                 down = true;
+                // How long the victim's agents go unserved.
+                wait_for(T, "the victim's agents held elsewhere", || {
+                    on_victim
+                        .iter()
+                        .all(|&k| {
+                            ls[judge].agent_entry(&hosts[k]).is_some_and(|a| {
+                                a["listener"]
+                                    .as_str()
+                                    .is_some_and(|l| !l.ends_with(&victim_port))
+                            })
+                        })
+                        .then_some(())
+                });
+                failovers.push(killed.elapsed());
             }
             (900 | 1600, true) => {
                 ls[0].kill_and_restart();
@@ -448,7 +464,19 @@ fn listener_killed_during_2000_jobs(r: &Rig, shared: bool) {
         setup,
         "every job done; 0 reports lost, 0 stored twice, 0 jobs run twice (counted from the file); every agent reconnected",
         &format!(
-            "{done}/2000 done, {missing} reports missing, {stored_twice} stored twice, {run_twice} run twice, {never_ran} never ran; {kills} kills; agents on the victim {on_victim:?} reconnected {:?} times; all 6 connected at the end: {all_back}; posting took {:.1} s",
+            "{done}/2000 done, {missing} reports missing, {stored_twice} stored twice, {run_twice} run twice, {never_ran} never ran; {kills} kills{}; agents on the victim {on_victim:?} reconnected {:?} times; all 6 connected at the end: {all_back}; posting took {:.1} s",
+            if failovers.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", the victim's agents served by another listener {} s after each kill",
+                    failovers
+                        .iter()
+                        .map(|d| format!("{:.1}", d.as_secs_f64()))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                )
+            },
             on_victim.iter().map(|&i| reconnects[i]).collect::<Vec<_>>(),
             posted.as_secs_f64()
         ),
