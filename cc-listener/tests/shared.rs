@@ -1,0 +1,110 @@
+//! Two real listeners on one PostgreSQL database: a job posted on one for
+//! an agent held by the other is handed over at once, its report is
+//! stored whichever listener the agent reaches, and the event stream of
+//! either shows the whole story.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cc_e2e::listener::ListenerProcess;
+use cc_e2e::{TempDir, sse, ws};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(10);
+
+/// The sweep (which would also hand the job over, from the tables) runs
+/// once a minute here: within the test, only the database's notification
+/// can deliver.
+const SLOW_SWEEP: &str = "sweep_interval_ms = 60000\n";
+
+fn pair(dir: &TempDir, url: &str) -> (ListenerProcess, ListenerProcess) {
+    let start = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        ListenerProcess::start_shared(
+            Path::new(env!("CARGO_BIN_EXE_cc-listener")),
+            &d,
+            url,
+            &format!("{SLOW_SWEEP}listener_name = \"{name}\"\n"),
+        )
+    };
+    (start("east"), start("west"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_posted_on_one_listener_reaches_an_agent_held_by_another_at_once() {
+    let Some(cluster) = cc_e2e::pg::Cluster::start() else {
+        return;
+    };
+    let url = cluster.create_db("cc");
+    let dir = TempDir::new("shared");
+    let (east, west) = pair(&dir, &url);
+    // The agent on east; both listeners see it connected, held by east.
+    let key = east.add_key("one.test");
+    let mut agent = ws::agent(&east.ws_url(), &key, "one.test").await;
+    east.wait_connected("one.test", true);
+    let seen = west.wait_connected("one.test", true);
+    assert_eq!(seen["listener"], "east", "{seen}");
+    let mut events = sse::Stream::open(
+        &west,
+        "?host=one.test",
+        None,
+        Some(cc_e2e::listener::TOKEN),
+    );
+    assert_eq!(events.status, 200);
+
+    // Posted on west.
+    let posted = Instant::now();
+    let r = west.post(
+        "/api/v1/agents/one.test/jobs",
+        &json!({"command": "/bin/echo", "args": ["hi"]}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let job_id = r.json()["jobId"].as_str().unwrap().to_owned();
+    let msg = ws::recv_type(&mut agent, "execute_job", T).await;
+    let handed = posted.elapsed();
+    assert_eq!(msg["payload"]["jobId"], job_id.as_str());
+    assert!(
+        handed < Duration::from_secs(2),
+        "handed over after {handed:?}: only the sweep delivered it"
+    );
+
+    // Reported to east, acknowledged after the commit; west shows it.
+    ws::send(&mut agent, &ws::report(&job_id, Some("r-1"))).await;
+    ws::recv_type(&mut agent, "report_ack", T).await;
+    let job = west.get(&format!("/api/v1/jobs/{job_id}")).json();
+    assert_eq!(job["status"], "done", "{job}");
+    assert_eq!(job["report"]["exitCode"], 0, "{job}");
+    // West's stream saw it queued, sent and done — written by east.
+    let got = tokio::task::spawn_blocking(move || {
+        events.until(T, |ev| ev.iter().any(|e| e["status"] == "done"))
+    })
+    .await
+    .unwrap();
+    let states: Vec<&str> = got
+        .iter()
+        .filter(|e| e["jobId"] == job_id.as_str())
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["queued", "sent", "done"], "{got:?}");
+
+    // The agent moves to west: its old connection to east is stale; the
+    // next job goes to the new one, whichever listener it is posted on.
+    let mut moved = ws::agent(&west.ws_url(), &key, "one.test").await;
+    west.wait_for(T, |l| {
+        l.agent_entry("one.test")
+            .filter(|a| a["listener"] == "west")
+    });
+    let r = east.post(
+        "/api/v1/agents/one.test/jobs",
+        &json!({"command": "/bin/true"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let second = r.json()["jobId"].as_str().unwrap().to_owned();
+    let msg = ws::recv_type(&mut moved, "execute_job", T).await;
+    assert_eq!(msg["payload"]["jobId"], second.as_str());
+    drop(agent);
+    drop(cluster);
+}
