@@ -328,8 +328,8 @@ async fn sweep_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
         // A third of the lease: two renewals may fail before it runs out.
         if now_ms() - renewed >= store::LEASE_MS / 3 {
             renewed = now_ms();
-            if let Err(e) = state.db.call(|s| s.renew_leases(now_ms())).await {
-                warn!("renewing the agents' leases failed: {e:#}");
+            if let Err(e) = state.db.call(|s| s.renew_lease(now_ms())).await {
+                warn!("renewing this listener's lease failed: {e:#}");
             }
         }
         match state.db.call(move |s| s.sweep(now_ms(), grace)).await {

@@ -155,11 +155,16 @@ CREATE TRIGGER job_changed AFTER UPDATE OF status ON jobs WHEN NEW.status IS NOT
             (SELECT json_extract(payload, '$.exitCode') FROM reports WHERE id = NEW.report_id));
 END;
 "#,
-    // Which listener holds each agent's connection, until when.
+    // Which listener (and connection) holds each agent; each listener's
+    // lease, renewed as one row however many agents it holds.
     r#"
 ALTER TABLE agents ADD COLUMN listener TEXT;
 ALTER TABLE agents ADD COLUMN lease_conn INTEGER;
-ALTER TABLE agents ADD COLUMN lease_ms INTEGER;
+CREATE INDEX agents_by_listener ON agents (listener);
+CREATE TABLE listeners (
+    name      TEXT PRIMARY KEY,
+    lease_ms  INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -423,8 +428,8 @@ pub struct AgentRow {
     pub cron_status: Option<String>,
     /// What the host's stored reports take (its quota's use).
     pub report_bytes: i64,
-    /// The listener holding the agent's connection, and until when its
-    /// lease runs (it renews it while it holds the connection).
+    /// The listener holding the agent's connection, and until when that
+    /// listener's lease runs (it renews it while it runs).
     pub listener: Option<String>,
     pub lease_ms: Option<i64>,
 }
@@ -704,26 +709,29 @@ impl Store {
     pub fn held_as(mut self, name: &str) -> Result<Self> {
         self.write(|tx| {
             tx.exec(
-                "UPDATE agents SET listener = NULL, lease_conn = NULL, lease_ms = NULL
-                 WHERE listener = ?1",
+                "UPDATE agents SET listener = NULL, lease_conn = NULL WHERE listener = ?1",
                 &p![name],
             )
         })?;
         self.holder = Some(name.to_owned());
+        self.renew_lease(crate::now_ms())?;
         Ok(self)
     }
 
-    /// Renews the leases of every agent this listener holds.
-    pub fn renew_leases(&self, now_ms: i64) -> Result<usize> {
+    /// Renews this listener's lease: one row, however many agents it
+    /// holds (their rows name it).
+    pub fn renew_lease(&self, now_ms: i64) -> Result<()> {
         let Some(me) = &self.holder else {
-            return Ok(0);
+            return Ok(());
         };
         self.write(|tx| {
             tx.exec(
-                "UPDATE agents SET lease_ms = ?2 WHERE listener = ?1",
+                "INSERT INTO listeners (name, lease_ms) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET lease_ms = ?2",
                 &p![me, now_ms + LEASE_MS],
             )
-        })
+        })?;
+        Ok(())
     }
 
     /// Opens the store `at` names.
@@ -927,11 +935,11 @@ impl Store {
         };
         tx.exec(
             "INSERT INTO agents (hostname, os, arch, tags, execution_mode, is_root, first_seen_ms,
-                                 last_seen_ms, listener, lease_conn, lease_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)
+                                 last_seen_ms, listener, lease_conn)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)
              ON CONFLICT (hostname) DO UPDATE SET os = ?2, arch = ?3, tags = ?4,
                  execution_mode = ?5, is_root = ?6, last_seen_ms = ?7, listener = ?8,
-                 lease_conn = ?9, lease_ms = ?10",
+                 lease_conn = ?9",
             &p![
                 info.hostname.as_str(),
                 info.os,
@@ -941,8 +949,7 @@ impl Store {
                 info.is_root,
                 now_ms,
                 by.map(|b| b.0),
-                by.map(|b| b.1),
-                by.map(|_| now_ms + LEASE_MS)
+                by.map(|b| b.1)
             ],
         )?;
         Ok(())
@@ -958,7 +965,7 @@ impl Store {
                 &p![hostname, last_seen_ms],
             )?;
             tx.exec(
-                "UPDATE agents SET listener = NULL, lease_conn = NULL, lease_ms = NULL
+                "UPDATE agents SET listener = NULL, lease_conn = NULL
                  WHERE hostname = ?1 AND listener = ?2 AND lease_conn = ?3",
                 &p![hostname, self.holder, conn],
             )
@@ -1000,8 +1007,9 @@ impl Store {
         self.read(|c| {
             c.query(
                 "SELECT a.hostname, os, arch, tags, execution_mode, is_root, first_seen_ms,
-                        last_seen_ms, cron_status, coalesce(u.bytes, 0), listener, lease_ms
+                        last_seen_ms, cron_status, coalesce(u.bytes, 0), a.listener, l.lease_ms
                  FROM agents a LEFT JOIN report_usage u ON u.hostname = a.hostname
+                      LEFT JOIN listeners l ON l.name = a.listener
                  WHERE a.hostname >= ?1 AND a.hostname <= ?2
                  ORDER BY a.hostname",
                 &p![first, last],
@@ -2245,8 +2253,12 @@ CREATE TABLE agents (
     last_seen_ms    BIGINT NOT NULL,
     cron_status     TEXT,
     listener        TEXT,
-    lease_conn      BIGINT,
-    lease_ms        BIGINT
+    lease_conn      BIGINT
+);
+CREATE INDEX agents_by_listener ON agents (listener);
+CREATE TABLE listeners (
+    name      TEXT PRIMARY KEY,
+    lease_ms  BIGINT NOT NULL
 );
 CREATE TABLE jobs (
     rowid         BIGSERIAL UNIQUE,
