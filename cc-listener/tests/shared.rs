@@ -47,12 +47,8 @@ async fn a_job_posted_on_one_listener_reaches_an_agent_held_by_another_at_once()
     east.wait_connected("one.test", true);
     let seen = west.wait_connected("one.test", true);
     assert_eq!(seen["listener"], "east", "{seen}");
-    let mut events = sse::Stream::open(
-        &west,
-        "?host=one.test",
-        None,
-        Some(cc_e2e::listener::TOKEN),
-    );
+    let mut events =
+        sse::Stream::open(&west, "?host=one.test", None, Some(cc_e2e::listener::TOKEN));
     assert_eq!(events.status, 200);
 
     // Posted on west.
