@@ -458,6 +458,7 @@ where
         protocol_errors: 0,
         rate_tokens: state.settings.report_rate_bytes as f64 * 4.0,
         rate_at: tokio::time::Instant::now(),
+        busy_until: 0,
     };
     Ok(Some((session, ws, key.id, info)))
 }
@@ -508,6 +509,10 @@ struct Session<'a> {
     /// (negative: owed), as of `rate_at`.
     rate_tokens: f64,
     rate_at: tokio::time::Instant,
+    /// When this task last came back to reading after waiting long on the
+    /// store (ms since the epoch): the silence of an agent is counted from
+    /// then at the earliest, since what it sent meanwhile sat unread.
+    busy_until: i64,
 }
 
 enum Flow {
@@ -515,7 +520,20 @@ enum Flow {
     Close(CloseCode, &'static str),
 }
 
+/// Handling one message or hand-over longer than this is the listener
+/// being slow (its store), not the agent being silent.
+const BUSY_MS: i64 = 1_000;
+
 impl Session<'_> {
+    /// Work that began at `started` is done: if it took long, the agent's
+    /// silence is counted from now.
+    fn note_busy(&mut self, started: i64) {
+        let now = now_ms();
+        if now - started > BUSY_MS {
+            self.busy_until = now;
+        }
+    }
+
     async fn run<S>(
         mut self,
         mut ws: WebSocketStream<S>,
@@ -607,7 +625,12 @@ impl Session<'_> {
                     self.last_seen.store(now_ms(), Ordering::Relaxed);
                     match frame {
                         // Boxed for the same reason: allocated per message.
-                        WsMessage::Text(text) => Box::pin(self.on_text(ws, text.as_str())).await?,
+                        WsMessage::Text(text) => {
+                            let started = now_ms();
+                            let flow = Box::pin(self.on_text(ws, text.as_str())).await?;
+                            self.note_busy(started);
+                            flow
+                        }
                         WsMessage::Binary(_) => self.protocol_error(WsRefusal::Binary, "binary frame"),
                         WsMessage::Close(_) => return Ok(()),
                         WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Flow::Continue,
@@ -619,14 +642,17 @@ impl Session<'_> {
                         Flow::Continue
                     }
                     Some(Outbound::Dispatch) => {
+                        let started = now_ms();
                         self.dispatch(ws).await?;
+                        self.note_busy(started);
                         Flow::Continue
                     }
                     Some(Outbound::Close(reason)) => Flow::Close(CloseCode::Policy, reason),
                     None => Flow::Close(CloseCode::Away, "listener shutting down"),
                 },
                 _ = ticker.tick() => {
-                    if now_ms() - self.last_seen.load(Ordering::Relaxed) > silence_limit {
+                    let heard = self.last_seen.load(Ordering::Relaxed).max(self.busy_until);
+                    if now_ms() - heard > silence_limit {
                         Flow::Close(CloseCode::Away, "silent for three heartbeat intervals")
                     } else {
                         ws.send(WsMessage::Ping(Default::default())).await?;

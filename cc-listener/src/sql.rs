@@ -554,4 +554,47 @@ mod tests {
                 .is_some()
         );
     }
+
+    #[test]
+    fn unsigned_values_are_read_back_or_refused() {
+        let row = Row(vec![V::Int(7), V::Int(-1), V::Int(i64::from(u32::MAX) + 1)]);
+        assert_eq!(row.get::<u32>(0).unwrap(), 7);
+        assert_eq!(row.get::<u64>(0).unwrap(), 7);
+        assert!(row.get::<u32>(1).is_err() && row.get::<u64>(1).is_err());
+        assert!(row.get::<u32>(2).is_err());
+        assert_eq!(row.get::<u64>(2).unwrap(), u64::from(u32::MAX) + 1);
+    }
+
+    /// What PostgreSQL receives for each column type a parameter may meet.
+    #[test]
+    fn parameters_are_encoded_for_the_column_type_or_refused() {
+        use postgres::types::{IsNull, ToSql as _, Type};
+        let enc = |p: P<'_>, ty: &Type| {
+            let mut buf = bytes::BytesMut::new();
+            p.to_sql(ty, &mut buf)
+                .map(|n| (matches!(n, IsNull::Yes), buf.to_vec()))
+        };
+        assert_eq!(enc(P::Int(5), &Type::INT8).unwrap().1, 5i64.to_be_bytes());
+        assert_eq!(enc(P::Int(5), &Type::INT4).unwrap().1, 5i32.to_be_bytes());
+        assert_eq!(enc(P::Int(5), &Type::INT2).unwrap().1, 5i16.to_be_bytes());
+        assert_eq!(enc(P::Int(1), &Type::BOOL).unwrap().1, [1]);
+        assert!(enc(P::Int(i64::from(i32::MAX) + 1), &Type::INT4).is_err());
+        assert!(enc(P::Int(70_000), &Type::INT2).is_err());
+        assert!(enc(P::Int(5), &Type::TEXT).is_err());
+        assert_eq!(enc(P::Bool(true), &Type::BOOL).unwrap().1, [1]);
+        assert_eq!(
+            enc(P::Bool(true), &Type::INT8).unwrap().1,
+            1i64.to_be_bytes()
+        );
+        assert_eq!(
+            enc(P::Bool(false), &Type::INT4).unwrap().1,
+            0i32.to_be_bytes()
+        );
+        assert!(enc(P::Bool(true), &Type::TEXT).is_err());
+        assert_eq!(enc(P::Text("hé"), &Type::TEXT).unwrap().1, "hé".as_bytes());
+        assert!(enc(P::Null, &Type::INT8).unwrap().0);
+        assert_eq!(format!("{:?}", V::Int(3).as_p()), "Int(3)");
+        assert_eq!(format!("{:?}", V::Text("x".into()).as_p()), "Text(\"x\")");
+        assert_eq!(format!("{:?}", V::Null.as_p()), "Null");
+    }
 }

@@ -767,3 +767,45 @@ async fn revoking_a_key_closes_its_live_connection() {
     l.wait_connected("doomed", false);
     assert_eq!(ws::connect(&l.ws_url(), Some(&key)).await.err(), Some(401));
 }
+
+/// While the listener waits on its own store, what the agent sends sits
+/// unread: that is not the agent's silence. Seen failing before the fix:
+/// under the 100,000-agent bench, tens of thousands of heartbeating agents
+/// were closed as "silent for three heartbeat intervals".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_store_does_not_make_a_heartbeating_agent_silent() {
+    let dir = TempDir::new("l-slow-store");
+    let l = start(&dir);
+    let mut agent = ws::registered(&l, "patient").await;
+    // Another process holds the write lock for 3.5 s: more than the 3 s
+    // of silence the listener allows (heartbeat 1 s), less than its 10 s
+    // busy timeout, so the report is stored once it is released. When the
+    // write returns, the unread heartbeats and the silence check are ready
+    // at once and either may run first: four rounds, so a check that
+    // blames the agent is seen with odds of 15 in 16.
+    let db = rusqlite::Connection::open(dir.path().join("listener.db")).unwrap();
+    for round in 0..4 {
+        db.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let id = format!("slow-{round}");
+        ws::send(&mut agent, &ws::report("nojob", Some(&id))).await;
+        let held = std::time::Instant::now();
+        while held.elapsed() < Duration::from_millis(3_500) {
+            ws::send(&mut agent, &json!({"type": "heartbeat", "payload": {}})).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        db.execute_batch("COMMIT").unwrap();
+        let ack = ws::recv_type(&mut agent, "report_ack", T).await;
+        assert_eq!(ack["payload"]["reportId"], id.as_str());
+    }
+    // Still open two heartbeat intervals later.
+    for _ in 0..7 {
+        ws::send(&mut agent, &json!({"type": "heartbeat", "payload": {}})).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        !l.log().contains("silent for three heartbeat intervals"),
+        "{}",
+        l.log()
+    );
+    assert!(l.agent_entry("patient").unwrap()["connected"] == true);
+}
