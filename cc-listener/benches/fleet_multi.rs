@@ -143,6 +143,7 @@ async fn simulated_agent(
 ) {
     let mut first = Some(first);
     let mut attempt: u32 = 0;
+    let mut dropped: u32 = 0;
     // Spread heartbeats over the interval.
     let seed: u64 = host
         .bytes()
@@ -223,7 +224,12 @@ async fn simulated_agent(
         if counters.printed.fetch_add(1, Ordering::Relaxed) < 20 {
             let _ = out.send(format!("drop {host} {reason}"));
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Capped exponential backoff, jittered in its upper half, as the
+        // real agent reconnects (`cc-agent/src/conn.rs`).
+        let exp = Duration::from_secs(1 << dropped.min(5));
+        dropped += 1;
+        let jitter = seed.wrapping_mul(u64::from(dropped) * 2_654_435_761) % 1000;
+        tokio::time::sleep(exp / 2 + exp / 2 * jitter as u32 / 1000).await;
     }
 }
 
@@ -419,37 +425,43 @@ fn start_loads(
     (loads, rx)
 }
 
-/// Registered agents a listener holds now (`croncommander_agents_connected`).
-fn connected(l: &ListenerProcess) -> u64 {
-    let r = l.get("/metrics");
-    r.body
-        .lines()
-        .filter(|line| line.starts_with("croncommander_agents_connected{"))
-        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+/// Registered agents a listener holds now (`croncommander_agents_connected`);
+/// `None` when the scrape fails or takes over 60 s (the listener is busy).
+fn connected(l: &ListenerProcess) -> Option<u64> {
+    let (status, body) = request_slow(l.admin_addr, "GET", "/metrics", None, 60)?;
+    (status == 200).then(|| {
+        body.lines()
+            .filter(|line| line.starts_with("croncommander_agents_connected{"))
+            .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    })
 }
 
-/// A POST with a long read timeout (a run for 100,000 hosts is one large
-/// transaction and a large answer).
-fn post_slow(addr: SocketAddr, path: &str, body: &Value) -> (u16, String) {
-    let body = body.to_string();
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(900))).unwrap();
+/// One request with a chosen read timeout (a run for 100,000 hosts is one
+/// large transaction and a large answer; a scrape during a connect storm
+/// waits behind the key checks); `None` if it fails.
+fn request_slow(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout_secs: u64,
+) -> Option<(u16, String)> {
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(timeout_secs)))
+        .ok()?;
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
-    .unwrap();
+    .ok()?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("reading the answer");
+    s.read_to_end(&mut raw).ok()?;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
     let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
@@ -458,7 +470,7 @@ fn post_slow(addr: SocketAddr, path: &str, body: &Value) -> (u16, String) {
     } else {
         body.to_owned()
     };
-    (status, body)
+    Some((status, body))
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -483,6 +495,8 @@ struct Figures {
     keys_time: Duration,
     connect_time: Duration,
     connect_retries: usize,
+    slowest_scrape: Duration,
+    scrape_failures: usize,
     rss_start: Vec<u64>,
     rss_idle: Vec<u64>,
     held: Vec<u64>,
@@ -532,7 +546,10 @@ fn measure(
     let mut drops = Vec::new();
     let connect_limit = Duration::from_secs(env_or("CC_BENCH_CONNECT_TIMEOUT_SECS", 1200));
     let mut last_note = Instant::now();
-    let held = loop {
+    let mut held = vec![0; n];
+    let mut scrape_failures = 0;
+    let mut slowest_scrape = Duration::ZERO;
+    loop {
         while let Ok(line) = lines.try_recv() {
             match line {
                 Line::Done {
@@ -553,14 +570,22 @@ fn measure(
                 Line::Ack(..) => {}
             }
         }
-        let held: Vec<u64> = listeners.iter().map(connected).collect();
+        for (k, l) in listeners.iter().enumerate() {
+            let t = Instant::now();
+            let c = connected(l);
+            slowest_scrape = slowest_scrape.max(t.elapsed());
+            match c {
+                Some(n) => held[k] = n,
+                None => scrape_failures += 1,
+            }
+        }
         let total: u64 = held.iter().sum();
         if done == loads.len() && total == agents as u64 {
-            break held;
+            break;
         }
         if last_note.elapsed() > Duration::from_secs(10) {
             eprintln!(
-                "  {:.0} s: {total} of {agents} registered {held:?}",
+                "  {:.0} s: {total} of {agents} registered {held:?}, {done} load processes done, {scrape_failures} failed scrapes",
                 connect_started.elapsed().as_secs_f64()
             );
             last_note = Instant::now();
@@ -570,7 +595,7 @@ fn measure(
             "{label}: not all agents registered within {connect_limit:?}: {total} of {agents} ({held:?})"
         );
         std::thread::sleep(Duration::from_millis(500));
-    };
+    }
     let connect_time = connect_started.elapsed();
     eprintln!(
         "  all {agents} registered in {:.1} s; idle for {} s",
@@ -584,7 +609,10 @@ fn measure(
         .iter()
         .map(|l| proc_status_kib(l.child.id(), "VmRSS"))
         .collect();
-    let still: u64 = listeners.iter().map(connected).sum();
+    let still: u64 = listeners
+        .iter()
+        .map(|l| connected(l).expect("metrics after the idle time"))
+        .sum();
     assert_eq!(still, agents as u64, "{label}: agents were lost while idle");
 
     // Jobs one at a time, each posted to the next listener after the
@@ -636,11 +664,14 @@ fn measure(
     drain(&mut drops);
     eprintln!("  fan-out to {agents}");
     let fan_started = Instant::now();
-    let (status, body) = post_slow(
+    let (status, body) = request_slow(
         listeners[0].admin_addr,
+        "POST",
         "/api/v1/runs",
-        &json!({"tags": ["bench"], "command": "/bin/true", "timeout": 600}),
-    );
+        Some(&json!({"tags": ["bench"], "command": "/bin/true", "timeout": 600})),
+        900,
+    )
+    .expect("POST /api/v1/runs: no answer within 900 s");
     assert_eq!(status, 202, "{body}");
     let fan_posted = fan_started.elapsed();
     let answer: Value = serde_json::from_str(&body).unwrap();
@@ -696,6 +727,8 @@ fn measure(
         keys_time,
         connect_time,
         connect_retries: retries,
+        slowest_scrape,
+        scrape_failures,
         rss_start,
         rss_idle,
         held,
@@ -723,6 +756,11 @@ fn print(f: &Figures) {
         "  connect + register all agents           {:>9.1} s ({} connect retries)",
         f.connect_time.as_secs_f64(),
         f.connect_retries
+    );
+    println!(
+        "  slowest GET /metrics while connecting      {:>6.1} s ({} failed or over 60 s)",
+        f.slowest_scrape.as_secs_f64(),
+        f.scrape_failures
     );
     for (k, ((start, idle), held)) in f.rss_start.iter().zip(&f.rss_idle).zip(&f.held).enumerate() {
         let per = idle.saturating_sub(*start) as f64 * 1024.0 / (*held).max(1) as f64;
@@ -793,10 +831,22 @@ fn make_keys(store: &Store, agents: usize, file: &Path) -> Duration {
 
 fn listener_config(per_listener: usize, heartbeat_secs: u64) -> String {
     // Every simulated agent connects from 127.0.0.1: one source.
-    format!(
+    let mut c = format!(
         "heartbeat_interval_secs = {heartbeat_secs}\nmax_connections = {}\nmax_unauthenticated_per_source = 20000\n",
         per_listener + 100
-    )
+    );
+    // A storm of every agent at once: on PostgreSQL registrations wait
+    // for the fleet-wide write lock longer than the default budget of
+    // unregistered connections (2,048) and the 3 s to register allow, so
+    // the oldest are closed, reconnect, and crowd out the rest
+    // (BENCHMARKS.md). `CC_BENCH_DEFAULT_BUDGETS=1` keeps the defaults.
+    if env_or("CC_BENCH_DEFAULT_BUDGETS", 0) == 0 {
+        c.push_str(&format!(
+            "max_unauthenticated = {}\nauth_timeout_ms = 60000\n",
+            per_listener + 100
+        ));
+    }
+    c
 }
 
 fn bin() -> PathBuf {
