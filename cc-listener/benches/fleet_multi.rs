@@ -130,6 +130,15 @@ async fn connect_once(
     Ok(ws)
 }
 
+/// The `execution_report` of a `/bin/true` job; its `reportId` is the job id.
+fn report_text(job_id: &str) -> String {
+    json!({"type": "execution_report", "payload": {
+        "jobId": job_id, "command": "/bin/true", "exitCode": 0, "stdout": "", "stderr": "",
+        "startTime": "2024-03-20T10:00:00Z", "durationMs": 1, "executingUid": 1001,
+        "executingUser": "cc-agent-user", "reportId": job_id}})
+    .to_string()
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn simulated_agent(
     url: Arc<str>,
@@ -144,6 +153,9 @@ async fn simulated_agent(
     let mut first = Some(first);
     let mut attempt: u32 = 0;
     let mut dropped: u32 = 0;
+    // Reports not acknowledged yet: sent again on the next connection, as
+    // the real agent's outbox does.
+    let mut pending: Vec<String> = Vec::new();
     // Spread heartbeats over the interval.
     let seed: u64 = host
         .bytes()
@@ -179,8 +191,21 @@ async fn simulated_agent(
                 continue;
             }
         };
+        let mut resent = Ok(());
+        for job_id in &pending {
+            resent = ws
+                .send(Message::Text(report_text(job_id).into()))
+                .await
+                .map_err(|e| e.to_string());
+            if resent.is_err() {
+                break;
+            }
+        }
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
         let reason = loop {
+            if let Err(e) = resent {
+                break e;
+            }
             tokio::select! {
                 _ = ticker.tick() => {
                     if let Err(e) = ws.send(Message::Text(r#"{"type":"heartbeat","payload":{}}"#.into())).await {
@@ -201,18 +226,19 @@ async fn simulated_agent(
                     let v: Value = serde_json::from_str(text.as_str()).unwrap();
                     match v["type"].as_str() {
                         Some("execute_job") => {
-                            let job_id = v["payload"]["jobId"].as_str().unwrap();
-                            let report = json!({"type": "execution_report", "payload": {
-                                "jobId": job_id, "command": "/bin/true", "exitCode": 0, "stdout": "", "stderr": "",
-                                "startTime": "2024-03-20T10:00:00Z", "durationMs": 1, "executingUid": 1001,
-                                "executingUser": "cc-agent-user", "reportId": job_id}});
-                            if let Err(e) = ws.send(Message::Text(report.to_string().into())).await {
+                            let job_id = v["payload"]["jobId"].as_str().unwrap().to_owned();
+                            let report = report_text(&job_id);
+                            if !pending.contains(&job_id) {
+                                pending.push(job_id);
+                            }
+                            if let Err(e) = ws.send(Message::Text(report.into())).await {
                                 break e.to_string();
                             }
                         }
                         Some("report_ack") => {
                             let at = now_us();
                             let id = v["payload"]["reportId"].as_str().unwrap_or_default();
+                            pending.retain(|p| p != id);
                             let _ = out.send(format!("ack {id} {at}"));
                         }
                         _ => {}
@@ -506,6 +532,9 @@ struct Figures {
     fan_posted: Duration,
     fan_time: Duration,
     fan_stored: usize,
+    fan_acked: usize,
+    registered: usize,
+    silent: usize,
     drops: Vec<String>,
 }
 
@@ -609,6 +638,7 @@ fn measure(
         .iter()
         .map(|l| proc_status_kib(l.child.id(), "VmRSS"))
         .collect();
+    eprintln!("  FIGURE {label} RSS start {rss_start:?} idle {rss_idle:?} held {held:?}");
     let still: u64 = listeners
         .iter()
         .map(|l| connected(l).expect("metrics after the idle time"))
@@ -659,11 +689,20 @@ fn measure(
     }
     let jobs_time = jobs_started.elapsed();
     latencies.sort();
+    eprintln!(
+        "  FIGURE {label} round trip p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms, {:.1} s",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.9)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().unwrap()),
+        jobs_time.as_secs_f64()
+    );
 
     // Fan-out: one run to every agent (all carry the tag "bench").
     drain(&mut drops);
     eprintln!("  fan-out to {agents}");
     let fan_started = Instant::now();
+    let fan_t0 = now_us();
     let (status, body) = request_slow(
         listeners[0].admin_addr,
         "POST",
@@ -686,8 +725,13 @@ fn measure(
     let fan_limit = Duration::from_secs(env_or("CC_BENCH_FANOUT_TIMEOUT_SECS", 900));
     let mut last_at = 0;
     let mut last_note = Instant::now();
-    while !wanted.is_empty() {
-        match lines.recv_timeout(Duration::from_secs(1)) {
+    let mut last_poll = Instant::now();
+    let acks_wanted = wanted.len();
+    // Done when the database holds every report (a report whose ack was
+    // lost with its connection is stored all the same); acks are counted
+    // beside it.
+    let fan_time = loop {
+        match lines.recv_timeout(Duration::from_millis(100)) {
             Ok(Line::Ack(id, at)) => {
                 if wanted.remove(&id) {
                     last_at = last_at.max(at);
@@ -699,6 +743,16 @@ fn measure(
             }
             Ok(_) | Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             Err(e) => panic!("{label}: the load processes went away: {e}"),
+        }
+        if wanted.is_empty() {
+            break Duration::from_micros(last_at.saturating_sub(fan_t0));
+        }
+        if last_poll.elapsed() > Duration::from_millis(500) {
+            last_poll = Instant::now();
+            let t = fan_started.elapsed();
+            if stored(&run_id) == agents {
+                break t;
+            }
         }
         if last_note.elapsed() > Duration::from_secs(10) {
             eprintln!(
@@ -713,12 +767,25 @@ fn measure(
             "{label}: fan-out: {} of {agents} reports not acknowledged within {fan_limit:?}",
             wanted.len()
         );
-    }
-    let fan_time = fan_started.elapsed();
+    };
+    let fan_acked = acks_wanted - wanted.len();
     let fan_stored = stored(&run_id);
-    assert_eq!(fan_stored, agents, "{label}: acknowledged but not stored");
+    eprintln!(
+        "  FIGURE {label} fan-out: POST {:.2} s, all stored {:.2} s, {fan_acked} acked, {fan_stored} stored",
+        fan_posted.as_secs_f64(),
+        fan_time.as_secs_f64()
+    );
+    assert_eq!(fan_stored, agents, "{label}: not every report stored");
     let load_count = loads.len();
     drop(loads);
+    let (mut registered, mut silent) = (0, 0);
+    for l in listeners {
+        let log = l.log();
+        registered += log.matches("agent registered").count();
+        silent += log
+            .matches("closing: silent for three heartbeat intervals")
+            .count();
+    }
     Figures {
         label: label.to_owned(),
         agents,
@@ -738,6 +805,9 @@ fn measure(
         fan_posted,
         fan_time,
         fan_stored,
+        fan_acked,
+        registered,
+        silent,
         drops,
     }
 }
@@ -792,11 +862,16 @@ fn print(f: &Figures) {
         f.jobs as f64 / f.jobs_time.as_secs_f64()
     );
     println!(
-        "  fan-out of /bin/true to {agents}: POST answered in {:.2} s; every report stored and acknowledged in {:.2} s ({:.0} reports/s); {} stored",
+        "  fan-out of /bin/true to {agents}: POST answered in {:.2} s; every report stored in {:.2} s ({:.0} reports/s); {} stored, {} acknowledged",
         f.fan_posted.as_secs_f64(),
         f.fan_time.as_secs_f64(),
         agents as f64 / f.fan_time.as_secs_f64(),
-        f.fan_stored
+        f.fan_stored,
+        f.fan_acked
+    );
+    println!(
+        "  registrations in the listeners' logs: {} for {agents} agents; closed as silent for three heartbeat intervals: {}",
+        f.registered, f.silent
     );
     if !f.drops.is_empty() {
         println!(
