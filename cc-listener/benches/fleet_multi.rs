@@ -1,0 +1,1035 @@
+//! A fleet across several listeners on one PostgreSQL database (issue #15),
+//! beside one listener on SQLite.
+//!
+//! PostgreSQL side (defaults): 100,000 simulated agents, connected and
+//! heartbeating, spread over 6 release `cc-listener` processes sharing a
+//! private PostgreSQL cluster. A process here may hold at most 20,000
+//! descriptors, so the simulated agents live in load processes too: this
+//! bench re-executes itself (`CC_FLEET_ROLE=load`), one load process per
+//! 17,000 agents or fewer, each connecting its agents to one listener.
+//! Measured: each listener's RSS per connection; jobs one at a time, each
+//! posted to a listener *other* than the one holding the agent, timed from
+//! just before the POST to the agent's `report_ack` (the report is
+//! committed), p50/p99; and one run of `/bin/true` fanned out to every
+//! agent, timed until every report is acknowledged (stored).
+//!
+//! SQLite side: the same figures for one listener on SQLite at 19,000
+//! agents (two load processes).
+//!
+//!     cargo bench -p cc-listener --bench fleet_multi
+//!
+//! Knobs: `CC_BENCH_AGENTS` (100000), `CC_BENCH_LISTENERS` (6),
+//! `CC_BENCH_SQLITE_AGENTS` (19000), `CC_BENCH_JOBS` (1000),
+//! `CC_BENCH_HEARTBEAT_SECS` (30), `CC_BENCH_IDLE_SECS` (two heartbeats),
+//! `CC_BENCH_PER_LOAD` (17000 agents per load process at most),
+//! `CC_BENCH_CONNECT_GATE` (64 handshakes in flight per load process),
+//! `CC_BENCH_ONLY` (`postgres` or `sqlite`; both by default).
+//!
+//! Times cross processes as wall-clock microseconds (`SystemTime`): the
+//! load process stamps each `report_ack` as it arrives, the bench stamps
+//! the POST, both on this machine's one clock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a failed step should stop it
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cc_e2e::agent::proc_status_kib;
+use cc_e2e::listener::{ListenerProcess, TOKEN};
+use cc_e2e::pg::Cluster;
+use cc_e2e::{TempDir, env_or};
+use cc_listener::store::Store;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+fn host_name(i: usize) -> String {
+    format!("sim-{i:06}")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// This process's soft limit on open files (`/proc/self/limits`).
+fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+// ---------------------------------------------------------------------------
+// The load process: simulated agents, reporting on stdout.
+//
+// Lines it prints:
+//   `ack JOB_ID MICROS`        a `report_ack` arrived (wall clock)
+//   `done OK FAILED RETRIES`   every agent's first connection was attempted
+//   `drop HOST REASON`         a registered agent's connection ended (it
+//                              reconnects; the first 20 are printed)
+//   `fail HOST ERROR`          a connect attempt failed (first 20 printed)
+// It ends when its stdin closes (the bench ended or died).
+
+struct LoadCounters {
+    retries: AtomicU64,
+    drops: AtomicU64,
+    failed: AtomicU64,
+    printed: AtomicU64,
+}
+
+async fn connect_once(
+    url: &str,
+    key: &str,
+    host: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    String,
+> {
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    req.headers_mut()
+        .insert("X-CC-API-KEY", HeaderValue::from_str(key).unwrap());
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_tungstenite::connect_async_with_config(req, Some(config), true),
+    )
+    .await
+    .map_err(|_| "handshake timed out after 30 s".to_owned())?
+    .map_err(|e| e.to_string())?;
+    let register = json!({"type": "register", "payload": {"hostname": host, "os": "linux", "arch": "amd64",
+        "tags": ["bench"], "executionMode": "user", "isRoot": false}});
+    ws.send(Message::Text(register.to_string().into()))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ws)
+}
+
+/// The `execution_report` of a `/bin/true` job; its `reportId` is the job id.
+fn report_text(job_id: &str) -> String {
+    json!({"type": "execution_report", "payload": {
+        "jobId": job_id, "command": "/bin/true", "exitCode": 0, "stdout": "", "stderr": "",
+        "startTime": "2024-03-20T10:00:00Z", "durationMs": 1, "executingUid": 1001,
+        "executingUser": "cc-agent-user", "reportId": job_id}})
+    .to_string()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn simulated_agent(
+    url: Arc<str>,
+    key: String,
+    host: String,
+    heartbeat: Duration,
+    out: std_mpsc::Sender<String>,
+    gate: Arc<Semaphore>,
+    counters: Arc<LoadCounters>,
+    first: tokio::sync::oneshot::Sender<bool>,
+) {
+    let mut first = Some(first);
+    let mut attempt: u32 = 0;
+    let mut dropped: u32 = 0;
+    // Reports not acknowledged yet: sent again on the next connection, as
+    // the real agent's outbox does.
+    let mut pending: Vec<String> = Vec::new();
+    // Spread heartbeats over the interval.
+    let seed: u64 = host
+        .bytes()
+        .fold(0, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let offset = Duration::from_millis(seed % heartbeat.as_millis().max(1) as u64);
+    loop {
+        let permit = gate.acquire().await.unwrap();
+        let ws = connect_once(&url, &key, &host).await;
+        drop(permit);
+        let mut ws = match ws {
+            Ok(ws) => {
+                if let Some(f) = first.take() {
+                    let _ = f.send(true);
+                }
+                attempt = 0;
+                ws
+            }
+            Err(e) => {
+                attempt += 1;
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                if counters.printed.fetch_add(1, Ordering::Relaxed) < 20 {
+                    let _ = out.send(format!("fail {host} {e}"));
+                }
+                if attempt >= 5 {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    if let Some(f) = first.take() {
+                        let _ = f.send(false);
+                    }
+                    return;
+                }
+                // Backoff, as a real agent does.
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                continue;
+            }
+        };
+        let mut resent = Ok(());
+        for job_id in &pending {
+            resent = ws
+                .send(Message::Text(report_text(job_id).into()))
+                .await
+                .map_err(|e| e.to_string());
+            if resent.is_err() {
+                break;
+            }
+        }
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
+        let reason = loop {
+            if let Err(e) = resent {
+                break e;
+            }
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if let Err(e) = ws.send(Message::Text(r#"{"type":"heartbeat","payload":{}}"#.into())).await {
+                        break e.to_string();
+                    }
+                }
+                msg = ws.next() => {
+                    let msg = match msg {
+                        None => break "closed".to_owned(),
+                        Some(Err(e)) => break e.to_string(),
+                        Some(Ok(m)) => m,
+                    };
+                    let text = match msg {
+                        Message::Text(t) => t,
+                        Message::Close(f) => break format!("close {f:?}"),
+                        _ => continue,
+                    };
+                    let v: Value = serde_json::from_str(text.as_str()).unwrap();
+                    match v["type"].as_str() {
+                        Some("execute_job") => {
+                            let job_id = v["payload"]["jobId"].as_str().unwrap().to_owned();
+                            let report = report_text(&job_id);
+                            if !pending.contains(&job_id) {
+                                pending.push(job_id);
+                            }
+                            if let Err(e) = ws.send(Message::Text(report.into())).await {
+                                break e.to_string();
+                            }
+                        }
+                        Some("report_ack") => {
+                            let at = now_us();
+                            let id = v["payload"]["reportId"].as_str().unwrap_or_default();
+                            pending.retain(|p| p != id);
+                            let _ = out.send(format!("ack {id} {at}"));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        };
+        counters.drops.fetch_add(1, Ordering::Relaxed);
+        if counters.printed.fetch_add(1, Ordering::Relaxed) < 20 {
+            let _ = out.send(format!("drop {host} {reason}"));
+        }
+        // Capped exponential backoff, jittered in its upper half, as the
+        // real agent reconnects (`cc-agent/src/conn.rs`).
+        let exp = Duration::from_secs(1 << dropped.min(5));
+        dropped += 1;
+        let jitter = seed.wrapping_mul(u64::from(dropped) * 2_654_435_761) % 1000;
+        tokio::time::sleep(exp / 2 + exp / 2 * jitter as u32 / 1000).await;
+    }
+}
+
+fn load_main() {
+    let var = |n: &str| std::env::var(n).unwrap_or_else(|_| panic!("{n} is not set"));
+    let url: Arc<str> = var("CC_FLEET_URL").into();
+    let keys_file = PathBuf::from(var("CC_FLEET_KEYS"));
+    let from: usize = var("CC_FLEET_FROM").parse().unwrap();
+    let to: usize = var("CC_FLEET_TO").parse().unwrap();
+    let heartbeat = Duration::from_millis(var("CC_FLEET_HEARTBEAT_MS").parse().unwrap());
+    let gate = Arc::new(Semaphore::new(
+        var("CC_FLEET_GATE").parse::<usize>().unwrap().max(1),
+    ));
+    let limit = open_files_limit();
+    assert!(
+        (to - from) as u64 + 64 <= limit,
+        "{} agents need more descriptors than this process may open ({limit})",
+        to - from
+    );
+    let keys: Vec<(String, String)> = std::fs::read_to_string(&keys_file)
+        .unwrap()
+        .lines()
+        .skip(from)
+        .take(to - from)
+        .map(|l| {
+            let (h, k) = l.split_once(' ').unwrap();
+            (h.to_owned(), k.to_owned())
+        })
+        .collect();
+
+    // One thread writes stdout: lines leave at once, in batches when many.
+    let (out_tx, out_rx) = std_mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let stdout = std::io::stdout();
+        let mut w = std::io::BufWriter::new(stdout.lock());
+        while let Ok(line) = out_rx.recv() {
+            let _ = writeln!(w, "{line}");
+            while let Ok(more) = out_rx.try_recv() {
+                let _ = writeln!(w, "{more}");
+            }
+            if w.flush().is_err() {
+                std::process::exit(0);
+            }
+        }
+    });
+    // The bench closes stdin (or dies): end.
+    std::thread::spawn(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        std::process::exit(0);
+    });
+
+    let counters = Arc::new(LoadCounters {
+        retries: AtomicU64::new(0),
+        drops: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        printed: AtomicU64::new(0),
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut firsts = Vec::with_capacity(keys.len());
+        for (host, key) in keys {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            firsts.push(rx);
+            tokio::spawn(simulated_agent(
+                Arc::clone(&url),
+                key,
+                host,
+                heartbeat,
+                out_tx.clone(),
+                Arc::clone(&gate),
+                Arc::clone(&counters),
+                tx,
+            ));
+        }
+        let mut ok = 0;
+        for rx in firsts {
+            if rx.await.unwrap_or(false) {
+                ok += 1;
+            }
+        }
+        let _ = out_tx.send(format!(
+            "done {ok} {} {}",
+            counters.failed.load(Ordering::Relaxed),
+            counters.retries.load(Ordering::Relaxed)
+        ));
+        std::future::pending::<()>().await;
+    });
+}
+
+// ---------------------------------------------------------------------------
+// The bench.
+
+/// A load process: its agents `from..to` connect to `listener`.
+struct Load {
+    child: Child,
+    listener: usize,
+    from: usize,
+    to: usize,
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+enum Line {
+    Ack(String, u64),
+    Done {
+        load: usize,
+        ok: usize,
+        failed: usize,
+        retries: usize,
+    },
+    Other(usize, String),
+}
+
+/// Starts load processes for `hosts` (indexes into `keys_file`) spread
+/// evenly over `urls`; every line they print arrives on the receiver.
+fn start_loads(
+    urls: &[String],
+    agents: usize,
+    keys_file: &Path,
+    heartbeat: Duration,
+) -> (Vec<Load>, std_mpsc::Receiver<Line>) {
+    let per_load = env_or("CC_BENCH_PER_LOAD", 17_000) as usize;
+    let gate = env_or("CC_BENCH_CONNECT_GATE", 64);
+    let exe = std::env::current_exe().unwrap();
+    let (tx, rx) = std_mpsc::channel();
+    let mut loads = Vec::new();
+    let n = urls.len();
+    for (k, url) in urls.iter().enumerate() {
+        let (lo, hi) = (agents * k / n, agents * (k + 1) / n);
+        let parts = (hi - lo).div_ceil(per_load).max(1);
+        for p in 0..parts {
+            let from = lo + (hi - lo) * p / parts;
+            let to = lo + (hi - lo) * (p + 1) / parts;
+            let mut child = Command::new(&exe)
+                .env("CC_FLEET_ROLE", "load")
+                .env("CC_FLEET_URL", url)
+                .env("CC_FLEET_KEYS", keys_file)
+                .env("CC_FLEET_FROM", from.to_string())
+                .env("CC_FLEET_TO", to.to_string())
+                .env("CC_FLEET_HEARTBEAT_MS", heartbeat.as_millis().to_string())
+                .env("CC_FLEET_GATE", gate.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("starting a load process");
+            let stdout = child.stdout.take().unwrap();
+            let tx = tx.clone();
+            let index = loads.len();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { return };
+                    let mut f = line.split(' ');
+                    let parsed = match f.next() {
+                        Some("ack") => {
+                            let id = f.next().unwrap_or_default().to_owned();
+                            let at = f.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+                            Line::Ack(id, at)
+                        }
+                        Some("done") => {
+                            let mut num = || f.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+                            Line::Done {
+                                load: index,
+                                ok: num(),
+                                failed: num(),
+                                retries: num(),
+                            }
+                        }
+                        _ => Line::Other(index, line),
+                    };
+                    if tx.send(parsed).is_err() {
+                        return;
+                    }
+                }
+            });
+            loads.push(Load {
+                child,
+                listener: k,
+                from,
+                to,
+            });
+        }
+    }
+    (loads, rx)
+}
+
+/// Registered agents a listener holds now (`croncommander_agents_connected`);
+/// `None` when the scrape fails or takes over 60 s (the listener is busy).
+fn connected(l: &ListenerProcess) -> Option<u64> {
+    let (status, body) = request_slow(l.admin_addr, "GET", "/metrics", None, 60)?;
+    (status == 200).then(|| {
+        body.lines()
+            .filter(|line| line.starts_with("croncommander_agents_connected{"))
+            .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    })
+}
+
+/// One request with a chosen read timeout (a run for 100,000 hosts is one
+/// large transaction and a large answer; a scrape during a connect storm
+/// waits behind the key checks); `None` if it fails.
+fn request_slow(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout_secs: u64,
+) -> Option<(u16, String)> {
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(timeout_secs)))
+        .ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Some((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+/// What one side (PostgreSQL or SQLite) measured.
+struct Figures {
+    label: String,
+    agents: usize,
+    listeners: usize,
+    loads: usize,
+    keys_time: Duration,
+    connect_time: Duration,
+    connect_retries: usize,
+    slowest_scrape: Duration,
+    scrape_failures: usize,
+    rss_start: Vec<u64>,
+    rss_idle: Vec<u64>,
+    held: Vec<u64>,
+    jobs: usize,
+    latencies: Vec<Duration>,
+    jobs_time: Duration,
+    fan_posted: Duration,
+    fan_time: Duration,
+    fan_stored: usize,
+    fan_acked: usize,
+    registered: usize,
+    silent: usize,
+    drops: Vec<String>,
+}
+
+/// Connects `agents` agents (keys in `keys_file`, hosts `sim-000000…`)
+/// to `listeners`, then measures. `stored` counts the run's reports in
+/// the database (checked against the acknowledgements).
+fn measure(
+    label: &str,
+    listeners: &[ListenerProcess],
+    agents: usize,
+    keys_file: &Path,
+    keys_time: Duration,
+    stored: &dyn Fn(&str) -> usize,
+) -> Figures {
+    let jobs = env_or("CC_BENCH_JOBS", 1_000) as usize;
+    let heartbeat = Duration::from_secs(env_or("CC_BENCH_HEARTBEAT_SECS", 30));
+    let idle = Duration::from_secs(env_or("CC_BENCH_IDLE_SECS", 2 * heartbeat.as_secs()));
+    let n = listeners.len();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_start: Vec<u64> = listeners
+        .iter()
+        .map(|l| proc_status_kib(l.child.id(), "VmRSS"))
+        .collect();
+    let urls: Vec<String> = listeners.iter().map(ListenerProcess::ws_url).collect();
+
+    eprintln!("{label}: connecting {agents} agents to {n} listener(s)");
+    let connect_started = Instant::now();
+    let (loads, lines) = start_loads(&urls, agents, keys_file, heartbeat);
+    let holder = |host: usize| {
+        loads
+            .iter()
+            .find(|l| (l.from..l.to).contains(&host))
+            .unwrap()
+            .listener
+    };
+    let mut done = 0;
+    let mut retries = 0;
+    let mut drops = Vec::new();
+    let connect_limit = Duration::from_secs(env_or("CC_BENCH_CONNECT_TIMEOUT_SECS", 1200));
+    let mut last_note = Instant::now();
+    let mut held = vec![0; n];
+    let mut scrape_failures = 0;
+    let mut slowest_scrape = Duration::ZERO;
+    loop {
+        while let Ok(line) = lines.try_recv() {
+            match line {
+                Line::Done {
+                    load,
+                    ok,
+                    failed,
+                    retries: r,
+                } => {
+                    done += 1;
+                    retries += r;
+                    eprintln!("  load {load}: {ok} connected, {failed} gave up, {r} retries");
+                    assert_eq!(failed, 0, "load process {load}: {failed} agents gave up");
+                }
+                Line::Other(load, text) => {
+                    eprintln!("  load {load}: {text}");
+                    drops.push(text);
+                }
+                Line::Ack(..) => {}
+            }
+        }
+        for (k, l) in listeners.iter().enumerate() {
+            let t = Instant::now();
+            let c = connected(l);
+            slowest_scrape = slowest_scrape.max(t.elapsed());
+            match c {
+                Some(n) => held[k] = n,
+                None => scrape_failures += 1,
+            }
+        }
+        let total: u64 = held.iter().sum();
+        if done == loads.len() && total == agents as u64 {
+            break;
+        }
+        if last_note.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "  {:.0} s: {total} of {agents} registered {held:?}, {done} load processes done, {scrape_failures} failed scrapes",
+                connect_started.elapsed().as_secs_f64()
+            );
+            last_note = Instant::now();
+        }
+        assert!(
+            connect_started.elapsed() < connect_limit,
+            "{label}: not all agents registered within {connect_limit:?}: {total} of {agents} ({held:?})"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let connect_time = connect_started.elapsed();
+    eprintln!(
+        "  all {agents} registered in {:.1} s; idle for {} s",
+        connect_time.as_secs_f64(),
+        idle.as_secs()
+    );
+
+    // Idle (heartbeating only).
+    std::thread::sleep(idle);
+    let rss_idle: Vec<u64> = listeners
+        .iter()
+        .map(|l| proc_status_kib(l.child.id(), "VmRSS"))
+        .collect();
+    eprintln!("  FIGURE {label} RSS start {rss_start:?} idle {rss_idle:?} held {held:?}");
+    let still: u64 = listeners
+        .iter()
+        .map(|l| connected(l).expect("metrics after the idle time"))
+        .sum();
+    assert_eq!(still, agents as u64, "{label}: agents were lost while idle");
+
+    // Jobs one at a time, each posted to the next listener after the
+    // one holding the agent.
+    let drain = |drops: &mut Vec<String>| {
+        while let Ok(line) = lines.try_recv() {
+            if let Line::Other(load, text) = line {
+                eprintln!("  load {load}: {text}");
+                drops.push(text);
+            }
+        }
+    };
+    drain(&mut drops);
+    eprintln!("  {jobs} sequential jobs");
+    let mut latencies = Vec::with_capacity(jobs);
+    let jobs_started = Instant::now();
+    for i in 0..jobs {
+        let host = (i * 7919) % agents;
+        let post_to = &listeners[(holder(host) + 1) % n];
+        let t0 = now_us();
+        let r = post_to.post(
+            &format!("/api/v1/agents/{}/jobs", host_name(host)),
+            &json!({"command": "/bin/true", "timeout": 60}),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        let job_id = r.json()["jobId"].as_str().unwrap().to_owned();
+        loop {
+            match lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(Line::Ack(id, at)) if id == job_id => {
+                    latencies.push(Duration::from_micros(at.saturating_sub(t0)));
+                    break;
+                }
+                Ok(Line::Other(load, text)) => {
+                    eprintln!("  load {load}: {text}");
+                    drops.push(text);
+                }
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "{label}: job {job_id} for {} not acknowledged within 30 s ({e})",
+                    host_name(host)
+                ),
+            }
+        }
+    }
+    let jobs_time = jobs_started.elapsed();
+    latencies.sort();
+    eprintln!(
+        "  FIGURE {label} round trip p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms, {:.1} s",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.9)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().unwrap()),
+        jobs_time.as_secs_f64()
+    );
+
+    // Fan-out: one run to every agent (all carry the tag "bench").
+    drain(&mut drops);
+    eprintln!("  fan-out to {agents}");
+    let fan_started = Instant::now();
+    let fan_t0 = now_us();
+    let (status, body) = request_slow(
+        listeners[0].admin_addr,
+        "POST",
+        "/api/v1/runs",
+        Some(&json!({"tags": ["bench"], "command": "/bin/true", "timeout": 600})),
+        900,
+    )
+    .expect("POST /api/v1/runs: no answer within 900 s");
+    assert_eq!(status, 202, "{body}");
+    let fan_posted = fan_started.elapsed();
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let run_id = answer["runId"].as_str().unwrap().to_owned();
+    let mut wanted: HashSet<String> = answer["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["jobId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(wanted.len(), agents, "the run did not reach every agent");
+    let fan_limit = Duration::from_secs(env_or("CC_BENCH_FANOUT_TIMEOUT_SECS", 900));
+    let mut last_at = 0;
+    let mut last_note = Instant::now();
+    let mut last_poll = Instant::now();
+    let acks_wanted = wanted.len();
+    // Done when the database holds every report (a report whose ack was
+    // lost with its connection is stored all the same); acks are counted
+    // beside it.
+    let fan_time = loop {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(Line::Ack(id, at)) => {
+                if wanted.remove(&id) {
+                    last_at = last_at.max(at);
+                }
+            }
+            Ok(Line::Other(load, text)) => {
+                eprintln!("  load {load}: {text}");
+                drops.push(text);
+            }
+            Ok(_) | Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("{label}: the load processes went away: {e}"),
+        }
+        if wanted.is_empty() {
+            break Duration::from_micros(last_at.saturating_sub(fan_t0));
+        }
+        if last_poll.elapsed() > Duration::from_millis(500) {
+            last_poll = Instant::now();
+            let t = fan_started.elapsed();
+            if stored(&run_id) == agents {
+                break t;
+            }
+        }
+        if last_note.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "  {:.0} s: {} of {agents} acknowledged",
+                fan_started.elapsed().as_secs_f64(),
+                agents - wanted.len()
+            );
+            last_note = Instant::now();
+        }
+        assert!(
+            fan_started.elapsed() < fan_limit,
+            "{label}: fan-out: {} of {agents} reports not acknowledged within {fan_limit:?}",
+            wanted.len()
+        );
+    };
+    let fan_acked = acks_wanted - wanted.len();
+    let fan_stored = stored(&run_id);
+    eprintln!(
+        "  FIGURE {label} fan-out: POST {:.2} s, all stored {:.2} s, {fan_acked} acked, {fan_stored} stored",
+        fan_posted.as_secs_f64(),
+        fan_time.as_secs_f64()
+    );
+    assert_eq!(fan_stored, agents, "{label}: not every report stored");
+    let load_count = loads.len();
+    drop(loads);
+    let (mut registered, mut silent) = (0, 0);
+    for l in listeners {
+        let log = l.log();
+        registered += log.matches("agent registered").count();
+        silent += log
+            .matches("closing: silent for three heartbeat intervals")
+            .count();
+    }
+    Figures {
+        label: label.to_owned(),
+        agents,
+        listeners: n,
+        loads: load_count,
+        keys_time,
+        connect_time,
+        connect_retries: retries,
+        slowest_scrape,
+        scrape_failures,
+        rss_start,
+        rss_idle,
+        held,
+        jobs,
+        latencies,
+        jobs_time,
+        fan_posted,
+        fan_time,
+        fan_stored,
+        fan_acked,
+        registered,
+        silent,
+        drops,
+    }
+}
+
+fn print(f: &Figures) {
+    let agents = f.agents;
+    println!(
+        "fleet_multi [{}]: {agents} agents on {} listener(s), {} load process(es)",
+        f.label, f.listeners, f.loads
+    );
+    println!(
+        "  keys for {agents} hosts, one transaction   {:>9.1} s",
+        f.keys_time.as_secs_f64()
+    );
+    println!(
+        "  connect + register all agents           {:>9.1} s ({} connect retries)",
+        f.connect_time.as_secs_f64(),
+        f.connect_retries
+    );
+    println!(
+        "  slowest GET /metrics while connecting      {:>6.1} s ({} failed or over 60 s)",
+        f.slowest_scrape.as_secs_f64(),
+        f.scrape_failures
+    );
+    for (k, ((start, idle), held)) in f.rss_start.iter().zip(&f.rss_idle).zip(&f.held).enumerate() {
+        let per = idle.saturating_sub(*start) as f64 * 1024.0 / (*held).max(1) as f64;
+        println!(
+            "  listener {k}: {held:>6} agents, RSS {start:>7} -> {idle:>9} KiB: {per:>6.0} B ({:.1} KiB) per connection",
+            per / 1024.0
+        );
+    }
+    let start: u64 = f.rss_start.iter().sum();
+    let idle: u64 = f.rss_idle.iter().sum();
+    let per = idle.saturating_sub(start) as f64 * 1024.0 / agents as f64;
+    println!(
+        "  all listeners: RSS {start} -> {idle} KiB: {per:.0} B ({:.1} KiB) per connection",
+        per / 1024.0
+    );
+    let l = &f.latencies;
+    println!(
+        "  job round trip ({} jobs{}) p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms (target <= 10 ms), max {:.2} ms; {:.0} jobs/s",
+        f.jobs,
+        if f.listeners > 1 {
+            ", posted to another listener"
+        } else {
+            ""
+        },
+        ms(percentile(l, 0.50)),
+        ms(percentile(l, 0.90)),
+        ms(percentile(l, 0.99)),
+        ms(*l.last().unwrap()),
+        f.jobs as f64 / f.jobs_time.as_secs_f64()
+    );
+    println!(
+        "  fan-out of /bin/true to {agents}: POST answered in {:.2} s; every report stored in {:.2} s ({:.0} reports/s); {} stored, {} acknowledged",
+        f.fan_posted.as_secs_f64(),
+        f.fan_time.as_secs_f64(),
+        agents as f64 / f.fan_time.as_secs_f64(),
+        f.fan_stored,
+        f.fan_acked
+    );
+    println!(
+        "  registrations in the listeners' logs: {} for {agents} agents; closed as silent for three heartbeat intervals: {}",
+        f.registered, f.silent
+    );
+    if !f.drops.is_empty() {
+        println!(
+            "  load processes noted {} failed connects or drops (first: {})",
+            f.drops.len(),
+            f.drops[0]
+        );
+    }
+}
+
+/// Keys for `agents` hosts in one transaction; written to `file` as
+/// `HOST KEY` lines.
+fn make_keys(store: &Store, agents: usize, file: &Path) -> Duration {
+    let hosts: Vec<String> = (0..agents).map(host_name).collect();
+    let specs: Vec<(&str, Option<&str>)> = hosts
+        .iter()
+        .map(|h| (h.as_str(), Some(h.as_str())))
+        .collect();
+    let t = Instant::now();
+    let keys = store.add_keys(&specs, 0).unwrap();
+    let took = t.elapsed();
+    let mut text = String::with_capacity(agents * 64);
+    for (h, k) in hosts.iter().zip(keys) {
+        text.push_str(h);
+        text.push(' ');
+        text.push_str(&k);
+        text.push('\n');
+    }
+    std::fs::write(file, text).unwrap();
+    took
+}
+
+fn listener_config(per_listener: usize, heartbeat_secs: u64) -> String {
+    // Every simulated agent connects from 127.0.0.1: one source.
+    let mut c = format!(
+        "heartbeat_interval_secs = {heartbeat_secs}\nmax_connections = {}\nmax_unauthenticated_per_source = 20000\n",
+        per_listener + 100
+    );
+    // A storm of every agent at once: on PostgreSQL registrations wait
+    // for the fleet-wide write lock longer than the default budget of
+    // unregistered connections (2,048) and the 3 s to register allow, so
+    // the oldest are closed, reconnect, and crowd out the rest
+    // (BENCHMARKS.md). `CC_BENCH_DEFAULT_BUDGETS=1` keeps the defaults.
+    if env_or("CC_BENCH_DEFAULT_BUDGETS", 0) == 0 {
+        c.push_str(&format!(
+            "max_unauthenticated = {}\nauth_timeout_ms = 60000\n",
+            per_listener + 100
+        ));
+    }
+    c
+}
+
+fn bin() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_cc-listener")).to_owned()
+}
+
+fn postgres_side() -> Option<Figures> {
+    let agents = env_or("CC_BENCH_AGENTS", 100_000) as usize;
+    let n = env_or("CC_BENCH_LISTENERS", 6).max(1) as usize;
+    let heartbeat = env_or("CC_BENCH_HEARTBEAT_SECS", 30);
+    let cluster = Cluster::start()?;
+    let url = cluster.create_db("fleet");
+    let dir = TempDir::new("bench-fleet-pg");
+    let keys_file = dir.path().join("keys.txt");
+    // The PostgreSQL client blocks: no async runtime in this process.
+    let keys_time = {
+        let store = Store::open_postgres(&url).unwrap();
+        make_keys(&store, agents, &keys_file)
+    };
+    let config = listener_config(agents.div_ceil(n), heartbeat);
+    let listeners: Vec<ListenerProcess> = (0..n)
+        .map(|k| {
+            let d = dir.path().join(format!("l{k}"));
+            std::fs::create_dir_all(&d).unwrap();
+            ListenerProcess::start_shared(&bin(), &d, &url, &config)
+        })
+        .collect();
+    let stored = |run: &str| -> usize {
+        cluster
+            .psql(
+                "fleet",
+                &format!(
+                    "SELECT count(*) FROM jobs j JOIN reports r ON r.id = j.report_id \
+                     WHERE j.run_id = '{run}' AND j.status = 'done'"
+                ),
+            )
+            .parse()
+            .unwrap()
+    };
+    let f = measure(
+        "postgres", &listeners, agents, &keys_file, keys_time, &stored,
+    );
+    for (k, mut l) in listeners.into_iter().enumerate() {
+        if !l.terminate().is_some_and(|s| s.success()) {
+            eprintln!("listener {k} did not stop cleanly");
+        }
+    }
+    println!(
+        "  PostgreSQL database size after the run: {}",
+        cluster.psql("fleet", "SELECT pg_size_pretty(pg_database_size('fleet'))")
+    );
+    Some(f)
+}
+
+fn sqlite_side() -> Figures {
+    let agents = env_or("CC_BENCH_SQLITE_AGENTS", 19_000) as usize;
+    let heartbeat = env_or("CC_BENCH_HEARTBEAT_SECS", 30);
+    let dir = TempDir::new("bench-fleet-sqlite");
+    let keys_file = dir.path().join("keys.txt");
+    let keys_time = {
+        let store = Store::open(&dir.path().join("listener.db")).unwrap();
+        make_keys(&store, agents, &keys_file)
+    };
+    let listener = ListenerProcess::start(&bin(), dir.path(), &listener_config(agents, heartbeat));
+    let stored = |run: &str| -> usize {
+        let out = Command::new("sqlite3")
+            .arg(dir.path().join("listener.db"))
+            .arg(format!(
+                "SELECT count(*) FROM jobs j JOIN reports r ON r.id = j.report_id \
+                 WHERE j.run_id = '{run}' AND j.status = 'done'"
+            ))
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+            }
+            // No sqlite3 tool: the acknowledgements (sent after each
+            // commit) are the count.
+            _ => agents,
+        }
+    };
+    let listeners = [listener];
+    let f = measure("sqlite", &listeners, agents, &keys_file, keys_time, &stored);
+    let [mut listener] = listeners;
+    if !listener.terminate().is_some_and(|s| s.success()) {
+        eprintln!("the listener did not stop cleanly");
+    }
+    f
+}
+
+fn main() {
+    if std::env::var_os("CC_FLEET_ROLE").is_some_and(|r| r == "load") {
+        load_main();
+        return;
+    }
+    let only = std::env::var("CC_BENCH_ONLY").unwrap_or_default();
+    let started = Instant::now();
+    if only.is_empty() || only == "postgres" {
+        match postgres_side() {
+            Some(f) => print(&f),
+            None => println!("fleet_multi [postgres]: skipped: no PostgreSQL server installed"),
+        }
+    }
+    if only.is_empty() || only == "sqlite" {
+        print(&sqlite_side());
+    }
+    println!(
+        "fleet_multi: whole run {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+}
