@@ -881,21 +881,7 @@ mod tests {
         assert!(backoff(30) <= BACKOFF_CAP);
     }
 
-    fn report(job: &str) -> wire::ExecutionReport {
-        wire::ExecutionReport {
-            job_id: job.into(),
-            command: "x".into(),
-            exit_code: 0,
-            stdout: String::new(),
-            stderr: String::new(),
-            start_time: "2024-03-20T10:00:00Z".into(),
-            duration_ms: 1,
-            executing_uid: 1,
-            executing_user: "u".into(),
-            warning: None,
-            report_id: None,
-        }
-    }
+    use crate::outbox::tests::report;
 
     /// A `report_rejected` deletes the one report it names, and only if
     /// this connection sent it; one with an invalid id or a reason that

@@ -300,10 +300,11 @@ impl Outbox {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn report(job: &str) -> ExecutionReport {
+    /// A minimal valid report of `job` (also for the connection's tests).
+    pub(crate) fn report(job: &str) -> ExecutionReport {
         ExecutionReport {
             job_id: job.into(),
             command: "x".into(),

@@ -26,19 +26,20 @@ use tracing::{info, warn};
 use crate::AppState;
 
 /// Starts the notification thread; it ends when `shutdown` turns true.
+/// `None` when no thread could be started: the sweep still hands every job
+/// over, a sweep interval later.
 pub fn spawn(
     url: String,
     state: Arc<AppState>,
     shutdown: watch::Receiver<bool>,
-) -> std::thread::JoinHandle<()> {
+) -> Option<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("cc-doorbell".into())
         .spawn(move || run(&url, &state, &shutdown))
-        .unwrap_or_else(|e| {
-            // Without the thread the sweep still hands every job over.
+        .inspect_err(|e| {
             warn!("no notification thread ({e}): jobs from other listeners wait for the sweep");
-            std::thread::spawn(|| {})
         })
+        .ok()
 }
 
 fn run(url: &str, state: &AppState, shutdown: &watch::Receiver<bool>) {

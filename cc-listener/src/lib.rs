@@ -263,11 +263,9 @@ pub async fn serve(
     // Other listeners on the same PostgreSQL database queue jobs and write
     // events this one must act on.
     let doorbell = match &settings.db {
-        store::DbLocation::Postgres(url) => Some(doorbell::spawn(
-            url.clone(),
-            Arc::clone(&state),
-            shutdown_rx.clone(),
-        )),
+        store::DbLocation::Postgres(url) => {
+            doorbell::spawn(url.clone(), Arc::clone(&state), shutdown_rx.clone())
+        }
         store::DbLocation::Sqlite(_) => None,
     };
     let mut api_shutdown = shutdown_rx.clone();

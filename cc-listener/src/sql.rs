@@ -352,18 +352,23 @@ impl PgConn {
         self.client.as_ref().is_none_or(postgres::Client::is_closed)
     }
 
-    fn client(&mut self) -> Result<&mut postgres::Client> {
-        self.client
-            .as_mut()
-            .ok_or_else(|| anyhow!("the PostgreSQL connection is closed"))
-    }
-
-    /// A transaction on this connection.
-    pub fn transaction(&mut self) -> Result<PgTx<'_>> {
+    /// The client and the statements prepared on it.
+    fn parts(
+        &mut self,
+    ) -> Result<(
+        &mut postgres::Client,
+        &mut HashMap<String, postgres::Statement>,
+    )> {
         let Self { client, cache } = self;
         let client = client
             .as_mut()
             .ok_or_else(|| anyhow!("the PostgreSQL connection is closed"))?;
+        Ok((client, cache))
+    }
+
+    /// A transaction on this connection.
+    pub fn transaction(&mut self) -> Result<PgTx<'_>> {
+        let (client, cache) = self.parts()?;
         Ok(PgTx {
             c: client.transaction()?,
             cache,
@@ -372,11 +377,7 @@ impl PgConn {
 
     /// Statements outside a transaction (each commits on its own).
     pub fn auto(&mut self) -> Result<PgAuto<'_>> {
-        self.client()?;
-        let Self { client, cache } = self;
-        let c = client
-            .as_mut()
-            .ok_or_else(|| anyhow!("the PostgreSQL connection is closed"))?;
+        let (c, cache) = self.parts()?;
         Ok(PgAuto { c, cache })
     }
 }
@@ -463,32 +464,44 @@ fn pg_rows(rows: Vec<postgres::Row>) -> Result<Vec<Row>> {
     Ok(out)
 }
 
-macro_rules! pg_sql_impl {
-    ($t:ty) => {
-        impl Sql for $t {
-            fn dialect(&self) -> Dialect {
-                Dialect::Postgres
-            }
-
-            fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<usize> {
-                let stmt = pg_statement(&mut self.c, self.cache, sql)?;
-                let n = self.c.execute(&stmt, &pg_params(params))?;
-                Ok(usize::try_from(n).unwrap_or(usize::MAX))
-            }
-
-            fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>> {
-                let stmt = pg_statement(&mut self.c, self.cache, sql)?;
-                pg_rows(self.c.query(&stmt, &pg_params(params))?)
-            }
-
-            fn batch(&mut self, sql: &str) -> Result<()> {
-                Ok(self.c.batch_execute(sql)?)
-            }
-        }
-    };
+fn pg_exec<C: postgres::GenericClient>(
+    c: &mut C,
+    cache: &mut HashMap<String, postgres::Statement>,
+    sql: &str,
+    params: &[P<'_>],
+) -> Result<usize> {
+    let stmt = pg_statement(c, cache, sql)?;
+    let n = c.execute(&stmt, &pg_params(params))?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
-pg_sql_impl!(PgTx<'_>);
+fn pg_query<C: postgres::GenericClient>(
+    c: &mut C,
+    cache: &mut HashMap<String, postgres::Statement>,
+    sql: &str,
+    params: &[P<'_>],
+) -> Result<Vec<Row>> {
+    let stmt = pg_statement(c, cache, sql)?;
+    pg_rows(c.query(&stmt, &pg_params(params))?)
+}
+
+impl Sql for PgTx<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<usize> {
+        pg_exec(&mut self.c, self.cache, sql, params)
+    }
+
+    fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>> {
+        pg_query(&mut self.c, self.cache, sql, params)
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<()> {
+        Ok(self.c.batch_execute(sql)?)
+    }
+}
 
 impl Sql for PgAuto<'_> {
     fn dialect(&self) -> Dialect {
@@ -496,14 +509,11 @@ impl Sql for PgAuto<'_> {
     }
 
     fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<usize> {
-        let stmt = pg_statement(self.c, self.cache, sql)?;
-        let n = self.c.execute(&stmt, &pg_params(params))?;
-        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        pg_exec(self.c, self.cache, sql, params)
     }
 
     fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>> {
-        let stmt = pg_statement(self.c, self.cache, sql)?;
-        pg_rows(self.c.query(&stmt, &pg_params(params))?)
+        pg_query(self.c, self.cache, sql, params)
     }
 
     fn batch(&mut self, sql: &str) -> Result<()> {

@@ -153,16 +153,7 @@ impl Rig {
 
     /// Stored reports per job id for `host` (at most 1,000).
     fn reports_per_job(&self, host: &str) -> HashMap<String, usize> {
-        let reports = self
-            .listener
-            .get(&format!("/api/v1/reports?hostname={host}&limit=1000"))
-            .json();
-        let mut per: HashMap<String, usize> = HashMap::new();
-        for r in reports.as_array().unwrap() {
-            *per.entry(r["jobId"].as_str().unwrap().to_owned())
-                .or_default() += 1;
-        }
-        per
+        reports_per_job(&self.listener, host)
     }
 
     /// The one-line summary of `ids`' delivery: (done, missing, twice).
@@ -176,6 +167,32 @@ impl Rig {
             .count();
         (done, missing, twice)
     }
+}
+
+/// Stored reports per job id for `host` (at most 1,000), as listener `l`
+/// lists them.
+fn reports_per_job(l: &ListenerProcess, host: &str) -> HashMap<String, usize> {
+    let reports = l
+        .get(&format!("/api/v1/reports?hostname={host}&limit=1000"))
+        .json();
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for r in reports.as_array().unwrap() {
+        *per.entry(r["jobId"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    per
+}
+
+/// How many times each job number appears in `ran`, the file the jobs
+/// append their number to: runs counted from what ran.
+fn times_run(ran: &std::path::Path) -> HashMap<usize, usize> {
+    let mut times: HashMap<usize, usize> = HashMap::new();
+    for l in std::fs::read_to_string(ran).unwrap_or_default().lines() {
+        if let Ok(i) = l.trim().parse::<usize>() {
+            *times.entry(i).or_default() += 1;
+        }
+    }
+    times
 }
 
 fn poll<V>(limit: Duration, mut f: impl FnMut() -> Option<V>) -> Option<V> {
@@ -415,27 +432,16 @@ fn listener_killed_during_2000_jobs(r: &Rig, shared: bool) {
         }
     }
     let done = status.values().filter(|s| *s == "done").count();
-    let mut per: HashMap<String, usize> = HashMap::new();
-    for h in &hosts {
-        let reports = ls[judge]
-            .get(&format!("/api/v1/reports?hostname={h}&limit=1000"))
-            .json();
-        for rep in reports.as_array().unwrap() {
-            *per.entry(rep["jobId"].as_str().unwrap().to_owned())
-                .or_default() += 1;
-        }
-    }
+    let per: HashMap<String, usize> = hosts
+        .iter()
+        .flat_map(|h| reports_per_job(&ls[judge], h))
+        .collect();
     let missing = ids.iter().filter(|i| !per.contains_key(*i)).count();
     let stored_twice = ids
         .iter()
         .filter(|i| per.get(*i).is_some_and(|k| *k > 1))
         .count();
-    let mut times_run: HashMap<usize, usize> = HashMap::new();
-    for l in std::fs::read_to_string(&ran).unwrap_or_default().lines() {
-        if let Ok(i) = l.trim().parse::<usize>() {
-            *times_run.entry(i).or_default() += 1;
-        }
-    }
+    let times_run = times_run(&ran);
     let run_twice = times_run.values().filter(|k| **k > 1).count();
     let never_ran = (0..2000).filter(|i| !times_run.contains_key(i)).count();
     let all_back = poll(T, || (connected(&ls[judge]) == 6).then_some(())).is_some();
@@ -591,27 +597,16 @@ fn fault_database_restarted_under_two_listeners() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let mut per: HashMap<String, usize> = HashMap::new();
-    for h in &hosts {
-        let reports = ls[1]
-            .get(&format!("/api/v1/reports?hostname={h}&limit=1000"))
-            .json();
-        for rep in reports.as_array().unwrap() {
-            *per.entry(rep["jobId"].as_str().unwrap().to_owned())
-                .or_default() += 1;
-        }
-    }
+    let per: HashMap<String, usize> = hosts
+        .iter()
+        .flat_map(|h| reports_per_job(&ls[1], h))
+        .collect();
     let missing = ids.iter().filter(|i| !per.contains_key(*i)).count();
     let stored_twice = ids
         .iter()
         .filter(|i| per.get(*i).is_some_and(|k| *k > 1))
         .count();
-    let mut times_run: HashMap<usize, usize> = HashMap::new();
-    for l in std::fs::read_to_string(&ran).unwrap_or_default().lines() {
-        if let Ok(i) = l.trim().parse::<usize>() {
-            *times_run.entry(i).or_default() += 1;
-        }
-    }
+    let times_run = times_run(&ran);
     let run_twice = times_run.values().filter(|k| **k > 1).count();
     let back = poll(T, || (connected() == 4).then_some(())).is_some();
     // The outage was felt: errors the listeners logged, connections the
@@ -1179,12 +1174,7 @@ fn restarts_during_1000_jobs(r: &mut Rig, how: Restart) {
         .collect();
     let lost: Vec<&String> = ids.iter().filter(|i| status[*i] == "lost").collect();
     let other = ids.len() - done - lost.len();
-    let mut times_run: HashMap<usize, usize> = HashMap::new();
-    for l in std::fs::read_to_string(&ran).unwrap_or_default().lines() {
-        if let Ok(i) = l.trim().parse::<usize>() {
-            *times_run.entry(i).or_default() += 1;
-        }
-    }
+    let times_run = times_run(&ran);
     let twice_run = times_run.values().filter(|n| **n > 1).count();
     let per = r.reports_per_job(host);
     let stored_twice = ids
