@@ -366,12 +366,16 @@ impl PgConn {
         Ok((client, cache))
     }
 
-    /// A transaction on this connection.
-    pub fn transaction(&mut self) -> Result<PgTx<'_>> {
-        let (client, cache) = self.parts()?;
+    /// A transaction on this connection: `BEGIN`, then `then` (statements
+    /// without parameters, such as taking an advisory lock) in the same
+    /// round trip to the server.
+    pub fn transaction(&mut self, then: &str) -> Result<PgTx<'_>> {
+        let (c, cache) = self.parts()?;
+        c.batch_execute(&format!("BEGIN; {then}"))?;
         Ok(PgTx {
-            c: client.transaction()?,
+            c,
             cache,
+            open: true,
         })
     }
 
@@ -384,8 +388,10 @@ impl PgConn {
 
 /// A PostgreSQL transaction; dropped without [`PgTx::commit`], it rolls back.
 pub struct PgTx<'a> {
-    c: postgres::Transaction<'a>,
+    c: &'a mut postgres::Client,
     cache: &'a mut HashMap<String, postgres::Statement>,
+    /// Until committed.
+    open: bool,
 }
 
 impl std::fmt::Debug for PgTx<'_> {
@@ -395,8 +401,18 @@ impl std::fmt::Debug for PgTx<'_> {
 }
 
 impl PgTx<'_> {
-    pub fn commit(self) -> Result<()> {
-        Ok(self.c.commit()?)
+    pub fn commit(mut self) -> Result<()> {
+        self.open = false;
+        Ok(self.c.batch_execute("COMMIT")?)
+    }
+}
+
+impl Drop for PgTx<'_> {
+    /// Rolls back. If the connection is gone, so is the transaction.
+    fn drop(&mut self) {
+        if self.open && !self.c.is_closed() {
+            let _ = self.c.batch_execute("ROLLBACK");
+        }
     }
 }
 
@@ -412,8 +428,8 @@ impl std::fmt::Debug for PgAuto<'_> {
     }
 }
 
-fn pg_statement<C: postgres::GenericClient>(
-    c: &mut C,
+fn pg_statement(
+    c: &mut postgres::Client,
     cache: &mut HashMap<String, postgres::Statement>,
     sql: &str,
 ) -> Result<postgres::Statement> {
@@ -464,8 +480,8 @@ fn pg_rows(rows: Vec<postgres::Row>) -> Result<Vec<Row>> {
     Ok(out)
 }
 
-fn pg_exec<C: postgres::GenericClient>(
-    c: &mut C,
+fn pg_exec(
+    c: &mut postgres::Client,
     cache: &mut HashMap<String, postgres::Statement>,
     sql: &str,
     params: &[P<'_>],
@@ -475,8 +491,8 @@ fn pg_exec<C: postgres::GenericClient>(
     Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
-fn pg_query<C: postgres::GenericClient>(
-    c: &mut C,
+fn pg_query(
+    c: &mut postgres::Client,
     cache: &mut HashMap<String, postgres::Statement>,
     sql: &str,
     params: &[P<'_>],
@@ -491,11 +507,11 @@ impl Sql for PgTx<'_> {
     }
 
     fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<usize> {
-        pg_exec(&mut self.c, self.cache, sql, params)
+        pg_exec(self.c, self.cache, sql, params)
     }
 
     fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>> {
-        pg_query(&mut self.c, self.cache, sql, params)
+        pg_query(self.c, self.cache, sql, params)
     }
 
     fn batch(&mut self, sql: &str) -> Result<()> {
