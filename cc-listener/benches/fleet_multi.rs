@@ -906,22 +906,14 @@ fn make_keys(store: &Store, agents: usize, file: &Path) -> Duration {
 
 fn listener_config(per_listener: usize, heartbeat_secs: u64) -> String {
     // Every simulated agent connects from 127.0.0.1: one source.
-    let mut c = format!(
+    // The other budgets are the defaults: an agent leaves the budget of
+    // unregistered connections (2,048) once it has sent a valid
+    // `register`, so a storm of every agent at once finishes even while
+    // registrations wait on the fleet-wide write lock.
+    format!(
         "heartbeat_interval_secs = {heartbeat_secs}\nmax_connections = {}\nmax_unauthenticated_per_source = 20000\n",
         per_listener + 100
-    );
-    // A storm of every agent at once: on PostgreSQL registrations wait
-    // for the fleet-wide write lock longer than the default budget of
-    // unregistered connections (2,048) and the 3 s to register allow, so
-    // the oldest are closed, reconnect, and crowd out the rest
-    // (BENCHMARKS.md). `CC_BENCH_DEFAULT_BUDGETS=1` keeps the defaults.
-    if env_or("CC_BENCH_DEFAULT_BUDGETS", 0) == 0 {
-        c.push_str(&format!(
-            "max_unauthenticated = {}\nauth_timeout_ms = 60000\n",
-            per_listener + 100
-        ));
-    }
-    c
+    )
 }
 
 fn bin() -> PathBuf {

@@ -268,19 +268,30 @@ async fn serve_agent<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let set_up = tokio::select! {
-        r = Box::pin(set_up(stream, peer, state, deadline)) => r,
+    let greeted = tokio::select! {
+        r = Box::pin(greet(stream, peer, state, deadline)) => r,
         _ = &mut admitted.evicted => {
             state.metrics.connection_refused(ConnRefusal::Budget);
             debug!(%peer, "closed: the oldest of too many unregistered connections");
             return;
         }
     };
+    // A valid key and a valid `register`: out of the unregistered budget,
+    // however long the store then takes to bind the key (in a storm of
+    // registrations on a shared database, longer than the time to
+    // register: the budget would close the oldest, which reconnect and
+    // crowd out the rest).
     drop(admitted);
-    let result = match set_up {
-        Ok(Some((session, mut ws, key_id, info))) => {
+    let result = match greeted {
+        Ok(Some((mut ws, key, info))) => {
             if let Ok(permit) = Arc::clone(registered).try_acquire_owned() {
-                let r = session.run(ws, key_id, info, peer).await;
+                let r = match Box::pin(bind(ws, key, info, peer, state)).await {
+                    Ok(Some((session, ws, key_id, info))) => {
+                        session.run(ws, key_id, info, peer).await
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
                 drop(permit);
                 r
             } else {
@@ -315,14 +326,16 @@ fn refuse(status: StatusCode, why: &str) -> ErrorResponse {
 /// A registered agent, ready to serve.
 type Ready<'a, S> = (Session<'a>, WebSocketStream<S>, i64, AgentInfo);
 
-/// Handshake with the key check, `register`, key binding. `Ok(None)`: the
-/// agent was refused and told why.
-async fn set_up<S>(
+/// An agent with a valid key that sent a valid `register`.
+type Greeted<S> = (WebSocketStream<S>, KeyRecord, AgentInfo);
+
+/// Handshake with the key check, then `register`, by `deadline`.
+async fn greet<S>(
     stream: S,
     peer: SocketAddr,
     state: &AppState,
     deadline: tokio::time::Instant,
-) -> Result<Option<Ready<'_, S>>>
+) -> Result<Option<Greeted<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -403,6 +416,21 @@ where
             ));
         }
     };
+    Ok(Some((ws, key, info)))
+}
+
+/// Binds the key to the host on first use, or refuses a key or hostname
+/// that belongs to another. `Ok(None)`: the agent was refused and told why.
+async fn bind<S>(
+    mut ws: WebSocketStream<S>,
+    key: KeyRecord,
+    info: AgentInfo,
+    peer: SocketAddr,
+    state: &AppState,
+) -> Result<Option<Ready<'_, S>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let hostname = info.hostname.to_string();
 
     // Committed with other registrations: a reconnect storm costs a
@@ -570,17 +598,18 @@ impl Session<'_> {
         info!(hostname = %self.hostname, %peer, mode = ?info.execution_mode, is_root = info.is_root, "agent registered");
 
         let result = self.serve(&mut ws, &mut rx).await;
-        state.hub.remove(&self.hostname, self.conn_id);
-        let host = self.hostname.clone();
-        let seen = self.last_seen.load(Ordering::Relaxed);
-        let conn = self.conn_id;
-        if let Err(e) = state
-            .db
-            .call(move |s| s.touch_agent(&host, seen, conn))
-            .await
-        {
+        // Grouped with other writes: when a listener stops, all its
+        // connections end at once. Recorded before the connection leaves
+        // the hub, which a stopping listener waits to see empty.
+        let touch = WriteOp::Touch {
+            hostname: self.hostname.clone(),
+            last_seen_ms: self.last_seen.load(Ordering::Relaxed),
+            conn: self.conn_id,
+        };
+        if let Err(e) = state.writer.write(touch).await {
             warn!(hostname = %self.hostname, "could not record last contact: {e:#}");
         }
+        state.hub.remove(&self.hostname, self.conn_id);
         result
     }
 

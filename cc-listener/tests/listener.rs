@@ -772,6 +772,38 @@ async fn revoking_a_key_closes_its_live_connection() {
 /// unread: that is not the agent's silence. Seen failing before the fix:
 /// under the 100,000-agent bench, tens of thousands of heartbeating agents
 /// were closed as "silent for three heartbeat intervals".
+/// A storm of registrations on a slow store: a connection that presented
+/// a valid key and a valid `register` leaves the unregistered budget at
+/// once, so agents waiting for the store to bind their key are not closed
+/// as "the oldest of too many unregistered connections" by newer ones
+/// (100,000 agents on six listeners sharing PostgreSQL never finished
+/// registering with the default budget).
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_waiting_on_a_slow_store_are_not_pushed_out_by_newer_ones() {
+    let dir = TempDir::new("l-storm");
+    let l = ListenerProcess::start(
+        bin(),
+        dir.path(),
+        &format!("{FAST}max_unauthenticated = 2\n"),
+    );
+    let hosts = ["s1", "s2", "s3", "s4"];
+    let keys: Vec<String> = hosts.iter().map(|h| l.add_key(h)).collect();
+    // Another process holds the write lock: every binding waits.
+    let db = rusqlite::Connection::open(dir.path().join("listener.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut agents = Vec::new();
+    for (host, key) in hosts.iter().zip(&keys) {
+        agents.push(ws::agent(&l.ws_url(), key, host).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    db.execute_batch("COMMIT").unwrap();
+    for host in hosts {
+        l.wait_connected(host, true);
+    }
+    drop(agents);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_store_does_not_make_a_heartbeating_agent_silent() {
     let dir = TempDir::new("l-slow-store");

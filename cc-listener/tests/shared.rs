@@ -104,3 +104,69 @@ async fn a_job_posted_on_one_listener_reaches_an_agent_held_by_another_at_once()
     drop(agent);
     drop(cluster);
 }
+
+/// A listener that stops closes every connection, and records each
+/// agent's last contact and lets go of it, in a handful of transactions:
+/// one per connection made a listener holding 16,666 agents take longer
+/// than 30 s to stop (seen in the fleet benchmark; systemd would have
+/// killed it).
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_a_listener_lets_go_of_its_agents_in_a_few_transactions() {
+    const AGENTS: usize = 300;
+    let Some(cluster) = cc_e2e::pg::Cluster::start() else {
+        return;
+    };
+    let url = cluster.create_db("cc");
+    let hosts: Vec<String> = (0..AGENTS).map(|i| format!("h{i:03}.test")).collect();
+    // The store's PostgreSQL client runs a runtime of its own.
+    let (keys, hosts) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            let store = cc_listener::store::Store::open_postgres(&url).unwrap();
+            let spec: Vec<(&str, Option<&str>)> = hosts
+                .iter()
+                .map(|h| (h.as_str(), Some(h.as_str())))
+                .collect();
+            (store.add_keys(&spec, 1).unwrap(), hosts)
+        }
+    })
+    .await
+    .unwrap();
+    let dir = TempDir::new("shared-stop");
+    let mut l = ListenerProcess::start_shared(
+        Path::new(env!("CARGO_BIN_EXE_cc-listener")),
+        dir.path(),
+        &url,
+        &format!("{SLOW_SWEEP}listener_name = \"only\"\n"),
+    );
+    let mut agents = Vec::with_capacity(AGENTS);
+    for (host, key) in hosts.iter().zip(&keys) {
+        agents.push(ws::agent(&l.ws_url(), key, host).await);
+    }
+    l.wait_connected_count(AGENTS);
+    let held = "SELECT count(*) FROM agents WHERE listener = 'only'";
+    assert_eq!(cluster.psql("cc", held), AGENTS.to_string());
+    let before = cluster.wal_position();
+
+    let stopping = Instant::now();
+    let status = l
+        .terminate()
+        .expect("the listener did not stop within 30 s");
+    let took = stopping.elapsed();
+    assert!(status.success(), "{status}");
+    let spent = cluster.commits_since(&before);
+    eprintln!("stopped in {took:?} with {spent} transactions for {AGENTS} agents");
+    assert_eq!(
+        cluster.psql("cc", held),
+        "0",
+        "every agent is let go of before the listener exits"
+    );
+    let seen = "SELECT count(*) FROM agents WHERE last_seen_ms > 1";
+    assert_eq!(cluster.psql("cc", seen), AGENTS.to_string());
+    assert!(
+        spent < AGENTS / 4,
+        "{spent} transactions to let go of {AGENTS} agents"
+    );
+    drop(agents);
+    drop(cluster);
+}

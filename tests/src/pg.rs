@@ -3,6 +3,9 @@
 //! in that directory), trust authentication for local connections only,
 //! stopped and removed when the guard goes. Run as the `postgres` user
 //! when the test runs as root (the server refuses root).
+//!
+//! `CC_PG_EXTRA_OPTS` adds server options, for a look inside a run (for
+//! example `-c log_min_duration_statement=0`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -162,9 +165,10 @@ impl Cluster {
     fn start_server(&self) -> bool {
         let opts = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=400 \
-             -c shared_buffers=64MB -c fsync=on",
+             -c shared_buffers=64MB -c fsync=on {}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            std::env::var("CC_PG_EXTRA_OPTS").unwrap_or_default()
         );
         self.run("pg_ctl")
             .arg("-D")
@@ -185,6 +189,31 @@ impl Cluster {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where the write-ahead log ends now (an LSN, for
+    /// [`Cluster::commits_since`]).
+    pub fn wal_position(&self) -> String {
+        self.psql("postgres", "SELECT pg_current_wal_lsn()")
+    }
+
+    /// How many transactions committed after `lsn`, counted from the
+    /// write-ahead log's commit records (statistics counters lag by up to
+    /// ten seconds; the log does not). Read-only transactions write no
+    /// commit record.
+    pub fn commits_since(&self, lsn: &str) -> usize {
+        // The end is written out first, so the dump reads whole records.
+        let end = self.psql("postgres", "SELECT pg_current_wal_lsn()");
+        self.psql("postgres", "CHECKPOINT");
+        let out = self
+            .run("pg_waldump")
+            .arg("-p")
+            .arg(self.data().join("pg_wal"))
+            .args(["-s", lsn, "-e", &end, "-r", "Transaction"])
+            .output()
+            .expect("running pg_waldump");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines().filter(|l| l.contains("COMMIT")).count()
     }
 }
 
