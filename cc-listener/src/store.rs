@@ -11,8 +11,8 @@
 //! defaults (`fsync`, `synchronous_commit = on`), so a committed transaction
 //! survives a crash of the process or the machine. A report is acknowledged
 //! to the agent only after `store_report` has committed. One exception, on
-//! PostgreSQL: a group of hand-overs and connection ends, which nobody is
-//! told about and which are repaired if lost, does not wait for the disk
+//! PostgreSQL: a group of hand-overs only, which nobody is told about and
+//! which is repaired if lost, does not wait for the disk
 //! ([`WriteOp::may_be_lost`]).
 
 use std::path::Path;
@@ -486,16 +486,18 @@ pub enum WriteOp {
 
 impl WriteOp {
     /// Whether a database crash may undo this write once committed,
-    /// because nothing was promised on it and what follows repairs it:
-    /// a hand-over undone sends the job again (the agent runs a job id at
-    /// most once, and its report settles the job whatever its state), and
-    /// a connection's end undone leaves a lease that runs out. Such a
-    /// group commits on PostgreSQL without waiting for the disk
-    /// (`synchronous_commit = off` for that transaction); the next commit
-    /// that waits flushes it too, since the log is written in order.
-    /// Reports, registrations and bindings wait: they are acknowledged.
+    /// because nothing was promised on it and what follows repairs it: a
+    /// hand-over undone puts the job back in the queue, so it is sent
+    /// again (the agent runs a job id at most once, and its report settles
+    /// the job whatever its state). A group of hand-overs only commits on
+    /// PostgreSQL without waiting for the disk (`synchronous_commit = off`
+    /// for that transaction); the next commit that waits flushes it too,
+    /// since the log is written in order. Everything else waits: reports,
+    /// registrations and bindings are acknowledged, and a connection's end
+    /// undone would show the agent connected, held by a connection that is
+    /// gone, while its listener lives.
     fn may_be_lost(&self) -> bool {
-        matches!(self, Self::Take { .. } | Self::Touch { .. })
+        matches!(self, Self::Take { .. })
     }
 }
 
