@@ -283,7 +283,7 @@ async fn serve_agent<S>(
     // crowd out the rest).
     drop(admitted);
     let result = match greeted {
-        Ok(Some((mut ws, key, info))) => {
+        Ok((mut ws, key, info)) => {
             if let Ok(permit) = Arc::clone(registered).try_acquire_owned() {
                 let r = match Box::pin(bind(ws, key, info, peer, state)).await {
                     Ok(Some((session, ws, key_id, info))) => {
@@ -308,7 +308,6 @@ async fn serve_agent<S>(
                 Ok(())
             }
         }
-        Ok(None) => Ok(()),
         Err(e) => Err(e),
     };
     match result {
@@ -335,7 +334,7 @@ async fn greet<S>(
     peer: SocketAddr,
     state: &AppState,
     deadline: tokio::time::Instant,
-) -> Result<Option<Greeted<S>>>
+) -> Result<Greeted<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -416,7 +415,7 @@ where
             ));
         }
     };
-    Ok(Some((ws, key, info)))
+    Ok((ws, key, info))
 }
 
 /// Binds the key to the host on first use, or refuses a key or hostname

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::AppState;
+use crate::metrics::Channel;
 
 /// Starts the notification thread; it ends when `shutdown` turns true.
 /// `None` when no thread could be started: the sweep still hands every job
@@ -45,7 +46,9 @@ pub fn spawn(
 fn run(url: &str, state: &AppState, shutdown: &watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     while !*shutdown.borrow() {
-        match listen(url, state, shutdown) {
+        let listened = listen(url, state, shutdown);
+        state.metrics.doorbell(false);
+        match listened {
             Ok(()) => return,
             Err(e) => {
                 warn!("notification connection: {e:#}; reconnecting in {backoff:?}");
@@ -60,6 +63,7 @@ fn run(url: &str, state: &AppState, shutdown: &watch::Receiver<bool>) {
 fn listen(url: &str, state: &AppState, shutdown: &watch::Receiver<bool>) -> anyhow::Result<()> {
     let mut client = postgres::Client::connect(url, postgres::NoTls)?;
     client.batch_execute("LISTEN cc_jobs; LISTEN cc_events")?;
+    state.metrics.doorbell(true);
     info!("listening for other listeners' jobs and events");
     reconcile(state);
     loop {
@@ -72,9 +76,13 @@ fn listen(url: &str, state: &AppState, shutdown: &watch::Receiver<bool>) -> anyh
         while let Some(note) = waiting.next()? {
             match note.channel() {
                 "cc_jobs" => {
+                    state.metrics.notification(Channel::Jobs);
                     state.hub.nudge(note.payload());
                 }
-                "cc_events" => state.db.poke(),
+                "cc_events" => {
+                    state.metrics.notification(Channel::Events);
+                    state.db.poke();
+                }
                 _ => {}
             }
         }

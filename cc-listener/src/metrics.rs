@@ -125,6 +125,16 @@ label_values! {
     }
 }
 
+label_values! {
+    /// A notification channel of the database shared by several listeners.
+    Channel {
+        /// A job became queued (the payload is its hostname).
+        Jobs => "jobs",
+        /// A transaction changed jobs' states: event streams read.
+        Events => "events",
+    }
+}
+
 /// The job states that are not final, as the `state` label of
 /// `croncommander_jobs_open`.
 const OPEN: [JobStatus; 3] = [JobStatus::Held, JobStatus::Queued, JobStatus::Sent];
@@ -170,6 +180,11 @@ pub struct ConnRefusalLabel {
     pub reason: ConnRefusal,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ChannelLabel {
+    pub channel: Channel,
+}
+
 /// Every metric of the listener, in one registry of its own (no global
 /// state: a test can run several listeners in one process).
 #[derive(Debug)]
@@ -189,6 +204,9 @@ pub struct Metrics {
     ws_refused: Family<WsRefusalLabel, Counter>,
     connections_refused: Family<ConnRefusalLabel, Counter>,
     event_streams_open: Gauge,
+    doorbell_connected: Gauge,
+    doorbell_connections: Counter,
+    doorbell_notifications: Family<ChannelLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -222,6 +240,9 @@ impl Metrics {
             ws_refused: Family::default(),
             connections_refused: Family::default(),
             event_streams_open: Gauge::default(),
+            doorbell_connected: Gauge::default(),
+            doorbell_connections: Counter::default(),
+            doorbell_notifications: Family::default(),
         };
         r.register(
             "croncommander_agents_connected",
@@ -267,7 +288,7 @@ impl Metrics {
         );
         r.register(
             "croncommander_store_commit_group_size",
-            "Writes (reports, job hand-overs, registrations) committed together in one group",
+            "Writes (reports, job hand-overs, registrations, connection ends) committed together in one group",
             m.store_commit_group.clone(),
         );
         r.register(
@@ -294,6 +315,21 @@ impl Metrics {
             "croncommander_event_streams_open",
             "Operator event streams (GET /api/v1/events) open now",
             m.event_streams_open.clone(),
+        );
+        r.register(
+            "croncommander_doorbell_connected",
+            "1 while this listener listens for the shared database's notifications (PostgreSQL), else 0",
+            m.doorbell_connected.clone(),
+        );
+        r.register(
+            "croncommander_doorbell_connections",
+            "Notification connections opened to the shared database (each followed by a reconciliation from the tables)",
+            m.doorbell_connections.clone(),
+        );
+        r.register(
+            "croncommander_doorbell_notifications",
+            "Notifications received from the shared database, by channel",
+            m.doorbell_notifications.clone(),
         );
         // Every series from the start: a rate over a series that appears
         // with its first event misses that event.
@@ -322,7 +358,26 @@ impl Metrics {
                 .connections_refused
                 .get_or_create(&ConnRefusalLabel { reason });
         }
+        for &channel in Channel::ALL {
+            let _ = m
+                .doorbell_notifications
+                .get_or_create(&ChannelLabel { channel });
+        }
         Self { registry: r, ..m }
+    }
+
+    /// The notification connection opened (`true`) or lost (`false`).
+    pub fn doorbell(&self, connected: bool) {
+        if connected {
+            self.doorbell_connections.inc();
+        }
+        self.doorbell_connected.set(i64::from(connected));
+    }
+
+    pub fn notification(&self, channel: Channel) {
+        self.doorbell_notifications
+            .get_or_create(&ChannelLabel { channel })
+            .inc();
     }
 
     /// A job settled by its first report, which says it ran `duration_ms`.
@@ -484,7 +539,7 @@ mod tests {
     fn every_metric_name_follows_the_conventions() {
         let text = Metrics::new().encode().unwrap();
         let fams = families(&text);
-        assert_eq!(fams.len(), 14, "{text}");
+        assert_eq!(fams.len(), 17, "{text}");
         for (name, ty) in &fams {
             assert!(name.starts_with("croncommander_"), "{name}");
             assert!(
@@ -635,6 +690,8 @@ mod tests {
         m.ws_refused(WsRefusal::Binary);
         m.connection_refused(ConnRefusal::Auth);
         m.commit(Duration::from_millis(3), 7);
+        m.doorbell(true);
+        m.notification(Channel::Jobs);
         let text = m.encode().unwrap();
         let mut allowed: Vec<&str> = Vec::new();
         allowed.extend(Mode::ALL.iter().map(|v| v.as_str()));
@@ -644,6 +701,7 @@ mod tests {
         allowed.extend(ReportRefusal::ALL.iter().map(|v| v.as_str()));
         allowed.extend(WsRefusal::ALL.iter().map(|v| v.as_str()));
         allowed.extend(ConnRefusal::ALL.iter().map(|v| v.as_str()));
+        allowed.extend(Channel::ALL.iter().map(|v| v.as_str()));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((_, rest)) = line.split_once('{') else {
                 continue;
@@ -656,7 +714,7 @@ mod tests {
                     assert!(v == "+Inf" || v.parse::<f64>().is_ok(), "{line}");
                 } else {
                     assert!(
-                        ["mode", "state", "kind", "reason"].contains(&k),
+                        ["mode", "state", "kind", "reason", "channel"].contains(&k),
                         "{line}: label {k}"
                     );
                     assert!(allowed.contains(&v), "{line}: value {v}");

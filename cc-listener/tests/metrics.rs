@@ -394,6 +394,12 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
         ])
     );
     assert_eq!(m.value("croncommander_event_streams_open", None), 1.0);
+    // One listener on SQLite: nothing to listen to.
+    assert_eq!(m.value("croncommander_doorbell_connected", None), 0.0);
+    assert_eq!(
+        m.value("croncommander_doorbell_connections_total", None),
+        0.0
+    );
     // The store's writer: every commit timed and sized (at least the eight
     // reports it stored or refused, one write each), nothing waiting now.
     let commits = m.value("croncommander_store_commit_seconds_count", None);
@@ -412,7 +418,7 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
     for s in &m.scrape.samples {
         for (k, v) in s.labels.iter() {
             assert!(
-                ["mode", "state", "kind", "reason"].contains(&k.as_str()),
+                ["mode", "state", "kind", "reason", "channel"].contains(&k.as_str()),
                 "{}: label {k}",
                 s.metric
             );

@@ -170,3 +170,56 @@ async fn stopping_a_listener_lets_go_of_its_agents_in_a_few_transactions() {
     drop(agents);
     drop(cluster);
 }
+
+/// One sample of `l`'s metrics (Prometheus text), 0 if absent.
+fn sample(l: &ListenerProcess, series: &str) -> f64 {
+    let text = l.get("/metrics").body;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// An operator can see the doorbell: connected, counting what it hears,
+/// and connected again (one more connection, reconciled) after the
+/// database restarts.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_doorbell_is_measured_and_comes_back_after_the_database_restarts() {
+    let Some(cluster) = cc_e2e::pg::Cluster::start() else {
+        return;
+    };
+    let url = cluster.create_db("cc");
+    let dir = TempDir::new("shared-doorbell");
+    let (east, west) = pair(&dir, &url);
+    let connected = "croncommander_doorbell_connected";
+    let connections = "croncommander_doorbell_connections_total";
+    let jobs = "croncommander_doorbell_notifications_total{channel=\"jobs\"}";
+    let events = "croncommander_doorbell_notifications_total{channel=\"events\"}";
+    for l in [&east, &west] {
+        l.wait_for(T, |l| (sample(l, connected) == 1.0).then_some(()));
+        assert_eq!(sample(l, connections), 1.0);
+    }
+    let key = east.add_key("one.test");
+    let mut agent = ws::agent(&east.ws_url(), &key, "one.test").await;
+    east.wait_connected("one.test", true);
+    let r = west.post(
+        "/api/v1/agents/one.test/jobs",
+        &json!({"command": "/bin/true"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    ws::recv_type(&mut agent, "execute_job", T).await;
+    // Both listeners hear every notification: the job queued, then sent.
+    for l in [&east, &west] {
+        l.wait_for(T, |l| {
+            (sample(l, jobs) >= 1.0 && sample(l, events) >= 2.0).then_some(())
+        });
+    }
+
+    cluster.restart("fast", Duration::from_secs(1));
+    for l in [&east, &west] {
+        l.wait_for(Duration::from_secs(20), |l| {
+            (sample(l, connections) == 2.0 && sample(l, connected) == 1.0).then_some(())
+        });
+    }
+    drop(agent);
+    drop(cluster);
+}
