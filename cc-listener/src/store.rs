@@ -3270,6 +3270,59 @@ mod tests {
 
     /// Retention: jobs that ended before the cut go (not queued or sent
     /// ones, not newer ones), and runs left without jobs with them.
+    /// Only a group of hand-overs may commit without waiting for the
+    /// disk: everything else is acknowledged to someone, or would show a
+    /// gone connection holding its agent.
+    #[test]
+    fn only_hand_overs_commit_without_waiting_for_the_disk() {
+        let take = WriteOp::Take {
+            hostname: "h".into(),
+            window: Some(1),
+            conn: 1,
+        };
+        assert!(take.may_be_lost());
+        let waits = [
+            WriteOp::Report {
+                hostname: "h".into(),
+                job_id: "j".into(),
+                dedupe_key: "d".into(),
+                payload: "{}".into(),
+                limits: ReportLimits::default(),
+            },
+            WriteOp::Bind {
+                key_id: 1,
+                hostname: "h".into(),
+            },
+            WriteOp::Register {
+                info: agent_info("h"),
+                conn: 1,
+            },
+            WriteOp::Touch {
+                hostname: "h".into(),
+                last_seen_ms: 1,
+                conn: 1,
+            },
+        ];
+        for op in &waits {
+            assert!(!op.may_be_lost(), "{op:?}");
+        }
+        // On PostgreSQL, the transaction says so.
+        for (_guard, s) in stores() {
+            if s.dialect() != Dialect::Postgres {
+                continue;
+            }
+            let setting = |flush| {
+                s.write_with(flush, |tx| {
+                    scalar::<String>(tx, "SHOW synchronous_commit", &[])
+                })
+                .unwrap()
+            };
+            assert_eq!(setting(Flush::Wait), "on");
+            assert_eq!(setting(Flush::Later), "off");
+            assert_eq!(setting(Flush::Wait), "on", "for that transaction only");
+        }
+    }
+
     /// Every listener reads the revoked keys each second: through the
     /// partial index, not by reading every key.
     #[test]
