@@ -370,61 +370,66 @@ impl PgConn {
     /// without parameters, such as taking an advisory lock) in the same
     /// round trip to the server.
     pub fn transaction(&mut self, then: &str) -> Result<PgTx<'_>> {
-        let (c, cache) = self.parts()?;
-        c.batch_execute(&format!("BEGIN; {then}"))?;
-        Ok(PgTx {
-            c,
-            cache,
-            open: true,
-        })
+        let sql = self.auto()?;
+        sql.c.batch_execute(&format!("BEGIN; {then}"))?;
+        Ok(PgTx { sql, open: true })
     }
 
     /// Statements outside a transaction (each commits on its own).
-    pub fn auto(&mut self) -> Result<PgAuto<'_>> {
+    pub fn auto(&mut self) -> Result<PgStatements<'_>> {
         let (c, cache) = self.parts()?;
-        Ok(PgAuto { c, cache })
+        Ok(PgStatements { c, cache })
+    }
+}
+
+/// PostgreSQL statements on one connection, with its prepared statements:
+/// each committing on its own ([`PgConn::auto`]), or inside a [`PgTx`].
+pub struct PgStatements<'a> {
+    c: &'a mut postgres::Client,
+    cache: &'a mut HashMap<String, postgres::Statement>,
+}
+
+impl std::fmt::Debug for PgStatements<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgStatements")
     }
 }
 
 /// A PostgreSQL transaction; dropped without [`PgTx::commit`], it rolls back.
+/// Its statements are those of its connection ([`PgStatements`]).
+#[derive(Debug)]
 pub struct PgTx<'a> {
-    c: &'a mut postgres::Client,
-    cache: &'a mut HashMap<String, postgres::Statement>,
+    sql: PgStatements<'a>,
     /// Until committed.
     open: bool,
 }
 
-impl std::fmt::Debug for PgTx<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PgTx")
+impl<'a> std::ops::Deref for PgTx<'a> {
+    type Target = PgStatements<'a>;
+    fn deref(&self) -> &Self::Target {
+        &self.sql
+    }
+}
+
+impl std::ops::DerefMut for PgTx<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.sql
     }
 }
 
 impl PgTx<'_> {
     pub fn commit(mut self) -> Result<()> {
         self.open = false;
-        Ok(self.c.batch_execute("COMMIT")?)
+        Ok(self.sql.c.batch_execute("COMMIT")?)
     }
 }
 
 impl Drop for PgTx<'_> {
     /// Rolls back. If the connection is gone, so is the transaction.
     fn drop(&mut self) {
-        if self.open && !self.c.is_closed() {
-            let _ = self.c.batch_execute("ROLLBACK");
+        if self.open && !self.sql.c.is_closed() {
+            let _ = self.sql.c.batch_execute("ROLLBACK");
         }
-    }
-}
-
-/// PostgreSQL statements outside a transaction.
-pub struct PgAuto<'a> {
-    c: &'a mut postgres::Client,
-    cache: &'a mut HashMap<String, postgres::Statement>,
-}
-
-impl std::fmt::Debug for PgAuto<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PgAuto")
     }
 }
 
@@ -501,25 +506,7 @@ fn pg_query(
     pg_rows(c.query(&stmt, &pg_params(params))?)
 }
 
-impl Sql for PgTx<'_> {
-    fn dialect(&self) -> Dialect {
-        Dialect::Postgres
-    }
-
-    fn exec(&mut self, sql: &str, params: &[P<'_>]) -> Result<usize> {
-        pg_exec(self.c, self.cache, sql, params)
-    }
-
-    fn query(&mut self, sql: &str, params: &[P<'_>]) -> Result<Vec<Row>> {
-        pg_query(self.c, self.cache, sql, params)
-    }
-
-    fn batch(&mut self, sql: &str) -> Result<()> {
-        Ok(self.c.batch_execute(sql)?)
-    }
-}
-
-impl Sql for PgAuto<'_> {
+impl Sql for PgStatements<'_> {
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
     }

@@ -680,6 +680,20 @@ pub struct Usage {
     pub unmatched: u64,
 }
 
+impl Usage {
+    /// From `report_usage`'s `bytes` and `unmatched` at columns `at` and
+    /// `at + 1` of `row`; a host with no row there (NULL) has used nothing.
+    fn from_row(row: &Row, at: usize) -> Result<Self> {
+        let count = |i| -> Result<u64> {
+            Ok(u64::try_from(row.get::<Option<i64>>(i)?.unwrap_or(0)).unwrap_or(0))
+        };
+        Ok(Self {
+            bytes: count(at)?,
+            unmatched: count(at + 1)?,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ReportQuery {
     pub hostname: Option<String>,
@@ -822,7 +836,7 @@ impl Store {
                         conn.transaction(&format!("SET LOCAL synchronous_commit = off; {lock}"))?
                     }
                 };
-                let out = f(&mut tx)?;
+                let out = f(&mut *tx)?;
                 tx.commit()?;
                 Ok(out)
             }
@@ -1627,13 +1641,7 @@ impl Store {
         } else {
             "unmatched"
         };
-        let count = |i| -> Result<u64> {
-            Ok(u64::try_from(row.get::<Option<i64>>(i)?.unwrap_or(0)).unwrap_or(0))
-        };
-        let used = Usage {
-            bytes: count(2)?,
-            unmatched: count(3)?,
-        };
+        let used = Usage::from_row(&row, 2)?;
         let size = payload.len() as u64;
         let unmatched = u64::from(kind == "unmatched");
         if unmatched == 1 && used.unmatched >= limits.unmatched {
@@ -1697,12 +1705,7 @@ impl Store {
             "SELECT bytes, unmatched FROM report_usage WHERE hostname = ?1",
             &p![hostname],
         )?;
-        row.map_or(Ok(Usage::default()), |r| {
-            Ok(Usage {
-                bytes: u64::try_from(r.get::<i64>(0)?).unwrap_or(0),
-                unmatched: u64::try_from(r.get::<i64>(1)?).unwrap_or(0),
-            })
-        })
+        row.map_or(Ok(Usage::default()), |r| Usage::from_row(&r, 0))
     }
 
     /// What `hostname`'s stored reports take.
@@ -2475,7 +2478,7 @@ CREATE INDEX api_keys_revoked ON api_keys (id) WHERE revoked_ms IS NOT NULL;
 /// lock so that listeners starting together migrate it once.
 fn migrate_postgres(conn: &mut PgConn) -> Result<()> {
     let mut tx = conn.transaction(&format!("SELECT pg_advisory_xact_lock({PG_MIGRATE_LOCK})"))?;
-    let fresh: bool = scalar(&mut tx, "SELECT to_regclass('cc_schema') IS NULL", &[])?;
+    let fresh: bool = scalar(&mut *tx, "SELECT to_regclass('cc_schema') IS NULL", &[])?;
     if fresh {
         tx.batch("CREATE TABLE cc_schema (version BIGINT NOT NULL)")?;
     }

@@ -203,7 +203,7 @@ impl Cluster {
     /// commit record.
     pub fn commits_since(&self, lsn: &str) -> usize {
         // The end is written out first, so the dump reads whole records.
-        let end = self.psql("postgres", "SELECT pg_current_wal_lsn()");
+        let end = self.wal_position();
         self.psql("postgres", "CHECKPOINT");
         let out = self
             .run("pg_waldump")
