@@ -20,8 +20,10 @@ step() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages the suite uses: Debian's real cron daemon and crontab, and
 # systemd-analyze for the units' exposure scores, and the SELinux tool chain
-# that builds, links and queries the policy module.
-PACKAGES=(cron systemd make postgresql selinux-policy-dev selinux-policy-default semodule-utils policycoreutils setools chromium chromium-driver)
+# that builds, links and queries the policy module; mmdebstrap,
+# systemd-container (systemd-nspawn) and iproute2 for the systemd test bed
+# (tests/src/bed.rs), which boots the package under a real systemd.
+PACKAGES=(cron systemd make postgresql selinux-policy-dev selinux-policy-default semodule-utils policycoreutils setools chromium chromium-driver mmdebstrap systemd-container iproute2)
 # The unprivileged user the agent runs as in tests, as in production.
 AGENT_USER=cc-agent-user
 

@@ -11,6 +11,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, unreachable_pub)]
 
 pub mod agent;
+pub mod bed;
 pub mod helper;
 pub mod http;
 pub mod isolation;
