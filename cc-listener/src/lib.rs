@@ -284,9 +284,16 @@ pub async fn serve(
         listener = %name,
         "listening"
     );
+    // Under systemd (Type=notify), started means serving: `systemctl start`
+    // returns once both addresses answer, and a listener that cannot open
+    // its store or bind is a failed start, not a started unit that exits.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        warn!("could not tell systemd the listener is ready: {e}");
+    }
 
     stop.await;
     info!("shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     // Every task watches this: connections close with 1001.
     let _ = shutdown_tx.send(true);
     let _ = agents.await;
