@@ -15,7 +15,18 @@
 //!   socket (abstract or by path);
 //! - `signal PID`: sends SIGTERM to PID;
 //! - `ptrace PID`: attaches to PID with `PTRACE_SEIZE`;
-//! - `open-mem PID`: opens `/proc/PID/mem` for reading.
+//! - `open-mem PID`: opens `/proc/PID/mem` for reading;
+//! - `handle-write FILE DIR TEXT`: finds FILE's handle
+//!   (`name_to_handle_at`), opens it for writing through DIR's mount
+//!   (`open_by_handle_at`) and appends TEXT — a write outside DIR that the
+//!   read-only tree and landlock do not see;
+//! - `handle-link FILE DIR NAME`: opens FILE by handle through DIR's mount
+//!   and links it in as DIR/NAME (`linkat(AT_EMPTY_PATH)`);
+//! - `userns`: creates a user namespace (`unshare(CLONE_NEWUSER)`);
+//! - `shm-find KEY`: looks up the SysV shared memory segment KEY;
+//! - `shm-make KEY`: makes a 4 KiB SysV segment KEY, mode 0600 (the
+//!   suite, as root, plays the host's own root-only segment).
+#![allow(unsafe_code)] // the handle and SysV calls have no safe wrapper
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
@@ -146,6 +157,87 @@ fn connect(addr: &nix::sys::socket::UnixAddr) -> ExitCode {
     }
 }
 
+/// `struct file_handle` with room for any handle the kernel gives.
+#[repr(C)]
+struct FileHandle {
+    bytes: libc::c_uint,
+    kind: libc::c_int,
+    data: [u8; 128],
+}
+
+/// FILE's handle, and a descriptor of DIR to open it through.
+fn by_handle(file: &str, dir: &str, flags: libc::c_int) -> Result<std::os::fd::OwnedFd, String> {
+    use std::ffi::CString;
+    use std::os::fd::FromRawFd;
+    let (Ok(file), Ok(dir)) = (CString::new(file), CString::new(dir)) else {
+        return Err("a NUL byte".into());
+    };
+    let mut h = FileHandle { bytes: 128, kind: 0, data: [0; 128] };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: a NUL-terminated path, a handle buffer of the size it states,
+    // and a local int.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            file.as_ptr(),
+            &raw mut h,
+            &raw mut mount_id,
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(format!("name_to_handle_at: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: open(2) of a NUL-terminated path.
+    let mount = unsafe { libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+    if mount < 0 {
+        return Err(format!("open {dir:?}: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the handle filled in above, a descriptor just opened.
+    let fd = unsafe { libc::syscall(libc::SYS_open_by_handle_at, mount, &raw mut h, flags) };
+    // SAFETY: closing the descriptor opened above, once.
+    unsafe { libc::close(mount) };
+    if fd < 0 {
+        return Err(format!("open_by_handle_at: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a descriptor open_by_handle_at just returned, owned here.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+fn handle_write(file: &str, dir: &str, text: &str) -> ExitCode {
+    use std::io::Write;
+    match by_handle(file, dir, libc::O_WRONLY | libc::O_APPEND) {
+        Ok(fd) => match std::fs::File::from(fd).write_all(text.as_bytes()) {
+            Ok(()) => outcome(true, "written=true"),
+            Err(e) => outcome(false, &format!("written=false\nerror=write: {e}")),
+        },
+        Err(e) => outcome(false, &format!("written=false\nerror={e}")),
+    }
+}
+
+fn handle_link(file: &str, dir: &str, name: &str) -> ExitCode {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    let fd = match by_handle(file, dir, libc::O_PATH) {
+        Ok(fd) => fd,
+        Err(e) => return outcome(false, &format!("linked=false\nerror={e}")),
+    };
+    let Ok(to) = CString::new(format!("{dir}/{name}")) else {
+        return usage();
+    };
+    // SAFETY: linkat(2) of a descriptor with an empty path, to a
+    // NUL-terminated path.
+    let r = unsafe {
+        libc::linkat(fd.as_raw_fd(), c"".as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_EMPTY_PATH)
+    };
+    if r == 0 {
+        outcome(true, "linked=true")
+    } else {
+        outcome(false, &format!("linked=false\nerror=linkat: {}", std::io::Error::last_os_error()))
+    }
+}
+
 fn pid_arg(s: &str) -> Option<nix::unistd::Pid> {
     s.parse::<i32>().ok().map(nix::unistd::Pid::from_raw)
 }
@@ -191,6 +283,31 @@ fn main() -> ExitCode {
         ["open-mem", pid] => match std::fs::File::open(format!("/proc/{pid}/mem")) {
             Ok(_) => outcome(true, "opened=true"),
             Err(e) => outcome(false, &format!("opened=false\nerror={e}")),
+        },
+        ["handle-write", file, dir, text] => handle_write(file, dir, text),
+        ["handle-link", file, dir, name] => handle_link(file, dir, name),
+        ["userns"] => match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER) {
+            Ok(()) => outcome(true, "userns=true"),
+            Err(e) => outcome(false, &format!("userns=false\nerror={e}")),
+        },
+        ["shm-make", key] => match key.parse::<i32>() {
+            // SAFETY: shmget(2) with integers only.
+            Ok(k) => match unsafe { libc::shmget(k, 4096, libc::IPC_CREAT | 0o600) } {
+                -1 => outcome(false, &format!("made=false\nerror={}", std::io::Error::last_os_error())),
+                id => outcome(true, &format!("made=true\nid={id}")),
+            },
+            Err(_) => usage(),
+        },
+        ["shm-find", key] => match key.parse::<i32>() {
+            // SAFETY: shmget(2) with integers only.
+            Ok(k) => match unsafe { libc::shmget(k, 0, 0) } {
+                -1 => outcome(
+                    false,
+                    &format!("found=false\nerror={}", std::io::Error::last_os_error()),
+                ),
+                id => outcome(true, &format!("found=true\nid={id}")),
+            },
+            Err(_) => usage(),
         },
         _ => usage(),
     }
