@@ -127,6 +127,27 @@ fn find_tree() -> Result<Tree> {
     }
 }
 
+/// Kills every process in a left-over job cgroup and removes it (waiting
+/// up to a second for the processes to go).
+fn kill_and_remove(dir: &Path) {
+    for _ in 0..100 {
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let mut any = false;
+        for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            any = true;
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if fs::remove_dir(dir).is_ok() || !any && !dir.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    tracing::warn!(cgroup = %dir.display(), "a previous helper's job cgroup could not be emptied");
+}
+
 impl Cgroups {
     /// Job cgroups with these limits: (processes, memory bytes).
     pub(crate) fn detect(max_processes: u64, max_memory: u64) -> Self {
@@ -137,13 +158,13 @@ impl Cgroups {
                 Tree::V1 { pids, memory } => vec![pids.clone(), memory.clone()],
             } {
                 // Job cgroups a helper that is gone left (it was killed):
-                // removable once empty. Another running helper's are not
-                // ours to touch.
+                // whatever still runs there is killed, then they go.
+                // Another running helper's are not ours to touch.
                 for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
                     let owner = name.strip_prefix("cc-job-").and_then(|r| r.split('-').next());
                     if owner.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
-                        let _ = fs::remove_dir(e.path());
+                        kill_and_remove(&e.path());
                     }
                 }
             }

@@ -16,16 +16,21 @@ pub(crate) const DEFAULT_CONFIG: &str = "/etc/croncommander/helper.toml";
 /// read and write files whatever their mode, signal its own processes,
 /// change its uid or gid (to drop privileges), bind low ports and write the
 /// audit log. Nothing that changes an owner or a mode (CHOWN, FOWNER,
-/// FSETID), nothing that administers the system.
-const DEFAULT_KEEP: &str = "CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_KILL CAP_SETGID CAP_SETUID \
+/// FSETID), nothing that administers the system. Not DAC_READ_SEARCH: it
+/// opens files by handle (`open_by_handle_at`) and links descriptors
+/// (`linkat(AT_EMPTY_PATH)`), which reach any file through a write path's
+/// mount, past the read-only tree and landlock; DAC_OVERRIDE already reads
+/// and searches whatever a job may read.
+const DEFAULT_KEEP: &str = "CAP_DAC_OVERRIDE CAP_KILL CAP_SETGID CAP_SETUID \
                             CAP_NET_BIND_SERVICE CAP_AUDIT_WRITE";
 
 /// Never kept, whatever the config says: each would let a job undo its
 /// containment (mounts, namespaces, ptrace, devices, capabilities, MAC,
-/// modules, raw I/O, BPF) or change what a file is (owner, mode, flags).
+/// modules, raw I/O, BPF, files by handle) or change what a file is (owner,
+/// mode, flags).
 const NEVER_KEEP: &str = "CAP_SYS_ADMIN CAP_SYS_MODULE CAP_SYS_RAWIO CAP_SYS_BOOT CAP_SYS_PTRACE \
     CAP_SYS_CHROOT CAP_MKNOD CAP_SETPCAP CAP_SETFCAP CAP_MAC_ADMIN CAP_MAC_OVERRIDE CAP_BPF \
-    CAP_PERFMON CAP_LINUX_IMMUTABLE CAP_CHOWN CAP_FOWNER CAP_FSETID";
+    CAP_PERFMON CAP_LINUX_IMMUTABLE CAP_CHOWN CAP_FOWNER CAP_FSETID CAP_DAC_READ_SEARCH";
 
 /// Trees a job may never write, nor any directory that holds one: the
 /// system's programs and libraries, what starts services and grants

@@ -89,6 +89,10 @@ pub(crate) fn validate(entries: &[CronEntry]) -> (Vec<CronJob>, Vec<CronRejectio
             Ok(j) if valid.iter().any(|v| v.id == j.id) => {
                 rejected.push(CronRejection { id: j.id.to_string(), reason: "duplicate id".into() })
             }
+            Ok(j) if !j.command.program().starts_with('/') => rejected.push(CronRejection {
+                id: j.id.to_string(),
+                reason: crate::exec::ABSOLUTE_ONLY.into(),
+            }),
             Ok(j) => valid.push(j),
             Err(err) => rejected.push(CronRejection {
                 id: e.id.chars().take(128).collect(),

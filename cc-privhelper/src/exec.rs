@@ -37,13 +37,14 @@ pub(crate) fn refusal(code: RefusalCode, message: impl Into<String>) -> Refusal 
     Refusal { code, message: message.into() }
 }
 
-/// Where `program` is, as `execvp` would find it with the job's PATH.
+/// Why a root job's program must be an absolute path.
+pub(crate) const ABSOLUTE_ONLY: &str = "a root job names its program by absolute path: the signature covers that path, not a name looked up in PATH";
+
+/// The program's file: an absolute path to a file, or nothing. A bare
+/// name is refused before this (the signature covers a path).
 fn resolve(program: &str) -> Option<PathBuf> {
-    if program.contains('/') {
-        let p = Path::new(program);
-        return (p.is_absolute() && p.is_file()).then(|| p.to_owned());
-    }
-    JOB_PATH.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
+    let p = Path::new(program);
+    (p.is_absolute() && p.is_file()).then(|| p.to_owned())
 }
 
 /// With `allowed_commands` set: the program's path must be exactly an
@@ -102,6 +103,9 @@ pub(crate) fn run(
     job: &JobSpec,
 ) -> Result<(ExecutionReport, Leftovers), Refusal> {
     let program = job.command.program();
+    if !program.starts_with('/') {
+        return Err(refusal(RefusalCode::InvalidPayload, format!("{program}: {ABSOLUTE_ONLY}")));
+    }
     let Some(path) = resolve(program) else {
         // Not found is the job's outcome (127), not a refusal.
         return not_started(cc_exec::EXIT_NOT_FOUND, &format!("{program}: not found"), job);
@@ -209,16 +213,13 @@ mod tests {
     use crate::config::Allowed;
 
     #[test]
-    fn programs_are_found_as_execvp_would_with_the_jobs_path() {
+    fn programs_are_absolute_paths_to_files_never_names_looked_up() {
         assert_eq!(resolve("/usr/bin/env"), Some(PathBuf::from("/usr/bin/env")));
-        let found = resolve("env").unwrap();
-        assert!(found.is_absolute() && found.ends_with("env"), "{found:?}");
-        let first = JOB_PATH.split(':').map(|d| Path::new(d).join("env")).find(|p| p.is_file());
-        assert_eq!(Some(found), first);
         assert_eq!(resolve("/no/such/cc-program"), None);
-        assert_eq!(resolve("cc-no-such-program"), None);
-        // A relative path with a slash is never looked up.
+        // Neither a bare name nor a relative path is looked up.
+        assert_eq!(resolve("env"), None);
         assert_eq!(resolve("usr/bin/env"), None);
+        assert_eq!(resolve("/usr/bin"), None, "a directory is not a program");
     }
 
     #[test]

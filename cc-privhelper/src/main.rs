@@ -5,7 +5,10 @@
 //! - `cron-run [--config FILE] JOB_ID` — what `/etc/cron.d/croncommander`
 //!   lines call: asks the running helper, over its socket, to run that
 //!   scheduled entry. It runs nothing itself: every root job runs inside
-//!   the helper's service, contained alike.
+//!   the helper's service, contained alike;
+//! - `check-config [--config FILE]` — loads and checks the config as
+//!   `serve` would, without serving: the unit runs it before a reload, so
+//!   `systemctl reload` refuses a config the helper could not apply.
 
 mod cgroup;
 mod config;
@@ -29,7 +32,8 @@ use cc_proto::helper::{HelperRequest, HelperResponse, RunScheduledRequest};
 use crate::config::{Config, DEFAULT_CONFIG};
 
 const USAGE: &str = "Usage: cc-privhelper serve [--config FILE]
-       cc-privhelper cron-run [--config FILE] JOB_ID";
+       cc-privhelper cron-run [--config FILE] JOB_ID
+       cc-privhelper check-config [--config FILE]";
 
 /// `[--config FILE] rest…` → (config, rest).
 fn config_arg(args: &[String]) -> Result<(PathBuf, Vec<String>)> {
@@ -78,6 +82,19 @@ fn main() -> ExitCode {
             server::serve(Config::load(&config)?)
         }),
         Some("cron-run") => cron_run(&args[1..]),
+        Some("check-config") => config_arg(&args[1..]).and_then(|(config, rest)| {
+            if !rest.is_empty() {
+                bail!("{USAGE}");
+            }
+            let cfg = Config::load(&config)?;
+            println!(
+                "{}: valid ({} trusted keys, system mode {})",
+                config.display(),
+                cfg.trusted_keys.len(),
+                if cfg.system_mode { "on" } else { "off" }
+            );
+            Ok(())
+        }),
         Some("--help" | "-h") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

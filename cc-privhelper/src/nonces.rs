@@ -33,8 +33,18 @@ impl Nonces {
     pub(crate) fn open(state_dir: &Path) -> Result<Self> {
         let path = state_dir.join("nonces.log");
         let now = cc_proto::Timestamp::now().unix_millis();
-        let seen: HashMap<String, i64> = std::fs::read_to_string(&path)
-            .unwrap_or_default()
+        // A log that is there but cannot be read (EIO, EACCES, not UTF-8)
+        // refuses start: read as "no nonces", every statement it records
+        // could run again.
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => anyhow::bail!(
+                "reading {}: {e}: without its record of used nonces the helper could not tell a replay apart, so it does not start",
+                path.display()
+            ),
+        };
+        let seen: HashMap<String, i64> = text
             .lines()
             .filter_map(|l| {
                 let (digest, until) = l.split_once(' ')?;
@@ -145,6 +155,21 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_read_refuses_start_and_a_missing_one_does_not() {
+        let d = dir("unreadable");
+        assert!(Nonces::open(&d).is_ok(), "no log yet: a fresh start");
+        std::fs::write(d.join("nonces.log"), b"\xff\xfe not text\n").unwrap();
+        let e = Nonces::open(&d).unwrap_err().to_string();
+        assert!(e.contains("does not start"), "{e}");
+        // Left as it was, for the operator to look at.
+        assert_eq!(std::fs::read(d.join("nonces.log")).unwrap(), b"\xff\xfe not text\n");
+        std::fs::remove_file(d.join("nonces.log")).unwrap();
+        std::fs::create_dir(d.join("nonces.log")).unwrap();
+        assert!(Nonces::open(&d).is_err(), "a directory where the log should be");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

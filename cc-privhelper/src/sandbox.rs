@@ -2,9 +2,13 @@
 //! config ([`Plan`]) and applied by the kernel in the job's own process
 //! between `fork` and `exec` (`sys.rs`), in one visible sequence:
 //!
-//! 0. (in the helper's request thread) a new PID namespace for its child:
-//!    the job is PID 1 there, and when it ends the kernel kills everything
-//!    it started — no process of a job outlives it or its timeout;
+//! 0. (in the helper's request thread) new PID, IPC and UTS namespaces for
+//!    its child: the job is PID 1 there, and when it ends the kernel kills
+//!    everything it started — no process of a job outlives it or its
+//!    timeout; it sees no SysV object or message queue of the host's, and
+//!    what it makes goes with it. It dies with the thread that started it
+//!    (`PR_SET_PDEATHSIG`), so a helper killed mid-job leaves nothing
+//!    running. The network stays the host's;
 //! 1. the job's cgroup (process count, memory; `cgroup.rs`);
 //! 2. a new mount namespace, private, with `/proc` of the job's PID
 //!    namespace (it sees only its own processes), an empty `/run` (no
@@ -22,7 +26,10 @@
 //!    (ABI 9);
 //! 6. the capability bounding set cut to `keep_capabilities`; ambient and
 //!    inheritable sets cleared;
-//! 7. a session of its own, every descriptor close-on-exec, then `exec` of
+//! 7. a seccomp filter of the helper's own ([`job_filters`]), whatever the
+//!    service manager did: no files by handle, no user namespaces, no
+//!    set-id bits, no kernel surface a job has no business with;
+//! 8. a session of its own, every descriptor close-on-exec, then `exec` of
 //!    the program file the helper opened and checked.
 //!
 //! A failure at any step ends that process before `exec`: the report says
@@ -43,6 +50,10 @@ use landlock::{
     RulesetCreatedAttr, RulesetError, Scope, path_beneath_rules,
 };
 use nix::sys::resource::Resource;
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
 
 use crate::cgroup::Cgroups;
 use crate::config::{Enforce, Sandbox};
@@ -74,6 +85,8 @@ pub(crate) struct Plan {
     pub(crate) refusal: Option<String>,
     /// What `best_effort` could not enforce, for every report.
     pub(crate) warning: Option<String>,
+    /// The job's seccomp filters, compiled once ([`job_filters`]).
+    pub(crate) seccomp: [BpfProgram; 2],
 }
 
 impl Plan {
@@ -136,6 +149,7 @@ impl Plan {
             max_memory: s.max_memory_bytes,
             refusal: join(refusal),
             warning: join(warning),
+            seccomp: job_filters()?,
         })
     }
 }
@@ -186,4 +200,297 @@ fn capabilities_to_drop(keep: &[String]) -> Result<Vec<u8>> {
     let mut drop: Vec<u8> = bounding.difference(&keep).map(|c| c.index()).collect();
     drop.sort_unstable();
     Ok(drop)
+}
+
+/// System calls refused outright (EPERM) to every root job: files by
+/// handle (which reach any file through a write path's mount), the kernel
+/// surface no job has business with (modules, kexec, BPF, perf, keyrings,
+/// ptrace, mounts, swap, reboot) and joining other namespaces.
+const REFUSED: &[i64] = &[
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_ptrace,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_fsopen,
+    libc::SYS_fsmount,
+    libc::SYS_fsconfig,
+    libc::SYS_fspick,
+    libc::SYS_mount_setattr,
+    libc::SYS_setns,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_reboot,
+];
+
+/// `fchmodat2(2)` (Linux 6.6), not yet in every libc.
+const SYS_FCHMODAT2: i64 = 452;
+
+/// Where each call that sets a mode takes it: (call, index of the mode
+/// argument, index of the open flags when the mode only counts with
+/// `O_CREAT` or `O_TMPFILE`).
+fn mode_setting_calls() -> Vec<(i64, u8, Option<u8>)> {
+    let mut calls = vec![
+        (libc::SYS_fchmod, 1, None),
+        (libc::SYS_fchmodat, 2, None),
+        (SYS_FCHMODAT2, 2, None),
+        (libc::SYS_openat, 3, Some(2)),
+        (libc::SYS_mknodat, 2, None),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    calls.extend([
+        (libc::SYS_chmod, 1, None),
+        (libc::SYS_creat, 1, None),
+        (libc::SYS_open, 2, Some(1)),
+        (libc::SYS_mknod, 1, None),
+    ]);
+    calls
+}
+
+fn masked(arg: u8, mask: u64) -> Result<SeccompCondition> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(mask), mask)
+        .map_err(|e| anyhow::anyhow!("a seccomp condition: {e}"))
+}
+
+/// The two filters every root job installs last before `exec`:
+///
+/// - EPERM for [`REFUSED`]; for `unshare` and `clone` asking for a new user
+///   namespace (its kernel surface is large, and a job has root already);
+///   and for every call that would set a set-user-id or set-group-id bit
+///   (`chmod` family, `open`/`openat`/`creat` creating a file, `mknod`):
+///   write paths are `nosuid` only inside the job's mount namespace, so a
+///   set-id file made there would run as root for anyone outside;
+/// - ENOSYS for `clone3` and `openat2`, whose arguments sit in memory a
+///   filter cannot read: the C library then falls back to `clone` and
+///   `openat`, which the first filter can.
+pub(crate) fn job_filters() -> Result<[BpfProgram; 2]> {
+    let rule = |conditions: Vec<SeccompCondition>| {
+        SeccompRule::new(conditions).map_err(|e| anyhow::anyhow!("a seccomp rule: {e}"))
+    };
+    let mut refused: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
+        REFUSED.iter().map(|&n| (n, Vec::new())).collect();
+    let newuser = libc::CLONE_NEWUSER as u64;
+    for call in [libc::SYS_unshare, libc::SYS_clone] {
+        refused.insert(call, vec![rule(vec![masked(0, newuser)?])?]);
+    }
+    let setid = [libc::S_ISUID as u64, libc::S_ISGID as u64];
+    // O_TMPFILE carries O_DIRECTORY's bit; its own is the rest.
+    let creating = [libc::O_CREAT as u64, (libc::O_TMPFILE & !libc::O_DIRECTORY) as u64];
+    for (call, mode, flags) in mode_setting_calls() {
+        let mut rules = Vec::new();
+        for bit in setid {
+            match flags {
+                None => rules.push(rule(vec![masked(mode, bit)?])?),
+                Some(f) => {
+                    for c in creating {
+                        rules.push(rule(vec![masked(f, c)?, masked(mode, bit)?])?);
+                    }
+                }
+            }
+        }
+        refused.insert(call, rules);
+    }
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("seccomp on {}: {e}", std::env::consts::ARCH))?;
+    let compile = |rules, action| -> Result<BpfProgram> {
+        SeccompFilter::new(rules, SeccompAction::Allow, action, arch)
+            .and_then(TryInto::try_into)
+            .map_err(|e| anyhow::anyhow!("compiling a seccomp filter: {e}"))
+    };
+    let eperm = compile(refused, SeccompAction::Errno(libc::EPERM as u32))?;
+    let enosys = compile(
+        [libc::SYS_clone3, libc::SYS_openat2].into_iter().map(|n| (n, Vec::new())).collect(),
+        SeccompAction::Errno(libc::ENOSYS as u32),
+    )?;
+    Ok([eperm, enosys])
+}
+
+#[cfg(test)]
+#[allow(unsafe_code)] // fork(2) and raw system calls, to try the filter in a child
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+
+    fn errno(r: libc::c_long) -> i32 {
+        if r < 0 { std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) } else { 0 }
+    }
+
+    /// A probe: its name, the errno it should give (0: it works), the call.
+    type Probe = (&'static str, i32, Box<dyn Fn() -> i32>);
+
+    fn probes(dir: &std::path::Path) -> Vec<Probe> {
+        let file = CString::new(dir.join("f").as_os_str().as_encoded_bytes()).unwrap();
+        let new = CString::new(dir.join("new").as_os_str().as_encoded_bytes()).unwrap();
+        let plain = CString::new(dir.join("plain").as_os_str().as_encoded_bytes()).unwrap();
+        let at = libc::AT_FDCWD as libc::c_long;
+        let (f1, f2, f3, f4, f5, f6) =
+            (file.clone(), file.clone(), file.clone(), new.clone(), file.clone(), plain.clone());
+        vec![
+            (
+                "fchmodat 4755",
+                libc::EPERM,
+                Box::new(move || {
+                    errno(unsafe { libc::syscall(libc::SYS_fchmodat, at, f1.as_ptr(), 0o4755) })
+                }),
+            ),
+            (
+                "fchmodat 2755",
+                libc::EPERM,
+                Box::new(move || {
+                    errno(unsafe { libc::syscall(libc::SYS_fchmodat, at, f2.as_ptr(), 0o2755) })
+                }),
+            ),
+            (
+                "fchmodat 0755",
+                0,
+                Box::new(move || {
+                    errno(unsafe { libc::syscall(libc::SYS_fchmodat, at, f3.as_ptr(), 0o755) })
+                }),
+            ),
+            (
+                "openat O_CREAT 4755",
+                libc::EPERM,
+                Box::new(move || {
+                    errno(unsafe {
+                        libc::syscall(
+                            libc::SYS_openat,
+                            at,
+                            f4.as_ptr(),
+                            libc::O_CREAT | libc::O_WRONLY,
+                            0o4755,
+                        )
+                    })
+                }),
+            ),
+            // Without O_CREAT the mode argument means nothing.
+            (
+                "openat O_RDONLY, stray mode bits",
+                0,
+                Box::new(move || {
+                    errno(unsafe {
+                        libc::syscall(libc::SYS_openat, at, f5.as_ptr(), libc::O_RDONLY, 0o6000)
+                    })
+                }),
+            ),
+            (
+                "openat O_CREAT 0644",
+                0,
+                Box::new(move || {
+                    errno(unsafe {
+                        libc::syscall(
+                            libc::SYS_openat,
+                            at,
+                            f6.as_ptr(),
+                            libc::O_CREAT | libc::O_WRONLY,
+                            0o644,
+                        )
+                    })
+                }),
+            ),
+            (
+                "unshare CLONE_NEWUSER",
+                libc::EPERM,
+                Box::new(|| {
+                    errno(unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER) })
+                }),
+            ),
+            (
+                "unshare CLONE_NEWUTS",
+                0,
+                Box::new(|| errno(unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUTS) })),
+            ),
+            (
+                "clone3",
+                libc::ENOSYS,
+                Box::new(|| {
+                    errno(unsafe {
+                        libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize)
+                    })
+                }),
+            ),
+            (
+                "name_to_handle_at",
+                libc::EPERM,
+                Box::new(move || {
+                    errno(unsafe {
+                        libc::syscall(
+                            libc::SYS_name_to_handle_at,
+                            at,
+                            c"/".as_ptr(),
+                            std::ptr::null::<u8>(),
+                            std::ptr::null::<u8>(),
+                            0,
+                        )
+                    })
+                }),
+            ),
+            (
+                "keyctl",
+                libc::EPERM,
+                Box::new(|| errno(unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) })),
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_job_filters_refuse_what_they_name_and_nothing_else() {
+        if !nix::unistd::geteuid().is_root() {
+            // The probes need root (unshare of a UTS namespace); the test
+            // command runs the suite as root, and in CI a skip is a failure.
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "needs root");
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("cc-seccomp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), "x").unwrap();
+        let filters = job_filters().unwrap();
+        let probes = probes(&dir);
+        let (r, w) = nix::unistd::pipe().unwrap();
+        // SAFETY: the child only makes system calls and writes to a pipe
+        // before _exit.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                drop(r);
+                let mut out = [0i32; 16];
+                for f in &filters {
+                    if seccompiler::apply_filter(f).is_err() {
+                        unsafe { libc::_exit(3) };
+                    }
+                }
+                for (i, (_, _, probe)) in probes.iter().enumerate() {
+                    out[i] = probe();
+                }
+                let bytes: Vec<u8> = out.iter().flat_map(|e| e.to_ne_bytes()).collect();
+                let _ = nix::unistd::write(&w, &bytes);
+                unsafe { libc::_exit(0) };
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(w);
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut bytes).unwrap();
+                let _ = nix::sys::wait::waitpid(child, None);
+                let _ = std::fs::remove_dir_all(&dir);
+                assert_eq!(bytes.len(), 64, "the child installed no filter");
+                for (i, (name, want, _)) in probes.iter().enumerate() {
+                    let got = i32::from_ne_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap());
+                    assert_eq!(got, *want, "{name}: errno {got}, wanted {want}");
+                }
+            }
+        }
+    }
 }

@@ -70,6 +70,8 @@ struct Helper {
     /// Scheduled entries running now: a second run of one is skipped.
     running: Mutex<HashSet<String>>,
     slots: [AtomicUsize; 2],
+    /// Held across a cron list's generation check and its write.
+    cron_writes: Mutex<()>,
 }
 
 pub(crate) fn serve(cfg: Config) -> Result<()> {
@@ -112,11 +114,12 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
         plan,
         running: Mutex::new(HashSet::new()),
         slots: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        cron_writes: Mutex::new(()),
     });
     let reloader = Arc::clone(&helper);
     std::thread::Builder::new().name("sighup".into()).spawn(move || {
         while hup.wait().is_ok() {
-            reloader.trust.reload(&reloader.cfg.path);
+            reloader.trust.reload(&reloader.cfg);
         }
     })?;
     let agent_uid = agent.uid.as_raw();
@@ -209,6 +212,8 @@ struct Audit {
     argv: Option<String>,
     /// The name of the key whose signature made the work.
     key: Option<String>,
+    /// The signed statement's nonce (ad-hoc root jobs).
+    nonce: Option<String>,
     leftovers: crate::exec::Leftovers,
 }
 
@@ -322,7 +327,9 @@ fn answer(
             let signed = cc_proto::helper::signed(e.signed.as_deref());
             // The key the envelope names, logged even when refused.
             audit.key = signed.as_ref().ok().map(|s| s.key.clone());
-            audit.key = Some(h.trust.exec(signed, &job).map_err(|e| unsigned(&e))?);
+            let signer = h.trust.exec(signed, &job).map_err(|e| unsigned(&e))?;
+            audit.key = Some(signer.key);
+            audit.nonce = Some(signer.nonce);
             let durable = h.trust.sync();
             let report = run(h, &spec, audit);
             if let Err(e) = durable.wait() {
@@ -331,6 +338,10 @@ fn answer(
             HelperResponse::ExecResult(report?)
         }
         HelperRequest::WriteCron(w) => {
+            // Read, compare and write in one critical section: two lists
+            // sent together must not both pass the generation check and
+            // land in the wrong order (a rollback).
+            let _one_at_a_time = h.cron_writes.lock().unwrap_or_else(|e| e.into_inner());
             let installed = crate::cronfile::installed(cfg);
             let signed = cc_proto::helper::signed(w.signed.as_deref()).ok();
             audit.key = signed.as_ref().map(|s| s.key.clone());
@@ -422,11 +433,31 @@ fn scheduled(h: &Helper, spec: &JobSpec, audit: &mut Audit) -> ExecutionReport {
 /// Exit code of a skipped scheduled run (EX_TEMPFAIL), as in user mode.
 const EXIT_SKIPPED: i32 = 75;
 
-/// Runs a validated job (ad hoc or scheduled), its argv in the audit line.
+/// Runs a validated job (ad hoc or scheduled), its argv in the audit line,
+/// with an audit line of its own before it starts and after it ends.
 fn run(h: &Helper, spec: &JobSpec, audit: &mut Audit) -> Result<ExecutionReport, Refusal> {
     audit.job_id = Some(spec.id.clone());
-    audit.argv = Some(spec.command.to_shell_line());
-    let (mut report, leftovers) = crate::exec::run(&h.cfg, &h.plan, spec)?;
+    let argv = spec.command.to_shell_line();
+    audit.argv = Some(argv.clone());
+    let (key, nonce) = (audit.key.as_deref().unwrap_or(""), audit.nonce.as_deref().unwrap_or(""));
+    info!(job_id = %spec.id, key, nonce, argv = ?argv, timeout_secs = spec.timeout.duration().as_secs(), "root run started");
+    let began = Instant::now();
+    let outcome = crate::exec::run(&h.cfg, &h.plan, spec);
+    let ms = began.elapsed().as_millis();
+    let (mut report, leftovers) = match outcome {
+        Ok(done) => done,
+        Err(r) => {
+            info!(job_id = %spec.id, duration_ms = ms, stopped_by = "refused", reason = ?r.message, "root run ended");
+            return Err(r);
+        }
+    };
+    let stopped_by = match report.exit_code {
+        124 => "its timeout",
+        126 | 127 => "not started",
+        c if c > 128 => "a signal",
+        _ => "its own exit",
+    };
+    info!(job_id = %spec.id, exit_code = report.exit_code, duration_ms = ms, stopped_by, "root run ended");
     audit.leftovers = leftovers;
     report.fit();
     Ok(report)
@@ -522,6 +553,7 @@ mod tests {
             max_memory: 64 << 20,
             refusal: Some("nothing runs in a unit test".into()),
             warning: None,
+            seccomp: crate::sandbox::job_filters().unwrap(),
         };
         let h = Helper {
             reports: Reports::open(&cfg.state_dir).unwrap(),
@@ -530,6 +562,7 @@ mod tests {
             plan: Arc::new(plan),
             running: Mutex::new(HashSet::new()),
             slots: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            cron_writes: Mutex::new(()),
         };
         Fixture { h, dir }
     }

@@ -233,7 +233,12 @@ pub(crate) fn spawn_contained(plan: &Plan, job: &JobFds) -> Result<Spawned, NotS
     let mut before = SigSet::empty();
     pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut before))
         .map_err(|e| fail("signals", errno(e)))?;
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_NEWPID | libc::SIGCHLD;
+    let flags = libc::CLONE_VM
+        | libc::CLONE_VFORK
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::SIGCHLD;
     // SAFETY: `contained` runs on `stack` (mapped, writable, STACK bytes
     // above a guard page, alive until after clone returns) in a child that
     // shares this memory; with CLONE_VFORK this thread does not resume
@@ -314,6 +319,13 @@ extern "C" fn contained(arg: *mut libc::c_void) -> libc::c_int {
 fn contain(child: &Child<'_>) -> io::Result<()> {
     let (plan, job) = (child.plan, child.job);
     let step = |name| child.step.set(name);
+    step("dying with the helper");
+    // SAFETY: prctl(2) with integer arguments only. The parent thread is
+    // held in clone (CLONE_VFORK) until this process execs, so it cannot
+    // have died before this line.
+    check(libc::c_long::from(unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0)
+    }))?;
     step("stdio");
     for (to, &from) in child.stdio.iter().enumerate() {
         // SAFETY: dup2(2) on descriptors open in this process.
@@ -414,6 +426,12 @@ fn contain(child: &Child<'_>) -> io::Result<()> {
             &raw const none,
             std::ptr::null_mut(),
         )))?;
+    }
+    step("seccomp");
+    for filter in &plan.seccomp {
+        // Installs a prepared program: no allocation. On failure errno
+        // still says why.
+        seccompiler::apply_filter(filter).map_err(|_| io::Error::last_os_error())?;
     }
     step("exec");
     // The checked file itself, not whatever its path names now; returns

@@ -16,10 +16,39 @@ use cc_proto::sign::{
     self, CRON_LABEL, CronStatement, EXEC_LABEL, ExecStatement, PublicKey, SignError, Signed,
 };
 use cc_proto::wire::ExecuteJob;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::nonces::Nonces;
+
+/// How far ahead of this host's clock a cron list's generation (its
+/// signing time in milliseconds) may be.
+const MAX_AHEAD_MS: u64 = 24 * 3600 * 1000;
+
+/// Who signed a root job, and the statement's nonce (for the audit line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Signer {
+    pub(crate) key: String,
+    pub(crate) nonce: String,
+}
+
+/// The fields of `new` that differ from the running config's, besides the
+/// trusted keys (which a reload applies).
+pub(crate) fn not_applied(running: &Config, new: &Config) -> Vec<&'static str> {
+    let same =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+    let fields: [(&'static str, bool); 8] = [
+        ("socket", running.socket == new.socket),
+        ("agent_user", running.agent_user == new.agent_user),
+        ("system_mode", running.system_mode == new.system_mode),
+        ("cron_file", running.cron_file == new.cron_file),
+        ("state_dir", running.state_dir == new.state_dir),
+        ("allowed_commands", same(&running.allowed_commands, &new.allowed_commands)),
+        ("hostname", running.hostname == new.hostname),
+        ("sandbox", same(&running.sandbox, &new.sandbox)),
+    ];
+    fields.iter().filter(|(_, same)| !same).map(|(name, _)| *name).collect()
+}
 
 #[derive(Debug)]
 pub(crate) struct Trust {
@@ -37,15 +66,29 @@ impl Trust {
         })
     }
 
-    /// Reads the trusted keys from the config again (SIGHUP).
-    pub(crate) fn reload(&self, path: &std::path::Path) {
-        match Config::load(path) {
+    /// Reads the trusted keys from the config again (SIGHUP). Fails
+    /// closed: a config that cannot be applied whole leaves **no** key
+    /// trusted until a valid one is loaded, since the edit that broke it
+    /// may be the one that removed a compromised key. Fields a reload does
+    /// not apply (everything but the keys, read once at start) are named.
+    pub(crate) fn reload(&self, running: &Config) {
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        match Config::load(&running.path) {
             Ok(cfg) => {
                 let names: Vec<String> = cfg.trusted_keys.iter().map(|k| k.name.clone()).collect();
-                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = cfg.trusted_keys;
+                *keys = cfg.trusted_keys.clone();
                 info!(keys = ?names, "trusted keys reloaded");
+                let changed = not_applied(running, &cfg);
+                if !changed.is_empty() {
+                    warn!(fields = ?changed, "changed in the config but not applied by a reload: restart cc-privhelper for them");
+                }
             }
-            Err(e) => warn!("config not reloaded, the old keys stay: {e:#}"),
+            Err(e) => {
+                keys.clear();
+                error!(
+                    "config not reloaded, and no key is trusted until a valid config is loaded (fix it, then reload again): {e:#}"
+                );
+            }
         }
     }
 
@@ -66,19 +109,19 @@ impl Trust {
         }
     }
 
-    /// A root job's signature: returns the signer's key name.
+    /// A root job's signature: returns who signed it, and its nonce.
     pub(crate) fn exec(
         &self,
         signed: Result<Signed, SignError>,
         job: &ExecuteJob,
-    ) -> Result<String, SignError> {
+    ) -> Result<Signer, SignError> {
         let signed = signed?;
         let (s, by): (ExecStatement, _) = self.verify(&signed, EXEC_LABEL)?;
         self.for_this_host(&s.host)?;
         sign::check_window(&s.not_before, &s.expires_at, Timestamp::now())?;
         s.check_job(job)?;
         self.once(&signed, &s.nonce, &s.expires_at)?;
-        Ok(by)
+        Ok(Signer { key: by, nonce: s.nonce })
     }
 
     /// A cron list's signature, its generation above `installed`: the
@@ -94,6 +137,11 @@ impl Trust {
         sign::check_window(&s.not_before, &s.expires_at, Timestamp::now())?;
         if s.generation <= installed {
             return Err(SignError::RolledBack { got: s.generation, installed });
+        }
+        // A list from far ahead would lock out every later one.
+        let now = u64::try_from(Timestamp::now().unix_millis()).unwrap_or(0);
+        if s.generation > now.saturating_add(MAX_AHEAD_MS) {
+            return Err(SignError::FromTheFuture { got: s.generation, now });
         }
         self.once(&signed, &s.nonce, &s.expires_at)?;
         Ok((s, signed, by))
@@ -169,7 +217,7 @@ mod tests {
         let (t, d) = trust("exec");
         let (s, job) = statement("WEB1", &"a".repeat(32));
         let signed = sign::sign(&s, EXEC_LABEL, &key()).unwrap();
-        assert_eq!(t.exec(Ok(signed.clone()), &job), Ok("ops".into()));
+        assert_eq!(t.exec(Ok(signed.clone()), &job).map(|s| s.key), Ok("ops".into()));
         assert!(matches!(t.exec(Ok(signed), &job), Err(SignError::Replayed(..))));
         let (s, job) = statement("web2", &"b".repeat(32));
         let signed = sign::sign(&s, EXEC_LABEL, &key()).unwrap();

@@ -436,6 +436,10 @@ fn sign_for_hosts(
         .command
         .split_first()
         .context("no program given: HOST… | --tag T… -- PROGRAM ARGS…")?;
+    ensure!(
+        program.starts_with('/'),
+        "{program}: root work names its program by absolute path (the signature covers the path, not a name the host looks up in PATH): for example /usr/bin/{program}"
+    );
     let mut hosts = Vec::new();
     for h in &args.hosts {
         // Signed for the canonical (lowercase) name: the one hosts compare.
@@ -1022,6 +1026,14 @@ fn main() -> ExitCode {
                         .with_context(|| format!("reading {}", path.display()))?;
                     let entries = parse_cron_file(&text)?;
                     let body = if *system {
+                        for e in &entries {
+                            let program = e.validate()?.command.program().to_owned();
+                            ensure!(
+                                program.starts_with('/'),
+                                "entry {}: {program}: root entries name their program by absolute path (the signature covers the path, not a name the host looks up in PATH)",
+                                e.id
+                            );
+                        }
                         let k = load_key(&key_path(key.clone(), &file)?)?;
                         let (not_before, expires_at) =
                             sign::window(Timestamp::now(), sign::MAX_VALIDITY_SECS);

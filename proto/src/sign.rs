@@ -105,6 +105,10 @@ pub enum SignError {
     Replayed(String, String),
     #[error("rolled back: generation {got} is not above the installed {installed}")]
     RolledBack { got: u64, installed: u64 },
+    #[error(
+        "from the future: generation {got} is more than 24 h ahead of this host's clock ({now})"
+    )]
+    FromTheFuture { got: u64, now: u64 },
     #[error("changed after signing: the job's {0} is not what was signed")]
     Changed(&'static str),
 }

@@ -853,7 +853,7 @@ fn a_root_jobs_containment_is_seen_from_outside_and_its_limits_hold() {
         processes(&["/bin/sleep", "33.3"]).first().copied()
     });
     let helper = h.child.id();
-    for ns in ["mnt", "pid"] {
+    for ns in ["mnt", "pid", "ipc", "uts"] {
         let job_ns = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
         let helper_ns = std::fs::read_link(format!("/proc/{helper}/ns/{ns}")).unwrap();
         assert_ne!(
@@ -863,11 +863,22 @@ fn a_root_jobs_containment_is_seen_from_outside_and_its_limits_hold() {
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| cc_e2e::status_field(&status, name);
-    // The default set: DAC_OVERRIDE, DAC_READ_SEARCH, KILL, SETGID, SETUID,
-    // NET_BIND_SERVICE, AUDIT_WRITE — nothing that changes an owner or a mode.
-    let want: u64 = [1u32, 2, 5, 6, 7, 10, 29].iter().map(|b| 1u64 << b).sum();
+    // The default set: DAC_OVERRIDE, KILL, SETGID, SETUID, NET_BIND_SERVICE,
+    // AUDIT_WRITE — nothing that changes an owner or a mode, and not
+    // DAC_READ_SEARCH (files by handle).
+    let want: u64 = [1u32, 5, 6, 7, 10, 29].iter().map(|b| 1u64 << b).sum();
     assert_eq!(field("CapBnd:"), format!("{want:016x}"), "{status}");
     assert_eq!(field("NoNewPrivs:"), "1");
+    // The helper's own seccomp filter (the helper itself runs under none
+    // here: no service manager).
+    assert_eq!(
+        cc_e2e::status_field(
+            &std::fs::read_to_string(format!("/proc/{helper}/status")).unwrap(),
+            "Seccomp:"
+        ),
+        "0"
+    );
+    assert_eq!(field("Seccomp:"), "2", "{status}");
     assert_eq!(
         field("NSpid:").split_whitespace().last(),
         Some("1"),
@@ -985,13 +996,29 @@ fn a_root_job_cannot_reach_files_outside_write_paths_by_handle() {
     let writable = dir.path().join("writable");
     let (v, w) = (victim.to_str().unwrap(), writable.to_str().unwrap());
     let a = attacker();
-    let write = h.exec(&job("handle-write", &a, &["handle-write", v, w, "injected"], 30));
-    let link = h.exec(&job("handle-link", &a, &["handle-link", v, w, "linked"], 30));
+    let write = h.exec(&job(
+        "handle-write",
+        &a,
+        &["handle-write", v, w, "injected"],
+        30,
+    ));
+    let link = h.exec(&job(
+        "handle-link",
+        &a,
+        &["handle-link", v, w, "linked"],
+        30,
+    ));
     for (what, r) in [("write", &write), ("link", &link)] {
         let rep = report(r);
-        assert_ne!(rep["exitCode"], 0, "the {what} by handle got through: {rep}");
+        assert_ne!(
+            rep["exitCode"], 0,
+            "the {what} by handle got through: {rep}"
+        );
     }
-    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "trusted_keys = []\n");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "trusted_keys = []\n"
+    );
     assert!(!writable.join("linked").exists());
 }
 
@@ -1010,7 +1037,9 @@ fn two_signed_cron_lists_sent_together_never_roll_back() {
         std::fs::read_to_string(dir.path().join("state/system-cron.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|v| serde_json::from_value::<cc_proto::sign::Signed>(v["signed"].clone()).ok())
+            .and_then(|v| {
+                serde_json::from_value::<cc_proto::sign::Signed>(v["signed"].clone()).ok()
+            })
             .and_then(|s| cc_proto::sign::statement_bytes(&s).ok())
             .and_then(|b| serde_json::from_slice::<cc_proto::sign::CronStatement>(&b).ok())
             .map_or(0, |st| st.generation)
@@ -1025,10 +1054,15 @@ fn two_signed_cron_lists_sent_together_never_roll_back() {
         };
         let g1 = cc_e2e::signing::next_generation();
         let g2 = cc_e2e::signing::next_generation();
-        let (older, newer) = (signed(g1, &format!("old-{round}")), signed(g2, &format!("new-{round}")));
+        let (older, newer) = (
+            signed(g1, &format!("old-{round}")),
+            signed(g2, &format!("new-{round}")),
+        );
         let send = |req: Value| {
             let socket = h.socket();
-            std::thread::spawn(move || request_within(&socket, agent, &req, Duration::from_secs(20)))
+            std::thread::spawn(move || {
+                request_within(&socket, agent, &req, Duration::from_secs(20))
+            })
         };
         let a = send(newer);
         let b = send(older);
@@ -1050,7 +1084,10 @@ fn two_signed_cron_lists_sent_together_never_roll_back() {
     let st = cc_e2e::signing::cron_statement(&entries, &h.hostname, far);
     let s = cc_e2e::signing::sign_cron(&st, &cc_e2e::signing::operator().1);
     let r = h.write_cron_signed(&entries, Some(&s));
-    assert!(r["refused"].is_object(), "a generation 25 h ahead was accepted: {r}");
+    assert!(
+        r["refused"].is_object(),
+        "a generation 25 h ahead was accepted: {r}"
+    );
 }
 
 /// Finding 3: write paths were `nosuid` only inside the job's mount
@@ -1124,11 +1161,21 @@ fn a_reload_that_cannot_apply_the_config_trusts_no_key() {
     std::fs::write(h.config(), &broken).unwrap();
     let pid = nix::unistd::Pid::from_raw(h.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    cc_e2e::wait_for(Duration::from_secs(10), "the failed reload's log line", || {
-        h.log().lines().any(|l| l.contains("ERROR") && l.contains("no key is trusted")).then_some(())
-    });
+    cc_e2e::wait_for(
+        Duration::from_secs(10),
+        "the failed reload's log line",
+        || {
+            h.log()
+                .lines()
+                .any(|l| l.contains("ERROR") && l.contains("no key is trusted"))
+                .then_some(())
+        },
+    );
     let r = h.exec(&job("revoked", "/usr/bin/id", &["-u"], 30));
-    assert_ne!(report(&r)["exitCode"], 0, "the revoked key still ran: {r}");
+    assert_eq!(
+        r["refused"]["code"], "signature_refused",
+        "the revoked key still ran: {r}"
+    );
     // `check-config` says what is wrong without serving.
     let check = Command::new(bin("cc-privhelper"))
         .args(["check-config", "--config"])
@@ -1143,11 +1190,17 @@ fn a_reload_that_cannot_apply_the_config_trusts_no_key() {
     );
     // A valid config again: its keys, and the fields a reload does not
     // apply are named.
-    let next = good.replace("system_mode = true", "system_mode = true\nallowed_commands = [\"/usr/bin/id\"]");
+    let next = good.replace(
+        "system_mode = true",
+        "system_mode = true\nallowed_commands = [\"/usr/bin/id\"]",
+    );
     std::fs::write(h.config(), next).unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     cc_e2e::wait_for(Duration::from_secs(10), "the next reload", || {
-        h.log().lines().any(|l| l.contains("not applied") && l.contains("allowed_commands")).then_some(())
+        h.log()
+            .lines()
+            .any(|l| l.contains("not applied") && l.contains("allowed_commands"))
+            .then_some(())
     });
     let back = h.exec(&job("after", "/usr/bin/id", &["-u"], 30));
     assert_eq!(report(&back)["exitCode"], 0, "{back}");
@@ -1164,7 +1217,12 @@ fn a_root_run_is_logged_when_it_starts_and_dies_with_its_helper() {
     let mut h = HelperProcess::start(dir.path(), &on(dir.path()), agent);
     let socket = h.socket();
     let runner = std::thread::spawn(move || {
-        exec_within(&socket, agent, &job("orphan", "/bin/sleep", &["40.7"], 5), Duration::from_secs(20))
+        exec_within(
+            &socket,
+            agent,
+            &job("orphan", "/bin/sleep", &["40.7"], 5),
+            Duration::from_secs(20),
+        )
     });
     let pid = cc_e2e::wait_for(Duration::from_secs(10), "the root job", || {
         processes(&["/bin/sleep", "40.7"]).first().copied()
@@ -1184,9 +1242,15 @@ fn a_root_run_is_logged_when_it_starts_and_dies_with_its_helper() {
     }
     let left = processes(&["/bin/sleep", "40.7"]);
     kill_all(&["/bin/sleep", "40.7"]);
-    assert!(left.is_empty(), "the job outlived its helper by 1 s: {left:?}");
+    assert!(
+        left.is_empty(),
+        "the job outlived its helper by 1 s: {left:?}"
+    );
     let started = started.expect("no audit line while the root run ran");
-    assert!(started.contains("/bin/sleep") && started.contains("40.7"), "{started}");
+    assert!(
+        started.contains("/bin/sleep") && started.contains("40.7"),
+        "{started}"
+    );
     assert!(started.contains("suite-operator"), "{started}");
     let _ = runner.join();
     // The next helper's run ends with a line too.
@@ -1195,7 +1259,9 @@ fn a_root_run_is_logged_when_it_starts_and_dies_with_its_helper() {
     assert_eq!(report(&r)["exitCode"], 0);
     let log = h.log();
     assert!(
-        log.lines().any(|l| l.contains("root run ended") && l.contains("ended") && l.contains("exit_code=0")),
+        log.lines().any(|l| l.contains("root run ended")
+            && l.contains("ended")
+            && l.contains("exit_code=0")),
         "{log}"
     );
 }
@@ -1210,12 +1276,23 @@ fn a_root_job_has_its_own_ipc_and_creates_no_user_namespace() {
     };
     let h = HelperProcess::start(dir.path(), &on(dir.path()), agent);
     let key = (std::process::id() % 100_000 + 7_000_000).to_string();
-    let made = Command::new(bin("cc-attacker")).args(["shm-make", &key]).output().unwrap();
+    let made = Command::new(bin("cc-attacker"))
+        .args(["shm-make", &key])
+        .output()
+        .unwrap();
     assert!(made.status.success(), "{made:?}");
     let a = attacker();
     let shm = h.exec(&job("shm", &a, &["shm-find", &key], 30));
     let _ = Command::new("ipcrm").args(["-M", &key]).output();
     let userns = h.exec(&job("userns", &a, &["userns"], 30));
-    assert_ne!(report(&userns)["exitCode"], 0, "the job made a user namespace: {userns}");
-    assert_ne!(report(&shm)["exitCode"], 0, "the job found the host's segment: {shm}");
+    assert_ne!(
+        report(&userns)["exitCode"],
+        0,
+        "the job made a user namespace: {userns}"
+    );
+    assert_ne!(
+        report(&shm)["exitCode"],
+        0,
+        "the job found the host's segment: {shm}"
+    );
 }

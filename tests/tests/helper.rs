@@ -216,10 +216,19 @@ fn allowed_commands_is_enforced_on_the_exact_path() {
     drop(h);
     let extra = format!("allowed_commands = [\"/usr/bin/true\"]\n{}", on(&dir));
     let h = HelperProcess::start(dir.path(), &extra, agent_user().unwrap());
-    // `true` is found on the job's PATH as /usr/bin/true: allowed.
     assert_eq!(
-        h.exec(&job("a-1", "true", &[]))["exec_result"]["exitCode"],
+        h.exec(&job("a-1", "/usr/bin/true", &[]))["exec_result"]["exitCode"],
         0
+    );
+    // A bare name is never looked up in PATH: the signature covers a path.
+    let r = h.exec(&job("a-1a", "true", &[]));
+    assert_eq!(refused_code(&r), "invalid_payload", "{r}");
+    assert!(
+        r["refused"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("absolute path"),
+        "{r}"
     );
     // The same file by another path (merged /usr: /bin is a symlink) is
     // not the allowed path.
@@ -641,7 +650,7 @@ fn systemd_socket_activation_is_accepted() {
 /// `#[cfg(test)]` module, which closes it). What it links — `cc-exec`,
 /// `cc-proto` and the crates its manifest lists — is counted apart.
 #[test]
-fn the_helper_stays_under_2000_lines_of_code() {
+fn the_helper_stays_under_2200_lines_of_code() {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cc-privhelper/src");
     let mut total = 0;
     for entry in std::fs::read_dir(&src).unwrap() {
@@ -660,8 +669,12 @@ fn the_helper_stays_under_2000_lines_of_code() {
         total > 1000,
         "the count found the helper's sources ({total} lines)"
     );
+    // 2,000 until the second review: its fixes took 1,974 to 2,176 (the
+    // job's seccomp filter, audit lines before and after each root run,
+    // the fail-closed reload and `check-config`, killing a dead helper's
+    // leftover jobs). The ceiling is 2,400.
     assert!(
-        total < 2000,
-        "cc-privhelper has {total} lines of code; the limit is 2,000"
+        total < 2200,
+        "cc-privhelper has {total} lines of code; the limit is 2,200"
     );
 }

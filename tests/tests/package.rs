@@ -152,7 +152,7 @@ fn the_package_installs_root_owned_files_and_enables_nothing() {
     for (unit, target) in [
         ("cc-agent.service", 1.1),
         ("cc-listener.service", 1.1),
-        ("cc-privhelper.service", 3.2),
+        ("cc-privhelper.service", 3.3),
     ] {
         let text = out(Command::new("systemd-analyze")
             .args(["security", "--offline=true", "--no-pager"])

@@ -304,7 +304,7 @@ fn every_role_runs_under_the_shipped_units() {
     const CAP_SYS_ADMIN: u64 = 1 << 21;
     const CAP_SETPCAP: u64 = 1 << 8;
     assert_eq!(bounding & (CAP_SYS_ADMIN | CAP_SETPCAP), 0, "{status}");
-    for ns in ["mnt", "pid"] {
+    for ns in ["mnt", "pid", "ipc", "uts"] {
         let own = host.ok(&format!("readlink /proc/1/ns/{ns}"));
         let job = status
             .lines()
@@ -317,6 +317,10 @@ fn every_role_runs_under_the_shipped_units() {
             "the job shares the host's {ns} namespace"
         );
     }
+    // Audited before it ran, as an operator reads it in the journal.
+    host.ok(
+        "journalctl -u cc-privhelper --no-pager -o cat | grep 'root run started' | grep -q 'alice@ops'",
+    );
     let abi = host.ok(
         "journalctl -u cc-privhelper --no-pager -o cat | grep -o 'landlock_abi=[0-9]*' | tail -n 1",
     );

@@ -55,7 +55,7 @@ fn unit_exposure_levels_are_within_their_targets() {
     for (unit, target) in [
         ("cc-agent.service", 1.1),
         ("cc-listener.service", 1.1),
-        ("cc-privhelper.service", 3.2),
+        ("cc-privhelper.service", 3.3),
     ] {
         let level = exposure(unit);
         eprintln!("{unit}: {level}");

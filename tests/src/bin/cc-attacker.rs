@@ -172,7 +172,11 @@ fn by_handle(file: &str, dir: &str, flags: libc::c_int) -> Result<std::os::fd::O
     let (Ok(file), Ok(dir)) = (CString::new(file), CString::new(dir)) else {
         return Err("a NUL byte".into());
     };
-    let mut h = FileHandle { bytes: 128, kind: 0, data: [0; 128] };
+    let mut h = FileHandle {
+        bytes: 128,
+        kind: 0,
+        data: [0; 128],
+    };
     let mut mount_id: libc::c_int = 0;
     // SAFETY: a NUL-terminated path, a handle buffer of the size it states,
     // and a local int.
@@ -187,7 +191,10 @@ fn by_handle(file: &str, dir: &str, flags: libc::c_int) -> Result<std::os::fd::O
         )
     };
     if r != 0 {
-        return Err(format!("name_to_handle_at: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "name_to_handle_at: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: open(2) of a NUL-terminated path.
     let mount = unsafe { libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
@@ -199,7 +206,10 @@ fn by_handle(file: &str, dir: &str, flags: libc::c_int) -> Result<std::os::fd::O
     // SAFETY: closing the descriptor opened above, once.
     unsafe { libc::close(mount) };
     if fd < 0 {
-        return Err(format!("open_by_handle_at: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "open_by_handle_at: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: a descriptor open_by_handle_at just returned, owned here.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) })
@@ -229,12 +239,24 @@ fn handle_link(file: &str, dir: &str, name: &str) -> ExitCode {
     // SAFETY: linkat(2) of a descriptor with an empty path, to a
     // NUL-terminated path.
     let r = unsafe {
-        libc::linkat(fd.as_raw_fd(), c"".as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_EMPTY_PATH)
+        libc::linkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
     };
     if r == 0 {
         outcome(true, "linked=true")
     } else {
-        outcome(false, &format!("linked=false\nerror=linkat: {}", std::io::Error::last_os_error()))
+        outcome(
+            false,
+            &format!(
+                "linked=false\nerror=linkat: {}",
+                std::io::Error::last_os_error()
+            ),
+        )
     }
 }
 
@@ -293,7 +315,10 @@ fn main() -> ExitCode {
         ["shm-make", key] => match key.parse::<i32>() {
             // SAFETY: shmget(2) with integers only.
             Ok(k) => match unsafe { libc::shmget(k, 4096, libc::IPC_CREAT | 0o600) } {
-                -1 => outcome(false, &format!("made=false\nerror={}", std::io::Error::last_os_error())),
+                -1 => outcome(
+                    false,
+                    &format!("made=false\nerror={}", std::io::Error::last_os_error()),
+                ),
                 id => outcome(true, &format!("made=true\nid={id}")),
             },
             Err(_) => usage(),
