@@ -277,7 +277,25 @@ impl Config {
         );
         let mut cfg = cfg;
         cfg.sandbox.write_paths = cfg.check_write_paths()?;
+        cfg.check_socket_dir()?;
         Ok(cfg)
+    }
+
+    /// The socket's directory is made, chowned and chmodded by path at
+    /// start: every directory above it must be root's and closed to others
+    /// (sticky allowed), and the directory itself, if it is there, root's.
+    fn check_socket_dir(&self) -> Result<()> {
+        ensure!(
+            plain_absolute(&self.socket),
+            "socket {} is not a plain absolute path",
+            self.socket.display()
+        );
+        let dir = self.socket.parent().context("the socket has no directory")?;
+        if std::fs::symlink_metadata(dir).is_ok() {
+            check_owner(dir, "socket: its directory", false)?;
+        }
+        let above = format!("socket: a directory above {}:", dir.display());
+        dir.ancestors().skip(1).try_for_each(|d| check_owner(d, &above, true))
     }
 
     /// Every write path is a plain absolute path to an existing directory,
@@ -313,8 +331,21 @@ impl Config {
                 real.display()
             );
             ensure!(real.is_dir(), "write_paths: {} is not a directory", w.display());
-            let protected = PROTECTED_TREES.split_whitespace().map(Path::new).chain(own);
-            for p in protected {
+            // Nobody but root may replace it between this check and the
+            // job's bind mount.
+            let above = format!("write_paths: a directory above {}:", w.display());
+            real.ancestors().skip(1).try_for_each(|d| check_owner(d, &above, true))?;
+            // Compared as written and as the kernel resolves them (`/bin`
+            // is `/usr/bin` on a merged-/usr system).
+            let protected: Vec<PathBuf> = PROTECTED_TREES
+                .split_whitespace()
+                .map(Path::new)
+                .chain(own)
+                .flat_map(|p| {
+                    [p.to_owned(), std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned())]
+                })
+                .collect();
+            for p in &protected {
                 if p.starts_with(&real) || real.starts_with(p) {
                     bail!(
                         "write_paths: {} overlaps {}, which jobs must never write",

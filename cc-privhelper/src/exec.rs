@@ -76,6 +76,46 @@ fn check_allowed(cfg: &Config, path: &Path, argv: &[String]) -> Result<(), Refus
     })
 }
 
+/// An allowed script's interpreter (`#!` line, read from the opened file)
+/// is checked like the script: an absolute path whose file and every
+/// directory above are root's, or whoever may replace it runs as root.
+fn check_interpreter(file: &mut File, script: &Path) -> Result<(), Refusal> {
+    let mut line = [0u8; 256];
+    let n = file.read(&mut line).unwrap_or(0);
+    let first = line[..n].split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let interpreter = std::str::from_utf8(first).ok().and_then(|l| l.split_whitespace().next());
+    let not = |why: String| refusal(RefusalCode::CommandNotAllowed, why);
+    let Some(interpreter) = interpreter.filter(|i| i.starts_with('/')) else {
+        return Err(not(format!(
+            "{}: its #! line names no absolute interpreter",
+            script.display()
+        )));
+    };
+    // `#!/bin/sh` goes through symlinks (merged /usr, the system's sh):
+    // each link on the way must be root's, and the file it resolves to
+    // must sit in a chain only root can change.
+    let literal = Path::new(interpreter);
+    let links_are_roots = literal.ancestors().all(|p| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid() == 0 && (!m.is_dir() || m.mode() & 0o022 == 0 || m.mode() & 0o1000 != 0)
+        })
+    });
+    let checked = std::fs::canonicalize(literal).map_err(anyhow::Error::from).and_then(|real| {
+        anyhow::ensure!(
+            links_are_roots,
+            "a link or directory on the way to {interpreter} is not root's alone"
+        );
+        check_root_owned_chain(&real, "interpreter")
+    });
+    checked.map_err(|e| {
+        not(format!(
+            "{}: {e:#}: an allowed script's interpreter must be a file only root can change",
+            script.display()
+        ))
+    })
+}
+
 /// What a finished job still holds, released after its answer is sent: its
 /// cgroup (removed when dropped) and its mount namespace, kept alive by a
 /// descriptor so that tearing it down — which waits for an RCU grace
@@ -137,6 +177,9 @@ pub(crate) fn run(
     }
     let mut magic = [0u8; 2];
     let script = file.read_exact(&mut magic).is_ok() && &magic == b"#!";
+    if script && cfg.allowed_commands.is_some() {
+        check_interpreter(&mut file, &path)?;
+    }
     let mut warnings: Vec<String> = plan.warning.iter().cloned().collect();
     let cgroup = match plan.cgroups.take() {
         Ok(c) => Some(c),

@@ -359,6 +359,10 @@ fn contain(child: &Child<'_>) -> io::Result<()> {
         other => other?,
     }
     step("binding write_paths");
+    // By path: a descriptor opened before this namespace existed names a
+    // mount of the helper's, which the kernel refuses as a bind source
+    // (EINVAL). The config's check that every directory above a write
+    // path is root's is what keeps anyone else from swapping it.
     for w in &plan.write_paths {
         mount(Some(w), w, None, libc::MS_BIND | libc::MS_REC, None)?;
     }

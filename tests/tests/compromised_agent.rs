@@ -1296,3 +1296,104 @@ fn a_root_job_has_its_own_ipc_and_creates_no_user_namespace() {
         "the job found the host's segment: {shm}"
     );
 }
+
+/// Finding 7, from reading: the socket's directory was made and chowned by
+/// path without a look at the directories above it, and write paths were
+/// checked for symlinks but not for who may replace them: a non-root owner
+/// of a directory above either could swap what the helper then binds or
+/// chowns. Both chains must be root's now, as the config's is.
+#[test]
+fn the_socket_and_write_paths_sit_below_root_owned_directories_only() {
+    let Some((dir, (uid, gid))) = setup("ca-chains") else {
+        return;
+    };
+    let agents = dir.path().join("agents");
+    std::fs::create_dir_all(agents.join("run")).unwrap();
+    std::fs::create_dir_all(agents.join("backups")).unwrap();
+    nix::unistd::chown(
+        &agents,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .unwrap();
+    // A write path below the agent's directory.
+    let cfg = format!(
+        "system_mode = true\n[sandbox]\nwrite_paths = [{:?}]\n",
+        agents.join("backups")
+    );
+    let err = helper_refuses(dir.path(), &cfg);
+    assert!(
+        err.contains("write_paths") && err.contains("not owned by root"),
+        "{err}"
+    );
+    // The socket below the agent's directory.
+    let d = dir.path().join("sock");
+    std::fs::create_dir_all(d.join("cron.d")).unwrap();
+    let key = cc_e2e::signing::trusted_line(&cc_e2e::signing::operator().1, "op");
+    std::fs::write(
+        d.join("helper.toml"),
+        format!(
+            "socket = {:?}\ncron_file = {:?}\nstate_dir = {:?}\ntrusted_keys = [{key:?}]\n",
+            agents.join("run/helper.sock"),
+            d.join("cron.d/croncommander"),
+            d.join("state"),
+        ),
+    )
+    .unwrap();
+    let err = helper_refuses_config(&d.join("helper.toml"));
+    assert!(
+        err.contains("socket") && err.contains("not owned by root"),
+        "{err}"
+    );
+}
+
+/// Finding 7, from reading: `allowed_commands` held the script to its
+/// root-owned chain but not the interpreter its `#!` line names, so
+/// whoever could replace the interpreter ran as root through an allowed
+/// script.
+#[test]
+fn an_allowed_scripts_interpreter_is_checked_like_the_script() {
+    let Some((dir, (uid, gid))) = setup("ca-interp") else {
+        return;
+    };
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::copy("/bin/sh", theirs.join("sh")).unwrap();
+    nix::unistd::chown(
+        &theirs,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .unwrap();
+    let tools = dir.path().join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    let script = tools.join("backup");
+    std::fs::write(
+        &script,
+        format!("#!{}\necho backed up\n", theirs.join("sh").display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mine = tools.join("backup-ok");
+    std::fs::write(&mine, "#!/bin/sh\necho backed up\n").unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let extra = format!(
+        "allowed_commands = [{:?}, {:?}]\n{}",
+        script,
+        mine,
+        on(dir.path())
+    );
+    let h = HelperProcess::start(dir.path(), &extra, (uid, gid));
+    let r = h.exec(&job("interp", script.to_str().unwrap(), &[], 30));
+    assert_eq!(r["refused"]["code"], "command_not_allowed", "{r}");
+    assert!(
+        r["refused"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("interpreter"),
+        "{r}"
+    );
+    // A script whose interpreter is root's runs.
+    let ok = h.exec(&job("interp-ok", mine.to_str().unwrap(), &[], 30));
+    assert_eq!(report(&ok)["stdout"], "backed up\n", "{ok}");
+}

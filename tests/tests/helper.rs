@@ -650,7 +650,7 @@ fn systemd_socket_activation_is_accepted() {
 /// `#[cfg(test)]` module, which closes it). What it links — `cc-exec`,
 /// `cc-proto` and the crates its manifest lists — is counted apart.
 #[test]
-fn the_helper_stays_under_2200_lines_of_code() {
+fn the_helper_stays_under_2300_lines_of_code() {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cc-privhelper/src");
     let mut total = 0;
     for entry in std::fs::read_dir(&src).unwrap() {
@@ -669,12 +669,13 @@ fn the_helper_stays_under_2200_lines_of_code() {
         total > 1000,
         "the count found the helper's sources ({total} lines)"
     );
-    // 2,000 until the second review: its fixes took 1,974 to 2,176 (the
+    // 2,000 until the second review: its fixes took 1,974 to 2,248 (the
     // job's seccomp filter, audit lines before and after each root run,
     // the fail-closed reload and `check-config`, killing a dead helper's
-    // leftover jobs). The ceiling is 2,400.
+    // leftover jobs, the socket's and write paths' parent chains, allowed
+    // scripts' interpreters). The ceiling is 2,400.
     assert!(
-        total < 2200,
-        "cc-privhelper has {total} lines of code; the limit is 2,200"
+        total < 2300,
+        "cc-privhelper has {total} lines of code; the limit is 2,300"
     );
 }
