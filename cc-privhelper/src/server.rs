@@ -860,7 +860,7 @@ mod tests {
     /// What `exec::run` refuses before anything is started: a file that
     /// is not executable (the report says so), and, with allowed_commands,
     /// a path whose file is not the one opened. A program not found is
-    /// the job's outcome (127), as in user mode.
+    /// the job's outcome (127), as in user mode; a bare name is refused.
     #[test]
     fn a_file_that_cannot_run_is_reported_before_any_start() {
         let mut f = fixture("not-exec", true, None);
@@ -874,9 +874,11 @@ mod tests {
         let link = f.dir.join("passwd-link");
         std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
         denied(&report(ask(&f, Peer::Agent, exec_of(link.to_str().unwrap(), 2))));
-        let r = report(ask(&f, Peer::Agent, exec_of("cc-no-such-program", 3)));
+        let r = report(ask(&f, Peer::Agent, exec_of("/no/such/cc-program", 3)));
         assert_eq!(r.exit_code, cc_exec::EXIT_NOT_FOUND, "{r:?}");
-        assert!(r.stderr.contains("cc-no-such-program: not found"), "{r:?}");
+        assert!(r.stderr.contains("/no/such/cc-program: not found"), "{r:?}");
+        // A bare name is refused, never looked up in PATH.
+        assert_eq!(code(ask(&f, Peer::Agent, exec_of("id", 4))), RefusalCode::InvalidPayload);
 
         let passwd = vec![Allowed { path: "/etc/passwd".into(), args: Some(vec![]) }];
         let mut f = fixture("not-exec-allowed", true, Some(passwd));
