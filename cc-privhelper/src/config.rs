@@ -417,6 +417,40 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 pub(crate) mod tests {
     use super::*;
 
+    /// The socket's directory chain: root's all the way, a sticky
+    /// directory allowed; a directory another user owns, or one others may
+    /// write, anywhere above it is refused.
+    #[test]
+    fn the_sockets_directories_must_be_roots() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = std::env::temp_dir().join(format!("cc-sockdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("theirs/run")).unwrap();
+        std::fs::create_dir_all(d.join("open/run")).unwrap();
+        std::fs::create_dir_all(d.join("ours/run")).unwrap();
+        let mut c = cfg(&[]);
+        c.socket = d.join("ours/run/helper.sock");
+        c.check_socket_dir().unwrap();
+        c.socket = d.join("ours/missing/helper.sock");
+        c.check_socket_dir().unwrap();
+        let nobody = Some(nix::unistd::Uid::from_raw(65534));
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::chown(&d.join("theirs"), nobody, None).unwrap();
+            c.socket = d.join("theirs/run/helper.sock");
+            let e = c.check_socket_dir().unwrap_err().to_string();
+            assert!(e.contains("not owned by root"), "{e}");
+            nix::unistd::chown(&d.join("ours/run"), nobody, None).unwrap();
+            c.socket = d.join("ours/run/helper.sock");
+            assert!(c.check_socket_dir().is_err(), "the directory itself is another user's");
+        }
+        std::fs::set_permissions(d.join("open"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        c.socket = d.join("open/run/helper.sock");
+        assert!(c.check_socket_dir().is_err(), "a directory above is writable by all");
+        c.socket = "relative/helper.sock".into();
+        assert!(c.check_socket_dir().is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     /// A config for unit tests (paths need not exist).
     pub(crate) fn cfg(write: &[&str]) -> Config {
         Config {

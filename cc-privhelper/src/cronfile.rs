@@ -202,6 +202,22 @@ mod tests {
         (cfg, d)
     }
 
+    /// Root entries name their program by absolute path; a bare name is a
+    /// rejected entry, the rest of the list stands.
+    #[test]
+    fn a_bare_program_name_is_a_rejected_entry() {
+        let e = |id: &str, command: &str| CronEntry {
+            id: id.into(),
+            schedule: "@daily".into(),
+            command: command.into(),
+        };
+        let (valid, rejected) = validate(&[e("path", "/usr/bin/id -u"), e("bare", "id -u")]);
+        assert_eq!(valid.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["path"]);
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].id, "bare");
+        assert!(rejected[0].reason.contains("absolute path"), "{:?}", rejected[0]);
+    }
+
     /// With system mode off, our cron file and the state go; a file that
     /// is not ours stays, and says so; nothing there is no error.
     #[test]

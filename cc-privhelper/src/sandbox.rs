@@ -337,6 +337,8 @@ mod tests {
         let new = CString::new(dir.join("new").as_os_str().as_encoded_bytes()).unwrap();
         let plain = CString::new(dir.join("plain").as_os_str().as_encoded_bytes()).unwrap();
         let at = libc::AT_FDCWD as libc::c_long;
+        let dirname = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        let (f7, f8) = (dirname.clone(), dirname);
         let (f1, f2, f3, f4, f5, f6) =
             (file.clone(), file.clone(), file.clone(), new.clone(), file.clone(), plain.clone());
         vec![
@@ -397,6 +399,37 @@ mod tests {
                             f6.as_ptr(),
                             libc::O_CREAT | libc::O_WRONLY,
                             0o644,
+                        )
+                    })
+                }),
+            ),
+            (
+                "openat O_TMPFILE 4755",
+                libc::EPERM,
+                Box::new(move || {
+                    errno(unsafe {
+                        libc::syscall(
+                            libc::SYS_openat,
+                            at,
+                            f7.as_ptr(),
+                            libc::O_TMPFILE | libc::O_WRONLY,
+                            0o4755,
+                        )
+                    })
+                }),
+            ),
+            (
+                // O_DIRECTORY shares a bit with O_TMPFILE: not a creation.
+                "openat O_DIRECTORY, stray mode bits",
+                0,
+                Box::new(move || {
+                    errno(unsafe {
+                        libc::syscall(
+                            libc::SYS_openat,
+                            at,
+                            f8.as_ptr(),
+                            libc::O_DIRECTORY | libc::O_RDONLY,
+                            0o6000,
                         )
                     })
                 }),

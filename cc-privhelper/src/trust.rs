@@ -253,6 +253,53 @@ mod tests {
         assert_eq!((s.generation, by.as_str()), (6, "ops"));
         assert_eq!(t.installed(&signed).unwrap().0.generation, 6);
         assert_eq!(t.cron(None, 0).unwrap_err(), SignError::Unsigned);
+        // A list signed far ahead would lock out every later one: more than
+        // 24 h ahead of this clock is refused, just under it is not.
+        let now = u64::try_from(Timestamp::now().unix_millis()).unwrap();
+        let far = t.cron(Some(&list(now + MAX_AHEAD_MS + 60_000, &"3".repeat(32))), 6);
+        assert!(matches!(far, Err(SignError::FromTheFuture { .. })), "{far:?}");
+        let near = t.cron(Some(&list(now + MAX_AHEAD_MS - 60_000, &"4".repeat(32))), 6);
+        assert!(near.is_ok(), "{near:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A reload applies the keys only; every other field that changed is
+    /// named, and nothing when nothing changed.
+    #[test]
+    fn a_reload_names_the_fields_it_does_not_apply() {
+        let a = crate::config::tests::cfg(&[]);
+        assert!(not_applied(&a, &a.clone()).is_empty());
+        let mut b = a.clone();
+        b.trusted_keys =
+            vec![PublicKey::parse(&format!("{} ops", sign::public_id(&key()))).unwrap()];
+        assert!(not_applied(&a, &b).is_empty(), "the keys are applied, not named");
+        type Change = (&'static str, fn(&mut Config));
+        let changes: [Change; 8] = [
+            ("socket", |c| c.socket = "/run/other".into()),
+            ("agent_user", |c| c.agent_user = "other".into()),
+            ("system_mode", |c| c.system_mode = !c.system_mode),
+            ("cron_file", |c| c.cron_file = "/etc/cron.d/other".into()),
+            ("state_dir", |c| c.state_dir = "/var/lib/other".into()),
+            ("allowed_commands", |c| c.allowed_commands = Some(vec![])),
+            ("hostname", |c| c.hostname = "other".into()),
+            ("sandbox", |c| c.sandbox.max_processes += 1),
+        ];
+        for (name, change) in changes {
+            let mut b = a.clone();
+            change(&mut b);
+            assert_eq!(not_applied(&a, &b), vec![name]);
+        }
+    }
+
+    /// A config that cannot be loaded empties the key set (the end-to-end
+    /// suite shows a valid one bringing its keys back).
+    #[test]
+    fn a_failed_reload_trusts_no_key() {
+        let (t, d) = trust("reload");
+        let mut running = crate::config::tests::cfg(&[]);
+        running.path = d.join("missing-helper.toml");
+        t.reload(&running);
+        assert!(t.keys.read().unwrap().is_empty(), "a config that cannot be read");
         let _ = std::fs::remove_dir_all(&d);
     }
 }
