@@ -470,6 +470,29 @@ fn open_signed<T: Serialize + serde::de::DeserializeOwned>(
     Ok(t)
 }
 
+/// Root work (a signed job, run or cron list) for a host that registered
+/// in user mode would run as the agent's own user, not root: refused,
+/// naming the host and its mode, so an operator who asked for root never
+/// silently gets something else. A host not seen yet is left to the
+/// caller's own check.
+async fn require_system_mode(state: &AppState, host: &str) -> ApiResult<()> {
+    let h = host.to_owned();
+    let mode = state
+        .db
+        .call(move |s| s.agent_mode(&h))
+        .await
+        .map_err(ApiError::store)?;
+    if mode.as_deref() == Some("user") {
+        return Err(ApiError::invalid(
+            "signed",
+            format!(
+                "{host} registered in user mode: root work there would run as the agent's own user, not root; turn on system mode on that host first (system-mode.md)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// This listener's signature for unsigned system-mode work, if it was
 /// given a key and the host registered in system mode: `statement` gets
 /// the window (`valid_secs` from now) and a fresh nonce.
@@ -583,6 +606,7 @@ async fn post_job(
                     "command, args or timeout differ from the signed statement's",
                 ));
             }
+            require_system_mode(&state, &host).await?;
             (exec, Some(signed))
         }
         None => {
@@ -1016,6 +1040,9 @@ async fn post_signed_run(
         });
     }
     require_all_known(state, &hosts).await?;
+    for host in &hosts {
+        require_system_mode(state, host).await?;
+    }
     // A job id used before: the store's conflict (409), in `store_run`.
     let first = &jobs[0];
     let run = NewRun {
@@ -1311,6 +1338,7 @@ async fn put_cron(
                 open_signed(&signed, sign::CRON_LABEL, &host, |t: &CronStatement| {
                     &t.host
                 })?;
+            require_system_mode(&state, &host).await?;
             (st.entries, Some(signed))
         }
     };

@@ -324,7 +324,8 @@ async fn ccctl_runs_by_tag_and_exits_non_zero_when_a_host_fails() {
 /// host and the job id; the listener relays each statement as it was
 /// signed, batches them like any run, and refuses what it can see is wrong
 /// (another field beside the statements, two commands, one host twice, a
-/// broken signature). Whether the key is trusted is each host's to decide.
+/// broken signature, a host registered in user mode). Whether the key is
+/// trusted is each host's to decide.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signed_run_relays_each_hosts_statement_and_refuses_what_is_malformed() {
     use cc_e2e::signing::{exec_statement, operator, sign_exec};
@@ -333,9 +334,11 @@ async fn a_signed_run_relays_each_hosts_statement_and_refuses_what_is_malformed(
     let key = &operator().1;
     let hosts = ["s1.test", "s2.test", "s3.test"];
     for h in hosts {
-        agent(&l, h, &[], Duration::from_millis(300)).await;
+        ws::answering_agent_in("system", &l, h, &[], Duration::from_millis(300), |_| 0).await;
     }
-    l.wait_connected_count(3);
+    // And one in user mode, where root work would not run as root.
+    agent(&l, "u1.test", &[], Duration::from_millis(300)).await;
+    l.wait_connected_count(4);
     let job =
         |id: &str| json!({"jobId": id, "command": "/usr/bin/id", "args": ["-u"], "timeout": 30});
     let statements: Vec<Value> = hosts
@@ -382,6 +385,11 @@ async fn a_signed_run_relays_each_hosts_statement_and_refuses_what_is_malformed(
     let flipped = if sig.starts_with('A') { "B" } else { "A" };
     forged["signature"] = json!(format!("{flipped}{}", &sig[1..]));
     refused(json!({"signed": [forged]}), "signature");
+    let for_user_mode = json!(sign_exec(&exec_statement(&job("signed-u"), "u1.test"), key));
+    refused(
+        json!({"signed": [for_user_mode]}),
+        "u1.test registered in user mode",
+    );
 
     let accepted = l
         .post("/api/v1/runs", &json!({"signed": statements, "batch": 1}))

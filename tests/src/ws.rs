@@ -62,13 +62,25 @@ pub async fn answering_agent(
     delay: Duration,
     exit: impl Fn(&Value) -> i64 + Send + 'static,
 ) {
+    answering_agent_in("user", l, host, tags, delay, exit).await;
+}
+
+/// [`answering_agent`], registered in `mode` (`"user"` or `"system"`).
+pub async fn answering_agent_in(
+    mode: &str,
+    l: &crate::listener::ListenerProcess,
+    host: &str,
+    tags: &[&str],
+    delay: Duration,
+    exit: impl Fn(&Value) -> i64 + Send + 'static,
+) {
     let key = l.add_key(host);
     let mut conn = connect(&l.ws_url(), Some(&key)).await.unwrap();
     send(
         &mut conn,
         &json!({"type": "register", "payload": {
             "hostname": host, "os": "linux", "arch": "amd64", "tags": tags,
-            "executionMode": "user", "isRoot": false, "jobWindow": 4
+            "executionMode": mode, "isRoot": false, "jobWindow": 4
         }}),
     )
     .await;

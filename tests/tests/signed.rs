@@ -508,3 +508,99 @@ fn only_an_operators_signature_makes_root_work_through_the_whole_system() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
     let _ = helper;
 }
+
+/// Issue "Hostile peers, round two", finding 8: `ccctl run --system`
+/// against a host registered in **user** mode ran the job as the agent's
+/// uid (999) and exited 0 with no warning — an operator who asked for root
+/// silently got something else. The API refuses such root work (400,
+/// naming the host and its mode), for jobs, runs and cron lists, and
+/// nothing is queued.
+#[test]
+fn root_work_for_a_user_mode_host_is_refused_not_run_as_someone_else() {
+    let Some((uid, gid)) = root_and_agent_user() else {
+        return;
+    };
+    let dir = TempDir::new("sg-usermode");
+    for d in ["listener", "agent", "op"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    let host = "user-mode.test";
+    let mut listener = ListenerProcess::start(
+        &bin("cc-listener"),
+        &dir.path().join("listener"),
+        "heartbeat_interval_secs = 2\n",
+    );
+    let key = listener.add_key(host);
+    let _agent = AgentProcess::start(
+        &bin("cc-agent"),
+        &dir.path().join("agent"),
+        &listener.ws_url(),
+        &key,
+        host,
+        "",
+        Some((uid, gid)),
+    );
+    wait_for(T, "registration", || {
+        let a = listener.get("/api/v1/agents").json();
+        a.as_array()?
+            .iter()
+            .any(|a| a["hostname"] == host && a["connected"] == true)
+            .then_some(())
+    });
+    let op = dir.path().join("op");
+    std::fs::write(op.join("operator.key"), &operator().0).unwrap();
+    let keyfile = op.join("operator.key");
+    let out = ccctl(
+        &listener,
+        &op,
+        &[
+            "run",
+            host,
+            "--system",
+            "--key",
+            keyfile.to_str().unwrap(),
+            "--",
+            "/usr/bin/id",
+            "-u",
+        ],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        !out.status.success(),
+        "root work ran on a user-mode host:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains(host) && stderr.contains("user mode"),
+        "{stderr}"
+    );
+    let list = op.join("cron.txt");
+    std::fs::write(&list, "nightly 0 3 * * * /usr/bin/id -u\n").unwrap();
+    let out = ccctl(
+        &listener,
+        &op,
+        &[
+            "cron",
+            "set",
+            host,
+            list.to_str().unwrap(),
+            "--system",
+            "--key",
+            keyfile.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a root cron list was accepted for a user-mode host"
+    );
+    assert!(stderr.contains("user mode"), "{stderr}");
+    // Nothing was queued for it.
+    let jobs = listener
+        .get(&format!("/api/v1/jobs?hostname={host}"))
+        .json();
+    assert_eq!(jobs.as_array().map_or(0, Vec::len), 0, "{jobs}");
+    let _ = &mut listener;
+}
