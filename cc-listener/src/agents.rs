@@ -486,6 +486,7 @@ where
         rate_tokens: state.settings.report_rate_bytes as f64 * 4.0,
         rate_at: tokio::time::Instant::now(),
         busy_until: 0,
+        cron_status: None,
     };
     Ok(Some((session, ws, key.id, info)))
 }
@@ -540,6 +541,9 @@ struct Session<'a> {
     /// store (ms since the epoch): the silence of an agent is counted from
     /// then at the earliest, since what it sent meanwhile sat unread.
     busy_until: i64,
+    /// The last `cron_status` stored from this connection: the same again
+    /// is not written again.
+    cron_status: Option<cc_proto::wire::CronStatus>,
 }
 
 enum Flow {
@@ -788,14 +792,28 @@ impl Session<'_> {
             }
             Message::ExecutionReport(report) => self.on_report(ws, report).await,
             Message::CronStatus(status) => {
+                // Validated like a cron list, paced like a report, logged as
+                // counts (no peer text reaches the log), stored only when
+                // it changed.
+                if let Err(e) = status.validate() {
+                    return Ok(self
+                        .protocol_error(WsRefusal::InvalidPayload, &format!("cron_status: {e}")));
+                }
+                let bytes = serde_json::to_vec(&status).map_or(0, |b| b.len());
+                self.pace(bytes).await;
+                if self.cron_status.as_ref() == Some(&status) {
+                    return Ok(Flow::Continue);
+                }
                 if !status.rejected.is_empty() {
-                    warn!(hostname = %self.hostname, rejected = ?status.rejected, "agent refused cron entries");
+                    warn!(hostname = %self.hostname, installed = status.installed.len(), rejected = status.rejected.len(), "agent refused cron entries (GET /agents shows which, and why)");
                 }
                 let host = self.hostname.clone();
+                let stored = status.clone();
                 self.state
                     .db
-                    .call(move |s| s.set_cron_status(&host, &status))
+                    .call(move |s| s.set_cron_status(&host, &stored))
                     .await?;
+                self.cron_status = Some(status);
                 Ok(Flow::Continue)
             }
             Message::Register(_) => Ok(self.protocol_error(

@@ -390,3 +390,82 @@ async fn a_fast_reporter_is_paced_and_loses_nothing() {
         "9.6 MB at 1 MiB/s (burst 4 MiB) acknowledged in {took:?}: not paced"
     );
 }
+
+/// Issue "Hostile peers, round two", finding 2: `cron_status` was neither
+/// validated nor paced, logged whole and written on every message — 1,076
+/// messages with a 1 MB reason grew the log by 1.08 GB, and short ones
+/// made 784 fsync'd writes a second from one connection. Now it is bounded
+/// like a cron list (a reason ≤ 1 KiB, no control characters), paced with
+/// the reports, logged as counts, and stored only when it changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn cron_status_is_bounded_paced_logged_as_counts_and_stored_when_it_changes() {
+    let dir = TempDir::new("hostile-cronstatus");
+    let l = ListenerProcess::start(bin(), dir.path(), FAST);
+    let mut a = ws::registered(&l, "cs.test").await;
+    let status = |reason: &str| {
+        json!({"type": "cron_status", "payload": {
+            "installed": ["ok"], "rejected": [{"id": "bad", "reason": reason}]
+        }})
+    };
+    // A megabyte of reason, and a reason that would start a log line of
+    // its own.
+    let huge = format!("FORGED-HUGE {}", "x".repeat(1_000_000));
+    ws::send(&mut a, &status(&huge)).await;
+    ws::send(
+        &mut a,
+        &status("fine\n2026-01-01T00:00:00Z  INFO cc_listener: FORGED-LINE all hosts ok"),
+    )
+    .await;
+    // A valid one after them is stored: the two above were dropped.
+    ws::send(&mut a, &status("schedule: 61 is not a minute")).await;
+    let agent = l.wait_for(T, |l| {
+        let v = l.get("/api/v1/agents").json();
+        let a = v
+            .as_array()?
+            .iter()
+            .find(|a| a["hostname"] == "cs.test")?
+            .clone();
+        (a["cronStatus"]["rejected"][0]["reason"] == "schedule: 61 is not a minute").then_some(a)
+    });
+    assert_eq!(agent["cronStatus"]["installed"], json!(["ok"]), "{agent}");
+    let log = l.log();
+    assert!(!log.contains("FORGED-HUGE"), "the huge reason was logged");
+    assert!(
+        !log.contains("FORGED-LINE"),
+        "a peer's text started a log line"
+    );
+    assert!(log.len() < 200_000, "the log grew to {} bytes", log.len());
+
+    // The same status again and again: not written again. Writes to the
+    // agent's cron status are counted by a trigger the test adds.
+    let db = rusqlite::Connection::open(dir.path().join("listener.db")).unwrap();
+    db.execute_batch(
+        "CREATE TABLE test_cron_writes (at INTEGER);
+         CREATE TRIGGER test_count_cron_writes AFTER UPDATE OF cron_status ON agents
+         BEGIN INSERT INTO test_cron_writes VALUES (1); END;",
+    )
+    .unwrap();
+    for _ in 0..200 {
+        ws::send(&mut a, &status("schedule: 61 is not a minute")).await;
+    }
+    // Then a new one: once it shows, every copy before it was read (one
+    // connection is read in order).
+    ws::send(&mut a, &status("the last one")).await;
+    l.wait_for(T, |l| {
+        let v = l.get("/api/v1/agents").json();
+        v.as_array()?
+            .iter()
+            .any(|a| {
+                a["hostname"] == "cs.test"
+                    && a["cronStatus"]["rejected"][0]["reason"] == "the last one"
+            })
+            .then_some(())
+    });
+    let commits: i64 = db
+        .query_row("SELECT count(*) FROM test_cron_writes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        commits, 1,
+        "{commits} writes for 200 copies of one cron status and one new one"
+    );
+}

@@ -176,6 +176,39 @@ pub struct CronRejection {
     pub reason: String,
 }
 
+impl CronStatus {
+    /// The longest reason a refused entry may carry.
+    pub const MAX_REASON_BYTES: usize = 1024;
+
+    /// Bounded like a cron list: at most [`MAX_CRON_ENTRIES`] installed and
+    /// as many refused; installed ids in the job-id grammar; a refused
+    /// entry's id (which may be the refused thing itself) and its reason
+    /// each one bounded line without control characters, so a status is
+    /// safe to store, show and log.
+    pub fn validate(&self) -> Result<(), InvalidPayload> {
+        for (field, n) in [
+            ("installed", self.installed.len()),
+            ("rejected", self.rejected.len()),
+        ] {
+            if n > MAX_CRON_ENTRIES {
+                return Err(TextError::Invalid {
+                    field,
+                    reason: "more than 1000 entries",
+                }
+                .into());
+            }
+        }
+        for id in &self.installed {
+            JobId::parse(id)?;
+        }
+        for r in &self.rejected {
+            check_text("rejected id", &r.id, 128)?;
+            check_text("reason", &r.reason, Self::MAX_REASON_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
 /// Every message we know, by its `type`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case")]
@@ -557,6 +590,52 @@ impl ExecutionReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cron_status_is_bounded_like_a_cron_list() {
+        let ok = |id: &str, reason: &str| CronStatus {
+            installed: vec!["a".into()],
+            rejected: vec![CronRejection {
+                id: id.into(),
+                reason: reason.into(),
+            }],
+        };
+        assert!(
+            ok("bad id!", "schedule: 61 is not a minute")
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            ok("b", &"r".repeat(CronStatus::MAX_REASON_BYTES))
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            ok("b", &"r".repeat(CronStatus::MAX_REASON_BYTES + 1))
+                .validate()
+                .is_err()
+        );
+        assert!(ok("b", "one\nINFO forged").validate().is_err());
+        assert!(ok("b", "").validate().is_err());
+        assert!(ok(&"i".repeat(129), "why").validate().is_err());
+        assert!(ok("i\u{1b}[2J", "why").validate().is_err());
+        let mut s = ok("b", "why");
+        s.installed = vec!["not an id!".into()];
+        assert!(s.validate().is_err());
+        s.installed = vec!["x".into(); MAX_CRON_ENTRIES];
+        assert!(s.validate().is_ok());
+        s.installed.push("x".into());
+        assert!(s.validate().is_err());
+        let mut r = ok("b", "why");
+        r.rejected = vec![
+            CronRejection {
+                id: "b".into(),
+                reason: "why".into()
+            };
+            MAX_CRON_ENTRIES + 1
+        ];
+        assert!(r.validate().is_err());
+    }
 
     fn known(text: &str) -> Message {
         match decode(text).unwrap().message {
