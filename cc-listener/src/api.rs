@@ -470,19 +470,24 @@ fn open_signed<T: Serialize + serde::de::DeserializeOwned>(
     Ok(t)
 }
 
+/// The execution mode `host` last registered with (`"user"`, `"system"`),
+/// or `None` for a host not seen yet.
+async fn agent_mode(state: &AppState, host: &str) -> ApiResult<Option<String>> {
+    let h = host.to_owned();
+    state
+        .db
+        .call(move |s| s.agent_mode(&h))
+        .await
+        .map_err(ApiError::store)
+}
+
 /// Root work (a signed job, run or cron list) for a host that registered
 /// in user mode would run as the agent's own user, not root: refused,
 /// naming the host and its mode, so an operator who asked for root never
 /// silently gets something else. A host not seen yet is left to the
 /// caller's own check.
 async fn require_system_mode(state: &AppState, host: &str) -> ApiResult<()> {
-    let h = host.to_owned();
-    let mode = state
-        .db
-        .call(move |s| s.agent_mode(&h))
-        .await
-        .map_err(ApiError::store)?;
-    if mode.as_deref() == Some("user") {
+    if agent_mode(state, host).await?.as_deref() == Some("user") {
         return Err(ApiError::invalid(
             "signed",
             format!(
@@ -506,13 +511,7 @@ async fn listener_signature<T: Serialize>(
     let Some(key) = state.settings.signing_key.clone() else {
         return Ok(None);
     };
-    let h = host.to_owned();
-    let mode = state
-        .db
-        .call(move |s| s.agent_mode(&h))
-        .await
-        .map_err(ApiError::store)?;
-    if mode.as_deref() != Some("system") {
+    if agent_mode(state, host).await?.as_deref() != Some("system") {
         return Ok(None);
     }
     let (not_before, expires_at) = sign::window(cc_proto::Timestamp::now(), valid_secs);

@@ -419,13 +419,8 @@ async fn cron_status_is_bounded_paced_logged_as_counts_and_stored_when_it_change
     // A valid one after them is stored: the two above were dropped.
     ws::send(&mut a, &status("schedule: 61 is not a minute")).await;
     let agent = l.wait_for(T, |l| {
-        let v = l.get("/api/v1/agents").json();
-        let a = v
-            .as_array()?
-            .iter()
-            .find(|a| a["hostname"] == "cs.test")?
-            .clone();
-        (a["cronStatus"]["rejected"][0]["reason"] == "schedule: 61 is not a minute").then_some(a)
+        l.agent_entry("cs.test")
+            .filter(|a| a["cronStatus"]["rejected"][0]["reason"] == "schedule: 61 is not a minute")
     });
     assert_eq!(agent["cronStatus"]["installed"], json!(["ok"]), "{agent}");
     let log = l.log();
@@ -452,14 +447,8 @@ async fn cron_status_is_bounded_paced_logged_as_counts_and_stored_when_it_change
     // connection is read in order).
     ws::send(&mut a, &status("the last one")).await;
     l.wait_for(T, |l| {
-        let v = l.get("/api/v1/agents").json();
-        v.as_array()?
-            .iter()
-            .any(|a| {
-                a["hostname"] == "cs.test"
-                    && a["cronStatus"]["rejected"][0]["reason"] == "the last one"
-            })
-            .then_some(())
+        l.agent_entry("cs.test")
+            .filter(|a| a["cronStatus"]["rejected"][0]["reason"] == "the last one")
     });
     let commits: i64 = db
         .query_row("SELECT count(*) FROM test_cron_writes", [], |r| r.get(0))

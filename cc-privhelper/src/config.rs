@@ -105,7 +105,7 @@ impl Enforce {
 /// Resource limits set on every job (soft = hard). The process count and
 /// memory are cgroup limits ([`Sandbox`]): `RLIMIT_NPROC` binds no root
 /// process.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Rlimits {
     pub(crate) nofile: u64,
@@ -129,7 +129,7 @@ pub(crate) struct Allowed {
 }
 
 /// The containment every root job starts in: derived from the config only.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Sandbox {
     pub(crate) keep_capabilities: Vec<String>,
     /// Canonical directories (checked at load).

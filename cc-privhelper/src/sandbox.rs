@@ -325,157 +325,85 @@ mod tests {
     use super::*;
     use std::ffi::CString;
 
-    fn errno(r: libc::c_long) -> i32 {
+    /// A probe: its name, the errno it should give under the filters (0:
+    /// it works), a system call and its arguments.
+    struct Probe {
+        name: &'static str,
+        want: i32,
+        call: libc::c_long,
+        args: [libc::c_long; 5],
+    }
+
+    /// The probe's errno (0: the call worked). Makes no allocation: it
+    /// runs in the forked child.
+    fn run(p: &Probe) -> i32 {
+        let [a, b, c, d, e] = p.args;
+        // SAFETY: every pointer among the arguments is to a NUL-terminated
+        // string the test keeps alive across the fork, or null where the
+        // kernel then fails the call with an errno (which is all that is
+        // read); no call here can touch this process's memory otherwise.
+        let r = unsafe { libc::syscall(p.call, a, b, c, d, e) };
         if r < 0 { std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) } else { 0 }
     }
 
-    /// A probe: its name, the errno it should give (0: it works), the call.
-    type Probe = (&'static str, i32, Box<dyn Fn() -> i32>);
-
-    fn probes(dir: &std::path::Path) -> Vec<Probe> {
-        let file = CString::new(dir.join("f").as_os_str().as_encoded_bytes()).unwrap();
-        let new = CString::new(dir.join("new").as_os_str().as_encoded_bytes()).unwrap();
-        let plain = CString::new(dir.join("plain").as_os_str().as_encoded_bytes()).unwrap();
+    fn probes(file: &CString, new: &CString, plain: &CString, dir: &CString) -> Vec<Probe> {
         let at = libc::AT_FDCWD as libc::c_long;
-        let dirname = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-        let (f7, f8) = (dirname.clone(), dirname);
-        let (f1, f2, f3, f4, f5, f6) =
-            (file.clone(), file.clone(), file.clone(), new.clone(), file.clone(), plain.clone());
+        let ptr = |c: &CString| c.as_ptr() as libc::c_long;
+        let flags = |f: libc::c_int| libc::c_long::from(f);
+        let probe = |name, want, call, args| Probe { name, want, call, args };
+        let (create, tmpfile) =
+            (flags(libc::O_CREAT | libc::O_WRONLY), flags(libc::O_TMPFILE | libc::O_WRONLY));
         vec![
-            (
-                "fchmodat 4755",
-                libc::EPERM,
-                Box::new(move || {
-                    errno(unsafe { libc::syscall(libc::SYS_fchmodat, at, f1.as_ptr(), 0o4755) })
-                }),
-            ),
-            (
-                "fchmodat 2755",
-                libc::EPERM,
-                Box::new(move || {
-                    errno(unsafe { libc::syscall(libc::SYS_fchmodat, at, f2.as_ptr(), 0o2755) })
-                }),
-            ),
-            (
-                "fchmodat 0755",
-                0,
-                Box::new(move || {
-                    errno(unsafe { libc::syscall(libc::SYS_fchmodat, at, f3.as_ptr(), 0o755) })
-                }),
-            ),
-            (
+            probe("fchmodat 4755", libc::EPERM, libc::SYS_fchmodat, [at, ptr(file), 0o4755, 0, 0]),
+            probe("fchmodat 2755", libc::EPERM, libc::SYS_fchmodat, [at, ptr(file), 0o2755, 0, 0]),
+            probe("fchmodat 0755", 0, libc::SYS_fchmodat, [at, ptr(file), 0o755, 0, 0]),
+            probe(
                 "openat O_CREAT 4755",
                 libc::EPERM,
-                Box::new(move || {
-                    errno(unsafe {
-                        libc::syscall(
-                            libc::SYS_openat,
-                            at,
-                            f4.as_ptr(),
-                            libc::O_CREAT | libc::O_WRONLY,
-                            0o4755,
-                        )
-                    })
-                }),
+                libc::SYS_openat,
+                [at, ptr(new), create, 0o4755, 0],
             ),
             // Without O_CREAT the mode argument means nothing.
-            (
+            probe(
                 "openat O_RDONLY, stray mode bits",
                 0,
-                Box::new(move || {
-                    errno(unsafe {
-                        libc::syscall(libc::SYS_openat, at, f5.as_ptr(), libc::O_RDONLY, 0o6000)
-                    })
-                }),
+                libc::SYS_openat,
+                [at, ptr(file), flags(libc::O_RDONLY), 0o6000, 0],
             ),
-            (
-                "openat O_CREAT 0644",
-                0,
-                Box::new(move || {
-                    errno(unsafe {
-                        libc::syscall(
-                            libc::SYS_openat,
-                            at,
-                            f6.as_ptr(),
-                            libc::O_CREAT | libc::O_WRONLY,
-                            0o644,
-                        )
-                    })
-                }),
-            ),
-            (
+            probe("openat O_CREAT 0644", 0, libc::SYS_openat, [at, ptr(plain), create, 0o644, 0]),
+            probe(
                 "openat O_TMPFILE 4755",
                 libc::EPERM,
-                Box::new(move || {
-                    errno(unsafe {
-                        libc::syscall(
-                            libc::SYS_openat,
-                            at,
-                            f7.as_ptr(),
-                            libc::O_TMPFILE | libc::O_WRONLY,
-                            0o4755,
-                        )
-                    })
-                }),
+                libc::SYS_openat,
+                [at, ptr(dir), tmpfile, 0o4755, 0],
             ),
-            (
-                // O_DIRECTORY shares a bit with O_TMPFILE: not a creation.
+            // O_DIRECTORY shares a bit with O_TMPFILE: not a creation.
+            probe(
                 "openat O_DIRECTORY, stray mode bits",
                 0,
-                Box::new(move || {
-                    errno(unsafe {
-                        libc::syscall(
-                            libc::SYS_openat,
-                            at,
-                            f8.as_ptr(),
-                            libc::O_DIRECTORY | libc::O_RDONLY,
-                            0o6000,
-                        )
-                    })
-                }),
+                libc::SYS_openat,
+                [at, ptr(dir), flags(libc::O_DIRECTORY | libc::O_RDONLY), 0o6000, 0],
             ),
-            (
+            probe(
                 "unshare CLONE_NEWUSER",
                 libc::EPERM,
-                Box::new(|| {
-                    errno(unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER) })
-                }),
+                libc::SYS_unshare,
+                [flags(libc::CLONE_NEWUSER), 0, 0, 0, 0],
             ),
-            (
+            probe(
                 "unshare CLONE_NEWUTS",
                 0,
-                Box::new(|| errno(unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUTS) })),
+                libc::SYS_unshare,
+                [flags(libc::CLONE_NEWUTS), 0, 0, 0, 0],
             ),
-            (
-                "clone3",
-                libc::ENOSYS,
-                Box::new(|| {
-                    errno(unsafe {
-                        libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize)
-                    })
-                }),
-            ),
-            (
+            probe("clone3", libc::ENOSYS, libc::SYS_clone3, [0; 5]),
+            probe(
                 "name_to_handle_at",
                 libc::EPERM,
-                Box::new(move || {
-                    errno(unsafe {
-                        libc::syscall(
-                            libc::SYS_name_to_handle_at,
-                            at,
-                            c"/".as_ptr(),
-                            std::ptr::null::<u8>(),
-                            std::ptr::null::<u8>(),
-                            0,
-                        )
-                    })
-                }),
+                libc::SYS_name_to_handle_at,
+                [at, ptr(file), 0, 0, 0],
             ),
-            (
-                "keyctl",
-                libc::EPERM,
-                Box::new(|| errno(unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) })),
-            ),
+            probe("keyctl", libc::EPERM, libc::SYS_keyctl, [0; 5]),
         ]
     }
 
@@ -492,24 +420,28 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("f"), "x").unwrap();
         let filters = job_filters().unwrap();
-        let probes = probes(&dir);
+        let name = |n: &str| CString::new(dir.join(n).as_os_str().as_encoded_bytes()).unwrap();
+        let (file, new, plain) = (name("f"), name("new"), name("plain"));
+        let here = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        let probes = probes(&file, &new, &plain, &here);
         let (r, w) = nix::unistd::pipe().unwrap();
         // SAFETY: the child only makes system calls and writes to a pipe
         // before _exit.
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => {
                 drop(r);
-                let mut out = [0i32; 16];
-                for f in &filters {
-                    if seccompiler::apply_filter(f).is_err() {
-                        unsafe { libc::_exit(3) };
+                // No allocation from here on (another thread of the test
+                // process may have held malloc's lock at the fork).
+                let mut bytes = [0u8; 64];
+                let installed = filters.iter().all(|f| seccompiler::apply_filter(f).is_ok());
+                if installed {
+                    for (i, p) in probes.iter().enumerate() {
+                        bytes[i * 4..i * 4 + 4].copy_from_slice(&run(p).to_ne_bytes());
                     }
+                    let _ = nix::unistd::write(&w, &bytes);
                 }
-                for (i, (_, _, probe)) in probes.iter().enumerate() {
-                    out[i] = probe();
-                }
-                let bytes: Vec<u8> = out.iter().flat_map(|e| e.to_ne_bytes()).collect();
-                let _ = nix::unistd::write(&w, &bytes);
+                // SAFETY: _exit(2) ends the child without running the test
+                // harness's atexit handlers or unwinding into it.
                 unsafe { libc::_exit(0) };
             }
             nix::unistd::ForkResult::Parent { child } => {
@@ -519,9 +451,9 @@ mod tests {
                 let _ = nix::sys::wait::waitpid(child, None);
                 let _ = std::fs::remove_dir_all(&dir);
                 assert_eq!(bytes.len(), 64, "the child installed no filter");
-                for (i, (name, want, _)) in probes.iter().enumerate() {
+                for (i, p) in probes.iter().enumerate() {
                     let got = i32::from_ne_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap());
-                    assert_eq!(got, *want, "{name}: errno {got}, wanted {want}");
+                    assert_eq!(got, p.want, "{}: errno {got}, wanted {}", p.name, p.want);
                 }
             }
         }

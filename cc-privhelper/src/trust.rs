@@ -35,17 +35,15 @@ pub(crate) struct Signer {
 /// The fields of `new` that differ from the running config's, besides the
 /// trusted keys (which a reload applies).
 pub(crate) fn not_applied(running: &Config, new: &Config) -> Vec<&'static str> {
-    let same =
-        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
     let fields: [(&'static str, bool); 8] = [
         ("socket", running.socket == new.socket),
         ("agent_user", running.agent_user == new.agent_user),
         ("system_mode", running.system_mode == new.system_mode),
         ("cron_file", running.cron_file == new.cron_file),
         ("state_dir", running.state_dir == new.state_dir),
-        ("allowed_commands", same(&running.allowed_commands, &new.allowed_commands)),
+        ("allowed_commands", running.allowed_commands == new.allowed_commands),
         ("hostname", running.hostname == new.hostname),
-        ("sandbox", same(&running.sandbox, &new.sandbox)),
+        ("sandbox", running.sandbox == new.sandbox),
     ];
     fields.iter().filter(|(_, same)| !same).map(|(name, _)| *name).collect()
 }

@@ -540,12 +540,16 @@ fn device_nodes_and_mounts_are_refused_and_their_capabilities_never_kept() {
 /// `cc-privhelper serve` on it and returns its error; fails the test if it
 /// is still serving after 3 s (it accepted the config).
 fn helper_refuses(dir: &Path, extra: &str) -> String {
+    helper_refuses_at(dir, &dir.join("refuse/run/helper.sock"), extra)
+}
+
+/// [`helper_refuses`] with the socket at `socket`.
+fn helper_refuses_at(dir: &Path, socket: &Path, extra: &str) -> String {
     let d = dir.join("refuse");
     std::fs::create_dir_all(&d).unwrap();
     let key = cc_e2e::signing::trusted_line(&cc_e2e::signing::operator().1, "op");
     let cfg = format!(
-        "socket = {:?}\ncron_file = {:?}\nstate_dir = {:?}\ntrusted_keys = [{key:?}]\n{extra}\n",
-        d.join("run/helper.sock"),
+        "socket = {socket:?}\ncron_file = {:?}\nstate_dir = {:?}\ntrusted_keys = [{key:?}]\n{extra}\n",
         d.join("cron.d/croncommander"),
         d.join("state"),
     );
@@ -1327,20 +1331,7 @@ fn the_socket_and_write_paths_sit_below_root_owned_directories_only() {
         "{err}"
     );
     // The socket below the agent's directory.
-    let d = dir.path().join("sock");
-    std::fs::create_dir_all(d.join("cron.d")).unwrap();
-    let key = cc_e2e::signing::trusted_line(&cc_e2e::signing::operator().1, "op");
-    std::fs::write(
-        d.join("helper.toml"),
-        format!(
-            "socket = {:?}\ncron_file = {:?}\nstate_dir = {:?}\ntrusted_keys = [{key:?}]\n",
-            agents.join("run/helper.sock"),
-            d.join("cron.d/croncommander"),
-            d.join("state"),
-        ),
-    )
-    .unwrap();
-    let err = helper_refuses_config(&d.join("helper.toml"));
+    let err = helper_refuses_at(dir.path(), &agents.join("run/helper.sock"), "");
     assert!(
         err.contains("socket") && err.contains("not owned by root"),
         "{err}"

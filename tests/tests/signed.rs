@@ -540,13 +540,7 @@ fn root_work_for_a_user_mode_host_is_refused_not_run_as_someone_else() {
         "",
         Some((uid, gid)),
     );
-    wait_for(T, "registration", || {
-        let a = listener.get("/api/v1/agents").json();
-        a.as_array()?
-            .iter()
-            .any(|a| a["hostname"] == host && a["connected"] == true)
-            .then_some(())
-    });
+    listener.wait_connected(host, true);
     let op = dir.path().join("op");
     std::fs::write(op.join("operator.key"), &operator().0).unwrap();
     let keyfile = op.join("operator.key");
