@@ -62,7 +62,7 @@ mkdir -p "$work/agent-state"
 chmod 700 "$work/agent-state"
 cat > "$work/agent.toml" <<TOML
 listener_url = "ws://$agent_addr/agent"
-api_key_file = "$work/agent.key"
+api_key_file = "-"
 hostname = "quickstart-host"
 tags = ["quickstart"]
 execution_mode = "user"
@@ -77,11 +77,13 @@ if [ "$(id -u)" -eq 0 ]; then
     run_agent=("$work/cc-agent" run --config "$work/agent.toml")
     id cc-agent-user >/dev/null 2>&1 || useradd --system --user-group --home-dir /nonexistent \
         --no-create-home --shell /usr/sbin/nologin cc-agent-user
-    chown cc-agent-user: "$work/agent.key" "$work/agent.toml" "$work/agent-state"
+    # The key stays root's: it reaches the agent on its standard input, as
+    # the packaged unit hands it over, so the agent's jobs cannot read it.
+    chown cc-agent-user: "$work/agent.toml" "$work/agent-state"
     run_agent=(setpriv --reuid=cc-agent-user --regid=cc-agent-user --clear-groups "${run_agent[@]}")
     echo "running the agent as cc-agent-user (unprivileged)"
 fi
-"${run_agent[@]}" 2> "$work/agent.log" &
+"${run_agent[@]}" < "$work/agent.key" 2> "$work/agent.log" &
 pids+=($!)
 for _ in $(seq 100); do api GET /api/v1/agents | grep -q '"connected":true' && break; sleep 0.1; done
 

@@ -152,8 +152,18 @@ impl Config {
         })
     }
 
-    /// Reads the API key, refusing a file that group or others may read.
+    /// Whether the key comes on standard input (`api_key_file = "-"`).
+    pub(crate) fn key_on_stdin(&self) -> bool {
+        self.api_key_file.as_os_str() == "-"
+    }
+
+    /// Reads the API key: from standard input when `api_key_file` is `-`
+    /// (the packaged unit opens a root-only file there), else from the
+    /// file, refusing one that group or others may read.
     pub(crate) fn read_api_key(&self) -> Result<String> {
+        if self.key_on_stdin() {
+            return read_key_from_stdin();
+        }
         let path = &self.api_key_file;
         let meta =
             std::fs::metadata(path).with_context(|| format!("api_key_file {}", path.display()))?;
@@ -166,15 +176,56 @@ impl Config {
         }
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let key = text.trim().to_owned();
-        ensure!(!key.is_empty(), "api_key_file {} is empty", path.display());
-        ensure!(
-            key.bytes().all(|b| b.is_ascii_graphic()),
-            "api_key_file {} holds something that is not a key",
-            path.display()
-        );
-        Ok(key)
+        parse_key(&text, &format!("api_key_file {}", path.display()))
     }
+}
+
+/// The most a key on standard input may hold.
+const MAX_KEY_BYTES: u64 = 4096;
+
+/// Reads the key from standard input once, then points standard input at
+/// `/dev/null`: the descriptor that held a root-only file is gone before
+/// any job starts, and the key lives in this process's memory only.
+fn read_key_from_stdin() -> Result<String> {
+    use std::io::Read as _;
+    use std::os::fd::AsFd as _;
+    let stdin = std::io::stdin();
+    let st = nix::sys::stat::fstat(stdin.as_fd())
+        .context("api_key_file is \"-\" but standard input is closed")?;
+    use nix::sys::stat::SFlag;
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    ensure!(
+        kind == SFlag::S_IFREG || kind == SFlag::S_IFIFO,
+        "api_key_file is \"-\": standard input must be the key file (systemd: \
+         StandardInput=file:/etc/croncommander/agent.key) or a pipe, not a terminal or device"
+    );
+    if kind == SFlag::S_IFREG {
+        let mode = st.st_mode & 0o777;
+        ensure!(
+            mode & 0o077 == 0,
+            "the key file on standard input has mode {mode:04o}: group or others can read it; chmod 600 it"
+        );
+    }
+    let mut text = String::new();
+    stdin
+        .lock()
+        .take(MAX_KEY_BYTES)
+        .read_to_string(&mut text)
+        .context("reading the key from standard input")?;
+    let null = std::fs::File::open("/dev/null").context("opening /dev/null")?;
+    nix::unistd::dup2_stdin(&null).context("closing the key's descriptor")?;
+    parse_key(&text, "the key on standard input")
+}
+
+/// One key: printable ASCII, surrounding white space trimmed.
+fn parse_key(text: &str, from: &str) -> Result<String> {
+    let key = text.trim().to_owned();
+    ensure!(!key.is_empty(), "{from} is empty");
+    ensure!(
+        key.bytes().all(|b| b.is_ascii_graphic()),
+        "{from} holds something that is not a key"
+    );
+    Ok(key)
 }
 
 /// `ws://` only to a loopback host, unless the operator says otherwise.

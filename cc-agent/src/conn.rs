@@ -77,7 +77,19 @@ enum Ended {
 
 /// Runs until the process is stopped.
 pub(crate) async fn run(cfg: Config) -> Result<()> {
+    // User-mode jobs run as this uid: non-dumpable, this process's memory,
+    // environment and descriptors are not theirs to read (`/proc/PID/mem`,
+    // `environ`, `fd/`) or to trace, and it leaves no core file. Set before
+    // the key is read.
+    nix::sys::prctl::set_dumpable(false).context("making the agent non-dumpable")?;
     let key = cfg.read_api_key()?;
+    if !cfg.key_on_stdin() {
+        warn!(
+            api_key_file = %cfg.api_key_file.display(),
+            "the API key is read from a file this agent's uid can read, so every user-mode job can read it too; \
+             give it on standard input from a root-only file instead (api_key_file = \"-\", docs/agent.md)"
+        );
+    }
     let outbox = Outbox::open(&cfg.state_dir)?;
     match outbox.remove_stale_temps(outbox::STALE_TEMP) {
         Ok(0) => {}

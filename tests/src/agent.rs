@@ -44,8 +44,10 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// Writes `dir/agent.toml`, `dir/key` (0600) and `dir/state` (0700),
-    /// owned by `user` when given, and starts `cc-agent run` as that user.
+    /// Writes `dir/agent.toml`, `dir/key` (0600, root's) and `dir/state`
+    /// (0700), the config and state owned by `user` when given, and starts
+    /// `cc-agent run` as that user with the key on its standard input, as
+    /// the packaged unit does (`StandardInput=file:`).
     /// The agent's tags are `["e2e"]` unless `extra` sets `tags`.
     pub fn start(
         bin: &Path,
@@ -71,19 +73,15 @@ impl AgentProcess {
         } else {
             format!("\"{url}\"")
         };
+        // As the packaged unit runs it: the key is the test's (root's) own
+        // file, opened for the agent on its standard input.
         let config = format!(
-            "listener_url = {url}\napi_key_file = {:?}\nhostname = \"{hostname}\"\n{tags}state_dir = {:?}\nheartbeat_interval_secs = 1\n{extra}\n",
-            dir.join("key"),
+            "listener_url = {url}\napi_key_file = \"-\"\nhostname = \"{hostname}\"\n{tags}state_dir = {:?}\nheartbeat_interval_secs = 1\n{extra}\n",
             state
         );
         std::fs::write(dir.join("agent.toml"), config).unwrap();
         if let Some((uid, gid)) = user {
-            for p in [
-                dir.to_owned(),
-                state.clone(),
-                dir.join("key"),
-                dir.join("agent.toml"),
-            ] {
+            for p in [dir.to_owned(), state.clone(), dir.join("agent.toml")] {
                 chown(&p, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).unwrap();
             }
         }
@@ -119,8 +117,9 @@ impl AgentProcess {
             .open(self.dir.join("agent.log"))
             .unwrap();
         let config = self.config_path();
+        let key = std::fs::File::open(self.dir.join("key")).unwrap();
         self.command(&["run", "--config", config.to_str().unwrap()])
-            .stdin(Stdio::null())
+            .stdin(key)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -136,8 +135,10 @@ impl AgentProcess {
     }
 
     /// Runs another cc-agent subcommand as the same user.
+    /// Its standard input is the key file, as for `run`.
     pub fn run_subcommand(&self, args: &[&str]) -> std::process::Output {
-        self.command(args).output().unwrap()
+        let key = std::fs::File::open(self.dir.join("key")).unwrap();
+        self.command(args).stdin(key).output().unwrap()
     }
 
     pub fn pid(&self) -> u32 {

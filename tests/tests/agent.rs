@@ -487,3 +487,51 @@ fn a_report_the_listener_could_not_store_stays_in_the_outbox() {
     assert_eq!(report["stdout"], "kept\n");
     assert_eq!(report["reportId"], kept[0]["reportId"]);
 }
+
+/// A user-mode job runs as the agent's own uid. Played as the job: it tries
+/// the key file, the agent's `/proc` files (`environ`, `mem`, its standard
+/// input's descriptor) and `ptrace`. Run the way the packaged unit runs the
+/// agent (the key in a root-only file, opened by root on standard input).
+#[test]
+fn a_user_mode_job_gets_nothing_of_the_agents_key() {
+    let Some(rig) = rig("a-key", "") else {
+        return;
+    };
+    let key_file = rig.agent.dir.join("key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    let key = key.trim();
+    let pid = rig.agent.pid().to_string();
+    let attacker = bin("cc-attacker");
+    let script = format!(
+        "cat {key}; cat /proc/{pid}/environ; cat /proc/{pid}/fd/0; \
+         {a} open-mem {pid}; echo open-mem=$?; {a} ptrace {pid}; echo ptrace=$?",
+        key = key_file.display(),
+        a = attacker.display(),
+    );
+    let id = rig.post_job(json!({"command": "/bin/sh", "args": ["-c", script], "timeout": 30}));
+    let r = rig.wait_report(&id, T);
+    let out = format!("{}{}", r["stdout"], r["stderr"]);
+    assert_eq!(r["executingUid"], rig.uid, "{r}");
+    assert!(
+        !out.contains(key),
+        "a user-mode job read the agent's key: {r}"
+    );
+    let stdout = r["stdout"].as_str().unwrap();
+    assert!(
+        stdout.contains("open-mem=1"),
+        "the job opened the agent's memory: {r}"
+    );
+    assert!(
+        stdout.contains("ptrace=1"),
+        "the job attached to the agent: {r}"
+    );
+    for what in ["environ", "fd/0"] {
+        assert!(
+            r["stderr"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("/proc/{pid}/{what}: Permission denied")),
+            "the job read the agent's {what}: {r}"
+        );
+    }
+}
