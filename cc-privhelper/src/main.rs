@@ -70,7 +70,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("CC_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| cc_proto::logline::OneLine(std::io::stderr()))
         // Colour only on a terminal: journald and log files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -9,12 +9,14 @@
 //! - [`ids`], [`command`], [`schedule`], [`time`]: validated values.
 //! - [`output`]: the bounded output collector every executor shares.
 //! - [`sign`]: signed root work — statements, their encoding, verification.
+//! - [`logline`]: one event, one log line, whatever a peer sent.
 #![forbid(unsafe_code)]
 
 pub mod command;
 pub mod frame;
 pub mod helper;
 pub mod ids;
+pub mod logline;
 pub mod output;
 pub mod schedule;
 pub mod sign;

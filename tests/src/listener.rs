@@ -213,6 +213,11 @@ impl ListenerProcess {
         )
     }
 
+    /// Where its log (stderr) goes.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("listener.log")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("listener.log")).unwrap_or_default()
     }

@@ -26,12 +26,23 @@ pub fn dir() -> PathBuf {
         .join("reliability")
 }
 
+/// What hostile inputs put after a line break: a line of a log that starts
+/// with it was started by a peer.
+pub const FORGED: &str = "FORGED-BY-A-PEER";
+
+/// A value that tries to start a log line of its own.
+pub fn forged_line() -> String {
+    format!("x\n{FORGED} 2026-12-07T00:00:00.000000Z  INFO cc: all is well\r")
+}
+
 /// One scenario's rows.
 #[derive(Debug)]
 pub struct Record {
     path: PathBuf,
     area: String,
     rows: std::sync::atomic::AtomicUsize,
+    /// Logs scanned for a forged line after every row.
+    logs: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl Record {
@@ -46,12 +57,43 @@ impl Record {
             path,
             area: area.to_owned(),
             rows: std::sync::atomic::AtomicUsize::new(0),
+            logs: std::sync::Mutex::default(),
         }
     }
 
-    /// Records a row, then fails the test if `ok` is false.
+    /// From now on every row also checks that no line of `log` starts
+    /// with [`FORGED`]: the input it records did not forge a log line.
+    pub fn watch_log(&self, log: PathBuf) {
+        self.logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(log);
+    }
+
+    /// The first forged line in the watched logs, naming its log.
+    fn forged(&self) -> Option<String> {
+        let logs = self
+            .logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        logs.iter().find_map(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let line = text.lines().find(|l| l.starts_with(FORGED))?;
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            Some(format!("{}: {line}", name.unwrap_or_default()))
+        })
+    }
+
+    /// Records a row, then fails the test if `ok` is false or a watched log
+    /// has a forged line.
     #[track_caller]
     pub fn row(&self, target: &str, input: &str, expected: &str, observed: &str, ok: bool) {
+        let forged = self.forged();
+        let observed = match &forged {
+            Some(line) => format!("{observed}; and a log line forged: {line}"),
+            None => observed.to_owned(),
+        };
+        let ok = ok && forged.is_none();
         let n = self.rows.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         let line = json!({
             "area": self.area, "n": n, "target": target, "input": input,

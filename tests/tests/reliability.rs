@@ -1278,6 +1278,7 @@ fn injections() -> Vec<String> {
         "%s%n%x".into(),
         "\u{202e}evil".into(),
         "x".repeat(70_000),
+        cc_e2e::reliability::forged_line(),
     ]
 }
 
@@ -1289,6 +1290,8 @@ fn hostile_input_to_the_listener_websocket() {
     // A real agent connected throughout: it must not notice.
     let good = "rel-bystander.test";
     let bystander = r.agent(good, "");
+    r.rec.watch_log(r.listener.log_path());
+    r.rec.watch_log(bystander.dir.join("agent.log"));
     let addr = r.listener.agent_addr;
     let spare = r.listener.add_key("rel-hostile-unbound");
     let hostile = "rel-hostile.test";
@@ -1324,6 +1327,13 @@ fn hostile_input_to_the_listener_websocket() {
             reg.to_string().into_bytes(),
         ));
     }
+    // serde's error quotes the value it refused.
+    let mut reg = cc_e2e::ws::register("x");
+    reg["payload"]["executionMode"] = json!(cc_e2e::reliability::forged_line());
+    firsts.push((
+        "register with executionMode holding a line break and a log line".into(),
+        reg.to_string().into_bytes(),
+    ));
     for (what, bytes) in &firsts {
         let mut s = rawws::connect(addr, &spare).unwrap();
         s.write_all(&rawws::frame(TEXT, bytes, true, None)).unwrap();
@@ -1586,6 +1596,8 @@ fn hostile_input_to_the_operator_api() {
     };
     let good = "rel-api-bystander.test";
     let bystander = r.agent(good, "");
+    r.rec.watch_log(r.listener.log_path());
+    r.rec.watch_log(bystander.dir.join("agent.log"));
     let addr = r.listener.admin_addr;
     let jobs = format!("/api/v1/agents/{good}/jobs");
     let big = vec![b'x'; 2 << 20];
@@ -1697,6 +1709,7 @@ fn hostile_listener_to_the_agent() {
     // report but the probe's comes back, and the agent started no job but
     // the probes (its at-most-once markers, `state/jobs/<id>`, `seen.rs`).
     let agent_log = agent.dir.join("agent.log");
+    r.rec.watch_log(agent_log.clone());
     let drop_lines = || -> Vec<String> {
         std::fs::read_to_string(&agent_log)
             .unwrap_or_default()
@@ -1720,7 +1733,23 @@ fn hostile_listener_to_the_agent() {
             .unwrap_or_default()
     };
     let job = |payload: &str| format!(r#"{{"type":"execute_job","payload":{payload}}}"#);
+    let forged = serde_json::to_string(&cc_e2e::reliability::forged_line()).unwrap();
     let cases: Vec<(&str, Vec<u8>, u8, &str)> = vec![
+        (
+            "jobId holding a line break and a log line",
+            job(&format!(r#"{{"jobId":{forged},"command":"/bin/true"}}"#)).into_bytes(),
+            TEXT,
+            "dropped and logged",
+        ),
+        (
+            "cron_refresh with an id holding a line break and a log line",
+            format!(
+                r#"{{"type":"cron_refresh","payload":[{{"id":{forged},"schedule":"* * * * *","command":"/bin/true"}}]}}"#
+            )
+            .into_bytes(),
+            TEXT,
+            "refused and reported (cron_status)",
+        ),
         (
             "malformed JSON",
             b"{\"type\":\"execute_job\",".to_vec(),
@@ -2018,11 +2047,29 @@ fn hostile_input_to_the_helper_socket() {
             "invalid_payload",
         ),
         (
+            "exec with a jobId holding a line break and a log line",
+            framed(&exec(&format!(
+                r#"{{"jobId":{},"command":"/bin/true"}}"#,
+                serde_json::to_string(&cc_e2e::reliability::forged_line()).unwrap()
+            ))),
+            "invalid_payload",
+        ),
+        (
+            "a request name holding a line break and a log line",
+            framed(
+                serde_json::to_string(&cc_e2e::reliability::forged_line())
+                    .unwrap()
+                    .as_bytes(),
+            ),
+            "bad_request",
+        ),
+        (
             "write_cron without a signature (and a payload not a list)",
             framed(&cron(r#"{"id":"x"}"#)),
             "signature_refused",
         ),
     ];
+    r.rec.watch_log(hdir.join("helper.log"));
     let agent = Some(r.user);
     for (what, bytes, want) in cases {
         let resp = helper.send_as(agent, &bytes, true);

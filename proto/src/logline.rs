@@ -1,0 +1,96 @@
+//! One event, one log line: whatever a peer put in a logged value, it
+//! cannot start a line of our logs.
+//!
+//! `tracing`'s formatter escapes ESC and C1 in values but not a line feed,
+//! so a hostname, an id or a decode error (serde's message quotes the
+//! value) holding `"\n2026-… INFO …"` forged a whole line in the listener's
+//! and the agent's logs. [`OneLine`] wraps the writer each event is written
+//! to (the formatter writes one event in one call): every line break and
+//! carriage return inside it is written as `\n` / `\r`, and only the
+//! event's final line feed stays. It opens nothing; it changes bytes on
+//! their way to a writer the caller owns.
+
+use std::borrow::Cow;
+use std::io::{self, Write};
+
+/// `event` with every `\n` but a final one, and every `\r`, `\x0b` and
+/// `\x0c`, written as a two- or four-character escape.
+pub fn one_line(event: &[u8]) -> Cow<'_, [u8]> {
+    let (body, end) = match event.split_last() {
+        Some((b'\n', body)) => (body, true),
+        _ => (event, false),
+    };
+    if !body
+        .iter()
+        .any(|b| matches!(b, b'\n' | b'\r' | 0x0b | 0x0c))
+    {
+        return Cow::Borrowed(event);
+    }
+    let mut out = Vec::with_capacity(event.len() + 16);
+    for &b in body {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            0x0b => out.extend_from_slice(b"\\x0b"),
+            0x0c => out.extend_from_slice(b"\\x0c"),
+            _ => out.push(b),
+        }
+    }
+    if end {
+        out.push(b'\n');
+    }
+    Cow::Owned(out)
+}
+
+/// A writer that passes each write through [`one_line`]: give the log
+/// formatter `|| OneLine(std::io::stderr())`.
+#[derive(Debug)]
+pub struct OneLine<W>(pub W);
+
+impl<W: Write> Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // All or nothing: a partial write would split an event, and the
+        // rest would be judged as an event of its own.
+        self.0.write_all(&one_line(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_value_cannot_start_a_line() {
+        let forged = b"INFO hostname=\"a\n2026-12-07T00:00:00Z  INFO forged\r\x0b\x0c\"\n";
+        let got = one_line(forged);
+        assert_eq!(
+            &*got,
+            b"INFO hostname=\"a\\n2026-12-07T00:00:00Z  INFO forged\\r\\x0b\\x0c\"\n".as_slice()
+        );
+        assert_eq!(got.iter().filter(|&&b| b == b'\n').count(), 1);
+    }
+
+    #[test]
+    fn a_clean_event_is_passed_as_it_is() {
+        let clean = b"INFO connected and registered \x1b[2m(colour stays)\x1b[0m\n";
+        assert!(matches!(one_line(clean), Cow::Borrowed(_)));
+        assert_eq!(&*one_line(b""), b"".as_slice());
+        // Without a final line feed nothing is added.
+        assert_eq!(&*one_line(b"a\nb"), b"a\\nb".as_slice());
+        assert_eq!(&*one_line(b"\n"), b"\n".as_slice());
+        assert_eq!(&*one_line(b"\n\n"), b"\\n\n".as_slice());
+    }
+
+    #[test]
+    fn the_writer_writes_the_whole_event_once() {
+        let mut w = OneLine(Vec::new());
+        assert_eq!(w.write(b"x\ny\n").unwrap(), 4);
+        w.flush().unwrap();
+        assert_eq!(w.0, b"x\\ny\n");
+    }
+}
