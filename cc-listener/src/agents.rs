@@ -720,10 +720,11 @@ impl Session<'_> {
         // Sent before but never reported (the connection, or the listener,
         // went away): sent again; the agent runs a job id at most once.
         let host = self.hostname.clone();
+        let conn = self.conn_id;
         let unreported = self
             .state
             .db
-            .call(move |s| s.resend_unreported(&host, now_ms()))
+            .call(move |s| s.resend_unreported(&host, conn, now_ms()))
             .await?;
         for job in &unreported {
             send_text(ws, job_text(job)?).await?;

@@ -1431,6 +1431,24 @@ impl Store {
         })
     }
 
+    /// [`StoreError::Moved`] unless listener `me`'s connection `conn` holds
+    /// `hostname`.
+    fn check_held(tx: &mut dyn Sql, me: &str, conn: u64, hostname: &str) -> Result<()> {
+        let held = tx
+            .one(
+                "SELECT EXISTS (SELECT 1 FROM agents
+                                WHERE hostname = ?1 AND listener = ?2 AND lease_conn = ?3)",
+                &p![hostname, me, conn],
+            )?
+            .context("no row")?
+            .get::<bool>(0)?;
+        if held {
+            Ok(())
+        } else {
+            Err(StoreError::Moved(hostname.to_owned()).into())
+        }
+    }
+
     /// Puts a job marked sent back in the queue (it could not be handed to
     /// the connection).
     pub fn requeue(&self, job_id: &str) -> Result<()> {
@@ -1446,9 +1464,15 @@ impl Store {
     /// Jobs already sent to a host that have no report yet, oldest first,
     /// their send time reset to now: they are sent again on reconnect (the
     /// agent runs a job id at most once) — whichever listener the agent
-    /// reconnects to.
-    pub fn resend_unreported(&self, hostname: &str, now_ms: i64) -> Result<Vec<JobRow>> {
+    /// reconnects to, but only by the connection `conn` of the listener
+    /// that holds the agent, like every hand-over ([`StoreError::Moved`]
+    /// otherwise).
+    pub fn resend_unreported(&self, hostname: &str, conn: u64, now_ms: i64) -> Result<Vec<JobRow>> {
+        let by = self.holder.as_deref().map(|me| (me, conn));
         self.write(|tx| {
+            if let Some((me, conn)) = by {
+                Self::check_held(tx, me, conn, hostname)?;
+            }
             let rows = tx
                 .query(
                     &format!(
@@ -3179,6 +3203,48 @@ mod tests {
         assert_eq!(row(&a).as_deref(), Some("l-b"));
         b.touch_agent("h.test", 6, 9).unwrap();
         assert_eq!(row(&a), None);
+    }
+
+    /// On reconnect, jobs sent and unreported go out again — but only from
+    /// the listener and connection that hold the agent: a stale one (the
+    /// agent moved on) resends nothing and is told the agent moved.
+    #[test]
+    fn only_the_listener_holding_an_agent_resends_its_unreported_jobs() {
+        let Some((_c, a, b)) = shared_pair() else {
+            return;
+        };
+        let (a, b) = (a.held_as("l-a").unwrap(), b.held_as("l-b").unwrap());
+        let register = |s: &Store, conn| {
+            let op = WriteOp::Register {
+                info: agent_info("h.test"),
+                conn,
+            };
+            assert!(s.write_batch(&[op], 1).unwrap()[0].is_ok());
+        };
+        a.create_job(&queued("j1".into(), "h.test")).unwrap();
+        register(&a, 1);
+        let op = WriteOp::Take {
+            hostname: "h.test".into(),
+            window: Some(10),
+            conn: 1,
+        };
+        assert!(a.write_batch(&[op], 2).unwrap()[0].is_ok());
+        // The agent moves to b; a's connection is stale.
+        register(&b, 9);
+        let moved = |r: Result<Vec<JobRow>>| match r {
+            Err(e) => matches!(e.downcast_ref(), Some(StoreError::Moved(h)) if h == "h.test"),
+            Ok(jobs) => {
+                assert!(jobs.is_empty(), "a stale connection resent {jobs:?}");
+                false
+            }
+        };
+        assert!(moved(a.resend_unreported("h.test", 1, 10)));
+        assert!(
+            moved(b.resend_unreported("h.test", 8, 10)),
+            "b, another connection"
+        );
+        let jobs = b.resend_unreported("h.test", 9, 10).unwrap();
+        assert_eq!(jobs.len(), 1);
     }
 
     /// Hosts taken from two listeners at once: every job handed out
