@@ -439,6 +439,7 @@ where
         .write(WriteOp::Bind {
             key_id: key.id,
             hostname: hostname.clone(),
+            tags: info.tags.iter().map(ToString::to_string).collect(),
         })
         .await?
     {
@@ -460,6 +461,14 @@ where
                 "this key belongs to another hostname",
             )
             .await;
+            return Ok(None);
+        }
+        Binding::OtherTags(bound) => {
+            state.metrics.connection_refused(ConnRefusal::KeyBinding);
+            let sent: Vec<String> = info.tags.iter().map(ToString::to_string).collect();
+            let why = tags_differ(&bound, &sent);
+            warn!(%peer, key = %key.name, %hostname, bound = ?bound, sent = ?sent, "refused: {why}");
+            close(&mut ws, CloseCode::Policy, &why).await;
             return Ok(None);
         }
         Binding::HostnameTaken => {
@@ -489,6 +498,26 @@ where
         cron_status: None,
     };
     Ok(Some((session, ws, key.id, info)))
+}
+
+/// The close reason for a registration whose tags are not its key's:
+/// what it added (`+`) and left out (`-`), within a close frame's 123
+/// bytes.
+fn tags_differ(bound: &[String], sent: &[String]) -> String {
+    let sent = crate::store::canonical_tags(sent);
+    let mut why = String::from("tags are not this key's (ccctl keys retag):");
+    let added = sent.iter().filter(|t| !bound.contains(t)).map(|t| ('+', t));
+    let missing = bound.iter().filter(|t| !sent.contains(t)).map(|t| ('-', t));
+    for (sign, tag) in added.chain(missing) {
+        if why.len() + 2 + tag.len() > 119 {
+            why.push_str(" ...");
+            break;
+        }
+        why.push(' ');
+        why.push(sign);
+        why.push_str(tag);
+    }
+    why
 }
 
 /// Reads until the first data frame, which must be `register`.
@@ -1019,6 +1048,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tag_refusal_names_the_difference_within_a_close_frame() {
+        let v = |t: &[&str]| t.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            tags_differ(&v(&["a", "b"]), &v(&["c", "b"])),
+            "tags are not this key's (ccctl keys retag): +c -a"
+        );
+        let many: Vec<String> = (0..40).map(|i| format!("tag-number-{i}")).collect();
+        let why = tags_differ(&[], &many);
+        assert!(
+            why.len() <= 123 && why.ends_with(" ..."),
+            "{} {why}",
+            why.len()
+        );
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -13,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -55,6 +55,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/runs/{run_id}", get(get_run))
         .route("/keys", get(list_keys).post(post_key))
         .route("/keys/{name}", delete(revoke_key))
+        .route("/keys/{name}/tags", put(retag_key))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token,
@@ -1471,11 +1472,19 @@ mod tests {
 struct KeyRequest {
     name: String,
     hostname: Option<String>,
+    tags: Option<Vec<String>>,
 }
 
-/// `POST /keys` `{"name", "hostname"?}` → 201 `{"name", "hostname", "key"}`:
-/// the key is in this answer only (the store keeps its hash); 409 when the
-/// name, or the hostname's binding, is taken.
+/// Tags an operator gives a key, checked as an agent's are.
+fn key_tags(tags: &[String]) -> ApiResult<Vec<String>> {
+    cc_proto::Tag::parse_all(tags).map_err(|e| ApiError::invalid("tags", e.to_string()))?;
+    Ok(crate::store::canonical_tags(tags))
+}
+
+/// `POST /keys` `{"name", "hostname"?, "tags"?}` → 201 `{"name",
+/// "hostname", "tags", "key"}`: the key is in this answer only (the store
+/// keeps its hash); 409 when the name, or the hostname's binding, is
+/// taken. Without `tags`, the first registration's tags are the key's.
 async fn post_key(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
@@ -1483,14 +1492,15 @@ async fn post_key(
     let req: KeyRequest = body_json(body)?;
     let (name, hostname) = crate::key_spec(&req.name, req.hostname.as_deref())
         .map_err(|(field, e)| ApiError::invalid(field, e))?;
-    let (n, h) = (name.clone(), hostname.clone());
+    let tags = req.tags.as_deref().map(key_tags).transpose()?;
+    let (n, h, t) = (name.clone(), hostname.clone(), tags.clone());
     let key = state
         .db
-        .call(move |s| s.add_key(&n, h.as_deref(), now_ms()))
+        .call(move |s| s.add_key_tagged(&n, h.as_deref(), t.as_deref(), now_ms()))
         .await
         .map_err(ApiError::store)?;
-    info!(name = %name, hostname = hostname.as_deref().unwrap_or("-"), "agent key added through the API");
-    let body = serde_json::json!({ "name": name, "hostname": hostname, "key": key });
+    info!(name = %name, hostname = hostname.as_deref().unwrap_or("-"), tags = ?tags, "agent key added through the API");
+    let body = serde_json::json!({ "name": name, "hostname": hostname, "tags": tags, "key": key });
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -1508,12 +1518,34 @@ async fn list_keys(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_j
                 serde_json::json!({
                     "name": k.name,
                     "hostname": k.hostname,
+                    "tags": k.tags,
                     "created": rfc3339_ms(k.created_ms),
                     "revoked": k.revoked,
                 })
             })
             .collect(),
     )))
+}
+
+/// `PUT /keys/{name}/tags` `["T", …]` → 200 `{"name", "tags"}`: the tags
+/// the key's host may have, and is listed and selected by, from now on;
+/// its agent's next registration must declare the same. 404 when no
+/// active key has that name.
+async fn retag_key(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let tags: Vec<String> = body_json(body)?;
+    let tags = key_tags(&tags)?;
+    let n = name.clone();
+    let tags = state
+        .db
+        .call(move |s| s.retag_key(&n, &tags))
+        .await
+        .map_err(ApiError::store)?;
+    info!(name = %name, tags = ?tags, "agent key retagged through the API");
+    Ok(Json(serde_json::json!({ "name": name, "tags": tags })))
 }
 
 /// `DELETE /keys/{name}` → 204: the key is refused from now on and a live

@@ -80,6 +80,10 @@ enum KeysCommand {
         /// Bind the key to this hostname now (else: the first it registers).
         #[arg(long)]
         hostname: Option<String>,
+        /// The tags its host may have, comma-separated (else: those of its
+        /// first registration); a later registration with others is refused.
+        #[arg(long, value_delimiter = ',')]
+        tags: Option<Vec<String>>,
         #[arg(long, default_value = DEFAULT_DB)]
         db: PathBuf,
     },
@@ -284,12 +288,21 @@ async fn shutdown_signal() {
 
 fn keys(command: &KeysCommand) -> Result<()> {
     match command {
-        KeysCommand::Add { name, hostname, db } => {
+        KeysCommand::Add {
+            name,
+            hostname,
+            tags,
+            db,
+        } => {
             let (name, hostname) = cc_listener::key_spec(name, hostname.as_deref())
                 .map_err(|(field, e)| anyhow::anyhow!("key {field}: {e}"))?;
-            let key = Store::open_at(&cc_listener::db_location(db)?)?.add_key(
+            if let Some(t) = tags {
+                cc_proto::Tag::parse_all(t).context("key tags")?;
+            }
+            let key = Store::open_at(&cc_listener::db_location(db)?)?.add_key_tagged(
                 &name,
                 hostname.as_deref(),
+                tags.as_deref(),
                 now_ms(),
             )?;
             println!("{key}");
@@ -297,11 +310,12 @@ fn keys(command: &KeysCommand) -> Result<()> {
         KeysCommand::List { db } => {
             for k in Store::open_at(&cc_listener::db_location(db)?)?.list_keys()? {
                 println!(
-                    "{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}",
                     k.name,
                     k.hostname.as_deref().unwrap_or("-"),
                     cc_listener::rfc3339_ms(k.created_ms),
-                    if k.revoked { "revoked" } else { "active" }
+                    if k.revoked { "revoked" } else { "active" },
+                    k.tags.map_or_else(|| "-".to_owned(), |t| t.join(","))
                 );
             }
         }

@@ -174,6 +174,12 @@ CREATE TABLE listeners (
     r#"
 CREATE INDEX api_keys_revoked ON api_keys (id) WHERE revoked_ms IS NOT NULL;
 "#,
+    // The tags a key's host may have (a sorted JSON list), like its
+    // hostname an operator's statement: set by `keys add --tags` or by the
+    // first registration, changed only through the API. NULL: not yet.
+    r#"
+ALTER TABLE api_keys ADD COLUMN tags TEXT;
+"#,
 ];
 
 /// Jobs handed to a spec-only agent per transaction.
@@ -409,6 +415,8 @@ fn conflict_on_constraint(e: anyhow::Error, what: impl FnOnce() -> String) -> an
 pub struct KeyInfo {
     pub name: String,
     pub hostname: Option<String>,
+    /// The tags its host may have; `None` until set or first registered.
+    pub tags: Option<Vec<String>>,
     pub created_ms: i64,
     pub revoked: bool,
 }
@@ -421,6 +429,15 @@ pub enum Binding {
     OtherHost(String),
     /// Another key already owns this hostname.
     HostnameTaken,
+    /// The key's host may have these tags, not the ones it registered
+    /// with.
+    OtherTags(Vec<String>),
+}
+
+/// Tags as a key keeps them: sorted, each once.
+pub fn canonical_tags<S: AsRef<str>>(tags: &[S]) -> Vec<String> {
+    let set: std::collections::BTreeSet<&str> = tags.iter().map(AsRef::as_ref).collect();
+    set.into_iter().map(str::to_owned).collect()
 }
 
 #[derive(Debug, Clone)]
@@ -473,7 +490,11 @@ pub enum WriteOp {
         conn: u64,
     },
     /// [`Store::bind_key`].
-    Bind { key_id: i64, hostname: String },
+    Bind {
+        key_id: i64,
+        hostname: String,
+        tags: Vec<String>,
+    },
     /// [`Store::upsert_agent`], seen now.
     Register { info: AgentInfo, conn: u64 },
     /// [`Store::touch_agent`]: a connection ended.
@@ -863,6 +884,56 @@ impl Store {
         keys.pop().context("no key created")
     }
 
+    /// [`Store::add_key`] with the tags its host may have (`None`: those
+    /// of its first registration).
+    pub fn add_key_tagged(
+        &self,
+        name: &str,
+        hostname: Option<&str>,
+        tags: Option<&[String]>,
+        now_ms: i64,
+    ) -> Result<String> {
+        let tags = tags
+            .map(|t| serde_json::to_string(&canonical_tags(t)))
+            .transpose()?;
+        let key = self.add_key(name, hostname, now_ms)?;
+        if tags.is_some() {
+            self.write(|tx| {
+                tx.exec(
+                    "UPDATE api_keys SET tags = ?2 WHERE name = ?1",
+                    &p![name, tags],
+                )
+            })?;
+        }
+        Ok(key)
+    }
+
+    /// Sets the tags the host of live key `name` may have, and those its
+    /// agent is listed and selected with; the agent's next registration
+    /// must declare the same. [`StoreError::NotFound`] when there is no
+    /// such live key.
+    pub fn retag_key(&self, name: &str, tags: &[String]) -> Result<Vec<String>> {
+        let tags = canonical_tags(tags);
+        let text = serde_json::to_string(&tags)?;
+        let n = self.write(|tx| {
+            let n = tx.exec(
+                "UPDATE api_keys SET tags = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
+                &p![name, text],
+            )?;
+            tx.exec(
+                "UPDATE agents SET tags = ?2
+                 WHERE hostname = (SELECT hostname FROM api_keys WHERE name = ?1)",
+                &p![name, text],
+            )?;
+            Ok(n)
+        })?;
+        if n == 1 {
+            Ok(tags)
+        } else {
+            Err(StoreError::NotFound(format!("no active key named {name:?}")).into())
+        }
+    }
+
     /// Creates several keys in one transaction (provisioning a fleet).
     pub fn add_keys(&self, specs: &[(&str, Option<&str>)], now_ms: i64) -> Result<Vec<String>> {
         self.write(|tx| {
@@ -889,7 +960,7 @@ impl Store {
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
         self.read(|c| {
             c.query(
-                "SELECT name, hostname, created_ms, revoked_ms IS NOT NULL FROM api_keys ORDER BY name",
+                "SELECT name, hostname, created_ms, revoked_ms IS NOT NULL, tags FROM api_keys ORDER BY name",
                 &[],
             )?
             .iter()
@@ -897,6 +968,7 @@ impl Store {
                 Ok(KeyInfo {
                     name: r.get(0)?,
                     hostname: r.get(1)?,
+                    tags: r.get::<Option<String>>(4)?.as_deref().map(json_list),
                     created_ms: r.get(2)?,
                     revoked: r.get(3)?,
                 })
@@ -949,33 +1021,49 @@ impl Store {
         })
     }
 
-    /// Binds key `id` to `hostname` the first time it registers.
-    pub fn bind_key(&self, id: i64, hostname: &str) -> Result<Binding> {
-        self.write(|tx| Self::bind_in(tx, id, hostname))
+    /// Binds key `id` to `hostname` and `tags` the first time it
+    /// registers; later, checks that they are the same.
+    pub fn bind_key(&self, id: i64, hostname: &str, tags: &[String]) -> Result<Binding> {
+        self.write(|tx| Self::bind_in(tx, id, hostname, tags))
     }
 
-    fn bind_in(tx: &mut dyn Sql, id: i64, hostname: &str) -> Result<Binding> {
-        let bound: Option<String> =
-            scalar(tx, "SELECT hostname FROM api_keys WHERE id = ?1", &p![id])?;
-        let outcome = match bound {
-            Some(h) if h == hostname => Binding::Ok,
-            Some(h) => Binding::OtherHost(h),
+    /// Checks everything before it writes anything: a registration refused
+    /// for its tags binds no hostname either.
+    fn bind_in(tx: &mut dyn Sql, id: i64, hostname: &str, tags: &[String]) -> Result<Binding> {
+        let row = tx
+            .one("SELECT hostname, tags FROM api_keys WHERE id = ?1", &p![id])?
+            .context("no such key")?;
+        let (bound, bound_tags): (Option<String>, Option<String>) = (row.get(0)?, row.get(1)?);
+        match &bound {
+            Some(h) if h == hostname => {}
+            Some(h) => return Ok(Binding::OtherHost(h.clone())),
             None => {
                 let taken = tx
                     .one("SELECT 1 FROM api_keys WHERE hostname = ?1", &p![hostname])?
                     .is_some();
                 if taken {
-                    Binding::HostnameTaken
-                } else {
-                    tx.exec(
-                        "UPDATE api_keys SET hostname = ?2 WHERE id = ?1",
-                        &p![id, hostname],
-                    )?;
-                    Binding::Ok
+                    return Ok(Binding::HostnameTaken);
                 }
             }
-        };
-        Ok(outcome)
+        }
+        let sent = canonical_tags(tags);
+        match bound_tags.as_deref().map(json_list) {
+            Some(have) if have != sent => return Ok(Binding::OtherTags(have)),
+            Some(_) => {}
+            None => {
+                tx.exec(
+                    "UPDATE api_keys SET tags = ?2 WHERE id = ?1",
+                    &p![id, serde_json::to_string(&sent)?],
+                )?;
+            }
+        }
+        if bound.is_none() {
+            tx.exec(
+                "UPDATE api_keys SET hostname = ?2 WHERE id = ?1",
+                &p![id, hostname],
+            )?;
+        }
+        Ok(Binding::Ok)
     }
 
     // ---- agents ----
@@ -1326,10 +1414,17 @@ impl Store {
         })
     }
 
-    /// Hostnames of agents that carry every tag in `tags`, in order.
+    /// Hostnames of agents whose key carries every tag in `tags`, in
+    /// order: the tags an operator bound, never those an agent declared.
     pub fn hosts_with_tags(&self, tags: &[String]) -> Result<Vec<String>> {
-        let rows =
-            self.read(|c| c.query("SELECT hostname, tags FROM agents ORDER BY hostname", &[]))?;
+        let rows = self.read(|c| {
+            c.query(
+                "SELECT a.hostname, k.tags FROM agents a
+                 JOIN api_keys k ON k.hostname = a.hostname AND k.revoked_ms IS NULL
+                 WHERE k.tags IS NOT NULL ORDER BY a.hostname",
+                &[],
+            )
+        })?;
         let mut hosts = Vec::new();
         for r in rows {
             let have = json_list(&r.get::<String>(1)?);
@@ -1808,9 +1903,11 @@ impl Store {
                 let by = self.holder.as_deref().map(|me| (me, *conn));
                 Self::take_in(tx, by, hostname, *window, now_ms).map(WriteOut::Taken)
             }
-            WriteOp::Bind { key_id, hostname } => {
-                Self::bind_in(tx, *key_id, hostname).map(WriteOut::Bound)
-            }
+            WriteOp::Bind {
+                key_id,
+                hostname,
+                tags,
+            } => Self::bind_in(tx, *key_id, hostname, tags).map(WriteOut::Bound),
             WriteOp::Register { info, conn } => {
                 let by = self.holder.as_deref().map(|me| (me, *conn));
                 Self::upsert_in(tx, by, info, now_ms).map(|()| WriteOut::Registered)
@@ -2125,7 +2222,7 @@ const COPY_TABLES: &[(&str, &str, bool, &str)] = &[
         "api_keys",
         "id",
         true,
-        "id, name, key_hash, hostname, created_ms, revoked_ms",
+        "id, name, key_hash, hostname, created_ms, revoked_ms, tags",
     ),
     (
         "agents",
@@ -2496,6 +2593,10 @@ CREATE TRIGGER job_changed AFTER UPDATE OF status ON jobs
     r#"
 CREATE INDEX api_keys_revoked ON api_keys (id) WHERE revoked_ms IS NOT NULL;
 "#,
+    // As SQLite's migration 9.
+    r#"
+ALTER TABLE api_keys ADD COLUMN tags TEXT;
+"#,
 ];
 
 /// Brings a PostgreSQL database's schema up to date, under an advisory
@@ -2797,19 +2898,76 @@ mod tests {
             let rec = s.authenticate(&key).unwrap().unwrap();
             assert_eq!(rec.name, "web1");
             assert!(s.authenticate("cck_wrong").unwrap().is_none());
-            assert_eq!(s.bind_key(rec.id, "web1.example").unwrap(), Binding::Ok);
+            let tags = |t: &[&str]| t.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+            // The first registration binds hostname and tags (in any order,
+            // each once); the same again is fine.
+            let web = tags(&["role=web", "dc=1", "role=web"]);
             assert_eq!(
-                s.bind_key(rec.id, "db1.example").unwrap(),
+                s.bind_key(rec.id, "web1.example", &web).unwrap(),
+                Binding::Ok
+            );
+            let same = tags(&["dc=1", "role=web"]);
+            assert_eq!(
+                s.bind_key(rec.id, "web1.example", &same).unwrap(),
+                Binding::Ok
+            );
+            assert_eq!(
+                s.bind_key(rec.id, "db1.example", &same).unwrap(),
                 Binding::OtherHost("web1.example".into())
             );
+            // Other tags, fewer or more, are not the key's.
+            for claim in [
+                tags(&["dc=1"]),
+                tags(&["dc=1", "role=web", "role=db"]),
+                vec![],
+            ] {
+                assert_eq!(
+                    s.bind_key(rec.id, "web1.example", &claim).unwrap(),
+                    Binding::OtherTags(same.clone()),
+                    "{claim:?}"
+                );
+            }
+            // Until an operator changes them.
+            assert_eq!(
+                s.retag_key("web1", &tags(&["role=db"])).unwrap(),
+                tags(&["role=db"])
+            );
+            assert_eq!(
+                s.bind_key(rec.id, "web1.example", &tags(&["role=db"]))
+                    .unwrap(),
+                Binding::Ok
+            );
+            assert_eq!(
+                s.list_keys().unwrap()[0].tags.as_deref(),
+                Some(tags(&["role=db"]).as_slice())
+            );
+            let nobody = s.retag_key("nobody", &[]).unwrap_err();
+            assert_eq!(StoreError::classify(&nobody), ErrorKind::NotFound);
             let other = s.add_key("other", None, 1).unwrap();
             let other = s.authenticate(&other).unwrap().unwrap();
             assert_eq!(
-                s.bind_key(other.id, "web1.example").unwrap(),
+                s.bind_key(other.id, "web1.example", &[]).unwrap(),
                 Binding::HostnameTaken
+            );
+            // Tags given with the key are the ones its host must have.
+            let tagged = s
+                .add_key_tagged("tagged", None, Some(&tags(&["b", "a"])), 1)
+                .unwrap();
+            let tagged = s.authenticate(&tagged).unwrap().unwrap();
+            assert_eq!(
+                s.bind_key(tagged.id, "t.example", &tags(&["a"])).unwrap(),
+                Binding::OtherTags(tags(&["a", "b"]))
+            );
+            let refused = s.list_keys().unwrap();
+            let refused = refused.iter().find(|k| k.name == "tagged").unwrap();
+            assert_eq!(
+                refused.hostname, None,
+                "a refused registration binds nothing"
             );
             s.revoke_key("web1", 2).unwrap();
             assert!(s.authenticate(&key).unwrap().is_none());
+            let revoked = s.retag_key("web1", &[]).unwrap_err();
+            assert_eq!(StoreError::classify(&revoked), ErrorKind::NotFound);
             let again = s.revoke_key("web1", 3).unwrap_err();
             assert_eq!(StoreError::classify(&again), ErrorKind::NotFound);
             assert!(s.add_key("web1", None, 4).is_err(), "names are unique");
@@ -3361,6 +3519,7 @@ mod tests {
             WriteOp::Bind {
                 key_id: 1,
                 hostname: "h".into(),
+                tags: vec![],
             },
             WriteOp::Register {
                 info: agent_info("h"),

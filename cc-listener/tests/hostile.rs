@@ -458,3 +458,91 @@ async fn cron_status_is_bounded_paced_logged_as_counts_and_stored_when_it_change
         "{commits} writes for 200 copies of one cron status and one new one"
     );
 }
+
+/// A tag is an operator's statement about a host, like its hostname. Played
+/// as a host with a valid key: registered once without `role=db`, it comes
+/// back claiming `role=db`, hoping for the jobs (and their secret
+/// arguments) the operator sends to the database hosts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_cannot_claim_tags_its_key_does_not_carry() {
+    let dir = TempDir::new("h-tags");
+    let l = ListenerProcess::start(bin(), dir.path(), FAST);
+    let register = |host: &str, tags: &[&str]| {
+        json!({"type": "register", "payload": {
+            "hostname": host, "os": "linux", "arch": "amd64", "tags": tags,
+            "executionMode": "user", "isRoot": false, "jobWindow": 4
+        }})
+    };
+    // The real database host; its key was made with its tags.
+    let r = l.post(
+        "/api/v1/keys",
+        &json!({"name": "db-1", "hostname": "db-1.test", "tags": ["role=db", "dc=1"]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["tags"], json!(["dc=1", "role=db"]));
+    let db_key = r.json()["key"].as_str().unwrap().to_owned();
+    let mut db = ws::connect(&l.ws_url(), Some(&db_key)).await.unwrap();
+    ws::send(&mut db, &register("db-1.test", &["role=db", "dc=1"])).await;
+    l.wait_connected("db-1.test", true);
+
+    // The attacker's host first registers as what it is (its tags are
+    // bound then), and comes back claiming role=db.
+    let evil_key = l.add_key("evil.test");
+    let mut evil = ws::connect(&l.ws_url(), Some(&evil_key)).await.unwrap();
+    ws::send(&mut evil, &register("evil.test", &["role=web"])).await;
+    l.wait_connected("evil.test", true);
+    drop(evil);
+    l.wait_connected("evil.test", false);
+    let mut evil = ws::connect(&l.ws_url(), Some(&evil_key)).await.unwrap();
+    ws::send(&mut evil, &register("evil.test", &["role=web", "role=db"])).await;
+    let closed = ws::recv_close(&mut evil, T).await;
+    assert_eq!(
+        closed,
+        Some((
+            1008,
+            "tags are not this key's (ccctl keys retag): +role=db".to_owned()
+        )),
+        "a host claimed a tag its key does not carry"
+    );
+    // A run for the database hosts goes to the database host alone.
+    let (_, jobs) =
+        l.post_run(&json!({"tags": ["role=db"], "command": "/bin/echo", "args": ["s3cret"]}));
+    let hosts: Vec<&str> = jobs.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(hosts, ["db-1.test"], "the run went to {hosts:?}");
+    // What the operator sees is what runs select on.
+    let agents = l.get("/api/v1/agents").json();
+    let tags_of = |host: &str| {
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["hostname"] == host)
+            .map(|a| a["tags"].clone())
+    };
+    assert_eq!(tags_of("evil.test"), Some(json!(["role=web"])));
+
+    // The operator may change a key's tags; then the host registers with
+    // the new ones, and only with them.
+    let r = l.put("/api/v1/keys/evil.test/tags", &json!(["role=db"]));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (_, jobs) = l.post_run(&json!({"tags": ["role=db"], "command": "/bin/true"}));
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    let mut evil = ws::connect(&l.ws_url(), Some(&evil_key)).await.unwrap();
+    ws::send(&mut evil, &register("evil.test", &["role=db"])).await;
+    l.wait_connected("evil.test", true);
+    let keys = l.get("/api/v1/keys").json();
+    let evil_tags = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "evil.test")
+        .map(|k| k["tags"].clone());
+    assert_eq!(evil_tags, Some(json!(["role=db"])));
+    // Bad tags and unknown keys get the API's usual answers.
+    assert_eq!(
+        l.put("/api/v1/keys/evil.test/tags", &json!(["a b"])).status,
+        400
+    );
+    assert_eq!(l.put("/api/v1/keys/nobody/tags", &json!([])).status, 404);
+    drop(db);
+}

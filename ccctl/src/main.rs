@@ -179,7 +179,14 @@ enum KeysCommand {
         /// that registers with it).
         #[arg(long)]
         hostname: Option<String>,
+        /// The tags its host may have, comma-separated (else those it
+        /// first registers with); runs select hosts by these.
+        #[arg(long, value_delimiter = ',')]
+        tags: Option<Vec<String>>,
     },
+    /// Set the tags the key's host may have (comma-separated; "" for
+    /// none). Its agent must register with the same from now on.
+    Retag { name: String, tags: String },
     /// Every key: name, bound hostname, created, active or revoked.
     List,
     /// Refuse the key from now on; an agent connected with it is
@@ -675,8 +682,12 @@ fn print_reports(
 /// `ccctl keys`: the listener's `keys` subcommand, through the API.
 fn keys(api: &Api, command: &KeysCommand) -> Result<bool> {
     match command {
-        KeysCommand::Add { name, hostname } => {
-            let body = json!({"name": name, "hostname": hostname});
+        KeysCommand::Add {
+            name,
+            hostname,
+            tags,
+        } => {
+            let body = json!({"name": name, "hostname": hostname, "tags": tags});
             let k = api.call("POST", "/keys", Some(&body))?;
             println!("{}", k["key"].as_str().context("no key in the answer")?);
             eprintln!(
@@ -707,6 +718,22 @@ fn keys(api: &Api, command: &KeysCommand) -> Result<bool> {
                     }
                 );
             }
+        }
+        KeysCommand::Retag { name, tags } => {
+            cc_proto::JobId::parse(name).with_context(|| format!("key name {name:?}"))?;
+            let tags: Vec<&str> = tags.split(',').filter(|t| !t.is_empty()).collect();
+            let k = api.call("PUT", &format!("/keys/{name}/tags"), Some(&json!(tags)))?;
+            eprintln!(
+                "key {name}: tags {}; its agent must register with the same",
+                k["tags"]
+                    .as_array()
+                    .map(|t| t
+                        .iter()
+                        .filter_map(|t| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","))
+                    .unwrap_or_default()
+            );
         }
         KeysCommand::Revoke { name } => {
             cc_proto::JobId::parse(name).with_context(|| format!("key name {name:?}"))?;
