@@ -602,10 +602,13 @@ fn since_ms(text: &str, now_ms: i64) -> Result<i64> {
         'd' => Some(86_400_000),
         _ => None,
     };
-    if let Some(last) = text.chars().last()
-        && let Some(ms) = unit(last)
-        && let Ok(n) = text[..text.len() - 1].parse::<i64>()
-    {
+    // The unit is ASCII, so the number is all but the last byte.
+    let age = text
+        .chars()
+        .last()
+        .and_then(unit)
+        .and_then(|ms| Some((text[..text.len() - 1].parse::<i64>().ok()?, ms)));
+    if let Some((n, ms)) = age {
         ensure!(n >= 0, "--since: an age is not negative");
         return Ok(now_ms - n.saturating_mul(ms));
     }
