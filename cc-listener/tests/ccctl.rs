@@ -333,6 +333,116 @@ async fn ctrl_c_stops_the_waiting_not_the_job() {
     assert_eq!(j["report"]["exitCode"], 0);
 }
 
+/// A hostile agent answers a run with a report whose `warning` clears the
+/// screen, homes the cursor, writes "ALL HOSTS OK" and retitles the window
+/// (issue #25, finding 5: it came through `ccctl run`'s table and `ccctl
+/// job` raw), then with the honest report of the same run. The listener
+/// refuses the first (a control character in `warning`: not stored, not
+/// acknowledged, named in its log with the character escaped) and keeps the
+/// second, so no escape reaches `ccctl run`, `run status`, `job` or
+/// `reports`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warning_with_escapes_is_refused_and_never_reaches_the_operators_terminal() {
+    const WARNING: &str = "\u{1b}[2J\u{1b}[H ALL HOSTS OK \u{1b}]0;pwned\u{7}";
+    let dir = TempDir::new("ccctl-warning");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let mut agent = ws::registered(&l, "evil.test").await;
+    let answered = tokio::spawn(async move {
+        let job = ws::recv_type(&mut agent, "execute_job", Duration::from_secs(60)).await;
+        let id = job["payload"]["jobId"].as_str().unwrap().to_owned();
+        let mut hostile = ws::report(&id, Some("hostile-1"));
+        hostile["payload"]["warning"] = json!(WARNING);
+        ws::send(&mut agent, &hostile).await;
+        ws::send(&mut agent, &ws::report(&id, Some("honest-1"))).await;
+        // The listener reads one connection's messages in order: once the
+        // honest report is acknowledged, the hostile one has had its answer.
+        let mut acked = Vec::new();
+        while acked.last().is_none_or(|a| a != "honest-1") {
+            let ack = ws::recv_type(&mut agent, "report_ack", Duration::from_secs(30)).await;
+            acked.push(ack["payload"]["reportId"].as_str().unwrap().to_owned());
+        }
+        acked
+    });
+    // Bounded: with no report stored, ccctl gives up after timeout + 120 s.
+    let run = ccctl(
+        &l,
+        dir.path(),
+        &[
+            "run",
+            "evil.test",
+            "--timeout",
+            "10",
+            "--",
+            "/bin/echo",
+            "hi",
+        ],
+    );
+    let acked = answered.await.unwrap();
+    let run_id = text(&run.stderr)
+        .strip_prefix("run ")
+        .and_then(|r| r.split(':').next())
+        .unwrap_or_else(|| panic!("{}", text(&run.stderr)))
+        .to_owned();
+    let job = l.get(&format!("/api/v1/runs/{run_id}")).json()["hosts"][0]["jobId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut shown = vec![("run".to_owned(), run)];
+    for args in [
+        vec!["run", "status", run_id.as_str()],
+        vec!["job", job.as_str()],
+        vec!["reports", "--host", "evil.test"],
+    ] {
+        shown.push((args.join(" "), ccctl(&l, dir.path(), &args)));
+    }
+    let raw = |b: &[u8]| {
+        text(b)
+            .chars()
+            .filter(|c| c.is_control() && *c != '\n')
+            .count()
+    };
+    let leaked: Vec<String> = shown
+        .iter()
+        .filter(|(_, o)| raw(&o.stdout) + raw(&o.stderr) > 0)
+        .map(|(cmd, o)| {
+            format!(
+                "ccctl {cmd}: {} raw on stdout, {} on stderr:\n{}",
+                raw(&o.stdout),
+                raw(&o.stderr),
+                text(&o.stdout).escape_debug()
+            )
+        })
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "{} of {} commands printed the agent's control characters raw:\n{}",
+        leaked.len(),
+        shown.len(),
+        leaked.join("\n")
+    );
+    assert!(shown[0].1.status.success(), "{}", text(&shown[0].1.stderr));
+    assert_eq!(
+        acked,
+        ["honest-1"],
+        "the hostile report is not acknowledged"
+    );
+    let stored = l.get(&format!("/api/v1/jobs/{job}")).json();
+    assert_eq!(stored["status"], "done", "{stored}");
+    assert!(stored["report"]["warning"].is_null(), "{stored}");
+    let reports = l.get("/api/v1/reports?hostname=evil.test").json();
+    assert_eq!(
+        reports.as_array().unwrap().len(),
+        1,
+        "only the honest one: {reports}"
+    );
+    let log = l.log();
+    assert!(
+        log.contains("warning contains a control character ('\\u{1b}') at byte 0"),
+        "{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "the log shows it escaped");
+}
+
 /// `ccctl completions bash` prints a script that knows the subcommands.
 #[test]
 fn completions_know_the_subcommands() {

@@ -6,7 +6,12 @@
 //! operator's own key, offline: the listener stores and relays the signed
 //! statement but cannot change it, and a host's helper runs only what a key
 //! it trusts signed.
+//!
+//! What it prints is mostly the listener's and the agents' text, so it is
+//! all written through [`term`], which escapes control characters.
 #![forbid(unsafe_code)]
+
+mod term;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +25,7 @@ use cc_proto::wire::CronEntry;
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use term::{errln, outln};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -283,7 +289,10 @@ impl Api {
                     .ok()
                     .and_then(|v| v["error"].as_str().map(str::to_owned))
                     .unwrap_or(text);
-                bail!("the listener answered {code}: {why}")
+                // Cleaned here, where the listener's text joins ours: the
+                // error is printed line by line, and a line break of its
+                // own would pass for one of ccctl's.
+                bail!("the listener answered {code}: {}", term::clean(&why))
             }
             Err(e) => Err(e).context("reaching the listener"),
         }
@@ -370,31 +379,25 @@ fn keygen(out: &Path, name: &str) -> Result<()> {
         .with_context(|| format!("creating {} (it must not exist yet)", out.display()))?;
     f.write_all(sign::pem(doc.as_ref()).as_bytes())?;
     f.sync_all()?;
-    println!("{} {name}", sign::public_id(&key));
+    outln!("{} {name}", sign::public_id(&key));
     Ok(())
 }
 
 /// A report's first line of output (stdout, else stderr) for a table: at
-/// most 60 characters, control characters escaped, so a job's output
-/// cannot move the cursor or recolour the operator's terminal.
+/// most 60 characters (its control characters are escaped with the rest
+/// of the row, by `outln!`).
 fn first_line(report: &Value) -> String {
-    let line = report["stdout"]
+    report["stdout"]
         .as_str()
         .filter(|s| !s.trim().is_empty())
         .or(report["stderr"].as_str())
         .unwrap_or("")
         .lines()
         .next()
-        .unwrap_or("");
-    let mut out = String::new();
-    for c in line.chars().take(60) {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+        .unwrap_or("")
+        .chars()
+        .take(60)
+        .collect()
 }
 
 /// One line per host: exit code, duration, first line of output.
@@ -405,17 +408,20 @@ fn summarize(jobs: &[(String, String, Value)], json_out: bool) -> bool {
             .iter()
             .map(|(h, id, j)| json!({"host": h, "jobId": id, "status": j["status"], "report": j["report"]}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        let _ = term::json(&v);
         return ok;
     }
-    println!(
+    outln!(
         "{:<28} {:<8} {:>6} {:>9}  OUTPUT",
-        "HOST", "STATUS", "EXIT", "MS"
+        "HOST",
+        "STATUS",
+        "EXIT",
+        "MS"
     );
     for (h, _, j) in jobs {
         let r = &j["report"];
         let first = first_line(r);
-        println!(
+        outln!(
             "{:<28} {:<8} {:>6} {:>9}  {}",
             h,
             j["status"].as_str().unwrap_or("?"),
@@ -426,7 +432,7 @@ fn summarize(jobs: &[(String, String, Value)], json_out: bool) -> bool {
             first
         );
         if let Some(w) = r["warning"].as_str() {
-            println!("{:<28} warning: {w}", "");
+            outln!("{:<28} warning: {w}", "");
         }
     }
     ok
@@ -503,31 +509,28 @@ fn print_job(j: &Value) {
         .flatten()
         .map(|a| a.as_str().unwrap_or("").to_owned())
         .collect();
-    println!("job      {}", text(&j["jobId"]));
-    println!("host     {}", text(&j["hostname"]));
-    println!("command  {} {}", text(&j["command"]), args.join(" "));
-    println!("status   {}", text(&j["status"]));
+    outln!("job      {}", text(&j["jobId"]));
+    outln!("host     {}", text(&j["hostname"]));
+    outln!("command  {} {}", text(&j["command"]), args.join(" "));
+    outln!("status   {}", text(&j["status"]));
     let r = &j["report"];
     if r.is_object() {
-        println!("exit     {}", r["exitCode"]);
-        println!(
+        outln!("exit     {}", r["exitCode"]);
+        outln!(
             "ran as   {} (uid {})",
             text(&r["executingUser"]),
             r["executingUid"]
         );
-        println!("started  {}", text(&r["startTime"]));
-        println!("took     {} ms", r["durationMs"]);
+        outln!("started  {}", text(&r["startTime"]));
+        outln!("took     {} ms", r["durationMs"]);
         if let Some(w) = r["warning"].as_str() {
-            println!("warning  {w}");
+            outln!("warning  {w}");
         }
         for stream in ["stdout", "stderr"] {
             let out = r[stream].as_str().unwrap_or("");
             if !out.is_empty() {
-                println!("--- {stream} ---");
-                print!("{out}");
-                if !out.ends_with('\n') {
-                    println!();
-                }
+                outln!("--- {stream} ---");
+                term::verbatim(out);
             }
         }
     }
@@ -552,13 +555,18 @@ fn print_agents(api: &Api, tags: &[String], offline: bool) -> Result<bool> {
         .collect();
     let warned = shown.iter().filter(|a| a["warning"].is_string()).count();
     if warned > 0 {
-        println!(
+        outln!(
             "WARNING: {warned} agent(s) run as root (UID 0) in user mode: every job they run runs as root"
         );
     }
-    println!(
+    outln!(
         "{:<28} {:<7} {:<7} {:<6} {:<25} {:<22} TAGS",
-        "HOST", "ONLINE", "MODE", "ROOT", "LAST HEARTBEAT", "CRON"
+        "HOST",
+        "ONLINE",
+        "MODE",
+        "ROOT",
+        "LAST HEARTBEAT",
+        "CRON"
     );
     for x in shown {
         let tags: Vec<&str> = x["tags"]
@@ -574,7 +582,7 @@ fn print_agents(api: &Api, tags: &[String], offline: bool) -> Result<bool> {
         } else {
             "-".to_owned()
         };
-        println!(
+        outln!(
             "{:<28} {:<7} {:<7} {:<6} {:<25} {:<22} {}",
             x["hostname"].as_str().unwrap_or("?"),
             if x["connected"] == true { "yes" } else { "no" },
@@ -585,7 +593,7 @@ fn print_agents(api: &Api, tags: &[String], offline: bool) -> Result<bool> {
             tags.join(",")
         );
         if let Some(w) = x["warning"].as_str() {
-            println!("{:<28} WARNING: {w}", "");
+            outln!("{:<28} WARNING: {w}", "");
         }
     }
     Ok(true)
@@ -601,10 +609,13 @@ fn since_ms(text: &str, now_ms: i64) -> Result<i64> {
         'd' => Some(86_400_000),
         _ => None,
     };
-    if let Some(last) = text.chars().last()
-        && let Some(ms) = unit(last)
-        && let Ok(n) = text[..text.len() - 1].parse::<i64>()
-    {
+    // The unit is ASCII, so the number is all but the last byte.
+    let age = text
+        .chars()
+        .last()
+        .and_then(unit)
+        .and_then(|ms| Some((text[..text.len() - 1].parse::<i64>().ok()?, ms)));
+    if let Some((n, ms)) = age {
         ensure!(n >= 0, "--since: an age is not negative");
         return Ok(now_ms - n.saturating_mul(ms));
     }
@@ -652,16 +663,21 @@ fn print_reports(
         old.is_some() || all.len() >= limit as usize
     })?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        term::json(&reports)?;
         return Ok(true);
     }
-    println!(
+    outln!(
         "{:<24} {:<28} {:<24} {:<6} {:>5} {:>6}  OUTPUT",
-        "RECEIVED", "HOST", "JOB", "KIND", "EXIT", "UID"
+        "RECEIVED",
+        "HOST",
+        "JOB",
+        "KIND",
+        "EXIT",
+        "UID"
     );
     for r in &reports {
         let rep = &r["report"];
-        println!(
+        outln!(
             "{:<24} {:<28} {:<24} {:<6} {:>5} {:>6}  {}",
             r["receivedAt"].as_str().unwrap_or("-"),
             r["hostname"].as_str().unwrap_or("?"),
@@ -689,8 +705,8 @@ fn keys(api: &Api, command: &KeysCommand) -> Result<bool> {
         } => {
             let body = json!({"name": name, "hostname": hostname, "tags": tags});
             let k = api.call("POST", "/keys", Some(&body))?;
-            println!("{}", k["key"].as_str().context("no key in the answer")?);
-            eprintln!(
+            outln!("{}", k["key"].as_str().context("no key in the answer")?);
+            errln!(
                 "key {name} added{}; it is shown only now",
                 k["hostname"]
                     .as_str()
@@ -699,14 +715,14 @@ fn keys(api: &Api, command: &KeysCommand) -> Result<bool> {
             );
         }
         KeysCommand::List => {
-            println!("{:<24} {:<28} {:<25} STATE", "NAME", "HOSTNAME", "CREATED");
+            outln!("{:<24} {:<28} {:<25} STATE", "NAME", "HOSTNAME", "CREATED");
             for k in api
                 .call("GET", "/keys", None)?
                 .as_array()
                 .into_iter()
                 .flatten()
             {
-                println!(
+                outln!(
                     "{:<24} {:<28} {:<25} {}",
                     k["name"].as_str().unwrap_or("?"),
                     k["hostname"].as_str().unwrap_or("-"),
@@ -741,7 +757,7 @@ fn keys(api: &Api, command: &KeysCommand) -> Result<bool> {
                 .request("DELETE", &format!("/keys/{name}"))
                 .timeout(Duration::from_secs(30));
             Api::send(req, None)?;
-            eprintln!("revoked {name}; an agent connected with it was disconnected");
+            errln!("revoked {name}; an agent connected with it was disconnected");
         }
     }
     Ok(true)
@@ -784,9 +800,9 @@ fn follow_run(api: &Api, body: &Value, args: &RunArgs, json_out: bool) -> Result
         .context("no runId in the answer")?
         .to_owned();
     if args.no_wait {
-        println!("run {id}");
+        outln!("run {id}");
         for j in accepted["jobs"].as_array().into_iter().flatten() {
-            println!(
+            outln!(
                 "{} {}",
                 j["hostname"].as_str().unwrap_or("?"),
                 j["jobId"].as_str().unwrap_or("?")
@@ -794,7 +810,7 @@ fn follow_run(api: &Api, body: &Value, args: &RunArgs, json_out: bool) -> Result
         }
         return Ok(true);
     }
-    eprintln!("run {id}: follow it later with `ccctl run status {id}` or `ccctl run watch {id}`");
+    errln!("run {id}: follow it later with `ccctl run status {id}` or `ccctl run watch {id}`");
     stop_waiting_on_ctrl_c(&id);
     wait_run(api, &id, args.timeout)?;
     run_table(api, &id, json_out)
@@ -804,12 +820,14 @@ fn follow_run(api: &Api, body: &Value, args: &RunArgs, json_out: bool) -> Result
 /// listener); say how to follow the run, and exit 130 as a shell expects.
 fn stop_waiting_on_ctrl_c(id: &str) {
     let msg = format!(
-        "\nccctl: stopped waiting; run {id} goes on. Follow it with `ccctl run status {id}` or `ccctl run watch {id}`"
+        "ccctl: stopped waiting; run {id} goes on. Follow it with `ccctl run status {id}` or `ccctl run watch {id}`"
     );
     // The handler runs on its own thread, not in signal context. One run
     // is waited for per process, so a second install cannot happen.
     let _ = ctrlc::set_handler(move || {
-        eprintln!("{msg}");
+        // A line of its own, after any progress line.
+        term::err_line("");
+        term::err_line(&msg);
         std::process::exit(130);
     });
 }
@@ -869,17 +887,17 @@ fn wait_run(api: &Api, id: &str, timeout: u64) -> Result<()> {
                 .filter(|(st, code)| st == "done" && *code != Some(0))
                 .count();
             if tty {
-                eprint!(
-                    "\r{} done ({failed} failed), {} lost, {} expired of {total}; {:.1} s   ",
+                term::progress(&format!(
+                    "{} done ({failed} failed), {} lost, {} expired of {total}; {:.1} s",
                     count("done"),
                     count("lost"),
                     count("expired"),
                     started.elapsed().as_secs_f64()
-                );
+                ));
             }
             if state.values().all(|(st, _)| ended(st)) {
                 if tty {
-                    eprintln!();
+                    term::progress_done();
                 }
                 return Ok(());
             }
@@ -986,13 +1004,13 @@ fn main() -> ExitCode {
                     Some(Api::new(&cli, &file)?)
                 };
                 let signed = sign_for_hosts(api.as_ref(), &file, args)?;
-                println!("{}", serde_json::to_string_pretty(&signed)?);
+                term::json(&signed)?;
                 Ok(true)
             }
             Command::Job { id, output } => {
                 let j = Api::new(&cli, &file)?.call("GET", &format!("/jobs/{id}"), None)?;
                 if output == "json" {
-                    println!("{}", serde_json::to_string_pretty(&j)?);
+                    term::json(&j)?;
                 } else {
                     print_job(&j);
                 }
@@ -1034,7 +1052,7 @@ fn main() -> ExitCode {
                         None,
                     )?;
                     for e in list.as_array().into_iter().flatten() {
-                        println!(
+                        outln!(
                             "{} {} {}",
                             e["id"].as_str().unwrap_or(""),
                             e["schedule"].as_str().unwrap_or(""),
@@ -1083,7 +1101,7 @@ fn main() -> ExitCode {
                         &format!("/agents/{host}/cron"),
                         Some(&body),
                     )?;
-                    println!(
+                    outln!(
                         "{} entries stored for {host}",
                         stored.as_array().map_or(0, Vec::len)
                     );
@@ -1096,7 +1114,11 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("ccctl: error: {e:#}");
+            // Line by line: a parse error of ccctl.toml points at its line
+            // over several.
+            for line in format!("ccctl: error: {e:#}").lines() {
+                term::err_line(line);
+            }
             ExitCode::from(2)
         }
     }
@@ -1152,9 +1174,10 @@ mod tests {
     #[test]
     fn a_table_line_never_carries_a_control_character() {
         let r = json!({"stdout": "\u{1b}[31mred\u{1b}[0m\rover\nsecond", "stderr": ""});
-        let line = first_line(&r);
+        let line = term::clean(&first_line(&r)).into_owned();
         assert!(!line.chars().any(char::is_control), "{line:?}");
         assert!(line.starts_with("\\u{1b}[31mred"), "{line:?}");
+        assert!(line.ends_with("\\rover"), "the first line only: {line:?}");
         let r = json!({"stdout": " \n", "stderr": "boom\n"});
         assert_eq!(first_line(&r), "boom");
         let long = json!({"stdout": "x".repeat(100)});

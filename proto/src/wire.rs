@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use thiserror::Error;
 
 use crate::command::CommandLine;
-use crate::ids::{Hostname, JobId, Tag, TextError, Timeout, check_text};
+use crate::ids::{Hostname, JobId, Tag, TextError, Timeout, check_no_control, check_text};
 use crate::output::MAX_STREAM_BYTES;
 use crate::schedule::{Schedule, ScheduleError};
 use crate::time::{Timestamp, TimestampError};
@@ -134,15 +134,7 @@ impl ReportRejected {
     /// control characters become spaces and it is cut (on a character
     /// boundary) to [`ReportRejected::MAX_REASON_BYTES`].
     pub fn new(report_id: String, reason: &str) -> Self {
-        let mut reason: String = reason
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        let mut keep = reason.len().min(Self::MAX_REASON_BYTES);
-        while !reason.is_char_boundary(keep) {
-            keep -= 1;
-        }
-        reason.truncate(keep);
+        let mut reason = one_line(reason, Self::MAX_REASON_BYTES);
         if reason.is_empty() {
             reason.push_str("refused");
         }
@@ -160,6 +152,21 @@ impl ReportRejected {
         check_text("reason", &self.reason, Self::MAX_REASON_BYTES)?;
         Ok(())
     }
+}
+
+/// `text` as one line of at most `max` bytes: control characters become
+/// spaces, and it is cut on a character boundary.
+fn one_line(text: &str, max: usize) -> String {
+    let mut line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut keep = line.len().min(max);
+    while !line.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    line.truncate(keep);
+    line
 }
 
 /// Extension `cron_status` (agent → listener): what the last
@@ -499,11 +506,29 @@ impl Register {
 }
 
 impl ExecutionReport {
-    /// Keeps the whole `execution_report` message within the listener's
-    /// cap (minus 4 KiB of room): JSON escaping can grow a 256 KiB stream of
-    /// control characters sixfold. Halves the larger stream (on a character
-    /// boundary) until the message fits, and says so in the warning.
+    /// Longest `warning` a receiver accepts.
+    pub const MAX_WARNING_BYTES: usize = 4096;
+
+    /// Makes the report one the listener accepts whole, whatever the job
+    /// printed or a warning quotes: the message within the listener's cap
+    /// (minus 4 KiB of room) and the warning one line within
+    /// [`ExecutionReport::MAX_WARNING_BYTES`]. A report the listener refuses
+    /// is never acknowledged, so it would stay in the agent's outbox.
     pub fn fit(&mut self) {
+        self.fit_streams();
+        // Our warnings are sentences, but some quote an error (a cgroup's,
+        // the kernel's) whose text is not ours to choose.
+        if let Some(w) = &mut self.warning {
+            if w.len() > Self::MAX_WARNING_BYTES || w.chars().any(char::is_control) {
+                *w = one_line(w, Self::MAX_WARNING_BYTES);
+            }
+        }
+    }
+
+    /// JSON escaping can grow a 256 KiB stream of control characters
+    /// sixfold: halves the larger stream (on a character boundary) until
+    /// the message fits, and says so in the warning.
+    fn fit_streams(&mut self) {
         let budget = MAX_MESSAGE_BYTES - 4096;
         // JSON escaping grows a byte to at most six: a report this small
         // fits whatever it holds, without encoding it to find out.
@@ -543,8 +568,8 @@ impl ExecutionReport {
     }
 
     /// Checks what a receiver relies on: a valid job id, a real timestamp,
-    /// streams within the cap, a short user name and warning, a short
-    /// report id.
+    /// streams within the cap, a short user name, a short warning without
+    /// control characters, a short report id.
     pub fn validate(&self) -> Result<(), InvalidPayload> {
         JobId::parse(&self.job_id)?;
         Timestamp::parse("startTime", &self.start_time)?;
@@ -568,14 +593,19 @@ impl ExecutionReport {
         }
         check_text("executingUser", &self.executing_user, 256)?;
         if let Some(w) = &self.warning {
-            if w.len() > 4096 {
+            if w.len() > Self::MAX_WARNING_BYTES {
                 return Err(TextError::TooLong {
                     field: "warning",
                     len: w.len(),
-                    max: 4096,
+                    max: Self::MAX_WARNING_BYTES,
                 }
                 .into());
             }
+            // The spec's warning is a sentence for a person ("Running as
+            // root (UID 0). Ensure this is intentional."), shown in tables
+            // and logs: a control character in it can only be an attempt
+            // on a terminal (issue #25, finding 5) or a forged log line.
+            check_no_control("warning", w)?;
         }
         if let Some(id) = &self.report_id {
             JobId::parse(id).map_err(|_| TextError::Invalid {
@@ -1069,6 +1099,14 @@ mod tests {
             }),
             "warning is 4097 bytes long; at most 4096 allowed"
         );
+        // Too long is said first, whatever the warning holds.
+        assert_eq!(
+            refused(ExecutionReport {
+                warning: Some(format!("\u{1b}{}", "w".repeat(4096))),
+                ..ok.clone()
+            }),
+            "warning is 4097 bytes long; at most 4096 allowed"
+        );
         assert_eq!(
             refused(ExecutionReport {
                 report_id: Some("r".repeat(129)),
@@ -1090,6 +1128,92 @@ mod tests {
             })
             .contains("startTime")
         );
+    }
+
+    /// What the agent and the helper send passes the listener's check of
+    /// the warning: `fit` makes a warning with a control character (an
+    /// error quoted into it) one line, and cuts an over-long one — also
+    /// after adding its own note about shortened output.
+    #[test]
+    fn fit_leaves_a_warning_the_listener_accepts() {
+        let mut r = ExecutionReport {
+            warning: Some("no job cgroup (open: No such file\nor directory)\u{1b}".into()),
+            ..report()
+        };
+        r.fit();
+        assert_eq!(
+            r.warning.as_deref(),
+            Some("no job cgroup (open: No such file or directory) ")
+        );
+        r.validate().unwrap();
+        let plain = "Running as root (UID 0). Ensure this is intentional.";
+        let mut r = ExecutionReport {
+            warning: Some(plain.into()),
+            ..report()
+        };
+        r.fit();
+        assert_eq!(
+            r.warning.as_deref(),
+            Some(plain),
+            "a sentence is left alone"
+        );
+        // 4,095 bytes of warning, then a two-byte character, then the note
+        // about shortened output (200,000 control characters escape to
+        // 1.2 MB): cut to 4,095 bytes, on the boundary.
+        let mut r = ExecutionReport {
+            stdout: "\u{1}".repeat(200_000),
+            warning: Some(format!("{}é", "w".repeat(4095))),
+            ..report()
+        };
+        r.fit();
+        assert_eq!(r.warning.as_deref(), Some("w".repeat(4095).as_str()));
+        r.validate().unwrap();
+    }
+
+    /// Issue #25, finding 5: a warning that cleared the operator's screen,
+    /// wrote "ALL HOSTS OK" and retitled the window was stored and shown
+    /// raw — only its length was checked. Every control character (C0, DEL,
+    /// C1) is refused now, named and at its byte; a sentence, also in any
+    /// script and with punctuation, still passes.
+    #[test]
+    fn a_warning_with_a_control_character_is_refused() {
+        let with = |w: &str| ExecutionReport {
+            warning: Some(w.into()),
+            ..report()
+        };
+        let attack = "\u{1b}[2J\u{1b}[H…ALL HOSTS OK…\u{1b}]0;pwned\u{7}";
+        assert_eq!(
+            with(attack).validate().unwrap_err().to_string(),
+            "warning contains a control character ('\\u{1b}') at byte 0"
+        );
+        for (w, ch, at) in [
+            ("ok\u{7}", '\u{7}', 2),
+            ("line one\nline two", '\n', 8),
+            ("a\rforged", '\r', 1),
+            ("tab\there", '\t', 3),
+            ("nul\0", '\0', 3),
+            ("del\u{7f}", '\u{7f}', 3),
+            ("c1 csi \u{9b}31m", '\u{9b}', 7),
+            ("é\u{85}next line", '\u{85}', 2),
+        ] {
+            assert_eq!(
+                with(w).validate(),
+                Err(InvalidPayload::Text(TextError::Control {
+                    field: "warning",
+                    ch,
+                    at
+                })),
+                "{w:?}"
+            );
+        }
+        for fine in [
+            "Running as root (UID 0). Ensure this is intentional.",
+            "timed out after 5 s: the job and everything it started were sent SIGTERM, then SIGKILL after 2 s",
+            "stdout: 10 of 20 bytes dropped (first and last 128 KiB kept); über-long — 日本語",
+            "",
+        ] {
+            with(fine).validate().unwrap();
+        }
     }
 
     /// A `report_rejected` is checked like a report's own fields: the id
