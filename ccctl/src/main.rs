@@ -739,7 +739,7 @@ fn keys(api: &Api, command: &KeysCommand) -> Result<bool> {
             cc_proto::JobId::parse(name).with_context(|| format!("key name {name:?}"))?;
             let tags: Vec<&str> = tags.split(',').filter(|t| !t.is_empty()).collect();
             let k = api.call("PUT", &format!("/keys/{name}/tags"), Some(&json!(tags)))?;
-            eprintln!(
+            errln!(
                 "key {name}: tags {}; its agent must register with the same",
                 k["tags"]
                     .as_array()
