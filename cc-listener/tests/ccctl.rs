@@ -129,10 +129,39 @@ async fn keys_are_added_listed_and_revoked_through_the_api() {
     let list = text(&ccctl(&l, dir.path(), &["keys", "list"]).stdout);
     let row = list.lines().find(|r| r.starts_with("web1 ")).unwrap();
     assert!(
-        row.contains("web1.test") && row.ends_with("active"),
-        "{list}"
+        row.contains("web1.test") && row.contains(" active ") && row.ends_with(" test"),
+        "bound to the first registration's tags: {list}"
     );
     assert!(!list.contains("cck_"), "no key value listed: {list}");
+
+    // Tags: given with the key, and changed only by an operator.
+    let tagged = ccctl(
+        &l,
+        dir.path(),
+        &["keys", "add", "db1", "--tags", "role=db,dc=1"],
+    );
+    assert!(tagged.status.success(), "{}", text(&tagged.stderr));
+    let list = text(&ccctl(&l, dir.path(), &["keys", "list"]).stdout);
+    let row = list.lines().find(|r| r.starts_with("db1 ")).unwrap();
+    assert!(row.ends_with(" dc=1,role=db"), "{list}");
+    let retag = ccctl(&l, dir.path(), &["keys", "retag", "db1", "role=db"]);
+    assert!(retag.status.success(), "{}", text(&retag.stderr));
+    assert!(
+        text(&retag.stderr).contains("tags role=db"),
+        "{}",
+        text(&retag.stderr)
+    );
+    let list = text(&ccctl(&l, dir.path(), &["keys", "list"]).stdout);
+    let row = list.lines().find(|r| r.starts_with("db1 ")).unwrap();
+    assert!(row.ends_with(" role=db"), "{list}");
+    let bad = ccctl(&l, dir.path(), &["keys", "retag", "db1", "no spaces"]);
+    assert!(text(&bad.stderr).contains("400"), "{}", text(&bad.stderr));
+    let unknown = ccctl(&l, dir.path(), &["keys", "retag", "nobody", "x"]);
+    assert!(
+        text(&unknown.stderr).contains("404"),
+        "{}",
+        text(&unknown.stderr)
+    );
 
     let t0 = Instant::now();
     let revoked = ccctl(&l, dir.path(), &["keys", "revoke", "web1"]);
@@ -151,7 +180,7 @@ async fn keys_are_added_listed_and_revoked_through_the_api() {
     let list = text(&ccctl(&l, dir.path(), &["keys", "list"]).stdout);
     assert!(
         list.lines()
-            .any(|r| r.starts_with("web1 ") && r.ends_with("revoked")),
+            .any(|r| r.starts_with("web1 ") && r.contains(" revoked ")),
         "{list}"
     );
     let again = ccctl(&l, dir.path(), &["keys", "revoke", "web1"]);

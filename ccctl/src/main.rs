@@ -715,15 +715,31 @@ fn keys(api: &Api, command: &KeysCommand) -> Result<bool> {
             );
         }
         KeysCommand::List => {
-            outln!("{:<24} {:<28} {:<25} STATE", "NAME", "HOSTNAME", "CREATED");
+            outln!(
+                "{:<24} {:<28} {:<25} {:<8} TAGS",
+                "NAME",
+                "HOSTNAME",
+                "CREATED",
+                "STATE"
+            );
             for k in api
                 .call("GET", "/keys", None)?
                 .as_array()
                 .into_iter()
                 .flatten()
             {
+                // `-`: not bound yet (the first registration's tags).
+                let tags = k["tags"].as_array().map_or_else(
+                    || "-".to_owned(),
+                    |t| {
+                        t.iter()
+                            .filter_map(|t| t.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    },
+                );
                 outln!(
-                    "{:<24} {:<28} {:<25} {}",
+                    "{:<24} {:<28} {:<25} {:<8} {}",
                     k["name"].as_str().unwrap_or("?"),
                     k["hostname"].as_str().unwrap_or("-"),
                     k["created"].as_str().unwrap_or("-"),
@@ -731,7 +747,8 @@ fn keys(api: &Api, command: &KeysCommand) -> Result<bool> {
                         "revoked"
                     } else {
                         "active"
-                    }
+                    },
+                    tags
                 );
             }
         }
