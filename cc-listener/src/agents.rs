@@ -14,8 +14,7 @@
 //! - a frame over [`MAX_MESSAGE_BYTES`]: the connection is closed (1009),
 //!   since the stream cannot be resynchronised.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -25,7 +24,7 @@ use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -42,8 +41,14 @@ use cc_proto::wire::{
 
 use crate::hub::{OUTBOUND_QUEUE, Outbound};
 use crate::metrics::{ConnRefusal, ReportRefusal, WsRefusal};
+use crate::pending::{Admitted, Limits, LogBudget, Marker, Pending, Refused};
 use crate::store::{Binding, JobRow, KeyRecord, Refusal, Stored, WriteOp, WriteOut};
 use crate::{AppState, now_ms};
+
+/// Handshakes without a valid key: anyone can make them, as fast as they
+/// like, so they are logged 20 a second at most; `left_out` on a line says
+/// how many went unlogged before it (the metric counts every one).
+static BAD_KEYS: LogBudget = LogBudget::new(Duration::from_secs(1), 20);
 
 /// Invalid messages tolerated on one connection before it is closed.
 pub const MAX_PROTOCOL_ERRORS: u32 = 16;
@@ -60,134 +65,8 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_MESSAGE_BYTES))
 }
 
-/// Connections that have not registered yet: a budget of their own, a cap
-/// per source address, and (in [`serve_agent`]) a deadline. Registered
-/// agents hold a permit of another budget (`max_connections`), so no
-/// number of anonymous sockets can keep a registered agent out or push one
-/// off; when this budget is full the *oldest* unregistered connection is
-/// closed, so a new agent still gets its turn.
-#[derive(Debug)]
-struct Pending {
-    max: usize,
-    per_source: usize,
-    inner: std::sync::Mutex<PendingInner>,
-}
-
-#[derive(Debug, Default)]
-struct PendingInner {
-    next: u64,
-    /// Oldest first; dropping the sender closes that connection.
-    conns: BTreeMap<u64, (Source, oneshot::Sender<()>)>,
-    by_source: HashMap<Source, usize>,
-}
-
-/// Where a connection comes from, for the per-source cap: an IPv4
-/// address, or an IPv6 /64 (one host usually owns a whole /64).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Source {
-    V4(std::net::Ipv4Addr),
-    V6([u8; 8]),
-}
-
-impl Source {
-    fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(v4) => Self::V4(v4),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self::V4(v4),
-                None => {
-                    let o = v6.octets();
-                    Self::V6([o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]])
-                }
-            },
-        }
-    }
-}
-
-/// An admitted unregistered connection; dropping it gives its place back.
-#[derive(Debug)]
-struct Admitted {
-    pending: Arc<Pending>,
-    id: u64,
-    /// Resolves when the connection was pushed out to make room.
-    evicted: oneshot::Receiver<()>,
-}
-
-/// Why a connection was not admitted.
-#[derive(Debug, PartialEq, Eq)]
-struct SourceFull;
-
-impl Pending {
-    fn new(max: usize, per_source: usize) -> Arc<Self> {
-        Arc::new(Self {
-            max: max.max(1),
-            per_source: per_source.max(1),
-            inner: std::sync::Mutex::default(),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, PendingInner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Admits a connection from `ip`, closing the oldest unregistered one
-    /// if the budget is full; refuses it if its source holds its share.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, SourceFull> {
-        let source = Source::of(ip);
-        let mut g = self.lock();
-        let inner = &mut *g;
-        if inner.by_source.get(&source).copied().unwrap_or(0) >= self.per_source {
-            return Err(SourceFull);
-        }
-        while inner.conns.len() >= self.max {
-            let Some((_, (old, _closes))) = inner.conns.pop_first() else {
-                break;
-            };
-            PendingInner::forget(&mut inner.by_source, old);
-        }
-        let id = inner.next;
-        inner.next += 1;
-        let (tx, rx) = oneshot::channel();
-        inner.conns.insert(id, (source, tx));
-        *inner.by_source.entry(source).or_default() += 1;
-        Ok(Admitted {
-            pending: Arc::clone(self),
-            id,
-            evicted: rx,
-        })
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.lock().conns.len()
-    }
-}
-
-impl PendingInner {
-    fn forget(by_source: &mut HashMap<Source, usize>, source: Source) {
-        if let Some(n) = by_source.get_mut(&source) {
-            *n -= 1;
-            if *n == 0 {
-                by_source.remove(&source);
-            }
-        }
-    }
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        let mut g = self.pending.lock();
-        let inner = &mut *g;
-        // Absent when it was evicted: its source was forgotten then.
-        if let Some((source, _)) = inner.conns.remove(&self.id) {
-            PendingInner::forget(&mut inner.by_source, source);
-        }
-    }
-}
-
-/// Accepts agents until `shutdown` flips.
+/// Accepts agents until `shutdown` flips. Who gets a place before
+/// registering is [`crate::pending`]'s to say.
 pub async fn accept_loop(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -195,18 +74,28 @@ pub async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let registered = Arc::new(Semaphore::new(state.settings.max_connections));
-    let pending = Pending::new(
-        state.settings.max_unauthenticated,
-        state.settings.max_unauthenticated_per_source,
-    );
+    let pending = Pending::new(Limits {
+        max: state.settings.max_unauthenticated,
+        per_source: state.settings.max_unauthenticated_per_source,
+        per_48: state.settings.max_unauthenticated_per_48,
+        failures_per_sec: state.settings.unauthenticated_failures_per_sec,
+    });
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    let Ok(admitted) = pending.admit(peer.ip()) else {
-                        state.metrics.connection_refused(ConnRefusal::PerSource);
-                        debug!(%peer, max = state.settings.max_unauthenticated_per_source, "too many unregistered connections from this source; closing");
-                        continue;
+                    let admitted = match pending.admit(peer.ip()) {
+                        Ok(a) => a,
+                        Err(why) => {
+                            let (reason, what) = match why {
+                                Refused::SourceFull => (ConnRefusal::PerSource, "its source holds its share of unregistered connections"),
+                                Refused::SourceFailing => (ConnRefusal::SourceFailing, "its source spent its budget of failed connections"),
+                                Refused::Full => (ConnRefusal::Budget, "every unregistered place is held by a connection that spoke"),
+                            };
+                            state.metrics.connection_refused(reason);
+                            debug!(%peer, "refused: {what}");
+                            continue;
+                        }
                     };
                     let _ = tcp.set_nodelay(true);
                     let state = Arc::clone(&state);
@@ -217,18 +106,24 @@ pub async fn accept_loop(
                     match tls.clone() {
                         None => {
                             tokio::spawn(async move {
-                                serve_agent(tcp, peer, &state, admitted, deadline, &registered).await;
+                                let mut admitted = admitted;
+                                if first_bytes(&tcp, &mut admitted, deadline, &state, peer).await {
+                                    serve_agent(tcp, peer, &state, admitted, deadline, &registered).await;
+                                }
                             });
                         }
                         Some(acceptor) => {
                             tokio::spawn(async move {
                                 let mut admitted = admitted;
+                                if !first_bytes(&tcp, &mut admitted, deadline, &state, peer).await {
+                                    return;
+                                }
                                 let handshake = tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp)));
                                 let tls = tokio::select! {
                                     r = handshake => r,
                                     _ = &mut admitted.evicted => {
                                         state.metrics.connection_refused(ConnRefusal::Budget);
-                                        debug!(%peer, "closed during TLS: the oldest of too many unregistered connections");
+                                        debug!(%peer, "closed during TLS: pushed out of the unregistered budget");
                                         return;
                                     }
                                 };
@@ -252,6 +147,47 @@ pub async fn accept_loop(
     }
 }
 
+/// Waits for the connection's first bytes, by `deadline`: until then it
+/// is silent, the first to be pushed out when the budget is full. False:
+/// it was pushed out, timed out or failed first.
+async fn first_bytes(
+    tcp: &tokio::net::TcpStream,
+    admitted: &mut Admitted,
+    deadline: tokio::time::Instant,
+    state: &AppState,
+    peer: SocketAddr,
+) -> bool {
+    // `peek`, not `readable`: readiness may be reported before any byte
+    // (tokio allows false positives), and a silent socket must stay silent.
+    let mut byte = [0u8; 1];
+    let r = tokio::select! {
+        r = tokio::time::timeout_at(deadline, tcp.peek(&mut byte)) => r,
+        _ = &mut admitted.evicted => {
+            state.metrics.connection_refused(ConnRefusal::Budget);
+            debug!(%peer, "closed while silent: pushed out of the unregistered budget");
+            return false;
+        }
+    };
+    match r {
+        Ok(Ok(0)) => {
+            debug!(%peer, "closed before its first byte");
+            false
+        }
+        Ok(Ok(_)) => {
+            admitted.spoke();
+            true
+        }
+        Ok(Err(e)) => {
+            debug!(%peer, "connection failed before its first byte: {e}");
+            false
+        }
+        Err(_) => {
+            debug!(%peer, "no byte within the time to register; closing");
+            false
+        }
+    }
+}
+
 /// One agent connection from the first byte to the end, and how it ended.
 ///
 /// Set-up (handshake, register, key binding) must end by `deadline` and
@@ -269,10 +205,10 @@ async fn serve_agent<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let greeted = tokio::select! {
-        r = Box::pin(greet(stream, peer, state, deadline)) => r,
+        r = Box::pin(greet(stream, peer, state, deadline, admitted.marker())) => r,
         _ = &mut admitted.evicted => {
             state.metrics.connection_refused(ConnRefusal::Budget);
-            debug!(%peer, "closed: the oldest of too many unregistered connections");
+            debug!(%peer, "closed: pushed out of the unregistered budget");
             return;
         }
     };
@@ -334,6 +270,7 @@ async fn greet<S>(
     peer: SocketAddr,
     state: &AppState,
     deadline: tokio::time::Instant,
+    marker: Marker,
 ) -> Result<Greeted<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -352,7 +289,9 @@ where
             .and_then(|v| v.to_str().ok());
         let Some(presented) = presented else {
             state.metrics.connection_refused(ConnRefusal::Auth);
-            warn!(%peer, "refused: no X-CC-API-KEY");
+            if let Some(left_out) = BAD_KEYS.allow() {
+                warn!(%peer, left_out, "refused: no X-CC-API-KEY");
+            }
             return Err(refuse(StatusCode::UNAUTHORIZED, "missing X-CC-API-KEY"));
         };
         // A blocking call inside the handshake's callback: PostgreSQL's
@@ -366,12 +305,15 @@ where
         };
         match found {
             Ok(Some(record)) => {
+                marker.keyed();
                 key = Some(record);
                 Ok(resp)
             }
             Ok(None) => {
                 state.metrics.connection_refused(ConnRefusal::Auth);
-                warn!(%peer, "refused: unknown or revoked API key");
+                if let Some(left_out) = BAD_KEYS.allow() {
+                    warn!(%peer, left_out, "refused: unknown or revoked API key");
+                }
                 Err(refuse(
                     StatusCode::UNAUTHORIZED,
                     "unknown or revoked X-CC-API-KEY",
@@ -1062,64 +1004,6 @@ mod tests {
             why.len() <= 123 && why.ends_with(" ..."),
             "{} {why}",
             why.len()
-        );
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    /// Unregistered connections: a cap per source, the oldest pushed out
-    /// when the budget is full, places given back on drop (and not twice
-    /// for an evicted one).
-    #[test]
-    fn unregistered_connections_have_a_budget_and_a_cap_per_source() {
-        let p = Pending::new(3, 2);
-        let a1 = p.admit(ip("10.0.0.1")).unwrap();
-        let mut a2 = p.admit(ip("10.0.0.1")).unwrap();
-        assert_eq!(
-            p.admit(ip("10.0.0.1")).unwrap_err(),
-            SourceFull,
-            "2 per source"
-        );
-        let b1 = p.admit(ip("10.0.0.2")).unwrap();
-        assert_eq!(p.len(), 3);
-        // Full: the next one pushes out the oldest (a1), from any source.
-        let mut a1 = a1;
-        let c1 = p.admit(ip("10.0.0.3")).unwrap();
-        assert_eq!(p.len(), 3);
-        assert!(
-            a1.evicted
-                .try_recv()
-                .is_err_and(|e| e == oneshot::error::TryRecvError::Closed)
-        );
-        assert!(
-            a2.evicted
-                .try_recv()
-                .is_err_and(|e| e == oneshot::error::TryRecvError::Empty)
-        );
-        // a1's source place was given back when it was pushed out ...
-        drop(b1);
-        assert_eq!(p.len(), 2);
-        let a3 = p.admit(ip("10.0.0.1")).unwrap();
-        // ... and dropping it later gives nothing back twice.
-        drop(a1);
-        assert_eq!(p.admit(ip("10.0.0.1")).unwrap_err(), SourceFull);
-        assert_eq!(p.len(), 3);
-        drop((a2, a3));
-        assert_eq!(p.len(), 1);
-        let _x = p.admit(ip("10.0.0.1")).unwrap();
-        let _y = p.admit(ip("10.0.0.1")).unwrap();
-        drop(c1);
-        // IPv6: one /64 is one source; an IPv4-mapped address is its IPv4.
-        let q = Pending::new(10, 1);
-        let _v6 = q.admit(ip("2001:db8:1:2::1")).unwrap();
-        assert!(q.admit(ip("2001:db8:1:2::ffff")).is_err(), "same /64");
-        assert!(q.admit(ip("2001:db8:1:3::1")).is_ok(), "another /64");
-        let _v4 = q.admit(ip("192.0.2.7")).unwrap();
-        assert!(
-            q.admit(ip("::ffff:192.0.2.7")).is_err(),
-            "mapped = the IPv4 source"
         );
     }
 

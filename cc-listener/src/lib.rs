@@ -14,6 +14,7 @@ pub mod api;
 pub mod doorbell;
 pub mod hub;
 pub mod metrics;
+pub mod pending;
 pub mod sql;
 pub mod store;
 pub mod ui;
@@ -47,12 +48,19 @@ pub struct Settings {
     /// handshake with the key check, and `register`): longer and the
     /// connection is closed.
     pub auth_timeout: Duration,
-    /// Connections that have not registered yet, in all; when full, the
-    /// oldest of them is closed to admit a new one.
+    /// Connections that have not presented a valid key yet, in all; when
+    /// full, the oldest that has not sent a byte is closed to admit a new
+    /// one ([`pending`]).
     pub max_unauthenticated: usize,
     /// Unregistered connections from one source address (an IPv6 /64);
-    /// further ones from it are closed at once.
+    /// further ones from it are closed at once. Also a source's burst of
+    /// failed connections.
     pub max_unauthenticated_per_source: usize,
+    /// Unregistered connections from one IPv6 /48.
+    pub max_unauthenticated_per_48: usize,
+    /// Connections a second that may end without a valid key, per source
+    /// (a /48: four times that), sustained; a source over it is refused.
+    pub unauthenticated_failures_per_sec: f64,
     /// What one host's reports may take in the store.
     pub report_limits: store::ReportLimits,
     /// Report bytes per second one connection may have stored; faster
@@ -100,6 +108,8 @@ impl Settings {
             auth_timeout: Duration::from_secs(3),
             max_unauthenticated: 2048,
             max_unauthenticated_per_source: 128,
+            max_unauthenticated_per_48: 512,
+            unauthenticated_failures_per_sec: 4.0,
             report_limits: store::ReportLimits::default(),
             report_rate_bytes: 4 << 20,
             report_retention: Some(Duration::from_secs(30 * 24 * 3600)),

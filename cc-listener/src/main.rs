@@ -116,6 +116,8 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_unauthenticated: Option<usize>,
     max_unauthenticated_per_source: Option<usize>,
+    max_unauthenticated_per_48: Option<usize>,
+    unauthenticated_failures_per_sec: Option<f64>,
     auth_timeout_ms: Option<u64>,
     report_quota_bytes: Option<u64>,
     unmatched_report_quota: Option<u64>,
@@ -205,6 +207,16 @@ fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
     }
     if let Some(n) = file.max_unauthenticated_per_source {
         s.max_unauthenticated_per_source = n.max(1);
+    }
+    if let Some(n) = file.max_unauthenticated_per_48 {
+        s.max_unauthenticated_per_48 = n.max(1);
+    }
+    if let Some(r) = file.unauthenticated_failures_per_sec {
+        anyhow::ensure!(
+            r.is_finite() && (0.01..=1_000_000.0).contains(&r),
+            "unauthenticated_failures_per_sec must be 0.01 to 1000000"
+        );
+        s.unauthenticated_failures_per_sec = r;
     }
     if let Some(ms) = file.auth_timeout_ms {
         anyhow::ensure!(

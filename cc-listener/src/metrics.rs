@@ -109,11 +109,15 @@ label_values! {
 label_values! {
     /// Why an agent connection was closed before it was served.
     ConnRefusal {
-        /// Pushed out, unregistered, to admit a newer connection when the
-        /// budget of unregistered connections was full.
+        /// Pushed out while silent to admit a newer connection when the
+        /// budget of unregistered connections was full, or refused when
+        /// every place was held by one that had spoken.
         Budget => "budget",
         /// Its source address already held its share of that budget.
         PerSource => "per_source",
+        /// Its source spent its budget of connections that ended without
+        /// a valid key.
+        SourceFailing => "source_failing",
         /// No API key, or an unknown or revoked one.
         Auth => "auth",
         /// No valid `register` first, or none in time.

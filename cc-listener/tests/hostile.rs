@@ -546,3 +546,248 @@ async fn a_host_cannot_claim_tags_its_key_does_not_carry() {
     assert_eq!(l.put("/api/v1/keys/nobody/tags", &json!([])).status, 404);
     drop(db);
 }
+
+/// Played as an anonymous attacker: sockets from many loopback sources
+/// that never send a byte — half dropped at once, half held until the
+/// listener closes them — as fast as `per_source_gap` lets each source,
+/// while `honest` agents on a link with 100 ms each way (200 ms round
+/// trip) try to register, each retrying for up to 10 s. Returns how many
+/// registered, the slowest registration, and the connects made a second.
+async fn churn(
+    l: &ListenerProcess,
+    sources: u32,
+    per_source_gap: Duration,
+    honest: usize,
+) -> (usize, Duration, f64) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let link = cc_e2e::proxy::SlowLink::start(l.agent_addr, Duration::from_millis(100));
+    let stop = Arc::new(AtomicBool::new(false));
+    let made = Arc::new(AtomicU64::new(0));
+    let target = l.agent_addr;
+    let mut attackers = Vec::new();
+    for i in 0..sources {
+        let (stop, made) = (Arc::clone(&stop), Arc::clone(&made));
+        // 127.2.0.1 … : one source each, never the honest link's 127.0.0.1.
+        let src = std::net::SocketAddr::from(([127, 2, (i / 250) as u8, (i % 250 + 1) as u8], 0));
+        attackers.push(tokio::spawn(async move {
+            let mut held = std::collections::VecDeque::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let s = tokio::net::TcpSocket::new_v4().unwrap();
+                s.bind(src).unwrap();
+                if let Ok(Ok(c)) =
+                    tokio::time::timeout(Duration::from_secs(1), s.connect(target)).await
+                {
+                    made.fetch_add(1, Ordering::Relaxed);
+                    n += 1;
+                    if n % 2 == 0 {
+                        held.push_back(c);
+                        if held.len() > 64 {
+                            held.pop_front();
+                        }
+                    }
+                }
+                if per_source_gap.is_zero() {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(per_source_gap).await;
+                }
+            }
+        }));
+    }
+    // The churn is up before the agents come.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let url = format!("ws://{}/agent", link.addr);
+    let mut agents = Vec::new();
+    for i in 0..honest {
+        let host = format!("slow-{i}.test");
+        let key = l.add_key(&host);
+        let url = url.clone();
+        agents.push(tokio::spawn(async move {
+            let begun = Instant::now();
+            while begun.elapsed() < Duration::from_secs(10) {
+                let Ok(Ok(mut ws)) =
+                    tokio::time::timeout(Duration::from_secs(3), ws::connect_checked(&url, &key))
+                        .await
+                else {
+                    // As the agent does, a pause before the next attempt.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                ws::send(&mut ws, &ws::register(&host)).await;
+                ws::send(&mut ws, &json!({"type": "heartbeat", "payload": {}})).await;
+                // Registered: the listener answers the agent's ping (the
+                // round trip proves `register` was read and kept).
+                use futures_util::SinkExt as _;
+                let _ = ws
+                    .send(tokio_tungstenite::tungstenite::Message::Ping(
+                        b"p".to_vec().into(),
+                    ))
+                    .await;
+                let mut got_pong = false;
+                while let Ok(Some(Ok(m))) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    futures_util::StreamExt::next(&mut ws),
+                )
+                .await
+                {
+                    if matches!(m, tokio_tungstenite::tungstenite::Message::Pong(_)) {
+                        got_pong = true;
+                        break;
+                    }
+                    if matches!(m, tokio_tungstenite::tungstenite::Message::Close(_)) {
+                        break;
+                    }
+                }
+                if got_pong {
+                    return Some((begun.elapsed(), ws));
+                }
+            }
+            None
+        }));
+    }
+    let mut registered = 0;
+    let mut slowest = Duration::ZERO;
+    let mut conns = Vec::new();
+    for a in agents {
+        if let Some((took, ws)) = a.await.unwrap() {
+            registered += 1;
+            slowest = slowest.max(took);
+            conns.push(ws);
+        }
+    }
+    let rate = made.load(Ordering::Relaxed) as f64 / (started.elapsed().as_secs_f64() + 0.5);
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        let _ = a.await;
+    }
+    // Every one of them is registered in the listener's eyes too.
+    for i in 0..registered {
+        let host = format!("slow-{i}.test");
+        assert!(
+            l.agent_entry(&host).is_some_and(|a| a["connected"] == true),
+            "{host}"
+        );
+    }
+    drop(conns);
+    (registered, slowest, rate)
+}
+
+/// Anonymous churn cannot keep agents out (issue finding: with a budget of
+/// 16 and 8 per source, four sources opening and dropping about 250
+/// sockets a second kept 5 of 5 agents on a 200 ms link from registering).
+#[tokio::test(flavor = "multi_thread")]
+async fn anonymous_churn_does_not_keep_agents_on_a_slow_link_out() {
+    // The finding's small budget, at its rate (4 sources, ~250/s).
+    let dir = TempDir::new("h-churn-small");
+    let l = ListenerProcess::start(
+        bin(),
+        dir.path(),
+        "max_unauthenticated = 16\nmax_unauthenticated_per_source = 8\n",
+    );
+    let (n, slowest, rate) = churn(&l, 4, Duration::from_millis(16), 5).await;
+    eprintln!(
+        "figures: small budget: {n} of 5 registered, slowest {slowest:?}, {rate:.0} connects/s"
+    );
+    assert_eq!(n, 5, "{n} of 5 agents registered under churn\n{}", l.log());
+    drop(l);
+
+    // The same budget with the failure budget out of the way: the choice
+    // of what is pushed out holds on its own.
+    let dir = TempDir::new("h-churn-policy");
+    let l = ListenerProcess::start(
+        bin(),
+        dir.path(),
+        "max_unauthenticated = 16\nmax_unauthenticated_per_source = 8\nunauthenticated_failures_per_sec = 1000000\n",
+    );
+    let (n, slowest, rate) = churn(&l, 4, Duration::from_millis(16), 5).await;
+    eprintln!(
+        "figures: small budget, no failure budget: {n} of 5 registered, slowest {slowest:?}, {rate:.0} connects/s"
+    );
+    assert_eq!(n, 5, "{n} of 5 agents registered under churn\n{}", l.log());
+    drop(l);
+
+    // The defaults, against as many sources as this machine drives flat out.
+    let dir = TempDir::new("h-churn-default");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let (n, slowest, rate) = churn(&l, 1000, Duration::ZERO, 5).await;
+    eprintln!(
+        "figures: defaults, 1000 sources: {n} of 5 registered, slowest {slowest:?}, {rate:.0} connects/s"
+    );
+    assert_eq!(n, 5, "{n} of 5 agents registered under churn\n{}", l.log());
+}
+
+/// Handshakes with a wrong key cost an attacker nothing to make: the
+/// listener counts every one but logs them at a bounded rate, saying how
+/// many it left out (issue finding: 7,088 WARN lines in 5 s from one
+/// client). From 200 sources, so that no source's failure budget stops
+/// them first.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_key_handshakes_are_logged_at_a_bounded_rate() {
+    let dir = TempDir::new("h-badkeys");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let url = l.ws_url();
+    let target = l.agent_addr;
+    let started = Instant::now();
+    let mut tries = Vec::new();
+    for i in 0..200u32 {
+        let url = url.clone();
+        tries.push(tokio::spawn(async move {
+            let src = std::net::SocketAddr::from(([127, 3, 0, (i % 250 + 1) as u8], 0));
+            let mut refused = 0u32;
+            for _ in 0..20 {
+                let s = tokio::net::TcpSocket::new_v4().unwrap();
+                s.bind(src).unwrap();
+                let Ok(tcp) = s.connect(target).await else {
+                    continue;
+                };
+                let req = {
+                    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+                    let mut r = url.as_str().into_client_request().unwrap();
+                    r.headers_mut()
+                        .insert("X-CC-API-KEY", "cck_wrong".parse().unwrap());
+                    r
+                };
+                if let Err(tokio_tungstenite::tungstenite::Error::Http(resp)) =
+                    tokio_tungstenite::client_async(req, tcp).await
+                {
+                    refused += u32::from(resp.status() == 401);
+                }
+            }
+            refused
+        }));
+    }
+    let mut refused = 0;
+    for t in tries {
+        refused += t.await.unwrap();
+    }
+    let took = started.elapsed();
+    let log = l.log();
+    let lines = log.matches("refused: unknown or revoked API key").count();
+    let left_out: u64 = log
+        .lines()
+        .filter_map(|x| {
+            x.split("left_out=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    eprintln!(
+        "figures: {refused} bad-key handshakes in {took:?}; {lines} log lines, {left_out} said left out"
+    );
+    assert!(
+        refused >= 2000,
+        "only {refused} handshakes were refused with 401"
+    );
+    let allowed = 20 * (took.as_secs() as usize + 2);
+    assert!(
+        lines <= allowed,
+        "{lines} lines for {refused} bad keys in {took:?}"
+    );
+    assert!(left_out > 0, "the lines say what they left out");
+}

@@ -131,3 +131,84 @@ async fn pipe(
         }
     }
 }
+
+/// A loopback link with a one-way delay: every byte reaches the other side
+/// `one_way` after it was sent, in order, both ways. The upstream
+/// connection is opened when the client's is accepted, so the server sees
+/// a connection at once and its first bytes one delay later (on a real
+/// link they come nearly together: this is the harder case).
+///
+/// Usable from async tests: it runs on a runtime of its own, started and
+/// dropped without blocking the caller's.
+#[derive(Debug)]
+pub struct SlowLink {
+    pub addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl SlowLink {
+    pub fn start(upstream: SocketAddr, one_way: std::time::Duration) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("link runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the link");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let addr = listener.local_addr().expect("link address");
+        runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener).expect("the link's listener");
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let _ = up.set_nodelay(true);
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(delayed(dr, uw, one_way));
+                tokio::spawn(delayed(ur, dw, one_way));
+            }
+        });
+        Self {
+            addr,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        if let Some(r) = self.runtime.take() {
+            r.shutdown_background();
+        }
+    }
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read; EOF
+/// travels the same way.
+async fn delayed(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: std::time::Duration,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((at, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if bytes.is_empty() || to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await.unwrap_or(0);
+        let at = tokio::time::Instant::now() + delay;
+        if tx.send((at, buf[..n].to_vec())).is_err() || n == 0 {
+            break;
+        }
+    }
+    let _ = writer.await;
+}

@@ -27,6 +27,20 @@ pub async fn connect(url: &str, key: Option<&str>) -> Result<Ws, u16> {
     }
 }
 
+/// [`connect`] with a key, any failure an error (a peer that closes
+/// mid-handshake, a reset): for tests where that is an outcome.
+pub async fn connect_checked(url: &str, key: &str) -> Result<Ws, String> {
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    req.headers_mut().insert(
+        "X-CC-API-KEY",
+        HeaderValue::from_str(key).map_err(|e| e.to_string())?,
+    );
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
+}
+
 pub fn register(hostname: &str) -> Value {
     json!({"type": "register", "payload": {
         "hostname": hostname, "os": "linux", "arch": "amd64", "tags": ["test"],
