@@ -4,11 +4,14 @@
 //! - [`agents`]: the WebSocket endpoint, one task per connection.
 //! - [`hub`]: live connections by hostname.
 //! - [`api`]: the operator HTTP API.
+//! - `admin`: serves it (and the console) within the operator address's
+//!   limits: header and idle timeouts, a connection cap.
 //! - [`ui`]: the web console (`/ui/`) on the operator address.
 //! - [`store`]: SQLite; the only module that touches storage.
 //! - [`metrics`]: Prometheus metrics (`GET /metrics`).
 #![forbid(unsafe_code)]
 
+mod admin;
 pub mod agents;
 pub mod api;
 pub mod doorbell;
@@ -77,6 +80,16 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// Registered agents at once; an agent over it is closed (1013).
     pub max_connections: usize,
+    /// The operator address: from a connection's accept, or from the first
+    /// byte of a later request on it, to the end of that request's head;
+    /// longer and the connection is closed unanswered.
+    pub admin_header_timeout: Duration,
+    /// The operator address: a kept-alive connection with no request in
+    /// flight (and no byte of the next one) is closed after this long.
+    pub admin_idle_timeout: Duration,
+    /// Connections to the operator address at once; one over it is closed
+    /// as soon as it is accepted.
+    pub admin_max_connections: usize,
     pub tls: Option<TlsFiles>,
     /// Signs system-mode work posted unsigned, on the operator API's
     /// behalf (`--signing-key-file`): convenient and weaker — whoever owns
@@ -117,6 +130,9 @@ impl Settings {
             lost_grace: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(1),
             max_connections: 20_000,
+            admin_header_timeout: Duration::from_secs(10),
+            admin_idle_timeout: Duration::from_secs(60),
+            admin_max_connections: 512,
             tls: None,
             signing_key: None,
             ui_secure_cookie: false,
@@ -278,14 +294,13 @@ pub async fn serve(
         }
         store::DbLocation::Sqlite(_) => None,
     };
-    let mut api_shutdown = shutdown_rx.clone();
-    let api = tokio::spawn(
-        axum::serve(bound.admin, api::router(Arc::clone(&state)))
-            .with_graceful_shutdown(async move {
-                let _ = api_shutdown.changed().await;
-            })
-            .into_future(),
-    );
+    let api = tokio::spawn(admin::serve(
+        bound.admin,
+        api::router(Arc::clone(&state)),
+        admin::Limits::of(&settings),
+        Arc::clone(&state.metrics),
+        shutdown_rx.clone(),
+    ));
     info!(
         agents = %bound.agent_addr,
         admin = %bound.admin_addr,
@@ -311,10 +326,8 @@ pub async fn serve(
     if let Some(d) = doorbell {
         let _ = tokio::task::spawn_blocking(move || d.join()).await;
     }
-    match api.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!("operator API ended with an error: {e}"),
-        Err(e) => warn!("operator API task failed: {e}"),
+    if let Err(e) = api.await {
+        warn!("operator API task failed: {e}");
     }
     // Give connection tasks a moment to send their close frames.
     for _ in 0..50 {

@@ -119,6 +119,9 @@ struct FileConfig {
     max_unauthenticated_per_48: Option<usize>,
     unauthenticated_failures_per_sec: Option<f64>,
     auth_timeout_ms: Option<u64>,
+    admin_header_timeout_ms: Option<u64>,
+    admin_idle_timeout_ms: Option<u64>,
+    admin_max_connections: Option<usize>,
     report_quota_bytes: Option<u64>,
     unmatched_report_quota: Option<u64>,
     report_rate_bytes_per_sec: Option<u64>,
@@ -224,6 +227,23 @@ fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
             "auth_timeout_ms must be 100 to 60000"
         );
         s.auth_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = file.admin_header_timeout_ms {
+        anyhow::ensure!(
+            (100..=60_000).contains(&ms),
+            "admin_header_timeout_ms must be 100 to 60000"
+        );
+        s.admin_header_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = file.admin_idle_timeout_ms {
+        anyhow::ensure!(
+            (100..=3_600_000).contains(&ms),
+            "admin_idle_timeout_ms must be 100 to 3600000"
+        );
+        s.admin_idle_timeout = Duration::from_millis(ms);
+    }
+    if let Some(n) = file.admin_max_connections {
+        s.admin_max_connections = n.max(1);
     }
     if let Some(n) = file.report_quota_bytes {
         s.report_limits.quota_bytes = n;

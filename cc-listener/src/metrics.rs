@@ -130,6 +130,18 @@ label_values! {
 }
 
 label_values! {
+    /// Why the listener closed a connection to the operator address.
+    OperatorClose {
+        /// Accepted while `admin_max_connections` were open: closed at once.
+        MaxConnections => "max_connections",
+        /// No complete request head within `admin_header_timeout_ms`.
+        HeaderTimeout => "header_timeout",
+        /// Kept alive with nothing asked for `admin_idle_timeout_ms`.
+        IdleTimeout => "idle_timeout",
+    }
+}
+
+label_values! {
     /// A notification channel of the database shared by several listeners.
     Channel {
         /// A job became queued (the payload is its hostname).
@@ -185,6 +197,11 @@ pub struct ConnRefusalLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OperatorCloseLabel {
+    pub reason: OperatorClose,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ChannelLabel {
     pub channel: Channel,
 }
@@ -207,6 +224,7 @@ pub struct Metrics {
     agent_outbound_queued: Gauge,
     ws_refused: Family<WsRefusalLabel, Counter>,
     connections_refused: Family<ConnRefusalLabel, Counter>,
+    operator_closed: Family<OperatorCloseLabel, Counter>,
     event_streams_open: Gauge,
     doorbell_connected: Gauge,
     doorbell_connections: Counter,
@@ -243,6 +261,7 @@ impl Metrics {
             agent_outbound_queued: Gauge::default(),
             ws_refused: Family::default(),
             connections_refused: Family::default(),
+            operator_closed: Family::default(),
             event_streams_open: Gauge::default(),
             doorbell_connected: Gauge::default(),
             doorbell_connections: Counter::default(),
@@ -316,6 +335,11 @@ impl Metrics {
             m.connections_refused.clone(),
         );
         r.register(
+            "croncommander_operator_connections_closed",
+            "Operator-address connections the listener closed for a limit, by reason",
+            m.operator_closed.clone(),
+        );
+        r.register(
             "croncommander_event_streams_open",
             "Operator event streams (GET /api/v1/events) open now",
             m.event_streams_open.clone(),
@@ -361,6 +385,11 @@ impl Metrics {
             let _ = m
                 .connections_refused
                 .get_or_create(&ConnRefusalLabel { reason });
+        }
+        for &reason in OperatorClose::ALL {
+            let _ = m
+                .operator_closed
+                .get_or_create(&OperatorCloseLabel { reason });
         }
         for &channel in Channel::ALL {
             let _ = m
@@ -426,6 +455,12 @@ impl Metrics {
     pub fn connection_refused(&self, reason: ConnRefusal) {
         self.connections_refused
             .get_or_create(&ConnRefusalLabel { reason })
+            .inc();
+    }
+
+    pub fn operator_connection_closed(&self, reason: OperatorClose) {
+        self.operator_closed
+            .get_or_create(&OperatorCloseLabel { reason })
             .inc();
     }
 
@@ -543,7 +578,7 @@ mod tests {
     fn every_metric_name_follows_the_conventions() {
         let text = Metrics::new().encode().unwrap();
         let fams = families(&text);
-        assert_eq!(fams.len(), 17, "{text}");
+        assert_eq!(fams.len(), 18, "{text}");
         for (name, ty) in &fams {
             assert!(name.starts_with("croncommander_"), "{name}");
             assert!(
@@ -693,6 +728,7 @@ mod tests {
         m.report_refused(ReportRefusal::Quota);
         m.ws_refused(WsRefusal::Binary);
         m.connection_refused(ConnRefusal::Auth);
+        m.operator_connection_closed(OperatorClose::HeaderTimeout);
         m.commit(Duration::from_millis(3), 7);
         m.doorbell(true);
         m.notification(Channel::Jobs);
@@ -705,6 +741,7 @@ mod tests {
         allowed.extend(ReportRefusal::ALL.iter().map(|v| v.as_str()));
         allowed.extend(WsRefusal::ALL.iter().map(|v| v.as_str()));
         allowed.extend(ConnRefusal::ALL.iter().map(|v| v.as_str()));
+        allowed.extend(OperatorClose::ALL.iter().map(|v| v.as_str()));
         allowed.extend(Channel::ALL.iter().map(|v| v.as_str()));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((_, rest)) = line.split_once('{') else {
