@@ -10,6 +10,7 @@
 //!   `serve` would, without serving: the unit runs it before a reload, so
 //!   `systemctl reload` refuses a config the helper could not apply.
 
+mod bpf;
 mod cgroup;
 mod config;
 mod cronfile;
