@@ -1117,3 +1117,38 @@ async fn bad_key_handshakes_are_logged_at_a_bounded_rate() {
     );
     assert!(left_out > 0, "the lines say what they left out");
 }
+
+/// Played as an agent with a valid key: a report whose `durationMs` is past
+/// what the store keeps as a signed 64-bit number. Before, it was stored,
+/// and every read of it failed: the run's page (and the console's recent
+/// jobs, every host's) answered 500 until the job left the page.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_with_an_impossible_duration_is_refused_and_breaks_no_page() {
+    let dir = TempDir::new("h-duration");
+    let l = ListenerProcess::start(bin(), dir.path(), FAST);
+    let mut ws = ws::registered(&l, "long.test").await;
+    let (run, jobs) = l.post_run(&json!({"hosts": ["long.test"], "command": "/bin/true"}));
+    let job = ws::recv_type(&mut ws, "execute_job", T).await;
+    let id = job["payload"]["jobId"].as_str().unwrap().to_owned();
+    assert_eq!(jobs[0].1, id);
+    let mut r = ws::report(&id, Some("long-1"));
+    r["payload"]["durationMs"] = json!(9_223_372_036_854_775_808u64);
+    ws::send(&mut ws, &r).await;
+    // A report after it, acknowledged: the first was read and dealt with.
+    ws::send(&mut ws, &ws::report("nojob-1", Some("after-1"))).await;
+    loop {
+        let m = ws::recv(&mut ws, T).await.expect("an answer");
+        if m["type"] == "report_ack" && m["payload"]["reportId"] == "after-1" {
+            break;
+        }
+        assert_ne!(
+            m["payload"]["reportId"], "long-1",
+            "the impossible report was taken: {m}"
+        );
+    }
+    let page = l.get(&format!("/api/v1/runs/{run}"));
+    assert_eq!(page.status, 200, "{}", page.body);
+    let job = l.get(&format!("/api/v1/jobs/{id}"));
+    assert_eq!(job.status, 200, "{}", job.body);
+    assert_eq!(job.json()["status"], "sent", "{}", job.body);
+}

@@ -509,6 +509,10 @@ impl ExecutionReport {
     /// Longest `warning` a receiver accepts.
     pub const MAX_WARNING_BYTES: usize = 4096;
 
+    /// Longest `durationMs` a receiver accepts: a year (a job's timeout is
+    /// at most 7 days).
+    pub const MAX_DURATION_MS: u64 = 366 * 24 * 3600 * 1000;
+
     /// Makes the report one the listener accepts whole, whatever the job
     /// printed or a warning quotes: the message within the listener's cap
     /// (minus 4 KiB of room) and the warning one line within
@@ -591,6 +595,17 @@ impl ExecutionReport {
             }
             .into());
         }
+        // The command line the agent rendered from a validated one.
+        check_no_control("command", &self.command)?;
+        // Stored as a signed 64-bit number and summed in queries: a value
+        // past it made every page of jobs unreadable (review of #25).
+        if self.duration_ms > Self::MAX_DURATION_MS {
+            return Err(TextError::Invalid {
+                field: "durationMs",
+                reason: "more than a year",
+            }
+            .into());
+        }
         check_text("executingUser", &self.executing_user, 256)?;
         if let Some(w) = &self.warning {
             if w.len() > Self::MAX_WARNING_BYTES {
@@ -620,6 +635,33 @@ impl ExecutionReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_duration_and_command_are_bounded() {
+        let mut r = ExecutionReport {
+            job_id: "j".into(),
+            command: "/bin/echo 'a b'".into(),
+            exit_code: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            start_time: "2024-03-20T10:00:00Z".into(),
+            duration_ms: ExecutionReport::MAX_DURATION_MS,
+            executing_uid: 0,
+            executing_user: "root".into(),
+            warning: None,
+            report_id: None,
+        };
+        assert!(r.validate().is_ok());
+        r.duration_ms = ExecutionReport::MAX_DURATION_MS + 1;
+        assert!(r.validate().unwrap_err().to_string().contains("durationMs"));
+        r.duration_ms = u64::MAX;
+        assert!(r.validate().is_err(), "past i64, unreadable in the store");
+        r.duration_ms = 1;
+        r.command = r"/bin/echo \nforged".into();
+        assert!(r.validate().is_ok(), "an escaped newline is text");
+        r.command = "/bin/echo \u{1b}[2J".into();
+        assert!(r.validate().unwrap_err().to_string().contains("command"));
+    }
 
     #[test]
     fn a_cron_status_is_bounded_like_a_cron_list() {
