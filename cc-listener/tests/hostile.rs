@@ -1152,3 +1152,32 @@ async fn a_report_with_an_impossible_duration_is_refused_and_breaks_no_page() {
     assert_eq!(job.status, 200, "{}", job.body);
     assert_eq!(job.json()["status"], "sent", "{}", job.body);
 }
+
+/// Played as an agent with a valid key: invalid messages whose bad value
+/// is 900 KB. serde's error quotes the value it refused, and the listener
+/// logs each dropped message: before, each made a log line of 900 KB.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_invalid_value_makes_a_short_log_line() {
+    let dir = TempDir::new("h-loglen");
+    let l = ListenerProcess::start(bin(), dir.path(), FAST);
+    let mut ws = ws::registered(&l, "loud.test").await;
+    let before = std::fs::metadata(l.log_path()).unwrap().len();
+    let big = "x".repeat(900_000);
+    for _ in 0..8 {
+        let mut r = ws::report("j-1", None);
+        r["payload"]["exitCode"] = json!(big);
+        ws::send(&mut ws, &r).await;
+    }
+    // Dealt with in order: the ack of a good report after them.
+    ws::send(&mut ws, &ws::report("nojob-2", Some("after-2"))).await;
+    loop {
+        let m = ws::recv(&mut ws, T).await.expect("an answer");
+        if m["type"] == "report_ack" && m["payload"]["reportId"] == "after-2" {
+            break;
+        }
+    }
+    let grew = std::fs::metadata(l.log_path()).unwrap().len() - before;
+    eprintln!("figures: 8 invalid messages of 900 KB grew the log by {grew} bytes");
+    assert!(grew < 64 * 1024, "the log grew by {grew} bytes");
+    assert!(l.log().contains("bytes cut)"), "the cut is said");
+}

@@ -7,26 +7,41 @@
 //! and the agent's logs. [`OneLine`] wraps the writer each event is written
 //! to (the formatter writes one event in one call): every line break and
 //! carriage return inside it is written as `\n` / `\r`, and only the
-//! event's final line feed stays. It opens nothing; it changes bytes on
-//! their way to a writer the caller owns.
+//! event's final line feed stays; an event past 4 KiB is cut. It opens
+//! nothing; it changes bytes on their way to a writer the caller owns.
 
 use std::borrow::Cow;
 use std::io::{self, Write};
 
+/// The longest event written whole; the rest of a longer one is cut and
+/// counted. A peer's value reaches a log inside an error (serde's quotes
+/// the value it refused): without this, one invalid message of 1 MiB made
+/// a log line of 1 MiB.
+pub const MAX_EVENT_BYTES: usize = 4096;
+
 /// `event` with every `\n` but a final one, and every `\r`, `\x0b` and
-/// `\x0c`, written as a two- or four-character escape.
+/// `\x0c`, written as a two- or four-character escape, and cut after
+/// [`MAX_EVENT_BYTES`] (on a character boundary) with a note of how much.
 pub fn one_line(event: &[u8]) -> Cow<'_, [u8]> {
     let (body, end) = match event.split_last() {
         Some((b'\n', body)) => (body, true),
         _ => (event, false),
     };
-    if !body
-        .iter()
-        .any(|b| matches!(b, b'\n' | b'\r' | 0x0b | 0x0c))
+    let long = body.len() > MAX_EVENT_BYTES;
+    if !long
+        && !body
+            .iter()
+            .any(|b| matches!(b, b'\n' | b'\r' | 0x0b | 0x0c))
     {
         return Cow::Borrowed(event);
     }
-    let mut out = Vec::with_capacity(event.len() + 16);
+    let mut keep = body.len().min(MAX_EVENT_BYTES);
+    // Not inside a UTF-8 sequence: back to its first byte.
+    while keep < body.len() && keep > 0 && body[keep] & 0xc0 == 0x80 {
+        keep -= 1;
+    }
+    let (body, cut) = body.split_at(keep);
+    let mut out = Vec::with_capacity(body.len() + 64);
     for &b in body {
         match b {
             b'\n' => out.extend_from_slice(b"\\n"),
@@ -35,6 +50,9 @@ pub fn one_line(event: &[u8]) -> Cow<'_, [u8]> {
             0x0c => out.extend_from_slice(b"\\x0c"),
             _ => out.push(b),
         }
+    }
+    if !cut.is_empty() {
+        out.extend_from_slice(format!(" … ({} bytes cut)", cut.len()).as_bytes());
     }
     if end {
         out.push(b'\n');
@@ -84,6 +102,21 @@ mod tests {
         assert_eq!(&*one_line(b"a\nb"), b"a\\nb".as_slice());
         assert_eq!(&*one_line(b"\n"), b"\n".as_slice());
         assert_eq!(&*one_line(b"\n\n"), b"\\n\n".as_slice());
+    }
+
+    #[test]
+    fn a_long_event_is_cut_on_a_character_and_says_how_much() {
+        let mut event = "é".repeat(3000).into_bytes(); // 6,000 bytes
+        event.push(b'\n');
+        let got = one_line(&event);
+        let text = std::str::from_utf8(&got).expect("still UTF-8");
+        assert!(text.ends_with(" … (1904 bytes cut)\n"), "{text}");
+        assert_eq!(text.matches('é').count(), MAX_EVENT_BYTES / 2);
+        let exact = [b'a'; MAX_EVENT_BYTES];
+        assert!(matches!(one_line(&exact), Cow::Borrowed(_)));
+        let odd = "x".to_owned() + &"é".repeat(3000);
+        let got = one_line(odd.as_bytes());
+        assert!(std::str::from_utf8(&got).is_ok(), "cut between characters");
     }
 
     #[test]
