@@ -438,6 +438,7 @@ where
         rate_at: tokio::time::Instant::now(),
         busy_until: 0,
         cron_status: None,
+        cron_status_at: None,
     };
     Ok(Some((session, ws, key.id, info)))
 }
@@ -515,6 +516,9 @@ struct Session<'a> {
     /// The last `cron_status` stored from this connection: the same again
     /// is not written again.
     cron_status: Option<cc_proto::wire::CronStatus>,
+    /// When it was stored: a changed one is stored a second later at the
+    /// soonest.
+    cron_status_at: Option<tokio::time::Instant>,
 }
 
 enum Flow {
@@ -779,6 +783,12 @@ impl Session<'_> {
                 if !status.rejected.is_empty() {
                     warn!(hostname = %self.hostname, installed = status.installed.len(), rejected = status.rejected.len(), "agent refused cron entries (GET /agents shows which, and why)");
                 }
+                // Each write is its own fsync'd transaction: one a second
+                // per connection; a faster sender waits to be read.
+                if let Some(at) = self.cron_status_at {
+                    tokio::time::sleep_until(at + Duration::from_secs(1)).await;
+                }
+                self.cron_status_at = Some(tokio::time::Instant::now());
                 let host = self.hostname.clone();
                 let stored = status.clone();
                 self.state

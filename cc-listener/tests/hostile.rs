@@ -783,6 +783,31 @@ async fn cron_status_is_bounded_paced_logged_as_counts_and_stored_when_it_change
         commits, 1,
         "{commits} writes for 200 copies of one cron status and one new one"
     );
+
+    // Two statuses in turn, each a change: written at most once a second
+    // (review of the fix above: "stored when it changes" alone let 200
+    // alternations make 200 fsync'd writes in 0.1 s).
+    let started = Instant::now();
+    for i in 0..5 {
+        let reason = if i % 2 == 0 { "even" } else { "odd" };
+        ws::send(&mut a, &status(reason)).await;
+    }
+    ws::send(&mut a, &status("the very last one")).await;
+    l.wait_for(Duration::from_secs(30), |l| {
+        l.agent_entry("cs.test")
+            .filter(|a| a["cronStatus"]["rejected"][0]["reason"] == "the very last one")
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let alternating: i64 = db
+        .query_row("SELECT count(*) FROM test_cron_writes", [], |r| r.get(0))
+        .unwrap();
+    let alternating = alternating - commits;
+    eprintln!("figures: 6 changing statuses made {alternating} writes in {secs:.1} s");
+    assert_eq!(alternating, 6, "each a change, each stored");
+    assert!(
+        secs >= 5.0,
+        "{alternating} writes in {secs:.1} s: more than one a second"
+    );
 }
 
 /// A tag is an operator's statement about a host, like its hostname. Played
