@@ -492,7 +492,9 @@ where
         Incoming::Known(Message::CronRefresh(entries)) => {
             let raw = decoded.raw_payload.unwrap_or("[]").to_owned();
             let signed = decoded.raw_signed.map(str::to_owned);
-            let status = apply_cron(ctx, entries, raw, signed).await;
+            let mut status = apply_cron(ctx, entries, raw, signed).await;
+            // A status the listener refuses would leave it blind.
+            status.fit();
             send(ws, &Message::CronStatus(status)).await?;
         }
         Incoming::Known(Message::ReportAck(ack)) => {

@@ -65,6 +65,14 @@ pub(crate) fn apply(
     config: &Path,
     entries: &[CronEntry],
 ) -> Result<CronStatus> {
+    // As the listener and the helper bound a list: a longer one is refused
+    // whole, before any of it costs a file or a fork.
+    anyhow::ensure!(
+        entries.len() <= cc_proto::wire::MAX_CRON_ENTRIES,
+        "{} entries: a cron list holds at most {}",
+        entries.len(),
+        cc_proto::wire::MAX_CRON_ENTRIES
+    );
     let exe = plain_path(agent_exe).context("the agent's own path")?;
     let config = plain_path(config).context("the config path")?;
     let mut valid: Vec<CronJob> = Vec::new();
@@ -209,6 +217,29 @@ fn write_crontab(text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hostile listener's list of 1,001 entries costs no file and no
+    /// fork: refused whole, before the state directory is touched.
+    #[test]
+    fn a_list_over_the_bound_is_refused_whole_before_any_work() {
+        let dir = std::env::temp_dir().join(format!("cc-cron-bound-{}", std::process::id()));
+        let entries: Vec<CronEntry> = (0..=cc_proto::wire::MAX_CRON_ENTRIES)
+            .map(|i| CronEntry {
+                id: format!("e{i}"),
+                schedule: "* * * * *".into(),
+                command: "/bin/true".into(),
+            })
+            .collect();
+        let e = apply(
+            &dir,
+            Path::new("/usr/bin/cc-agent"),
+            Path::new("/etc/a.toml"),
+            &entries,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("at most 1000"), "{e}");
+        assert!(!dir.exists(), "nothing written");
+    }
 
     #[test]
     fn merge_keeps_foreign_lines_and_replaces_only_the_block() {

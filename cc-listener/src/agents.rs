@@ -50,6 +50,9 @@ use crate::{AppState, now_ms};
 /// how many went unlogged before it (the metric counts every one).
 static BAD_KEYS: LogBudget = LogBudget::new(Duration::from_secs(1), 20);
 
+/// Reports refused for a quota, logged 20 a second at most (all hosts).
+static REFUSED_REPORTS: LogBudget = LogBudget::new(Duration::from_secs(1), 20);
+
 /// Invalid messages tolerated on one connection before it is closed.
 pub const MAX_PROTOCOL_ERRORS: u32 = 16;
 
@@ -866,7 +869,11 @@ impl Session<'_> {
             // from its outbox. A spec-only agent (no id) is told nothing
             // and sends it again on its next connection, as before.
             Ok(Stored::Refused(why)) => {
-                warn!(hostname = %self.hostname, job_id = %report.job_id, "report refused: {why}");
+                // One per report a full host sends: bounded, the metric
+                // and `GET /agents` count them all.
+                if let Some(left_out) = REFUSED_REPORTS.allow() {
+                    warn!(hostname = %self.hostname, job_id = %report.job_id, left_out, "report refused: {why}");
+                }
                 self.state.metrics.report_refused(match why {
                     Refusal::Quota { .. } => ReportRefusal::Quota,
                     Refusal::Unmatched { .. } => ReportRefusal::UnmatchedQuota,

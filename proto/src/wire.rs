@@ -187,6 +187,19 @@ impl CronStatus {
     /// The longest reason a refused entry may carry.
     pub const MAX_REASON_BYTES: usize = 1024;
 
+    /// Makes the status one the listener accepts whole: a refused entry's
+    /// id and reason each one line within its bound (a reason quotes an
+    /// error — `crontab`'s output, the helper's refusal — whose text is
+    /// not ours to choose), and each list within [`MAX_CRON_ENTRIES`].
+    pub fn fit(&mut self) {
+        self.installed.truncate(MAX_CRON_ENTRIES);
+        self.rejected.truncate(MAX_CRON_ENTRIES);
+        for r in &mut self.rejected {
+            r.id = one_line(&r.id, 128);
+            r.reason = one_line(&r.reason, Self::MAX_REASON_BYTES);
+        }
+    }
+
     /// Bounded like a cron list: at most [`MAX_CRON_ENTRIES`] installed and
     /// as many refused; installed ids in the job-id grammar; a refused
     /// entry's id (which may be the refused thing itself) and its reason
@@ -323,8 +336,10 @@ pub fn decode(text: &str) -> Result<Decoded<'_>, DecodeError> {
     let mut ignored = Vec::new();
     let envelope: RawEnvelope<'_> = {
         let mut de = serde_json::Deserializer::from_str(text);
-        let env = serde_ignored::deserialize(&mut de, |path| ignored.push(path.to_string()))
-            .map_err(DecodeError::Envelope)?;
+        let env = serde_ignored::deserialize(&mut de, |path| {
+            note_ignored(&mut ignored, path.to_string())
+        })
+        .map_err(DecodeError::Envelope)?;
         de.end().map_err(DecodeError::Envelope)?;
         env
     };
@@ -397,10 +412,31 @@ pub fn decode_payload<T: DeserializeOwned>(
 ) -> Result<T, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(text);
     let value = serde_ignored::deserialize(&mut de, |path| {
-        ignored.push(format!("payload.{path}"));
+        note_ignored(ignored, format!("payload.{path}"));
     })?;
     de.end()?;
     Ok(value)
+}
+
+/// Unknown fields kept for the log; further ones are one `…`.
+pub const MAX_IGNORED_FIELDS: usize = 16;
+
+/// Notes an unknown field's path, at most [`MAX_IGNORED_FIELDS`] of them,
+/// each cut to 64 characters: a 1 MiB frame of unknown keys would
+/// otherwise be 170,000 strings (review of issue #25).
+fn note_ignored(ignored: &mut Vec<String>, mut path: String) {
+    if ignored.len() > MAX_IGNORED_FIELDS {
+        return;
+    }
+    if ignored.len() == MAX_IGNORED_FIELDS {
+        ignored.push("…".to_owned());
+        return;
+    }
+    if let Some((cut, _)) = path.char_indices().nth(64) {
+        path.truncate(cut);
+        path.push('…');
+    }
+    ignored.push(path);
 }
 
 /// Why a payload that decoded is still not acceptable.
@@ -635,6 +671,44 @@ impl ExecutionReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fit_leaves_a_cron_status_the_listener_accepts() {
+        let mut st = CronStatus {
+            installed: (0..1500).map(|i| format!("e{i}")).collect(),
+            rejected: vec![CronRejection {
+                id: "é".repeat(100),
+                reason: format!("crontab said:\n{}", "x".repeat(5000)),
+            }],
+        };
+        assert!(st.validate().is_err());
+        st.fit();
+        st.validate().unwrap();
+        assert_eq!(st.installed.len(), MAX_CRON_ENTRIES);
+        assert!(st.rejected[0].reason.starts_with("crontab said: x"));
+    }
+
+    #[test]
+    fn unknown_fields_are_noted_sixteen_at_most_and_short() {
+        let long = "k".repeat(1000);
+        let mut fields: Vec<String> = (0..1000).map(|i| format!("\"x{i}\": 1")).collect();
+        fields.push(format!("\"{long}\": 1"));
+        let text = format!(
+            r#"{{"type":"heartbeat","payload":{{}},{}}}"#,
+            fields.join(",")
+        );
+        let d = decode(&text).unwrap();
+        assert_eq!(d.ignored_fields.len(), MAX_IGNORED_FIELDS + 1);
+        assert_eq!(d.ignored_fields.last().map(String::as_str), Some("…"));
+        let text = format!(r#"{{"type":"heartbeat","payload":{{"{long}": 1}}}}"#);
+        let d = decode(&text).unwrap();
+        assert_eq!(
+            d.ignored_fields[0].chars().count(),
+            65,
+            "{:?}",
+            d.ignored_fields
+        );
+    }
 
     #[test]
     fn a_report_duration_and_command_are_bounded() {
