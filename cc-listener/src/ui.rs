@@ -73,12 +73,14 @@ impl Sessions {
         let mut m = self.lock();
         let now = Instant::now();
         m.retain(|_, s| s.expires > now);
-        if m.len() >= MAX_SESSIONS
-            && let Some(oldest) = m
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| k.clone())
-        {
+        let oldest = (m.len() >= MAX_SESSIONS)
+            .then(|| {
+                m.iter()
+                    .min_by_key(|(_, s)| s.expires)
+                    .map(|(k, _)| k.clone())
+            })
+            .flatten();
+        if let Some(oldest) = oldest {
             m.remove(&oldest);
         }
         let (id, s) = (

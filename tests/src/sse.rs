@@ -49,8 +49,9 @@ impl Stream {
                 status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
             } else if line.is_empty() {
                 break;
-            } else if let Some((k, v)) = line.split_once(':')
-                && k.eq_ignore_ascii_case("content-type")
+            } else if let Some((_, v)) = line
+                .split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
             {
                 v.trim().clone_into(&mut content_type);
             }
