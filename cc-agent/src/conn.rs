@@ -40,6 +40,11 @@ use crate::jobs::{Job, Jobs, Offer};
 use crate::outbox::{self, Outbox, Reserve};
 use crate::runner::Runner;
 
+/// Messages from the listener dropped or ignored, logged 100 in 10 s at
+/// most: a hostile listener can send them as fast as it likes.
+static FROM_LISTENER: cc_proto::logline::LogBudget =
+    cc_proto::logline::LogBudget::new(Duration::from_secs(10), 100);
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
@@ -477,7 +482,9 @@ where
     let decoded = match wire::decode(text) {
         Ok(d) => d,
         Err(e) => {
-            warn!("invalid message from the listener dropped: {e}");
+            if let Some(left_out) = FROM_LISTENER.allow() {
+                warn!(left_out, "invalid message from the listener dropped: {e}");
+            }
             return Ok(());
         }
     };
@@ -509,10 +516,14 @@ where
         Incoming::Known(Message::ReportRejected(rejected)) => {
             on_rejected(&ctx.outbox, sent, &rejected);
         }
-        Incoming::Known(other) => warn!(
-            kind = other.kind(),
-            "unexpected message from the listener ignored"
-        ),
+        Incoming::Known(other) => {
+            if let Some(left_out) = FROM_LISTENER.allow() {
+                warn!(
+                    kind = other.kind(),
+                    left_out, "unexpected message from the listener ignored"
+                );
+            }
+        }
         Incoming::UnknownType(kind) => debug!(%kind, "unknown message type ignored"),
     }
     Ok(())
@@ -792,10 +803,14 @@ async fn accept_job(ctx: &Ctx, job: &ExecuteJob, raw: &str, signed: Option<&str>
         Ok(spec) => spec,
         Err(e) => {
             let Ok(id) = JobId::parse(&job.job_id) else {
-                warn!("execute_job with an invalid job id dropped: {e}");
+                if let Some(left_out) = FROM_LISTENER.allow() {
+                    warn!(left_out, "execute_job with an invalid job id dropped: {e}");
+                }
                 return;
             };
-            warn!(%id, "invalid execute_job refused: {e}");
+            if let Some(left_out) = FROM_LISTENER.allow() {
+                warn!(%id, left_out, "invalid execute_job refused: {e}");
+            }
             let Ok(placeholder) = CommandLine::new("-", &[]) else {
                 return;
             };

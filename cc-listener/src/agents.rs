@@ -41,9 +41,10 @@ use cc_proto::wire::{
 
 use crate::hub::{OUTBOUND_QUEUE, Outbound};
 use crate::metrics::{ConnRefusal, ReportRefusal, WsRefusal};
-use crate::pending::{Admitted, Limits, LogBudget, Marker, Pending, Refused};
+use crate::pending::{Admitted, Limits, Marker, Pending, Refused};
 use crate::store::{Binding, JobRow, KeyRecord, Refusal, Stored, WriteOp, WriteOut};
 use crate::{AppState, now_ms};
+use cc_proto::logline::LogBudget;
 
 /// Handshakes without a valid key: anyone can make them, as fast as they
 /// like, so they are logged 20 a second at most; `left_out` on a line says
@@ -52,6 +53,13 @@ static BAD_KEYS: LogBudget = LogBudget::new(Duration::from_secs(1), 20);
 
 /// Reports refused for a quota, logged 20 a second at most (all hosts).
 static REFUSED_REPORTS: LogBudget = LogBudget::new(Duration::from_secs(1), 20);
+
+/// Keys refused for registering too often, logged 20 a second at most.
+static TOO_FAST: LogBudget = LogBudget::new(Duration::from_secs(1), 20);
+
+/// Invalid messages from agents, logged 100 in 10 s at most (all hosts;
+/// the metric counts each).
+static INVALID_MESSAGES: LogBudget = LogBudget::new(Duration::from_secs(10), 100);
 
 /// Invalid messages tolerated on one connection before it is closed.
 pub const MAX_PROTOCOL_ERRORS: u32 = 16;
@@ -220,8 +228,24 @@ async fn serve_agent<S>(
     // registrations on a shared database, longer than the time to
     // register: the budget would close the oldest, which reconnect and
     // crowd out the rest).
+    let too_fast = greeted
+        .as_ref()
+        .is_ok_and(|(_, key, _)| !admitted.registration_allowed(key.id));
     drop(admitted);
     let result = match greeted {
+        Ok((mut ws, key, info)) if too_fast => {
+            state.metrics.connection_refused(ConnRefusal::Reconnecting);
+            if let Some(left_out) = TOO_FAST.allow() {
+                warn!(%peer, key = %key.name, hostname = %info.hostname, left_out, "refused: this key registers too often");
+            }
+            close(
+                &mut ws,
+                CloseCode::Again,
+                "this key registers too often; try again later",
+            )
+            .await;
+            Ok(())
+        }
         Ok((mut ws, key, info)) => {
             if let Ok(permit) = Arc::clone(registered).try_acquire_owned() {
                 let r = match Box::pin(bind(ws, key, info, peer, state)).await {
@@ -731,7 +755,10 @@ impl Session<'_> {
     fn protocol_error(&mut self, reason: WsRefusal, what: &str) -> Flow {
         self.state.metrics.ws_refused(reason);
         self.protocol_errors += 1;
-        warn!(hostname = %self.hostname, errors = self.protocol_errors, "invalid message dropped: {what}");
+        // 16 close a connection, but reconnecting is free: bounded.
+        if let Some(left_out) = INVALID_MESSAGES.allow() {
+            warn!(hostname = %self.hostname, errors = self.protocol_errors, left_out, "invalid message dropped: {what}");
+        }
         if self.protocol_errors >= MAX_PROTOCOL_ERRORS {
             Flow::Close(CloseCode::Policy, "too many invalid messages")
         } else {

@@ -126,6 +126,8 @@ label_values! {
         KeyBinding => "key_binding",
         /// Registered, but the listener was at `max_connections`.
         MaxConnections => "max_connections",
+        /// A valid key that registered too often (`registrations_per_key`).
+        Reconnecting => "reconnecting",
     }
 }
 

@@ -115,6 +115,14 @@ struct Entry {
     closes: Option<oneshot::Sender<()>>,
 }
 
+/// Registrations one key may make in a burst, then one per
+/// [`REGISTRATION_EVERY`] (the agent's own shortest backoff): an agent
+/// that flaps is never refused,
+/// a key used to reconnect in a loop (each registration is a key lookup
+/// and three writes) is closed with 1013 until its budget refills.
+pub const REGISTRATION_BURST: f64 = 10.0;
+pub const REGISTRATION_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A failure budget: tokens refill at a rate up to a burst.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -135,6 +143,8 @@ struct Inner {
     anonymous: usize,
     held: HashMap<Source, usize>,
     failures: HashMap<Source, Bucket>,
+    /// Registrations by key id.
+    registrations: HashMap<i64, Bucket>,
 }
 
 /// The door: shared by the accept loop and every unregistered connection.
@@ -250,6 +260,29 @@ impl Pending {
         })
     }
 
+    fn registration_at(&self, key_id: i64, now: Instant) -> bool {
+        let rate = 1.0 / REGISTRATION_EVERY.as_secs_f64();
+        let mut g = self.lock();
+        let regs = &mut g.registrations;
+        if regs.len() > BUCKETS_KEPT {
+            regs.retain(|_, b| {
+                b.tokens + now.duration_since(b.at).as_secs_f64() * rate < REGISTRATION_BURST
+            });
+        }
+        let b = regs.entry(key_id).or_insert(Bucket {
+            tokens: REGISTRATION_BURST,
+            at: now,
+        });
+        b.tokens =
+            (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(REGISTRATION_BURST);
+        b.at = now;
+        if b.tokens < 1.0 {
+            return false;
+        }
+        b.tokens -= 1.0;
+        true
+    }
+
     /// Silent and spoken connections now.
     #[cfg(test)]
     fn anonymous(&self) -> usize {
@@ -271,6 +304,11 @@ impl Admitted {
             pending: Arc::clone(&self.pending),
             id: self.id,
         }
+    }
+
+    /// Whether key `key_id` may register now (and spends one if so).
+    pub fn registration_allowed(&self, key_id: i64) -> bool {
+        self.pending.registration_at(key_id, Instant::now())
     }
 
     /// See [`Marker::spoke`].
@@ -354,50 +392,6 @@ impl Drop for Admitted {
     }
 }
 
-/// A warning that a peer can trigger at will is logged at most
-/// `per_window` times per window; the first line after a quiet spell says
-/// how many were left out.
-#[derive(Debug)]
-pub struct LogBudget {
-    window: std::time::Duration,
-    per_window: u32,
-    state: std::sync::Mutex<(Option<Instant>, u32, u64)>,
-}
-
-impl LogBudget {
-    pub const fn new(window: std::time::Duration, per_window: u32) -> Self {
-        Self {
-            window,
-            per_window,
-            state: std::sync::Mutex::new((None, 0, 0)),
-        }
-    }
-
-    /// `Some(n)`: log this one, and say `n` were left out before it.
-    pub fn allow(&self) -> Option<u64> {
-        self.allow_at(Instant::now())
-    }
-
-    fn allow_at(&self, now: Instant) -> Option<u64> {
-        let mut g = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (start, logged, suppressed) = &mut *g;
-        if start.is_none_or(|s| now.duration_since(s) >= self.window) {
-            *start = Some(now);
-            *logged = 0;
-        }
-        if *logged < self.per_window {
-            *logged += 1;
-            Some(std::mem::take(suppressed))
-        } else {
-            *suppressed += 1;
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -458,6 +452,21 @@ mod tests {
 
     /// Caps per IPv4 address, per /64 and per /48; a mapped address is its
     /// IPv4 address.
+    /// A key registers ten times at once, then twice a second.
+    #[test]
+    fn a_key_registers_in_a_burst_then_at_a_pace() {
+        let p = Pending::new(limits(10, 10));
+        let t0 = Instant::now();
+        for i in 0..10 {
+            assert!(p.registration_at(7, t0), "registration {i}");
+        }
+        assert!(!p.registration_at(7, t0), "the eleventh at once");
+        assert!(p.registration_at(8, t0), "another key has its own");
+        assert!(!p.registration_at(7, t0 + Duration::from_millis(450)));
+        assert!(p.registration_at(7, t0 + Duration::from_millis(550)));
+        assert!(!p.registration_at(7, t0 + Duration::from_millis(600)));
+    }
+
     #[test]
     fn sources_have_caps_per_address_64_and_48() {
         let p = Pending::new(Limits {
@@ -510,17 +519,5 @@ mod tests {
         // 1 a second: one more after a second.
         let later = Instant::now() + Duration::from_millis(1100);
         assert!(p.admit_at(ip("10.0.0.9"), later).is_ok());
-    }
-
-    #[test]
-    fn a_log_budget_says_what_it_left_out() {
-        let b = LogBudget::new(Duration::from_secs(1), 2);
-        let t0 = Instant::now();
-        assert_eq!(b.allow_at(t0), Some(0));
-        assert_eq!(b.allow_at(t0), Some(0));
-        assert_eq!(b.allow_at(t0), None);
-        assert_eq!(b.allow_at(t0), None);
-        assert_eq!(b.allow_at(t0 + Duration::from_secs(1)), Some(2));
-        assert_eq!(b.allow_at(t0 + Duration::from_secs(1)), Some(0));
     }
 }

@@ -287,8 +287,8 @@ struct LoginForm {
 async fn login(State(state): State<Arc<AppState>>, Form(f): Form<LoginForm>) -> Response {
     if !crate::api::token_matches(&state, &f.token) {
         // Anyone who reaches the operator address can try: bounded.
-        static WRONG_LOGINS: crate::pending::LogBudget =
-            crate::pending::LogBudget::new(std::time::Duration::from_secs(10), 5);
+        static WRONG_LOGINS: cc_proto::logline::LogBudget =
+            cc_proto::logline::LogBudget::new(std::time::Duration::from_secs(10), 5);
         if let Some(left_out) = WRONG_LOGINS.allow() {
             warn!(left_out, "console: a login with a wrong token refused");
         }

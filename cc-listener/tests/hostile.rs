@@ -1206,3 +1206,55 @@ async fn a_huge_invalid_value_makes_a_short_log_line() {
     assert!(grew < 64 * 1024, "the log grew by {grew} bytes");
     assert!(l.log().contains("bytes cut)"), "the cut is said");
 }
+
+/// Played as a holder of a valid key: reconnecting in a loop, each time a
+/// full registration (a key lookup, three writes, log lines). Ten at once
+/// are fine (an agent that flaps), then twice a second; the rest are
+/// closed with 1013 before anything is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_that_registers_in_a_loop_is_paced() {
+    let dir = TempDir::new("h-reconnect");
+    let l = ListenerProcess::start(bin(), dir.path(), FAST);
+    let key = l.add_key("loop.test");
+    let started = Instant::now();
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..40 {
+        let mut ws = ws::agent(&l.ws_url(), &key, "loop.test").await;
+        ws::send(&mut ws, &json!({"type": "heartbeat", "payload": {}})).await;
+        use futures_util::SinkExt as _;
+        let _ = ws
+            .send(tokio_tungstenite::tungstenite::Message::Ping(
+                b"p".to_vec().into(),
+            ))
+            .await;
+        loop {
+            match tokio::time::timeout(T, futures_util::StreamExt::next(&mut ws)).await {
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Pong(_)))) => {
+                    accepted += 1;
+                    break;
+                }
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(c))))) => {
+                    assert_eq!(u16::from(c.code), 1013, "{c:?}");
+                    refused += 1;
+                    break;
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("neither registered nor refused: {other:?}"),
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let registered = l
+        .log()
+        .matches("agent registered hostname=loop.test")
+        .count();
+    eprintln!(
+        "figures: 40 registrations in {secs:.2} s: {accepted} accepted, {refused} refused (1013)"
+    );
+    assert_eq!(accepted, registered, "each accepted one registered once");
+    assert!(
+        (accepted as f64) <= 10.0 + 2.0 * secs + 1.0,
+        "{accepted} registrations in {secs:.2} s"
+    );
+    assert!(refused > 0);
+}

@@ -390,6 +390,7 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
             ("key_binding", 0.0),
             ("max_connections", 0.0),
             ("per_source", 0.0),
+            ("reconnecting", 0.0),
             ("register", 1.0),
             ("source_failing", 0.0)
         ])

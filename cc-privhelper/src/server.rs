@@ -41,7 +41,7 @@ use cc_proto::helper::{
 use cc_proto::wire::{ExecutionReport, JobSpec};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::{Gid, Uid, User, chown};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::exec::refusal;
@@ -177,9 +177,16 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
     Ok(())
 }
 
+/// Requests refused before or while being read, and refused reads: their
+/// audit lines, 50 in 10 s at most.
+static TURNED_AWAY: cc_proto::logline::LogBudget =
+    cc_proto::logline::LogBudget::new(std::time::Duration::from_secs(10), 50);
+
 /// The audit line of a connection refused before its request was read.
 fn turned_away(peer_uid: u32, peer_pid: i32, reason: &str) {
-    warn!(peer_uid, peer_pid, decision = "refused", reason, "helper request");
+    if let Some(left_out) = TURNED_AWAY.allow() {
+        warn!(peer_uid, peer_pid, decision = "refused", reason, left_out, "helper request");
+    }
 }
 
 /// Socket directory 0750 and socket 0660, both root:<agent's group>.
@@ -235,7 +242,17 @@ fn handle(mut stream: UnixStream, h: &Helper, peer: Peer, uid: u32, pid: i32) {
     let job_id = audit.job_id.as_ref().map(JobId::as_str).unwrap_or("");
     let argv = audit.argv.as_deref().unwrap_or("");
     let key = audit.key.as_deref().unwrap_or("");
-    info!(peer_uid = uid, peer_pid = pid, op, job_id, argv, key, decision, reason = ?reason, "helper request");
+    // Root work is audited whole. A read that went through (the agent
+    // asks for reports every second) is at debug; refusals and invalid
+    // requests, which the agent's uid can make at will, at a bounded rate.
+    let read = matches!(op, "status" | "take_reports" | "ack_reports");
+    if read && decision == "done" {
+        debug!(peer_uid = uid, peer_pid = pid, op, decision, "helper request");
+    } else if !read && op != "invalid" {
+        info!(peer_uid = uid, peer_pid = pid, op, job_id, argv, key, decision, reason = ?reason, "helper request");
+    } else if let Some(left_out) = TURNED_AWAY.allow() {
+        info!(peer_uid = uid, peer_pid = pid, op, decision, reason = ?reason, left_out, "helper request");
+    }
     respond(&stream, &response);
     drop(stream);
     if audit.argv.is_some() {

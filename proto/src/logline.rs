@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::io::{self, Write};
+use std::time::Instant;
 
 /// The longest event written whole; the rest of a longer one is cut and
 /// counted. A peer's value reaches a log inside an error (serde's quotes
@@ -78,6 +79,50 @@ impl<W: Write> Write for OneLine<W> {
     }
 }
 
+/// A warning that a peer can trigger at will is logged at most
+/// `per_window` times per window; the first line after a quiet spell says
+/// how many were left out.
+#[derive(Debug)]
+pub struct LogBudget {
+    window: std::time::Duration,
+    per_window: u32,
+    state: std::sync::Mutex<(Option<Instant>, u32, u64)>,
+}
+
+impl LogBudget {
+    pub const fn new(window: std::time::Duration, per_window: u32) -> Self {
+        Self {
+            window,
+            per_window,
+            state: std::sync::Mutex::new((None, 0, 0)),
+        }
+    }
+
+    /// `Some(n)`: log this one, and say `n` were left out before it.
+    pub fn allow(&self) -> Option<u64> {
+        self.allow_at(Instant::now())
+    }
+
+    fn allow_at(&self, now: Instant) -> Option<u64> {
+        let mut g = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (start, logged, suppressed) = &mut *g;
+        if start.is_none_or(|s| now.duration_since(s) >= self.window) {
+            *start = Some(now);
+            *logged = 0;
+        }
+        if *logged < self.per_window {
+            *logged += 1;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +162,18 @@ mod tests {
         let odd = "x".to_owned() + &"é".repeat(3000);
         let got = one_line(odd.as_bytes());
         assert!(std::str::from_utf8(&got).is_ok(), "cut between characters");
+    }
+
+    #[test]
+    fn a_log_budget_says_what_it_left_out() {
+        let b = LogBudget::new(std::time::Duration::from_secs(1), 2);
+        let t0 = Instant::now();
+        assert_eq!(b.allow_at(t0), Some(0));
+        assert_eq!(b.allow_at(t0), Some(0));
+        assert_eq!(b.allow_at(t0), None);
+        assert_eq!(b.allow_at(t0), None);
+        assert_eq!(b.allow_at(t0 + std::time::Duration::from_secs(1)), Some(2));
+        assert_eq!(b.allow_at(t0 + std::time::Duration::from_secs(1)), Some(0));
     }
 
     #[test]

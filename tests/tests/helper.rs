@@ -10,6 +10,7 @@ use std::process::Command;
 use cc_e2e::agent::{agent_user, root_and_agent_user};
 use cc_e2e::helper::{HelperProcess, stranger_refused_line};
 use cc_e2e::{TempDir, bin};
+use cc_proto::frame;
 use serde_json::{Value, json};
 
 fn setup(name: &str, extra: &str) -> Option<(TempDir, HelperProcess)> {
@@ -679,5 +680,40 @@ fn the_helper_stays_under_2400_lines_of_code() {
     assert!(
         total < 2400,
         "cc-privhelper has {total} lines of code; the limit is 2,400"
+    );
+}
+
+/// Played as the agent's uid flooding root's journal: 120 invalid frames
+/// and 120 `status` reads. Root work is audited whole elsewhere; these are
+/// logged 50 in 10 s at most (invalid) and at debug (reads that went
+/// through), and the helper still answers.
+#[test]
+fn the_agents_uid_cannot_flood_roots_journal() {
+    let Some((_dir, h)) = setup("h-flood", "") else {
+        return;
+    };
+    let agent = Some(agent_user().unwrap());
+    let status = frame::encode_frame(br#""status""#, frame::MAX_FRAME_LEN).unwrap();
+    for _ in 0..120 {
+        h.send_as(agent, b"not a frame at all, again and again", true);
+        h.send_as(agent, &status, true);
+    }
+    let log = h.log();
+    let invalid = log.lines().filter(|l| l.contains("op=\"invalid\"")).count();
+    let reads = log
+        .lines()
+        .filter(|l| l.contains(" INFO ") && l.contains("op=\"status\""))
+        .count();
+    eprintln!(
+        "figures: 120 invalid frames made {invalid} lines; 120 status reads {reads} INFO lines"
+    );
+    assert!(
+        (1..=50).contains(&invalid),
+        "{invalid} lines for 120 invalid frames"
+    );
+    assert_eq!(reads, 0, "status reads at INFO");
+    assert!(
+        h.send_as(agent, &status, true).contains("status"),
+        "still answering"
     );
 }
