@@ -161,7 +161,33 @@ mod tests {
         assert!(matches!(one_line(&exact), Cow::Borrowed(_)));
         let odd = "x".to_owned() + &"é".repeat(3000);
         let got = one_line(odd.as_bytes());
-        assert!(std::str::from_utf8(&got).is_ok(), "cut between characters");
+        let text = std::str::from_utf8(&got).expect("cut between characters");
+        let kept = text.split(" … (").next().unwrap();
+        assert_eq!(
+            kept.len(),
+            MAX_EVENT_BYTES - 1,
+            "back to the character's start"
+        );
+        // Not UTF-8 at all (a writer we do not control): no panic, a cut.
+        let junk = [0x80u8; 5000];
+        assert!(one_line(&junk).ends_with(b" (5000 bytes cut)"));
+    }
+
+    #[test]
+    fn flushing_reaches_the_inner_writer() {
+        let mut w = OneLine(std::io::BufWriter::new(Vec::new()));
+        w.write_all(b"event\n").unwrap();
+        assert!(w.0.get_ref().is_empty(), "buffered");
+        w.flush().unwrap();
+        assert_eq!(w.0.get_ref().as_slice(), b"event\n");
+    }
+
+    #[test]
+    fn a_budget_spent_now_allows_nothing_more_now() {
+        let b = LogBudget::new(std::time::Duration::from_secs(3600), 2);
+        assert_eq!(b.allow(), Some(0));
+        assert_eq!(b.allow(), Some(0));
+        assert_eq!(b.allow(), None);
     }
 
     #[test]
