@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use cc_e2e::agent::proc_status_kib;
-use cc_e2e::listener::ListenerProcess;
-use cc_e2e::{TempDir, env_or};
 use cc_listener::store::Store;
+use cc_testkit::agent::proc_status_kib;
+use cc_testkit::listener::ListenerProcess;
+use cc_testkit::{TempDir, env_or};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;

@@ -20,9 +20,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cc_e2e::listener::{ListenerProcess, TOKEN};
-use cc_e2e::{TempDir, env_or};
 use cc_listener::store::Store;
+use cc_testkit::listener::{ListenerProcess, TOKEN};
+use cc_testkit::{TempDir, env_or};
 
 fn get(addr: SocketAddr, path: &str, cookie: &str) -> (u16, usize, Duration) {
     let t = Instant::now();

@@ -41,11 +41,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cc_e2e::agent::proc_status_kib;
-use cc_e2e::listener::{ListenerProcess, TOKEN};
-use cc_e2e::pg::Cluster;
-use cc_e2e::{TempDir, env_or};
 use cc_listener::store::Store;
+use cc_testkit::agent::proc_status_kib;
+use cc_testkit::listener::{ListenerProcess, TOKEN};
+use cc_testkit::pg::Cluster;
+use cc_testkit::{TempDir, env_or};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;

@@ -16,10 +16,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use cc_e2e::agent::proc_status_kib;
-use cc_e2e::listener::{ListenerProcess, TOKEN};
-use cc_e2e::{TempDir, env_or};
 use cc_listener::store::Store;
+use cc_testkit::agent::proc_status_kib;
+use cc_testkit::listener::{ListenerProcess, TOKEN};
+use cc_testkit::{TempDir, env_or};
 
 fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
@@ -55,7 +55,7 @@ fn main() {
                         || "/api/v1/reports?limit=1000".to_owned(),
                         |c| format!("/api/v1/reports?limit=1000&before={c}"),
                     );
-                    let r = cc_e2e::http::request(addr, "GET", &path, Some(TOKEN), None);
+                    let r = cc_testkit::http::request(addr, "GET", &path, Some(TOKEN), None);
                     assert_eq!(r.status, 200, "{}", r.body);
                     bytes += r.body.len();
                     rows += r.json().as_array().unwrap().len();

@@ -1,6 +1,6 @@
 //! `ccctl` against the real listener: cron lists, reports, agent keys,
 //! the agent table's filters, Ctrl-C, completions. Test agents are
-//! WebSocket clients (see `cc_e2e::ws`).
+//! WebSocket clients (see `cc_testkit::ws`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cc_e2e::TempDir;
-use cc_e2e::listener::ListenerProcess;
-use cc_e2e::ws;
+use cc_testkit::TempDir;
+use cc_testkit::listener::ListenerProcess;
+use cc_testkit::ws;
 use serde_json::{Value, json};
 
 fn bin() -> &'static Path {
@@ -18,8 +18,8 @@ fn bin() -> &'static Path {
 }
 
 fn ccctl_cmd(l: &ListenerProcess, dir: &Path, args: &[&str]) -> Command {
-    std::fs::write(dir.join("ccctl-token"), cc_e2e::listener::TOKEN).unwrap();
-    let mut c = Command::new(cc_e2e::bin("ccctl"));
+    std::fs::write(dir.join("ccctl-token"), cc_testkit::listener::TOKEN).unwrap();
+    let mut c = Command::new(cc_testkit::bin("ccctl"));
     c.arg("--url")
         .arg(format!("http://{}", l.admin_addr))
         .arg("--token-file")
@@ -475,7 +475,7 @@ async fn a_warning_with_escapes_is_refused_and_never_reaches_the_operators_termi
 /// `ccctl completions bash` prints a script that knows the subcommands.
 #[test]
 fn completions_know_the_subcommands() {
-    let out = Command::new(cc_e2e::bin("ccctl"))
+    let out = Command::new(cc_testkit::bin("ccctl"))
         .args(["completions", "bash"])
         .output()
         .unwrap();
@@ -486,7 +486,7 @@ fn completions_know_the_subcommands() {
     ] {
         assert!(script.contains(word), "{word} missing");
     }
-    let bad = Command::new(cc_e2e::bin("ccctl"))
+    let bad = Command::new(cc_testkit::bin("ccctl"))
         .args(["completions", "cmd.exe"])
         .output()
         .unwrap();

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cc_e2e::agent::{AgentProcess, root_and_agent_user};
-use cc_e2e::listener::{ListenerProcess, TOKEN};
-use cc_e2e::{TempDir, require};
+use cc_testkit::agent::{AgentProcess, root_and_agent_user};
+use cc_testkit::listener::{ListenerProcess, TOKEN};
+use cc_testkit::{TempDir, require};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -174,7 +174,7 @@ async fn the_console_in_a_real_browser() {
     }
     let dir = TempDir::new("console");
     let l = ListenerProcess::start(bin(), dir.path(), "");
-    let agent_bin = cc_e2e::bin("cc-agent");
+    let agent_bin = cc_testkit::bin("cc-agent");
     let (web_dir, root_dir) = (dir.path().join("web1"), dir.path().join("rooty"));
     std::fs::create_dir_all(&web_dir).unwrap();
     std::fs::create_dir_all(&root_dir).unwrap();
@@ -472,8 +472,10 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _sys = rt.block_on(async {
         let key = l.add_key("sys.test");
-        let mut ws = cc_e2e::ws::connect(&l.ws_url(), Some(&key)).await.unwrap();
-        cc_e2e::ws::send(
+        let mut ws = cc_testkit::ws::connect(&l.ws_url(), Some(&key))
+            .await
+            .unwrap();
+        cc_testkit::ws::send(
             &mut ws,
             &json!({"type": "register", "payload": {"hostname": "sys.test", "os": "linux",
                 "arch": "amd64", "tags": [], "executionMode": "system", "isRoot": false}}),
@@ -497,13 +499,13 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
     );
     assert!(unsigned.starts_with("HTTP/1.1 400"), "{unsigned}");
     assert!(unsigned.contains("sys.test in system mode"), "{unsigned}");
-    let st = cc_e2e::signing::exec_statement(
+    let st = cc_testkit::signing::exec_statement(
         &json!({"jobId": "from-console-1", "command": "/usr/bin/id", "args": ["-u"], "timeout": 30}),
         "sys.test",
     );
-    let signed = json!([cc_e2e::signing::sign_exec(
+    let signed = json!([cc_testkit::signing::sign_exec(
         &st,
-        &cc_e2e::signing::operator().1
+        &cc_testkit::signing::operator().1
     )]);
     let encoded: String = signed
         .to_string()

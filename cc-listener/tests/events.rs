@@ -7,10 +7,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cc_e2e::TempDir;
-use cc_e2e::listener::{ListenerProcess, TOKEN};
-use cc_e2e::sse::Stream;
-use cc_e2e::ws;
+use cc_testkit::TempDir;
+use cc_testkit::listener::{ListenerProcess, TOKEN};
+use cc_testkit::sse::Stream;
+use cc_testkit::ws;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(10);

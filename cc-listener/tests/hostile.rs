@@ -11,10 +11,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cc_e2e::listener::{ListenerProcess, TOKEN};
-use cc_e2e::sse::Stream;
-use cc_e2e::ws::{self, Ws};
-use cc_e2e::{TempDir, agent::proc_status_kib};
+use cc_testkit::listener::{ListenerProcess, TOKEN};
+use cc_testkit::sse::Stream;
+use cc_testkit::ws::{self, Ws};
+use cc_testkit::{TempDir, agent::proc_status_kib};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -193,11 +193,11 @@ async fn concurrent_large_report_pages_keep_the_listener_small() {
                         Some(c) => format!("/api/v1/reports?limit=1000&before={c}"),
                         None => "/api/v1/reports?limit=1000".to_owned(),
                     };
-                    let r = cc_e2e::http::request(
+                    let r = cc_testkit::http::request(
                         addr,
                         "GET",
                         &path,
-                        Some(cc_e2e::listener::TOKEN),
+                        Some(cc_testkit::listener::TOKEN),
                         None,
                     );
                     assert_eq!(r.status, 200);
@@ -378,7 +378,7 @@ async fn trickling_operator_clients_are_closed_by_the_header_timeout() {
     // An operator while the fifty trickle.
     let honest = tokio::task::spawn_blocking(move || {
         let t = Instant::now();
-        let r = cc_e2e::http::request(addr, "GET", "/api/v1/agents", Some(TOKEN), None);
+        let r = cc_testkit::http::request(addr, "GET", "/api/v1/agents", Some(TOKEN), None);
         (r.status, t.elapsed())
     })
     .await
@@ -912,7 +912,7 @@ async fn churn(
 ) -> (usize, Duration, f64) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let link = cc_e2e::proxy::SlowLink::start(l.agent_addr, Duration::from_millis(100));
+    let link = cc_testkit::proxy::SlowLink::start(l.agent_addr, Duration::from_millis(100));
     let stop = Arc::new(AtomicBool::new(false));
     let made = Arc::new(AtomicU64::new(0));
     let target = l.agent_addr;

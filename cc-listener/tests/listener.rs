@@ -6,9 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cc_e2e::listener::{ListenerProcess, TOKEN};
-use cc_e2e::ws;
-use cc_e2e::{TempDir, http};
+use cc_testkit::listener::{ListenerProcess, TOKEN};
+use cc_testkit::ws;
+use cc_testkit::{TempDir, http};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(10);

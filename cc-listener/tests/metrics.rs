@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use cc_e2e::http;
-use cc_e2e::listener::{ListenerProcess, TOKEN};
-use cc_e2e::sse;
-use cc_e2e::{TempDir, ws};
+use cc_testkit::http;
+use cc_testkit::listener::{ListenerProcess, TOKEN};
+use cc_testkit::sse;
+use cc_testkit::{TempDir, ws};
 use prometheus_parse::{Scrape, Value as PValue};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;

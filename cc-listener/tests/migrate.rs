@@ -5,11 +5,11 @@
 
 use std::process::Command;
 
-use cc_e2e::TempDir;
 use cc_listener::store::{
     EventFilter, NewJob, NewRun, ReportLimits, ReportQuery, Store, StoreError,
 };
 use cc_proto::wire::{AgentInfo, CronEntry, ExecutionMode};
+use cc_testkit::TempDir;
 
 fn info(host: &str, root: bool) -> AgentInfo {
     AgentInfo {
@@ -137,7 +137,7 @@ fn migrate(from: &str, to: &str) -> std::process::Output {
 
 #[test]
 fn a_sqlite_database_moves_to_postgres_whole_and_once() {
-    let Some(cluster) = cc_e2e::pg::Cluster::start() else {
+    let Some(cluster) = cc_testkit::pg::Cluster::start() else {
         return;
     };
     let dir = TempDir::new("migrate");

@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cc_e2e::listener::ListenerProcess;
-use cc_e2e::{TempDir, sse, ws};
+use cc_testkit::listener::ListenerProcess;
+use cc_testkit::{TempDir, sse, ws};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(10);
@@ -35,7 +35,7 @@ fn pair(dir: &TempDir, url: &str) -> (ListenerProcess, ListenerProcess) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_posted_on_one_listener_reaches_an_agent_held_by_another_at_once() {
-    let Some(cluster) = cc_e2e::pg::Cluster::start() else {
+    let Some(cluster) = cc_testkit::pg::Cluster::start() else {
         return;
     };
     let url = cluster.create_db("cc");
@@ -47,8 +47,12 @@ async fn a_job_posted_on_one_listener_reaches_an_agent_held_by_another_at_once()
     east.wait_connected("one.test", true);
     let seen = west.wait_connected("one.test", true);
     assert_eq!(seen["listener"], "east", "{seen}");
-    let mut events =
-        sse::Stream::open(&west, "?host=one.test", None, Some(cc_e2e::listener::TOKEN));
+    let mut events = sse::Stream::open(
+        &west,
+        "?host=one.test",
+        None,
+        Some(cc_testkit::listener::TOKEN),
+    );
     assert_eq!(events.status, 200);
 
     // Posted on west.
@@ -113,7 +117,7 @@ async fn a_job_posted_on_one_listener_reaches_an_agent_held_by_another_at_once()
 #[tokio::test(flavor = "multi_thread")]
 async fn stopping_a_listener_lets_go_of_its_agents_in_a_few_transactions() {
     const AGENTS: usize = 300;
-    let Some(cluster) = cc_e2e::pg::Cluster::start() else {
+    let Some(cluster) = cc_testkit::pg::Cluster::start() else {
         return;
     };
     let url = cluster.create_db("cc");
@@ -184,7 +188,7 @@ fn sample(l: &ListenerProcess, series: &str) -> f64 {
 /// database restarts.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_doorbell_is_measured_and_comes_back_after_the_database_restarts() {
-    let Some(cluster) = cc_e2e::pg::Cluster::start() else {
+    let Some(cluster) = cc_testkit::pg::Cluster::start() else {
         return;
     };
     let url = cluster.create_db("cc");

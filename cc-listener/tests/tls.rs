@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cc_e2e::TempDir;
-use cc_e2e::agent::AgentProcess;
-use cc_e2e::listener::ListenerProcess;
+use cc_testkit::TempDir;
+use cc_testkit::agent::AgentProcess;
+use cc_testkit::listener::ListenerProcess;
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio_rustls::rustls;
@@ -112,7 +112,7 @@ fn the_real_agent_trusts_its_ca_file_and_nothing_else() {
     std::fs::create_dir_all(&wrong_dir).unwrap();
     let wrong_key = l.add_key("wrong-ca.test");
     let wrong = AgentProcess::start(
-        &cc_e2e::bin("cc-agent"),
+        &cc_testkit::bin("cc-agent"),
         &wrong_dir,
         &url,
         &wrong_key,
@@ -153,7 +153,7 @@ fn the_real_agent_trusts_its_ca_file_and_nothing_else() {
     std::fs::create_dir_all(&right_dir).unwrap();
     let right_key = l.add_key("right-ca.test");
     let _right = AgentProcess::start(
-        &cc_e2e::bin("cc-agent"),
+        &cc_testkit::bin("cc-agent"),
         &right_dir,
         &url,
         &right_key,
