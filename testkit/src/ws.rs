@@ -55,15 +55,35 @@ pub async fn agent(url: &str, key: &str, hostname: &str) -> Ws {
     ws
 }
 
-/// A new key for `name`, connected and registered as `name`, seen
-/// connected by the listener, one heartbeat sent.
+/// A new key for `name`, connected and registered as `name` ([`register`]),
+/// seen connected by the listener, one heartbeat sent.
 pub async fn registered(l: &crate::listener::ListenerProcess, name: &str) -> Ws {
-    let key = l.add_key(name);
-    let mut ws = agent(&l.ws_url(), &key, name).await;
-    // Any server message, or a visible registration, means it is in.
-    l.wait_connected(name, true);
+    let mut ws = registered_as(l, &register(name)).await;
     send(&mut ws, &json!({"type": "heartbeat", "payload": {}})).await;
     ws
+}
+
+/// A new key named after `register`'s hostname, connected, `register` (a
+/// whole `register` message: [`register`] or one of the test's own, with
+/// tags or a mode) sent, and seen connected by the listener; nothing else
+/// sent.
+pub async fn registered_as(l: &crate::listener::ListenerProcess, register: &Value) -> Ws {
+    let name = register["payload"]["hostname"]
+        .as_str()
+        .expect("a register message names its host");
+    let key = l.add_key(name);
+    let mut ws = connect(&l.ws_url(), Some(&key))
+        .await
+        .expect("handshake refused");
+    send(&mut ws, register).await;
+    // A visible registration means it is in.
+    l.wait_connected(name, true);
+    ws
+}
+
+/// The job id of an `execute_job` message (`payload.jobId`).
+pub fn job_id(execute_job: &Value) -> cc_proto::ids::JobId {
+    crate::listener::job_id(&execute_job["payload"]["jobId"])
 }
 
 /// Registers `host` (a new key) with `tags` and a `jobWindow` of 4, then,
