@@ -58,21 +58,25 @@ pub async fn agent(url: &str, key: &str, hostname: &str) -> Ws {
 /// A new key for `name`, connected and registered as `name` ([`register`]),
 /// seen connected by the listener, one heartbeat sent.
 pub async fn registered(l: &crate::listener::ListenerProcess, name: &str) -> Ws {
-    let mut ws = registered_as(l, &register(name)).await;
+    let key = l.add_key(name);
+    let mut ws = registered_as(l, &key, &register(name)).await;
     send(&mut ws, &json!({"type": "heartbeat", "payload": {}})).await;
     ws
 }
 
-/// A new key named after `register`'s hostname, connected, `register` (a
-/// whole `register` message: [`register`] or one of the test's own, with
-/// tags or a mode) sent, and seen connected by the listener; nothing else
-/// sent.
-pub async fn registered_as(l: &crate::listener::ListenerProcess, register: &Value) -> Ws {
+/// Connected with `key`, `register` sent (a whole `register` message:
+/// [`register`], or the test's own with tags or a mode), and seen connected
+/// by `l` under the hostname it names; nothing else sent. The key is the
+/// caller's, so it can connect again with it.
+pub async fn registered_as(
+    l: &crate::listener::ListenerProcess,
+    key: &str,
+    register: &Value,
+) -> Ws {
     let name = register["payload"]["hostname"]
         .as_str()
         .expect("a register message names its host");
-    let key = l.add_key(name);
-    let mut ws = connect(&l.ws_url(), Some(&key))
+    let mut ws = connect(&l.ws_url(), Some(key))
         .await
         .expect("handshake refused");
     send(&mut ws, register).await;
