@@ -374,10 +374,10 @@ async fn a_warning_with_escapes_is_refused_and_never_reaches_the_operators_termi
     let answered = tokio::spawn(async move {
         let job = ws::recv_type(&mut agent, "execute_job", Duration::from_secs(60)).await;
         let id = ws::job_id(&job);
-        let mut hostile = ws::report(&id, Some("hostile-1"));
+        let mut hostile = ws::report(id.as_str(), Some("hostile-1"));
         hostile["payload"]["warning"] = json!(WARNING);
         ws::send(&mut agent, &hostile).await;
-        ws::send(&mut agent, &ws::report(&id, Some("honest-1"))).await;
+        ws::send(&mut agent, &ws::report(id.as_str(), Some("honest-1"))).await;
         // The listener reads one connection's messages in order: once the
         // honest report is acknowledged, the hostile one has had its answer.
         let mut acked = Vec::new();

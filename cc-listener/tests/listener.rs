@@ -290,7 +290,7 @@ async fn a_report_refused_for_a_quota_is_rejected_by_id_and_a_spec_only_one_hear
     let job_id = l.post_job("rejected", &json!({"command": "/bin/true"}));
     ws::recv_type(&mut ws, "execute_job", T).await;
     ws::send(&mut ws, &ws::report("made-up-2", Some("u-2"))).await;
-    let mut big = ws::report(&job_id, Some("big-1"));
+    let mut big = ws::report(job_id.as_str(), Some("big-1"));
     big["payload"]["stdout"] = json!("o".repeat(4000));
     ws::send(&mut ws, &big).await;
     ws::send(&mut ws, &ws::report("made-up-3", None)).await;
@@ -361,7 +361,7 @@ async fn a_report_resent_after_sigkill_and_restart_is_stored_once() {
     let mut ws = ws::registered_as(&l, &key, &ws::register("durable")).await;
     let job_id = l.post_job("durable", &json!({"command": "/bin/true"}));
     ws::recv_type(&mut ws, "execute_job", T).await;
-    ws::send(&mut ws, &ws::report(&job_id, Some("rep-1"))).await;
+    ws::send(&mut ws, &ws::report(job_id.as_str(), Some("rep-1"))).await;
     ws::recv_type(&mut ws, "report_ack", T).await;
     // A spec-only agent's report (no reportId), too.
     ws::send(&mut ws, &ws::report("spec-only-job", None)).await;
@@ -378,10 +378,10 @@ async fn a_report_resent_after_sigkill_and_restart_is_stored_once() {
     drop(ws);
     let mut ws = ws::registered_as(&l, &key, &ws::register("durable")).await;
     // The agent never saw... suppose it resends both after reconnecting.
-    ws::send(&mut ws, &ws::report(&job_id, Some("rep-1"))).await;
+    ws::send(&mut ws, &ws::report(job_id.as_str(), Some("rep-1"))).await;
     ws::recv_type(&mut ws, "report_ack", T).await;
     ws::send(&mut ws, &ws::report("spec-only-job", None)).await;
-    ws::send(&mut ws, &ws::report(&job_id, Some("rep-1"))).await;
+    ws::send(&mut ws, &ws::report(job_id.as_str(), Some("rep-1"))).await;
     ws::recv_type(&mut ws, "report_ack", T).await;
 
     assert_eq!(
@@ -452,7 +452,7 @@ async fn garbage_nested_and_oversized_frames_leave_other_agents_served() {
     l.post_job("good", &json!({"command": "/bin/true"}));
     let msg = ws::recv_type(&mut good, "execute_job", T).await;
     let job_id = ws::job_id(&msg);
-    ws::send(&mut good, &ws::report(&job_id, Some("g1"))).await;
+    ws::send(&mut good, &ws::report(job_id.as_str(), Some("g1"))).await;
     ws::recv_type(&mut good, "report_ack", T).await;
     assert_eq!(l.get("/api/v1/healthz").status, 200);
     assert!(l.log().contains("invalid message dropped"));
@@ -706,7 +706,7 @@ async fn a_sent_job_without_a_report_is_sent_again_on_reconnect() {
     let mut ws = ws::agent(&l.ws_url(), &key, "flaky").await;
     let again = ws::recv_type(&mut ws, "execute_job", T).await;
     assert_eq!(again["payload"]["jobId"], job_id.as_str());
-    ws::send(&mut ws, &ws::report(&job_id, Some("once"))).await;
+    ws::send(&mut ws, &ws::report(job_id.as_str(), Some("once"))).await;
     ws::recv_type(&mut ws, "report_ack", T).await;
     assert_eq!(
         l.get(&format!("/api/v1/jobs/{job_id}")).json()["status"],

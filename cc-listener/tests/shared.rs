@@ -69,7 +69,7 @@ async fn a_job_posted_on_one_listener_reaches_an_agent_held_by_another_at_once()
     );
 
     // Reported to east, acknowledged after the commit; west shows it.
-    ws::send(&mut agent, &ws::report(&job_id, Some("r-1"))).await;
+    ws::send(&mut agent, &ws::report(job_id.as_str(), Some("r-1"))).await;
     ws::recv_type(&mut agent, "report_ack", T).await;
     let job = west.get(&format!("/api/v1/jobs/{job_id}")).json();
     assert_eq!(job["status"], "done", "{job}");

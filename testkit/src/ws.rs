@@ -199,10 +199,10 @@ pub async fn recv_type(ws: &mut Ws, kind: &str, limit: Duration) -> Value {
     }
 }
 
-/// A well-formed report for `job_id` (a `&str` or a `JobId`).
-pub fn report(job_id: impl AsRef<str>, report_id: Option<&str>) -> Value {
+/// A well-formed report for `job_id`.
+pub fn report(job_id: &str, report_id: Option<&str>) -> Value {
     let mut payload = json!({
-        "jobId": job_id.as_ref(), "command": "/bin/echo hi", "exitCode": 0,
+        "jobId": job_id, "command": "/bin/echo hi", "exitCode": 0,
         "stdout": "hi\n", "stderr": "", "startTime": "2024-03-20T10:00:00Z",
         "durationMs": 3, "executingUid": 1001, "executingUser": "cc-agent-user"
     });
