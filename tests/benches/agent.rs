@@ -174,15 +174,8 @@ fn throughput() {
     let dir = TempDir::new("bench-tput");
     let (listener, agent, host) = agent_rig(&dir, "max_concurrent_jobs = 4");
     let started = Instant::now();
-    let ids: Vec<String> = (0..jobs)
-        .map(|_| {
-            let r = listener.post(
-                &format!("/api/v1/agents/{host}/jobs"),
-                &json!({"command": "/bin/true"}),
-            );
-            assert_eq!(r.status, 202);
-            r.json()["jobId"].as_str().unwrap().to_owned()
-        })
+    let ids: Vec<_> = (0..jobs)
+        .map(|_| listener.post_job(&host, &json!({"command": "/bin/true"})))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
