@@ -13,7 +13,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a failed step should stop it
 
-use std::path::Path;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::Instant;
 
 use cc_listener::store::Store;
@@ -37,8 +39,7 @@ fn main() {
         "stored {reports} reports of {output} output bytes: database {db_mib} MiB, in {:.1} s",
         filled.elapsed().as_secs_f64()
     );
-    let listener =
-        ListenerProcess::start(Path::new(env!("CARGO_BIN_EXE_cc-listener")), dir.path(), "");
+    let listener = ListenerProcess::start(common::bin(), dir.path(), "");
     let pid = listener.child.id();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let before = proc_status_kib(pid, "VmRSS");
