@@ -297,15 +297,10 @@ async fn an_event_stream_outlives_the_idle_timeout() {
         until_closed(&mut quiet, in_(T)).await.1,
         "an idle connection is closed"
     );
-    let r = l.post(
-        "/api/v1/agents/sse.test/jobs",
-        &json!({"command": "/bin/true"}),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let job = r.json()["jobId"].as_str().unwrap().to_owned();
-    let got = stream.until(T, |e| e.iter().any(|e| e["jobId"] == job));
+    let job = l.post_job("sse.test", &json!({"command": "/bin/true"}));
+    let got = stream.until(T, |e| e.iter().any(|e| e["jobId"] == job.as_str()));
     assert!(
-        got.iter().any(|e| e["jobId"] == job),
+        got.iter().any(|e| e["jobId"] == job.as_str()),
         "the stream still delivers: {got:?}"
     );
 }

@@ -131,8 +131,8 @@ pub async fn answering_agent_in(
             }
             tokio::time::sleep(delay).await;
             n += 1;
-            let id = m["payload"]["jobId"].as_str().unwrap().to_owned();
-            let mut r = report(&id, Some(&format!("{host}-{n}")));
+            let id = job_id(&m);
+            let mut r = report(id.as_str(), Some(&format!("{host}-{n}")));
             r["payload"]["exitCode"] = json!(exit(&m));
             send(&mut conn, &r).await;
         }
