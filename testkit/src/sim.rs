@@ -257,14 +257,22 @@ pub async fn run(
             Reconnect::Never => return,
             Reconnect::After(d) => d,
             Reconnect::LikeTheAgent => {
-                let exp = Duration::from_secs(1 << dropped.min(5));
+                let pause = backoff(seed, dropped);
                 dropped += 1;
-                let jitter = seed.wrapping_mul(u64::from(dropped) * 2_654_435_761) % 1000;
-                exp / 2 + exp / 2 * jitter as u32 / 1000
+                pause
             }
         };
         tokio::time::sleep(pause).await;
     }
+}
+
+/// The pause before reconnecting after the agent's connection ended for
+/// the `dropped`th time before (0: the first drop): 1 s doubling to 32 s,
+/// jittered in its upper half by the host's `seed`.
+fn backoff(seed: u64, dropped: u32) -> Duration {
+    let exp = Duration::from_secs(1 << dropped.min(5));
+    let jitter = seed.wrapping_mul(u64::from(dropped + 1) * 2_654_435_761) % 1000;
+    exp / 2 + exp / 2 * jitter as u32 / 1000
 }
 
 /// A handshake with `key` (within `how.handshake_timeout`), then
@@ -345,5 +353,26 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_32_s_and_stays_in_the_upper_half() {
+        for seed in [0, 1, 7, 31, u64::MAX] {
+            for dropped in 0..10u32 {
+                let exp = Duration::from_secs(1 << dropped.min(5));
+                let pause = backoff(seed, dropped);
+                assert!(
+                    pause >= exp / 2 && pause <= exp,
+                    "{seed} {dropped}: {pause:?}"
+                );
+            }
+        }
+        assert_eq!(backoff(0, 0), Duration::from_millis(500));
+        assert!(backoff(1, 9) <= Duration::from_secs(32));
     }
 }
