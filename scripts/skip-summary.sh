@@ -5,7 +5,7 @@
 #   bash scripts/skip-summary.sh SKIP_LOG [NEXTEST_OUTPUT]
 #
 # SKIP_LOG holds one line per skipped test, "TEST: needs WHAT", written by
-# `cc_e2e::require` (tests/src/lib.rs) when CC_SKIP_LOG names it. A skipped
+# `cc_e2e::require` (testkit/src/lib.rs) when CC_SKIP_LOG names it. A skipped
 # test reports "passed" to nextest, so nextest's own count includes it:
 # this names each one. NEXTEST_OUTPUT, when given, is nextest's output, for
 # the number of tests run. Prints "counts: N tests run, K skipped" last;

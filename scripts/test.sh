@@ -22,7 +22,7 @@ step() { printf '\n==> %s\n' "$*"; }
 # systemd-analyze for the units' exposure scores, and the SELinux tool chain
 # that builds, links and queries the policy module; mmdebstrap,
 # systemd-container (systemd-nspawn) and iproute2 for the systemd test bed
-# (tests/src/bed.rs), which boots the package under a real systemd.
+# (testkit/src/bed.rs), which boots the package under a real systemd.
 PACKAGES=(cron systemd make postgresql selinux-policy-dev selinux-policy-default semodule-utils policycoreutils setools chromium chromium-driver mmdebstrap systemd-container iproute2)
 # The unprivileged user the agent runs as in tests, as in production.
 AGENT_USER=cc-agent-user
@@ -101,7 +101,7 @@ rm -rf target/debian
 cargo deb -p cc-agent --no-build
 
 step "the whole suite"
-# The reliability suite records a row per check here (tests/src/reliability.rs).
+# The reliability suite records a row per check here (testkit/src/reliability.rs).
 rm -rf target/reliability
 # Every test skipped for a missing prerequisite (only outside CI: with
 # CI=true a missing one fails the test) is named in the summary below.
@@ -127,7 +127,7 @@ fi
 # current. Refused: no stamp, a stamp from a dirty tree, a commit not in this
 # history, or one older than the last change to these paths. Needs the
 # whole history (not a shallow clone).
-RELIABILITY_CODE=(cc-agent cc-listener cc-privhelper cc-exec proto tests/tests/reliability.rs tests/src)
+RELIABILITY_CODE=(cc-agent cc-listener cc-privhelper cc-exec proto tests/tests/reliability.rs tests/src testkit)
 reliability_is_current() {
     local doc="$1" stamp last
     if [ "$(git rev-parse --is-shallow-repository 2>/dev/null)" != "false" ]; then

@@ -392,7 +392,7 @@ pub(crate) mod tests {
     impl Tmpfs {
         fn mount(size: &str) -> Option<Self> {
             let root = nix::unistd::geteuid().is_root();
-            if !cc_e2e::require("root, to mount a tmpfs", root) {
+            if !cc_testkit::require("root, to mount a tmpfs", root) {
                 return None;
             }
             let dir = temp();

@@ -16,81 +16,34 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a failed step should stop it
 
-use std::path::Path;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use cc_e2e::agent::proc_status_kib;
-use cc_e2e::listener::ListenerProcess;
-use cc_e2e::{TempDir, env_or};
 use cc_listener::store::Store;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use cc_testkit::agent::proc_status_kib;
+use cc_testkit::listener::ListenerProcess;
+use cc_testkit::sim::{self, Behaviour, Observer};
+use cc_testkit::stats::percentile;
+use cc_testkit::{TempDir, env_or};
+use serde_json::json;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
+/// The simulated agents' acknowledgements, each with the time it arrived;
+/// a failed handshake stops the bench.
+struct Acks(std_mpsc::Sender<(String, Instant)>);
 
-async fn simulated_agent(
-    url: String,
-    key: String,
-    host: String,
-    heartbeat: Duration,
-    acks: std_mpsc::Sender<(String, Instant)>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut()
-        .insert("X-CC-API-KEY", HeaderValue::from_str(&key).unwrap());
-    let config = WebSocketConfig::default().read_buffer_size(4096);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true)
-        .await
-        .expect("connect");
-    let register = json!({"type": "register", "payload": {"hostname": host, "os": "linux", "arch": "amd64",
-        "tags": ["bench"], "executionMode": "user", "isRoot": false}});
-    ws.send(Message::Text(register.to_string().into()))
-        .await
-        .unwrap();
-    drop(permit);
-    // Spread heartbeats over the interval.
-    let seed: u64 = host
-        .bytes()
-        .fold(0, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-    let offset = Duration::from_millis(seed % heartbeat.as_millis().max(1) as u64);
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                if ws.send(Message::Text(r#"{"type":"heartbeat","payload":{}}"#.into())).await.is_err() { return }
-            }
-            msg = ws.next() => {
-                let Some(Ok(msg)) = msg else { return };
-                let Message::Text(text) = msg else { continue };
-                let v: Value = serde_json::from_str(text.as_str()).unwrap();
-                match v["type"].as_str() {
-                    Some("execute_job") => {
-                        let job_id = v["payload"]["jobId"].as_str().unwrap();
-                        let report = json!({"type": "execution_report", "payload": {
-                            "jobId": job_id, "command": "/bin/true", "exitCode": 0, "stdout": "", "stderr": "",
-                            "startTime": "2024-03-20T10:00:00Z", "durationMs": 1, "executingUid": 1001,
-                            "executingUser": "cc-agent-user", "reportId": job_id}});
-                        if ws.send(Message::Text(report.to_string().into())).await.is_err() { return }
-                    }
-                    Some("report_ack") => {
-                        let id = v["payload"]["reportId"].as_str().unwrap().to_owned();
-                        let _ = acks.send((id, Instant::now()));
-                    }
-                    _ => {}
-                }
-            }
-        }
+impl Observer for Acks {
+    fn connect_failed(&self, host: &str, why: &str) {
+        panic!("connect {host}: {why}");
+    }
+
+    fn acked(&self, report_id: &str) {
+        let _ = self.0.send((report_id.to_owned(), Instant::now()));
     }
 }
 
@@ -152,54 +105,44 @@ fn store_side_by_side(n: usize) -> (Duration, Duration) {
     (single, t.elapsed())
 }
 
-fn main() {
-    let agents = env_or("CC_BENCH_AGENTS", 10_000) as usize;
-    let jobs = env_or("CC_BENCH_JOBS", 2_000) as usize;
-    let heartbeat = Duration::from_secs(env_or("CC_BENCH_HEARTBEAT_SECS", 10));
-    let dir = TempDir::new("bench");
-
+/// Keys for `agents` hosts `sim-00000`…, made in the listener's database
+/// in `dir` before it starts: the hosts and their keys.
+fn keys(dir: &std::path::Path, agents: usize) -> (Vec<String>, Vec<String>) {
     let hosts: Vec<String> = (0..agents).map(|i| format!("sim-{i:05}")).collect();
-    let keys = {
-        let store = Store::open(&dir.path().join("listener.db")).unwrap();
-        let specs: Vec<(&str, Option<&str>)> = hosts
-            .iter()
-            .map(|h| (h.as_str(), Some(h.as_str())))
-            .collect();
-        store.add_keys(&specs, 0).unwrap()
-    };
-    let config = format!(
-        // Every simulated agent connects from 127.0.0.1: one source. The
-        // other budgets are the defaults: registrations are committed in
-        // groups, so the storm of 10,000 fits the unregistered budget.
-        "heartbeat_interval_secs = {}\nmax_connections = {}\nmax_unauthenticated_per_source = 20000\n",
-        heartbeat.as_secs(),
-        agents + 100
-    );
-    let bin = std::env::var_os("CC_BENCH_LISTENER").map_or_else(
-        || Path::new(env!("CARGO_BIN_EXE_cc-listener")).to_owned(),
-        std::path::PathBuf::from,
-    );
-    let listener = ListenerProcess::start(&bin, dir.path(), &config);
-    let pid = listener.child.id();
-    std::thread::sleep(Duration::from_millis(500));
-    let rss_start = proc_status_kib(pid, "VmRSS");
+    let store = Store::open(&dir.join("listener.db")).unwrap();
+    let specs: Vec<(&str, Option<&str>)> = hosts
+        .iter()
+        .map(|h| (h.as_str(), Some(h.as_str())))
+        .collect();
+    let keys = store.add_keys(&specs, 0).unwrap();
+    (hosts, keys)
+}
 
-    let (ack_tx, ack_rx) = std_mpsc::channel();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = listener.ws_url();
+/// Connects every simulated agent (256 handshakes in flight at most) and
+/// waits until the listener shows them all connected: how long it took.
+fn connect_all(
+    runtime: &tokio::runtime::Runtime,
+    listener: &ListenerProcess,
+    hosts: &[String],
+    keys: Vec<String>,
+    heartbeat: Duration,
+    acks: &Arc<Acks>,
+) -> Duration {
+    let url: Arc<str> = listener.ws_url().into();
+    let how = Arc::new(Behaviour::bench(heartbeat));
     let connect_started = Instant::now();
-    runtime.block_on(async {
-        let gate = Arc::new(Semaphore::new(256));
-        for (host, key) in hosts.iter().cloned().zip(keys) {
-            let permit = Arc::clone(&gate).acquire_owned().await.unwrap();
-            let (url, acks) = (url.clone(), ack_tx.clone());
-            tokio::spawn(simulated_agent(url, key, host, heartbeat, acks, permit));
-        }
-    });
+    let gate = Arc::new(Semaphore::new(256));
+    for (host, key) in hosts.iter().cloned().zip(keys) {
+        let obs: Arc<dyn Observer + Send + Sync> = acks.clone();
+        runtime.spawn(sim::run(
+            Arc::clone(&url),
+            key,
+            host,
+            Arc::clone(&how),
+            Arc::clone(&gate),
+            obs,
+        ));
+    }
     // Wait until the listener shows every agent connected.
     let connected = |l: &ListenerProcess| {
         let agents = l.get("/api/v1/agents").json();
@@ -211,46 +154,65 @@ fn main() {
             .count()
     };
     let deadline = Instant::now() + Duration::from_secs(300);
-    while connected(&listener) < agents {
+    while connected(listener) < hosts.len() {
         assert!(
             Instant::now() < deadline,
-            "not all agents connected: {} of {agents}",
-            connected(&listener)
+            "not all agents connected: {} of {}",
+            connected(listener),
+            hosts.len()
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let connect_time = connect_started.elapsed();
+    connect_started.elapsed()
+}
 
-    // Idle (heartbeating only) for two heartbeat intervals.
-    std::thread::sleep(heartbeat * 2);
-    let rss_idle = proc_status_kib(pid, "VmRSS");
-
+/// `jobs` jobs one at a time, each timed from the POST to its
+/// `report_ack`: the sorted round trips and the time for all.
+fn round_trips(
+    listener: &ListenerProcess,
+    hosts: &[String],
+    jobs: usize,
+    acks: &std_mpsc::Receiver<(String, Instant)>,
+) -> (Vec<Duration>, Duration) {
     let mut latencies = Vec::with_capacity(jobs);
     let run_started = Instant::now();
     for i in 0..jobs {
-        let host = &hosts[(i * 7919) % agents];
+        let host = &hosts[(i * 7919) % hosts.len()];
         let t0 = Instant::now();
-        let r = listener.post(
-            &format!("/api/v1/agents/{host}/jobs"),
-            &json!({"command": "/bin/true", "timeout": 60}),
-        );
-        assert_eq!(r.status, 202, "{}", r.body);
-        let job_id = r.json()["jobId"].as_str().unwrap().to_owned();
+        let job_id = listener.post_job(host, &json!({"command": "/bin/true", "timeout": 60}));
         loop {
-            let (id, at) = ack_rx
+            let (id, at) = acks
                 .recv_timeout(Duration::from_secs(30))
                 .expect("report_ack");
-            if id == job_id {
+            if id == job_id.as_str() {
                 latencies.push(at - t0);
                 break;
             }
         }
     }
     let run_time = run_started.elapsed();
-    let rss_after = proc_status_kib(pid, "VmRSS");
     latencies.sort();
+    (latencies, run_time)
+}
 
-    let per_conn = (rss_idle.saturating_sub(rss_start)) as f64 * 1024.0 / agents as f64;
+/// The listener's RSS (KiB) at start, with every agent idle, and after the
+/// jobs.
+struct Rss {
+    start: u64,
+    idle: u64,
+    after: u64,
+}
+
+fn print_round_trips(
+    agents: usize,
+    heartbeat: Duration,
+    connect_time: Duration,
+    rss: &Rss,
+    latencies: &[Duration],
+    run_time: Duration,
+) {
+    let jobs = latencies.len();
+    let per_conn = (rss.idle.saturating_sub(rss.start)) as f64 * 1024.0 / agents as f64;
     println!(
         "agents_10k: {agents} simulated agents, heartbeat every {}s, {jobs} sequential jobs",
         heartbeat.as_secs()
@@ -259,25 +221,25 @@ fn main() {
         "  connect + register all agents    {:>10.1} s",
         connect_time.as_secs_f64()
     );
-    println!("  listener RSS at start            {:>10} KiB", rss_start);
-    println!("  listener RSS, all agents idle    {:>10} KiB", rss_idle);
+    println!("  listener RSS at start            {:>10} KiB", rss.start);
+    println!("  listener RSS, all agents idle    {:>10} KiB", rss.idle);
     println!(
         "  RSS per idle connection          {:>10.0} bytes ({:.1} KiB; target <= 16 KiB)",
         per_conn,
         per_conn / 1024.0
     );
-    println!("  listener RSS after the jobs      {:>10} KiB", rss_after);
+    println!("  listener RSS after the jobs      {:>10} KiB", rss.after);
     println!(
         "  job round trip p50               {:>10.2} ms",
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3
+        percentile(latencies, 0.50).as_secs_f64() * 1e3
     );
     println!(
         "  job round trip p90               {:>10.2} ms",
-        percentile(&latencies, 0.90).as_secs_f64() * 1e3
+        percentile(latencies, 0.90).as_secs_f64() * 1e3
     );
     println!(
         "  job round trip p99               {:>10.2} ms (target < 10 ms)",
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+        percentile(latencies, 0.99).as_secs_f64() * 1e3
     );
     println!(
         "  job round trip max               {:>10.2} ms",
@@ -287,9 +249,16 @@ fn main() {
         "  jobs per second (sequential)     {:>10.0}",
         jobs as f64 / run_time.as_secs_f64()
     );
-    // Fan-out: one run to every agent (all carry the tag "bench"), timed
-    // from the POST until every report is stored and acknowledged.
-    while ack_rx.try_recv().is_ok() {}
+}
+
+/// Fan-out: one run to every agent (all carry the tag "bench"), timed
+/// from the POST until every report is stored and acknowledged.
+fn fan_out(
+    listener: &ListenerProcess,
+    agents: usize,
+    acks: &std_mpsc::Receiver<(String, Instant)>,
+) {
+    while acks.try_recv().is_ok() {}
     let fan_started = Instant::now();
     let r = listener.post(
         "/api/v1/runs",
@@ -299,7 +268,7 @@ fn main() {
     let posted = fan_started.elapsed();
     let mut acked = std::collections::HashSet::new();
     while acked.len() < agents {
-        let (id, _) = ack_rx
+        let (id, _) = acks
             .recv_timeout(Duration::from_secs(60))
             .expect("every fanned-out report acknowledged");
         acked.insert(id);
@@ -311,6 +280,50 @@ fn main() {
         fan_time.as_secs_f64(),
         agents as f64 / fan_time.as_secs_f64()
     );
+}
+
+fn main() {
+    let agents = env_or("CC_BENCH_AGENTS", 10_000) as usize;
+    let jobs = env_or("CC_BENCH_JOBS", 2_000) as usize;
+    let heartbeat = Duration::from_secs(env_or("CC_BENCH_HEARTBEAT_SECS", 10));
+    let dir = TempDir::new("bench");
+
+    let (hosts, keys) = keys(dir.path(), agents);
+    let config = format!(
+        // Every simulated agent connects from 127.0.0.1: one source. The
+        // other budgets are the defaults: registrations are committed in
+        // groups, so the storm of 10,000 fits the unregistered budget.
+        "heartbeat_interval_secs = {}\nmax_connections = {}\nmax_unauthenticated_per_source = 20000\n",
+        heartbeat.as_secs(),
+        agents + 100
+    );
+    let bin = std::env::var_os("CC_BENCH_LISTENER")
+        .map_or_else(|| common::bin().to_owned(), PathBuf::from);
+    let listener = ListenerProcess::start(&bin, dir.path(), &config);
+    let pid = listener.child.id();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_start = proc_status_kib(pid, "VmRSS");
+
+    let (ack_tx, ack_rx) = std_mpsc::channel();
+    let acks = Arc::new(Acks(ack_tx));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let connect_time = connect_all(&runtime, &listener, &hosts, keys, heartbeat, &acks);
+
+    // Idle (heartbeating only) for two heartbeat intervals.
+    std::thread::sleep(heartbeat * 2);
+    let rss_idle = proc_status_kib(pid, "VmRSS");
+    let (latencies, run_time) = round_trips(&listener, &hosts, jobs, &ack_rx);
+    let rss = Rss {
+        start: rss_start,
+        idle: rss_idle,
+        after: proc_status_kib(pid, "VmRSS"),
+    };
+    print_round_trips(agents, heartbeat, connect_time, &rss, &latencies, run_time);
+    fan_out(&listener, agents, &ack_rx);
     // Beside it, in the same run: the same number of reports stored one
     // per transaction, and in groups as the listener now does.
     let (single, grouped) = store_side_by_side(agents);

@@ -15,14 +15,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a failed step should stop it
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cc_e2e::listener::{ListenerProcess, TOKEN};
-use cc_e2e::{TempDir, env_or};
 use cc_listener::store::Store;
+use cc_testkit::listener::{ListenerProcess, TOKEN};
+use cc_testkit::{TempDir, env_or};
 
 fn get(addr: SocketAddr, path: &str, cookie: &str) -> (u16, usize, Duration) {
     let t = Instant::now();
@@ -72,8 +74,7 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
     drop(store);
-    let listener =
-        ListenerProcess::start(Path::new(env!("CARGO_BIN_EXE_cc-listener")), dir.path(), "");
+    let listener = ListenerProcess::start(common::bin(), dir.path(), "");
     let addr = listener.admin_addr;
     let cookie = login(addr);
     println!(

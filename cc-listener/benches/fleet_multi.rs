@@ -31,6 +31,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a failed step should stop it
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -41,18 +44,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cc_e2e::agent::proc_status_kib;
-use cc_e2e::listener::{ListenerProcess, TOKEN};
-use cc_e2e::pg::Cluster;
-use cc_e2e::{TempDir, env_or};
 use cc_listener::store::Store;
-use futures_util::{SinkExt, StreamExt};
+use cc_testkit::agent::proc_status_kib;
+use cc_testkit::http::dechunk;
+use cc_testkit::listener::{ListenerProcess, TOKEN, job_id};
+use cc_testkit::pg::Cluster;
+use cc_testkit::sim::{self, Behaviour, Observer, Reconnect};
+use cc_testkit::stats::percentile;
+use cc_testkit::{TempDir, env_or};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use common::bin;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -63,11 +66,6 @@ fn now_us() -> u64 {
 
 fn host_name(i: usize) -> String {
     format!("sim-{i:06}")
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 fn ms(d: Duration) -> f64 {
@@ -86,7 +84,8 @@ fn open_files_limit() -> u64 {
 }
 
 // ---------------------------------------------------------------------------
-// The load process: simulated agents, reporting on stdout.
+// The load process: simulated agents (`cc_testkit::sim`), reporting on
+// stdout.
 //
 // Lines it prints:
 //   `ack JOB_ID MICROS`        a `report_ack` arrived (wall clock)
@@ -96,166 +95,84 @@ fn open_files_limit() -> u64 {
 //   `fail HOST ERROR`          a connect attempt failed (first 20 printed)
 // It ends when its stdin closes (the bench ended or died).
 
-struct LoadCounters {
+/// What the load process's agents tell: printed as the lines above.
+struct LoadOut {
+    out: std_mpsc::Sender<String>,
+    agents: u64,
+    /// Agents whose first connection was made or given up.
+    settled: AtomicU64,
+    ok: AtomicU64,
     retries: AtomicU64,
     drops: AtomicU64,
     failed: AtomicU64,
     printed: AtomicU64,
 }
 
-async fn connect_once(
-    url: &str,
-    key: &str,
-    host: &str,
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    String,
-> {
-    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
-    req.headers_mut()
-        .insert("X-CC-API-KEY", HeaderValue::from_str(key).unwrap());
-    let config = WebSocketConfig::default().read_buffer_size(4096);
-    let (mut ws, _) = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio_tungstenite::connect_async_with_config(req, Some(config), true),
-    )
-    .await
-    .map_err(|_| "handshake timed out after 30 s".to_owned())?
-    .map_err(|e| e.to_string())?;
-    let register = json!({"type": "register", "payload": {"hostname": host, "os": "linux", "arch": "amd64",
-        "tags": ["bench"], "executionMode": "user", "isRoot": false}});
-    ws.send(Message::Text(register.to_string().into()))
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(ws)
+impl LoadOut {
+    fn settle(&self) {
+        if self.settled.fetch_add(1, Ordering::Relaxed) + 1 == self.agents {
+            self.done();
+        }
+    }
+
+    fn done(&self) {
+        let _ = self.out.send(format!(
+            "done {} {} {}",
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.retries.load(Ordering::Relaxed)
+        ));
+    }
+
+    /// One of the first 20 `fail` and `drop` lines.
+    fn print(&self, line: String) {
+        if self.printed.fetch_add(1, Ordering::Relaxed) < 20 {
+            let _ = self.out.send(line);
+        }
+    }
 }
 
-/// The `execution_report` of a `/bin/true` job; its `reportId` is the job id.
-fn report_text(job_id: &str) -> String {
-    json!({"type": "execution_report", "payload": {
-        "jobId": job_id, "command": "/bin/true", "exitCode": 0, "stdout": "", "stderr": "",
-        "startTime": "2024-03-20T10:00:00Z", "durationMs": 1, "executingUid": 1001,
-        "executingUser": "cc-agent-user", "reportId": job_id}})
-    .to_string()
+impl Observer for LoadOut {
+    fn connected(&self, _host: &str, first: bool) {
+        if first {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+            self.settle();
+        }
+    }
+
+    fn connect_failed(&self, host: &str, why: &str) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        self.print(format!("fail {host} {why}"));
+    }
+
+    fn gave_up(&self, _host: &str, ever_connected: bool) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if !ever_connected {
+            self.settle();
+        }
+    }
+
+    fn ended(&self, host: &str, why: &str) {
+        self.drops.fetch_add(1, Ordering::Relaxed);
+        self.print(format!("drop {host} {why}"));
+    }
+
+    fn acked(&self, report_id: &str) {
+        let at = now_us();
+        let _ = self.out.send(format!("ack {report_id} {at}"));
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn simulated_agent(
-    url: Arc<str>,
-    key: String,
-    host: String,
-    heartbeat: Duration,
-    out: std_mpsc::Sender<String>,
-    gate: Arc<Semaphore>,
-    counters: Arc<LoadCounters>,
-    first: tokio::sync::oneshot::Sender<bool>,
-) {
-    let mut first = Some(first);
-    let mut attempt: u32 = 0;
-    let mut dropped: u32 = 0;
-    // Reports not acknowledged yet: sent again on the next connection, as
-    // the real agent's outbox does.
-    let mut pending: Vec<String> = Vec::new();
-    // Spread heartbeats over the interval.
-    let seed: u64 = host
-        .bytes()
-        .fold(0, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-    let offset = Duration::from_millis(seed % heartbeat.as_millis().max(1) as u64);
-    loop {
-        let permit = gate.acquire().await.unwrap();
-        let ws = connect_once(&url, &key, &host).await;
-        drop(permit);
-        let mut ws = match ws {
-            Ok(ws) => {
-                if let Some(f) = first.take() {
-                    let _ = f.send(true);
-                }
-                attempt = 0;
-                ws
-            }
-            Err(e) => {
-                attempt += 1;
-                counters.retries.fetch_add(1, Ordering::Relaxed);
-                if counters.printed.fetch_add(1, Ordering::Relaxed) < 20 {
-                    let _ = out.send(format!("fail {host} {e}"));
-                }
-                if attempt >= 5 {
-                    counters.failed.fetch_add(1, Ordering::Relaxed);
-                    if let Some(f) = first.take() {
-                        let _ = f.send(false);
-                    }
-                    return;
-                }
-                // Backoff, as a real agent does.
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
-                continue;
-            }
-        };
-        let mut resent = Ok(());
-        for job_id in &pending {
-            resent = ws
-                .send(Message::Text(report_text(job_id).into()))
-                .await
-                .map_err(|e| e.to_string());
-            if resent.is_err() {
-                break;
-            }
-        }
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
-        let reason = loop {
-            if let Err(e) = resent {
-                break e;
-            }
-            tokio::select! {
-                _ = ticker.tick() => {
-                    if let Err(e) = ws.send(Message::Text(r#"{"type":"heartbeat","payload":{}}"#.into())).await {
-                        break e.to_string();
-                    }
-                }
-                msg = ws.next() => {
-                    let msg = match msg {
-                        None => break "closed".to_owned(),
-                        Some(Err(e)) => break e.to_string(),
-                        Some(Ok(m)) => m,
-                    };
-                    let text = match msg {
-                        Message::Text(t) => t,
-                        Message::Close(f) => break format!("close {f:?}"),
-                        _ => continue,
-                    };
-                    let v: Value = serde_json::from_str(text.as_str()).unwrap();
-                    match v["type"].as_str() {
-                        Some("execute_job") => {
-                            let job_id = v["payload"]["jobId"].as_str().unwrap().to_owned();
-                            let report = report_text(&job_id);
-                            if !pending.contains(&job_id) {
-                                pending.push(job_id);
-                            }
-                            if let Err(e) = ws.send(Message::Text(report.into())).await {
-                                break e.to_string();
-                            }
-                        }
-                        Some("report_ack") => {
-                            let at = now_us();
-                            let id = v["payload"]["reportId"].as_str().unwrap_or_default();
-                            pending.retain(|p| p != id);
-                            let _ = out.send(format!("ack {id} {at}"));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        };
-        counters.drops.fetch_add(1, Ordering::Relaxed);
-        if counters.printed.fetch_add(1, Ordering::Relaxed) < 20 {
-            let _ = out.send(format!("drop {host} {reason}"));
-        }
-        // Capped exponential backoff, jittered in its upper half, as the
-        // real agent reconnects (`cc-agent/src/conn.rs`).
-        let exp = Duration::from_secs(1 << dropped.min(5));
-        dropped += 1;
-        let jitter = seed.wrapping_mul(u64::from(dropped) * 2_654_435_761) % 1000;
-        tokio::time::sleep(exp / 2 + exp / 2 * jitter as u32 / 1000).await;
+/// The load process's agents: the benches' agent that behaves as the real
+/// one after a failure (30 s to shake hands, a failed handshake retried 5
+/// times, a dropped connection after a backoff, unacknowledged reports
+/// sent again).
+fn load_behaviour(heartbeat: Duration) -> Behaviour {
+    Behaviour {
+        handshake_timeout: Some(Duration::from_secs(30)),
+        resend_unacked: true,
+        reconnect: Reconnect::LikeTheAgent,
+        ..Behaviour::bench(heartbeat)
     }
 }
 
@@ -308,43 +225,30 @@ fn load_main() {
         std::process::exit(0);
     });
 
-    let counters = Arc::new(LoadCounters {
+    let out = Arc::new(LoadOut {
+        out: out_tx,
+        agents: keys.len() as u64,
+        settled: AtomicU64::new(0),
+        ok: AtomicU64::new(0),
         retries: AtomicU64::new(0),
         drops: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         printed: AtomicU64::new(0),
     });
+    if keys.is_empty() {
+        out.done();
+    }
+    let how = Arc::new(load_behaviour(heartbeat));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut firsts = Vec::with_capacity(keys.len());
         for (host, key) in keys {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            firsts.push(rx);
-            tokio::spawn(simulated_agent(
-                Arc::clone(&url),
-                key,
-                host,
-                heartbeat,
-                out_tx.clone(),
-                Arc::clone(&gate),
-                Arc::clone(&counters),
-                tx,
-            ));
+            let obs: Arc<dyn Observer + Send + Sync> = out.clone();
+            let (url, how, gate) = (Arc::clone(&url), Arc::clone(&how), Arc::clone(&gate));
+            tokio::spawn(sim::run(url, key, host, how, gate, obs));
         }
-        let mut ok = 0;
-        for rx in firsts {
-            if rx.await.unwrap_or(false) {
-                ok += 1;
-            }
-        }
-        let _ = out_tx.send(format!(
-            "done {ok} {} {}",
-            counters.failed.load(Ordering::Relaxed),
-            counters.retries.load(Ordering::Relaxed)
-        ));
         std::future::pending::<()>().await;
     });
 }
@@ -499,19 +403,6 @@ fn request_slow(
     Some((status, body))
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
-}
-
 /// What one side (PostgreSQL or SQLite) measured.
 struct Figures {
     label: String,
@@ -538,44 +429,42 @@ struct Figures {
     drops: Vec<String>,
 }
 
-/// Connects `agents` agents (keys in `keys_file`, hosts `sim-000000…`)
-/// to `listeners`, then measures. `stored` counts the run's reports in
-/// the database (checked against the acknowledgements).
-fn measure(
+/// What connecting every agent measured.
+struct Connected {
+    time: Duration,
+    retries: usize,
+    held: Vec<u64>,
+    scrape_failures: usize,
+    slowest_scrape: Duration,
+}
+
+/// Prints (and keeps in `drops`) what the load processes said beside
+/// acknowledgements, until nothing is waiting.
+fn note_drops(lines: &std_mpsc::Receiver<Line>, drops: &mut Vec<String>) {
+    while let Ok(line) = lines.try_recv() {
+        if let Line::Other(load, text) = line {
+            eprintln!("  load {load}: {text}");
+            drops.push(text);
+        }
+    }
+}
+
+/// Waits until every load process has made its agents' first connections
+/// and the listeners hold all `agents` (scraping each every 500 ms).
+fn wait_all_registered(
     label: &str,
     listeners: &[ListenerProcess],
     agents: usize,
-    keys_file: &Path,
-    keys_time: Duration,
-    stored: &dyn Fn(&str) -> usize,
-) -> Figures {
-    let jobs = env_or("CC_BENCH_JOBS", 1_000) as usize;
-    let heartbeat = Duration::from_secs(env_or("CC_BENCH_HEARTBEAT_SECS", 30));
-    let idle = Duration::from_secs(env_or("CC_BENCH_IDLE_SECS", 2 * heartbeat.as_secs()));
-    let n = listeners.len();
-    std::thread::sleep(Duration::from_millis(500));
-    let rss_start: Vec<u64> = listeners
-        .iter()
-        .map(|l| proc_status_kib(l.child.id(), "VmRSS"))
-        .collect();
-    let urls: Vec<String> = listeners.iter().map(ListenerProcess::ws_url).collect();
-
-    eprintln!("{label}: connecting {agents} agents to {n} listener(s)");
-    let connect_started = Instant::now();
-    let (loads, lines) = start_loads(&urls, agents, keys_file, heartbeat);
-    let holder = |host: usize| {
-        loads
-            .iter()
-            .find(|l| (l.from..l.to).contains(&host))
-            .unwrap()
-            .listener
-    };
+    loads: &[Load],
+    lines: &std_mpsc::Receiver<Line>,
+    drops: &mut Vec<String>,
+    connect_started: Instant,
+) -> Connected {
     let mut done = 0;
     let mut retries = 0;
-    let mut drops = Vec::new();
     let connect_limit = Duration::from_secs(env_or("CC_BENCH_CONNECT_TIMEOUT_SECS", 1200));
     let mut last_note = Instant::now();
-    let mut held = vec![0; n];
+    let mut held = vec![0; listeners.len()];
     let mut scrape_failures = 0;
     let mut slowest_scrape = Duration::ZERO;
     loop {
@@ -625,53 +514,41 @@ fn measure(
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let connect_time = connect_started.elapsed();
-    eprintln!(
-        "  all {agents} registered in {:.1} s; idle for {} s",
-        connect_time.as_secs_f64(),
-        idle.as_secs()
-    );
+    Connected {
+        time: connect_started.elapsed(),
+        retries,
+        held,
+        scrape_failures,
+        slowest_scrape,
+    }
+}
 
-    // Idle (heartbeating only).
-    std::thread::sleep(idle);
-    let rss_idle: Vec<u64> = listeners
-        .iter()
-        .map(|l| proc_status_kib(l.child.id(), "VmRSS"))
-        .collect();
-    eprintln!("  FIGURE {label} RSS start {rss_start:?} idle {rss_idle:?} held {held:?}");
-    let still: u64 = listeners
-        .iter()
-        .map(|l| connected(l).expect("metrics after the idle time"))
-        .sum();
-    assert_eq!(still, agents as u64, "{label}: agents were lost while idle");
-
-    // Jobs one at a time, each posted to the next listener after the
-    // one holding the agent.
-    let drain = |drops: &mut Vec<String>| {
-        while let Ok(line) = lines.try_recv() {
-            if let Line::Other(load, text) = line {
-                eprintln!("  load {load}: {text}");
-                drops.push(text);
-            }
-        }
-    };
-    drain(&mut drops);
-    eprintln!("  {jobs} sequential jobs");
+/// `jobs` jobs one at a time, each posted to the next listener after the
+/// one holding the agent (`holder`), timed from just before the POST to
+/// the `report_ack`: the sorted round trips and the time for all.
+fn sequential_jobs(
+    label: &str,
+    listeners: &[ListenerProcess],
+    agents: usize,
+    jobs: usize,
+    holder: &dyn Fn(usize) -> usize,
+    lines: &std_mpsc::Receiver<Line>,
+    drops: &mut Vec<String>,
+) -> (Vec<Duration>, Duration) {
+    let n = listeners.len();
     let mut latencies = Vec::with_capacity(jobs);
     let jobs_started = Instant::now();
     for i in 0..jobs {
         let host = (i * 7919) % agents;
         let post_to = &listeners[(holder(host) + 1) % n];
         let t0 = now_us();
-        let r = post_to.post(
-            &format!("/api/v1/agents/{}/jobs", host_name(host)),
+        let job_id = post_to.post_job(
+            &host_name(host),
             &json!({"command": "/bin/true", "timeout": 60}),
         );
-        assert_eq!(r.status, 202, "{}", r.body);
-        let job_id = r.json()["jobId"].as_str().unwrap().to_owned();
         loop {
             match lines.recv_timeout(Duration::from_secs(30)) {
-                Ok(Line::Ack(id, at)) if id == job_id => {
+                Ok(Line::Ack(id, at)) if id == job_id.as_str() => {
                     latencies.push(Duration::from_micros(at.saturating_sub(t0)));
                     break;
                 }
@@ -689,18 +566,29 @@ fn measure(
     }
     let jobs_time = jobs_started.elapsed();
     latencies.sort();
-    eprintln!(
-        "  FIGURE {label} round trip p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms, {:.1} s",
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.9)),
-        ms(percentile(&latencies, 0.99)),
-        ms(*latencies.last().unwrap()),
-        jobs_time.as_secs_f64()
-    );
+    (latencies, jobs_time)
+}
 
-    // Fan-out: one run to every agent (all carry the tag "bench").
-    drain(&mut drops);
-    eprintln!("  fan-out to {agents}");
+/// What the fan-out measured.
+struct FanOut {
+    posted: Duration,
+    time: Duration,
+    stored: usize,
+    acked: usize,
+}
+
+/// One run of `/bin/true` to every agent (all carry the tag "bench"),
+/// posted to the first listener; done when the database holds every report
+/// (a report whose ack was lost with its connection is stored all the
+/// same), acknowledgements counted beside it.
+fn fan_out(
+    label: &str,
+    listeners: &[ListenerProcess],
+    agents: usize,
+    lines: &std_mpsc::Receiver<Line>,
+    drops: &mut Vec<String>,
+    stored: &dyn Fn(&str) -> usize,
+) -> FanOut {
     let fan_started = Instant::now();
     let fan_t0 = now_us();
     let (status, body) = request_slow(
@@ -712,25 +600,20 @@ fn measure(
     )
     .expect("POST /api/v1/runs: no answer within 900 s");
     assert_eq!(status, 202, "{body}");
-    let fan_posted = fan_started.elapsed();
+    let posted = fan_started.elapsed();
     let answer: Value = serde_json::from_str(&body).unwrap();
     let run_id = answer["runId"].as_str().unwrap().to_owned();
     let mut wanted: HashSet<String> = answer["jobs"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|j| j["jobId"].as_str().unwrap().to_owned())
+        .map(|j| job_id(&j["jobId"]).as_str().to_owned())
         .collect();
     assert_eq!(wanted.len(), agents, "the run did not reach every agent");
     let fan_limit = Duration::from_secs(env_or("CC_BENCH_FANOUT_TIMEOUT_SECS", 900));
-    let mut last_at = 0;
-    let mut last_note = Instant::now();
-    let mut last_poll = Instant::now();
+    let (mut last_at, mut last_note, mut last_poll) = (0, Instant::now(), Instant::now());
     let acks_wanted = wanted.len();
-    // Done when the database holds every report (a report whose ack was
-    // lost with its connection is stored all the same); acks are counted
-    // beside it.
-    let fan_time = loop {
+    let time = loop {
         match lines.recv_timeout(Duration::from_millis(100)) {
             Ok(Line::Ack(id, at)) => {
                 if wanted.remove(&id) {
@@ -768,14 +651,100 @@ fn measure(
             wanted.len()
         );
     };
-    let fan_acked = acks_wanted - wanted.len();
-    let fan_stored = stored(&run_id);
-    eprintln!(
-        "  FIGURE {label} fan-out: POST {:.2} s, all stored {:.2} s, {fan_acked} acked, {fan_stored} stored",
-        fan_posted.as_secs_f64(),
-        fan_time.as_secs_f64()
+    FanOut {
+        posted,
+        time,
+        stored: stored(&run_id),
+        acked: acks_wanted - wanted.len(),
+    }
+}
+
+/// Connects `agents` agents (keys in `keys_file`, hosts `sim-000000…`)
+/// to `listeners`, then measures. `stored` counts the run's reports in
+/// the database (checked against the acknowledgements).
+fn measure(
+    label: &str,
+    listeners: &[ListenerProcess],
+    agents: usize,
+    keys_file: &Path,
+    keys_time: Duration,
+    stored: &dyn Fn(&str) -> usize,
+) -> Figures {
+    let jobs = env_or("CC_BENCH_JOBS", 1_000) as usize;
+    let heartbeat = Duration::from_secs(env_or("CC_BENCH_HEARTBEAT_SECS", 30));
+    let idle = Duration::from_secs(env_or("CC_BENCH_IDLE_SECS", 2 * heartbeat.as_secs()));
+    let n = listeners.len();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss = || -> Vec<u64> {
+        listeners
+            .iter()
+            .map(|l| proc_status_kib(l.child.id(), "VmRSS"))
+            .collect()
+    };
+    let rss_start = rss();
+    let urls: Vec<String> = listeners.iter().map(ListenerProcess::ws_url).collect();
+
+    eprintln!("{label}: connecting {agents} agents to {n} listener(s)");
+    let connect_started = Instant::now();
+    let (loads, lines) = start_loads(&urls, agents, keys_file, heartbeat);
+    let holder = |host: usize| {
+        loads
+            .iter()
+            .find(|l| (l.from..l.to).contains(&host))
+            .unwrap()
+            .listener
+    };
+    let mut drops = Vec::new();
+    let c = wait_all_registered(
+        label,
+        listeners,
+        agents,
+        &loads,
+        &lines,
+        &mut drops,
+        connect_started,
     );
-    assert_eq!(fan_stored, agents, "{label}: not every report stored");
+    eprintln!(
+        "  all {agents} registered in {:.1} s; idle for {} s",
+        c.time.as_secs_f64(),
+        idle.as_secs()
+    );
+
+    // Idle (heartbeating only).
+    std::thread::sleep(idle);
+    let rss_idle = rss();
+    let held = &c.held;
+    eprintln!("  FIGURE {label} RSS start {rss_start:?} idle {rss_idle:?} held {held:?}");
+    let still: u64 = listeners
+        .iter()
+        .map(|l| connected(l).expect("metrics after the idle time"))
+        .sum();
+    assert_eq!(still, agents as u64, "{label}: agents were lost while idle");
+
+    note_drops(&lines, &mut drops);
+    eprintln!("  {jobs} sequential jobs");
+    let (latencies, jobs_time) =
+        sequential_jobs(label, listeners, agents, jobs, &holder, &lines, &mut drops);
+    eprintln!(
+        "  FIGURE {label} round trip p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms, {:.1} s",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.9)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().unwrap()),
+        jobs_time.as_secs_f64()
+    );
+
+    note_drops(&lines, &mut drops);
+    eprintln!("  fan-out to {agents}");
+    let fan = fan_out(label, listeners, agents, &lines, &mut drops, stored);
+    eprintln!(
+        "  FIGURE {label} fan-out: POST {:.2} s, all stored {:.2} s, {} acked, {} stored",
+        fan.posted.as_secs_f64(),
+        fan.time.as_secs_f64(),
+        fan.acked,
+        fan.stored
+    );
+    assert_eq!(fan.stored, agents, "{label}: not every report stored");
     let load_count = loads.len();
     drop(loads);
     let (mut registered, mut silent) = (0, 0);
@@ -792,20 +761,20 @@ fn measure(
         listeners: n,
         loads: load_count,
         keys_time,
-        connect_time,
-        connect_retries: retries,
-        slowest_scrape,
-        scrape_failures,
+        connect_time: c.time,
+        connect_retries: c.retries,
+        slowest_scrape: c.slowest_scrape,
+        scrape_failures: c.scrape_failures,
         rss_start,
         rss_idle,
-        held,
+        held: c.held,
         jobs,
         latencies,
         jobs_time,
-        fan_posted,
-        fan_time,
-        fan_stored,
-        fan_acked,
+        fan_posted: fan.posted,
+        fan_time: fan.time,
+        fan_stored: fan.stored,
+        fan_acked: fan.acked,
         registered,
         silent,
         drops,
@@ -916,10 +885,6 @@ fn listener_config(per_listener: usize, heartbeat_secs: u64) -> String {
     )
 }
 
-fn bin() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_cc-listener")).to_owned()
-}
-
 fn postgres_side() -> Option<Figures> {
     let agents = env_or("CC_BENCH_AGENTS", 100_000) as usize;
     let n = env_or("CC_BENCH_LISTENERS", 6).max(1) as usize;
@@ -938,7 +903,7 @@ fn postgres_side() -> Option<Figures> {
         .map(|k| {
             let d = dir.path().join(format!("l{k}"));
             std::fs::create_dir_all(&d).unwrap();
-            ListenerProcess::start_shared(&bin(), &d, &url, &config)
+            ListenerProcess::start_shared(bin(), &d, &url, &config)
         })
         .collect();
     let stored = |run: &str| -> usize {
@@ -977,7 +942,7 @@ fn sqlite_side() -> Figures {
         let store = Store::open(&dir.path().join("listener.db")).unwrap();
         make_keys(&store, agents, &keys_file)
     };
-    let listener = ListenerProcess::start(&bin(), dir.path(), &listener_config(agents, heartbeat));
+    let listener = ListenerProcess::start(bin(), dir.path(), &listener_config(agents, heartbeat));
     let stored = |run: &str| -> usize {
         let out = Command::new("sqlite3")
             .arg(dir.path().join("listener.db"))

@@ -13,13 +13,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a failed step should stop it
 
-use std::path::Path;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::Instant;
 
-use cc_e2e::agent::proc_status_kib;
-use cc_e2e::listener::{ListenerProcess, TOKEN};
-use cc_e2e::{TempDir, env_or};
 use cc_listener::store::Store;
+use cc_testkit::agent::proc_status_kib;
+use cc_testkit::listener::{ListenerProcess, TOKEN};
+use cc_testkit::{TempDir, env_or};
 
 fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
@@ -37,8 +39,7 @@ fn main() {
         "stored {reports} reports of {output} output bytes: database {db_mib} MiB, in {:.1} s",
         filled.elapsed().as_secs_f64()
     );
-    let listener =
-        ListenerProcess::start(Path::new(env!("CARGO_BIN_EXE_cc-listener")), dir.path(), "");
+    let listener = ListenerProcess::start(common::bin(), dir.path(), "");
     let pid = listener.child.id();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let before = proc_status_kib(pid, "VmRSS");
@@ -55,7 +56,7 @@ fn main() {
                         || "/api/v1/reports?limit=1000".to_owned(),
                         |c| format!("/api/v1/reports?limit=1000&before={c}"),
                     );
-                    let r = cc_e2e::http::request(addr, "GET", &path, Some(TOKEN), None);
+                    let r = cc_testkit::http::request(addr, "GET", &path, Some(TOKEN), None);
                     assert_eq!(r.status, 200, "{}", r.body);
                     bytes += r.body.len();
                     rows += r.json().as_array().unwrap().len();

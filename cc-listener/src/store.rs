@@ -2765,7 +2765,7 @@ mod tests {
     #[allow(dead_code)]
     enum Guard {
         Dir(tempdir::Dir),
-        Pg(cc_e2e::pg::Cluster),
+        Pg(cc_testkit::pg::Cluster),
     }
 
     /// A fresh store of each backend: a SQLite file, and a database in a
@@ -2775,7 +2775,7 @@ mod tests {
         let dir = tempdir::Dir::new();
         let sqlite = Store::open(&dir.path().join("cc.db")).unwrap();
         let mut all = vec![(Guard::Dir(dir), sqlite)];
-        if let Some(cluster) = cc_e2e::pg::Cluster::start() {
+        if let Some(cluster) = cc_testkit::pg::Cluster::start() {
             let url = cluster.create_db("cc");
             let pg = Store::open_postgres(&url).unwrap();
             all.push((Guard::Pg(cluster), pg));
@@ -3276,8 +3276,8 @@ mod tests {
     }
 
     /// Two stores on one PostgreSQL database, as two listeners are.
-    fn shared_pair() -> Option<(cc_e2e::pg::Cluster, Store, Store)> {
-        let cluster = cc_e2e::pg::Cluster::start()?;
+    fn shared_pair() -> Option<(cc_testkit::pg::Cluster, Store, Store)> {
+        let cluster = cc_testkit::pg::Cluster::start()?;
         let url = cluster.create_db("shared");
         let a = Store::open_postgres(&url).unwrap();
         let b = Store::open_postgres(&url).unwrap();

@@ -3,13 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
+mod common;
+
 use std::process::Command;
 
-use cc_e2e::TempDir;
 use cc_listener::store::{
     EventFilter, NewJob, NewRun, ReportLimits, ReportQuery, Store, StoreError,
 };
 use cc_proto::wire::{AgentInfo, CronEntry, ExecutionMode};
+use cc_testkit::TempDir;
 
 fn info(host: &str, root: bool) -> AgentInfo {
     AgentInfo {
@@ -129,7 +131,7 @@ fn snapshot(s: &Store) -> String {
 }
 
 fn migrate(from: &str, to: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cc-listener"))
+    Command::new(common::bin())
         .args(["migrate", "--from", from, "--to", to])
         .output()
         .unwrap()
@@ -137,7 +139,7 @@ fn migrate(from: &str, to: &str) -> std::process::Output {
 
 #[test]
 fn a_sqlite_database_moves_to_postgres_whole_and_once() {
-    let Some(cluster) = cc_e2e::pg::Cluster::start() else {
+    let Some(cluster) = cc_testkit::pg::Cluster::start() else {
         return;
     };
     let dir = TempDir::new("migrate");

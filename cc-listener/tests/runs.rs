@@ -4,17 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
-use cc_e2e::TempDir;
-use cc_e2e::listener::ListenerProcess;
-use cc_e2e::ws;
+use cc_testkit::TempDir;
+use cc_testkit::listener::ListenerProcess;
+use cc_testkit::ws;
 use serde_json::{Value, json};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_cc-listener"))
-}
+use common::bin;
 
 /// A test agent answering every job after `delay` with exit code 0, or 3
 /// for a job whose first arg is "fail".
@@ -193,8 +193,8 @@ async fn a_batch_never_has_more_than_its_size_running() {
 
 /// `ccctl` as an operator runs it, against this listener.
 fn ccctl(l: &ListenerProcess, dir: &Path, args: &[&str]) -> std::process::Output {
-    std::fs::write(dir.join("ccctl-token"), cc_e2e::listener::TOKEN).unwrap();
-    std::process::Command::new(cc_e2e::bin("ccctl"))
+    std::fs::write(dir.join("ccctl-token"), cc_testkit::listener::TOKEN).unwrap();
+    std::process::Command::new(cc_testkit::bin("ccctl"))
         .arg("--url")
         .arg(format!("http://{}", l.admin_addr))
         .arg("--token-file")
@@ -303,7 +303,7 @@ async fn ccctl_runs_by_tag_and_exits_non_zero_when_a_host_fails() {
     // On a terminal (a pty from util-linux `script`): the progress line.
     let cmd = format!(
         "{} --url http://{} --token-file {} run --tag db -- /bin/true",
-        cc_e2e::bin("ccctl").display(),
+        cc_testkit::bin("ccctl").display(),
         l.admin_addr,
         dir.path().join("ccctl-token").display()
     );
@@ -328,7 +328,7 @@ async fn ccctl_runs_by_tag_and_exits_non_zero_when_a_host_fails() {
 /// trusted is each host's to decide.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signed_run_relays_each_hosts_statement_and_refuses_what_is_malformed() {
-    use cc_e2e::signing::{exec_statement, operator, sign_exec};
+    use cc_testkit::signing::{exec_statement, operator, sign_exec};
     let dir = TempDir::new("runs-signed");
     let l = ListenerProcess::start(bin(), dir.path(), "");
     let key = &operator().1;

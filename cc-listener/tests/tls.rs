@@ -3,13 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use cc_e2e::TempDir;
-use cc_e2e::agent::AgentProcess;
-use cc_e2e::listener::ListenerProcess;
+use cc_testkit::TempDir;
+use cc_testkit::agent::AgentProcess;
+use cc_testkit::listener::ListenerProcess;
+use common::bin;
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio_rustls::rustls;
@@ -29,11 +31,7 @@ fn tls_listener(dir: &TempDir) -> (ListenerProcess, rcgen::CertifiedKey<rcgen::K
         dir.path().join("cert.pem"),
         dir.path().join("key.pem")
     );
-    let l = ListenerProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_cc-listener")),
-        dir.path(),
-        &extra,
-    );
+    let l = ListenerProcess::start(bin(), dir.path(), &extra);
     (l, cert)
 }
 
@@ -112,7 +110,7 @@ fn the_real_agent_trusts_its_ca_file_and_nothing_else() {
     std::fs::create_dir_all(&wrong_dir).unwrap();
     let wrong_key = l.add_key("wrong-ca.test");
     let wrong = AgentProcess::start(
-        &cc_e2e::bin("cc-agent"),
+        &cc_testkit::bin("cc-agent"),
         &wrong_dir,
         &url,
         &wrong_key,
@@ -153,7 +151,7 @@ fn the_real_agent_trusts_its_ca_file_and_nothing_else() {
     std::fs::create_dir_all(&right_dir).unwrap();
     let right_key = l.add_key("right-ca.test");
     let _right = AgentProcess::start(
-        &cc_e2e::bin("cc-agent"),
+        &cc_testkit::bin("cc-agent"),
         &right_dir,
         &url,
         &right_key,

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use cc_e2e::agent::{AgentProcess, agent_user, is_root, proc_status_kib};
 use cc_e2e::listener::ListenerProcess;
+use cc_e2e::stats::median;
 use cc_e2e::{TempDir, bin};
 use cc_exec::{Launch, Limits};
 use cc_proto::CommandLine;
@@ -31,11 +32,6 @@ use nix::fcntl::{FcntlArg, SpliceFFlags, fcntl, splice};
 use serde_json::json;
 
 const GIB: &str = "1073741824";
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn time(f: impl FnOnce()) -> f64 {
     let t = Instant::now();
@@ -174,15 +170,8 @@ fn throughput() {
     let dir = TempDir::new("bench-tput");
     let (listener, agent, host) = agent_rig(&dir, "max_concurrent_jobs = 4");
     let started = Instant::now();
-    let ids: Vec<String> = (0..jobs)
-        .map(|_| {
-            let r = listener.post(
-                &format!("/api/v1/agents/{host}/jobs"),
-                &json!({"command": "/bin/true"}),
-            );
-            assert_eq!(r.status, 202);
-            r.json()["jobId"].as_str().unwrap().to_owned()
-        })
+    let ids: Vec<_> = (0..jobs)
+        .map(|_| listener.post_job(&host, &json!({"command": "/bin/true"})))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {

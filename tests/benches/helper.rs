@@ -16,6 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cc_e2e::stats::median;
 use cc_e2e::{TempDir, bin};
 use cc_proto::frame::{self, HEADER_LEN, MAX_FRAME_LEN};
 
@@ -40,9 +41,8 @@ fn exec_via_helper(socket: &std::path::Path, req: &str) {
     assert_eq!(v["exec_result"]["exitCode"], 0, "{v}");
 }
 
-fn median_ms(mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    v[v.len() / 2].as_secs_f64() * 1e3
+fn median_ms(v: Vec<Duration>) -> f64 {
+    median(v).as_secs_f64() * 1e3
 }
 
 fn main() {

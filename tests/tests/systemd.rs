@@ -1,5 +1,5 @@
 //! The package as operators run it: two Debian 12 machines booted with a
-//! real systemd (`tests/src/bed.rs`), the package the test command built
+//! real systemd (`testkit/src/bed.rs`), the package the test command built
 //! installed with `dpkg -i`, docs/install.md and docs/system-mode.md run
 //! block by block as written, then what an operator relies on afterwards —
 //! a user-mode job and cron entry, a signed root job inside its containment

@@ -82,7 +82,9 @@ pub fn request(
     }
 }
 
-fn dechunk(mut s: &str) -> String {
+/// The body of a `Transfer-Encoding: chunked` answer, its chunks joined
+/// (up to the last chunk, or the first that is cut short).
+pub fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
