@@ -122,6 +122,14 @@ mod tests {
         assert_eq!(backoff(20, 0), Duration::from_secs(30));
     }
 
+    /// Agents that lost the same listener must not come back in step: the
+    /// jitter is random (eight equal draws: a chance of 2^-224).
+    #[test]
+    fn the_jitter_is_drawn_at_random() {
+        let first = jitter();
+        assert!((0..7).any(|_| jitter() != first), "jitter is constant");
+    }
+
     const FAILED: Ended = Ended {
         delivered: false,
         lasted: Duration::from_secs(1),
