@@ -281,3 +281,34 @@ pub(crate) type Cancel = Arc<AtomicBool>;
 pub(crate) fn cancel_all(c: &Cancel) {
     c.store(true, Ordering::Relaxed);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stopping agent's drain waits on this instead of polling: it
+    /// resolves at once with nothing running, and only when the last
+    /// running job has finished otherwise.
+    #[tokio::test]
+    async fn idle_resolves_when_the_last_running_job_finishes() {
+        let dir = std::env::temp_dir().join(format!("cc-idle-{}", uuid::Uuid::new_v4()));
+        let jobs = Arc::new(Jobs::new(dir, 2));
+        tokio::time::timeout(std::time::Duration::from_secs(5), jobs.idle())
+            .await
+            .expect("nothing runs: idle at once");
+        jobs.lock().running = 2;
+        let waiter = tokio::spawn({
+            let jobs = Arc::clone(&jobs);
+            async move { jobs.idle().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        jobs.finished("a");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "one job still runs");
+        jobs.finished("b");
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("idle once the last job finished")
+            .expect("the waiter did not panic");
+    }
+}
