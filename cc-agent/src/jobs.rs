@@ -87,6 +87,8 @@ struct State {
 pub(crate) struct Jobs {
     state: Mutex<State>,
     wake: Notify,
+    /// Told when a running job has finished (its report on disk).
+    finished: Notify,
     state_dir: PathBuf,
     slots: usize,
 }
@@ -96,6 +98,7 @@ impl Jobs {
         Self {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            finished: Notify::new(),
             state_dir,
             slots,
         }
@@ -184,10 +187,27 @@ impl Jobs {
         }
     }
 
+    /// Resolves once no job is running (at once if none is).
+    pub(crate) async fn idle(&self) {
+        loop {
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            // Registered before the count is read: a job finishing in
+            // between still wakes this.
+            finished.as_mut().enable();
+            if self.running() == 0 {
+                return;
+            }
+            finished.await;
+        }
+    }
+
     fn finished(&self, id: &str) {
         let mut s = self.lock();
         s.running -= 1;
         s.ids.remove(id);
+        drop(s);
+        self.finished.notify_waiters();
     }
 
     /// Starts jobs in arrival order, at most `slots` at once, until closed.
@@ -217,7 +237,7 @@ impl Jobs {
                 let dir = jobs.state_dir.clone();
                 let report = tokio::task::spawn_blocking(move || start(&dir, &runner, &job)).await;
                 match report {
-                    Ok(Some(report)) => crate::conn::store(outbox, report, done).await,
+                    Ok(Some(report)) => crate::handlers::job::store(outbox, report, done).await,
                     Ok(None) => {}
                     Err(e) => error!(job_id = %id, "job task failed: {e}"),
                 }
@@ -260,4 +280,35 @@ pub(crate) type Cancel = Arc<AtomicBool>;
 
 pub(crate) fn cancel_all(c: &Cancel) {
     c.store(true, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stopping agent's drain waits on this instead of polling: it
+    /// resolves at once with nothing running, and only when the last
+    /// running job has finished otherwise.
+    #[tokio::test]
+    async fn idle_resolves_when_the_last_running_job_finishes() {
+        let dir = std::env::temp_dir().join(format!("cc-idle-{}", uuid::Uuid::new_v4()));
+        let jobs = Arc::new(Jobs::new(dir, 2));
+        tokio::time::timeout(std::time::Duration::from_secs(5), jobs.idle())
+            .await
+            .expect("nothing runs: idle at once");
+        jobs.lock().running = 2;
+        let waiter = tokio::spawn({
+            let jobs = Arc::clone(&jobs);
+            async move { jobs.idle().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        jobs.finished("a");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "one job still runs");
+        jobs.finished("b");
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("idle once the last job finished")
+            .expect("the waiter did not panic");
+    }
 }

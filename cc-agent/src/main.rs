@@ -3,10 +3,11 @@
 
 mod atomic;
 mod config;
-mod conn;
 mod cron;
+mod handlers;
 mod helper_client;
 mod jobs;
+mod link;
 mod outbox;
 mod runner;
 mod seen;
@@ -114,7 +115,7 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?
-                .block_on(conn::run(cfg))
+                .block_on(link::run(cfg))
         }),
         Command::CronRun { config, job_id } => cron_run(config, job_id),
     };

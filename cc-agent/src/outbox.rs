@@ -483,7 +483,7 @@ pub(crate) mod tests {
         assert!(!path.exists(), "the reserve was used");
         assert!(!ob.has_reserve());
         // Still full: no reserve to make, and the next report is refused
-        // (it waits in the agent's memory; `conn::store` retries it).
+        // (it waits in the agent's memory; `handlers::job::store` retries it).
         fill(&fs_.0.join("filler"));
         assert!(matches!(
             ob.ensure_reserve().unwrap(),

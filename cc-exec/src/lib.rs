@@ -31,7 +31,10 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+mod phase;
 mod sys;
+
+use phase::{Action, Event, Phase, Plan, StopReason};
 
 /// Pipe buffer asked for each stream.
 const PIPE_SIZE: i32 = 1024 * 1024;
@@ -240,112 +243,60 @@ fn without_running(
     }
 }
 
-/// After the job's process is gone, how long something it started may keep
-/// the output pipes open: first a moment to finish writing, then the
-/// process group is killed (a job without a reaper), and after the second
-/// mark the pipes are abandoned, so nothing can keep the supervisor waiting.
-const LEFTOVER_WAIT: Duration = Duration::from_millis(500);
-const ABANDON_WAIT: Duration = Duration::from_millis(1000);
 /// How long past the grace a reaper gets to finish its own SIGKILL round.
 const REAPER_SLACK: Duration = Duration::from_secs(2);
 
 /// Reads the job's output and waits for it, within `limits`. It sleeps in
 /// `poll(2)` on the pipes and a pidfd of the process, so it wakes only when
-/// there is output, the process exits, or a deadline comes.
+/// there is output, the process exits, or a deadline comes. What it sees
+/// becomes [`phase::Event`]s; the [`Phase`] machine says what to do.
 pub fn supervise(job: Started, limits: Limits) -> Finished {
-    let mut child = job;
-    let mut reaper = child.reaper.take().map(ReaperStatus::new);
+    let mut job = Supervised::new(job, limits.stream_cap);
     let started = Timestamp::now();
     let clock = Instant::now();
-    let deadline = clock + limits.timeout;
-    let pgid = i32::try_from(child.id()).map(Pid::from_raw).ok();
-    let exit_fd = sys::pidfd_open(child.id()).ok();
-    let mut out = Stream::new(child.stdout.take(), limits.stream_cap);
-    let mut err = Stream::new(child.stderr.take(), limits.stream_cap);
+    let plan = Plan {
+        deadline: clock + limits.timeout,
+        grace: limits.grace,
+        // The reaper SIGKILLs what the job started after the grace itself.
+        slack: if job.reaper.is_some() {
+            REAPER_SLACK
+        } else {
+            Duration::ZERO
+        },
+        reaper: job.reaper.is_some(),
+    };
+    let exit_fd = sys::pidfd_open(job.child.id()).ok();
     let mut buf = vec![0u8; FIRST_READ];
-    let mut warnings = Vec::new();
     let mut status = None;
-    let mut exited_at: Option<Instant> = None;
-    // Set at the timeout: when the stop must be complete.
-    let mut stop_by: Option<Instant> = None;
-    let mut forced = false;
-    let mut cancelled = false;
-    let mut leftovers_killed = false;
+    let mut phase = Phase::Running;
     let mut reap_wait = Duration::from_micros(50);
-
     loop {
-        if status.is_none() {
-            status = child.try_wait();
+        if !phase.exited() {
+            status = job.child.try_wait();
             if status.is_some() {
-                exited_at = Some(Instant::now());
+                phase = job.apply(phase, Event::ChildExited(Instant::now()), &plan);
             }
         }
-        if out.done() && err.done() && status.is_some() {
+        if job.out.done() && job.err.done() {
+            phase = job.apply(phase, Event::OutputClosed, &plan);
+        }
+        if matches!(phase, Phase::Done { .. }) {
             break;
         }
         let now = Instant::now();
-        if stop_by.is_none() && (now >= deadline || limits.cancelled()) {
-            cancelled = now < deadline;
-            // The reaper forwards SIGTERM to everything the job started and
-            // SIGKILLs it after the grace; without one, the group is all.
-            signal_group(pgid, Signal::SIGTERM);
-            let slack = if reaper.is_some() {
-                REAPER_SLACK
-            } else {
-                Duration::ZERO
-            };
-            stop_by = Some(now + limits.grace + slack);
+        while let Some(event) = phase.due(now, limits.cancelled(), &plan) {
+            phase = job.apply(phase, event, &plan);
         }
-        if let Some(t) = stop_by {
-            if !forced && now >= t && status.is_none() {
-                forced = true;
-                signal_group(pgid, Signal::SIGKILL);
-                if let Some(job) = reaper.as_mut().and_then(ReaperStatus::job_pid) {
-                    signal_group(Some(job), Signal::SIGKILL);
-                }
-                child.kill();
-            }
-        }
-        if let Some(t) = exited_at {
-            let since = now.duration_since(t);
-            if reaper.is_none() && !leftovers_killed && since >= LEFTOVER_WAIT {
-                // The main process is gone but something it started still
-                // holds a pipe open: end the group.
-                leftovers_killed = true;
-                signal_group(pgid, Signal::SIGKILL);
-                warnings.push(
-                    "processes the job left running in its process group were killed".to_owned(),
-                );
-            }
-            if since >= ABANDON_WAIT {
-                out.abandon();
-                err.abandon();
-                warnings.push(
-                    "the output pipes were still held open by a process outside the job's control; they were closed".to_owned(),
-                );
-                continue;
-            }
+        if matches!(phase, Phase::Done { .. }) {
+            break;
         }
         // The next moment something must be done, whatever arrives first.
-        let next = [
-            (stop_by.is_none()).then_some(deadline),
-            stop_by.filter(|_| !forced && status.is_none()),
-            exited_at.map(|t| {
-                t + if leftovers_killed || reaper.is_some() {
-                    ABANDON_WAIT
-                } else {
-                    LEFTOVER_WAIT
-                }
-            }),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(now + Duration::from_secs(1));
-        let wait = next
+        let wait = phase
+            .wake_at(&plan)
+            .unwrap_or(now + Duration::from_secs(1))
             .saturating_duration_since(now)
             .clamp(Duration::from_millis(1), Duration::from_secs(1));
-        if out.done() && err.done() && exit_fd.is_none() {
+        if job.out.done() && job.err.done() && exit_fd.is_none() {
             // Only the reap is left and there is no pidfd to wait on: pipes
             // reach EOF a moment before the process can be reaped, so wait
             // in short, growing steps.
@@ -353,70 +304,137 @@ pub fn supervise(job: Started, limits: Limits) -> Finished {
             reap_wait = (reap_wait * 2).min(Duration::from_millis(5));
             continue;
         }
-        pump(&mut out, &mut err, exit_fd.as_ref(), wait, &mut buf);
+        pump(&mut job.out, &mut job.err, exit_fd.as_ref(), wait, &mut buf);
     }
-    let duration = clock.elapsed();
-    let main_status = reaper.as_mut().and_then(ReaperStatus::finish);
-    if let Some((_, n)) = main_status {
-        if n > 0 {
-            warnings.push(format!(
-                "{n} processes the job left running were killed when it ended"
-            ));
+    job.finish(phase.stop(), status, &limits, started, clock.elapsed())
+}
+
+/// A job under supervision: what the [`Action`]s act on.
+struct Supervised {
+    child: Started,
+    reaper: Option<ReaperStatus>,
+    /// The job leads its own process group.
+    pgid: Option<Pid>,
+    out: Stream<File>,
+    err: Stream<File>,
+    warnings: Vec<String>,
+}
+
+impl Supervised {
+    fn new(mut child: Started, cap: usize) -> Self {
+        Self {
+            reaper: child.reaper.take().map(ReaperStatus::new),
+            pgid: i32::try_from(child.id()).map(Pid::from_raw).ok(),
+            out: Stream::new(child.stdout.take(), cap),
+            err: Stream::new(child.stderr.take(), cap),
+            child,
+            warnings: Vec::new(),
         }
-    } else if reaper.is_some() {
-        warnings.push(
-            "the job's reaper ended without a status; the exit code is the reaper's".to_owned(),
-        );
     }
-    let exit_code = if cancelled {
-        warnings.push(format!(
-            "stopped after {} s: the agent was shutting down and its drain time ran out; the job and everything it started were sent SIGTERM, then SIGKILL after {} s",
-            duration.as_secs(),
-            limits.grace.as_secs()
-        ));
-        EXIT_STOPPED
-    } else if stop_by.is_some() {
-        warnings.push(format!(
-            "timed out after {} s: the job and everything it started were sent SIGTERM, then SIGKILL after {} s",
-            limits.timeout.as_secs(),
-            limits.grace.as_secs()
-        ));
-        EXIT_TIMEOUT
-    } else {
-        match (main_status, status) {
-            (Some((raw, _)), _) => {
-                let s = std::process::ExitStatus::from_raw(raw);
-                s.code()
-                    .or_else(|| s.signal().map(|n| 128 + n))
-                    .unwrap_or(EXIT_NOT_EXECUTABLE)
+
+    /// Feeds `event` to the machine and does what it says.
+    fn apply(&mut self, phase: Phase, event: Event, plan: &Plan) -> Phase {
+        let (next, actions) = phase.on(event, plan);
+        for action in actions {
+            self.act(*action);
+        }
+        next
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::TermGroup => signal_group(self.pgid, Signal::SIGTERM),
+            Action::KillAll => {
+                signal_group(self.pgid, Signal::SIGKILL);
+                if let Some(job) = self.reaper.as_mut().and_then(ReaperStatus::job_pid) {
+                    signal_group(Some(job), Signal::SIGKILL);
+                }
+                self.child.kill();
             }
-            (None, Some(s)) => s
-                .code()
-                .or_else(|| s.signal().map(|n| 128 + n))
-                .unwrap_or(EXIT_NOT_EXECUTABLE),
-            (None, None) => EXIT_NOT_EXECUTABLE,
-        }
-    };
-    let stdout = out.finish();
-    let stderr = err.finish();
-    for (name, s) in [("stdout", &stdout), ("stderr", &stderr)] {
-        if s.dropped_bytes > 0 {
-            warnings.push(format!(
-                "{name}: {} of {} bytes dropped (first and last {} KiB kept)",
-                s.dropped_bytes,
-                s.total_bytes,
-                limits.stream_cap / 2048
-            ));
+            // The main process is gone but something it started still
+            // holds a pipe open: end the group.
+            Action::KillGroup => signal_group(self.pgid, Signal::SIGKILL),
+            Action::AbandonOutput => {
+                self.out.abandon();
+                self.err.abandon();
+            }
+            Action::Warn(line) => self.warnings.push(line.to_owned()),
         }
     }
-    Finished {
-        exit_code,
-        stdout,
-        stderr,
-        started,
-        duration,
-        warnings,
+
+    /// The outcome, once the process is reaped and the pipes are closed.
+    fn finish(
+        mut self,
+        stop: Option<StopReason>,
+        status: Option<std::process::ExitStatus>,
+        limits: &Limits,
+        started: Timestamp,
+        duration: Duration,
+    ) -> Finished {
+        let warnings = &mut self.warnings;
+        let main_status = self.reaper.as_mut().and_then(ReaperStatus::finish);
+        if let Some((_, n)) = main_status {
+            if n > 0 {
+                warnings.push(format!(
+                    "{n} processes the job left running were killed when it ended"
+                ));
+            }
+        } else if self.reaper.is_some() {
+            warnings.push(
+                "the job's reaper ended without a status; the exit code is the reaper's".to_owned(),
+            );
+        }
+        let exit_code = match stop {
+            Some(StopReason::Cancelled) => {
+                warnings.push(format!(
+                    "stopped after {} s: the agent was shutting down and its drain time ran out; the job and everything it started were sent SIGTERM, then SIGKILL after {} s",
+                    duration.as_secs(),
+                    limits.grace.as_secs()
+                ));
+                EXIT_STOPPED
+            }
+            Some(StopReason::Timeout) => {
+                warnings.push(format!(
+                    "timed out after {} s: the job and everything it started were sent SIGTERM, then SIGKILL after {} s",
+                    limits.timeout.as_secs(),
+                    limits.grace.as_secs()
+                ));
+                EXIT_TIMEOUT
+            }
+            None => match (main_status, status) {
+                (Some((raw, _)), _) => code_of(std::process::ExitStatus::from_raw(raw)),
+                (None, Some(s)) => code_of(s),
+                (None, None) => EXIT_NOT_EXECUTABLE,
+            },
+        };
+        let stdout = self.out.finish();
+        let stderr = self.err.finish();
+        for (name, s) in [("stdout", &stdout), ("stderr", &stderr)] {
+            if s.dropped_bytes > 0 {
+                warnings.push(format!(
+                    "{name}: {} of {} bytes dropped (first and last {} KiB kept)",
+                    s.dropped_bytes,
+                    s.total_bytes,
+                    limits.stream_cap / 2048
+                ));
+            }
+        }
+        Finished {
+            exit_code,
+            stdout,
+            stderr,
+            started,
+            duration,
+            warnings: self.warnings,
+        }
     }
+}
+
+/// A wait status as an exit code: the code, or 128 + the signal.
+fn code_of(s: std::process::ExitStatus) -> i32 {
+    s.code()
+        .or_else(|| s.signal().map(|n| 128 + n))
+        .unwrap_or(EXIT_NOT_EXECUTABLE)
 }
 
 /// The reaper's status pipe: the job's pid first, the job's wait status and

@@ -316,9 +316,47 @@ extern "C" fn contained(arg: *mut libc::c_void) -> libc::c_int {
 /// The sequence `sandbox.rs` documents, each step recorded before it runs.
 /// Only system calls on data prepared before the clone: nothing here
 /// allocates, locks, or touches state another thread may hold.
+///
+/// The order is security-relevant and the split into stages (one function
+/// each, called in turn) keeps it exactly: tied to the helper first (a
+/// helper killed mid-way leaves nothing), the cgroup before anything the
+/// job could fork, the mounts while the process still has every
+/// capability, `no_new_privs` before Landlock and the seccomp filter, and
+/// the filter last before `exec`, so no step of ours runs under it.
 fn contain(child: &Child<'_>) -> io::Result<()> {
     let (plan, job) = (child.plan, child.job);
     let step = |name| child.step.set(name);
+    process(child, &step)?;
+    mounts(plan, &step)?;
+    privileges(plan, &step)?;
+    exec_state(job, &step)?;
+    step("seccomp");
+    for filter in &plan.seccomp {
+        // Installs a prepared program: no allocation. On failure errno
+        // still says why.
+        seccompiler::apply_filter(filter).map_err(|_| io::Error::last_os_error())?;
+    }
+    step("exec");
+    // The checked file itself, not whatever its path names now; returns
+    // only on failure.
+    // SAFETY: execveat(2) with the program descriptor, an empty path
+    // (AT_EMPTY_PATH), and null-terminated arrays of pointers to
+    // NUL-terminated strings, all owned by `job.exec` for the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            job.program,
+            c"".as_ptr(),
+            job.exec.argv.as_ptr(),
+            job.exec.envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    })
+}
+
+/// `sandbox.rs` step 0 (dying with the helper), stdio, `/`, the session of
+/// step 8, and step 1 (the job's cgroup).
+fn process(child: &Child<'_>, step: &dyn Fn(&'static str)) -> io::Result<()> {
     step("dying with the helper");
     // SAFETY: prctl(2) with integer arguments only. The parent thread is
     // held in clone (CLONE_VFORK) until this process execs, so it cannot
@@ -339,12 +377,18 @@ fn contain(child: &Child<'_>) -> io::Result<()> {
     step("a session of its own");
     cc_exec::child_session_and_cloexec()?;
     step("joining the job's cgroup");
-    for &fd in &job.cgroup_procs {
+    for &fd in &child.job.cgroup_procs {
         // SAFETY: writes one byte from a static string.
         if unsafe { libc::write(fd, c"0".as_ptr().cast(), 1) } != 1 {
             return Err(io::Error::last_os_error());
         }
     }
+    Ok(())
+}
+
+/// Step 2: a private mount namespace, `/proc` and `/run`, the tree
+/// read-only but for `write_paths`.
+fn mounts(plan: &Plan, step: &dyn Fn(&'static str)) -> io::Result<()> {
     step("a mount namespace");
     // SAFETY: unshare(2) with one flag; this process shares no fs struct.
     check(libc::c_long::from(unsafe { libc::unshare(libc::CLONE_NEWNS) }))?;
@@ -372,6 +416,12 @@ fn contain(child: &Child<'_>) -> io::Result<()> {
     for w in &plan.write_paths {
         set_mount_attr(w, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, MOUNT_ATTR_RDONLY)?;
     }
+    Ok(())
+}
+
+/// Steps 3–6: rlimits, `no_new_privs`, Landlock, the capability sets
+/// (bounding cut, ambient and inheritable cleared).
+fn privileges(plan: &Plan, step: &dyn Fn(&'static str)) -> io::Result<()> {
     step("rlimits");
     for (resource, v) in plan.rlimits {
         nix::sys::resource::setrlimit(resource, v, v).map_err(errno)?;
@@ -410,6 +460,12 @@ fn contain(child: &Child<'_>) -> io::Result<()> {
     }
     // SAFETY: capset(2) reads the same header and two data structs.
     check(unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) })?;
+    Ok(())
+}
+
+/// Before step 7: the script's descriptor kept for `exec`, and signals as
+/// a freshly started program expects them.
+fn exec_state(job: &JobFds, step: &dyn Fn(&'static str)) -> io::Result<()> {
     step("keeping the script open");
     if job.script {
         // SAFETY: fcntl(2) with integers: the interpreter opens the script
@@ -431,26 +487,5 @@ fn contain(child: &Child<'_>) -> io::Result<()> {
             std::ptr::null_mut(),
         )))?;
     }
-    step("seccomp");
-    for filter in &plan.seccomp {
-        // Installs a prepared program: no allocation. On failure errno
-        // still says why.
-        seccompiler::apply_filter(filter).map_err(|_| io::Error::last_os_error())?;
-    }
-    step("exec");
-    // The checked file itself, not whatever its path names now; returns
-    // only on failure.
-    // SAFETY: execveat(2) with the program descriptor, an empty path
-    // (AT_EMPTY_PATH), and null-terminated arrays of pointers to
-    // NUL-terminated strings, all owned by `job.exec` for the call.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_execveat,
-            job.program,
-            c"".as_ptr(),
-            job.exec.argv.as_ptr(),
-            job.exec.envp.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    })
+    Ok(())
 }

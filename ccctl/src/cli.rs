@@ -1,0 +1,195 @@
+//! The command line: clap's types for every command and its flags.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ccctl",
+    version,
+    about = "CronCommander operator CLI",
+    long_about = "Runs jobs on hosts, reads their reports, manages cron lists, and signs root \
+                  work with your own key.\n\nThe listener and its token come from --url and \
+                  --token-file, else CC_URL and CC_TOKEN_FILE, else \
+                  ~/.config/croncommander/ccctl.toml (keys url, token_file, key_file)."
+)]
+pub(crate) struct Cli {
+    /// The listener's operator API, e.g. http://127.0.0.1:8082.
+    #[arg(long, global = true)]
+    pub(crate) url: Option<String>,
+    /// File holding the operator API token.
+    #[arg(long, global = true)]
+    pub(crate) token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Make an operator signing key: writes the private key (0600) and
+    /// prints the public key line to put in a host's helper.toml
+    /// (`trusted_keys`).
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long, default_value = "ccctl-signing.key")]
+        out: PathBuf,
+        /// A name for the key, printed after it (who holds it).
+        #[arg(long, default_value = "operator")]
+        name: String,
+    },
+    /// Run a program on hosts and wait for the reports.
+    ///
+    /// `ccctl run web1 web2 -- /usr/bin/uptime`; `ccctl run --tag db --tag eu
+    /// --batch 2 -- /usr/bin/apt-get -q update` (hosts carrying every tag
+    /// given, at most 2 at once). Exits 0 only if every host succeeded.
+    /// With --system the job runs as root through each host's helper,
+    /// signed here with --key. `ccctl run status ID` and `ccctl run watch
+    /// ID` follow a run started earlier (or left with Ctrl-C).
+    Run(RunArgs),
+    /// Sign root work for hosts and print the statements (a JSON list)
+    /// without sending them: for the web console's "Root work" box, or to
+    /// send later (`POST /api/v1/runs {"signed": [...]}`). Takes `ccctl run`'s
+    /// hosts, --tag (which asks the listener for the hosts), --timeout,
+    /// --key and --valid-for.
+    Sign(RunArgs),
+    /// Show a job and its report (stdout and stderr verbatim).
+    Job {
+        id: String,
+        /// `text` (default: the report, stdout and stderr verbatim) or `json`.
+        #[arg(long, default_value = "text")]
+        output: String,
+    },
+    /// List agents: host, online, mode, root, last heartbeat, cron status,
+    /// tags; a warning under any agent that runs as root in user mode.
+    Agents {
+        /// Only agents carrying this tag (repeat: all of them).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Only agents not connected now.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Reports, newest first: ad-hoc and scheduled runs alike.
+    ///
+    /// `ccctl reports --host web1 --since 2h`; `ccctl reports --job nightly`
+    /// (a cron entry's id gives every scheduled run of it).
+    Reports {
+        /// Only this host's reports.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this job's (or cron entry's) reports.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only reports received since then: an age (`90s`, `30m`, `2h`,
+        /// `7d`) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many reports.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// `table` (default: one line each) or `json` (the reports whole).
+        #[arg(long, default_value = "table")]
+        output: String,
+    },
+    /// Manage the keys agents connect with (as `cc-listener keys` does on
+    /// the listener's host).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Print a shell completion script: `ccctl completions bash >
+    /// /etc/bash_completion.d/ccctl` (also zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Read or replace a host's cron list.
+    Cron {
+        #[command(subcommand)]
+        command: CronCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct RunArgs {
+    #[command(subcommand)]
+    pub(crate) follow: Option<RunCommand>,
+    /// Hosts to run on.
+    pub(crate) hosts: Vec<String>,
+    /// Also every agent carrying this tag (repeat: all of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub(crate) tags: Vec<String>,
+    /// At most this many hosts running at once; the next starts as one reports.
+    #[arg(long)]
+    pub(crate) batch: Option<u32>,
+    /// Seconds before the job is stopped.
+    #[arg(long, default_value_t = 3600)]
+    pub(crate) timeout: u64,
+    /// Root work: sign the job for each host with your key.
+    #[arg(long)]
+    pub(crate) system: bool,
+    /// Your signing key (else key_file in ccctl.toml, else CC_KEY_FILE).
+    #[arg(long)]
+    pub(crate) key: Option<PathBuf>,
+    /// How long the signature stays valid, in seconds (at most a day).
+    #[arg(long, default_value_t = 3600)]
+    pub(crate) valid_for: i64,
+    /// Print the run and job ids and return without waiting.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+    /// `table` (default) or `json`.
+    #[arg(long, default_value = "table")]
+    pub(crate) output: String,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true)]
+    pub(crate) command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RunCommand {
+    /// Where a run is now: one line per host.
+    Status { id: String },
+    /// Wait for a run to finish, then one line per host.
+    Watch { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Make a key for an agent; prints the key, and only it, on stdout
+    /// (put it in the agent's `api_key_file`). The listener keeps its hash.
+    Add {
+        name: String,
+        /// Bind the key to this hostname now (else to the first hostname
+        /// that registers with it).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// The tags its host may have, comma-separated (else those it
+        /// first registers with); runs select hosts by these.
+        #[arg(long, value_delimiter = ',')]
+        tags: Option<Vec<String>>,
+    },
+    /// Set the tags the key's host may have (comma-separated; "" for
+    /// none). Its agent must register with the same from now on.
+    Retag { name: String, tags: String },
+    /// Every key: name, bound hostname, created, active or revoked.
+    List,
+    /// Refuse the key from now on; an agent connected with it is
+    /// disconnected at once.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CronCommand {
+    /// Print the list as `ID SCHEDULE COMMAND` lines.
+    Get { host: String },
+    /// Replace the list with a file of `ID SCHEDULE COMMAND` lines (`#`
+    /// comments); every line is checked here first, and an error names it.
+    Set {
+        host: String,
+        file: PathBuf,
+        /// Root cron entries: sign the list with your key.
+        #[arg(long)]
+        system: bool,
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+}

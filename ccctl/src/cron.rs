@@ -1,0 +1,153 @@
+//! `ccctl cron`: a host's cron list read and set, from a file of
+//! `ID SCHEDULE COMMAND` lines (signed for root with `--system`).
+
+use anyhow::{Context, Result, ensure};
+use cc_proto::Timestamp;
+use cc_proto::sign::{self, CronStatement};
+use cc_proto::wire::CronEntry;
+use serde_json::json;
+
+use crate::api::{Api, FileConfig};
+use crate::cli::{Cli, CronCommand};
+use crate::signing::{key_path, load_key, nonce};
+use crate::term::outln;
+
+/// The first `n` whitespace-separated words of `line` and the rest of it,
+/// verbatim (a command keeps its own spacing); `None` when nothing is left.
+pub(crate) fn words_then_rest(line: &str, n: usize) -> Option<(Vec<&str>, &str)> {
+    let mut rest = line.trim();
+    let mut words = Vec::with_capacity(n);
+    for _ in 0..n {
+        let end = rest.find(char::is_whitespace)?;
+        words.push(&rest[..end]);
+        rest = rest[end..].trim_start();
+    }
+    (!rest.is_empty()).then_some((words, rest))
+}
+
+/// `ID SCHEDULE COMMAND` lines; the schedule is five fields or one `@`
+/// word; blank lines and `#` comments are skipped (the listener stores the
+/// entries, not the comments). Every entry is validated as the agent will
+/// (`cc-proto`), and an error names its line.
+pub(crate) fn parse_cron_file(text: &str) -> Result<Vec<CronEntry>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields = if line
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|w| w.starts_with('@'))
+        {
+            1
+        } else {
+            5
+        };
+        let (words, command) = words_then_rest(line, 1 + fields)
+            .with_context(|| format!("line {}: expected ID SCHEDULE COMMAND: {line:?}", n + 1))?;
+        let entry = CronEntry {
+            id: words[0].to_owned(),
+            schedule: words[1..].join(" "),
+            command: command.to_owned(),
+        };
+        entry
+            .validate()
+            .with_context(|| format!("line {}: {line:?}", n + 1))?;
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// `ccctl cron get|set`.
+pub(crate) fn command(cli: &Cli, file: &FileConfig, command: &CronCommand) -> Result<bool> {
+    match command {
+        CronCommand::Get { host } => {
+            let list = Api::new(cli, file)?.call("GET", &format!("/agents/{host}/cron"), None)?;
+            for e in list.as_array().into_iter().flatten() {
+                outln!(
+                    "{} {} {}",
+                    e["id"].as_str().unwrap_or(""),
+                    e["schedule"].as_str().unwrap_or(""),
+                    e["command"].as_str().unwrap_or("")
+                );
+            }
+            Ok(true)
+        }
+        CronCommand::Set {
+            host,
+            file: path,
+            system,
+            key,
+        } => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let entries = parse_cron_file(&text)?;
+            let body = if *system {
+                for e in &entries {
+                    let program = e.validate()?.command.program().to_owned();
+                    ensure!(
+                        program.starts_with('/'),
+                        "entry {}: {program}: root entries name their program by absolute path (the signature covers the path, not a name the host looks up in PATH)",
+                        e.id
+                    );
+                }
+                let k = load_key(&key_path(key.clone(), file)?)?;
+                let (not_before, expires_at) =
+                    sign::window(Timestamp::now(), sign::MAX_VALIDITY_SECS);
+                let st = CronStatement {
+                    host: cc_proto::Hostname::parse(host)
+                        .with_context(|| format!("host {host:?}"))?
+                        .to_string(),
+                    generation: u64::try_from(Timestamp::now().unix_millis()).unwrap_or(0),
+                    entries,
+                    not_before,
+                    expires_at,
+                    nonce: nonce()?,
+                };
+                json!({"signed": sign::sign(&st, sign::CRON_LABEL, &k)?})
+            } else {
+                serde_json::to_value(&entries)?
+            };
+            let stored =
+                Api::new(cli, file)?.call("PUT", &format!("/agents/{host}/cron"), Some(&body))?;
+            outln!(
+                "{} entries stored for {host}",
+                stored.as_array().map_or(0, Vec::len)
+            );
+            Ok(true)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron_files_parse_line_by_line_and_errors_name_the_line() {
+        let ok = parse_cron_file(
+            "# backups\nnightly 0 3 * * * /usr/local/sbin/backup --full\n\nhourly @hourly /bin/true\n",
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].schedule, "0 3 * * *");
+        assert_eq!(ok[0].command, "/usr/local/sbin/backup --full");
+        assert_eq!(ok[1].schedule, "@hourly");
+        let e = parse_cron_file("a @daily /bin/true\nbad 61 * * * * /bin/true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("line 2"), "{e}");
+        let e = parse_cron_file("short 0 3 *\n").unwrap_err().to_string();
+        assert!(e.starts_with("line 1"), "{e}");
+        let e = parse_cron_file("# c\nfive 0 3 * * *\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("line 2: expected ID SCHEDULE COMMAND"), "{e}");
+        // A command keeps its own spacing; the schedule is normalised.
+        let ok = parse_cron_file("  s  0  3 * * *   /bin/echo 'a  b'  \n").unwrap();
+        assert_eq!(ok[0].schedule, "0 3 * * *");
+        assert_eq!(ok[0].command, "/bin/echo 'a  b'");
+    }
+}
