@@ -679,7 +679,7 @@ fn collect_helper_reports(socket: &std::path::Path, outbox: &Outbox) -> Result<u
                 continue;
             };
             match report.validate() {
-                Ok(()) => {
+                Ok(_) => {
                     outbox.put(report)?;
                     moved += 1;
                 }
