@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 
 use cc_proto::wire::{AgentInfo, CronEntry, CronStatus, ExecutionMode};
+use cc_proto::{Hostname, JobId};
 
 use crate::sql::{Sql, p};
 
@@ -51,7 +52,7 @@ impl Store {
 
     /// Connection `conn` to the agent ended: when it last sent anything,
     /// and, if it still held the agent, the hold is released.
-    pub fn touch_agent(&self, hostname: &str, last_seen_ms: i64, conn: u64) -> Result<()> {
+    pub fn touch_agent(&self, hostname: &Hostname, last_seen_ms: i64, conn: u64) -> Result<()> {
         self.write(|tx| Self::touch_in(tx, self.holder.as_deref(), hostname, last_seen_ms, conn))
     }
 
@@ -60,7 +61,7 @@ impl Store {
     pub(super) fn touch_in(
         tx: &mut dyn Sql,
         holder: Option<&str>,
-        hostname: &str,
+        hostname: &Hostname,
         last_seen_ms: i64,
         conn: u64,
     ) -> Result<()> {
@@ -77,7 +78,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_cron_status(&self, hostname: &str, status: &CronStatus) -> Result<()> {
+    pub fn set_cron_status(&self, hostname: &Hostname, status: &CronStatus) -> Result<()> {
         let text = serde_json::to_string(status)?;
         self.write(|tx| {
             tx.exec(
@@ -223,7 +224,11 @@ impl Store {
         })
     }
 
-    pub(super) fn is_cron_entry(tx: &mut dyn Sql, hostname: &str, job_id: &str) -> Result<bool> {
+    pub(super) fn is_cron_entry(
+        tx: &mut dyn Sql,
+        hostname: &Hostname,
+        job_id: &JobId,
+    ) -> Result<bool> {
         let text: Option<String> = tx
             .one(
                 "SELECT entries FROM cron_sets WHERE hostname = ?1",
@@ -235,6 +240,6 @@ impl Store {
             Some(t) => serde_json::from_str(&t).unwrap_or_default(),
             None => Vec::new(),
         };
-        Ok(entries.iter().any(|e| e.id == job_id))
+        Ok(entries.iter().any(|e| e.id == job_id.as_str()))
     }
 }

@@ -1,12 +1,13 @@
 //! What a store call can fail with, by kind: the operator API answers from
-//! the kind, never from the message.
+//! the kind, never from the message. A [`StoreError`] is cloned whole to
+//! every write of a group whose commit failed ([`StoreError::of`]).
 
 /// What went wrong in the store, by kind: the operator API answers from
 /// the kind (409, 404, 500), never from the message. Store calls return
 /// `anyhow::Error`; these travel inside it (`downcast_ref`), and so does a
 /// `rusqlite::Error` reading a value this listener cannot understand
 /// ([`StoreError::classify`] names it corrupt).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// What was to be created exists already (a key name, a job id).
     #[error("{0}")]
@@ -21,6 +22,10 @@ pub enum StoreError {
     /// there): this listener's connection to it is stale.
     #[error("the agent of {0} is connected to another listener now")]
     Moved(String),
+    /// The database itself failed (I/O, locked, full, gone), with what it
+    /// said: what a grouped write gets when its group failed.
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// The kind of a store failure, for answering it.
@@ -42,6 +47,7 @@ impl StoreError {
                 StoreError::NotFound(_) => ErrorKind::NotFound,
                 StoreError::Corrupt(_) => ErrorKind::Corrupt,
                 StoreError::Moved(_) => ErrorKind::Conflict,
+                StoreError::Backend(_) => ErrorKind::Backend,
             };
         }
         if e.downcast_ref::<crate::sql::Unreadable>().is_some() {
@@ -54,6 +60,24 @@ impl StoreError {
                 | rusqlite::Error::IntegralValueOutOfRange(..),
             ) => ErrorKind::Corrupt,
             _ => ErrorKind::Backend,
+        }
+    }
+}
+
+impl StoreError {
+    /// `e`, an error a store call returned, as a `StoreError` of the same
+    /// kind ([`StoreError::classify`]) and message, to be handed on (to
+    /// each write of a failed group).
+    pub fn of(e: &anyhow::Error) -> Self {
+        if let Some(s) = e.downcast_ref::<StoreError>() {
+            return s.clone();
+        }
+        let text = format!("{e:#}");
+        match Self::classify(e) {
+            ErrorKind::Conflict => Self::Conflict(text),
+            ErrorKind::NotFound => Self::NotFound(text),
+            ErrorKind::Corrupt => Self::Corrupt(text),
+            ErrorKind::Backend => Self::Backend(text),
         }
     }
 }

@@ -1,25 +1,42 @@
-//! Jobs and every change of their status.
+//! Jobs, and every change of their status: the job state machine.
+//!
+//! A job's status changes only here, each change one guarded `UPDATE`
+//! (the guard is the `WHERE status = …` that makes a change happen once,
+//! whichever listener or connection tries it). The whole table — the test
+//! `job_status_transitions_are_exactly_the_table` walks it against a real
+//! store, each allowed change made and each other one refused:
+//!
+//! | from | to | method | guard |
+//! |------|----|--------|-------|
+//! | (new) | `queued` | [`Store::create_job`]; [`Store::create_run`] for a run's first `batch` jobs (all without a batch) | the job id is unused |
+//! | (new) | `held` | [`Store::create_run`], a batched run's jobs past its batch | the job id is unused |
+//! | `held` | `queued` | `release_held`, after a report of one of the run's jobs ([`Store::store_report`]) or a sweep ([`Store::sweep`]) | `status = held`; fewer than `batch` of the run's jobs queued or sent; oldest first |
+//! | `queued` | `sent` | `take_in` ([`Store::take_for_host`], [`TakeWrite`](super::TakeWrite)) | `status = queued`, not expired; fewer than the agent's window sent; on a shared database, the listener and connection that hold the agent |
+//! | `sent` | `queued` | [`Store::requeue`] (the connection could not take it) | `status = sent` |
+//! | `sent` | `lost` | [`Store::sweep`] | `status = sent`, no report within timeout + grace |
+//! | `queued` | `expired` | [`Store::sweep`] | `status = queued`, past its queue time |
+//! | any but `done` | `done` | `settle_in`, by its first report ([`Store::store_report`], [`ReportWrite`](super::ReportWrite)) | `report_id IS NULL` (a job is settled once) |
+//!
+//! Nothing else changes a status: `done`, `lost` and `expired` are final
+//! but for a late first report (`lost`/`expired` → `done`), and
+//! [`Store::prune_jobs`] deletes final jobs. [`Store::resend_unreported`]
+//! resends `sent` jobs without changing their status.
 
 use anyhow::{Context, Result};
 
+use cc_proto::{Hostname, JobId};
+
 use crate::sql::{FromV, P, Row, Sql, ToP, p, scalar};
 
-use super::{JobRow, JobSummary, NewJob, Store, StoreError, conflict_on_constraint, json_list};
+use super::{
+    JobRow, JobSummary, NewJob, NewRun, Store, StoreError, conflict_on_constraint, json_list,
+};
 
 /// Jobs handed to a spec-only agent per transaction.
 pub const TAKE_BATCH: i64 = 1000;
 
 /// Where a job is. The store is the only place a job changes state, and
-/// these are the only changes it makes:
-///
-/// - `Held` → `Queued`: a place in its run's batch came free;
-/// - `Queued` → `Sent`: handed to its host's connection, within the
-///   agent's window ([`Store::take_for_host`]); `Sent` → `Queued`: that
-///   connection could not take it ([`Store::requeue`]);
-/// - `Sent` → `Lost`: no report within timeout + grace; `Queued` →
-///   `Expired`: its agent did not take it within the queue time
-///   ([`Store::sweep`]);
-/// - any → `Done`: its first report ([`Store::write_batch`]).
+/// the table in this module's documentation lists every change it makes.
 ///
 /// Stored and sent to operators as the lowercase word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -106,6 +123,74 @@ impl Store {
         Ok(())
     }
 
+    /// Stores the jobs of `run` (just stored, its args as JSON `args`):
+    /// with a batch, the first `batch` jobs are queued and the rest held.
+    pub(super) fn insert_run_jobs(
+        tx: &mut dyn Sql,
+        run: &NewRun,
+        args: &str,
+        jobs: &[NewJob],
+    ) -> Result<()> {
+        for (i, job) in jobs.iter().enumerate() {
+            let held = run.batch.is_some_and(|b| i >= b as usize);
+            let status = if held {
+                JobStatus::Held
+            } else {
+                JobStatus::Queued
+            };
+            tx.exec(
+                "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status,
+                                   created_ms, expires_ms, signed, run_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                &p![
+                    job.job_id,
+                    job.hostname,
+                    run.command,
+                    args,
+                    run.timeout_secs,
+                    status,
+                    job.created_ms,
+                    if held { i64::MAX } else { job.expires_ms },
+                    job.signed,
+                    run.run_id
+                ],
+            )
+            .map_err(|e| {
+                conflict_on_constraint(e, || format!("a job {} exists already", job.job_id))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Settles `job_id` with its first report (`report_row`), whatever
+    /// state it was in; a job already settled stays as it was. Returns
+    /// whether it settled now, and the hosts whose held jobs this let into
+    /// the job's run's batch.
+    pub(super) fn settle_in(
+        tx: &mut dyn Sql,
+        job_id: &JobId,
+        report_row: i64,
+        now_ms: i64,
+    ) -> Result<(bool, Vec<String>)> {
+        let settling = tx.one(
+            "UPDATE jobs SET status = ?4, finished_ms = ?3, report_id = ?2
+             WHERE job_id = ?1 AND report_id IS NULL
+             RETURNING run_id",
+            &p![job_id, report_row, now_ms, JobStatus::Done],
+        )?;
+        let settled = settling.is_some();
+        // A place in its run's batch may be free now.
+        let run: Option<String> = match settling {
+            Some(r) => r.get(0)?,
+            None => scalar(tx, "SELECT run_id FROM jobs WHERE job_id = ?1", &p![job_id])?,
+        };
+        let released = match run {
+            Some(run) => Self::release_held(tx, &run, now_ms)?,
+            None => Vec::new(),
+        };
+        Ok((settled, released))
+    }
+
     /// Queues as many of `run_id`'s held jobs as its batch has room for
     /// (its queued and sent jobs are what runs), oldest first; their queue
     /// time starts now. Returns their hosts.
@@ -155,7 +240,7 @@ impl Store {
     /// every queued job, [`TAKE_BATCH`] at a time.
     pub fn take_for_host(
         &self,
-        hostname: &str,
+        hostname: &Hostname,
         window: Option<u32>,
         now_ms: i64,
     ) -> Result<Vec<JobRow>> {
@@ -167,7 +252,7 @@ impl Store {
     pub(super) fn take_in(
         tx: &mut dyn Sql,
         by: Option<(&str, u64)>,
-        hostname: &str,
+        hostname: &Hostname,
         window: Option<u32>,
         now_ms: i64,
     ) -> Result<Vec<JobRow>> {
@@ -184,7 +269,7 @@ impl Store {
                     )?
                     .context("no row")?;
                 if !row.get::<bool>(0)? {
-                    return Err(StoreError::Moved(hostname.to_owned()).into());
+                    return Err(StoreError::Moved(hostname.to_string()).into());
                 }
                 row.get(1)?
             }
@@ -241,7 +326,12 @@ impl Store {
 
     /// [`StoreError::Moved`] unless listener `me`'s connection `conn` holds
     /// `hostname`.
-    pub(super) fn check_held(tx: &mut dyn Sql, me: &str, conn: u64, hostname: &str) -> Result<()> {
+    pub(super) fn check_held(
+        tx: &mut dyn Sql,
+        me: &str,
+        conn: u64,
+        hostname: &Hostname,
+    ) -> Result<()> {
         let held = tx
             .one(
                 "SELECT EXISTS (SELECT 1 FROM agents
@@ -253,7 +343,7 @@ impl Store {
         if held {
             Ok(())
         } else {
-            Err(StoreError::Moved(hostname.to_owned()).into())
+            Err(StoreError::Moved(hostname.to_string()).into())
         }
     }
 
@@ -275,7 +365,12 @@ impl Store {
     /// reconnects to, but only by the connection `conn` of the listener
     /// that holds the agent, like every hand-over ([`StoreError::Moved`]
     /// otherwise).
-    pub fn resend_unreported(&self, hostname: &str, conn: u64, now_ms: i64) -> Result<Vec<JobRow>> {
+    pub fn resend_unreported(
+        &self,
+        hostname: &Hostname,
+        conn: u64,
+        now_ms: i64,
+    ) -> Result<Vec<JobRow>> {
         let by = self.holder.as_deref().map(|me| (me, conn));
         self.write(|tx| {
             if let Some((me, conn)) = by {

@@ -4,6 +4,8 @@
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
+use cc_proto::Hostname;
+
 use crate::sql::{Sql, p};
 
 use super::{Binding, KeyInfo, KeyRecord, Store, StoreError, conflict_on_constraint, json_list};
@@ -166,7 +168,7 @@ impl Store {
 
     /// Binds key `id` to `hostname` and `tags` the first time it
     /// registers; later, checks that they are the same.
-    pub fn bind_key(&self, id: i64, hostname: &str, tags: &[String]) -> Result<Binding> {
+    pub fn bind_key(&self, id: i64, hostname: &Hostname, tags: &[String]) -> Result<Binding> {
         self.write(|tx| Self::bind_in(tx, id, hostname, tags))
     }
 
@@ -175,7 +177,7 @@ impl Store {
     pub(super) fn bind_in(
         tx: &mut dyn Sql,
         id: i64,
-        hostname: &str,
+        hostname: &Hostname,
         tags: &[String],
     ) -> Result<Binding> {
         let row = tx
@@ -183,7 +185,7 @@ impl Store {
             .context("no such key")?;
         let (bound, bound_tags): (Option<String>, Option<String>) = (row.get(0)?, row.get(1)?);
         match &bound {
-            Some(h) if h == hostname => {}
+            Some(h) if h == hostname.as_str() => {}
             Some(h) => return Ok(Binding::OtherHost(h.clone())),
             None => {
                 let taken = tx

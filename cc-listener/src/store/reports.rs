@@ -2,11 +2,12 @@
 
 use anyhow::{Context, Result};
 
+use cc_proto::wire::ReportKind;
+use cc_proto::{Hostname, JobId};
+
 use crate::sql::{Sql, p, scalar};
 
-use super::{
-    JobStatus, NewReport, Refusal, ReportLimits, ReportQuery, ReportRow, Store, Stored, Usage,
-};
+use super::{Refusal, ReportLimits, ReportOutcome, ReportQuery, ReportRow, Store, Stored, Usage};
 
 impl Store {
     /// Stores a report once per (hostname, dedupe key) and, for an ad-hoc
@@ -14,8 +15,8 @@ impl Store {
     /// it would take the host over `limits`: then nothing is written.
     pub fn store_report(
         &self,
-        hostname: &str,
-        job_id: &str,
+        hostname: &Hostname,
+        job_id: &JobId,
         dedupe_key: &str,
         payload: &str,
         now_ms: i64,
@@ -25,7 +26,7 @@ impl Store {
         // empty transaction is harmless and simpler.
         self.write(|tx| {
             Self::store_in(tx, hostname, job_id, dedupe_key, payload, now_ms, limits)
-                .map(|out| out.0)
+                .map(|out| out.stored)
         })
     }
 
@@ -34,13 +35,13 @@ impl Store {
     /// batch (to be nudged).
     pub(super) fn store_in(
         tx: &mut dyn Sql,
-        hostname: &str,
-        job_id: &str,
+        hostname: &Hostname,
+        job_id: &JobId,
         dedupe_key: &str,
         payload: &str,
         now_ms: i64,
         limits: ReportLimits,
-    ) -> Result<(Stored, Vec<String>, Option<NewReport>)> {
+    ) -> Result<ReportOutcome> {
         // What decides where the report goes, in one round trip.
         let row = tx
             .one(
@@ -52,38 +53,32 @@ impl Store {
             )?
             .context("no row")?;
         if row.get::<bool>(0)? {
-            return Ok((Stored::Duplicate, Vec::new(), None));
+            return Ok(ReportOutcome::not_new(Stored::Duplicate));
         }
         let is_job: bool = row.get(1)?;
         let kind = if is_job {
-            "job"
+            ReportKind::Job
         } else if Self::is_cron_entry(tx, hostname, job_id)? {
-            "cron"
+            ReportKind::Cron
         } else {
-            "unmatched"
+            ReportKind::Unmatched
         };
         let used = Usage::from_row(&row, 2)?;
         let size = payload.len() as u64;
-        let unmatched = u64::from(kind == "unmatched");
+        let unmatched = u64::from(kind == ReportKind::Unmatched);
         if unmatched == 1 && used.unmatched >= limits.unmatched {
-            return Ok((
-                Stored::Refused(Refusal::Unmatched {
+            return Ok(ReportOutcome::not_new(Stored::Refused(
+                Refusal::Unmatched {
                     quota: limits.unmatched,
-                }),
-                Vec::new(),
-                None,
-            ));
+                },
+            )));
         }
         if used.bytes.saturating_add(size) > limits.quota_bytes {
-            return Ok((
-                Stored::Refused(Refusal::Quota {
-                    used: used.bytes,
-                    size,
-                    quota: limits.quota_bytes,
-                }),
-                Vec::new(),
-                None,
-            ));
+            return Ok(ReportOutcome::not_new(Stored::Refused(Refusal::Quota {
+                used: used.bytes,
+                size,
+                quota: limits.quota_bytes,
+            })));
         }
         let report_row: i64 = scalar(
             tx,
@@ -101,24 +96,13 @@ impl Store {
             &p![hostname, size, unmatched],
         )?;
         if is_job {
-            // The first report of a job settles it, whatever state it was in.
-            let settling = tx.one(
-                "UPDATE jobs SET status = ?4, finished_ms = ?3, report_id = ?2
-                 WHERE job_id = ?1 AND report_id IS NULL
-                 RETURNING run_id",
-                &p![job_id, report_row, now_ms, JobStatus::Done],
-            )?;
-            settled = settling.is_some();
-            // A place in its run's batch may be free now.
-            let run: Option<String> = match settling {
-                Some(r) => r.get(0)?,
-                None => scalar(tx, "SELECT run_id FROM jobs WHERE job_id = ?1", &p![job_id])?,
-            };
-            if let Some(run) = run {
-                released = Self::release_held(tx, &run, now_ms)?;
-            }
+            (settled, released) = Self::settle_in(tx, job_id, report_row, now_ms)?;
         }
-        Ok((Stored::New, released, Some((kind, settled))))
+        Ok(ReportOutcome {
+            stored: Stored::New,
+            released,
+            new: Some((kind, settled)),
+        })
     }
 
     pub(super) fn usage_in(c: &mut dyn Sql, hostname: &str) -> Result<Usage> {

@@ -4,9 +4,7 @@ use anyhow::Result;
 
 use crate::sql::p;
 
-use super::{
-    JobStatus, NewJob, NewRun, RunJob, RunRow, RunSummary, Store, conflict_on_constraint, json_list,
-};
+use super::{JobStatus, NewJob, NewRun, RunJob, RunRow, RunSummary, Store, json_list};
 
 impl Store {
     /// Stores a run and its jobs (`jobs`' hostnames and ids; command,
@@ -30,35 +28,7 @@ impl Store {
                     run.created_ms
                 ],
             )?;
-            for (i, job) in jobs.iter().enumerate() {
-                let held = run.batch.is_some_and(|b| i >= b as usize);
-                let status = if held {
-                    JobStatus::Held
-                } else {
-                    JobStatus::Queued
-                };
-                tx.exec(
-                    "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status,
-                                       created_ms, expires_ms, signed, run_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    &p![
-                        job.job_id,
-                        job.hostname,
-                        run.command,
-                        args,
-                        run.timeout_secs,
-                        status,
-                        job.created_ms,
-                        if held { i64::MAX } else { job.expires_ms },
-                        job.signed,
-                        run.run_id
-                    ],
-                )
-                .map_err(|e| {
-                    conflict_on_constraint(e, || format!("a job {} exists already", job.job_id))
-                })?;
-            }
-            Ok(())
+            Self::insert_run_jobs(tx, run, &args, jobs)
         })
     }
 

@@ -5,6 +5,8 @@ use anyhow::Result;
 
 use crate::sql::Row;
 
+use cc_proto::wire::ReportKind;
+
 use super::JobStatus;
 
 /// An API key as the handshake sees it.
@@ -174,10 +176,36 @@ pub struct JobSummary {
 pub struct ReportRow {
     pub hostname: String,
     pub job_id: String,
-    pub kind: String,
+    pub kind: ReportKind,
     pub received_ms: i64,
     pub payload: String,
 }
+
+/// What storing a report did ([`crate::store::Writer::report`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportOutcome {
+    pub stored: Stored,
+    /// Hosts whose held jobs the report let into their run's batch (to be
+    /// nudged).
+    pub released: Vec<String>,
+    /// A new report's kind and whether it settled its job (for the
+    /// metrics); `None` unless `stored` is [`Stored::New`].
+    pub new: Option<NewReport>,
+}
+
+impl ReportOutcome {
+    /// A report not stored (a duplicate, a refusal): nothing changed.
+    pub(super) fn not_new(stored: Stored) -> Self {
+        Self {
+            stored,
+            released: Vec::new(),
+            new: None,
+        }
+    }
+}
+
+/// A new report's kind and whether it settled its job.
+pub type NewReport = (ReportKind, bool);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
