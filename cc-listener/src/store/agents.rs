@@ -1,5 +1,9 @@
 //! Agents as they registered, their connections' holds, and their cron
 //! lists.
+//!
+//! Invariant: an agent is held (`listener`, `lease_conn`) by at most one
+//! listener's connection, the one that registered it last; only that
+//! connection's end releases the hold.
 
 use anyhow::{Context, Result};
 

@@ -1,4 +1,7 @@
 //! `cc-listener migrate`: a SQLite store copied into PostgreSQL.
+//!
+//! Invariants: one transaction, into a database that holds nothing; ids
+//! are kept and the sequences continue after them.
 
 use anyhow::{Context, Result};
 

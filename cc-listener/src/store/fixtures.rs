@@ -1,4 +1,7 @@
-//! Fixtures for tests and benchmarks (feature `fixtures`).
+//! Fixtures for tests and benchmarks (feature `fixtures`, which this
+//! crate's own tests and benchmarks turn on): rows written straight into
+//! a SQLite store, bypassing every check and quota. Not built into the
+//! listener.
 
 use std::sync::MutexGuard;
 

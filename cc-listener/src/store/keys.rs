@@ -1,5 +1,9 @@
 //! API keys: created hashed, bound to their host (and its tags) by the
 //! first registration, revoked by name.
+//!
+//! Invariants: only a key's hash is stored; a key binds one hostname and a
+//! hostname one key, once; a registration refused for its tags binds
+//! nothing.
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};

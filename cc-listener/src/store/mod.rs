@@ -13,7 +13,18 @@
 //! to the agent only after `store_report` has committed. One exception, on
 //! PostgreSQL: a group of hand-overs only, which nobody is told about and
 //! which is repaired if lost, does not wait for the disk
-//! ([`WriteOp::may_be_lost`]).
+//! ([`GroupWrite::may_be_lost`]).
+//!
+//! Layout: this file holds [`Store`] itself — its two backends, opening,
+//! and the read and write plumbing every method goes through — and
+//! [`Db`], the async handle. The methods live with their aggregate:
+//! `keys` (API keys), `agents` (registrations, holds, cron lists), `jobs`
+//! (every change of a job's status, with the table of them), `runs`,
+//! `reports` (quota, pruning), `events`. Beside them: `writer` (group
+//! commit, [`Writer`]), `copy` (`cc-listener migrate`), `schema` (the
+//! numbered migrations of each engine, `migrations/`), `error`
+//! ([`StoreError`]), `types` (rows and outcomes), and `fixtures` (seeding
+//! for tests and benchmarks, feature `fixtures`).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};

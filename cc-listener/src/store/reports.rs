@@ -1,4 +1,10 @@
 //! Reports: stored once, held to their host's quota, pruned by age.
+//!
+//! Invariants: a report is stored at most once per (hostname, dedupe
+//! key); `report_usage` is changed in the transaction that stores or
+//! prunes a report, so it is what the host's reports take; a refused
+//! report writes nothing. A report's kind ([`ReportKind`]) is decided here,
+//! when it is stored.
 
 use anyhow::{Context, Result};
 

@@ -149,8 +149,10 @@ impl GroupWrite for TouchWrite {
 
 impl Store {
     /// Several writes of one kind in one transaction — one commit, one
-    /// fsync — for writes that arrive together (group commit); see
-    /// [`Store::grouped`]. [`Writer`] groups writes of every kind.
+    /// fsync — for writes that arrive together (group commit). Each runs
+    /// in its own savepoint: one that fails is undone alone and gets its
+    /// error; the others commit. If the commit itself fails, that is the
+    /// error, and none happened. [`Writer`] groups writes of every kind.
     pub fn write_batch<W: GroupWrite>(
         &self,
         writes: &[W],
