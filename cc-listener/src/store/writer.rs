@@ -238,7 +238,7 @@ struct Queued<W: GroupWrite> {
 
 /// `write`, queued: the write as its group runs it, and where its
 /// caller waits for the answer.
-fn enqueue<W: GroupWrite>(write: W) -> (Box<dyn Pending>, Answer<W::Out>) {
+fn enqueue<W: GroupWrite>(write: W) -> (Box<dyn Waiting>, Answer<W::Out>) {
     let (reply, answer) = oneshot::channel();
     let queued = Queued {
         write,
@@ -249,7 +249,7 @@ fn enqueue<W: GroupWrite>(write: W) -> (Box<dyn Pending>, Answer<W::Out>) {
 }
 
 /// A queued write of any kind, as its group runs it.
-pub(super) trait Pending: Send {
+pub(super) trait Waiting: Send {
     fn may_be_lost(&self) -> bool;
     /// Applies the write in the group's transaction and keeps its answer.
     fn apply(&mut self, store: &Store, tx: &mut dyn Sql, now_ms: i64) -> Result<()>;
@@ -258,7 +258,7 @@ pub(super) trait Pending: Send {
     fn answer(self: Box<Self>, own: Result<(), StoreError>);
 }
 
-impl<W: GroupWrite> Pending for Queued<W> {
+impl<W: GroupWrite> Waiting for Queued<W> {
     fn may_be_lost(&self) -> bool {
         self.write.may_be_lost()
     }
@@ -278,12 +278,12 @@ impl<W: GroupWrite> Pending for Queued<W> {
 }
 
 /// A group run: each write with what it is to be answered.
-type Answers = Vec<(Box<dyn Pending>, Result<(), StoreError>)>;
+type Answers = Vec<(Box<dyn Waiting>, Result<(), StoreError>)>;
 
 /// Runs `group` in one transaction ([`Store::grouped`]) and pairs each
 /// write with its outcome: its own error, or the group's — whose
 /// [`StoreError`] kind each write gets — when the commit failed.
-fn commit_group(store: &Store, mut group: Vec<Box<dyn Pending>>, now_ms: i64) -> Answers {
+fn commit_group(store: &Store, mut group: Vec<Box<dyn Waiting>>, now_ms: i64) -> Answers {
     let flush = flush_for(group.iter().all(|p| p.may_be_lost()));
     let n = group.len();
     match store.grouped(flush, n, |tx, i| group[i].apply(store, tx, now_ms)) {
@@ -309,13 +309,7 @@ fn commit_group(store: &Store, mut group: Vec<Box<dyn Pending>>, now_ms: i64) ->
 /// acknowledged only after it is on disk, and a burst costs one fsync per
 /// group, not per report.
 #[derive(Debug, Clone)]
-pub struct Writer(mpsc::Sender<Box<dyn Pending>>);
-
-impl std::fmt::Debug for dyn Pending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a queued write")
-    }
-}
+pub struct Writer(mpsc::Sender<Box<dyn Waiting>>);
 
 /// Most writes one transaction takes.
 pub const MAX_GROUP: usize = 512;
@@ -323,7 +317,7 @@ pub const MAX_GROUP: usize = 512;
 impl Writer {
     /// `on_commit` is told each group's commit time and size.
     pub fn spawn(db: Db, on_commit: impl Fn(Duration, usize) + Send + 'static) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Box<dyn Pending>>(4 * MAX_GROUP);
+        let (tx, mut rx) = mpsc::channel::<Box<dyn Waiting>>(4 * MAX_GROUP);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut group = vec![first];
@@ -398,7 +392,7 @@ pub(super) mod testing {
     use super::*;
 
     /// Runs `group` as the writer does and answers each write.
-    pub(in crate::store) fn run_group(store: &Store, group: Vec<Box<dyn Pending>>, now_ms: i64) {
+    pub(in crate::store) fn run_group(store: &Store, group: Vec<Box<dyn Waiting>>, now_ms: i64) {
         for (pending, own) in commit_group(store, group, now_ms) {
             pending.answer(own);
         }
@@ -406,7 +400,7 @@ pub(super) mod testing {
 
     /// Queues `write` in a group of the caller's.
     pub(in crate::store) fn queue<W: GroupWrite>(
-        group: &mut Vec<Box<dyn Pending>>,
+        group: &mut Vec<Box<dyn Waiting>>,
         write: W,
     ) -> Answer<W::Out> {
         let (pending, answer) = enqueue(write);
