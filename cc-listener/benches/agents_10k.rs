@@ -50,7 +50,8 @@ impl Observer for Acks {
 /// `n` jobs' reports stored with the listener's store in a fresh database,
 /// one transaction each, then `n` more in groups of `MAX_GROUP`.
 fn store_side_by_side(n: usize) -> (Duration, Duration) {
-    use cc_listener::store::{NewJob, ReportLimits, WriteOp};
+    use cc_listener::store::{NewJob, ReportLimits, ReportWrite};
+    use cc_proto::{Hostname, JobId};
     let dir = TempDir::new("bench-store");
     let store = Store::open(&dir.path().join("side.db")).unwrap();
     let payload = json!({"jobId": "j", "command": "/bin/true", "exitCode": 0, "stdout": "",
@@ -76,8 +77,8 @@ fn store_side_by_side(n: usize) -> (Duration, Duration) {
         let j = job(i);
         store
             .store_report(
-                &j.hostname,
-                &j.job_id,
+                &Hostname::parse(&j.hostname).unwrap(),
+                &JobId::parse(&j.job_id).unwrap(),
                 &format!("id:{i}"),
                 &payload,
                 1,
@@ -87,12 +88,12 @@ fn store_side_by_side(n: usize) -> (Duration, Duration) {
     }
     let single = t.elapsed();
     let t = Instant::now();
-    let ops: Vec<WriteOp> = (n..2 * n)
+    let ops: Vec<ReportWrite> = (n..2 * n)
         .map(|i| {
             let j = job(i);
-            WriteOp::Report {
-                hostname: j.hostname,
-                job_id: j.job_id,
+            ReportWrite {
+                hostname: Hostname::parse(&j.hostname).unwrap(),
+                job_id: JobId::parse(&j.job_id).unwrap(),
                 dedupe_key: format!("id:{i}"),
                 payload: payload.clone(),
                 limits,

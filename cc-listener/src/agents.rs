@@ -42,7 +42,10 @@ use cc_proto::wire::{
 use crate::hub::{OUTBOUND_QUEUE, Outbound};
 use crate::metrics::{ConnRefusal, ReportRefusal, WsRefusal};
 use crate::pending::{Admitted, Limits, Marker, Pending, Refused};
-use crate::store::{Binding, JobRow, KeyRecord, Refusal, Stored, WriteOp, WriteOut};
+use crate::store::{
+    BindWrite, Binding, JobRow, KeyRecord, Refusal, RegisterWrite, ReportOutcome, ReportWrite,
+    Stored, TakeWrite, TouchWrite,
+};
 use crate::{AppState, now_ms};
 use cc_proto::logline::LogBudget;
 
@@ -399,26 +402,18 @@ async fn bind<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let hostname = info.hostname.to_string();
+    let hostname = info.hostname.clone();
 
     // Committed with other registrations: a reconnect storm costs a
     // commit per group, not per agent.
-    let binding = match state
+    let binding = state
         .writer
-        .write(WriteOp::Bind {
+        .bind(BindWrite {
             key_id: key.id,
             hostname: hostname.clone(),
             tags: info.tags.iter().map(ToString::to_string).collect(),
         })
-        .await?
-    {
-        WriteOut::Bound(b) => b,
-        _ => {
-            return Err(anyhow!(
-                "the writer answered a key binding with something else"
-            ));
-        }
-    };
+        .await?;
     match binding {
         Binding::Ok => {}
         Binding::OtherHost(bound) => {
@@ -525,7 +520,7 @@ where
 
 struct Session<'a> {
     state: &'a AppState,
-    hostname: String,
+    hostname: cc_proto::Hostname,
     /// The agent's `jobWindow`; `None` for a spec-only agent.
     window: Option<u32>,
     conn_id: u64,
@@ -581,7 +576,7 @@ impl Session<'_> {
         let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
         state
             .writer
-            .write(WriteOp::Register {
+            .register(RegisterWrite {
                 info: info.clone(),
                 conn: self.conn_id,
             })
@@ -606,15 +601,15 @@ impl Session<'_> {
         // Grouped with other writes: when a listener stops, all its
         // connections end at once. Recorded before the connection leaves
         // the hub, which a stopping listener waits to see empty.
-        let touch = WriteOp::Touch {
+        let touch = TouchWrite {
             hostname: self.hostname.clone(),
             last_seen_ms: self.last_seen.load(Ordering::Relaxed),
             conn: self.conn_id,
         };
-        if let Err(e) = state.writer.write(touch).await {
+        if let Err(e) = state.writer.touch(touch).await {
             warn!(hostname = %self.hostname, "could not record last contact: {e:#}");
         }
-        state.hub.remove(&self.hostname, self.conn_id);
+        state.hub.remove(self.hostname.as_str(), self.conn_id);
         result
     }
 
@@ -711,7 +706,12 @@ impl Session<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let host = self.hostname.clone();
-        if let Some((entries, signed)) = self.state.db.call(move |s| s.get_cron(&host)).await? {
+        if let Some((entries, signed)) = self
+            .state
+            .db
+            .call(move |s| s.get_cron(host.as_str()))
+            .await?
+        {
             let signed = signed.and_then(|t| serde_json::from_str(&t).ok());
             send_text(
                 ws,
@@ -847,12 +847,14 @@ impl Session<'_> {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if let Err(e) = report.validate() {
-            self.state.metrics.report_refused(ReportRefusal::Invalid);
-            return Ok(
-                self.protocol_error(WsRefusal::InvalidReport, &format!("execution_report: {e}"))
-            );
-        }
+        let valid = match report.validate() {
+            Ok(valid) => valid,
+            Err(e) => {
+                self.state.metrics.report_refused(ReportRefusal::Invalid);
+                return Ok(self
+                    .protocol_error(WsRefusal::InvalidReport, &format!("execution_report: {e}")));
+            }
+        };
         // Stored as the validated structure, re-serialised: the spec's
         // fields and our documented extensions, nothing the peer added.
         let payload = serde_json::to_string(&report).context("serialising a report")?;
@@ -861,16 +863,16 @@ impl Session<'_> {
             Some(id) => format!("id:{id}"),
             None => derived_report_key(&report),
         };
-        let op = WriteOp::Report {
+        let op = ReportWrite {
             hostname: self.hostname.clone(),
-            job_id: report.job_id.clone(),
+            job_id: valid.job_id,
             dedupe_key,
             payload,
             limits: self.state.settings.report_limits,
         };
         // Committed with whatever other reports arrive meanwhile.
-        let stored = match self.state.writer.write(op).await {
-            Ok(WriteOut::Report {
+        let stored = match self.state.writer.report(op).await {
+            Ok(ReportOutcome {
                 stored,
                 released,
                 new,
@@ -887,7 +889,6 @@ impl Session<'_> {
                 }
                 Ok(stored)
             }
-            Ok(_) => Err(anyhow!("the writer answered a report with something else")),
             Err(e) => Err(e),
         };
         match stored {
@@ -906,7 +907,7 @@ impl Session<'_> {
                     Refusal::Unmatched { .. } => ReportRefusal::UnmatchedQuota,
                 });
                 let reason = why.to_string();
-                self.state.refusals.record(&self.hostname, &reason);
+                self.state.refusals.record(self.hostname.as_str(), &reason);
                 if let Some(report_id) = report.report_id {
                     let rejected = ReportRejected::new(report_id, &reason);
                     send(ws, &Message::ReportRejected(rejected)).await?;
@@ -953,15 +954,12 @@ impl Session<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         loop {
-            let op = WriteOp::Take {
+            let op = TakeWrite {
                 hostname: self.hostname.clone(),
                 window: self.window,
                 conn: self.conn_id,
             };
-            let jobs = match self.state.writer.write(op).await? {
-                WriteOut::Taken(jobs) => jobs,
-                _ => return Err(anyhow!("the writer answered a take with something else")),
-            };
+            let jobs = self.state.writer.take(op).await?;
             let full_batch = jobs.len() as i64 == crate::store::TAKE_BATCH;
             for (i, job) in jobs.iter().enumerate() {
                 if let Err(e) = async { send_text(ws, job_text(job)?).await }.await {

@@ -717,7 +717,7 @@ struct ReportParams {
 struct ReportView {
     hostname: String,
     job_id: String,
-    kind: String,
+    kind: cc_proto::wire::ReportKind,
     received_at: String,
     report: Box<RawValue>,
 }

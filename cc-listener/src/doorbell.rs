@@ -4,7 +4,7 @@
 //! The store's trigger notifies, after each commit, `cc_jobs` with the
 //! hostname of every job that became queued, and `cc_events` once per
 //! transaction that changed a job's state (see the PostgreSQL schema in
-//! `store.rs`). One thread per listener holds a connection that `LISTEN`s
+//! `store/migrations/postgres/`). One thread per listener holds a connection that `LISTEN`s
 //! on both: a job for a host whose agent this listener holds is handed
 //! over at once ([`Hub::nudge`](crate::hub::Hub::nudge); hosts it does not
 //! hold are ignored), and event streams read the new events.

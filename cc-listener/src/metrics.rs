@@ -432,12 +432,13 @@ impl Metrics {
         }
     }
 
-    /// A new report stored; `kind` is the store's word for it.
-    pub fn report_stored(&self, kind: &str) {
+    /// A new report stored, of `kind`.
+    pub fn report_stored(&self, kind: cc_proto::wire::ReportKind) {
+        use cc_proto::wire::ReportKind as Stored;
         let kind = match kind {
-            "job" => ReportKind::Job,
-            "cron" => ReportKind::Cron,
-            _ => ReportKind::Unmatched,
+            Stored::Job => ReportKind::Job,
+            Stored::Cron => ReportKind::Cron,
+            Stored::Unmatched => ReportKind::Unmatched,
         };
         self.reports_stored.get_or_create(&KindLabel { kind }).inc();
     }
@@ -725,8 +726,8 @@ mod tests {
         let m = Metrics::new();
         m.job_done(1500);
         m.jobs_swept(2, 3);
-        m.report_stored("job");
-        m.report_stored("web1.example.com");
+        m.report_stored(cc_proto::wire::ReportKind::Job);
+        m.report_stored(cc_proto::wire::ReportKind::Unmatched);
         m.report_refused(ReportRefusal::Quota);
         m.ws_refused(WsRefusal::Binary);
         m.connection_refused(ConnRefusal::Auth);

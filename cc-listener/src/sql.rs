@@ -68,6 +68,21 @@ impl ToP for String {
         P::Text(self)
     }
 }
+impl ToP for cc_proto::Hostname {
+    fn to_p(&self) -> P<'_> {
+        P::Text(self.as_str())
+    }
+}
+impl ToP for cc_proto::JobId {
+    fn to_p(&self) -> P<'_> {
+        P::Text(self.as_str())
+    }
+}
+impl ToP for cc_proto::wire::ReportKind {
+    fn to_p(&self) -> P<'_> {
+        P::Text(self.as_str())
+    }
+}
 impl<T: ToP + ?Sized> ToP for &T {
     fn to_p(&self) -> P<'_> {
         (**self).to_p()
@@ -162,6 +177,12 @@ impl FromV for String {
             V::Text(s) => Ok(s.clone()),
             other => Err(format!("expected text, found {other:?}")),
         }
+    }
+}
+impl FromV for cc_proto::wire::ReportKind {
+    fn from_v(v: &V) -> Result<Self, String> {
+        let text = String::from_v(v)?;
+        Self::parse(&text).ok_or_else(|| format!("unknown report kind {text:?}"))
     }
 }
 impl<T: FromV> FromV for Option<T> {

@@ -13,6 +13,14 @@ use cc_listener::store::{
 use cc_proto::wire::{AgentInfo, CronEntry, ExecutionMode};
 use cc_testkit::TempDir;
 
+fn h(text: &str) -> cc_proto::Hostname {
+    cc_proto::Hostname::parse(text).unwrap()
+}
+
+fn j(text: &str) -> cc_proto::JobId {
+    cc_proto::JobId::parse(text).unwrap()
+}
+
 fn info(host: &str, root: bool) -> AgentInfo {
     AgentInfo {
         hostname: cc_proto::Hostname::parse(host).unwrap(),
@@ -80,19 +88,40 @@ fn history(s: &Store) -> (String, String) {
     )
     .unwrap();
     s.create_job(&job("single", "b.test")).unwrap();
-    s.take_for_host("a.test", Some(8), 50).unwrap();
+    s.take_for_host(&h("a.test"), Some(8), 50).unwrap();
     let limits = ReportLimits::default();
     let report = |job: &str, code: i32| {
         format!(
             r#"{{"jobId":"{job}","command":"/bin/echo hi","exitCode":{code},"stdout":"hi\n","stderr":"","startTime":"2026-11-30T10:00:00Z","durationMs":4,"executingUid":999,"executingUser":"cc-agent-user"}}"#
         )
     };
-    s.store_report("a.test", "r1", "id:r1", &report("r1", 0), 60, limits)
-        .unwrap();
-    s.store_report("a.test", "tick", "id:t1", &report("tick", 3), 61, limits)
-        .unwrap();
-    s.store_report("b.test", "nojob", "id:n1", &report("nojob", 1), 62, limits)
-        .unwrap();
+    s.store_report(
+        &h("a.test"),
+        &j("r1"),
+        "id:r1",
+        &report("r1", 0),
+        60,
+        limits,
+    )
+    .unwrap();
+    s.store_report(
+        &h("a.test"),
+        &j("tick"),
+        "id:t1",
+        &report("tick", 3),
+        61,
+        limits,
+    )
+    .unwrap();
+    s.store_report(
+        &h("b.test"),
+        &j("nojob"),
+        "id:n1",
+        &report("nojob", 1),
+        62,
+        limits,
+    )
+    .unwrap();
     (keys[0].clone(), keys[1].clone())
 }
 
@@ -187,8 +216,8 @@ fn a_sqlite_database_moves_to_postgres_whole_and_once() {
     let last_event = pg.last_event_id().unwrap();
     pg.create_job(&job("after", "b.test")).unwrap();
     pg.store_report(
-        "b.test",
-        "after",
+        &h("b.test"),
+        &j("after"),
         "id:after",
         "{}",
         70,

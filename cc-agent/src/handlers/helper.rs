@@ -29,7 +29,7 @@ pub(crate) fn collect_helper_reports(socket: &std::path::Path, outbox: &Outbox) 
                 continue;
             };
             match report.validate() {
-                Ok(()) => {
+                Ok(_) => {
                     outbox.put(report)?;
                     moved += 1;
                 }

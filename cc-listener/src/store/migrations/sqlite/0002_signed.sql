@@ -1,0 +1,2 @@
+ALTER TABLE jobs ADD COLUMN signed TEXT;
+ALTER TABLE cron_sets ADD COLUMN signed TEXT;

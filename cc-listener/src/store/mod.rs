@@ -1,0 +1,397 @@
+//! Durable state: one SQLite file in WAL mode (the default), or a
+//! PostgreSQL database that several listeners share.
+//!
+//! Everything the listener must not lose lives here, and every other module
+//! reaches storage only through [`Store`]. Each query is written once, in
+//! the SQL both engines speak ([`crate::sql`]); only the schema and its
+//! migrations are written per engine. Methods are synchronous; async
+//! callers go through [`Db::call`], which runs them on the blocking pool.
+//!
+//! Durability: SQLite with `synchronous = FULL`, PostgreSQL with its
+//! defaults (`fsync`, `synchronous_commit = on`), so a committed transaction
+//! survives a crash of the process or the machine. A report is acknowledged
+//! to the agent only after `store_report` has committed. One exception, on
+//! PostgreSQL: a group of hand-overs only, which nobody is told about and
+//! which is repaired if lost, does not wait for the disk
+//! ([`GroupWrite::may_be_lost`]).
+//!
+//! Layout: this file holds [`Store`] itself — its two backends, opening,
+//! and the read and write plumbing every method goes through — and
+//! [`Db`], the async handle. The methods live with their aggregate:
+//! `keys` (API keys), `agents` (registrations, holds, cron lists), `jobs`
+//! (every change of a job's status, with the table of them), `runs`,
+//! `reports` (quota, pruning), `events`. Beside them: `writer` (group
+//! commit, [`Writer`]), `copy` (`cc-listener migrate`), `schema` (the
+//! numbered migrations of each engine, `migrations/`), `error`
+//! ([`StoreError`]), `types` (rows and outcomes), and `fixtures` (seeding
+//! for tests and benchmarks, feature `fixtures`).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+pub use crate::sql::Dialect;
+use crate::sql::{Lite, PgConn, Sql, p};
+
+mod agents;
+mod copy;
+mod error;
+mod events;
+#[cfg(any(test, feature = "fixtures"))]
+mod fixtures;
+mod jobs;
+mod keys;
+mod reports;
+mod runs;
+mod schema;
+mod types;
+mod writer;
+
+use error::conflict_on_constraint;
+pub use error::{ErrorKind, StoreError};
+pub use jobs::{JobStatus, TAKE_BATCH};
+pub use keys::{canonical_tags, hash_key};
+pub use types::*;
+pub use writer::*;
+
+/// Where the store is: `--db` and `db` in the config. Shown (`Debug`,
+/// `Display`) without a password.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DbLocation {
+    /// A SQLite file (`PATH` or `sqlite:PATH`).
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database (`postgres://…` or `postgresql://…`).
+    Postgres(String),
+}
+
+impl std::fmt::Display for DbLocation {
+    /// Never shows a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            Self::Postgres(url) => match postgres::Config::from_str(url) {
+                Ok(c) => write!(
+                    f,
+                    "postgres: database {:?} on {:?}",
+                    c.get_dbname().unwrap_or("(default)"),
+                    c.get_hosts()
+                ),
+                Err(_) => f.write_str("postgres: (unparsable settings)"),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for DbLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl From<std::path::PathBuf> for DbLocation {
+    fn from(p: std::path::PathBuf) -> Self {
+        Self::Sqlite(p)
+    }
+}
+
+use std::str::FromStr as _;
+
+#[derive(Debug)]
+pub struct Store {
+    backend: Backend,
+    /// This listener's name, when it serves agents ([`Store::held_as`]).
+    holder: Option<String>,
+}
+
+/// How long a listener's hold on an agent lasts without renewal: a
+/// listener that dies leaves its agents shown connected at most this long.
+pub const LEASE_MS: i64 = 30_000;
+
+#[derive(Debug)]
+enum Backend {
+    Sqlite {
+        writer: Mutex<Connection>,
+        reader: Mutex<Connection>,
+    },
+    Postgres {
+        url: String,
+        writer: Box<Mutex<PgConn>>,
+        reader: Box<Mutex<PgConn>>,
+    },
+}
+
+/// The advisory lock every PostgreSQL write transaction holds (see
+/// `Store::write`); any constant, the same in every listener.
+const PG_WRITE_LOCK: i64 = 0x6363_5752; // "ccWR"
+/// The advisory lock held while the schema is migrated.
+const PG_MIGRATE_LOCK: i64 = 0x6363_4d47; // "ccMG"
+
+/// A connection the server closed (the database restarted) is opened
+/// again on the next call; the call that found it broken failed, and its
+/// caller (an agent's report, an operator's request) retries.
+fn reconnect_if_closed(conn: &mut PgConn, url: &str) -> Result<()> {
+    if conn.is_closed() {
+        *conn = PgConn::connect(url)?;
+    }
+    Ok(())
+}
+
+/// Whether a commit waits until the database has its log on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    Wait,
+    /// PostgreSQL only; SQLite always waits (`synchronous = FULL`).
+    Later,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave SQLite inconsistent (a
+    // transaction not committed is rolled back), so a poisoned lock is
+    // still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn json_list(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+impl Store {
+    /// Opens (creating and migrating it if need be) the SQLite file at
+    /// `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let writer = open_connection(path)?;
+        schema::migrate(&writer).with_context(|| format!("migrating {}", path.display()))?;
+        let reader = open_connection(path)?;
+        Ok(Self {
+            backend: Backend::Sqlite {
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+            },
+            holder: None,
+        })
+    }
+
+    /// Connects to the PostgreSQL database at `url` (a `postgres://` URL
+    /// or `key=value` settings) and brings its schema up to date; several
+    /// listeners may do this at once.
+    pub fn open_postgres(url: &str) -> Result<Self> {
+        let mut writer = PgConn::connect(url)?;
+        schema::migrate_postgres(&mut writer).context("migrating the PostgreSQL schema")?;
+        let reader = PgConn::connect(url)?;
+        Ok(Self {
+            backend: Backend::Postgres {
+                url: url.to_owned(),
+                writer: Box::new(Mutex::new(writer)),
+                reader: Box::new(Mutex::new(reader)),
+            },
+            holder: None,
+        })
+    }
+
+    /// This store serves agents for the listener named `name`: a
+    /// registration records that the listener holds the agent (with a
+    /// lease of [`LEASE_MS`]), and a job is handed over only by the
+    /// listener that holds its agent — an agent that moved to another
+    /// listener leaves a stale connection here, which
+    /// [`StoreError::Moved`] closes. Leases this name held before (a
+    /// previous run of the same listener) are released.
+    pub fn held_as(mut self, name: &str) -> Result<Self> {
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE agents SET listener = NULL, lease_conn = NULL WHERE listener = ?1",
+                &p![name],
+            )
+        })?;
+        self.holder = Some(name.to_owned());
+        self.renew_lease(crate::now_ms())?;
+        Ok(self)
+    }
+
+    /// Renews this listener's lease: one row, however many agents it
+    /// holds (their rows name it).
+    pub fn renew_lease(&self, now_ms: i64) -> Result<()> {
+        let Some(me) = &self.holder else {
+            return Ok(());
+        };
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO listeners (name, lease_ms) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET lease_ms = ?2",
+                &p![me, now_ms + LEASE_MS],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Opens the store `at` names.
+    pub fn open_at(at: &DbLocation) -> Result<Self> {
+        match at {
+            DbLocation::Sqlite(path) => Self::open(path),
+            DbLocation::Postgres(url) => Self::open_postgres(url),
+        }
+    }
+
+    /// Which engine holds the data.
+    pub fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::Sqlite { .. } => Dialect::Sqlite,
+            Backend::Postgres { .. } => Dialect::Postgres,
+        }
+    }
+
+    /// Runs `f` in a write transaction and commits it if `f` succeeds.
+    ///
+    /// On PostgreSQL every write transaction first takes one advisory lock
+    /// (held to its commit), so the writes of all listeners sharing the
+    /// database commit one at a time, as in SQLite: event ids are then
+    /// assigned in commit order (a stream that read id N never misses a
+    /// smaller id committed later), and two listeners never hand out the
+    /// same job or settle it twice.
+    fn write<R>(&self, f: impl FnOnce(&mut dyn Sql) -> Result<R>) -> Result<R> {
+        self.write_with(Flush::Wait, f)
+    }
+
+    /// [`Store::write`], with the commit's wait for the disk chosen.
+    fn write_with<R>(&self, flush: Flush, f: impl FnOnce(&mut dyn Sql) -> Result<R>) -> Result<R> {
+        match &self.backend {
+            Backend::Sqlite { writer, .. } => {
+                let mut conn = lock(writer);
+                let tx = write_tx(&mut conn)?;
+                let out = f(&mut Lite(&tx))?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Backend::Postgres { url, writer, .. } => {
+                let mut conn = lock(writer);
+                reconnect_if_closed(&mut conn, url)?;
+                let lock = format!("SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})");
+                let mut tx = match flush {
+                    Flush::Wait => conn.transaction(&lock)?,
+                    Flush::Later => {
+                        conn.transaction(&format!("SET LOCAL synchronous_commit = off; {lock}"))?
+                    }
+                };
+                let out = f(&mut *tx)?;
+                tx.commit()?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Runs `f` on the reading connection.
+    fn read<R>(&self, f: impl FnOnce(&mut dyn Sql) -> Result<R>) -> Result<R> {
+        match &self.backend {
+            Backend::Sqlite { reader, .. } => f(&mut Lite(&lock(reader))),
+            Backend::Postgres { url, reader, .. } => {
+                let mut conn = lock(reader);
+                reconnect_if_closed(&mut conn, url)?;
+                f(&mut conn.auto()?)
+            }
+        }
+    }
+}
+
+/// A write transaction that takes SQLite's write lock at `BEGIN`.
+///
+/// A deferred transaction that reads and then writes fails at once with
+/// `SQLITE_BUSY` (no busy handler, no retry) when another connection
+/// committed in between — in practice `cc-listener keys add` run by an
+/// operator while agents register: their connections ended with "database
+/// is locked". Taken up front, the lock is waited for (`busy_timeout`)
+/// instead. In this process every write goes through the one writer
+/// connection behind a mutex, so this costs nothing here.
+fn write_tx(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // Switching a new file to WAL while another process opens it can return
+    // SQLITE_BUSY without consulting the busy handler (found by
+    // `concurrent_first_opens_migrate_once`): retry it for as long as the
+    // busy timeout would have waited.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mode: String = loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+            Ok(mode) => break mode,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => return Err(e).context("switching to WAL"),
+        }
+    };
+    if !mode.eq_ignore_ascii_case("wal") {
+        bail!(
+            "{} could not be put in WAL mode (got {mode})",
+            path.display()
+        );
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+        .context("setting synchronous = FULL")?;
+    Ok(conn)
+}
+
+/// Shared handle for async code: runs store calls on the blocking pool,
+/// and tells watchers ([`Db::watch`]) after each one, so the event stream
+/// reads new events when there may be some instead of polling.
+#[derive(Debug, Clone)]
+pub struct Db {
+    store: Arc<Store>,
+    calls: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Db {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store: Arc::new(store),
+            calls: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub async fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Store) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let r = self.read(f).await;
+        self.calls.send_modify(|n| *n = n.wrapping_add(1));
+        r
+    }
+
+    /// A read that tells no watcher (the event stream's own reads: were
+    /// they counted, streams would wake each other for ever).
+    pub async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Store) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .context("storage task failed")?
+    }
+
+    /// Wakes the watchers: another listener sharing the database added
+    /// events.
+    pub fn poke(&self) {
+        self.calls.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes after every store call (a write may have added events).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.calls.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests;

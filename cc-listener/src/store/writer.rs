@@ -1,0 +1,410 @@
+//! Group commit: the writes agents' connections make at a high rate
+//! (reports, hand-overs, registrations) share transactions.
+//!
+//! Each kind of grouped write is a type ([`ReportWrite`], [`TakeWrite`],
+//! [`BindWrite`], [`RegisterWrite`], [`TouchWrite`]) that says what it
+//! answers ([`GroupWrite::Out`]); [`Writer`]'s method for it returns that
+//! type, so no caller checks at run time what kind of answer came back.
+//!
+//! Invariants: one transaction per group; a write is answered only after
+//! its group committed (a report is acknowledged only once it is on
+//! disk); a write that fails is undone alone (its savepoint) and answered
+//! with its own error; if the group's commit fails, none of its writes
+//! happened and each is answered with that failure's [`StoreError`] kind.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tokio::sync::{mpsc, oneshot};
+
+use cc_proto::wire::AgentInfo;
+use cc_proto::{Hostname, JobId};
+
+use crate::sql::Sql;
+
+use super::{Binding, Db, Flush, JobRow, ReportLimits, ReportOutcome, Store, StoreError};
+
+/// A write that may share its transaction with others
+/// ([`Store::write_batch`], [`Writer`]).
+pub trait GroupWrite: Send + 'static {
+    /// What the write answers.
+    type Out: Send + 'static;
+
+    /// Whether a database crash may undo this write once committed,
+    /// because nothing was promised on it and what follows repairs it: a
+    /// hand-over undone puts the job back in the queue, so it is sent
+    /// again (the agent runs a job id at most once, and its report settles
+    /// the job whatever its state). A group of hand-overs only commits on
+    /// PostgreSQL without waiting for the disk (`synchronous_commit = off`
+    /// for that transaction); the next commit that waits flushes it too,
+    /// since the log is written in order. Everything else waits: reports,
+    /// registrations and bindings are acknowledged, and a connection's end
+    /// undone would show the agent connected, held by a connection that is
+    /// gone, while its listener lives.
+    fn may_be_lost(&self) -> bool {
+        false
+    }
+
+    /// The write, in the group's transaction.
+    fn apply(&self, store: &Store, tx: &mut dyn Sql, now_ms: i64) -> Result<Self::Out>;
+}
+
+/// [`Store::store_report`], grouped.
+#[derive(Debug, Clone)]
+pub struct ReportWrite {
+    pub hostname: Hostname,
+    pub job_id: JobId,
+    pub dedupe_key: String,
+    pub payload: String,
+    pub limits: ReportLimits,
+}
+
+impl GroupWrite for ReportWrite {
+    type Out = ReportOutcome;
+
+    fn apply(&self, _: &Store, tx: &mut dyn Sql, now_ms: i64) -> Result<ReportOutcome> {
+        Store::store_in(
+            tx,
+            &self.hostname,
+            &self.job_id,
+            &self.dedupe_key,
+            &self.payload,
+            now_ms,
+            self.limits,
+        )
+    }
+}
+
+/// [`Store::take_for_host`], grouped, for connection `conn` (see
+/// [`Store::held_as`]).
+#[derive(Debug, Clone)]
+pub struct TakeWrite {
+    pub hostname: Hostname,
+    pub window: Option<u32>,
+    /// The connection that asks.
+    pub conn: u64,
+}
+
+impl GroupWrite for TakeWrite {
+    type Out = Vec<JobRow>;
+
+    fn may_be_lost(&self) -> bool {
+        true
+    }
+
+    fn apply(&self, store: &Store, tx: &mut dyn Sql, now_ms: i64) -> Result<Vec<JobRow>> {
+        let by = store.holder.as_deref().map(|me| (me, self.conn));
+        Store::take_in(tx, by, &self.hostname, self.window, now_ms)
+    }
+}
+
+/// [`Store::bind_key`], grouped.
+#[derive(Debug, Clone)]
+pub struct BindWrite {
+    pub key_id: i64,
+    pub hostname: Hostname,
+    pub tags: Vec<String>,
+}
+
+impl GroupWrite for BindWrite {
+    type Out = Binding;
+
+    fn apply(&self, _: &Store, tx: &mut dyn Sql, _: i64) -> Result<Binding> {
+        Store::bind_in(tx, self.key_id, &self.hostname, &self.tags)
+    }
+}
+
+/// [`Store::upsert_agent`], seen now, by connection `conn`.
+#[derive(Debug, Clone)]
+pub struct RegisterWrite {
+    pub info: AgentInfo,
+    pub conn: u64,
+}
+
+impl GroupWrite for RegisterWrite {
+    type Out = ();
+
+    fn apply(&self, store: &Store, tx: &mut dyn Sql, now_ms: i64) -> Result<()> {
+        let by = store.holder.as_deref().map(|me| (me, self.conn));
+        Store::upsert_in(tx, by, &self.info, now_ms)
+    }
+}
+
+/// [`Store::touch_agent`]: connection `conn` ended.
+#[derive(Debug, Clone)]
+pub struct TouchWrite {
+    pub hostname: Hostname,
+    pub last_seen_ms: i64,
+    pub conn: u64,
+}
+
+impl GroupWrite for TouchWrite {
+    type Out = ();
+
+    fn apply(&self, store: &Store, tx: &mut dyn Sql, _: i64) -> Result<()> {
+        let holder = store.holder.as_deref();
+        Store::touch_in(tx, holder, &self.hostname, self.last_seen_ms, self.conn)
+    }
+}
+
+impl Store {
+    /// Several writes of one kind in one transaction — one commit, one
+    /// fsync — for writes that arrive together (group commit). Each runs
+    /// in its own savepoint: one that fails is undone alone and gets its
+    /// error; the others commit. If the commit itself fails, that is the
+    /// error, and none happened. [`Writer`] groups writes of every kind.
+    pub fn write_batch<W: GroupWrite>(
+        &self,
+        writes: &[W],
+        now_ms: i64,
+    ) -> Result<Vec<Result<W::Out>>> {
+        let flush = flush_for(writes.iter().all(GroupWrite::may_be_lost));
+        self.grouped(flush, writes.len(), |tx, i| {
+            writes[i].apply(self, tx, now_ms)
+        })
+    }
+
+    /// Runs `apply(tx, i)` for each `i` below `n` in one transaction. Each
+    /// runs in its own savepoint: one that fails is undone alone and gets
+    /// its error; the others commit. If the commit itself fails, that is
+    /// the error, and none happened. A group of one needs no savepoint
+    /// (two round trips to PostgreSQL fewer): if it fails, the transaction
+    /// is rolled back.
+    fn grouped<R>(
+        &self,
+        flush: Flush,
+        n: usize,
+        mut apply: impl FnMut(&mut dyn Sql, usize) -> Result<R>,
+    ) -> Result<Vec<Result<R>>> {
+        if n == 1 {
+            let mut failed = None;
+            let out = self.write_with(flush, |tx| {
+                apply(tx, 0).map_err(|e| {
+                    failed = Some(e);
+                    anyhow::anyhow!("undone")
+                })
+            });
+            return match (out, failed) {
+                (Ok(o), _) => Ok(vec![Ok(o)]),
+                (Err(_), Some(e)) => Ok(vec![Err(e)]),
+                (Err(e), None) => Err(e),
+            };
+        }
+        self.write_with(flush, |tx| {
+            let mut outs = Vec::with_capacity(n);
+            for i in 0..n {
+                tx.batch("SAVEPOINT write_op")?;
+                match apply(tx, i) {
+                    Ok(o) => {
+                        tx.batch("RELEASE write_op")?;
+                        outs.push(Ok(o));
+                    }
+                    Err(e) => {
+                        // Undoes this write only.
+                        tx.batch("ROLLBACK TO write_op; RELEASE write_op")?;
+                        outs.push(Err(e));
+                    }
+                }
+            }
+            Ok(outs)
+        })
+    }
+}
+
+/// A group of hand-overs only may commit without waiting for the disk.
+fn flush_for(all_may_be_lost: bool) -> Flush {
+    if all_may_be_lost {
+        Flush::Later
+    } else {
+        Flush::Wait
+    }
+}
+
+/// Where a queued write's answer goes.
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// Where its caller waits for it.
+type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
+
+/// A write waiting for its group, with its reply channel: the two are
+/// made together (`enqueue`), so the answer has the type its caller
+/// waits for.
+struct Queued<W: GroupWrite> {
+    write: W,
+    reply: Reply<W::Out>,
+    /// Its answer, once applied in the group's transaction.
+    out: Option<W::Out>,
+}
+
+/// `write`, queued: the write as its group runs it, and where its
+/// caller waits for the answer.
+fn enqueue<W: GroupWrite>(write: W) -> (Box<dyn Waiting>, Answer<W::Out>) {
+    let (reply, answer) = oneshot::channel();
+    let queued = Queued {
+        write,
+        reply,
+        out: None,
+    };
+    (Box::new(queued), answer)
+}
+
+/// A queued write of any kind, as its group runs it.
+pub(super) trait Waiting: Send {
+    fn may_be_lost(&self) -> bool;
+    /// Applies the write in the group's transaction and keeps its answer.
+    fn apply(&mut self, store: &Store, tx: &mut dyn Sql, now_ms: i64) -> Result<()>;
+    /// Answers the caller once the group is over: `own` is the write's own
+    /// failure, or the group's.
+    fn answer(self: Box<Self>, own: Result<(), StoreError>);
+}
+
+impl<W: GroupWrite> Waiting for Queued<W> {
+    fn may_be_lost(&self) -> bool {
+        self.write.may_be_lost()
+    }
+
+    fn apply(&mut self, store: &Store, tx: &mut dyn Sql, now_ms: i64) -> Result<()> {
+        self.out = Some(self.write.apply(store, tx, now_ms)?);
+        Ok(())
+    }
+
+    fn answer(self: Box<Self>, own: Result<(), StoreError>) {
+        let Self { reply, out, .. } = *self;
+        let answer = own.and_then(|()| {
+            out.ok_or_else(|| StoreError::Backend("the write was not applied".into()))
+        });
+        let _ = reply.send(answer);
+    }
+}
+
+/// A group run: each write with what it is to be answered.
+type Answers = Vec<(Box<dyn Waiting>, Result<(), StoreError>)>;
+
+/// Runs `group` in one transaction ([`Store::grouped`]) and pairs each
+/// write with its outcome: its own error, or the group's — whose
+/// [`StoreError`] kind each write gets — when the commit failed.
+fn commit_group(store: &Store, mut group: Vec<Box<dyn Waiting>>, now_ms: i64) -> Answers {
+    let flush = flush_for(group.iter().all(|p| p.may_be_lost()));
+    let n = group.len();
+    match store.grouped(flush, n, |tx, i| group[i].apply(store, tx, now_ms)) {
+        Ok(outs) => group
+            .into_iter()
+            .zip(outs)
+            .map(|(p, own)| (p, own.map_err(|e| StoreError::of(&e))))
+            .collect(),
+        Err(e) => {
+            let failed = StoreError::of(&e);
+            group
+                .into_iter()
+                .map(|p| (p, Err(failed.clone())))
+                .collect()
+        }
+    }
+}
+
+/// Group commit for the writes connections make at a high rate (reports,
+/// handing jobs over): one task takes every write waiting, up to
+/// [`MAX_GROUP`], and commits them in one transaction; each caller gets its
+/// own result once that transaction is committed — so a report is still
+/// acknowledged only after it is on disk, and a burst costs one fsync per
+/// group, not per report.
+#[derive(Debug, Clone)]
+pub struct Writer(mpsc::Sender<Box<dyn Waiting>>);
+
+/// Most writes one transaction takes.
+pub const MAX_GROUP: usize = 512;
+
+impl Writer {
+    /// `on_commit` is told each group's commit time and size.
+    pub fn spawn(db: Db, on_commit: impl Fn(Duration, usize) + Send + 'static) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Box<dyn Waiting>>(4 * MAX_GROUP);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(w) => group.push(w),
+                        Err(_) => break,
+                    }
+                }
+                let (n, started) = (group.len(), Instant::now());
+                let answers = db
+                    .call(move |s| Ok(commit_group(s, group, crate::now_ms())))
+                    .await;
+                on_commit(started.elapsed(), n);
+                // A storage task that failed (panicked) dropped its writes:
+                // their callers are told the writer dropped them.
+                for (pending, own) in answers.into_iter().flatten() {
+                    pending.answer(own);
+                }
+            }
+        });
+        Self(tx)
+    }
+
+    /// Writes waiting for the next group now.
+    pub fn queued(&self) -> usize {
+        self.0.max_capacity() - self.0.capacity()
+    }
+
+    /// Stores a report; see [`Store::store_report`].
+    pub async fn report(&self, write: ReportWrite) -> Result<ReportOutcome, StoreError> {
+        self.write(write).await
+    }
+
+    /// Hands over the queued jobs the window allows; see
+    /// [`Store::take_for_host`].
+    pub async fn take(&self, write: TakeWrite) -> Result<Vec<JobRow>, StoreError> {
+        self.write(write).await
+    }
+
+    /// Binds a key to its host; see [`Store::bind_key`].
+    pub async fn bind(&self, write: BindWrite) -> Result<Binding, StoreError> {
+        self.write(write).await
+    }
+
+    /// Records a registration; see [`Store::upsert_agent`].
+    pub async fn register(&self, write: RegisterWrite) -> Result<(), StoreError> {
+        self.write(write).await
+    }
+
+    /// Records a connection's end; see [`Store::touch_agent`].
+    pub async fn touch(&self, write: TouchWrite) -> Result<(), StoreError> {
+        self.write(write).await
+    }
+
+    /// Queues `write` for the next group and waits until it is committed.
+    async fn write<W: GroupWrite>(&self, write: W) -> Result<W::Out, StoreError> {
+        let (pending, answer) = enqueue(write);
+        self.0
+            .send(pending)
+            .await
+            .map_err(|_| StoreError::Backend("the store's writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the store's writer dropped a write".into()))?
+    }
+}
+
+#[cfg(test)]
+pub(super) mod testing {
+    //! The writer's group, run without its task, for tests.
+    use super::*;
+
+    /// Runs `group` as the writer does and answers each write.
+    pub(in crate::store) fn run_group(store: &Store, group: Vec<Box<dyn Waiting>>, now_ms: i64) {
+        for (pending, own) in commit_group(store, group, now_ms) {
+            pending.answer(own);
+        }
+    }
+
+    /// Queues `write` in a group of the caller's.
+    pub(in crate::store) fn queue<W: GroupWrite>(
+        group: &mut Vec<Box<dyn Waiting>>,
+        write: W,
+    ) -> Answer<W::Out> {
+        let (pending, answer) = enqueue(write);
+        group.push(pending);
+        answer
+    }
+}
