@@ -856,6 +856,21 @@ fn a_root_jobs_containment_is_seen_from_outside_and_its_limits_hold() {
     let pid = cc_e2e::wait_for(Duration::from_secs(10), "the root job", || {
         processes(&["/bin/sleep", "33.3"]).first().copied()
     });
+    job_seen_from_proc(&h, pid);
+    let done = long.join().unwrap().expect("the long job's report");
+    assert_eq!(done["exec_result"]["exitCode"], 124);
+
+    let attacker = bin("cc-attacker");
+    let attacker = attacker.to_str().unwrap();
+    fork_bomb_is_stopped(&h, agent, attacker);
+    allocation_is_stopped(&h, attacker);
+    assert_eq!(h.request(&json!("status"))["status"]["system_mode"], true);
+}
+
+/// The running root job `pid`, seen through /proc: its own namespaces,
+/// the configured bounding set, no_new_privs, seccomp, PID 1 of its
+/// namespace, no core dumps, and its cgroup's limits.
+fn job_seen_from_proc(h: &HelperProcess, pid: i32) {
     let helper = h.child.id();
     for ns in ["mnt", "pid", "ipc", "uts"] {
         let job_ns = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
@@ -920,11 +935,11 @@ fn a_root_jobs_containment_is_seen_from_outside_and_its_limits_hold() {
     let mem =
         limit_of("memory", "memory.limit_in_bytes").or_else(|| limit_of("memory", "memory.max"));
     assert_eq!(mem.as_deref(), Some("1073741824"), "{cgroups}");
-    let done = long.join().unwrap().expect("the long job's report");
-    assert_eq!(done["exec_result"]["exitCode"], 124);
+}
 
-    let attacker = bin("cc-attacker");
-    let attacker = attacker.to_str().unwrap();
+/// A job that starts 10,000 processes is stopped by its process limit and
+/// says so; the helper keeps answering meanwhile.
+fn fork_bomb_is_stopped(h: &HelperProcess, agent: (u32, u32), attacker: &str) {
     let fork = {
         let socket = h.socket();
         let a = attacker.to_owned();
@@ -960,7 +975,10 @@ fn a_root_jobs_containment_is_seen_from_outside_and_its_limits_hold() {
             .contains("process limit"),
         "{rep}"
     );
+}
 
+/// A job that allocates 10 GiB is killed by its memory limit and says so.
+fn allocation_is_stopped(h: &HelperProcess, attacker: &str) {
     let r = h.exec(&job("alloc", attacker, &["alloc", "10240"], 120));
     let rep = report(&r);
     assert_eq!(rep["exitCode"], 137, "{rep}");
@@ -971,7 +989,6 @@ fn a_root_jobs_containment_is_seen_from_outside_and_its_limits_hold() {
             .contains("memory limit"),
         "{rep}"
     );
-    assert_eq!(h.request(&json!("status"))["status"]["system_mode"], true);
 }
 
 // Issue "Root jobs stay in their box, and the helper fails closed": a
