@@ -4,18 +4,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cc_testkit::TempDir;
-use cc_testkit::listener::ListenerProcess;
+use cc_testkit::listener::{ListenerProcess, job_id};
 use cc_testkit::ws;
 use serde_json::{Value, json};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_cc-listener"))
-}
+use common::bin;
 
 fn ccctl_cmd(l: &ListenerProcess, dir: &Path, args: &[&str]) -> Command {
     std::fs::write(dir.join("ccctl-token"), cc_testkit::listener::TOKEN).unwrap();
@@ -123,8 +123,7 @@ async fn keys_are_added_listed_and_revoked_through_the_api() {
     let bad = ccctl(&l, dir.path(), &["keys", "add", "no/slash"]);
     assert!(text(&bad.stderr).contains("400"), "{}", text(&bad.stderr));
 
-    let mut ws = ws::agent(&l.ws_url(), key, "web1.test").await;
-    l.wait_connected("web1.test", true);
+    let mut ws = ws::registered_as(&l, key, &ws::register("web1.test")).await;
 
     let list = text(&ccctl(&l, dir.path(), &["keys", "list"]).stdout);
     let row = list.lines().find(|r| r.starts_with("web1 ")).unwrap();
@@ -202,16 +201,15 @@ async fn agents_and_reports_filter_and_show_hostile_output_as_text() {
     let mut db = ws::registered(&l, "db1.test").await;
     // A root agent in user mode, with tags db and eu.
     let key = l.add_key("root1.test");
-    let mut root = ws::connect(&l.ws_url(), Some(&key)).await.unwrap();
-    ws::send(
-        &mut root,
+    let mut root = ws::registered_as(
+        &l,
+        &key,
         &json!({"type": "register", "payload": {
             "hostname": "root1.test", "os": "linux", "arch": "amd64", "tags": ["db", "eu"],
             "executionMode": "user", "isRoot": true
         }}),
     )
     .await;
-    l.wait_connected("root1.test", true);
     let gone = ws::registered(&l, "gone.test").await;
     drop(gone);
     l.wait_connected("gone.test", false);
@@ -333,10 +331,7 @@ async fn ctrl_c_stops_the_waiting_not_the_job() {
         .and_then(|r| r.split(':').next())
         .unwrap_or_else(|| panic!("{first:?}"))
         .to_owned();
-    let job = l.get(&format!("/api/v1/runs/{run}")).json()["hosts"][0]["jobId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job = job_id(&l.get(&format!("/api/v1/runs/{run}")).json()["hosts"][0]["jobId"]);
     l.wait_for(Duration::from_secs(10), |l| {
         (l.get(&format!("/api/v1/jobs/{job}")).json()["status"] == "sent").then_some(())
     });
@@ -378,11 +373,11 @@ async fn a_warning_with_escapes_is_refused_and_never_reaches_the_operators_termi
     let mut agent = ws::registered(&l, "evil.test").await;
     let answered = tokio::spawn(async move {
         let job = ws::recv_type(&mut agent, "execute_job", Duration::from_secs(60)).await;
-        let id = job["payload"]["jobId"].as_str().unwrap().to_owned();
-        let mut hostile = ws::report(&id, Some("hostile-1"));
+        let id = ws::job_id(&job);
+        let mut hostile = ws::report(id.as_str(), Some("hostile-1"));
         hostile["payload"]["warning"] = json!(WARNING);
         ws::send(&mut agent, &hostile).await;
-        ws::send(&mut agent, &ws::report(&id, Some("honest-1"))).await;
+        ws::send(&mut agent, &ws::report(id.as_str(), Some("honest-1"))).await;
         // The listener reads one connection's messages in order: once the
         // honest report is acknowledged, the hostile one has had its answer.
         let mut acked = Vec::new();
@@ -412,10 +407,7 @@ async fn a_warning_with_escapes_is_refused_and_never_reaches_the_operators_termi
         .and_then(|r| r.split(':').next())
         .unwrap_or_else(|| panic!("{}", text(&run.stderr)))
         .to_owned();
-    let job = l.get(&format!("/api/v1/runs/{run_id}")).json()["hosts"][0]["jobId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job = job_id(&l.get(&format!("/api/v1/runs/{run_id}")).json()["hosts"][0]["jobId"]);
     let mut shown = vec![("run".to_owned(), run)];
     for args in [
         vec!["run", "status", run_id.as_str()],

@@ -8,19 +8,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
+mod common;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cc_proto::ids::JobId;
 use cc_testkit::agent::{AgentProcess, root_and_agent_user};
 use cc_testkit::listener::{ListenerProcess, TOKEN};
 use cc_testkit::{TempDir, require};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_cc-listener"))
-}
+use common::bin;
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const HOSTILE: &str = "<script>window.pwned=1</script><img src=x onerror=\"window.pwned=2\">\u{1b}[31mred\u{1b}[0m & done";
@@ -173,12 +175,32 @@ async fn the_console_in_a_real_browser() {
         return;
     }
     let dir = TempDir::new("console");
-    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let (l, _agents, hostile_id, run_id) =
+        fleet_with_a_hostile_job_and_a_run(dir.path(), agent_user);
+
+    let base = format!("http://{}", l.admin_addr);
+    let (_driver, c) = browser().await;
+    log_in(&c, &base).await;
+    fleet_warns_of_the_root_agent_alone(&c, &base).await;
+    pages_show_hostile_output_as_text(&c, &base, hostile_id.as_str(), &run_id).await;
+    a_job_from_the_page_reports_without_a_reload(&c, &base).await;
+    a_post_without_the_csrf_token_is_refused(&c).await;
+    c.close().await.unwrap();
+}
+
+/// The listener with two real agents (`web1.test` as `agent_user`,
+/// `rooty.test` as root in user mode), a job whose output is hostile, done,
+/// and a fan-out run: the listener, the agents, the job's and the run's ids.
+fn fleet_with_a_hostile_job_and_a_run(
+    dir: &Path,
+    agent_user: (u32, u32),
+) -> (ListenerProcess, [AgentProcess; 2], JobId, String) {
+    let l = ListenerProcess::start(bin(), dir, "");
     let agent_bin = cc_testkit::bin("cc-agent");
-    let (web_dir, root_dir) = (dir.path().join("web1"), dir.path().join("rooty"));
+    let (web_dir, root_dir) = (dir.join("web1"), dir.join("rooty"));
     std::fs::create_dir_all(&web_dir).unwrap();
     std::fs::create_dir_all(&root_dir).unwrap();
-    let _web = AgentProcess::start(
+    let web = AgentProcess::start(
         &agent_bin,
         &web_dir,
         &l.ws_url(),
@@ -188,7 +210,7 @@ async fn the_console_in_a_real_browser() {
         Some(agent_user),
     );
     // A real agent run as root in user mode: what the warning is for.
-    let _rooty = AgentProcess::start(
+    let rooty = AgentProcess::start(
         &agent_bin,
         &root_dir,
         &l.ws_url(),
@@ -201,14 +223,12 @@ async fn the_console_in_a_real_browser() {
     l.wait_connected("rooty.test", true);
 
     // A job whose output is hostile, run by the real agent.
-    let hostile = l.post(
-        "/api/v1/agents/web1.test/jobs",
+    let hostile_id = l.post_job(
+        "web1.test",
         // `%b` turns `\033` into ESC: a job's argv holds no control
         // character, its output may.
         &json!({"command": "/usr/bin/printf", "args": ["%b", HOSTILE.replace('\u{1b}', "\\033")]}),
     );
-    assert_eq!(hostile.status, 202, "{}", hostile.body);
-    let hostile_id = hostile.json()["jobId"].as_str().unwrap().to_owned();
     let done = l.wait_for(Duration::from_secs(20), |l| {
         let j = l.get(&format!("/api/v1/jobs/{hostile_id}")).json();
         (j["status"] == "done").then_some(j)
@@ -222,34 +242,39 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(run.status, 202, "{}", run.body);
     let run_id = run.json()["runId"].as_str().unwrap().to_owned();
 
-    let base = format!("http://{}", l.admin_addr);
-    let (_driver, c) = browser().await;
+    (l, [web, rooty], hostile_id, run_id)
+}
 
+/// Not logged in: the login page, a wrong token refused, the right one in.
+async fn log_in(c: &Client, base: &str) {
     // Not logged in: the login page.
     c.goto(&format!("{base}/ui/")).await.unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/ui/login"));
-    both_widths(&c, "login").await;
-    fill(&c, "#token", "not-the-token-at-all").await;
-    click(&c, "button[type=submit]").await;
+    both_widths(c, "login").await;
+    fill(c, "#token", "not-the-token-at-all").await;
+    click(c, "button[type=submit]").await;
     until(
-        &c,
+        c,
         Duration::from_secs(5),
         "return document.body.textContent.includes('That is not the operator token')",
     )
     .await;
     c.goto(&format!("{base}/ui/login")).await.unwrap();
-    fill(&c, "#token", TOKEN).await;
-    click(&c, "button[type=submit]").await;
+    fill(c, "#token", TOKEN).await;
+    click(c, "button[type=submit]").await;
     until(
-        &c,
+        c,
         Duration::from_secs(5),
         "return location.pathname === '/ui/'",
     )
     .await;
+}
 
-    // Fleet: the warning for the root agent in user mode, and for it alone.
+/// Fleet: the warning for the root agent in user mode, and for it alone;
+/// the tag filter.
+async fn fleet_warns_of_the_root_agent_alone(c: &Client, base: &str) {
     let fleet = eval(
-        &c,
+        c,
         "return {
             banner: (document.getElementById('root-warning') || {}).textContent || '',
             rootWarned: document.querySelector('tr[data-host=\"rooty.test\"]').classList.contains('warned'),
@@ -275,22 +300,26 @@ async fn the_console_in_a_real_browser() {
             .unwrap()
             .contains("SECURITY WARNING")
     );
-    both_widths(&c, "fleet").await;
+    both_widths(c, "fleet").await;
     // Filters.
     c.goto(&format!("{base}/ui/?tag=web")).await.unwrap();
     let hosts = eval(
-        &c,
+        c,
         "return [...document.querySelectorAll('#fleet tbody tr[data-host]')].map(r => r.dataset.host)",
     )
     .await;
     assert_eq!(hosts, json!(["web1.test"]));
+}
 
+/// The hostile output shows as text and runs nothing; the host page lists
+/// the job, the runs page the run, and the run's page its hosts done.
+async fn pages_show_hostile_output_as_text(c: &Client, base: &str, hostile_id: &str, run_id: &str) {
     // The hostile output shows as text and runs nothing.
     c.goto(&format!("{base}/ui/jobs/{hostile_id}"))
         .await
         .unwrap();
     let page = eval(
-        &c,
+        c,
         "return {
             pwned: window.pwned === undefined ? null : window.pwned,
             stdout: document.getElementById('stdout').textContent,
@@ -303,51 +332,53 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(page["stdout"], HOSTILE, "shown verbatim, as text");
     assert_eq!(page["scripts"], json!(["/ui/static/app.js"]), "{page}");
     assert_eq!(page["images"], 0, "{page}");
-    both_widths(&c, "job-hostile").await;
+    both_widths(c, "job-hostile").await;
 
     // The host page: its recent jobs.
     c.goto(&format!("{base}/ui/hosts/web1.test")).await.unwrap();
     until(
-        &c,
+        c,
         Duration::from_secs(5),
         &format!("return !!document.querySelector('tr[data-job=\"{hostile_id}\"]')"),
     )
     .await;
-    both_widths(&c, "host").await;
+    both_widths(c, "host").await;
 
     // Runs, and one run's hosts.
     c.goto(&format!("{base}/ui/runs")).await.unwrap();
     until(
-        &c,
+        c,
         Duration::from_secs(5),
         &format!("return !!document.querySelector('tr[data-run=\"{run_id}\"]')"),
     )
     .await;
-    both_widths(&c, "runs").await;
+    both_widths(c, "runs").await;
     c.goto(&format!("{base}/ui/runs/{run_id}")).await.unwrap();
     until(
-        &c,
+        c,
         Duration::from_secs(20),
         "return [...document.querySelectorAll('#run-hosts [data-field=status]')].every(td => td.textContent === 'done')",
     )
     .await;
-    both_widths(&c, "run").await;
+    both_widths(c, "run").await;
+}
 
-    // A job started from the page shows its report without a reload.
+/// A job started from the page shows its report without a reload.
+async fn a_job_from_the_page_reports_without_a_reload(c: &Client, base: &str) {
     c.goto(&format!("{base}/ui/new")).await.unwrap();
-    both_widths(&c, "new").await;
-    fill(&c, "#hosts", "web1.test").await;
-    fill(&c, "#command", "/bin/sh").await;
-    fill(&c, "#args", "-c\nsleep 1.5; echo from-the-page").await;
-    click(&c, "#new-run button[type=submit]").await;
+    both_widths(c, "new").await;
+    fill(c, "#hosts", "web1.test").await;
+    fill(c, "#command", "/bin/sh").await;
+    fill(c, "#args", "-c\nsleep 1.5; echo from-the-page").await;
+    click(c, "#new-run button[type=submit]").await;
     until(
-        &c,
+        c,
         Duration::from_secs(5),
         "return location.pathname.startsWith('/ui/jobs/') && !!document.getElementById('job')",
     )
     .await;
     let status = eval(
-        &c,
+        c,
         "window.marker = 42; return document.getElementById('state').textContent",
     )
     .await;
@@ -356,13 +387,13 @@ async fn the_console_in_a_real_browser() {
         "the report must arrive after the page: {status}"
     );
     until(
-        &c,
+        c,
         Duration::from_secs(20),
         "return document.getElementById('stdout').textContent === 'from-the-page\\n'",
     )
     .await;
     let after = eval(
-        &c,
+        c,
         "return [window.marker, document.getElementById('state').textContent, document.getElementById('changes').children.length]",
     )
     .await;
@@ -372,8 +403,10 @@ async fn the_console_in_a_real_browser() {
         after[2].as_u64().unwrap() >= 1,
         "state changes listed: {after}"
     );
+}
 
-    // A POST without the CSRF token is refused, from the logged-in page.
+/// A POST without the CSRF token is refused, from the logged-in page.
+async fn a_post_without_the_csrf_token_is_refused(c: &Client) {
     let refused = c
         .execute_async(
             "const done = arguments[0];
@@ -387,7 +420,6 @@ async fn the_console_in_a_real_browser() {
         .unwrap();
     assert_eq!(refused[0], 403, "{refused}");
     assert!(refused[1].as_str().unwrap().contains("CSRF"), "{refused}");
-    c.close().await.unwrap();
 }
 
 /// Without a session: pages send to the login page, a POST is refused, and
@@ -397,22 +429,54 @@ async fn the_console_in_a_real_browser() {
 fn the_console_needs_a_session_and_sends_a_strict_policy() {
     let dir = TempDir::new("console-http");
     let l = ListenerProcess::start(bin(), dir.path(), "");
+    without_a_session_only_the_login_page(l.admin_addr);
+    let session = log_in_for_a_strict_cookie(l.admin_addr);
     let send = |method: &str, path: &str, body: &str, cookie: Option<&str>| {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(l.admin_addr).unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        if let Some(c) = cookie {
-            head.push_str(&format!("Cookie: {c}\r\n"));
-        }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body.as_bytes()).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+        send_to(l.admin_addr, method, path, body, cookie)
+    };
+    let fleet = send("GET", "/ui/", "", Some(&session));
+    assert!(fleet.starts_with("HTTP/1.1 200"), "{fleet}");
+    assert!(
+        fleet.contains("x-frame-options: DENY") || fleet.contains("x-frame-options: deny"),
+        "{fleet}"
+    );
+    let no_token = send(
+        "POST",
+        "/ui/new",
+        "hosts=a&command=%2Fbin%2Ftrue",
+        Some(&session),
+    );
+    assert!(no_token.starts_with("HTTP/1.1 403"), "{no_token}");
+    assert!(!fleet.contains("<script>"), "no inline script: {fleet}");
+
+    root_work_from_the_form_needs_signatures_and_a_tick(&l, &session);
+}
+
+/// One request to the console at `addr` (a form body, a cookie or none):
+/// the whole answer, head and body, as text.
+fn send_to(addr: SocketAddr, method: &str, path: &str, body: &str, cookie: Option<&str>) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(c) = cookie {
+        head.push_str(&format!("Cookie: {c}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Without a session: pages send to the login page with the policy that
+/// forbids inline script, a POST is refused, a wrong token sets no cookie.
+fn without_a_session_only_the_login_page(addr: SocketAddr) {
+    let send = |method: &str, path: &str, body: &str, cookie: Option<&str>| {
+        send_to(addr, method, path, body, cookie)
     };
     let page = send("GET", "/ui/", "", None);
     assert!(
@@ -434,6 +498,14 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
         !wrong.to_ascii_lowercase().contains("set-cookie"),
         "{wrong}"
     );
+}
+
+/// The right token logs in: the session cookie is `HttpOnly`,
+/// `SameSite=Strict`, for `/ui`, not `Secure` on plain HTTP. The session.
+fn log_in_for_a_strict_cookie(addr: SocketAddr) -> String {
+    let send = |method: &str, path: &str, body: &str, cookie: Option<&str>| {
+        send_to(addr, method, path, body, cookie)
+    };
     let ok = send("POST", "/ui/login", &format!("token={TOKEN}"), None);
     let cookie = ok
         .lines()
@@ -443,7 +515,7 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
         assert!(cookie.contains(flag), "{cookie}");
     }
     assert!(!cookie.contains("Secure"), "plain HTTP here: {cookie}");
-    let session = cookie
+    cookie
         .split_once(':')
         .unwrap()
         .1
@@ -451,40 +523,24 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
         .split(';')
         .next()
         .unwrap()
-        .to_owned();
-    let fleet = send("GET", "/ui/", "", Some(&session));
-    assert!(fleet.starts_with("HTTP/1.1 200"), "{fleet}");
-    assert!(
-        fleet.contains("x-frame-options: DENY") || fleet.contains("x-frame-options: deny"),
-        "{fleet}"
-    );
-    let no_token = send(
-        "POST",
-        "/ui/new",
-        "hosts=a&command=%2Fbin%2Ftrue",
-        Some(&session),
-    );
-    assert!(no_token.starts_with("HTTP/1.1 403"), "{no_token}");
-    assert!(!fleet.contains("<script>"), "no inline script: {fleet}");
+        .to_owned()
+}
 
-    // Root work from the form: a system-mode target needs signed
-    // statements and a ticked confirmation; the console never signs.
+/// Root work from the form: a system-mode target needs signed statements
+/// and a ticked confirmation; the console never signs.
+fn root_work_from_the_form_needs_signatures_and_a_tick(l: &ListenerProcess, session: &str) {
+    let send = |method: &str, path: &str, body: &str, cookie: Option<&str>| {
+        send_to(l.admin_addr, method, path, body, cookie)
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let _sys = rt.block_on(async {
-        let key = l.add_key("sys.test");
-        let mut ws = cc_testkit::ws::connect(&l.ws_url(), Some(&key))
-            .await
-            .unwrap();
-        cc_testkit::ws::send(
-            &mut ws,
-            &json!({"type": "register", "payload": {"hostname": "sys.test", "os": "linux",
-                "arch": "amd64", "tags": [], "executionMode": "system", "isRoot": false}}),
-        )
-        .await;
-        ws
-    });
-    l.wait_connected("sys.test", true);
-    let form = send("GET", "/ui/new", "", Some(&session));
+    let key = l.add_key("sys.test");
+    let _sys = rt.block_on(cc_testkit::ws::registered_as(
+        l,
+        &key,
+        &json!({"type": "register", "payload": {"hostname": "sys.test", "os": "linux",
+            "arch": "amd64", "tags": [], "executionMode": "system", "isRoot": false}}),
+    ));
+    let form = send("GET", "/ui/new", "", Some(session));
     let csrf = form
         .split("name=\"csrf\" value=\"")
         .nth(1)
@@ -495,7 +551,7 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
         "POST",
         "/ui/new",
         &format!("csrf={csrf}&hosts=sys.test&command=%2Fusr%2Fbin%2Fid"),
-        Some(&session),
+        Some(session),
     );
     assert!(unsigned.starts_with("HTTP/1.1 400"), "{unsigned}");
     assert!(unsigned.contains("sys.test in system mode"), "{unsigned}");
@@ -516,7 +572,7 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
         "POST",
         "/ui/new",
         &format!("csrf={csrf}&signed={encoded}"),
-        Some(&session),
+        Some(session),
     );
     assert!(unconfirmed.starts_with("HTTP/1.1 400"), "{unconfirmed}");
     assert!(unconfirmed.contains("tick the box"), "{unconfirmed}");
@@ -524,7 +580,7 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
         "POST",
         "/ui/new",
         &format!("csrf={csrf}&signed={encoded}&confirm_root=yes"),
-        Some(&session),
+        Some(session),
     );
     assert!(confirmed.starts_with("HTTP/1.1 303"), "{confirmed}");
     assert!(

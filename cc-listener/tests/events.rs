@@ -4,7 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
-use std::path::Path;
+mod common;
+
 use std::time::Duration;
 
 use cc_testkit::TempDir;
@@ -15,9 +16,7 @@ use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(10);
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_cc-listener"))
-}
+use common::bin;
 
 /// A test agent answering every job after 50 ms: exit code 7 on hosts
 /// whose name starts with "x", else 0.
@@ -55,11 +54,7 @@ async fn every_state_change_once_in_order_and_resumable() {
     );
 
     let (run, jobs) = l.post_run(&json!({"tags": ["ev"], "command": "/bin/true", "batch": 2}));
-    let other = l.post(
-        "/api/v1/agents/other.test/jobs",
-        &json!({"command": "/bin/true"}),
-    );
-    let other_job = other.json()["jobId"].as_str().unwrap().to_owned();
+    let other_job = l.post_job("other.test", &json!({"command": "/bin/true"}));
 
     // The run's stream: read part of it, drop the connection, resume.
     let mut first = Stream::open(&l, &format!("?run={run}"), None, Some(TOKEN));
@@ -119,14 +114,20 @@ async fn every_state_change_once_in_order_and_resumable() {
     let everything = live.until(T, |got| {
         got.iter().filter(|e| e["status"] == "done").count() >= 4
     });
-    assert_eq!(states(&everything, &other_job), ["queued", "sent", "done"]);
+    assert_eq!(
+        states(&everything, other_job.as_str()),
+        ["queued", "sent", "done"]
+    );
     let mut by_host = Stream::open(&l, "?host=OTHER.test", None, Some(TOKEN));
     let theirs = by_host.until(Duration::from_secs(2), |got| got.len() >= 3);
     assert!(
         theirs.iter().all(|e| e["hostname"] == "other.test"),
         "{theirs:?}"
     );
-    assert_eq!(states(&theirs, &other_job), ["queued", "sent", "done"]);
+    assert_eq!(
+        states(&theirs, other_job.as_str()),
+        ["queued", "sent", "done"]
+    );
     let mut by_job = Stream::open(&l, &format!("?job={}", jobs[0].1), None, Some(TOKEN));
     let one = by_job.until(Duration::from_secs(2), |got| {
         got.iter().any(|e| e["status"] == "done")

@@ -1,31 +1,28 @@
 //! Hostile peers against the real `cc-listener`: an agent with a valid key
 //! that tries to fill the disk, operator clients that page through large
-//! reports at once, anonymous sockets that try to lock agents out, clients
-//! that trickle headers or hold the operator address, and an agent that
-//! registers a case-variant of another host's name. Each test plays the
-//! attacker and then checks what the listener refused.
+//! reports at once, anonymous sockets that try to lock agents out, and an
+//! agent that registers a case-variant of another host's name. Each test
+//! plays the attacker and then checks what the listener refused. Hostile
+//! operator clients (trickled heads, held connections) are in
+//! `hostile_operator.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cc_testkit::listener::{ListenerProcess, TOKEN};
-use cc_testkit::sse::Stream;
+use cc_testkit::listener::{FAST, ListenerProcess};
 use cc_testkit::ws::{self, Ws};
 use cc_testkit::{TempDir, agent::proc_status_kib};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+
+use common::bin;
 
 const T: Duration = Duration::from_secs(10);
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_cc-listener"))
-}
-
-const FAST: &str = "heartbeat_interval_secs = 1\nping_interval_secs = 1\nlost_grace_secs = 1\nsweep_interval_ms = 100\n";
 
 /// Report ids acknowledged on `ws` until `quiet` passes with no message.
 async fn acks(ws: &mut Ws, quiet: Duration) -> Vec<String> {
@@ -90,15 +87,17 @@ async fn a_disk_filling_agent_stops_at_its_quota_while_another_keeps_reporting()
     // 2. Large reports for its real jobs, with a field the spec does not have.
     let mut jobs = Vec::new();
     for i in 0..40 {
-        let r = l.post(
-            "/api/v1/agents/filler.test/jobs",
+        jobs.push(l.post_job(
+            "filler.test",
             &json!({"command": "/bin/echo", "args": [format!("{i}")]}),
-        );
-        assert_eq!(r.status, 202, "{}", r.body);
-        jobs.push(r.json()["jobId"].as_str().unwrap().to_owned());
+        ));
     }
     for (i, id) in jobs.iter().enumerate() {
-        ws::send(&mut filler, &big_report(id, &format!("big-{i}"), 900_000)).await;
+        ws::send(
+            &mut filler,
+            &big_report(id.as_str(), &format!("big-{i}"), 900_000),
+        )
+        .await;
     }
     let big_acked = acks(&mut filler, Duration::from_secs(3)).await;
     let grown = db_bytes(dir.path()).saturating_sub(before);
@@ -152,14 +151,17 @@ async fn a_disk_filling_agent_stops_at_its_quota_while_another_keeps_reporting()
 
     // 3. Another agent's reports are stored and acknowledged meanwhile.
     let mut bystander = ws::registered(&l, "bystander.test").await;
-    let r = l.post(
-        "/api/v1/agents/bystander.test/jobs",
+    let id = l.post_job(
+        "bystander.test",
         &json!({"command": "/bin/echo", "args": ["hi"]}),
     );
-    let id = r.json()["jobId"].as_str().unwrap().to_owned();
     let job = ws::recv_type(&mut bystander, "execute_job", T).await;
-    assert_eq!(job["payload"]["jobId"], id);
-    ws::send(&mut bystander, &ws::report(&id, Some("bystander-1"))).await;
+    assert_eq!(job["payload"]["jobId"], id.as_str());
+    ws::send(
+        &mut bystander,
+        &ws::report(id.as_str(), Some("bystander-1")),
+    )
+    .await;
     let got = acks(&mut bystander, Duration::from_secs(2)).await;
     assert_eq!(got, vec!["bystander-1".to_owned()]);
     assert_eq!(
@@ -269,327 +271,6 @@ async fn idle_anonymous_sockets_do_not_keep_an_agent_out() {
     drop((idle, early));
 }
 
-/// One answer read from a kept-alive connection (its body by
-/// `Content-Length`): the head.
-async fn answer(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let len: usize = head
-                .lines()
-                .filter_map(|l| l.split_once(':'))
-                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                .map_or(0, |(_, v)| v.trim().parse().unwrap());
-            if buf.len() >= end + 4 + len {
-                return head;
-            }
-        }
-        let n = tokio::time::timeout(T, s.read(&mut chunk))
-            .await
-            .expect("an answer in time")
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed before the answer: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// Reads `s` until the listener closes it (end of stream or reset) or
-/// `deadline` passes: what came, and whether it was closed.
-async fn until_closed(s: &mut TcpStream, deadline: tokio::time::Instant) -> (Vec<u8>, bool) {
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
-            Err(_) => return (got, false),
-            Ok(Ok(0) | Err(_)) => return (got, true),
-            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-fn in_(limit: Duration) -> tokio::time::Instant {
-    tokio::time::Instant::now() + limit
-}
-
-/// A sample of `GET /metrics`, by its series (`name{labels}`).
-fn metric(l: &ListenerProcess, series: &str) -> f64 {
-    let text = l.get("/metrics").body;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-}
-
-const CLOSED: &str = "croncommander_operator_connections_closed_total";
-const HEALTHZ: &[u8] = b"GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\n\r\n";
-
-/// Finding 7 of #25: fifty clients that sent one header line every few
-/// seconds held the operator address as long as they liked, each a
-/// descriptor the agents' connections share. A head now has
-/// `admin_header_timeout_ms` from the accept, however it trickles; an
-/// honest operator is answered meanwhile.
-#[tokio::test(flavor = "multi_thread")]
-async fn trickling_operator_clients_are_closed_by_the_header_timeout() {
-    const N: usize = 50;
-    let dir = TempDir::new("h-trickle");
-    let l = ListenerProcess::start(bin(), dir.path(), "admin_header_timeout_ms = 1000\n");
-    let addr = l.admin_addr;
-    let limit = Duration::from_secs(10);
-    let started = Arc::new(tokio::sync::Barrier::new(N + 1));
-    let clients: Vec<_> = (0..N)
-        .map(|i| {
-            let started = Arc::clone(&started);
-            tokio::spawn(async move {
-                let mut s = TcpStream::connect(addr).await.unwrap();
-                let opened = Instant::now();
-                s.write_all(b"GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\n")
-                    .await
-                    .unwrap();
-                started.wait().await;
-                let mut tick = tokio::time::interval(Duration::from_millis(250));
-                let mut chunk = [0u8; 1024];
-                let mut line = 0u64;
-                loop {
-                    line += 1;
-                    tokio::select! {
-                        r = s.read(&mut chunk) => match r {
-                            Ok(0) | Err(_) => return Ok(opened.elapsed()),
-                            Ok(n) => return Err(format!("client {i} was answered: {:?}", String::from_utf8_lossy(&chunk[..n]))),
-                        },
-                        _ = tick.tick() => {
-                            if opened.elapsed() > limit {
-                                return Err(format!("client {i} still connected after {limit:?}"));
-                            }
-                            if s.write_all(format!("X-Trickle-{line}: {i}\r\n").as_bytes()).await.is_err() {
-                                return Ok(opened.elapsed());
-                            }
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    started.wait().await;
-    // An operator while the fifty trickle.
-    let honest = tokio::task::spawn_blocking(move || {
-        let t = Instant::now();
-        let r = cc_testkit::http::request(addr, "GET", "/api/v1/agents", Some(TOKEN), None);
-        (r.status, t.elapsed())
-    })
-    .await
-    .unwrap();
-    let mut closed = Vec::new();
-    let mut open = Vec::new();
-    for c in clients {
-        match c.await.unwrap() {
-            Ok(after) => closed.push(after),
-            Err(e) => open.push(e),
-        }
-    }
-    closed.sort();
-    eprintln!(
-        "figures: {} of {N} trickling clients closed (first after {:?}, last after {:?}), {} not: {:?}; \
-         an operator's GET /agents meanwhile: {} in {:?}",
-        closed.len(),
-        closed.first(),
-        closed.last(),
-        open.len(),
-        open.first(),
-        honest.0,
-        honest.1
-    );
-    assert_eq!(honest.0, 200);
-    assert!(
-        honest.1 < Duration::from_secs(3),
-        "an operator waited {:?}",
-        honest.1
-    );
-    assert!(open.is_empty(), "{} of {N}: {open:?}", open.len());
-    assert!(
-        closed[0] >= Duration::from_millis(900),
-        "closed after {:?}, before the header timeout (1 s)",
-        closed[0]
-    );
-    assert_eq!(
-        metric(&l, &format!("{CLOSED}{{reason=\"header_timeout\"}}")),
-        N as f64
-    );
-    let lines = l
-        .log()
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains("admin_header_timeout"))
-        .count();
-    assert!(
-        (1..=2).contains(&lines),
-        "{lines} warnings for {N} closes: the log is rate-limited"
-    );
-}
-
-/// The operator address holds at most `admin_max_connections`: eight
-/// served connections kept alive, a ninth is closed at once, unanswered.
-/// Kept-alive connections that say nothing for `admin_idle_timeout_ms`
-/// are closed, which lets the next one in; a client that keeps asking
-/// keeps its connection.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_operator_address_caps_connections_and_closes_idle_ones() {
-    let dir = TempDir::new("h-cap");
-    let idle = Duration::from_secs(3);
-    let l = ListenerProcess::start(
-        bin(),
-        dir.path(),
-        "admin_max_connections = 8\nadmin_idle_timeout_ms = 3000\n",
-    );
-    let addr = l.admin_addr;
-    let mut held = Vec::new();
-    for _ in 0..8 {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(HEALTHZ).await.unwrap();
-        let head = answer(&mut s).await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        held.push((s, Instant::now()));
-    }
-    // The ninth.
-    let mut ninth = TcpStream::connect(addr).await.unwrap();
-    let _ = ninth.write_all(HEALTHZ).await;
-    let (ninth_got, ninth_closed) = until_closed(&mut ninth, in_(Duration::from_secs(5))).await;
-    // The eight were still open when the ninth was closed.
-    let mut open_then = 0;
-    for (s, _) in &held {
-        let mut b = [0u8; 1];
-        if matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
-            open_then += 1;
-        }
-    }
-    // Then silence: each is closed after the idle timeout.
-    let mut closed_after = Vec::new();
-    let deadline = in_(Duration::from_secs(15));
-    for (s, served) in &mut held {
-        if until_closed(s, deadline).await.1 {
-            closed_after.push(served.elapsed());
-        }
-    }
-    closed_after.sort();
-    eprintln!(
-        "figures: the ninth connection: {} after {} bytes of answer; {open_then} of 8 held open then; \
-         {} of 8 closed when idle (first after {:?}, last after {:?})",
-        if ninth_closed {
-            "closed"
-        } else {
-            "still open 5 s later"
-        },
-        ninth_got.len(),
-        closed_after.len(),
-        closed_after.first(),
-        closed_after.last()
-    );
-    assert!(
-        ninth_closed && ninth_got.is_empty(),
-        "the ninth connection is closed at once, unanswered: {:?}",
-        String::from_utf8_lossy(&ninth_got)
-    );
-    assert_eq!(open_then, 8, "the eight were still held");
-    assert_eq!(closed_after.len(), 8, "every idle connection is closed");
-    assert!(
-        closed_after[0] >= idle - Duration::from_secs(1),
-        "closed after {:?}, before the idle timeout ({idle:?})",
-        closed_after[0]
-    );
-    // Room again: an operator is served, and one who keeps asking on a
-    // kept-alive connection keeps it past the idle timeout.
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let kept = Instant::now();
-    while kept.elapsed() < idle + Duration::from_secs(1) {
-        s.write_all(HEALTHZ).await.unwrap();
-        let head = answer(&mut s).await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert_eq!(
-        metric(&l, &format!("{CLOSED}{{reason=\"max_connections\"}}")),
-        1.0
-    );
-    assert_eq!(
-        metric(&l, &format!("{CLOSED}{{reason=\"idle_timeout\"}}")),
-        8.0
-    );
-}
-
-/// An event stream is a response in flight, not an idle connection: it
-/// outlives the idle timeout and still delivers.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_event_stream_outlives_the_idle_timeout() {
-    let dir = TempDir::new("h-sse");
-    let l = ListenerProcess::start(
-        bin(),
-        dir.path(),
-        "admin_idle_timeout_ms = 300\nadmin_header_timeout_ms = 300\n",
-    );
-    let _agent = ws::registered(&l, "sse.test").await;
-    let mut stream = Stream::open(&l, "", None, Some(TOKEN));
-    assert_eq!(stream.status, 200);
-    // A connection opened after the stream and left idle: once it is
-    // closed, the stream has been quiet for longer than the timeout (its
-    // keep-alive comment comes every 15 s).
-    let mut quiet = TcpStream::connect(l.admin_addr).await.unwrap();
-    quiet.write_all(HEALTHZ).await.unwrap();
-    answer(&mut quiet).await;
-    assert!(
-        until_closed(&mut quiet, in_(T)).await.1,
-        "an idle connection is closed"
-    );
-    let r = l.post(
-        "/api/v1/agents/sse.test/jobs",
-        &json!({"command": "/bin/true"}),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let job = r.json()["jobId"].as_str().unwrap().to_owned();
-    let got = stream.until(T, |e| e.iter().any(|e| e["jobId"] == job));
-    assert!(
-        got.iter().any(|e| e["jobId"] == job),
-        "the stream still delivers: {got:?}"
-    );
-}
-
-/// A client halfway through a request head does not hold up shutdown
-/// (under `axum::serve` it did, for as long as it stayed): it is closed at
-/// once, while an event stream ends and the listener exits 0.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_half_sent_head_does_not_hold_up_shutdown() {
-    let dir = TempDir::new("h-stop");
-    // The default header timeout (10 s): not what closes it here.
-    let mut l = ListenerProcess::start(bin(), dir.path(), "");
-    let mut half = TcpStream::connect(l.admin_addr).await.unwrap();
-    half.write_all(b"GET /api/v1/healthz HTTP/1.1\r\nX-Half: 1\r\n")
-        .await
-        .unwrap();
-    let stream = Stream::open(&l, "", None, Some(TOKEN));
-    assert_eq!(stream.status, 200);
-    // Connections are accepted in order: the half head's is before this.
-    assert!(l.get("/api/v1/healthz").status == 200);
-    let started = Instant::now();
-    let status = tokio::task::spawn_blocking(move || {
-        let status = l.terminate();
-        (status, l)
-    })
-    .await
-    .unwrap()
-    .0;
-    let took = started.elapsed();
-    eprintln!("figures: exited {status:?} {took:?} after SIGTERM");
-    assert!(status.is_some_and(|s| s.success()), "{status:?}");
-    assert!(
-        took < Duration::from_secs(8),
-        "shutdown took {took:?} with a half-sent head open"
-    );
-    assert!(until_closed(&mut half, in_(T)).await.1);
-    drop(stream);
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_case_variant_of_a_bound_hostname_is_refused() {
     let dir = TempDir::new("h-case");
@@ -611,15 +292,8 @@ async fn a_case_variant_of_a_bound_hostname_is_refused() {
         .collect();
     assert_eq!(names, vec!["web1.test"], "one host, in one canonical form");
     // The operator's spelling does not matter either.
-    let r = l.post(
-        "/api/v1/agents/WEB1.Test/jobs",
-        &json!({"command": "/bin/true"}),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let job = l.get(&format!(
-        "/api/v1/jobs/{}",
-        r.json()["jobId"].as_str().unwrap()
-    ));
+    let id = l.post_job("WEB1.Test", &json!({"command": "/bin/true"}));
+    let job = l.get(&format!("/api/v1/jobs/{}", id));
     assert_eq!(job.json()["hostname"], "web1.test");
     // A key cannot be bound to a case variant of a bound name either.
     let out = l.keys(&["add", "other", "--hostname", "Web1.TEST"]);
@@ -832,16 +506,12 @@ async fn a_host_cannot_claim_tags_its_key_does_not_carry() {
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.json()["tags"], json!(["dc=1", "role=db"]));
     let db_key = r.json()["key"].as_str().unwrap().to_owned();
-    let mut db = ws::connect(&l.ws_url(), Some(&db_key)).await.unwrap();
-    ws::send(&mut db, &register("db-1.test", &["role=db", "dc=1"])).await;
-    l.wait_connected("db-1.test", true);
+    let db = ws::registered_as(&l, &db_key, &register("db-1.test", &["role=db", "dc=1"])).await;
 
     // The attacker's host first registers as what it is (its tags are
     // bound then), and comes back claiming role=db.
     let evil_key = l.add_key("evil.test");
-    let mut evil = ws::connect(&l.ws_url(), Some(&evil_key)).await.unwrap();
-    ws::send(&mut evil, &register("evil.test", &["role=web"])).await;
-    l.wait_connected("evil.test", true);
+    let evil = ws::registered_as(&l, &evil_key, &register("evil.test", &["role=web"])).await;
     drop(evil);
     l.wait_connected("evil.test", false);
     let mut evil = ws::connect(&l.ws_url(), Some(&evil_key)).await.unwrap();
@@ -878,9 +548,7 @@ async fn a_host_cannot_claim_tags_its_key_does_not_carry() {
     assert_eq!(r.status, 200, "{}", r.body);
     let (_, jobs) = l.post_run(&json!({"tags": ["role=db"], "command": "/bin/true"}));
     assert_eq!(jobs.len(), 2, "{jobs:?}");
-    let mut evil = ws::connect(&l.ws_url(), Some(&evil_key)).await.unwrap();
-    ws::send(&mut evil, &register("evil.test", &["role=db"])).await;
-    l.wait_connected("evil.test", true);
+    let _evil = ws::registered_as(&l, &evil_key, &register("evil.test", &["role=db"])).await;
     let keys = l.get("/api/v1/keys").json();
     let evil_tags = keys
         .as_array()
@@ -910,43 +578,15 @@ async fn churn(
     per_source_gap: Duration,
     honest: usize,
 ) -> (usize, Duration, f64) {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let link = cc_testkit::proxy::SlowLink::start(l.agent_addr, Duration::from_millis(100));
     let stop = Arc::new(AtomicBool::new(false));
     let made = Arc::new(AtomicU64::new(0));
-    let target = l.agent_addr;
-    let mut attackers = Vec::new();
-    for i in 0..sources {
-        let (stop, made) = (Arc::clone(&stop), Arc::clone(&made));
-        // 127.2.0.1 … : one source each, never the honest link's 127.0.0.1.
-        let src = std::net::SocketAddr::from(([127, 2, (i / 250) as u8, (i % 250 + 1) as u8], 0));
-        attackers.push(tokio::spawn(async move {
-            let mut held = std::collections::VecDeque::new();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let s = tokio::net::TcpSocket::new_v4().unwrap();
-                s.bind(src).unwrap();
-                if let Ok(Ok(c)) =
-                    tokio::time::timeout(Duration::from_secs(1), s.connect(target)).await
-                {
-                    made.fetch_add(1, Ordering::Relaxed);
-                    n += 1;
-                    if n % 2 == 0 {
-                        held.push_back(c);
-                        if held.len() > 64 {
-                            held.pop_front();
-                        }
-                    }
-                }
-                if per_source_gap.is_zero() {
-                    tokio::task::yield_now().await;
-                } else {
-                    tokio::time::sleep(per_source_gap).await;
-                }
-            }
-        }));
-    }
+    let attackers: Vec<_> = (0..sources)
+        .map(|i| {
+            let (stop, made) = (Arc::clone(&stop), Arc::clone(&made));
+            tokio::spawn(attacker(i, l.agent_addr, per_source_gap, stop, made))
+        })
+        .collect();
     // The churn is up before the agents come.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
@@ -955,49 +595,7 @@ async fn churn(
     for i in 0..honest {
         let host = format!("slow-{i}.test");
         let key = l.add_key(&host);
-        let url = url.clone();
-        agents.push(tokio::spawn(async move {
-            let begun = Instant::now();
-            while begun.elapsed() < Duration::from_secs(10) {
-                let Ok(Ok(mut ws)) =
-                    tokio::time::timeout(Duration::from_secs(3), ws::connect_checked(&url, &key))
-                        .await
-                else {
-                    // As the agent does, a pause before the next attempt.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                ws::send(&mut ws, &ws::register(&host)).await;
-                ws::send(&mut ws, &json!({"type": "heartbeat", "payload": {}})).await;
-                // Registered: the listener answers the agent's ping (the
-                // round trip proves `register` was read and kept).
-                use futures_util::SinkExt as _;
-                let _ = ws
-                    .send(tokio_tungstenite::tungstenite::Message::Ping(
-                        b"p".to_vec().into(),
-                    ))
-                    .await;
-                let mut got_pong = false;
-                while let Ok(Some(Ok(m))) = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    futures_util::StreamExt::next(&mut ws),
-                )
-                .await
-                {
-                    if matches!(m, tokio_tungstenite::tungstenite::Message::Pong(_)) {
-                        got_pong = true;
-                        break;
-                    }
-                    if matches!(m, tokio_tungstenite::tungstenite::Message::Close(_)) {
-                        break;
-                    }
-                }
-                if got_pong {
-                    return Some((begun.elapsed(), ws));
-                }
-            }
-            None
-        }));
+        agents.push(tokio::spawn(honest_agent(url.clone(), key, host)));
     }
     let mut registered = 0;
     let mut slowest = Duration::ZERO;
@@ -1024,6 +622,79 @@ async fn churn(
     }
     drop(conns);
     (registered, slowest, rate)
+}
+
+/// One anonymous source of [`churn`] (the `i`th, from 127.2.x.y: never
+/// the honest link's 127.0.0.1): connects to `target` until `stop`, every
+/// `per_source_gap`, dropping every other socket at once and holding the
+/// rest (the last 64) until the listener closes them; counts in `made`.
+async fn attacker(
+    i: u32,
+    target: std::net::SocketAddr,
+    per_source_gap: Duration,
+    stop: Arc<AtomicBool>,
+    made: Arc<AtomicU64>,
+) {
+    let src = std::net::SocketAddr::from(([127, 2, (i / 250) as u8, (i % 250 + 1) as u8], 0));
+    let mut held = std::collections::VecDeque::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(src).unwrap();
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(1), s.connect(target)).await {
+            made.fetch_add(1, Ordering::Relaxed);
+            n += 1;
+            if n % 2 == 0 {
+                held.push_back(c);
+                if held.len() > 64 {
+                    held.pop_front();
+                }
+            }
+        }
+        if per_source_gap.is_zero() {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(per_source_gap).await;
+        }
+    }
+}
+
+/// One honest agent of [`churn`]: connects through `url` with `key` and
+/// registers as `host`, retrying for up to 10 s; registered once the
+/// listener answers its ping. How long it took and its connection, or
+/// None when it never got in.
+async fn honest_agent(url: String, key: String, host: String) -> Option<(Duration, Ws)> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let begun = Instant::now();
+    while begun.elapsed() < Duration::from_secs(10) {
+        let Ok(Ok(mut ws)) =
+            tokio::time::timeout(Duration::from_secs(3), ws::connect_checked(&url, &key)).await
+        else {
+            // As the agent does, a pause before the next attempt.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        ws::send(&mut ws, &ws::register(&host)).await;
+        ws::send(&mut ws, &json!({"type": "heartbeat", "payload": {}})).await;
+        // Registered: the listener answers the agent's ping (the round
+        // trip proves `register` was read and kept).
+        let _ = ws.send(Message::Ping(b"p".to_vec().into())).await;
+        let mut got_pong = false;
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+            if matches!(m, Message::Pong(_)) {
+                got_pong = true;
+                break;
+            }
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+        if got_pong {
+            return Some((begun.elapsed(), ws));
+        }
+    }
+    None
 }
 
 /// Anonymous churn cannot keep agents out (issue finding: with a budget of
@@ -1154,9 +825,9 @@ async fn a_report_with_an_impossible_duration_is_refused_and_breaks_no_page() {
     let mut ws = ws::registered(&l, "long.test").await;
     let (run, jobs) = l.post_run(&json!({"hosts": ["long.test"], "command": "/bin/true"}));
     let job = ws::recv_type(&mut ws, "execute_job", T).await;
-    let id = job["payload"]["jobId"].as_str().unwrap().to_owned();
-    assert_eq!(jobs[0].1, id);
-    let mut r = ws::report(&id, Some("long-1"));
+    let id = ws::job_id(&job);
+    assert_eq!(jobs[0].1, id.as_str());
+    let mut r = ws::report(id.as_str(), Some("long-1"));
     r["payload"]["durationMs"] = json!(9_223_372_036_854_775_808u64);
     ws::send(&mut ws, &r).await;
     // A report after it, acknowledged: the first was read and dealt with.

@@ -3,23 +3,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
-use cc_testkit::listener::{ListenerProcess, TOKEN};
+use cc_testkit::listener::{FAST, ListenerProcess, TOKEN};
 use cc_testkit::ws;
 use cc_testkit::{TempDir, http};
 use serde_json::{Value, json};
 
+use common::bin;
+
 const T: Duration = Duration::from_secs(10);
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_cc-listener"))
-}
-
-/// Short intervals so liveness and lost-job tests run in seconds.
-const FAST: &str = "heartbeat_interval_secs = 1\nping_interval_secs = 1\nlost_grace_secs = 1\nsweep_interval_ms = 100\n";
-
+/// Short intervals ([`FAST`]) so liveness and lost-job tests run in seconds.
 fn start(dir: &TempDir) -> ListenerProcess {
     ListenerProcess::start(bin(), dir.path(), FAST)
 }
@@ -141,8 +139,7 @@ async fn silent_agent_is_dropped_after_three_heartbeat_intervals() {
     // A raw TCP-level client that registers and then never answers pings:
     // tungstenite answers pings only while it is being polled, so not
     // polling the socket makes it silent.
-    let mut ws = ws::agent(&l.ws_url(), &key, "quiet").await;
-    l.wait_connected("quiet", true);
+    let mut ws = ws::registered_as(&l, &key, &ws::register("quiet")).await;
     let started = std::time::Instant::now();
     l.wait_connected("quiet", false);
     let took = started.elapsed();
@@ -166,17 +163,15 @@ async fn job_round_trip_has_exact_fields_and_the_report_comes_back_as_validated(
     let dir = TempDir::new("l-job");
     let l = start(&dir);
     let mut ws = ws::registered(&l, "web-1").await;
-    let r = l.post(
-        "/api/v1/agents/web-1/jobs",
+    let job_id = l.post_job(
+        "web-1",
         &json!({"command": "backup.sh", "args": ["--full"], "timeout": 60}),
     );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let job_id = r.json()["jobId"].as_str().unwrap().to_owned();
 
     let msg = ws::recv_type(&mut ws, "execute_job", T).await;
     assert_eq!(
         msg,
-        json!({"type": "execute_job", "payload": {"jobId": job_id, "command": "backup.sh", "args": ["--full"], "timeout": 60}})
+        json!({"type": "execute_job", "payload": {"jobId": job_id.as_str(), "command": "backup.sh", "args": ["--full"], "timeout": 60}})
     );
 
     // Escapes and non-ASCII as an agent might write them, and a field the
@@ -186,7 +181,7 @@ async fn job_round_trip_has_exact_fields_and_the_report_comes_back_as_validated(
         r#"{{"jobId":"{job_id}","command":"backup.sh --full","exitCode":0,"stdout":"caf\u00e9 \"done\"\n\t50%","stderr":"","startTime":"2024-03-20T10:00:00Z","durationMs":1500,"executingUid":1001,"executingUser":"cc-agent-user","reportId":"r-1","padding":"{}"}}"#,
         "x".repeat(1000)
     );
-    let expected = json!({"jobId": job_id, "command": "backup.sh --full", "exitCode": 0,
+    let expected = json!({"jobId": job_id.as_str(), "command": "backup.sh --full", "exitCode": 0,
         "stdout": "café \"done\"\n\t50%", "stderr": "", "startTime": "2024-03-20T10:00:00Z",
         "durationMs": 1500, "executingUid": 1001, "executingUser": "cc-agent-user", "reportId": "r-1"});
     ws::send_text(
@@ -214,8 +209,7 @@ async fn cron_definitions_are_pushed_on_change_and_on_reconnect() {
     let dir = TempDir::new("l-cron");
     let l = start(&dir);
     let key = l.add_key("cron-host");
-    let mut ws = ws::agent(&l.ws_url(), &key, "cron-host").await;
-    l.wait_connected("cron-host", true);
+    let mut ws = ws::registered_as(&l, &key, &ws::register("cron-host")).await;
 
     let bad = l.put(
         "/api/v1/agents/cron-host/cron",
@@ -284,8 +278,7 @@ async fn a_report_refused_for_a_quota_is_rejected_by_id_and_a_spec_only_one_hear
         &format!("{FAST}unmatched_report_quota = 1\nreport_quota_bytes = 3000\n"),
     );
     let key = l.add_key("rejected");
-    let mut ws = ws::agent(&l.ws_url(), &key, "rejected").await;
-    l.wait_connected("rejected", true);
+    let mut ws = ws::registered_as(&l, &key, &ws::register("rejected")).await;
     // The one report for no job this host may keep.
     ws::send(&mut ws, &ws::report("made-up-1", Some("u-1"))).await;
     let ack = ws::recv_type(&mut ws, "report_ack", T).await;
@@ -294,18 +287,10 @@ async fn a_report_refused_for_a_quota_is_rejected_by_id_and_a_spec_only_one_hear
 
     // Past the unmatched quota; past the byte quota (a real job's report
     // of 4,000 bytes of stdout); past the unmatched quota without an id.
-    let job_id = l
-        .post(
-            "/api/v1/agents/rejected/jobs",
-            &json!({"command": "/bin/true"}),
-        )
-        .json()["jobId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job_id = l.post_job("rejected", &json!({"command": "/bin/true"}));
     ws::recv_type(&mut ws, "execute_job", T).await;
     ws::send(&mut ws, &ws::report("made-up-2", Some("u-2"))).await;
-    let mut big = ws::report(&job_id, Some("big-1"));
+    let mut big = ws::report(job_id.as_str(), Some("big-1"));
     big["payload"]["stdout"] = json!("o".repeat(4000));
     ws::send(&mut ws, &big).await;
     ws::send(&mut ws, &ws::report("made-up-3", None)).await;
@@ -373,19 +358,10 @@ async fn a_report_resent_after_sigkill_and_restart_is_stored_once() {
     let dir = TempDir::new("l-kill");
     let mut l = start(&dir);
     let key = l.add_key("durable");
-    let mut ws = ws::agent(&l.ws_url(), &key, "durable").await;
-    l.wait_connected("durable", true);
-    let job_id = l
-        .post(
-            "/api/v1/agents/durable/jobs",
-            &json!({"command": "/bin/true"}),
-        )
-        .json()["jobId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let mut ws = ws::registered_as(&l, &key, &ws::register("durable")).await;
+    let job_id = l.post_job("durable", &json!({"command": "/bin/true"}));
     ws::recv_type(&mut ws, "execute_job", T).await;
-    ws::send(&mut ws, &ws::report(&job_id, Some("rep-1"))).await;
+    ws::send(&mut ws, &ws::report(job_id.as_str(), Some("rep-1"))).await;
     ws::recv_type(&mut ws, "report_ack", T).await;
     // A spec-only agent's report (no reportId), too.
     ws::send(&mut ws, &ws::report("spec-only-job", None)).await;
@@ -400,13 +376,12 @@ async fn a_report_resent_after_sigkill_and_restart_is_stored_once() {
 
     l.kill_and_restart();
     drop(ws);
-    let mut ws = ws::agent(&l.ws_url(), &key, "durable").await;
-    l.wait_connected("durable", true);
+    let mut ws = ws::registered_as(&l, &key, &ws::register("durable")).await;
     // The agent never saw... suppose it resends both after reconnecting.
-    ws::send(&mut ws, &ws::report(&job_id, Some("rep-1"))).await;
+    ws::send(&mut ws, &ws::report(job_id.as_str(), Some("rep-1"))).await;
     ws::recv_type(&mut ws, "report_ack", T).await;
     ws::send(&mut ws, &ws::report("spec-only-job", None)).await;
-    ws::send(&mut ws, &ws::report(&job_id, Some("rep-1"))).await;
+    ws::send(&mut ws, &ws::report(job_id.as_str(), Some("rep-1"))).await;
     ws::recv_type(&mut ws, "report_ack", T).await;
 
     assert_eq!(
@@ -474,11 +449,10 @@ async fn garbage_nested_and_oversized_frames_leave_other_agents_served() {
     );
 
     // The other agent is unaffected and the listener still answers.
-    let r = l.post("/api/v1/agents/good/jobs", &json!({"command": "/bin/true"}));
-    assert_eq!(r.status, 202);
+    l.post_job("good", &json!({"command": "/bin/true"}));
     let msg = ws::recv_type(&mut good, "execute_job", T).await;
-    let job_id = msg["payload"]["jobId"].as_str().unwrap().to_owned();
-    ws::send(&mut good, &ws::report(&job_id, Some("g1"))).await;
+    let job_id = ws::job_id(&msg);
+    ws::send(&mut good, &ws::report(job_id.as_str(), Some("g1"))).await;
     ws::recv_type(&mut good, "report_ack", T).await;
     assert_eq!(l.get("/api/v1/healthz").status, 200);
     assert!(l.log().contains("invalid message dropped"));
@@ -501,8 +475,7 @@ async fn a_second_connection_for_a_hostname_replaces_the_first() {
     let dir = TempDir::new("l-replace");
     let l = start(&dir);
     let key = l.add_key("twice");
-    let mut first = ws::agent(&l.ws_url(), &key, "twice").await;
-    l.wait_connected("twice", true);
+    let mut first = ws::registered_as(&l, &key, &ws::register("twice")).await;
     let mut second = ws::agent(&l.ws_url(), &key, "twice").await;
     let close = ws::recv_close(&mut first, T).await;
     assert_eq!(
@@ -525,8 +498,7 @@ async fn a_key_belongs_to_one_hostname() {
     let dir = TempDir::new("l-bind");
     let l = start(&dir);
     let key = l.add_key("host-a");
-    let _a = ws::agent(&l.ws_url(), &key, "host-a").await;
-    l.wait_connected("host-a", true);
+    let _a = ws::registered_as(&l, &key, &ws::register("host-a")).await;
     let mut b = ws::agent(&l.ws_url(), &key, "host-b").await;
     let close = ws::recv_close(&mut b, T).await;
     assert_eq!(
@@ -542,18 +514,15 @@ async fn jobs_for_offline_agents_queue_and_are_sent_on_connect_and_unanswered_jo
     let dir = TempDir::new("l-queue");
     let l = start(&dir);
     let key = l.add_key("later");
-    let ws = ws::agent(&l.ws_url(), &key, "later").await;
-    l.wait_connected("later", true);
+    let ws = ws::registered_as(&l, &key, &ws::register("later")).await;
     drop(ws);
     l.wait_connected("later", false);
 
-    let r = l.post(
-        "/api/v1/agents/later/jobs",
+    let (job_id, answer) = l.post_job_json(
+        "later",
         &json!({"command": "/bin/sleep", "args": ["1"], "timeout": 1}),
     );
-    assert_eq!(r.status, 202);
-    assert_eq!(r.json()["status"], "queued");
-    let job_id = r.json()["jobId"].as_str().unwrap().to_owned();
+    assert_eq!(answer["status"], "queued");
     assert_eq!(
         l.get(&format!("/api/v1/jobs/{job_id}")).json()["status"],
         "queued"
@@ -729,24 +698,15 @@ async fn a_sent_job_without_a_report_is_sent_again_on_reconnect() {
     let dir = TempDir::new("l-resend");
     let l = start(&dir);
     let key = l.add_key("flaky");
-    let mut ws = ws::agent(&l.ws_url(), &key, "flaky").await;
-    l.wait_connected("flaky", true);
-    let job_id = l
-        .post(
-            "/api/v1/agents/flaky/jobs",
-            &json!({"command": "/bin/true"}),
-        )
-        .json()["jobId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let mut ws = ws::registered_as(&l, &key, &ws::register("flaky")).await;
+    let job_id = l.post_job("flaky", &json!({"command": "/bin/true"}));
     ws::recv_type(&mut ws, "execute_job", T).await;
     drop(ws); // gone before reporting
     l.wait_connected("flaky", false);
     let mut ws = ws::agent(&l.ws_url(), &key, "flaky").await;
     let again = ws::recv_type(&mut ws, "execute_job", T).await;
     assert_eq!(again["payload"]["jobId"], job_id.as_str());
-    ws::send(&mut ws, &ws::report(&job_id, Some("once"))).await;
+    ws::send(&mut ws, &ws::report(job_id.as_str(), Some("once"))).await;
     ws::recv_type(&mut ws, "report_ack", T).await;
     assert_eq!(
         l.get(&format!("/api/v1/jobs/{job_id}")).json()["status"],
@@ -759,8 +719,7 @@ async fn revoking_a_key_closes_its_live_connection() {
     let dir = TempDir::new("l-revoke");
     let l = start(&dir);
     let key = l.add_key("doomed");
-    let mut ws = ws::agent(&l.ws_url(), &key, "doomed").await;
-    l.wait_connected("doomed", true);
+    let mut ws = ws::registered_as(&l, &key, &ws::register("doomed")).await;
     assert!(l.keys(&["revoke", "doomed"]).status.success());
     let close = ws::recv_close(&mut ws, T).await;
     assert_eq!(close, Some((1008, "API key revoked".into())));

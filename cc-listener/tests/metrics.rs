@@ -6,21 +6,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
+use cc_proto::ids::JobId;
 use cc_testkit::http;
 use cc_testkit::listener::{ListenerProcess, TOKEN};
 use cc_testkit::sse;
 use cc_testkit::{TempDir, ws};
 use prometheus_parse::{Scrape, Value as PValue};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_cc-listener"))
-}
+use common::bin;
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -31,17 +31,15 @@ const DURATIONS_MS: [u64; 5] = [40, 250, 1_200, 7_000, 95_000];
 /// A registered agent with its own key; `mode` and `root` as it says.
 async fn agent(l: &ListenerProcess, host: &str, mode: &str, root: bool) -> ws::Ws {
     let key = l.add_key(host);
-    let mut conn = ws::connect(&l.ws_url(), Some(&key)).await.unwrap();
-    ws::send(
-        &mut conn,
+    ws::registered_as(
+        l,
+        &key,
         &json!({"type": "register", "payload": {
             "hostname": host, "os": "linux", "arch": "amd64", "tags": [],
             "executionMode": mode, "isRoot": root, "jobWindow": 10
         }}),
     )
-    .await;
-    l.wait_connected(host, true);
-    conn
+    .await
 }
 
 /// Reads (and ignores) everything the listener sends, so its writes never
@@ -55,13 +53,7 @@ fn drain(mut conn: ws::Ws) -> tokio::task::JoinHandle<()> {
     })
 }
 
-fn post_job(l: &ListenerProcess, host: &str, body: &Value) -> String {
-    let r = l.post(&format!("/api/v1/agents/{host}/jobs"), body);
-    assert_eq!(r.status, 202, "{}", r.body);
-    r.json()["jobId"].as_str().unwrap().to_owned()
-}
-
-fn wait_status(l: &ListenerProcess, job: &str, status: &str) {
+fn wait_status(l: &ListenerProcess, job: &JobId, status: &str) {
     l.wait_for(LONG, |l| {
         (l.get(&format!("/api/v1/jobs/{job}")).json()["status"] == status).then_some(())
     });
@@ -203,32 +195,10 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
          unmatched_report_quota = 1\nreport_quota_bytes = 3000\n",
     );
 
-    // The token, as for the API.
-    let anon = http::request(l.admin_addr, "GET", "/metrics", None, None);
-    assert_eq!(anon.status, 401, "{}", anon.body);
-    let wrong = http::request(
-        l.admin_addr,
-        "GET",
-        "/metrics",
-        Some("not-the-token-0123456789"),
-        None,
-    );
-    assert_eq!(wrong.status, 401, "{}", wrong.body);
-
-    // Before anything: every series is there, at zero.
-    let m = scrape(&l);
-    assert_eq!(
-        m.by("croncommander_jobs_finished_total", "state"),
-        map(&[("done", 0.0), ("expired", 0.0), ("lost", 0.0)])
-    );
-    assert_eq!(
-        m.value("croncommander_job_duration_seconds_count", None),
-        0.0
-    );
-
+    needs_the_token_and_starts_at_zero(&l);
     // Three agents: a user-mode one that answers, a user-mode one running
     // as root that never answers, a system-mode one.
-    let mut a = agent(&l, "a.test", "user", false).await;
+    let a = agent(&l, "a.test", "user", false).await;
     let b = agent(&l, "b.test", "user", true).await;
     let mut c = agent(&l, "c.test", "system", false).await;
     let b = drain(b);
@@ -237,80 +207,8 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
     drop(d);
     l.wait_connected("d.test", false);
 
-    // Five jobs done, each reporting the run time its argument says.
-    let answering = tokio::spawn(async move {
-        let (mut sent, mut acked) = (0, 0);
-        while acked < DURATIONS_MS.len() {
-            let m = ws::recv(&mut a, LONG).await.expect("a.test was closed");
-            if m["type"] == "report_ack" {
-                acked += 1;
-            }
-            if m["type"] != "execute_job" {
-                continue;
-            }
-            let id = m["payload"]["jobId"].as_str().unwrap().to_owned();
-            let ms: u64 = m["payload"]["args"][0].as_str().unwrap().parse().unwrap();
-            sent += 1;
-            let mut r = ws::report(&id, Some(&format!("a-{sent}")));
-            r["payload"]["durationMs"] = json!(ms);
-            ws::send(&mut a, &r).await;
-        }
-        a
-    });
-    let done: Vec<String> = DURATIONS_MS
-        .iter()
-        .map(|ms| {
-            post_job(
-                &l,
-                "a.test",
-                &json!({"command": "/bin/true", "args": [ms.to_string()]}),
-            )
-        })
-        .collect();
-    let mut a = answering.await.unwrap();
-    for job in &done {
-        wait_status(&l, job, "done");
-    }
-    // One lost (sent, no report within its timeout), one still sent, one
-    // expired (never sent).
-    let lost = post_job(&l, "b.test", &json!({"command": "/bin/true", "timeout": 1}));
-    let sent = post_job(
-        &l,
-        "b.test",
-        &json!({"command": "/bin/true", "timeout": 3600}),
-    );
-    let expired = post_job(&l, "d.test", &json!({"command": "/bin/true"}));
-    wait_status(&l, &sent, "sent");
-    wait_status(&l, &lost, "lost");
-    wait_status(&l, &expired, "expired");
-
-    // From c: a stored unmatched report, one refused by the unmatched
-    // quota; a malformed message, a binary frame, an invalid report.
-    ws::send(&mut c, &ws::report("nothing-1", Some("c-1"))).await;
-    ws::recv_type(&mut c, "report_ack", LONG).await;
-    ws::send(&mut c, &ws::report("nothing-2", Some("c-2"))).await;
-    ws::send_text(&mut c, "{not json").await;
-    futures_util::SinkExt::send(&mut c, Message::Binary(vec![1, 2, 3].into()))
-        .await
-        .unwrap();
-    let mut bad = ws::report("nothing-3", Some("c-3"));
-    bad["payload"]["startTime"] = json!("yesterday");
-    ws::send(&mut c, &bad).await;
-    // From a: a report over the byte quota (3000 per host).
-    let mut big = ws::report("nothing-4", Some("a-big"));
-    big["payload"]["stdout"] = json!("x".repeat(4000));
-    ws::send(&mut a, &big).await;
-
-    // Connections refused: a wrong key, and a connection whose first
-    // message is not a register.
-    assert_eq!(
-        ws::connect(&l.ws_url(), Some("cck_wrong")).await.err(),
-        Some(401)
-    );
-    let key = l.add_key("e.test");
-    let mut e = ws::connect(&l.ws_url(), Some(&key)).await.unwrap();
-    ws::send(&mut e, &json!({"type": "heartbeat", "payload": {}})).await;
-    assert!(ws::recv_close(&mut e, LONG).await.is_some());
+    let mut a = jobs_done_lost_sent_and_expired(&l, a).await;
+    refused_reports_messages_and_connections(&l, &mut a, &mut c).await;
 
     // An operator event stream, open while we look.
     let stream = sse::Stream::open(&l, "", None, Some(TOKEN));
@@ -326,6 +224,134 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let m = scrape(&l);
 
+    counts_agents_jobs_and_durations(&m);
+    counts_reports_and_refusals(&m);
+    counts_the_store_and_labels_nothing_else(&m);
+
+    // The OpenMetrics form: the same samples, the unit declared.
+    let open = scrape_openmetrics(&l);
+    assert_eq!(samples(&open), samples(&m.text));
+    assert!(open.contains("# UNIT croncommander_job_duration_seconds seconds\n"));
+
+    drop(stream);
+    b.abort();
+    drop((a, c));
+}
+
+/// The token, as for the API; before anything, every series is there, at
+/// zero.
+fn needs_the_token_and_starts_at_zero(l: &ListenerProcess) {
+    let anon = http::request(l.admin_addr, "GET", "/metrics", None, None);
+    assert_eq!(anon.status, 401, "{}", anon.body);
+    let wrong = http::request(
+        l.admin_addr,
+        "GET",
+        "/metrics",
+        Some("not-the-token-0123456789"),
+        None,
+    );
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+
+    // Before anything: every series is there, at zero.
+    let m = scrape(l);
+    assert_eq!(
+        m.by("croncommander_jobs_finished_total", "state"),
+        map(&[("done", 0.0), ("expired", 0.0), ("lost", 0.0)])
+    );
+    assert_eq!(
+        m.value("croncommander_job_duration_seconds_count", None),
+        0.0
+    );
+}
+
+/// Five jobs for `a` done, each reporting the run time its argument says
+/// (`a` answers them); on `b.test` (which never answers) one lost and one
+/// still sent; one for the departed `d.test` expired. Gives `a` back.
+async fn jobs_done_lost_sent_and_expired(l: &ListenerProcess, mut a: ws::Ws) -> ws::Ws {
+    let answering = tokio::spawn(async move {
+        let (mut sent, mut acked) = (0, 0);
+        while acked < DURATIONS_MS.len() {
+            let m = ws::recv(&mut a, LONG).await.expect("a.test was closed");
+            if m["type"] == "report_ack" {
+                acked += 1;
+            }
+            if m["type"] != "execute_job" {
+                continue;
+            }
+            let id = ws::job_id(&m);
+            let ms: u64 = m["payload"]["args"][0].as_str().unwrap().parse().unwrap();
+            sent += 1;
+            let mut r = ws::report(id.as_str(), Some(&format!("a-{sent}")));
+            r["payload"]["durationMs"] = json!(ms);
+            ws::send(&mut a, &r).await;
+        }
+        a
+    });
+    let done: Vec<JobId> = DURATIONS_MS
+        .iter()
+        .map(|ms| {
+            l.post_job(
+                "a.test",
+                &json!({"command": "/bin/true", "args": [ms.to_string()]}),
+            )
+        })
+        .collect();
+    let a = answering.await.unwrap();
+    for job in &done {
+        wait_status(l, job, "done");
+    }
+    // One lost (sent, no report within its timeout), one still sent, one
+    // expired (never sent).
+    let lost = l.post_job("b.test", &json!({"command": "/bin/true", "timeout": 1}));
+    let sent = l.post_job("b.test", &json!({"command": "/bin/true", "timeout": 3600}));
+    let expired = l.post_job("d.test", &json!({"command": "/bin/true"}));
+    wait_status(l, &sent, "sent");
+    wait_status(l, &lost, "lost");
+    wait_status(l, &expired, "expired");
+
+    a
+}
+
+/// From `c`: a stored unmatched report, one refused by the unmatched
+/// quota; a malformed message, a binary frame, an invalid report. From
+/// `a`: a report over the byte quota. Then two refused connections.
+async fn refused_reports_messages_and_connections(
+    l: &ListenerProcess,
+    a: &mut ws::Ws,
+    c: &mut ws::Ws,
+) {
+    // From c: a stored unmatched report, one refused by the unmatched
+    // quota; a malformed message, a binary frame, an invalid report.
+    ws::send(c, &ws::report("nothing-1", Some("c-1"))).await;
+    ws::recv_type(c, "report_ack", LONG).await;
+    ws::send(c, &ws::report("nothing-2", Some("c-2"))).await;
+    ws::send_text(c, "{not json").await;
+    futures_util::SinkExt::send(c, Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    let mut bad = ws::report("nothing-3", Some("c-3"));
+    bad["payload"]["startTime"] = json!("yesterday");
+    ws::send(c, &bad).await;
+    // From a: a report over the byte quota (3000 per host).
+    let mut big = ws::report("nothing-4", Some("a-big"));
+    big["payload"]["stdout"] = json!("x".repeat(4000));
+    ws::send(a, &big).await;
+
+    // Connections refused: a wrong key, and a connection whose first
+    // message is not a register.
+    assert_eq!(
+        ws::connect(&l.ws_url(), Some("cck_wrong")).await.err(),
+        Some(401)
+    );
+    let key = l.add_key("e.test");
+    let mut e = ws::connect(&l.ws_url(), Some(&key)).await.unwrap();
+    ws::send(&mut e, &json!({"type": "heartbeat", "payload": {}})).await;
+    assert!(ws::recv_close(&mut e, LONG).await.is_some());
+}
+
+/// Agents by what they registered as, jobs by state, and the run times the
+/// reports gave, bucket by bucket.
+fn counts_agents_jobs_and_durations(m: &Parsed) {
     // Agents, by what they registered as.
     assert_eq!(
         m.by("croncommander_agents_connected", "mode"),
@@ -355,6 +381,11 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
         let want = secs.iter().filter(|s| **s <= le).count() as f64;
         assert_eq!(count, want, "le={le}");
     }
+}
+
+/// Reports stored and refused; refused messages and connections; the
+/// event stream open; no doorbell on SQLite.
+fn counts_reports_and_refusals(m: &Parsed) {
     // Reports.
     assert_eq!(
         m.by("croncommander_reports_stored_total", "kind"),
@@ -402,6 +433,11 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
         m.value("croncommander_doorbell_connections_total", None),
         0.0
     );
+}
+
+/// The store's writer's figures; no hostname (nor anything but the
+/// documented words) in a label; every family documented.
+fn counts_the_store_and_labels_nothing_else(m: &Parsed) {
     // The store's writer: every commit timed and sized (at least the eight
     // reports it stored or refused, one write each), nothing waiting now.
     let commits = m.value("croncommander_store_commit_seconds_count", None);
@@ -444,13 +480,4 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
             });
         assert!(documented, "{} has no HELP", s.metric);
     }
-
-    // The OpenMetrics form: the same samples, the unit declared.
-    let open = scrape_openmetrics(&l);
-    assert_eq!(samples(&open), samples(&m.text));
-    assert!(open.contains("# UNIT croncommander_job_duration_seconds seconds\n"));
-
-    drop(stream);
-    b.abort();
-    drop((a, c));
 }

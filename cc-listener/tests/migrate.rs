@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
+mod common;
+
 use std::process::Command;
 
 use cc_listener::store::{
@@ -129,7 +131,7 @@ fn snapshot(s: &Store) -> String {
 }
 
 fn migrate(from: &str, to: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cc-listener"))
+    Command::new(common::bin())
         .args(["migrate", "--from", from, "--to", to])
         .output()
         .unwrap()

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,9 +14,7 @@ use cc_testkit::listener::ListenerProcess;
 use cc_testkit::ws;
 use serde_json::{Value, json};
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_cc-listener"))
-}
+use common::bin;
 
 /// A test agent answering every job after `delay` with exit code 0, or 3
 /// for a job whose first arg is "fail".

@@ -5,12 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
-use std::path::Path;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use cc_testkit::listener::ListenerProcess;
 use cc_testkit::{TempDir, sse, ws};
 use serde_json::json;
+
+use common::bin;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -24,7 +27,7 @@ fn pair(dir: &TempDir, url: &str) -> (ListenerProcess, ListenerProcess) {
         let d = dir.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
         ListenerProcess::start_shared(
-            Path::new(env!("CARGO_BIN_EXE_cc-listener")),
+            bin(),
             &d,
             url,
             &format!("{SLOW_SWEEP}listener_name = \"{name}\"\n"),
@@ -43,8 +46,7 @@ async fn a_job_posted_on_one_listener_reaches_an_agent_held_by_another_at_once()
     let (east, west) = pair(&dir, &url);
     // The agent on east; both listeners see it connected, held by east.
     let key = east.add_key("one.test");
-    let mut agent = ws::agent(&east.ws_url(), &key, "one.test").await;
-    east.wait_connected("one.test", true);
+    let mut agent = ws::registered_as(&east, &key, &ws::register("one.test")).await;
     let seen = west.wait_connected("one.test", true);
     assert_eq!(seen["listener"], "east", "{seen}");
     let mut events = sse::Stream::open(
@@ -57,12 +59,7 @@ async fn a_job_posted_on_one_listener_reaches_an_agent_held_by_another_at_once()
 
     // Posted on west.
     let posted = Instant::now();
-    let r = west.post(
-        "/api/v1/agents/one.test/jobs",
-        &json!({"command": "/bin/echo", "args": ["hi"]}),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let job_id = r.json()["jobId"].as_str().unwrap().to_owned();
+    let job_id = west.post_job("one.test", &json!({"command": "/bin/echo", "args": ["hi"]}));
     let msg = ws::recv_type(&mut agent, "execute_job", T).await;
     let handed = posted.elapsed();
     assert_eq!(msg["payload"]["jobId"], job_id.as_str());
@@ -72,7 +69,7 @@ async fn a_job_posted_on_one_listener_reaches_an_agent_held_by_another_at_once()
     );
 
     // Reported to east, acknowledged after the commit; west shows it.
-    ws::send(&mut agent, &ws::report(&job_id, Some("r-1"))).await;
+    ws::send(&mut agent, &ws::report(job_id.as_str(), Some("r-1"))).await;
     ws::recv_type(&mut agent, "report_ack", T).await;
     let job = west.get(&format!("/api/v1/jobs/{job_id}")).json();
     assert_eq!(job["status"], "done", "{job}");
@@ -97,12 +94,7 @@ async fn a_job_posted_on_one_listener_reaches_an_agent_held_by_another_at_once()
         l.agent_entry("one.test")
             .filter(|a| a["listener"] == "west")
     });
-    let r = east.post(
-        "/api/v1/agents/one.test/jobs",
-        &json!({"command": "/bin/true"}),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let second = r.json()["jobId"].as_str().unwrap().to_owned();
+    let second = east.post_job("one.test", &json!({"command": "/bin/true"}));
     let msg = ws::recv_type(&mut moved, "execute_job", T).await;
     assert_eq!(msg["payload"]["jobId"], second.as_str());
     drop(agent);
@@ -138,7 +130,7 @@ async fn stopping_a_listener_lets_go_of_its_agents_in_a_few_transactions() {
     .unwrap();
     let dir = TempDir::new("shared-stop");
     let mut l = ListenerProcess::start_shared(
-        Path::new(env!("CARGO_BIN_EXE_cc-listener")),
+        bin(),
         dir.path(),
         &url,
         &format!("{SLOW_SWEEP}listener_name = \"only\"\n"),
@@ -203,13 +195,8 @@ async fn the_doorbell_is_measured_and_comes_back_after_the_database_restarts() {
         assert_eq!(sample(l, connections), 1.0);
     }
     let key = east.add_key("one.test");
-    let mut agent = ws::agent(&east.ws_url(), &key, "one.test").await;
-    east.wait_connected("one.test", true);
-    let r = west.post(
-        "/api/v1/agents/one.test/jobs",
-        &json!({"command": "/bin/true"}),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
+    let mut agent = ws::registered_as(&east, &key, &ws::register("one.test")).await;
+    west.post_job("one.test", &json!({"command": "/bin/true"}));
     ws::recv_type(&mut agent, "execute_job", T).await;
     // Both listeners hear every notification: the job queued, then sent.
     for l in [&east, &west] {

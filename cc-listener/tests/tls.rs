@@ -3,13 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use cc_testkit::TempDir;
 use cc_testkit::agent::AgentProcess;
 use cc_testkit::listener::ListenerProcess;
+use common::bin;
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio_rustls::rustls;
@@ -29,11 +31,7 @@ fn tls_listener(dir: &TempDir) -> (ListenerProcess, rcgen::CertifiedKey<rcgen::K
         dir.path().join("cert.pem"),
         dir.path().join("key.pem")
     );
-    let l = ListenerProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_cc-listener")),
-        dir.path(),
-        &extra,
-    );
+    let l = ListenerProcess::start(bin(), dir.path(), &extra);
     (l, cert)
 }
 

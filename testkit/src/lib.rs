@@ -23,6 +23,7 @@ pub mod reliability;
 pub mod signing;
 pub mod sim;
 pub mod sse;
+pub mod stats;
 pub mod ws;
 
 use std::path::{Path, PathBuf};

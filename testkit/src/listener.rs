@@ -6,9 +6,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cc_proto::ids::JobId;
+
 use crate::http::{self, Response};
 
 pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// Config lines for tests whose agents are played by hand (the test's own
+/// WebSocket): heartbeats and pings every second, a silent agent closed
+/// after three seconds, a `sent` job `lost` one second after its timeout,
+/// and the sweep that finds both every 100 ms.
+pub const FAST: &str = "heartbeat_interval_secs = 1\nping_interval_secs = 1\nlost_grace_secs = 1\nsweep_interval_ms = 100\n";
+
+/// [`FAST`] for suites with real `cc-agent` processes: a 2 s heartbeat and
+/// 5 s of grace before a `sent` job is `lost`, which leaves a real agent
+/// (its process start, its executor, its reconnects) time to report.
+pub const FAST_REAL_AGENTS: &str = "heartbeat_interval_secs = 2\nping_interval_secs = 1\nlost_grace_secs = 5\nsweep_interval_ms = 100\n";
 
 #[derive(Debug)]
 pub struct ListenerProcess {
@@ -159,6 +172,25 @@ impl ListenerProcess {
         add_key_to(&self.bin, Path::new(&self.db), name)
     }
 
+    /// `POST /api/v1/agents/{host}/jobs` with `body`, which must be
+    /// accepted (202): the new job's id.
+    pub fn post_job(&self, host: &str, body: &serde_json::Value) -> JobId {
+        self.post_job_json(host, body).0
+    }
+
+    /// [`post_job`](Self::post_job), with the whole answer beside the id
+    /// (its `status`, for one).
+    pub fn post_job_json(
+        &self,
+        host: &str,
+        body: &serde_json::Value,
+    ) -> (JobId, serde_json::Value) {
+        let r = self.post(&format!("/api/v1/agents/{host}/jobs"), body);
+        assert_eq!(r.status, 202, "POST a job for {host}: {}", r.body);
+        let answer = r.json();
+        (job_id(&answer["jobId"]), answer)
+    }
+
     /// `POST /api/v1/runs` with `body`, which must be accepted: the run id
     /// and each (hostname, job id).
     pub fn post_run(&self, body: &serde_json::Value) -> (String, Vec<(String, String)>) {
@@ -275,6 +307,15 @@ impl Drop for ListenerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `v` (a `jobId` field of an answer or a message) as a [`JobId`]; panics
+/// when it is missing or not a valid id.
+pub fn job_id(v: &serde_json::Value) -> JobId {
+    let text = v
+        .as_str()
+        .unwrap_or_else(|| panic!("a jobId is a string, not {v}"));
+    JobId::parse(text).unwrap_or_else(|e| panic!("jobId {text:?}: {e}"))
 }
 
 fn parse_banner(line: &str) -> Option<(SocketAddr, SocketAddr)> {

@@ -55,15 +55,39 @@ pub async fn agent(url: &str, key: &str, hostname: &str) -> Ws {
     ws
 }
 
-/// A new key for `name`, connected and registered as `name`, seen
-/// connected by the listener, one heartbeat sent.
+/// A new key for `name`, connected and registered as `name` ([`register`]),
+/// seen connected by the listener, one heartbeat sent.
 pub async fn registered(l: &crate::listener::ListenerProcess, name: &str) -> Ws {
     let key = l.add_key(name);
-    let mut ws = agent(&l.ws_url(), &key, name).await;
-    // Any server message, or a visible registration, means it is in.
-    l.wait_connected(name, true);
+    let mut ws = registered_as(l, &key, &register(name)).await;
     send(&mut ws, &json!({"type": "heartbeat", "payload": {}})).await;
     ws
+}
+
+/// Connected with `key`, `register` sent (a whole `register` message:
+/// [`register`], or the test's own with tags or a mode), and seen connected
+/// by `l` under the hostname it names; nothing else sent. The key is the
+/// caller's, so it can connect again with it.
+pub async fn registered_as(
+    l: &crate::listener::ListenerProcess,
+    key: &str,
+    register: &Value,
+) -> Ws {
+    let name = register["payload"]["hostname"]
+        .as_str()
+        .expect("a register message names its host");
+    let mut ws = connect(&l.ws_url(), Some(key))
+        .await
+        .expect("handshake refused");
+    send(&mut ws, register).await;
+    // A visible registration means it is in.
+    l.wait_connected(name, true);
+    ws
+}
+
+/// The job id of an `execute_job` message (`payload.jobId`).
+pub fn job_id(execute_job: &Value) -> cc_proto::ids::JobId {
+    crate::listener::job_id(&execute_job["payload"]["jobId"])
 }
 
 /// Registers `host` (a new key) with `tags` and a `jobWindow` of 4, then,
