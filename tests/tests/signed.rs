@@ -448,9 +448,7 @@ fn system_host(
 
 /// The job's report, once done.
 fn report_of(listener: &ListenerProcess, host: &str, body: &Value) -> Value {
-    let r = listener.post(&format!("/api/v1/agents/{host}/jobs"), body);
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.json()["jobId"].as_str().unwrap().to_owned();
+    let id = listener.post_job(host, body);
     wait_for(T, "the report", || {
         let j = listener.get(&format!("/api/v1/jobs/{id}")).json();
         (j["status"] == "done").then(|| j["report"].clone())

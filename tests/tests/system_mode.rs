@@ -15,9 +15,7 @@ use serde_json::{Value, json};
 const T: Duration = Duration::from_secs(30);
 
 fn job_report(l: &ListenerProcess, host: &str, body: &Value) -> Value {
-    let r = l.post(&format!("/api/v1/agents/{host}/jobs"), body);
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.json()["jobId"].as_str().unwrap().to_owned();
+    let id = l.post_job(host, body);
     wait_for(T, "the job's report", || {
         let j = l.get(&format!("/api/v1/jobs/{id}")).json();
         (j["status"] == "done").then(|| j["report"].clone())

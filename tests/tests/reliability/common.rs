@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 
 use cc_e2e::agent::{AgentProcess, root_and_agent_user};
 use cc_e2e::isolation::Isolation;
-use cc_e2e::listener::ListenerProcess;
+use cc_e2e::listener::{FAST_REAL_AGENTS, ListenerProcess, job_id};
 use cc_e2e::reliability::Record;
 use cc_e2e::{TempDir, bin, wait_for};
 use serde_json::Value;
 
 pub(crate) const T: Duration = Duration::from_secs(30);
-pub(crate) const FAST: &str = "heartbeat_interval_secs = 2\nping_interval_secs = 1\nlost_grace_secs = 5\nsweep_interval_ms = 100\n";
 
 /// One scenario's world; dropping it stops the listener and leaves the
 /// namespace.
@@ -45,7 +44,7 @@ pub(crate) fn rig(area: &str, scenario: &str, listener_extra: &str) -> Option<Ri
         &bin("cc-listener"),
         &dir.path().join("listener"),
         &merge(
-            &format!("{FAST}signing_key_file = {key_file:?}\n"),
+            &format!("{FAST_REAL_AGENTS}signing_key_file = {key_file:?}\n"),
             listener_extra,
         ),
     );
@@ -120,12 +119,9 @@ impl Rig {
         });
     }
 
+    /// Posts a job for `host`, which must be accepted: its id.
     pub(crate) fn post(&self, host: &str, body: &Value) -> String {
-        let r = self
-            .listener
-            .post(&format!("/api/v1/agents/{host}/jobs"), body);
-        assert_eq!(r.status, 202, "{}", r.body);
-        r.json()["jobId"].as_str().unwrap().to_owned()
+        self.listener.post_job(host, body).to_string()
     }
 
     pub(crate) fn job(&self, id: &str) -> Value {
@@ -184,8 +180,7 @@ pub(crate) fn reports_per_job(l: &ListenerProcess, host: &str) -> HashMap<String
         .json();
     let mut per: HashMap<String, usize> = HashMap::new();
     for r in reports.as_array().unwrap() {
-        *per.entry(r["jobId"].as_str().unwrap().to_owned())
-            .or_default() += 1;
+        *per.entry(job_id(&r["jobId"]).to_string()).or_default() += 1;
     }
     per
 }

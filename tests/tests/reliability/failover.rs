@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cc_e2e::agent::AgentProcess;
-use cc_e2e::listener::ListenerProcess;
+use cc_e2e::listener::{FAST_REAL_AGENTS, ListenerProcess};
 use cc_e2e::pg::Cluster;
 use cc_e2e::{bin, wait_for};
 use serde_json::json;
 
-use crate::common::{FAST, Rig, T, poll, reports_per_job, rig, times_run};
+use crate::common::{Rig, T, poll, reports_per_job, rig, times_run};
 
 #[test]
 fn fault_listener_killed_among_three_on_postgres() {
@@ -55,7 +55,11 @@ fn listeners(r: &Rig, shared: bool) -> Option<(Option<Cluster>, Vec<ListenerProc
     if !shared {
         let d = r.dir.path().join("listener-solo");
         std::fs::create_dir_all(&d).unwrap();
-        ls.push(ListenerProcess::start(&bin("cc-listener"), &d, FAST));
+        ls.push(ListenerProcess::start(
+            &bin("cc-listener"),
+            &d,
+            FAST_REAL_AGENTS,
+        ));
         return Some((None, ls));
     }
     let c = Cluster::start()?;
@@ -67,7 +71,7 @@ fn listeners(r: &Rig, shared: bool) -> Option<(Option<Cluster>, Vec<ListenerProc
             &bin("cc-listener"),
             &d,
             &url,
-            FAST,
+            FAST_REAL_AGENTS,
         ));
     }
     Some((Some(c), ls))
@@ -218,10 +222,11 @@ fn post_2000_jobs(fleet: &mut Fleet) -> Posted {
         assert!(!(down && poster == 0));
         let script = format!("echo {i} >> {}", fleet.ran.display());
         let body = json!({"command": "/bin/sh", "args": ["-c", script], "timeout": 30});
-        let path = format!("/api/v1/agents/{}/jobs", fleet.hosts[i % 6]);
-        let resp = fleet.ls[poster].post(&path, &body);
-        assert_eq!(resp.status, 202, "{}", resp.body);
-        ids.push(resp.json()["jobId"].as_str().unwrap().to_owned());
+        ids.push(
+            fleet.ls[poster]
+                .post_job(&fleet.hosts[i % 6], &body)
+                .to_string(),
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     Posted {
@@ -361,7 +366,7 @@ fn fault_database_restarted_under_two_listeners() {
         .map(|i| {
             let d = r.dir.path().join(format!("listener-{i}"));
             std::fs::create_dir_all(&d).unwrap();
-            ListenerProcess::start_shared(&bin("cc-listener"), &d, &url, FAST)
+            ListenerProcess::start_shared(&bin("cc-listener"), &d, &url, FAST_REAL_AGENTS)
         })
         .collect();
     let ran = r.owned_dir("db-runs").join("ran");
@@ -418,9 +423,7 @@ fn jobs_through_two_restarts(
             let n = phase * 300 + i;
             let script = format!("sleep 0.{}; echo {n} >> {}", n % 10, ran.display());
             let body = json!({"command": "/bin/sh", "args": ["-c", script], "timeout": 30});
-            let resp = ls[n % 2].post(&format!("/api/v1/agents/{}/jobs", hosts[n % 4]), &body);
-            assert_eq!(resp.status, 202, "{}", resp.body);
-            ids.push(resp.json()["jobId"].as_str().unwrap().to_owned());
+            ids.push(ls[n % 2].post_job(&hosts[n % 4], &body).to_string());
         }
         // While those run and report.
         std::thread::sleep(Duration::from_millis(400));

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cc_e2e::agent::AgentProcess;
-use cc_e2e::listener::TOKEN;
+use cc_e2e::listener::{TOKEN, job_id};
 use cc_e2e::{http, wait_for};
 use serde_json::json;
 
@@ -220,10 +220,7 @@ fn post_all(admin: std::net::SocketAddr, plan: &[String]) -> Vec<(String, String
                                 Some(body.as_bytes()),
                             );
                             assert_eq!(resp.status, 202, "{}", resp.body);
-                            (
-                                host.clone(),
-                                resp.json()["jobId"].as_str().unwrap().to_owned(),
-                            )
+                            (host.clone(), job_id(&resp.json()["jobId"]).to_string())
                         })
                         .collect::<Vec<_>>()
                 })
