@@ -399,7 +399,6 @@ fn hostile_listener_to_the_agent() {
     for (what, bytes, outcome) in inputs() {
         hostile.play(what, &bytes, outcome);
     }
-    drop(hostile);
     let up = alive(&mut agent.child);
     r.rec.row(
         TARGET,

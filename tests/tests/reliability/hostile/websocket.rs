@@ -405,6 +405,8 @@ fn hostile_input_to_the_listener_websocket() {
     }
     injections_as_data(&mut peer);
     error_limit(&mut peer);
+    // The hostile connection stays open while the rest is checked.
+    let _hostile = peer.conn.take();
     drop(peer);
     // Everyone else unaffected.
     let up = alive(&mut r.listener.child);
