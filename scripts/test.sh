@@ -127,7 +127,7 @@ fi
 # current. Refused: no stamp, a stamp from a dirty tree, a commit not in this
 # history, or one older than the last change to these paths. Needs the
 # whole history (not a shallow clone).
-RELIABILITY_CODE=(cc-agent cc-listener cc-privhelper cc-exec proto tests/tests/reliability.rs tests/src testkit)
+RELIABILITY_CODE=(cc-agent cc-listener cc-privhelper cc-exec proto tests/tests/reliability tests/src testkit)
 reliability_is_current() {
     local doc="$1" stamp last
     if [ "$(git rev-parse --is-shallow-repository 2>/dev/null)" != "false" ]; then

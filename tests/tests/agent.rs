@@ -7,12 +7,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cc_e2e::agent::{AgentProcess, root_and_agent_user};
-use cc_e2e::listener::ListenerProcess;
+use cc_e2e::listener::{FAST_REAL_AGENTS, ListenerProcess, job_id};
 use cc_e2e::{TempDir, bin};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
-const FAST: &str = "heartbeat_interval_secs = 2\nping_interval_secs = 1\nlost_grace_secs = 5\nsweep_interval_ms = 100\n";
 
 struct Rig {
     _dir: TempDir,
@@ -38,7 +37,7 @@ fn rig_with(name: &str, listener_extra: &str, agent_extra: &str) -> Option<Rig> 
     let listener = ListenerProcess::start(
         &bin("cc-listener"),
         &dir.path().join("listener"),
-        &format!("{FAST}{listener_extra}"),
+        &format!("{FAST_REAL_AGENTS}{listener_extra}"),
     );
     let host = format!("{name}.test");
     let key = listener.add_key(&host);
@@ -92,7 +91,7 @@ impl Rig {
                 .listener
                 .post(&format!("/api/v1/agents/{}/jobs", self.host), &body);
             if r.status == 202 {
-                return r.json()["jobId"].as_str().unwrap().to_owned();
+                return job_id(&r.json()["jobId"]).to_string();
             }
             assert!(
                 Instant::now() < deadline,
@@ -252,9 +251,7 @@ fn listener_killed_twice_during_200_jobs_loses_no_report_and_stores_none_twice()
     let reports = rig.listener.get("/api/v1/reports?limit=1000").json();
     let mut per_job: HashMap<String, usize> = HashMap::new();
     for r in reports.as_array().unwrap() {
-        *per_job
-            .entry(r["jobId"].as_str().unwrap().to_owned())
-            .or_default() += 1;
+        *per_job.entry(job_id(&r["jobId"]).to_string()).or_default() += 1;
     }
     for id in &ids {
         assert_eq!(

@@ -94,18 +94,44 @@ fn user_crontab_real_cron_cron_run_and_a_hostile_listener() {
             .then_some(())
     });
 
-    // 1. Entries install; the hand-written lines stay.
     let entries = json!([
         {"id": "every-minute", "schedule": "* * * * *", "command": "/bin/echo from-cron"},
         {"id": "nightly", "schedule": "0 3 * * *", "command": "/bin/echo nightly 'two words'"}
     ]);
+    // 1. Entries install; the hand-written lines stay.
+    entries_install(&listener, host, &agent, &entries);
+    // 2. The same list again rewrites nothing.
+    same_list_rewrites_nothing(&listener, host, &agent, &entries);
+    // 3. Debian's cron runs the * * * * * entry; its report reaches the listener.
+    let _cron = cc_e2e::CronDaemon::ensure();
+    real_cron_runs_the_entry(&listener, uid);
+    // 4. A cron run while the agent is down is delivered when it is back.
+    run_while_down_is_delivered(&listener, &mut agent);
+    // 5. Runs of one job never overlap: with its lock held, a run is skipped.
+    overlapping_run_is_skipped(&listener, &agent);
+    agent.kill();
+
+    // 6. A hostile listener: whatever it sends, no line of it changes the
+    //    crontab's structure; valid entries still install.
+    hostile_listener_cannot_inject(&dir, uid, gid);
+    let tab = crontab_l();
+    assert!(tab.starts_with(HAND), "{tab}");
+
+    let _ = Command::new("crontab")
+        .args(["-u", AGENT_USER, "-r"])
+        .status();
+}
+
+/// Step 1: entries install as managed `cron-run` lines (no command reaches the
+/// crontab); the hand-written lines stay.
+fn entries_install(listener: &ListenerProcess, host: &str, agent: &AgentProcess, entries: &Value) {
     assert_eq!(
         listener
-            .put(&format!("/api/v1/agents/{host}/cron"), &entries)
+            .put(&format!("/api/v1/agents/{host}/cron"), entries)
             .status,
         200
     );
-    let status = wait_for(T, "cron_status", || cron_status(&listener, host));
+    let status = wait_for(T, "cron_status", || cron_status(listener, host));
     assert_eq!(
         status["installed"],
         json!(["every-minute", "nightly"]),
@@ -124,13 +150,20 @@ fn user_crontab_real_cron_cron_run_and_a_hostile_listener() {
         !tab.contains("from-cron"),
         "a command reached the crontab:\n{tab}"
     );
+}
 
-    // 2. The same list again rewrites nothing.
+/// Step 2: the same list again rewrites nothing.
+fn same_list_rewrites_nothing(
+    listener: &ListenerProcess,
+    host: &str,
+    agent: &AgentProcess,
+    entries: &Value,
+) {
     let before = spool_mtime();
     let applied_before = agent.log().matches("cron entries applied").count();
     assert_eq!(
         listener
-            .put(&format!("/api/v1/agents/{host}/cron"), &entries)
+            .put(&format!("/api/v1/agents/{host}/cron"), entries)
             .status,
         200
     );
@@ -142,9 +175,11 @@ fn user_crontab_real_cron_cron_run_and_a_hostile_listener() {
         before,
         "an unchanged refresh rewrote the crontab"
     );
+}
 
-    // 3. Debian's cron runs the * * * * * entry; its report reaches the listener.
-    let _cron = cc_e2e::CronDaemon::ensure();
+/// Step 3: Debian's cron runs the `* * * * *` entry; its report reaches the
+/// listener.
+fn real_cron_runs_the_entry(listener: &ListenerProcess, uid: u32) {
     let report = wait_for(
         Duration::from_secs(150),
         "a report from the real cron daemon",
@@ -157,8 +192,11 @@ fn user_crontab_real_cron_cron_run_and_a_hostile_listener() {
     assert_eq!(report["report"]["stdout"], "from-cron\n");
     assert_eq!(report["report"]["executingUid"], uid);
     assert_eq!(report["report"]["command"], "/bin/echo from-cron");
+}
 
-    // 4. A cron run while the agent is down is delivered when it is back.
+/// Step 4: a cron run while the agent is down is delivered when it is back.
+fn run_while_down_is_delivered(listener: &ListenerProcess, agent: &mut AgentProcess) {
+    let config = agent.config_path();
     agent.kill();
     let out = agent.run_subcommand(&["cron-run", "--config", config.to_str().unwrap(), "nightly"]);
     assert!(
@@ -175,8 +213,12 @@ fn user_crontab_real_cron_cron_run_and_a_hostile_listener() {
             .and_then(|a| a.first().cloned())
     });
     assert_eq!(nightly["report"]["stdout"], "nightly two words\n");
+}
 
-    // 5. Runs of one job never overlap: with its lock held, a run is skipped.
+/// Step 5: runs of one job never overlap: with its lock held, a run is
+/// skipped (exit 75, a warning that says so).
+fn overlapping_run_is_skipped(listener: &ListenerProcess, agent: &AgentProcess) {
+    let config = agent.config_path();
     let lock_path = agent.state().join("locks/nightly.lock");
     let lock_file = std::fs::OpenOptions::new()
         .write(true)
@@ -202,17 +244,6 @@ fn user_crontab_real_cron_cron_run_and_a_hostile_listener() {
             .contains("skipped"),
         "{skipped}"
     );
-    agent.kill();
-
-    // 6. A hostile listener: whatever it sends, no line of it changes the
-    //    crontab's structure; valid entries still install.
-    hostile_listener_cannot_inject(&dir, uid, gid);
-    let tab = crontab_l();
-    assert!(tab.starts_with(HAND), "{tab}");
-
-    let _ = Command::new("crontab")
-        .args(["-u", AGENT_USER, "-r"])
-        .status();
 }
 
 fn hostile_listener_cannot_inject(dir: &TempDir, uid: u32, gid: u32) {

@@ -67,12 +67,10 @@ fn when_its_listener_dies_the_agent_is_served_by_the_next_within_one_backoff() {
         "served by the second listener after {seen:?}\n{}",
         agent.log()
     );
-    let posted = b.post(
-        "/api/v1/agents/fo.test/jobs",
+    let id = b.post_job(
+        "fo.test",
         &json!({"command": "/bin/echo", "args": ["through-b"]}),
     );
-    assert_eq!(posted.status, 202, "{}", posted.body);
-    let id = posted.json()["jobId"].as_str().unwrap().to_owned();
     let job = b.wait_for(Duration::from_secs(15), |b| {
         let j = b.get(&format!("/api/v1/jobs/{id}")).json();
         (j["status"] == "done").then_some(j)

@@ -308,7 +308,19 @@ fn the_cron_file_is_root_owned_0644_atomic_and_no_entry_changes_its_structure() 
         {"id": "extra", "schedule": "* * * * * root", "command": "/bin/true"},
         {"id": "bad", "schedule": "61 * * * *", "command": "/bin/true"}
     ]);
-    let r = h.write_cron(&entries);
+    let text = entries_install_only_as_fixed_lines(&h, &dir, &entries);
+    debian_cron_accepts_the_syntax(&h);
+    a_kill_mid_write_leaves_a_whole_file(&mut h, &entries, &text);
+}
+
+/// Only the valid entries install, each as a fixed-wrapper line; the file
+/// is root's, 0644, with one link. Returns its text.
+fn entries_install_only_as_fixed_lines(
+    h: &HelperProcess,
+    dir: &TempDir,
+    entries: &Value,
+) -> String {
+    let r = h.write_cron(entries);
     assert_eq!(r["cron_written"]["installed"], json!(["ok", "pct"]), "{r}");
     assert_eq!(r["cron_written"]["rejected"].as_array().unwrap().len(), 6);
     let text = std::fs::read_to_string(h.cron_file()).unwrap();
@@ -330,8 +342,11 @@ fn the_cron_file_is_root_owned_0644_atomic_and_no_entry_changes_its_structure() 
         (meta.uid(), meta.gid(), meta.mode() & 0o7777, meta.nlink()),
         (0, 0, 0o644, 1)
     );
+    text
+}
 
-    // Debian's cron accepts the file's syntax: the same lines as a crontab.
+/// Debian's cron accepts the file's syntax: the same lines as a crontab.
+fn debian_cron_accepts_the_syntax(h: &HelperProcess) {
     let check = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -345,16 +360,18 @@ fn the_cron_file_is_root_owned_0644_atomic_and_no_entry_changes_its_structure() 
         "cron refused the syntax: {}",
         String::from_utf8_lossy(&check.stderr)
     );
+}
 
-    // A SIGKILL in the middle of a write leaves a whole file: either the
-    // one before or the new one, never a mix. A kill "in the middle" is one
-    // that finds the helper, stopped with SIGSTOP so what it does cannot
-    // change under the look, holding a file in the cron directory open for
-    // writing (the temp file today; the cron file itself if the write were
-    // ever made in place). The helper is probed again and again from the
-    // moment the request is sent and killed at the first such look; every
-    // third write is let through and killed after its answer, so the file
-    // does change. At least MID_WRITE kills must land mid-write.
+/// A SIGKILL in the middle of a write leaves a whole file: either the
+/// one before or the new one, never a mix. A kill "in the middle" is one
+/// that finds the helper, stopped with SIGSTOP so what it does cannot
+/// change under the look, holding a file in the cron directory open for
+/// writing (the temp file today; the cron file itself if the write were
+/// ever made in place). The helper is probed again and again from the
+/// moment the request is sent and killed at the first such look; every
+/// third write is let through and killed after its answer, so the file
+/// does change. At least MID_WRITE kills must land mid-write.
+fn a_kill_mid_write_leaves_a_whole_file(h: &mut HelperProcess, entries: &Value, text: &str) {
     const MID_WRITE: usize = 8;
     let new_entries = json!([{"id": "other", "schedule": "@hourly", "command": "/bin/true"}]);
     let whole = |list: &Value, now: &str| {
@@ -366,35 +383,13 @@ fn the_cron_file_is_root_owned_0644_atomic_and_no_entry_changes_its_structure() 
     };
     let cron_dir = h.cron_file().parent().unwrap().to_owned();
     let (mut mid_write, mut after, mut changed) = (0, 0, 0);
-    let mut before = text.clone();
+    let mut before = text.to_owned();
     for i in 0..60 {
         if mid_write >= MID_WRITE && changed > 0 {
             break;
         }
-        let list = if i % 2 == 0 { &new_entries } else { &entries };
-        let st =
-            cc_e2e::signing::cron_statement(list, &h.hostname, cc_e2e::signing::next_generation());
-        let signed = cc_e2e::signing::sign_cron(&st, &cc_e2e::signing::operator().1);
-        let req = json!({"write_cron": {"cron_refresh": list.to_string(), "signed": serde_json::to_string(&signed).unwrap()}});
-        let sock = h.socket();
-        let agent = h.agent;
-        let sender = std::thread::spawn(move || {
-            let mut c = Command::new(bin("cc-helper-client"));
-            use std::os::unix::process::CommandExt;
-            c.arg(sock)
-                .uid(agent.0)
-                .gid(agent.1)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null());
-            let mut child = c.spawn().unwrap();
-            use std::io::Write;
-            let _ = child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(req.to_string().as_bytes());
-            let _ = child.wait();
-        });
+        let list = if i % 2 == 0 { &new_entries } else { entries };
+        let sender = signed_write_as_the_agent(h, list);
         let pid = h.child.id();
         let let_through = i % 3 == 2;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -435,6 +430,34 @@ fn the_cron_file_is_root_owned_0644_atomic_and_no_entry_changes_its_structure() 
         "only {mid_write} kills landed while the helper was writing the cron file ({after} after the answer): the claim is unproven"
     );
     assert!(changed > 0, "no write ever changed the cron file");
+}
+
+/// Sends a signed `write_cron` of `list` to `h` as the agent user, from a
+/// thread of its own (`cc-helper-client`), so `h` can be watched while it
+/// writes.
+fn signed_write_as_the_agent(h: &HelperProcess, list: &Value) -> std::thread::JoinHandle<()> {
+    let st = cc_e2e::signing::cron_statement(list, &h.hostname, cc_e2e::signing::next_generation());
+    let signed = cc_e2e::signing::sign_cron(&st, &cc_e2e::signing::operator().1);
+    let req = json!({"write_cron": {"cron_refresh": list.to_string(), "signed": serde_json::to_string(&signed).unwrap()}});
+    let sock = h.socket();
+    let agent = h.agent;
+    std::thread::spawn(move || {
+        let mut c = Command::new(bin("cc-helper-client"));
+        use std::os::unix::process::CommandExt;
+        c.arg(sock)
+            .uid(agent.0)
+            .gid(agent.1)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(req.to_string().as_bytes());
+        let _ = child.wait();
+    })
 }
 
 /// A process held stopped (SIGSTOP, every thread seen stopped) until dropped.

@@ -40,9 +40,22 @@ fn the_package_installs_root_owned_files_and_enables_nothing() {
         return;
     }
     let pkg = pkg.unwrap();
+    the_archive_is_root_owned(&pkg);
 
-    // The archive itself.
-    let listing = out(Command::new("dpkg-deb").arg("-c").arg(&pkg));
+    if !require("root, to install the package on this machine", is_root()) {
+        return;
+    }
+    out(Command::new("dpkg").arg("-i").arg(&pkg));
+    installed_owners_and_modes();
+    installed_paths_root_owned_and_nothing_enabled();
+    installed_units_and_selinux_sources();
+    out(Command::new("dpkg").args(["--purge", "croncommander"]));
+}
+
+/// The archive itself: every entry root-owned, none world-writable, the
+/// configs' modes, and cron among its dependencies.
+fn the_archive_is_root_owned(pkg: &Path) {
+    let listing = out(Command::new("dpkg-deb").arg("-c").arg(pkg));
     for line in listing.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         let (mode, owner, path) = (f[0], f[1], f[5]);
@@ -61,31 +74,33 @@ fn the_package_installs_root_owned_files_and_enables_nothing() {
     };
     assert_eq!(mode_of("./etc/croncommander/helper.toml"), "-rw-------");
     assert_eq!(mode_of("./etc/croncommander/agent.toml"), "-rw-r-----");
-    let control = out(Command::new("dpkg-deb").arg("-f").arg(&pkg).arg("Depends"));
+    let control = out(Command::new("dpkg-deb").arg("-f").arg(pkg).arg("Depends"));
     assert!(control.contains("cron"), "{control}");
+}
 
-    if !require("root, to install the package on this machine", is_root()) {
-        return;
+/// `path`'s owner, mode and (if given) group.
+fn check(path: &str, uid: u32, group: Option<&str>, mode: u32) {
+    let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(m.uid(), uid, "{path} owner");
+    assert_eq!(
+        m.mode() & 0o7777,
+        mode,
+        "{path} mode {:o}",
+        m.mode() & 0o7777
+    );
+    if let Some(g) = group {
+        let gid = nix::unistd::Group::from_name(g)
+            .unwrap()
+            .unwrap()
+            .gid
+            .as_raw();
+        assert_eq!(m.gid(), gid, "{path} group");
     }
-    out(Command::new("dpkg").arg("-i").arg(&pkg));
-    let check = |path: &str, uid: u32, group: Option<&str>, mode: u32| {
-        let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert_eq!(m.uid(), uid, "{path} owner");
-        assert_eq!(
-            m.mode() & 0o7777,
-            mode,
-            "{path} mode {:o}",
-            m.mode() & 0o7777
-        );
-        if let Some(g) = group {
-            let gid = nix::unistd::Group::from_name(g)
-                .unwrap()
-                .unwrap()
-                .gid
-                .as_raw();
-            assert_eq!(m.gid(), gid, "{path} group");
-        }
-    };
+}
+
+/// Installed: the agent user, the directories and configs with their
+/// owners and modes, system mode off.
+fn installed_owners_and_modes() {
     let agent = nix::unistd::User::from_name("cc-agent-user")
         .unwrap()
         .expect("postinst creates cc-agent-user");
@@ -113,7 +128,11 @@ fn the_package_installs_root_owned_files_and_enables_nothing() {
     assert!(!std::path::Path::new("/var/spool/croncommander").exists());
     let helper = std::fs::read_to_string("/etc/croncommander/helper.toml").unwrap();
     assert!(helper.lines().any(|l| l.trim() == "system_mode = false"));
+}
 
+/// Every installed path root-owned (but for the agent's own state) and
+/// never world-writable; nothing enabled.
+fn installed_paths_root_owned_and_nothing_enabled() {
     // Every installed path: root-owned (but for the agent's own state) and
     // never world-writable.
     for path in out(Command::new("dpkg").args(["-L", "croncommander"])).lines() {
@@ -147,6 +166,11 @@ fn the_package_installs_root_owned_files_and_enables_nothing() {
             }
         }
     }
+}
+
+/// The installed units keep their exposure scores; the SELinux sources
+/// shipped are the ones the SELinux test checks.
+fn installed_units_and_selinux_sources() {
     // The installed units keep their scores: the levels SECURITY.md states
     // (as tests/tests/units.rs holds the unit files to).
     for (unit, target) in [
@@ -175,5 +199,4 @@ fn the_package_installs_root_owned_files_and_enables_nothing() {
         .unwrap();
         assert_eq!(shipped, source, "{f} differs from selinux/{f}");
     }
-    out(Command::new("dpkg").args(["--purge", "croncommander"]));
 }

@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use cc_e2e::signing::{self, operator};
 use cc_e2e::{TempDir, bin, wait_for};
 use cc_proto::Timestamp;
 use cc_proto::sign::{self as proto_sign, ExecStatement, Signed};
+use ring::signature::Ed25519KeyPair;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
@@ -59,8 +61,55 @@ fn a_job_signed_by_a_trusted_key_runs_as_root_and_nothing_else_does() {
     assert_eq!(ok["exec_result"]["executingUid"], 0);
 
     let (_, stranger) = signing::new_key();
-    let base = |id: &str| signing::exec_statement(&job(id, "/usr/bin/id", &["-u"]), &h.hostname);
-    let cases: Vec<(&str, Value, Option<Signed>, &str)> = vec![
+    for (what, j, signed, reason) in refused_statements(&h, op, &stranger) {
+        let msg = refusal(&h.exec_signed(&j, signed.as_ref()));
+        assert!(msg.contains(reason), "{what}: {msg}");
+    }
+
+    // A forged signature (another statement's) and a truncated one.
+    let good = signing::sign_exec(&statement(&h, "f-1"), op);
+    let other = signing::sign_exec(&statement(&h, "f-2"), op);
+    let forged = Signed {
+        signature: other.signature.clone(),
+        ..good.clone()
+    };
+    let msg = refusal(&h.exec_signed(&job("f-1", "/usr/bin/id", &["-u"]), Some(&forged)));
+    assert!(msg.contains("bad signature"), "{msg}");
+    let truncated = Signed {
+        signature: good.signature[..44].to_owned(),
+        ..good.clone()
+    };
+    let msg = refusal(&h.exec_signed(&job("f-1", "/usr/bin/id", &["-u"]), Some(&truncated)));
+    assert!(msg.contains("64 bytes"), "{msg}");
+
+    // The same statement twice: refused as a replay, also after a restart.
+    let once = signing::sign_exec(&statement(&h, "r-1"), op);
+    let j = job("r-1", "/usr/bin/id", &["-u"]);
+    assert_eq!(h.exec_signed(&j, Some(&once))["exec_result"]["exitCode"], 0);
+    let msg = refusal(&h.exec_signed(&j, Some(&once)));
+    assert!(msg.contains("replayed"), "{msg}");
+    h.restart();
+    let msg = refusal(&h.exec_signed(&j, Some(&once)));
+    assert!(msg.contains("replayed"), "after a restart: {msg}");
+
+    refusals_are_audited(&h);
+}
+
+/// The statement `job(id, "/usr/bin/id", ["-u"])` on `h`'s host, valid for
+/// the next hour.
+fn statement(h: &HelperProcess, id: &str) -> ExecStatement {
+    signing::exec_statement(&job(id, "/usr/bin/id", &["-u"]), &h.hostname)
+}
+
+/// Jobs the helper must refuse: (what, the job, its signature, the reason
+/// the refusal names).
+fn refused_statements(
+    h: &HelperProcess,
+    op: &Ed25519KeyPair,
+    stranger: &Ed25519KeyPair,
+) -> Vec<(&'static str, Value, Option<Signed>, &'static str)> {
+    let base = |id: &str| statement(h, id);
+    vec![
         (
             "unsigned",
             job("u-1", "/usr/bin/id", &["-u"]),
@@ -70,7 +119,7 @@ fn a_job_signed_by_a_trusted_key_runs_as_root_and_nothing_else_does() {
         (
             "signed by an unknown key",
             job("k-1", "/usr/bin/id", &["-u"]),
-            Some(signing::sign_exec(&base("k-1"), &stranger)),
+            Some(signing::sign_exec(&base("k-1"), stranger)),
             "unknown key",
         ),
         (
@@ -142,39 +191,11 @@ fn a_job_signed_by_a_trusted_key_runs_as_root_and_nothing_else_does() {
             Some(signing::sign_exec(&base("t-1"), op)),
             "timeout",
         ),
-    ];
-    for (what, j, signed, reason) in cases {
-        let msg = refusal(&h.exec_signed(&j, signed.as_ref()));
-        assert!(msg.contains(reason), "{what}: {msg}");
-    }
+    ]
+}
 
-    // A forged signature (another statement's) and a truncated one.
-    let good = signing::sign_exec(&base("f-1"), op);
-    let other = signing::sign_exec(&base("f-2"), op);
-    let forged = Signed {
-        signature: other.signature.clone(),
-        ..good.clone()
-    };
-    let msg = refusal(&h.exec_signed(&job("f-1", "/usr/bin/id", &["-u"]), Some(&forged)));
-    assert!(msg.contains("bad signature"), "{msg}");
-    let truncated = Signed {
-        signature: good.signature[..44].to_owned(),
-        ..good.clone()
-    };
-    let msg = refusal(&h.exec_signed(&job("f-1", "/usr/bin/id", &["-u"]), Some(&truncated)));
-    assert!(msg.contains("64 bytes"), "{msg}");
-
-    // The same statement twice: refused as a replay, also after a restart.
-    let once = signing::sign_exec(&base("r-1"), op);
-    let j = job("r-1", "/usr/bin/id", &["-u"]);
-    assert_eq!(h.exec_signed(&j, Some(&once))["exec_result"]["exitCode"], 0);
-    let msg = refusal(&h.exec_signed(&j, Some(&once)));
-    assert!(msg.contains("replayed"), "{msg}");
-    h.restart();
-    let msg = refusal(&h.exec_signed(&j, Some(&once)));
-    assert!(msg.contains("replayed"), "after a restart: {msg}");
-
-    // Each refusal is in the audit log with the key it named.
+/// Each refusal is in the audit log with the key it named.
+fn refusals_are_audited(h: &HelperProcess) {
     let log = h.log();
     let refused: Vec<&str> = log
         .lines()
@@ -360,10 +381,27 @@ fn only_an_operators_signature_makes_root_work_through_the_whole_system() {
         return;
     };
     let dir = TempDir::new("sg-e2e");
+    let host = "signed-e2e.test";
+    let (helper, mut listener, _agent) = system_host(&dir, host, (uid, gid));
+    listeners_signatures_are_refused(&mut listener, host);
+    // The operator signs with ccctl: root.
+    let op = dir.path().join("op");
+    std::fs::write(op.join("operator.key"), &operator().0).unwrap();
+    operator_signs_a_root_job(&listener, &op, host);
+    signed_root_cron_entry(&listener, &op, host, &helper);
+    let _ = helper;
+}
+
+/// A helper, a listener with a key of its own (which the helper does not
+/// trust) and an agent in system mode on `host`, connected.
+fn system_host(
+    dir: &TempDir,
+    host: &str,
+    (uid, gid): (u32, u32),
+) -> (HelperProcess, ListenerProcess, AgentProcess) {
     for d in ["listener", "agent", "helper", "op"] {
         std::fs::create_dir_all(dir.path().join(d)).unwrap();
     }
-    let host = "signed-e2e.test";
     let hdir = dir.path().join("helper");
     let helper = HelperProcess::start_as(
         &hdir,
@@ -377,7 +415,7 @@ fn only_an_operators_signature_makes_root_work_through_the_whole_system() {
     // The listener has a key of its own, which the helper does not trust.
     let (listener_pem, _) = signing::new_key();
     std::fs::write(dir.path().join("listener/own.key"), listener_pem).unwrap();
-    let mut listener = ListenerProcess::start(
+    let listener = ListenerProcess::start(
         &bin("cc-listener"),
         &dir.path().join("listener"),
         &format!(
@@ -386,7 +424,7 @@ fn only_an_operators_signature_makes_root_work_through_the_whole_system() {
         ),
     );
     let key = listener.add_key(host);
-    let _agent = AgentProcess::start(
+    let agent = AgentProcess::start(
         &bin("cc-agent"),
         &dir.path().join("agent"),
         &listener.ws_url(),
@@ -405,18 +443,25 @@ fn only_an_operators_signature_makes_root_work_through_the_whole_system() {
             .any(|a| a["hostname"] == host && a["connected"] == true)
             .then_some(())
     });
-    let report_of = |listener: &ListenerProcess, body: &Value| -> Value {
-        let r = listener.post(&format!("/api/v1/agents/{host}/jobs"), body);
-        assert_eq!(r.status, 202, "{}", r.body);
-        let id = r.json()["jobId"].as_str().unwrap().to_owned();
-        wait_for(T, "the report", || {
-            let j = listener.get(&format!("/api/v1/jobs/{id}")).json();
-            (j["status"] == "done").then(|| j["report"].clone())
-        })
-    };
+    (helper, listener, agent)
+}
+
+/// The job's report, once done.
+fn report_of(listener: &ListenerProcess, host: &str, body: &Value) -> Value {
+    let id = listener.post_job(host, body);
+    wait_for(T, "the report", || {
+        let j = listener.get(&format!("/api/v1/jobs/{id}")).json();
+        (j["status"] == "done").then(|| j["report"].clone())
+    })
+}
+
+/// Signed by the listener's own key, or not signed at all: refused, and
+/// reported.
+fn listeners_signatures_are_refused(listener: &mut ListenerProcess, host: &str) {
     // The listener signs with its own key: refused, reported.
     let r = report_of(
-        &listener,
+        listener,
+        host,
         &json!({"command": "/usr/bin/id", "args": ["-u"]}),
     );
     assert_eq!(r["exitCode"], 126, "{r}");
@@ -435,18 +480,19 @@ fn only_an_operators_signature_makes_root_work_through_the_whole_system() {
             .then_some(())
     });
     let r = report_of(
-        &listener,
+        listener,
+        host,
         &json!({"command": "/usr/bin/id", "args": ["-u"]}),
     );
     assert_eq!(r["exitCode"], 126, "{r}");
     assert!(r["warning"].as_str().unwrap().contains("unsigned"), "{r}");
+}
 
-    // The operator signs with ccctl: root.
-    let op = dir.path().join("op");
-    std::fs::write(op.join("operator.key"), &operator().0).unwrap();
+/// The operator signs with ccctl: the job runs as root.
+fn operator_signs_a_root_job(listener: &ListenerProcess, op: &Path, host: &str) {
     let out = ccctl(
-        &listener,
-        &op,
+        listener,
+        op,
         &[
             "run",
             host,
@@ -469,13 +515,22 @@ fn only_an_operators_signature_makes_root_work_through_the_whole_system() {
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v[0]["report"]["executingUid"], 0, "{v}");
     assert_eq!(v[0]["report"]["stdout"], "0\n");
+}
 
+/// A signed root cron entry, through the API to the helper's file; and
+/// ccctl's own checks: a bad line is named, and nothing is sent.
+fn signed_root_cron_entry(
+    listener: &ListenerProcess,
+    op: &Path,
+    host: &str,
+    helper: &HelperProcess,
+) {
     // And a signed root cron entry, through the API to the helper's file.
     let list = op.join("cron.txt");
     std::fs::write(&list, "# nightly\nroot-nightly 0 3 * * * /usr/bin/id -u\n").unwrap();
     let out = ccctl(
-        &listener,
-        &op,
+        listener,
+        op,
         &[
             "cron",
             "set",
@@ -499,14 +554,9 @@ fn only_an_operators_signature_makes_root_work_through_the_whole_system() {
     });
     // ccctl's own checks: a bad line is named, and nothing is sent.
     std::fs::write(&list, "ok @daily /bin/true\nbad 61 * * * * /bin/true\n").unwrap();
-    let out = ccctl(
-        &listener,
-        &op,
-        &["cron", "set", host, list.to_str().unwrap()],
-    );
+    let out = ccctl(listener, op, &["cron", "set", host, list.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
-    let _ = helper;
 }
 
 /// Issue "Hostile peers, round two", finding 8: `ccctl run --system`

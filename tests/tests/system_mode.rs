@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
+use std::path::Path;
 use std::time::Duration;
 
 use cc_e2e::agent::{AgentProcess, root_and_agent_user};
@@ -14,9 +15,7 @@ use serde_json::{Value, json};
 const T: Duration = Duration::from_secs(30);
 
 fn job_report(l: &ListenerProcess, host: &str, body: &Value) -> Value {
-    let r = l.post(&format!("/api/v1/agents/{host}/jobs"), body);
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.json()["jobId"].as_str().unwrap().to_owned();
+    let id = l.post_job(host, body);
     wait_for(T, "the job's report", || {
         let j = l.get(&format!("/api/v1/jobs/{id}")).json();
         (j["status"] == "done").then(|| j["report"].clone())
@@ -32,7 +31,6 @@ fn system_jobs_run_as_root_through_the_helper_and_fail_clearly_without_it() {
     for d in ["listener", "agent", "helper"] {
         std::fs::create_dir_all(dir.path().join(d)).unwrap();
     }
-    let hdir = dir.path().join("helper");
     // The real /etc/cron.d, under a name of this test's own (no dots),
     // removed however the test ends.
     let cron_file = "/etc/cron.d/croncommander-e2e";
@@ -43,13 +41,31 @@ fn system_jobs_run_as_root_through_the_helper_and_fail_clearly_without_it() {
         }
     }
     let _cleanup = RemoveOnDrop(cron_file);
+    let host = "sys-e2e.test";
+    let mut helper = helper_writing_to(&dir.path().join("helper"), host, (uid, gid), cron_file);
+    let (listener, agent) = system_mode_agent(&dir, host, &helper, (uid, gid));
+    root_jobs_and_a_stopped_helper(&listener, &mut helper, host, uid);
+    // 4. A cron list goes to /etc/cron.d through the helper, and Debian's
+    //    real cron runs the entry as root; the report reaches the listener.
+    cron_list_reaches_the_cron_file(&listener, host, cron_file);
+    let _cron = CronDaemon::ensure();
+    scheduled_report_is_roots(&listener);
+    drop(agent);
+}
+
+/// The helper for `host`, its cron file at `cron_file`.
+fn helper_writing_to(
+    hdir: &Path,
+    host: &str,
+    (uid, gid): (u32, u32),
+    cron_file: &str,
+) -> HelperProcess {
     let helper_cfg = format!(
         "system_mode = true\n[sandbox]\nwrite_paths = [{:?}]\nlandlock = \"required\"\n",
         hdir.join("writable")
     );
-    let host = "sys-e2e.test";
     // HelperProcess points cron_file into its dir; override for this test.
-    let mut helper = HelperProcess::start_as(&hdir, &helper_cfg, (uid, gid), host);
+    let mut helper = HelperProcess::start_as(hdir, &helper_cfg, (uid, gid), host);
     let cfg = std::fs::read_to_string(hdir.join("etc/helper.toml")).unwrap();
     let cfg = cfg.replace(
         &format!("cron_file = {:?}", hdir.join("cron.d/croncommander")),
@@ -57,7 +73,17 @@ fn system_jobs_run_as_root_through_the_helper_and_fail_clearly_without_it() {
     );
     std::fs::write(hdir.join("etc/helper.toml"), cfg).unwrap();
     helper.restart();
+    helper
+}
 
+/// A listener that signs system-mode work with a key the helper trusts,
+/// and an agent in system mode through `helper`, registered as such.
+fn system_mode_agent(
+    dir: &TempDir,
+    host: &str,
+    helper: &HelperProcess,
+    (uid, gid): (u32, u32),
+) -> (ListenerProcess, AgentProcess) {
     // The listener signs system-mode work on the API's behalf with a key
     // the helper trusts (the operator-signed path: tests/tests/signed.rs).
     let key_file = dir.path().join("listener/signing.key");
@@ -93,10 +119,21 @@ fn system_jobs_run_as_root_through_the_helper_and_fail_clearly_without_it() {
         (me["executionMode"].as_str(), me["isRoot"].as_bool()),
         (Some("system"), Some(false))
     );
+    (listener, agent)
+}
 
+/// Steps 1 to 3: a system job runs as root, stamped by the helper; with
+/// the helper stopped it fails with a report that says why; with the
+/// helper back, system jobs work again.
+fn root_jobs_and_a_stopped_helper(
+    listener: &ListenerProcess,
+    helper: &mut HelperProcess,
+    host: &str,
+    uid: u32,
+) {
     // 1. A system job runs as root, stamped by the helper.
     let r = job_report(
-        &listener,
+        listener,
         host,
         &json!({"command": "/usr/bin/id", "args": ["-u"]}),
     );
@@ -113,7 +150,7 @@ fn system_jobs_run_as_root_through_the_helper_and_fail_clearly_without_it() {
     // 2. Helper stopped: the job fails with a report that says why.
     let _ = helper.child.kill();
     let _ = helper.child.wait();
-    let r = job_report(&listener, host, &json!({"command": "/bin/true"}));
+    let r = job_report(listener, host, &json!({"command": "/bin/true"}));
     assert_eq!(r["exitCode"], 126, "{r}");
     assert!(
         r["warning"]
@@ -127,14 +164,15 @@ fn system_jobs_run_as_root_through_the_helper_and_fail_clearly_without_it() {
     // 3. Back again: system jobs work again.
     helper.restart();
     let r = job_report(
-        &listener,
+        listener,
         host,
         &json!({"command": "/usr/bin/id", "args": ["-u"]}),
     );
     assert_eq!(r["executingUid"], 0, "{r}");
+}
 
-    // 4. A cron list goes to /etc/cron.d through the helper, and Debian's
-    //    real cron runs the entry as root; the report reaches the listener.
+/// The cron list lands in the cron file as a root `cron-run` line.
+fn cron_list_reaches_the_cron_file(listener: &ListenerProcess, host: &str, cron_file: &str) {
     let put = listener.put(
         &format!("/api/v1/agents/{host}/cron"),
         &json!([{"id": "sys-every-minute", "schedule": "* * * * *", "command": "/usr/bin/id -un"}]),
@@ -150,6 +188,11 @@ fn system_jobs_run_as_root_through_the_helper_and_fail_clearly_without_it() {
             && text.ends_with(" sys-every-minute\n"),
         "{text}"
     );
+}
+
+/// Debian's real cron runs the entry as root; the report reaches the
+/// listener.
+fn scheduled_report_is_roots(listener: &ListenerProcess) {
     let _cron = CronDaemon::ensure();
     let report = wait_for(
         Duration::from_secs(150),
@@ -164,5 +207,4 @@ fn system_jobs_run_as_root_through_the_helper_and_fail_clearly_without_it() {
     assert_eq!(report["kind"], "cron");
     assert_eq!(report["report"]["executingUid"], 0, "{report}");
     assert_eq!(report["report"]["stdout"], "root\n");
-    drop(agent);
 }

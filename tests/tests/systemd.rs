@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cc_e2e::bed::{self, DocBlock, Link, Machine, Role};
@@ -154,6 +154,79 @@ fn main_pid(m: &Machine, unit: &str) -> String {
 
 #[test]
 fn every_role_runs_under_the_shipped_units() {
+    let Some(bed) = boot_two_machines() else {
+        return;
+    };
+    let (listener, host) = (&bed.listener, &bed.host);
+    // docs/install.md, as written: the listener with TLS, a key, the host.
+    install_guide(listener, host);
+
+    // A user-mode cron entry, fired by the host's real cron.
+    let cron_set = Instant::now();
+    listener.ok(&format!(
+        "printf 'bed-user * * * * * /usr/bin/id -un\\n' > /root/user.cron && ccctl cron set {HOST} /root/user.cron"
+    ));
+
+    // While cron gets there: a restart of the agent with jobs queued loses
+    // none of them.
+    queued_jobs_survive_a_restart(listener, host);
+
+    let user_cron = wait_cron_report(
+        listener,
+        host,
+        "bed-user",
+        cron_set + Duration::from_secs(125),
+    );
+    assert_eq!(
+        user_cron["stdout"].as_str().unwrap().trim(),
+        "cc-agent-user",
+        "{user_cron}"
+    );
+
+    // docs/system-mode.md, as written: a key, the helper, a signed root job.
+    system_mode_guide(listener, host);
+    root_job_containment(listener, host);
+
+    // A signed root cron entry, fired by the real cron through cron-run.
+    let root_cron_set = Instant::now();
+    listener.ok(&format!(
+        "printf 'bed-root * * * * * /usr/bin/id -u\\n' > /root/root.cron && \
+         ccctl cron set --system --key {KEY} {HOST} /root/root.cron"
+    ));
+
+    // A reload keeps the helper and its socket; root work still runs.
+    reload_keeps_the_helper(listener, host);
+
+    let root_cron = wait_cron_report(
+        listener,
+        host,
+        "bed-root",
+        root_cron_set + Duration::from_secs(125),
+    );
+    assert_eq!(root_cron["executingUid"], 0, "{root_cron}");
+    assert_eq!(root_cron["stdout"].as_str().unwrap().trim(), "0");
+
+    // A newer build over the running install: configs kept, services back.
+    upgrade_over_the_running_install(listener, host, &bed.deb);
+    purge_leaves_nothing(host);
+    eprintln!("bed: done in {:.1} s", bed.started.elapsed().as_secs_f64());
+}
+
+/// Two machines booted with the package on both. Fields drop in order:
+/// the machines, then the link between them.
+struct Bed {
+    host: Machine,
+    listener: Machine,
+    _link: Link,
+    /// The package the test command built.
+    deb: PathBuf,
+    /// When the bed started booting.
+    started: Instant,
+}
+
+/// The bed's prerequisites (a skip outside CI without them), then the two
+/// machines booted with the package on both.
+fn boot_two_machines() -> Option<Bed> {
     let ready = bed::available();
     if !require(
         &format!(
@@ -162,14 +235,14 @@ fn every_role_runs_under_the_shipped_units() {
         ),
         ready.is_ok(),
     ) {
-        return;
+        return None;
     }
     let Some(deb) = bed::deb() else {
         require(
             "target/debian/croncommander_*.deb (the test command builds it with cargo deb)",
             false,
         );
-        return;
+        return None;
     };
     let started = Instant::now();
     let tar = bed::rootfs();
@@ -184,9 +257,19 @@ fn every_role_runs_under_the_shipped_units() {
         "bed: two machines up in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    Some(Bed {
+        host,
+        listener,
+        _link: link,
+        deb,
+        started,
+    })
+}
 
-    // docs/install.md, as written: the listener with TLS, a key, the host.
-    let out = run_guide("install.md", &listener, &host);
+/// docs/install.md, as written: its user-mode job ran as cc-agent-user,
+/// and so does the agent.
+fn install_guide(listener: &Machine, host: &Machine) {
+    let out = run_guide("install.md", listener, host);
     let ran = out
         .iter()
         .find(|(b, _)| b.script.contains("ccctl run"))
@@ -201,15 +284,10 @@ fn every_role_runs_under_the_shipped_units() {
         host.ok("id -u cc-agent-user").trim(),
         "the agent does not run as cc-agent-user"
     );
+}
 
-    // A user-mode cron entry, fired by the host's real cron.
-    let cron_set = Instant::now();
-    listener.ok(&format!(
-        "printf 'bed-user * * * * * /usr/bin/id -un\\n' > /root/user.cron && ccctl cron set {HOST} /root/user.cron"
-    ));
-
-    // While cron gets there: a restart of the agent with jobs queued loses
-    // none of them.
+/// A restart of the agent with jobs queued loses none of them.
+fn queued_jobs_survive_a_restart(listener: &Machine, host: &Machine) {
     let queued: Vec<String> = (0..6)
         .map(|i| {
             // `--no-wait` prints the run's id, then `HOST JOB_ID` per host.
@@ -224,7 +302,7 @@ fn every_role_runs_under_the_shipped_units() {
         })
         .collect();
     host.ok("systemctl restart cc-agent.service");
-    wait_online(&listener, &host);
+    wait_online(listener, host);
     for (i, job) in queued.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(60);
         let report = loop {
@@ -246,26 +324,16 @@ fn every_role_runs_under_the_shipped_units() {
             format!("queued-{i}")
         );
     }
+}
 
-    let user_cron = wait_cron_report(
-        &listener,
-        &host,
-        "bed-user",
-        cron_set + Duration::from_secs(125),
-    );
-    assert_eq!(
-        user_cron["stdout"].as_str().unwrap().trim(),
-        "cc-agent-user",
-        "{user_cron}"
-    );
-
-    // docs/system-mode.md, as written: a key, the helper, a signed root job.
-    // The one container difference: the cgroup controllers are read-only
-    // here (docs/testing.md), so a job's limits cannot be enforced.
+/// docs/system-mode.md, as written: a key, the helper, a signed root job.
+/// The one container difference: the cgroup controllers are read-only
+/// here (docs/testing.md), so a job's limits cannot be enforced.
+fn system_mode_guide(listener: &Machine, host: &Machine) {
     let out = run_guide_with(
         "system-mode.md",
-        &listener,
-        &host,
+        listener,
+        host,
         "sed -i 's/^\\[sandbox\\]$/[sandbox]\\nlimits = \"best_effort\"/' /etc/croncommander/helper.toml",
     );
     let ran = out
@@ -279,10 +347,13 @@ fn every_role_runs_under_the_shipped_units() {
         "the docs' root job did not print uid 0: {}",
         ran.1
     );
+}
 
-    // The root job's containment, read from its own /proc.
+/// The root job's containment, read from its own /proc; the audit line
+/// before it ran; the landlock ABI; where it may write.
+fn root_job_containment(listener: &Machine, host: &Machine) {
     let probe = root_job(
-        &listener,
+        listener,
         "/bin/sh -c 'grep -E \"^(Uid|NoNewPrivs|Seccomp|CapBnd|CapEff):\" /proc/self/status; \
          for n in mnt pid ipc uts net; do echo ns $n $(readlink /proc/self/ns/$n); done'",
     );
@@ -331,42 +402,30 @@ fn every_role_runs_under_the_shipped_units() {
         .unwrap();
     assert!(abi >= 6, "the helper runs jobs at landlock ABI {abi}");
     // A write outside write_paths is refused; inside, it lands.
-    let outside = root_job(&listener, "/bin/sh -c 'echo x > /etc/cc-bed-probe'");
+    let outside = root_job(listener, "/bin/sh -c 'echo x > /etc/cc-bed-probe'");
     assert_ne!(first_report(&outside)["exitCode"], 0, "{outside}");
     assert!(!host.sh("test -e /etc/cc-bed-probe").ok());
-    let inside = root_job(&listener, "/bin/sh -c 'echo x > /var/backups/cc-bed-probe'");
+    let inside = root_job(listener, "/bin/sh -c 'echo x > /var/backups/cc-bed-probe'");
     assert_eq!(first_report(&inside)["exitCode"], 0, "{inside}");
     assert_eq!(host.ok("stat -c %u /var/backups/cc-bed-probe").trim(), "0");
+}
 
-    // A signed root cron entry, fired by the real cron through cron-run.
-    let root_cron_set = Instant::now();
-    listener.ok(&format!(
-        "printf 'bed-root * * * * * /usr/bin/id -u\\n' > /root/root.cron && \
-         ccctl cron set --system --key {KEY} {HOST} /root/root.cron"
-    ));
-
-    // A reload keeps the helper and its socket; root work still runs.
-    let helper_pid = main_pid(&host, "cc-privhelper.service");
+/// A reload keeps the helper and its socket; root work still runs.
+fn reload_keeps_the_helper(listener: &Machine, host: &Machine) {
+    let helper_pid = main_pid(host, "cc-privhelper.service");
     host.ok("systemctl reload cc-privhelper.service");
-    assert_eq!(main_pid(&host, "cc-privhelper.service"), helper_pid);
-    let after_reload = root_job(&listener, "/usr/bin/id -u");
+    assert_eq!(main_pid(host, "cc-privhelper.service"), helper_pid);
+    let after_reload = root_job(listener, "/usr/bin/id -u");
     assert_eq!(first_report(&after_reload)["exitCode"], 0, "{after_reload}");
+}
 
-    let root_cron = wait_cron_report(
-        &listener,
-        &host,
-        "bed-root",
-        root_cron_set + Duration::from_secs(125),
-    );
-    assert_eq!(root_cron["executingUid"], 0, "{root_cron}");
-    assert_eq!(root_cron["stdout"].as_str().unwrap().trim(), "0");
-
-    // A newer build over the running install: configs kept, services back.
-    let newer = bed::newer_deb(&deb);
+/// A newer build over the running install: configs kept, services back.
+fn upgrade_over_the_running_install(listener: &Machine, host: &Machine, deb: &Path) {
+    let newer = bed::newer_deb(deb);
     let configs =
         "sha256sum /etc/croncommander/*.toml /etc/systemd/system/cc-privhelper.service.d/*";
     let before = host.ok(configs);
-    let agent_pid = main_pid(&host, "cc-agent.service");
+    let agent_pid = main_pid(host, "cc-agent.service");
     host.put(&newer, "/root/newer.deb", 0o644);
     listener.put(&newer, "/root/newer.deb", 0o644);
     let _ = std::fs::remove_file(&newer);
@@ -375,21 +434,23 @@ fn every_role_runs_under_the_shipped_units() {
     assert_eq!(host.ok(configs), before, "the upgrade changed a config");
     for unit in ["cc-agent.service", "cc-privhelper.socket"] {
         assert!(
-            active(&host, unit),
+            active(host, unit),
             "{unit} is not running after the upgrade"
         );
     }
-    assert!(active(&listener, "cc-listener.service"));
+    assert!(active(listener, "cc-listener.service"));
     assert_ne!(
-        main_pid(&host, "cc-agent.service"),
+        main_pid(host, "cc-agent.service"),
         agent_pid,
         "the upgrade did not restart the agent (it runs the old binary)"
     );
-    wait_online(&listener, &host);
-    let upgraded = root_job(&listener, "/usr/bin/id -u");
+    wait_online(listener, host);
+    let upgraded = root_job(listener, "/usr/bin/id -u");
     assert_eq!(first_report(&upgraded)["exitCode"], 0, "{upgraded}");
+}
 
-    // A purge leaves nothing running, scheduled or enabled.
+/// A purge leaves nothing running, scheduled or enabled.
+fn purge_leaves_nothing(host: &Machine) {
     host.ok("dpkg --purge croncommander");
     let left = host.sh("pgrep -l -f 'cc-(agent|privhelper)'");
     assert!(!left.ok(), "still running after the purge: {}", left.stdout);
@@ -407,7 +468,6 @@ fn every_role_runs_under_the_shipped_units() {
             "{gone} is left after the purge"
         );
     }
-    eprintln!("bed: done in {:.1} s", started.elapsed().as_secs_f64());
 }
 
 /// [`run_guide`], with `bed_difference` run on the host in the guide's

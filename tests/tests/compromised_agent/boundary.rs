@@ -1,112 +1,11 @@
-//! The compromised agent: every attack a process running as `cc-agent-user`
-//! (or a root job it got the helper to start) was seen to win against the
-//! root boundary, played again with the real binaries, as root, and each
-//! must now fail. Issue "The root boundary holds"; SECURITY.md's table names
-//! the test behind each line.
-//!
-//! Attacks come from `cc-attacker` (tests/src/bin), run as `cc-agent-user`
-//! or as the program of a root job; what they achieved is checked from
-//! outside: owners and modes, `/proc/PID/*`, files that must not change,
-//! processes that must be gone.
+//! Issue "The root boundary holds": the first review's attacks of a
+//! compromised agent on the root boundary — the report spool race, metadata
+//! outside write paths, processes that outlive their job, scheduled root
+//! jobs, other root processes, device nodes and mounts, concurrent cron
+//! writes, allowed commands, the audit log, slow clients, the config's
+//! paths, and a root job's containment seen from outside.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
-
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use cc_e2e::agent::{agent_user, root_and_agent_user};
-use cc_e2e::helper::HelperProcess;
-use cc_e2e::{TempDir, bin};
-use serde_json::{Value, json};
-
-fn setup(name: &str) -> Option<(TempDir, (u32, u32))> {
-    let user = root_and_agent_user()?;
-    Some((TempDir::new(name), user))
-}
-
-/// System mode on, writes only beneath `dir/writable`, default capabilities.
-fn on(dir: &Path) -> String {
-    format!(
-        "system_mode = true\n[sandbox]\nwrite_paths = [{:?}]\n",
-        dir.join("writable")
-    )
-}
-
-fn job(id: &str, command: &str, args: &[&str], timeout: u64) -> Value {
-    json!({"jobId": id, "command": command, "args": args, "timeout": timeout})
-}
-
-fn report(resp: &Value) -> &Value {
-    let r = &resp["exec_result"];
-    assert!(r.is_object(), "not a report: {resp}");
-    r
-}
-
-/// Host pids of processes running `argv`: the same arguments, and a
-/// program of the same file name (it may be named by another path).
-fn processes(argv: &[&str]) -> Vec<i32> {
-    let name = |p: &[u8]| p.rsplit(|&b| b == b'/').next().map(<[u8]>::to_vec);
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let got: Vec<&[u8]> = cmdline
-            .strip_suffix(b"\0")
-            .unwrap_or(&cmdline)
-            .split(|&b| b == 0)
-            .collect();
-        let same = got.len() == argv.len()
-            && name(got[0]) == name(argv[0].as_bytes())
-            && got[1..]
-                .iter()
-                .zip(&argv[1..])
-                .all(|(g, a)| *g == a.as_bytes());
-        if same {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-fn kill_all(argv: &[&str]) {
-    for pid in processes(argv) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
-/// Runs `cc-attacker ARGS` as `who`; (exit code, stdout).
-fn attacker_as(who: (u32, u32), args: &[&str]) -> (i32, String) {
-    let out = Command::new(bin("cc-attacker"))
-        .args(args)
-        .uid(who.0)
-        .gid(who.1)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-fn cron_run(h: &HelperProcess, id: &str) -> std::process::Output {
-    Command::new(bin("cc-privhelper"))
-        .args(["cron-run", "--config"])
-        .arg(h.config())
-        .arg(id)
-        .env("CC_LOG", "warn")
-        .output()
-        .unwrap()
-}
+use super::*;
 
 /// Finding 1: `cron-run` (root, started by cron) left its report in a
 /// directory the agent's group may write, and changed the owner of its temp
@@ -239,41 +138,6 @@ fn a_root_job_cannot_change_metadata_outside_write_paths() {
         30,
     ));
     assert_eq!(report(&r)["exitCode"], 0, "{r}");
-}
-
-/// The helper's answer to `job` within `limit` (as the agent), or None.
-fn exec_within(socket: &Path, agent: (u32, u32), job: &Value, limit: Duration) -> Option<Value> {
-    let st = cc_e2e::signing::exec_statement(job, cc_e2e::helper::HELPER_HOST);
-    let signed = cc_e2e::signing::sign_exec(&st, &cc_e2e::signing::operator().1);
-    let req = json!({"exec": {"execute_job": job.to_string(), "signed": serde_json::to_string(&signed).unwrap()}});
-    request_within(socket, agent, &req, limit)
-}
-
-/// The helper's answer to `req` within `limit` (as the agent), or None.
-fn request_within(socket: &Path, agent: (u32, u32), req: &Value, limit: Duration) -> Option<Value> {
-    let body = req.to_string();
-    let mut child = Command::new(bin("cc-helper-client"))
-        .arg(socket)
-        .uid(agent.0)
-        .gid(agent.1)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let _ = child.stdin.take().unwrap().write_all(body.as_bytes());
-    }
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    serde_json::from_slice(&child.wait_with_output().unwrap().stdout).ok()
 }
 
 /// Finding 3: a job that calls `setsid` left its process group, outlived
@@ -534,52 +398,6 @@ fn device_nodes_and_mounts_are_refused_and_their_capabilities_never_kept() {
         let err = helper_refuses(dir.path(), &cfg);
         assert!(err.contains(cap) && err.contains("never"), "{cap}: {err}");
     }
-}
-
-/// Writes `dir/refuse/helper.toml` with `extra` and the usual paths, runs
-/// `cc-privhelper serve` on it and returns its error; fails the test if it
-/// is still serving after 3 s (it accepted the config).
-fn helper_refuses(dir: &Path, extra: &str) -> String {
-    helper_refuses_at(dir, &dir.join("refuse/run/helper.sock"), extra)
-}
-
-/// [`helper_refuses`] with the socket at `socket`.
-fn helper_refuses_at(dir: &Path, socket: &Path, extra: &str) -> String {
-    let d = dir.join("refuse");
-    std::fs::create_dir_all(&d).unwrap();
-    let key = cc_e2e::signing::trusted_line(&cc_e2e::signing::operator().1, "op");
-    let cfg = format!(
-        "socket = {socket:?}\ncron_file = {:?}\nstate_dir = {:?}\ntrusted_keys = [{key:?}]\n{extra}\n",
-        d.join("cron.d/croncommander"),
-        d.join("state"),
-    );
-    std::fs::create_dir_all(d.join("cron.d")).unwrap();
-    std::fs::write(d.join("helper.toml"), cfg).unwrap();
-    helper_refuses_config(&d.join("helper.toml"))
-}
-
-fn helper_refuses_config(config: &Path) -> String {
-    let mut child = Command::new(bin("cc-privhelper"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(3) {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "the helper accepted the config:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Finding 6: concurrent `write_cron` requests deleted each other's temp
@@ -856,6 +674,21 @@ fn a_root_jobs_containment_is_seen_from_outside_and_its_limits_hold() {
     let pid = cc_e2e::wait_for(Duration::from_secs(10), "the root job", || {
         processes(&["/bin/sleep", "33.3"]).first().copied()
     });
+    job_seen_from_proc(&h, pid);
+    let done = long.join().unwrap().expect("the long job's report");
+    assert_eq!(done["exec_result"]["exitCode"], 124);
+
+    let attacker = bin("cc-attacker");
+    let attacker = attacker.to_str().unwrap();
+    fork_bomb_is_stopped(&h, agent, attacker);
+    allocation_is_stopped(&h, attacker);
+    assert_eq!(h.request(&json!("status"))["status"]["system_mode"], true);
+}
+
+/// The running root job `pid`, seen through /proc: its own namespaces,
+/// the configured bounding set, no_new_privs, seccomp, PID 1 of its
+/// namespace, no core dumps, and its cgroup's limits.
+fn job_seen_from_proc(h: &HelperProcess, pid: i32) {
     let helper = h.child.id();
     for ns in ["mnt", "pid", "ipc", "uts"] {
         let job_ns = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
@@ -920,11 +753,11 @@ fn a_root_jobs_containment_is_seen_from_outside_and_its_limits_hold() {
     let mem =
         limit_of("memory", "memory.limit_in_bytes").or_else(|| limit_of("memory", "memory.max"));
     assert_eq!(mem.as_deref(), Some("1073741824"), "{cgroups}");
-    let done = long.join().unwrap().expect("the long job's report");
-    assert_eq!(done["exec_result"]["exitCode"], 124);
+}
 
-    let attacker = bin("cc-attacker");
-    let attacker = attacker.to_str().unwrap();
+/// A job that starts 10,000 processes is stopped by its process limit and
+/// says so; the helper keeps answering meanwhile.
+fn fork_bomb_is_stopped(h: &HelperProcess, agent: (u32, u32), attacker: &str) {
     let fork = {
         let socket = h.socket();
         let a = attacker.to_owned();
@@ -960,7 +793,10 @@ fn a_root_jobs_containment_is_seen_from_outside_and_its_limits_hold() {
             .contains("process limit"),
         "{rep}"
     );
+}
 
+/// A job that allocates 10 GiB is killed by its memory limit and says so.
+fn allocation_is_stopped(h: &HelperProcess, attacker: &str) {
     let r = h.exec(&job("alloc", attacker, &["alloc", "10240"], 120));
     let rep = report(&r);
     assert_eq!(rep["exitCode"], 137, "{rep}");
@@ -971,420 +807,4 @@ fn a_root_jobs_containment_is_seen_from_outside_and_its_limits_hold() {
             .contains("memory limit"),
         "{rep}"
     );
-    assert_eq!(h.request(&json!("status"))["status"]["system_mode"], true);
-}
-
-// Issue "Root jobs stay in their box, and the helper fails closed": a
-// second review's findings, each played against the real helper.
-
-/// The attacker's path as a string (root jobs name it as their program).
-fn attacker() -> String {
-    bin("cc-attacker").to_str().unwrap().to_owned()
-}
-
-/// Finding 1: with `CAP_DAC_READ_SEARCH` in the default keep set, a root
-/// job found any file's handle (`name_to_handle_at`) and opened it for
-/// writing through a write path's mount (`open_by_handle_at`), past the
-/// read-only tree and landlock; `linkat(AT_EMPTY_PATH)` linked a file from
-/// outside into a write path the same way.
-#[test]
-fn a_root_job_cannot_reach_files_outside_write_paths_by_handle() {
-    let Some((dir, agent)) = setup("ca-handle") else {
-        return;
-    };
-    let h = HelperProcess::start(dir.path(), &on(dir.path()), agent);
-    let outside = dir.path().join("outside");
-    std::fs::create_dir_all(&outside).unwrap();
-    let victim = outside.join("trusted.toml");
-    std::fs::write(&victim, "trusted_keys = []\n").unwrap();
-    let writable = dir.path().join("writable");
-    let (v, w) = (victim.to_str().unwrap(), writable.to_str().unwrap());
-    let a = attacker();
-    let write = h.exec(&job(
-        "handle-write",
-        &a,
-        &["handle-write", v, w, "injected"],
-        30,
-    ));
-    let link = h.exec(&job(
-        "handle-link",
-        &a,
-        &["handle-link", v, w, "linked"],
-        30,
-    ));
-    for (what, r) in [("write", &write), ("link", &link)] {
-        let rep = report(r);
-        assert_ne!(
-            rep["exitCode"], 0,
-            "the {what} by handle got through: {rep}"
-        );
-    }
-    assert_eq!(
-        std::fs::read_to_string(&victim).unwrap(),
-        "trusted_keys = []\n"
-    );
-    assert!(!writable.join("linked").exists());
-}
-
-/// Finding 2: the installed generation was read before the cron file's
-/// lock was taken, so of two signed lists sent together (G2, then the
-/// older G1) both passed the check and the older often landed last (18 of
-/// 20 rounds): its removed entries ran again, and the honest G2 was then
-/// refused as replayed.
-#[test]
-fn two_signed_cron_lists_sent_together_never_roll_back() {
-    let Some((dir, agent)) = setup("ca-rollback") else {
-        return;
-    };
-    let h = HelperProcess::start(dir.path(), &on(dir.path()), agent);
-    let installed = || -> u64 {
-        std::fs::read_to_string(dir.path().join("state/system-cron.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|v| {
-                serde_json::from_value::<cc_proto::sign::Signed>(v["signed"].clone()).ok()
-            })
-            .and_then(|s| cc_proto::sign::statement_bytes(&s).ok())
-            .and_then(|b| serde_json::from_slice::<cc_proto::sign::CronStatement>(&b).ok())
-            .map_or(0, |st| st.generation)
-    };
-    let mut rolled_back = Vec::new();
-    for round in 0..50 {
-        let signed = |generation: u64, id: &str| {
-            let entries = json!([{"id": id, "schedule": "@daily", "command": "/bin/true"}]);
-            let st = cc_e2e::signing::cron_statement(&entries, &h.hostname, generation);
-            let s = cc_e2e::signing::sign_cron(&st, &cc_e2e::signing::operator().1);
-            json!({"write_cron": {"cron_refresh": entries.to_string(), "signed": serde_json::to_string(&s).unwrap()}})
-        };
-        let g1 = cc_e2e::signing::next_generation();
-        let g2 = cc_e2e::signing::next_generation();
-        let (older, newer) = (
-            signed(g1, &format!("old-{round}")),
-            signed(g2, &format!("new-{round}")),
-        );
-        let send = |req: Value| {
-            let socket = h.socket();
-            std::thread::spawn(move || {
-                request_within(&socket, agent, &req, Duration::from_secs(20))
-            })
-        };
-        let a = send(newer);
-        let b = send(older);
-        let _ = (a.join(), b.join());
-        let now = installed();
-        if now != g2 {
-            rolled_back.push(format!("round {round}: installed {now}, newest {g2}"));
-        }
-    }
-    assert!(
-        rolled_back.is_empty(),
-        "{} of 50 rounds rolled back:\n{}",
-        rolled_back.len(),
-        rolled_back.join("\n")
-    );
-    // A list signed too far ahead would lock out every later one.
-    let far = cc_e2e::signing::next_generation() + 25 * 3600 * 1000;
-    let entries = json!([{"id": "far", "schedule": "@daily", "command": "/bin/true"}]);
-    let st = cc_e2e::signing::cron_statement(&entries, &h.hostname, far);
-    let s = cc_e2e::signing::sign_cron(&st, &cc_e2e::signing::operator().1);
-    let r = h.write_cron_signed(&entries, Some(&s));
-    assert!(
-        r["refused"].is_object(),
-        "a generation 25 h ahead was accepted: {r}"
-    );
-}
-
-/// Finding 3: write paths were `nosuid` only inside the job's mount
-/// namespace: a root job made a setuid-root shell there, and outside any
-/// user ran it as euid 0.
-#[test]
-fn a_setuid_file_made_by_a_root_job_does_not_outlive_it() {
-    let Some((dir, agent)) = setup("ca-setuid") else {
-        return;
-    };
-    let h = HelperProcess::start(dir.path(), &on(dir.path()), agent);
-    let w = dir.path().join("writable");
-    let script = format!(
-        "cp /bin/sh {w}/rootsh; chmod 4755 {w}/rootsh; cp /bin/sh {w}/groupsh; chmod g+s {w}/groupsh; install -m 6755 /bin/sh {w}/installed",
-        w = w.display()
-    );
-    let r = h.exec(&job("setuid", "/bin/sh", &["-c", &script], 30));
-    let _ = report(&r);
-    for name in ["rootsh", "groupsh", "installed"] {
-        let path = w.join(name);
-        if let Ok(m) = std::fs::metadata(&path) {
-            assert_eq!(
-                m.mode() & 0o6000,
-                0,
-                "{name} kept its set-id bits: {:o}",
-                m.mode() & 0o7777
-            );
-        }
-    }
-    // And as nobody, outside the job, the shell it left is nobody's.
-    let rootsh = w.join("rootsh");
-    if rootsh.exists() {
-        let out = Command::new(&rootsh)
-            .args(["-p", "-c", "id -u"])
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65534");
-    }
-}
-
-/// Finding 4: a reload whose config had any error kept the old key set,
-/// so a key removed in the same edit as a mistake stayed trusted; a reload
-/// also dropped changes to other fields without a word.
-#[test]
-fn a_reload_that_cannot_apply_the_config_trusts_no_key() {
-    let Some((dir, agent)) = setup("ca-reload") else {
-        return;
-    };
-    let h = HelperProcess::start(dir.path(), &on(dir.path()), agent);
-    let ok = h.exec(&job("before", "/usr/bin/id", &["-u"], 30));
-    assert_eq!(report(&ok)["exitCode"], 0, "{ok}");
-    let good = std::fs::read_to_string(h.config()).unwrap();
-    // The operator's key is revoked, and in the same edit a write path
-    // that does not exist.
-    let other = cc_e2e::signing::trusted_line(&cc_e2e::signing::new_key().1, "other");
-    let broken = good
-        .lines()
-        .map(|l| {
-            if l.starts_with("trusted_keys") {
-                format!("trusted_keys = [{other:?}]")
-            } else if l.starts_with("write_paths") {
-                format!("write_paths = [{:?}]", dir.path().join("no-such-dir"))
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(h.config(), &broken).unwrap();
-    let pid = nix::unistd::Pid::from_raw(h.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    cc_e2e::wait_for(
-        Duration::from_secs(10),
-        "the failed reload's log line",
-        || {
-            h.log()
-                .lines()
-                .any(|l| l.contains("ERROR") && l.contains("no key is trusted"))
-                .then_some(())
-        },
-    );
-    let r = h.exec(&job("revoked", "/usr/bin/id", &["-u"], 30));
-    assert_eq!(
-        r["refused"]["code"], "signature_refused",
-        "the revoked key still ran: {r}"
-    );
-    // `check-config` says what is wrong without serving.
-    let check = Command::new(bin("cc-privhelper"))
-        .args(["check-config", "--config"])
-        .arg(h.config())
-        .output()
-        .unwrap();
-    assert!(!check.status.success());
-    assert!(
-        String::from_utf8_lossy(&check.stderr).contains("no-such-dir"),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    // A valid config again: its keys, and the fields a reload does not
-    // apply are named.
-    let next = good.replace(
-        "system_mode = true",
-        "system_mode = true\nallowed_commands = [\"/usr/bin/id\"]",
-    );
-    std::fs::write(h.config(), next).unwrap();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    cc_e2e::wait_for(Duration::from_secs(10), "the next reload", || {
-        h.log()
-            .lines()
-            .any(|l| l.contains("not applied") && l.contains("allowed_commands"))
-            .then_some(())
-    });
-    let back = h.exec(&job("after", "/usr/bin/id", &["-u"], 30));
-    assert_eq!(report(&back)["exitCode"], 0, "{back}");
-}
-
-/// Finding 5: a root run was logged only when it ended, and outlived a
-/// helper killed with SIGKILL (`sleep 40`, timeout 5, still running as
-/// uid 0 with parent 1 seven seconds later, never logged at all).
-#[test]
-fn a_root_run_is_logged_when_it_starts_and_dies_with_its_helper() {
-    let Some((dir, agent)) = setup("ca-deathsig") else {
-        return;
-    };
-    let mut h = HelperProcess::start(dir.path(), &on(dir.path()), agent);
-    let socket = h.socket();
-    let runner = std::thread::spawn(move || {
-        exec_within(
-            &socket,
-            agent,
-            &job("orphan", "/bin/sleep", &["40.7"], 5),
-            Duration::from_secs(20),
-        )
-    });
-    let pid = cc_e2e::wait_for(Duration::from_secs(10), "the root job", || {
-        processes(&["/bin/sleep", "40.7"]).first().copied()
-    });
-    // The run is logged while it runs (the line is written before the
-    // job starts, so it is there by now).
-    let started = h
-        .log()
-        .lines()
-        .find(|l| l.contains("root run started") && l.contains("orphan"))
-        .map(str::to_owned);
-    let _ = h.child.kill();
-    let _ = h.child.wait();
-    let gone = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < gone && std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let left = processes(&["/bin/sleep", "40.7"]);
-    kill_all(&["/bin/sleep", "40.7"]);
-    assert!(
-        left.is_empty(),
-        "the job outlived its helper by 1 s: {left:?}"
-    );
-    let started = started.expect("no audit line while the root run ran");
-    assert!(
-        started.contains("/bin/sleep") && started.contains("40.7"),
-        "{started}"
-    );
-    assert!(started.contains("suite-operator"), "{started}");
-    let _ = runner.join();
-    // The next helper's run ends with a line too.
-    h.restart();
-    let r = h.exec(&job("ended", "/usr/bin/id", &["-u"], 30));
-    assert_eq!(report(&r)["exitCode"], 0);
-    let log = h.log();
-    assert!(
-        log.lines().any(|l| l.contains("root run ended")
-            && l.contains("ended")
-            && l.contains("exit_code=0")),
-        "{log}"
-    );
-}
-
-/// Finding 6: jobs shared the host's IPC namespace (a job found a root-only
-/// SysV segment and could leave queues behind) and could create user
-/// namespaces.
-#[test]
-fn a_root_job_has_its_own_ipc_and_creates_no_user_namespace() {
-    let Some((dir, agent)) = setup("ca-ipc") else {
-        return;
-    };
-    let h = HelperProcess::start(dir.path(), &on(dir.path()), agent);
-    let key = (std::process::id() % 100_000 + 7_000_000).to_string();
-    let made = Command::new(bin("cc-attacker"))
-        .args(["shm-make", &key])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    let a = attacker();
-    let shm = h.exec(&job("shm", &a, &["shm-find", &key], 30));
-    let _ = Command::new("ipcrm").args(["-M", &key]).output();
-    let userns = h.exec(&job("userns", &a, &["userns"], 30));
-    assert_ne!(
-        report(&userns)["exitCode"],
-        0,
-        "the job made a user namespace: {userns}"
-    );
-    assert_ne!(
-        report(&shm)["exitCode"],
-        0,
-        "the job found the host's segment: {shm}"
-    );
-}
-
-/// Finding 7, from reading: the socket's directory was made and chowned by
-/// path without a look at the directories above it, and write paths were
-/// checked for symlinks but not for who may replace them: a non-root owner
-/// of a directory above either could swap what the helper then binds or
-/// chowns. Both chains must be root's now, as the config's is.
-#[test]
-fn the_socket_and_write_paths_sit_below_root_owned_directories_only() {
-    let Some((dir, (uid, gid))) = setup("ca-chains") else {
-        return;
-    };
-    let agents = dir.path().join("agents");
-    std::fs::create_dir_all(agents.join("run")).unwrap();
-    std::fs::create_dir_all(agents.join("backups")).unwrap();
-    nix::unistd::chown(
-        &agents,
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(gid)),
-    )
-    .unwrap();
-    // A write path below the agent's directory.
-    let cfg = format!(
-        "system_mode = true\n[sandbox]\nwrite_paths = [{:?}]\n",
-        agents.join("backups")
-    );
-    let err = helper_refuses(dir.path(), &cfg);
-    assert!(
-        err.contains("write_paths") && err.contains("not owned by root"),
-        "{err}"
-    );
-    // The socket below the agent's directory.
-    let err = helper_refuses_at(dir.path(), &agents.join("run/helper.sock"), "");
-    assert!(
-        err.contains("socket") && err.contains("not owned by root"),
-        "{err}"
-    );
-}
-
-/// Finding 7, from reading: `allowed_commands` held the script to its
-/// root-owned chain but not the interpreter its `#!` line names, so
-/// whoever could replace the interpreter ran as root through an allowed
-/// script.
-#[test]
-fn an_allowed_scripts_interpreter_is_checked_like_the_script() {
-    let Some((dir, (uid, gid))) = setup("ca-interp") else {
-        return;
-    };
-    let theirs = dir.path().join("theirs");
-    std::fs::create_dir_all(&theirs).unwrap();
-    std::fs::copy("/bin/sh", theirs.join("sh")).unwrap();
-    nix::unistd::chown(
-        &theirs,
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(gid)),
-    )
-    .unwrap();
-    let tools = dir.path().join("tools");
-    std::fs::create_dir_all(&tools).unwrap();
-    let script = tools.join("backup");
-    std::fs::write(
-        &script,
-        format!("#!{}\necho backed up\n", theirs.join("sh").display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mine = tools.join("backup-ok");
-    std::fs::write(&mine, "#!/bin/sh\necho backed up\n").unwrap();
-    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let extra = format!(
-        "allowed_commands = [{:?}, {:?}]\n{}",
-        script,
-        mine,
-        on(dir.path())
-    );
-    let h = HelperProcess::start(dir.path(), &extra, (uid, gid));
-    let r = h.exec(&job("interp", script.to_str().unwrap(), &[], 30));
-    assert_eq!(r["refused"]["code"], "command_not_allowed", "{r}");
-    assert!(
-        r["refused"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("interpreter"),
-        "{r}"
-    );
-    // A script whose interpreter is root's runs.
-    let ok = h.exec(&job("interp-ok", mine.to_str().unwrap(), &[], 30));
-    assert_eq!(report(&ok)["stdout"], "backed up\n", "{ok}");
 }
