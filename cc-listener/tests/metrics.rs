@@ -203,18 +203,7 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
          unmatched_report_quota = 1\nreport_quota_bytes = 3000\n",
     );
 
-    // The token, as for the API.
-    let anon = http::request(l.admin_addr, "GET", "/metrics", None, None);
-    assert_eq!(anon.status, 401, "{}", anon.body);
-    let wrong = http::request(
-        l.admin_addr,
-        "GET",
-        "/metrics",
-        Some("not-the-token-0123456789"),
-        None,
-    );
-    assert_eq!(wrong.status, 401, "{}", wrong.body);
-
+    needs_the_token(&l);
     // Before anything: every series is there, at zero.
     let m = scrape(&l);
     assert_eq!(
@@ -226,11 +215,62 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
         0.0
     );
 
+    let (a, b, c) = agents_and_jobs(&l).await;
+    let (a, c) = refusals(&l, a, c).await;
+    // An operator event stream, open while we look.
+    let stream = sse::Stream::open(&l, "", None, Some(TOKEN));
+    assert_eq!(stream.status, 200);
+
+    // Wait until the last refusals are counted, then a few more sweeps:
+    // nothing may be counted twice.
+    l.wait_for(LONG, |l| {
+        let m = scrape(l);
+        let refused = m.by("croncommander_reports_refused_total", "reason");
+        (refused["quota"] == 1.0 && refused["invalid"] == 1.0).then_some(())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = scrape(&l);
+
+    counts_agents_and_jobs(&m);
+    counts_reports_and_refusals(&m);
+    counts_the_store_and_streams(&m);
+    labels_are_words_and_documented(&m);
+
+    // The OpenMetrics form: the same samples, the unit declared.
+    let open = scrape_openmetrics(&l);
+    assert_eq!(samples(&open), samples(&m.text));
+    assert!(open.contains("# UNIT croncommander_job_duration_seconds seconds\n"));
+
+    drop(stream);
+    b.abort();
+    drop((a, c));
+}
+
+/// `GET /metrics` wants the operator token, as the API does.
+fn needs_the_token(l: &ListenerProcess) {
+    // The token, as for the API.
+    let anon = http::request(l.admin_addr, "GET", "/metrics", None, None);
+    assert_eq!(anon.status, 401, "{}", anon.body);
+    let wrong = http::request(
+        l.admin_addr,
+        "GET",
+        "/metrics",
+        Some("not-the-token-0123456789"),
+        None,
+    );
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+}
+
+/// Three agents doing known things: `a.test` (user mode) answers five
+/// jobs; `b.test` (user mode, as root) never answers, so one job is lost
+/// and one stays sent; `c.test` (system mode) is idle; `d.test` registers
+/// and leaves, so its job expires. Returns a, b (drained) and c.
+async fn agents_and_jobs(l: &ListenerProcess) -> (ws::Ws, tokio::task::JoinHandle<()>, ws::Ws) {
     // Three agents: a user-mode one that answers, a user-mode one running
     // as root that never answers, a system-mode one.
     let mut a = agent(&l, "a.test", "user", false).await;
     let b = agent(&l, "b.test", "user", true).await;
-    let mut c = agent(&l, "c.test", "system", false).await;
+    let c = agent(&l, "c.test", "system", false).await;
     let b = drain(b);
     // d registers and leaves: its job waits in the queue and expires.
     let d = agent(&l, "d.test", "user", false).await;
@@ -267,7 +307,7 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
             )
         })
         .collect();
-    let mut a = answering.await.unwrap();
+    let a = answering.await.unwrap();
     for job in &done {
         wait_status(&l, job, "done");
     }
@@ -283,7 +323,12 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
     wait_status(&l, &sent, "sent");
     wait_status(&l, &lost, "lost");
     wait_status(&l, &expired, "expired");
+    (a, b, c)
+}
 
+/// Reports refused (quota, unmatched quota, invalid), messages refused
+/// (malformed, binary), connections refused (a wrong key, no register).
+async fn refusals(l: &ListenerProcess, mut a: ws::Ws, mut c: ws::Ws) -> (ws::Ws, ws::Ws) {
     // From c: a stored unmatched report, one refused by the unmatched
     // quota; a malformed message, a binary frame, an invalid report.
     ws::send(&mut c, &ws::report("nothing-1", Some("c-1"))).await;
@@ -311,21 +356,10 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
     let mut e = ws::connect(&l.ws_url(), Some(&key)).await.unwrap();
     ws::send(&mut e, &json!({"type": "heartbeat", "payload": {}})).await;
     assert!(ws::recv_close(&mut e, LONG).await.is_some());
+    (a, c)
+}
 
-    // An operator event stream, open while we look.
-    let stream = sse::Stream::open(&l, "", None, Some(TOKEN));
-    assert_eq!(stream.status, 200);
-
-    // Wait until the last refusals are counted, then a few more sweeps:
-    // nothing may be counted twice.
-    l.wait_for(LONG, |l| {
-        let m = scrape(l);
-        let refused = m.by("croncommander_reports_refused_total", "reason");
-        (refused["quota"] == 1.0 && refused["invalid"] == 1.0).then_some(())
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let m = scrape(&l);
-
+fn counts_agents_and_jobs(m: &Parsed) {
     // Agents, by what they registered as.
     assert_eq!(
         m.by("croncommander_agents_connected", "mode"),
@@ -355,6 +389,9 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
         let want = secs.iter().filter(|s| **s <= le).count() as f64;
         assert_eq!(count, want, "le={le}");
     }
+}
+
+fn counts_reports_and_refusals(m: &Parsed) {
     // Reports.
     assert_eq!(
         m.by("croncommander_reports_stored_total", "kind"),
@@ -395,6 +432,9 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
             ("source_failing", 0.0)
         ])
     );
+}
+
+fn counts_the_store_and_streams(m: &Parsed) {
     assert_eq!(m.value("croncommander_event_streams_open", None), 1.0);
     // One listener on SQLite: nothing to listen to.
     assert_eq!(m.value("croncommander_doorbell_connected", None), 0.0);
@@ -415,7 +455,9 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
     assert!(m.value("croncommander_store_commit_seconds_sum", None) > 0.0);
     assert_eq!(m.value("croncommander_store_write_queue", None), 0.0);
     assert_eq!(m.value("croncommander_agent_outbound_queued", None), 0.0);
+}
 
+fn labels_are_words_and_documented(m: &Parsed) {
     // No hostname (nor anything but the documented words) in a label.
     for s in &m.scrape.samples {
         for (k, v) in s.labels.iter() {
@@ -444,13 +486,4 @@ async fn metrics_count_exactly_what_happened_and_need_the_token() {
             });
         assert!(documented, "{} has no HELP", s.metric);
     }
-
-    // The OpenMetrics form: the same samples, the unit declared.
-    let open = scrape_openmetrics(&l);
-    assert_eq!(samples(&open), samples(&m.text));
-    assert!(open.contains("# UNIT croncommander_job_duration_seconds seconds\n"));
-
-    drop(stream);
-    b.abort();
-    drop((a, c));
 }
