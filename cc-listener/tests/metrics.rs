@@ -268,12 +268,12 @@ fn needs_the_token(l: &ListenerProcess) {
 async fn agents_and_jobs(l: &ListenerProcess) -> (ws::Ws, tokio::task::JoinHandle<()>, ws::Ws) {
     // Three agents: a user-mode one that answers, a user-mode one running
     // as root that never answers, a system-mode one.
-    let mut a = agent(&l, "a.test", "user", false).await;
-    let b = agent(&l, "b.test", "user", true).await;
-    let c = agent(&l, "c.test", "system", false).await;
+    let mut a = agent(l, "a.test", "user", false).await;
+    let b = agent(l, "b.test", "user", true).await;
+    let c = agent(l, "c.test", "system", false).await;
     let b = drain(b);
     // d registers and leaves: its job waits in the queue and expires.
-    let d = agent(&l, "d.test", "user", false).await;
+    let d = agent(l, "d.test", "user", false).await;
     drop(d);
     l.wait_connected("d.test", false);
 
@@ -301,7 +301,7 @@ async fn agents_and_jobs(l: &ListenerProcess) -> (ws::Ws, tokio::task::JoinHandl
         .iter()
         .map(|ms| {
             post_job(
-                &l,
+                l,
                 "a.test",
                 &json!({"command": "/bin/true", "args": [ms.to_string()]}),
             )
@@ -309,20 +309,20 @@ async fn agents_and_jobs(l: &ListenerProcess) -> (ws::Ws, tokio::task::JoinHandl
         .collect();
     let a = answering.await.unwrap();
     for job in &done {
-        wait_status(&l, job, "done");
+        wait_status(l, job, "done");
     }
     // One lost (sent, no report within its timeout), one still sent, one
     // expired (never sent).
-    let lost = post_job(&l, "b.test", &json!({"command": "/bin/true", "timeout": 1}));
+    let lost = post_job(l, "b.test", &json!({"command": "/bin/true", "timeout": 1}));
     let sent = post_job(
-        &l,
+        l,
         "b.test",
         &json!({"command": "/bin/true", "timeout": 3600}),
     );
-    let expired = post_job(&l, "d.test", &json!({"command": "/bin/true"}));
-    wait_status(&l, &sent, "sent");
-    wait_status(&l, &lost, "lost");
-    wait_status(&l, &expired, "expired");
+    let expired = post_job(l, "d.test", &json!({"command": "/bin/true"}));
+    wait_status(l, &sent, "sent");
+    wait_status(l, &lost, "lost");
+    wait_status(l, &expired, "expired");
     (a, b, c)
 }
 
