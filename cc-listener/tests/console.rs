@@ -174,11 +174,32 @@ async fn the_console_in_a_real_browser() {
     }
     let dir = TempDir::new("console");
     let l = ListenerProcess::start(bin(), dir.path(), "");
+    let _agents = start_agents(&l, dir.path(), agent_user);
+    let (hostile_id, run_id) = hostile_job_and_run(&l);
+
+    let base = format!("http://{}", l.admin_addr);
+    let (_driver, c) = browser().await;
+
+    logs_in(&c, &base).await;
+    the_fleet_warns_of_the_root_agent(&c, &base).await;
+    pages_show_jobs_and_runs(&c, &base, &hostile_id, &run_id).await;
+    a_job_from_the_page_reports_without_a_reload(&c, &base).await;
+    a_post_without_csrf_is_refused(&c).await;
+    c.close().await.unwrap();
+}
+
+/// Two real agents: `web1.test` as `cc-agent-user`, `rooty.test` as root in
+/// user mode; both connected.
+fn start_agents(
+    l: &ListenerProcess,
+    dir: &Path,
+    agent_user: (u32, u32),
+) -> (AgentProcess, AgentProcess) {
     let agent_bin = cc_e2e::bin("cc-agent");
-    let (web_dir, root_dir) = (dir.path().join("web1"), dir.path().join("rooty"));
+    let (web_dir, root_dir) = (dir.join("web1"), dir.join("rooty"));
     std::fs::create_dir_all(&web_dir).unwrap();
     std::fs::create_dir_all(&root_dir).unwrap();
-    let _web = AgentProcess::start(
+    let web = AgentProcess::start(
         &agent_bin,
         &web_dir,
         &l.ws_url(),
@@ -188,7 +209,7 @@ async fn the_console_in_a_real_browser() {
         Some(agent_user),
     );
     // A real agent run as root in user mode: what the warning is for.
-    let _rooty = AgentProcess::start(
+    let rooty = AgentProcess::start(
         &agent_bin,
         &root_dir,
         &l.ws_url(),
@@ -200,6 +221,12 @@ async fn the_console_in_a_real_browser() {
     l.wait_connected("web1.test", true);
     l.wait_connected("rooty.test", true);
 
+    (web, rooty)
+}
+
+/// A job whose output is hostile, done; and a fan-out run over both hosts.
+/// Returns their ids.
+fn hostile_job_and_run(l: &ListenerProcess) -> (String, String) {
     // A job whose output is hostile, run by the real agent.
     let hostile = l.post(
         "/api/v1/agents/web1.test/jobs",
@@ -222,34 +249,40 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(run.status, 202, "{}", run.body);
     let run_id = run.json()["runId"].as_str().unwrap().to_owned();
 
-    let base = format!("http://{}", l.admin_addr);
-    let (_driver, c) = browser().await;
+    (hostile_id, run_id)
+}
 
+/// The login page first; a wrong token is refused, the right one logs in.
+async fn logs_in(c: &Client, base: &str) {
     // Not logged in: the login page.
     c.goto(&format!("{base}/ui/")).await.unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/ui/login"));
-    both_widths(&c, "login").await;
-    fill(&c, "#token", "not-the-token-at-all").await;
-    click(&c, "button[type=submit]").await;
+    both_widths(c, "login").await;
+    fill(c, "#token", "not-the-token-at-all").await;
+    click(c, "button[type=submit]").await;
     until(
-        &c,
+        c,
         Duration::from_secs(5),
         "return document.body.textContent.includes('That is not the operator token')",
     )
     .await;
     c.goto(&format!("{base}/ui/login")).await.unwrap();
-    fill(&c, "#token", TOKEN).await;
-    click(&c, "button[type=submit]").await;
+    fill(c, "#token", TOKEN).await;
+    click(c, "button[type=submit]").await;
     until(
-        &c,
+        c,
         Duration::from_secs(5),
         "return location.pathname === '/ui/'",
     )
     .await;
+}
 
+/// The fleet page warns of the root agent in user mode, and of it alone;
+/// its filters work.
+async fn the_fleet_warns_of_the_root_agent(c: &Client, base: &str) {
     // Fleet: the warning for the root agent in user mode, and for it alone.
     let fleet = eval(
-        &c,
+        c,
         "return {
             banner: (document.getElementById('root-warning') || {}).textContent || '',
             rootWarned: document.querySelector('tr[data-host=\"rooty.test\"]').classList.contains('warned'),
@@ -275,22 +308,26 @@ async fn the_console_in_a_real_browser() {
             .unwrap()
             .contains("SECURITY WARNING")
     );
-    both_widths(&c, "fleet").await;
+    both_widths(c, "fleet").await;
     // Filters.
     c.goto(&format!("{base}/ui/?tag=web")).await.unwrap();
     let hosts = eval(
-        &c,
+        c,
         "return [...document.querySelectorAll('#fleet tbody tr[data-host]')].map(r => r.dataset.host)",
     )
     .await;
     assert_eq!(hosts, json!(["web1.test"]));
+}
 
+/// The hostile output as text that runs nothing; the host, runs and run
+/// pages.
+async fn pages_show_jobs_and_runs(c: &Client, base: &str, hostile_id: &str, run_id: &str) {
     // The hostile output shows as text and runs nothing.
     c.goto(&format!("{base}/ui/jobs/{hostile_id}"))
         .await
         .unwrap();
     let page = eval(
-        &c,
+        c,
         "return {
             pwned: window.pwned === undefined ? null : window.pwned,
             stdout: document.getElementById('stdout').textContent,
@@ -303,51 +340,54 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(page["stdout"], HOSTILE, "shown verbatim, as text");
     assert_eq!(page["scripts"], json!(["/ui/static/app.js"]), "{page}");
     assert_eq!(page["images"], 0, "{page}");
-    both_widths(&c, "job-hostile").await;
+    both_widths(c, "job-hostile").await;
 
     // The host page: its recent jobs.
     c.goto(&format!("{base}/ui/hosts/web1.test")).await.unwrap();
     until(
-        &c,
+        c,
         Duration::from_secs(5),
         &format!("return !!document.querySelector('tr[data-job=\"{hostile_id}\"]')"),
     )
     .await;
-    both_widths(&c, "host").await;
+    both_widths(c, "host").await;
 
     // Runs, and one run's hosts.
     c.goto(&format!("{base}/ui/runs")).await.unwrap();
     until(
-        &c,
+        c,
         Duration::from_secs(5),
         &format!("return !!document.querySelector('tr[data-run=\"{run_id}\"]')"),
     )
     .await;
-    both_widths(&c, "runs").await;
+    both_widths(c, "runs").await;
     c.goto(&format!("{base}/ui/runs/{run_id}")).await.unwrap();
     until(
-        &c,
+        c,
         Duration::from_secs(20),
         "return [...document.querySelectorAll('#run-hosts [data-field=status]')].every(td => td.textContent === 'done')",
     )
     .await;
-    both_widths(&c, "run").await;
+    both_widths(c, "run").await;
+}
 
+/// A job started from the page shows its report without a reload.
+async fn a_job_from_the_page_reports_without_a_reload(c: &Client, base: &str) {
     // A job started from the page shows its report without a reload.
     c.goto(&format!("{base}/ui/new")).await.unwrap();
-    both_widths(&c, "new").await;
-    fill(&c, "#hosts", "web1.test").await;
-    fill(&c, "#command", "/bin/sh").await;
-    fill(&c, "#args", "-c\nsleep 1.5; echo from-the-page").await;
-    click(&c, "#new-run button[type=submit]").await;
+    both_widths(c, "new").await;
+    fill(c, "#hosts", "web1.test").await;
+    fill(c, "#command", "/bin/sh").await;
+    fill(c, "#args", "-c\nsleep 1.5; echo from-the-page").await;
+    click(c, "#new-run button[type=submit]").await;
     until(
-        &c,
+        c,
         Duration::from_secs(5),
         "return location.pathname.startsWith('/ui/jobs/') && !!document.getElementById('job')",
     )
     .await;
     let status = eval(
-        &c,
+        c,
         "window.marker = 42; return document.getElementById('state').textContent",
     )
     .await;
@@ -356,13 +396,13 @@ async fn the_console_in_a_real_browser() {
         "the report must arrive after the page: {status}"
     );
     until(
-        &c,
+        c,
         Duration::from_secs(20),
         "return document.getElementById('stdout').textContent === 'from-the-page\\n'",
     )
     .await;
     let after = eval(
-        &c,
+        c,
         "return [window.marker, document.getElementById('state').textContent, document.getElementById('changes').children.length]",
     )
     .await;
@@ -372,7 +412,10 @@ async fn the_console_in_a_real_browser() {
         after[2].as_u64().unwrap() >= 1,
         "state changes listed: {after}"
     );
+}
 
+/// A POST without the CSRF token is refused, from the logged-in page.
+async fn a_post_without_csrf_is_refused(c: &Client) {
     // A POST without the CSRF token is refused, from the logged-in page.
     let refused = c
         .execute_async(
@@ -387,7 +430,6 @@ async fn the_console_in_a_real_browser() {
         .unwrap();
     assert_eq!(refused[0], 403, "{refused}");
     assert!(refused[1].as_str().unwrap().contains("CSRF"), "{refused}");
-    c.close().await.unwrap();
 }
 
 /// Without a session: pages send to the login page, a POST is refused, and
@@ -397,22 +439,17 @@ async fn the_console_in_a_real_browser() {
 fn the_console_needs_a_session_and_sends_a_strict_policy() {
     let dir = TempDir::new("console-http");
     let l = ListenerProcess::start(bin(), dir.path(), "");
+    let session = no_session_no_page(&l);
+    with_a_session(&l, &session);
+    root_work_from_the_form(&l, &session);
+}
+
+/// Without a session: the login page, POSTs refused, the policy on every
+/// answer; a wrong token gets no cookie, the right one a strict one.
+/// Returns the session cookie.
+fn no_session_no_page(l: &ListenerProcess) -> String {
     let send = |method: &str, path: &str, body: &str, cookie: Option<&str>| {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(l.admin_addr).unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        if let Some(c) = cookie {
-            head.push_str(&format!("Cookie: {c}\r\n"));
-        }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body.as_bytes()).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+        send_form(l.admin_addr, method, path, body, cookie)
     };
     let page = send("GET", "/ui/", "", None);
     assert!(
@@ -443,7 +480,7 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
         assert!(cookie.contains(flag), "{cookie}");
     }
     assert!(!cookie.contains("Secure"), "plain HTTP here: {cookie}");
-    let session = cookie
+    cookie
         .split_once(':')
         .unwrap()
         .1
@@ -451,8 +488,16 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
         .split(';')
         .next()
         .unwrap()
-        .to_owned();
-    let fleet = send("GET", "/ui/", "", Some(&session));
+        .to_owned()
+}
+
+/// With a session: the pages, with `X-Frame-Options` and no inline script;
+/// a POST without the CSRF token is still refused.
+fn with_a_session(l: &ListenerProcess, session: &str) {
+    let send = |method: &str, path: &str, body: &str, cookie: Option<&str>| {
+        send_form(l.admin_addr, method, path, body, cookie)
+    };
+    let fleet = send("GET", "/ui/", "", Some(session));
     assert!(fleet.starts_with("HTTP/1.1 200"), "{fleet}");
     assert!(
         fleet.contains("x-frame-options: DENY") || fleet.contains("x-frame-options: deny"),
@@ -462,13 +507,18 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
         "POST",
         "/ui/new",
         "hosts=a&command=%2Fbin%2Ftrue",
-        Some(&session),
+        Some(session),
     );
     assert!(no_token.starts_with("HTTP/1.1 403"), "{no_token}");
     assert!(!fleet.contains("<script>"), "no inline script: {fleet}");
+}
 
-    // Root work from the form: a system-mode target needs signed
-    // statements and a ticked confirmation; the console never signs.
+/// Root work from the form: a system-mode target needs signed statements
+/// and a ticked confirmation; the console never signs.
+fn root_work_from_the_form(l: &ListenerProcess, session: &str) {
+    let send = |method: &str, path: &str, body: &str, cookie: Option<&str>| {
+        send_form(l.admin_addr, method, path, body, cookie)
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _sys = rt.block_on(async {
         let key = l.add_key("sys.test");
@@ -482,7 +532,7 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
         ws
     });
     l.wait_connected("sys.test", true);
-    let form = send("GET", "/ui/new", "", Some(&session));
+    let form = send("GET", "/ui/new", "", Some(session));
     let csrf = form
         .split("name=\"csrf\" value=\"")
         .nth(1)
@@ -493,7 +543,7 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
         "POST",
         "/ui/new",
         &format!("csrf={csrf}&hosts=sys.test&command=%2Fusr%2Fbin%2Fid"),
-        Some(&session),
+        Some(session),
     );
     assert!(unsigned.starts_with("HTTP/1.1 400"), "{unsigned}");
     assert!(unsigned.contains("sys.test in system mode"), "{unsigned}");
@@ -514,7 +564,7 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
         "POST",
         "/ui/new",
         &format!("csrf={csrf}&signed={encoded}"),
-        Some(&session),
+        Some(session),
     );
     assert!(unconfirmed.starts_with("HTTP/1.1 400"), "{unconfirmed}");
     assert!(unconfirmed.contains("tick the box"), "{unconfirmed}");
@@ -522,7 +572,7 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
         "POST",
         "/ui/new",
         &format!("csrf={csrf}&signed={encoded}&confirm_root=yes"),
-        Some(&session),
+        Some(session),
     );
     assert!(confirmed.starts_with("HTTP/1.1 303"), "{confirmed}");
     assert!(
@@ -532,4 +582,30 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
     let job = l.get("/api/v1/jobs/from-console-1").json();
     assert_eq!(job["hostname"], "sys.test");
     assert_eq!(job["command"], "/usr/bin/id");
+}
+
+/// One request to the operator address, with a form body and the cookie
+/// if given; the whole answer, head and body.
+fn send_form(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    cookie: Option<&str>,
+) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(c) = cookie {
+        head.push_str(&format!("Cookie: {c}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
