@@ -190,127 +190,27 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let url = listener.ws_url();
-    let connect_started = Instant::now();
-    runtime.block_on(async {
-        let gate = Arc::new(Semaphore::new(256));
-        for (host, key) in hosts.iter().cloned().zip(keys) {
-            let permit = Arc::clone(&gate).acquire_owned().await.unwrap();
-            let (url, acks) = (url.clone(), ack_tx.clone());
-            tokio::spawn(simulated_agent(url, key, host, heartbeat, acks, permit));
-        }
-    });
-    // Wait until the listener shows every agent connected.
-    let connected = |l: &ListenerProcess| {
-        let agents = l.get("/api/v1/agents").json();
-        agents
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["connected"] == true)
-            .count()
-    };
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while connected(&listener) < agents {
-        assert!(
-            Instant::now() < deadline,
-            "not all agents connected: {} of {agents}",
-            connected(&listener)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let connect_time = connect_started.elapsed();
-
+    let connect_time = connect_all(&listener, &runtime, &hosts, keys, heartbeat, &ack_tx);
     // Idle (heartbeating only) for two heartbeat intervals.
     std::thread::sleep(heartbeat * 2);
     let rss_idle = proc_status_kib(pid, "VmRSS");
 
-    let mut latencies = Vec::with_capacity(jobs);
-    let run_started = Instant::now();
-    for i in 0..jobs {
-        let host = &hosts[(i * 7919) % agents];
-        let t0 = Instant::now();
-        let r = listener.post(
-            &format!("/api/v1/agents/{host}/jobs"),
-            &json!({"command": "/bin/true", "timeout": 60}),
-        );
-        assert_eq!(r.status, 202, "{}", r.body);
-        let job_id = r.json()["jobId"].as_str().unwrap().to_owned();
-        loop {
-            let (id, at) = ack_rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("report_ack");
-            if id == job_id {
-                latencies.push(at - t0);
-                break;
-            }
-        }
-    }
-    let run_time = run_started.elapsed();
+    let (mut latencies, run_time) = sequential_jobs(&listener, &hosts, jobs, &ack_rx);
     let rss_after = proc_status_kib(pid, "VmRSS");
     latencies.sort();
 
-    let per_conn = (rss_idle.saturating_sub(rss_start)) as f64 * 1024.0 / agents as f64;
-    println!(
-        "agents_10k: {agents} simulated agents, heartbeat every {}s, {jobs} sequential jobs",
-        heartbeat.as_secs()
+    print_sequential(
+        &Measured {
+            agents,
+            jobs,
+            heartbeat,
+            connect_time,
+            rss: [rss_start, rss_idle, rss_after],
+            run_time,
+        },
+        &latencies,
     );
-    println!(
-        "  connect + register all agents    {:>10.1} s",
-        connect_time.as_secs_f64()
-    );
-    println!("  listener RSS at start            {:>10} KiB", rss_start);
-    println!("  listener RSS, all agents idle    {:>10} KiB", rss_idle);
-    println!(
-        "  RSS per idle connection          {:>10.0} bytes ({:.1} KiB; target <= 16 KiB)",
-        per_conn,
-        per_conn / 1024.0
-    );
-    println!("  listener RSS after the jobs      {:>10} KiB", rss_after);
-    println!(
-        "  job round trip p50               {:>10.2} ms",
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3
-    );
-    println!(
-        "  job round trip p90               {:>10.2} ms",
-        percentile(&latencies, 0.90).as_secs_f64() * 1e3
-    );
-    println!(
-        "  job round trip p99               {:>10.2} ms (target < 10 ms)",
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3
-    );
-    println!(
-        "  job round trip max               {:>10.2} ms",
-        latencies.last().unwrap().as_secs_f64() * 1e3
-    );
-    println!(
-        "  jobs per second (sequential)     {:>10.0}",
-        jobs as f64 / run_time.as_secs_f64()
-    );
-    // Fan-out: one run to every agent (all carry the tag "bench"), timed
-    // from the POST until every report is stored and acknowledged.
-    while ack_rx.try_recv().is_ok() {}
-    let fan_started = Instant::now();
-    let r = listener.post(
-        "/api/v1/runs",
-        &json!({"tags": ["bench"], "command": "/bin/true", "timeout": 60}),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let posted = fan_started.elapsed();
-    let mut acked = std::collections::HashSet::new();
-    while acked.len() < agents {
-        let (id, _) = ack_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("every fanned-out report acknowledged");
-        acked.insert(id);
-    }
-    let fan_time = fan_started.elapsed();
-    println!(
-        "  fan-out to {agents} agents: POST answered in {:.2} s; all reports stored and acknowledged in {:.2} s (target <= 3 s); {:.0} reports/s",
-        posted.as_secs_f64(),
-        fan_time.as_secs_f64(),
-        agents as f64 / fan_time.as_secs_f64()
-    );
+    fan_out(&listener, agents, &ack_rx);
     // Beside it, in the same run: the same number of reports stored one
     // per transaction, and in groups as the listener now does.
     let (single, grouped) = store_side_by_side(agents);
@@ -337,4 +237,175 @@ fn main() {
         "listener did not stop cleanly"
     );
     runtime.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// Connects every agent (at most 256 connecting at once) and waits until
+/// the listener shows them all connected; returns how long that took.
+fn connect_all(
+    listener: &ListenerProcess,
+    runtime: &tokio::runtime::Runtime,
+    hosts: &[String],
+    keys: Vec<String>,
+    heartbeat: Duration,
+    ack_tx: &std_mpsc::Sender<(String, Instant)>,
+) -> Duration {
+    let agents = hosts.len();
+    let url = listener.ws_url();
+    let connect_started = Instant::now();
+    runtime.block_on(async {
+        let gate = Arc::new(Semaphore::new(256));
+        for (host, key) in hosts.iter().cloned().zip(keys) {
+            let permit = Arc::clone(&gate).acquire_owned().await.unwrap();
+            let (url, acks) = (url.clone(), ack_tx.clone());
+            tokio::spawn(simulated_agent(url, key, host, heartbeat, acks, permit));
+        }
+    });
+    // Wait until the listener shows every agent connected.
+    let connected = |l: &ListenerProcess| {
+        let agents = l.get("/api/v1/agents").json();
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["connected"] == true)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while connected(listener) < agents {
+        assert!(
+            Instant::now() < deadline,
+            "not all agents connected: {} of {agents}",
+            connected(listener)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    connect_started.elapsed()
+}
+
+/// `jobs` jobs one after another, each to another agent; returns each
+/// one's round trip (POST to `report_ack`) and the time for all.
+fn sequential_jobs(
+    listener: &ListenerProcess,
+    hosts: &[String],
+    jobs: usize,
+    ack_rx: &std_mpsc::Receiver<(String, Instant)>,
+) -> (Vec<Duration>, Duration) {
+    let agents = hosts.len();
+    let mut latencies = Vec::with_capacity(jobs);
+    let run_started = Instant::now();
+    for i in 0..jobs {
+        let host = &hosts[(i * 7919) % agents];
+        let t0 = Instant::now();
+        let r = listener.post(
+            &format!("/api/v1/agents/{host}/jobs"),
+            &json!({"command": "/bin/true", "timeout": 60}),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        let job_id = r.json()["jobId"].as_str().unwrap().to_owned();
+        loop {
+            let (id, at) = ack_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("report_ack");
+            if id == job_id {
+                latencies.push(at - t0);
+                break;
+            }
+        }
+    }
+    let run_time = run_started.elapsed();
+    (latencies, run_time)
+}
+
+/// What `main` measured before the fan-out.
+struct Measured {
+    agents: usize,
+    jobs: usize,
+    heartbeat: Duration,
+    connect_time: Duration,
+    /// The listener's RSS (KiB) at start, with every agent idle, after the
+    /// jobs.
+    rss: [u64; 3],
+    run_time: Duration,
+}
+
+fn print_sequential(m: &Measured, latencies: &[Duration]) {
+    let Measured {
+        agents,
+        jobs,
+        heartbeat,
+        connect_time,
+        rss: [rss_start, rss_idle, rss_after],
+        run_time,
+    } = *m;
+    let per_conn = (rss_idle.saturating_sub(rss_start)) as f64 * 1024.0 / agents as f64;
+    println!(
+        "agents_10k: {agents} simulated agents, heartbeat every {}s, {jobs} sequential jobs",
+        heartbeat.as_secs()
+    );
+    println!(
+        "  connect + register all agents    {:>10.1} s",
+        connect_time.as_secs_f64()
+    );
+    println!("  listener RSS at start            {:>10} KiB", rss_start);
+    println!("  listener RSS, all agents idle    {:>10} KiB", rss_idle);
+    println!(
+        "  RSS per idle connection          {:>10.0} bytes ({:.1} KiB; target <= 16 KiB)",
+        per_conn,
+        per_conn / 1024.0
+    );
+    println!("  listener RSS after the jobs      {:>10} KiB", rss_after);
+    println!(
+        "  job round trip p50               {:>10.2} ms",
+        percentile(latencies, 0.50).as_secs_f64() * 1e3
+    );
+    println!(
+        "  job round trip p90               {:>10.2} ms",
+        percentile(latencies, 0.90).as_secs_f64() * 1e3
+    );
+    println!(
+        "  job round trip p99               {:>10.2} ms (target < 10 ms)",
+        percentile(latencies, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "  job round trip max               {:>10.2} ms",
+        latencies.last().unwrap().as_secs_f64() * 1e3
+    );
+    println!(
+        "  jobs per second (sequential)     {:>10.0}",
+        jobs as f64 / run_time.as_secs_f64()
+    );
+}
+
+/// Fan-out: one run to every agent, timed until every report is stored
+/// and acknowledged.
+fn fan_out(
+    listener: &ListenerProcess,
+    agents: usize,
+    ack_rx: &std_mpsc::Receiver<(String, Instant)>,
+) {
+    // Fan-out: one run to every agent (all carry the tag "bench"), timed
+    // from the POST until every report is stored and acknowledged.
+    while ack_rx.try_recv().is_ok() {}
+    let fan_started = Instant::now();
+    let r = listener.post(
+        "/api/v1/runs",
+        &json!({"tags": ["bench"], "command": "/bin/true", "timeout": 60}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let posted = fan_started.elapsed();
+    let mut acked = std::collections::HashSet::new();
+    while acked.len() < agents {
+        let (id, _) = ack_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("every fanned-out report acknowledged");
+        acked.insert(id);
+    }
+    let fan_time = fan_started.elapsed();
+    println!(
+        "  fan-out to {agents} agents: POST answered in {:.2} s; all reports stored and acknowledged in {:.2} s (target <= 3 s); {:.0} reports/s",
+        posted.as_secs_f64(),
+        fan_time.as_secs_f64(),
+        agents as f64 / fan_time.as_secs_f64()
+    );
 }
