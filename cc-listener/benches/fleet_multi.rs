@@ -36,8 +36,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -46,13 +44,11 @@ use cc_e2e::listener::{ListenerProcess, TOKEN};
 use cc_e2e::pg::Cluster;
 use cc_e2e::{TempDir, env_or};
 use cc_listener::store::Store;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// The load process (`CC_FLEET_ROLE=load`).
+#[path = "fleet_multi/load.rs"]
+mod load;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -72,281 +68,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// This process's soft limit on open files (`/proc/self/limits`).
-fn open_files_limit() -> u64 {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(u64::MAX)
-}
-
-// ---------------------------------------------------------------------------
-// The load process: simulated agents, reporting on stdout.
-//
-// Lines it prints:
-//   `ack JOB_ID MICROS`        a `report_ack` arrived (wall clock)
-//   `done OK FAILED RETRIES`   every agent's first connection was attempted
-//   `drop HOST REASON`         a registered agent's connection ended (it
-//                              reconnects; the first 20 are printed)
-//   `fail HOST ERROR`          a connect attempt failed (first 20 printed)
-// It ends when its stdin closes (the bench ended or died).
-
-struct LoadCounters {
-    retries: AtomicU64,
-    drops: AtomicU64,
-    failed: AtomicU64,
-    printed: AtomicU64,
-}
-
-async fn connect_once(
-    url: &str,
-    key: &str,
-    host: &str,
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    String,
-> {
-    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
-    req.headers_mut()
-        .insert("X-CC-API-KEY", HeaderValue::from_str(key).unwrap());
-    let config = WebSocketConfig::default().read_buffer_size(4096);
-    let (mut ws, _) = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio_tungstenite::connect_async_with_config(req, Some(config), true),
-    )
-    .await
-    .map_err(|_| "handshake timed out after 30 s".to_owned())?
-    .map_err(|e| e.to_string())?;
-    let register = json!({"type": "register", "payload": {"hostname": host, "os": "linux", "arch": "amd64",
-        "tags": ["bench"], "executionMode": "user", "isRoot": false}});
-    ws.send(Message::Text(register.to_string().into()))
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(ws)
-}
-
-/// The `execution_report` of a `/bin/true` job; its `reportId` is the job id.
-fn report_text(job_id: &str) -> String {
-    json!({"type": "execution_report", "payload": {
-        "jobId": job_id, "command": "/bin/true", "exitCode": 0, "stdout": "", "stderr": "",
-        "startTime": "2024-03-20T10:00:00Z", "durationMs": 1, "executingUid": 1001,
-        "executingUser": "cc-agent-user", "reportId": job_id}})
-    .to_string()
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn simulated_agent(
-    url: Arc<str>,
-    key: String,
-    host: String,
-    heartbeat: Duration,
-    out: std_mpsc::Sender<String>,
-    gate: Arc<Semaphore>,
-    counters: Arc<LoadCounters>,
-    first: tokio::sync::oneshot::Sender<bool>,
-) {
-    let mut first = Some(first);
-    let mut attempt: u32 = 0;
-    let mut dropped: u32 = 0;
-    // Reports not acknowledged yet: sent again on the next connection, as
-    // the real agent's outbox does.
-    let mut pending: Vec<String> = Vec::new();
-    // Spread heartbeats over the interval.
-    let seed: u64 = host
-        .bytes()
-        .fold(0, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-    let offset = Duration::from_millis(seed % heartbeat.as_millis().max(1) as u64);
-    loop {
-        let permit = gate.acquire().await.unwrap();
-        let ws = connect_once(&url, &key, &host).await;
-        drop(permit);
-        let mut ws = match ws {
-            Ok(ws) => {
-                if let Some(f) = first.take() {
-                    let _ = f.send(true);
-                }
-                attempt = 0;
-                ws
-            }
-            Err(e) => {
-                attempt += 1;
-                counters.retries.fetch_add(1, Ordering::Relaxed);
-                if counters.printed.fetch_add(1, Ordering::Relaxed) < 20 {
-                    let _ = out.send(format!("fail {host} {e}"));
-                }
-                if attempt >= 5 {
-                    counters.failed.fetch_add(1, Ordering::Relaxed);
-                    if let Some(f) = first.take() {
-                        let _ = f.send(false);
-                    }
-                    return;
-                }
-                // Backoff, as a real agent does.
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
-                continue;
-            }
-        };
-        let mut resent = Ok(());
-        for job_id in &pending {
-            resent = ws
-                .send(Message::Text(report_text(job_id).into()))
-                .await
-                .map_err(|e| e.to_string());
-            if resent.is_err() {
-                break;
-            }
-        }
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
-        let reason = loop {
-            if let Err(e) = resent {
-                break e;
-            }
-            tokio::select! {
-                _ = ticker.tick() => {
-                    if let Err(e) = ws.send(Message::Text(r#"{"type":"heartbeat","payload":{}}"#.into())).await {
-                        break e.to_string();
-                    }
-                }
-                msg = ws.next() => {
-                    let msg = match msg {
-                        None => break "closed".to_owned(),
-                        Some(Err(e)) => break e.to_string(),
-                        Some(Ok(m)) => m,
-                    };
-                    let text = match msg {
-                        Message::Text(t) => t,
-                        Message::Close(f) => break format!("close {f:?}"),
-                        _ => continue,
-                    };
-                    let v: Value = serde_json::from_str(text.as_str()).unwrap();
-                    match v["type"].as_str() {
-                        Some("execute_job") => {
-                            let job_id = v["payload"]["jobId"].as_str().unwrap().to_owned();
-                            let report = report_text(&job_id);
-                            if !pending.contains(&job_id) {
-                                pending.push(job_id);
-                            }
-                            if let Err(e) = ws.send(Message::Text(report.into())).await {
-                                break e.to_string();
-                            }
-                        }
-                        Some("report_ack") => {
-                            let at = now_us();
-                            let id = v["payload"]["reportId"].as_str().unwrap_or_default();
-                            pending.retain(|p| p != id);
-                            let _ = out.send(format!("ack {id} {at}"));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        };
-        counters.drops.fetch_add(1, Ordering::Relaxed);
-        if counters.printed.fetch_add(1, Ordering::Relaxed) < 20 {
-            let _ = out.send(format!("drop {host} {reason}"));
-        }
-        // Capped exponential backoff, jittered in its upper half, as the
-        // real agent reconnects (`cc-agent/src/conn.rs`).
-        let exp = Duration::from_secs(1 << dropped.min(5));
-        dropped += 1;
-        let jitter = seed.wrapping_mul(u64::from(dropped) * 2_654_435_761) % 1000;
-        tokio::time::sleep(exp / 2 + exp / 2 * jitter as u32 / 1000).await;
-    }
-}
-
-fn load_main() {
-    let var = |n: &str| std::env::var(n).unwrap_or_else(|_| panic!("{n} is not set"));
-    let url: Arc<str> = var("CC_FLEET_URL").into();
-    let keys_file = PathBuf::from(var("CC_FLEET_KEYS"));
-    let from: usize = var("CC_FLEET_FROM").parse().unwrap();
-    let to: usize = var("CC_FLEET_TO").parse().unwrap();
-    let heartbeat = Duration::from_millis(var("CC_FLEET_HEARTBEAT_MS").parse().unwrap());
-    let gate = Arc::new(Semaphore::new(
-        var("CC_FLEET_GATE").parse::<usize>().unwrap().max(1),
-    ));
-    let limit = open_files_limit();
-    assert!(
-        (to - from) as u64 + 64 <= limit,
-        "{} agents need more descriptors than this process may open ({limit})",
-        to - from
-    );
-    let keys: Vec<(String, String)> = std::fs::read_to_string(&keys_file)
-        .unwrap()
-        .lines()
-        .skip(from)
-        .take(to - from)
-        .map(|l| {
-            let (h, k) = l.split_once(' ').unwrap();
-            (h.to_owned(), k.to_owned())
-        })
-        .collect();
-
-    // One thread writes stdout: lines leave at once, in batches when many.
-    let (out_tx, out_rx) = std_mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        let stdout = std::io::stdout();
-        let mut w = std::io::BufWriter::new(stdout.lock());
-        while let Ok(line) = out_rx.recv() {
-            let _ = writeln!(w, "{line}");
-            while let Ok(more) = out_rx.try_recv() {
-                let _ = writeln!(w, "{more}");
-            }
-            if w.flush().is_err() {
-                std::process::exit(0);
-            }
-        }
-    });
-    // The bench closes stdin (or dies): end.
-    std::thread::spawn(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
-        std::process::exit(0);
-    });
-
-    let counters = Arc::new(LoadCounters {
-        retries: AtomicU64::new(0),
-        drops: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        printed: AtomicU64::new(0),
-    });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut firsts = Vec::with_capacity(keys.len());
-        for (host, key) in keys {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            firsts.push(rx);
-            tokio::spawn(simulated_agent(
-                Arc::clone(&url),
-                key,
-                host,
-                heartbeat,
-                out_tx.clone(),
-                Arc::clone(&gate),
-                Arc::clone(&counters),
-                tx,
-            ));
-        }
-        let mut ok = 0;
-        for rx in firsts {
-            if rx.await.unwrap_or(false) {
-                ok += 1;
-            }
-        }
-        let _ = out_tx.send(format!(
-            "done {ok} {} {}",
-            counters.failed.load(Ordering::Relaxed),
-            counters.retries.load(Ordering::Relaxed)
-        ));
-        std::future::pending::<()>().await;
-    });
 }
 
 // ---------------------------------------------------------------------------
@@ -570,6 +291,94 @@ fn measure(
             .unwrap()
             .listener
     };
+    let Connected {
+        retries,
+        mut drops,
+        held,
+        scrape_failures,
+        slowest_scrape,
+    } = connect(label, listeners, agents, &loads, &lines, connect_started);
+    let connect_time = connect_started.elapsed();
+    eprintln!(
+        "  all {agents} registered in {:.1} s; idle for {} s",
+        connect_time.as_secs_f64(),
+        idle.as_secs()
+    );
+
+    // Idle (heartbeating only).
+    std::thread::sleep(idle);
+    let rss_idle: Vec<u64> = listeners
+        .iter()
+        .map(|l| proc_status_kib(l.child.id(), "VmRSS"))
+        .collect();
+    eprintln!("  FIGURE {label} RSS start {rss_start:?} idle {rss_idle:?} held {held:?}");
+    let still: u64 = listeners
+        .iter()
+        .map(|l| connected(l).expect("metrics after the idle time"))
+        .sum();
+    assert_eq!(still, agents as u64, "{label}: agents were lost while idle");
+
+    let (latencies, jobs_time) =
+        sequential_jobs(label, listeners, agents, jobs, &holder, &lines, &mut drops);
+    let fan = fan_out(label, listeners, agents, &lines, &mut drops, stored);
+    let load_count = loads.len();
+    drop(loads);
+    let (mut registered, mut silent) = (0, 0);
+    for l in listeners {
+        let log = l.log();
+        registered += log.matches("agent registered").count();
+        silent += log
+            .matches("closing: silent for three heartbeat intervals")
+            .count();
+    }
+    Figures {
+        label: label.to_owned(),
+        agents,
+        listeners: n,
+        loads: load_count,
+        keys_time,
+        connect_time,
+        connect_retries: retries,
+        slowest_scrape,
+        scrape_failures,
+        rss_start,
+        rss_idle,
+        held,
+        jobs,
+        latencies,
+        jobs_time,
+        fan_posted: fan.posted,
+        fan_time: fan.time,
+        fan_stored: fan.stored,
+        fan_acked: fan.acked,
+        registered,
+        silent,
+        drops,
+    }
+}
+
+/// What connecting measured.
+struct Connected {
+    retries: usize,
+    drops: Vec<String>,
+    /// Agents each listener holds.
+    held: Vec<u64>,
+    scrape_failures: usize,
+    slowest_scrape: Duration,
+}
+
+/// Waits until every load process is done and the listeners hold every
+/// agent, noting progress every 10 s; each listener is scraped every
+/// 500 ms.
+fn connect(
+    label: &str,
+    listeners: &[ListenerProcess],
+    agents: usize,
+    loads: &[Load],
+    lines: &std_mpsc::Receiver<Line>,
+    connect_started: Instant,
+) -> Connected {
+    let n = listeners.len();
     let mut done = 0;
     let mut retries = 0;
     let mut drops = Vec::new();
@@ -625,37 +434,40 @@ fn measure(
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let connect_time = connect_started.elapsed();
-    eprintln!(
-        "  all {agents} registered in {:.1} s; idle for {} s",
-        connect_time.as_secs_f64(),
-        idle.as_secs()
-    );
+    Connected {
+        retries,
+        drops,
+        held,
+        scrape_failures,
+        slowest_scrape,
+    }
+}
 
-    // Idle (heartbeating only).
-    std::thread::sleep(idle);
-    let rss_idle: Vec<u64> = listeners
-        .iter()
-        .map(|l| proc_status_kib(l.child.id(), "VmRSS"))
-        .collect();
-    eprintln!("  FIGURE {label} RSS start {rss_start:?} idle {rss_idle:?} held {held:?}");
-    let still: u64 = listeners
-        .iter()
-        .map(|l| connected(l).expect("metrics after the idle time"))
-        .sum();
-    assert_eq!(still, agents as u64, "{label}: agents were lost while idle");
-
-    // Jobs one at a time, each posted to the next listener after the
-    // one holding the agent.
-    let drain = |drops: &mut Vec<String>| {
-        while let Ok(line) = lines.try_recv() {
-            if let Line::Other(load, text) = line {
-                eprintln!("  load {load}: {text}");
-                drops.push(text);
-            }
+/// Lines the load processes printed that are not acknowledgements, logged
+/// and kept.
+fn drain(lines: &std_mpsc::Receiver<Line>, drops: &mut Vec<String>) {
+    while let Ok(line) = lines.try_recv() {
+        if let Line::Other(load, text) = line {
+            eprintln!("  load {load}: {text}");
+            drops.push(text);
         }
-    };
-    drain(&mut drops);
+    }
+}
+
+/// Jobs one at a time, each posted to the next listener after the one
+/// holding the agent (`holder`); returns each round trip, sorted, and the
+/// time for all.
+fn sequential_jobs(
+    label: &str,
+    listeners: &[ListenerProcess],
+    agents: usize,
+    jobs: usize,
+    holder: &dyn Fn(usize) -> usize,
+    lines: &std_mpsc::Receiver<Line>,
+    drops: &mut Vec<String>,
+) -> (Vec<Duration>, Duration) {
+    let n = listeners.len();
+    drain(lines, drops);
     eprintln!("  {jobs} sequential jobs");
     let mut latencies = Vec::with_capacity(jobs);
     let jobs_started = Instant::now();
@@ -698,8 +510,29 @@ fn measure(
         jobs_time.as_secs_f64()
     );
 
+    (latencies, jobs_time)
+}
+
+/// What the fan-out measured.
+struct FanOut {
+    posted: Duration,
+    time: Duration,
+    acked: usize,
+    stored: usize,
+}
+
+/// Fan-out: one run to every agent, done when the database holds every
+/// report.
+fn fan_out(
+    label: &str,
+    listeners: &[ListenerProcess],
+    agents: usize,
+    lines: &std_mpsc::Receiver<Line>,
+    drops: &mut Vec<String>,
+    stored: &dyn Fn(&str) -> usize,
+) -> FanOut {
     // Fan-out: one run to every agent (all carry the tag "bench").
-    drain(&mut drops);
+    drain(lines, drops);
     eprintln!("  fan-out to {agents}");
     let fan_started = Instant::now();
     let fan_t0 = now_us();
@@ -776,39 +609,11 @@ fn measure(
         fan_time.as_secs_f64()
     );
     assert_eq!(fan_stored, agents, "{label}: not every report stored");
-    let load_count = loads.len();
-    drop(loads);
-    let (mut registered, mut silent) = (0, 0);
-    for l in listeners {
-        let log = l.log();
-        registered += log.matches("agent registered").count();
-        silent += log
-            .matches("closing: silent for three heartbeat intervals")
-            .count();
-    }
-    Figures {
-        label: label.to_owned(),
-        agents,
-        listeners: n,
-        loads: load_count,
-        keys_time,
-        connect_time,
-        connect_retries: retries,
-        slowest_scrape,
-        scrape_failures,
-        rss_start,
-        rss_idle,
-        held,
-        jobs,
-        latencies,
-        jobs_time,
-        fan_posted,
-        fan_time,
-        fan_stored,
-        fan_acked,
-        registered,
-        silent,
-        drops,
+    FanOut {
+        posted: fan_posted,
+        time: fan_time,
+        acked: fan_acked,
+        stored: fan_stored,
     }
 }
 
@@ -1006,7 +811,7 @@ fn sqlite_side() -> Figures {
 
 fn main() {
     if std::env::var_os("CC_FLEET_ROLE").is_some_and(|r| r == "load") {
-        load_main();
+        load::load_main();
         return;
     }
     let only = std::env::var("CC_BENCH_ONLY").unwrap_or_default();
