@@ -20,6 +20,18 @@ fn bin() -> &'static Path {
 /// Short intervals so liveness and lost-job tests run in seconds.
 const FAST: &str = "heartbeat_interval_secs = 1\nping_interval_secs = 1\nlost_grace_secs = 1\nsweep_interval_ms = 100\n";
 
+/// Posts `/bin/true` for `host`; the job's id.
+fn post_true(l: &ListenerProcess, host: &str) -> String {
+    l.post(
+        &format!("/api/v1/agents/{host}/jobs"),
+        &json!({"command": "/bin/true"}),
+    )
+    .json()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn start(dir: &TempDir) -> ListenerProcess {
     ListenerProcess::start(bin(), dir.path(), FAST)
 }
@@ -375,15 +387,7 @@ async fn a_report_resent_after_sigkill_and_restart_is_stored_once() {
     let key = l.add_key("durable");
     let mut ws = ws::agent(&l.ws_url(), &key, "durable").await;
     l.wait_connected("durable", true);
-    let job_id = l
-        .post(
-            "/api/v1/agents/durable/jobs",
-            &json!({"command": "/bin/true"}),
-        )
-        .json()["jobId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job_id = post_true(&l, "durable");
     ws::recv_type(&mut ws, "execute_job", T).await;
     ws::send(&mut ws, &ws::report(&job_id, Some("rep-1"))).await;
     ws::recv_type(&mut ws, "report_ack", T).await;
@@ -731,15 +735,7 @@ async fn a_sent_job_without_a_report_is_sent_again_on_reconnect() {
     let key = l.add_key("flaky");
     let mut ws = ws::agent(&l.ws_url(), &key, "flaky").await;
     l.wait_connected("flaky", true);
-    let job_id = l
-        .post(
-            "/api/v1/agents/flaky/jobs",
-            &json!({"command": "/bin/true"}),
-        )
-        .json()["jobId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job_id = post_true(&l, "flaky");
     ws::recv_type(&mut ws, "execute_job", T).await;
     drop(ws); // gone before reporting
     l.wait_connected("flaky", false);
