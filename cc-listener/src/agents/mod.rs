@@ -12,8 +12,9 @@
 //!   [`MAX_PROTOCOL_ERRORS`] of them the connection is closed with 1008;
 //! - unknown message types and unknown fields: logged at debug and ignored
 //!   (the protocol grows);
-//! - a frame over [`MAX_MESSAGE_BYTES`]: the connection is closed (1009),
-//!   since the stream cannot be resynchronised.
+//! - a frame over [`MAX_MESSAGE_BYTES`](cc_proto::wire::MAX_MESSAGE_BYTES):
+//!   the connection is closed (1009), since the stream cannot be
+//!   resynchronised.
 //!
 //! A connection goes through three stages, one file each:
 //! - `accept`: `accept_loop` admits each connection to the budget of

@@ -200,11 +200,13 @@ async fn post_signed_run(
             .map_err(|e| ApiError::invalid("signed", e.to_string()))?;
         let host = hostname_param(&st.host)?.to_string();
         let spec = job_spec(&st.job())?;
-        if let Some(first) = jobs.first()
-            && (first.command != spec.command.program()
+        // No let-chain: the MSRV (1.85) has none.
+        let differs = jobs.first().is_some_and(|first| {
+            first.command != spec.command.program()
                 || first.args != spec.command.args()
-                || first.timeout_secs != spec.timeout.secs())
-        {
+                || first.timeout_secs != spec.timeout.secs()
+        });
+        if differs {
             return Err(ApiError::invalid(
                 "signed",
                 "every statement of a run must sign the same command, args and timeout",

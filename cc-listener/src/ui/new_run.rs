@@ -206,9 +206,9 @@ async fn system_targets(
             let mut system = Vec::new();
             for h in all {
                 let canonical = cc_proto::Hostname::parse(&h).map(|h| h.to_string());
-                if let Ok(h) = canonical
-                    && s.agent_mode(&h)?.as_deref() == Some("system")
-                {
+                // No let-chain: the MSRV (1.85) has none.
+                let Ok(h) = canonical else { continue };
+                if s.agent_mode(&h)?.as_deref() == Some("system") {
                     system.push(h);
                 }
             }
