@@ -147,7 +147,7 @@ fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
     let db = args
         .db
         .clone()
-        .or(file.db)
+        .or(file.db.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DB));
     let mut s = Settings::new(cc_listener::db_location(&db)?);
     if let Some(a) = args.listen.or(file.listen) {
@@ -161,16 +161,47 @@ fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
         .clone()
         .or(file.signing_key_file.clone())
     {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading the signing key {}", path.display()))?;
-        let key = cc_proto::sign::key_pair_from_pem(&text)
-            .with_context(|| format!("the signing key {}", path.display()))?;
-        tracing::warn!(
-            key = %cc_proto::sign::public_id(&key),
-            "this listener signs system-mode work posted unsigned: hosts that trust this key trust the listener"
-        );
-        s.signing_key = Some(std::sync::Arc::new(key));
+        s.signing_key = Some(std::sync::Arc::new(signing_key(&path)?));
     }
+    apply_intervals(&mut s, &file)?;
+    if let Some(name) = file.listener_name.clone() {
+        anyhow::ensure!(
+            !name.is_empty() && name.len() <= 128 && !name.chars().any(char::is_control),
+            "listener_name must be 1 to 128 characters, none of them a control character"
+        );
+        s.listener_name = Some(name);
+    }
+    if let Some(b) = file.ui_secure_cookie {
+        s.ui_secure_cookie = b;
+    }
+    apply_limits(&mut s, &file)?;
+    s.tls = match (file.tls_cert_file, file.tls_key_file) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => bail!("tls_cert_file and tls_key_file go together"),
+    };
+    let token = admin_token(args.admin_token_file.clone().or(file.admin_token_file))?;
+    Ok((s, token))
+}
+
+/// The key this listener signs unsigned system-mode work with, from a
+/// `ccctl keygen` file; logged, since hosts that trust it trust the
+/// listener.
+fn signing_key(path: &Path) -> Result<ring::signature::Ed25519KeyPair> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the signing key {}", path.display()))?;
+    let key = cc_proto::sign::key_pair_from_pem(&text)
+        .with_context(|| format!("the signing key {}", path.display()))?;
+    tracing::warn!(
+        key = %cc_proto::sign::public_id(&key),
+        "this listener signs system-mode work posted unsigned: hosts that trust this key trust the listener"
+    );
+    Ok(key)
+}
+
+/// The config file's intervals: heartbeat, ping, queue time, lost grace,
+/// sweep.
+fn apply_intervals(s: &mut Settings, file: &FileConfig) -> Result<()> {
     let secs = |v: Option<u64>, name: &str| -> Result<Option<Duration>> {
         match v {
             Some(0) => bail!("{name} must be at least 1"),
@@ -192,16 +223,12 @@ fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
     if let Some(ms) = file.sweep_interval_ms {
         s.sweep_interval = Duration::from_millis(ms.max(10));
     }
-    if let Some(name) = file.listener_name {
-        anyhow::ensure!(
-            !name.is_empty() && name.len() <= 128 && !name.chars().any(char::is_control),
-            "listener_name must be 1 to 128 characters, none of them a control character"
-        );
-        s.listener_name = Some(name);
-    }
-    if let Some(b) = file.ui_secure_cookie {
-        s.ui_secure_cookie = b;
-    }
+    Ok(())
+}
+
+/// The config file's limits: connections, the unregistered budget,
+/// timeouts on the operator address, report quotas, rate and retention.
+fn apply_limits(s: &mut Settings, file: &FileConfig) -> Result<()> {
     if let Some(n) = file.max_connections {
         s.max_connections = n.max(1);
     }
@@ -261,12 +288,13 @@ fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
     if let Some(days) = file.report_retention_days {
         s.report_retention = (days > 0).then(|| Duration::from_secs(days * 24 * 3600));
     }
-    s.tls = match (file.tls_cert_file, file.tls_key_file) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-        (None, None) => None,
-        _ => bail!("tls_cert_file and tls_key_file go together"),
-    };
-    let token = match args.admin_token_file.clone().or(file.admin_token_file) {
+    Ok(())
+}
+
+/// The operator token: from its file, else `CC_ADMIN_TOKEN` (at least 16
+/// characters); none is an error.
+fn admin_token(path: Option<PathBuf>) -> Result<String> {
+    let token = match path {
         Some(path) => read_token_file(&path)?,
         None => match std::env::var("CC_ADMIN_TOKEN") {
             Ok(t) if t.len() >= 16 => t,
@@ -276,7 +304,7 @@ fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
             ),
         },
     };
-    Ok((s, token))
+    Ok(token)
 }
 
 fn serve(args: &ServeArgs) -> Result<()> {

@@ -233,6 +233,21 @@ pub struct Metrics {
     doorbell_notifications: Family<ChannelLabel, Counter>,
 }
 
+/// Registers fields of `$m` in `$r`, each under its name and help (and
+/// unit, where one is given in brackets), in the order given: the
+/// exposition's.
+macro_rules! register {
+    ($r:ident, $m:ident: $($field:ident $([$unit:ident])? $name:literal $help:literal)+) => {
+        $( register!(@one $r, $m.$field, $name, $help $(, $unit)?); )+
+    };
+    (@one $r:ident, $metric:expr, $name:literal, $help:literal) => {
+        $r.register($name, $help, $metric.clone())
+    };
+    (@one $r:ident, $metric:expr, $name:literal, $help:literal, $unit:ident) => {
+        $r.register_with_unit($name, $help, Unit::$unit, $metric.clone())
+    };
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -269,100 +284,56 @@ impl Metrics {
             doorbell_connections: Counter::default(),
             doorbell_notifications: Family::default(),
         };
-        r.register(
-            "croncommander_agents_connected",
-            "Registered agents connected now, by executionMode",
-            m.agents_connected.clone(),
-        );
-        r.register(
-            "croncommander_agents_root_in_user_mode",
-            "Connected agents that run as root in user mode (jobs run as root, unsigned)",
-            m.agents_root_in_user_mode.clone(),
-        );
-        r.register(
-            "croncommander_jobs_finished",
-            "Jobs that reached a final state: done (a report settled it), lost (no report in time), expired (never sent)",
-            m.jobs_finished.clone(),
-        );
-        r.register(
-            "croncommander_jobs_open",
-            "Jobs not yet in a final state, by state (held in a run's batch, queued, sent)",
-            m.jobs_open.clone(),
-        );
-        r.register_with_unit(
-            "croncommander_job_duration",
-            "Run time of each job a report settled, as the agent reported it",
-            Unit::Seconds,
-            m.job_duration.clone(),
-        );
-        r.register(
-            "croncommander_reports_stored",
-            "Reports stored, by what they answer (duplicates not counted)",
-            m.reports_stored.clone(),
-        );
-        r.register(
-            "croncommander_reports_refused",
-            "Reports not stored (the agent keeps them and sends them again), by reason",
-            m.reports_refused.clone(),
-        );
-        r.register_with_unit(
-            "croncommander_store_commit",
-            "Time of each group commit of the store's writer (the transaction and its fsync)",
-            Unit::Seconds,
-            m.store_commit.clone(),
-        );
-        r.register(
-            "croncommander_store_commit_group_size",
-            "Writes (reports, job hand-overs, registrations, connection ends) committed together in one group",
-            m.store_commit_group.clone(),
-        );
-        r.register(
-            "croncommander_store_write_queue",
-            "Writes waiting for the store's writer now",
-            m.store_write_queue.clone(),
-        );
-        r.register(
-            "croncommander_agent_outbound_queued",
-            "Messages waiting in connected agents' outbound queues now, all agents together",
-            m.agent_outbound_queued.clone(),
-        );
-        r.register(
-            "croncommander_ws_messages_refused",
-            "Messages from registered agents refused (dropped, or the connection closed), by reason",
-            m.ws_refused.clone(),
-        );
-        r.register(
-            "croncommander_connections_refused",
-            "Agent connections closed before they were served, by reason",
-            m.connections_refused.clone(),
-        );
-        r.register(
-            "croncommander_operator_connections_closed",
-            "Operator-address connections the listener closed for a limit, by reason",
-            m.operator_closed.clone(),
-        );
-        r.register(
-            "croncommander_event_streams_open",
-            "Operator event streams (GET /api/v1/events) open now",
-            m.event_streams_open.clone(),
-        );
-        r.register(
-            "croncommander_doorbell_connected",
-            "1 while this listener listens for the shared database's notifications (PostgreSQL), else 0",
-            m.doorbell_connected.clone(),
-        );
-        r.register(
-            "croncommander_doorbell_connections",
-            "Notification connections opened to the shared database (each followed by a reconciliation from the tables)",
-            m.doorbell_connections.clone(),
-        );
-        r.register(
-            "croncommander_doorbell_notifications",
-            "Notifications received from the shared database, by channel",
-            m.doorbell_notifications.clone(),
-        );
-        // Every series from the start: a rate over a series that appears
-        // with its first event misses that event.
+        Self::register(&mut r, &m);
+        Self::create_series(&m);
+        Self { registry: r, ..m }
+    }
+
+    /// Every metric, in the order of the exposition.
+    fn register(r: &mut Registry, m: &Self) {
+        register! { r, m:
+            agents_connected "croncommander_agents_connected"
+                "Registered agents connected now, by executionMode"
+            agents_root_in_user_mode "croncommander_agents_root_in_user_mode"
+                "Connected agents that run as root in user mode (jobs run as root, unsigned)"
+            jobs_finished "croncommander_jobs_finished"
+                "Jobs that reached a final state: done (a report settled it), lost (no report in time), expired (never sent)"
+            jobs_open "croncommander_jobs_open"
+                "Jobs not yet in a final state, by state (held in a run's batch, queued, sent)"
+            job_duration [Seconds] "croncommander_job_duration"
+                "Run time of each job a report settled, as the agent reported it"
+            reports_stored "croncommander_reports_stored"
+                "Reports stored, by what they answer (duplicates not counted)"
+            reports_refused "croncommander_reports_refused"
+                "Reports not stored (the agent keeps them and sends them again), by reason"
+            store_commit [Seconds] "croncommander_store_commit"
+                "Time of each group commit of the store's writer (the transaction and its fsync)"
+            store_commit_group "croncommander_store_commit_group_size"
+                "Writes (reports, job hand-overs, registrations, connection ends) committed together in one group"
+            store_write_queue "croncommander_store_write_queue"
+                "Writes waiting for the store's writer now"
+            agent_outbound_queued "croncommander_agent_outbound_queued"
+                "Messages waiting in connected agents' outbound queues now, all agents together"
+            ws_refused "croncommander_ws_messages_refused"
+                "Messages from registered agents refused (dropped, or the connection closed), by reason"
+            connections_refused "croncommander_connections_refused"
+                "Agent connections closed before they were served, by reason"
+            operator_closed "croncommander_operator_connections_closed"
+                "Operator-address connections the listener closed for a limit, by reason"
+            event_streams_open "croncommander_event_streams_open"
+                "Operator event streams (GET /api/v1/events) open now"
+            doorbell_connected "croncommander_doorbell_connected"
+                "1 while this listener listens for the shared database's notifications (PostgreSQL), else 0"
+            doorbell_connections "croncommander_doorbell_connections"
+                "Notification connections opened to the shared database (each followed by a reconciliation from the tables)"
+            doorbell_notifications "croncommander_doorbell_notifications"
+                "Notifications received from the shared database, by channel"
+        }
+    }
+
+    /// Every series from the start: a rate over a series that appears
+    /// with its first event misses that event.
+    fn create_series(m: &Self) {
         for &mode in Mode::ALL {
             let _ = m.agents_connected.get_or_create(&ModeLabel { mode });
         }
@@ -398,7 +369,6 @@ impl Metrics {
                 .doorbell_notifications
                 .get_or_create(&ChannelLabel { channel });
         }
-        Self { registry: r, ..m }
     }
 
     /// The notification connection opened (`true`) or lost (`false`).

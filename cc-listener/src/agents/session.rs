@@ -1,18 +1,21 @@
-//! The `/agent` WebSocket endpoint.
+//! A registered agent's connection: `Session::run` records the
+//! registration, joins the hub, and serves the connection in one `select!`
+//! loop over the socket, its outbound queue, a ping ticker and the
+//! shutdown signal (`serve`); on (re)connect it sends the cron list, the
+//! jobs sent and never reported, then queued jobs (`catch_up`).
 //!
-//! `accept_connection` owns one TCP connection and logs how it ended;
-//! `handle_connection` does the work and uses `?`. The API key is checked in
-//! the handshake callback, before the upgrade: missing, unknown or revoked →
-//! HTTP 401 and no WebSocket. Limits are chosen on purpose (`ws_config`).
+//! Policy for what an agent sends: see the module above (`crate::agents`).
+//! Reports are validated, paced (`report_rate_bytes`), deduplicated by
+//! `reportId` or a derived key, and committed through the writer with
+//! other reports; the agent gets `report_ack`, or `report_rejected` for a
+//! report refused for good. A job is handed to the host only here
+//! (`dispatch`), within the agent's `jobWindow`.
 //!
-//! Policy for what an agent sends:
-//! - malformed JSON, wrong types, invalid values, binary frames, or
-//!   listener-to-agent message types: logged and dropped; after
-//!   [`MAX_PROTOCOL_ERRORS`] of them the connection is closed with 1008;
-//! - unknown message types and unknown fields: logged at debug and ignored
-//!   (the protocol grows);
-//! - a frame over [`MAX_MESSAGE_BYTES`]: the connection is closed (1009),
-//!   since the stream cannot be resynchronised.
+//! Invariants: the connection leaves the hub only after its last contact
+//! was recorded; a storage error on a report closes the connection (the
+//! agent sends its outbox again on the next); an agent silent for three
+//! heartbeat intervals (counted from when this task last waited long on the
+//! store, at the earliest) is closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,42 +26,29 @@ use anyhow::{Context, Result, anyhow};
 use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::time::{MissedTickBehavior, interval, timeout};
+use tokio::sync::mpsc;
+use tokio::time::{MissedTickBehavior, interval};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tracing::{debug, error, info, warn};
 
+use cc_proto::logline::LogBudget;
 use cc_proto::wire::{
-    self, AgentInfo, DecodeError, ExecuteJob, ExecutionReport, Incoming, MAX_MESSAGE_BYTES,
-    Message, ReportAck, ReportRejected,
+    self, AgentInfo, DecodeError, ExecuteJob, ExecutionReport, Incoming, Message, ReportAck,
+    ReportRejected,
 };
 
+use super::close;
 use crate::hub::{OUTBOUND_QUEUE, Outbound};
-use crate::metrics::{ConnRefusal, ReportRefusal, WsRefusal};
-use crate::pending::{Admitted, Limits, Marker, Pending, Refused};
+use crate::metrics::{ReportRefusal, WsRefusal};
 use crate::store::{
-    BindWrite, Binding, JobRow, KeyRecord, Refusal, RegisterWrite, ReportOutcome, ReportWrite,
-    Stored, TakeWrite, TouchWrite,
+    JobRow, Refusal, RegisterWrite, ReportOutcome, ReportWrite, Stored, TakeWrite, TouchWrite,
 };
 use crate::{AppState, now_ms};
-use cc_proto::logline::LogBudget;
-
-/// Handshakes without a valid key: anyone can make them, as fast as they
-/// like, so they are logged 20 a second at most; `left_out` on a line says
-/// how many went unlogged before it (the metric counts every one).
-static BAD_KEYS: LogBudget = LogBudget::new(Duration::from_secs(1), 20);
 
 /// Reports refused for a quota, logged 20 a second at most (all hosts).
 static REFUSED_REPORTS: LogBudget = LogBudget::new(Duration::from_secs(1), 20);
-
-/// Keys refused for registering too often, logged 20 a second at most.
-static TOO_FAST: LogBudget = LogBudget::new(Duration::from_secs(1), 20);
 
 /// Invalid messages from agents, logged 100 in 10 s at most (all hosts;
 /// the metric counts each).
@@ -67,480 +57,29 @@ static INVALID_MESSAGES: LogBudget = LogBudget::new(Duration::from_secs(10), 100
 /// Invalid messages tolerated on one connection before it is closed.
 pub const MAX_PROTOCOL_ERRORS: u32 = 16;
 
-fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        // Allocated up front for every connection: keep idle agents cheap.
-        .read_buffer_size(4 * 1024)
-        // Write each message as it is sent; nothing waits in a buffer.
-        .write_buffer_size(0)
-        // Back-pressure: a peer that does not read stops us at 2 MiB.
-        .max_write_buffer_size(2 * MAX_MESSAGE_BYTES)
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES))
-}
-
-/// Accepts agents until `shutdown` flips. Who gets a place before
-/// registering is [`crate::pending`]'s to say.
-pub async fn accept_loop(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let registered = Arc::new(Semaphore::new(state.settings.max_connections));
-    let pending = Pending::new(Limits {
-        max: state.settings.max_unauthenticated,
-        per_source: state.settings.max_unauthenticated_per_source,
-        per_48: state.settings.max_unauthenticated_per_48,
-        failures_per_sec: state.settings.unauthenticated_failures_per_sec,
-    });
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let admitted = match pending.admit(peer.ip()) {
-                        Ok(a) => a,
-                        Err(why) => {
-                            let (reason, what) = match why {
-                                Refused::SourceFull => (ConnRefusal::PerSource, "its source holds its share of unregistered connections"),
-                                Refused::SourceFailing => (ConnRefusal::SourceFailing, "its source spent its budget of failed connections"),
-                                Refused::Full => (ConnRefusal::Budget, "every unregistered place is held by a connection that spoke"),
-                            };
-                            state.metrics.connection_refused(reason);
-                            debug!(%peer, "refused: {what}");
-                            continue;
-                        }
-                    };
-                    let _ = tcp.set_nodelay(true);
-                    let state = Arc::clone(&state);
-                    let registered = Arc::clone(&registered);
-                    let deadline = tokio::time::Instant::now() + state.settings.auth_timeout;
-                    // Two task types, so a plaintext connection is not sized
-                    // for a TLS stream.
-                    match tls.clone() {
-                        None => {
-                            tokio::spawn(async move {
-                                let mut admitted = admitted;
-                                if first_bytes(&tcp, &mut admitted, deadline, &state, peer).await {
-                                    serve_agent(tcp, peer, &state, admitted, deadline, &registered).await;
-                                }
-                            });
-                        }
-                        Some(acceptor) => {
-                            tokio::spawn(async move {
-                                let mut admitted = admitted;
-                                if !first_bytes(&tcp, &mut admitted, deadline, &state, peer).await {
-                                    return;
-                                }
-                                let handshake = tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp)));
-                                let tls = tokio::select! {
-                                    r = handshake => r,
-                                    _ = &mut admitted.evicted => {
-                                        state.metrics.connection_refused(ConnRefusal::Budget);
-                                        debug!(%peer, "closed during TLS: pushed out of the unregistered budget");
-                                        return;
-                                    }
-                                };
-                                match tls {
-                                    Ok(Ok(stream)) => serve_agent(stream, peer, &state, admitted, deadline, &registered).await,
-                                    Ok(Err(e)) => info!(%peer, "TLS handshake failed: {e}"),
-                                    Err(_) => info!(%peer, "TLS handshake timed out"),
-                                }
-                            });
-                        }
-                    }
-                }
-                Err(e) => {
-                    // Out of descriptors and the like: back off, keep serving.
-                    warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-/// Waits for the connection's first bytes, by `deadline`: until then it
-/// is silent, the first to be pushed out when the budget is full. False:
-/// it was pushed out, timed out or failed first.
-async fn first_bytes(
-    tcp: &tokio::net::TcpStream,
-    admitted: &mut Admitted,
-    deadline: tokio::time::Instant,
-    state: &AppState,
-    peer: SocketAddr,
-) -> bool {
-    // `peek`, not `readable`: readiness may be reported before any byte
-    // (tokio allows false positives), and a silent socket must stay silent.
-    let mut byte = [0u8; 1];
-    let r = tokio::select! {
-        r = tokio::time::timeout_at(deadline, tcp.peek(&mut byte)) => r,
-        _ = &mut admitted.evicted => {
-            state.metrics.connection_refused(ConnRefusal::Budget);
-            debug!(%peer, "closed while silent: pushed out of the unregistered budget");
-            return false;
-        }
-    };
-    match r {
-        Ok(Ok(0)) => {
-            debug!(%peer, "closed before its first byte");
-            false
-        }
-        Ok(Ok(_)) => {
-            admitted.spoke();
-            true
-        }
-        Ok(Err(e)) => {
-            debug!(%peer, "connection failed before its first byte: {e}");
-            false
-        }
-        Err(_) => {
-            debug!(%peer, "no byte within the time to register; closing");
-            false
-        }
-    }
-}
-
-/// One agent connection from the first byte to the end, and how it ended.
-///
-/// Set-up (handshake, register, key binding) must end by `deadline` and
-/// ends early if the connection is evicted; it runs boxed: it is transient
-/// and its state machine is large, so it must not size the future every
-/// idle connection keeps for its whole life (see BENCHMARKS.md).
-async fn serve_agent<S>(
-    stream: S,
-    peer: SocketAddr,
-    state: &AppState,
-    mut admitted: Admitted,
-    deadline: tokio::time::Instant,
-    registered: &Arc<Semaphore>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let greeted = tokio::select! {
-        r = Box::pin(greet(stream, peer, state, deadline, admitted.marker())) => r,
-        _ = &mut admitted.evicted => {
-            state.metrics.connection_refused(ConnRefusal::Budget);
-            debug!(%peer, "closed: pushed out of the unregistered budget");
-            return;
-        }
-    };
-    // A valid key and a valid `register`: out of the unregistered budget,
-    // however long the store then takes to bind the key (in a storm of
-    // registrations on a shared database, longer than the time to
-    // register: the budget would close the oldest, which reconnect and
-    // crowd out the rest).
-    let too_fast = greeted
-        .as_ref()
-        .is_ok_and(|(_, key, _)| !admitted.registration_allowed(key.id));
-    drop(admitted);
-    let result = match greeted {
-        Ok((mut ws, key, info)) if too_fast => {
-            state.metrics.connection_refused(ConnRefusal::Reconnecting);
-            if let Some(left_out) = TOO_FAST.allow() {
-                warn!(%peer, key = %key.name, hostname = %info.hostname, left_out, "refused: this key registers too often");
-            }
-            close(
-                &mut ws,
-                CloseCode::Again,
-                "this key registers too often; try again later",
-            )
-            .await;
-            Ok(())
-        }
-        Ok((mut ws, key, info)) => {
-            if let Ok(permit) = Arc::clone(registered).try_acquire_owned() {
-                let r = match Box::pin(bind(ws, key, info, peer, state)).await {
-                    Ok(Some((session, ws, key_id, info))) => {
-                        session.run(ws, key_id, info, peer).await
-                    }
-                    Ok(None) => Ok(()),
-                    Err(e) => Err(e),
-                };
-                drop(permit);
-                r
-            } else {
-                state
-                    .metrics
-                    .connection_refused(ConnRefusal::MaxConnections);
-                warn!(%peer, hostname = %info.hostname, max = state.settings.max_connections, "max_connections reached; closing");
-                close(
-                    &mut ws,
-                    CloseCode::Again,
-                    "the listener is at max_connections",
-                )
-                .await;
-                Ok(())
-            }
-        }
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(()) => debug!(%peer, "agent connection closed"),
-        Err(e) => info!(%peer, "agent connection ended: {e:#}"),
-    }
-}
-
-fn refuse(status: StatusCode, why: &str) -> ErrorResponse {
-    let mut resp = ErrorResponse::new(Some(format!("{why}\n")));
-    *resp.status_mut() = status;
-    resp
-}
-
-/// A registered agent, ready to serve.
-type Ready<'a, S> = (Session<'a>, WebSocketStream<S>, i64, AgentInfo);
-
-/// An agent with a valid key that sent a valid `register`.
-type Greeted<S> = (WebSocketStream<S>, KeyRecord, AgentInfo);
-
-/// Handshake with the key check, then `register`, by `deadline`.
-async fn greet<S>(
-    stream: S,
-    peer: SocketAddr,
-    state: &AppState,
-    deadline: tokio::time::Instant,
-    marker: Marker,
-) -> Result<Greeted<S>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut key: Option<KeyRecord> = None;
-    let store = state.db.store();
-    // The signature is tungstenite's `Callback`; its error type is not ours.
-    #[allow(clippy::result_large_err)]
-    let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        if req.uri().path() != "/agent" {
-            return Err(refuse(StatusCode::NOT_FOUND, "agents connect to /agent"));
-        }
-        let presented = req
-            .headers()
-            .get("x-cc-api-key")
-            .and_then(|v| v.to_str().ok());
-        let Some(presented) = presented else {
-            state.metrics.connection_refused(ConnRefusal::Auth);
-            if let Some(left_out) = BAD_KEYS.allow() {
-                warn!(%peer, left_out, "refused: no X-CC-API-KEY");
-            }
-            return Err(refuse(StatusCode::UNAUTHORIZED, "missing X-CC-API-KEY"));
-        };
-        // A blocking call inside the handshake's callback: PostgreSQL's
-        // client must not block a runtime thread, so this worker steps out
-        // of the runtime for it (SQLite on a single-threaded runtime, as in
-        // some tests, is called directly).
-        let lookup = || store.authenticate(presented);
-        let found = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::CurrentThread => lookup(),
-            _ => tokio::task::block_in_place(lookup),
-        };
-        match found {
-            Ok(Some(record)) => {
-                marker.keyed();
-                key = Some(record);
-                Ok(resp)
-            }
-            Ok(None) => {
-                state.metrics.connection_refused(ConnRefusal::Auth);
-                if let Some(left_out) = BAD_KEYS.allow() {
-                    warn!(%peer, left_out, "refused: unknown or revoked API key");
-                }
-                Err(refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "unknown or revoked X-CC-API-KEY",
-                ))
-            }
-            Err(e) => {
-                error!(%peer, "key lookup failed: {e:#}");
-                Err(refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "key store unavailable",
-                ))
-            }
-        }
-    };
-    let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(ws_config()));
-    let mut ws = tokio::time::timeout_at(deadline, handshake)
-        .await
-        .context("WebSocket handshake timed out")?
-        .context("WebSocket handshake failed")?;
-    let key = key.context("handshake accepted without a key")?;
-
-    let info = match tokio::time::timeout_at(deadline, wait_for_register(&mut ws)).await {
-        Ok(Ok(info)) => info,
-        Ok(Err(e)) => {
-            state.metrics.connection_refused(ConnRefusal::Register);
-            close(
-                &mut ws,
-                CloseCode::Policy,
-                "the first message must be a valid register",
-            )
-            .await;
-            return Err(e.context(format!("key {:?}: bad registration", key.name)));
-        }
-        Err(_) => {
-            state.metrics.connection_refused(ConnRefusal::Register);
-            close(&mut ws, CloseCode::Policy, "no register in time").await;
-            return Err(anyhow!(
-                "key {:?}: no register within the time limit",
-                key.name
-            ));
-        }
-    };
-    Ok((ws, key, info))
-}
-
-/// Binds the key to the host on first use, or refuses a key or hostname
-/// that belongs to another. `Ok(None)`: the agent was refused and told why.
-async fn bind<S>(
-    mut ws: WebSocketStream<S>,
-    key: KeyRecord,
-    info: AgentInfo,
-    peer: SocketAddr,
-    state: &AppState,
-) -> Result<Option<Ready<'_, S>>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let hostname = info.hostname.clone();
-
-    // Committed with other registrations: a reconnect storm costs a
-    // commit per group, not per agent.
-    let binding = state
-        .writer
-        .bind(BindWrite {
-            key_id: key.id,
-            hostname: hostname.clone(),
-            tags: info.tags.iter().map(ToString::to_string).collect(),
-        })
-        .await?;
-    match binding {
-        Binding::Ok => {}
-        Binding::OtherHost(bound) => {
-            state.metrics.connection_refused(ConnRefusal::KeyBinding);
-            warn!(%peer, key = %key.name, %hostname, %bound, "refused: key belongs to another hostname");
-            close(
-                &mut ws,
-                CloseCode::Policy,
-                "this key belongs to another hostname",
-            )
-            .await;
-            return Ok(None);
-        }
-        Binding::OtherTags(bound) => {
-            state.metrics.connection_refused(ConnRefusal::KeyBinding);
-            let sent: Vec<String> = info.tags.iter().map(ToString::to_string).collect();
-            let why = tags_differ(&bound, &sent);
-            warn!(%peer, key = %key.name, %hostname, bound = ?bound, sent = ?sent, "refused: {why}");
-            close(&mut ws, CloseCode::Policy, &why).await;
-            return Ok(None);
-        }
-        Binding::HostnameTaken => {
-            state.metrics.connection_refused(ConnRefusal::KeyBinding);
-            warn!(%peer, key = %key.name, %hostname, "refused: hostname belongs to another key");
-            close(
-                &mut ws,
-                CloseCode::Policy,
-                "this hostname belongs to another key",
-            )
-            .await;
-            return Ok(None);
-        }
-    }
-
-    let session = Session {
-        state,
-        window: info.job_window,
-        hostname,
-        conn_id: state.hub.next_conn_id(),
-        last_seen: Arc::new(AtomicI64::new(now_ms())),
-        last_heartbeat: Arc::new(AtomicI64::new(0)),
-        protocol_errors: 0,
-        rate_tokens: state.settings.report_rate_bytes as f64 * 4.0,
-        rate_at: tokio::time::Instant::now(),
-        busy_until: 0,
-        cron_status: None,
-        cron_status_at: None,
-    };
-    Ok(Some((session, ws, key.id, info)))
-}
-
-/// The close reason for a registration whose tags are not its key's:
-/// what it added (`+`) and left out (`-`), within a close frame's 123
-/// bytes.
-fn tags_differ(bound: &[String], sent: &[String]) -> String {
-    let sent = crate::store::canonical_tags(sent);
-    let mut why = String::from("tags are not this key's (ccctl keys retag):");
-    let added = sent.iter().filter(|t| !bound.contains(t)).map(|t| ('+', t));
-    let missing = bound.iter().filter(|t| !sent.contains(t)).map(|t| ('-', t));
-    for (sign, tag) in added.chain(missing) {
-        if why.len() + 2 + tag.len() > 119 {
-            why.push_str(" ...");
-            break;
-        }
-        why.push(' ');
-        why.push(sign);
-        why.push_str(tag);
-    }
-    why
-}
-
-/// Reads until the first data frame, which must be `register`.
-async fn wait_for_register<S>(ws: &mut WebSocketStream<S>) -> Result<AgentInfo>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    loop {
-        let frame = ws.next().await.context("closed before register")??;
-        let text = match frame {
-            WsMessage::Text(t) => t,
-            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
-            WsMessage::Binary(_) => return Err(anyhow!("binary frame before register")),
-            WsMessage::Close(_) => return Err(anyhow!("closed before register")),
-        };
-        let decoded = wire::decode(text.as_str())?;
-        return match decoded.message {
-            Incoming::Known(Message::Register(r)) => Ok(r.validate()?),
-            Incoming::Known(other) => Err(anyhow!("{} before register", other.kind())),
-            Incoming::UnknownType(t) => Err(anyhow!("unknown type {t:?} before register")),
-        };
-    }
-}
-
-async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    let _ = timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
-}
-
-struct Session<'a> {
-    state: &'a AppState,
-    hostname: cc_proto::Hostname,
+pub(super) struct Session<'a> {
+    pub(super) state: &'a AppState,
+    pub(super) hostname: cc_proto::Hostname,
     /// The agent's `jobWindow`; `None` for a spec-only agent.
-    window: Option<u32>,
-    conn_id: u64,
-    last_seen: Arc<AtomicI64>,
-    last_heartbeat: Arc<AtomicI64>,
-    protocol_errors: u32,
+    pub(super) window: Option<u32>,
+    pub(super) conn_id: u64,
+    pub(super) last_seen: Arc<AtomicI64>,
+    pub(super) last_heartbeat: Arc<AtomicI64>,
+    pub(super) protocol_errors: u32,
     /// Report bytes this connection may still send before it is paced
     /// (negative: owed), as of `rate_at`.
-    rate_tokens: f64,
-    rate_at: tokio::time::Instant,
+    pub(super) rate_tokens: f64,
+    pub(super) rate_at: tokio::time::Instant,
     /// When this task last came back to reading after waiting long on the
     /// store (ms since the epoch): the silence of an agent is counted from
     /// then at the earliest, since what it sent meanwhile sat unread.
-    busy_until: i64,
+    pub(super) busy_until: i64,
     /// The last `cron_status` stored from this connection: the same again
     /// is not written again.
-    cron_status: Option<cc_proto::wire::CronStatus>,
+    pub(super) cron_status: Option<cc_proto::wire::CronStatus>,
     /// When it was stored: a changed one is stored a second later at the
     /// soonest.
-    cron_status_at: Option<tokio::time::Instant>,
+    pub(super) cron_status_at: Option<tokio::time::Instant>,
 }
 
 enum Flow {
@@ -562,7 +101,7 @@ impl Session<'_> {
         }
     }
 
-    async fn run<S>(
+    pub(super) async fn run<S>(
         mut self,
         mut ws: WebSocketStream<S>,
         key_id: i64,
@@ -706,12 +245,7 @@ impl Session<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let host = self.hostname.clone();
-        if let Some((entries, signed)) = self
-            .state
-            .db
-            .call(move |s| s.get_cron(host.as_str()))
-            .await?
-        {
+        if let Some((entries, signed)) = self.state.db.call(move |s| s.get_cron(host.as_str())).await? {
             let signed = signed.and_then(|t| serde_json::from_str(&t).ok());
             send_text(
                 ws,
@@ -1032,22 +566,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_tag_refusal_names_the_difference_within_a_close_frame() {
-        let v = |t: &[&str]| t.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
-        assert_eq!(
-            tags_differ(&v(&["a", "b"]), &v(&["c", "b"])),
-            "tags are not this key's (ccctl keys retag): +c -a"
-        );
-        let many: Vec<String> = (0..40).map(|i| format!("tag-number-{i}")).collect();
-        let why = tags_differ(&[], &many);
-        assert!(
-            why.len() <= 123 && why.ends_with(" ..."),
-            "{} {why}",
-            why.len()
-        );
-    }
 
     fn report() -> ExecutionReport {
         ExecutionReport {

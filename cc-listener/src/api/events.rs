@@ -1,0 +1,161 @@
+//! `GET /events`: job state changes as Server-Sent Events, in commit
+//! order, read from the store's `events` table (written by triggers in the
+//! transaction that changes a job) and woken by the store's watch. At most
+//! `MAX_EVENT_STREAMS` are open at once (503 beyond); each ends with the
+//! listener's shutdown.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::{ApiError, ApiResult, hostname_param};
+use crate::store::{EventFilter, EventRow, JobStatus};
+use crate::{AppState, rfc3339_ms};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventParams {
+    run: Option<String>,
+    host: Option<String>,
+    job: Option<String>,
+    /// Where to resume, as `Last-Event-ID` (the header wins).
+    since: Option<i64>,
+}
+
+/// Event streams open at once; more are refused (503).
+const MAX_EVENT_STREAMS: usize = 256;
+static EVENT_STREAMS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_EVENT_STREAMS);
+
+/// Event streams open now (for the metrics).
+pub(crate) fn open_event_streams() -> usize {
+    MAX_EVENT_STREAMS - EVENT_STREAMS.available_permits()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventView {
+    id: i64,
+    at: String,
+    job_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_id: Option<String>,
+    hostname: String,
+    status: JobStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i64>,
+}
+
+/// `GET /events`: job state changes as Server-Sent Events, in commit
+/// order, from `Last-Event-ID` (or `since`) on, filtered by run, host or
+/// job. Each event's `id` is its place in the log: a client that reconnects
+/// with the last id it saw misses nothing and sees nothing twice.
+pub(crate) async fn events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let Query(p) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let last = match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| {
+                ApiError::invalid("Last-Event-ID", "Last-Event-ID must be an event id")
+            })?,
+        None => p.since.unwrap_or(0).max(0),
+    };
+    for (field, v) in [("run", &p.run), ("job", &p.job)] {
+        if let Some(v) = v {
+            cc_proto::JobId::parse(v).map_err(|e| {
+                ApiError::invalid(field, e.to_string().replacen("job id", field, 1))
+            })?;
+        }
+    }
+    let filter = EventFilter {
+        run_id: p.run,
+        hostname: p
+            .host
+            .as_deref()
+            .map(hostname_param)
+            .transpose()?
+            .map(|h| h.to_string()),
+        job_id: p.job,
+    };
+    let permit = EVENT_STREAMS.try_acquire().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_EVENT_STREAMS} event streams are open already"),
+        )
+    })?;
+    let watch = state.db.watch();
+    let shutdown = state.shutdown.clone();
+    struct Cursor {
+        state: Arc<AppState>,
+        filter: EventFilter,
+        last: i64,
+        buffer: std::collections::VecDeque<EventRow>,
+        watch: tokio::sync::watch::Receiver<u64>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        _permit: tokio::sync::SemaphorePermit<'static>,
+    }
+    let cursor = Cursor {
+        state,
+        filter,
+        last,
+        buffer: std::collections::VecDeque::new(),
+        watch,
+        shutdown,
+        _permit: permit,
+    };
+    let stream = futures_util::stream::unfold(cursor, |mut c| async move {
+        loop {
+            if let Some(e) = c.buffer.pop_front() {
+                c.last = e.id;
+                let view = EventView {
+                    id: e.id,
+                    at: rfc3339_ms(e.at_ms),
+                    job_id: e.job_id,
+                    run_id: e.run_id,
+                    hostname: e.hostname,
+                    status: e.status,
+                    exit_code: e.exit_code,
+                };
+                let event = Event::default()
+                    .id(view.id.to_string())
+                    .event("job")
+                    .json_data(&view)
+                    .map_err(|e| std::io::Error::other(e.to_string()));
+                return Some((event, c));
+            }
+            // Marked seen before reading, so a change during the read wakes
+            // the next wait.
+            c.watch.borrow_and_update();
+            let (after, f) = (c.last, c.filter.clone());
+            match c.state.db.read(move |s| s.events(after, &f, 500)).await {
+                Ok(rows) if !rows.is_empty() => {
+                    c.buffer.extend(rows);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!("reading events failed: {e:#}");
+                    return None;
+                }
+            }
+            tokio::select! {
+                r = c.watch.changed() => if r.is_err() { return None },
+                _ = c.shutdown.changed() => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
+}
