@@ -245,7 +245,12 @@ impl Session<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let host = self.hostname.clone();
-        if let Some((entries, signed)) = self.state.db.call(move |s| s.get_cron(host.as_str())).await? {
+        if let Some((entries, signed)) = self
+            .state
+            .db
+            .call(move |s| s.get_cron(host.as_str()))
+            .await?
+        {
             let signed = signed.and_then(|t| serde_json::from_str(&t).ok());
             send_text(
                 ws,
