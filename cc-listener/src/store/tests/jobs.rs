@@ -2,19 +2,23 @@
 
 use super::*;
 
+/// A job for host `h` with a 1 s timeout, created at 0, queued until 500.
+fn job(id: &str) -> NewJob {
+    NewJob {
+        job_id: id.into(),
+        hostname: "h".into(),
+        command: "x".into(),
+        args: vec![],
+        timeout_secs: 1,
+        created_ms: 0,
+        expires_ms: 500,
+        signed: None,
+    }
+}
+
 #[test]
 fn sweep_marks_overdue_jobs_lost_and_old_queued_jobs_expired() {
     for (_guard, s) in stores() {
-        let job = |id: &str| NewJob {
-            job_id: id.into(),
-            hostname: "h".into(),
-            command: "x".into(),
-            args: vec![],
-            timeout_secs: 1,
-            created_ms: 0,
-            expires_ms: 500,
-            signed: None,
-        };
         s.create_job(&job("sent")).unwrap();
         assert_eq!(s.take_for_host(&h("h"), None, 0).unwrap().len(), 1);
         s.create_job(&job("queued")).unwrap();
@@ -71,16 +75,6 @@ fn jobs_go_out_in_submission_order_within_the_window() {
 #[test]
 fn pruning_removes_old_finished_jobs_and_empty_runs_only() {
     for (_guard, s) in stores() {
-        let job = |id: &str| NewJob {
-            job_id: id.into(),
-            hostname: "h".into(),
-            command: "x".into(),
-            args: vec![],
-            timeout_secs: 1,
-            created_ms: 0,
-            expires_ms: 500,
-            signed: None,
-        };
         let run = NewRun {
             run_id: "old-run".into(),
             command: "x".into(),
