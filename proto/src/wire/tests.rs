@@ -760,3 +760,16 @@ fn report_kinds_are_stored_as_their_words() {
     assert_eq!(ReportKind::parse("Job"), None);
     assert_eq!(ReportKind::parse("web1.example.com"), None);
 }
+
+#[test]
+fn report_kinds_display_as_their_words() {
+    for kind in ReportKind::ALL {
+        assert_eq!(kind.to_string(), kind.as_str());
+    }
+    assert_eq!(ReportKind::Unmatched.to_string(), "unmatched");
+}
+
+#[test]
+fn the_longest_duration_is_a_leap_year_of_milliseconds() {
+    assert_eq!(ExecutionReport::MAX_DURATION_MS, 31_622_400_000);
+}
