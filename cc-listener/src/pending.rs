@@ -450,8 +450,6 @@ mod tests {
         assert!(p.lock().conns.is_empty() && p.lock().held.is_empty());
     }
 
-    /// Caps per IPv4 address, per /64 and per /48; a mapped address is its
-    /// IPv4 address.
     /// A key registers ten times at once, then twice a second.
     #[test]
     fn a_key_registers_in_a_burst_then_at_a_pace() {
@@ -467,6 +465,8 @@ mod tests {
         assert!(!p.registration_at(7, t0 + Duration::from_millis(600)));
     }
 
+    /// Caps per IPv4 address, per /64 and per /48; a mapped address is its
+    /// IPv4 address.
     #[test]
     fn sources_have_caps_per_address_64_and_48() {
         let p = Pending::new(Limits {
@@ -519,5 +519,38 @@ mod tests {
         // 1 a second: one more after a second.
         let later = Instant::now() + Duration::from_millis(1100);
         assert!(p.admit_at(ip("10.0.0.9"), later).is_ok());
+    }
+
+    /// `Admitted::registration_allowed` spends the key's budget, now.
+    #[test]
+    fn registration_allowed_spends_the_keys_budget() {
+        let p = Pending::new(limits(100, 10));
+        let a = p.admit(ip("10.0.0.1")).unwrap();
+        for i in 0..10 {
+            assert!(a.registration_allowed(9), "registration {i} of the burst");
+        }
+        assert!(!a.registration_allowed(9), "the burst is spent");
+        assert!(a.registration_allowed(10), "another key has its own");
+    }
+
+    /// Past `BUCKETS_KEPT` keys, the buckets of keys back at their full
+    /// burst are forgotten (a new one would be the same); the others stay.
+    #[test]
+    fn full_registration_buckets_are_forgotten_past_the_limit() {
+        let p = Pending::new(limits(100, 10));
+        let t0 = Instant::now();
+        for key in 0..=BUCKETS_KEPT as i64 {
+            assert!(p.registration_at(key, t0));
+        }
+        assert_eq!(p.lock().registrations.len(), BUCKETS_KEPT + 1);
+        // Key 0 spends its burst; the rest refill.
+        for _ in 1..10 {
+            assert!(p.registration_at(0, t0));
+        }
+        let later = t0 + REGISTRATION_EVERY * 2;
+        assert!(p.registration_at(-1, later));
+        let regs = &p.lock().registrations;
+        assert_eq!(regs.len(), 2, "key 0, not yet full, and the new key");
+        assert!(regs.contains_key(&0) && regs.contains_key(&-1));
     }
 }
