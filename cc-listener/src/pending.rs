@@ -553,4 +553,51 @@ mod tests {
         assert_eq!(regs.len(), 2, "key 0, not yet full, and the new key");
         assert!(regs.contains_key(&0) && regs.contains_key(&-1));
     }
+
+    /// A /48 may fail four times as often as one source before it is
+    /// refused, and refills four times as fast.
+    #[test]
+    fn a_48_has_four_times_a_sources_failure_budget() {
+        let p = Pending::new(Limits {
+            max: 1000,
+            per_source: 2,
+            per_48: 100,
+            failures_per_sec: 2.0,
+        });
+        let t0 = Instant::now();
+        // One failure from each of eight /64s: the /48's burst, 4 × 2.
+        for i in 0..8 {
+            drop(p.admit_at(ip(&format!("2001:db8:0:{i}::1")), t0).unwrap());
+        }
+        let after = Instant::now();
+        assert_eq!(
+            p.admit_at(ip("2001:db8:0:8::1"), after).unwrap_err(),
+            Refused::SourceFailing,
+            "the /48 spent its budget, not the /64"
+        );
+        // 4 × 2 a second: one more after 130 ms.
+        let later = after + Duration::from_millis(130);
+        assert!(p.admit_at(ip("2001:db8:0:8::1"), later).is_ok());
+    }
+
+    /// Past `BUCKETS_KEPT` sources, the failure buckets back at their full
+    /// burst are forgotten; the others stay.
+    #[test]
+    fn full_failure_buckets_are_forgotten_past_the_limit() {
+        let p = Pending::new(Limits {
+            max: 10_000,
+            per_source: 2,
+            per_48: 8,
+            failures_per_sec: 1.0,
+        });
+        for i in 0..=BUCKETS_KEPT as u32 {
+            let addr = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            drop(p.admit(IpAddr::V4(addr)).unwrap());
+        }
+        // A second later, every one of them is full again.
+        std::thread::sleep(Duration::from_millis(1100));
+        drop(p.admit(ip("192.0.2.1")).unwrap());
+        let failures = &p.lock().failures;
+        assert_eq!(failures.len(), 1, "only the newest, not yet full");
+    }
 }
