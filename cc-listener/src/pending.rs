@@ -450,8 +450,6 @@ mod tests {
         assert!(p.lock().conns.is_empty() && p.lock().held.is_empty());
     }
 
-    /// Caps per IPv4 address, per /64 and per /48; a mapped address is its
-    /// IPv4 address.
     /// A key registers ten times at once, then twice a second.
     #[test]
     fn a_key_registers_in_a_burst_then_at_a_pace() {
@@ -467,6 +465,8 @@ mod tests {
         assert!(!p.registration_at(7, t0 + Duration::from_millis(600)));
     }
 
+    /// Caps per IPv4 address, per /64 and per /48; a mapped address is its
+    /// IPv4 address.
     #[test]
     fn sources_have_caps_per_address_64_and_48() {
         let p = Pending::new(Limits {
@@ -519,5 +519,85 @@ mod tests {
         // 1 a second: one more after a second.
         let later = Instant::now() + Duration::from_millis(1100);
         assert!(p.admit_at(ip("10.0.0.9"), later).is_ok());
+    }
+
+    /// `Admitted::registration_allowed` spends the key's budget, now.
+    #[test]
+    fn registration_allowed_spends_the_keys_budget() {
+        let p = Pending::new(limits(100, 10));
+        let a = p.admit(ip("10.0.0.1")).unwrap();
+        for i in 0..10 {
+            assert!(a.registration_allowed(9), "registration {i} of the burst");
+        }
+        assert!(!a.registration_allowed(9), "the burst is spent");
+        assert!(a.registration_allowed(10), "another key has its own");
+    }
+
+    /// Past `BUCKETS_KEPT` keys, the buckets of keys back at their full
+    /// burst are forgotten (a new one would be the same); the others stay.
+    #[test]
+    fn full_registration_buckets_are_forgotten_past_the_limit() {
+        let p = Pending::new(limits(100, 10));
+        let t0 = Instant::now();
+        for key in 0..=BUCKETS_KEPT as i64 {
+            assert!(p.registration_at(key, t0));
+        }
+        assert_eq!(p.lock().registrations.len(), BUCKETS_KEPT + 1);
+        // Key 0 spends its burst; the rest refill.
+        for _ in 1..10 {
+            assert!(p.registration_at(0, t0));
+        }
+        let later = t0 + REGISTRATION_EVERY * 2;
+        assert!(p.registration_at(-1, later));
+        let regs = &p.lock().registrations;
+        assert_eq!(regs.len(), 2, "key 0, not yet full, and the new key");
+        assert!(regs.contains_key(&0) && regs.contains_key(&-1));
+    }
+
+    /// A /48 may fail four times as often as one source before it is
+    /// refused, and refills four times as fast.
+    #[test]
+    fn a_48_has_four_times_a_sources_failure_budget() {
+        let p = Pending::new(Limits {
+            max: 1000,
+            per_source: 2,
+            per_48: 100,
+            failures_per_sec: 2.0,
+        });
+        let t0 = Instant::now();
+        // One failure from each of eight /64s: the /48's burst, 4 × 2.
+        for i in 0..8 {
+            drop(p.admit_at(ip(&format!("2001:db8:0:{i}::1")), t0).unwrap());
+        }
+        let after = Instant::now();
+        assert_eq!(
+            p.admit_at(ip("2001:db8:0:8::1"), after).unwrap_err(),
+            Refused::SourceFailing,
+            "the /48 spent its budget, not the /64"
+        );
+        // 4 × 2 a second: one more after 130 ms.
+        let later = after + Duration::from_millis(130);
+        assert!(p.admit_at(ip("2001:db8:0:8::1"), later).is_ok());
+    }
+
+    /// Past `BUCKETS_KEPT` sources, the failure buckets back at their full
+    /// burst are forgotten; the others stay.
+    #[test]
+    fn full_failure_buckets_are_forgotten_past_the_limit() {
+        let p = Pending::new(Limits {
+            max: 10_000,
+            per_source: 2,
+            per_48: 8,
+            failures_per_sec: 1.0,
+        });
+        for i in 0..=BUCKETS_KEPT as u32 {
+            let addr = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            drop(p.admit(IpAddr::V4(addr)).unwrap());
+        }
+        // A second later, every one of them is full again.
+        std::thread::sleep(Duration::from_millis(1100));
+        drop(p.admit(ip("192.0.2.1")).unwrap());
+        let failures = &p.lock().failures;
+        assert_eq!(failures.len(), 1, "only the newest, not yet full");
     }
 }
