@@ -974,3 +974,37 @@ async fn doctor_checks_the_operators_side() {
         "{shown}"
     );
 }
+
+/// The listener stops while `ccctl run` follows a run: ccctl says what
+/// failed and, since the run has not ended, how to follow it later.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_left_unfinished_says_how_to_follow_it() {
+    let dir = TempDir::new("ccctl-gone");
+    let mut l = ListenerProcess::start(bin(), dir.path(), "");
+    // Registered, and never answers.
+    let _a = ws::registered(&l, "mute.test").await;
+    let child = ccctl_cmd(&l, dir.path(), &["run", "mute.test", "--", "/bin/true"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = accepted_run(&l);
+    let url = format!("http://{}", l.admin_addr);
+    l.terminate();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    // The reason (ccctl reconnects half a second after the stream ends,
+    // when the port refuses), then, once, how to follow the run.
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("ccctl: error: cannot reach the listener at {url}: connection refused; is the listener running? (CC_URL / --url / config `url`); ")),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(&format!(
+            "; run {run} goes on: follow it later with `ccctl run watch {run}`\n"
+        )),
+        "{err}"
+    );
+}

@@ -106,7 +106,8 @@ pub(crate) fn listener_url(cli: &Cli, file: &FileConfig) -> Result<(String, Stri
 /// The token file and where it was given.
 pub(crate) fn token_file(cli: &Cli, file: &FileConfig) -> Result<(PathBuf, String)> {
     if let Some(p) = &cli.token_file {
-        return Ok((p.clone(), "--token-file".to_owned()));
+        // `--token-file=~/token` is not expanded by a shell.
+        return Ok((expand_tilde(p), "--token-file".to_owned()));
     }
     if let Some(p) = env("CC_TOKEN_FILE") {
         return Ok((expand_tilde(Path::new(&p)), "CC_TOKEN_FILE".to_owned()));
@@ -160,7 +161,8 @@ pub(crate) fn io_reason(e: &std::io::Error) -> String {
 /// The CA certificate file for `https://`, if one was given.
 pub(crate) fn ca_file(cli: &Cli, file: &FileConfig) -> Option<PathBuf> {
     cli.ca_file
-        .clone()
+        .as_deref()
+        .map(expand_tilde)
         .or_else(|| env("CC_CA_FILE").map(|p| expand_tilde(Path::new(&p))))
         .or_else(|| file.ca_file.clone())
 }

@@ -18,6 +18,7 @@ pub(crate) fn key_path(given: Option<PathBuf>, file: &FileConfig) -> Result<Path
     given
         .or_else(|| env("CC_KEY_FILE").map(PathBuf::from))
         .or_else(|| file.key_file.clone())
+        .map(|p| crate::api::expand_tilde(&p))
         .context("root work needs your signing key: --key, CC_KEY_FILE or key_file in ccctl.toml")
 }
 
