@@ -298,3 +298,35 @@ fn a_key_on_standard_input_is_explained() {
         "{text}"
     );
 }
+
+/// Run as the agent's user, a key file another user owns is named with
+/// the `chown` that fixes it.
+#[test]
+fn a_key_file_of_another_owner_says_the_chown_that_fixes_it() {
+    use std::os::unix::process::CommandExt;
+    let Some((uid, gid)) = cc_testkit::agent::root_and_agent_user() else {
+        return;
+    };
+    let dir = TempDir::new("agent-check-owner");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let url = format!("ws://127.0.0.1:{}/agent", closed_port());
+    let config = host(dir.path(), &url, "cck_0123abcd", 0o600, "");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(cc_testkit::reachable(Path::new(agent())))
+        .args(["check", "--config"])
+        .arg(&config)
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    well_formed(&out);
+    let key = dir.path().join("agent.key");
+    let want = format!(
+        "FAIL: api_key_file {k} is owned by root, not {user} — chown {user} {k}",
+        k = key.display(),
+        user = cc_testkit::agent::AGENT_USER
+    );
+    let text = stdout(&out);
+    assert!(text.lines().any(|l| l == want), "{want:?} not in\n{text}");
+}
