@@ -45,8 +45,10 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Check this host's setup: config, key file, listener, cron, helper.
-    /// One line per check, `ok: …` or `FAIL: … — what to do`; exit 0 only
+    /// Check this host's setup and say what to fix.
+    ///
+    /// Config, key file, listener (TCP, TLS), cron daemon, helper socket:
+    /// one line per check, `ok: …` or `FAIL: … — what to do`; exit 0 only
     /// when all are ok. Changes nothing, sends no key.
     Check {
         #[arg(long, default_value = DEFAULT_CONFIG)]

@@ -330,3 +330,13 @@ fn a_key_file_of_another_owner_says_the_chown_that_fixes_it() {
     let text = stdout(&out);
     assert!(text.lines().any(|l| l == want), "{want:?} not in\n{text}");
 }
+
+#[test]
+fn the_help_lists_check() {
+    let out = Command::new(agent()).arg("--help").output().unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("  check     Check this host's setup and say what to fix\n"),
+        "{text}"
+    );
+}

@@ -32,10 +32,12 @@ struct Cli {
 enum Command {
     /// Accept agents and serve the operator API.
     Serve(ServeArgs),
-    /// Check this listener's setup before (or instead of) serving: config,
-    /// operator token, database and its schema, addresses, TLS. One line
-    /// per check, `ok: …` or `FAIL: … — what to do`; exit 0 only when all
-    /// are ok. Changes nothing.
+    /// Check this listener's setup and say what to fix (same options as
+    /// serve).
+    ///
+    /// Config, operator token, database and its schema, addresses, TLS:
+    /// one line per check, `ok: …` or `FAIL: … — what to do`; exit 0 only
+    /// when all are ok. Changes nothing.
     Check(ServeArgs),
     /// Manage agent API keys.
     Keys {

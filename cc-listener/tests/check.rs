@@ -398,3 +398,15 @@ fn postgres_is_reached_and_its_schema_read() {
         "{line}"
     );
 }
+
+#[test]
+fn the_help_lists_check() {
+    let out = Command::new(listener()).arg("--help").output().unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "  check    Check this listener's setup and say what to fix (same options as serve)\n"
+        ),
+        "{text}"
+    );
+}
