@@ -124,9 +124,18 @@ fn database(r: &mut Report, db: &DbLocation) {
         }
     };
     match Store::schema_version(db) {
-        Ok(None) => r.ok(&format!(
-            "database {db} does not exist yet: serve creates it on its first start"
-        )),
+        Ok(None) => match missing_dir(db) {
+            Some(dir) => r.fail(
+                &format!(
+                    "database {db} does not exist, nor its directory {}",
+                    dir.display()
+                ),
+                "create the directory, owned by the listener's user, or fix db in the config",
+            ),
+            None => r.ok(&format!(
+                "database {db} does not exist yet: serve creates it on its first start"
+            )),
+        },
         Ok(Some(v)) if v.current == v.latest => r.ok(&format!(
             "database {db}: schema version {} (current)",
             v.current
@@ -146,6 +155,17 @@ fn database(r: &mut Report, db: &DbLocation) {
             "run the newer cc-listener that migrated it",
         ),
         Err(e) => r.fail(&format!("database {db}: {e:#}"), advice),
+    }
+}
+
+/// The directory a SQLite file would be created in, when it is missing
+/// (`serve` creates the file, not its directory).
+fn missing_dir(db: &DbLocation) -> Option<&Path> {
+    match db {
+        DbLocation::Sqlite(path) => path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists()),
+        DbLocation::Postgres(_) => None,
     }
 }
 

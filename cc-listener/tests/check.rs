@@ -157,6 +157,24 @@ fn a_missing_database_is_not_created() {
         ),
     );
     assert!(!db.exists(), "the check created the database");
+    // Nor its directory: serve would not create that.
+    let nowhere = dir.path().join("missing").join("listener.db");
+    let out = check(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--db",
+        nowhere.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    has_line(
+        &out,
+        &format!(
+            "FAIL: database sqlite:{} does not exist, nor its directory {} — \
+             create the directory, owned by the listener's user, or fix db in the config",
+            nowhere.display(),
+            dir.path().join("missing").display()
+        ),
+    );
 }
 
 /// The addresses of a listener already running are in use; its database
