@@ -543,15 +543,46 @@ mod tests {
             assert!(p.registration_at(key, t0));
         }
         assert_eq!(p.lock().registrations.len(), BUCKETS_KEPT + 1);
-        // Key 0 spends its burst; the rest refill.
-        for _ in 1..10 {
-            assert!(p.registration_at(0, t0));
-        }
+        // Key 0 spends its whole burst, key 1 two, key 2 five, key 3
+        // three (one each above); the rest keep 9 of 10.
+        let spend = |key: i64, n: usize| {
+            for _ in 0..n {
+                assert!(p.registration_at(key, t0));
+            }
+        };
+        spend(0, 9);
+        spend(1, 1);
+        spend(2, 4);
+        spend(3, 2);
+        assert!(!p.registration_at(0, t0), "key 0 has spent its burst");
+        assert_eq!(
+            p.lock().registrations.len(),
+            BUCKETS_KEPT + 1,
+            "no bucket is full yet: none is forgotten, key 0 keeps its debt"
+        );
+        // A second later each bucket has refilled by 2 (a token every
+        // 500 ms): key 0 holds 2, key 1 exactly 10 (full), key 2 7, key 3
+        // 9, the rest 11, capped at 10 (full).
         let later = t0 + REGISTRATION_EVERY * 2;
         assert!(p.registration_at(-1, later));
         let regs = &p.lock().registrations;
-        assert_eq!(regs.len(), 2, "key 0, not yet full, and the new key");
-        assert!(regs.contains_key(&0) && regs.contains_key(&-1));
+        let mut kept: Vec<i64> = regs.keys().copied().collect();
+        kept.sort_unstable();
+        assert_eq!(kept, [-1, 0, 2, 3], "the full ones are forgotten");
+    }
+
+    /// Pruning starts only past `BUCKETS_KEPT`: at exactly that many, a
+    /// new key is added and no full bucket goes.
+    #[test]
+    fn registration_buckets_are_kept_up_to_the_limit() {
+        let p = Pending::new(limits(100, 10));
+        let t0 = Instant::now();
+        for key in 0..BUCKETS_KEPT as i64 {
+            assert!(p.registration_at(key, t0));
+        }
+        let later = t0 + REGISTRATION_EVERY * 2;
+        assert!(p.registration_at(-1, later));
+        assert_eq!(p.lock().registrations.len(), BUCKETS_KEPT + 1);
     }
 
     /// A /48 may fail four times as often as one source before it is
