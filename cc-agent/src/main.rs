@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod atomic;
+mod check;
 mod config;
 mod cron;
 mod handlers;
@@ -41,6 +42,15 @@ enum Command {
     /// Connect to the listener and serve jobs until stopped.
     Run {
         /// TOML config file.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Check this host's setup and say what to fix.
+    ///
+    /// Config, key file, listener (TCP, TLS), cron daemon, helper socket:
+    /// one line per check, `ok: …` or `FAIL: … — what to do`; exit 0 only
+    /// when all are ok. Changes nothing, sends no key.
+    Check {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
@@ -118,6 +128,13 @@ fn main() -> ExitCode {
                 .block_on(link::run(cfg))
         }),
         Command::CronRun { config, job_id } => cron_run(config, job_id),
+        Command::Check { config } => {
+            return if check::run(config) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -194,7 +194,9 @@ pub fn rfc3339_ms(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn load_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor> {
+/// The TLS acceptor of `tls_cert_file` and `tls_key_file` (also what
+/// `cc-listener check` tries).
+pub fn load_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor> {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};

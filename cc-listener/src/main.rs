@@ -10,6 +10,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
+mod check;
+
 use cc_listener::store::Store;
 use cc_listener::{Settings, TlsFiles, now_ms, read_token_file};
 
@@ -30,6 +32,13 @@ struct Cli {
 enum Command {
     /// Accept agents and serve the operator API.
     Serve(ServeArgs),
+    /// Check this listener's setup and say what to fix (same options as
+    /// serve).
+    ///
+    /// Config, operator token, database and its schema, addresses, TLS:
+    /// one line per check, `ok: …` or `FAIL: … — what to do`; exit 0 only
+    /// when all are ok. Changes nothing.
+    Check(ServeArgs),
     /// Manage agent API keys.
     Keys {
         #[command(subcommand)]
@@ -140,6 +149,14 @@ fn load_file(path: &Path) -> Result<FileConfig> {
 }
 
 fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
+    let (s, token_file) = file_settings(args)?;
+    let token = admin_token(token_file)?;
+    Ok((s, token))
+}
+
+/// The settings from the config file and flags, and the operator token's
+/// file if one is named (read by [`admin_token`], or checked by `check`).
+fn file_settings(args: &ServeArgs) -> Result<(Settings, Option<PathBuf>)> {
     let file = match &args.config {
         Some(p) => load_file(p)?,
         None => FileConfig::default(),
@@ -180,8 +197,7 @@ fn settings(args: &ServeArgs) -> Result<(Settings, String)> {
         (None, None) => None,
         _ => bail!("tls_cert_file and tls_key_file go together"),
     };
-    let token = admin_token(args.admin_token_file.clone().or(file.admin_token_file))?;
-    Ok((s, token))
+    Ok((s, args.admin_token_file.clone().or(file.admin_token_file)))
 }
 
 /// The key this listener signs unsigned system-mode work with, from a
@@ -423,6 +439,13 @@ fn main() -> ExitCode {
         .init();
     let result = match &cli.command {
         Command::Serve(args) => serve(args),
+        Command::Check(args) => {
+            return if check::run(args) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
         Command::Keys { command } => keys(command),
         Command::Migrate { from, to } => migrate(from, to),
     };

@@ -33,6 +33,17 @@ fn ccctl(l: &ListenerProcess, dir: &Path, args: &[&str]) -> Output {
     ccctl_cmd(l, dir, args).output().unwrap()
 }
 
+/// The id of the first run the listener accepted, from its log (ccctl
+/// names a run only when it stops following it before its end).
+fn accepted_run(l: &ListenerProcess) -> String {
+    l.wait_for(Duration::from_secs(10), |l| {
+        let log = l.log();
+        let line = log.lines().find(|l| l.contains("run accepted"))?;
+        let at = line.find("run_id=")? + "run_id=".len();
+        Some(line[at..].split_whitespace().next()?.to_owned())
+    })
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -312,25 +323,19 @@ async fn ctrl_c_stops_the_waiting_not_the_job() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // ccctl's first stderr line names the run; then it waits on the stream.
+    // ccctl says nothing while it waits (how to follow the run is said
+    // only if it stops before the run ends): the run is in the listener's
+    // log.
     let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
-        use std::io::{BufRead, Read};
-        let mut r = std::io::BufReader::new(stderr);
-        let mut first = String::new();
-        r.read_line(&mut first).unwrap();
-        tx.send(first.clone()).unwrap();
-        let mut rest = String::new();
-        r.read_to_string(&mut rest).unwrap();
-        first + &rest
+        use std::io::Read;
+        let mut all = String::new();
+        std::io::BufReader::new(stderr)
+            .read_to_string(&mut all)
+            .unwrap();
+        all
     });
-    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    let run = first
-        .strip_prefix("run ")
-        .and_then(|r| r.split(':').next())
-        .unwrap_or_else(|| panic!("{first:?}"))
-        .to_owned();
+    let run = accepted_run(&l);
     let job = job_id(&l.get(&format!("/api/v1/runs/{run}")).json()["hosts"][0]["jobId"]);
     l.wait_for(Duration::from_secs(10), |l| {
         (l.get(&format!("/api/v1/jobs/{job}")).json()["status"] == "sent").then_some(())
@@ -402,11 +407,7 @@ async fn a_warning_with_escapes_is_refused_and_never_reaches_the_operators_termi
         ],
     );
     let acked = answered.await.unwrap();
-    let run_id = text(&run.stderr)
-        .strip_prefix("run ")
-        .and_then(|r| r.split(':').next())
-        .unwrap_or_else(|| panic!("{}", text(&run.stderr)))
-        .to_owned();
+    let run_id = accepted_run(&l);
     let job = job_id(&l.get(&format!("/api/v1/runs/{run_id}")).json()["hosts"][0]["jobId"]);
     let mut shown = vec![("run".to_owned(), run)];
     for args in [
@@ -483,4 +484,527 @@ fn completions_know_the_subcommands() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
+}
+
+/// `ccctl` with no flags, as a new operator runs it: `HOME` is `home`
+/// (so `home/.config/croncommander/ccctl.toml` is its config) and none of
+/// the `CC_*` variables is set.
+fn ccctl_home(home: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(cc_testkit::bin("ccctl"));
+    c.args(args)
+        .env("HOME", home)
+        .env_remove("CC_URL")
+        .env_remove("CC_TOKEN_FILE")
+        .env_remove("CC_CA_FILE")
+        .env_remove("CC_KEY_FILE");
+    c
+}
+
+/// Writes `home/.config/croncommander/ccctl.toml`.
+fn write_config(home: &Path, toml: &str) {
+    let dir = home.join(".config/croncommander");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ccctl.toml"), toml).unwrap();
+}
+
+/// Each error of issue #30, item 5, says what failed, the value, and what
+/// to do, once: no OS error twice, no ureq type names.
+#[test]
+fn errors_name_what_failed_and_the_next_step_once() {
+    let dir = TempDir::new("ccctl-errors");
+    let home = dir.path();
+    std::fs::write(home.join("token"), "t").unwrap();
+    let token = home.join("token");
+    let token = token.to_str().unwrap();
+    let fails = |args: &[&str]| {
+        let out = ccctl_home(home, args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(!err.contains("os error"), "{err}");
+        err
+    };
+    let e = fails(&["--url", "127.0.0.1:8080", "--token-file", token, "agents"]);
+    assert_eq!(
+        e,
+        "ccctl: error: the listener URL \"127.0.0.1:8080\" (from --url) needs http:// or https://, for example http://127.0.0.1:8080\n"
+    );
+    let e = fails(&[
+        "--url",
+        "http://127.0.0.1:8080/api/v1",
+        "--token-file",
+        token,
+        "agents",
+    ]);
+    assert!(e.contains("must not end in /api/v1: give the listener's address only, for example http://127.0.0.1:8080"), "{e}");
+    // A port nothing listens on.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", free.local_addr().unwrap());
+    drop(free);
+    let e = fails(&["--url", &url, "--token-file", token, "agents"]);
+    assert_eq!(
+        e,
+        format!(
+            "ccctl: error: cannot reach the listener at {url}: connection refused; is the listener running? (CC_URL / --url / config `url`)\n"
+        )
+    );
+    // The token file, from the config: the file and the key are named.
+    write_config(
+        home,
+        &format!("url = {url:?}\ntoken_file = \"~/missing-token\"\n"),
+    );
+    let e = fails(&["agents"]);
+    let config = home.join(".config/croncommander/ccctl.toml");
+    assert_eq!(
+        e,
+        format!(
+            "ccctl: error: the token file {} (from `token_file` in {}) cannot be read: it does not exist; put the listener's operator token there, or point `token_file` in {} at the file holding it\n",
+            home.join("missing-token").display(),
+            config.display(),
+            config.display()
+        )
+    );
+    // A program without `--`.
+    let e = fails(&[
+        "--url",
+        &url,
+        "--token-file",
+        token,
+        "run",
+        "web1",
+        "/bin/true",
+    ]);
+    assert_eq!(
+        e,
+        "ccctl: error: `/bin/true` was read as a host: the program and its arguments go after `--`: ccctl run web1 -- /bin/true\n"
+    );
+    let e = fails(&[
+        "--url",
+        &url,
+        "--token-file",
+        token,
+        "run",
+        "--tag",
+        "db",
+        "/bin/echo",
+        "hi",
+    ]);
+    assert!(e.ends_with("ccctl run --tag db -- /bin/echo hi\n"), "{e}");
+}
+
+/// `token_file = "~/token"` in ccctl.toml is under `$HOME`; a wrong token
+/// is said to be the token; `--tag` and `--host` that match nothing exit 0
+/// with a hint on stderr.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_config_expands_tilde_and_empty_filters_give_a_hint() {
+    let dir = TempDir::new("ccctl-home");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let _a = ws::registered(&l, "web1.test").await;
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("token"), cc_testkit::listener::TOKEN).unwrap();
+    let url = format!("http://{}", l.admin_addr);
+    write_config(&home, &format!("url = {url:?}\ntoken_file = \"~/token\"\n"));
+    let all = ccctl_home(&home, &["agents"]).output().unwrap();
+    assert!(all.status.success(), "{}", text(&all.stderr));
+    assert!(text(&all.stdout).contains("web1.test"));
+
+    let typo = ccctl_home(&home, &["agents", "--tag", "typo"])
+        .output()
+        .unwrap();
+    assert_eq!(typo.status.code(), Some(0));
+    assert_eq!(
+        text(&typo.stderr),
+        "ccctl: no agent has tag typo; `ccctl agents` lists every agent's tags\n"
+    );
+    let typo = ccctl_home(&home, &["reports", "--host", "typo"])
+        .output()
+        .unwrap();
+    assert_eq!(typo.status.code(), Some(0));
+    assert_eq!(
+        text(&typo.stderr),
+        "ccctl: no report from host typo; `ccctl agents` lists the hosts\n"
+    );
+
+    std::fs::write(home.join("token"), "not-the-token").unwrap();
+    let refused = ccctl_home(&home, &["agents"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(
+        text(&refused.stderr),
+        "ccctl: error: the token was refused (the listener answered 401: missing or wrong bearer token); check that the token file (--token-file / CC_TOKEN_FILE / `token_file`) holds the listener's operator token\n"
+    );
+}
+
+/// `ccctl keygen --out DIR/ops.key` into a directory that does not exist
+/// yet (docs/system-mode.md's command on a fresh machine): the missing
+/// directories are made 0700, the key 0600; a second run does not
+/// overwrite it.
+#[test]
+fn keygen_makes_the_missing_directories() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("ccctl-keygen");
+    let key = dir.path().join(".config/croncommander/ops.key");
+    let out = Command::new(cc_testkit::bin("ccctl"))
+        .args(["keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("ed25519:"),
+        "{}",
+        text(&out.stdout)
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(mode(&dir.path().join(".config/croncommander")), 0o700);
+    assert_eq!(mode(&dir.path().join(".config")), 0o700);
+    let again = Command::new(cc_testkit::bin("ccctl"))
+        .args(["keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert_eq!(
+        text(&again.stderr),
+        format!(
+            "ccctl: error: {} already exists: ccctl keygen never overwrites a key; give another --out, or move the old key away first\n",
+            key.display()
+        )
+    );
+}
+
+/// `ccctl run`'s table carries each host's job id (for `ccctl job`), marks
+/// an output cut to fit, and says nothing of following a run that ended;
+/// `run status ID --output json` is `ccctl run --output json`'s JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_tables_carry_job_ids_and_status_speaks_json() {
+    let dir = TempDir::new("ccctl-runs");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    ws::answering_agent(&l, "one.test", &[], Duration::from_millis(10), |_| 0).await;
+    l.wait_connected("one.test", true);
+    let out = ccctl(&l, dir.path(), &["run", "one.test", "--", "/bin/true"]);
+    let (table, err) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{table}\n{err}");
+    assert_eq!(err, "", "a run that ended needs no following");
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["HOST", "JOB", "STATUS", "EXIT", "MS", "OUTPUT"]);
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[0], "one.test");
+    let job = row[1];
+    let shown = ccctl(&l, dir.path(), &["job", job]);
+    assert!(
+        shown.status.success(),
+        "the id is the job's: {}",
+        text(&shown.stderr)
+    );
+
+    let later = ccctl(
+        &l,
+        dir.path(),
+        &["run", "--no-wait", "one.test", "--", "/bin/true"],
+    );
+    let id = text(&later.stdout).lines().next().unwrap()["run ".len()..].to_owned();
+    let watched = ccctl(&l, dir.path(), &["run", "watch", &id, "--output", "json"]);
+    assert!(watched.status.success(), "{}", text(&watched.stderr));
+    let status = ccctl(&l, dir.path(), &["run", "status", &id, "--output", "json"]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    let v: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v[0]["host"], "one.test", "{v}");
+    assert_eq!(v[0]["status"], "done", "{v}");
+    assert_eq!(v[0]["report"]["exitCode"], 0, "{v}");
+    assert!(v[0]["jobId"].is_string(), "{v}");
+    assert_eq!(serde_json::from_slice::<Value>(&watched.stdout).unwrap(), v);
+}
+
+/// A report whose first line is longer than the table's column: cut, and
+/// the cut marked with `…`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_output_is_marked() {
+    let dir = TempDir::new("ccctl-cut");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let mut a = ws::registered(&l, "long.test").await;
+    let long = "x".repeat(100);
+    let mut r = ws::report("job-long", Some("long-1"));
+    r["payload"]["stdout"] = json!(format!("{long}\n"));
+    ws::send(&mut a, &r).await;
+    ws::recv_type(&mut a, "report_ack", Duration::from_secs(10)).await;
+    let table = text(&ccctl(&l, dir.path(), &["reports", "--host", "long.test"]).stdout);
+    let row = table.lines().nth(1).unwrap();
+    assert!(row.ends_with(&format!(" {}…", "x".repeat(60))), "{table}");
+}
+
+/// `cron set HOST -` reads standard input; a line written for a shell is
+/// stored as it is, with a warning naming it; a schedule that never fires
+/// is refused by its line.
+#[tokio::test(flavor = "multi_thread")]
+async fn cron_set_reads_stdin_warns_of_shell_syntax_and_refuses_never() {
+    use std::io::Write;
+    let dir = TempDir::new("ccctl-cron-stdin");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let _a = ws::registered(&l, "cron.test").await;
+    let set = |input: &str| {
+        let mut child = ccctl_cmd(&l, dir.path(), &["cron", "set", "cron.test", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = set("# from stdin\nout @daily /bin/echo hi > /tmp/out\nok @hourly /bin/true\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("2 entries stored for cron.test"));
+    assert_eq!(
+        text(&out.stderr),
+        "ccctl: warning: line 2 (out): `/bin/echo hi > /tmp/out` looks written for a shell (`>`), but commands are not run by a shell: `>` reaches the program as an argument. For a shell, wrap it: /bin/sh -c '/bin/echo hi > /tmp/out'\n"
+    );
+    let stored = l.get("/api/v1/agents/cron.test/cron").json();
+    // Stored as it is: its canonical form shows `>` is one argument.
+    assert_eq!(
+        stored[0]["command"], "/bin/echo hi '>' /tmp/out",
+        "{stored}"
+    );
+
+    let never = set("feb 0 0 31 2 * /bin/true\n");
+    assert_eq!(never.status.code(), Some(2));
+    let err = text(&never.stderr);
+    assert!(
+        err.starts_with("ccctl: error: line 1: \"feb 0 0 31 2 * /bin/true\": schedule \"0 0 31 2 *\" never fires"),
+        "{err}"
+    );
+    // The listener refuses it too, whoever sends it.
+    let put = l.put(
+        "/api/v1/agents/cron.test/cron",
+        &json!([{"id": "feb", "schedule": "0 0 30 2 *", "command": "/bin/true"}]),
+    );
+    assert_eq!(put.status, 400, "{}", put.body);
+    assert_eq!(
+        l.get("/api/v1/agents/cron.test/cron")
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+/// A TLS proxy in front of the listener's operator address (plain HTTP),
+/// as an operator behind one reaches it: `https://localhost:PORT`, with a
+/// new self-signed certificate for `localhost` written to `dir/ca.pem`.
+async fn tls_proxy(l: &ListenerProcess, dir: &Path) -> String {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join("ca.pem"), cert.cert.pem()).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![CertificateDer::from(cert.cert.der().to_vec())], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = front.local_addr().unwrap().port();
+    let backend = l.admin_addr;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = front.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut up) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    format!("https://localhost:{port}")
+}
+
+/// `https://` works: with the CA given by `--ca-file` or `ca_file` in
+/// ccctl.toml; without it the certificate is not trusted, and the error
+/// says how to trust it.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_works_with_the_ca_given_and_says_how_when_not_trusted() {
+    let dir = TempDir::new("ccctl-https");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let _a = ws::registered(&l, "tls.test").await;
+    let url = tls_proxy(&l, dir.path()).await;
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("token"), cc_testkit::listener::TOKEN).unwrap();
+    let ca = dir.path().join("ca.pem");
+    let token = home.join("token");
+    let args = [
+        "--url",
+        &url,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "agents",
+    ];
+    let ok = ccctl_home(&home, &args).output().unwrap();
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(
+        text(&ok.stdout).contains("tls.test"),
+        "{}",
+        text(&ok.stdout)
+    );
+
+    // The platform's roots do not hold this certificate.
+    write_config(&home, &format!("url = {url:?}\ntoken_file = \"~/token\"\n"));
+    let untrusted = ccctl_home(&home, &["agents"]).output().unwrap();
+    assert_eq!(untrusted.status.code(), Some(2));
+    let err = text(&untrusted.stderr);
+    assert!(
+        err.starts_with(&format!("ccctl: error: the TLS connection to the listener at {url} failed: invalid peer certificate: UnknownIssuer; if a CA of your own signed its certificate, give it with --ca-file PATH (or `ca_file` in ccctl.toml) or install it in this machine's trust store")),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    write_config(
+        &home,
+        &format!(
+            "url = {url:?}\ntoken_file = \"~/token\"\nca_file = {:?}\n",
+            ca
+        ),
+    );
+    let ok = ccctl_home(&home, &["agents"]).output().unwrap();
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let doctor = ccctl_home(&home, &["doctor"]).output().unwrap();
+    let shown = text(&doctor.stdout);
+    assert_eq!(doctor.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "ok   listener reachable at {url}\nok   TLS: the listener's certificate is verified\n"
+        )),
+        "{shown}"
+    );
+}
+
+/// `ccctl doctor` against a real listener: every line ok (exit 0); then a
+/// wrong token, a loose token file, and a stopped listener, each named
+/// with what to do (exit 1).
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_checks_the_operators_side() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("ccctl-doctor");
+    let mut l = ListenerProcess::start(bin(), dir.path(), "");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let token = home.join("token");
+    std::fs::write(&token, cc_testkit::listener::TOKEN).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let url = format!("http://{}", l.admin_addr);
+    write_config(&home, &format!("url = {url:?}\ntoken_file = \"~/token\"\n"));
+    let config = home.join(".config/croncommander/ccctl.toml");
+    let doctor = || {
+        let out = ccctl_home(&home, &["doctor"]).output().unwrap();
+        assert_eq!(text(&out.stderr), "");
+        (out.status.code(), text(&out.stdout))
+    };
+    let (code, shown) = doctor();
+    assert_eq!(
+        shown,
+        format!(
+            "ok   config file {}\n\
+             ok   listener URL {url} (from `url` in {})\n\
+             ok   token file {} (from `token_file` in {}), mode 600\n\
+             ok   listener reachable at {url}\n\
+             ok   the token is accepted\n\
+             all checks passed\n",
+            config.display(),
+            config.display(),
+            token.display(),
+            config.display()
+        )
+    );
+    assert_eq!(code, Some(0));
+
+    std::fs::write(&token, "wrong").unwrap();
+    let (code, shown) = doctor();
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(
+        shown.contains(&format!("ok   listener reachable at {url}\n")),
+        "{shown}"
+    );
+    assert!(
+        shown.ends_with("FAIL the token was refused (401): put the listener's operator token in the token file\n"),
+        "{shown}"
+    );
+
+    std::fs::write(&token, cc_testkit::listener::TOKEN).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, shown) = doctor();
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "FAIL the token file {} is mode 644: others can read the operator token; chmod 600 {}\n",
+            token.display(),
+            token.display()
+        )),
+        "{shown}"
+    );
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    l.terminate();
+    let (code, shown) = doctor();
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(
+        shown.ends_with(&format!("FAIL cannot reach the listener at {url}: connection refused; is the listener running? (CC_URL / --url / config `url`)\n")),
+        "{shown}"
+    );
+}
+
+/// The listener stops while `ccctl run` follows a run: ccctl says what
+/// failed and, since the run has not ended, how to follow it later.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_left_unfinished_says_how_to_follow_it() {
+    let dir = TempDir::new("ccctl-gone");
+    let mut l = ListenerProcess::start(bin(), dir.path(), "");
+    // Registered, and never answers.
+    let _a = ws::registered(&l, "mute.test").await;
+    let child = ccctl_cmd(&l, dir.path(), &["run", "mute.test", "--", "/bin/true"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = accepted_run(&l);
+    let url = format!("http://{}", l.admin_addr);
+    l.terminate();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    // The reason (ccctl reconnects half a second after the stream ends,
+    // when the port refuses), then, once, how to follow the run.
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("ccctl: error: cannot reach the listener at {url}: connection refused; is the listener running? (CC_URL / --url / config `url`); ")),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(&format!(
+            "; run {run} goes on: follow it later with `ccctl run watch {run}`\n"
+        )),
+        "{err}"
+    );
 }

@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::api::Api;
-use crate::term::outln;
+use crate::term::{errln, outln};
 
 /// Whether the agent carries every tag in `tags`.
 pub(crate) fn has_tags(agent: &Value, tags: &[String]) -> bool {
@@ -23,6 +23,15 @@ pub(crate) fn print_agents(api: &Api, tags: &[String], offline: bool) -> Result<
         .iter()
         .filter(|a| has_tags(a, tags) && !(offline && a["connected"] == true))
         .collect();
+    if shown.is_empty() && !tags.is_empty() {
+        // Still exit 0 (nothing failed), but a typo should not pass for
+        // an empty fleet.
+        errln!(
+            "ccctl: no {}agent has tag {}; `ccctl agents` lists every agent's tags",
+            if offline { "offline " } else { "" },
+            tags.join(" and ")
+        );
+    }
     let warned = shown.iter().filter(|a| a["warning"].is_string()).count();
     if warned > 0 {
         outln!(

@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
     long_about = "Runs jobs on hosts, reads their reports, manages cron lists, and signs root \
                   work with your own key.\n\nThe listener and its token come from --url and \
                   --token-file, else CC_URL and CC_TOKEN_FILE, else \
-                  ~/.config/croncommander/ccctl.toml (keys url, token_file, key_file)."
+                  ~/.config/croncommander/ccctl.toml (keys url, token_file, key_file, ca_file). \
+                  `ccctl doctor` checks them."
 )]
 pub(crate) struct Cli {
     /// The listener's operator API, e.g. http://127.0.0.1:8082.
@@ -21,6 +22,10 @@ pub(crate) struct Cli {
     /// File holding the operator API token.
     #[arg(long, global = true)]
     pub(crate) token_file: Option<PathBuf>,
+    /// For an https:// URL: the PEM certificate of the CA that signed the
+    /// listener's certificate, trusted instead of the platform's roots.
+    #[arg(long, global = true)]
+    pub(crate) ca_file: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -106,6 +111,10 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: CronCommand,
     },
+    /// Check this side of the setup, one line each: the config file, the
+    /// URL, the token file and its mode, the listener reachable, TLS
+    /// verified, the token accepted. Exits 0 when every line is ok.
+    Doctor,
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,9 +156,19 @@ pub(crate) struct RunArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum RunCommand {
     /// Where a run is now: one line per host.
-    Status { id: String },
+    Status {
+        id: String,
+        /// `table` (default) or `json` (as `ccctl run --output json`).
+        #[arg(long, default_value = "table")]
+        output: String,
+    },
     /// Wait for a run to finish, then one line per host.
-    Watch { id: String },
+    Watch {
+        id: String,
+        /// `table` (default) or `json` (as `ccctl run --output json`).
+        #[arg(long, default_value = "table")]
+        output: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +204,7 @@ pub(crate) enum CronCommand {
     /// comments); every line is checked here first, and an error names it.
     Set {
         host: String,
+        /// The file, or `-` for standard input.
         file: PathBuf,
         /// Root cron entries: sign the list with your key.
         #[arg(long)]

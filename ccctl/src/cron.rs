@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::api::{Api, FileConfig};
 use crate::cli::{Cli, CronCommand};
 use crate::signing::{key_path, load_key, nonce};
-use crate::term::outln;
+use crate::term::{errln, outln};
 
 /// The first `n` whitespace-separated words of `line` and the rest of it,
 /// verbatim (a command keeps its own spacing); `None` when nothing is left.
@@ -25,12 +25,45 @@ pub(crate) fn words_then_rest(line: &str, n: usize) -> Option<(Vec<&str>, &str)>
     (!rest.is_empty()).then_some((words, rest))
 }
 
+/// What in a command's words a shell would have acted on, if anything:
+/// redirections, pipes, lists, substitutions, variables, globs. Commands
+/// are not run by a shell, so these reach the program as arguments.
+pub(crate) fn shell_syntax(program: &str, args: &[String]) -> Option<String> {
+    let shell = program.rsplit('/').next().unwrap_or(program);
+    if matches!(shell, "sh" | "bash" | "dash" | "zsh" | "ksh") {
+        return None; // a shell already: its script may hold all of it
+    }
+    for word in std::iter::once(program).chain(args.iter().map(String::as_str)) {
+        let operator = matches!(
+            word,
+            ">" | ">>" | "<" | "<<" | "|" | "||" | "&&" | "&" | ";" | "2>&1"
+        ) || word.starts_with('>')
+            || word.starts_with("2>")
+            || word.starts_with('<')
+            || word.ends_with(';');
+        if operator {
+            return Some(word.to_owned());
+        }
+        for hint in ["$(", "`", "${", "*", "~/"] {
+            if word.contains(hint) {
+                return Some(hint.to_owned());
+            }
+        }
+        if word.starts_with('$') {
+            return Some(word.to_owned());
+        }
+    }
+    None
+}
+
 /// `ID SCHEDULE COMMAND` lines; the schedule is five fields or one `@`
 /// word; blank lines and `#` comments are skipped (the listener stores the
 /// entries, not the comments). Every entry is validated as the agent will
-/// (`cc-proto`), and an error names its line.
-pub(crate) fn parse_cron_file(text: &str) -> Result<Vec<CronEntry>> {
+/// (`cc-proto`), and an error names its line. With the entries, a warning
+/// for each line whose command looks written for a shell.
+pub(crate) fn parse_cron_file(text: &str) -> Result<(Vec<CronEntry>, Vec<String>)> {
     let mut out = Vec::new();
+    let mut warnings = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -52,12 +85,40 @@ pub(crate) fn parse_cron_file(text: &str) -> Result<Vec<CronEntry>> {
             schedule: words[1..].join(" "),
             command: command.to_owned(),
         };
-        entry
+        let job = entry
             .validate()
             .with_context(|| format!("line {}: {line:?}", n + 1))?;
+        if let Some(what) = shell_syntax(job.command.program(), job.command.args()) {
+            warnings.push(format!(
+                "line {} ({}): `{}` looks written for a shell (`{what}`), but commands are not run by a shell: `{what}` reaches the program as an argument. For a shell, wrap it: /bin/sh -c {}",
+                n + 1,
+                entry.id,
+                entry.command,
+                cc_proto::command::quote_word(&entry.command)
+            ));
+        }
         out.push(entry);
     }
-    Ok(out)
+    Ok((out, warnings))
+}
+
+/// The cron file's text: `-` is standard input.
+fn read_cron_file(path: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the cron list from standard input")?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path).map_err(|e| {
+        anyhow::anyhow!(
+            "reading the cron file {}: {} (`-` reads standard input)",
+            path.display(),
+            crate::api::io_reason(&e)
+        )
+    })
 }
 
 /// `ccctl cron get|set`.
@@ -81,9 +142,11 @@ pub(crate) fn command(cli: &Cli, file: &FileConfig, command: &CronCommand) -> Re
             system,
             key,
         } => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let entries = parse_cron_file(&text)?;
+            let text = read_cron_file(path)?;
+            let (entries, warnings) = parse_cron_file(&text)?;
+            for w in &warnings {
+                errln!("ccctl: warning: {w}");
+            }
             let body = if *system {
                 for e in &entries {
                     let program = e.validate()?.command.program().to_owned();
@@ -130,7 +193,8 @@ mod tests {
         let ok = parse_cron_file(
             "# backups\nnightly 0 3 * * * /usr/local/sbin/backup --full\n\nhourly @hourly /bin/true\n",
         )
-        .unwrap();
+        .unwrap()
+        .0;
         assert_eq!(ok.len(), 2);
         assert_eq!(ok[0].schedule, "0 3 * * *");
         assert_eq!(ok[0].command, "/usr/local/sbin/backup --full");
@@ -146,8 +210,52 @@ mod tests {
             .to_string();
         assert!(e.starts_with("line 2: expected ID SCHEDULE COMMAND"), "{e}");
         // A command keeps its own spacing; the schedule is normalised.
-        let ok = parse_cron_file("  s  0  3 * * *   /bin/echo 'a  b'  \n").unwrap();
+        let ok = parse_cron_file("  s  0  3 * * *   /bin/echo 'a  b'  \n")
+            .unwrap()
+            .0;
         assert_eq!(ok[0].schedule, "0 3 * * *");
         assert_eq!(ok[0].command, "/bin/echo 'a  b'");
+    }
+
+    /// A line that looks written for a shell is stored as it is, with a
+    /// warning naming the line and the way to get a shell.
+    #[test]
+    fn shell_syntax_is_warned_about_not_refused() {
+        for (command, what) in [
+            ("/bin/echo hi > /tmp/out", ">"),
+            ("/bin/echo hi >/tmp/out", ">/tmp/out"),
+            ("/bin/sort < in", "<"),
+            ("/bin/ps aux | /bin/grep x", "|"),
+            ("/bin/true && /bin/false", "&&"),
+            ("/bin/true ; /bin/false", ";"),
+            ("/bin/echo $(date)", "$("),
+            ("/bin/echo `date`", "`"),
+            ("/bin/echo $HOME", "$HOME"),
+            ("/bin/rm /tmp/*.log", "*"),
+            ("/usr/bin/backup 2>&1", "2>&1"),
+        ] {
+            let (entries, warnings) =
+                parse_cron_file(&format!("# c\nj @daily {command}\n")).unwrap();
+            assert_eq!(entries.len(), 1, "stored as it is: {command}");
+            assert_eq!(warnings.len(), 1, "{command}: {warnings:?}");
+            assert!(
+                warnings[0].starts_with(&format!(
+                    "line 2 (j): `{command}` looks written for a shell (`{what}`)"
+                )),
+                "{warnings:?}"
+            );
+            assert!(
+                warnings[0].contains("wrap it: /bin/sh -c '"),
+                "{warnings:?}"
+            );
+        }
+        for quiet in [
+            "/usr/bin/backup --full",
+            "/bin/sh -c '/bin/echo hi > /tmp/out'",
+            "/bin/echo a-b_c.d=e",
+        ] {
+            let (_, warnings) = parse_cron_file(&format!("j @daily {quiet}\n")).unwrap();
+            assert!(warnings.is_empty(), "{quiet}: {warnings:?}");
+        }
     }
 }

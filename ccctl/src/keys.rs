@@ -88,7 +88,7 @@ pub(crate) fn keys(api: &Api, command: &KeysCommand) -> Result<bool> {
             let req = api
                 .request("DELETE", &format!("/keys/{name}"))
                 .timeout(Duration::from_secs(30));
-            Api::send(req, None)?;
+            api.send(req, None)?;
             errln!("revoked {name}; an agent connected with it was disconnected");
         }
     }

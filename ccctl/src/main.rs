@@ -12,7 +12,7 @@
 //!
 //! Modules: [`cli`] (the command line), [`api`] (the listener's operator
 //! API), one per command group ([`run`], [`job`], [`agents`], [`reports`],
-//! [`keys`], [`cron`]), [`signing`] (the operator's key and statements),
+//! [`keys`], [`cron`], [`doctor`]), [`signing`] (the operator's key and statements),
 //! and [`term`] (the print boundary).
 #![forbid(unsafe_code)]
 
@@ -20,6 +20,7 @@ mod agents;
 mod api;
 mod cli;
 mod cron;
+mod doctor;
 mod job;
 mod keys;
 mod reports;
@@ -37,6 +38,14 @@ use crate::cli::{Cli, Command, RunArgs, RunCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Doctor = cli.command {
+        // It reads the config file itself, to say what is wrong with it.
+        return if doctor::doctor(&cli) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
     match file_config().and_then(|file| dispatch(&cli, &file)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -91,6 +100,7 @@ fn dispatch(cli: &Cli, file: &FileConfig) -> Result<bool> {
             Ok(true)
         }
         Command::Cron { command } => cron::command(cli, file, command),
+        Command::Doctor => Ok(doctor::doctor(cli)),
     }
 }
 
@@ -98,11 +108,11 @@ fn dispatch(cli: &Cli, file: &FileConfig) -> Result<bool> {
 fn run_command(api: &Api, file: &FileConfig, args: &RunArgs) -> Result<bool> {
     let json_out = args.output == "json";
     match &args.follow {
-        Some(RunCommand::Status { id }) => run::run_table(api, id, json_out),
-        Some(RunCommand::Watch { id }) => {
+        Some(RunCommand::Status { id, output }) => run::run_table(api, id, output == "json"),
+        Some(RunCommand::Watch { id, output }) => {
             run::stop_waiting_on_ctrl_c(id);
             run::wait_run(api, id, args.timeout)?;
-            run::run_table(api, id, json_out)
+            run::run_table(api, id, output == "json")
         }
         None if args.system => run::system_run(api, file, args, json_out),
         None => run::fan_out(api, args, json_out),

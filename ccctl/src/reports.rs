@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::api::Api;
 use crate::run::first_line;
-use crate::term::{self, outln};
+use crate::term::{self, errln, outln};
 
 /// `--since`: an age (`90s`, `30m`, `2h`, `7d`) before `now_ms`, or an
 /// RFC 3339 time; in Unix milliseconds.
@@ -71,6 +71,13 @@ pub(crate) fn print_reports(
         all.truncate(limit as usize);
         old.is_some() || all.len() >= limit as usize
     })?;
+    if let (true, Some(h)) = (reports.is_empty(), host) {
+        // Exit 0 all the same: nothing failed.
+        errln!(
+            "ccctl: no report from host {h}{}; `ccctl agents` lists the hosts",
+            if since.is_some() { " in that time" } else { "" }
+        );
+    }
     if json_out {
         term::json(&reports)?;
         return Ok(true);

@@ -10,23 +10,28 @@ use crate::agents::has_tags;
 use crate::api::{Api, FileConfig};
 use crate::cli::RunArgs;
 use crate::signing::sign_for_hosts;
-use crate::term::{self, errln, outln};
+use crate::term::{self, outln};
+
+/// The most characters of output a table row shows.
+const OUTPUT_WIDTH: usize = 60;
 
 /// A report's first line of output (stdout, else stderr) for a table: at
-/// most 60 characters (its control characters are escaped with the rest
-/// of the row, by `outln!`).
+/// most 60 characters, and a `…` after them when the line was longer (its
+/// control characters are escaped with the rest of the row, by `outln!`).
 pub(crate) fn first_line(report: &Value) -> String {
-    report["stdout"]
+    let line = report["stdout"]
         .as_str()
         .filter(|s| !s.trim().is_empty())
         .or(report["stderr"].as_str())
         .unwrap_or("")
         .lines()
         .next()
-        .unwrap_or("")
-        .chars()
-        .take(60)
-        .collect()
+        .unwrap_or("");
+    let mut shown: String = line.chars().take(OUTPUT_WIDTH).collect();
+    if shown.len() < line.len() {
+        shown.push('…');
+    }
+    shown
 }
 
 /// One line per host: exit code, duration, first line of output.
@@ -41,18 +46,20 @@ pub(crate) fn summarize(jobs: &[(String, String, Value)], json_out: bool) -> boo
         return ok;
     }
     outln!(
-        "{:<28} {:<8} {:>6} {:>9}  OUTPUT",
+        "{:<28} {:<36} {:<8} {:>6} {:>9}  OUTPUT",
         "HOST",
+        "JOB",
         "STATUS",
         "EXIT",
         "MS"
     );
-    for (h, _, j) in jobs {
+    for (h, id, j) in jobs {
         let r = &j["report"];
         let first = first_line(r);
         outln!(
-            "{:<28} {:<8} {:>6} {:>9}  {}",
+            "{:<28} {:<36} {:<8} {:>6} {:>9}  {}",
             h,
+            id,
             j["status"].as_str().unwrap_or("?"),
             r["exitCode"].as_i64().map_or("-".into(), |c| c.to_string()),
             r["durationMs"]
@@ -93,12 +100,35 @@ pub(crate) fn hosts_with_tags(api: &Api, tags: &[String]) -> Result<Vec<String>>
         .collect())
 }
 
+/// The program and its arguments (after `--`). A "host" that is an
+/// absolute path is a program given without `--`: say so, and show the
+/// command line with it.
+pub(crate) fn program_of(args: &RunArgs) -> Result<(&String, &[String])> {
+    if let Some(i) = args.hosts.iter().position(|h| h.starts_with('/')) {
+        let hosts = &args.hosts[..i];
+        let mut fixed = vec!["ccctl run".to_owned()];
+        fixed.extend(hosts.iter().cloned());
+        fixed.extend(args.tags.iter().map(|t| format!("--tag {t}")));
+        fixed.push("--".to_owned());
+        fixed.extend(args.hosts[i..].iter().cloned());
+        fixed.extend(args.command.iter().cloned());
+        if hosts.is_empty() && args.tags.is_empty() {
+            fixed.insert(1, "HOST".to_owned());
+        }
+        bail!(
+            "`{}` was read as a host: the program and its arguments go after `--`: {}",
+            args.hosts[i],
+            fixed.join(" ")
+        );
+    }
+    args.command
+        .split_first()
+        .context("no program given: ccctl run HOST… | --tag T… -- PROGRAM ARGS…")
+}
+
 /// One `POST /runs` for the hosts and tags given, then wait and print.
 pub(crate) fn fan_out(api: &Api, args: &RunArgs, json_out: bool) -> Result<bool> {
-    let (program, rest) = args
-        .command
-        .split_first()
-        .context("no program given: ccctl run HOST… | --tag T… -- PROGRAM ARGS…")?;
+    let (program, rest) = program_of(args)?;
     ensure!(
         !args.hosts.is_empty() || !args.tags.is_empty(),
         "give hosts, --tag, or both"
@@ -130,9 +160,12 @@ pub(crate) fn follow_run(api: &Api, body: &Value, args: &RunArgs, json_out: bool
         }
         return Ok(true);
     }
-    errln!("run {id}: follow it later with `ccctl run status {id}` or `ccctl run watch {id}`");
+    // How to follow it later is said only if ccctl stops following before
+    // the run ends (Ctrl-C, giving up, the listener gone).
     stop_waiting_on_ctrl_c(&id);
-    wait_run(api, &id, args.timeout)?;
+    wait_run(api, &id, args.timeout).map_err(|e| {
+        anyhow::anyhow!("{e:#}; run {id} goes on: follow it later with `ccctl run watch {id}`")
+    })?;
     run_table(api, &id, json_out)
 }
 
@@ -188,7 +221,7 @@ pub(crate) fn wait_run(api: &Api, id: &str, timeout: u64) -> Result<()> {
         let req = api
             .request("GET", &format!("/events?run={id}"))
             .set("Last-Event-ID", &last.to_string());
-        let resp = Api::send(req, None).context("the listener's event stream")?;
+        let resp = api.send(req, None)?;
         for line in std::io::BufReader::new(resp.into_reader()).lines() {
             let Ok(line) = line else { break };
             let Some(data) = line.strip_prefix("data:") else {
@@ -222,12 +255,12 @@ pub(crate) fn wait_run(api: &Api, id: &str, timeout: u64) -> Result<()> {
                 return Ok(());
             }
             if Instant::now() > limit {
-                bail!("gave up waiting; follow with `ccctl run watch {id}`");
+                bail!("gave up waiting");
             }
         }
         // The stream ended (listener restart, network): resume from `last`.
         if Instant::now() > limit {
-            bail!("gave up waiting; follow with `ccctl run watch {id}`");
+            bail!("gave up waiting");
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -262,7 +295,13 @@ mod tests {
         assert!(line.ends_with("\\rover"), "the first line only: {line:?}");
         let r = json!({"stdout": " \n", "stderr": "boom\n"});
         assert_eq!(first_line(&r), "boom");
-        let long = json!({"stdout": "x".repeat(100)});
-        assert_eq!(first_line(&long).len(), 60);
+        let long = json!({"stdout": "é".repeat(100)});
+        assert_eq!(
+            first_line(&long),
+            format!("{}…", "é".repeat(60)),
+            "cut and marked"
+        );
+        let fits = json!({"stdout": "é".repeat(60)});
+        assert_eq!(first_line(&fits), "é".repeat(60), "not cut, not marked");
     }
 }

@@ -11,13 +11,14 @@ use cc_proto::sign::{self, ExecStatement};
 
 use crate::api::{Api, FileConfig, env};
 use crate::cli::RunArgs;
-use crate::run::hosts_with_tags;
+use crate::run::{hosts_with_tags, program_of};
 use crate::term::outln;
 
 pub(crate) fn key_path(given: Option<PathBuf>, file: &FileConfig) -> Result<PathBuf> {
     given
         .or_else(|| env("CC_KEY_FILE").map(PathBuf::from))
         .or_else(|| file.key_file.clone())
+        .map(|p| crate::api::expand_tilde(&p))
         .context("root work needs your signing key: --key, CC_KEY_FILE or key_file in ccctl.toml")
 }
 
@@ -40,16 +41,51 @@ pub(crate) fn keygen(out: &Path, name: &str) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("could not generate a key"))?;
     let key = ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref())
         .map_err(|_| anyhow::anyhow!("the generated key does not load"))?;
+    make_parent_dirs(out)?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(out)
-        .with_context(|| format!("creating {} (it must not exist yet)", out.display()))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                "{} already exists: ccctl keygen never overwrites a key; give another --out, or move the old key away first",
+                out.display()
+            ),
+            _ => anyhow::anyhow!(
+                "creating {}: {}",
+                out.display(),
+                crate::api::io_reason(&e)
+            ),
+        })?;
     f.write_all(sign::pem(doc.as_ref()).as_bytes())?;
     f.sync_all()?;
     outln!("{} {name}", sign::public_id(&key));
     Ok(())
+}
+
+/// Creates the directories above `out` that are missing, each 0700 (as
+/// `ssh-keygen` does for `~/.ssh`): a key's directory is its owner's alone.
+fn make_parent_dirs(out: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "creating the directory {} for the key: {}; make it with `mkdir -m 700 -p {}`, or give another --out",
+                dir.display(),
+                crate::api::io_reason(&e),
+                dir.display()
+            )
+        })
 }
 
 /// One `exec` statement per host — the hosts given and those carrying
@@ -59,10 +95,7 @@ pub(crate) fn sign_for_hosts(
     file: &FileConfig,
     args: &RunArgs,
 ) -> Result<Vec<sign::Signed>> {
-    let (program, rest) = args
-        .command
-        .split_first()
-        .context("no program given: HOST… | --tag T… -- PROGRAM ARGS…")?;
+    let (program, rest) = program_of(args)?;
     ensure!(
         program.starts_with('/'),
         "{program}: root work names its program by absolute path (the signature covers the path, not a name the host looks up in PATH): for example /usr/bin/{program}"

@@ -46,6 +46,10 @@ pub enum ScheduleError {
     UnknownKeyword(String),
     #[error("schedule keyword {0} takes nothing after it")]
     KeywordExtra(String),
+    #[error(
+        "schedule {0:?} never fires: no month it names has a day it names (February has 29 days at most; April, June, September and November 30); with `*` for day-of-month or a day-of-week it would"
+    )]
+    NeverFires(String),
     #[error("{field} field {text:?}: {problem}")]
     Field {
         field: &'static str,
@@ -164,6 +168,9 @@ impl Schedule {
                     parse_field(&KINDS[3], mon)?,
                     parse_field(&KINDS[4], dow)?,
                 ];
+                if never_fires(&fields) {
+                    return Err(ScheduleError::NeverFires(words.join(" ")));
+                }
                 let schedule = Schedule::Fields(Box::new(fields));
                 // `N/STEP` grows to `N-MAX/STEP`: the canonical form must
                 // stay within the limit too, or it would not parse back.
@@ -183,6 +190,22 @@ impl FromStr for Schedule {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }
+}
+
+/// Whether no date matches: day-of-week is `*` (so cron takes
+/// day-of-month alone) and no month named has a day named
+/// (`0 0 31 2 *`, `0 0 30 2 *`, `0 0 31 4,6,9,11 *`). Cron accepts these
+/// and never runs them; an operator would wait for a run that never comes.
+fn never_fires(fields: &[Field; 5]) -> bool {
+    let [_, _, dom, month, dow] = fields;
+    if dom.is_star() || !dow.is_star() {
+        return false;
+    }
+    // The most days each month has (February in a leap year).
+    const DAYS_IN: [u8; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    !(1..=12u8).any(|m| {
+        month.matches(m, 1) && (1..=DAYS_IN[usize::from(m - 1)]).any(|d| dom.matches(d, 1))
+    })
 }
 
 fn parse_keyword(word: &str) -> Result<Keyword, ScheduleError> {
@@ -366,7 +389,8 @@ impl Schedule {
     /// The first minute after `after` (to the minute, in the time zone of
     /// `after`'s clock, as cron reads the local time) at which the
     /// schedule fires; `None` for `@reboot`, or for a date that never comes
-    /// within 5 years (`0 0 30 2 *`).
+    /// within 5 years (a schedule that never fires is refused by
+    /// [`Schedule::parse`]).
     pub fn next_after<Tz: chrono::TimeZone>(
         &self,
         after: chrono::DateTime<Tz>,
@@ -476,7 +500,9 @@ mod next_tests {
             "2027-02-01 02:10 Mon"
         );
         assert_eq!(next("0 0 29 2 *", at).unwrap(), "2028-02-29 00:00 Tue");
-        assert_eq!(next("0 0 30 2 *", at), None, "never");
+        // `0 0 30 2 *` never comes: refused when parsed (see the grammar
+        // table); with a day-of-week as well, that day is enough.
+        assert_eq!(next("0 0 30 2 1", at).unwrap(), "2027-02-01 00:00 Mon");
         assert_eq!(next("@reboot", at), None);
         // Within the same minute: the next one, not this one.
         assert_eq!(

@@ -57,6 +57,9 @@ const VALID: &[(&str, &str)] = &[
     ("0 0 */31 * *", "0 0 */31 * *"),
     ("0 0 * */12 *", "0 0 * */12 *"),
     ("0 0 * * */8", "0 0 * * */8"),
+    // A day-of-month no month named has, but a day-of-week too: that day.
+    ("0 0 31 2 1", "0 0 31 2 1"),
+    ("0 0 30,31 1-2 *", "0 0 30,31 1-2 *"),
 ];
 
 /// (input, the message it must give)
@@ -242,6 +245,22 @@ const INVALID: &[(&str, &str)] = &[
     (
         "0 0 * * */9",
         r#"day-of-week field "*/9": step 9 is larger than the field's 8 values"#,
+    ),
+    (
+        "0 0 31 2 *",
+        r#"schedule "0 0 31 2 *" never fires: no month it names has a day it names (February has 29 days at most; April, June, September and November 30); with `*` for day-of-month or a day-of-week it would"#,
+    ),
+    (
+        "0 0 30 2 *",
+        r#"schedule "0 0 30 2 *" never fires: no month it names has a day it names (February has 29 days at most; April, June, September and November 30); with `*` for day-of-month or a day-of-week it would"#,
+    ),
+    (
+        "0 0 31 4,6,9,11 *",
+        r#"schedule "0 0 31 4,6,9,11 *" never fires: no month it names has a day it names (February has 29 days at most; April, June, September and November 30); with `*` for day-of-month or a day-of-week it would"#,
+    ),
+    (
+        "0 0 30-31 feb */2",
+        r#"schedule "0 0 30-31 feb */2" never fires: no month it names has a day it names (February has 29 days at most; April, June, September and November 30); with `*` for day-of-month or a day-of-week it would"#,
     ),
 ];
 

@@ -40,6 +40,7 @@ mod connect;
 mod reconnect;
 mod session;
 
+pub(crate) use connect::tls_config;
 use reconnect::{Next, Policy};
 use session::{Drain, Ended};
 

@@ -53,6 +53,7 @@ use error::conflict_on_constraint;
 pub use error::{ErrorKind, StoreError};
 pub use jobs::{JobStatus, TAKE_BATCH};
 pub use keys::{canonical_tags, hash_key};
+pub use schema::SchemaVersion;
 pub use types::*;
 pub use writer::*;
 
@@ -230,6 +231,17 @@ impl Store {
         match at {
             DbLocation::Sqlite(path) => Self::open(path),
             DbLocation::Postgres(url) => Self::open_postgres(url),
+        }
+    }
+
+    /// The schema version of the database `at` names, read without
+    /// changing anything: no file created, no migration run (what
+    /// `cc-listener check` shows). `None`: a SQLite file that does not
+    /// exist yet.
+    pub fn schema_version(at: &DbLocation) -> Result<Option<SchemaVersion>> {
+        match at {
+            DbLocation::Sqlite(path) => schema::sqlite_version(path),
+            DbLocation::Postgres(url) => schema::postgres_version(url).map(Some),
         }
     }
 

@@ -10,8 +10,10 @@
 //! `is_root`, `BIGSERIAL` where SQLite has a `rowid`, named `rowid`, so the
 //! queries that order by submission read the same in both).
 
+use std::path::Path;
+
 use anyhow::{Context, Result, bail};
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 
 use crate::sql::{PgConn, Sql, p, scalar};
 
@@ -102,4 +104,80 @@ pub(super) fn migrate_postgres(conn: &mut PgConn) -> Result<()> {
         tx.exec("UPDATE cc_schema SET version = ?1", &p![i + 1])?;
     }
     tx.commit()
+}
+
+/// How far a database's schema is: the migrations it has had, and how
+/// many this listener knows (`cc-listener check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaVersion {
+    pub current: usize,
+    pub latest: usize,
+}
+
+/// The schema version of the SQLite file at `path`, read without writing:
+/// the file opened read-only, nothing migrated. `None` when there is no
+/// file (the first `serve` creates it).
+pub(super) fn sqlite_version(path: &Path) -> Result<Option<SchemaVersion>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    // A read-only connection to a WAL database creates its `-wal` and
+    // `-shm` files and cannot remove them: when there is no `-wal` (no
+    // listener has the file open), the file is read as immutable, which
+    // creates nothing.
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let conn = if Path::new(&wal).exists() {
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+    } else {
+        Connection::open_with_flags(
+            format!("{}?immutable=1", file_uri(path)),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )
+    }
+    .with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let done: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(SchemaVersion {
+        current: usize::try_from(done).context("negative schema version")?,
+        latest: MIGRATIONS.len(),
+    }))
+}
+
+/// `path` as a SQLite `file:` URI: every byte but letters, digits and
+/// `/-._~` percent-encoded.
+fn file_uri(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri
+}
+
+/// The schema version of the PostgreSQL database at `url`, read in a
+/// read-only transaction; 0 for a database no listener has used yet.
+pub(super) fn postgres_version(url: &str) -> Result<SchemaVersion> {
+    let mut conn = PgConn::connect(url)?;
+    let mut tx = conn.transaction("SET TRANSACTION READ ONLY")?;
+    let fresh: bool = scalar(&mut *tx, "SELECT to_regclass('cc_schema') IS NULL", &[])?;
+    let done = if fresh {
+        0
+    } else {
+        let v: Option<i64> = tx
+            .one("SELECT version FROM cc_schema", &[])?
+            .map(|r| r.get(0))
+            .transpose()?;
+        usize::try_from(v.unwrap_or(0)).context("negative schema version")?
+    };
+    Ok(SchemaVersion {
+        current: done,
+        latest: PG_MIGRATIONS.len(),
+    })
 }
