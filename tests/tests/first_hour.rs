@@ -3,8 +3,11 @@
 //! with `CARGO_TARGET_DIR` set elsewhere; its console address and the
 //! `CC_URL` it says to export; then, in "another shell", the commands it
 //! suggests, exactly as it prints them, and the console at the address it
-//! printed; then Ctrl-C (SIGINT), which stops everything and removes its work
-//! directory.
+//! printed; then the rest of the first hour — `ccctl run` (job ids in the
+//! table), `job`, `run status --output json`, `cron set HOST -` from
+//! standard input, `keygen` into a missing directory, and the doctor
+//! commands (`ccctl doctor`, `cc-agent check`, `cc-listener check`); then
+//! Ctrl-C (SIGINT), which stops everything and removes its work directory.
 //!
 //! The build: the script runs `cargo build --release --bins` and asks
 //! `cargo metadata` where the binaries went. A real release build takes
@@ -293,7 +296,31 @@ fn the_first_hour_from_the_readme() {
     assert!(fleet.starts_with("HTTP/1.1 200"), "{fleet}");
     assert!(fleet.contains("quickstart-host"), "{fleet}");
 
-    // 5. Ctrl-C: everything stops, and the work directory is gone.
+    // 5. The rest of the first hour, in the same shell.
+    let ccctl_out = |args: &[&str], stdin: &str| -> (Output, String, String) {
+        let mut child = Command::new(&ccctl)
+            .args(args)
+            .env("CC_URL", url)
+            .env("CC_TOKEN_FILE", token_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let (o, e) = text(&out);
+        (out, o, e)
+    };
+    first_hour_with_ccctl(&ccctl_out, tmp.path());
+    first_hour_checks(&release, &work, &ccctl_out);
+
+    // 6. Ctrl-C: everything stops, and the work directory is gone.
     let status = qs.interrupt();
     assert!(status.success(), "{status}: {}", qs.stderr());
     assert!(
@@ -303,4 +330,150 @@ fn the_first_hour_from_the_readme() {
     );
     let after = std::net::TcpStream::connect(addr);
     assert!(after.is_err(), "the listener still answers on {addr}");
+}
+
+/// `ccctl` with these arguments and this standard input, in the shell
+/// the quickstart's variables were exported in: its output, stdout, stderr.
+type Ccctl<'a> = &'a dyn Fn(&[&str], &str) -> (Output, String, String);
+
+/// `ccctl` as an operator goes on: a run whose table carries the job id
+/// (and no "follow it later" once it finished), `job ID`, `run status ID
+/// --output json`, `cron set HOST -` from standard input (with a line that
+/// looks written for a shell), `keygen` into a directory not made yet.
+fn first_hour_with_ccctl(ccctl: Ccctl<'_>, tmp: &Path) {
+    let (out, table, err) = ccctl(
+        &["run", "quickstart-host", "--", "/bin/echo", "first hour"],
+        "",
+    );
+    assert!(out.status.success(), "{table}{err}");
+    assert!(table.starts_with("HOST "), "{table}");
+    assert!(table.lines().next().unwrap().contains(" JOB "), "{table}");
+    assert!(!table.contains("follow it later"), "{table}{err}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("quickstart-host"))
+        .unwrap_or_else(|| panic!("{table}"));
+    let job = row.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(
+        row.contains(" done ") && row.ends_with("first hour"),
+        "{row}"
+    );
+    let (out, report, err) = ccctl(&["job", &job], "");
+    assert!(out.status.success(), "{report}{err}");
+    assert!(report.contains("status   done"), "{report}");
+    assert!(report.contains("--- stdout ---\nfirst hour\n"), "{report}");
+
+    let (out, started, err) = ccctl(
+        &[
+            "run",
+            "--no-wait",
+            "quickstart-host",
+            "--",
+            "/bin/echo",
+            "later",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{started}{err}");
+    let run = started
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .unwrap_or_else(|| panic!("{started}"))
+        .to_owned();
+    let (out, _, err) = ccctl(&["run", "watch", &run], "");
+    assert!(out.status.success(), "{err}");
+    let (out, json, err) = ccctl(&["run", "status", &run, "--output", "json"], "");
+    assert!(out.status.success(), "{json}{err}");
+    let status: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(status[0]["host"], "quickstart-host", "{json}");
+    assert_eq!(status[0]["status"], "done", "{json}");
+    assert_eq!(status[0]["report"]["stdout"], "later\n", "{json}");
+
+    let (out, stored, err) = ccctl(
+        &["cron", "set", "quickstart-host", "-"],
+        "# from standard input\ngreet */5 * * * * /bin/echo hi > /tmp/out\n",
+    );
+    assert!(out.status.success(), "{stored}{err}");
+    assert_eq!(stored, "1 entries stored for quickstart-host\n", "{err}");
+    assert!(
+        err.contains("line 2 (greet): `/bin/echo hi > /tmp/out` looks written for a shell (`>`), but commands are not run by a shell"),
+        "{err}"
+    );
+    let (out, list, err) = ccctl(&["cron", "get", "quickstart-host"], "");
+    assert!(out.status.success(), "{err}");
+    // Stored as the program's arguments, `>` one of them: quoted as such.
+    assert!(
+        list.contains("greet */5 * * * * /bin/echo hi '>' /tmp/out"),
+        "{list}"
+    );
+
+    // The agent wrote it into its user's crontab: an empty list takes it
+    // out again, so the machine keeps no line naming the quickstart's copy.
+    let (out, stored, err) = ccctl(&["cron", "set", "quickstart-host", "-"], "");
+    assert!(out.status.success(), "{stored}{err}");
+    assert_eq!(stored, "0 entries stored for quickstart-host\n", "{err}");
+
+    let key = tmp.join("fresh/config/croncommander/ops.key");
+    let (out, public, err) = ccctl(&["keygen", "--out", key.to_str().unwrap()], "");
+    assert!(out.status.success(), "{public}{err}");
+    assert!(public.starts_with("ed25519:"), "{public}");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+}
+
+/// The doctor commands, when something does not work: `ccctl doctor` on
+/// the operator's side, `cc-agent check` with the quickstart's agent
+/// config, `cc-listener check` with its database and token. Each line says
+/// ok or what to do.
+fn first_hour_checks(release: &Path, work: &Path, ccctl: Ccctl<'_>) {
+    let (out, doctor, err) = ccctl(&["doctor"], "");
+    assert!(out.status.success(), "{doctor}{err}");
+    assert!(
+        doctor
+            .lines()
+            .all(|l| l.starts_with("ok ") || l == "all checks passed"),
+        "{doctor}"
+    );
+    assert!(doctor.contains("ok   the token is accepted"), "{doctor}");
+
+    let agent = Command::new(release.join("cc-agent"))
+        .args(["check", "--config"])
+        .arg(work.join("agent.toml"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (lines, err) = text(&agent);
+    assert!(lines.contains("ok: config "), "{lines}{err}");
+    assert!(
+        lines.contains("ok: listener ws://127.0.0.1:"),
+        "{lines}{err}"
+    );
+    // Every line ok, but for a cron daemon this machine may not run: then
+    // the line says how to start it.
+    for l in lines.lines() {
+        assert!(
+            l.starts_with("ok: ")
+                || (l.starts_with("FAIL: no cron daemon is running")
+                    && l.contains("systemctl enable --now cron")),
+            "{lines}{err}"
+        );
+    }
+
+    let listener = Command::new(release.join("cc-listener"))
+        .args(["check", "--db"])
+        .arg(work.join("listener.db"))
+        .arg("--admin-token-file")
+        .arg(work.join("admin-token"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let (lines, err) = text(&listener);
+    assert!(listener.status.success(), "{lines}{err}");
+    assert!(lines.lines().all(|l| l.starts_with("ok: ")), "{lines}");
+    assert!(
+        lines.contains("(current)"),
+        "the database is migrated: {lines}"
+    );
+    assert!(lines.contains("mode 0600"), "{lines}");
 }
