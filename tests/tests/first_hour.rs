@@ -140,29 +140,95 @@ fn text(out: &Output) -> (String, String) {
 
 #[test]
 fn the_first_hour_from_the_readme() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for b in ["cc-agent", "cc-listener", "ccctl"] {
         bin(b);
     }
     let tmp = TempDir::new("first-hour");
-    let home = tmp.path().join("home");
+    // 1. The README's command, from a 0700 checkout, CARGO_TARGET_DIR set.
+    let (mut qs, out, release) = start_quickstart(tmp.path());
+
+    // 2. What it prints: the console's address and CC_URL without /api/v1.
+    let export = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export CC_URL="))
+        .unwrap_or_else(|| panic!("no CC_URL to export:\n{out}"));
+    let (url, token_file) = export.split_once(" CC_TOKEN_FILE=").unwrap();
+    let addr = url.strip_prefix("http://").unwrap();
+    assert!(!url.contains("/api/v1"), "{url}");
+    let console = format!("The console: {url}/ui/ (log in with the token in {token_file}).");
+    assert!(out.contains(&console), "{out}");
+    let work = Path::new(token_file).parent().unwrap().to_owned();
+    assert!(out.contains(&format!(
+        "Ctrl-C stops both and removes {}.",
+        work.display()
+    )));
+
+    // 3. "What to try next": the three commands as printed.
+    let ccctl = format!("{}/ccctl", release.display());
+    what_to_try_next(&out, &ccctl, url, token_file);
+
+    // 4. The console at the printed address; the bare address leads there.
+    the_console_at(addr, token_file);
+
+    // 5. The rest of the first hour, in the same shell.
+    let ccctl_out = |args: &[&str], stdin: &str| -> (Output, String, String) {
+        let mut child = Command::new(&ccctl)
+            .args(args)
+            .env("CC_URL", url)
+            .env("CC_TOKEN_FILE", token_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let (o, e) = text(&out);
+        (out, o, e)
+    };
+    first_hour_with_ccctl(&ccctl_out, tmp.path());
+    first_hour_checks(&release, &work, &ccctl_out);
+
+    // 6. Ctrl-C: everything stops, and the work directory is gone.
+    let status = qs.interrupt();
+    assert!(status.success(), "{status}: {}", qs.stderr());
+    assert!(
+        !work.exists(),
+        "{} is left behind after Ctrl-C",
+        work.display()
+    );
+    let after = std::net::TcpStream::connect(addr);
+    assert!(after.is_err(), "the listener still answers on {addr}");
+}
+
+/// The quickstart started from a copy of the checkout in a 0700 directory
+/// under `tmp`, with `CARGO_TARGET_DIR` outside it and the stand-in cargo
+/// first on `PATH`, once it printed its closing words: it, its output so
+/// far, and `$CARGO_TARGET_DIR/release`. It built once, into
+/// `CARGO_TARGET_DIR`, and took its binaries from there.
+fn start_quickstart(tmp: &Path) -> (Quickstart, String, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let home = tmp.join("home");
     std::fs::create_dir_all(&home).unwrap();
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
     let checkout = home.join("croncommander");
     copy_checkout(&root, &checkout);
-    let target = tmp.path().join("elsewhere/target");
-    let stand_in = tmp.path().join("stand-in");
+    let target = tmp.join("elsewhere/target");
+    let stand_in = tmp.join("stand-in");
     cargo_stand_in(&stand_in);
-    let builds = tmp.path().join("builds.txt");
+    let builds = tmp.join("builds.txt");
     let real_cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let path = format!(
         "{}:{}",
         stand_in.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-
-    // 1. The README's command, from the checkout, with CARGO_TARGET_DIR set.
-    let (stdout, stderr) = (tmp.path().join("qs.out"), tmp.path().join("qs.err"));
+    let (stdout, stderr) = (tmp.join("qs.out"), tmp.join("qs.err"));
     let mut qs = Quickstart {
         child: Command::new("bash")
             .arg("scripts/quickstart.sh")
@@ -212,24 +278,11 @@ fn the_first_hour_from_the_readme() {
         out.contains(&format!("{}/ccctl agents", release.display())),
         "the binaries are taken from CARGO_TARGET_DIR/release:\n{out}"
     );
+    (qs, out, release)
+}
 
-    // 2. What it prints: the console's address and CC_URL without /api/v1.
-    let export = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("export CC_URL="))
-        .unwrap_or_else(|| panic!("no CC_URL to export:\n{out}"));
-    let (url, token_file) = export.split_once(" CC_TOKEN_FILE=").unwrap();
-    let addr = url.strip_prefix("http://").unwrap();
-    assert!(!url.contains("/api/v1"), "{url}");
-    let console = format!("The console: {url}/ui/ (log in with the token in {token_file}).");
-    assert!(out.contains(&console), "{out}");
-    let work = Path::new(token_file).parent().unwrap().to_owned();
-    assert!(out.contains(&format!(
-        "Ctrl-C stops both and removes {}.",
-        work.display()
-    )));
-
-    // 3. "What to try next": the three commands as printed.
+/// The three commands the quickstart suggests, run as printed.
+fn what_to_try_next(out: &str, ccctl: &str, url: &str, token_file: &str) {
     let suggested: Vec<&str> = out
         .lines()
         .skip_while(|l| !l.contains("In another shell:"))
@@ -237,15 +290,14 @@ fn the_first_hour_from_the_readme() {
         .take(3)
         .map(str::trim)
         .collect();
-    assert_eq!(suggested.len(), 3, "{out}");
-    let ccctl = format!("{}/ccctl", release.display());
     assert_eq!(
         suggested,
         [
             format!("{ccctl} agents"),
             format!("{ccctl} run --tag quickstart -- /usr/bin/uptime"),
             format!("{ccctl} reports --host quickstart-host"),
-        ]
+        ],
+        "{out}"
     );
     let (agents, err) = text(&shell(suggested[0], url, token_file));
     assert!(
@@ -270,8 +322,12 @@ fn the_first_hour_from_the_readme() {
             >= 3,
         "the quickstart's two jobs and uptime: {reports}{err}"
     );
+}
 
-    // 4. The console at the printed address; the bare address leads there.
+/// The console at the operator address the quickstart printed: `/` leads
+/// to it, its pages want a login, the token logs in, the fleet shows the
+/// quickstart's host.
+fn the_console_at(addr: &str, token_file: &str) {
     let bare = http(addr, "GET", "/", "", None);
     assert!(bare.starts_with("HTTP/1.1 303"), "{bare}");
     assert!(bare.contains("location: /ui/"), "{bare}");
@@ -295,41 +351,6 @@ fn the_first_hour_from_the_readme() {
     let fleet = http(addr, "GET", "/ui/", "", Some(&cookie));
     assert!(fleet.starts_with("HTTP/1.1 200"), "{fleet}");
     assert!(fleet.contains("quickstart-host"), "{fleet}");
-
-    // 5. The rest of the first hour, in the same shell.
-    let ccctl_out = |args: &[&str], stdin: &str| -> (Output, String, String) {
-        let mut child = Command::new(&ccctl)
-            .args(args)
-            .env("CC_URL", url)
-            .env("CC_TOKEN_FILE", token_file)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let (o, e) = text(&out);
-        (out, o, e)
-    };
-    first_hour_with_ccctl(&ccctl_out, tmp.path());
-    first_hour_checks(&release, &work, &ccctl_out);
-
-    // 6. Ctrl-C: everything stops, and the work directory is gone.
-    let status = qs.interrupt();
-    assert!(status.success(), "{status}: {}", qs.stderr());
-    assert!(
-        !work.exists(),
-        "{} is left behind after Ctrl-C",
-        work.display()
-    );
-    let after = std::net::TcpStream::connect(addr);
-    assert!(after.is_err(), "the listener still answers on {addr}");
 }
 
 /// `ccctl` with these arguments and this standard input, in the shell
