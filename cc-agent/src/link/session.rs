@@ -278,7 +278,9 @@ impl Session<'_> {
         }
         match frame {
             WsMessage::Text(text) => self.on_text(text.as_str()).await?,
-            WsMessage::Close(Some(f)) if f.code == CloseCode::Policy => {
+            // 1008 before the listener took the registration: refused
+            // (after it, a revoked key or a newer connection: an ending).
+            WsMessage::Close(Some(f)) if f.code == CloseCode::Policy && !*delivered => {
                 return Ok(Frame::Refused(f.reason.to_string()));
             }
             WsMessage::Close(frame) => {
