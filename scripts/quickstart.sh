@@ -17,13 +17,16 @@ say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 bin_dir="${CC_QUICKSTART_BIN_DIR:-}"
 if [ -z "$bin_dir" ]; then
+    if ! command -v cargo >/dev/null; then
+        echo "quickstart: cargo not found on PATH: install Rust 1.85 or newer (https://rustup.rs), open a new shell, and run this again; or set CC_QUICKSTART_BIN_DIR to a directory of built binaries" >&2
+        exit 1
+    fi
     say "building (release; about 8 minutes on 2 cores the first time)"
     cargo build --release --bins
     # Where cargo put them: target/, or CARGO_TARGET_DIR, or build.target-dir.
     target_dir="$(cargo metadata --format-version 1 --no-deps |
         sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-    [ -n "$target_dir" ] || { echo "quickstart: cargo metadata named no target directory" >&2; exit 1; }
-    bin_dir="$target_dir/release"
+    bin_dir="${target_dir:-${CARGO_TARGET_DIR:-$PWD/target}}/release"
 fi
 bin_dir="$(cd "$bin_dir" && pwd)"
 

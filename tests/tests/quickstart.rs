@@ -84,3 +84,26 @@ fn the_quickstart_runs_a_job_and_prints_its_report() {
         "{work} is left behind"
     );
 }
+
+/// Without Rust installed, the quickstart says so and what to do, before
+/// it starts anything.
+#[test]
+fn without_cargo_the_quickstart_says_what_to_install() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = cc_e2e::TempDir::new("qs-no-cargo");
+    // A PATH with what the script needs before the build and no cargo.
+    std::os::unix::fs::symlink("/usr/bin/dirname", dir.path().join("dirname")).unwrap();
+    let out = Command::new("/bin/bash")
+        .arg(root.join("scripts/quickstart.sh"))
+        .env("PATH", dir.path())
+        .env_remove("CC_QUICKSTART_BIN_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "quickstart: cargo not found on PATH: install Rust 1.85 or newer (https://rustup.rs), \
+         open a new shell, and run this again; or set CC_QUICKSTART_BIN_DIR to a directory of built binaries\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+}
