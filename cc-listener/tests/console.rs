@@ -581,6 +581,19 @@ fn a_relative_program_is_refused_naming_the_field(l: &ListenerProcess, session: 
         ),
         "{relative}"
     );
+    let empty = send(
+        "POST",
+        "/ui/new",
+        &format!("csrf={csrf}&hosts=rel.test&command="),
+        Some(session),
+    );
+    assert!(empty.starts_with("HTTP/1.1 400"), "{empty}");
+    assert!(
+        empty.contains(
+            "Program: required; give the absolute path of the program to run, like /usr/bin/uptime"
+        ),
+        "{empty}"
+    );
     assert!(!l.log().contains("console: run started"), "{}", l.log());
 }
 
