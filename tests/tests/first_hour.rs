@@ -61,13 +61,15 @@ impl Drop for Quickstart {
     }
 }
 
-/// The checkout's files (not `target/`, not `.git`) copied into `to`.
+/// The checkout's files copied into `to`: not what git ignores (build
+/// output, the fuzz corpus the test command grows), not `.git`.
 fn copy_checkout(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name();
-        if name == "target" || name == ".git" {
+        let ignored = ["target", ".git", "corpus", "artifacts", "coverage"];
+        if ignored.iter().any(|i| name == *i) {
             continue;
         }
         let kind = entry.file_type().unwrap();
