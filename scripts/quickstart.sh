@@ -3,10 +3,13 @@
 # SQLite file, creates an agent key and an operator token, starts an agent in
 # user mode (as cc-agent-user when run as root), then drives it with ccctl as
 # an operator would (ccctl agents, ccctl run, ccctl job), and keeps both
-# running until Ctrl-C.
+# running until Ctrl-C. Its work directory (database, keys, logs) is
+# removed when it stops.
 #
 #   CC_QUICKSTART_BIN_DIR=DIR   use binaries already built in DIR (no build)
 #   CC_QUICKSTART_ONCE=1        stop after printing the report (for tests)
+#   CARGO_TARGET_DIR=DIR        honoured: the build goes there, and the
+#                               binaries are taken from DIR/release
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -14,9 +17,16 @@ say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 bin_dir="${CC_QUICKSTART_BIN_DIR:-}"
 if [ -z "$bin_dir" ]; then
-    say "building (release)"
+    if ! command -v cargo >/dev/null; then
+        echo "quickstart: cargo not found on PATH: install Rust 1.85 or newer (https://rustup.rs), open a new shell, and run this again; or set CC_QUICKSTART_BIN_DIR to a directory of built binaries" >&2
+        exit 1
+    fi
+    say "building (release; about 8 minutes on 2 cores the first time)"
     cargo build --release --bins
-    bin_dir="$PWD/target/release"
+    # Where cargo put them: target/, or CARGO_TARGET_DIR, or build.target-dir.
+    target_dir="$(cargo metadata --format-version 1 --no-deps |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+    bin_dir="${target_dir:-${CARGO_TARGET_DIR:-$PWD/target}}/release"
 fi
 bin_dir="$(cd "$bin_dir" && pwd)"
 
@@ -26,7 +36,7 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    if [ "${CC_QUICKSTART_ONCE:-}" = 1 ]; then rm -rf "$work"; fi
+    rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 0' INT TERM
@@ -44,8 +54,9 @@ for _ in $(seq 100); do [ -s "$work/listener.out" ] && break; sleep 0.1; done
 banner="$(head -n1 "$work/listener.out")"
 [ -n "$banner" ] || { cat "$work/listener.log" >&2; exit 1; }
 agent_addr="$(sed -E 's|.*agents on ws://([^/]+)/agent.*|\1|' <<<"$banner")"
-admin_port="$(sed -E 's|.*operator API on http://127.0.0.1:([0-9]+)/.*|\1|' <<<"$banner")"
+admin_port="$(sed -E 's|.*operators on http://127.0.0.1:([0-9]+)/.*|\1|' <<<"$banner")"
 echo "$banner"
+echo "console: http://127.0.0.1:$admin_port/ui/ (log in with the token in $work/admin-token)"
 
 # The operator API over bash's /dev/tcp: nothing to install.
 api() { # METHOD PATH [JSON]
@@ -114,7 +125,9 @@ Listener and agent are running. In another shell:
   export CC_URL=$CC_URL CC_TOKEN_FILE=$CC_TOKEN_FILE
   $ccctl agents
   $ccctl run --tag quickstart -- /usr/bin/uptime
-  $ccctl run quickstart-host -- /bin/ls -l /tmp
-Logs: $work/listener.log, $work/agent.log. Ctrl-C stops both.
+  $ccctl reports --host quickstart-host
+The console: http://127.0.0.1:$admin_port/ui/ (log in with the token in $CC_TOKEN_FILE).
+Logs: $work/listener.log, $work/agent.log.
+Ctrl-C stops both and removes $work.
 TXT
 wait

@@ -21,7 +21,7 @@ const DEFAULT_DB: &str = "/var/lib/croncommander/listener.db";
 #[command(
     name = "cc-listener",
     version,
-    about = "CronCommander listener: agents on /agent, operators on /api/v1"
+    about = "CronCommander listener: agents on /agent, operators on /api/v1 and the console on /ui/"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -336,11 +336,14 @@ fn serve(args: &ServeArgs) -> Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let bound = cc_listener::bind(&settings).await?;
-        // One line on stdout with the real addresses (ports may be 0).
+        // One line on stdout with the real addresses (ports may be 0): the
+        // operators' base URL is what `CC_URL` takes (ccctl adds `/api/v1`).
         let scheme = if settings.tls.is_some() { "wss" } else { "ws" };
+        let admin = bound.admin_addr;
         println!(
-            "cc-listener: agents on {scheme}://{}/agent, operator API on http://{}/api/v1",
-            bound.agent_addr, bound.admin_addr
+            "cc-listener: agents on {scheme}://{}/agent, operators on http://{admin}/ \
+             (CC_URL=http://{admin}, console http://{admin}/ui/)",
+            bound.agent_addr
         );
         cc_listener::serve(settings, token, bound, shutdown_signal()).await
     })

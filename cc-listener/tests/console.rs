@@ -301,6 +301,21 @@ async fn fleet_warns_of_the_root_agent_alone(c: &Client, base: &str) {
             .contains("SECURITY WARNING")
     );
     both_widths(c, "fleet").await;
+    // On a phone the warning's text wraps within the screen: its right
+    // edge is inside the viewport, not cut at it.
+    c.set_window_size(390, 900).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let edge = eval(
+        c,
+        "const r = document.querySelector('tr.warning-row .warning-text').getBoundingClientRect();
+         return [r.right, document.documentElement.clientWidth, r.height]",
+    )
+    .await;
+    c.set_window_size(1280, 900).await.unwrap();
+    assert!(
+        edge[0].as_f64().unwrap() <= edge[1].as_f64().unwrap(),
+        "the warning's text runs past the screen's edge at 390 px (right, viewport, height): {edge}"
+    );
     // Filters.
     c.goto(&format!("{base}/ui/?tag=web")).await.unwrap();
     let hosts = eval(
@@ -448,6 +463,12 @@ fn the_console_needs_a_session_and_sends_a_strict_policy() {
     );
     assert!(no_token.starts_with("HTTP/1.1 403"), "{no_token}");
     assert!(!fleet.contains("<script>"), "no inline script: {fleet}");
+    // The operator address itself leads to the console, not a JSON 404.
+    let root = send("GET", "/", "", None);
+    assert!(root.starts_with("HTTP/1.1 303"), "{root}");
+    assert!(root.contains("location: /ui/"), "{root}");
+
+    a_relative_program_is_refused_naming_the_field(&l, &session);
 
     root_work_from_the_form_needs_signatures_and_a_tick(&l, &session);
 }
@@ -524,6 +545,56 @@ fn log_in_for_a_strict_cookie(addr: SocketAddr) -> String {
         .next()
         .unwrap()
         .to_owned()
+}
+
+/// The program field asks for an absolute path, in the page (`pattern`)
+/// and on submit: `echo` is refused with the field named and what to do.
+fn a_relative_program_is_refused_naming_the_field(l: &ListenerProcess, session: &str) {
+    let send = |method: &str, path: &str, body: &str, cookie: Option<&str>| {
+        send_to(l.admin_addr, method, path, body, cookie)
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key = l.add_key("rel.test");
+    let _agent = rt.block_on(cc_testkit::ws::registered_as(
+        l,
+        &key,
+        &cc_testkit::ws::register("rel.test"),
+    ));
+    let form = send("GET", "/ui/new", "", Some(session));
+    assert!(form.contains(r#"pattern="/.*""#), "{form}");
+    let csrf = form
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("{form}"))
+        .to_owned();
+    let relative = send(
+        "POST",
+        "/ui/new",
+        &format!("csrf={csrf}&hosts=rel.test&command=echo&args=hi"),
+        Some(session),
+    );
+    assert!(relative.starts_with("HTTP/1.1 400"), "{relative}");
+    assert!(
+        relative.contains(
+            "Program: &quot;echo&quot; is not an absolute path; give its full path (`command -v echo` on the host prints it)"
+        ),
+        "{relative}"
+    );
+    let empty = send(
+        "POST",
+        "/ui/new",
+        &format!("csrf={csrf}&hosts=rel.test&command="),
+        Some(session),
+    );
+    assert!(empty.starts_with("HTTP/1.1 400"), "{empty}");
+    assert!(
+        empty.contains(
+            "Program: required; give the absolute path of the program to run, like /usr/bin/uptime"
+        ),
+        "{empty}"
+    );
+    assert!(!l.log().contains("console: run started"), "{}", l.log());
 }
 
 /// Root work from the form: a system-mode target needs signed statements

@@ -503,7 +503,7 @@ async fn a_key_belongs_to_one_hostname() {
     let close = ws::recv_close(&mut b, T).await;
     assert_eq!(
         close,
-        Some((1008, "this key belongs to another hostname".into()))
+        Some((1008, "this key belongs to hostname \"host-a\"".into()))
     );
     assert!(l.agent_entry("host-b").is_none());
     assert!(l.log().contains("refused: key belongs to another hostname"));

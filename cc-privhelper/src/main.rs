@@ -75,18 +75,19 @@ fn main() -> ExitCode {
         // Colour only on a terminal: journald and log files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // `--help` anywhere (`serve --help` too): the usage, on stdout.
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let result = match args.first().map(String::as_str) {
         Some("serve") => config_arg(&args[1..]).and_then(|(config, rest)| {
-            if !rest.is_empty() {
-                bail!("{USAGE}");
-            }
+            anyhow::ensure!(rest.is_empty(), "unexpected arguments {rest:?}\n{USAGE}");
             server::serve(Config::load(&config)?)
         }),
         Some("cron-run") => cron_run(&args[1..]),
         Some("check-config") => config_arg(&args[1..]).and_then(|(config, rest)| {
-            if !rest.is_empty() {
-                bail!("{USAGE}");
-            }
+            anyhow::ensure!(rest.is_empty(), "unexpected arguments {rest:?}\n{USAGE}");
             let cfg = Config::load(&config)?;
             println!(
                 "{}: valid ({} trusted keys, system mode {})",
@@ -96,10 +97,6 @@ fn main() -> ExitCode {
             );
             Ok(())
         }),
-        Some("--help" | "-h") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
         Some("--version" | "-V") => {
             println!("cc-privhelper {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;

@@ -99,7 +99,11 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
         agent_user = %cfg.agent_user,
         system_mode = cfg.system_mode,
         landlock_abi = plan.landlock_abi,
-        cgroups = ?plan.cgroups.tree,
+        cgroups = %match &plan.cgroups.tree {
+            Ok(crate::cgroup::Tree::V2(p)) => format!("v2 under {}", p.display()),
+            Ok(crate::cgroup::Tree::V1 { pids, memory }) => format!("v1 under {} and {}", pids.display(), memory.display()),
+            Err(why) => format!("none ({why})"),
+        },
         refusing = plan.refusal.as_deref().unwrap_or(""),
         "cc-privhelper serving"
     );

@@ -532,3 +532,53 @@ fn a_user_mode_job_gets_nothing_of_the_agents_key() {
         );
     }
 }
+
+/// A key bound to another hostname: the listener names that host in its
+/// refusal, and the agent says so once at WARN with what to do, never
+/// "registered", while it keeps retrying (each refusal after the first
+/// only at debug).
+#[test]
+fn a_key_bound_to_another_host_is_refused_once_loudly_naming_the_host() {
+    let Some(rig) = rig("bound", "") else {
+        return;
+    };
+    let dir = TempDir::new("bound-other");
+    let key = std::fs::read_to_string(rig.agent.dir.join("key")).unwrap();
+    let other = AgentProcess::start(
+        &bin("cc-agent"),
+        dir.path(),
+        &rig.listener.ws_url(),
+        key.trim(),
+        "other.test",
+        "",
+        root_and_agent_user(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rig
+        .listener
+        .log()
+        .matches("refused: key belongs to another hostname")
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "{}", other.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = other.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("the listener refused this agent"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains(
+            "the listener refused this agent: this key belongs to hostname \"bound.test\"; \
+             this agent registers as \"other.test\": if this host is \"bound.test\", set hostname = \"bound.test\" in the agent's config; \
+             otherwise give it a key of its own (on the listener: cc-listener keys add other.test) and put that key in its key file; \
+             retrying with backoff (the same refusal is logged again at most every 10 minutes)"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("connected and registered"), "{log}");
+    assert!(log.contains("refused again"), "{log}");
+}

@@ -19,6 +19,25 @@ fn every_binary_answers_help() {
     }
 }
 
+/// `cc-privhelper serve --help` (and any subcommand's `--help`): the usage
+/// on stdout, exit 0, no error.
+#[test]
+fn the_helpers_subcommand_help_is_usage_not_an_error() {
+    for sub in ["serve", "cron-run", "check-config"] {
+        let out = Command::new(bin("cc-privhelper"))
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{sub} --help: {out:?}");
+        assert!(
+            stdout.starts_with("Usage: cc-privhelper serve [--config FILE]"),
+            "{sub}: {stdout}"
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{sub}");
+    }
+}
+
 #[test]
 fn unknown_subcommands_fail() {
     for name in ["cc-agent", "cc-listener", "cc-privhelper"] {

@@ -6,10 +6,11 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
+use std::time::Duration;
 
 use cc_e2e::agent::{agent_user, root_and_agent_user};
 use cc_e2e::helper::{HelperProcess, stranger_refused_line};
-use cc_e2e::{TempDir, bin};
+use cc_e2e::{TempDir, bin, wait_for};
 use cc_proto::frame;
 use serde_json::{Value, json};
 
@@ -739,4 +740,29 @@ fn the_agents_uid_cannot_flood_roots_journal() {
         h.send_as(agent, &status, true).contains("status"),
         "still answering"
     );
+}
+
+/// The helper's start line says in words where job cgroups go (no Rust
+/// debug text such as `Ok(V1 { … })`).
+#[test]
+fn the_start_line_is_plain_words() {
+    let Some((_d, h)) = setup("h-start", "") else {
+        return;
+    };
+    let log = wait_for(Duration::from_secs(10), "the helper's start line", || {
+        let log = h.log();
+        log.contains("cc-privhelper serving").then_some(log)
+    });
+    let line = log
+        .lines()
+        .find(|l| l.contains("cc-privhelper serving"))
+        .unwrap();
+    let cgroups = line.split("cgroups=").nth(1).unwrap_or_default();
+    assert!(
+        cgroups.starts_with("v2 under /")
+            || cgroups.starts_with("v1 under /")
+            || cgroups.starts_with("none ("),
+        "{line}"
+    );
+    assert!(!line.contains("Ok(") && !line.contains(" { "), "{line}");
 }

@@ -21,12 +21,12 @@
 //! the outbox is flushed and acknowledged; the connection closes with 1001.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::rustls::ClientConfig;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use cc_proto::wire;
 
@@ -58,13 +58,18 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
     let mut stop = stop_signal()?;
     let listeners = &link.agent.cfg.listeners;
     let mut policy = Policy::new(listeners.len());
+    let mut refusals = Refusals::default();
     loop {
         let started = Instant::now();
         let listener = &listeners[policy.listener()];
         let mut delivered = false;
+        let mut quiet = false;
         match session::run(&link, listener, &mut delivered, &mut done_rx, &mut stop).await {
             Ok(Ended::Stopped) => return Ok(()),
             Ok(Ended::Connection(why)) => info!(url = %listener.url, "connection ended: {why}"),
+            Ok(Ended::Refused(why)) => {
+                quiet = !refusals.log(&why, link.agent.cfg.hostname.as_ref(), &listener.url);
+            }
             Err(e) => warn!(url = %listener.url, "connection failed: {e:#}"),
         }
         if *stop.borrow() {
@@ -78,7 +83,11 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
         let Next::After(delay) = policy.after(ended, reconnect::jitter()) else {
             continue;
         };
-        info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        if quiet {
+            debug!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        } else {
+            info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => {
@@ -87,6 +96,54 @@ pub(crate) async fn run(cfg: Config) -> Result<()> {
             }
         }
     }
+}
+
+/// How often the same refusal is logged again while the agent keeps
+/// retrying: a host left refused for days does not fill its journal.
+const REFUSAL_REPEAT: Duration = Duration::from_secs(600);
+
+/// The last refusal logged and when: the same one again is logged at most
+/// every [`REFUSAL_REPEAT`].
+#[derive(Default)]
+struct Refusals {
+    last: Option<(String, Instant)>,
+}
+
+impl Refusals {
+    /// Logs the listener's refusal with what to do, unless the same one was
+    /// logged within [`REFUSAL_REPEAT`]. Returns whether it logged.
+    fn log(&mut self, reason: &str, hostname: &str, url: &impl std::fmt::Display) -> bool {
+        if let Some((last, at)) = &self.last {
+            if last == reason && at.elapsed() < REFUSAL_REPEAT {
+                debug!(%url, "refused again: {reason}");
+                return false;
+            }
+        }
+        self.last = Some((reason.to_owned(), Instant::now()));
+        warn!(
+            %url,
+            "the listener refused this agent: {reason}; {}; retrying with backoff (the same refusal is logged again at most every {} minutes)",
+            refusal_hint(reason, hostname),
+            REFUSAL_REPEAT.as_secs() / 60
+        );
+        true
+    }
+}
+
+/// What an operator does about a refusal the listener named.
+fn refusal_hint(reason: &str, hostname: &str) -> String {
+    if let Some(bound) = reason.strip_prefix("this key belongs to hostname ") {
+        return format!(
+            "this agent registers as \"{hostname}\": if this host is {bound}, set hostname = {bound} in the agent's config; \
+             otherwise give it a key of its own (on the listener: cc-listener keys add {hostname}) and put that key in its key file"
+        );
+    }
+    if reason == "this hostname belongs to another key" {
+        return format!(
+            "\"{hostname}\" registered before with another key: give this agent that key, or another hostname in its config"
+        );
+    }
+    "fix what the listener names, in the agent's config or on the listener".into()
 }
 
 /// Everything before the first connection: the key, the outbox and its
@@ -165,4 +222,28 @@ fn stop_signal() -> Result<watch::Receiver<bool>> {
         let _ = tx.send(true);
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_refusal_is_logged_once_a_new_one_again() {
+        let mut r = Refusals::default();
+        let bound = "this key belongs to hostname \"web1.example\"";
+        assert!(r.log(bound, "web2.example", &"ws://l/agent"));
+        assert!(!r.log(bound, "web2.example", &"ws://l/agent"));
+        assert!(r.log("no register in time", "web2.example", &"ws://l/agent"));
+    }
+
+    #[test]
+    fn a_key_bound_elsewhere_is_told_what_to_do() {
+        let hint = refusal_hint(
+            "this key belongs to hostname \"web1.example\"",
+            "web2.example",
+        );
+        assert!(hint.contains("set hostname = \"web1.example\""), "{hint}");
+        assert!(hint.contains("cc-listener keys add web2.example"), "{hint}");
+    }
 }

@@ -17,6 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::{debug, info, warn};
 
 use cc_proto::Timestamp;
@@ -42,6 +43,8 @@ pub(crate) type Sent = HashMap<String, outbox::Entry>;
 /// How a session ended.
 pub(super) enum Ended {
     Connection(String),
+    /// The listener refused this agent (close code 1008), for this reason.
+    Refused(String),
     /// The agent was asked to stop and has drained.
     Stopped,
 }
@@ -63,10 +66,11 @@ pub(super) async fn run(
     };
     let mut session = Session {
         agent: &link.agent,
+        listener,
         ws,
         sent: HashMap::new(),
     };
-    session.register(listener).await?;
+    session.register().await?;
     session.serve(delivered, done, stop).await
 }
 
@@ -143,10 +147,13 @@ enum Frame {
     Handled,
     /// The connection is over, for this reason.
     Closed(String),
+    /// The listener refused this agent (1008), for this reason.
+    Refused(String),
 }
 
 struct Session<'a> {
     agent: &'a Agent,
+    listener: &'a Listener,
     ws: Ws,
     /// Reports sent on this connection, by id: an ack deletes that file.
     sent: Sent,
@@ -158,7 +165,7 @@ impl Session<'_> {
         Ok(())
     }
 
-    async fn register(&mut self, listener: &Listener) -> Result<()> {
+    async fn register(&mut self) -> Result<()> {
         let cfg = &self.agent.cfg;
         let register = Register {
             hostname: cfg.hostname.to_string(),
@@ -172,11 +179,11 @@ impl Session<'_> {
         self.send(&Message::Register(register)).await?;
         // A listener that took the registration answers this; one that
         // refused it closes first. Its answer marks the connection as
-        // delivering.
+        // delivering, and only then is the agent registered (`on_frame`).
         self.ws
             .send(WsMessage::Ping(Vec::from(*b"cc").into()))
             .await?;
-        info!(hostname = %cfg.hostname, url = %listener.url, "connected and registered");
+        debug!(hostname = %cfg.hostname, url = %self.listener.url, "registration sent");
         Ok(())
     }
 
@@ -203,6 +210,7 @@ impl Session<'_> {
                 frame = self.ws.next() => match (self.on_frame(frame, delivered).await, serving) {
                     (Ok(Frame::Handled), _) => {}
                     (Ok(Frame::Closed(why)), true) => return Ok(Ended::Connection(why)),
+                    (Ok(Frame::Refused(why)), true) => return Ok(Ended::Refused(why)),
                     (Err(e), true) => return Err(e),
                     // The link is lost while draining: the drain goes on
                     // without it.
@@ -262,11 +270,19 @@ impl Session<'_> {
             return Ok(Frame::Closed("the listener closed the connection".into()));
         };
         let frame = frame?;
-        if !matches!(frame, WsMessage::Close(_)) {
+        if !matches!(frame, WsMessage::Close(_)) && !*delivered {
+            // The listener's first answer after the registration: it took it.
             *delivered = true;
+            let (hostname, url) = (&self.agent.cfg.hostname, &self.listener.url);
+            info!(%hostname, %url, "connected and registered");
         }
         match frame {
             WsMessage::Text(text) => self.on_text(text.as_str()).await?,
+            // 1008 before the listener took the registration: refused
+            // (after it, a revoked key or a newer connection: an ending).
+            WsMessage::Close(Some(f)) if f.code == CloseCode::Policy && !*delivered => {
+                return Ok(Frame::Refused(f.reason.to_string()));
+            }
             WsMessage::Close(frame) => {
                 return Ok(Frame::Closed(match frame {
                     Some(f) => format!(
@@ -391,7 +407,7 @@ impl Session<'_> {
             };
             match self.on_frame(frame, &mut ignored).await {
                 Ok(Frame::Handled) => {}
-                Ok(Frame::Closed(_)) | Err(_) => break,
+                Ok(Frame::Closed(_) | Frame::Refused(_)) | Err(_) => break,
             }
         }
         if !self.sent.is_empty() {

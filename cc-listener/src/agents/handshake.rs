@@ -189,12 +189,7 @@ where
         Binding::OtherHost(bound) => {
             state.metrics.connection_refused(ConnRefusal::KeyBinding);
             warn!(%peer, key = %key.name, %hostname, %bound, "refused: key belongs to another hostname");
-            close(
-                &mut ws,
-                CloseCode::Policy,
-                "this key belongs to another hostname",
-            )
-            .await;
+            close(&mut ws, CloseCode::Policy, &other_host(&bound)).await;
             return Ok(None);
         }
         Binding::OtherTags(bound) => {
@@ -233,6 +228,19 @@ where
         cron_status_at: None,
     };
     Ok(Some((session, ws, key.id, info)))
+}
+
+/// The close reason for a key bound to another hostname: that hostname
+/// (the agent holds the key, so it may know), cut to fit a close frame's
+/// 123 bytes.
+fn other_host(bound: &str) -> String {
+    const HEAD: &str = "this key belongs to hostname ";
+    let room = 123 - HEAD.len() - 2;
+    if bound.len() <= room {
+        return format!("{HEAD}\"{bound}\"");
+    }
+    // Hostnames are ASCII: any byte is a char boundary.
+    format!("{HEAD}\"{}…", &bound[..room - "…".len()])
 }
 
 /// The close reason for a registration whose tags are not its key's:
@@ -280,6 +288,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_refusal_names_the_bound_host_within_a_close_frame() {
+        assert_eq!(
+            other_host("web1.example"),
+            "this key belongs to hostname \"web1.example\""
+        );
+        let long = format!("{}.example", "a".repeat(240));
+        let why = other_host(&long);
+        assert!(
+            why.len() <= 123 && why.ends_with('…'),
+            "{} {why}",
+            why.len()
+        );
+    }
 
     #[test]
     fn a_tag_refusal_names_the_difference_within_a_close_frame() {

@@ -3,6 +3,7 @@
 //! Errors are `{"error": MESSAGE, "field": NAME?}` with the status that fits:
 //! 400 invalid input (naming the field), 401 missing or wrong token, 404
 //! unknown agent or job, 413 body over 1 MiB, 405/404 for unknown routes.
+//! `GET /` redirects (303) to the console, `/ui/`.
 //! `GET /api/v1/healthz` needs no token (for probes).
 //!
 //! This module holds what every resource shares: the [`router`], the
@@ -39,7 +40,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
@@ -86,6 +87,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .nest("/api/v1", authed.route("/healthz", get(healthz)))
         .merge(crate::ui::router(Arc::clone(&state)))
+        // A browser pointed at the operator address finds the console.
+        .route("/", get(|| async { Redirect::to("/ui/") }))
         .route(
             "/metrics",
             get(crate::metrics::scrape).route_layer(middleware::from_fn_with_state(

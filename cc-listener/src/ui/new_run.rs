@@ -61,7 +61,10 @@ fn new_run_page(csrf: &Csrf, error: Option<&str>, f: &NewRunForm) -> Response {
                 label for="tags" { "Tags (every one of them)" }
                 input #tags type="text" name="tags" value=(f.tags);
                 label for="command" { "Program (absolute path)" }
-                input #command type="text" name="command" value=(f.command) placeholder="/usr/bin/uptime";
+                // Not `required`: root work takes its command from the
+                // signed statements and leaves this empty.
+                input #command type="text" name="command" value=(f.command) placeholder="/usr/bin/uptime"
+                    pattern="/.*" title="an absolute path, starting with /, like /usr/bin/uptime";
                 label for="args" { "Arguments (one per line)" }
                 textarea #args name="args" rows="3" { (f.args) }
                 label for="timeout" { "Timeout (seconds)" }
@@ -132,6 +135,9 @@ pub(super) async fn new_run(
             );
             return with_status(StatusCode::BAD_REQUEST, new_run_page(&csrf, Some(&msg), &f));
         }
+        if let Err(e) = absolute_program(f.command.trim()) {
+            return with_status(StatusCode::BAD_REQUEST, new_run_page(&csrf, Some(&e), &f));
+        }
         body.insert("hosts".into(), hosts.into());
         body.insert("tags".into(), tags.into());
         body.insert("command".into(), f.command.trim().into());
@@ -181,6 +187,24 @@ pub(super) async fn new_run(
     }
 }
 
+/// The form's rule for its program field, as its label says: an absolute
+/// path (the API also takes a bare name, looked up in the agent's `PATH`;
+/// the console asks for the path so that what runs is what the form shows).
+fn absolute_program(program: &str) -> Result<(), String> {
+    if program.is_empty() {
+        return Err(
+            "Program: required; give the absolute path of the program to run, like /usr/bin/uptime"
+                .into(),
+        );
+    }
+    if !program.starts_with('/') {
+        return Err(format!(
+            "Program: {program:?} is not an absolute path; give its full path (`command -v {program}` on the host prints it)"
+        ));
+    }
+    Ok(())
+}
+
 fn with_status(status: StatusCode, mut r: Response) -> Response {
     *r.status_mut() = status;
     r
@@ -220,6 +244,21 @@ async fn system_targets(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_program_must_be_an_absolute_path() {
+        assert!(absolute_program("/bin/echo").is_ok());
+        let e = absolute_program("echo").unwrap_err();
+        assert!(
+            e.starts_with("Program: \"echo\" is not an absolute path"),
+            "{e}"
+        );
+        assert!(
+            absolute_program("")
+                .unwrap_err()
+                .starts_with("Program: required")
+        );
+    }
 
     #[test]
     fn form_words_split_on_commas_and_space() {

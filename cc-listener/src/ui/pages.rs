@@ -118,7 +118,7 @@ pub(super) async fn fleet(
                                 td { (cron) }
                             }
                             @if let Some(w) = &v.warning {
-                                tr.warning-row { td colspan="7" { span.badge { "SECURITY WARNING" } " " (w) } }
+                                tr.warning-row { td colspan="7" { div.warning-text { span.badge { "SECURITY WARNING" } " " (w) } } }
                             }
                         }
                     }
