@@ -7,6 +7,7 @@
 //! TCP (and, for `wss://`, a TLS handshake verified as the agent verifies
 //! it), and no key is sent; the helper socket is connected to and closed.
 
+use cc_proto::checklist::Checklist;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::time::Duration;
@@ -22,32 +23,9 @@ const REACH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The key file the packaged unit puts on standard input.
 const UNIT_KEY_FILE: &str = "/etc/croncommander/agent.key";
 
-/// How many checks failed so far.
-#[derive(Debug, Default)]
-struct Report {
-    failed: usize,
-}
-
-impl Report {
-    fn ok(&mut self, what: &str) {
-        println!("ok: {what}");
-    }
-
-    /// A `FAIL` line; a message of several lines (a TOML error's caret)
-    /// goes below it, indented, so the first line still says what to do.
-    fn fail(&mut self, what: &str, todo: &str) {
-        self.failed += 1;
-        let mut lines = what.lines();
-        println!("FAIL: {} — {todo}", lines.next().unwrap_or(""));
-        for line in lines {
-            println!("    {line}");
-        }
-    }
-}
-
 /// Runs every check; true when all are ok.
 pub(crate) fn run(config: &Path) -> bool {
-    let mut r = Report::default();
+    let mut r = Checklist::new(std::io::stdout());
     let cfg = match Config::load(config) {
         Ok(cfg) => {
             r.ok(&format!(
@@ -71,10 +49,10 @@ pub(crate) fn run(config: &Path) -> bool {
     listeners(&mut r, &cfg);
     cron_daemon(&mut r);
     system_mode(&mut r, &cfg);
-    if r.failed > 0 {
-        eprintln!("cc-agent check: {} check(s) failed", r.failed);
+    if r.failed() > 0 {
+        eprintln!("cc-agent check: {} check(s) failed", r.failed());
     }
-    r.failed == 0
+    r.failed() == 0
 }
 
 fn mode_name(mode: ExecutionMode) -> &'static str {
@@ -92,7 +70,7 @@ fn user_name(uid: u32) -> String {
         .map_or_else(|| uid.to_string(), |u| u.name)
 }
 
-fn key_file(r: &mut Report, cfg: &Config) {
+fn key_file(r: &mut Checklist<std::io::Stdout>, cfg: &Config) {
     if cfg.key_on_stdin() {
         r.ok(&format!(
             "api_key_file is \"-\": the key comes on standard input (the systemd unit: \
@@ -120,7 +98,12 @@ fn key_file(r: &mut Report, cfg: &Config) {
 
 /// Checks that `path` exists, is owned by `owner` (when given) and that
 /// neither group nor others may read it; true when all hold.
-fn private_file(r: &mut Report, path: &Path, name: &str, owner: Option<u32>) -> bool {
+fn private_file(
+    r: &mut Checklist<std::io::Stdout>,
+    path: &Path,
+    name: &str,
+    owner: Option<u32>,
+) -> bool {
     let shown = path.display();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
@@ -170,7 +153,7 @@ fn private_file(r: &mut Report, path: &Path, name: &str, owner: Option<u32>) -> 
     ok
 }
 
-fn listeners(r: &mut Report, cfg: &Config) {
+fn listeners(r: &mut Checklist<std::io::Stdout>, cfg: &Config) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -277,7 +260,7 @@ async fn reach(
 /// The names a cron daemon's process goes by.
 const CRON_NAMES: &[&str] = &["cron", "crond", "cronie"];
 
-fn cron_daemon(r: &mut Report) {
+fn cron_daemon(r: &mut Checklist<std::io::Stdout>) {
     let running = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -318,7 +301,7 @@ fn cron_daemon(r: &mut Report) {
     }
 }
 
-fn system_mode(r: &mut Report, cfg: &Config) {
+fn system_mode(r: &mut Checklist<std::io::Stdout>, cfg: &Config) {
     if cfg.execution_mode != ExecutionMode::System {
         r.ok("system mode off");
         return;

@@ -8,6 +8,7 @@
 //! migrated ([`Store::schema_version`]), and each address is bound and
 //! released at once.
 
+use cc_proto::checklist::Checklist;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -17,30 +18,9 @@ use cc_listener::{Settings, read_token_file};
 
 use crate::ServeArgs;
 
-/// How many checks failed so far.
-#[derive(Debug, Default)]
-struct Report {
-    failed: usize,
-}
-
-impl Report {
-    fn ok(&mut self, what: &str) {
-        println!("ok: {what}");
-    }
-
-    fn fail(&mut self, what: &str, todo: &str) {
-        self.failed += 1;
-        let mut lines = what.lines();
-        println!("FAIL: {} — {todo}", lines.next().unwrap_or(""));
-        for line in lines {
-            println!("    {line}");
-        }
-    }
-}
-
 /// Runs every check; true when all are ok.
 pub(crate) fn run(args: &ServeArgs) -> bool {
-    let mut r = Report::default();
+    let mut r = Checklist::new(std::io::stdout());
     let shown = args.config.as_ref().map_or_else(
         || "(none: defaults and flags)".to_owned(),
         |p| p.display().to_string(),
@@ -62,13 +42,13 @@ pub(crate) fn run(args: &ServeArgs) -> bool {
     database(&mut r, &settings.db);
     addresses(&mut r, &settings);
     tls(&mut r, &settings);
-    if r.failed > 0 {
-        eprintln!("cc-listener check: {} check(s) failed", r.failed);
+    if r.failed() > 0 {
+        eprintln!("cc-listener check: {} check(s) failed", r.failed());
     }
-    r.failed == 0
+    r.failed() == 0
 }
 
-fn token(r: &mut Report, file: Option<&Path>) {
+fn token(r: &mut Checklist<std::io::Stdout>, file: Option<&Path>) {
     let Some(path) = file else {
         match std::env::var("CC_ADMIN_TOKEN") {
             Ok(t) if t.len() >= 16 => r.ok("operator token: from CC_ADMIN_TOKEN"),
@@ -116,7 +96,7 @@ fn token(r: &mut Report, file: Option<&Path>) {
     }
 }
 
-fn database(r: &mut Report, db: &DbLocation) {
+fn database(r: &mut Checklist<std::io::Stdout>, db: &DbLocation) {
     let advice = match db {
         DbLocation::Sqlite(_) => "check db in the config, and that this user may read the file",
         DbLocation::Postgres(_) => {
@@ -169,14 +149,14 @@ fn missing_dir(db: &DbLocation) -> Option<&Path> {
     }
 }
 
-fn addresses(r: &mut Report, s: &Settings) {
+fn addresses(r: &mut Checklist<std::io::Stdout>, s: &Settings) {
     for (name, addr) in [("listen", s.listen), ("admin_listen", s.admin_listen)] {
         bind(r, name, addr);
     }
 }
 
 /// Binds `addr` and releases it at once.
-fn bind(r: &mut Report, name: &str, addr: SocketAddr) {
+fn bind(r: &mut Checklist<std::io::Stdout>, name: &str, addr: SocketAddr) {
     match std::net::TcpListener::bind(addr) {
         Ok(_) => r.ok(&format!("{name} {addr}: can be bound")),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => r.fail(
@@ -192,7 +172,7 @@ fn bind(r: &mut Report, name: &str, addr: SocketAddr) {
     }
 }
 
-fn tls(r: &mut Report, s: &Settings) {
+fn tls(r: &mut Checklist<std::io::Stdout>, s: &Settings) {
     let Some(files) = &s.tls else {
         r.ok("TLS off: agents connect with ws:// (set tls_cert_file and tls_key_file for wss://)");
         return;

@@ -12,6 +12,7 @@
 //! - [`logline`]: one event, one log line, whatever a peer sent.
 #![forbid(unsafe_code)]
 
+pub mod checklist;
 pub mod command;
 pub mod frame;
 pub mod helper;
