@@ -562,12 +562,7 @@ fn a_relative_program_is_refused_naming_the_field(l: &ListenerProcess, session: 
     ));
     let form = send("GET", "/ui/new", "", Some(session));
     assert!(form.contains(r#"pattern="/.*""#), "{form}");
-    let csrf = form
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap_or_else(|| panic!("{form}"))
-        .to_owned();
+    let csrf = csrf_of(&form);
     let relative = send(
         "POST",
         "/ui/new",
@@ -612,12 +607,7 @@ fn root_work_from_the_form_needs_signatures_and_a_tick(l: &ListenerProcess, sess
             "arch": "amd64", "tags": [], "executionMode": "system", "isRoot": false}}),
     ));
     let form = send("GET", "/ui/new", "", Some(session));
-    let csrf = form
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap_or_else(|| panic!("{form}"))
-        .to_owned();
+    let csrf = csrf_of(&form);
     let unsigned = send(
         "POST",
         "/ui/new",
@@ -661,4 +651,13 @@ fn root_work_from_the_form_needs_signatures_and_a_tick(l: &ListenerProcess, sess
     let job = l.get("/api/v1/jobs/from-console-1").json();
     assert_eq!(job["hostname"], "sys.test");
     assert_eq!(job["command"], "/usr/bin/id");
+}
+
+/// The CSRF token a console form carries.
+fn csrf_of(form: &str) -> String {
+    form.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("{form}"))
+        .to_owned()
 }
