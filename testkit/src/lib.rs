@@ -203,11 +203,14 @@ pub fn require(what: &str, available: bool) -> bool {
     false
 }
 
-/// Debian's cron daemon for a test: the one already running in this mount
-/// namespace, or one started here (`cron -f`) and stopped when the guard
-/// goes.
+/// Debian's cron daemon, running in this mount namespace for as long as
+/// the machine does. Tests of several processes rely on it at once (nextest
+/// runs each test in a process of its own), so none of them may stop it: a
+/// test that started cron and killed it when it ended took it away from a
+/// test still waiting for a run (seen in CI). It is started the way the
+/// package's unit would leave it: once, and running.
 #[derive(Debug)]
-pub struct CronDaemon(Option<std::process::Child>);
+pub struct CronDaemon;
 
 impl CronDaemon {
     pub fn ensure() -> Self {
@@ -215,31 +218,30 @@ impl CronDaemon {
         // A cron of this mount namespace: the reliability suite runs crons
         // of its own in private namespaces, which see other files.
         let mine = std::fs::read_link("/proc/self/ns/mnt").ok();
-        let running = Command::new("pgrep")
-            .args(["-x", "cron"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-            .split_whitespace()
-            .any(|pid| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() == mine);
-        if running {
-            return Self(None);
+        let running = || {
+            Command::new("pgrep")
+                .args(["-x", "cron"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+                .split_whitespace()
+                .any(|pid| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() == mine)
+        };
+        if running() {
+            return Self;
         }
-        let child = Command::new("cron")
-            .arg("-f")
+        // Without -f cron forks, and its parent exits once the daemon holds
+        // its pid file: two tests starting it at once leave one daemon (the
+        // second finds the pid file locked and exits).
+        let status = Command::new("cron")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
+            .status()
             .expect("starting cron");
-        Self(Some(child))
-    }
-}
-
-impl Drop for CronDaemon {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        assert!(status.success() || running(), "cron did not start: {status}");
+        wait_for(std::time::Duration::from_secs(10), "cron to run", || {
+            running().then_some(())
+        });
+        Self
     }
 }

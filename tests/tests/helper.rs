@@ -393,7 +393,8 @@ fn a_kill_mid_write_leaves_a_whole_file(h: &mut HelperProcess, entries: &Value, 
         let sender = signed_write_as_the_agent(h, list);
         let pid = h.child.id();
         let let_through = i % 3 == 2;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut looks = 0u64;
         loop {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -414,7 +415,12 @@ fn a_kill_mid_write_leaves_a_whole_file(h: &mut HelperProcess, entries: &Value, 
                 break;
             }
             drop(stopped);
-            std::thread::yield_now();
+            // Let the helper run between looks: stopped again the moment
+            // it was continued, on a loaded machine it never got a turn (a
+            // write neither answered nor seen in 10 s, in CI). The pause
+            // grows to 1 ms, shorter than the write's fsync.
+            looks += 1;
+            std::thread::sleep(std::time::Duration::from_micros(25 * looks.min(40)));
         }
         h.restart(); // reaps the killed helper and starts a new one
         let _ = sender.join();
