@@ -4,6 +4,7 @@
 //! - [`agents`]: the WebSocket endpoint, one task per connection.
 //! - [`hub`]: live connections by hostname.
 //! - [`api`]: the operator HTTP API.
+//! - [`auth`]: named operators, their roles and host selectors.
 //! - `admin`: serves it (and the console) within the operator address's
 //!   limits: header and idle timeouts, a connection cap.
 //! - [`ui`]: the web console (`/ui/`) on the operator address.
@@ -13,6 +14,7 @@
 
 mod admin;
 pub mod agents;
+pub mod auth;
 pub mod api;
 pub mod doorbell;
 pub mod hub;

@@ -216,11 +216,12 @@ async fn require_token(
         .and_then(|v| v.strip_prefix("Bearer "));
     // Compare digests in constant time: neither the token nor its length
     // leaks through timing.
-    let ok = presented.is_some_and(|p| token_matches(&state, p));
-    if !ok {
+    let Some(operator) = presented.and_then(|p| crate::auth::resolve(&state, p)) else {
         return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
             .into_response();
-    }
+    };
+    let mut request = request;
+    request.extensions_mut().insert(operator);
     next.run(request).await
 }
 

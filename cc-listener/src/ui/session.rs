@@ -38,6 +38,7 @@ pub struct Sessions(Mutex<HashMap<String, Session>>);
 struct Session {
     csrf: String,
     expires: Instant,
+    operator: crate::auth::Operator,
 }
 
 /// 256 bits from the kernel, as hex; `None` if the kernel gives none.
@@ -54,7 +55,7 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn create(&self) -> Option<(String, Session)> {
+    fn create(&self, operator: crate::auth::Operator) -> Option<(String, Session)> {
         let mut m = self.lock();
         let now = Instant::now();
         m.retain(|_, s| s.expires > now);
@@ -73,6 +74,7 @@ impl Sessions {
             Session {
                 csrf: random_hex()?,
                 expires: now + SESSION_TTL,
+                operator,
             },
         );
         m.insert(id.clone(), s.clone());
@@ -116,6 +118,7 @@ pub(super) async fn require_session(
     match session {
         Some(s) => {
             request.extensions_mut().insert(Csrf(s.csrf));
+            request.extensions_mut().insert(s.operator);
             next.run(request).await
         }
         None if request.method() == axum::http::Method::GET => {
@@ -164,7 +167,7 @@ pub(super) async fn login(
     State(state): State<Arc<AppState>>,
     Form(f): Form<LoginForm>,
 ) -> Response {
-    if !crate::api::token_matches(&state, &f.token) {
+    let Some(operator) = crate::auth::resolve(&state, &f.token) else {
         // Anyone who reaches the operator address can try: bounded.
         static WRONG_LOGINS: cc_proto::logline::LogBudget =
             cc_proto::logline::LogBudget::new(std::time::Duration::from_secs(10), 5);
@@ -182,8 +185,8 @@ pub(super) async fn login(
         );
         *r.status_mut() = StatusCode::UNAUTHORIZED;
         return r;
-    }
-    let Some((id, _)) = state.sessions.create() else {
+    };
+    let Some((id, _)) = state.sessions.create(operator) else {
         warn!("console: no randomness for a session");
         return error_page(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,0 +1,265 @@
+//! Who is asking, and what they may do: named operators, their roles and
+//! the hosts their selector reaches.
+//!
+//! - [`Role`]: `viewer` reads; `operator` also runs jobs, fans out and
+//!   sets cron lists on the hosts its selector matches; `admin` also
+//!   manages agent keys and operators.
+//! - [`Selector`]: `*`, `host:NAME`, `tag:T`, comma-joined meaning any of
+//!   them (an operator given `tag:web,host:db-1` reaches both). A tag is
+//!   matched against a host's **bound** tags only (the operator's
+//!   statement at `keys add`/`keys retag`, never an agent's claim).
+//! - [`Operator`]: a name, a role and a selector, as the operator API's
+//!   middleware puts it into every authenticated request.
+//!
+//! Invariant: a check here never widens: an unknown role, an empty or
+//! malformed selector is a parse error, never `*`.
+
+use std::fmt;
+
+use cc_proto::{Hostname, Tag};
+
+/// What an operator may do, in increasing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Reads what its selector reaches.
+    Viewer,
+    /// Also runs jobs and sets cron lists on what its selector reaches.
+    Operator,
+    /// Also manages agent keys and operators; its selector is `*`.
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "viewer" => Ok(Self::Viewer),
+            "operator" => Ok(Self::Operator),
+            "admin" => Ok(Self::Admin),
+            other => Err(format!(
+                "unknown role {other:?}: one of viewer, operator, admin"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// Whether this role may change state on the hosts it reaches (run
+    /// jobs, fan out, set cron lists).
+    pub fn may_act(self) -> bool {
+        self >= Self::Operator
+    }
+
+    /// Whether this role may manage agent keys and operators.
+    pub fn may_administer(self) -> bool {
+        self == Self::Admin
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One term of a [`Selector`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    All,
+    Host(Hostname),
+    Tag(Tag),
+}
+
+/// The hosts an operator reaches: any of its terms.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Selector(Vec<Target>);
+
+impl Selector {
+    /// Every host.
+    pub fn all() -> Self {
+        Self(vec![Target::All])
+    }
+
+    /// `*`, `host:NAME`, `tag:T`, comma-joined (no spaces, no empty term).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("an empty host selector: use * for every host".into());
+        }
+        let mut terms = Vec::new();
+        for term in s.split(',') {
+            let t = if term == "*" {
+                Target::All
+            } else if let Some(h) = term.strip_prefix("host:") {
+                Target::Host(Hostname::parse(h).map_err(|e| format!("{term:?}: {e}"))?)
+            } else if let Some(t) = term.strip_prefix("tag:") {
+                Target::Tag(Tag::parse(t).map_err(|e| format!("{term:?}: {e}"))?)
+            } else {
+                return Err(format!(
+                    "{term:?} in host selector {s:?}: each term is *, host:NAME or tag:T, joined by commas"
+                ));
+            };
+            if !terms.contains(&t) {
+                terms.push(t);
+            }
+        }
+        Ok(Self(terms))
+    }
+
+    /// Whether this selector reaches every host.
+    pub fn is_all(&self) -> bool {
+        self.0.contains(&Target::All)
+    }
+
+    /// Whether the host `hostname`, whose bound tags are `bound_tags`,
+    /// is one this selector reaches.
+    pub fn matches<S: AsRef<str>>(&self, hostname: &str, bound_tags: &[S]) -> bool {
+        self.0.iter().any(|t| match t {
+            Target::All => true,
+            Target::Host(h) => h.as_str() == hostname,
+            Target::Tag(tag) => bound_tags.iter().any(|b| b.as_ref() == tag.as_str()),
+        })
+    }
+
+    pub fn terms(&self) -> &[Target] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, t) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match t {
+                Target::All => f.write_str("*")?,
+                Target::Host(h) => write!(f, "host:{}", h.as_str())?,
+                Target::Tag(t) => write!(f, "tag:{}", t.as_str())?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Who made a request: put into every authenticated request's extensions
+/// by the operator API's middleware (and by the console's session check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    pub name: String,
+    pub role: Role,
+    pub hosts: Selector,
+}
+
+impl Operator {
+    /// The operator the single `--admin-token-file` token stands for.
+    pub fn first_admin(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            role: Role::Admin,
+            hosts: Selector::all(),
+        }
+    }
+
+    /// Whether this operator may read what concerns `hostname`.
+    pub fn may_read<S: AsRef<str>>(&self, hostname: &str, bound_tags: &[S]) -> bool {
+        self.hosts.matches(hostname, bound_tags)
+    }
+
+    /// Whether this operator may run jobs on, or set the cron list of,
+    /// `hostname`.
+    pub fn may_act_on<S: AsRef<str>>(&self, hostname: &str, bound_tags: &[S]) -> bool {
+        self.role.may_act() && self.hosts.matches(hostname, bound_tags)
+    }
+}
+
+/// The operator a bearer token (or a console login's token) stands for,
+/// if any: today only the `--admin-token-file` token, as the first admin.
+pub fn resolve(state: &crate::AppState, presented: &str) -> Option<Operator> {
+    crate::api::token_matches(state, presented).then(|| Operator::first_admin("admin"))
+}
+
+/// Whether `op`, resolved earlier, may still act: long-lived event streams
+/// and console sessions ask again and end when it no longer may (revoked,
+/// expired).
+pub async fn still_valid(state: &crate::AppState, op: &Operator) -> bool {
+    let _ = (state, op);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_and_order() {
+        assert_eq!(Role::parse("viewer"), Ok(Role::Viewer));
+        assert_eq!(Role::parse("operator"), Ok(Role::Operator));
+        assert_eq!(Role::parse("admin"), Ok(Role::Admin));
+        assert!(Role::parse("Admin").is_err());
+        assert!(Role::parse("").is_err());
+        assert!(!Role::Viewer.may_act());
+        assert!(Role::Operator.may_act() && !Role::Operator.may_administer());
+        assert!(Role::Admin.may_act() && Role::Admin.may_administer());
+        for r in [Role::Viewer, Role::Operator, Role::Admin] {
+            assert_eq!(Role::parse(r.as_str()), Ok(r));
+        }
+    }
+
+    #[test]
+    fn selectors_match_any_term_on_bound_tags_only() {
+        let s = Selector::parse("tag:web,host:db-1").unwrap();
+        assert!(s.matches("w1", &["web"]));
+        assert!(s.matches("db-1", &[] as &[&str]));
+        assert!(!s.matches("db-2", &["db"]));
+        assert!(!s.matches("webby", &["webs"]));
+        assert!(!s.is_all());
+        assert_eq!(s.to_string(), "tag:web,host:db-1");
+        let all = Selector::parse("*").unwrap();
+        assert!(all.is_all() && all.matches("any", &[] as &[&str]));
+        assert_eq!(Selector::parse("host:a,host:a").unwrap().terms().len(), 1);
+    }
+
+    #[test]
+    fn a_malformed_selector_is_refused_never_widened() {
+        for bad in [
+            "",
+            ",",
+            "web",
+            "tag:",
+            "host:",
+            "tag:web,",
+            "*,",
+            " tag:web",
+            "host:a b",
+            "tags:web",
+        ] {
+            assert!(Selector::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn only_operators_and_admins_act_and_only_where_they_reach() {
+        let viewer = Operator {
+            name: "v".into(),
+            role: Role::Viewer,
+            hosts: Selector::all(),
+        };
+        assert!(viewer.may_read("h", &[] as &[&str]));
+        assert!(!viewer.may_act_on("h", &[] as &[&str]));
+        let web = Operator {
+            name: "w".into(),
+            role: Role::Operator,
+            hosts: Selector::parse("tag:web").unwrap(),
+        };
+        assert!(web.may_act_on("w1", &["web"]));
+        assert!(!web.may_act_on("db1", &["db"]));
+        assert!(!web.may_read("db1", &["db"]));
+        let admin = Operator::first_admin("admin");
+        assert!(admin.may_act_on("db1", &["db"]) && admin.role.may_administer());
+    }
+}
