@@ -14,8 +14,8 @@
 
 mod admin;
 pub mod agents;
-pub mod auth;
 pub mod api;
+pub mod auth;
 pub mod doorbell;
 pub mod hub;
 pub mod metrics;

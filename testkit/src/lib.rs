@@ -238,7 +238,10 @@ impl CronDaemon {
             .stderr(Stdio::null())
             .status()
             .expect("starting cron");
-        assert!(status.success() || running(), "cron did not start: {status}");
+        assert!(
+            status.success() || running(),
+            "cron did not start: {status}"
+        );
         wait_for(std::time::Duration::from_secs(10), "cron to run", || {
             running().then_some(())
         });

@@ -267,13 +267,18 @@ mod tests {
     #[test]
     fn sessions_expire_and_are_bounded() {
         let s = Sessions::default();
-        let (id, sess) = s.create().unwrap();
+        let (id, sess) = s
+            .create(crate::auth::Operator::first_admin("admin"))
+            .unwrap();
         assert_eq!(s.get(&id).unwrap().csrf, sess.csrf);
         s.remove(&id);
         assert!(s.get(&id).is_none());
-        let first = s.create().unwrap().0;
+        let first = s
+            .create(crate::auth::Operator::first_admin("admin"))
+            .unwrap()
+            .0;
         for _ in 0..MAX_SESSIONS {
-            s.create();
+            s.create(crate::auth::Operator::first_admin("admin"));
         }
         assert!(s.get(&first).is_none(), "the oldest went");
         assert_eq!(s.lock().len(), MAX_SESSIONS);
