@@ -66,13 +66,17 @@ impl HelperProcess {
         );
         std::fs::write(dir.join("etc/helper.toml"), config).unwrap();
         let _ = std::fs::remove_file(dir.join("run/helper.sock"));
+        let before = std::fs::read_to_string(dir.join("helper.log"))
+            .unwrap_or_default()
+            .matches("cc-privhelper serving")
+            .count();
         let h = Self {
             child: Self::spawn(dir),
             dir: dir.to_owned(),
             agent,
             hostname: hostname.to_owned(),
         };
-        h.wait_ready();
+        h.wait_ready(before);
         h
     }
 
@@ -92,15 +96,26 @@ impl HelperProcess {
             .unwrap()
     }
 
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.socket().exists() {
+    /// How many times a helper logged that it serves, in this directory.
+    fn starts(&self) -> usize {
+        self.log().matches("cc-privhelper serving").count()
+    }
+
+    /// Waits for the helper started after `starts_before` start lines to
+    /// serve: its start line is written once the socket is bound, owned by
+    /// the agent's group and mode 0660. The socket's mere existence is not
+    /// enough: between its bind and its chown a client of the agent's uid
+    /// is refused with EACCES (seen under load, as a test's "could not
+    /// connect").
+    fn wait_ready(&self, starts_before: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.starts() <= starts_before {
             assert!(
                 Instant::now() < deadline,
                 "helper did not start:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -108,8 +123,9 @@ impl HelperProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(self.socket());
+        let before = self.starts();
         self.child = Self::spawn(&self.dir);
-        self.wait_ready();
+        self.wait_ready(before);
     }
 
     pub fn config(&self) -> PathBuf {
