@@ -40,6 +40,12 @@ use crate::{AppState, now_ms};
 /// how many went unlogged before it (the metric counts every one).
 static BAD_KEYS: LogBudget = LogBudget::new(Duration::from_secs(1), 20);
 
+/// Registrations refused for their binding (a key of another host, tags
+/// not the bound ones, a hostname of another key): a misconfigured agent
+/// retries for ever, each try a line, so they share a budget of 10 lines a
+/// minute; the metric counts every one.
+static BINDING_REFUSALS: LogBudget = LogBudget::new(Duration::from_secs(60), 10);
+
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         // Allocated up front for every connection: keep idle agents cheap.
@@ -188,7 +194,9 @@ where
         Binding::Ok => {}
         Binding::OtherHost(bound) => {
             state.metrics.connection_refused(ConnRefusal::KeyBinding);
-            warn!(%peer, key = %key.name, %hostname, %bound, "refused: key belongs to another hostname");
+            if let Some(left_out) = BINDING_REFUSALS.allow() {
+                warn!(%peer, key = %key.name, %hostname, %bound, left_out, "refused: key belongs to another hostname");
+            }
             close(&mut ws, CloseCode::Policy, &other_host(&bound)).await;
             return Ok(None);
         }
@@ -196,13 +204,17 @@ where
             state.metrics.connection_refused(ConnRefusal::KeyBinding);
             let sent: Vec<String> = info.tags.iter().map(ToString::to_string).collect();
             let why = tags_differ(&bound, &sent);
-            warn!(%peer, key = %key.name, %hostname, bound = ?bound, sent = ?sent, "refused: {why}");
+            if let Some(left_out) = BINDING_REFUSALS.allow() {
+                warn!(%peer, key = %key.name, %hostname, bound = ?bound, sent = ?sent, left_out, "refused: {why}");
+            }
             close(&mut ws, CloseCode::Policy, &why).await;
             return Ok(None);
         }
         Binding::HostnameTaken => {
             state.metrics.connection_refused(ConnRefusal::KeyBinding);
-            warn!(%peer, key = %key.name, %hostname, "refused: hostname belongs to another key");
+            if let Some(left_out) = BINDING_REFUSALS.allow() {
+                warn!(%peer, key = %key.name, %hostname, left_out, "refused: hostname belongs to another key");
+            }
             close(
                 &mut ws,
                 CloseCode::Policy,
