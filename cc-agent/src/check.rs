@@ -257,34 +257,27 @@ async fn reach(
     }
 }
 
-/// The names a cron daemon's process goes by.
-const CRON_NAMES: &[&str] = &["cron", "crond", "cronie"];
-
+/// What the agent tells the listener of this host's cron daemon and
+/// clock ([`crate::cronhost`]), said the same way here.
 fn cron_daemon(r: &mut Checklist<std::io::Stdout>) {
-    let running = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        })
-        .find_map(|e| {
-            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-            let comm = comm.trim();
-            CRON_NAMES
-                .contains(&comm)
-                .then(|| format!("{comm} (pid {})", e.file_name().to_string_lossy()))
-        });
-    match running {
+    let host = crate::cronhost::observe();
+    match host.daemon {
         Some(daemon) => r.ok(&format!("cron daemon running: {daemon}")),
         None => r.fail(
             &format!(
-                "no cron daemon is running (looked for a process named {})",
-                CRON_NAMES.join(", ")
+                "no cron daemon is running (no live pid in /run/crond.pid, no process named {})",
+                crate::cronhost::CRON_NAMES.join(", ")
             ),
             "scheduled jobs will not run: start it (Debian: systemctl enable --now cron)",
+        ),
+    }
+    match host.time_zone {
+        Some(tz) => r.ok(&format!(
+            "time zone {tz} (the listener shows next runs in it)"
+        )),
+        None => r.fail(
+            "the time zone is unknown (/etc/localtime names no zone, /etc/timezone is missing)",
+            "link /etc/localtime to a zone (Debian: dpkg-reconfigure tzdata)",
         ),
     }
     let on_path = std::env::var_os("PATH").and_then(|path| {

@@ -5,6 +5,7 @@ mod atomic;
 mod check;
 mod config;
 mod cron;
+mod cronhost;
 mod handlers;
 mod helper_client;
 mod jobs;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use cc_proto::wire::{AgentInfo, ExecutionMode};
+use cc_proto::wire::{AgentInfo, CronHost, ExecutionMode};
 
 /// What a connection task is asked to do.
 #[derive(Debug)]
@@ -58,6 +58,9 @@ pub struct Census {
     pub root_in_user_mode: i64,
     /// Messages waiting in the connections' outbound queues, in all.
     pub outbound_queued: i64,
+    /// Agents that said no cron daemon runs on their host (their entries
+    /// do not fire).
+    pub no_cron_daemon: i64,
 }
 
 /// A snapshot of one live agent, for the API.
@@ -138,6 +141,16 @@ impl Hub {
         }
     }
 
+    /// What connection `conn_id`'s agent now says of its cron daemon and
+    /// clock (a heartbeat's `cronHost`).
+    pub fn set_cron_host(&self, hostname: &str, conn_id: u64, c: &CronHost) {
+        if let Some(l) = self.lock().get_mut(hostname) {
+            if l.conn_id == conn_id {
+                l.info.cron_host = Some(c.clone());
+            }
+        }
+    }
+
     pub fn is_connected(&self, hostname: &str) -> bool {
         self.lock().contains_key(hostname)
     }
@@ -178,6 +191,13 @@ impl Hub {
                 c.root_in_user_mode += 1;
             }
             c.outbound_queued += (l.tx.max_capacity() - l.tx.capacity()) as i64;
+            if l.info
+                .cron_host
+                .as_ref()
+                .is_some_and(|h| h.daemon.is_none())
+            {
+                c.no_cron_daemon += 1;
+            }
         }
         c
     }

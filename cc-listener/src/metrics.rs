@@ -215,6 +215,7 @@ pub struct Metrics {
     registry: Registry,
     agents_connected: Family<ModeLabel, Gauge>,
     agents_root_in_user_mode: Gauge,
+    agents_without_cron_daemon: Gauge,
     jobs_finished: Family<FinalLabel, Counter>,
     jobs_open: Family<OpenLabel, Gauge>,
     job_duration: Histogram,
@@ -261,6 +262,7 @@ impl Metrics {
             registry: Registry::default(),
             agents_connected: Family::default(),
             agents_root_in_user_mode: Gauge::default(),
+            agents_without_cron_daemon: Gauge::default(),
             jobs_finished: Family::default(),
             jobs_open: Family::default(),
             // 50 ms to 4 h: jobs range from a quick check to a backup.
@@ -296,6 +298,8 @@ impl Metrics {
                 "Registered agents connected now, by executionMode"
             agents_root_in_user_mode "croncommander_agents_root_in_user_mode"
                 "Connected agents that run as root in user mode (jobs run as root, unsigned)"
+            agents_without_cron_daemon "croncommander_agents_without_cron_daemon"
+                "Connected agents whose host runs no cron daemon (their cron entries do not fire)"
             jobs_finished "croncommander_jobs_finished"
                 "Jobs that reached a final state: done (a report settled it), lost (no report in time), expired (never sent)"
             jobs_open "croncommander_jobs_open"
@@ -489,6 +493,7 @@ pub(crate) async fn scrape(State(state): State<Arc<AppState>>, headers: HeaderMa
         m.agents_connected.get_or_create(&ModeLabel { mode }).set(n);
     }
     m.agents_root_in_user_mode.set(live.root_in_user_mode);
+    m.agents_without_cron_daemon.set(live.no_cron_daemon);
     m.agent_outbound_queued.set(live.outbound_queued);
     m.store_write_queue
         .set(i64::try_from(state.writer.queued()).unwrap_or(i64::MAX));
@@ -551,7 +556,7 @@ mod tests {
     fn every_metric_name_follows_the_conventions() {
         let text = Metrics::new().encode().unwrap();
         let fams = families(&text);
-        assert_eq!(fams.len(), 18, "{text}");
+        assert_eq!(fams.len(), 19, "{text}");
         for (name, ty) in &fams {
             assert!(name.starts_with("croncommander_"), "{name}");
             assert!(

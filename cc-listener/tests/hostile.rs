@@ -929,3 +929,96 @@ async fn a_key_that_registers_in_a_loop_is_paced() {
     );
     assert!(refused > 0);
 }
+
+/// `cronHost` (what an agent says of its cron daemon and time zone, in
+/// every heartbeat) is a peer's text the console, `ccctl` and the log show:
+/// a zone that is a path or carries a forged log line is dropped, never
+/// stored; the same one again is not written again; a change is written
+/// once a second at most; and a daemon that stopped is said in `GET
+/// /agents` and the metric.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_heartbeats_cron_host_is_bounded_stored_when_it_changes_and_counted() {
+    let dir = TempDir::new("hostile-cronhost");
+    let l = ListenerProcess::start(bin(), dir.path(), FAST);
+    let mut a = ws::registered(&l, "ch.test").await;
+    let hb = |daemon: Value, tz: &str| json!({"type": "heartbeat", "payload": {"cronHost": {"daemon": daemon, "timeZone": tz}}});
+    // Writes of the agent's cronHost, counted by a trigger the test adds.
+    let db = rusqlite::Connection::open(dir.path().join("listener.db")).unwrap();
+    db.execute_batch(
+        "CREATE TABLE test_host_writes (at INTEGER);
+         CREATE TRIGGER test_count_host_writes AFTER UPDATE OF cron_host ON agents
+         BEGIN INSERT INTO test_host_writes VALUES (1); END;",
+    )
+    .unwrap();
+    let writes = || -> i64 {
+        db.query_row("SELECT count(*) FROM test_host_writes", [], |r| r.get(0))
+            .unwrap()
+    };
+    for (daemon, tz) in [
+        (json!("cron"), "../../../etc/passwd"),
+        (
+            json!("cron"),
+            "UTC\n2026-01-01T00:00:00Z  INFO cc_listener: FORGED-LINE",
+        ),
+        (json!("cron\u{1b}[2J"), "UTC"),
+        (json!("x".repeat(100)), "UTC"),
+    ] {
+        ws::send(&mut a, &hb(daemon, tz)).await;
+    }
+    ws::send(&mut a, &hb(Value::Null, "Europe/Berlin")).await;
+    let agent = l.wait_for(T, |l| {
+        l.agent_entry("ch.test")
+            .filter(|a| a["cronHost"]["timeZone"] == "Europe/Berlin")
+    });
+    assert_eq!(agent["cronHost"]["daemon"], Value::Null, "{agent}");
+    assert!(
+        agent["cronWarning"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("no cron daemon is running on this host")),
+        "{agent}"
+    );
+    let metrics = l.get("/metrics").body;
+    assert!(
+        metrics.contains("croncommander_agents_without_cron_daemon 1\n"),
+        "{metrics}"
+    );
+    let log = l.log();
+    assert!(
+        !log.contains("FORGED-LINE"),
+        "a peer's text reached the log"
+    );
+    assert!(!log.contains("passwd"), "a peer's path reached the log");
+
+    // Only the valid one was written.
+    assert_eq!(writes(), 1, "an invalid cronHost was stored");
+
+    // The same one again and again: not written again.
+    for _ in 0..200 {
+        ws::send(&mut a, &hb(Value::Null, "Europe/Berlin")).await;
+    }
+    // Alternating, each a change: at most one write a second.
+    let started = Instant::now();
+    for i in 0..4 {
+        let daemon = if i % 2 == 0 {
+            json!("cron")
+        } else {
+            Value::Null
+        };
+        ws::send(&mut a, &hb(daemon, "Europe/Berlin")).await;
+    }
+    ws::send(&mut a, &hb(json!("crond"), "Europe/Berlin")).await;
+    l.wait_for(Duration::from_secs(30), |l| {
+        l.agent_entry("ch.test")
+            .filter(|a| a["cronHost"]["daemon"] == "crond")
+    });
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(writes(), 6, "one, 200 copies of it, then 5 changes");
+    assert!(secs >= 4.0, "5 changes written in {secs:.1} s");
+    let agent = l.agent_entry("ch.test").unwrap();
+    assert!(agent["cronWarning"].is_null(), "{agent}");
+    assert!(
+        l.get("/metrics")
+            .body
+            .contains("croncommander_agents_without_cron_daemon 0\n")
+    );
+}

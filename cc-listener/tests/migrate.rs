@@ -30,6 +30,10 @@ fn info(host: &str, root: bool) -> AgentInfo {
         execution_mode: ExecutionMode::User,
         is_root: root,
         job_window: Some(8),
+        cron_host: Some(cc_proto::wire::CronHost {
+            daemon: root.then(|| "cron".to_owned()),
+            time_zone: Some("Europe/Berlin".into()),
+        }),
     }
 }
 

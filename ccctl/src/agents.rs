@@ -38,6 +38,13 @@ pub(crate) fn print_agents(api: &Api, tags: &[String], offline: bool) -> Result<
             "WARNING: {warned} agent(s) run as root (UID 0) in user mode: every job they run runs as root"
         );
     }
+    let no_cron = shown
+        .iter()
+        .filter(|a| a["cronWarning"].is_string())
+        .count();
+    if no_cron > 0 {
+        outln!("WARNING: {no_cron} agent(s) run no cron daemon: their cron entries will not fire");
+    }
     outln!(
         "{:<28} {:<7} {:<7} {:<6} {:<25} {:<22} TAGS",
         "HOST",
@@ -55,12 +62,15 @@ pub(crate) fn print_agents(api: &Api, tags: &[String], offline: bool) -> Result<
             .filter_map(Value::as_str)
             .collect();
         let cron = &x["cronStatus"];
-        let cron = if cron.is_object() {
+        let mut cron = if cron.is_object() {
             let n = |k: &str| cron[k].as_array().map_or(0, Vec::len);
             format!("{} installed, {} refused", n("installed"), n("rejected"))
         } else {
             "-".to_owned()
         };
+        if x["cronWarning"].is_string() {
+            cron = format!("NO DAEMON, {cron}");
+        }
         outln!(
             "{:<28} {:<7} {:<7} {:<6} {:<25} {:<22} {}",
             x["hostname"].as_str().unwrap_or("?"),
@@ -71,8 +81,10 @@ pub(crate) fn print_agents(api: &Api, tags: &[String], offline: bool) -> Result<
             cron,
             tags.join(",")
         );
-        if let Some(w) = x["warning"].as_str() {
-            outln!("{:<28} WARNING: {w}", "");
+        for w in [&x["warning"], &x["cronWarning"]] {
+            if let Some(w) = w.as_str() {
+                outln!("{:<28} WARNING: {w}", "");
+            }
         }
     }
     Ok(true)

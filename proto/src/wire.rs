@@ -51,13 +51,80 @@ pub struct Register {
     /// (a spec-only agent), it sends every job at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_window: Option<u32>,
+    /// Extension: whether the host's schedule can fire ([`CronHost`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_host: Option<CronHost>,
 }
 
 /// `heartbeat` (agent → listener): payload empty or `{timestamp}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Heartbeat {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<String>,
+    /// Extension: [`CronHost`] as of this heartbeat (a cron daemon may
+    /// stop or start between two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_host: Option<CronHost>,
+}
+
+/// Extension `cronHost` (in `register` and every `heartbeat`): what decides
+/// whether entries installed on the host will fire, and when.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CronHost {
+    /// The cron daemon running on the host, by its process name (`cron`,
+    /// `crond`); `null`: none is running, so no entry fires.
+    #[serde(default)]
+    pub daemon: Option<String>,
+    /// The host's time zone, an IANA name (`Europe/Berlin`), in which its
+    /// cron daemon reads schedules; `null`: the agent could not tell.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+}
+
+impl CronHost {
+    /// A daemon's name: 1 to 32 of `A-Z a-z 0-9 . _ -`. A time zone: 1 to
+    /// 64 of those and `/ +`, not starting with `/` or `.`, without `..`
+    /// (an IANA name, never a path).
+    pub fn validate(&self) -> Result<(), InvalidPayload> {
+        let word = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if let Some(d) = &self.daemon {
+            check_text("cronHost.daemon", d, 32)?;
+            if let Some((at, ch)) = d.char_indices().find(|&(_, c)| !word(c)) {
+                return Err(TextError::BadChar {
+                    field: "cronHost.daemon",
+                    ch,
+                    at,
+                    allowed: "A-Z a-z 0-9 . _ -",
+                }
+                .into());
+            }
+        }
+        if let Some(tz) = &self.time_zone {
+            check_text("cronHost.timeZone", tz, 64)?;
+            if let Some((at, ch)) = tz
+                .char_indices()
+                .find(|&(_, c)| !(word(c) || matches!(c, '/' | '+')))
+            {
+                return Err(TextError::BadChar {
+                    field: "cronHost.timeZone",
+                    ch,
+                    at,
+                    allowed: "A-Z a-z 0-9 . _ - / +",
+                }
+                .into());
+            }
+            if tz.starts_with(['/', '.']) || tz.contains("..") {
+                return Err(TextError::Invalid {
+                    field: "cronHost.timeZone",
+                    reason: "an IANA name such as Europe/Berlin, not a path",
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `execute_job` (listener → agent).
@@ -396,6 +463,7 @@ fn heartbeat(payload: Option<&str>, ignored: &mut Vec<String>) -> Result<Heartbe
             })?;
         return Ok(Heartbeat {
             timestamp: Some(timestamp),
+            cron_host: None,
         });
     }
     decode_payload(text, ignored).map_err(|source| DecodeError::Payload {
@@ -511,6 +579,9 @@ pub struct AgentInfo {
     pub is_root: bool,
     /// 1..=[`MAX_JOB_WINDOW`], or `None` for a spec-only agent.
     pub job_window: Option<u32>,
+    /// What the agent said of its cron daemon and clock at registration
+    /// (`None`: an agent that does not say).
+    pub cron_host: Option<CronHost>,
 }
 
 /// The largest `jobWindow` an agent may ask for.
@@ -536,6 +607,13 @@ impl Register {
                     .into());
                 }
                 w => w,
+            },
+            cron_host: match &self.cron_host {
+                Some(c) => {
+                    c.validate()?;
+                    Some(c.clone())
+                }
+                None => None,
             },
         })
     }

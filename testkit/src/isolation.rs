@@ -62,6 +62,17 @@ impl Isolation {
             )
             .unwrap_or_else(|e| panic!("mounting a tmpfs on {dir}: {e}"));
         }
+        let cron = Self::spawn_cron();
+        // Cron notices a changed crontab by its directory's mtime, in whole
+        // seconds: a file written in the second cron loaded its database
+        // would never be seen. Let that second pass.
+        std::thread::sleep(Duration::from_millis(1100));
+        Self { cron }
+    }
+
+    /// `cron -f`, ready: its pid file exists and names it (it takes the
+    /// lock first thing).
+    fn spawn_cron() -> Child {
         let cron = Command::new("cron")
             .arg("-f")
             .stdin(Stdio::null())
@@ -69,17 +80,26 @@ impl Isolation {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting cron -f (Debian package cron)");
-        // Ready when its pid file exists (it takes the lock first thing).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !std::path::Path::new("/run/crond.pid").exists() {
+        let pid = cron.id().to_string();
+        while !std::fs::read_to_string("/run/crond.pid").is_ok_and(|t| t.trim() == pid) {
             assert!(Instant::now() < deadline, "cron did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Cron notices a changed crontab by its directory's mtime, in whole
-        // seconds: a file written in the second cron loaded its database
-        // would never be seen. Let that second pass.
-        std::thread::sleep(Duration::from_millis(1100));
-        Self { cron }
+        cron
+    }
+
+    /// Stops the namespace's cron daemon, as `systemctl stop cron` would:
+    /// its pid file stays, naming a process that is gone.
+    pub fn stop_cron(&mut self) {
+        let _ = self.cron.kill();
+        let _ = self.cron.wait();
+    }
+
+    /// Starts the namespace's cron daemon again after [`Isolation::stop_cron`].
+    pub fn start_cron(&mut self) {
+        self.stop_cron();
+        self.cron = Self::spawn_cron();
     }
 
     /// Whether this thread is in a mount namespace other than its parent

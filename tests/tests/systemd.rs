@@ -183,6 +183,19 @@ fn every_role_runs_under_the_shipped_units() {
         "{user_cron}"
     );
 
+    // Under its unit the agent sees no other user's process, yet finds
+    // root's cron (its pid file): the listener does not warn.
+    let r = listener.until(
+        &format!("ccctl agents | grep -E '^{HOST} ' | grep -v 'NO DAEMON'"),
+        Duration::from_secs(30),
+    );
+    assert!(
+        r.ok(),
+        "the listener says no cron daemon runs on the host: {}\n{}",
+        listener.ok("ccctl agents"),
+        host.journal("cc-agent")
+    );
+
     // docs/system-mode.md, as written: a key, the helper, a signed root job.
     system_mode_guide(listener, host);
     root_job_containment(listener, host);

@@ -175,6 +175,7 @@ impl Session<'_> {
             execution_mode: cfg.execution_mode,
             is_root: self.agent.runner.identity.is_root(),
             job_window: Some(self.agent.jobs.window()),
+            cron_host: Some(crate::cronhost::observe()),
         };
         self.send(&Message::Register(register)).await?;
         // A listener that took the registration answers this; one that
@@ -217,7 +218,10 @@ impl Session<'_> {
                     (_, false) => break true,
                 },
                 _ = heartbeat.tick(), if serving => {
-                    let hb = Heartbeat { timestamp: Some(Timestamp::now().to_string()) };
+                    let hb = Heartbeat {
+                        timestamp: Some(Timestamp::now().to_string()),
+                        cron_host: Some(crate::cronhost::observe()),
+                    };
                     self.send(&Message::Heartbeat(hb)).await?;
                 }
                 Some(()) = done.recv() => match (self.flush().await, serving) {

@@ -238,6 +238,8 @@ where
         busy_until: 0,
         cron_status: None,
         cron_status_at: None,
+        cron_host: info.cron_host.clone(),
+        cron_host_at: None,
     };
     Ok(Some((session, ws, key.id, info)))
 }

@@ -80,6 +80,12 @@ pub(super) struct Session<'a> {
     /// When it was stored: a changed one is stored a second later at the
     /// soonest.
     pub(super) cron_status_at: Option<tokio::time::Instant>,
+    /// The agent's `cronHost` as last stored (at registration, then from
+    /// heartbeats): the same again is not written again.
+    pub(super) cron_host: Option<cc_proto::wire::CronHost>,
+    /// When a changed one was stored: the next a second later at the
+    /// soonest.
+    pub(super) cron_host_at: Option<tokio::time::Instant>,
 }
 
 enum Flow {
@@ -99,6 +105,43 @@ impl Session<'_> {
         if now - started > BUSY_MS {
             self.busy_until = now;
         }
+    }
+
+    /// A heartbeat's `cronHost`: validated, stored when it changed (once a
+    /// second at most), and said in the log when the daemon stopped or
+    /// came back.
+    async fn on_cron_host(&mut self, c: cc_proto::wire::CronHost) -> Result<Flow> {
+        if let Err(e) = c.validate() {
+            return Ok(self.protocol_error(WsRefusal::InvalidPayload, &format!("heartbeat: {e}")));
+        }
+        if self.cron_host.as_ref() == Some(&c) {
+            return Ok(Flow::Continue);
+        }
+        let was_running = self.cron_host.as_ref().map(|o| o.daemon.is_some());
+        match (was_running, c.daemon.is_some()) {
+            (Some(true), false) => {
+                warn!(hostname = %self.hostname, "the host's cron daemon stopped: its cron entries will not fire");
+            }
+            (Some(false), true) => {
+                info!(hostname = %self.hostname, "the host's cron daemon runs again");
+            }
+            _ => {}
+        }
+        if let Some(at) = self.cron_host_at {
+            tokio::time::sleep_until(at + Duration::from_secs(1)).await;
+        }
+        self.cron_host_at = Some(tokio::time::Instant::now());
+        let host = self.hostname.clone();
+        let stored = c.clone();
+        self.state
+            .db
+            .call(move |s| s.set_cron_host(&host, &stored))
+            .await?;
+        self.state
+            .hub
+            .set_cron_host(self.hostname.as_str(), self.conn_id, &c);
+        self.cron_host = Some(c);
+        Ok(Flow::Continue)
     }
 
     pub(super) async fn run<S>(
@@ -331,9 +374,12 @@ impl Session<'_> {
             }
         };
         match message {
-            Message::Heartbeat(_) => {
+            Message::Heartbeat(hb) => {
                 self.last_heartbeat.store(now_ms(), Ordering::Relaxed);
-                Ok(Flow::Continue)
+                match hb.cron_host {
+                    Some(c) => self.on_cron_host(c).await,
+                    None => Ok(Flow::Continue),
+                }
             }
             Message::ExecutionReport(report) => self.on_report(ws, report).await,
             Message::CronStatus(status) => {

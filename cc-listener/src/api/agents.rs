@@ -13,6 +13,8 @@ use serde_json::value::RawValue;
 
 use super::page::{MAX_PAGE_BYTES, PIECE_BYTES, join_json, json_response, paginate, stream_array};
 use super::{ApiError, ApiResult, hostname_param};
+use cc_proto::wire::CronHost;
+
 use crate::store::AgentRow;
 use crate::{AppState, rfc3339_ms};
 
@@ -36,6 +38,12 @@ pub(crate) struct AgentView {
     pub(crate) warning: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cron_status: Option<Box<RawValue>>,
+    /// What the agent last said of its cron daemon and time zone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cron_host: Option<CronHost>,
+    /// Why the host's cron entries will not fire, when the agent said so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cron_warning: Option<String>,
     /// Bytes the host's stored reports take (held to `report_quota_bytes`).
     pub(crate) report_bytes: i64,
     /// Reports refused since the listener started (quota), and the last
@@ -69,6 +77,20 @@ pub(crate) fn agent_view(state: &AppState, row: AgentRow) -> AgentView {
     let warning = (row.is_root && row.execution_mode == "user").then(|| {
         "agent runs as root (UID 0) in user mode: every job runs as root; run it as cc-agent-user".to_owned()
     });
+    // This listener's connection hears every heartbeat; the store has what
+    // the holder of the connection last wrote.
+    let cron_host = l
+        .as_ref()
+        .and_then(|l| l.info.cron_host.clone())
+        .or_else(|| {
+            row.cron_host
+                .as_deref()
+                .and_then(|t| serde_json::from_str(t).ok())
+        });
+    let cron_warning = cron_host
+        .as_ref()
+        .filter(|c| c.daemon.is_none())
+        .map(|_| no_daemon_warning(row.cron_status.as_deref()));
     let (reports_refused, last_refusal) = state
         .refusals
         .get(&row.hostname)
@@ -84,12 +106,26 @@ pub(crate) fn agent_view(state: &AppState, row: AgentRow) -> AgentView {
         last_seen: rfc3339_ms(last_seen),
         warning,
         cron_status: row.cron_status.and_then(|t| RawValue::from_string(t).ok()),
+        cron_host,
+        cron_warning,
         hostname: row.hostname,
         os: row.os,
         arch: row.arch,
         tags: row.tags,
         execution_mode: row.execution_mode,
         is_root: row.is_root,
+    }
+}
+
+/// The warning of a host whose agent says no cron daemon runs there,
+/// counting the entries it has installed (`cron_status`, as stored).
+fn no_daemon_warning(cron_status: Option<&str>) -> String {
+    let installed = cron_status
+        .and_then(|t| serde_json::from_str::<cc_proto::wire::CronStatus>(t).ok())
+        .map_or(0, |s| s.installed.len());
+    match installed {
+        0 => "no cron daemon is running on this host: cron entries set for it will not fire; start it (Debian: systemctl enable --now cron)".to_owned(),
+        n => format!("no cron daemon is running on this host: its {n} installed cron entries will not fire; start it (Debian: systemctl enable --now cron)"),
     }
 }
 

@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result};
 
-use cc_proto::wire::{AgentInfo, CronEntry, CronStatus, ExecutionMode};
+use cc_proto::wire::{AgentInfo, CronEntry, CronHost, CronStatus, ExecutionMode};
 use cc_proto::{Hostname, JobId};
 
 use crate::sql::{Sql, p};
@@ -32,13 +32,18 @@ impl Store {
             ExecutionMode::User => "user",
             ExecutionMode::System => "system",
         };
+        let cron_host = info
+            .cron_host
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?;
         tx.exec(
             "INSERT INTO agents (hostname, os, arch, tags, execution_mode, is_root, first_seen_ms,
-                                 last_seen_ms, listener, lease_conn)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)
+                                 last_seen_ms, listener, lease_conn, cron_host)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)
              ON CONFLICT (hostname) DO UPDATE SET os = ?2, arch = ?3, tags = ?4,
                  execution_mode = ?5, is_root = ?6, last_seen_ms = ?7, listener = ?8,
-                 lease_conn = ?9",
+                 lease_conn = ?9, cron_host = ?10",
             &p![
                 info.hostname.as_str(),
                 info.os,
@@ -48,7 +53,8 @@ impl Store {
                 info.is_root,
                 now_ms,
                 by.map(|b| b.0),
-                by.map(|b| b.1)
+                by.map(|b| b.1),
+                cron_host
             ],
         )?;
         Ok(())
@@ -93,6 +99,19 @@ impl Store {
         Ok(())
     }
 
+    /// What the agent of `hostname` last said of its cron daemon and clock
+    /// (validated by the caller).
+    pub fn set_cron_host(&self, hostname: &Hostname, host: &CronHost) -> Result<()> {
+        let text = serde_json::to_string(host)?;
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE agents SET cron_host = ?2 WHERE hostname = ?1",
+                &p![hostname, text],
+            )
+        })?;
+        Ok(())
+    }
+
     /// Hostnames of agents after `after`, in order, up to `limit + 1` of
     /// them (so the caller knows whether more follow), each with an upper
     /// estimate of its size in the API's JSON.
@@ -101,6 +120,7 @@ impl Store {
             c.query(
                 "SELECT hostname, 512 + octet_length(hostname) + octet_length(tags)
                         + coalesce(octet_length(cron_status), 0)
+                        + coalesce(octet_length(cron_host), 0)
                  FROM agents WHERE (CAST(?1 AS TEXT) IS NULL OR hostname > ?1)
                  ORDER BY hostname LIMIT ?2",
                 &p![after, i64::from(limit) + 1],
@@ -116,7 +136,8 @@ impl Store {
         self.read(|c| {
             c.query(
                 "SELECT a.hostname, os, arch, tags, execution_mode, is_root, first_seen_ms,
-                        last_seen_ms, cron_status, coalesce(u.bytes, 0), a.listener, l.lease_ms
+                        last_seen_ms, cron_status, coalesce(u.bytes, 0), a.listener, l.lease_ms,
+                        cron_host
                  FROM agents a LEFT JOIN report_usage u ON u.hostname = a.hostname
                       LEFT JOIN listeners l ON l.name = a.listener
                  WHERE a.hostname >= ?1 AND a.hostname <= ?2
@@ -138,6 +159,7 @@ impl Store {
                     report_bytes: r.get(9)?,
                     listener: r.get(10)?,
                     lease_ms: r.get(11)?,
+                    cron_host: r.get(12)?,
                 })
             })
             .collect()

@@ -24,7 +24,7 @@ const COPY_TABLES: &[(&str, &str, bool, &str)] = &[
         "agents",
         "hostname",
         false,
-        "hostname, os, arch, tags, execution_mode, is_root, first_seen_ms, last_seen_ms, cron_status",
+        "hostname, os, arch, tags, execution_mode, is_root, first_seen_ms, last_seen_ms, cron_status, cron_host",
     ),
     (
         "cron_sets",

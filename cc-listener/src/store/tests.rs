@@ -79,6 +79,7 @@ fn agent_info(host: &str) -> AgentInfo {
         execution_mode: ExecutionMode::User,
         is_root: false,
         job_window: Some(4),
+        cron_host: None,
     }
 }
 

@@ -57,6 +57,8 @@ pub struct AgentRow {
     /// listener's lease runs (it renews it while it runs).
     pub listener: Option<String>,
     pub lease_ms: Option<i64>,
+    /// The agent's last `cronHost` (JSON), if it said one.
+    pub cron_host: Option<String>,
 }
 
 /// A fan-out: what runs, where it was aimed, and how many at once.

@@ -186,7 +186,8 @@ fn heartbeat_payload_may_be_empty_absent_null_or_a_string() {
     assert_eq!(
         known(r#"{"type":"heartbeat","payload":"2024-03-20T10:00:00Z"}"#),
         Message::Heartbeat(Heartbeat {
-            timestamp: Some("2024-03-20T10:00:00Z".into())
+            timestamp: Some("2024-03-20T10:00:00Z".into()),
+            cron_host: None,
         })
     );
 }
@@ -480,6 +481,7 @@ fn job_windows_are_1_to_10000_or_absent() {
         execution_mode: ExecutionMode::User,
         is_root: false,
         job_window: w,
+        cron_host: None,
     };
     for ok in [None, Some(1), Some(10_000)] {
         assert_eq!(r(ok).validate().unwrap().job_window, ok);
@@ -772,4 +774,101 @@ fn report_kinds_display_as_their_words() {
 #[test]
 fn the_longest_duration_is_a_leap_year_of_milliseconds() {
     assert_eq!(ExecutionReport::MAX_DURATION_MS, 31_622_400_000);
+}
+
+/// `cronHost` (register and heartbeat): a daemon's process name and an
+/// IANA zone name, each bounded; never a path, never a control character.
+#[test]
+fn a_cron_host_is_a_name_and_a_zone_never_a_path() {
+    let c = |daemon: Option<&str>, tz: Option<&str>| CronHost {
+        daemon: daemon.map(Into::into),
+        time_zone: tz.map(Into::into),
+    };
+    for ok in [
+        c(Some("cron"), Some("Europe/Berlin")),
+        c(None, None),
+        c(Some("crond"), Some("America/Argentina/Buenos_Aires")),
+        c(Some(&"d".repeat(32)), Some("Etc/GMT+5")),
+        c(None, Some(&"z".repeat(64))),
+    ] {
+        assert_eq!(ok.validate(), Ok(()), "{ok:?}");
+    }
+    for (bad, why) in [
+        (c(Some(""), None), "cronHost.daemon is empty"),
+        (
+            c(Some(&"d".repeat(33)), None),
+            "cronHost.daemon is 33 bytes long; at most 32 allowed",
+        ),
+        (
+            c(Some("cron d"), None),
+            "cronHost.daemon contains ' ' at byte 4; allowed: A-Z a-z 0-9 . _ -",
+        ),
+        (
+            c(Some("cron\n"), None),
+            "cronHost.daemon contains a control character ('\\n') at byte 4",
+        ),
+        (
+            c(None, Some("/usr/share/zoneinfo/UTC")),
+            "cronHost.timeZone: an IANA name such as Europe/Berlin, not a path",
+        ),
+        (
+            c(None, Some("Europe/../../etc")),
+            "cronHost.timeZone: an IANA name such as Europe/Berlin, not a path",
+        ),
+        (
+            c(None, Some(".hidden")),
+            "cronHost.timeZone: an IANA name such as Europe/Berlin, not a path",
+        ),
+        (
+            c(None, Some("Europe/Berlin;x")),
+            "cronHost.timeZone contains ';' at byte 13; allowed: A-Z a-z 0-9 . _ - / +",
+        ),
+        (
+            c(None, Some(&"z".repeat(65))),
+            "cronHost.timeZone is 65 bytes long; at most 64 allowed",
+        ),
+    ] {
+        assert_eq!(bad.validate().unwrap_err().to_string(), why, "{bad:?}");
+    }
+}
+
+/// A heartbeat and a registration carry `cronHost`; without it (a
+/// spec-only agent) nothing is said, and an invalid one fails the
+/// registration.
+#[test]
+fn cron_host_travels_in_register_and_heartbeat() {
+    let hb = known(
+        r#"{"type":"heartbeat","payload":{"timestamp":"2024-03-20T10:00:00Z","cronHost":{"daemon":null,"timeZone":"UTC"}}}"#,
+    );
+    let Message::Heartbeat(hb) = hb else {
+        panic!("{hb:?}")
+    };
+    assert_eq!(
+        hb.cron_host,
+        Some(CronHost {
+            daemon: None,
+            time_zone: Some("UTC".into())
+        })
+    );
+    let text = serde_json::to_string(&Message::Heartbeat(hb.clone())).unwrap();
+    assert!(
+        text.contains(r#""cronHost":{"daemon":null,"timeZone":"UTC"}"#),
+        "{text}"
+    );
+    let Message::Heartbeat(plain) = known(r#"{"type":"heartbeat","payload":{}}"#) else {
+        panic!()
+    };
+    assert_eq!(plain.cron_host, None);
+    let reg = |cron: &str| {
+        let Message::Register(r) = known(&format!(
+            r#"{{"type":"register","payload":{{"hostname":"h","os":"linux","arch":"x86_64","tags":[],"executionMode":"user","isRoot":false{cron}}}}}"#
+        )) else {
+            panic!()
+        };
+        r.validate()
+    };
+    assert_eq!(reg("").unwrap().cron_host, None);
+    let info = reg(r#","cronHost":{"daemon":"cron","timeZone":"Europe/Berlin"}"#).unwrap();
+    assert_eq!(info.cron_host.unwrap().daemon.as_deref(), Some("cron"));
+    assert!(reg(r#","cronHost":{"daemon":"c r o n"}"#).is_err());
 }
