@@ -281,7 +281,8 @@ impl std::fmt::Display for PgError {
 /// Its text holds every cause already.
 impl std::error::Error for PgError {}
 
-/// A connection that could not be opened: where, how, and why.
+/// A connection that could not be opened: where, how, and why —
+/// `connecting to PostgreSQL: HOST:PORT (sslmode=MODE): WHY`.
 #[derive(Debug)]
 pub struct ConnectError {
     at: String,
@@ -293,7 +294,7 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "connecting to PostgreSQL at {} (sslmode={}): {}",
+            "connecting to PostgreSQL: {} (sslmode={}): {}",
             self.at,
             self.mode.as_str(),
             self.error

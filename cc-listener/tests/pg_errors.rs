@@ -97,7 +97,7 @@ fn a_port_nothing_listens_on_is_named() {
     typo_is_explained(
         &format!("postgres://postgres@127.0.0.1:{port}/cc"),
         &[
-            &format!("connecting to PostgreSQL at 127.0.0.1:{port}"),
+            &format!("connecting to PostgreSQL: 127.0.0.1:{port}"),
             "Connection refused",
         ],
     );

@@ -151,7 +151,7 @@ fn verify_full_refuses_another_ca_and_a_certificate_for_another_name() {
             for s in [
                 says,
                 "invalid peer certificate",
-                &format!("connecting to PostgreSQL at 127.0.0.1:{}", cluster.port()),
+                &format!("connecting to PostgreSQL: 127.0.0.1:{}", cluster.port()),
             ] {
                 assert!(err.contains(s), "{query}: {s:?} not in:\n{err}");
             }
