@@ -426,6 +426,10 @@ fn migrate(from: &Path, to: &Path) -> Result<()> {
     // The source is judged before anything is opened: a refusal creates
     // nothing, on either side.
     let _copying = source_lock(&from)?;
+    match Store::schema_version(&from)? {
+        Some(v) if v.current > 0 => {}
+        _ => bail!("--from {from}: not a listener's database (no schema in it)"),
+    }
     let src = Store::open_at(&from)?;
     if let DbLocation::Postgres(_) = from {
         // Listeners on PostgreSQL hold no lock a copy could take; their
@@ -454,11 +458,11 @@ fn migrate(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What `migrate` needs of its source before opening it: a SQLite file
-/// that exists, holds a listener's database, and that no listener serves
-/// (its lock, kept for the copy, so none starts on it meanwhile). A
-/// PostgreSQL source is checked once open (its leases, in `migrate`); a
-/// database that does not exist is PostgreSQL's own error.
+/// What `migrate` needs of a SQLite source before anything reads it: a
+/// file that exists and that no listener serves (its lock, kept for the
+/// copy, so none starts on it meanwhile). A PostgreSQL source is checked
+/// once open (its leases, in `migrate`); a database that does not exist is
+/// PostgreSQL's own error.
 fn source_lock(from: &DbLocation) -> Result<Option<FileLock>> {
     let DbLocation::Sqlite(path) = from else {
         return Ok(None);
@@ -479,13 +483,7 @@ fn source_lock(from: &DbLocation) -> Result<Option<FileLock>> {
             path.display()
         )
     })?;
-    match Store::schema_version(from)? {
-        Some(v) if v.current > 0 => Ok(Some(lock)),
-        _ => bail!(
-            "--from {}: not a listener's database (no schema in it)",
-            path.display()
-        ),
-    }
+    Ok(Some(lock))
 }
 
 fn main() -> ExitCode {

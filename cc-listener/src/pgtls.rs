@@ -96,6 +96,9 @@ impl Target {
     /// every other setting is the client library's. Errors never show the
     /// password.
     pub fn parse(url: &str) -> Result<Self> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Self::words(url);
+        }
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut mode = SslMode::Prefer;
         let mut root = None;
@@ -125,6 +128,27 @@ impl Target {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
         Ok(Self { config, mode, root })
+    }
+
+    /// `key=value` words (what [`crate::store::Store::open_postgres`]
+    /// also takes; `--db` takes URLs only): the client library's settings
+    /// as they are, with the TLS modes it knows and no CA.
+    fn words(settings: &str) -> Result<Self> {
+        use postgres::config::SslMode as Client;
+        let mut config = postgres::Config::from_str(settings)?;
+        let mode = match config.get_ssl_mode() {
+            Client::Disable => SslMode::Disable,
+            Client::Require => SslMode::Require,
+            _ => SslMode::Prefer,
+        };
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        Ok(Self {
+            config,
+            mode,
+            root: None,
+        })
     }
 
     pub fn mode(&self) -> SslMode {
@@ -556,6 +580,11 @@ mod tests {
         assert_eq!(
             t.config.get_connect_timeout(),
             Some(&DEFAULT_CONNECT_TIMEOUT)
+        );
+        let t = Target::parse("host=h dbname=cc sslmode=require").unwrap();
+        assert_eq!(
+            (t.mode(), t.addresses()),
+            (SslMode::Require, "h:5432".into())
         );
         let t = Target::parse("postgres://h/cc?sslmode=disable&connect_timeout=2").unwrap();
         assert_eq!(t.mode(), SslMode::Disable);

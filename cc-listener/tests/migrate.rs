@@ -343,7 +343,8 @@ fn a_source_a_running_listener_serves_is_refused() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("api_keys\t1"));
 }
 
-/// Listeners on PostgreSQL hold no lock: their leases say they run.
+/// Listeners on PostgreSQL hold no lock: their leases say they run. (An
+/// empty database as the source used to get a schema and "copy" nothing.)
 #[test]
 fn a_postgres_source_with_a_live_listener_is_refused() {
     let Some(cluster) = cc_testkit::pg::Cluster::start() else {
@@ -352,6 +353,16 @@ fn a_postgres_source_with_a_live_listener_is_refused() {
     let dir = TempDir::new("migrate-pg-busy");
     let src = cluster.create_db("old");
     let dst = cluster.create_db("new");
+    // A database no listener used is not a source, and stays unused.
+    let empty = cluster.create_db("empty");
+    let out = migrate(&empty, &dst);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a listener's database"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(untouched(&cluster, "empty") && untouched(&cluster, "new"));
     let _listener =
         cc_testkit::listener::ListenerProcess::start_shared(common::bin(), dir.path(), &src, "");
     let out = migrate(&src, &dst);
