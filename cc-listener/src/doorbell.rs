@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use crate::AppState;
 use crate::metrics::Channel;
+use crate::sql::pg_error;
 
 /// Starts the notification thread; it ends when `shutdown` turns true.
 /// `None` when no thread could be started: the sweep still hands every job
@@ -61,8 +62,12 @@ fn run(url: &str, state: &AppState, shutdown: &watch::Receiver<bool>) {
 
 /// Listens until shutdown (`Ok`) or until the connection fails.
 fn listen(url: &str, state: &AppState, shutdown: &watch::Receiver<bool>) -> anyhow::Result<()> {
-    let mut client = postgres::Client::connect(url, postgres::NoTls)?;
-    client.batch_execute("LISTEN cc_jobs; LISTEN cc_events")?;
+    // The store's connections' settings, TLS included; an error carries
+    // the server's words and the address tried.
+    let mut client = crate::pgtls::connect(url)?;
+    client
+        .batch_execute("LISTEN cc_jobs; LISTEN cc_events")
+        .map_err(pg_error)?;
     state.metrics.doorbell(true);
     info!("listening for other listeners' jobs and events");
     reconcile(state);
@@ -73,7 +78,7 @@ fn listen(url: &str, state: &AppState, shutdown: &watch::Receiver<bool>) -> anyh
         // Wakes at least twice a second to see the shutdown.
         let mut notes = client.notifications();
         let mut waiting = notes.timeout_iter(Duration::from_millis(500));
-        while let Some(note) = waiting.next()? {
+        while let Some(note) = waiting.next().map_err(pg_error)? {
             match note.channel() {
                 "cc_jobs" => {
                     state.metrics.notification(Channel::Jobs);

@@ -20,13 +20,13 @@ pub mod doorbell;
 pub mod hub;
 pub mod metrics;
 pub mod pending;
+pub mod pgtls;
 pub mod sql;
 pub mod store;
 pub mod ui;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -245,11 +245,14 @@ pub async fn bind(settings: &Settings) -> Result<Bound> {
 }
 
 /// Serves agents and the operator API until `stop` resolves, then closes
-/// every agent connection (1001) and returns.
+/// every agent connection (1001) and returns. `ready` runs once the store
+/// is open and every task started (the addresses' banner: never printed
+/// by a listener whose database failed).
 pub async fn serve(
     settings: Settings,
     admin_token: String,
     bound: Bound,
+    ready: impl FnOnce(),
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let name = settings.listener_name.clone().unwrap_or_else(|| {
@@ -313,6 +316,7 @@ pub async fn serve(
         listener = %name,
         "listening"
     );
+    ready();
     // Under systemd (Type=notify), started means serving: `systemctl start`
     // returns once both addresses answer, and a listener that cannot open
     // its store or bind is a failed start, not a started unit that exits.
@@ -429,14 +433,10 @@ pub fn db_location(raw: &Path) -> Result<store::DbLocation> {
     let text = raw.to_string_lossy();
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
         let url = text.into_owned();
-        let config = postgres::Config::from_str(&url)
-            .map_err(|e| anyhow::anyhow!("--db {:?}: {e}", redact_url(&url)))?;
-        anyhow::ensure!(
-            config.get_ssl_mode() != postgres::config::SslMode::Require,
-            "--db {:?}: TLS to PostgreSQL (sslmode=require) is not built into cc-listener; \
-             reach the database on this machine, a private network or a tunnel",
-            redact_url(&url)
-        );
+        // Read now, so a typo in it (TLS settings included) stops the
+        // start with the setting named.
+        pgtls::Target::parse(&url)
+            .map_err(|e| anyhow::anyhow!("--db {:?}: {e:#}", redact_url(&url)))?;
         return Ok(store::DbLocation::Postgres(url));
     }
     let path = match text.strip_prefix("sqlite:") {
@@ -539,14 +539,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("s3cret") && e.contains("db.example"), "{e}");
+        // TLS settings, as libpq spells them, are taken; a mode that needs
+        // a CA without one is refused with the setting named.
+        let tls = "postgres://cc:s3cret@db.example/cc?sslmode=require";
+        assert_eq!(db_location(Path::new(tls)).unwrap(), Postgres(tls.into()));
         let e = db_location(Path::new(
-            "postgres://cc:s3cret@db.example/cc?sslmode=require",
+            "postgres://cc:s3cret@db.example/cc?sslmode=verify-full",
         ))
         .unwrap_err()
         .to_string();
-        assert!(
-            e.contains("TLS to PostgreSQL") && !e.contains("s3cret"),
-            "{e}"
-        );
+        assert!(e.contains("sslrootcert") && !e.contains("s3cret"), "{e}");
     }
 }

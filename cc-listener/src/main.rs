@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 mod check;
 
-use cc_listener::store::Store;
+use cc_listener::store::{DbLocation, FileLock, Store};
 use cc_listener::{Settings, TlsFiles, now_ms, read_token_file};
 
 const DEFAULT_DB: &str = "/var/lib/croncommander/listener.db";
@@ -45,9 +45,11 @@ enum Command {
         command: KeysCommand,
     },
     /// Copy a listener's database into an empty PostgreSQL database (to
-    /// run several listeners on it). Stop the listener first.
+    /// run several listeners on it). Stop the listener first: a source a
+    /// listener serves is refused.
     Migrate {
-        /// The database to copy: a SQLite file (PATH or sqlite:PATH).
+        /// The database to copy: a SQLite file (PATH or sqlite:PATH) that
+        /// exists, or a postgres:// URL no listener holds a lease on.
         #[arg(long)]
         from: PathBuf,
         /// The PostgreSQL database to copy into (postgres://…); it must
@@ -68,7 +70,10 @@ struct ServeArgs {
     /// Operator API address [default: 127.0.0.1:8082].
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
-    /// SQLite database file.
+    /// The database: a SQLite file (PATH or sqlite:PATH) [default:
+    /// /var/lib/croncommander/listener.db], or a PostgreSQL database that
+    /// several listeners share (postgres://USER@HOST/DB; TLS with
+    /// ?sslmode=verify-full&sslrootcert=CA.pem, see docs/listener.md).
     #[arg(long)]
     db: Option<PathBuf>,
     /// File holding the operator API bearer token (else CC_ADMIN_TOKEN).
@@ -93,17 +98,20 @@ enum KeysCommand {
         /// first registration); a later registration with others is refused.
         #[arg(long, value_delimiter = ',')]
         tags: Option<Vec<String>>,
+        /// A SQLite file or a postgres:// URL, as serve's --db.
         #[arg(long, default_value = DEFAULT_DB)]
         db: PathBuf,
     },
     /// List keys (never their values).
     List {
+        /// A SQLite file or a postgres:// URL, as serve's --db.
         #[arg(long, default_value = DEFAULT_DB)]
         db: PathBuf,
     },
     /// Revoke a key; agents using it are disconnected.
     Revoke {
         name: String,
+        /// A SQLite file or a postgres:// URL, as serve's --db.
         #[arg(long, default_value = DEFAULT_DB)]
         db: PathBuf,
     },
@@ -336,16 +344,19 @@ fn serve(args: &ServeArgs) -> Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let bound = cc_listener::bind(&settings).await?;
-        // One line on stdout with the real addresses (ports may be 0): the
-        // operators' base URL is what `CC_URL` takes (ccctl adds `/api/v1`).
+        // One line on stdout with the real addresses (ports may be 0), once
+        // the store is open: a listener whose database fails prints only
+        // the error. The operators' base URL is what `CC_URL` takes (ccctl
+        // adds `/api/v1`).
         let scheme = if settings.tls.is_some() { "wss" } else { "ws" };
-        let admin = bound.admin_addr;
-        println!(
-            "cc-listener: agents on {scheme}://{}/agent, operators on http://{admin}/ \
-             (CC_URL=http://{admin}, console http://{admin}/ui/)",
-            bound.agent_addr
-        );
-        cc_listener::serve(settings, token, bound, shutdown_signal()).await
+        let (agent, admin) = (bound.agent_addr, bound.admin_addr);
+        let banner = move || {
+            println!(
+                "cc-listener: agents on {scheme}://{agent}/agent, operators on http://{admin}/ \
+                 (CC_URL=http://{admin}, console http://{admin}/ui/)"
+            );
+        };
+        cc_listener::serve(settings, token, bound, banner, shutdown_signal()).await
     })
 }
 
@@ -412,7 +423,28 @@ fn migrate(from: &Path, to: &Path) -> Result<()> {
         cc_listener::db_location(to)?,
     );
     anyhow::ensure!(from != to, "--from and --to name the same database");
+    // The source is judged before anything is opened: a refusal creates
+    // nothing, on either side.
+    let _copying = source_lock(&from)?;
+    match Store::schema_version(&from)? {
+        Some(v) if v.current > 0 => {}
+        _ => bail!("--from {from}: not a listener's database (no schema in it)"),
+    }
     let src = Store::open_at(&from)?;
+    if let DbLocation::Postgres(_) = from {
+        // Listeners on PostgreSQL hold no lock a copy could take; their
+        // leases say who runs (or was SIGKILLed less than a lease ago).
+        let live = src.live_listeners(now_ms())?;
+        if let Some((name, until)) = live.first() {
+            bail!(
+                "--from {from}: {} listener(s) use it ({name} holds a lease until {}); \
+                 stop them first (a stopped listener's lease runs out in {} s)",
+                live.len(),
+                cc_listener::rfc3339_ms(*until),
+                cc_listener::store::LEASE_MS / 1000
+            );
+        }
+    }
     let dst = Store::open_at(&to)?;
     let started = std::time::Instant::now();
     let copied = src.copy_into(&dst)?;
@@ -424,6 +456,34 @@ fn migrate(from: &Path, to: &Path) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// What `migrate` needs of a SQLite source before anything reads it: a
+/// file that exists and that no listener serves (its lock, kept for the
+/// copy, so none starts on it meanwhile). A PostgreSQL source is checked
+/// once open (its leases, in `migrate`); a database that does not exist is
+/// PostgreSQL's own error.
+fn source_lock(from: &DbLocation) -> Result<Option<FileLock>> {
+    let DbLocation::Sqlite(path) = from else {
+        return Ok(None);
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => bail!("--from {}: not a file", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "--from {}: no such file (nothing was copied or created; is the path right?)",
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("--from {}", path.display())),
+    }
+    let lock = FileLock::try_exclusive(path)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "--from {}: a running cc-listener serves it; stop the listener first \
+             (a copy of a database that changes under it would lose what it writes)",
+            path.display()
+        )
+    })?;
+    Ok(Some(lock))
 }
 
 fn main() -> ExitCode {

@@ -14,6 +14,8 @@ use std::collections::HashMap;
 
 use anyhow::{Result, anyhow};
 
+pub use crate::pgtls::PgError;
+
 /// A parameter.
 #[derive(Debug, Clone, Copy)]
 pub enum P<'a> {
@@ -359,9 +361,10 @@ impl std::fmt::Debug for PgConn {
 }
 
 impl PgConn {
+    /// Connects to `url` with its TLS settings ([`crate::pgtls`]); the
+    /// error names the address tried and carries the server's words.
     pub fn connect(url: &str) -> Result<Self> {
-        let client = postgres::Client::connect(url, postgres::NoTls)
-            .map_err(|e| anyhow!("connecting to PostgreSQL: {e}"))?;
+        let client = crate::pgtls::connect(url)?;
         Ok(Self {
             client: Some(client),
             cache: HashMap::new(),
@@ -392,7 +395,9 @@ impl PgConn {
     /// round trip to the server.
     pub fn transaction(&mut self, then: &str) -> Result<PgTx<'_>> {
         let sql = self.auto()?;
-        sql.c.batch_execute(&format!("BEGIN; {then}"))?;
+        sql.c
+            .batch_execute(&format!("BEGIN; {then}"))
+            .map_err(pg_error)?;
         Ok(PgTx { sql, open: true })
     }
 
@@ -441,7 +446,7 @@ impl std::ops::DerefMut for PgTx<'_> {
 impl PgTx<'_> {
     pub fn commit(mut self) -> Result<()> {
         self.open = false;
-        Ok(self.sql.c.batch_execute("COMMIT")?)
+        self.sql.c.batch_execute("COMMIT").map_err(pg_error)
     }
 }
 
@@ -462,7 +467,7 @@ fn pg_statement(
     if let Some(s) = cache.get(sql) {
         return Ok(s.clone());
     }
-    let stmt = c.prepare(&pg_sql(sql))?;
+    let stmt = c.prepare(&pg_sql(sql)).map_err(pg_error)?;
     cache.insert(sql.to_owned(), stmt.clone());
     Ok(stmt)
 }
@@ -513,7 +518,7 @@ fn pg_exec(
     params: &[P<'_>],
 ) -> Result<usize> {
     let stmt = pg_statement(c, cache, sql)?;
-    let n = c.execute(&stmt, &pg_params(params))?;
+    let n = c.execute(&stmt, &pg_params(params)).map_err(pg_error)?;
     Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
@@ -524,7 +529,7 @@ fn pg_query(
     params: &[P<'_>],
 ) -> Result<Vec<Row>> {
     let stmt = pg_statement(c, cache, sql)?;
-    pg_rows(c.query(&stmt, &pg_params(params))?)
+    pg_rows(c.query(&stmt, &pg_params(params)).map_err(pg_error)?)
 }
 
 impl Sql for PgStatements<'_> {
@@ -541,8 +546,15 @@ impl Sql for PgStatements<'_> {
     }
 
     fn batch(&mut self, sql: &str) -> Result<()> {
-        Ok(self.c.batch_execute(sql)?)
+        self.c.batch_execute(sql).map_err(pg_error)
     }
+}
+
+/// A PostgreSQL error as it leaves this module: with the server's
+/// SQLSTATE, message, detail and hint on one line ([`PgError`]), where
+/// `postgres::Error`'s own text says only "db error".
+pub fn pg_error(e: postgres::Error) -> anyhow::Error {
+    anyhow::Error::new(PgError(e))
 }
 
 /// Whether `e` is a unique (or other) constraint refusing a write, in
@@ -551,7 +563,11 @@ pub fn is_constraint(e: &anyhow::Error) -> bool {
     if let Some(rusqlite::Error::SqliteFailure(f, _)) = e.downcast_ref::<rusqlite::Error>() {
         return f.code == rusqlite::ErrorCode::ConstraintViolation;
     }
-    if let Some(pe) = e.downcast_ref::<postgres::Error>() {
+    let pe = e
+        .downcast_ref::<PgError>()
+        .map(|p| &p.0)
+        .or_else(|| e.downcast_ref::<postgres::Error>());
+    if let Some(pe) = pe {
         return pe.code().is_some_and(|c| {
             *c == postgres::error::SqlState::UNIQUE_VIOLATION
                 || *c == postgres::error::SqlState::INTEGRITY_CONSTRAINT_VIOLATION

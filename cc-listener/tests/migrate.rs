@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
 mod common;
+mod pg_common;
 
 use std::process::Command;
 
@@ -264,4 +265,116 @@ fn a_sqlite_database_moves_to_postgres_whole_and_once() {
         "{}",
         String::from_utf8_lossy(&back.stderr)
     );
+}
+
+/// Whether the PostgreSQL database `db` of `cluster` was never used by a
+/// listener (no schema created in it).
+fn untouched(cluster: &cc_testkit::pg::Cluster, db: &str) -> bool {
+    cluster.psql(db, "SELECT to_regclass('cc_schema') IS NULL") == "t"
+}
+
+/// A typo in `--from` used to exit 0: SQLite created an empty file there,
+/// the copy "copied" its nothing, and the destination got a schema.
+#[test]
+fn a_source_that_does_not_exist_is_refused_and_nothing_is_created() {
+    let Some(cluster) = cc_testkit::pg::Cluster::start() else {
+        return;
+    };
+    let dir = TempDir::new("migrate-missing");
+    let url = cluster.create_db("fleet");
+    let typo = dir.path().join("listner.db");
+    for from in [
+        typo.display().to_string(),
+        format!("sqlite:{}", typo.display()),
+    ] {
+        let out = migrate(&from, &url);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{from}: exited 0: {err}");
+        assert!(
+            err.contains(&typo.display().to_string()) && err.contains("no such file"),
+            "{err}"
+        );
+        assert!(!typo.exists(), "{from}: the source was created");
+        assert!(untouched(&cluster, "fleet"), "{from}: the destination was");
+    }
+    // A file that is not a listener's database is refused too.
+    std::fs::write(&typo, "").unwrap();
+    let out = migrate(typo.to_str().unwrap(), &url);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a listener's database"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(untouched(&cluster, "fleet"));
+}
+
+/// A copy of a database that a running listener still writes loses what
+/// it writes after the copy; before, nothing noticed. The listener holds a
+/// lock on its SQLite file, which `migrate` (and a second listener) meets.
+#[test]
+fn a_source_a_running_listener_serves_is_refused() {
+    let Some(cluster) = cc_testkit::pg::Cluster::start() else {
+        return;
+    };
+    let dir = TempDir::new("migrate-busy");
+    let url = cluster.create_db("fleet");
+    let mut listener = cc_testkit::listener::ListenerProcess::start(common::bin(), dir.path(), "");
+    let db = dir.path().join("listener.db");
+    let out = migrate(db.to_str().unwrap(), &url);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exited 0: {err}");
+    assert!(
+        err.contains("a running cc-listener serves it") && err.contains(&db.display().to_string()),
+        "{err}"
+    );
+    assert!(untouched(&cluster, "fleet"));
+    // `keys` still works beside the listener: the lock is not SQLite's.
+    listener.add_key("beside");
+    // A second listener on the same file is refused, without a banner.
+    let second = TempDir::new("migrate-busy-2");
+    let (banner, err) = pg_common::serve_fails(&second, db.to_str().unwrap());
+    assert!(!banner.contains("agents on"), "{banner}");
+    assert!(err.contains("in use by another cc-listener"), "{err}");
+    // Stopped, its database moves.
+    listener.terminate().expect("the listener stops on SIGTERM");
+    let out = migrate(db.to_str().unwrap(), &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("api_keys\t1"));
+}
+
+/// Listeners on PostgreSQL hold no lock: their leases say they run. (An
+/// empty database as the source used to get a schema and "copy" nothing.)
+#[test]
+fn a_postgres_source_with_a_live_listener_is_refused() {
+    let Some(cluster) = cc_testkit::pg::Cluster::start() else {
+        return;
+    };
+    let dir = TempDir::new("migrate-pg-busy");
+    let src = cluster.create_db("old");
+    let dst = cluster.create_db("new");
+    // A database no listener used is not a source, and stays unused.
+    let empty = cluster.create_db("empty");
+    let out = migrate(&empty, &dst);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a listener's database"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(untouched(&cluster, "empty") && untouched(&cluster, "new"));
+    let _listener =
+        cc_testkit::listener::ListenerProcess::start_shared(common::bin(), dir.path(), &src, "");
+    let out = migrate(&src, &dst);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exited 0: {err}");
+    assert!(
+        err.contains("listener(s) use it") && err.contains("lease"),
+        "{err}"
+    );
+    assert!(untouched(&cluster, "new"));
 }

@@ -32,12 +32,26 @@ pub struct Cluster {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// Server options beyond the harness's own (TLS: [`Cluster::start_tls`]).
+    extra_opts: String,
 }
 
 impl Cluster {
     /// Starts a cluster, or — when PostgreSQL is not installed — returns
     /// `None` after [`crate::require`] (which fails the test in CI).
     pub fn start() -> Option<Self> {
+        Self::start_with(None)
+    }
+
+    /// [`Cluster::start`] with `ssl = on`, serving the certificate chain
+    /// `cert_pem` with the key `key_pem` (PEM) on its TCP port. Local
+    /// connections are still trusted with or without TLS: the client's
+    /// `sslmode` decides.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Option<Self> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Option<Self> {
         let bin = server_bin();
         if !crate::require(
             "PostgreSQL's server (Debian package postgresql)",
@@ -61,6 +75,7 @@ impl Cluster {
             bin,
             port: 0,
             as_postgres,
+            extra_opts: String::new(),
         };
         let data = cluster.data();
         let ok = cluster
@@ -73,6 +88,9 @@ impl Cluster {
             .expect("running initdb")
             .success();
         assert!(ok, "initdb failed");
+        if let Some((cert, key)) = tls {
+            cluster.install_tls(cert, key);
+        }
         // A free port: bound and released; another process may take it in
         // between, so a failed start tries another.
         for attempt in 0.. {
@@ -87,6 +105,45 @@ impl Cluster {
             );
         }
         Some(cluster)
+    }
+
+    /// Writes the server's certificate and key into the data directory
+    /// (the key private to the server's user, as it demands) and turns TLS
+    /// on.
+    fn install_tls(&mut self, cert: &str, key: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let data = self.data();
+        for (name, text) in [("server.crt", cert), ("server.key", key)] {
+            let path = data.join(name);
+            std::fs::write(&path, text).expect("writing the server's TLS files");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod the server's TLS files");
+            if self.as_postgres {
+                let pg = nix::unistd::User::from_name("postgres")
+                    .expect("reading users")
+                    .expect("the postgres user");
+                nix::unistd::chown(&path, Some(pg.uid), Some(pg.gid)).expect("chown TLS files");
+            }
+        }
+        self.extra_opts =
+            "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".to_owned();
+    }
+
+    /// Creates a role that logs in with `password` (SCRAM) over TCP; every
+    /// other role stays trusted.
+    pub fn add_password_role(&self, role: &str, password: &str) {
+        self.psql(
+            "postgres",
+            &format!("CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'"),
+        );
+        let hba = self.data().join("pg_hba.conf");
+        let rest = std::fs::read_to_string(&hba).expect("reading pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!("host all \"{role}\" 127.0.0.1/32 scram-sha-256\n{rest}"),
+        )
+        .expect("writing pg_hba.conf");
+        self.psql("postgres", "SELECT pg_reload_conf()");
     }
 
     fn data(&self) -> PathBuf {
@@ -165,9 +222,10 @@ impl Cluster {
     fn start_server(&self) -> bool {
         let opts = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=400 \
-             -c shared_buffers=64MB -c fsync=on {}",
+             -c shared_buffers=64MB -c fsync=on {} {}",
             self.port,
             self.dir.display(),
+            self.extra_opts,
             std::env::var("CC_PG_EXTRA_OPTS").unwrap_or_default()
         );
         self.run("pg_ctl")

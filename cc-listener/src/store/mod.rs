@@ -72,12 +72,13 @@ impl std::fmt::Display for DbLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
-            Self::Postgres(url) => match postgres::Config::from_str(url) {
-                Ok(c) => write!(
+            Self::Postgres(url) => match crate::pgtls::Target::parse(url) {
+                Ok(t) => write!(
                     f,
-                    "postgres: database {:?} on {:?}",
-                    c.get_dbname().unwrap_or("(default)"),
-                    c.get_hosts()
+                    "postgres: database {:?} on {} (sslmode={})",
+                    t.dbname().unwrap_or("(default)"),
+                    t.addresses(),
+                    t.mode().as_str()
                 ),
                 Err(_) => f.write_str("postgres: (unparsable settings)"),
             },
@@ -97,13 +98,41 @@ impl From<std::path::PathBuf> for DbLocation {
     }
 }
 
-use std::str::FromStr as _;
-
 #[derive(Debug)]
 pub struct Store {
     backend: Backend,
+    /// The SQLite file, when it is one (what [`Store::held_as`] locks).
+    file: Option<std::path::PathBuf>,
     /// This listener's name, when it serves agents ([`Store::held_as`]).
     holder: Option<String>,
+    /// On SQLite, while it serves agents: the file's lock
+    /// ([`Store::held_as`]).
+    _serving: Option<FileLock>,
+}
+
+/// An exclusive `flock(2)` on a SQLite file, held by the one process that
+/// serves it (or copies it: `cc-listener migrate`) until it exits — the
+/// kernel drops it with the process, SIGKILL included. SQLite's own locks
+/// are POSIX record locks, which on Linux are independent of `flock`, so
+/// `cc-listener keys` and `check` still open the file beside a listener.
+#[derive(Debug)]
+pub struct FileLock {
+    _held: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl FileLock {
+    /// Takes the lock on the existing file `path` without waiting; `None`
+    /// when another process holds it.
+    pub fn try_exclusive(path: &Path) -> Result<Option<Self>> {
+        use nix::fcntl::{Flock, FlockArg};
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("opening {} to lock it", path.display()))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => Ok(Some(Self { _held: held })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+    }
 }
 
 /// How long a listener's hold on an agent lasts without renewal: a
@@ -170,7 +199,9 @@ impl Store {
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
             },
+            file: Some(path.to_owned()),
             holder: None,
+            _serving: None,
         })
     }
 
@@ -187,7 +218,9 @@ impl Store {
                 writer: Box::new(Mutex::new(writer)),
                 reader: Box::new(Mutex::new(reader)),
             },
+            file: None,
             holder: None,
+            _serving: None,
         })
     }
 
@@ -198,7 +231,20 @@ impl Store {
     /// listener leaves a stale connection here, which
     /// [`StoreError::Moved`] closes. Leases this name held before (a
     /// previous run of the same listener) are released.
+    ///
+    /// A SQLite file is served by one listener at a time: this takes its
+    /// [`FileLock`], and a second listener on the same file (or one started
+    /// while `migrate` copies it) is refused.
     pub fn held_as(mut self, name: &str) -> Result<Self> {
+        if let Some(path) = &self.file {
+            self._serving = Some(FileLock::try_exclusive(path)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} is in use by another cc-listener (serve, or migrate copying it): \
+                     one listener serves a SQLite file; several share a postgres:// database",
+                    path.display()
+                )
+            })?);
+        }
         self.write(|tx| {
             tx.exec(
                 "UPDATE agents SET listener = NULL, lease_conn = NULL WHERE listener = ?1",
@@ -224,6 +270,20 @@ impl Store {
             )
         })?;
         Ok(())
+    }
+
+    /// The listeners whose lease runs past `now_ms`: running, or stopped
+    /// less than [`LEASE_MS`] ago without releasing it (SIGKILL).
+    pub fn live_listeners(&self, now_ms: i64) -> Result<Vec<(String, i64)>> {
+        self.read(|c| {
+            c.query(
+                "SELECT name, lease_ms FROM listeners WHERE lease_ms > ?1 ORDER BY name",
+                &p![now_ms],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect()
+        })
     }
 
     /// Opens the store `at` names.
