@@ -3,6 +3,14 @@
 //! transaction that changes a job) and woken by the store's watch. At most
 //! `MAX_EVENT_STREAMS` are open at once (503 beyond); each ends with the
 //! listener's shutdown.
+//!
+//! Least privilege: a stream carries only events of hosts the operator's
+//! selector reaches. Each event is one job on one host, so a run spanning
+//! hosts shows its events for the reachable ones only (its other hosts'
+//! events are dropped, their names never sent). Every
+//! [`RECHECK`] the stream asks `auth::still_valid` again and ends when the
+//! operator was revoked or expired, and reads the selector's scope again
+//! (a host retagged in or out).
 
 use std::sync::Arc;
 
@@ -12,8 +20,10 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use super::agents::scope_of;
 use super::{ApiError, ApiResult, hostname_param};
-use crate::store::{EventFilter, EventRow, JobStatus};
+use crate::auth::Operator;
+use crate::store::{EventFilter, EventRow, JobStatus, Scope};
 use crate::{AppState, rfc3339_ms};
 
 #[derive(Deserialize)]
@@ -25,6 +35,11 @@ pub(crate) struct EventParams {
     /// Where to resume, as `Last-Event-ID` (the header wins).
     since: Option<i64>,
 }
+
+/// How often an open stream asks whether its operator is still valid
+/// (and reads its scope again): a revoked operator's stream ends within
+/// this and one read.
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(400);
 
 /// Event streams open at once; more are refused (503).
 const MAX_EVENT_STREAMS: usize = 256;
@@ -55,6 +70,7 @@ struct EventView {
 /// with the last id it saw misses nothing and sees nothing twice.
 pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
+    axum::Extension(op): axum::Extension<Operator>,
     headers: HeaderMap,
     params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
@@ -94,10 +110,14 @@ pub(crate) async fn events(
             format!("{MAX_EVENT_STREAMS} event streams are open already"),
         )
     })?;
+    let scope = scope_of(&state, &op).await?;
     let watch = state.db.watch();
     let shutdown = state.shutdown.clone();
     struct Cursor {
         state: Arc<AppState>,
+        op: Operator,
+        scope: Scope,
+        recheck_at: tokio::time::Instant,
         filter: EventFilter,
         last: i64,
         buffer: std::collections::VecDeque<EventRow>,
@@ -107,6 +127,9 @@ pub(crate) async fn events(
     }
     let cursor = Cursor {
         state,
+        op,
+        scope,
+        recheck_at: tokio::time::Instant::now() + RECHECK,
         filter,
         last,
         buffer: std::collections::VecDeque::new(),
@@ -116,8 +139,24 @@ pub(crate) async fn events(
     };
     let stream = futures_util::stream::unfold(cursor, |mut c| async move {
         loop {
+            if tokio::time::Instant::now() >= c.recheck_at {
+                if !crate::auth::still_valid(&c.state, &c.op).await {
+                    return None;
+                }
+                match scope_of(&c.state, &c.op).await {
+                    Ok(s) => c.scope = s,
+                    Err(e) => {
+                        warn!("reading an operator's scope failed: {}", e.message());
+                        return None;
+                    }
+                }
+                c.recheck_at = tokio::time::Instant::now() + RECHECK;
+            }
             if let Some(e) = c.buffer.pop_front() {
                 c.last = e.id;
+                if !c.scope.contains(&e.hostname) {
+                    continue;
+                }
                 let view = EventView {
                     id: e.id,
                     at: rfc3339_ms(e.at_ms),
@@ -152,6 +191,7 @@ pub(crate) async fn events(
             tokio::select! {
                 r = c.watch.changed() => if r.is_err() { return None },
                 _ = c.shutdown.changed() => return None,
+                () = tokio::time::sleep_until(c.recheck_at) => {}
             }
         }
     });

@@ -46,6 +46,7 @@ mod keys;
 mod reports;
 mod runs;
 mod schema;
+mod scope;
 mod types;
 mod writer;
 
@@ -54,6 +55,7 @@ pub use error::{ErrorKind, StoreError};
 pub use jobs::{JobStatus, TAKE_BATCH};
 pub use keys::{canonical_tags, hash_key};
 pub use schema::SchemaVersion;
+pub use scope::Scope;
 pub use types::*;
 pub use writer::*;
 
