@@ -181,11 +181,8 @@ async fn require_may_act_on_all(
         return Ok(());
     }
     let total = hosts.len();
-    let (noun, verb) = if total == 1 {
-        ("host", "is")
-    } else {
-        ("hosts", "are")
-    };
+    let noun = if total == 1 { "host" } else { "hosts" };
+    let verb = if outside == 1 { "is" } else { "are" };
     Err(ApiError::new(
         StatusCode::FORBIDDEN,
         format!(
