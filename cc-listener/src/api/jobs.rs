@@ -57,6 +57,7 @@ pub(super) struct JobAccepted {
 
 pub(super) async fn post_job(
     State(state): State<Arc<AppState>>,
+    axum::Extension(op): axum::Extension<crate::auth::Operator>,
     Path(hostname): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<JobAccepted>)> {
@@ -112,6 +113,7 @@ pub(super) async fn post_job(
         created_ms: now,
         expires_ms: now + queue_ttl_ms(&state),
         signed,
+        submitter: Some(op.name),
     };
     // Queued first; the agent's connection takes it from the store as the
     // agent's window allows (`agents::Session::dispatch`). A job id used

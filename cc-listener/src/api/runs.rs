@@ -61,6 +61,7 @@ pub(crate) struct RunAccepted {
 
 pub(crate) async fn post_run(
     State(state): State<Arc<AppState>>,
+    axum::Extension(op): axum::Extension<crate::auth::Operator>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<RunAccepted>)> {
     let req: RunRequest = body_json(body)?;
@@ -68,7 +69,7 @@ pub(crate) async fn post_run(
         return Err(ApiError::invalid("batch", "batch must be at least 1"));
     }
     if !req.signed.is_empty() {
-        return post_signed_run(&state, req).await;
+        return post_signed_run(&state, req, &op).await;
     }
     if req.hosts.is_empty() && req.tags.is_empty() {
         return Err(ApiError::invalid("hosts", "give hosts, tags, or both"));
@@ -126,6 +127,7 @@ pub(crate) async fn post_run(
         selector: serde_json::json!({"hosts": req.hosts, "tags": tags}).to_string(),
         queue_ttl_ms,
         created_ms: now,
+        submitter: Some(op.name.clone()),
     };
     let mut jobs = Vec::with_capacity(hosts.len());
     for host in &hosts {
@@ -141,6 +143,7 @@ pub(crate) async fn post_run(
             created_ms: now,
             expires_ms: now + queue_ttl_ms,
             signed,
+            submitter: None,
         });
     }
     store_run(&state, run, jobs).await
@@ -172,6 +175,7 @@ async fn require_all_known(state: &AppState, hosts: &[String]) -> ApiResult<()> 
 async fn post_signed_run(
     state: &AppState,
     req: RunRequest,
+    op: &crate::auth::Operator,
 ) -> ApiResult<(StatusCode, Json<RunAccepted>)> {
     if !req.hosts.is_empty() || !req.tags.is_empty() {
         return Err(ApiError::invalid(
@@ -228,6 +232,7 @@ async fn post_signed_run(
             created_ms: now,
             expires_ms: now + queue_ttl_ms,
             signed: Some(serde_json::to_string(signed).map_err(|e| ApiError::internal(e.into()))?),
+            submitter: None,
         });
     }
     require_all_known(state, &hosts).await?;
@@ -245,6 +250,7 @@ async fn post_signed_run(
         selector: serde_json::json!({"hosts": hosts, "tags": [], "signed": true}).to_string(),
         queue_ttl_ms,
         created_ms: now,
+        submitter: Some(op.name.clone()),
     };
     store_run(state, run, jobs).await
 }

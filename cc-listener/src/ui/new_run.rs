@@ -95,6 +95,7 @@ fn words(text: &str) -> Vec<String> {
 pub(super) async fn new_run(
     State(state): State<Arc<AppState>>,
     axum::Extension(csrf): axum::Extension<Csrf>,
+    op: axum::Extension<crate::auth::Operator>,
     Form(f): Form<NewRunForm>,
 ) -> Response {
     if !csrf_ok(&csrf, &f.csrf) {
@@ -171,7 +172,7 @@ pub(super) async fn new_run(
         body.insert("signed".into(), list);
     }
     let bytes = axum::body::Bytes::from(serde_json::Value::Object(body).to_string());
-    match crate::api::post_run(State(Arc::clone(&state)), Ok(bytes)).await {
+    match crate::api::post_run(State(Arc::clone(&state)), op, Ok(bytes)).await {
         Ok((_, Json(accepted))) => {
             info!(run_id = %accepted.run_id, "console: run started");
             if let [only] = accepted.jobs.as_slice() {
