@@ -124,6 +124,7 @@ pub(super) async fn post_job(
         .await
         .map_err(ApiError::store)?;
     state.hub.nudge(&host);
+    super::audit::note_id(&job_id);
     let status = JobStatus::Queued;
     info!(hostname = %host, %job_id, %status, "job accepted");
     Ok((StatusCode::ACCEPTED, Json(JobAccepted { job_id, status })))

@@ -276,6 +276,7 @@ async fn store_run(
     {
         state.hub.nudge(&job.hostname);
     }
+    super::audit::note_id(&run.run_id);
     info!(run_id = %run.run_id, hosts = jobs.len(), batch = ?run.batch, "run accepted");
     Ok((
         StatusCode::ACCEPTED,
