@@ -164,8 +164,9 @@ pub(super) struct AuditQuery {
 /// Rows per answer at most.
 const MAX_AUDIT_ROWS: u32 = 10_000;
 
-/// `GET /audit?since=RFC3339&operator=NAME&limit=N` (default 100): the
-/// newest matching rows, oldest first.
+/// `GET /audit?since=TIME&operator=NAME&limit=N` (default 100; `since` an
+/// RFC 3339 time or Unix milliseconds): the newest matching rows, oldest
+/// first.
 pub(super) async fn list_audit(
     State(state): State<Arc<AppState>>,
     Query(q): Query<AuditQuery>,
@@ -173,12 +174,16 @@ pub(super) async fn list_audit(
     let since = q
         .since
         .as_deref()
-        .map(|s| {
-            chrono::DateTime::parse_from_rfc3339(s)
+        .map(|s| match s.parse::<i64>() {
+            Ok(ms) => Ok(ms),
+            Err(_) => chrono::DateTime::parse_from_rfc3339(s)
                 .map(|t| t.timestamp_millis())
                 .map_err(|e| {
-                    ApiError::invalid("since", format!("since: not an RFC 3339 time: {e}"))
-                })
+                    ApiError::invalid(
+                        "since",
+                        format!("since: neither an RFC 3339 time nor Unix milliseconds: {e}"),
+                    )
+                }),
         })
         .transpose()?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_AUDIT_ROWS);
