@@ -43,6 +43,7 @@ fn job(id: &str, host: &str) -> NewJob {
         created_ms: 1_000,
         expires_ms: i64::MAX,
         signed: None,
+        submitter: None,
     }
 }
 
@@ -77,6 +78,7 @@ fn history(s: &Store) -> (String, String) {
         selector: r#"{"tags":["db"]}"#.into(),
         queue_ttl_ms: 60_000,
         created_ms: 40,
+        submitter: None,
     };
     s.create_run(
         &run,

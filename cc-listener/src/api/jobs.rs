@@ -116,6 +116,7 @@ pub(super) async fn post_job(
         created_ms: now,
         expires_ms: now + queue_ttl_ms(&state),
         signed,
+        submitter: Some(op.name),
     };
     // Queued first; the agent's connection takes it from the store as the
     // agent's window allows (`agents::Session::dispatch`). A job id used
@@ -126,6 +127,7 @@ pub(super) async fn post_job(
         .await
         .map_err(ApiError::store)?;
     state.hub.nudge(&host);
+    super::audit::note_id(&job_id);
     let status = JobStatus::Queued;
     info!(hostname = %host, %job_id, %status, "job accepted");
     Ok((StatusCode::ACCEPTED, Json(JobAccepted { job_id, status })))

@@ -139,6 +139,7 @@ pub(crate) async fn post_run(
         selector: serde_json::json!({"hosts": req.hosts, "tags": tags}).to_string(),
         queue_ttl_ms,
         created_ms: now,
+        submitter: Some(op.name.clone()),
     };
     let mut jobs = Vec::with_capacity(hosts.len());
     for host in &hosts {
@@ -154,6 +155,7 @@ pub(crate) async fn post_run(
             created_ms: now,
             expires_ms: now + queue_ttl_ms,
             signed,
+            submitter: None,
         });
     }
     store_run(&state, run, jobs).await
@@ -275,6 +277,7 @@ async fn post_signed_run(
             created_ms: now,
             expires_ms: now + queue_ttl_ms,
             signed: Some(serde_json::to_string(signed).map_err(|e| ApiError::internal(e.into()))?),
+            submitter: None,
         });
     }
     require_may_act_on_all(state, op, &hosts).await?;
@@ -293,6 +296,7 @@ async fn post_signed_run(
         selector: serde_json::json!({"hosts": hosts, "tags": [], "signed": true}).to_string(),
         queue_ttl_ms,
         created_ms: now,
+        submitter: Some(op.name.clone()),
     };
     store_run(state, run, jobs).await
 }
@@ -318,6 +322,7 @@ async fn store_run(
     {
         state.hub.nudge(&job.hostname);
     }
+    super::audit::note_id(&run.run_id);
     info!(run_id = %run.run_id, hosts = jobs.len(), batch = ?run.batch, "run accepted");
     Ok((
         StatusCode::ACCEPTED,

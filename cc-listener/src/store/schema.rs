@@ -30,6 +30,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0007_listeners.sql"),
     include_str!("migrations/sqlite/0008_revoked_key_index.sql"),
     include_str!("migrations/sqlite/0009_key_tags.sql"),
+    include_str!("migrations/sqlite/0010_operators.sql"),
 ];
 
 /// The PostgreSQL migrations, in order. The first is the SQLite schema as
@@ -39,6 +40,7 @@ pub(super) const PG_MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_initial.sql"),
     include_str!("migrations/postgres/0002_revoked_key_index.sql"),
     include_str!("migrations/postgres/0003_key_tags.sql"),
+    include_str!("migrations/postgres/0004_operators.sql"),
 ];
 
 pub(super) fn migrate(conn: &Connection) -> Result<()> {
