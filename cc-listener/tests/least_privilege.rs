@@ -49,9 +49,10 @@ async fn fleet(dir: &TempDir) -> (ListenerProcess, PathBuf) {
     (l, dir.path().join("listener.db"))
 }
 
-/// `cc-listener operators add NAME --role ROLE --hosts HOSTS`: the token
-/// it prints.
-fn operator(db: &Path, name: &str, role: &str, hosts: &str) -> String {
+/// `cc-listener operators add NAME --role ROLE --hosts HOSTS` on `l`'s
+/// database: the token it prints, once `l` accepts it (it reloads its copy
+/// of the operators every 250 ms).
+fn operator(l: &ListenerProcess, db: &Path, name: &str, role: &str, hosts: &str) -> String {
     let out = std::process::Command::new(bin())
         .args([
             "operators",
@@ -71,7 +72,11 @@ fn operator(db: &Path, name: &str, role: &str, hosts: &str) -> String {
         "operators add: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    l.wait_for(T, |l| {
+        (call(l, &token, "GET", "/api/v1/agents", None).status != 401).then_some(())
+    });
+    token
 }
 
 fn call(
@@ -106,8 +111,8 @@ fn queued(db: &Path) -> (i64, i64, i64) {
 async fn an_operator_scoped_to_web_cannot_act_on_a_db_host() {
     let dir = TempDir::new("lp-act");
     let (l, db) = fleet(&dir).await;
-    let web = operator(&db, "webop", "operator", "tag:web");
-    let viewer = operator(&db, "look", "viewer", "*");
+    let web = operator(&l, &db, "webop", "operator", "tag:web");
+    let viewer = operator(&l, &db, "look", "viewer", "*");
     let before = queued(&db);
 
     // By name, one job: 403, naming the selector.
@@ -181,8 +186,19 @@ async fn an_operator_scoped_to_web_cannot_act_on_a_db_host() {
         Some(&entry),
     );
     assert_eq!(r.status, 403, "{}", r.body);
-    // Nothing was queued by any of it.
+    // Nothing was queued by any of it, and each refusal is one audit row.
     assert_eq!(queued(&db), before, "(db jobs, jobs, runs) changed");
+    let rows = l.get("/api/v1/audit?operator=webop&limit=1000").json();
+    let refused = |action: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["action"] == action && r["outcome"] == 403)
+            .count()
+    };
+    assert_eq!(refused("POST /api/v1/agents/{hostname}/jobs"), 1, "{rows}");
+    assert_eq!(refused("POST /api/v1/runs"), cases.len(), "{rows}");
+    assert_eq!(refused("PUT /api/v1/agents/{hostname}/cron"), 1, "{rows}");
 
     // On its own hosts it acts: by tag it reaches exactly the web hosts.
     let r = call(
@@ -264,7 +280,7 @@ fn hostnames(list: &Value) -> Vec<String> {
 async fn an_operator_scoped_to_web_cannot_read_a_db_host() {
     let dir = TempDir::new("lp-read");
     let (l, db) = fleet(&dir).await;
-    let web = operator(&db, "webop", "viewer", "tag:web");
+    let web = operator(&l, &db, "webop", "viewer", "tag:web");
     // Its stream, open before anything runs, from the start.
     let mut stream = Stream::open(&l, "?since=0", None, Some(&web));
     assert_eq!(stream.status, 200);
@@ -433,7 +449,7 @@ fn console_shows_only_web(l: &ListenerProcess, token: &str, w: &Work) {
 async fn the_console_form_refuses_a_run_reaching_a_db_host() {
     let dir = TempDir::new("lp-form");
     let (l, db) = fleet(&dir).await;
-    let web = operator(&db, "webop", "operator", "tag:web");
+    let web = operator(&l, &db, "webop", "operator", "tag:web");
     let cookie = console_login(&l, &web);
     let form = console(&l, "GET", "/ui/new", "", Some(&cookie));
     assert!(
@@ -483,8 +499,8 @@ fn ended_after(s: &mut TcpStream, from: Instant, limit: Duration) -> Option<Dura
 async fn a_revoked_operators_event_stream_ends_within_a_second() {
     let dir = TempDir::new("lp-revoke");
     let (l, db) = fleet(&dir).await;
-    let web = operator(&db, "webop", "operator", "tag:web");
-    let other = operator(&db, "other", "operator", "tag:web");
+    let web = operator(&l, &db, "webop", "operator", "tag:web");
+    let other = operator(&l, &db, "other", "operator", "tag:web");
     let open = |token: &str| {
         let mut s = TcpStream::connect(l.admin_addr).unwrap();
         let head = format!(
