@@ -74,7 +74,7 @@ pub(crate) async fn events(
     headers: HeaderMap,
     params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    use axum::response::sse::{Event, KeepAlive, Sse};
+    use axum::response::sse::{KeepAlive, Sse};
     let Query(p) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let last = match headers.get("last-event-id") {
         Some(v) => v
@@ -113,18 +113,6 @@ pub(crate) async fn events(
     let scope = scope_of(&state, &op).await?;
     let watch = state.db.watch();
     let shutdown = state.shutdown.clone();
-    struct Cursor {
-        state: Arc<AppState>,
-        op: Operator,
-        scope: Scope,
-        recheck_at: tokio::time::Instant,
-        filter: EventFilter,
-        last: i64,
-        buffer: std::collections::VecDeque<EventRow>,
-        watch: tokio::sync::watch::Receiver<u64>,
-        shutdown: tokio::sync::watch::Receiver<bool>,
-        _permit: tokio::sync::SemaphorePermit<'static>,
-    }
     let cursor = Cursor {
         state,
         op,
@@ -137,65 +125,98 @@ pub(crate) async fn events(
         shutdown,
         _permit: permit,
     };
-    let stream = futures_util::stream::unfold(cursor, |mut c| async move {
-        loop {
-            if tokio::time::Instant::now() >= c.recheck_at {
-                if !crate::auth::still_valid(&c.state, &c.op).await {
-                    return None;
-                }
-                match scope_of(&c.state, &c.op).await {
-                    Ok(s) => c.scope = s,
-                    Err(e) => {
-                        warn!("reading an operator's scope failed: {}", e.message());
-                        return None;
-                    }
-                }
-                c.recheck_at = tokio::time::Instant::now() + RECHECK;
-            }
-            if let Some(e) = c.buffer.pop_front() {
-                c.last = e.id;
-                if !c.scope.contains(&e.hostname) {
-                    continue;
-                }
-                let view = EventView {
-                    id: e.id,
-                    at: rfc3339_ms(e.at_ms),
-                    job_id: e.job_id,
-                    run_id: e.run_id,
-                    hostname: e.hostname,
-                    status: e.status,
-                    exit_code: e.exit_code,
-                };
-                let event = Event::default()
-                    .id(view.id.to_string())
-                    .event("job")
-                    .json_data(&view)
-                    .map_err(|e| std::io::Error::other(e.to_string()));
-                return Some((event, c));
-            }
-            // Marked seen before reading, so a change during the read wakes
-            // the next wait.
-            c.watch.borrow_and_update();
-            let (after, f) = (c.last, c.filter.clone());
-            match c.state.db.read(move |s| s.events(after, &f, 500)).await {
-                Ok(rows) if !rows.is_empty() => {
-                    c.buffer.extend(rows);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!("reading events failed: {e:#}");
-                    return None;
-                }
-            }
-            tokio::select! {
-                r = c.watch.changed() => if r.is_err() { return None },
-                _ = c.shutdown.changed() => return None,
-                () = tokio::time::sleep_until(c.recheck_at) => {}
-            }
-        }
-    });
+    let stream = futures_util::stream::unfold(cursor, next_event);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
         .into_response())
+}
+
+/// Where one open stream is: its operator and what it reaches, the last
+/// event sent, the events read and not yet sent.
+struct Cursor {
+    state: Arc<AppState>,
+    op: Operator,
+    scope: Scope,
+    recheck_at: tokio::time::Instant,
+    filter: EventFilter,
+    last: i64,
+    buffer: std::collections::VecDeque<EventRow>,
+    watch: tokio::sync::watch::Receiver<u64>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    _permit: tokio::sync::SemaphorePermit<'static>,
+}
+
+type SseEvent = Result<axum::response::sse::Event, std::io::Error>;
+
+impl Cursor {
+    /// Every [`RECHECK`]: whether the operator is still valid (`false`
+    /// ends the stream), and its scope read again.
+    async fn recheck(&mut self) -> bool {
+        if tokio::time::Instant::now() < self.recheck_at {
+            return true;
+        }
+        if !crate::auth::still_valid(&self.state, &self.op).await {
+            return false;
+        }
+        match scope_of(&self.state, &self.op).await {
+            Ok(s) => self.scope = s,
+            Err(e) => {
+                warn!("reading an operator's scope failed: {}", e.message());
+                return false;
+            }
+        }
+        self.recheck_at = tokio::time::Instant::now() + RECHECK;
+        true
+    }
+}
+
+/// The stream's next event for `c`'s operator, waiting for one; `None`
+/// ends the stream (shutdown, a failed read, the operator no longer valid).
+async fn next_event(mut c: Cursor) -> Option<(SseEvent, Cursor)> {
+    loop {
+        if !c.recheck().await {
+            return None;
+        }
+        if let Some(e) = c.buffer.pop_front() {
+            c.last = e.id;
+            if !c.scope.contains(&e.hostname) {
+                continue;
+            }
+            let view = EventView {
+                id: e.id,
+                at: rfc3339_ms(e.at_ms),
+                job_id: e.job_id,
+                run_id: e.run_id,
+                hostname: e.hostname,
+                status: e.status,
+                exit_code: e.exit_code,
+            };
+            let event = axum::response::sse::Event::default()
+                .id(view.id.to_string())
+                .event("job")
+                .json_data(&view)
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            return Some((event, c));
+        }
+        // Marked seen before reading, so a change during the read wakes
+        // the next wait.
+        c.watch.borrow_and_update();
+        let (after, f) = (c.last, c.filter.clone());
+        match c.state.db.read(move |s| s.events(after, &f, 500)).await {
+            Ok(rows) if !rows.is_empty() => {
+                c.buffer.extend(rows);
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!("reading events failed: {e:#}");
+                return None;
+            }
+        }
+        tokio::select! {
+            r = c.watch.changed() => if r.is_err() { return None },
+            _ = c.shutdown.changed() => return None,
+            () = tokio::time::sleep_until(c.recheck_at) => {}
+        }
+    }
 }
