@@ -125,8 +125,14 @@ async fn an_operator_scoped_to_web_cannot_act_on_a_db_host() {
     );
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("outside your hosts selector"), "{}", r.body);
-    // A run by name, by tag, and mixing a web host with the db tag: each
-    // refused whole, naming how many hosts are outside.
+    // A run by name, by tag, mixing a web host with the db tag, and root
+    // work an operator signed (the statements name the hosts): each refused
+    // whole, naming how many hosts are outside.
+    let signed = |host: &str, id: &str| {
+        use cc_testkit::signing::{exec_statement, operator, sign_exec};
+        let job = json!({"jobId": id, "command": "/usr/bin/id", "timeout": 30});
+        json!(sign_exec(&exec_statement(&job, host), &operator().1))
+    };
     let cases = [
         (
             json!({"hosts": ["db1.test"], "command": "/bin/true"}),
@@ -142,6 +148,10 @@ async fn an_operator_scoped_to_web_cannot_act_on_a_db_host() {
         ),
         (
             json!({"hosts": ["web1.test", "DB2.test"], "command": "/bin/true"}),
+            "1 of the 2 hosts this run reaches is",
+        ),
+        (
+            json!({"signed": [signed("web1.test", "signed-1"), signed("db1.test", "signed-2")]}),
             "1 of the 2 hosts this run reaches is",
         ),
     ];
