@@ -284,6 +284,10 @@ async fn a_row_names_who_from_where_what_on_what_with_which_ids_and_goes_to_the_
         submitters.iter().all(|s| s.as_deref() == Some("olga")),
         "{submitters:?}"
     );
+    let shown = as_op(&l, "GET", &format!("/api/v1/jobs/{job_id}"), TOKEN, None).json();
+    assert_eq!(shown["submitter"], "olga", "{shown}");
+    let shown = as_op(&l, "GET", &format!("/api/v1/runs/{run_id}"), TOKEN, None).json();
+    assert_eq!(shown["submitter"], "olga", "{shown}");
 
     // The same rows, as JSON lines for a SIEM.
     let log = l.wait_for(Duration::from_secs(5), |l| {

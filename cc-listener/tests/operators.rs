@@ -179,14 +179,17 @@ async fn a_viewers_writes_are_refused_change_nothing_and_are_audited() {
         page.contains("vera · viewer"),
         "the header names her: {page}"
     );
-    let form = console(
-        l.admin_addr,
-        "POST",
-        "/ui/new",
-        "hosts=web-1&command=%2Fbin%2Ftrue",
-        Some(&cookie),
-    );
+    // With the session's own CSRF token (from the logout form): refused for
+    // her role, not as a forged form.
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|v| v.split('"').next())
+        .unwrap();
+    let body = format!("csrf={csrf}&hosts=web-1&command=%2Fbin%2Ftrue");
+    let form = console(l.admin_addr, "POST", "/ui/new", &body, Some(&cookie));
     assert!(form.starts_with("HTTP/1.1 403"), "{form}");
+    assert!(form.contains("your role (viewer)"), "{form}");
     assert_eq!(jobs_in_db(dir.path()), 0);
 }
 

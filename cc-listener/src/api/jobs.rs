@@ -147,6 +147,8 @@ pub(crate) struct JobView {
     sent_at: Option<String>,
     finished_at: Option<String>,
     report: Option<Box<RawValue>>,
+    /// The operator who submitted it (none before operators were named).
+    submitter: Option<String>,
 }
 
 fn job_view(row: JobRow) -> JobView {
@@ -162,6 +164,7 @@ fn job_view(row: JobRow) -> JobView {
         expires_at: rfc3339_ms(row.expires_ms),
         sent_at: row.sent_ms.map(rfc3339_ms),
         finished_at: row.finished_ms.map(rfc3339_ms),
+        submitter: row.submitter,
     }
 }
 

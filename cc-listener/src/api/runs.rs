@@ -368,6 +368,8 @@ pub(crate) struct RunView {
     succeeded: usize,
     failed: usize,
     hosts: Vec<RunHostView>,
+    /// The operator who submitted it.
+    submitter: Option<String>,
 }
 
 fn run_view(run: RunRow) -> RunView {
@@ -392,6 +394,7 @@ fn run_view(run: RunRow) -> RunView {
         counts,
         succeeded,
         failed,
+        submitter: run.submitter,
         hosts: run
             .jobs
             .into_iter()
