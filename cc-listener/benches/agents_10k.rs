@@ -67,6 +67,7 @@ fn store_side_by_side(n: usize) -> (Duration, Duration) {
         created_ms: 0,
         expires_ms: i64::MAX,
         signed: None,
+        submitter: None,
     };
     for i in 0..2 * n {
         store.create_job(&job(i)).unwrap();

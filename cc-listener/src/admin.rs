@@ -208,7 +208,10 @@ async fn connection(
     });
     let router = TowerToHyperService::new(router);
     let seen_by_service = Arc::clone(&activity);
-    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        // Who is asking, for the audit log (`api::audit::record`).
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         let in_flight = InFlight::start(&seen_by_service);
         let response = router.call(req);
         async move {

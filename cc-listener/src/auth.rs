@@ -14,9 +14,17 @@
 //! Invariant: a check here never widens: an unknown role, an empty or
 //! malformed selector is a parse error, never `*`.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::warn;
 
 use cc_proto::{Hostname, Tag};
+
+use crate::store::OperatorRecord;
 
 /// What an operator may do, in increasing order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -177,18 +185,164 @@ impl Operator {
     }
 }
 
+/// The name the `--admin-token-file` token stands for; no named operator
+/// may take it.
+pub const FIRST_ADMIN: &str = "admin";
+
+/// How often each listener reads the operators table again: a token
+/// revoked through another listener (or `cc-listener operators revoke`)
+/// is refused here at most this long after.
+pub const RELOAD: Duration = Duration::from_millis(250);
+
+/// Longest `--expires`, in days (ten years).
+pub const MAX_EXPIRES_DAYS: u64 = 3650;
+
+/// A new operator's name, role and hosts, checked: what `cc-listener
+/// operators add` and `POST /operators` both accept. The error names the
+/// field.
+pub fn operator_spec(
+    name: &str,
+    role: &str,
+    hosts: Option<&str>,
+) -> Result<(String, Role, Selector), (&'static str, String)> {
+    let (name, _) = crate::key_spec(name, None)?;
+    if name == FIRST_ADMIN || name == "-" {
+        return Err((
+            "name",
+            format!(
+                "{name:?} is reserved (the admin token's operator, or nobody in the audit log)"
+            ),
+        ));
+    }
+    let role = Role::parse(role).map_err(|e| ("role", e))?;
+    let hosts = Selector::parse(hosts.unwrap_or("*")).map_err(|e| ("hosts", e))?;
+    if role == Role::Admin && !hosts.is_all() {
+        return Err((
+            "hosts",
+            "an admin reaches every host: give no hosts selector, or *".into(),
+        ));
+    }
+    Ok((name, role, hosts))
+}
+
+/// When an operator created now for `days` days expires: refused at 0 and
+/// above [`MAX_EXPIRES_DAYS`].
+pub fn expires_ms(now_ms: i64, days: u64) -> Result<i64, String> {
+    if days == 0 || days > MAX_EXPIRES_DAYS {
+        return Err(format!("expires: 1 to {MAX_EXPIRES_DAYS} days"));
+    }
+    Ok(now_ms + i64::try_from(days).unwrap_or(0) * 86_400_000)
+}
+
+/// An operator as a stored row describes it; `None` when its role or
+/// selector no longer parses (refused, never widened).
+fn operator_of(r: &OperatorRecord) -> Option<Operator> {
+    let parsed = Role::parse(&r.role).and_then(|role| Ok((role, Selector::parse(&r.hosts)?)));
+    match parsed {
+        Ok((role, hosts)) => Some(Operator {
+            name: r.name.clone(),
+            role,
+            hosts,
+        }),
+        Err(e) => {
+            warn!(operator = %r.name, "an operator's stored role or hosts do not parse ({e}): refused");
+            None
+        }
+    }
+}
+
+/// This listener's copy of the live operators, by token hash: what
+/// [`resolve`] reads, reloaded every [`RELOAD`] by [`reload_loop`] and
+/// changed at once by this listener's own revocations.
+#[derive(Debug, Default)]
+pub struct Operators(RwLock<HashMap<String, (Operator, Option<i64>)>>);
+
+impl Operators {
+    /// Replaces the copy with `live` (token hash, row).
+    pub fn replace(&self, live: &[(String, OperatorRecord)]) {
+        let map = live
+            .iter()
+            .filter_map(|(hash, r)| Some((hash.clone(), (operator_of(r)?, r.expires_ms))))
+            .collect();
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = map;
+    }
+
+    /// The unexpired operator whose token hashes to `hash`.
+    fn by_hash(&self, hash: &str, now_ms: i64) -> Option<Operator> {
+        let m = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        let (op, expires) = m.get(hash)?;
+        expires.is_none_or(|e| e > now_ms).then(|| op.clone())
+    }
+
+    /// Whether `name` is in the copy, unexpired.
+    fn has(&self, name: &str, now_ms: i64) -> bool {
+        let m = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        m.values()
+            .any(|(op, expires)| op.name == name && expires.is_none_or(|e| e > now_ms))
+    }
+
+    /// Drops `name` from the copy (this listener revoked it).
+    pub fn forget(&self, name: &str) {
+        let mut m = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        m.retain(|_, (op, _)| op.name != name);
+    }
+}
+
+/// Loads the operators now.
+pub async fn reload(state: &crate::AppState) -> anyhow::Result<()> {
+    let live = state.db.read(|s| s.live_operators()).await?;
+    state.operators.replace(&live);
+    Ok(())
+}
+
+/// Reloads the operators every [`RELOAD`] until shutdown.
+pub async fn reload_loop(state: Arc<crate::AppState>, mut shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(RELOAD);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = reload(&state).await {
+            warn!("reading the operators failed (the last copy stays): {e:#}");
+        }
+    }
+}
+
 /// The operator a bearer token (or a console login's token) stands for,
-/// if any: today only the `--admin-token-file` token, as the first admin.
+/// if any: the `--admin-token-file` token is the first admin, named
+/// [`FIRST_ADMIN`]; any other is looked up by its SHA-256 among the live,
+/// unexpired operators (this listener's copy, at most [`RELOAD`] old).
 pub fn resolve(state: &crate::AppState, presented: &str) -> Option<Operator> {
-    crate::api::token_matches(state, presented).then(|| Operator::first_admin("admin"))
+    if crate::api::token_matches(state, presented) {
+        return Some(Operator::first_admin(FIRST_ADMIN));
+    }
+    state
+        .operators
+        .by_hash(&crate::store::hash_key(presented), crate::now_ms())
 }
 
 /// Whether `op`, resolved earlier, may still act: long-lived event streams
 /// and console sessions ask again and end when it no longer may (revoked,
-/// expired).
+/// expired). Read fresh from the database; when it cannot be read, this
+/// listener's copy answers.
 pub async fn still_valid(state: &crate::AppState, op: &Operator) -> bool {
-    let _ = (state, op);
-    true
+    if *op == Operator::first_admin(FIRST_ADMIN) {
+        return true;
+    }
+    let name = op.name.clone();
+    match state
+        .db
+        .read(move |s| s.operator_live(&name, crate::now_ms()))
+        .await
+    {
+        Ok(live) => live,
+        Err(e) => {
+            warn!("checking operator {:?} failed: {e:#}", op.name);
+            state.operators.has(&op.name, crate::now_ms())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -157,6 +157,8 @@ pub struct AppState {
     /// The web console's logged-in operators.
     pub sessions: ui::Sessions,
     pub metrics: Arc<metrics::Metrics>,
+    /// The live named operators, by token hash (`auth::resolve`).
+    pub operators: auth::Operators,
 }
 
 /// Reports refused per host (quota, unmatched): what `GET /agents` shows.
@@ -284,7 +286,12 @@ pub async fn serve(
         shutdown: shutdown_rx.clone(),
         refusals: Refusals::default(),
         sessions: ui::Sessions::default(),
+        operators: auth::Operators::default(),
     });
+    auth::reload(&state)
+        .await
+        .context("reading the operators")?;
+    let operators = tokio::spawn(auth::reload_loop(Arc::clone(&state), shutdown_rx.clone()));
 
     let agents = tokio::spawn(agents::accept_loop(
         bound.agent,
@@ -331,6 +338,7 @@ pub async fn serve(
     let _ = shutdown_tx.send(true);
     let _ = agents.await;
     let _ = sweeper.await;
+    let _ = operators.await;
     if let Some(d) = doorbell {
         let _ = tokio::task::spawn_blocking(move || d.join()).await;
     }
@@ -392,6 +400,12 @@ async fn sweep_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
                 Ok(0) => {}
                 Ok(n) => info!(deleted = n, "jobs past the retention deleted"),
                 Err(e) => warn!("deleting old jobs failed: {e:#}"),
+            }
+            // The chain's anchor moves to the last row deleted.
+            match state.db.call(move |s| s.prune_audit(before, 5000)).await {
+                Ok(0) => {}
+                Ok(n) => info!(deleted = n, "audit rows past the retention deleted"),
+                Err(e) => warn!("deleting old audit rows failed: {e:#}"),
             }
         }
         // Queued jobs of connected hosts: posted while the agent was

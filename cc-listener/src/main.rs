@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Manage named operators (their tokens, roles and host selectors).
+    Operators {
+        #[command(subcommand)]
+        command: OperatorsCommand,
+    },
     /// Copy a listener's database into an empty PostgreSQL database (to
     /// run several listeners on it). Stop the listener first: a source a
     /// listener serves is refused.
@@ -112,6 +117,40 @@ enum KeysCommand {
     Revoke {
         name: String,
         /// A SQLite file or a postgres:// URL, as serve's --db.
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorsCommand {
+    /// Create an operator and print its token (only it) on stdout; the
+    /// store keeps its hash.
+    Add {
+        name: String,
+        /// viewer (reads), operator (also runs jobs and sets cron lists),
+        /// admin (also manages keys and operators).
+        #[arg(long)]
+        role: String,
+        /// The hosts it reaches: *, host:NAME, tag:T, comma-joined (any of
+        /// them) [default: *].
+        #[arg(long)]
+        hosts: Option<String>,
+        /// Refuse its token after this many days.
+        #[arg(long, value_name = "DAYS")]
+        expires: Option<u64>,
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: PathBuf,
+    },
+    /// List operators (never their tokens).
+    List {
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: PathBuf,
+    },
+    /// Revoke an operator: its API access, event streams and console
+    /// sessions end within a second on every listener.
+    Revoke {
+        name: String,
         #[arg(long, default_value = DEFAULT_DB)]
         db: PathBuf,
     },
@@ -417,6 +456,78 @@ fn keys(command: &KeysCommand) -> Result<()> {
     Ok(())
 }
 
+fn operators(command: &OperatorsCommand) -> Result<()> {
+    use cc_listener::store::{AuditEntry, NewOperator};
+    // What this command did goes into the audit log too, as done locally
+    // by whoever could open the database (`-`: no operator token).
+    let audit = |store: &Store, action: &str, target: &str, outcome: u16| {
+        store.append_audit(&AuditEntry {
+            at_ms: now_ms(),
+            operator: "-".into(),
+            source: "local".into(),
+            action: format!("cc-listener operators {action}"),
+            target: target.into(),
+            ids: Vec::new(),
+            outcome,
+        })
+    };
+    match command {
+        OperatorsCommand::Add {
+            name,
+            role,
+            hosts,
+            expires,
+            db,
+        } => {
+            let (name, role, hosts) =
+                cc_listener::auth::operator_spec(name, role, hosts.as_deref())
+                    .map_err(|(field, e)| anyhow::anyhow!("operator {field}: {e}"))?;
+            let now = now_ms();
+            let expires_ms = expires
+                .map(|d| cc_listener::auth::expires_ms(now, d))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let store = Store::open_at(&cc_listener::db_location(db)?)?;
+            let op = NewOperator {
+                name: &name,
+                role,
+                hosts: &hosts,
+                expires_ms,
+            };
+            let token = store.add_operator(&op, now)?;
+            audit(&store, "add", &name, 201)?;
+            println!("{token}");
+        }
+        OperatorsCommand::List { db } => {
+            let now = now_ms();
+            for o in Store::open_at(&cc_listener::db_location(db)?)?.list_operators()? {
+                let state = match (o.revoked_ms, o.expires_ms) {
+                    (Some(_), _) => "revoked",
+                    (None, Some(e)) if e <= now => "expired",
+                    _ => "active",
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    o.name,
+                    o.role,
+                    o.hosts,
+                    cc_listener::rfc3339_ms(o.created_ms),
+                    o.expires_ms
+                        .map_or_else(|| "-".to_owned(), cc_listener::rfc3339_ms),
+                    state
+                );
+            }
+        }
+        OperatorsCommand::Revoke { name, db } => {
+            let store = Store::open_at(&cc_listener::db_location(db)?)?;
+            store.revoke_operator(name, now_ms())?;
+            audit(&store, "revoke", name, 204)?;
+            eprintln!("revoked {name}");
+        }
+    }
+    Ok(())
+}
+
 fn migrate(from: &Path, to: &Path) -> Result<()> {
     let (from, to) = (
         cc_listener::db_location(from)?,
@@ -507,6 +618,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Keys { command } => keys(command),
+        Command::Operators { command } => operators(command),
         Command::Migrate { from, to } => migrate(from, to),
     };
     match result {

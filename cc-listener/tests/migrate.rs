@@ -48,6 +48,7 @@ fn job(id: &str, host: &str) -> NewJob {
         created_ms: 1_000,
         expires_ms: i64::MAX,
         signed: None,
+        submitter: None,
     }
 }
 
@@ -82,6 +83,7 @@ fn history(s: &Store) -> (String, String) {
         selector: r#"{"tags":["db"]}"#.into(),
         queue_ttl_ms: 60_000,
         created_ms: 40,
+        submitter: None,
     };
     s.create_run(
         &run,

@@ -103,6 +103,35 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Manage named operators (admin): each with its own token, a role and
+    /// the hosts it reaches.
+    Operators {
+        #[command(subcommand)]
+        command: OperatorsCommand,
+    },
+    /// Read the audit log (admin): who did what, from where, with what
+    /// outcome; `--verify` checks its hash chain.
+    ///
+    /// `ccctl audit --since 1d --operator alice`; `ccctl audit --verify`
+    /// (exit 1 naming the first bad row when a row was edited or deleted).
+    Audit {
+        /// Only rows since then: an age (`90s`, `30m`, `2h`, `7d`) or an
+        /// RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this operator's rows (`-`: nobody authenticated).
+        #[arg(long)]
+        operator: Option<String>,
+        /// At most this many rows (the newest).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Check the chain instead of listing it.
+        #[arg(long)]
+        verify: bool,
+        /// `table` (default) or `json`.
+        #[arg(long, default_value = "table")]
+        output: String,
+    },
     /// Print a shell completion script: `ccctl completions bash >
     /// /etc/bash_completion.d/ccctl` (also zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
@@ -193,6 +222,31 @@ pub(crate) enum KeysCommand {
     List,
     /// Refuse the key from now on; an agent connected with it is
     /// disconnected at once.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum OperatorsCommand {
+    /// Make an operator; prints its token, and only it, on stdout (the
+    /// listener keeps its hash).
+    Add {
+        name: String,
+        /// viewer (reads), operator (also runs jobs and sets cron lists),
+        /// admin (also manages keys, operators, and reads the audit log).
+        #[arg(long)]
+        role: String,
+        /// The hosts it reaches: `*`, `host:NAME`, `tag:T`, comma-joined
+        /// (any of them) [default: *].
+        #[arg(long)]
+        hosts: Option<String>,
+        /// Refuse its token after this many days.
+        #[arg(long, value_name = "DAYS")]
+        expires: Option<u64>,
+    },
+    /// Every operator: name, role, hosts, created, expires, state.
+    List,
+    /// Refuse the operator from now on: its API access, event streams and
+    /// console sessions end within a second.
     Revoke { name: String },
 }
 

@@ -20,6 +20,9 @@ pub(crate) fn print_job(j: &Value) {
     outln!("host     {}", text(&j["hostname"]));
     outln!("command  {} {}", text(&j["command"]), args.join(" "));
     outln!("status   {}", text(&j["status"]));
+    if let Some(by) = j["submitter"].as_str() {
+        outln!("by       {by}");
+    }
     let r = &j["report"];
     if r.is_object() {
         outln!("exit     {}", r["exitCode"]);

@@ -12,7 +12,7 @@
 //!
 //! Modules: [`cli`] (the command line), [`api`] (the listener's operator
 //! API), one per command group ([`run`], [`job`], [`agents`], [`reports`],
-//! [`keys`], [`cron`], [`doctor`]), [`signing`] (the operator's key and statements),
+//! [`keys`], [`operators`] (with `audit`), [`cron`], [`doctor`]), [`signing`] (the operator's key and statements),
 //! and [`term`] (the print boundary).
 #![forbid(unsafe_code)]
 
@@ -23,6 +23,7 @@ mod cron;
 mod doctor;
 mod job;
 mod keys;
+mod operators;
 mod reports;
 mod run;
 mod signing;
@@ -94,6 +95,26 @@ fn dispatch(cli: &Cli, file: &FileConfig) -> Result<bool> {
             output == "json",
         ),
         Command::Keys { command } => keys::keys(&api()?, command),
+        Command::Operators { command } => operators::operators(&api()?, command),
+        Command::Audit {
+            since,
+            operator,
+            limit,
+            verify,
+            output,
+        } => {
+            if *verify {
+                operators::verify(&api()?)
+            } else {
+                operators::audit(
+                    &api()?,
+                    since.as_deref(),
+                    operator.as_deref(),
+                    *limit,
+                    output == "json",
+                )
+            }
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(*shell, &mut Cli::command(), "ccctl", &mut std::io::stdout());

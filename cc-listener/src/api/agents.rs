@@ -1,7 +1,10 @@
 //! `GET /agents`: every agent the store knows, a page at a time (by
 //! hostname, `X-CC-Next-After`), streamed piece by piece; each row joined
 //! with what this listener's hub knows live (`agent_view`, which the
-//! console's fleet and host pages use too).
+//! console's fleet and host pages use too). Only the hosts the operator's
+//! selector reaches are listed; `scope_of`, `require_may_act` (403) and
+//! `require_may_read` (404, as for an unknown host) are the checks every
+//! handler that reads or acts on hosts makes.
 
 use std::sync::Arc;
 
@@ -15,7 +18,8 @@ use super::page::{MAX_PAGE_BYTES, PIECE_BYTES, join_json, json_response, paginat
 use super::{ApiError, ApiResult, hostname_param};
 use cc_proto::wire::CronHost;
 
-use crate::store::AgentRow;
+use crate::auth::Operator;
+use crate::store::{AgentRow, Scope};
 use crate::{AppState, rfc3339_ms};
 
 #[derive(Serialize)]
@@ -129,8 +133,71 @@ fn no_daemon_warning(cron_status: Option<&str>) -> String {
     }
 }
 
+/// The hosts `op` reaches: no query for `*`.
+pub(crate) async fn scope_of(state: &AppState, op: &Operator) -> ApiResult<Scope> {
+    if op.hosts.is_all() {
+        return Ok(Scope::All);
+    }
+    let selector = op.hosts.clone();
+    state
+        .db
+        .call(move |s| s.scope(&selector))
+        .await
+        .map_err(ApiError::store)
+}
+
+/// 403 unless `op`'s role may act and its selector reaches `host` (on
+/// the host's bound tags): `what` says what it was refused.
+pub(super) async fn require_may_act(
+    state: &AppState,
+    op: &Operator,
+    host: &str,
+    what: &str,
+) -> ApiResult<()> {
+    if !op.role.may_act() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("role {} may not {what}", op.role),
+        ));
+    }
+    if op.hosts.is_all() || may_reach(state, op, host).await? {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "host {host:?} is outside your hosts selector ({}): you may not {what} there",
+            op.hosts
+        ),
+    ))
+}
+
+/// 404, as for a host nobody registered, unless `op` may read `host`: a
+/// host outside the selector does not show that it exists.
+pub(super) async fn require_may_read(state: &AppState, op: &Operator, host: &str) -> ApiResult<()> {
+    if op.hosts.is_all() || may_reach(state, op, host).await? {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no agent {host:?} has registered"),
+    ))
+}
+
+/// Whether `op`'s selector reaches `host` on its bound tags.
+async fn may_reach(state: &AppState, op: &Operator, host: &str) -> ApiResult<bool> {
+    let h = host.to_owned();
+    let tags = state
+        .db
+        .call(move |s| s.bound_tags(&h))
+        .await
+        .map_err(ApiError::store)?;
+    Ok(op.may_read(host, &tags))
+}
+
 pub(super) async fn list_agents(
     State(state): State<Arc<AppState>>,
+    axum::Extension(op): axum::Extension<Operator>,
     params: Result<Query<AgentParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(p) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
@@ -147,24 +214,32 @@ pub(super) async fn list_agents(
         .map(hostname_param)
         .transpose()?
         .map(|h| h.to_string());
-    let rows = state
-        .db
-        .call(move |s| s.agent_page(after.as_deref(), limit))
-        .await
-        .map_err(ApiError::store)?;
+    let scope = Arc::new(scope_of(&state, &op).await?);
+    let rows = {
+        let scope = Arc::clone(&scope);
+        state
+            .db
+            .call(move |s| s.agent_page_in(&scope, after.as_deref(), limit))
+            .await
+            .map_err(ApiError::store)?
+    };
     let (pieces, next) = paginate(&rows, limit as usize, MAX_PAGE_BYTES, PIECE_BYTES);
     let cursor = next
         .map(|h| HeaderValue::from_str(&h).map(|v| ("x-cc-next-after", v)))
         .transpose()
         .map_err(|e| ApiError::internal(anyhow::anyhow!("cursor: {e}")))?;
     let body = stream_array(pieces, move |first: String, last: String| {
-        let state = Arc::clone(&state);
+        let (state, scope) = (Arc::clone(&state), Arc::clone(&scope));
         async move {
             let rows = state
                 .db
                 .call(move |s| s.agents_between(&first, &last))
                 .await?;
-            join_json(rows.into_iter().map(|r| agent_view(&state, r)))
+            join_json(
+                rows.into_iter()
+                    .filter(|r| scope.contains(&r.hostname))
+                    .map(|r| agent_view(&state, r)),
+            )
         }
     });
     Ok(json_response(body, cursor))

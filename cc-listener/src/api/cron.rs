@@ -2,7 +2,9 @@
 //! entry by entry and stored in canonical form (the schedule as our
 //! grammar renders it, the command as the exact argv quoted), then pushed
 //! to the host's connection if this listener holds it (else on its next
-//! connection, `Session::catch_up`).
+//! connection, `Session::catch_up`). Setting needs a role that acts and a
+//! selector reaching the host (403); reading a host outside the selector is
+//! 404, as for an unknown host.
 
 use std::sync::Arc;
 
@@ -16,8 +18,10 @@ use tracing::info;
 use cc_proto::sign::{self, CronStatement, Signed};
 use cc_proto::wire::{CronEntry, MAX_CRON_ENTRIES, Message};
 
+use super::agents::{require_may_act, require_may_read};
 use super::signing::{listener_signature, open_signed, require_system_mode};
 use super::{ApiError, ApiResult, body_json, hostname_param, require_known};
+use crate::auth::Operator;
 use crate::{AppState, now_ms};
 
 /// `PUT /agents/{hostname}/cron`: a list, or an operator's signed one.
@@ -30,11 +34,13 @@ enum CronBody {
 
 pub(super) async fn put_cron(
     State(state): State<Arc<AppState>>,
+    axum::Extension(op): axum::Extension<Operator>,
     Path(hostname): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Vec<CronEntry>>> {
     let hostname = hostname_param(&hostname)?;
     let host = hostname.to_string();
+    require_may_act(&state, &op, &host, "set cron lists").await?;
     // A list, or `{"signed": …}`: an operator's signed cron statement.
     let body: CronBody = body_json(body)?;
     let (entries, signed) = match body {
@@ -118,9 +124,11 @@ pub(super) async fn put_cron(
 
 pub(super) async fn get_cron(
     State(state): State<Arc<AppState>>,
+    axum::Extension(op): axum::Extension<Operator>,
     Path(hostname): Path<String>,
 ) -> ApiResult<Json<Vec<CronEntry>>> {
     let host = hostname_param(&hostname)?.to_string();
+    require_may_read(&state, &op, &host).await?;
     require_known(&state, &host).await?;
     let list = state
         .db

@@ -3,6 +3,14 @@
 //! transaction that changes a job) and woken by the store's watch. At most
 //! `MAX_EVENT_STREAMS` are open at once (503 beyond); each ends with the
 //! listener's shutdown.
+//!
+//! Least privilege: a stream carries only events of hosts the operator's
+//! selector reaches. Each event is one job on one host, so a run spanning
+//! hosts shows its events for the reachable ones only (its other hosts'
+//! events are dropped, their names never sent). Every
+//! [`RECHECK`] the stream asks `auth::still_valid` again and ends when the
+//! operator was revoked or expired, and reads the selector's scope again
+//! (a host retagged in or out).
 
 use std::sync::Arc;
 
@@ -12,8 +20,10 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use super::agents::scope_of;
 use super::{ApiError, ApiResult, hostname_param};
-use crate::store::{EventFilter, EventRow, JobStatus};
+use crate::auth::Operator;
+use crate::store::{EventFilter, EventRow, JobStatus, Scope};
 use crate::{AppState, rfc3339_ms};
 
 #[derive(Deserialize)]
@@ -25,6 +35,11 @@ pub(crate) struct EventParams {
     /// Where to resume, as `Last-Event-ID` (the header wins).
     since: Option<i64>,
 }
+
+/// How often an open stream asks whether its operator is still valid
+/// (and reads its scope again): a revoked operator's stream ends within
+/// this and one read.
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(400);
 
 /// Event streams open at once; more are refused (503).
 const MAX_EVENT_STREAMS: usize = 256;
@@ -55,10 +70,11 @@ struct EventView {
 /// with the last id it saw misses nothing and sees nothing twice.
 pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
+    axum::Extension(op): axum::Extension<Operator>,
     headers: HeaderMap,
     params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    use axum::response::sse::{Event, KeepAlive, Sse};
+    use axum::response::sse::{KeepAlive, Sse};
     let Query(p) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let last = match headers.get("last-event-id") {
         Some(v) => v
@@ -94,19 +110,14 @@ pub(crate) async fn events(
             format!("{MAX_EVENT_STREAMS} event streams are open already"),
         )
     })?;
+    let scope = scope_of(&state, &op).await?;
     let watch = state.db.watch();
     let shutdown = state.shutdown.clone();
-    struct Cursor {
-        state: Arc<AppState>,
-        filter: EventFilter,
-        last: i64,
-        buffer: std::collections::VecDeque<EventRow>,
-        watch: tokio::sync::watch::Receiver<u64>,
-        shutdown: tokio::sync::watch::Receiver<bool>,
-        _permit: tokio::sync::SemaphorePermit<'static>,
-    }
     let cursor = Cursor {
         state,
+        op,
+        scope,
+        recheck_at: tokio::time::Instant::now() + RECHECK,
         filter,
         last,
         buffer: std::collections::VecDeque::new(),
@@ -114,48 +125,98 @@ pub(crate) async fn events(
         shutdown,
         _permit: permit,
     };
-    let stream = futures_util::stream::unfold(cursor, |mut c| async move {
-        loop {
-            if let Some(e) = c.buffer.pop_front() {
-                c.last = e.id;
-                let view = EventView {
-                    id: e.id,
-                    at: rfc3339_ms(e.at_ms),
-                    job_id: e.job_id,
-                    run_id: e.run_id,
-                    hostname: e.hostname,
-                    status: e.status,
-                    exit_code: e.exit_code,
-                };
-                let event = Event::default()
-                    .id(view.id.to_string())
-                    .event("job")
-                    .json_data(&view)
-                    .map_err(|e| std::io::Error::other(e.to_string()));
-                return Some((event, c));
-            }
-            // Marked seen before reading, so a change during the read wakes
-            // the next wait.
-            c.watch.borrow_and_update();
-            let (after, f) = (c.last, c.filter.clone());
-            match c.state.db.read(move |s| s.events(after, &f, 500)).await {
-                Ok(rows) if !rows.is_empty() => {
-                    c.buffer.extend(rows);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!("reading events failed: {e:#}");
-                    return None;
-                }
-            }
-            tokio::select! {
-                r = c.watch.changed() => if r.is_err() { return None },
-                _ = c.shutdown.changed() => return None,
-            }
-        }
-    });
+    let stream = futures_util::stream::unfold(cursor, next_event);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
         .into_response())
+}
+
+/// Where one open stream is: its operator and what it reaches, the last
+/// event sent, the events read and not yet sent.
+struct Cursor {
+    state: Arc<AppState>,
+    op: Operator,
+    scope: Scope,
+    recheck_at: tokio::time::Instant,
+    filter: EventFilter,
+    last: i64,
+    buffer: std::collections::VecDeque<EventRow>,
+    watch: tokio::sync::watch::Receiver<u64>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    _permit: tokio::sync::SemaphorePermit<'static>,
+}
+
+type SseEvent = Result<axum::response::sse::Event, std::io::Error>;
+
+impl Cursor {
+    /// Every [`RECHECK`]: whether the operator is still valid (`false`
+    /// ends the stream), and its scope read again.
+    async fn recheck(&mut self) -> bool {
+        if tokio::time::Instant::now() < self.recheck_at {
+            return true;
+        }
+        if !crate::auth::still_valid(&self.state, &self.op).await {
+            return false;
+        }
+        match scope_of(&self.state, &self.op).await {
+            Ok(s) => self.scope = s,
+            Err(e) => {
+                warn!("reading an operator's scope failed: {}", e.message());
+                return false;
+            }
+        }
+        self.recheck_at = tokio::time::Instant::now() + RECHECK;
+        true
+    }
+}
+
+/// The stream's next event for `c`'s operator, waiting for one; `None`
+/// ends the stream (shutdown, a failed read, the operator no longer valid).
+async fn next_event(mut c: Cursor) -> Option<(SseEvent, Cursor)> {
+    loop {
+        if !c.recheck().await {
+            return None;
+        }
+        if let Some(e) = c.buffer.pop_front() {
+            c.last = e.id;
+            if !c.scope.contains(&e.hostname) {
+                continue;
+            }
+            let view = EventView {
+                id: e.id,
+                at: rfc3339_ms(e.at_ms),
+                job_id: e.job_id,
+                run_id: e.run_id,
+                hostname: e.hostname,
+                status: e.status,
+                exit_code: e.exit_code,
+            };
+            let event = axum::response::sse::Event::default()
+                .id(view.id.to_string())
+                .event("job")
+                .json_data(&view)
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            return Some((event, c));
+        }
+        // Marked seen before reading, so a change during the read wakes
+        // the next wait.
+        c.watch.borrow_and_update();
+        let (after, f) = (c.last, c.filter.clone());
+        match c.state.db.read(move |s| s.events(after, &f, 500)).await {
+            Ok(rows) if !rows.is_empty() => {
+                c.buffer.extend(rows);
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!("reading events failed: {e:#}");
+                return None;
+            }
+        }
+        tokio::select! {
+            r = c.watch.changed() => if r.is_err() { return None },
+            _ = c.shutdown.changed() => return None,
+            () = tokio::time::sleep_until(c.recheck_at) => {}
+        }
+    }
 }

@@ -17,8 +17,10 @@ use tracing::info;
 use cc_proto::sign::{self, ExecStatement, Signed};
 use cc_proto::wire::ExecuteJob;
 
+use super::agents::{require_may_act, require_may_read};
 use super::signing::{open_signed, require_system_mode, sign_job};
 use super::{ApiError, ApiResult, body_json, hostname_param, require_known};
+use crate::auth::Operator;
 use crate::store::{JobRow, JobStatus, NewJob};
 use crate::{AppState, now_ms, rfc3339_ms};
 
@@ -57,11 +59,13 @@ pub(super) struct JobAccepted {
 
 pub(super) async fn post_job(
     State(state): State<Arc<AppState>>,
+    axum::Extension(op): axum::Extension<Operator>,
     Path(hostname): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<JobAccepted>)> {
     let hostname = hostname_param(&hostname)?;
     let host = hostname.to_string();
+    require_may_act(&state, &op, &host, "run jobs").await?;
     let req: JobRequest = body_json(body)?;
     let (exec, signed) = match req.signed {
         Some(signed) => {
@@ -112,6 +116,7 @@ pub(super) async fn post_job(
         created_ms: now,
         expires_ms: now + queue_ttl_ms(&state),
         signed,
+        submitter: Some(op.name),
     };
     // Queued first; the agent's connection takes it from the store as the
     // agent's window allows (`agents::Session::dispatch`). A job id used
@@ -122,6 +127,7 @@ pub(super) async fn post_job(
         .await
         .map_err(ApiError::store)?;
     state.hub.nudge(&host);
+    super::audit::note_id(&job_id);
     let status = JobStatus::Queued;
     info!(hostname = %host, %job_id, %status, "job accepted");
     Ok((StatusCode::ACCEPTED, Json(JobAccepted { job_id, status })))
@@ -141,6 +147,8 @@ pub(crate) struct JobView {
     sent_at: Option<String>,
     finished_at: Option<String>,
     report: Option<Box<RawValue>>,
+    /// The operator who submitted it (none before operators were named).
+    submitter: Option<String>,
 }
 
 fn job_view(row: JobRow) -> JobView {
@@ -156,11 +164,15 @@ fn job_view(row: JobRow) -> JobView {
         expires_at: rfc3339_ms(row.expires_ms),
         sent_at: row.sent_ms.map(rfc3339_ms),
         finished_at: row.finished_ms.map(rfc3339_ms),
+        submitter: row.submitter,
     }
 }
 
+/// `GET /jobs/{id}`: a job of a host outside the operator's selector is
+/// 404, as one that does not exist.
 pub(crate) async fn get_job(
     State(state): State<Arc<AppState>>,
+    axum::Extension(op): axum::Extension<Operator>,
     Path(job_id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
     cc_proto::JobId::parse(&job_id)?;
@@ -170,6 +182,10 @@ pub(crate) async fn get_job(
         .call(move |s| s.get_job(&id))
         .await
         .map_err(ApiError::store)?;
-    row.map(|r| Json(job_view(r)))
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {job_id:?}")))
+    let no_job = || ApiError::new(StatusCode::NOT_FOUND, format!("no job {job_id:?}"));
+    let row = row.ok_or_else(no_job)?;
+    require_may_read(&state, &op, &row.hostname)
+        .await
+        .map_err(|_| no_job())?;
+    Ok(Json(job_view(row)))
 }

@@ -41,6 +41,7 @@ pub(super) async fn post_key(
     let req: KeyRequest = body_json(body)?;
     let (name, hostname) = crate::key_spec(&req.name, req.hostname.as_deref())
         .map_err(|(field, e)| ApiError::invalid(field, e))?;
+    super::audit::note_target(&name);
     let tags = req.tags.as_deref().map(key_tags).transpose()?;
     let (n, h, t) = (name.clone(), hostname.clone(), tags.clone());
     let key = state

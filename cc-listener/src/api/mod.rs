@@ -24,10 +24,12 @@
 //! a body over [`MAX_BODY_BYTES`] is refused before it is parsed.
 
 mod agents;
+pub(crate) mod audit;
 mod cron;
 mod events;
 mod jobs;
 mod keys;
+mod operators;
 mod page;
 mod reports;
 mod runs;
@@ -37,7 +39,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -60,12 +62,99 @@ pub(crate) use self::events::{events, open_event_streams};
 pub(crate) use self::jobs::get_job;
 use self::jobs::post_job;
 use self::keys::{list_keys, post_key, retag_key, revoke_key};
+use self::operators::{list_operators, post_operator, revoke_operator};
 pub use self::page::MAX_PAGE_BYTES;
 use self::reports::list_reports;
 pub(crate) use self::runs::{get_run, post_run};
 
 /// Largest request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+use crate::auth::Role;
+
+/// Every route the operator address serves — method, route template, and
+/// the least role that may call it (`None`: no token or session needed) —
+/// the one place roles are decided. `require_token` and the console's
+/// `require_session` refuse (403) a role below it, and a route missing
+/// from this table for everyone; `tests::every_route_is_in_the_table`
+/// calls each and fails when the router and the table differ.
+///
+/// Viewer: every read of hosts, jobs, runs, reports, events, cron lists and
+/// the metrics (counts only: no hostname, id or message is a label).
+/// Operator: also jobs, runs and cron lists. Admin: also agent keys,
+/// operators and the audit log (it names every operator's actions on
+/// every host: more than a scoped operator may read).
+pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
+    ("GET", "/api/v1/healthz", None),
+    ("GET", "/api/v1/agents", Some(Role::Viewer)),
+    (
+        "POST",
+        "/api/v1/agents/{hostname}/jobs",
+        Some(Role::Operator),
+    ),
+    ("GET", "/api/v1/agents/{hostname}/cron", Some(Role::Viewer)),
+    (
+        "PUT",
+        "/api/v1/agents/{hostname}/cron",
+        Some(Role::Operator),
+    ),
+    ("GET", "/api/v1/jobs/{job_id}", Some(Role::Viewer)),
+    ("GET", "/api/v1/reports", Some(Role::Viewer)),
+    ("GET", "/api/v1/events", Some(Role::Viewer)),
+    ("POST", "/api/v1/runs", Some(Role::Operator)),
+    ("GET", "/api/v1/runs/{run_id}", Some(Role::Viewer)),
+    ("GET", "/api/v1/keys", Some(Role::Admin)),
+    ("POST", "/api/v1/keys", Some(Role::Admin)),
+    ("DELETE", "/api/v1/keys/{name}", Some(Role::Admin)),
+    ("PUT", "/api/v1/keys/{name}/tags", Some(Role::Admin)),
+    ("GET", "/api/v1/operators", Some(Role::Admin)),
+    ("POST", "/api/v1/operators", Some(Role::Admin)),
+    ("DELETE", "/api/v1/operators/{name}", Some(Role::Admin)),
+    ("GET", "/api/v1/audit", Some(Role::Admin)),
+    ("GET", "/api/v1/audit/verify", Some(Role::Admin)),
+    ("GET", "/metrics", Some(Role::Viewer)),
+    ("GET", "/", None),
+    ("GET", "/ui", None),
+    ("GET", "/ui/login", None),
+    ("POST", "/ui/login", None),
+    ("GET", "/ui/static/app.js", None),
+    ("GET", "/ui/static/app.css", None),
+    ("GET", "/ui/", Some(Role::Viewer)),
+    ("GET", "/ui/hosts/{host}", Some(Role::Viewer)),
+    ("GET", "/ui/runs", Some(Role::Viewer)),
+    ("GET", "/ui/runs/{id}", Some(Role::Viewer)),
+    ("GET", "/ui/runs/{id}/json", Some(Role::Viewer)),
+    ("GET", "/ui/jobs/{id}", Some(Role::Viewer)),
+    ("GET", "/ui/jobs/{id}/json", Some(Role::Viewer)),
+    ("GET", "/ui/events", Some(Role::Viewer)),
+    ("GET", "/ui/new", Some(Role::Operator)),
+    ("POST", "/ui/new", Some(Role::Operator)),
+    ("POST", "/ui/logout", Some(Role::Viewer)),
+];
+
+/// Whether `role` may call `method` on the route `template`: `Err` with
+/// the reason when not (a role too low, or a route not in [`ROUTES`]).
+pub(crate) fn role_allows(method: &str, template: Option<&str>, role: Role) -> Result<(), String> {
+    // HEAD is served by the GET handler.
+    let method = if method == "HEAD" { "GET" } else { method };
+    let need = template.and_then(|t| {
+        ROUTES
+            .iter()
+            .find(|(m, p, _)| *m == method && *p == t)
+            .map(|(.., r)| r)
+    });
+    match need {
+        None => {
+            warn!(method, route = ?template, "a route missing from api::ROUTES was refused");
+            Err("this route is not in the listener's table of routes".into())
+        }
+        Some(None) => Ok(()),
+        Some(Some(need)) if role >= *need => Ok(()),
+        Some(Some(need)) => Err(format!(
+            "your role ({role}) may not do this: it needs {need}"
+        )),
+    }
+}
 
 pub fn router(state: Arc<AppState>) -> Router {
     let authed = Router::new()
@@ -80,6 +169,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/keys", get(list_keys).post(post_key))
         .route("/keys/{name}", delete(revoke_key))
         .route("/keys/{name}/tags", put(retag_key))
+        .route("/operators", get(list_operators).post(post_operator))
+        .route("/operators/{name}", delete(revoke_operator))
+        .route("/audit", get(audit::list_audit))
+        .route("/audit/verify", get(audit::verify_audit))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token,
@@ -103,6 +196,11 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "method not allowed on this route",
             )
         })
+        // After routing: it sees each request's route template.
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            audit::record,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -207,6 +305,7 @@ type ApiResult<T> = Result<T, ApiError>;
 async fn require_token(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    template: Option<MatchedPath>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -220,6 +319,11 @@ async fn require_token(
         return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
             .into_response();
     };
+    audit::note_operator(&operator.name);
+    let template = template.as_ref().map(MatchedPath::as_str);
+    if let Err(why) = role_allows(request.method().as_str(), template, operator.role) {
+        return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
+    }
     let mut request = request;
     request.extensions_mut().insert(operator);
     next.run(request).await
@@ -274,4 +378,92 @@ async fn require_known(state: &AppState, host: &str) -> ApiResult<()> {
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The `(method, path)` of every `.route(PATH, METHODS…)` call in a
+    /// router's source, with `prefix` on those between `from` and `to`.
+    fn routes_in(source: &str, prefix: &str, from: &str, to: &str) -> BTreeSet<(String, String)> {
+        let source = &source[..source.find("#[cfg(test)]").unwrap_or(source.len())];
+        let (start, end) = (
+            source.find(from).unwrap_or(0),
+            source.find(to).unwrap_or(source.len()),
+        );
+        let mut found = BTreeSet::new();
+        for (at, _) in source.match_indices(".route(") {
+            let rest = &source[at + ".route(".len()..];
+            let q = rest.find('"').unwrap();
+            let path = &rest[q + 1..q + 1 + rest[q + 1..].find('"').unwrap()];
+            // The call's arguments: up to the parenthesis that closes it.
+            let mut depth = 1;
+            let args: String = rest
+                .chars()
+                .take_while(|c| {
+                    depth += match c {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    depth > 0
+                })
+                .collect();
+            let path = if (start..end).contains(&at) {
+                format!("{prefix}{path}")
+            } else {
+                path.to_owned()
+            };
+            let mut any = false;
+            for m in ["get", "post", "put", "delete", "patch"] {
+                let call = format!("{m}(");
+                let hit = args.match_indices(&call).any(|(i, _)| {
+                    i == 0 || !args[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+                });
+                if hit {
+                    found.insert((m.to_uppercase(), path.clone()));
+                    any = true;
+                }
+            }
+            assert!(any, "no method found in .route({path:?}, {args})");
+        }
+        found
+    }
+
+    /// A route added to a router without an entry in [`ROUTES`] (or an
+    /// entry left behind) fails here: axum cannot list its routes, so the
+    /// routers' sources are read instead.
+    #[test]
+    fn every_route_is_in_the_table() {
+        let mut served = routes_in(
+            include_str!("mod.rs"),
+            "/api/v1",
+            "let authed",
+            ".merge(crate::ui::router",
+        );
+        served.extend(routes_in(include_str!("../ui/mod.rs"), "", "", ""));
+        let table: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
+            .collect();
+        assert_eq!(served, table);
+    }
+
+    #[test]
+    fn roles_are_checked_against_the_table_and_unknown_routes_refused() {
+        assert!(role_allows("GET", Some("/api/v1/agents"), Role::Viewer).is_ok());
+        assert!(role_allows("HEAD", Some("/api/v1/agents"), Role::Viewer).is_ok());
+        let no = role_allows("POST", Some("/api/v1/runs"), Role::Viewer).unwrap_err();
+        assert_eq!(no, "your role (viewer) may not do this: it needs operator");
+        assert!(role_allows("POST", Some("/api/v1/runs"), Role::Operator).is_ok());
+        assert!(role_allows("POST", Some("/api/v1/keys"), Role::Operator).is_err());
+        assert!(role_allows("GET", Some("/api/v1/audit"), Role::Operator).is_err());
+        assert!(role_allows("GET", Some("/api/v1/audit"), Role::Admin).is_ok());
+        assert!(role_allows("POST", Some("/ui/new"), Role::Viewer).is_err());
+        assert!(role_allows("GET", Some("/api/v1/new-thing"), Role::Admin).is_err());
+        assert!(role_allows("GET", None, Role::Admin).is_err());
+    }
 }

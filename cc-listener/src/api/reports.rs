@@ -1,6 +1,8 @@
 //! `GET /reports`: stored reports, newest first, filtered by host or job,
 //! a page at a time (`X-CC-Next-Before`), each report as it was stored
-//! (the validated structure, re-serialised).
+//! (the validated structure, re-serialised). Only reports of hosts the
+//! operator's selector reaches are listed (another host's: an empty list,
+//! as for a host with none).
 
 use std::sync::Arc;
 
@@ -10,8 +12,10 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::agents::scope_of;
 use super::page::{MAX_PAGE_BYTES, PIECE_BYTES, join_json, json_response, paginate, stream_array};
 use super::{ApiError, ApiResult, hostname_param};
+use crate::auth::Operator;
 use crate::store::ReportQuery;
 use crate::{AppState, rfc3339_ms};
 
@@ -40,6 +44,7 @@ struct ReportView {
 
 pub(super) async fn list_reports(
     State(state): State<Arc<AppState>>,
+    axum::Extension(op): axum::Extension<Operator>,
     params: Result<Query<ReportParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(p) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
@@ -71,23 +76,25 @@ pub(super) async fn list_reports(
         limit,
         before: p.before,
     };
+    let scope = Arc::new(scope_of(&state, &op).await?);
     let rows = {
-        let q = q.clone();
+        let (q, scope) = (q.clone(), Arc::clone(&scope));
         state
             .db
-            .call(move |s| s.report_page(&q))
+            .call(move |s| s.report_page_in(&scope, &q))
             .await
             .map_err(ApiError::store)?
     };
     let (pieces, next) = paginate(&rows, limit as usize, MAX_PAGE_BYTES, PIECE_BYTES);
     let body = stream_array(pieces, move |high: i64, low: i64| {
-        let (state, q) = (Arc::clone(&state), q.clone());
+        let (state, q, scope) = (Arc::clone(&state), q.clone(), Arc::clone(&scope));
         async move {
             let rows = state
                 .db
                 .call(move |s| s.reports_between(&q, high, low))
                 .await?;
-            join_json(rows.into_iter().filter_map(|r| {
+            let rows = rows.into_iter().filter(|r| scope.contains(&r.hostname));
+            join_json(rows.filter_map(|r| {
                 Some(ReportView {
                     report: RawValue::from_string(r.payload).ok()?,
                     hostname: r.hostname,

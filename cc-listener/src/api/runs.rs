@@ -3,6 +3,14 @@
 //! with the run in one transaction (`store_run`); with `batch`, all but the
 //! first `batch` are held, and the transaction that settles a job releases
 //! the next.
+//!
+//! Least privilege: a run reaches only hosts the operator may act on. The
+//! hosts it would reach (named, by tag, or in signed statements) are
+//! computed first; if any is outside the operator's selector the whole run
+//! is refused (403, naming how many), nothing queued, never narrowed. A
+//! run is read (`GET /runs/{id}`) only by an operator whose selector
+//! reaches every one of its hosts; for anyone else it is 404, as one that
+//! does not exist (its selector and counts would tell of the others).
 
 use std::sync::Arc;
 
@@ -17,9 +25,11 @@ use tracing::info;
 use cc_proto::sign::{self, ExecStatement, Signed};
 use cc_proto::wire::ExecuteJob;
 
+use super::agents::scope_of;
 use super::jobs::{job_spec, queue_ttl_ms};
 use super::signing::{require_system_mode, sign_job};
 use super::{ApiError, ApiResult, body_json, hostname_param};
+use crate::auth::Operator;
 use crate::store::{JobStatus, NewJob, NewRun, RunRow};
 use crate::{AppState, now_ms, rfc3339_ms};
 
@@ -61,6 +71,7 @@ pub(crate) struct RunAccepted {
 
 pub(crate) async fn post_run(
     State(state): State<Arc<AppState>>,
+    axum::Extension(op): axum::Extension<Operator>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<RunAccepted>)> {
     let req: RunRequest = body_json(body)?;
@@ -68,7 +79,7 @@ pub(crate) async fn post_run(
         return Err(ApiError::invalid("batch", "batch must be at least 1"));
     }
     if !req.signed.is_empty() {
-        return post_signed_run(&state, req).await;
+        return post_signed_run(&state, &op, req).await;
     }
     if req.hosts.is_empty() && req.tags.is_empty() {
         return Err(ApiError::invalid("hosts", "give hosts, tags, or both"));
@@ -97,7 +108,7 @@ pub(crate) async fn post_run(
         args: req.args.unwrap_or_default(),
         timeout: req.timeout,
     })?;
-    require_all_known(&state, &hosts).await?;
+    let named = hosts.clone();
     if !tags.is_empty() {
         let t = tags.clone();
         let tagged = state
@@ -109,6 +120,8 @@ pub(crate) async fn post_run(
     }
     hosts.sort();
     hosts.dedup();
+    require_may_act_on_all(&state, &op, &hosts).await?;
+    require_all_known(&state, &named).await?;
     if hosts.is_empty() {
         return Err(ApiError::invalid(
             "tags",
@@ -126,6 +139,7 @@ pub(crate) async fn post_run(
         selector: serde_json::json!({"hosts": req.hosts, "tags": tags}).to_string(),
         queue_ttl_ms,
         created_ms: now,
+        submitter: Some(op.name.clone()),
     };
     let mut jobs = Vec::with_capacity(hosts.len());
     for host in &hosts {
@@ -141,9 +155,43 @@ pub(crate) async fn post_run(
             created_ms: now,
             expires_ms: now + queue_ttl_ms,
             signed,
+            submitter: None,
         });
     }
     store_run(&state, run, jobs).await
+}
+
+/// 403 unless `op` may run jobs on every one of `hosts`: refused whole,
+/// naming how many are outside its selector.
+async fn require_may_act_on_all(
+    state: &AppState,
+    op: &Operator,
+    hosts: &[String],
+) -> ApiResult<()> {
+    if !op.role.may_act() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("role {} may not run jobs", op.role),
+        ));
+    }
+    if op.hosts.is_all() {
+        return Ok(());
+    }
+    let scope = scope_of(state, op).await?;
+    let outside = hosts.iter().filter(|h| !scope.contains(h)).count();
+    if outside == 0 {
+        return Ok(());
+    }
+    let total = hosts.len();
+    let noun = if total == 1 { "host" } else { "hosts" };
+    let verb = if outside == 1 { "is" } else { "are" };
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "{outside} of the {total} {noun} this run reaches {verb} outside your hosts selector ({}); nothing was queued",
+            op.hosts
+        ),
+    ))
 }
 
 /// 400 naming the first of `hosts` no agent has registered as.
@@ -171,6 +219,7 @@ async fn require_all_known(state: &AppState, hosts: &[String]) -> ApiResult<()> 
 /// host's helper's to decide.
 async fn post_signed_run(
     state: &AppState,
+    op: &Operator,
     req: RunRequest,
 ) -> ApiResult<(StatusCode, Json<RunAccepted>)> {
     if !req.hosts.is_empty() || !req.tags.is_empty() {
@@ -228,8 +277,10 @@ async fn post_signed_run(
             created_ms: now,
             expires_ms: now + queue_ttl_ms,
             signed: Some(serde_json::to_string(signed).map_err(|e| ApiError::internal(e.into()))?),
+            submitter: None,
         });
     }
+    require_may_act_on_all(state, op, &hosts).await?;
     require_all_known(state, &hosts).await?;
     for host in &hosts {
         require_system_mode(state, host).await?;
@@ -245,6 +296,7 @@ async fn post_signed_run(
         selector: serde_json::json!({"hosts": hosts, "tags": [], "signed": true}).to_string(),
         queue_ttl_ms,
         created_ms: now,
+        submitter: Some(op.name.clone()),
     };
     store_run(state, run, jobs).await
 }
@@ -270,6 +322,7 @@ async fn store_run(
     {
         state.hub.nudge(&job.hostname);
     }
+    super::audit::note_id(&run.run_id);
     info!(run_id = %run.run_id, hosts = jobs.len(), batch = ?run.batch, "run accepted");
     Ok((
         StatusCode::ACCEPTED,
@@ -315,6 +368,8 @@ pub(crate) struct RunView {
     succeeded: usize,
     failed: usize,
     hosts: Vec<RunHostView>,
+    /// The operator who submitted it.
+    submitter: Option<String>,
 }
 
 fn run_view(run: RunRow) -> RunView {
@@ -339,6 +394,7 @@ fn run_view(run: RunRow) -> RunView {
         counts,
         succeeded,
         failed,
+        submitter: run.submitter,
         hosts: run
             .jobs
             .into_iter()
@@ -355,6 +411,7 @@ fn run_view(run: RunRow) -> RunView {
 
 pub(crate) async fn get_run(
     State(state): State<Arc<AppState>>,
+    axum::Extension(op): axum::Extension<Operator>,
     Path(run_id): Path<String>,
 ) -> ApiResult<Json<RunView>> {
     cc_proto::JobId::parse(&run_id)
@@ -365,6 +422,11 @@ pub(crate) async fn get_run(
         .call(move |s| s.get_run(&id))
         .await
         .map_err(ApiError::store)?;
-    run.map(|r| Json(run_view(r)))
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no run {run_id:?}")))
+    let no_run = || ApiError::new(StatusCode::NOT_FOUND, format!("no run {run_id:?}"));
+    let run = run.ok_or_else(no_run)?;
+    let scope = scope_of(&state, &op).await?;
+    if !run.jobs.iter().all(|j| scope.contains(&j.hostname)) {
+        return Err(no_run());
+    }
+    Ok(Json(run_view(run)))
 }

@@ -48,20 +48,32 @@ const COPY_TABLES: &[(&str, &str, bool, &str)] = &[
         "runs",
         "rowid",
         true,
-        "run_id, command, args, timeout_secs, batch, selector, queue_ttl_ms, created_ms",
+        "run_id, command, args, timeout_secs, batch, selector, queue_ttl_ms, created_ms, submitter",
     ),
     (
         "jobs",
         "rowid",
         true,
         "job_id, hostname, command, args, timeout_secs, status, created_ms, expires_ms, sent_ms,
-         finished_ms, report_id, signed, run_id",
+         finished_ms, report_id, signed, run_id, submitter",
     ),
     (
         "events",
         "id",
         true,
         "id, at_ms, job_id, run_id, hostname, status, exit_code",
+    ),
+    (
+        "operators",
+        "name",
+        false,
+        "name, role, hosts, token_hash, created_ms, expires_ms, revoked_ms",
+    ),
+    (
+        "audit",
+        "seq",
+        true,
+        "seq, at_ms, operator, source, action, target, ids, outcome, prev_hash, hash",
     ),
 ];
 
@@ -136,6 +148,22 @@ impl Store {
                 "ALTER TABLE jobs ENABLE TRIGGER job_created;
                  ALTER TABLE jobs ENABLE TRIGGER job_changed;",
             )?;
+            // The chain's head and anchor come along: the copied log
+            // verifies as it did.
+            let head = self.read(|c| {
+                c.one(
+                    "SELECT last_seq, last_hash, anchor_seq, anchor_hash FROM audit_head WHERE id = 1",
+                    &[],
+                )
+            })?;
+            if let Some(h) = head {
+                let values: Vec<P<'_>> = h.0.iter().map(crate::sql::V::as_p).collect();
+                tx.exec(
+                    "UPDATE audit_head SET last_seq = ?1, last_hash = ?2, anchor_seq = ?3,
+                     anchor_hash = ?4 WHERE id = 1",
+                    &values,
+                )?;
+            }
             for (table, col) in [
                 ("api_keys", "id"),
                 ("reports", "id"),

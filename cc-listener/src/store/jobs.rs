@@ -104,8 +104,8 @@ impl Store {
         self.write(|tx| {
             tx.exec(
                 "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms,
-                                   expires_ms, signed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?9, ?6, ?7, ?8)",
+                                   expires_ms, signed, submitter)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?9, ?6, ?7, ?8, ?10)",
                 &p![
                     job.job_id,
                     job.hostname,
@@ -115,7 +115,8 @@ impl Store {
                     job.created_ms,
                     job.expires_ms,
                     job.signed,
-                    JobStatus::Queued
+                    JobStatus::Queued,
+                    job.submitter
                 ],
             )
             .map_err(|e| conflict_on_constraint(e, || format!("a job {} exists already", job.job_id)))
@@ -140,8 +141,8 @@ impl Store {
             };
             tx.exec(
                 "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status,
-                                   created_ms, expires_ms, signed, run_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                   created_ms, expires_ms, signed, run_id, submitter)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 &p![
                     job.job_id,
                     job.hostname,
@@ -152,7 +153,8 @@ impl Store {
                     job.created_ms,
                     if held { i64::MAX } else { job.expires_ms },
                     job.signed,
-                    run.run_id
+                    run.run_id,
+                    run.submitter
                 ],
             )
             .map_err(|e| {
@@ -510,7 +512,7 @@ impl Store {
 }
 
 const JOB_SELECT: &str = "SELECT j.job_id, j.hostname, j.command, j.args, j.timeout_secs, j.status,
-    j.created_ms, j.expires_ms, j.sent_ms, j.finished_ms, r.payload, j.signed
+    j.created_ms, j.expires_ms, j.sent_ms, j.finished_ms, r.payload, j.signed, j.submitter
     FROM jobs j LEFT JOIN reports r ON r.id = j.report_id";
 
 fn job_row(r: &Row) -> Result<JobRow> {
@@ -527,5 +529,6 @@ fn job_row(r: &Row) -> Result<JobRow> {
         finished_ms: r.get(9)?,
         report: r.get(10)?,
         signed: r.get(11)?,
+        submitter: r.get(12)?,
     })
 }

@@ -36,6 +36,7 @@ pub use crate::sql::Dialect;
 use crate::sql::{Lite, PgConn, Sql, p};
 
 mod agents;
+mod audit;
 mod copy;
 mod error;
 mod events;
@@ -43,17 +44,22 @@ mod events;
 mod fixtures;
 mod jobs;
 mod keys;
+mod operators;
 mod reports;
 mod runs;
 mod schema;
+mod scope;
 mod types;
 mod writer;
 
+pub use audit::{AuditEntry, AuditRow, Verdict};
 use error::conflict_on_constraint;
 pub use error::{ErrorKind, StoreError};
 pub use jobs::{JobStatus, TAKE_BATCH};
 pub use keys::{canonical_tags, hash_key};
+pub use operators::{NewOperator, OperatorRecord};
 pub use schema::SchemaVersion;
+pub use scope::Scope;
 pub use types::*;
 pub use writer::*;
 

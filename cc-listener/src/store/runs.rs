@@ -15,8 +15,8 @@ impl Store {
         self.write(|tx| {
             tx.exec(
                 "INSERT INTO runs (run_id, command, args, timeout_secs, batch, selector, queue_ttl_ms,
-                                   created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                   created_ms, submitter)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 &p![
                     run.run_id,
                     run.command,
@@ -25,7 +25,8 @@ impl Store {
                     run.batch,
                     run.selector,
                     run.queue_ttl_ms,
-                    run.created_ms
+                    run.created_ms,
+                    run.submitter
                 ],
             )?;
             Self::insert_run_jobs(tx, run, &args, jobs)
@@ -36,7 +37,7 @@ impl Store {
     pub fn get_run(&self, run_id: &str) -> Result<Option<RunRow>> {
         self.read(|c| {
             let Some(r) = c.one(
-                "SELECT run_id, command, args, timeout_secs, batch, selector, created_ms
+                "SELECT run_id, command, args, timeout_secs, batch, selector, created_ms, submitter
                  FROM runs WHERE run_id = ?1",
                 &p![run_id],
             )?
@@ -70,6 +71,7 @@ impl Store {
                 batch: r.get(4)?,
                 selector: r.get(5)?,
                 created_ms: r.get(6)?,
+                submitter: r.get(7)?,
                 jobs,
             }))
         })

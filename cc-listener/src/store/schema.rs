@@ -30,7 +30,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0007_listeners.sql"),
     include_str!("migrations/sqlite/0008_revoked_key_index.sql"),
     include_str!("migrations/sqlite/0009_key_tags.sql"),
-    include_str!("migrations/sqlite/0010_cron_host.sql"),
+    include_str!("migrations/sqlite/0010_operators.sql"),
+    include_str!("migrations/sqlite/0011_cron_host.sql"),
 ];
 
 /// The PostgreSQL migrations, in order. The first is the SQLite schema as
@@ -40,7 +41,8 @@ pub(super) const PG_MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_initial.sql"),
     include_str!("migrations/postgres/0002_revoked_key_index.sql"),
     include_str!("migrations/postgres/0003_key_tags.sql"),
-    include_str!("migrations/postgres/0004_cron_host.sql"),
+    include_str!("migrations/postgres/0004_operators.sql"),
+    include_str!("migrations/postgres/0005_cron_host.sql"),
 ];
 
 pub(super) fn migrate(conn: &Connection) -> Result<()> {

@@ -6,8 +6,10 @@ use crate::sql::{p, scalar};
 use cc_proto::wire::{AgentInfo, CronEntry, ExecutionMode};
 use cc_proto::{Hostname, JobId};
 
+mod audit;
 mod jobs;
 mod keys;
+mod operators;
 mod reports;
 mod schema;
 mod shared;
@@ -93,6 +95,7 @@ fn queued(id: String, host: &str) -> NewJob {
         created_ms: 0,
         expires_ms: i64::MAX,
         signed: None,
+        submitter: None,
     }
 }
 
@@ -113,6 +116,7 @@ fn job_states_are_stored_as_their_words_and_an_unknown_one_is_an_error() {
             created_ms: 0,
             expires_ms: 10,
             signed: None,
+            submitter: None,
         };
         s.create_job(&job("j")).unwrap();
         assert_eq!(s.get_job("j").unwrap().unwrap().status, JobStatus::Queued);
@@ -139,6 +143,7 @@ fn store_errors_have_kinds_the_api_answers_from() {
             created_ms: 0,
             expires_ms: 10,
             signed: None,
+            submitter: None,
         };
         s.create_job(&job).unwrap();
         let again = s.create_job(&job).unwrap_err();
@@ -154,6 +159,7 @@ fn store_errors_have_kinds_the_api_answers_from() {
             selector: "{}".into(),
             queue_ttl_ms: 10,
             created_ms: 0,
+            submitter: None,
         };
         let fresh = NewJob {
             job_id: "fresh".into(),

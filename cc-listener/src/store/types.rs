@@ -73,6 +73,8 @@ pub struct NewRun {
     pub selector: String,
     pub queue_ttl_ms: i64,
     pub created_ms: i64,
+    /// The operator who submitted it.
+    pub submitter: Option<String>,
 }
 
 /// One change of a job's state (`events` table).
@@ -105,6 +107,7 @@ pub struct RunRow {
     pub batch: Option<u32>,
     pub selector: String,
     pub created_ms: i64,
+    pub submitter: Option<String>,
     pub jobs: Vec<RunJob>,
 }
 
@@ -129,6 +132,8 @@ pub struct NewJob {
     /// The operator's (or this listener's) signature, a `Signed` as JSON,
     /// relayed untouched beside the `execute_job`.
     pub signed: Option<String>,
+    /// The operator who submitted it (for a run's job: the run's).
+    pub submitter: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +150,8 @@ pub struct JobRow {
     pub finished_ms: Option<i64>,
     pub report: Option<String>,
     pub signed: Option<String>,
+    /// The operator who submitted it; `None` before operators were named.
+    pub submitter: Option<String>,
 }
 
 /// A run as the console lists it.

@@ -5,10 +5,11 @@
 //! plain script (`/ui/static/app.js`) for live updates over the event
 //! stream, one style sheet; both are compiled into the binary.
 //!
-//! Security: the operator token is exchanged at `/ui/login` for a session
+//! Security: an operator's token is exchanged at `/ui/login` for a session
 //! cookie (`HttpOnly`, `SameSite=Strict`, `Path=/ui`; `Secure` with
 //! `ui_secure_cookie`, for a console served through a TLS proxy). Every
 //! `POST` carries the session's CSRF token, compared in constant time.
+//! Every page's header names the operator logged in and its role.
 //! Every answer carries a Content-Security-Policy that allows scripts,
 //! styles and connections from this origin only (no inline script, no
 //! `eval`), and refuses framing.
@@ -128,6 +129,7 @@ fn page(title: &str, csrf: Option<&Csrf>, body: Markup) -> Response {
                 header {
                     a.brand href="/ui/" { "CronCommander" }
                     @if let Some(c) = csrf {
+                        span.who { (c.1.name) " · " (c.1.role) }
                         nav {
                             a href="/ui/" { "Fleet" }
                             a href="/ui/runs" { "Runs" }

@@ -4,6 +4,12 @@
 //! not; a target in system mode without signed statements is refused here
 //! with a message, and signed statements need the root box ticked.
 //!
+//! Least privilege: the form says which hosts the operator's selector
+//! reaches, a viewer gets no form, and what is posted goes through
+//! `post_run`'s checks (a run reaching any host outside the selector is
+//! refused whole, with the API's 403 and message); the system-mode hint
+//! names only hosts the operator reaches.
+//!
 //! Invariant: the form acts only with the session's CSRF token.
 
 use std::sync::Arc;
@@ -16,12 +22,29 @@ use maud::html;
 use serde::Deserialize;
 use tracing::info;
 
+use super::pages::scope_of;
 use super::session::{Csrf, csrf_ok, csrf_refused};
-use super::{internal, page};
+use super::{error_page, internal, page};
 use crate::AppState;
+use crate::auth::Operator;
 
-pub(super) async fn new_run_form(axum::Extension(csrf): axum::Extension<Csrf>) -> Response {
-    new_run_page(&csrf, None, &NewRunForm::default())
+pub(super) async fn new_run_form(
+    axum::Extension(csrf): axum::Extension<Csrf>,
+    axum::Extension(op): axum::Extension<Operator>,
+) -> Response {
+    if !op.role.may_act() {
+        return may_not_run(&csrf, &op);
+    }
+    new_run_page(&csrf, &op, None, &NewRunForm::default())
+}
+
+/// A viewer's answer: 403, no form.
+fn may_not_run(csrf: &Csrf, op: &Operator) -> Response {
+    error_page(
+        StatusCode::FORBIDDEN,
+        Some(csrf),
+        &format!("{} has role {}: it may not run jobs", op.name, op.role),
+    )
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,13 +70,17 @@ pub(super) struct NewRunForm {
     confirm_root: Option<String>,
 }
 
-fn new_run_page(csrf: &Csrf, error: Option<&str>, f: &NewRunForm) -> Response {
+fn new_run_page(csrf: &Csrf, op: &Operator, error: Option<&str>, f: &NewRunForm) -> Response {
     page(
         "Run a job",
         Some(csrf),
         html! {
             h1 { "Run a job" }
             @if let Some(e) = error { p.error role="alert" { (e) } }
+            @if !op.hosts.is_all() {
+                p.muted #reach { "You may run on the hosts your selector reaches: " code { (op.hosts) }
+                    ". A run that reaches any other host is refused whole." }
+            }
             form.card #new-run method="post" action="/ui/new" {
                 input type="hidden" name="csrf" value=(csrf.0);
                 label for="hosts" { "Hosts (space or comma separated)" }
@@ -95,10 +122,14 @@ fn words(text: &str) -> Vec<String> {
 pub(super) async fn new_run(
     State(state): State<Arc<AppState>>,
     axum::Extension(csrf): axum::Extension<Csrf>,
+    axum::Extension(op): axum::Extension<Operator>,
     Form(f): Form<NewRunForm>,
 ) -> Response {
     if !csrf_ok(&csrf, &f.csrf) {
         return csrf_refused();
+    }
+    if !op.role.may_act() {
+        return may_not_run(&csrf, &op);
     }
     let mut body = serde_json::Map::new();
     let number = |field: &str, text: &str| -> Result<Option<u64>, String> {
@@ -113,7 +144,10 @@ pub(super) async fn new_run(
     let (timeout, batch) = match (number("timeout", &f.timeout), number("batch", &f.batch)) {
         (Ok(t), Ok(b)) => (t, b),
         (Err(e), _) | (_, Err(e)) => {
-            return with_status(StatusCode::BAD_REQUEST, new_run_page(&csrf, Some(&e), &f));
+            return with_status(
+                StatusCode::BAD_REQUEST,
+                new_run_page(&csrf, &op, Some(&e), &f),
+            );
         }
     };
     if let Some(b) = batch {
@@ -124,7 +158,7 @@ pub(super) async fn new_run(
         // rather than queue work its helper will refuse.
         let hosts = words(&f.hosts);
         let tags = words(&f.tags);
-        let system = match system_targets(&state, &hosts, &tags).await {
+        let system = match system_targets(&state, &op, &hosts, &tags).await {
             Ok(s) => s,
             Err(e) => return internal(&csrf, &e),
         };
@@ -133,10 +167,16 @@ pub(super) async fn new_run(
                 "{} in system mode: root work needs statements an operator signed (paste them under \"Root work\")",
                 system.join(", ")
             );
-            return with_status(StatusCode::BAD_REQUEST, new_run_page(&csrf, Some(&msg), &f));
+            return with_status(
+                StatusCode::BAD_REQUEST,
+                new_run_page(&csrf, &op, Some(&msg), &f),
+            );
         }
         if let Err(e) = absolute_program(f.command.trim()) {
-            return with_status(StatusCode::BAD_REQUEST, new_run_page(&csrf, Some(&e), &f));
+            return with_status(
+                StatusCode::BAD_REQUEST,
+                new_run_page(&csrf, &op, Some(&e), &f),
+            );
         }
         body.insert("hosts".into(), hosts.into());
         body.insert("tags".into(), tags.into());
@@ -157,6 +197,7 @@ pub(super) async fn new_run(
                 StatusCode::BAD_REQUEST,
                 new_run_page(
                     &csrf,
+                    &op,
                     Some("root work: tick the box to confirm you mean to run this as root"),
                     &f,
                 ),
@@ -165,13 +206,14 @@ pub(super) async fn new_run(
         let Ok(list) = serde_json::from_str::<serde_json::Value>(&f.signed) else {
             return with_status(
                 StatusCode::BAD_REQUEST,
-                new_run_page(&csrf, Some("the signed statements are not JSON"), &f),
+                new_run_page(&csrf, &op, Some("the signed statements are not JSON"), &f),
             );
         };
         body.insert("signed".into(), list);
     }
     let bytes = axum::body::Bytes::from(serde_json::Value::Object(body).to_string());
-    match crate::api::post_run(State(Arc::clone(&state)), Ok(bytes)).await {
+    let by = axum::Extension(op.clone());
+    match crate::api::post_run(State(Arc::clone(&state)), by, Ok(bytes)).await {
         Ok((_, Json(accepted))) => {
             info!(run_id = %accepted.run_id, "console: run started");
             if let [only] = accepted.jobs.as_slice() {
@@ -180,10 +222,13 @@ pub(super) async fn new_run(
                 Redirect::to(&format!("/ui/runs/{}", accepted.run_id)).into_response()
             }
         }
-        Err(e) => with_status(
-            StatusCode::BAD_REQUEST,
-            new_run_page(&csrf, Some(e.message()), &f),
-        ),
+        Err(e) => {
+            let message = e.message().to_owned();
+            // The API's own status: 400 for bad input, 403 for a run
+            // reaching a host outside the selector.
+            let status = axum::response::IntoResponse::into_response(e).status();
+            with_status(status, new_run_page(&csrf, &op, Some(&message), &f))
+        }
     }
 }
 
@@ -211,12 +256,15 @@ fn with_status(status: StatusCode, mut r: Response) -> Response {
 }
 
 /// Of the hosts named and those carrying every tag, the ones registered in
-/// system mode.
+/// system mode — of those `op` reaches only: the others are refused by
+/// `post_run`, and their mode is not this operator's to learn.
 async fn system_targets(
     state: &AppState,
+    op: &Operator,
     hosts: &[String],
     tags: &[String],
 ) -> anyhow::Result<Vec<String>> {
+    let scope = scope_of(state, op).await?;
     let (hosts, tags) = (hosts.to_vec(), tags.to_vec());
     state
         .db
@@ -232,7 +280,7 @@ async fn system_targets(
                 let canonical = cc_proto::Hostname::parse(&h).map(|h| h.to_string());
                 // No let-chain: the MSRV (1.85) has none.
                 let Ok(h) = canonical else { continue };
-                if s.agent_mode(&h)?.as_deref() == Some("system") {
+                if scope.contains(&h) && s.agent_mode(&h)?.as_deref() == Some("system") {
                     system.push(h);
                 }
             }

@@ -4,6 +4,11 @@
 //! (failures first) and a job (its report). Each reads the store once and
 //! renders with `maud`; live updates come from `app.js` over the event
 //! stream.
+//!
+//! Each shows only what the logged-in operator's selector reaches: the
+//! fleet lists those hosts; a host, a job or a run outside it is "not
+//! found", as one that does not exist (a run is shown only when every one
+//! of its hosts is reachable, as `GET /runs/{id}`).
 
 use std::sync::Arc;
 
@@ -15,7 +20,8 @@ use serde::Deserialize;
 
 use super::session::Csrf;
 use super::{error_page, internal, page};
-use crate::store::{AgentRow, JobStatus};
+use crate::auth::Operator;
+use crate::store::{AgentRow, JobStatus, Scope};
 use crate::{AppState, rfc3339_ms};
 
 /// Agents the fleet page lists (the API pages beyond).
@@ -27,15 +33,25 @@ pub(super) struct FleetQuery {
     state: Option<String>,
 }
 
-async fn all_agents(state: &AppState) -> anyhow::Result<Vec<AgentRow>> {
+/// The hosts `op` reaches: no query for `*`.
+pub(super) async fn scope_of(state: &AppState, op: &Operator) -> anyhow::Result<Scope> {
+    if op.hosts.is_all() {
+        return Ok(Scope::All);
+    }
+    let selector = op.hosts.clone();
+    state.db.call(move |s| s.scope(&selector)).await
+}
+
+async fn all_agents(state: &AppState, scope: Scope) -> anyhow::Result<Vec<AgentRow>> {
     state
         .db
-        .call(|s| {
-            let page = s.agent_page(None, FLEET_LIMIT)?;
+        .call(move |s| {
+            let page = s.agent_page_in(&scope, None, FLEET_LIMIT)?;
             let (Some(first), Some(last)) = (page.first(), page.last()) else {
                 return Ok(Vec::new());
             };
             let mut rows = s.agents_between(&first.0, &last.0)?;
+            rows.retain(|r| scope.contains(&r.hostname));
             rows.truncate(FLEET_LIMIT as usize);
             Ok(rows)
         })
@@ -53,9 +69,14 @@ fn cron_summary(status: Option<&str>) -> String {
 pub(super) async fn fleet(
     State(state): State<Arc<AppState>>,
     axum::Extension(csrf): axum::Extension<Csrf>,
+    axum::Extension(op): axum::Extension<Operator>,
     Query(q): Query<FleetQuery>,
 ) -> Response {
-    let rows = match all_agents(&state).await {
+    let scope = match scope_of(&state, &op).await {
+        Ok(s) => s,
+        Err(e) => return internal(&csrf, &e),
+    };
+    let rows = match all_agents(&state, scope).await {
         Ok(r) => r,
         Err(e) => return internal(&csrf, &e),
     };
@@ -133,12 +154,28 @@ pub(super) async fn fleet(
 pub(super) async fn host(
     State(state): State<Arc<AppState>>,
     axum::Extension(csrf): axum::Extension<Csrf>,
+    axum::Extension(op): axum::Extension<Operator>,
     Path(raw): Path<String>,
 ) -> Response {
     let Ok(h) = cc_proto::Hostname::parse(&raw) else {
         return error_page(StatusCode::BAD_REQUEST, Some(&csrf), "not a hostname");
     };
     let host = h.to_string();
+    let scope = match scope_of(&state, &op).await {
+        Ok(s) => s,
+        Err(e) => return internal(&csrf, &e),
+    };
+    // Outside the selector: as if it never registered.
+    let not_found = || {
+        error_page(
+            StatusCode::NOT_FOUND,
+            Some(&csrf),
+            &format!("no agent {host} has registered"),
+        )
+    };
+    if !scope.contains(&host) {
+        return not_found();
+    }
     let hq = host.clone();
     let loaded = state
         .db
@@ -158,11 +195,7 @@ pub(super) async fn host(
         Err(e) => return internal(&csrf, &e),
     };
     let Some(agent) = agent else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            Some(&csrf),
-            &format!("no agent {host} has registered"),
-        );
+        return not_found();
     };
     let v = crate::api::agent_view(&state, agent);
     page(
@@ -254,15 +287,29 @@ fn short(id: &str) -> &str {
 pub(super) async fn runs(
     State(state): State<Arc<AppState>>,
     axum::Extension(csrf): axum::Extension<Csrf>,
+    axum::Extension(op): axum::Extension<Operator>,
 ) -> Response {
+    let scope = match scope_of(&state, &op).await {
+        Ok(s) => s,
+        Err(e) => return internal(&csrf, &e),
+    };
     let loaded = state
         .db
-        .call(|s| {
-            Ok((
-                s.recent_runs(50)?,
-                s.recent_jobs(None, true, 50)?,
-                s.last_event_id()?,
-            ))
+        .call(move |s| {
+            let mut runs = s.recent_runs(50)?;
+            let mut singles = s.recent_jobs(None, true, 50)?;
+            if !scope.is_all() {
+                // Of the latest 50 of each, those this operator reaches.
+                let mut shown = Vec::with_capacity(runs.len());
+                for r in runs {
+                    if s.run_hosts(&r.run_id)?.iter().all(|h| scope.contains(h)) {
+                        shown.push(r);
+                    }
+                }
+                runs = shown;
+                singles.retain(|j| scope.contains(&j.hostname));
+            }
+            Ok((runs, singles, s.last_event_id()?))
         })
         .await;
     let (runs, singles, since) = match loaded {
@@ -304,15 +351,20 @@ pub(super) async fn runs(
 pub(super) async fn run(
     State(state): State<Arc<AppState>>,
     axum::Extension(csrf): axum::Extension<Csrf>,
+    axum::Extension(op): axum::Extension<Operator>,
     Path(id): Path<String>,
 ) -> Response {
     if cc_proto::JobId::parse(&id).is_err() {
         return error_page(StatusCode::BAD_REQUEST, Some(&csrf), "not a run id");
     }
+    let scope = match scope_of(&state, &op).await {
+        Ok(s) => s,
+        Err(e) => return internal(&csrf, &e),
+    };
     let rid = id.clone();
     let run = match state.db.call(move |s| s.get_run(&rid)).await {
-        Ok(Some(r)) => r,
-        Ok(None) => {
+        Ok(Some(r)) if r.jobs.iter().all(|j| scope.contains(&j.hostname)) => r,
+        Ok(_) => {
             return error_page(StatusCode::NOT_FOUND, Some(&csrf), "no such run");
         }
         Err(e) => return internal(&csrf, &e),
@@ -366,15 +418,20 @@ pub(super) async fn run(
 pub(super) async fn job(
     State(state): State<Arc<AppState>>,
     axum::Extension(csrf): axum::Extension<Csrf>,
+    axum::Extension(op): axum::Extension<Operator>,
     Path(id): Path<String>,
 ) -> Response {
     if cc_proto::JobId::parse(&id).is_err() {
         return error_page(StatusCode::BAD_REQUEST, Some(&csrf), "not a job id");
     }
+    let scope = match scope_of(&state, &op).await {
+        Ok(s) => s,
+        Err(e) => return internal(&csrf, &e),
+    };
     let jid = id.clone();
     let job = match state.db.call(move |s| s.get_job(&jid)).await {
-        Ok(Some(j)) => j,
-        Ok(None) => return error_page(StatusCode::NOT_FOUND, Some(&csrf), "no such job"),
+        Ok(Some(j)) if scope.contains(&j.hostname) => j,
+        Ok(_) => return error_page(StatusCode::NOT_FOUND, Some(&csrf), "no such job"),
         Err(e) => return internal(&csrf, &e),
     };
     let report: Option<serde_json::Value> = job

@@ -1,8 +1,12 @@
-//! Console sessions: the operator token is exchanged at `/ui/login` for a
-//! session cookie (`HttpOnly`, `SameSite=Strict`, `Path=/ui`; `Secure`
+//! Console sessions: an operator's own token (or the admin token) is
+//! exchanged at `/ui/login` for a session cookie (`HttpOnly`, `SameSite=Strict`, `Path=/ui`; `Secure`
 //! with `ui_secure_cookie`); sessions live in memory (`Sessions`, at most
 //! `MAX_SESSIONS`, each `SESSION_TTL` from login), each with its own CSRF
-//! token.
+//! token. A session holds its [`Operator`]; every request in it asks
+//! `auth::still_valid` first, so a revoked or expired operator's session
+//! ends at its next request (and its live event stream within a second),
+//! and is refused (403) a route its role may not use (`api::role_allows`,
+//! the API's own table).
 //!
 //! Invariants: the token and CSRF tokens are compared in constant time; a
 //! wrong login is logged at a bounded rate; a new login beyond the cap ends
@@ -23,6 +27,7 @@ use tracing::{info, warn};
 
 use super::{error_page, page};
 use crate::AppState;
+use crate::auth::Operator;
 
 const SESSION_COOKIE: &str = "cc_session";
 /// Sessions last this long from login.
@@ -102,22 +107,44 @@ fn session_id(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, v)| v)
 }
 
-/// The session a request belongs to, from its cookie.
+/// The session a request belongs to: its CSRF token and its operator
+/// (whom the page header names).
 #[derive(Debug, Clone)]
-pub(super) struct Csrf(pub(super) String);
+pub(super) struct Csrf(pub(super) String, pub(super) Operator);
 
 /// Pages need a live session (else the login page); a `POST` also needs
 /// the session's CSRF token in its form, checked by the handler through
 /// the [`Csrf`] this puts in the request.
 pub(super) async fn require_session(
     State(state): State<Arc<AppState>>,
+    template: Option<axum::extract::MatchedPath>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let session = session_id(request.headers()).and_then(|id| state.sessions.get(id));
+    let id = session_id(request.headers()).map(str::to_owned);
+    let mut session = id.as_deref().and_then(|id| state.sessions.get(id));
+    if let Some(s) = &session {
+        if !crate::auth::still_valid(&state, &s.operator).await {
+            info!(operator = %s.operator.name, "console: session ended: the operator was revoked or expired");
+            if let Some(id) = &id {
+                state.sessions.remove(id);
+            }
+            session = None;
+        }
+    }
     match session {
         Some(s) => {
-            request.extensions_mut().insert(Csrf(s.csrf));
+            crate::api::audit::note_operator(&s.operator.name);
+            let template = template.as_ref().map(axum::extract::MatchedPath::as_str);
+            let allowed =
+                crate::api::role_allows(request.method().as_str(), template, s.operator.role);
+            if let Err(why) = allowed {
+                let c = Csrf(s.csrf, s.operator);
+                return error_page(StatusCode::FORBIDDEN, Some(&c), &why);
+            }
+            request
+                .extensions_mut()
+                .insert(Csrf(s.csrf, s.operator.clone()));
             request.extensions_mut().insert(s.operator);
             next.run(request).await
         }
@@ -179,13 +206,15 @@ pub(super) async fn login(
             None,
             html! {
                 h1 { "Log in" }
-                p.error { "That is not the operator token." }
+                p.error { "That is not the operator token, nor a live operator's (one may have expired or been revoked)." }
                 p { a href="/ui/login" { "Try again" } }
             },
         );
         *r.status_mut() = StatusCode::UNAUTHORIZED;
         return r;
     };
+    crate::api::audit::note_operator(&operator.name);
+    let (name, role) = (operator.name.clone(), operator.role);
     let Some((id, _)) = state.sessions.create(operator) else {
         warn!("console: no randomness for a session");
         return error_page(
@@ -194,7 +223,7 @@ pub(super) async fn login(
             "no session could be made",
         );
     };
-    info!("console: an operator logged in");
+    info!(operator = %name, role = %role, "console: an operator logged in");
     let secure = if state.settings.ui_secure_cookie {
         "; Secure"
     } else {
@@ -255,12 +284,12 @@ mod tests {
 
     #[test]
     fn csrf_is_refused_unless_it_matches() {
-        let c = Csrf("token".into());
+        let c = Csrf("token".into(), Operator::first_admin("admin"));
         assert!(csrf_ok(&c, "token"));
         for bad in ["", "tokem", "token2", "TOKEN"] {
             assert!(!csrf_ok(&c, bad), "{bad:?}");
         }
-        let empty = Csrf(String::new());
+        let empty = Csrf(String::new(), Operator::first_admin("admin"));
         assert!(!csrf_ok(&empty, ""));
     }
 

@@ -13,6 +13,7 @@ fn job(id: &str) -> NewJob {
         created_ms: 0,
         expires_ms: 500,
         signed: None,
+        submitter: None,
     }
 }
 
@@ -49,6 +50,7 @@ fn jobs_go_out_in_submission_order_within_the_window() {
                 created_ms: 7,
                 expires_ms: 1_000,
                 signed: None,
+                submitter: None,
             })
             .unwrap();
         }
@@ -84,6 +86,7 @@ fn pruning_removes_old_finished_jobs_and_empty_runs_only() {
             selector: "{}".into(),
             queue_ttl_ms: 500,
             created_ms: 0,
+            submitter: None,
         };
         s.create_run(&run, &[job("r1")]).unwrap();
         for id in ["done", "lost", "expired", "queued", "sent", "late"] {
@@ -193,6 +196,7 @@ fn job_in(status: JobStatus) -> (tempdir::Dir, Store) {
         selector: "{}".into(),
         queue_ttl_ms: 1_000,
         created_ms: 0,
+        submitter: None,
     };
     let first = NewJob {
         expires_ms: 1_000,

@@ -14,6 +14,7 @@ fn reports_are_stored_once_and_settle_their_job() {
             created_ms: 0,
             expires_ms: 100,
             signed: None,
+            submitter: None,
         })
         .unwrap();
         // Other hosts' reports first, so row ids of the tables differ: the

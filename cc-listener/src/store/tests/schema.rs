@@ -58,17 +58,20 @@ fn both_engines_have_the_same_tables_and_columns() {
         [
             "agents",
             "api_keys",
+            "audit",
+            "audit_head",
             "cron_sets",
             "events",
             "jobs",
             "listeners",
+            "operators",
             "report_usage",
             "reports",
             "runs"
         ]
     );
     assert!(
-        sqlite["api_keys"].contains(&"tags".to_owned()),
+        sqlite["jobs"].contains(&"submitter".to_owned()),
         "the last migration ran"
     );
     for (dialect, other) in schemas {
@@ -82,7 +85,7 @@ fn both_engines_have_the_same_tables_and_columns() {
 #[test]
 fn migrations_are_numbered_files_and_the_version_counts_them() {
     use crate::store::schema::{MIGRATIONS, PG_MIGRATIONS};
-    assert_eq!((MIGRATIONS.len(), PG_MIGRATIONS.len()), (10, 4));
+    assert_eq!((MIGRATIONS.len(), PG_MIGRATIONS.len()), (11, 5));
     for (_guard, s) in stores() {
         let version: i64 = s
             .read(|c| match c.dialect() {

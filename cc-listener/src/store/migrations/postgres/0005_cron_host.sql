@@ -1,2 +1,2 @@
--- As SQLite's migration 10.
+-- As SQLite's migration 11.
 ALTER TABLE agents ADD COLUMN cron_host TEXT;
