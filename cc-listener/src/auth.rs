@@ -11,8 +11,14 @@
 //! - [`Operator`]: a name, a role and a selector, as the operator API's
 //!   middleware puts it into every authenticated request.
 //!
+//! - [`resolve`]: a token's operator — the `--admin-token-file` token is
+//!   the first admin, [`FIRST_ADMIN`]; a named operator's is found by its
+//!   SHA-256 in [`Operators`], this listener's copy of the live operators
+//!   (reloaded every [`RELOAD`]); [`still_valid`] asks the database again.
+//!
 //! Invariant: a check here never widens: an unknown role, an empty or
-//! malformed selector is a parse error, never `*`.
+//! malformed selector is a parse error, never `*`; a stored row that no
+//! longer parses is refused.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -429,3 +429,46 @@ async fn admins_manage_operators_through_the_api_and_ccctl_others_may_not() {
     assert!(ccctl(&["operators", "revoke", "carl"]).status.success());
     assert_eq!(as_op(&l, "GET", "/api/v1/agents", &carl, None).status, 401);
 }
+
+/// Two listeners on one PostgreSQL database: an operator revoked through
+/// one is refused by the other within a second (its copy of the
+/// operators is read again every 250 ms).
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_through_one_listener_refused_by_another_on_postgresql_within_a_second() {
+    let Some(cluster) = cc_testkit::pg::Cluster::start() else {
+        return;
+    };
+    let url = cluster.create_db("cc");
+    let (d1, d2) = (TempDir::new("ops-pg-1"), TempDir::new("ops-pg-2"));
+    let l1 = ListenerProcess::start_shared(bin(), d1.path(), &url, "");
+    let l2 = ListenerProcess::start_shared(bin(), d2.path(), &url, "");
+    let made = as_op(
+        &l1,
+        "POST",
+        "/api/v1/operators",
+        TOKEN,
+        Some(&json!({"name": "pat", "role": "viewer"})),
+    );
+    assert_eq!(made.status, 201, "{}", made.body);
+    let pat = made.json()["token"].as_str().unwrap().to_owned();
+    l2.wait_for(Duration::from_secs(5), |l| {
+        (as_op(l, "GET", "/api/v1/agents", &pat, None).status == 200).then_some(())
+    });
+    let cookie = log_in(l2.admin_addr, &pat);
+    assert_eq!(
+        as_op(&l1, "DELETE", "/api/v1/operators/pat", TOKEN, None).status,
+        204
+    );
+    let revoked = Instant::now();
+    l2.wait_for(Duration::from_secs(5), |l| {
+        let page = console(l.admin_addr, "GET", "/ui/", "", Some(&cookie));
+        (as_op(l, "GET", "/api/v1/agents", &pat, None).status == 401
+            && page.contains("location: /ui/login"))
+        .then_some(())
+    });
+    assert!(
+        revoked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        revoked.elapsed()
+    );
+}

@@ -7,20 +7,25 @@
 //! `GET /api/v1/healthz` needs no token (for probes).
 //!
 //! This module holds what every resource shares: the [`router`], the
-//! bearer-token middleware (`require_token`, digests compared in constant
-//! time), [`ApiError`] (a store failure is answered from its kind,
+//! table of routes and the least role each needs ([`ROUTES`],
+//! `role_allows`), the bearer-token middleware (`require_token`: the
+//! token's operator, then its role against the table), [`ApiError`] (a store failure is answered from its kind,
 //! `ApiError::store`: 409/404/500, never from message text) and the
 //! extractors' checks (`body_json`, `hostname_param`, `require_known`).
 //! One file per resource: `agents` (`GET /agents`), `jobs` (`POST
 //! /agents/{hostname}/jobs`, `GET /jobs/{id}`), `cron`, `reports`, `runs`
-//! (`POST /runs`, `GET /runs/{id}`), `events` (the SSE stream), `keys`;
+//! (`POST /runs`, `GET /runs/{id}`), `events` (the SSE stream), `keys`,
+//! `operators`, `audit` (the audit row of every write, login and refusal:
+//! `audit::record`, layered on the whole router; and `GET /audit`);
 //! `signing` (a relay's check of operators' statements, this listener's own
 //! signature, the system-mode rule) and `page` (pages cut by rows and bytes,
 //! streamed piece by piece) serve several of them.
 //!
 //! Invariants: every route but `healthz` is behind `require_token` (the
 //! console reaches `get_run`, `get_job`, `events` and `post_run` behind its
-//! session instead); no handler writes to storage but through a store call;
+//! session instead); every route is in [`ROUTES`], the one place its role
+//! is decided; every request that is not a read, and every refusal, is an
+//! audit row; no handler writes to storage but through a store call;
 //! a body over [`MAX_BODY_BYTES`] is refused before it is parsed.
 
 mod agents;

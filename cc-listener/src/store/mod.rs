@@ -20,7 +20,8 @@
 //! [`Db`], the async handle. The methods live with their aggregate:
 //! `keys` (API keys), `agents` (registrations, holds, cron lists), `jobs`
 //! (every change of a job's status, with the table of them), `runs`,
-//! `reports` (quota, pruning), `events`. Beside them: `writer` (group
+//! `reports` (quota, pruning), `events`, `operators` (tokens kept hashed),
+//! `audit` (the audit log's hash chain). Beside them: `writer` (group
 //! commit, [`Writer`]), `copy` (`cc-listener migrate`), `schema` (the
 //! numbered migrations of each engine, `migrations/`), `error`
 //! ([`StoreError`]), `types` (rows and outcomes), and `fixtures` (seeding
