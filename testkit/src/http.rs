@@ -33,20 +33,52 @@ pub fn request(
     token: Option<&str>,
     body: Option<&[u8]>,
 ) -> Response {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n"));
+    let typed = body.map(|b| ("application/json", b));
+    exchange(addr, method, path, auth.as_deref().unwrap_or(""), typed)
+}
+
+/// A console page as the operator holding `token` sees it: logged in
+/// through `/ui/login` (the form), then `path` fetched with the session's
+/// cookie.
+pub fn console_page(addr: SocketAddr, token: &str, path: &str) -> Response {
+    let form = format!("token={token}");
+    let login = exchange(
+        addr,
+        "POST",
+        "/ui/login",
+        "",
+        Some(("application/x-www-form-urlencoded", form.as_bytes())),
+    );
+    let cookie = login
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no session from /ui/login: {login:?}"))
+        .to_owned();
+    exchange(addr, "GET", path, &format!("Cookie: {cookie}\r\n"), None)
+}
+
+/// One request with `headers` (whole lines) and a body of a content type.
+fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: Option<(&str, &[u8])>,
+) -> Response {
     let mut stream = TcpStream::connect(addr).expect("connecting to the API");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    if let Some(b) = body {
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}");
+    let body = body.map(|(ty, b)| {
         head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            "Content-Type: {ty}\r\nContent-Length: {}\r\n",
             b.len()
         ));
-    }
+        b
+    });
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).unwrap();
     if let Some(b) = body {

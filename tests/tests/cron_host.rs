@@ -127,6 +127,19 @@ fn the_listener_knows_within_a_heartbeat_when_a_hosts_cron_stops_and_starts() {
         "{table}"
     );
     assert!(table.contains(&warning), "{table}");
+    let fleet =
+        cc_e2e::http::console_page(listener.admin_addr, cc_e2e::listener::TOKEN, "/ui/").body;
+    assert!(
+        fleet.contains("1 agent run no cron daemon") && fleet.contains("NO CRON DAEMON"),
+        "{fleet}"
+    );
+    let page = cc_e2e::http::console_page(
+        listener.admin_addr,
+        cc_e2e::listener::TOKEN,
+        &format!("/ui/hosts/{host}"),
+    )
+    .body;
+    assert!(page.contains("cron daemon: none"), "{page}");
     assert!(
         listener
             .log()
@@ -144,5 +157,16 @@ fn the_listener_knows_within_a_heartbeat_when_a_hosts_cron_stops_and_starts() {
         "croncommander_agents_without_cron_daemon 0"
     );
     assert!(!ccctl_agents(&listener, dir.path()).contains("NO DAEMON"));
+    let page = cc_e2e::http::console_page(
+        listener.admin_addr,
+        cc_e2e::listener::TOKEN,
+        &format!("/ui/hosts/{host}"),
+    )
+    .body;
+    assert!(
+        page.contains(&format!("cron daemon: cron · time zone: {zone}"))
+            && !page.contains("NO CRON DAEMON"),
+        "{page}"
+    );
     assert!(listener.log().contains("the host's cron daemon runs again"));
 }

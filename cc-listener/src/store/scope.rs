@@ -195,6 +195,7 @@ mod tests {
             execution_mode: ExecutionMode::User,
             is_root: false,
             job_window: Some(4),
+            cron_host: None,
         };
         s.upsert_agent(&info, 1).unwrap();
     }
@@ -235,6 +236,7 @@ mod tests {
             execution_mode: ExecutionMode::User,
             is_root: false,
             job_window: Some(4),
+            cron_host: None,
         };
         s.upsert_agent(&info, 1).unwrap();
         let web = s.scope(&Selector::parse("tag:web").unwrap()).unwrap();

@@ -89,6 +89,10 @@ pub(super) async fn fleet(
         })
         .collect();
     let warned = views.iter().filter(|(v, _)| v.warning.is_some()).count();
+    let no_cron = views
+        .iter()
+        .filter(|(v, _)| v.cron_warning.is_some())
+        .count();
     let tag = q.tag.filter(|t| !t.is_empty());
     let want_state = q.state.filter(|s| s == "online" || s == "offline");
     let shown: Vec<_> = views
@@ -110,6 +114,12 @@ pub(super) async fn fleet(
                 div.alert role="alert" #root-warning {
                     strong { (warned) " agent" @if warned != 1 { "s" } " run as root (UID 0) in user mode" }
                     " — every job they run runs as root. Run the agent as cc-agent-user."
+                }
+            }
+            @if no_cron > 0 {
+                div.alert role="alert" #cron-warning {
+                    strong { (no_cron) " agent" @if no_cron != 1 { "s" } " run no cron daemon" }
+                    " — their cron entries will not fire."
                 }
             }
             p.summary { (total) " agents, " (online) " online." }
@@ -136,10 +146,13 @@ pub(super) async fn fleet(
                                 td { @if v.is_root { "root" } @else { "no" } }
                                 td { (v.tags.join(", ")) }
                                 td { (v.last_heartbeat.as_deref().unwrap_or("—")) }
-                                td { (cron) }
+                                td { @if v.cron_warning.is_some() { span.badge { "NO CRON DAEMON" } " " } (cron) }
                             }
                             @if let Some(w) = &v.warning {
                                 tr.warning-row { td colspan="7" { div.warning-text { span.badge { "SECURITY WARNING" } " " (w) } } }
+                            }
+                            @if let Some(w) = &v.cron_warning {
+                                tr.warning-row { td colspan="7" { div.warning-text { span.badge { "NO CRON DAEMON" } " " (w) } } }
                             }
                         }
                     }
@@ -206,10 +219,17 @@ pub(super) async fn host(
             @if let Some(w) = &v.warning {
                 div.alert role="alert" { span.badge { "SECURITY WARNING" } " " (w) }
             }
+            @if let Some(w) = &v.cron_warning {
+                div.alert role="alert" #cron-warning { span.badge { "NO CRON DAEMON" } " " (w) }
+            }
             p.summary {
                 @if v.connected { span.ok { "online" } } @else { span.muted { "offline" } }
                 " · " (v.execution_mode) " mode · " (v.os) "/" (v.arch)
                 " · tags: " (v.tags.join(", "))
+                @if let Some(c) = &v.cron_host {
+                    " · cron daemon: " (c.daemon.as_deref().unwrap_or("none"))
+                    " · time zone: " (c.time_zone.as_deref().unwrap_or("unknown"))
+                }
             }
             h2 { "Cron entries" }
             @if cron.is_empty() { p.muted { "none" } } @else {
