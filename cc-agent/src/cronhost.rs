@@ -120,11 +120,27 @@ pub(crate) fn time_zone(etc: &Path) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn dir(name: &str) -> std::path::PathBuf {
+    /// A fresh directory, removed when the guard goes.
+    struct Scratch(std::path::PathBuf);
+
+    impl std::ops::Deref for Scratch {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir(name: &str) -> Scratch {
         let d = std::env::temp_dir().join(format!("cc-cronhost-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        d
+        Scratch(d)
     }
 
     /// A fake `/proc` with one process `pid` named `comm`.
@@ -133,6 +149,16 @@ mod tests {
         std::fs::create_dir_all(proc.join(pid.to_string())).unwrap();
         std::fs::write(proc.join(pid.to_string()).join("comm"), format!("{comm}\n")).unwrap();
         proc
+    }
+
+    /// What the agent sends is what the parts find on this machine, and
+    /// always something the listener accepts.
+    #[test]
+    fn observe_is_this_machines_daemon_and_zone_and_valid() {
+        let c = observe();
+        assert_eq!(c.daemon, daemon(PID_FILES, Path::new("/proc")));
+        assert_eq!(c.time_zone, time_zone(Path::new("/etc")));
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]
@@ -145,17 +171,20 @@ mod tests {
         let proc = proc_with(&d, me, "cron");
         assert_eq!(daemon(&[&pid_file], &proc).as_deref(), Some("cron"));
         // Alive but another program's now (the pid reused).
-        let reused = proc_with(&dir("reused"), me, "bash");
+        let reused_dir = dir("reused");
+        let reused = proc_with(&reused_dir, me, "bash");
         assert_eq!(daemon(&[&pid_file], &reused), None);
         // Alive and hidden from us (ProtectProc=invisible): the daemon.
-        let empty = dir("hidden").join("proc");
+        let hidden = dir("hidden");
+        let empty = hidden.join("proc");
         std::fs::create_dir_all(&empty).unwrap();
         assert_eq!(daemon(&[&pid_file], &empty).as_deref(), Some("cron"));
         // A pid no process has: stopped, even with a process named cron
         // in sight (another namespace's).
         std::fs::write(&pid_file, "4194304\n").unwrap();
         assert_eq!(daemon(&[&pid_file], &proc), None);
-        let other_cron = proc_with(&dir("other-cron"), 4242, "cron");
+        let other_dir = dir("other-cron");
+        let other_cron = proc_with(&other_dir, 4242, "cron");
         assert_eq!(daemon(&[&pid_file], &other_cron), None);
         // Garbage, zero, a missing file.
         for text in ["", "x", "0", "-1"] {
@@ -170,7 +199,8 @@ mod tests {
         let d = dir("scan");
         let proc = proc_with(&d, 77, "crond");
         assert_eq!(daemon(&[d.join("absent")], &proc).as_deref(), Some("crond"));
-        let other = proc_with(&dir("scan-other"), 78, "cronjob");
+        let other_dir = dir("scan-other");
+        let other = proc_with(&other_dir, 78, "cronjob");
         assert_eq!(daemon(&[d.join("absent")], &other), None);
     }
 
