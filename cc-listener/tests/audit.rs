@@ -17,7 +17,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use cc_testkit::TempDir;
-use cc_testkit::http;
+use cc_testkit::http::{self, console_login};
 use cc_testkit::listener::{ListenerProcess, TOKEN};
 use cc_testkit::ws;
 use serde_json::{Value, json};
@@ -64,25 +64,8 @@ fn send(
     (status, text)
 }
 
-fn as_op(
-    l: &ListenerProcess,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<&Value>,
-) -> http::Response {
-    let body = body.map(|b| b.to_string());
-    http::request(
-        l.admin_addr,
-        method,
-        path,
-        Some(token),
-        body.as_deref().map(str::as_bytes),
-    )
-}
-
 fn audit(l: &ListenerProcess) -> Vec<Value> {
-    let r = as_op(l, "GET", "/api/v1/audit?limit=10000", TOKEN, None);
+    let r = l.request_as("GET", "/api/v1/audit?limit=10000", TOKEN, None);
     assert_eq!(r.status, 200, "{}", r.body);
     r.json().as_array().unwrap().clone()
 }
@@ -91,41 +74,11 @@ fn last_seq(l: &ListenerProcess) -> i64 {
     audit(l).last().map_or(0, |r| r["seq"].as_i64().unwrap())
 }
 
-fn log_in(addr: SocketAddr, token: &str) -> String {
-    let (_, ok) = send(
-        addr,
-        "POST",
-        "/ui/login",
-        "",
-        &format!("token={token}"),
-        true,
-    );
-    ok.lines()
-        .find(|h| h.to_ascii_lowercase().starts_with("set-cookie:"))
-        .and_then(|h| h.split_once(':'))
-        .and_then(|(_, v)| v.trim().split(';').next())
-        .unwrap_or_else(|| panic!("no session: {ok}"))
-        .to_owned()
-}
-
 fn operators(db: &str, args: &[&str]) -> Output {
     std::process::Command::new(bin())
         .arg("operators")
         .args(args)
         .args(["--db", db])
-        .output()
-        .unwrap()
-}
-
-fn ccctl(l: &ListenerProcess, dir: &Path, args: &[&str]) -> Output {
-    std::fs::write(dir.join("ccctl-token"), TOKEN).unwrap();
-    std::process::Command::new(cc_testkit::bin("ccctl"))
-        .arg("--url")
-        .arg(format!("http://{}", l.admin_addr))
-        .arg("--token-file")
-        .arg(dir.join("ccctl-token"))
-        .args(args)
-        .env_remove("HOME")
         .output()
         .unwrap()
 }
@@ -140,7 +93,7 @@ async fn every_route_in_the_table_is_served_and_every_write_is_a_row() {
     let dir = TempDir::new("audit-routes");
     let l = ListenerProcess::start(bin(), dir.path(), "");
     let _agent = ws::registered(&l, "web-1").await;
-    let cookie = log_in(l.admin_addr, TOKEN);
+    let cookie = console_login(l.admin_addr, TOKEN);
     for (method, template, _) in cc_listener::api::ROUTES {
         let path = template
             .replace("{hostname}", "web-1")
@@ -204,11 +157,10 @@ async fn a_row_names_who_from_where_what_on_what_with_which_ids_and_goes_to_the_
     assert!(out.status.success(), "{out:?}");
     let olga = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     l.wait_for(Duration::from_secs(5), |l| {
-        (as_op(l, "GET", "/api/v1/agents", &olga, None).status == 200).then_some(())
+        (l.request_as("GET", "/api/v1/agents", &olga, None).status == 200).then_some(())
     });
 
-    let job = as_op(
-        &l,
+    let job = l.request_as(
         "POST",
         "/api/v1/agents/web-1/jobs",
         &olga,
@@ -216,8 +168,7 @@ async fn a_row_names_who_from_where_what_on_what_with_which_ids_and_goes_to_the_
     );
     assert_eq!(job.status, 202, "{}", job.body);
     let job_id = job.json()["jobId"].as_str().unwrap().to_owned();
-    let run = as_op(
-        &l,
+    let run = l.request_as(
         "POST",
         "/api/v1/runs",
         &olga,
@@ -284,9 +235,13 @@ async fn a_row_names_who_from_where_what_on_what_with_which_ids_and_goes_to_the_
         submitters.iter().all(|s| s.as_deref() == Some("olga")),
         "{submitters:?}"
     );
-    let shown = as_op(&l, "GET", &format!("/api/v1/jobs/{job_id}"), TOKEN, None).json();
+    let shown = l
+        .request_as("GET", &format!("/api/v1/jobs/{job_id}"), TOKEN, None)
+        .json();
     assert_eq!(shown["submitter"], "olga", "{shown}");
-    let shown = as_op(&l, "GET", &format!("/api/v1/runs/{run_id}"), TOKEN, None).json();
+    let shown = l
+        .request_as("GET", &format!("/api/v1/runs/{run_id}"), TOKEN, None)
+        .json();
     assert_eq!(shown["submitter"], "olga", "{shown}");
 
     // The same rows, as JSON lines for a SIEM.
@@ -308,8 +263,7 @@ async fn a_row_names_who_from_where_what_on_what_with_which_ids_and_goes_to_the_
 /// Rows of several kinds: writes by the admin, a refusal, a login.
 fn some_rows(l: &ListenerProcess) {
     for i in 0..3 {
-        let r = as_op(
-            l,
+        let r = l.request_as(
             "POST",
             "/api/v1/keys",
             TOKEN,
@@ -321,12 +275,12 @@ fn some_rows(l: &ListenerProcess) {
         http::request(l.admin_addr, "GET", "/api/v1/agents", None, None).status,
         401
     );
-    log_in(l.admin_addr, TOKEN);
+    console_login(l.admin_addr, TOKEN);
 }
 
 /// `ccctl audit --verify`: (exit code, stdout).
 fn verify(l: &ListenerProcess, dir: &Path) -> (i32, String) {
-    let out = ccctl(l, dir, &["audit", "--verify"]);
+    let out = l.ccctl(dir, &["audit", "--verify"]);
     (
         out.status.code().unwrap(),
         String::from_utf8(out.stdout).unwrap(),
@@ -342,7 +296,7 @@ async fn verify_names_the_row_edited_or_deleted_with_sqlite3() {
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("ok: the audit log's 5 rows"), "{out}");
     let listed =
-        String::from_utf8(ccctl(&l, dir.path(), &["audit", "--operator", "-"]).stdout).unwrap();
+        String::from_utf8(l.ccctl(dir.path(), &["audit", "--operator", "-"]).stdout).unwrap();
     assert!(
         listed.contains("GET /api/v1/agents") && !listed.contains("POST /api/v1/keys"),
         "{listed}"
@@ -392,8 +346,7 @@ async fn verify_names_the_row_edited_or_deleted_on_postgresql_where_two_listener
                 s.spawn(move || {
                     for i in 0..5 {
                         let name = format!("k-{}-{t}-{i}", l.admin_addr.port());
-                        let r = as_op(
-                            l,
+                        let r = l.request_as(
                             "POST",
                             "/api/v1/keys",
                             TOKEN,

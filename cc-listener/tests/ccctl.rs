@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cc_testkit::TempDir;
@@ -16,22 +16,6 @@ use cc_testkit::ws;
 use serde_json::{Value, json};
 
 use common::bin;
-
-fn ccctl_cmd(l: &ListenerProcess, dir: &Path, args: &[&str]) -> Command {
-    std::fs::write(dir.join("ccctl-token"), cc_testkit::listener::TOKEN).unwrap();
-    let mut c = Command::new(cc_testkit::bin("ccctl"));
-    c.arg("--url")
-        .arg(format!("http://{}", l.admin_addr))
-        .arg("--token-file")
-        .arg(dir.join("ccctl-token"))
-        .args(args)
-        .env_remove("HOME");
-    c
-}
-
-fn ccctl(l: &ListenerProcess, dir: &Path, args: &[&str]) -> Output {
-    ccctl_cmd(l, dir, args).output().unwrap()
-}
 
 /// The id of the first run the listener accepted, from its log (ccctl
 /// names a run only when it stops following it before its end).
@@ -65,8 +49,7 @@ async fn cron_set_refuses_a_bad_line_by_number_and_a_good_file_round_trips() {
     let bad = format!("{good}oops 61 * * * * /bin/true\n");
     std::fs::write(dir.path().join("bad.cron"), bad).unwrap();
     let bad_path = dir.path().join("bad.cron");
-    let refused = ccctl(
-        &l,
+    let refused = l.ccctl(
         dir.path(),
         &["cron", "set", "cron.test", bad_path.to_str().unwrap()],
     );
@@ -80,14 +63,13 @@ async fn cron_set_refuses_a_bad_line_by_number_and_a_good_file_round_trips() {
     );
 
     let good_path = dir.path().join("good.cron");
-    let set = ccctl(
-        &l,
+    let set = l.ccctl(
         dir.path(),
         &["cron", "set", "cron.test", good_path.to_str().unwrap()],
     );
     assert!(set.status.success(), "{}", text(&set.stderr));
     assert!(text(&set.stdout).contains("2 entries stored for cron.test"));
-    let got = ccctl(&l, dir.path(), &["cron", "get", "cron.test"]);
+    let got = l.ccctl(dir.path(), &["cron", "get", "cron.test"]);
     assert!(got.status.success(), "{}", text(&got.stderr));
     // The listener keeps a command's canonical rendering: its words, each
     // quoted only where it needs to be.
@@ -100,8 +82,7 @@ async fn cron_set_refuses_a_bad_line_by_number_and_a_good_file_round_trips() {
     std::fs::write(dir.path().join("again.cron"), &got.stdout).unwrap();
     let before = l.get("/api/v1/agents/cron.test/cron").json();
     let again_path = dir.path().join("again.cron");
-    let again = ccctl(
-        &l,
+    let again = l.ccctl(
         dir.path(),
         &["cron", "set", "cron.test", again_path.to_str().unwrap()],
     );
@@ -117,8 +98,7 @@ async fn cron_set_refuses_a_bad_line_by_number_and_a_good_file_round_trips() {
 async fn keys_are_added_listed_and_revoked_through_the_api() {
     let dir = TempDir::new("ccctl-keys");
     let l = ListenerProcess::start(bin(), dir.path(), "sweep_interval_ms = 3600000\n");
-    let added = ccctl(
-        &l,
+    let added = l.ccctl(
         dir.path(),
         &["keys", "add", "web1", "--hostname", "Web1.Test"],
     );
@@ -128,15 +108,15 @@ async fn keys_are_added_listed_and_revoked_through_the_api() {
     assert_eq!(out.lines().count(), 1, "the key and only it: {out:?}");
     assert!(key.starts_with("cck_") && key.len() == 68, "{key}");
 
-    let dup = ccctl(&l, dir.path(), &["keys", "add", "web1"]);
+    let dup = l.ccctl(dir.path(), &["keys", "add", "web1"]);
     assert_eq!(dup.status.code(), Some(2));
     assert!(text(&dup.stderr).contains("409"), "{}", text(&dup.stderr));
-    let bad = ccctl(&l, dir.path(), &["keys", "add", "no/slash"]);
+    let bad = l.ccctl(dir.path(), &["keys", "add", "no/slash"]);
     assert!(text(&bad.stderr).contains("400"), "{}", text(&bad.stderr));
 
     let mut ws = ws::registered_as(&l, key, &ws::register("web1.test")).await;
 
-    let list = text(&ccctl(&l, dir.path(), &["keys", "list"]).stdout);
+    let list = text(&l.ccctl(dir.path(), &["keys", "list"]).stdout);
     let row = list.lines().find(|r| r.starts_with("web1 ")).unwrap();
     assert!(
         row.contains("web1.test") && row.contains(" active ") && row.ends_with(" test"),
@@ -145,28 +125,27 @@ async fn keys_are_added_listed_and_revoked_through_the_api() {
     assert!(!list.contains("cck_"), "no key value listed: {list}");
 
     // Tags: given with the key, and changed only by an operator.
-    let tagged = ccctl(
-        &l,
+    let tagged = l.ccctl(
         dir.path(),
         &["keys", "add", "db1", "--tags", "role=db,dc=1"],
     );
     assert!(tagged.status.success(), "{}", text(&tagged.stderr));
-    let list = text(&ccctl(&l, dir.path(), &["keys", "list"]).stdout);
+    let list = text(&l.ccctl(dir.path(), &["keys", "list"]).stdout);
     let row = list.lines().find(|r| r.starts_with("db1 ")).unwrap();
     assert!(row.ends_with(" dc=1,role=db"), "{list}");
-    let retag = ccctl(&l, dir.path(), &["keys", "retag", "db1", "role=db"]);
+    let retag = l.ccctl(dir.path(), &["keys", "retag", "db1", "role=db"]);
     assert!(retag.status.success(), "{}", text(&retag.stderr));
     assert!(
         text(&retag.stderr).contains("tags role=db"),
         "{}",
         text(&retag.stderr)
     );
-    let list = text(&ccctl(&l, dir.path(), &["keys", "list"]).stdout);
+    let list = text(&l.ccctl(dir.path(), &["keys", "list"]).stdout);
     let row = list.lines().find(|r| r.starts_with("db1 ")).unwrap();
     assert!(row.ends_with(" role=db"), "{list}");
-    let bad = ccctl(&l, dir.path(), &["keys", "retag", "db1", "no spaces"]);
+    let bad = l.ccctl(dir.path(), &["keys", "retag", "db1", "no spaces"]);
     assert!(text(&bad.stderr).contains("400"), "{}", text(&bad.stderr));
-    let unknown = ccctl(&l, dir.path(), &["keys", "retag", "nobody", "x"]);
+    let unknown = l.ccctl(dir.path(), &["keys", "retag", "nobody", "x"]);
     assert!(
         text(&unknown.stderr).contains("404"),
         "{}",
@@ -174,7 +153,7 @@ async fn keys_are_added_listed_and_revoked_through_the_api() {
     );
 
     let t0 = Instant::now();
-    let revoked = ccctl(&l, dir.path(), &["keys", "revoke", "web1"]);
+    let revoked = l.ccctl(dir.path(), &["keys", "revoke", "web1"]);
     assert!(revoked.status.success(), "{}", text(&revoked.stderr));
     let closed = ws::recv_close(&mut ws, Duration::from_secs(10)).await;
     assert!(
@@ -187,13 +166,13 @@ async fn keys_are_added_listed_and_revoked_through_the_api() {
         ws::connect(&l.ws_url(), Some(key)).await.is_err(),
         "a revoked key is refused at the handshake"
     );
-    let list = text(&ccctl(&l, dir.path(), &["keys", "list"]).stdout);
+    let list = text(&l.ccctl(dir.path(), &["keys", "list"]).stdout);
     assert!(
         list.lines()
             .any(|r| r.starts_with("web1 ") && r.contains(" revoked ")),
         "{list}"
     );
-    let again = ccctl(&l, dir.path(), &["keys", "revoke", "web1"]);
+    let again = l.ccctl(dir.path(), &["keys", "revoke", "web1"]);
     assert!(
         text(&again.stderr).contains("404"),
         "{}",
@@ -235,13 +214,16 @@ async fn agents_and_reports_filter_and_show_hostile_output_as_text() {
             .filter(|a| a["cronStatus"].is_object())
     });
 
-    let all = text(&ccctl(&l, dir.path(), &["agents"]).stdout);
+    let all = text(&l.ccctl(dir.path(), &["agents"]).stdout);
     assert!(
         all.starts_with("WARNING: 1 agent(s) run as root (UID 0) in user mode"),
         "{all}"
     );
     assert!(all.contains("2 installed, 1 refused"), "{all}");
-    let tagged = text(&ccctl(&l, dir.path(), &["agents", "--tag", "db", "--tag", "eu"]).stdout);
+    let tagged = text(
+        &l.ccctl(dir.path(), &["agents", "--tag", "db", "--tag", "eu"])
+            .stdout,
+    );
     let hosts = |t: &str| -> Vec<String> {
         t.lines()
             .filter(|r| r.ends_with(".test") || r.contains(".test "))
@@ -250,7 +232,7 @@ async fn agents_and_reports_filter_and_show_hostile_output_as_text() {
             .collect()
     };
     assert_eq!(hosts(&tagged), ["root1.test"], "{tagged}");
-    let offline = text(&ccctl(&l, dir.path(), &["agents", "--offline"]).stdout);
+    let offline = text(&l.ccctl(dir.path(), &["agents", "--offline"]).stdout);
     assert_eq!(hosts(&offline), ["gone.test"], "{offline}");
     assert!(!offline.contains("WARNING"), "{offline}");
 
@@ -267,7 +249,10 @@ async fn agents_and_reports_filter_and_show_hostile_output_as_text() {
         ws::send(ws_, &r).await;
         ws::recv_type(ws_, "report_ack", Duration::from_secs(10)).await;
     }
-    let table = text(&ccctl(&l, dir.path(), &["reports", "--host", "db1.test"]).stdout);
+    let table = text(
+        &l.ccctl(dir.path(), &["reports", "--host", "db1.test"])
+            .stdout,
+    );
     let rows: Vec<&str> = table.lines().skip(1).collect();
     assert_eq!(rows.len(), 3, "{table}");
     assert!(
@@ -279,8 +264,7 @@ async fn agents_and_reports_filter_and_show_hostile_output_as_text() {
         "no escape reaches the terminal: {table:?}"
     );
     assert!(table.contains("\\u{1b}[2J"), "shown as text: {table}");
-    let by_job = ccctl(
-        &l,
+    let by_job = l.ccctl(
         dir.path(),
         &["reports", "--job", "job-a", "--output", "json"],
     );
@@ -292,20 +276,16 @@ async fn agents_and_reports_filter_and_show_hostile_output_as_text() {
         .map(|r| r["report"]["stdout"].as_str().unwrap())
         .collect();
     assert_eq!(outs, ["again\n", "first\n"]);
-    let limited = text(&ccctl(&l, dir.path(), &["reports", "--limit", "2"]).stdout);
+    let limited = text(&l.ccctl(dir.path(), &["reports", "--limit", "2"]).stdout);
     assert_eq!(limited.lines().count(), 3, "{limited}");
-    let recent = text(&ccctl(&l, dir.path(), &["reports", "--since", "1h"]).stdout);
+    let recent = text(&l.ccctl(dir.path(), &["reports", "--since", "1h"]).stdout);
     assert_eq!(recent.lines().count(), 5, "{recent}");
     let future = text(
-        &ccctl(
-            &l,
-            dir.path(),
-            &["reports", "--since", "2999-01-01T00:00:00Z"],
-        )
-        .stdout,
+        &l.ccctl(dir.path(), &["reports", "--since", "2999-01-01T00:00:00Z"])
+            .stdout,
     );
     assert_eq!(future.lines().count(), 1, "only the header: {future}");
-    let nonsense = ccctl(&l, dir.path(), &["reports", "--since", "yesterday"]);
+    let nonsense = l.ccctl(dir.path(), &["reports", "--since", "yesterday"]);
     assert_eq!(nonsense.status.code(), Some(2));
     assert!(text(&nonsense.stderr).contains("--since"));
 }
@@ -318,7 +298,8 @@ async fn ctrl_c_stops_the_waiting_not_the_job() {
     let l = ListenerProcess::start(bin(), dir.path(), "");
     ws::answering_agent(&l, "slow.test", &[], Duration::from_secs(3), |_| 0).await;
     l.wait_connected("slow.test", true);
-    let mut child = ccctl_cmd(&l, dir.path(), &["run", "slow.test", "--", "/bin/true"])
+    let mut child = l
+        .ccctl_command(dir.path(), &["run", "slow.test", "--", "/bin/true"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -393,8 +374,7 @@ async fn a_warning_with_escapes_is_refused_and_never_reaches_the_operators_termi
         acked
     });
     // Bounded: with no report stored, ccctl gives up after timeout + 120 s.
-    let run = ccctl(
-        &l,
+    let run = l.ccctl(
         dir.path(),
         &[
             "run",
@@ -415,7 +395,7 @@ async fn a_warning_with_escapes_is_refused_and_never_reaches_the_operators_termi
         vec!["job", job.as_str()],
         vec!["reports", "--host", "evil.test"],
     ] {
-        shown.push((args.join(" "), ccctl(&l, dir.path(), &args)));
+        shown.push((args.join(" "), l.ccctl(dir.path(), &args)));
     }
     let raw = |b: &[u8]| {
         text(b)
@@ -686,7 +666,7 @@ async fn run_tables_carry_job_ids_and_status_speaks_json() {
     let l = ListenerProcess::start(bin(), dir.path(), "");
     ws::answering_agent(&l, "one.test", &[], Duration::from_millis(10), |_| 0).await;
     l.wait_connected("one.test", true);
-    let out = ccctl(&l, dir.path(), &["run", "one.test", "--", "/bin/true"]);
+    let out = l.ccctl(dir.path(), &["run", "one.test", "--", "/bin/true"]);
     let (table, err) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{table}\n{err}");
     assert_eq!(err, "", "a run that ended needs no following");
@@ -695,22 +675,21 @@ async fn run_tables_carry_job_ids_and_status_speaks_json() {
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row[0], "one.test");
     let job = row[1];
-    let shown = ccctl(&l, dir.path(), &["job", job]);
+    let shown = l.ccctl(dir.path(), &["job", job]);
     assert!(
         shown.status.success(),
         "the id is the job's: {}",
         text(&shown.stderr)
     );
 
-    let later = ccctl(
-        &l,
+    let later = l.ccctl(
         dir.path(),
         &["run", "--no-wait", "one.test", "--", "/bin/true"],
     );
     let id = text(&later.stdout).lines().next().unwrap()["run ".len()..].to_owned();
-    let watched = ccctl(&l, dir.path(), &["run", "watch", &id, "--output", "json"]);
+    let watched = l.ccctl(dir.path(), &["run", "watch", &id, "--output", "json"]);
     assert!(watched.status.success(), "{}", text(&watched.stderr));
-    let status = ccctl(&l, dir.path(), &["run", "status", &id, "--output", "json"]);
+    let status = l.ccctl(dir.path(), &["run", "status", &id, "--output", "json"]);
     assert!(status.status.success(), "{}", text(&status.stderr));
     let v: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(v[0]["host"], "one.test", "{v}");
@@ -732,7 +711,10 @@ async fn a_cut_output_is_marked() {
     r["payload"]["stdout"] = json!(format!("{long}\n"));
     ws::send(&mut a, &r).await;
     ws::recv_type(&mut a, "report_ack", Duration::from_secs(10)).await;
-    let table = text(&ccctl(&l, dir.path(), &["reports", "--host", "long.test"]).stdout);
+    let table = text(
+        &l.ccctl(dir.path(), &["reports", "--host", "long.test"])
+            .stdout,
+    );
     let row = table.lines().nth(1).unwrap();
     assert!(row.ends_with(&format!(" {}…", "x".repeat(60))), "{table}");
 }
@@ -747,7 +729,8 @@ async fn cron_set_reads_stdin_warns_of_shell_syntax_and_refuses_never() {
     let l = ListenerProcess::start(bin(), dir.path(), "");
     let _a = ws::registered(&l, "cron.test").await;
     let set = |input: &str| {
-        let mut child = ccctl_cmd(&l, dir.path(), &["cron", "set", "cron.test", "-"])
+        let mut child = l
+            .ccctl_command(dir.path(), &["cron", "set", "cron.test", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -983,7 +966,8 @@ async fn a_run_left_unfinished_says_how_to_follow_it() {
     let mut l = ListenerProcess::start(bin(), dir.path(), "");
     // Registered, and never answers.
     let _a = ws::registered(&l, "mute.test").await;
-    let child = ccctl_cmd(&l, dir.path(), &["run", "mute.test", "--", "/bin/true"])
+    let child = l
+        .ccctl_command(dir.path(), &["run", "mute.test", "--", "/bin/true"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cc_testkit::TempDir;
-use cc_testkit::http::{Response, request};
+use cc_testkit::http::{Response, console, console_login};
 use cc_testkit::listener::ListenerProcess;
 use cc_testkit::sse::Stream;
 use cc_testkit::ws;
@@ -86,14 +86,7 @@ fn call(
     path: &str,
     body: Option<&Value>,
 ) -> Response {
-    let body = body.map(Value::to_string);
-    request(
-        l.admin_addr,
-        method,
-        path,
-        Some(token),
-        body.as_deref().map(str::as_bytes),
-    )
+    l.request_as(method, path, token, body)
 }
 
 /// Jobs and runs in the store, for the db hosts and in all.
@@ -390,45 +383,11 @@ async fn an_operator_scoped_to_web_cannot_read_a_db_host() {
     console_shows_only_web(&l, &web, &w);
 }
 
-/// One console request with a session cookie: the whole answer.
-fn console(
-    l: &ListenerProcess,
-    method: &str,
-    path: &str,
-    body: &str,
-    cookie: Option<&str>,
-) -> String {
-    let mut s = TcpStream::connect(l.admin_addr).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(c) = cookie {
-        head.push_str(&format!("Cookie: {c}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn console_login(l: &ListenerProcess, token: &str) -> String {
-    let ok = console(l, "POST", "/ui/login", &format!("token={token}"), None);
-    let cookie = ok
-        .lines()
-        .find(|h| h.to_ascii_lowercase().starts_with("set-cookie:"))
-        .unwrap_or_else(|| panic!("{ok}"));
-    let pair = cookie.split_once(':').unwrap().1.trim();
-    pair.split(';').next().unwrap().to_owned()
-}
-
 /// The console as the web viewer: the fleet lists web hosts only; a db
 /// host, its job and a run touching it are not found.
 fn console_shows_only_web(l: &ListenerProcess, token: &str, w: &Work) {
-    let cookie = console_login(l, token);
-    let page = |path: &str| console(l, "GET", path, "", Some(&cookie));
+    let cookie = console_login(l.admin_addr, token);
+    let page = |path: &str| console(l.admin_addr, "GET", path, "", Some(&cookie));
     let fleet = page("/ui/");
     assert!(fleet.starts_with("HTTP/1.1 200"), "{fleet}");
     assert!(
@@ -466,8 +425,8 @@ async fn the_console_form_refuses_a_run_reaching_a_db_host() {
     let dir = TempDir::new("lp-form");
     let (l, db) = fleet(&dir).await;
     let web = operator(&l, &db, "webop", "operator", "tag:web");
-    let cookie = console_login(&l, &web);
-    let form = console(&l, "GET", "/ui/new", "", Some(&cookie));
+    let cookie = console_login(l.admin_addr, &web);
+    let form = console(l.admin_addr, "GET", "/ui/new", "", Some(&cookie));
     assert!(
         form.contains("tag:web"),
         "the form says what it reaches: {form}"
@@ -481,13 +440,13 @@ async fn the_console_form_refuses_a_run_reaching_a_db_host() {
     let before = queued(&db);
     for targets in ["hosts=db1.test", "tags=db", "hosts=web1.test&tags=db"] {
         let body = format!("csrf={csrf}&{targets}&command=%2Fbin%2Ftrue");
-        let r = console(&l, "POST", "/ui/new", &body, Some(&cookie));
+        let r = console(l.admin_addr, "POST", "/ui/new", &body, Some(&cookie));
         assert!(r.starts_with("HTTP/1.1 403"), "{targets}: {r}");
         assert!(r.contains("outside your hosts selector"), "{targets}: {r}");
     }
     assert_eq!(queued(&db), before);
     let body = format!("csrf={csrf}&tags=web&command=%2Fbin%2Ftrue");
-    let r = console(&l, "POST", "/ui/new", &body, Some(&cookie));
+    let r = console(l.admin_addr, "POST", "/ui/new", &body, Some(&cookie));
     assert!(r.starts_with("HTTP/1.1 303"), "{r}");
 }
 

@@ -8,14 +8,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use cc_testkit::TempDir;
-use cc_testkit::http;
+use cc_testkit::http::{console, console_login};
 use cc_testkit::listener::{ListenerProcess, TOKEN};
 use cc_testkit::ws;
 use serde_json::{Value, json};
@@ -44,62 +42,16 @@ fn add_operator(l: &ListenerProcess, dir: &Path, name: &str, role: &str, hosts: 
         "only the token on stdout: {token:?}"
     );
     l.wait_for(Duration::from_secs(5), |l| {
-        (as_op(l, "GET", "/api/v1/agents", &token, None).status == 200).then_some(())
+        (l.request_as("GET", "/api/v1/agents", &token, None).status == 200).then_some(())
     });
     token
 }
 
-fn as_op(
-    l: &ListenerProcess,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<&Value>,
-) -> http::Response {
-    let body = body.map(|b| b.to_string());
-    http::request(
-        l.admin_addr,
-        method,
-        path,
-        Some(token),
-        body.as_deref().map(str::as_bytes),
-    )
-}
-
 /// The audit log's newest rows, read by the admin.
 fn audit(l: &ListenerProcess) -> Vec<Value> {
-    let r = as_op(l, "GET", "/api/v1/audit?limit=1000", TOKEN, None);
+    let r = l.request_as("GET", "/api/v1/audit?limit=1000", TOKEN, None);
     assert_eq!(r.status, 200, "{}", r.body);
     r.json().as_array().unwrap().clone()
-}
-
-/// One console request (a form body, a cookie or none): the whole answer.
-fn console(addr: SocketAddr, method: &str, path: &str, body: &str, cookie: Option<&str>) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(c) = cookie {
-        head.push_str(&format!("Cookie: {c}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-/// Logs in to the console with `token`: the session cookie.
-fn log_in(addr: SocketAddr, token: &str) -> String {
-    let ok = console(addr, "POST", "/ui/login", &format!("token={token}"), None);
-    ok.lines()
-        .find(|h| h.to_ascii_lowercase().starts_with("set-cookie:"))
-        .and_then(|h| h.split_once(':'))
-        .and_then(|(_, v)| v.trim().split(';').next())
-        .unwrap_or_else(|| panic!("no session: {ok}"))
-        .to_owned()
 }
 
 fn jobs_in_db(dir: &Path) -> i64 {
@@ -116,7 +68,7 @@ async fn a_viewers_writes_are_refused_change_nothing_and_are_audited() {
     let viewer = add_operator(&l, dir.path(), "vera", "viewer", "*");
 
     // Reads are hers.
-    let agents = as_op(&l, "GET", "/api/v1/agents", &viewer, None);
+    let agents = l.request_as("GET", "/api/v1/agents", &viewer, None);
     assert_eq!(agents.status, 200, "{}", agents.body);
     // Writes are not, whatever they are.
     let writes: [(&str, &str, Value); 6] = [
@@ -144,23 +96,23 @@ async fn a_viewers_writes_are_refused_change_nothing_and_are_audited() {
         ),
     ];
     for (method, path, body) in &writes {
-        let r = as_op(&l, method, path, &viewer, Some(body));
+        let r = l.request_as(method, path, &viewer, Some(body));
         assert_eq!(r.status, 403, "{method} {path}: {}", r.body);
         assert!(r.body.contains("your role (viewer)"), "{}", r.body);
     }
     // Nothing changed: no job, no cron entry, the key live, no operator.
     assert_eq!(jobs_in_db(dir.path()), 0);
-    let cron = as_op(&l, "GET", "/api/v1/agents/web-1/cron", TOKEN, None);
+    let cron = l.request_as("GET", "/api/v1/agents/web-1/cron", TOKEN, None);
     assert_eq!(
         cron.json().as_array().map_or(0, Vec::len),
         0,
         "{}",
         cron.body
     );
-    let keys = as_op(&l, "GET", "/api/v1/keys", TOKEN, None).json();
+    let keys = l.request_as("GET", "/api/v1/keys", TOKEN, None).json();
     assert_eq!(keys.as_array().unwrap().len(), 1);
     assert_eq!(keys[0]["revoked"], false);
-    let ops = as_op(&l, "GET", "/api/v1/operators", TOKEN, None).json();
+    let ops = l.request_as("GET", "/api/v1/operators", TOKEN, None).json();
     assert_eq!(ops.as_array().unwrap().len(), 1, "{ops}");
     // One audit row for each refusal, naming her.
     let rows = audit(&l);
@@ -172,7 +124,7 @@ async fn a_viewers_writes_are_refused_change_nothing_and_are_audited() {
     assert!(refused.iter().any(|r| r["action"] == "POST /api/v1/agents/{hostname}/jobs" && r["target"] == "web-1"));
 
     // The console's run form is refused her too.
-    let cookie = log_in(l.admin_addr, &viewer);
+    let cookie = console_login(l.admin_addr, &viewer);
     let page = console(l.admin_addr, "GET", "/ui/", "", Some(&cookie));
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(
@@ -204,7 +156,7 @@ async fn an_expired_token_is_refused() {
     assert!(out.status.success(), "{out:?}");
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     l.wait_for(Duration::from_secs(5), |l| {
-        (as_op(l, "GET", "/api/v1/agents", &token, None).status == 200).then_some(())
+        (l.request_as("GET", "/api/v1/agents", &token, None).status == 200).then_some(())
     });
     // A day later, as far as the listener can tell.
     let c = rusqlite::Connection::open(dir.path().join("listener.db")).unwrap();
@@ -215,7 +167,7 @@ async fn an_expired_token_is_refused() {
     .unwrap();
     let started = Instant::now();
     l.wait_for(Duration::from_secs(5), |l| {
-        (as_op(l, "GET", "/api/v1/agents", &token, None).status == 401).then_some(())
+        (l.request_as("GET", "/api/v1/agents", &token, None).status == 401).then_some(())
     });
     assert!(
         started.elapsed() < Duration::from_secs(1),
@@ -245,7 +197,7 @@ async fn a_revoked_operators_api_access_and_console_session_end_within_a_second(
     let dir = TempDir::new("ops-revoked");
     let l = ListenerProcess::start(bin(), dir.path(), "");
     let token = add_operator(&l, dir.path(), "otto", "operator", "*");
-    let cookie = log_in(l.admin_addr, &token);
+    let cookie = console_login(l.admin_addr, &token);
     let page = console(l.admin_addr, "GET", "/ui/", "", Some(&cookie));
     assert!(page.contains("otto · operator"), "{page}");
 
@@ -258,7 +210,7 @@ async fn a_revoked_operators_api_access_and_console_session_end_within_a_second(
     while revoked.elapsed() < Duration::from_secs(3)
         && (api_gone.is_none() || console_gone.is_none())
     {
-        if api_gone.is_none() && as_op(&l, "GET", "/api/v1/agents", &token, None).status == 401 {
+        if api_gone.is_none() && l.request_as("GET", "/api/v1/agents", &token, None).status == 401 {
             api_gone = Some(revoked.elapsed());
         }
         let page = console(l.admin_addr, "GET", "/ui/", "", Some(&cookie));
@@ -281,52 +233,11 @@ async fn a_revoked_operators_api_access_and_console_session_end_within_a_second(
     assert!(page.contains("location: /ui/login"), "{page}");
 }
 
-/// Reads the event stream until it ends; how long after `from` it did.
-fn stream_ends(s: TcpStream, from: Instant, limit: Duration) -> Option<Duration> {
-    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    let mut r = BufReader::new(s);
-    while from.elapsed() < limit {
-        let mut line = String::new();
-        match r.read_line(&mut line) {
-            Ok(0) => return Some(from.elapsed()),
-            // The last chunk of a chunked body: the stream is over.
-            Ok(_) if line == "0\r\n" => return Some(from.elapsed()),
-            Ok(_) | Err(_) => {}
-        }
-    }
-    None
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_revoked_operators_event_stream_ends_within_a_second() {
-    let dir = TempDir::new("ops-stream");
-    let l = ListenerProcess::start(bin(), dir.path(), "");
-    let token = add_operator(&l, dir.path(), "sam", "viewer", "*");
-    let mut s = TcpStream::connect(l.admin_addr).unwrap();
-    write!(
-        s,
-        "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200", "the stream opened");
-
-    let out = operators(dir.path(), &["revoke", "sam"]);
-    assert!(out.status.success(), "{out:?}");
-    let ended = stream_ends(s, Instant::now(), Duration::from_secs(5));
-    assert!(
-        ended.is_some_and(|t| t < Duration::from_secs(1)),
-        "the stream ended after {ended:?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn admins_manage_operators_through_the_api_and_ccctl_others_may_not() {
     let dir = TempDir::new("ops-api");
     let l = ListenerProcess::start(bin(), dir.path(), "");
-    let made = as_op(
-        &l,
+    let made = l.request_as(
         "POST",
         "/api/v1/operators",
         TOKEN,
@@ -335,18 +246,24 @@ async fn admins_manage_operators_through_the_api_and_ccctl_others_may_not() {
     assert_eq!(made.status, 201, "{}", made.body);
     let wendy = made.json()["token"].as_str().unwrap().to_owned();
     // Usable at once, and only for what an operator may do.
-    assert_eq!(as_op(&l, "GET", "/api/v1/agents", &wendy, None).status, 200);
-    let no = as_op(
-        &l,
+    assert_eq!(
+        l.request_as("GET", "/api/v1/agents", &wendy, None).status,
+        200
+    );
+    let no = l.request_as(
         "POST",
         "/api/v1/operators",
         &wendy,
         Some(&json!({"name": "x", "role": "viewer"})),
     );
     assert_eq!(no.status, 403, "{}", no.body);
-    assert_eq!(as_op(&l, "GET", "/api/v1/audit", &wendy, None).status, 403);
     assert_eq!(
-        as_op(&l, "GET", "/api/v1/operators", &wendy, None).status,
+        l.request_as("GET", "/api/v1/audit", &wendy, None).status,
+        403
+    );
+    assert_eq!(
+        l.request_as("GET", "/api/v1/operators", &wendy, None)
+            .status,
         403
     );
     // Bad input is named; an admin reaches every host; names are not reused.
@@ -367,7 +284,7 @@ async fn admins_manage_operators_through_the_api_and_ccctl_others_may_not() {
             "expiresDays",
         ),
     ] {
-        let r = as_op(&l, "POST", "/api/v1/operators", TOKEN, Some(&body));
+        let r = l.request_as("POST", "/api/v1/operators", TOKEN, Some(&body));
         assert_eq!(
             (r.status, r.json()["field"].as_str()),
             (400, Some(field)),
@@ -375,8 +292,7 @@ async fn admins_manage_operators_through_the_api_and_ccctl_others_may_not() {
             r.body
         );
     }
-    let again = as_op(
-        &l,
+    let again = l.request_as(
         "POST",
         "/api/v1/operators",
         TOKEN,
@@ -385,28 +301,22 @@ async fn admins_manage_operators_through_the_api_and_ccctl_others_may_not() {
     assert_eq!(again.status, 409);
     // Revoked through the API: refused at once.
     assert_eq!(
-        as_op(&l, "DELETE", "/api/v1/operators/wendy", TOKEN, None).status,
+        l.request_as("DELETE", "/api/v1/operators/wendy", TOKEN, None)
+            .status,
         204
     );
-    assert_eq!(as_op(&l, "GET", "/api/v1/agents", &wendy, None).status, 401);
     assert_eq!(
-        as_op(&l, "DELETE", "/api/v1/operators/wendy", TOKEN, None).status,
+        l.request_as("GET", "/api/v1/agents", &wendy, None).status,
+        401
+    );
+    assert_eq!(
+        l.request_as("DELETE", "/api/v1/operators/wendy", TOKEN, None)
+            .status,
         404
     );
 
     // ccctl, as an admin.
-    std::fs::write(dir.path().join("ccctl-token"), TOKEN).unwrap();
-    let ccctl = |args: &[&str]| {
-        std::process::Command::new(cc_testkit::bin("ccctl"))
-            .arg("--url")
-            .arg(format!("http://{}", l.admin_addr))
-            .arg("--token-file")
-            .arg(dir.path().join("ccctl-token"))
-            .args(args)
-            .env_remove("HOME")
-            .output()
-            .unwrap()
-    };
+    let ccctl = |args: &[&str]| l.ccctl(dir.path(), args);
     let add = ccctl(&[
         "operators",
         "add",
@@ -419,7 +329,10 @@ async fn admins_manage_operators_through_the_api_and_ccctl_others_may_not() {
     assert!(add.status.success(), "{add:?}");
     let carl = String::from_utf8(add.stdout).unwrap().trim().to_owned();
     assert!(carl.starts_with("cco_"), "{carl}");
-    assert_eq!(as_op(&l, "GET", "/api/v1/agents", &carl, None).status, 200);
+    assert_eq!(
+        l.request_as("GET", "/api/v1/agents", &carl, None).status,
+        200
+    );
     let list = String::from_utf8(ccctl(&["operators", "list"]).stdout).unwrap();
     assert!(
         list.contains("carl") && list.contains("host:web-1") && list.contains("revoked"),
@@ -427,7 +340,10 @@ async fn admins_manage_operators_through_the_api_and_ccctl_others_may_not() {
     );
     assert!(!list.contains("cco_"), "no token listed: {list}");
     assert!(ccctl(&["operators", "revoke", "carl"]).status.success());
-    assert_eq!(as_op(&l, "GET", "/api/v1/agents", &carl, None).status, 401);
+    assert_eq!(
+        l.request_as("GET", "/api/v1/agents", &carl, None).status,
+        401
+    );
 }
 
 /// Two listeners on one PostgreSQL database: an operator revoked through
@@ -442,8 +358,7 @@ async fn revoked_through_one_listener_refused_by_another_on_postgresql_within_a_
     let (d1, d2) = (TempDir::new("ops-pg-1"), TempDir::new("ops-pg-2"));
     let l1 = ListenerProcess::start_shared(bin(), d1.path(), &url, "");
     let l2 = ListenerProcess::start_shared(bin(), d2.path(), &url, "");
-    let made = as_op(
-        &l1,
+    let made = l1.request_as(
         "POST",
         "/api/v1/operators",
         TOKEN,
@@ -452,17 +367,18 @@ async fn revoked_through_one_listener_refused_by_another_on_postgresql_within_a_
     assert_eq!(made.status, 201, "{}", made.body);
     let pat = made.json()["token"].as_str().unwrap().to_owned();
     l2.wait_for(Duration::from_secs(5), |l| {
-        (as_op(l, "GET", "/api/v1/agents", &pat, None).status == 200).then_some(())
+        (l.request_as("GET", "/api/v1/agents", &pat, None).status == 200).then_some(())
     });
-    let cookie = log_in(l2.admin_addr, &pat);
+    let cookie = console_login(l2.admin_addr, &pat);
     assert_eq!(
-        as_op(&l1, "DELETE", "/api/v1/operators/pat", TOKEN, None).status,
+        l1.request_as("DELETE", "/api/v1/operators/pat", TOKEN, None)
+            .status,
         204
     );
     let revoked = Instant::now();
     l2.wait_for(Duration::from_secs(5), |l| {
         let page = console(l.admin_addr, "GET", "/ui/", "", Some(&cookie));
-        (as_op(l, "GET", "/api/v1/agents", &pat, None).status == 401
+        (l.request_as("GET", "/api/v1/agents", &pat, None).status == 401
             && page.contains("location: /ui/login"))
         .then_some(())
     });

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use cc_testkit::TempDir;
@@ -191,20 +190,6 @@ async fn a_batch_never_has_more_than_its_size_running() {
     }
 }
 
-/// `ccctl` as an operator runs it, against this listener.
-fn ccctl(l: &ListenerProcess, dir: &Path, args: &[&str]) -> std::process::Output {
-    std::fs::write(dir.join("ccctl-token"), cc_testkit::listener::TOKEN).unwrap();
-    std::process::Command::new(cc_testkit::bin("ccctl"))
-        .arg("--url")
-        .arg(format!("http://{}", l.admin_addr))
-        .arg("--token-file")
-        .arg(dir.join("ccctl-token"))
-        .args(args)
-        .env_remove("HOME")
-        .output()
-        .unwrap()
-}
-
 /// `ccctl run --tag …` fans out through the API, prints one line per host,
 /// and exits 0 only when every host succeeded; `run status` shows a run
 /// later; JSON for scripts; no progress line when stderr is not a terminal.
@@ -217,8 +202,7 @@ async fn ccctl_runs_by_tag_and_exits_non_zero_when_a_host_fails() {
     agent(&l, "b.test", &["db", "eu"], fast).await;
     agent(&l, "c.test", &["db", "us"], fast).await;
     l.wait_connected_count(3);
-    let ok = ccctl(
-        &l,
+    let ok = l.ccctl(
         dir.path(),
         &["run", "--tag", "db", "--tag", "eu", "--", "/bin/true"],
     );
@@ -241,8 +225,7 @@ async fn ccctl_runs_by_tag_and_exits_non_zero_when_a_host_fails() {
     );
     assert!(!err.contains('\r'), "no progress line in a pipe: {err:?}");
 
-    let bad = ccctl(
-        &l,
+    let bad = l.ccctl(
         dir.path(),
         &[
             "run",
@@ -274,12 +257,11 @@ async fn ccctl_runs_by_tag_and_exits_non_zero_when_a_host_fails() {
         "{v}"
     );
 
-    let none = ccctl(&l, dir.path(), &["run", "--tag", "nope", "--", "/bin/true"]);
+    let none = l.ccctl(dir.path(), &["run", "--tag", "nope", "--", "/bin/true"]);
     assert!(!none.status.success());
     assert!(String::from_utf8_lossy(&none.stderr).contains("no host matches"));
 
-    let later = ccctl(
-        &l,
+    let later = l.ccctl(
         dir.path(),
         &["run", "--no-wait", "c.test", "--", "/bin/true"],
     );
@@ -291,13 +273,13 @@ async fn ccctl_runs_by_tag_and_exits_non_zero_when_a_host_fails() {
         .strip_prefix("run ")
         .unwrap()
         .to_owned();
-    let watched = ccctl(&l, dir.path(), &["run", "watch", &id]);
+    let watched = l.ccctl(dir.path(), &["run", "watch", &id]);
     assert!(
         watched.status.success(),
         "{}",
         String::from_utf8_lossy(&watched.stderr)
     );
-    let status = ccctl(&l, dir.path(), &["run", "status", &id]);
+    let status = l.ccctl(dir.path(), &["run", "status", &id]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("c.test"));
 
     // On a terminal (a pty from util-linux `script`): the progress line.

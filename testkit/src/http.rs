@@ -38,23 +38,49 @@ pub fn request(
     exchange(addr, method, path, auth.as_deref().unwrap_or(""), typed)
 }
 
-/// A console page as the operator holding `token` sees it: logged in
-/// through `/ui/login` (the form), then `path` fetched with the session's
-/// cookie.
-pub fn console_page(addr: SocketAddr, token: &str, path: &str) -> Response {
-    let form = format!("token={token}");
-    let login = exchange(
-        addr,
-        "POST",
-        "/ui/login",
-        "",
-        Some(("application/x-www-form-urlencoded", form.as_bytes())),
+/// One console request (a form body, a session cookie or none): the whole
+/// answer, head and body, as the listener sent it.
+pub fn console(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    form: &str,
+    cookie: Option<&str>,
+) -> String {
+    let cookie = cookie.map(|c| format!("Cookie: {c}\r\n"));
+    let mut stream = TcpStream::connect(addr).expect("connecting to the console");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        cookie.as_deref().unwrap_or(""),
+        form.len()
     );
-    let cookie = login
-        .header("set-cookie")
-        .and_then(|c| c.split(';').next())
-        .unwrap_or_else(|| panic!("no session from /ui/login: {login:?}"))
-        .to_owned();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(form.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// Logs in to the console with `token` (the login form): the session's
+/// cookie, `name=value`.
+pub fn console_login(addr: SocketAddr, token: &str) -> String {
+    let answer = console(addr, "POST", "/ui/login", &format!("token={token}"), None);
+    answer
+        .lines()
+        .find(|h| h.to_ascii_lowercase().starts_with("set-cookie:"))
+        .and_then(|h| h.split_once(':'))
+        .and_then(|(_, v)| v.trim().split(';').next())
+        .unwrap_or_else(|| panic!("no session from /ui/login: {answer}"))
+        .to_owned()
+}
+
+/// A console page as the operator holding `token` sees it: logged in,
+/// then `path` fetched with the session's cookie.
+pub fn console_page(addr: SocketAddr, token: &str, path: &str) -> Response {
+    let cookie = console_login(addr, token);
     exchange(addr, "GET", path, &format!("Cookie: {cookie}\r\n"), None)
 }
 

@@ -225,6 +225,44 @@ impl ListenerProcess {
         http::request(self.admin_addr, "GET", path, Some(TOKEN), None)
     }
 
+    /// `ccctl` as an operator runs it against this listener: the admin
+    /// token in `dir/ccctl-token`, no `HOME` (so no `ccctl.toml`).
+    pub fn ccctl_command(&self, dir: &Path, args: &[&str]) -> Command {
+        std::fs::write(dir.join("ccctl-token"), TOKEN).unwrap();
+        let mut c = Command::new(crate::bin("ccctl"));
+        c.arg("--url")
+            .arg(format!("http://{}", self.admin_addr))
+            .arg("--token-file")
+            .arg(dir.join("ccctl-token"))
+            .args(args)
+            .env_remove("HOME");
+        c
+    }
+
+    /// [`ListenerProcess::ccctl_command`], run to its end.
+    pub fn ccctl(&self, dir: &Path, args: &[&str]) -> std::process::Output {
+        self.ccctl_command(dir, args).output().unwrap()
+    }
+
+    /// A request with an operator's own `token` (not the admin's), and a
+    /// JSON body if any.
+    pub fn request_as(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Response {
+        let body = body.map(serde_json::Value::to_string);
+        http::request(
+            self.admin_addr,
+            method,
+            path,
+            Some(token),
+            body.as_deref().map(str::as_bytes),
+        )
+    }
+
     pub fn post(&self, path: &str, body: &serde_json::Value) -> Response {
         http::request(
             self.admin_addr,

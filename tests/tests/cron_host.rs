@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step should stop the test
 
-use std::process::Command;
 use std::time::Duration;
 
 use cc_e2e::agent::{AgentProcess, root_and_agent_user};
@@ -30,16 +29,7 @@ fn local_zone() -> String {
 }
 
 fn ccctl_agents(listener: &ListenerProcess, dir: &std::path::Path) -> String {
-    std::fs::write(dir.join("token"), cc_e2e::listener::TOKEN).unwrap();
-    let out = Command::new(bin("ccctl"))
-        .arg("--url")
-        .arg(format!("http://{}", listener.admin_addr))
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        .arg("agents")
-        .env_remove("HOME")
-        .output()
-        .unwrap();
+    let out = listener.ccctl(dir, &["agents"]);
     assert!(out.status.success(), "{out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

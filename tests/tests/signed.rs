@@ -361,20 +361,6 @@ fn a_user_mode_job_replaying_a_captured_statement_gets_nothing() {
     assert!(refusal(&v).contains("argv"), "{v}");
 }
 
-/// `ccctl` as an operator runs it.
-fn ccctl(listener: &ListenerProcess, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    std::fs::write(dir.join("token"), cc_e2e::listener::TOKEN).unwrap();
-    Command::new(bin("ccctl"))
-        .arg("--url")
-        .arg(format!("http://{}", listener.admin_addr))
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        .args(args)
-        .env_remove("HOME")
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn only_an_operators_signature_makes_root_work_through_the_whole_system() {
     let Some((uid, gid)) = root_and_agent_user() else {
@@ -490,8 +476,7 @@ fn listeners_signatures_are_refused(listener: &mut ListenerProcess, host: &str) 
 
 /// The operator signs with ccctl: the job runs as root.
 fn operator_signs_a_root_job(listener: &ListenerProcess, op: &Path, host: &str) {
-    let out = ccctl(
-        listener,
+    let out = listener.ccctl(
         op,
         &[
             "run",
@@ -528,8 +513,7 @@ fn signed_root_cron_entry(
     // And a signed root cron entry, through the API to the helper's file.
     let list = op.join("cron.txt");
     std::fs::write(&list, "# nightly\nroot-nightly 0 3 * * * /usr/bin/id -u\n").unwrap();
-    let out = ccctl(
-        listener,
+    let out = listener.ccctl(
         op,
         &[
             "cron",
@@ -554,7 +538,7 @@ fn signed_root_cron_entry(
     });
     // ccctl's own checks: a bad line is named, and nothing is sent.
     std::fs::write(&list, "ok @daily /bin/true\nbad 61 * * * * /bin/true\n").unwrap();
-    let out = ccctl(listener, op, &["cron", "set", host, list.to_str().unwrap()]);
+    let out = listener.ccctl(op, &["cron", "set", host, list.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
 }
@@ -594,8 +578,7 @@ fn root_work_for_a_user_mode_host_is_refused_not_run_as_someone_else() {
     let op = dir.path().join("op");
     std::fs::write(op.join("operator.key"), &operator().0).unwrap();
     let keyfile = op.join("operator.key");
-    let out = ccctl(
-        &listener,
+    let out = listener.ccctl(
         &op,
         &[
             "run",
@@ -622,8 +605,7 @@ fn root_work_for_a_user_mode_host_is_refused_not_run_as_someone_else() {
     );
     let list = op.join("cron.txt");
     std::fs::write(&list, "nightly 0 3 * * * /usr/bin/id -u\n").unwrap();
-    let out = ccctl(
-        &listener,
+    let out = listener.ccctl(
         &op,
         &[
             "cron",
