@@ -62,7 +62,7 @@ pub(crate) enum Command {
     Job {
         id: String,
         /// `text` (default: the report, stdout and stderr verbatim) or `json`.
-        #[arg(long, default_value = "text")]
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         output: String,
     },
     /// List agents: host, online, mode, root, last heartbeat, cron status,
@@ -94,7 +94,7 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// `table` (default: one line each) or `json` (the reports whole).
-        #[arg(long, default_value = "table")]
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         output: String,
     },
     /// Manage the keys agents connect with (as `cc-listener keys` does on
@@ -129,7 +129,7 @@ pub(crate) enum Command {
         #[arg(long)]
         verify: bool,
         /// `table` (default) or `json`.
-        #[arg(long, default_value = "table")]
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         output: String,
     },
     /// Print a shell completion script: `ccctl completions bash >
@@ -175,7 +175,7 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) no_wait: bool,
     /// `table` (default) or `json`.
-    #[arg(long, default_value = "table")]
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
     pub(crate) output: String,
     /// The program and its arguments, after `--`.
     #[arg(last = true)]
@@ -188,14 +188,14 @@ pub(crate) enum RunCommand {
     Status {
         id: String,
         /// `table` (default) or `json` (as `ccctl run --output json`).
-        #[arg(long, default_value = "table")]
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         output: String,
     },
     /// Wait for a run to finish, then one line per host.
     Watch {
         id: String,
         /// `table` (default) or `json` (as `ccctl run --output json`).
-        #[arg(long, default_value = "table")]
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         output: String,
     },
 }
@@ -266,4 +266,36 @@ pub(crate) enum CronCommand {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    /// `--output` takes only what the command prints: a typo is refused
+    /// naming the choices, never taken for the default.
+    #[test]
+    fn output_takes_only_the_formats_it_prints() {
+        for ok in [
+            &["ccctl", "reports", "--output", "json"][..],
+            &["ccctl", "job", "x", "--output", "text"],
+            &["ccctl", "run", "status", "r", "--output", "table"],
+            &["ccctl", "audit", "--output", "json"],
+        ] {
+            assert!(Cli::try_parse_from(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            &["ccctl", "reports", "--output", "jsno"][..],
+            &["ccctl", "job", "x", "--output", "table"],
+            &["ccctl", "run", "status", "r", "--output", "yaml"],
+            &["ccctl", "run", "h", "--output", "JSON", "--", "/bin/true"],
+            &["ccctl", "audit", "--output", ""],
+        ] {
+            let e = Cli::try_parse_from(bad).expect_err(&format!("{bad:?} was accepted"));
+            assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{bad:?}");
+            assert!(e.to_string().contains("possible values"), "{e}");
+        }
+    }
 }
