@@ -71,7 +71,7 @@ fn a_working_host_is_all_ok_and_is_not_registered() {
     let l = ListenerProcess::start(&cc_testkit::bin("cc-listener"), dir.path(), "");
     let key = l.add_key("check-1");
     let config = host(dir.path(), &l.ws_url(), &key, 0o600, "");
-    let _cron = cc_testkit::CronDaemon::ensure();
+    cc_testkit::ensure_cron_daemon();
     let out = check(&config);
     let text = stdout(&out);
     assert!(

@@ -203,48 +203,42 @@ pub fn require(what: &str, available: bool) -> bool {
     false
 }
 
-/// Debian's cron daemon, running in this mount namespace for as long as
-/// the machine does. Tests of several processes rely on it at once (nextest
+/// Makes sure Debian's cron daemon runs in this mount namespace, for as
+/// long as the machine does. Tests of several processes rely on it at once (nextest
 /// runs each test in a process of its own), so none of them may stop it: a
 /// test that started cron and killed it when it ended took it away from a
 /// test still waiting for a run (seen in CI). It is started the way the
 /// package's unit would leave it: once, and running.
-#[derive(Debug)]
-pub struct CronDaemon;
-
-impl CronDaemon {
-    pub fn ensure() -> Self {
-        use std::process::{Command, Stdio};
-        // A cron of this mount namespace: the reliability suite runs crons
-        // of its own in private namespaces, which see other files.
-        let mine = std::fs::read_link("/proc/self/ns/mnt").ok();
-        let running = || {
-            Command::new("pgrep")
-                .args(["-x", "cron"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-                .split_whitespace()
-                .any(|pid| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() == mine)
-        };
-        if running() {
-            return Self;
-        }
-        // Without -f cron forks, and its parent exits once the daemon holds
-        // its pid file: two tests starting it at once leave one daemon (the
-        // second finds the pid file locked and exits).
-        let status = Command::new("cron")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("starting cron");
-        assert!(
-            status.success() || running(),
-            "cron did not start: {status}"
-        );
-        wait_for(std::time::Duration::from_secs(10), "cron to run", || {
-            running().then_some(())
-        });
-        Self
+pub fn ensure_cron_daemon() {
+    use std::process::{Command, Stdio};
+    // A cron of this mount namespace: the reliability suite runs crons
+    // of its own in private namespaces, which see other files.
+    let mine = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let running = || {
+        Command::new("pgrep")
+            .args(["-x", "cron"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|pid| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() == mine)
+    };
+    if running() {
+        return;
     }
+    // Without -f cron forks, and its parent exits once the daemon holds
+    // its pid file: two tests starting it at once leave one daemon (the
+    // second finds the pid file locked and exits).
+    let status = Command::new("cron")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("starting cron");
+    assert!(
+        status.success() || running(),
+        "cron did not start: {status}"
+    );
+    wait_for(std::time::Duration::from_secs(10), "cron to run", || {
+        running().then_some(())
+    });
 }

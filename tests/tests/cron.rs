@@ -103,7 +103,7 @@ fn user_crontab_real_cron_cron_run_and_a_hostile_listener() {
     // 2. The same list again rewrites nothing.
     same_list_rewrites_nothing(&listener, host, &agent, &entries);
     // 3. Debian's cron runs the * * * * * entry; its report reaches the listener.
-    let _cron = cc_e2e::CronDaemon::ensure();
+    cc_e2e::ensure_cron_daemon();
     real_cron_runs_the_entry(&listener, uid);
     // 4. A cron run while the agent is down is delivered when it is back.
     run_while_down_is_delivered(&listener, &mut agent);

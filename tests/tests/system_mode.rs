@@ -9,7 +9,7 @@ use std::time::Duration;
 use cc_e2e::agent::{AgentProcess, root_and_agent_user};
 use cc_e2e::helper::HelperProcess;
 use cc_e2e::listener::ListenerProcess;
-use cc_e2e::{CronDaemon, TempDir, bin, wait_for};
+use cc_e2e::{TempDir, bin, ensure_cron_daemon, wait_for};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
@@ -48,7 +48,7 @@ fn system_jobs_run_as_root_through_the_helper_and_fail_clearly_without_it() {
     // 4. A cron list goes to /etc/cron.d through the helper, and Debian's
     //    real cron runs the entry as root; the report reaches the listener.
     cron_list_reaches_the_cron_file(&listener, host, cron_file);
-    let _cron = CronDaemon::ensure();
+    ensure_cron_daemon();
     scheduled_report_is_roots(&listener);
     drop(agent);
 }
@@ -193,7 +193,7 @@ fn cron_list_reaches_the_cron_file(listener: &ListenerProcess, host: &str, cron_
 /// Debian's real cron runs the entry as root; the report reaches the
 /// listener.
 fn scheduled_report_is_roots(listener: &ListenerProcess) {
-    let _cron = CronDaemon::ensure();
+    ensure_cron_daemon();
     let report = wait_for(
         Duration::from_secs(150),
         "a scheduled system job's report",

@@ -81,16 +81,13 @@ pub(crate) fn agent_view(state: &AppState, row: AgentRow) -> AgentView {
     let warning = (row.is_root && row.execution_mode == "user").then(|| {
         "agent runs as root (UID 0) in user mode: every job runs as root; run it as cc-agent-user".to_owned()
     });
-    // This listener's connection hears every heartbeat; the store has what
-    // the holder of the connection last wrote.
-    let cron_host = l
-        .as_ref()
-        .and_then(|l| l.info.cron_host.clone())
-        .or_else(|| {
-            row.cron_host
-                .as_deref()
-                .and_then(|t| serde_json::from_str(t).ok())
-        });
+    // The store has what the connection's holder last heard, written
+    // before any listener's hub learns it: one source, whichever listener
+    // holds the agent.
+    let cron_host: Option<CronHost> = row
+        .cron_host
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok());
     let cron_warning = cron_host
         .as_ref()
         .filter(|c| c.daemon.is_none())
