@@ -228,6 +228,7 @@ mod tests {
                 id: format!("e{i}"),
                 schedule: "* * * * *".into(),
                 command: "/bin/true".into(),
+                ..Default::default()
             })
             .collect();
         let e = apply(

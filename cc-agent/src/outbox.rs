@@ -317,6 +317,7 @@ pub(crate) mod tests {
             executing_user: "u".into(),
             warning: None,
             report_id: None,
+            waited_ms: None,
         }
     }
 

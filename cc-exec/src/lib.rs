@@ -636,6 +636,7 @@ impl Finished {
             executing_user: user.to_owned(),
             warning: (!warnings.is_empty()).then(|| warnings.join("; ")),
             report_id,
+            waited_ms: None,
         }
     }
 }

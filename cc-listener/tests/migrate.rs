@@ -69,6 +69,7 @@ fn history(s: &Store) -> (String, String) {
             id: "tick".into(),
             schedule: "* * * * *".into(),
             command: "/bin/true".into(),
+            ..Default::default()
         }],
         None,
         30,

@@ -210,6 +210,7 @@ mod tests {
             id: id.into(),
             schedule: "@daily".into(),
             command: command.into(),
+            ..Default::default()
         };
         let (valid, rejected) = validate(&[e("path", "/usr/bin/id -u"), e("bare", "id -u")]);
         assert_eq!(valid.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["path"]);
@@ -246,6 +247,7 @@ mod tests {
             id: id.into(),
             schedule: schedule.into(),
             command: "/bin/true".into(),
+            ..Default::default()
         };
         let long = "x".repeat(300);
         let (valid, rejected) =

@@ -120,6 +120,7 @@ mod tests {
             executing_user: "root".into(),
             warning: None,
             report_id: Some(id.into()),
+            waited_ms: None,
         }
     }
 

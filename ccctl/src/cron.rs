@@ -84,6 +84,7 @@ pub(crate) fn parse_cron_file(text: &str) -> Result<(Vec<CronEntry>, Vec<String>
             id: words[0].to_owned(),
             schedule: words[1..].join(" "),
             command: command.to_owned(),
+            ..CronEntry::default()
         };
         let job = entry
             .validate()

@@ -276,11 +276,13 @@ mod tests {
                     id: "daily".into(),
                     schedule: "0 0 * * *".into(),
                     command: "/bin/true".into(),
+                    ..Default::default()
                 },
                 CronEntry {
                     id: "hourly".into(),
                     schedule: "@hourly".into(),
                     command: "backup.sh --full".into(),
+                    ..Default::default()
                 },
             ]
         );
@@ -313,6 +315,7 @@ mod tests {
             executing_user: "u".into(),
             warning: None,
             report_id: Some("r".repeat(128)),
+            waited_ms: None,
         };
         report.fit();
         let one = encode(&HelperResponse::ExecResult(report.clone())).unwrap();

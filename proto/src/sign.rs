@@ -430,6 +430,7 @@ mod tests {
                 id: format!("entry-{i:04}"),
                 schedule: "*/5 * * * *".into(),
                 command: "/usr/local/sbin/rotate --all /var/log/app".into(),
+                ..Default::default()
             })
             .collect();
         let list = CronStatement {

@@ -159,15 +159,55 @@ pub struct ExecutionReport {
     /// be acknowledged. Optional: a spec-only agent leaves it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_id: Option<String>,
+    /// Extension: how long a scheduled run waited for its jitter
+    /// ([`jitter_offset`]) before it started; left out for other runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<u64>,
 }
 
 /// One entry of `cron_refresh` (listener → agent); the payload is a bare
 /// array of these.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Extensions (each optional, left out when unset, so a spec-only peer
+/// sees the spec's three fields): `timeout` (seconds, as `execute_job`'s;
+/// default [`Timeout::DEFAULT`]), `jitter` (seconds: each host's run waits
+/// a stable offset in `[0, jitter)`, [`jitter_offset`]) and `grace`
+/// (seconds a run may be late before the listener records it missed; the
+/// listener's alone, an agent ignores it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CronEntry {
     pub id: String,
     pub schedule: String,
     pub command: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace: Option<u64>,
+}
+
+/// Longest `jitter` and `grace` a cron entry may ask for: a day.
+pub const MAX_CRON_DELAY_SECS: u64 = 24 * 3600;
+
+/// How long the run of entry `entry_id` on `hostname` waits, with
+/// `jitter` seconds of jitter: stable (the same every run, on every
+/// listener and agent) and spread evenly over `[0, jitter)`, so the hosts
+/// of a fleet entry do not all start in the same second. 0 when `jitter`
+/// is 0.
+pub fn jitter_offset(hostname: &str, entry_id: &str, jitter: u64) -> u64 {
+    if jitter == 0 {
+        return 0;
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in ["cc-jitter-v1", hostname, entry_id] {
+        ctx.update(part.as_bytes());
+        ctx.update(&[0]);
+    }
+    let digest = ctx.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(first) % jitter
 }
 
 /// Extension `report_ack` (listener → agent): the report with this id is
@@ -556,15 +596,49 @@ pub struct CronJob {
     pub id: JobId,
     pub schedule: Schedule,
     pub command: CommandLine,
+    pub timeout: Timeout,
+    /// Seconds, at most [`MAX_CRON_DELAY_SECS`]; 0: none.
+    pub jitter: u64,
+    /// Seconds, at most [`MAX_CRON_DELAY_SECS`]; `None`: the listener's
+    /// default.
+    pub grace: Option<u64>,
 }
 
 impl CronEntry {
     pub fn validate(&self) -> Result<CronJob, InvalidPayload> {
+        let delay = |field: &'static str, v: Option<u64>| match v {
+            Some(s) if s > MAX_CRON_DELAY_SECS => Err(TextError::Invalid {
+                field,
+                reason: "must be at most 86400 seconds (a day)",
+            }),
+            v => Ok(v),
+        };
         Ok(CronJob {
             id: JobId::parse(&self.id)?,
             schedule: Schedule::parse(&self.schedule)?,
             command: CommandLine::parse_shell_words(&self.command)?,
+            timeout: match self.timeout {
+                Some(secs) => Timeout::from_secs(secs)?,
+                None => Timeout::DEFAULT,
+            },
+            jitter: delay("jitter", self.jitter)?.unwrap_or(0),
+            grace: delay("grace", self.grace)?,
         })
+    }
+}
+
+impl From<&CronJob> for CronEntry {
+    /// The canonical form: the schedule as our grammar renders it, the
+    /// command as the exact argv quoted, options only when set.
+    fn from(job: &CronJob) -> Self {
+        CronEntry {
+            id: job.id.to_string(),
+            schedule: job.schedule.to_string(),
+            command: job.command.to_shell_line(),
+            timeout: (job.timeout != Timeout::DEFAULT).then(|| job.timeout.secs()),
+            jitter: (job.jitter != 0).then_some(job.jitter),
+            grace: job.grace,
+        }
     }
 }
 

@@ -631,6 +631,7 @@ mod tests {
             executing_user: "u".into(),
             warning: None,
             report_id: None,
+            waited_ms: None,
         }
     }
 

@@ -74,11 +74,7 @@ pub(super) async fn put_cron(
         }
         // Stored and pushed in canonical form: the schedule as our grammar
         // renders it, the command as the exact argv quoted.
-        canonical.push(CronEntry {
-            id: job.id.to_string(),
-            schedule: job.schedule.to_string(),
-            command: job.command.to_shell_line(),
-        });
+        canonical.push(CronEntry::from(&job));
     }
     require_known(&state, &host).await?;
     let signed = match signed {

@@ -238,6 +238,14 @@ impl Store {
         .transpose()
     }
 
+    /// The list the listener wants `hostname` to run: its own entries and,
+    /// once fleet entries exist, every fleet entry whose target matches the
+    /// host's bound tags. What is pushed, what reports are matched against
+    /// and what scheduled runs are expected from.
+    pub fn effective_cron(&self, hostname: &str) -> Result<Vec<CronEntry>> {
+        Ok(self.get_cron(hostname)?.map(|(e, _)| e).unwrap_or_default())
+    }
+
     /// The execution mode a host registered with last.
     pub fn agent_mode(&self, hostname: &str) -> Result<Option<String>> {
         self.read(|c| {

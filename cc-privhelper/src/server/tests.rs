@@ -122,7 +122,12 @@ fn exec(host: &str, n: u8) -> HelperRequest {
 }
 
 fn entry(id: &str) -> CronEntry {
-    CronEntry { id: id.into(), schedule: "@daily".into(), command: "/bin/true -x".into() }
+    CronEntry {
+        id: id.into(),
+        schedule: "@daily".into(),
+        command: "/bin/true -x".into(),
+        ..Default::default()
+    }
 }
 
 /// A signed `write_cron` of `entries`, generation `generation`.

@@ -54,6 +54,7 @@ fn a_report_duration_and_command_are_bounded() {
         executing_user: "root".into(),
         warning: None,
         report_id: None,
+        waited_ms: None,
     };
     assert!(r.validate().is_ok());
     r.duration_ms = ExecutionReport::MAX_DURATION_MS + 1;
@@ -133,6 +134,7 @@ fn escaped_output_is_shortened_to_fit_one_message() {
         executing_uid: 1,
         executing_user: "u".into(),
         warning: None,
+        waited_ms: None,
         report_id: None,
     };
     let small = ExecutionReport {
@@ -304,6 +306,7 @@ fn cron_entry_validation_names_the_problem() {
         id: "job-1".into(),
         schedule: "61 * * * *".into(),
         command: "/bin/true".into(),
+        ..Default::default()
     };
     assert_eq!(
         e.validate().unwrap_err().to_string(),
@@ -313,6 +316,7 @@ fn cron_entry_validation_names_the_problem() {
         id: "job-1".into(),
         schedule: "@daily".into(),
         command: "/bin/echo 'a\nb'".into(),
+        ..Default::default()
     };
     assert_eq!(
         e.validate().unwrap_err().to_string(),
@@ -331,6 +335,7 @@ fn report() -> ExecutionReport {
         duration_ms: 1,
         executing_uid: 1,
         executing_user: "u".into(),
+        waited_ms: None,
         warning: None,
         report_id: None,
     }
@@ -871,4 +876,57 @@ fn cron_host_travels_in_register_and_heartbeat() {
     let info = reg(r#","cronHost":{"daemon":"cron","timeZone":"Europe/Berlin"}"#).unwrap();
     assert_eq!(info.cron_host.unwrap().daemon.as_deref(), Some("cron"));
     assert!(reg(r#","cronHost":{"daemon":"c r o n"}"#).is_err());
+}
+
+/// Jitter is stable per (host, entry), inside `[0, jitter)`, spread over
+/// it, and different for different hosts.
+#[test]
+fn jitter_offsets_are_stable_bounded_and_spread() {
+    assert_eq!(jitter_offset("web-1", "backup", 0), 0);
+    let a = jitter_offset("web-1", "backup", 600);
+    assert_eq!(a, jitter_offset("web-1", "backup", 600));
+    let offsets: Vec<u64> = (0..1000)
+        .map(|i| jitter_offset(&format!("h{i}"), "backup", 600))
+        .collect();
+    assert!(offsets.iter().all(|&o| o < 600));
+    // Every tenth of the window gets some hosts (expected 100 each).
+    for tenth in 0..10 {
+        let n = offsets.iter().filter(|&&o| o / 60 == tenth).count();
+        assert!((50..150).contains(&n), "tenth {tenth}: {n}");
+    }
+    // The separator keeps ("ab","c") and ("a","bc") apart.
+    let same = (0..50)
+        .filter(|i| {
+            jitter_offset(&format!("ab{i}"), "c", 1 << 40)
+                == jitter_offset(&format!("ab{i}c"), "", 1 << 40)
+        })
+        .count();
+    assert_eq!(same, 0);
+}
+
+#[test]
+fn cron_entry_options_are_bounded_and_canonical() {
+    let e = |timeout, jitter, grace| CronEntry {
+        id: "x".into(),
+        schedule: "*/5 * * * *".into(),
+        command: "/bin/true".into(),
+        timeout,
+        jitter,
+        grace,
+    };
+    let job = e(Some(60), Some(300), Some(120)).validate().unwrap();
+    assert_eq!((job.timeout.secs(), job.jitter, job.grace), (60, 300, Some(120)));
+    assert_eq!(CronEntry::from(&job), e(Some(60), Some(300), Some(120)));
+    // Unset options stay unset in the canonical form (a spec-only agent
+    // sees the spec's three fields).
+    let plain = CronEntry::from(&e(None, None, None).validate().unwrap());
+    assert_eq!(plain, e(None, None, None));
+    assert_eq!(
+        serde_json::to_string(&plain).unwrap(),
+        r#"{"id":"x","schedule":"*/5 * * * *","command":"/bin/true"}"#
+    );
+    assert!(e(Some(0), None, None).validate().is_err());
+    assert!(e(None, Some(86_401), None).validate().is_err());
+    assert!(e(None, None, Some(86_401)).validate().is_err());
+    assert!(e(None, Some(86_400), Some(86_400)).validate().is_ok());
 }

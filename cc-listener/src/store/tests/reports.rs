@@ -64,6 +64,7 @@ fn reports_are_held_to_the_hosts_quota() {
                 id: "c".into(),
                 schedule: "* * * * *".into(),
                 command: "/bin/true".into(),
+                ..Default::default()
             }],
             None,
             0,
