@@ -23,7 +23,7 @@ use tracing::warn;
 use super::agents::scope_of;
 use super::{ApiError, ApiResult, hostname_param};
 use crate::auth::Operator;
-use crate::store::{EventFilter, EventRow, JobStatus, Scope};
+use crate::store::{EventFilter, EventRow, Scope};
 use crate::{AppState, rfc3339_ms};
 
 #[derive(Deserialize)]
@@ -55,13 +55,23 @@ pub(crate) fn open_event_streams() -> usize {
 struct EventView {
     id: i64,
     at: String,
+    /// Left out for a job's event (what every event was before other
+    /// kinds came).
+    #[serde(skip_serializing_if = "is_job")]
+    kind: String,
     job_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     run_id: Option<String>,
     hostname: String,
-    status: JobStatus,
+    status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+fn is_job(kind: &str) -> bool {
+    kind == "job"
 }
 
 /// `GET /events`: job state changes as Server-Sent Events, in commit
@@ -185,11 +195,13 @@ async fn next_event(mut c: Cursor) -> Option<(SseEvent, Cursor)> {
             let view = EventView {
                 id: e.id,
                 at: rfc3339_ms(e.at_ms),
+                kind: e.kind,
                 job_id: e.job_id,
                 run_id: e.run_id,
                 hostname: e.hostname,
                 status: e.status,
                 exit_code: e.exit_code,
+                detail: e.detail,
             };
             let event = axum::response::sse::Event::default()
                 .id(view.id.to_string())

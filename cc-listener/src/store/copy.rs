@@ -61,7 +61,7 @@ const COPY_TABLES: &[(&str, &str, bool, &str)] = &[
         "events",
         "id",
         true,
-        "id, at_ms, job_id, run_id, hostname, status, exit_code",
+        "id, at_ms, job_id, run_id, hostname, status, exit_code, kind, detail",
     ),
     (
         "operators",

@@ -32,6 +32,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0009_key_tags.sql"),
     include_str!("migrations/sqlite/0010_operators.sql"),
     include_str!("migrations/sqlite/0011_cron_host.sql"),
+    include_str!("migrations/sqlite/0012_event_kinds.sql"),
 ];
 
 /// The PostgreSQL migrations, in order. The first is the SQLite schema as
@@ -43,6 +44,7 @@ pub(super) const PG_MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0003_key_tags.sql"),
     include_str!("migrations/postgres/0004_operators.sql"),
     include_str!("migrations/postgres/0005_cron_host.sql"),
+    include_str!("migrations/postgres/0006_event_kinds.sql"),
 ];
 
 pub(super) fn migrate(conn: &Connection) -> Result<()> {

@@ -82,11 +82,32 @@ pub struct NewRun {
 pub struct EventRow {
     pub id: i64,
     pub at_ms: i64,
+    /// What the event is about: `job`, `cron` or `host` ([`NewEvent`]).
+    pub kind: String,
     pub job_id: String,
     pub run_id: Option<String>,
     pub hostname: String,
-    pub status: JobStatus,
+    /// A [`JobStatus`] for a job's event; for the others, see [`NewEvent`].
+    pub status: String,
     pub exit_code: Option<i64>,
+    pub detail: Option<String>,
+}
+
+/// An event that is not a job's state change (those the database's
+/// triggers write): one scheduled run of a cron entry (`kind` "cron",
+/// `job_id` the entry's id; status "done" with its exit code, "skipped",
+/// or "missed" with the reason in `detail`) or a host's change of state
+/// (`kind` "host", `job_id` empty). Written by [`Store::insert_event_in`]
+/// in the transaction that makes the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub at_ms: i64,
+    pub kind: &'static str,
+    pub job_id: String,
+    pub hostname: String,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub detail: Option<String>,
 }
 
 /// Which events a reader wants.

@@ -915,7 +915,10 @@ fn cron_entry_options_are_bounded_and_canonical() {
         grace,
     };
     let job = e(Some(60), Some(300), Some(120)).validate().unwrap();
-    assert_eq!((job.timeout.secs(), job.jitter, job.grace), (60, 300, Some(120)));
+    assert_eq!(
+        (job.timeout.secs(), job.jitter, job.grace),
+        (60, 300, Some(120))
+    );
     assert_eq!(CronEntry::from(&job), e(Some(60), Some(300), Some(120)));
     // Unset options stay unset in the canonical form (a spec-only agent
     // sees the spec's three fields).
