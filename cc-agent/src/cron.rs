@@ -14,29 +14,73 @@ use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use cc_proto::wire::{CronEntry, CronJob, CronRejection, CronStatus};
-use cc_proto::{CommandLine, JobId};
+use cc_proto::wire::{
+    CronEntry, CronJob, CronRejection, CronStatus, MAX_CRON_DELAY_SECS, jitter_offset,
+};
+use cc_proto::{CommandLine, JobId, Timeout};
 use serde::{Deserialize, Serialize};
 
 pub(crate) const BEGIN: &str =
     "# BEGIN croncommander: managed by cc-agent, do not edit between these lines";
 pub(crate) const END: &str = "# END croncommander";
 
-/// What `cron-run` needs to know about an entry.
+/// What `cron-run` needs to know about an entry: its argv, and its
+/// `timeout` and `jitter` (seconds) when set. A file written before these
+/// existed has neither: the default timeout, no jitter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct StoredEntry {
     pub(crate) argv: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) jitter: Option<u64>,
 }
 
 impl StoredEntry {
+    fn of(job: &CronJob) -> Self {
+        let entry = CronEntry::from(job);
+        Self {
+            argv: std::iter::once(job.command.program().to_owned())
+                .chain(job.command.args().iter().cloned())
+                .collect(),
+            timeout: entry.timeout,
+            jitter: entry.jitter,
+        }
+    }
+
     pub(crate) fn command(&self) -> Result<CommandLine> {
         let (program, args) = self
             .argv
             .split_first()
             .context("stored cron entry has no program")?;
         Ok(CommandLine::new(program, args)?)
+    }
+
+    /// The run's timeout, checked again as `CronEntry::validate` checks it.
+    pub(crate) fn timeout(&self) -> Result<Timeout> {
+        Ok(match self.timeout {
+            Some(secs) => Timeout::from_secs(secs)?,
+            None => Timeout::DEFAULT,
+        })
+    }
+
+    /// How long this host's run waits before it starts:
+    /// `jitter_offset(hostname, id, jitter)`, the offset the listener
+    /// computes too. A jitter over the bound is refused, not shortened.
+    pub(crate) fn wait(&self, hostname: &str, id: &JobId) -> Result<Duration> {
+        let jitter = self.jitter.unwrap_or(0);
+        ensure!(
+            jitter <= MAX_CRON_DELAY_SECS,
+            "stored cron entry {id}: jitter {jitter} s is over {MAX_CRON_DELAY_SECS} s"
+        );
+        Ok(Duration::from_secs(jitter_offset(
+            hostname,
+            id.as_str(),
+            jitter,
+        )))
     }
 }
 
@@ -99,11 +143,7 @@ pub(crate) fn apply(
         .mode(0o700)
         .create(&dir)?;
     for job in &valid {
-        let stored = StoredEntry {
-            argv: std::iter::once(job.command.program().to_owned())
-                .chain(job.command.args().iter().cloned())
-                .collect(),
-        };
+        let stored = StoredEntry::of(job);
         crate::atomic::write_file(
             &dir,
             &format!("{}.json", job.id),

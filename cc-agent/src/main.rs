@@ -12,18 +12,15 @@ mod jobs;
 mod link;
 mod outbox;
 mod runner;
+mod scheduled;
 mod seen;
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use cc_proto::JobId;
 use clap::{Parser, Subcommand};
-use nix::fcntl::{Flock, FlockArg};
-
-use cc_proto::{JobId, Timeout};
 
 use crate::config::{Config, DEFAULT_CONFIG};
 
@@ -65,43 +62,14 @@ enum Command {
     },
 }
 
-/// Exit code of a skipped scheduled run (EX_TEMPFAIL).
-const EXIT_SKIPPED: i32 = 75;
-
 fn cron_run(config: &std::path::Path, job_id: &str) -> Result<()> {
     let cfg = Config::load(config)?;
     let id = JobId::parse(job_id)?;
     let outbox = outbox::Outbox::open(&cfg.state_dir)?;
     let runner = runner::Runner::new(cfg.execution_mode, cfg.helper_socket.clone());
     let entry = cron::load(&cfg.state_dir, &id)?;
-    let command = entry.command()?;
-
     let locks = cfg.state_dir.join("locks");
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&locks)?;
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(locks.join(format!("{id}.lock")))
-        .context("opening the job's lock file")?;
-    let report = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => {
-            let report = runner.run(&id, &command, Timeout::DEFAULT, None);
-            drop(lock);
-            report
-        }
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => runner.refused(
-            &id,
-            &command,
-            EXIT_SKIPPED,
-            "skipped: the previous run of this job is still running",
-        ),
-        Err((_, e)) => return Err(e).context("locking the job"),
-    };
+    let report = scheduled::run(&runner, &locks, cfg.hostname.as_str(), &id, &entry)?;
     outbox.put(report)?;
     Ok(())
 }

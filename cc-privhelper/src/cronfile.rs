@@ -20,9 +20,9 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result, ensure};
+use cc_proto::JobId;
 use cc_proto::sign::Signed;
 use cc_proto::wire::{CronEntry, CronJob, CronRejection};
-use cc_proto::{CommandLine, JobId, Timeout};
 use tracing::info;
 
 use crate::config::{Config, check_root_owned};
@@ -30,8 +30,6 @@ use crate::config::{Config, check_root_owned};
 const STATE_FILE: &str = "system-cron.json";
 pub(crate) const HEADER: &str =
     "# Managed by CronCommander (cc-privhelper). Do not edit: rewritten on every cron_refresh.";
-
-pub(crate) const CRON_TIMEOUT: Timeout = Timeout::DEFAULT;
 
 /// One `write`/`remove_all` at a time: the state file and the cron file
 /// change together.
@@ -166,13 +164,14 @@ pub(crate) fn atomic_write(path: &Path, body: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// The command of installed entry `id`, from the stored statement checked
-/// again now (trusted key, this host); or why it may not run.
+/// Installed entry `id` (command, timeout, jitter), from the stored
+/// statement checked again now (trusted key, this host, bounds of
+/// `CronEntry::validate`); or why it may not run.
 pub(crate) fn load(
     cfg: &Config,
     trust: &crate::trust::Trust,
     id: &JobId,
-) -> Result<CommandLine, String> {
+) -> Result<CronJob, String> {
     let state = installed(cfg).ok_or("no readable, root-owned cron state file")?;
     let (statement, _) = trust
         .installed(&state.signed)
@@ -184,7 +183,6 @@ pub(crate) fn load(
     valid
         .into_iter()
         .find(|j| &j.id == id)
-        .map(|j| j.command)
         .ok_or_else(|| format!("no signed system cron entry {id}"))
 }
 

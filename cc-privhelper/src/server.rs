@@ -405,11 +405,12 @@ fn answer(
             // Whatever happens now is a report: the operator sees a
             // scheduled run refused, not silence.
             let mut report = match crate::cronfile::load(cfg, &h.trust, &id) {
-                Ok(command) => scheduled(
-                    h,
-                    &JobSpec { id, command, timeout: crate::cronfile::CRON_TIMEOUT },
-                    audit,
-                ),
+                Ok(job) => {
+                    let wait =
+                        cc_proto::wire::jitter_offset(&cfg.hostname, id.as_str(), job.jitter);
+                    let spec = JobSpec { id, command: job.command, timeout: job.timeout };
+                    scheduled(h, &spec, (job.jitter > 0).then(|| Duration::from_secs(wait)), audit)
+                }
                 Err(why) => {
                     let none = cc_proto::CommandLine::new("-", &[]).map_err(|e| invalid(&e))?;
                     not_run(&id, &none, &why, cc_exec::EXIT_NOT_EXECUTABLE)
@@ -431,8 +432,20 @@ fn not_run(id: &JobId, command: &cc_proto::CommandLine, why: &str, code: i32) ->
     crate::exec::stamp(&cc_exec::refused(code, why), id, command)
 }
 
-/// Runs a scheduled entry unless its previous run still goes on.
-fn scheduled(h: &Helper, spec: &JobSpec, audit: &mut Audit) -> ExecutionReport {
+/// Runs a scheduled entry unless its previous run still waits or goes on.
+/// With a jitter, it first waits (`wait`: this host's offset) and the
+/// report says how long (`waited_ms`). The entry is marked running before
+/// the wait, as the agent takes its lock before it: a run fired while the
+/// previous one waits is skipped. The wait holds no root slot: the
+/// running set allows one waiting thread per entry, so waiting threads
+/// are bounded by the installed list (`MAX_CRON_ENTRIES`), and sixteen
+/// entries waiting out an hour's jitter do not turn the next runs away.
+fn scheduled(
+    h: &Helper,
+    spec: &JobSpec,
+    wait: Option<Duration>,
+    audit: &mut Audit,
+) -> ExecutionReport {
     let running = |f: &dyn Fn(&mut HashSet<String>) -> bool| {
         f(&mut h.running.lock().unwrap_or_else(|e| e.into_inner()))
     };
@@ -445,9 +458,20 @@ fn scheduled(h: &Helper, spec: &JobSpec, audit: &mut Audit) -> ExecutionReport {
             EXIT_SKIPPED,
         );
     }
-    let done = run(h, spec, audit)
+    let waited = wait.map(|wait| {
+        let began = Instant::now();
+        let root = &h.slots[1];
+        let released = root.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        std::thread::sleep(wait);
+        if released.is_ok() {
+            root.fetch_add(1, Ordering::AcqRel);
+        }
+        u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX)
+    });
+    let mut done = run(h, spec, audit)
         .unwrap_or_else(|r| not_run(id, cmd, &r.message, cc_exec::EXIT_NOT_EXECUTABLE));
     running(&|r| r.remove(id.as_str()));
+    done.waited_ms = waited;
     done
 }
 

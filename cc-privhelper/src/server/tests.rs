@@ -497,3 +497,48 @@ fn scheduled_report_ids_are_valid_report_ids() {
     assert!(id.len() <= cc_proto::JobId::MAX_LEN);
     assert_ne!(id, super::scheduled_report_id());
 }
+
+/// An entry id whose offset on `web1` with 3 s of jitter is `want`.
+fn id_with_offset(want: u64) -> String {
+    (0..1000)
+        .map(|i| format!("j{i}"))
+        .find(|id| cc_proto::wire::jitter_offset("web1", id, 3) == want)
+        .unwrap()
+}
+
+/// A jittered entry waits this host's offset (from the signed statement
+/// and the config's hostname) and says so; it counts as running while it
+/// waits, so a run fired meanwhile is skipped; a jitter over the bound in
+/// a signed list is a rejected entry, never a wait.
+#[test]
+fn a_jittered_scheduled_run_waits_its_offset_and_blocks_a_second() {
+    let f = fixture("jitter", true, None);
+    let id = id_with_offset(2);
+    let mut e = entry(&id);
+    e.jitter = Some(3);
+    let mut far = entry("far");
+    far.jitter = Some(cc_proto::wire::MAX_CRON_DELAY_SECS + 1);
+    let Ok(HelperResponse::CronWritten(w)) =
+        ask(&f, Peer::Agent, HelperRequest::WriteCron(cron(vec![e, entry("plain"), far], 1)))
+    else {
+        panic!()
+    };
+    assert_eq!(w.installed, [id.clone(), "plain".into()]);
+    assert_eq!(w.rejected[0].id, "far");
+    std::thread::scope(|s| {
+        let first = s.spawn(|| report(ask(&f, Peer::Root, run_scheduled(&id))));
+        std::thread::sleep(Duration::from_millis(500));
+        let began = Instant::now();
+        let second = report(ask(&f, Peer::Root, run_scheduled(&id)));
+        assert!(began.elapsed() < Duration::from_secs(1));
+        assert_eq!((second.exit_code, second.waited_ms), (EXIT_SKIPPED, None));
+        let first = first.join().unwrap();
+        let waited = first.waited_ms.unwrap();
+        assert!((2000..2900).contains(&waited), "{first:?}");
+        assert_ne!(first.exit_code, EXIT_SKIPPED);
+    });
+    // No jitter: no wait, no waitedMs; the slot counters are untouched.
+    let r = report(ask(&f, Peer::Root, run_scheduled("plain")));
+    assert_eq!(r.waited_ms, None);
+    assert_eq!(f.h.slots[1].load(Ordering::Acquire), 0);
+}
