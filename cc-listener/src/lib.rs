@@ -19,6 +19,7 @@ pub mod auth;
 pub mod doorbell;
 pub mod hub;
 pub mod metrics;
+pub mod nextrun;
 pub mod pending;
 pub mod pgtls;
 pub mod sql;

@@ -72,11 +72,19 @@ async fn cron_set_refuses_a_bad_line_by_number_and_a_good_file_round_trips() {
     let got = l.ccctl(dir.path(), &["cron", "get", "cron.test"]);
     assert!(got.status.success(), "{}", text(&got.stderr));
     // The listener keeps a command's canonical rendering: its words, each
-    // quoted only where it needs to be.
+    // quoted only where it needs to be; then the next runs, as comments.
+    let out = text(&got.stdout);
+    let (entries, next): (Vec<&str>, Vec<&str>) = out.lines().partition(|l| !l.starts_with('#'));
     assert_eq!(
-        text(&got.stdout),
-        "backup 0 3 * * * /usr/local/sbin/backup --full --quiet\n\
-         ping @hourly /bin/echo 'a  b'\n"
+        entries,
+        [
+            "backup 0 3 * * * /usr/local/sbin/backup --full --quiet",
+            "ping @hourly /bin/echo 'a  b'"
+        ]
+    );
+    assert_eq!(
+        next[0],
+        "# next runs, in the host's time zone: UTC (the host did not say its time zone)"
     );
     // What `get` prints is a file `set` takes, and it stores the same list.
     std::fs::write(dir.path().join("again.cron"), &got.stdout).unwrap();
@@ -990,5 +998,181 @@ async fn a_run_left_unfinished_says_how_to_follow_it() {
             "; run {run} goes on: follow it later with `ccctl run watch {run}`\n"
         )),
         "{err}"
+    );
+}
+
+/// `ccctl job ENTRY --host H` shows the latest scheduled run of a cron
+/// entry (`--all`: every one, newest first); without `--host` the 404 says
+/// to use it. `cron get` says when each entry fires next in the host's
+/// time zone, with its jitter wait. The runs of a host outside an
+/// operator's selector are 404, as an unknown host's.
+#[tokio::test(flavor = "multi_thread")]
+async fn job_host_shows_an_entrys_scheduled_runs_and_cron_get_its_next_runs() {
+    let dir = TempDir::new("ccctl-entry-runs");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let mut a = ws::registered(&l, "sched.test").await;
+    ws::send(
+        &mut a,
+        &json!({"type": "heartbeat", "payload": {"cronHost": {"daemon": "cron", "timeZone": "Asia/Tokyo"}}}),
+    )
+    .await;
+    l.wait_for(Duration::from_secs(10), |l| {
+        l.agent_entry("sched.test")
+            .filter(|a| a["cronHost"]["timeZone"] == "Asia/Tokyo")
+    });
+    let list = json!([
+        {"id": "nightly", "schedule": "0 3 * * *", "command": "/usr/bin/backup", "jitter": 600},
+        {"id": "boot", "schedule": "@reboot", "command": "/bin/true"}
+    ]);
+    let put = l.put("/api/v1/agents/sched.test/cron", &list);
+    assert_eq!(put.status, 200, "{}", put.body);
+    // Without ?next the answer is the bare list, as before.
+    assert_eq!(l.get("/api/v1/agents/sched.test/cron").json(), list);
+
+    let none = l.ccctl(dir.path(), &["job", "nightly", "--host", "sched.test"]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(
+        text(&none.stderr)
+            .contains("no run of cron entry nightly on sched.test has been reported yet"),
+        "{}",
+        text(&none.stderr)
+    );
+    // Two scheduled runs: a failure, then a success that waited its jitter.
+    for (exit, waited, out) in [(3, None, "first\n"), (0, Some(1234), "second\n")] {
+        let mut r = ws::report("nightly", Some(&uuid::Uuid::new_v4().to_string()));
+        r["payload"]["exitCode"] = json!(exit);
+        r["payload"]["stdout"] = json!(out);
+        if let Some(ms) = waited {
+            r["payload"]["waitedMs"] = json!(ms);
+        }
+        ws::send(&mut a, &r).await;
+        ws::recv_type(&mut a, "report_ack", Duration::from_secs(10)).await;
+    }
+    let latest = l.ccctl(dir.path(), &["job", "nightly", "--host", "sched.test"]);
+    let out = text(&latest.stdout);
+    assert!(latest.status.success(), "{out}{}", text(&latest.stderr));
+    for want in [
+        "entry    nightly (scheduled)",
+        "host     sched.test",
+        "exit     0",
+        "waited   1234 ms (jitter)",
+        "--- stdout ---\nsecond\n",
+    ] {
+        assert!(out.contains(want), "{want:?} in {out}");
+    }
+    let all = l.ccctl(
+        dir.path(),
+        &["job", "nightly", "--host", "sched.test", "--all"],
+    );
+    let table = text(&all.stdout);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(
+        rows[0].ends_with("second") && rows[0].contains(" 1234 "),
+        "newest first: {table}"
+    );
+    assert!(rows[1].ends_with("first"), "{table}");
+    let json_all = l.ccctl(
+        dir.path(),
+        &[
+            "job",
+            "nightly",
+            "--host",
+            "sched.test",
+            "--all",
+            "--output",
+            "json",
+        ],
+    );
+    let v: Value = serde_json::from_slice(&json_all.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v[0]["kind"], "cron");
+    assert_eq!(v[1]["report"]["exitCode"], 3);
+    // The API pages: one at a time, with a cursor.
+    let one = l.get("/api/v1/agents/sched.test/cron/nightly/runs?limit=1");
+    assert_eq!(one.json().as_array().unwrap().len(), 1);
+    for bad in ["limit=0", "limit=1001", "before=0", "bogus=1"] {
+        let r = l.get(&format!(
+            "/api/v1/agents/sched.test/cron/nightly/runs?{bad}"
+        ));
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+    assert_eq!(
+        l.get("/api/v1/agents/sched.test/cron/a%20b/runs").status,
+        400
+    );
+    assert_eq!(
+        l.get("/api/v1/agents/nobody.test/cron/nightly/runs").status,
+        404
+    );
+
+    // Without --host: the 404 says what to do.
+    let plain = l.ccctl(dir.path(), &["job", "nightly"]);
+    let err = text(&plain.stderr);
+    assert_ne!(plain.status.code(), Some(0));
+    assert!(
+        err.contains("404") && err.contains("is this a cron entry? use --host"),
+        "{err}"
+    );
+    let unknown = l.ccctl(dir.path(), &["job", "nightly", "--host", "nobody.test"]);
+    assert!(
+        text(&unknown.stderr).contains("404"),
+        "{}",
+        text(&unknown.stderr)
+    );
+    let needs_host = l.ccctl(dir.path(), &["job", "nightly", "--all"]);
+    assert_eq!(needs_host.status.code(), Some(2), "--all needs --host");
+
+    // Next runs in the host's zone (Tokyo, +09:00), with this host's jitter wait.
+    let got = text(&l.ccctl(dir.path(), &["cron", "get", "sched.test"]).stdout);
+    let offset = cc_proto::wire::jitter_offset("sched.test", "nightly", 600);
+    assert!(
+        got.contains("# next runs, in the host's time zone: Asia/Tokyo\n"),
+        "{got}"
+    );
+    let line = got.lines().find(|l| l.starts_with("#   nightly ")).unwrap();
+    assert!(
+        line.contains("T03:00:00+09:00")
+            && line.ends_with(&format!(", then waits {offset} s (jitter)")),
+        "{got}"
+    );
+    assert!(got.contains("#   boot never on its own (@reboot)"), "{got}");
+    let next = l.get("/api/v1/agents/sched.test/cron?next=true").json();
+    assert_eq!(next[0]["timeZone"], "Asia/Tokyo");
+    assert_eq!(next[0]["jitterOffset"], offset);
+    assert_eq!(next[0]["jitter"], 600);
+    assert_eq!(next[1]["nextRun"], Value::Null);
+
+    // An operator whose selector does not reach the host: 404, as unknown.
+    let db = dir.path().join("listener.db");
+    let out = Command::new(bin())
+        .args([
+            "operators",
+            "add",
+            "dbop",
+            "--role",
+            "viewer",
+            "--hosts",
+            "tag:db",
+            "--db",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_owned();
+    let runs = l.wait_for(Duration::from_secs(10), |l| {
+        let r = l.request_as(
+            "GET",
+            "/api/v1/agents/sched.test/cron/nightly/runs",
+            &token,
+            None,
+        );
+        (r.status != 401).then_some(r)
+    });
+    assert_eq!(runs.status, 404, "{}", runs.body);
+    assert_eq!(
+        runs.json()["error"],
+        "no agent \"sched.test\" has registered"
     );
 }

@@ -344,10 +344,15 @@ async fn an_operator_scoped_to_web_cannot_read_a_db_host() {
         format!("/api/v1/jobs/{}", w.db_job),
         format!("/api/v1/runs/{}", w.mixed_run),
         "/api/v1/agents/db1.test/cron".to_owned(),
+        "/api/v1/agents/db1.test/cron/nightly/runs".to_owned(),
     ] {
         let r = get(&path);
         assert_eq!(r.status, 404, "{path}: {}", r.body);
     }
+    assert_eq!(
+        get("/api/v1/agents/web1.test/cron/nightly/runs").status,
+        200
+    );
     assert_eq!(get(&format!("/api/v1/jobs/{}", w.web_job)).status, 200);
     assert_eq!(get(&format!("/api/v1/runs/{}", w.web_run)).status, 200);
     assert_eq!(get("/api/v1/agents/web1.test/cron").status, 200);
@@ -396,6 +401,7 @@ fn console_shows_only_web(l: &ListenerProcess, token: &str, w: &Work) {
     );
     for path in [
         "/ui/hosts/db1.test".to_owned(),
+        "/ui/hosts/db1.test/cron/nightly".to_owned(),
         format!("/ui/jobs/{}", w.db_job),
         format!("/ui/jobs/{}/json", w.db_job),
         format!("/ui/runs/{}", w.mixed_run),
@@ -405,6 +411,7 @@ fn console_shows_only_web(l: &ListenerProcess, token: &str, w: &Work) {
         assert!(p.starts_with("HTTP/1.1 404"), "{path}: {p}");
     }
     assert!(page("/ui/hosts/web1.test").starts_with("HTTP/1.1 200"));
+    assert!(page("/ui/hosts/web1.test/cron/nightly").starts_with("HTTP/1.1 200"));
     let runs = page("/ui/runs");
     assert!(
         runs.contains(&w.web_run) && !runs.contains(&w.mixed_run),

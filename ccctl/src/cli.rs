@@ -59,11 +59,20 @@ pub(crate) enum Command {
     /// --key and --valid-for.
     Sign(RunArgs),
     /// Show a job and its report (stdout and stderr verbatim).
+    ///
+    /// With --host, ID is a cron entry's id: its latest scheduled run on
+    /// that host (`--all`: every stored run, newest first).
     Job {
         id: String,
         /// `text` (default: the report, stdout and stderr verbatim) or `json`.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         output: String,
+        /// ID is a cron entry of this host: show its scheduled runs.
+        #[arg(long)]
+        host: Option<String>,
+        /// With --host: list every stored run of the entry, not the latest.
+        #[arg(long, requires = "host")]
+        all: bool,
     },
     /// List agents: host, online, mode, root, last heartbeat, cron status,
     /// tags; a warning under any agent that runs as root in user mode.

@@ -126,7 +126,11 @@ fn read_cron_file(path: &std::path::Path) -> Result<String> {
 pub(crate) fn command(cli: &Cli, file: &FileConfig, command: &CronCommand) -> Result<bool> {
     match command {
         CronCommand::Get { host } => {
-            let list = Api::new(cli, file)?.call("GET", &format!("/agents/{host}/cron"), None)?;
+            let list = Api::new(cli, file)?.call(
+                "GET",
+                &format!("/agents/{host}/cron?next=true"),
+                None,
+            )?;
             for e in list.as_array().into_iter().flatten() {
                 outln!(
                     "{} {} {}",
@@ -135,6 +139,7 @@ pub(crate) fn command(cli: &Cli, file: &FileConfig, command: &CronCommand) -> Re
                     e["command"].as_str().unwrap_or("")
                 );
             }
+            print_next_runs(&list);
             Ok(true)
         }
         CronCommand::Set {
@@ -181,6 +186,28 @@ pub(crate) fn command(cli: &Cli, file: &FileConfig, command: &CronCommand) -> Re
                 stored.as_array().map_or(0, Vec::len)
             );
             Ok(true)
+        }
+    }
+}
+
+/// After `cron get`'s entries: when each fires next, in the host's time
+/// zone, as `#` comments (so the output still reads back with `cron set`).
+fn print_next_runs(list: &serde_json::Value) {
+    let entries = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    let Some(zone) = entries.first().and_then(|e| e["timeZone"].as_str()) else {
+        return;
+    };
+    outln!("# next runs, in the host's time zone: {zone}");
+    for e in entries {
+        let at = e["nextRun"]
+            .as_str()
+            .unwrap_or("never on its own (@reboot)");
+        match e["jitterOffset"].as_u64() {
+            Some(s) => outln!(
+                "#   {} {at}, then waits {s} s (jitter)",
+                e["id"].as_str().unwrap_or("")
+            ),
+            None => outln!("#   {} {at}", e["id"].as_str().unwrap_or("")),
         }
     }
 }

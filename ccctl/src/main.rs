@@ -78,7 +78,18 @@ fn dispatch(cli: &Cli, file: &FileConfig) -> Result<bool> {
             term::json(&signed)?;
             Ok(true)
         }
-        Command::Job { id, output } => job::show(&api()?, id, output == "json"),
+        Command::Job {
+            id,
+            output,
+            host: None,
+            ..
+        } => job::show(&api()?, id, output == "json"),
+        Command::Job {
+            id,
+            output,
+            host: Some(host),
+            all,
+        } => job::show_entry(&api()?, host, id, *all, output == "json"),
         Command::Agents { tags, offline } => agents::print_agents(&api()?, tags, *offline),
         Command::Reports {
             host,

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use tracing::info;
 
@@ -118,18 +119,77 @@ pub(super) async fn put_cron(
     Ok(Json(canonical))
 }
 
+/// `GET /agents/{hostname}/cron?next=true`: each entry also says when it
+/// next fires, in the host's time zone. Without it the answer is the bare
+/// list, exactly as before (clients compare it to what they set).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CronParams {
+    #[serde(default)]
+    next: bool,
+}
+
+/// An entry and its next run (`?next=true`).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntryView {
+    #[serde(flatten)]
+    entry: CronEntry,
+    /// RFC 3339 with the host zone's offset; `null`: never on its own
+    /// (`@reboot`).
+    next_run: Option<String>,
+    /// The zone `nextRun` is in ([`crate::nextrun::HostZone::label`]).
+    time_zone: String,
+    /// Seconds this host's run waits after firing (entries with a jitter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jitter_offset: Option<u64>,
+}
+
 pub(super) async fn get_cron(
     State(state): State<Arc<AppState>>,
     axum::Extension(op): axum::Extension<Operator>,
     Path(hostname): Path<String>,
-) -> ApiResult<Json<Vec<CronEntry>>> {
+    params: Result<Query<CronParams>, QueryRejection>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let Query(params) = params.map_err(|e| ApiError::invalid("next", e.body_text()))?;
     let host = hostname_param(&hostname)?.to_string();
     require_may_read(&state, &op, &host).await?;
     require_known(&state, &host).await?;
-    let list = state
+    let hq = host.clone();
+    let (list, cron_host) = state
         .db
-        .call(move |s| s.get_cron(&host))
+        .call(move |s| {
+            let list = s
+                .get_cron(&hq)?
+                .map(|(entries, _)| entries)
+                .unwrap_or_default();
+            let cron_host = match params.next {
+                true => s.agents_between(&hq, &hq)?.pop().and_then(|a| a.cron_host),
+                false => None,
+            };
+            Ok((list, cron_host))
+        })
         .await
         .map_err(ApiError::store)?;
-    Ok(Json(list.map(|(entries, _)| entries).unwrap_or_default()))
+    if !params.next {
+        return Ok(Json(list).into_response());
+    }
+    let zone = crate::nextrun::HostZone::of_stored(cron_host.as_deref());
+    let now = chrono::Utc::now();
+    let views: Vec<EntryView> = list
+        .into_iter()
+        .map(|entry| {
+            let next = crate::nextrun::next_run(&host, &entry, &zone, now);
+            EntryView {
+                next_run: next.as_ref().map(crate::nextrun::NextRun::rfc3339),
+                time_zone: zone.label.clone(),
+                jitter_offset: entry
+                    .jitter
+                    .map(|j| cc_proto::wire::jitter_offset(&host, &entry.id, j)),
+                entry,
+            }
+        })
+        .collect();
+    Ok(Json(views).into_response())
 }

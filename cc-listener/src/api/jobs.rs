@@ -182,7 +182,14 @@ pub(crate) async fn get_job(
         .call(move |s| s.get_job(&id))
         .await
         .map_err(ApiError::store)?;
-    let no_job = || ApiError::new(StatusCode::NOT_FOUND, format!("no job {job_id:?}"));
+    let no_job = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no job {job_id:?}: is this a cron entry? use --host (ccctl job {job_id} --host HOST; GET /api/v1/agents/HOST/cron/{job_id}/runs)"
+            ),
+        )
+    };
     let row = row.ok_or_else(no_job)?;
     require_may_read(&state, &op, &row.hostname)
         .await

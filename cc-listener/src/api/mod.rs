@@ -31,6 +31,7 @@
 mod agents;
 pub(crate) mod audit;
 mod cron;
+mod cron_runs;
 mod events;
 mod jobs;
 mod keys;
@@ -103,6 +104,11 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
         "/api/v1/agents/{hostname}/cron",
         Some(Role::Operator),
     ),
+    (
+        "GET",
+        "/api/v1/agents/{hostname}/cron/{id}/runs",
+        Some(Role::Viewer),
+    ),
     ("GET", "/api/v1/jobs/{job_id}", Some(Role::Viewer)),
     ("GET", "/api/v1/reports", Some(Role::Viewer)),
     ("GET", "/api/v1/events", Some(Role::Viewer)),
@@ -126,6 +132,7 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/ui/static/app.css", None),
     ("GET", "/ui/", Some(Role::Viewer)),
     ("GET", "/ui/hosts/{host}", Some(Role::Viewer)),
+    ("GET", "/ui/hosts/{host}/cron/{id}", Some(Role::Viewer)),
     ("GET", "/ui/runs", Some(Role::Viewer)),
     ("GET", "/ui/runs/{id}", Some(Role::Viewer)),
     ("GET", "/ui/runs/{id}/json", Some(Role::Viewer)),
@@ -166,6 +173,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/agents", get(list_agents))
         .route("/agents/{hostname}/jobs", post(post_job))
         .route("/agents/{hostname}/cron", get(get_cron).put(put_cron))
+        .route(
+            "/agents/{hostname}/cron/{id}/runs",
+            get(cron_runs::cron_runs),
+        )
         .route("/jobs/{job_id}", get(get_job))
         .route("/reports", get(list_reports))
         .route("/events", get(events))

@@ -27,6 +27,7 @@
 //! without the session's CSRF token; no agent's or job's text is marked
 //! pre-escaped.
 
+mod cron_runs;
 mod new_run;
 mod pages;
 mod session;
@@ -58,6 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     let private = Router::new()
         .route("/ui/", get(fleet))
         .route("/ui/hosts/{host}", get(host))
+        .route("/ui/hosts/{host}/cron/{id}", get(cron_runs::cron_runs))
         .route("/ui/runs", get(runs))
         .route("/ui/runs/{id}", get(run))
         .route("/ui/runs/{id}/json", get(crate::api::get_run))

@@ -210,6 +210,7 @@ pub(super) async fn host(
     let Some(agent) = agent else {
         return not_found();
     };
+    let zone = crate::nextrun::HostZone::of_stored(agent.cron_host.as_deref());
     let v = crate::api::agent_view(&state, agent);
     page(
         &host,
@@ -234,16 +235,16 @@ pub(super) async fn host(
             h2 { "Cron entries" }
             @if cron.is_empty() { p.muted { "none" } } @else {
                 div.scroll { table {
-                    thead { tr { th { "Id" } th { "Schedule" } th { "Command" } th { "Last run" } th { "Exit" } th { "Next run (UTC)" } } }
+                    thead { tr { th { "Id" } th { "Schedule" } th { "Command" } th { "Last run" } th { "Exit" } th { "Next run (" (zone.label) ")" } } }
                     tbody {
                         @for (e, l) in cron.iter().zip(&last) {
                             tr {
-                                td { (e.id) }
+                                td { a href={ "/ui/hosts/" (host) "/cron/" (e.id) } title="its runs" { (e.id) } }
                                 td.mono { (e.schedule) }
                                 td.mono { (e.command) }
                                 td { (l.map_or("—".to_owned(), |(t, _)| rfc3339_ms(t))) }
                                 td { (l.map_or("—".to_owned(), |(_, c)| c.to_string())) }
-                                td { (next_run(&e.schedule)) }
+                                td { (next_run(&host, e, &zone)) }
                             }
                         }
                     }
@@ -255,16 +256,11 @@ pub(super) async fn host(
     )
 }
 
-/// When a schedule next fires, in UTC (the host's cron uses its own time
-/// zone: the same when the host runs on UTC).
-fn next_run(schedule: &str) -> String {
-    cc_proto::schedule::Schedule::parse(schedule)
-        .ok()
-        .and_then(|s| s.next_after(chrono::Utc::now()))
-        .map_or_else(
-            || "—".to_owned(),
-            |t| t.format("%Y-%m-%d %H:%M").to_string(),
-        )
+/// When an entry next fires on `host`, in the host's time zone (the one
+/// its cron daemon reads schedules in), with its jitter wait.
+fn next_run(host: &str, e: &cc_proto::wire::CronEntry, zone: &crate::nextrun::HostZone) -> String {
+    crate::nextrun::next_run(host, e, zone, chrono::Utc::now())
+        .map_or_else(|| "—".to_owned(), |n| n.display())
 }
 
 fn status_class(status: JobStatus, exit: Option<i64>) -> &'static str {
