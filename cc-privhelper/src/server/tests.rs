@@ -525,9 +525,14 @@ fn a_jittered_scheduled_run_waits_its_offset_and_blocks_a_second() {
     };
     assert_eq!(w.installed, [id.clone(), "plain".into()]);
     assert_eq!(w.rejected[0].id, "far");
+    // The first run's connection holds a root slot, as `serve` counts it.
+    f.h.slots[1].store(1, Ordering::Release);
     std::thread::scope(|s| {
         let first = s.spawn(|| report(ask(&f, Peer::Root, run_scheduled(&id))));
         std::thread::sleep(Duration::from_millis(500));
+        // While it waits for its jitter it holds no slot: sixteen waiting
+        // entries do not turn the next scheduled runs away as busy.
+        assert_eq!(f.h.slots[1].load(Ordering::Acquire), 0);
         let began = Instant::now();
         let second = report(ask(&f, Peer::Root, run_scheduled(&id)));
         assert!(began.elapsed() < Duration::from_secs(1));
@@ -537,6 +542,8 @@ fn a_jittered_scheduled_run_waits_its_offset_and_blocks_a_second() {
         assert!((2000..2900).contains(&waited), "{first:?}");
         assert_ne!(first.exit_code, EXIT_SKIPPED);
     });
+    assert_eq!(f.h.slots[1].load(Ordering::Acquire), 1, "taken back to run");
+    f.h.slots[1].store(0, Ordering::Release);
     // No jitter: no wait, no waitedMs; the slot counters are untouched.
     let r = report(ask(&f, Peer::Root, run_scheduled("plain")));
     assert_eq!(r.waited_ms, None);
