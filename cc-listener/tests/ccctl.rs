@@ -1029,7 +1029,17 @@ async fn job_host_shows_an_entrys_scheduled_runs_and_cron_get_its_next_runs() {
     // Without ?next the answer is the bare list, as before.
     assert_eq!(l.get("/api/v1/agents/sched.test/cron").json(), list);
 
-    let none = l.ccctl(dir.path(), &["job", "nightly", "--host", "sched.test"]);
+    runs_print_latest_first(&l, dir.path(), &mut a).await;
+    runs_api_pages_and_refuses_bad_queries(&l);
+    job_without_host_says_to_use_it(&l, dir.path());
+    cron_get_gives_next_runs_in_the_hosts_zone(&l, dir.path());
+    runs_outside_the_selector_are_not_found(&l, dir.path());
+}
+
+/// Before any run, an error that says so; then two scheduled runs, the
+/// latest printed as a job, `--all` listing both, newest first.
+async fn runs_print_latest_first(l: &ListenerProcess, dir: &Path, a: &mut ws::Ws) {
+    let none = l.ccctl(dir, &["job", "nightly", "--host", "sched.test"]);
     assert_eq!(none.status.code(), Some(2));
     assert!(
         text(&none.stderr)
@@ -1045,10 +1055,10 @@ async fn job_host_shows_an_entrys_scheduled_runs_and_cron_get_its_next_runs() {
         if let Some(ms) = waited {
             r["payload"]["waitedMs"] = json!(ms);
         }
-        ws::send(&mut a, &r).await;
-        ws::recv_type(&mut a, "report_ack", Duration::from_secs(10)).await;
+        ws::send(a, &r).await;
+        ws::recv_type(a, "report_ack", Duration::from_secs(10)).await;
     }
-    let latest = l.ccctl(dir.path(), &["job", "nightly", "--host", "sched.test"]);
+    let latest = l.ccctl(dir, &["job", "nightly", "--host", "sched.test"]);
     let out = text(&latest.stdout);
     assert!(latest.status.success(), "{out}{}", text(&latest.stderr));
     for want in [
@@ -1060,10 +1070,7 @@ async fn job_host_shows_an_entrys_scheduled_runs_and_cron_get_its_next_runs() {
     ] {
         assert!(out.contains(want), "{want:?} in {out}");
     }
-    let all = l.ccctl(
-        dir.path(),
-        &["job", "nightly", "--host", "sched.test", "--all"],
-    );
+    let all = l.ccctl(dir, &["job", "nightly", "--host", "sched.test", "--all"]);
     let table = text(&all.stdout);
     let rows: Vec<&str> = table.lines().skip(1).collect();
     assert_eq!(rows.len(), 2, "{table}");
@@ -1073,7 +1080,7 @@ async fn job_host_shows_an_entrys_scheduled_runs_and_cron_get_its_next_runs() {
     );
     assert!(rows[1].ends_with("first"), "{table}");
     let json_all = l.ccctl(
-        dir.path(),
+        dir,
         &[
             "job",
             "nightly",
@@ -1088,6 +1095,9 @@ async fn job_host_shows_an_entrys_scheduled_runs_and_cron_get_its_next_runs() {
     assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
     assert_eq!(v[0]["kind"], "cron");
     assert_eq!(v[1]["report"]["exitCode"], 3);
+}
+
+fn runs_api_pages_and_refuses_bad_queries(l: &ListenerProcess) {
     // The API pages: one at a time, with a cursor.
     let one = l.get("/api/v1/agents/sched.test/cron/nightly/runs?limit=1");
     assert_eq!(one.json().as_array().unwrap().len(), 1);
@@ -1105,26 +1115,31 @@ async fn job_host_shows_an_entrys_scheduled_runs_and_cron_get_its_next_runs() {
         l.get("/api/v1/agents/nobody.test/cron/nightly/runs").status,
         404
     );
+}
 
+fn job_without_host_says_to_use_it(l: &ListenerProcess, dir: &Path) {
     // Without --host: the 404 says what to do.
-    let plain = l.ccctl(dir.path(), &["job", "nightly"]);
+    let plain = l.ccctl(dir, &["job", "nightly"]);
     let err = text(&plain.stderr);
     assert_ne!(plain.status.code(), Some(0));
     assert!(
         err.contains("404") && err.contains("is this a cron entry? use --host"),
         "{err}"
     );
-    let unknown = l.ccctl(dir.path(), &["job", "nightly", "--host", "nobody.test"]);
+    let unknown = l.ccctl(dir, &["job", "nightly", "--host", "nobody.test"]);
     assert!(
         text(&unknown.stderr).contains("404"),
         "{}",
         text(&unknown.stderr)
     );
-    let needs_host = l.ccctl(dir.path(), &["job", "nightly", "--all"]);
+    let needs_host = l.ccctl(dir, &["job", "nightly", "--all"]);
     assert_eq!(needs_host.status.code(), Some(2), "--all needs --host");
+}
 
+/// Next runs in the host's zone, with this host's jitter wait.
+fn cron_get_gives_next_runs_in_the_hosts_zone(l: &ListenerProcess, dir: &Path) {
     // Next runs in the host's zone (Tokyo, +09:00), with this host's jitter wait.
-    let got = text(&l.ccctl(dir.path(), &["cron", "get", "sched.test"]).stdout);
+    let got = text(&l.ccctl(dir, &["cron", "get", "sched.test"]).stdout);
     let offset = cc_proto::wire::jitter_offset("sched.test", "nightly", 600);
     assert!(
         got.contains("# next runs, in the host's time zone: Asia/Tokyo\n"),
@@ -1142,9 +1157,11 @@ async fn job_host_shows_an_entrys_scheduled_runs_and_cron_get_its_next_runs() {
     assert_eq!(next[0]["jitterOffset"], offset);
     assert_eq!(next[0]["jitter"], 600);
     assert_eq!(next[1]["nextRun"], Value::Null);
+}
 
+fn runs_outside_the_selector_are_not_found(l: &ListenerProcess, dir: &Path) {
     // An operator whose selector does not reach the host: 404, as unknown.
-    let db = dir.path().join("listener.db");
+    let db = dir.join("listener.db");
     let out = Command::new(bin())
         .args([
             "operators",
