@@ -1033,7 +1033,49 @@ async fn job_host_shows_an_entrys_scheduled_runs_and_cron_get_its_next_runs() {
     runs_api_pages_and_refuses_bad_queries(&l);
     job_without_host_says_to_use_it(&l, dir.path());
     cron_get_gives_next_runs_in_the_hosts_zone(&l, dir.path());
+    console_links_each_entry_to_its_runs(&l);
     runs_outside_the_selector_are_not_found(&l, dir.path());
+}
+
+/// The console's host page: next runs in the host's zone, each entry
+/// linked to its runs; the runs page lists them, output as text.
+fn console_links_each_entry_to_its_runs(l: &ListenerProcess) {
+    use cc_testkit::http::{console, console_login};
+    let cookie = console_login(l.admin_addr, cc_testkit::listener::TOKEN);
+    let host = console(
+        l.admin_addr,
+        "GET",
+        "/ui/hosts/sched.test",
+        "",
+        Some(&cookie),
+    );
+    assert!(host.starts_with("HTTP/1.1 200"), "{host}");
+    assert!(host.contains("Next run (Asia/Tokyo)"), "{host}");
+    assert!(
+        host.contains(r#"href="/ui/hosts/sched.test/cron/nightly""#),
+        "{host}"
+    );
+    assert!(host.contains(" 03:00 JST"), "{host}");
+    let runs = console(
+        l.admin_addr,
+        "GET",
+        "/ui/hosts/sched.test/cron/nightly",
+        "",
+        Some(&cookie),
+    );
+    assert!(runs.starts_with("HTTP/1.1 200"), "{runs}");
+    assert!(
+        runs.contains("1234 ms") && runs.contains("second") && runs.contains("first"),
+        "{runs}"
+    );
+    let none = console(
+        l.admin_addr,
+        "GET",
+        "/ui/hosts/sched.test/cron/boot",
+        "",
+        Some(&cookie),
+    );
+    assert!(none.contains("no run reported yet"), "{none}");
 }
 
 /// Before any run, an error that says so; then two scheduled runs, the
