@@ -265,7 +265,11 @@ fn hostile_listener_cannot_inject(dir: &TempDir, uid: u32, gid: u32) {
             {"id": "extra-field", "schedule": "* * * * * root", "command": "/bin/true"},
             {"id": "../../etc/passwd", "schedule": "@daily", "command": "/bin/true"},
             {"id": "percent", "schedule": "@daily", "command": "/bin/echo 100%"},
-            {"id": "nul", "schedule": "@daily", "command": "/bin/true\u{0}x"}
+            {"id": "nul", "schedule": "@daily", "command": "/bin/true\u{0}x"},
+            {"id": "far-jitter", "schedule": "@daily", "command": "/bin/true", "jitter": 86401},
+            {"id": "huge-jitter", "schedule": "@daily", "command": "/bin/true", "jitter": u64::MAX},
+            {"id": "no-timeout", "schedule": "@daily", "command": "/bin/true", "timeout": 0},
+            {"id": "week-timeout", "schedule": "@daily", "command": "/bin/true", "timeout": 604801}
         ]});
         ws.send(Message::Text(hostile.to_string().into())).await.unwrap();
         let status = loop {
@@ -280,7 +284,7 @@ fn hostile_listener_cannot_inject(dir: &TempDir, uid: u32, gid: u32) {
         };
         assert_eq!(status["installed"], json!(["fine", "percent"]), "{status}");
         let rejected: Vec<&str> = status["rejected"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
-        assert_eq!(rejected, ["newline", "cr", "schedule-newline", "extra-field", "../../etc/passwd", "nul"]);
+        assert_eq!(rejected, ["newline", "cr", "schedule-newline", "extra-field", "../../etc/passwd", "nul", "far-jitter", "huge-jitter", "no-timeout", "week-timeout"]);
     });
     let tab = crontab_l();
     let managed: Vec<&str> = tab
