@@ -113,11 +113,15 @@ impl Hub {
     }
 
     /// Removes the entry only if it is still this connection's.
-    pub fn remove(&self, hostname: &str, conn_id: u64) {
+    /// Returns whether it was still this connection's (not replaced by a
+    /// newer one).
+    pub fn remove(&self, hostname: &str, conn_id: u64) -> bool {
         let mut map = self.lock();
         if map.get(hostname).is_some_and(|l| l.conn_id == conn_id) {
             map.remove(hostname);
+            return true;
         }
+        false
     }
 
     /// Queues a text frame for a host; false if it is not connected or its

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod doorbell;
 pub mod hub;
 pub mod metrics;
+pub mod notify;
 pub mod pending;
 pub mod pgtls;
 pub mod sql;
@@ -104,6 +105,9 @@ pub struct Settings {
     /// listener holds which agent); by default `MACHINE:PORT`, the
     /// machine's hostname and the agent port it is bound to.
     pub listener_name: Option<String>,
+    /// `[[notify]]` sinks (webhooks), and how their queue is run.
+    pub notify: Vec<Arc<notify::Sink>>,
+    pub notify_tuning: notify::Tuning,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +143,8 @@ impl Settings {
             signing_key: None,
             ui_secure_cookie: false,
             listener_name: None,
+            notify: Vec::new(),
+            notify_tuning: notify::Tuning::default(),
         }
     }
 }
@@ -300,6 +306,7 @@ pub async fn serve(
         shutdown_rx.clone(),
     ));
     let sweeper = tokio::spawn(sweep_loop(Arc::clone(&state), shutdown_rx.clone()));
+    let notifier = notify::spawn(&state, &shutdown_rx);
     // Other listeners on the same PostgreSQL database queue jobs and write
     // events this one must act on.
     let doorbell = match &settings.db {
@@ -338,6 +345,9 @@ pub async fn serve(
     let _ = shutdown_tx.send(true);
     let _ = agents.await;
     let _ = sweeper.await;
+    for t in notifier {
+        let _ = t.await;
+    }
     let _ = operators.await;
     if let Some(d) = doorbell {
         let _ = tokio::task::spawn_blocking(move || d.join()).await;

@@ -178,6 +178,18 @@ impl Session<'_> {
             warn!(hostname = %self.hostname, "agent runs as root in user mode");
         }
         info!(hostname = %self.hostname, %peer, mode = ?info.execution_mode, is_root = info.is_root, "agent registered");
+        // Host events (`online`, `root_in_user_mode`) when a condition changed.
+        let (host, root) = (
+            self.hostname.to_string(),
+            info.is_root && info.execution_mode == wire::ExecutionMode::User,
+        );
+        if let Err(e) = state
+            .db
+            .call(move |s| s.note_registration(&host, root, now_ms()))
+            .await
+        {
+            warn!(hostname = %self.hostname, "could not record the host's conditions: {e:#}");
+        }
 
         let result = self.serve(&mut ws, &mut rx).await;
         // Grouped with other writes: when a listener stops, all its
@@ -191,7 +203,19 @@ impl Session<'_> {
         if let Err(e) = state.writer.touch(touch).await {
             warn!(hostname = %self.hostname, "could not record last contact: {e:#}");
         }
-        state.hub.remove(self.hostname.as_str(), self.conn_id);
+        let ours = state.hub.remove(self.hostname.as_str(), self.conn_id);
+        // Offline: this connection ended, no newer one replaced it, and
+        // this listener is not stopping (its agents move to another).
+        if ours && !*state.shutdown.borrow() {
+            let host = self.hostname.to_string();
+            if let Err(e) = state
+                .db
+                .call(move |s| s.note_offline(&host, now_ms()))
+                .await
+            {
+                warn!(hostname = %self.hostname, "could not record the host offline: {e:#}");
+            }
+        }
         result
     }
 
@@ -408,7 +432,10 @@ impl Session<'_> {
                 let stored = status.clone();
                 self.state
                     .db
-                    .call(move |s| s.set_cron_status(&host, &stored))
+                    .call(move |s| {
+                        s.set_cron_status(&host, &stored)?;
+                        s.note_cron_status(host.as_str(), &stored, now_ms())
+                    })
                     .await?;
                 self.cron_status = Some(status);
                 Ok(Flow::Continue)

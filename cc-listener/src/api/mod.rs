@@ -34,6 +34,7 @@ mod cron;
 mod events;
 mod jobs;
 mod keys;
+mod notify;
 mod operators;
 mod page;
 mod reports;
@@ -117,6 +118,8 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("DELETE", "/api/v1/operators/{name}", Some(Role::Admin)),
     ("GET", "/api/v1/audit", Some(Role::Admin)),
     ("GET", "/api/v1/audit/verify", Some(Role::Admin)),
+    ("GET", "/api/v1/notify", Some(Role::Admin)),
+    ("POST", "/api/v1/notify/{name}/test", Some(Role::Admin)),
     ("GET", "/metrics", Some(Role::Viewer)),
     ("GET", "/", None),
     ("GET", "/ui", None),
@@ -178,6 +181,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/operators/{name}", delete(revoke_operator))
         .route("/audit", get(audit::list_audit))
         .route("/audit/verify", get(audit::verify_audit))
+        .route("/notify", get(notify::list_sinks))
+        .route("/notify/{name}/test", post(notify::test_sink))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token,
