@@ -464,7 +464,7 @@ async fn send_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     let tuning = state.settings.notify_tuning.clone();
     // A claim outlives the requests it covers: another listener takes the
     // row only once this one cannot still be sending it.
-    let claim_ms = i64::try_from(tuning.timeout.as_millis()).unwrap_or(60_000) + 30_000;
+    let claim_ms = i64::try_from(tuning.timeout.as_millis()).unwrap_or(60_000) + 5_000;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
