@@ -8,154 +8,17 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cc_testkit::listener::{FAST, ListenerProcess};
+use cc_testkit::webhook::{Mode, Receiver};
 use cc_testkit::{TempDir, ws};
 use serde_json::{Value, json};
 
 use common::bin;
 
 const SECRET: &str = "receiver-shared-secret-0123456789";
-
-/// What the receiver answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Ok,
-    /// Answers 200 after half a second (senders' claims overlap).
-    Slow,
-    Fail,
-    /// Reads the request and never answers.
-    Hang,
-}
-
-/// One request the receiver got.
-#[derive(Debug, Clone)]
-struct Seen {
-    key: String,
-    event: Value,
-    /// The signature header matched the body's HMAC under [`SECRET`].
-    signed: bool,
-    answered: u16,
-}
-
-#[derive(Clone)]
-struct Receiver {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    mode: Arc<Mutex<Mode>>,
-}
-
-impl Receiver {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let r = Self {
-            addr,
-            seen: Arc::default(),
-            mode: Arc::new(Mutex::new(Mode::Ok)),
-        };
-        let me = r.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let me = me.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let me = me.clone();
-                        async move { me.answer(req).await }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
-        r
-    }
-
-    async fn answer(
-        &self,
-        req: hyper::Request<hyper::body::Incoming>,
-    ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
-        use http_body_util::BodyExt as _;
-        let header = |n: &str| {
-            req.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let (key, sig) = (header("x-cc-idempotency-key"), header("x-cc-signature"));
-        let body = req.into_body().collect().await.unwrap().to_bytes();
-        let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
-        let want = format!(
-            "sha256={}",
-            hex::encode(ring::hmac::sign(&hmac, &body).as_ref())
-        );
-        let mode = *self.mode.lock().unwrap();
-        let answered = match mode {
-            Mode::Ok | Mode::Slow => 200,
-            Mode::Fail => 500,
-            Mode::Hang => 0,
-        };
-        self.seen.lock().unwrap().push(Seen {
-            key,
-            event: serde_json::from_slice(&body).unwrap_or(Value::Null),
-            signed: sig == want,
-            answered,
-        });
-        if mode == Mode::Hang {
-            std::future::pending::<()>().await;
-        }
-        if mode == Mode::Slow {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        Ok(hyper::Response::builder()
-            .status(answered)
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap())
-    }
-
-    fn set(&self, m: Mode) {
-        *self.mode.lock().unwrap() = m;
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// Requests answered 2xx.
-    fn delivered(&self) -> Vec<Seen> {
-        self.seen()
-            .into_iter()
-            .filter(|s| s.answered == 200)
-            .collect()
-    }
-
-    /// Waits until `n` requests were answered 2xx.
-    async fn wait_delivered(&self, n: usize, limit: Duration) -> Vec<Seen> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let d = self.delivered();
-            if d.len() >= n {
-                return d;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {n} notifications delivered: {:?}",
-                d.len(),
-                self.seen()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 /// A private secret file in `dir`.
 fn secret_file(dir: &Path) -> std::path::PathBuf {
@@ -170,9 +33,9 @@ fn sink(dir: &Path, name: &str, to: &Receiver, events: &str) -> String {
     format!(
         "notify_retry_base_ms = 200\nnotify_retry_cap_secs = 1\nnotify_timeout_secs = 1\n\
          notify_offline_grace_secs = 1\n\
-         [[notify]]\nname = \"{name}\"\nurl = \"http://{}/hook?token=url-s3cret\"\n\
+         [[notify]]\nname = \"{name}\"\nurl = \"{}\"\n\
          events = [{events}]\nsecret_file = {:?}\n",
-        to.addr,
+        to.url("token=url-s3cret"),
         secret_file(dir)
     )
 }
@@ -203,7 +66,7 @@ fn cron_done(dir: &Path, host: &str, entry: &str, exit: i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_entry_sends_one_signed_webhook_and_one_recovered() {
-    let rx = Receiver::start().await;
+    let rx = Receiver::start(SECRET.as_bytes());
     let dir = TempDir::new("notify-once");
     let extra = format!(
         "{FAST}{}",
@@ -216,7 +79,7 @@ async fn a_failing_entry_sends_one_signed_webhook_and_one_recovered() {
     for _ in 0..3 {
         cron_done(dir.path(), "web1.test", "backup", 1);
     }
-    let got = rx.wait_delivered(1, Duration::from_secs(10)).await;
+    let got = rx.wait_delivered(1, Duration::from_secs(10));
     assert!(got[0].signed, "the HMAC does not verify: {:?}", got[0]);
     assert_eq!(got[0].event["event"], "run_failed");
     assert_eq!(got[0].event["entry"], "backup");
@@ -225,7 +88,7 @@ async fn a_failing_entry_sends_one_signed_webhook_and_one_recovered() {
     // Ok again: one recovered.
     cron_done(dir.path(), "web1.test", "backup", 0);
     cron_done(dir.path(), "web1.test", "backup", 0);
-    let got = rx.wait_delivered(2, Duration::from_secs(10)).await;
+    let got = rx.wait_delivered(2, Duration::from_secs(10));
     assert_eq!(got[1].event["event"], "recovered");
     assert_eq!(got[1].event["recoveredFrom"], "run_failed");
     assert!(got[1].signed);
@@ -240,12 +103,12 @@ async fn a_failing_entry_sends_one_signed_webhook_and_one_recovered() {
         &cron_status(&[("x", "bad schedule"), ("y", "bad")]),
     )
     .await;
-    let got = rx.wait_delivered(3, Duration::from_secs(10)).await;
+    let got = rx.wait_delivered(3, Duration::from_secs(10));
     assert_eq!(got[2].event["event"], "cron_refused");
     assert_eq!(got[2].event["detail"], "x: bad schedule");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     ws::send(&mut agent, &cron_status(&[])).await;
-    let got = rx.wait_delivered(4, Duration::from_secs(10)).await;
+    let got = rx.wait_delivered(4, Duration::from_secs(10));
     assert_eq!(got[3].event["event"], "recovered");
     assert_eq!(got[3].event["recoveredFrom"], "cron_refused");
     // Nothing more comes.
@@ -267,7 +130,7 @@ async fn a_failing_entry_sends_one_signed_webhook_and_one_recovered() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_offline_past_the_grace_notifies_and_a_blip_does_not() {
-    let rx = Receiver::start().await;
+    let rx = Receiver::start(SECRET.as_bytes());
     let dir = TempDir::new("notify-offline");
     let extra = format!("{FAST}{}", sink(dir.path(), "ops", &rx, "\"host_offline\""));
     let l = ListenerProcess::start(bin(), dir.path(), &extra);
@@ -281,11 +144,11 @@ async fn a_host_offline_past_the_grace_notifies_and_a_blip_does_not() {
     assert!(rx.seen().is_empty(), "{:?}", rx.seen());
     // Gone for longer: host_offline once; back: recovered once.
     drop(agent);
-    let got = rx.wait_delivered(1, Duration::from_secs(10)).await;
+    let got = rx.wait_delivered(1, Duration::from_secs(10));
     assert_eq!(got[0].event["event"], "host_offline");
     assert_eq!(got[0].event["hostname"], "db1.test");
     let _agent = ws::registered_as(&l, &key, &ws::register("db1.test")).await;
-    let got = rx.wait_delivered(2, Duration::from_secs(10)).await;
+    let got = rx.wait_delivered(2, Duration::from_secs(10));
     assert_eq!(got[1].event["event"], "recovered");
     assert_eq!(got[1].event["recoveredFrom"], "host_offline");
 }
@@ -294,7 +157,7 @@ async fn a_host_offline_past_the_grace_notifies_and_a_blip_does_not() {
 /// queued; after the restart it is delivered, with the key it had.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_queued_notification_survives_a_sigkill_with_its_idempotency_key() {
-    let rx = Receiver::start().await;
+    let rx = Receiver::start(SECRET.as_bytes());
     rx.set(Mode::Fail);
     let dir = TempDir::new("notify-kill");
     let extra = format!("{FAST}{}", sink(dir.path(), "ops", &rx, "\"run_failed\""));
@@ -311,7 +174,7 @@ async fn a_queued_notification_survives_a_sigkill_with_its_idempotency_key() {
     let tried = rx.seen().len();
     rx.set(Mode::Ok);
     l.kill_and_restart();
-    let got = rx.wait_delivered(1, Duration::from_secs(20)).await;
+    let got = rx.wait_delivered(1, Duration::from_secs(20));
     assert_eq!(got[0].key, first, "a new key after the restart");
     assert!(got[0].signed);
     assert!(rx.seen().len() > tried);
@@ -328,14 +191,14 @@ async fn a_queued_notification_survives_a_sigkill_with_its_idempotency_key() {
 /// is a 404, a viewer may not.
 #[tokio::test(flavor = "multi_thread")]
 async fn notify_test_sends_through_the_queue_and_is_for_admins() {
-    let rx = Receiver::start().await;
+    let rx = Receiver::start(SECRET.as_bytes());
     let dir = TempDir::new("notify-test");
     let extra = format!("{FAST}{}", sink(dir.path(), "ops", &rx, "\"run_failed\""));
     let l = ListenerProcess::start(bin(), dir.path(), &extra);
     let out = l.ccctl(dir.path(), &["notify", "test", "ops"]);
     assert!(out.status.success(), "{out:?}");
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    let got = rx.wait_delivered(1, Duration::from_secs(10)).await;
+    let got = rx.wait_delivered(1, Duration::from_secs(10));
     assert_eq!(got[0].event["event"], "test");
     assert!(got[0].signed);
     assert!(said.contains(&got[0].key), "{said}");
@@ -376,7 +239,7 @@ async fn notify_test_sends_through_the_queue_and_is_for_admins() {
 /// not fit is refused and counted), and memory does not grow with it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hanging_or_failing_receiver_does_not_grow_memory_or_block() {
-    let rx = Receiver::start().await;
+    let rx = Receiver::start(SECRET.as_bytes());
     rx.set(Mode::Hang);
     let dir = TempDir::new("notify-hostile");
     let extra = format!(
@@ -440,7 +303,7 @@ async fn two_listeners_deliver_each_notification_once() {
         return;
     };
     let url = cluster.create_db("cc");
-    let rx = Receiver::start().await;
+    let rx = Receiver::start(SECRET.as_bytes());
     rx.set(Mode::Slow);
     let dir = TempDir::new("notify-shared");
     let start = |name: &str| {
@@ -465,7 +328,7 @@ async fn two_listeners_deliver_each_notification_once() {
         let l = if i % 2 == 0 { &east } else { &west };
         assert_eq!(l.post("/api/v1/notify/ops/test", &json!({})).status, 202);
     }
-    let got = rx.wait_delivered(30, Duration::from_secs(20)).await;
+    let got = rx.wait_delivered(30, Duration::from_secs(20));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut by_key: HashMap<String, usize> = HashMap::new();
     for s in rx.seen() {

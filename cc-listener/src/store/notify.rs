@@ -207,9 +207,7 @@ impl Store {
         tuning: &Tuning,
         limit: u32,
     ) -> Result<Consumed> {
-        let grace = i64::try_from(tuning.offline_grace.as_millis()).unwrap_or(i64::MAX / 4);
         self.write(|tx| {
-            let mut out = Consumed::default();
             let cursor: i64 = scalar(
                 tx,
                 "SELECT last_event_id FROM notify_cursor WHERE id = 1",
@@ -221,7 +219,6 @@ impl Store {
                  ORDER BY id LIMIT ?2",
                 &p![cursor, limit],
             )?;
-            out.events = rows.len();
             let next = if rows.len() as u64 == u64::from(limit) {
                 rows.last().map_or(Ok(cursor), |r| r.get(0))?
             } else {
@@ -229,115 +226,36 @@ impl Store {
                 // read: under the write lock no smaller id commits later.
                 scalar(tx, "SELECT coalesce(max(id), ?1) FROM events", &p![cursor])?
             };
-            let mut depth: i64 = scalar(tx, "SELECT count(*) FROM notify_queue", &[])?;
-            let mut tags: HashMap<String, Vec<String>> = HashMap::new();
+            let mut pass = Pass {
+                sinks,
+                now_ms,
+                grace: i64::try_from(tuning.offline_grace.as_millis()).unwrap_or(i64::MAX / 4),
+                queue_max: i64::try_from(tuning.queue_max).unwrap_or(i64::MAX),
+                depth: scalar(tx, "SELECT count(*) FROM notify_queue", &[])?,
+                tags: HashMap::new(),
+                out: Consumed {
+                    events: rows.len(),
+                    ..Consumed::default()
+                },
+            };
             for r in &rows {
-                let (id, at_ms): (i64, i64) = (r.get(0)?, r.get(1)?);
-                let (kind, job_id, hostname, status): (String, String, String, String) =
-                    (r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?);
-                let exit_code: Option<i64> = r.get(6)?;
-                let detail: Option<String> = r.get(7)?;
-                let Some((aspect, fixed, new)) = classify(&kind, &status, exit_code) else {
-                    continue;
+                let e = Ev {
+                    id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    kind: r.get(2)?,
+                    job_id: r.get(3)?,
+                    hostname: r.get(4)?,
+                    status: r.get(5)?,
+                    exit_code: r.get(6)?,
+                    detail: r.get(7)?,
                 };
-                let subject = fixed.unwrap_or(job_id.as_str());
-                let old: String = tx
-                    .one(
-                        "SELECT state FROM notify_state
-                         WHERE hostname = ?1 AND aspect = ?2 AND subject = ?3",
-                        &p![hostname, aspect, subject],
-                    )?
-                    .map(|r| r.get(0))
-                    .transpose()?
-                    .unwrap_or_else(|| "ok".to_owned());
-                let Some(change) = transition(&old, new) else {
-                    continue;
-                };
-                tx.exec(
-                    "INSERT INTO notify_state (hostname, aspect, subject, state, since_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (hostname, aspect, subject) DO UPDATE SET state = ?4, since_ms = ?5",
-                    &p![hostname, aspect, subject, new, at_ms],
-                )?;
-                let (event, bad, recovered_from, not_before) = match change {
-                    Transition::Failing(e) if e == "host_offline" => (e, e, None, at_ms + grace),
-                    Transition::Failing(e) => (e, e, None, now_ms),
-                    Transition::Recovered(from) => {
-                        if from == "host_offline" {
-                            // Back within the grace: the offline notice
-                            // not yet sent is withdrawn, and no recovery.
-                            let n = tx.exec(
-                                "DELETE FROM notify_queue WHERE hostname = ?1
-                                 AND event = 'host_offline' AND attempts = 0
-                                 AND claim IS NULL AND next_ms > ?2",
-                                &p![hostname, now_ms],
-                            )?;
-                            if n > 0 {
-                                out.withdrawn += n;
-                                depth -= n as i64;
-                                continue;
-                            }
-                        }
-                        ("recovered", from, Some(from), now_ms)
-                    }
-                };
-                let entry = (aspect == "cron").then_some(job_id.as_str());
-                for sink in sinks.iter().filter(|s| s.wants(bad)) {
-                    if sink.hosts.is_some() && !tags.contains_key(&hostname) {
-                        let t = tx
-                            .one(
-                                "SELECT tags FROM api_keys WHERE hostname = ?1
-                                 AND revoked_ms IS NULL AND tags IS NOT NULL",
-                                &p![hostname],
-                            )?
-                            .map(|r| r.get::<String>(0))
-                            .transpose()?
-                            .map(|t| json_list(&t))
-                            .unwrap_or_default();
-                        tags.insert(hostname.clone(), t);
-                    }
-                    let bound = tags.get(&hostname).map_or(&[][..], Vec::as_slice);
-                    if !sink.reaches(&hostname, bound) {
-                        continue;
-                    }
-                    if depth >= i64::try_from(tuning.queue_max).unwrap_or(i64::MAX) {
-                        out.dropped += 1;
-                        continue;
-                    }
-                    let key = format!("ev{id}.{}", sink.name);
-                    let text = body(
-                        sink.format,
-                        &Notice {
-                            key: &key,
-                            sink: &sink.name,
-                            event,
-                            recovered_from,
-                            hostname: &hostname,
-                            entry,
-                            status: &status,
-                            exit_code,
-                            detail: detail.as_deref(),
-                            at_ms,
-                        },
-                    );
-                    let n = tx.exec(
-                        "INSERT INTO notify_queue (sink, event, hostname, subject, body, idem_key,
-                             created_ms, next_ms, attempts)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)
-                         ON CONFLICT (idem_key) DO NOTHING",
-                        &p![
-                            sink.name, event, hostname, subject, text, key, now_ms, not_before
-                        ],
-                    )?;
-                    out.queued += n;
-                    depth += n as i64;
-                }
+                pass.event(tx, &e)?;
             }
             tx.exec(
                 "UPDATE notify_cursor SET last_event_id = ?1 WHERE id = 1",
                 &p![next],
             )?;
-            Ok(out)
+            Ok(pass.out)
         })
     }
 
@@ -437,5 +355,152 @@ impl Store {
             .map(|r| Ok((r.get(0)?, r.get(1)?)))
             .collect()
         })
+    }
+}
+
+/// An event the consumer reads.
+struct Ev {
+    id: i64,
+    at_ms: i64,
+    kind: String,
+    job_id: String,
+    hostname: String,
+    status: String,
+    exit_code: Option<i64>,
+    detail: Option<String>,
+}
+
+/// One pass of the consumer over a batch of events, in its transaction.
+struct Pass<'a> {
+    sinks: &'a [Arc<Sink>],
+    now_ms: i64,
+    grace: i64,
+    queue_max: i64,
+    /// Rows in the queue now.
+    depth: i64,
+    /// Bound tags of the hosts seen, read once.
+    tags: HashMap<String, Vec<String>>,
+    out: Consumed,
+}
+
+impl Pass<'_> {
+    /// The state of the event's subject moves; a change queues its
+    /// notifications.
+    fn event(&mut self, tx: &mut dyn Sql, e: &Ev) -> Result<()> {
+        let Some((aspect, fixed, new)) = classify(&e.kind, &e.status, e.exit_code) else {
+            return Ok(());
+        };
+        let subject = fixed.unwrap_or(e.job_id.as_str());
+        let old: String = tx
+            .one(
+                "SELECT state FROM notify_state
+                 WHERE hostname = ?1 AND aspect = ?2 AND subject = ?3",
+                &p![e.hostname, aspect, subject],
+            )?
+            .map(|r| r.get(0))
+            .transpose()?
+            .unwrap_or_else(|| "ok".to_owned());
+        let Some(change) = transition(&old, new) else {
+            return Ok(());
+        };
+        tx.exec(
+            "INSERT INTO notify_state (hostname, aspect, subject, state, since_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (hostname, aspect, subject) DO UPDATE SET state = ?4, since_ms = ?5",
+            &p![e.hostname, aspect, subject, new, e.at_ms],
+        )?;
+        let (event, bad, recovered_from, not_before) = match change {
+            Transition::Failing(b) if b == "host_offline" => (b, b, None, e.at_ms + self.grace),
+            Transition::Failing(b) => (b, b, None, self.now_ms),
+            Transition::Recovered(from) => {
+                if from == "host_offline" {
+                    // Back within the grace: the offline notice not yet
+                    // sent is withdrawn, and no recovery is sent.
+                    let n = tx.exec(
+                        "DELETE FROM notify_queue WHERE hostname = ?1
+                         AND event = 'host_offline' AND attempts = 0
+                         AND claim IS NULL AND next_ms > ?2",
+                        &p![e.hostname, self.now_ms],
+                    )?;
+                    if n > 0 {
+                        self.out.withdrawn += n;
+                        self.depth -= i64::try_from(n).unwrap_or(0);
+                        return Ok(());
+                    }
+                }
+                ("recovered", from, Some(from), self.now_ms)
+            }
+        };
+        let notice = Notice {
+            key: "",
+            sink: "",
+            event,
+            recovered_from,
+            hostname: &e.hostname,
+            entry: (aspect == "cron").then_some(e.job_id.as_str()),
+            status: &e.status,
+            exit_code: e.exit_code,
+            detail: e.detail.as_deref(),
+            at_ms: e.at_ms,
+        };
+        for sink in self.sinks.iter().filter(|s| s.wants(bad)) {
+            if !sink.reaches(&e.hostname, self.bound_tags(tx, sink, &e.hostname)?) {
+                continue;
+            }
+            if self.depth >= self.queue_max {
+                self.out.dropped += 1;
+                continue;
+            }
+            let key = format!("ev{}.{}", e.id, sink.name);
+            let text = body(
+                sink.format,
+                &Notice {
+                    key: &key,
+                    sink: &sink.name,
+                    ..notice.clone()
+                },
+            );
+            let n = tx.exec(
+                "INSERT INTO notify_queue (sink, event, hostname, subject, body, idem_key,
+                     created_ms, next_ms, attempts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)
+                 ON CONFLICT (idem_key) DO NOTHING",
+                &p![
+                    sink.name,
+                    event,
+                    e.hostname,
+                    subject,
+                    text,
+                    key,
+                    self.now_ms,
+                    not_before
+                ],
+            )?;
+            self.out.queued += n;
+            self.depth += i64::try_from(n).unwrap_or(0);
+        }
+        Ok(())
+    }
+
+    /// The host's bound tags when `sink` selects by them (read once per
+    /// pass), else none.
+    fn bound_tags(&mut self, tx: &mut dyn Sql, sink: &Sink, hostname: &str) -> Result<&[String]> {
+        if sink.hosts.is_none() {
+            return Ok(&[]);
+        }
+        if !self.tags.contains_key(hostname) {
+            let t = tx
+                .one(
+                    "SELECT tags FROM api_keys WHERE hostname = ?1
+                     AND revoked_ms IS NULL AND tags IS NOT NULL",
+                    &p![hostname],
+                )?
+                .map(|r| r.get::<String>(0))
+                .transpose()?
+                .map(|t| json_list(&t))
+                .unwrap_or_default();
+            self.tags.insert(hostname.to_owned(), t);
+        }
+        Ok(self.tags.get(hostname).map_or(&[][..], Vec::as_slice))
     }
 }
