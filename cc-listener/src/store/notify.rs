@@ -47,6 +47,11 @@ pub struct Claimed {
     pub attempts: i64,
 }
 
+/// Events older than this when read move their subject's state but send
+/// nothing: what a listener that ran without sinks (its cursor left
+/// behind) would otherwise send once sinks are added — old news.
+const STALE_MS: i64 = 3600 * 1000;
+
 /// The longest `detail` of a `cron_refused` event.
 const MAX_REFUSED_DETAIL: usize = 512;
 
@@ -409,6 +414,9 @@ impl Pass<'_> {
              ON CONFLICT (hostname, aspect, subject) DO UPDATE SET state = ?4, since_ms = ?5",
             &p![e.hostname, aspect, subject, new, e.at_ms],
         )?;
+        if e.at_ms < self.now_ms - STALE_MS {
+            return Ok(());
+        }
         let (event, bad, recovered_from, not_before) = match change {
             Transition::Failing(b) if b == "host_offline" => (b, b, None, e.at_ms + self.grace),
             Transition::Failing(b) => (b, b, None, self.now_ms),

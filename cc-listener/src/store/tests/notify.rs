@@ -82,6 +82,26 @@ fn a_failing_entry_notifies_once_and_recovers_once() {
     }
 }
 
+/// Events an hour old when read (a listener ran without sinks, then got
+/// some) move the state and send nothing.
+#[test]
+fn old_events_move_the_state_and_send_nothing() {
+    let dir = tempdir::Dir::new();
+    let sinks = [sink(dir.path(), "ops", &["run_failed"], None)];
+    for (_g, s) in stores() {
+        let t = Tuning::default();
+        cron(&s, "a.test", "e", "done", Some(1));
+        let late = 1_000 + 3600 * 1000 + 1;
+        assert_eq!(s.notify_consume(late, &sinks, &t, 100).unwrap().queued, 0);
+        cron(&s, "a.test", "e", "done", Some(1));
+        assert_eq!(s.notify_consume(0, &sinks, &t, 100).unwrap().queued, 0);
+        cron(&s, "a.test", "e", "done", Some(0));
+        let out = s.notify_consume(0, &sinks, &t, 100).unwrap();
+        assert_eq!(out.queued, 1);
+        assert_eq!(queued(&s)[0].1, "recovered");
+    }
+}
+
 #[test]
 fn a_sink_gets_only_its_events_and_hosts_and_a_full_queue_drops() {
     let dir = tempdir::Dir::new();
