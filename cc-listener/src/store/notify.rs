@@ -231,7 +231,21 @@ impl Store {
                 // read: under the write lock no smaller id commits later.
                 scalar(tx, "SELECT coalesce(max(id), ?1) FROM events", &p![cursor])?
             };
+            // The states of the batch's hosts, in one read: only subjects
+            // not ok have a row, so a batch of runs that succeed, on hosts
+            // with nothing wrong, reads one empty result and writes none.
+            let last = rows.last().map_or(Ok(cursor), |r| r.get(0))?;
+            let mut states = HashMap::new();
+            for r in tx.query(
+                "SELECT s.hostname, s.aspect, s.subject, s.state FROM notify_state s
+                 WHERE EXISTS (SELECT 1 FROM events e WHERE e.hostname = s.hostname
+                               AND e.id > ?1 AND e.id <= ?2 AND e.kind IN ('cron', 'host'))",
+                &p![cursor, last],
+            )? {
+                states.insert((r.get(0)?, r.get(1)?, r.get(2)?), r.get::<String>(3)?);
+            }
             let mut pass = Pass {
+                states,
                 sinks,
                 now_ms,
                 grace: i64::try_from(tuning.offline_grace.as_millis()).unwrap_or(i64::MAX / 4),
@@ -377,6 +391,8 @@ struct Ev {
 
 /// One pass of the consumer over a batch of events, in its transaction.
 struct Pass<'a> {
+    /// (hostname, aspect, subject) → state, for the subjects not ok.
+    states: HashMap<(String, String, String), String>,
     sinks: &'a [Arc<Sink>],
     now_ms: i64,
     grace: i64,
@@ -396,24 +412,26 @@ impl Pass<'_> {
             return Ok(());
         };
         let subject = fixed.unwrap_or(e.job_id.as_str());
-        let old: String = tx
-            .one(
-                "SELECT state FROM notify_state
-                 WHERE hostname = ?1 AND aspect = ?2 AND subject = ?3",
-                &p![e.hostname, aspect, subject],
-            )?
-            .map(|r| r.get(0))
-            .transpose()?
-            .unwrap_or_else(|| "ok".to_owned());
-        let Some(change) = transition(&old, new) else {
+        let at = (e.hostname.clone(), aspect.to_owned(), subject.to_owned());
+        let old = self.states.get(&at).map_or("ok", String::as_str);
+        let Some(change) = transition(old, new) else {
             return Ok(());
         };
-        tx.exec(
-            "INSERT INTO notify_state (hostname, aspect, subject, state, since_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (hostname, aspect, subject) DO UPDATE SET state = ?4, since_ms = ?5",
-            &p![e.hostname, aspect, subject, new, e.at_ms],
-        )?;
+        if new == "ok" {
+            tx.exec(
+                "DELETE FROM notify_state WHERE hostname = ?1 AND aspect = ?2 AND subject = ?3",
+                &p![e.hostname, aspect, subject],
+            )?;
+            self.states.remove(&at);
+        } else {
+            tx.exec(
+                "INSERT INTO notify_state (hostname, aspect, subject, state, since_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (hostname, aspect, subject) DO UPDATE SET state = ?4, since_ms = ?5",
+                &p![e.hostname, aspect, subject, new, e.at_ms],
+            )?;
+            self.states.insert(at, new.to_owned());
+        }
         if e.at_ms < self.now_ms - STALE_MS {
             return Ok(());
         }
