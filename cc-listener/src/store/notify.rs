@@ -238,8 +238,8 @@ impl Store {
             let mut states = HashMap::new();
             for r in tx.query(
                 "SELECT s.hostname, s.aspect, s.subject, s.state FROM notify_state s
-                 WHERE EXISTS (SELECT 1 FROM events e WHERE e.hostname = s.hostname
-                               AND e.id > ?1 AND e.id <= ?2 AND e.kind IN ('cron', 'host'))",
+                 WHERE s.hostname IN (SELECT e.hostname FROM events e
+                                      WHERE e.id > ?1 AND e.id <= ?2 AND e.kind IN ('cron', 'host'))",
                 &p![cursor, last],
             )? {
                 states.insert((r.get(0)?, r.get(1)?, r.get(2)?), r.get::<String>(3)?);
