@@ -682,6 +682,30 @@ mod tests {
     }
 
     #[test]
+    fn the_slack_body_is_one_text_line() {
+        let n = Notice {
+            key: "ev1.ops",
+            sink: "ops",
+            event: "recovered",
+            recovered_from: Some("run_missed"),
+            hostname: "web1",
+            entry: Some("backup"),
+            status: "done",
+            exit_code: Some(0),
+            detail: None,
+            at_ms: 0,
+        };
+        let v: serde_json::Value = serde_json::from_str(&body(Format::Slack, &n)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"text": "CronCommander: web1 recovered from run_missed (entry backup), exit 0"})
+        );
+        let v: serde_json::Value = serde_json::from_str(&body(Format::Json, &n)).unwrap();
+        assert_eq!(v["id"], "ev1.ops");
+        assert_eq!(v["recoveredFrom"], "run_missed");
+    }
+
+    #[test]
     fn backoff_doubles_up_to_the_cap() {
         let t = Tuning {
             retry_base: Duration::from_secs(1),
