@@ -113,15 +113,19 @@ impl Hub {
     }
 
     /// Removes the entry only if it is still this connection's.
-    /// Returns whether it was still this connection's (not replaced by a
-    /// newer one).
-    pub fn remove(&self, hostname: &str, conn_id: u64) -> bool {
+    pub fn remove(&self, hostname: &str, conn_id: u64) {
         let mut map = self.lock();
         if map.get(hostname).is_some_and(|l| l.conn_id == conn_id) {
             map.remove(hostname);
-            return true;
         }
-        false
+    }
+
+    /// Whether connection `conn_id` is still the host's (no newer one
+    /// replaced it).
+    pub fn holds(&self, hostname: &str, conn_id: u64) -> bool {
+        self.lock()
+            .get(hostname)
+            .is_some_and(|l| l.conn_id == conn_id)
     }
 
     /// Queues a text frame for a host; false if it is not connected or its

@@ -178,18 +178,6 @@ impl Session<'_> {
             warn!(hostname = %self.hostname, "agent runs as root in user mode");
         }
         info!(hostname = %self.hostname, %peer, mode = ?info.execution_mode, is_root = info.is_root, "agent registered");
-        // Host events (`online`, `root_in_user_mode`) when a condition changed.
-        let (host, root) = (
-            self.hostname.to_string(),
-            info.is_root && info.execution_mode == wire::ExecutionMode::User,
-        );
-        if let Err(e) = state
-            .db
-            .call(move |s| s.note_registration(&host, root, now_ms()))
-            .await
-        {
-            warn!(hostname = %self.hostname, "could not record the host's conditions: {e:#}");
-        }
 
         let result = self.serve(&mut ws, &mut rx).await;
         // Grouped with other writes: when a listener stops, all its
@@ -199,23 +187,16 @@ impl Session<'_> {
             hostname: self.hostname.clone(),
             last_seen_ms: self.last_seen.load(Ordering::Relaxed),
             conn: self.conn_id,
+            // Offline (a kind `host` event): no newer connection replaced
+            // this one, and this listener is not stopping (its agents move
+            // to another).
+            offline: state.hub.holds(self.hostname.as_str(), self.conn_id)
+                && !*state.shutdown.borrow(),
         };
         if let Err(e) = state.writer.touch(touch).await {
             warn!(hostname = %self.hostname, "could not record last contact: {e:#}");
         }
-        let ours = state.hub.remove(self.hostname.as_str(), self.conn_id);
-        // Offline: this connection ended, no newer one replaced it, and
-        // this listener is not stopping (its agents move to another).
-        if ours && !*state.shutdown.borrow() {
-            let host = self.hostname.to_string();
-            if let Err(e) = state
-                .db
-                .call(move |s| s.note_offline(&host, now_ms()))
-                .await
-            {
-                warn!(hostname = %self.hostname, "could not record the host offline: {e:#}");
-            }
-        }
+        state.hub.remove(self.hostname.as_str(), self.conn_id);
         result
     }
 

@@ -100,64 +100,60 @@ impl Store {
     }
 
     /// A host registered: `online` if it was offline, `root_in_user_mode`
-    /// or `root_cleared` when that changed.
+    /// or `root_cleared` when that changed ([`RegisterWrite`](super::RegisterWrite)
+    /// does this in its group's transaction).
     pub fn note_registration(
         &self,
         hostname: &str,
         root_in_user_mode: bool,
         now_ms: i64,
     ) -> Result<()> {
-        // Most registrations change nothing: a read, and no write then.
-        let root = if root_in_user_mode {
-            "root_in_user_mode"
-        } else {
-            "ok"
-        };
-        let bad: i64 = self.read(|c| {
-            scalar(
-                c,
-                "SELECT count(*) FROM host_conditions WHERE hostname = ?1
-                 AND ((aspect = 'connection' AND state <> 'ok') OR (aspect = 'root' AND state <> ?2))",
-                &p![hostname, root],
-            )
-        })?;
-        if bad == 0 && !root_in_user_mode {
-            return Ok(());
-        }
-        self.write(|tx| {
-            Self::set_condition(tx, hostname, "connection", "ok", "online", None, now_ms)?;
-            if root_in_user_mode {
-                Self::set_condition(
-                    tx,
-                    hostname,
-                    "root",
-                    "root_in_user_mode",
-                    "root_in_user_mode",
-                    Some("the agent runs as root in user mode".into()),
-                    now_ms,
-                )?;
-            } else {
-                Self::set_condition(tx, hostname, "root", "ok", "root_cleared", None, now_ms)?;
-            }
-            Ok(())
-        })
+        self.write(|tx| Self::note_registration_in(tx, hostname, root_in_user_mode, now_ms))
     }
 
-    /// A host's connection ended (not replaced, not this listener
-    /// stopping): `offline`.
-    pub fn note_offline(&self, hostname: &str, now_ms: i64) -> Result<()> {
-        self.write(|tx| {
+    /// [`Store::note_registration`] in the caller's transaction: two point
+    /// reads, and a write only when a condition changed.
+    pub(super) fn note_registration_in(
+        tx: &mut dyn Sql,
+        hostname: &str,
+        root_in_user_mode: bool,
+        now_ms: i64,
+    ) -> Result<()> {
+        Self::set_condition(tx, hostname, "connection", "ok", "online", None, now_ms)?;
+        if root_in_user_mode {
             Self::set_condition(
                 tx,
                 hostname,
-                "connection",
-                "offline",
-                "offline",
-                None,
+                "root",
+                "root_in_user_mode",
+                "root_in_user_mode",
+                Some("the agent runs as root in user mode".into()),
                 now_ms,
-            )
-            .map(|_| ())
-        })
+            )?;
+        } else {
+            Self::set_condition(tx, hostname, "root", "ok", "root_cleared", None, now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// A host's connection ended (not replaced, not this listener
+    /// stopping): `offline` ([`TouchWrite`](super::TouchWrite) with
+    /// `offline` does this in its group's transaction).
+    pub fn note_offline(&self, hostname: &str, now_ms: i64) -> Result<()> {
+        self.write(|tx| Self::note_offline_in(tx, hostname, now_ms))
+    }
+
+    pub(super) fn note_offline_in(tx: &mut dyn Sql, hostname: &str, now_ms: i64) -> Result<()> {
+        Self::set_condition(
+            tx,
+            hostname,
+            "connection",
+            "offline",
+            "offline",
+            None,
+            now_ms,
+        )
+        .map(|_| ())
     }
 
     /// A host's cron status: `cron_refused` (the refused ids and reasons
