@@ -120,6 +120,14 @@ impl Hub {
         }
     }
 
+    /// Whether connection `conn_id` is still the host's (no newer one
+    /// replaced it).
+    pub fn holds(&self, hostname: &str, conn_id: u64) -> bool {
+        self.lock()
+            .get(hostname)
+            .is_some_and(|l| l.conn_id == conn_id)
+    }
+
     /// Queues a text frame for a host; false if it is not connected or its
     /// queue is full.
     pub fn send(&self, hostname: &str, text: String) -> bool {

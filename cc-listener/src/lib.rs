@@ -20,6 +20,7 @@ pub mod doorbell;
 pub mod hub;
 pub mod metrics;
 pub mod nextrun;
+pub mod notify;
 pub mod pending;
 pub mod pgtls;
 pub mod sql;
@@ -105,6 +106,9 @@ pub struct Settings {
     /// listener holds which agent); by default `MACHINE:PORT`, the
     /// machine's hostname and the agent port it is bound to.
     pub listener_name: Option<String>,
+    /// `[[notify]]` sinks (webhooks), and how their queue is run.
+    pub notify: Vec<Arc<notify::Sink>>,
+    pub notify_tuning: notify::Tuning,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +144,8 @@ impl Settings {
             signing_key: None,
             ui_secure_cookie: false,
             listener_name: None,
+            notify: Vec::new(),
+            notify_tuning: notify::Tuning::default(),
         }
     }
 }
@@ -301,6 +307,7 @@ pub async fn serve(
         shutdown_rx.clone(),
     ));
     let sweeper = tokio::spawn(sweep_loop(Arc::clone(&state), shutdown_rx.clone()));
+    let notifier = notify::spawn(&state, &shutdown_rx);
     // Other listeners on the same PostgreSQL database queue jobs and write
     // events this one must act on.
     let doorbell = match &settings.db {
@@ -339,6 +346,9 @@ pub async fn serve(
     let _ = shutdown_tx.send(true);
     let _ = agents.await;
     let _ = sweeper.await;
+    for t in notifier {
+        let _ = t.await;
+    }
     let _ = operators.await;
     if let Some(d) = doorbell {
         let _ = tokio::task::spawn_blocking(move || d.join()).await;

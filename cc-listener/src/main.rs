@@ -187,6 +187,14 @@ struct FileConfig {
     signing_key_file: Option<PathBuf>,
     ui_secure_cookie: Option<bool>,
     listener_name: Option<String>,
+    /// `[[notify]]` blocks: webhooks (docs/fleet-schedules-D.md).
+    notify: Option<Vec<cc_listener::notify::SinkConfig>>,
+    notify_queue_max: Option<u64>,
+    notify_max_attempts: Option<u32>,
+    notify_retry_base_ms: Option<u64>,
+    notify_retry_cap_secs: Option<u64>,
+    notify_timeout_secs: Option<u64>,
+    notify_offline_grace_secs: Option<u64>,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -239,6 +247,7 @@ fn file_settings(args: &ServeArgs) -> Result<(Settings, Option<PathBuf>)> {
         s.ui_secure_cookie = b;
     }
     apply_limits(&mut s, &file)?;
+    apply_notify(&mut s, &file)?;
     s.tls = match (file.tls_cert_file, file.tls_key_file) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
@@ -350,6 +359,64 @@ fn apply_limits(s: &mut Settings, file: &FileConfig) -> Result<()> {
     }
     if let Some(days) = file.report_retention_days {
         s.report_retention = (days > 0).then(|| Duration::from_secs(days * 24 * 3600));
+    }
+    Ok(())
+}
+
+/// The `[[notify]]` sinks (each secret file read and checked now) and the
+/// queue's settings.
+fn apply_notify(s: &mut Settings, file: &FileConfig) -> Result<()> {
+    use cc_listener::notify::{Sink, check_unique};
+    let sinks = file
+        .notify
+        .iter()
+        .flatten()
+        .map(Sink::from_config)
+        .collect::<Result<Vec<_>>>()?;
+    check_unique(&sinks)?;
+    s.notify = sinks.into_iter().map(std::sync::Arc::new).collect();
+    let t = &mut s.notify_tuning;
+    if let Some(n) = file.notify_queue_max {
+        anyhow::ensure!(
+            (1..=10_000_000).contains(&n),
+            "notify_queue_max must be 1 to 10000000"
+        );
+        t.queue_max = n;
+    }
+    if let Some(n) = file.notify_max_attempts {
+        anyhow::ensure!(
+            (1..=100).contains(&n),
+            "notify_max_attempts must be 1 to 100"
+        );
+        t.max_attempts = n;
+    }
+    if let Some(ms) = file.notify_retry_base_ms {
+        anyhow::ensure!(
+            (10..=3_600_000).contains(&ms),
+            "notify_retry_base_ms must be 10 to 3600000"
+        );
+        t.retry_base = Duration::from_millis(ms);
+    }
+    if let Some(secs) = file.notify_retry_cap_secs {
+        anyhow::ensure!(
+            (1..=86_400).contains(&secs),
+            "notify_retry_cap_secs must be 1 to 86400"
+        );
+        t.retry_cap = Duration::from_secs(secs);
+    }
+    if let Some(secs) = file.notify_timeout_secs {
+        anyhow::ensure!(
+            (1..=300).contains(&secs),
+            "notify_timeout_secs must be 1 to 300"
+        );
+        t.timeout = Duration::from_secs(secs);
+    }
+    if let Some(secs) = file.notify_offline_grace_secs {
+        anyhow::ensure!(
+            secs <= 86_400,
+            "notify_offline_grace_secs must be 0 to 86400"
+        );
+        t.offline_grace = Duration::from_secs(secs);
     }
     Ok(())
 }

@@ -232,6 +232,11 @@ pub struct Metrics {
     doorbell_connected: Gauge,
     doorbell_connections: Counter,
     doorbell_notifications: Family<ChannelLabel, Counter>,
+    notifications_sent: Counter,
+    notification_failures: Counter,
+    notifications_given_up: Counter,
+    notifications_dropped: Counter,
+    notify_queue: Gauge,
 }
 
 /// Registers fields of `$m` in `$r`, each under its name and help (and
@@ -285,6 +290,11 @@ impl Metrics {
             doorbell_connected: Gauge::default(),
             doorbell_connections: Counter::default(),
             doorbell_notifications: Family::default(),
+            notifications_sent: Counter::default(),
+            notification_failures: Counter::default(),
+            notifications_given_up: Counter::default(),
+            notifications_dropped: Counter::default(),
+            notify_queue: Gauge::default(),
         };
         Self::register(&mut r, &m);
         Self::create_series(&m);
@@ -332,6 +342,16 @@ impl Metrics {
                 "Notification connections opened to the shared database (each followed by a reconciliation from the tables)"
             doorbell_notifications "croncommander_doorbell_notifications"
                 "Notifications received from the shared database, by channel"
+            notifications_sent "croncommander_notifications_sent"
+                "Webhook notifications ([[notify]]) delivered (answered 2xx) by this listener"
+            notification_failures "croncommander_notification_failures"
+                "Webhook deliveries that failed (no answer in time, a connection error, a non-2xx answer); each is retried with backoff"
+            notifications_given_up "croncommander_notifications_given_up"
+                "Webhook notifications dropped after notify_max_attempts failed deliveries (or whose sink is no longer configured)"
+            notifications_dropped "croncommander_notifications_dropped"
+                "Notifications not queued because the queue held notify_queue_max rows"
+            notify_queue "croncommander_notify_queue"
+                "Webhook notifications queued now (all sinks, all listeners of the database)"
         }
     }
 
@@ -390,6 +410,22 @@ impl Metrics {
     }
 
     /// A job settled by its first report, which says it ran `duration_ms`.
+    pub fn notification_sent(&self) {
+        self.notifications_sent.inc();
+    }
+
+    pub fn notification_failed(&self) {
+        self.notification_failures.inc();
+    }
+
+    pub fn notification_given_up(&self) {
+        self.notifications_given_up.inc();
+    }
+
+    pub fn notifications_dropped(&self, n: usize) {
+        self.notifications_dropped.inc_by(n as u64);
+    }
+
     pub fn job_done(&self, duration_ms: u64) {
         self.jobs_finished
             .get_or_create(&FinalLabel { state: Final::Done })
@@ -518,6 +554,14 @@ pub(crate) async fn scrape(State(state): State<Arc<AppState>>, headers: HeaderMa
     for (state, n) in open {
         m.jobs_open.get_or_create(&OpenLabel { state }).set(n);
     }
+    if !state.settings.notify.is_empty() {
+        match state.db.read(|s| s.notify_depths()).await {
+            Ok(d) => {
+                m.notify_queue.set(d.iter().map(|(_, n)| n).sum());
+            }
+            Err(e) => warn!("metrics: counting queued notifications failed: {e:#}"),
+        }
+    }
     let Ok(body) = m.encode() else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();
     };
@@ -556,7 +600,7 @@ mod tests {
     fn every_metric_name_follows_the_conventions() {
         let text = Metrics::new().encode().unwrap();
         let fams = families(&text);
-        assert_eq!(fams.len(), 19, "{text}");
+        assert_eq!(fams.len(), 24, "{text}");
         for (name, ty) in &fams {
             assert!(name.starts_with("croncommander_"), "{name}");
             assert!(

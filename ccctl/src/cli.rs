@@ -118,6 +118,13 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: OperatorsCommand,
     },
+    /// Notification sinks (`[[notify]]` in the listener config; admin):
+    /// `ccctl notify` lists them and their queues, `ccctl notify test
+    /// NAME` sends a test through the same queue.
+    Notify {
+        #[command(subcommand)]
+        command: Option<NotifyCommand>,
+    },
     /// Read the audit log (admin): who did what, from where, with what
     /// outcome; `--verify` checks its hash chain.
     ///
@@ -257,6 +264,14 @@ pub(crate) enum OperatorsCommand {
     /// Refuse the operator from now on: its API access, event streams and
     /// console sessions end within a second.
     Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NotifyCommand {
+    /// Every sink: name, URL (without its query), events, hosts, queued.
+    List,
+    /// Queue a test notification (event `test`) for the sink NAME.
+    Test { name: String },
 }
 
 #[derive(Debug, Subcommand)]

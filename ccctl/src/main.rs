@@ -12,7 +12,7 @@
 //!
 //! Modules: [`cli`] (the command line), [`api`] (the listener's operator
 //! API), one per command group ([`run`], [`job`], [`agents`], [`reports`],
-//! [`keys`], [`operators`] (with `audit`), [`cron`], [`doctor`]), [`signing`] (the operator's key and statements),
+//! [`keys`], [`operators`] (with `audit`), [`notify`], [`cron`], [`doctor`]), [`signing`] (the operator's key and statements),
 //! and [`term`] (the print boundary).
 #![forbid(unsafe_code)]
 
@@ -23,6 +23,7 @@ mod cron;
 mod doctor;
 mod job;
 mod keys;
+mod notify;
 mod operators;
 mod reports;
 mod run;
@@ -107,6 +108,7 @@ fn dispatch(cli: &Cli, file: &FileConfig) -> Result<bool> {
         ),
         Command::Keys { command } => keys::keys(&api()?, command),
         Command::Operators { command } => operators::operators(&api()?, command),
+        Command::Notify { command } => notify::notify(&api()?, command.as_ref()),
         Command::Audit {
             since,
             operator,

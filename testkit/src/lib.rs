@@ -24,6 +24,7 @@ pub mod signing;
 pub mod sim;
 pub mod sse;
 pub mod stats;
+pub mod webhook;
 pub mod ws;
 
 use std::path::{Path, PathBuf};

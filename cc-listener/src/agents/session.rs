@@ -187,6 +187,11 @@ impl Session<'_> {
             hostname: self.hostname.clone(),
             last_seen_ms: self.last_seen.load(Ordering::Relaxed),
             conn: self.conn_id,
+            // Offline (a kind `host` event): no newer connection replaced
+            // this one, and this listener is not stopping (its agents move
+            // to another).
+            offline: state.hub.holds(self.hostname.as_str(), self.conn_id)
+                && !*state.shutdown.borrow(),
         };
         if let Err(e) = state.writer.touch(touch).await {
             warn!(hostname = %self.hostname, "could not record last contact: {e:#}");
@@ -408,7 +413,10 @@ impl Session<'_> {
                 let stored = status.clone();
                 self.state
                     .db
-                    .call(move |s| s.set_cron_status(&host, &stored))
+                    .call(move |s| {
+                        s.set_cron_status(&host, &stored)?;
+                        s.note_cron_status(host.as_str(), &stored, now_ms())
+                    })
                     .await?;
                 self.cron_status = Some(status);
                 Ok(Flow::Continue)

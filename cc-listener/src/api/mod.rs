@@ -35,6 +35,7 @@ mod cron_runs;
 mod events;
 mod jobs;
 mod keys;
+mod notify;
 mod operators;
 mod page;
 mod reports;
@@ -123,6 +124,8 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("DELETE", "/api/v1/operators/{name}", Some(Role::Admin)),
     ("GET", "/api/v1/audit", Some(Role::Admin)),
     ("GET", "/api/v1/audit/verify", Some(Role::Admin)),
+    ("GET", "/api/v1/notify", Some(Role::Admin)),
+    ("POST", "/api/v1/notify/{name}/test", Some(Role::Admin)),
     ("GET", "/metrics", Some(Role::Viewer)),
     ("GET", "/", None),
     ("GET", "/ui", None),
@@ -189,6 +192,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/operators/{name}", delete(revoke_operator))
         .route("/audit", get(audit::list_audit))
         .route("/audit/verify", get(audit::verify_audit))
+        .route("/notify", get(notify::list_sinks))
+        .route("/notify/{name}/test", post(notify::test_sink))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token,

@@ -75,6 +75,25 @@ const COPY_TABLES: &[(&str, &str, bool, &str)] = &[
         true,
         "seq, at_ms, operator, source, action, target, ids, outcome, prev_hash, hash",
     ),
+    (
+        "notify_state",
+        "hostname || '/' || aspect || '/' || subject",
+        false,
+        "hostname, aspect, subject, state, since_ms",
+    ),
+    (
+        "host_conditions",
+        "hostname || '/' || aspect",
+        false,
+        "hostname, aspect, state, since_ms",
+    ),
+    (
+        "notify_queue",
+        "id",
+        true,
+        "id, sink, event, hostname, subject, body, idem_key, created_ms, next_ms, attempts,
+         claim, claim_until_ms",
+    ),
 ];
 
 /// Rows `cc-listener migrate` reads and writes at a time.
@@ -164,7 +183,17 @@ impl Store {
                     &values,
                 )?;
             }
+            // The notifier goes on from where the source's stopped (the
+            // copied events are not notified again).
+            let cursor: i64 = self.read(|c| {
+                scalar(c, "SELECT last_event_id FROM notify_cursor WHERE id = 1", &[])
+            })?;
+            tx.exec(
+                "UPDATE notify_cursor SET last_event_id = ?1 WHERE id = 1",
+                &[P::Int(cursor)],
+            )?;
             for (table, col) in [
+                ("notify_queue", "id"),
                 ("api_keys", "id"),
                 ("reports", "id"),
                 ("events", "id"),

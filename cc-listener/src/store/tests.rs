@@ -9,6 +9,7 @@ use cc_proto::{Hostname, JobId};
 mod audit;
 mod jobs;
 mod keys;
+mod notify;
 mod operators;
 mod reports;
 mod schema;

@@ -114,7 +114,9 @@ impl GroupWrite for BindWrite {
     }
 }
 
-/// [`Store::upsert_agent`], seen now, by connection `conn`.
+/// [`Store::upsert_agent`], seen now, by connection `conn`; a host
+/// condition it changes (back online, root in user mode or no longer) is a
+/// kind `host` event.
 #[derive(Debug, Clone)]
 pub struct RegisterWrite {
     pub info: AgentInfo,
@@ -126,24 +128,34 @@ impl GroupWrite for RegisterWrite {
 
     fn apply(&self, store: &Store, tx: &mut dyn Sql, now_ms: i64) -> Result<()> {
         let by = store.holder.as_deref().map(|me| (me, self.conn));
-        Store::upsert_in(tx, by, &self.info, now_ms)
+        Store::upsert_in(tx, by, &self.info, now_ms)?;
+        let root =
+            self.info.is_root && self.info.execution_mode == cc_proto::wire::ExecutionMode::User;
+        Store::note_registration_in(tx, self.info.hostname.as_str(), root, now_ms)
     }
 }
 
-/// [`Store::touch_agent`]: connection `conn` ended.
+/// [`Store::touch_agent`]: connection `conn` ended; with `offline` (no
+/// newer connection replaced it and this listener is not stopping) the
+/// host is offline, a kind `host` event if it was not.
 #[derive(Debug, Clone)]
 pub struct TouchWrite {
     pub hostname: Hostname,
     pub last_seen_ms: i64,
     pub conn: u64,
+    pub offline: bool,
 }
 
 impl GroupWrite for TouchWrite {
     type Out = ();
 
-    fn apply(&self, store: &Store, tx: &mut dyn Sql, _: i64) -> Result<()> {
+    fn apply(&self, store: &Store, tx: &mut dyn Sql, now_ms: i64) -> Result<()> {
         let holder = store.holder.as_deref();
-        Store::touch_in(tx, holder, &self.hostname, self.last_seen_ms, self.conn)
+        Store::touch_in(tx, holder, &self.hostname, self.last_seen_ms, self.conn)?;
+        if self.offline {
+            Store::note_offline_in(tx, self.hostname.as_str(), now_ms)?;
+        }
+        Ok(())
     }
 }
 

@@ -183,6 +183,7 @@ fn only_hand_overs_commit_without_waiting_for_the_disk() {
         hostname: h("h"),
         last_seen_ms: 1,
         conn: 1,
+        offline: false,
     };
     assert!(!touch.may_be_lost(), "{touch:?}");
     // On PostgreSQL, the transaction says so.
