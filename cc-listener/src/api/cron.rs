@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tracing::info;
 
 use cc_proto::sign::{self, CronStatement, Signed};
-use cc_proto::wire::{CronEntry, MAX_CRON_ENTRIES, Message};
+use cc_proto::wire::{CronEntry, MAX_CRON_ENTRIES};
 
 use super::agents::{require_may_act, require_may_read};
 use super::signing::{listener_signature, open_signed, require_system_mode};
@@ -111,10 +111,11 @@ pub(super) async fn put_cron(
             .await
             .map_err(ApiError::store)?;
     }
-    if let Ok(text) = Message::CronRefresh(canonical.clone()).to_json_signed(signed.as_ref()) {
-        let pushed = state.hub.send(&host, text);
-        info!(hostname = %host, entries = canonical.len(), pushed, "cron definitions stored");
-    }
+    // The host's effective list (its own and matching fleet entries).
+    let pushed = crate::fleet::push::push_hosts(&state, vec![host.clone()])
+        .await
+        .map_err(ApiError::store)?;
+    info!(hostname = %host, entries = canonical.len(), pushed, "cron definitions stored");
     Ok(Json(canonical))
 }
 

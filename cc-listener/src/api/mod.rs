@@ -32,6 +32,7 @@ mod agents;
 pub(crate) mod audit;
 mod cron;
 mod events;
+mod fleet;
 mod jobs;
 mod keys;
 mod operators;
@@ -64,6 +65,7 @@ pub(crate) use self::agents::agent_view;
 use self::agents::list_agents;
 use self::cron::{get_cron, put_cron};
 pub(crate) use self::events::{events, open_event_streams};
+use self::fleet::{cron_status, get_fleet, plan_fleet, put_fleet};
 pub(crate) use self::jobs::get_job;
 use self::jobs::post_job;
 use self::keys::{list_keys, post_key, retag_key, revoke_key};
@@ -103,6 +105,10 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
         "/api/v1/agents/{hostname}/cron",
         Some(Role::Operator),
     ),
+    ("GET", "/api/v1/fleet/cron", Some(Role::Viewer)),
+    ("PUT", "/api/v1/fleet/cron", Some(Role::Operator)),
+    ("POST", "/api/v1/fleet/cron/plan", Some(Role::Operator)),
+    ("GET", "/api/v1/cron/status", Some(Role::Viewer)),
     ("GET", "/api/v1/jobs/{job_id}", Some(Role::Viewer)),
     ("GET", "/api/v1/reports", Some(Role::Viewer)),
     ("GET", "/api/v1/events", Some(Role::Viewer)),
@@ -166,6 +172,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/agents", get(list_agents))
         .route("/agents/{hostname}/jobs", post(post_job))
         .route("/agents/{hostname}/cron", get(get_cron).put(put_cron))
+        .route("/fleet/cron", get(get_fleet).put(put_fleet))
+        .route("/fleet/cron/plan", post(plan_fleet))
+        .route("/cron/status", get(cron_status))
         .route("/jobs/{job_id}", get(get_job))
         .route("/reports", get(list_reports))
         .route("/events", get(events))

@@ -62,6 +62,8 @@ fn both_engines_have_the_same_tables_and_columns() {
             "audit_head",
             "cron_sets",
             "events",
+            "fleet_cron",
+            "fleet_signed",
             "jobs",
             "listeners",
             "operators",
@@ -85,7 +87,7 @@ fn both_engines_have_the_same_tables_and_columns() {
 #[test]
 fn migrations_are_numbered_files_and_the_version_counts_them() {
     use crate::store::schema::{MIGRATIONS, PG_MIGRATIONS};
-    assert_eq!((MIGRATIONS.len(), PG_MIGRATIONS.len()), (12, 6));
+    assert_eq!((MIGRATIONS.len(), PG_MIGRATIONS.len()), (13, 7));
     for (_guard, s) in stores() {
         let version: i64 = s
             .read(|c| match c.dialect() {
