@@ -168,6 +168,8 @@ pub struct FleetHost {
     /// effective list (`cron apply --system`).
     pub own_signed: Option<String>,
     pub fleet_signed: Option<String>,
+    /// When `fleet_signed` was stored.
+    pub fleet_signed_ms: Option<i64>,
     /// What the agent last said it installed (`cron_status`, JSON).
     pub cron_status: Option<String>,
     /// What the agent last said of its cron daemon (`cronHost`, JSON).

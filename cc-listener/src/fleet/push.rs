@@ -102,17 +102,20 @@ fn send_all(state: &AppState, sends: Vec<(String, String)>) -> usize {
     n
 }
 
-/// After a change of the fleet set from `old` to `new`: the frames for the
-/// held hosts whose pushed list changed.
+/// After a change of the fleet set from `old` (replaced at `old_ms`) to
+/// `new`: the frames for the held hosts whose pushed list changed, or
+/// that were given a signature since.
 fn changed_sends(
     hosts: &[FleetHost],
     old: &[FleetJob],
+    old_ms: i64,
     new: &[FleetJob],
 ) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for h in hosts {
         let after = wanted(h, new).push;
-        if wanted(h, old).push != after {
+        let signed_since = h.fleet_signed_ms.is_some_and(|ms| ms > old_ms);
+        if signed_since || wanted(h, old).push != after {
             out.push((
                 h.hostname.clone(),
                 refresh_text(&after.0, after.1.as_deref())?,
@@ -125,7 +128,7 @@ fn changed_sends(
 /// Polls the fleet set's generation; on a change, pushes each held host
 /// whose list it changed. Ends on shutdown.
 pub async fn watch_loop(state: std::sync::Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
-    let mut known: Option<(u64, Vec<FleetJob>)> = None;
+    let mut known: Option<(u64, i64, Vec<FleetJob>)> = None;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -143,10 +146,10 @@ pub async fn watch_loop(state: std::sync::Arc<AppState>, mut shutdown: watch::Re
                 continue;
             }
         };
-        let Some((had, old)) = &known else {
+        let Some((had, old_ms, old)) = &known else {
             // At start: hosts get their lists as they connect.
             match state.db.read(|s| s.fleet_set()).await {
-                Ok(set) => known = Some((set.generation, set.jobs())),
+                Ok(set) => known = Some((set.generation, set.updated_ms, set.jobs())),
                 Err(e) => warn!("reading the fleet cron set: {e:#}"),
             }
             continue;
@@ -154,7 +157,7 @@ pub async fn watch_loop(state: std::sync::Arc<AppState>, mut shutdown: watch::Re
         if *had == generation {
             continue;
         }
-        let old = old.clone();
+        let (old, old_ms) = (old.clone(), *old_ms);
         let held: Vec<String> = state.hub.keys().into_iter().map(|(h, _)| h).collect();
         let started = std::time::Instant::now();
         let result = state
@@ -167,12 +170,12 @@ pub async fn watch_loop(state: std::sync::Arc<AppState>, mut shutdown: watch::Re
                 } else {
                     held_rows(s, &held)?
                 };
-                let sends = changed_sends(&rows, &old, &new)?;
-                Ok((set.generation, new, sends))
+                let sends = changed_sends(&rows, &old, old_ms, &new)?;
+                Ok((set.generation, set.updated_ms, new, sends))
             })
             .await;
         match result {
-            Ok((g, new, sends)) => {
+            Ok((g, ms, new, sends)) => {
                 let n = send_all(&state, sends);
                 info!(
                     generation = g,
@@ -180,7 +183,7 @@ pub async fn watch_loop(state: std::sync::Arc<AppState>, mut shutdown: watch::Re
                     took_ms = started.elapsed().as_millis() as u64,
                     "fleet cron set changed: lists pushed"
                 );
-                known = Some((g, new));
+                known = Some((g, ms, new));
             }
             Err(e) => warn!("pushing the fleet cron set: {e:#}"),
         }

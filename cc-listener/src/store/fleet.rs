@@ -17,6 +17,8 @@ use super::{Store, json_list};
 pub struct FleetSet {
     pub generation: u64,
     pub entries: Vec<FleetEntry>,
+    /// When it was last replaced (0: never).
+    pub updated_ms: i64,
 }
 
 impl FleetSet {
@@ -39,7 +41,7 @@ impl Store {
 
     fn fleet_set_in(c: &mut dyn Sql) -> Result<FleetSet> {
         let row = c.one(
-            "SELECT generation, entries FROM fleet_cron WHERE one = 1",
+            "SELECT generation, entries, updated_ms FROM fleet_cron WHERE one = 1",
             &[],
         )?;
         match row {
@@ -48,6 +50,7 @@ impl Store {
                 generation: u64::try_from(r.get::<i64>(0)?).unwrap_or(0),
                 entries: serde_json::from_str(&r.get::<String>(1)?)
                     .context("stored fleet cron set is corrupt")?,
+                updated_ms: r.get(2)?,
             }),
         }
     }
@@ -108,7 +111,7 @@ impl Store {
     /// fleet needs of it, in hostname order; `only`: just these.
     pub fn fleet_hosts(&self, only: Option<&[String]>) -> Result<Vec<FleetHost>> {
         const SELECT: &str = "SELECT h.hostname, k.tags, a.execution_mode, c.entries, c.signed,
-                    f.signed, a.cron_status, a.cron_host
+                    f.signed, a.cron_status, a.cron_host, f.updated_ms
              FROM (SELECT hostname FROM agents
                    UNION SELECT hostname FROM api_keys
                          WHERE hostname IS NOT NULL AND revoked_ms IS NULL) h
@@ -150,6 +153,7 @@ impl Store {
                 fleet_signed: r.get(5)?,
                 cron_status: r.get(6)?,
                 cron_host: r.get(7)?,
+                fleet_signed_ms: r.get(8)?,
             });
         }
         Ok(out)
