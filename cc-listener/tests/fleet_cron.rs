@@ -452,3 +452,77 @@ async fn system_hosts_get_fleet_entries_only_signed() {
     assert_eq!(rows[0]["awaitingSignature"], true, "{rows}");
     assert_eq!(rows[0]["wanted"], 2, "{rows}");
 }
+
+/// `ccctl cron plan`, `apply` (refused without a terminal or `--yes`),
+/// `status`, and entry options printed back by `cron get` as `cron set`
+/// reads them.
+#[tokio::test]
+async fn ccctl_plans_applies_and_shows_status() {
+    let dir = TempDir::new("fleet-ccctl");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let mut web = agent(&l, "web1.test", &["web"], "user").await;
+    let _db = agent(&l, "db1.test", &["db"], "user").await;
+    let file = dir.path().join("fleet.cron");
+    std::fs::write(
+        &file,
+        "# the fleet\nbackup tag:web [timeout=60,jitter=300] 0 3 * * * /usr/bin/backup --full\nping * @hourly /bin/true\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = l.ccctl(dir.path(), args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&["cron", "plan", f]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "db1.test: +ping\nweb1.test: +backup +ping\n");
+    // No terminal, no --yes: nothing applied.
+    let (ok, _, err) = run(&["cron", "apply", f]);
+    assert!(!ok);
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(generation(&l), 0);
+    let (ok, out, err) = run(&["cron", "apply", f, "--yes"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("applied: generation 1, 2 hosts changed"),
+        "{out}"
+    );
+    let (ids, m) = next_refresh(&mut web, T).await.unwrap();
+    assert_eq!(ids, ["backup", "ping"]);
+    assert_eq!(m["payload"][0]["jitter"], 300);
+    assert_eq!(m["payload"][0]["timeout"], 60);
+    // Unchanged: the plan shows nothing, apply does nothing.
+    let (ok, out, _) = run(&["cron", "plan", f]);
+    assert!(ok);
+    assert_eq!(out, "no changes\n");
+    let (ok, _, _) = run(&["cron", "apply", f]);
+    assert!(ok, "nothing to ask about");
+    assert_eq!(generation(&l), 1);
+
+    let (ok, out, err) = run(&["cron", "status", "--tag", "web"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[1].starts_with("web1.test  user  2  -  yes"), "{out}");
+    let (ok, out, _) = run(&["cron", "status", "--missed", "--output", "json"]);
+    assert!(ok);
+    assert_eq!(out.trim(), "[]", "nothing C's tracker filled");
+
+    // Options round-trip through a host's own list.
+    let own = dir.path().join("own.cron");
+    std::fs::write(&own, "mine [jitter=30,grace=90] @daily /bin/true\n").unwrap();
+    let (ok, _, err) = run(&["cron", "set", "db1.test", own.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = run(&["cron", "get", "db1.test"]);
+    assert!(ok);
+    assert_eq!(out, "mine [jitter=30,grace=90] @daily /bin/true\n");
+    // A bad target is named with its line before anything is sent.
+    std::fs::write(&file, "x web @hourly /bin/true\n").unwrap();
+    let (ok, _, err) = run(&["cron", "plan", f]);
+    assert!(!ok);
+    assert!(err.contains("target \"web\""), "{err}");
+}
