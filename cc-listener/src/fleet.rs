@@ -297,11 +297,17 @@ pub fn covers(signed: Option<&str>, host: &str, entries: &[CronEntry]) -> bool {
     statement(signed, host).is_some_and(|st| st.entries == entries)
 }
 
-/// The cron statement in `signed`, if it opens and is for `host`.
+/// The cron statement in `signed`, if it opens and is for `host`, its
+/// entries in canonical form (as stored lists are) where they validate.
 pub fn statement(signed: Option<&str>, host: &str) -> Option<cc_proto::sign::CronStatement> {
     let s: cc_proto::sign::Signed = serde_json::from_str(signed?).ok()?;
-    let st: cc_proto::sign::CronStatement =
+    let mut st: cc_proto::sign::CronStatement =
         cc_proto::sign::open(&s, cc_proto::sign::CRON_LABEL).ok()?;
+    for e in &mut st.entries {
+        if let Ok(job) = e.validate() {
+            *e = CronEntry::from(&job);
+        }
+    }
     st.host.eq_ignore_ascii_case(host).then_some(st)
 }
 
