@@ -55,6 +55,18 @@ impl Store {
         }
     }
 
+    /// Every known host's effective list (own entries, then matching fleet
+    /// entries), in hostname order, from one read of each table: what a
+    /// full resync of the expected runs reads instead of asking host by host.
+    pub fn effective_cron_all(&self) -> Result<Vec<(String, Vec<CronEntry>)>> {
+        let fleet = self.fleet_set()?.jobs();
+        Ok(self
+            .fleet_hosts(None)?
+            .iter()
+            .map(|h| (h.hostname.clone(), crate::fleet::effective(h, &fleet).0))
+            .collect())
+    }
+
     /// Just the fleet set's generation (what the push loop polls).
     pub fn fleet_generation(&self) -> Result<u64> {
         self.read(|c| {
