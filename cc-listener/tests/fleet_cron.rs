@@ -526,3 +526,48 @@ async fn ccctl_plans_applies_and_shows_status() {
     assert!(!ok);
     assert!(err.contains("target \"web\""), "{err}");
 }
+
+/// Two listeners on one PostgreSQL database: a set applied through one
+/// reaches, within 1 s, the hosts the other holds (each listener watches
+/// the set's generation and pushes to its own hosts).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_applied_on_one_listener_reaches_the_hosts_another_holds() {
+    let Some(cluster) = cc_testkit::pg::Cluster::start() else {
+        return;
+    };
+    let url = cluster.create_db("cc");
+    let dir = TempDir::new("fleet-pg");
+    let start = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        ListenerProcess::start_shared(bin(), &d, &url, &format!("listener_name = \"{name}\"\n"))
+    };
+    let (east, west) = (start("east"), start("west"));
+    let key = east.add_key("one.test");
+    let mut one = ws::registered_as(&east, &key, &register("one.test", &["web"], "user")).await;
+    let key = west.add_key("two.test");
+    let mut two = ws::registered_as(&west, &key, &register("two.test", &["db"], "user")).await;
+
+    let started = Instant::now();
+    let r = west.put(
+        "/api/v1/fleet/cron",
+        &json!({"entries": [entry("w", "tag:web"), entry("all", "*")]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (ids, _) = next_refresh(&mut one, T).await.unwrap();
+    assert_eq!(ids, ["w", "all"], "held by east, applied on west");
+    let (ids, _) = next_refresh(&mut two, T).await.unwrap();
+    assert_eq!(ids, ["all"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Each listener sent its own host once: nothing more arrives.
+    assert!(
+        next_refresh(&mut one, Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    assert_eq!(east.get("/api/v1/fleet/cron").json()["generation"], 1);
+}
