@@ -41,6 +41,9 @@ pub enum Term {
     Tag(Tag),
 }
 
+/// Most terms a target may join.
+pub const MAX_TARGET_TERMS: usize = 16;
+
 /// Which hosts a fleet entry joins: every term must match.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target(Vec<Term>);
@@ -53,7 +56,13 @@ impl Target {
             return Err("an empty target: use * for every host".into());
         }
         let mut terms = Vec::new();
-        for term in s.split(',') {
+        for (i, term) in s.split(',').enumerate() {
+            if i == MAX_TARGET_TERMS {
+                return Err(format!(
+                    "target {:?}…: at most {MAX_TARGET_TERMS} terms",
+                    s.chars().take(64).collect::<String>()
+                ));
+            }
             let t = if term == "*" {
                 Term::All
             } else if let Some(h) = term.strip_prefix("host:") {
@@ -412,6 +421,27 @@ mod tests {
         for bad in ["", "web", "tag:", "host:a b", "tag:web,", ",*", "tag:a;b"] {
             assert!(Target::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A target is bounded: a body of a million terms is refused at once,
+    /// not deduplicated in quadratic time.
+    #[test]
+    fn targets_are_bounded() {
+        let terms = |n: usize| {
+            (0..n)
+                .map(|i| format!("tag:t{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert!(Target::parse(&terms(MAX_TARGET_TERMS)).is_ok());
+        let e = Target::parse(&terms(MAX_TARGET_TERMS + 1)).unwrap_err();
+        assert!(e.contains("at most"), "{e}");
+        let started = std::time::Instant::now();
+        assert!(Target::parse(&terms(200_000)).is_err());
+        // Cut where a character spans byte 64: no panic.
+        let wide = format!("{}x{}", "*,".repeat(MAX_TARGET_TERMS), "é".repeat(40));
+        assert!(Target::parse(&wide).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
     }
 
     #[test]
