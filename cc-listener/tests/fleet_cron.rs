@@ -408,6 +408,15 @@ async fn system_hosts_get_fleet_entries_only_signed() {
         &json!({"entries": root, "signed": {"sys1.test": cc_testkit::signing::sign_cron(&st, key)}}),
     );
     assert_eq!(r.status, 400, "{}", r.body);
+    // A signature for a user-mode host: nothing to sign there.
+    let _user = agent(&l, "user1.test", &["web"], "user").await;
+    let st = cc_testkit::signing::cron_statement(&list, "user1.test", 1);
+    let r = l.put(
+        "/api/v1/fleet/cron",
+        &json!({"entries": root, "signed": {"user1.test": cc_testkit::signing::sign_cron(&st, key)}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("not a system-mode host"), "{}", r.body);
     assert!(
         next_refresh(&mut sys, Duration::from_millis(500))
             .await
