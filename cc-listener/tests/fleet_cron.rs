@@ -580,3 +580,63 @@ async fn a_set_applied_on_one_listener_reaches_the_hosts_another_holds() {
     );
     assert_eq!(east.get("/api/v1/fleet/cron").json()["generation"], 1);
 }
+
+/// `ccctl cron apply --system --key K` signs each system-mode host's new
+/// list: the host is sent it with the signature, and status no longer
+/// says it awaits one.
+#[tokio::test]
+async fn ccctl_apply_system_signs_each_root_hosts_list() {
+    let dir = TempDir::new("fleet-ccctl-system");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let mut sys = agent(&l, "sys1.test", &["db"], "system").await;
+    let key = dir.path().join("ops.key");
+    let out = l.ccctl(dir.path(), &["keygen", "--out", key.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = dir.path().join("fleet.cron");
+    std::fs::write(
+        &file,
+        "dump tag:db @daily /usr/bin/pg_dumpall\nrel tag:db @hourly relative\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let k = key.to_str().unwrap();
+    // A program by name: refused before anything is signed or sent.
+    let out = l.ccctl(
+        dir.path(),
+        &["cron", "apply", f, "--yes", "--system", "--key", k],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("absolute path"));
+    assert_eq!(generation(&l), 0);
+    std::fs::write(&file, "dump tag:db @daily /usr/bin/pg_dumpall\n").unwrap();
+    let (_, plan_out) = {
+        let o = l.ccctl(dir.path(), &["cron", "plan", f]);
+        (o.status, String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    assert!(
+        plan_out.contains("sys1.test: +dump (root list awaiting signature"),
+        "{plan_out}"
+    );
+    let out = l.ccctl(
+        dir.path(),
+        &["cron", "apply", f, "--yes", "--system", "--key", k],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 lists signed"));
+    let (ids, m) = next_refresh(&mut sys, T).await.unwrap();
+    assert_eq!(ids, ["dump"]);
+    assert!(
+        m["signed"]["key"].as_str().unwrap().starts_with("ed25519:"),
+        "{m}"
+    );
+    let rows = l.get("/api/v1/cron/status?host=sys1.test").json();
+    assert_eq!(rows[0]["awaitingSignature"], false, "{rows}");
+}
