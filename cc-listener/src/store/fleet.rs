@@ -122,21 +122,36 @@ impl Store {
     /// Every known host (registered, or bound to a live key) with what the
     /// fleet needs of it, in hostname order; `only`: just these.
     pub fn fleet_hosts(&self, only: Option<&[String]>) -> Result<Vec<FleetHost>> {
-        const SELECT: &str = "SELECT h.hostname, k.tags, a.execution_mode, c.entries, c.signed,
-                    f.signed, a.cron_status, a.cron_host, f.updated_ms
-             FROM (SELECT hostname FROM agents
-                   UNION SELECT hostname FROM api_keys
-                         WHERE hostname IS NOT NULL AND revoked_ms IS NULL) h
+        const COLUMNS: &str = "SELECT h.hostname, k.tags, a.execution_mode, c.entries, c.signed,
+                    f.signed, a.cron_status, a.cron_host, f.updated_ms";
+        const JOINS: &str = "
              LEFT JOIN api_keys k ON k.hostname = h.hostname AND k.revoked_ms IS NULL
              LEFT JOIN agents a ON a.hostname = h.hostname
              LEFT JOIN cron_sets c ON c.hostname = h.hostname
              LEFT JOIN fleet_signed f ON f.hostname = h.hostname";
         let rows = self.read(|c| match only {
-            None => c.query(&format!("{SELECT} ORDER BY h.hostname"), &[]),
+            None => c.query(
+                &format!(
+                    "{COLUMNS} FROM (SELECT hostname FROM agents
+                           UNION SELECT hostname FROM api_keys
+                                 WHERE hostname IS NOT NULL AND revoked_ms IS NULL) h
+                     {JOINS} ORDER BY h.hostname"
+                ),
+                &[],
+            ),
+            // One host: by its key columns alone (no scan of every host).
             Some(hosts) => {
                 let mut all = Vec::new();
                 for h in hosts {
-                    all.extend(c.query(&format!("{SELECT} WHERE h.hostname = ?1"), &p![h])?);
+                    all.extend(c.query(
+                        &format!(
+                            "{COLUMNS} FROM (SELECT CAST(?1 AS TEXT) AS hostname) h {JOINS}
+                             WHERE EXISTS (SELECT 1 FROM agents WHERE hostname = ?1)
+                                OR EXISTS (SELECT 1 FROM api_keys
+                                           WHERE hostname = ?1 AND revoked_ms IS NULL)"
+                        ),
+                        &p![h],
+                    )?);
                 }
                 Ok(all)
             }
