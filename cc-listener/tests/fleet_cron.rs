@@ -579,6 +579,17 @@ async fn a_set_applied_on_one_listener_reaches_the_hosts_another_holds() {
             .is_none()
     );
     assert_eq!(east.get("/api/v1/fleet/cron").json()["generation"], 1);
+    // Retagged through west, held by east: sent by east within 1 s.
+    let started = Instant::now();
+    let r = west.put("/api/v1/keys/one.test/tags", &json!(["db"]));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (ids, _) = next_refresh(&mut one, T).await.unwrap();
+    assert_eq!(ids, ["all"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// `ccctl cron apply --system --key K` signs each system-mode host's new

@@ -129,6 +129,8 @@ fn changed_sends(
 /// whose list it changed. Ends on shutdown.
 pub async fn watch_loop(state: std::sync::Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     let mut known: Option<(u64, i64, Vec<FleetJob>)> = None;
+    // The last `cron_resend` sequence number acted on (None: not read yet).
+    let mut resent: Option<i64> = None;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -139,6 +141,7 @@ pub async fn watch_loop(state: std::sync::Arc<AppState>, mut shutdown: watch::Re
         if *shutdown.borrow() {
             return;
         }
+        resent = resend_requested(&state, resent).await;
         let generation = match state.db.read(|s| s.fleet_generation()).await {
             Ok(g) => g,
             Err(e) => {
@@ -186,6 +189,32 @@ pub async fn watch_loop(state: std::sync::Arc<AppState>, mut shutdown: watch::Re
                 known = Some((g, ms, new));
             }
             Err(e) => warn!("pushing the fleet cron set: {e:#}"),
+        }
+    }
+}
+
+/// Sends their lists to the held hosts asked for since `after` (at start,
+/// `None`: only notes where the requests stand); the new position.
+async fn resend_requested(state: &AppState, after: Option<i64>) -> Option<i64> {
+    let read = state
+        .db
+        .read(move |s| match after {
+            Some(a) => s.resends_after(a),
+            None => s.resends_after(0).map(|(_, last)| (Vec::new(), last)),
+        })
+        .await;
+    match read {
+        Ok((hosts, last)) => {
+            if !hosts.is_empty() {
+                if let Err(e) = push_hosts(state, hosts).await {
+                    warn!("sending cron lists asked for again: {e:#}");
+                }
+            }
+            Some(last)
+        }
+        Err(e) => {
+            warn!("reading the cron lists asked for again: {e:#}");
+            after
         }
     }
 }

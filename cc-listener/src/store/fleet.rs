@@ -223,6 +223,39 @@ impl Store {
         Ok(target.matches(hostname, &tags))
     }
 
+    /// Asks whichever listener holds `hostname` to send it its list again
+    /// (its tags changed): a row in `cron_resend` with the next sequence
+    /// number, which every listener's push loop reads.
+    pub fn request_resend(&self, hostname: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO cron_resend (hostname, seq)
+                 VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM cron_resend))
+                 ON CONFLICT (hostname) DO UPDATE SET seq = excluded.seq",
+                &p![hostname],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The hosts asked to be sent their list again after sequence number
+    /// `after`, and the last number (`after` when none).
+    pub fn resends_after(&self, after: i64) -> Result<(Vec<String>, i64)> {
+        let rows = self.read(|c| {
+            c.query(
+                "SELECT hostname, seq FROM cron_resend WHERE seq > ?1 ORDER BY seq",
+                &p![after],
+            )
+        })?;
+        let mut last = after;
+        let mut hosts = Vec::with_capacity(rows.len());
+        for r in rows {
+            hosts.push(r.get(0)?);
+            last = last.max(r.get(1)?);
+        }
+        Ok((hosts, last))
+    }
+
     /// The hostname bound to the live key `name`, if any.
     pub fn key_hostname(&self, name: &str) -> Result<Option<String>> {
         self.read(|c| {

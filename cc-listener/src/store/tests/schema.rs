@@ -60,6 +60,7 @@ fn both_engines_have_the_same_tables_and_columns() {
             "api_keys",
             "audit",
             "audit_head",
+            "cron_resend",
             "cron_sets",
             "events",
             "fleet_cron",
