@@ -55,3 +55,18 @@ fn effective_lists_join_own_and_matching_fleet_entries() {
         assert_eq!(s.fleet_generation().unwrap(), 2);
     }
 }
+
+#[test]
+fn resend_requests_are_read_in_order_once() {
+    for (_guard, s) in stores() {
+        assert_eq!(s.resends_after(0).unwrap(), (vec![], 0));
+        s.request_resend("a").unwrap();
+        s.request_resend("b").unwrap();
+        let (hosts, last) = s.resends_after(0).unwrap();
+        assert_eq!((hosts, last), (vec!["a".to_owned(), "b".to_owned()], 2));
+        // Asked again: after the cursor once more, with a new number.
+        s.request_resend("a").unwrap();
+        assert_eq!(s.resends_after(2).unwrap(), (vec!["a".to_owned()], 3));
+        assert_eq!(s.resends_after(3).unwrap(), (vec![], 3));
+    }
+}
