@@ -100,133 +100,159 @@ pub(crate) fn command(cli: &Cli, file: &FileConfig, command: &CronCommand) -> Re
             yes,
             system,
             key,
-        } => {
-            let entries = read_fleet(path)?;
-            let api = Api::new(cli, file)?;
-            let plan = api.call(
-                "POST",
-                "/fleet/cron/plan",
-                Some(&json!({ "entries": entries })),
-            )?;
-            let changing = print_plan(&plan);
-            if plan["outsideSelector"].as_u64().unwrap_or(0) > 0 {
-                return Ok(false);
-            }
-            let stored = api.call("GET", "/fleet/cron", None)?;
-            if changing == 0 && stored["entries"] == json!(entries) {
-                return Ok(true);
-            }
-            if !yes && !confirm()? {
-                errln!("ccctl: nothing applied");
-                return Ok(false);
-            }
-            let mut signed = serde_json::Map::new();
-            if *system {
-                let k = load_key(&key_path(key.clone(), file)?)?;
-                for h in plan["hosts"].as_array().into_iter().flatten() {
-                    let (Some(host), Some(list)) = (h["hostname"].as_str(), h.get("entries"))
-                    else {
-                        continue;
-                    };
-                    let list: Vec<CronEntry> = serde_json::from_value(list.clone())
-                        .context("the plan's list for a host")?;
-                    for e in &list {
-                        let program = e.validate()?.command.program().to_owned();
-                        ensure!(
-                            program.starts_with('/'),
-                            "{host}: entry {}: {program}: root entries name their program by absolute path (the signature covers the path, not a name the host looks up in PATH)",
-                            e.id
-                        );
-                    }
-                    let (not_before, expires_at) =
-                        sign::window(Timestamp::now(), sign::MAX_VALIDITY_SECS);
-                    let st = CronStatement {
-                        host: host.to_owned(),
-                        generation: u64::try_from(Timestamp::now().unix_millis()).unwrap_or(0),
-                        entries: list,
-                        not_before,
-                        expires_at,
-                        nonce: nonce()?,
-                    };
-                    signed.insert(
-                        host.to_owned(),
-                        serde_json::to_value(sign::sign(&st, sign::CRON_LABEL, &k)?)?,
-                    );
-                }
-            }
-            let applied = api.call(
-                "PUT",
-                "/fleet/cron",
-                Some(&json!({
-                    "entries": entries,
-                    "generation": plan["generation"],
-                    "signed": signed,
-                })),
-            )?;
-            outln!(
-                "applied: generation {}, {} hosts changed, {} lists signed",
-                applied["generation"],
-                applied["changed"],
-                applied["signed"]
-            );
-            let awaiting = ids(&applied, "awaitingSignature");
-            if !awaiting.is_empty() {
-                outln!(
-                    "awaiting signature (they keep their last signed list): {}",
-                    awaiting.join(", ")
-                );
-            }
-            Ok(true)
-        }
+        } => apply(cli, file, path, *yes, *system, key.as_ref()),
         CronCommand::Status {
             host,
             tag,
             failing,
             missed,
             output,
-        } => {
-            let mut q = Vec::new();
-            if let Some(h) = host {
-                q.push(format!("host={h}"));
-            }
-            if let Some(t) = tag {
-                q.push(format!("tag={t}"));
-            }
-            let path = if q.is_empty() {
-                "/cron/status".to_owned()
-            } else {
-                format!("/cron/status?{}", q.join("&"))
-            };
-            let rows = Api::new(cli, file)?.call("GET", &path, None)?;
-            let shown: Vec<&Value> = rows
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|r| !failing || is_failing(r))
-                .filter(|r| !missed || !ids(r, "missed").is_empty())
-                .collect();
-            if output == "json" {
-                crate::term::json(&shown)?;
-                return Ok(true);
-            }
-            outln!("HOST  MODE  WANTED  INSTALLED  DRIFT  NOTES");
-            for r in &shown {
-                outln!(
-                    "{}  {}  {}  {}  {}  {}",
-                    r["hostname"].as_str().unwrap_or(""),
-                    r["executionMode"].as_str().unwrap_or("-"),
-                    r["wanted"],
-                    r["installed"]
-                        .as_u64()
-                        .map_or("-".to_owned(), |n| n.to_string()),
-                    if r["drift"] == true { "yes" } else { "no" },
-                    notes(r)
-                );
-            }
-            Ok(true)
-        }
+        } => status(
+            cli,
+            file,
+            host.as_ref(),
+            tag.as_ref(),
+            (*failing, *missed),
+            output,
+        ),
         CronCommand::Get { .. } | CronCommand::Set { .. } => bail!("not a fleet command"),
     }
+}
+
+/// `ccctl cron apply`: the plan, a question (unless `yes`), signatures
+/// (with `system`), then the set replaced.
+fn apply(
+    cli: &Cli,
+    file: &FileConfig,
+    path: &std::path::Path,
+    yes: bool,
+    system: bool,
+    key: Option<&std::path::PathBuf>,
+) -> Result<bool> {
+    let entries = read_fleet(path)?;
+    let api = Api::new(cli, file)?;
+    let plan = api.call(
+        "POST",
+        "/fleet/cron/plan",
+        Some(&json!({ "entries": entries })),
+    )?;
+    let changing = print_plan(&plan);
+    if plan["outsideSelector"].as_u64().unwrap_or(0) > 0 {
+        return Ok(false);
+    }
+    let stored = api.call("GET", "/fleet/cron", None)?;
+    if changing == 0 && stored["entries"] == json!(entries) {
+        return Ok(true);
+    }
+    if !yes && !confirm()? {
+        errln!("ccctl: nothing applied");
+        return Ok(false);
+    }
+    let mut signed = serde_json::Map::new();
+    if system {
+        let k = load_key(&key_path(key.cloned(), file)?)?;
+        for h in plan["hosts"].as_array().into_iter().flatten() {
+            let (Some(host), Some(list)) = (h["hostname"].as_str(), h.get("entries")) else {
+                continue;
+            };
+            let list: Vec<CronEntry> =
+                serde_json::from_value(list.clone()).context("the plan's list for a host")?;
+            for e in &list {
+                let program = e.validate()?.command.program().to_owned();
+                ensure!(
+                    program.starts_with('/'),
+                    "{host}: entry {}: {program}: root entries name their program by absolute path (the signature covers the path, not a name the host looks up in PATH)",
+                    e.id
+                );
+            }
+            let (not_before, expires_at) = sign::window(Timestamp::now(), sign::MAX_VALIDITY_SECS);
+            let st = CronStatement {
+                host: host.to_owned(),
+                generation: u64::try_from(Timestamp::now().unix_millis()).unwrap_or(0),
+                entries: list,
+                not_before,
+                expires_at,
+                nonce: nonce()?,
+            };
+            signed.insert(
+                host.to_owned(),
+                serde_json::to_value(sign::sign(&st, sign::CRON_LABEL, &k)?)?,
+            );
+        }
+    }
+    let applied = api.call(
+        "PUT",
+        "/fleet/cron",
+        Some(&json!({
+            "entries": entries,
+            "generation": plan["generation"],
+            "signed": signed,
+        })),
+    )?;
+    outln!(
+        "applied: generation {}, {} hosts changed, {} lists signed",
+        applied["generation"],
+        applied["changed"],
+        applied["signed"]
+    );
+    let awaiting = ids(&applied, "awaitingSignature");
+    if !awaiting.is_empty() {
+        outln!(
+            "awaiting signature (they keep their last signed list): {}",
+            awaiting.join(", ")
+        );
+    }
+    Ok(true)
+}
+
+/// `ccctl cron status`: a row per host, filtered.
+fn status(
+    cli: &Cli,
+    file: &FileConfig,
+    host: Option<&String>,
+    tag: Option<&String>,
+    (failing, missed): (bool, bool),
+    output: &str,
+) -> Result<bool> {
+    let mut q = Vec::new();
+    if let Some(h) = host {
+        q.push(format!("host={h}"));
+    }
+    if let Some(t) = tag {
+        q.push(format!("tag={t}"));
+    }
+    let path = if q.is_empty() {
+        "/cron/status".to_owned()
+    } else {
+        format!("/cron/status?{}", q.join("&"))
+    };
+    let rows = Api::new(cli, file)?.call("GET", &path, None)?;
+    let shown: Vec<&Value> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| !failing || is_failing(r))
+        .filter(|r| !missed || !ids(r, "missed").is_empty())
+        .collect();
+    if output == "json" {
+        crate::term::json(&shown)?;
+        return Ok(true);
+    }
+    outln!("HOST  MODE  WANTED  INSTALLED  DRIFT  NOTES");
+    for r in &shown {
+        outln!(
+            "{}  {}  {}  {}  {}  {}",
+            r["hostname"].as_str().unwrap_or(""),
+            r["executionMode"].as_str().unwrap_or("-"),
+            r["wanted"],
+            r["installed"]
+                .as_u64()
+                .map_or("-".to_owned(), |n| n.to_string()),
+            if r["drift"] == true { "yes" } else { "no" },
+            notes(r)
+        );
+    }
+    Ok(true)
 }
 
 /// A host whose last scheduled run of some entry failed (`lastStatus`:

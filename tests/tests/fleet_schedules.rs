@@ -162,20 +162,7 @@ fn a_fleet_file_reaches_exactly_the_matching_hosts() {
         &ldir,
         "max_connections = 1000\nmax_unauthenticated_per_source = 4096\nheartbeat_interval_secs = 10\nping_interval_secs = 10\n",
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let seen = Arc::new(Refreshes::default());
-    let gate = Arc::new(tokio::sync::Semaphore::new(128));
-    for ((host, tags), key) in sims.iter().zip(&keys[reals.len()..]) {
-        let how = Arc::new(Behaviour::suite(tags, Duration::from_secs(10)));
-        let (url, key, host) = (listener.ws_url(), key.clone(), host.clone());
-        let obs: Arc<dyn Observer + Send + Sync> = seen.clone();
-        let gate = Arc::clone(&gate);
-        runtime.spawn(async move { sim::run(url.into(), key, host, how, gate, obs).await });
-    }
+    let (runtime, seen) = spawn_sims(&listener, &sims, &keys[reals.len()..]);
     let start_real = |i: usize| {
         let (host, tags) = &reals[i];
         let adir = dir.path().join(host);
@@ -191,16 +178,6 @@ fn a_fleet_file_reaches_exactly_the_matching_hosts() {
         )
     };
     let mut agents = vec![start_real(0), start_real(1)];
-    let connected = |l: &ListenerProcess| -> BTreeSet<String> {
-        l.get("/api/v1/agents?limit=10000")
-            .json()
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["connected"] == true)
-            .map(|a| a["hostname"].as_str().unwrap().to_owned())
-            .collect()
-    };
     wait_for(T, "500 simulated and 2 real agents connected", || {
         (connected(&listener).len() == SIMS + 2).then_some(())
     });
@@ -210,48 +187,19 @@ fn a_fleet_file_reaches_exactly_the_matching_hosts() {
     std::fs::write(&file, FLEET).unwrap();
     let f = file.to_str().unwrap();
     let applied_at = Instant::now();
-    let out = listener.ccctl(dir.path(), &["cron", "apply", f, "--yes"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // Every known host: the late one's key is bound to its name already
     // (not yet to tags: those its first registration binds).
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = ccctl_out(&listener, dir.path(), &["cron", "apply", f, "--yes"]);
     assert!(
         said.contains(&format!("{} hosts changed", SIMS + 3)),
         "{said}"
     );
 
-    // Every simulated agent is sent exactly the entries it matches.
-    wait_for(T, "every simulated agent sent its list", || {
-        (seen.0.lock().unwrap().len() == SIMS).then_some(())
-    });
-    let got = seen.0.lock().unwrap().clone();
-    let mut last = applied_at;
-    for (i, (host, tags)) in sims.iter().enumerate() {
-        let (ids, at) = &got[host];
-        assert_eq!(ids, &matching(tags), "sim {i} ({host}, tags {tags:?})");
-        last = last.max(*at);
-    }
-    let took = last - applied_at;
-    eprintln!(
-        "fleet_schedules: {SIMS} simulated agents sent their lists {took:?} after apply began"
-    );
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_each_sim_sent_its_entries(&seen, &sims, applied_at);
 
     // The real agents' crontabs.
     for i in 0..2 {
-        let want = ids(&matching(&reals[i].1));
-        wait_for(T, "the real agent's crontab", || {
-            (installed(&crontab(USERS[i])) == want).then_some(())
-        });
-        let tab = crontab(USERS[i]);
-        assert!(
-            !tab.contains("/bin/echo"),
-            "a command reached the crontab:\n{tab}"
-        );
+        assert_crontab(USERS[i], &matching(&reals[i].1));
     }
     assert!(
         installed(&crontab(USERS[2])).is_empty(),
@@ -275,17 +223,77 @@ fn a_fleet_file_reaches_exactly_the_matching_hosts() {
     assert!(took < Duration::from_secs(1), "{took:?}");
 
     // The plan of the unchanged file shows nothing.
-    let out = listener.ccctl(dir.path(), &["cron", "plan", f]);
-    assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "no changes\n");
+    assert_eq!(
+        ccctl_out(&listener, dir.path(), &["cron", "plan", f]),
+        "no changes\n"
+    );
 
-    // Status: no drift on the real hosts once their agents said what they
-    // installed; the simulated ones never said (drift).
+    assert_no_drift_on_the_real_hosts(&listener, dir.path(), reals[0].0, reals[2].0);
+
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    for a in &mut agents {
+        a.kill();
+    }
+}
+
+/// Runs the simulated agents (tags [`sim_tags`]) on a runtime of their own;
+/// what each was last sent.
+fn spawn_sims(
+    listener: &ListenerProcess,
+    sims: &[(String, Vec<&'static str>)],
+    keys: &[String],
+) -> (tokio::runtime::Runtime, Arc<Refreshes>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen = Arc::new(Refreshes::default());
+    let gate = Arc::new(tokio::sync::Semaphore::new(128));
+    for ((host, tags), key) in sims.iter().zip(keys) {
+        let how = Arc::new(Behaviour::suite(tags, Duration::from_secs(10)));
+        let (url, key, host) = (listener.ws_url(), key.clone(), host.clone());
+        let obs: Arc<dyn Observer + Send + Sync> = seen.clone();
+        let gate = Arc::clone(&gate);
+        runtime.spawn(async move { sim::run(url.into(), key, host, how, gate, obs).await });
+    }
+    (runtime, seen)
+}
+
+/// Every simulated agent was sent exactly the entries it matches, the
+/// last of them within 1 s of `applied_at`.
+fn assert_each_sim_sent_its_entries(
+    seen: &Refreshes,
+    sims: &[(String, Vec<&str>)],
+    applied_at: Instant,
+) {
+    wait_for(T, "every simulated agent sent its list", || {
+        (seen.0.lock().unwrap().len() == SIMS).then_some(())
+    });
+    let got = seen.0.lock().unwrap().clone();
+    let mut last = applied_at;
+    for (i, (host, tags)) in sims.iter().enumerate() {
+        let (ids, at) = &got[host];
+        assert_eq!(ids, &matching(tags), "sim {i} ({host}, tags {tags:?})");
+        last = last.max(*at);
+    }
+    let took = last - applied_at;
+    eprintln!(
+        "fleet_schedules: {SIMS} simulated agents sent their lists {took:?} after apply began"
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+/// `ccctl cron status`: no drift on the real hosts `a` and `b` once their
+/// agents said what they installed; a simulated one never said (drift).
+fn assert_no_drift_on_the_real_hosts(
+    listener: &ListenerProcess,
+    dir: &std::path::Path,
+    a: &str,
+    b: &str,
+) {
     wait_for(T, "no drift on the real hosts", || {
-        let out = listener.ccctl(
-            dir.path(),
-            &["cron", "status", "--tag", "eu", "--output", "json"],
-        );
+        let out = listener.ccctl(dir, &["cron", "status", "--tag", "eu", "--output", "json"]);
         let rows: Value = serde_json::from_slice(&out.stdout).ok()?;
         let row = |h: &str| {
             rows.as_array()?
@@ -293,17 +301,49 @@ fn a_fleet_file_reaches_exactly_the_matching_hosts() {
                 .find(|r| r["hostname"] == h)
                 .cloned()
         };
-        let (a, b) = (row(reals[0].0)?, row(reals[2].0)?);
-        (a["drift"] == false && b["drift"] == false && a["installed"] == 2).then_some(())
+        let (ra, rb) = (row(a)?, row(b)?);
+        (ra["drift"] == false && rb["drift"] == false && ra["installed"] == 2).then_some(())
     });
     let rows = listener
         .get("/api/v1/cron/status?host=sim-000.fleet.test")
         .json();
     assert_eq!(rows[0]["drift"], true, "{rows}");
     assert_eq!(rows[0]["wanted"], 2, "{rows}");
+}
 
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    for a in &mut agents {
-        a.kill();
-    }
+/// The hostnames `GET /agents` shows connected.
+fn connected(l: &ListenerProcess) -> BTreeSet<String> {
+    l.get("/api/v1/agents?limit=10000")
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["connected"] == true)
+        .map(|a| a["hostname"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `user`'s crontab comes to hold exactly the managed entries `want`, and
+/// no command.
+fn assert_crontab(user: &str, want: &[&str]) {
+    let want = ids(want);
+    wait_for(T, "the real agent's crontab", || {
+        (installed(&crontab(user)) == want).then_some(())
+    });
+    let tab = crontab(user);
+    assert!(
+        !tab.contains("/bin/echo"),
+        "a command reached the crontab:\n{tab}"
+    );
+}
+
+/// `ccctl ARGS`, which must succeed: its standard output.
+fn ccctl_out(listener: &ListenerProcess, dir: &std::path::Path, args: &[&str]) -> String {
+    let out = listener.ccctl(dir, args);
+    assert!(
+        out.status.success(),
+        "ccctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
