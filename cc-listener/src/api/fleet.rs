@@ -296,7 +296,19 @@ pub(super) async fn put_fleet(
     }
     let entries: Vec<FleetEntry> = jobs.iter().map(FleetJob::to_wire).collect();
     let signed = signatures.len();
-    let expect = body.generation;
+    // Written only over the set the checks above were made against: a set
+    // changed since (by another apply) is a conflict, not a change whose
+    // reach nobody checked.
+    if let Some(g) = body.generation.filter(|g| *g != planned.generation) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "the fleet set changed since the plan (generation {}, planned against {g}): plan again",
+                planned.generation
+            ),
+        ));
+    }
+    let expect = Some(planned.generation);
     let generation = state
         .db
         .call(move |s| s.put_fleet_set(&entries, &signatures, expect, now_ms()))
