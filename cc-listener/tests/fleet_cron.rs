@@ -148,6 +148,17 @@ async fn a_fleet_set_reaches_exactly_the_matching_hosts() {
         (r[0]["drift"] == false && r[0]["installed"] == 1).then_some(())
     });
 
+    // An entry the agent refused: drift again, and the reason shown.
+    ws::send(
+        &mut web,
+        &json!({"type": "cron_status", "payload": {"installed": [], "rejected": [{"id": "b", "reason": "crontab failed"}]}}),
+    )
+    .await;
+    l.wait_for(T, |l| {
+        let r = l.get("/api/v1/cron/status?host=web2.test").json();
+        (r[0]["drift"] == true && r[0]["rejected"][0]["reason"] == "crontab failed").then_some(())
+    });
+
     // A report of a fleet entry is a cron report, not an unmatched one.
     let mut report = ws::report("b", Some("fleet-b-1"));
     report["payload"]["executingUser"] = json!("cc-agent-user");
