@@ -601,6 +601,11 @@ async fn a_set_applied_on_one_listener_reaches_the_hosts_another_holds() {
         "{:?}",
         started.elapsed()
     );
+    // Its own list set through west: east sends own + fleet entries.
+    let own = json!([{"id": "mine", "schedule": "@daily", "command": "/bin/true"}]);
+    assert_eq!(west.put("/api/v1/agents/one.test/cron", &own).status, 200);
+    let (ids, _) = next_refresh(&mut one, T).await.unwrap();
+    assert_eq!(ids, ["mine", "all"]);
 }
 
 /// `ccctl cron apply --system --key K` signs each system-mode host's new

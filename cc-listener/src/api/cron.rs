@@ -111,10 +111,19 @@ pub(super) async fn put_cron(
             .await
             .map_err(ApiError::store)?;
     }
-    // The host's effective list (its own and matching fleet entries).
+    // The host's effective list (its own and matching fleet entries): sent
+    // now if held here, else by whichever listener holds it.
     let pushed = crate::fleet::push::push_hosts(&state, vec![host.clone()])
         .await
         .map_err(ApiError::store)?;
+    if pushed == 0 {
+        let h = host.clone();
+        state
+            .db
+            .call(move |s| s.request_resend(&h))
+            .await
+            .map_err(ApiError::store)?;
+    }
     info!(hostname = %host, entries = canonical.len(), pushed, "cron definitions stored");
     Ok(Json(canonical))
 }
