@@ -26,6 +26,7 @@ step() { printf '\n==> %s\n' "$*"; }
 PACKAGES=(cron systemd make postgresql selinux-policy-dev selinux-policy-default semodule-utils policycoreutils setools chromium chromium-driver mmdebstrap systemd-container iproute2)
 # The unprivileged user the agent runs as in tests, as in production.
 AGENT_USER=cc-agent-user
+EXTRA_AGENT_USERS=(cc-agent-user2 cc-agent-user3)
 
 if [ "$(id -u)" -eq 0 ]; then
     missing=()
@@ -37,11 +38,15 @@ if [ "$(id -u)" -eq 0 ]; then
         apt-get update -q
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
-    if ! id "$AGENT_USER" >/dev/null 2>&1; then
-        step "creating system user $AGENT_USER"
-        useradd --system --user-group --home-dir /nonexistent --no-create-home \
-            --shell /usr/sbin/nologin "$AGENT_USER"
-    fi
+    # The fleet schedules test runs three real agents, each with its own
+    # crontab: cc-agent-user and these two, made the same way.
+    for u in "$AGENT_USER" "${EXTRA_AGENT_USERS[@]}"; do
+        if ! id "$u" >/dev/null 2>&1; then
+            step "creating system user $u"
+            useradd --system --user-group --home-dir /nonexistent --no-create-home \
+                --shell /usr/sbin/nologin "$u"
+        fi
+    done
 elif [ "${CI:-}" = "true" ]; then
     echo "the test command must run as root in CI (it installs packages and creates $AGENT_USER)" >&2
     exit 1

@@ -17,6 +17,7 @@ pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod doorbell;
+pub mod fleet;
 pub mod hub;
 pub mod metrics;
 pub mod nextrun;
@@ -308,6 +309,11 @@ pub async fn serve(
     ));
     let sweeper = tokio::spawn(sweep_loop(Arc::clone(&state), shutdown_rx.clone()));
     let notifier = notify::spawn(&state, &shutdown_rx);
+    // Fleet cron changes (through any listener) pushed to the hosts held here.
+    let fleet = tokio::spawn(fleet::push::watch_loop(
+        Arc::clone(&state),
+        shutdown_rx.clone(),
+    ));
     // Other listeners on the same PostgreSQL database queue jobs and write
     // events this one must act on.
     let doorbell = match &settings.db {
@@ -349,6 +355,7 @@ pub async fn serve(
     for t in notifier {
         let _ = t.await;
     }
+    let _ = fleet.await;
     let _ = operators.await;
     if let Some(d) = doorbell {
         let _ = tokio::task::spawn_blocking(move || d.join()).await;

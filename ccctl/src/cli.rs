@@ -290,6 +290,45 @@ pub(crate) enum CronCommand {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+    /// Show what a fleet file (`ID TARGET [OPTIONS] SCHEDULE COMMAND`
+    /// lines; TARGET `*`, `host:NAME`, `tag:T`, comma-joined: all of them)
+    /// would change, per host: entries added (+), changed (~), removed (-).
+    Plan {
+        /// The file, or `-` for standard input.
+        file: PathBuf,
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
+    /// Replace the fleet set with a fleet file, after showing its plan
+    /// (and asking, unless --yes).
+    Apply {
+        /// The file, or `-` for standard input.
+        file: PathBuf,
+        /// Apply without asking.
+        #[arg(long)]
+        yes: bool,
+        /// Sign each changed system-mode host's new list with your key.
+        #[arg(long)]
+        system: bool,
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Per host: the entries wanted against those the agent installed
+    /// (drift), refusals, signatures awaited, cron daemon warnings.
+    Status {
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        /// Only hosts with an entry whose last scheduled run failed.
+        #[arg(long)]
+        failing: bool,
+        /// Only hosts with an entry whose last expected run was missed.
+        #[arg(long)]
+        missed: bool,
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+    },
 }
 
 #[cfg(test)]

@@ -56,12 +56,29 @@ pub(crate) fn shell_syntax(program: &str, args: &[String]) -> Option<String> {
     None
 }
 
-/// `ID SCHEDULE COMMAND` lines; the schedule is five fields or one `@`
-/// word; blank lines and `#` comments are skipped (the listener stores the
-/// entries, not the comments). Every entry is validated as the agent will
-/// (`cc-proto`), and an error names its line. With the entries, a warning
-/// for each line whose command looks written for a shell.
+/// `ID [OPTIONS] SCHEDULE COMMAND` lines; the schedule is five fields or
+/// one `@` word; OPTIONS, when present, is one bracketed word
+/// (`[timeout=60,jitter=300,grace=120]`, seconds; [`options_word`] prints
+/// it back); blank lines and `#` comments are skipped (the listener stores
+/// the entries, not the comments). Every entry is validated as the agent
+/// will (`cc-proto`), and an error names its line. With the entries, a
+/// warning for each line whose command looks written for a shell.
 pub(crate) fn parse_cron_file(text: &str) -> Result<(Vec<CronEntry>, Vec<String>)> {
+    let (lines, warnings) = parse_lines(text, 0, "ID [OPTIONS] SCHEDULE COMMAND")?;
+    Ok((lines.into_iter().map(|(_, e)| e).collect(), warnings))
+}
+
+/// An entry with its leading words (its id, then a fleet file's target).
+pub(crate) type Lead = (Vec<String>, CronEntry);
+
+/// Lines of `lead` words (a fleet file's TARGET), then `ID`, an optional
+/// `[OPTIONS]` word, a schedule and a command: each entry with its lead
+/// words (the first is its id, then the `lead` ones).
+pub(crate) fn parse_lines(
+    text: &str,
+    lead: usize,
+    shape: &str,
+) -> Result<(Vec<Lead>, Vec<String>)> {
     let mut out = Vec::new();
     let mut warnings = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -69,23 +86,33 @@ pub(crate) fn parse_cron_file(text: &str) -> Result<(Vec<CronEntry>, Vec<String>
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        let bad = || format!("line {}: expected {shape}: {line:?}", n + 1);
+        let mut words = line.split_whitespace();
+        let mut skip = 1 + lead;
+        let has_options = words.nth(skip).is_some_and(|w| w.starts_with('['));
+        if has_options {
+            skip += 1;
+        }
         let fields = if line
             .split_whitespace()
-            .nth(1)
+            .nth(skip)
             .is_some_and(|w| w.starts_with('@'))
         {
             1
         } else {
             5
         };
-        let (words, command) = words_then_rest(line, 1 + fields)
-            .with_context(|| format!("line {}: expected ID SCHEDULE COMMAND: {line:?}", n + 1))?;
-        let entry = CronEntry {
+        let (words, command) = words_then_rest(line, skip + fields).with_context(bad)?;
+        let mut entry = CronEntry {
             id: words[0].to_owned(),
-            schedule: words[1..].join(" "),
+            schedule: words[skip..].join(" "),
             command: command.to_owned(),
             ..CronEntry::default()
         };
+        if has_options {
+            parse_options(words[skip - 1], &mut entry)
+                .with_context(|| format!("line {}: {line:?}", n + 1))?;
+        }
         let job = entry
             .validate()
             .with_context(|| format!("line {}: {line:?}", n + 1))?;
@@ -98,13 +125,49 @@ pub(crate) fn parse_cron_file(text: &str) -> Result<(Vec<CronEntry>, Vec<String>
                 cc_proto::command::quote_word(&entry.command)
             ));
         }
-        out.push(entry);
+        let lead_words = words[..=lead].iter().map(|w| (*w).to_owned()).collect();
+        out.push((lead_words, entry));
     }
     Ok((out, warnings))
 }
 
+/// `[timeout=60,jitter=300,grace=120]` (any of them, seconds) into `entry`.
+pub(crate) fn parse_options(word: &str, entry: &mut CronEntry) -> Result<()> {
+    let inner = word
+        .strip_prefix('[')
+        .and_then(|w| w.strip_suffix(']'))
+        .with_context(|| format!("options {word:?}: expected [timeout=S,jitter=S,grace=S]"))?;
+    for kv in inner.split(',') {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("option {kv:?}: expected NAME=SECONDS"))?;
+        let secs: u64 = v
+            .parse()
+            .with_context(|| format!("option {k}: {v:?} is not a number of seconds"))?;
+        let slot = match k {
+            "timeout" => &mut entry.timeout,
+            "jitter" => &mut entry.jitter,
+            "grace" => &mut entry.grace,
+            _ => anyhow::bail!("option {k:?}: the options are timeout, jitter and grace"),
+        };
+        ensure!(slot.is_none(), "option {k} given twice");
+        *slot = Some(secs);
+    }
+    Ok(())
+}
+
+/// An entry's options as the word [`parse_options`] reads, or `None`
+/// when it has none.
+pub(crate) fn options_word(e: &serde_json::Value) -> Option<String> {
+    let opts: Vec<String> = ["timeout", "jitter", "grace"]
+        .iter()
+        .filter_map(|k| e[*k].as_u64().map(|v| format!("{k}={v}")))
+        .collect();
+    (!opts.is_empty()).then(|| format!("[{}]", opts.join(",")))
+}
+
 /// The cron file's text: `-` is standard input.
-fn read_cron_file(path: &std::path::Path) -> Result<String> {
+pub(crate) fn read_cron_file(path: &std::path::Path) -> Result<String> {
     use std::io::Read;
     if path.as_os_str() == "-" {
         let mut text = String::new();
@@ -132,8 +195,9 @@ pub(crate) fn command(cli: &Cli, file: &FileConfig, command: &CronCommand) -> Re
                 None,
             )?;
             for e in list.as_array().into_iter().flatten() {
+                let opts = options_word(e).map(|o| format!("{o} ")).unwrap_or_default();
                 outln!(
-                    "{} {} {}",
+                    "{} {opts}{} {}",
                     e["id"].as_str().unwrap_or(""),
                     e["schedule"].as_str().unwrap_or(""),
                     e["command"].as_str().unwrap_or("")
@@ -187,6 +251,7 @@ pub(crate) fn command(cli: &Cli, file: &FileConfig, command: &CronCommand) -> Re
             );
             Ok(true)
         }
+        fleet => crate::fleet::command(cli, file, fleet),
     }
 }
 
@@ -236,13 +301,45 @@ mod tests {
         let e = parse_cron_file("# c\nfive 0 3 * * *\n")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("line 2: expected ID SCHEDULE COMMAND"), "{e}");
+        assert!(
+            e.starts_with("line 2: expected ID [OPTIONS] SCHEDULE COMMAND"),
+            "{e}"
+        );
         // A command keeps its own spacing; the schedule is normalised.
         let ok = parse_cron_file("  s  0  3 * * *   /bin/echo 'a  b'  \n")
             .unwrap()
             .0;
         assert_eq!(ok[0].schedule, "0 3 * * *");
         assert_eq!(ok[0].command, "/bin/echo 'a  b'");
+    }
+
+    /// Options are one bracketed word after the id, printed back the
+    /// same way by `cron get`.
+    #[test]
+    fn options_parse_and_print_back() {
+        let (e, _) = parse_cron_file(
+            "b [timeout=60,jitter=300] 0 3 * * * /usr/bin/backup\nc [grace=5] @hourly /bin/true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (e[0].timeout, e[0].jitter, e[0].grace),
+            (Some(60), Some(300), None)
+        );
+        assert_eq!(e[0].schedule, "0 3 * * *");
+        assert_eq!(e[1].grace, Some(5));
+        assert_eq!(e[1].schedule, "@hourly");
+        let v = serde_json::to_value(&e[0]).unwrap();
+        assert_eq!(options_word(&v).as_deref(), Some("[timeout=60,jitter=300]"));
+        assert_eq!(options_word(&serde_json::json!({"id": "x"})), None);
+        for bad in [
+            "b [timeout=x] @daily /bin/true",
+            "b [nice=3] @daily /bin/true",
+            "b [jitter=1,jitter=2] @daily /bin/true",
+            "b [jitter=86401] @daily /bin/true",
+            "b [timeout=60 @daily /bin/true",
+        ] {
+            assert!(parse_cron_file(bad).is_err(), "{bad}");
+        }
     }
 
     /// A line that looks written for a shell is stored as it is, with a

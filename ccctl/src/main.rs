@@ -21,6 +21,7 @@ mod api;
 mod cli;
 mod cron;
 mod doctor;
+mod fleet;
 mod job;
 mod keys;
 mod notify;

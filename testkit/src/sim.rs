@@ -132,6 +132,8 @@ pub trait Observer: Send + Sync {
     fn ended(&self, _host: &str, _why: &str) {}
     /// A `report_ack` for `report_id` arrived.
     fn acked(&self, _report_id: &str) {}
+    /// Any other message arrived (a `cron_refresh`, say), parsed.
+    fn message(&self, _host: &str, _message: &Value) {}
 }
 
 /// An observer that hears nothing.
@@ -251,7 +253,7 @@ pub async fn run(
         };
         obs.connected(&host, !connected_before);
         (connected_before, attempt) = (true, 0);
-        let why = session(&mut conn, &how, offset, &mut pending, &*obs).await;
+        let why = session(&mut conn, &host, &how, offset, &mut pending, &*obs).await;
         obs.ended(&host, &why);
         let pause = match how.reconnect {
             Reconnect::Never => return,
@@ -303,6 +305,7 @@ async fn connect(url: &str, key: &str, register: &str, how: &Behaviour) -> Resul
 /// until the connection ends: why it ended.
 async fn session(
     conn: &mut ws::Ws,
+    host: &str,
     how: &Behaviour,
     offset: Duration,
     pending: &mut Vec<(String, String)>,
@@ -349,7 +352,7 @@ async fn session(
                         obs.acked(id);
                         pending.retain(|(p, _)| p != id);
                     }
-                    _ => {}
+                    _ => obs.message(host, &v),
                 }
             }
         }

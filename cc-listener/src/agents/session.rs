@@ -293,16 +293,17 @@ impl Session<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let host = self.hostname.clone();
+        // Its effective list: own entries and matching fleet entries
+        // (for a system-mode host, only as far as a signature covers).
         if let Some((entries, signed)) = self
             .state
             .db
-            .call(move |s| s.get_cron(host.as_str()))
+            .call(move |s| crate::fleet::push::wanted_for(s, host.as_str()))
             .await?
         {
-            let signed = signed.and_then(|t| serde_json::from_str(&t).ok());
             send_text(
                 ws,
-                Message::CronRefresh(entries).to_json_signed(signed.as_ref())?,
+                crate::fleet::push::refresh_text(&entries, signed.as_deref())?,
             )
             .await?;
         }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tracing::info;
 
 use cc_proto::sign::{self, CronStatement, Signed};
-use cc_proto::wire::{CronEntry, MAX_CRON_ENTRIES, Message};
+use cc_proto::wire::{CronEntry, MAX_CRON_ENTRIES};
 
 use super::agents::{require_may_act, require_may_read};
 use super::signing::{listener_signature, open_signed, require_system_mode};
@@ -112,10 +112,20 @@ pub(super) async fn put_cron(
             .await
             .map_err(ApiError::store)?;
     }
-    if let Ok(text) = Message::CronRefresh(canonical.clone()).to_json_signed(signed.as_ref()) {
-        let pushed = state.hub.send(&host, text);
-        info!(hostname = %host, entries = canonical.len(), pushed, "cron definitions stored");
+    // The host's effective list (its own and matching fleet entries): sent
+    // now if held here, else by whichever listener holds it.
+    let pushed = crate::fleet::push::push_hosts(&state, vec![host.clone()])
+        .await
+        .map_err(ApiError::store)?;
+    if pushed == 0 {
+        let h = host.clone();
+        state
+            .db
+            .call(move |s| s.request_resend(&h))
+            .await
+            .map_err(ApiError::store)?;
     }
+    info!(hostname = %host, entries = canonical.len(), pushed, "cron definitions stored");
     Ok(Json(canonical))
 }
 

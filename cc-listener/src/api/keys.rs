@@ -97,6 +97,19 @@ pub(super) async fn retag_key(
         .await
         .map_err(ApiError::store)?;
     info!(name = %name, tags = ?tags, "agent key retagged through the API");
+    // Its fleet entries follow its tags: the host's list is sent again by
+    // whichever listener holds it (`fleet::push::watch_loop`).
+    let n = name.clone();
+    let resend = state
+        .db
+        .call(move |s| match s.key_hostname(&n)? {
+            Some(host) => s.request_resend(&host),
+            None => Ok(()),
+        })
+        .await;
+    if let Err(e) = resend {
+        tracing::warn!("asking for the cron list to be sent after a retag: {e:#}");
+    }
     Ok(Json(serde_json::json!({ "name": name, "tags": tags })))
 }
 

@@ -33,6 +33,7 @@ pub(crate) mod audit;
 mod cron;
 mod cron_runs;
 mod events;
+mod fleet;
 mod jobs;
 mod keys;
 mod notify;
@@ -66,6 +67,7 @@ pub(crate) use self::agents::agent_view;
 use self::agents::list_agents;
 use self::cron::{get_cron, put_cron};
 pub(crate) use self::events::{events, open_event_streams};
+use self::fleet::{cron_status, get_fleet, plan_fleet, put_fleet};
 pub(crate) use self::jobs::get_job;
 use self::jobs::post_job;
 use self::keys::{list_keys, post_key, retag_key, revoke_key};
@@ -110,6 +112,10 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
         "/api/v1/agents/{hostname}/cron/{id}/runs",
         Some(Role::Viewer),
     ),
+    ("GET", "/api/v1/fleet/cron", Some(Role::Viewer)),
+    ("PUT", "/api/v1/fleet/cron", Some(Role::Operator)),
+    ("POST", "/api/v1/fleet/cron/plan", Some(Role::Operator)),
+    ("GET", "/api/v1/cron/status", Some(Role::Viewer)),
     ("GET", "/api/v1/jobs/{job_id}", Some(Role::Viewer)),
     ("GET", "/api/v1/reports", Some(Role::Viewer)),
     ("GET", "/api/v1/events", Some(Role::Viewer)),
@@ -180,6 +186,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/agents/{hostname}/cron/{id}/runs",
             get(cron_runs::cron_runs),
         )
+        .route("/fleet/cron", get(get_fleet).put(put_fleet))
+        .route("/fleet/cron/plan", post(plan_fleet))
+        .route("/cron/status", get(cron_status))
         .route("/jobs/{job_id}", get(get_job))
         .route("/reports", get(list_reports))
         .route("/events", get(events))

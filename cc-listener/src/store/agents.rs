@@ -243,7 +243,12 @@ impl Store {
     /// host's bound tags. What is pushed, what reports are matched against
     /// and what scheduled runs are expected from.
     pub fn effective_cron(&self, hostname: &str) -> Result<Vec<CronEntry>> {
-        Ok(self.get_cron(hostname)?.map(|(e, _)| e).unwrap_or_default())
+        let fleet = self.fleet_set()?.jobs();
+        let host = self.fleet_hosts(Some(&[hostname.to_owned()]))?;
+        Ok(host
+            .first()
+            .map(|h| crate::fleet::effective(h, &fleet).0)
+            .unwrap_or_default())
     }
 
     /// The execution mode a host registered with last.
@@ -274,6 +279,7 @@ impl Store {
             Some(t) => serde_json::from_str(&t).unwrap_or_default(),
             None => Vec::new(),
         };
-        Ok(entries.iter().any(|e| e.id == job_id.as_str()))
+        Ok(entries.iter().any(|e| e.id == job_id.as_str())
+            || Self::is_fleet_entry(tx, hostname.as_str(), job_id.as_str())?)
     }
 }

@@ -33,6 +33,18 @@ const COPY_TABLES: &[(&str, &str, bool, &str)] = &[
         "hostname, entries, updated_ms, signed",
     ),
     (
+        "fleet_cron",
+        "one",
+        true,
+        "one, generation, entries, updated_ms",
+    ),
+    (
+        "fleet_signed",
+        "hostname",
+        false,
+        "hostname, signed, updated_ms",
+    ),
+    (
         "reports",
         "id",
         true,

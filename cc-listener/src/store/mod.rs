@@ -43,6 +43,7 @@ mod error;
 mod events;
 #[cfg(any(test, feature = "fixtures"))]
 mod fixtures;
+mod fleet;
 mod jobs;
 mod keys;
 mod notify;
@@ -57,6 +58,7 @@ mod writer;
 pub use audit::{AuditEntry, AuditRow, Verdict};
 use error::conflict_on_constraint;
 pub use error::{ErrorKind, StoreError};
+pub use fleet::FleetSet;
 pub use jobs::{JobStatus, TAKE_BATCH};
 pub use keys::{canonical_tags, hash_key};
 pub use notify::{Claimed, Consumed};

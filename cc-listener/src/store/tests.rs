@@ -7,6 +7,7 @@ use cc_proto::wire::{AgentInfo, CronEntry, ExecutionMode};
 use cc_proto::{Hostname, JobId};
 
 mod audit;
+mod fleet;
 mod jobs;
 mod keys;
 mod notify;
