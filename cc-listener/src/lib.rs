@@ -21,6 +21,7 @@ pub mod hub;
 pub mod metrics;
 pub mod pending;
 pub mod pgtls;
+pub mod schedules;
 pub mod sql;
 pub mod store;
 pub mod ui;
@@ -159,6 +160,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The live named operators, by token hash (`auth::resolve`).
     pub operators: auth::Operators,
+    /// Feeds the missed-run tracker (`schedules::task`).
+    pub schedules: schedules::task::Schedules,
 }
 
 /// Reports refused per host (quota, unmatched): what `GET /agents` shows.
@@ -276,7 +279,9 @@ pub async fn serve(
     let metrics = Arc::new(metrics::Metrics::new());
     let m = Arc::clone(&metrics);
     let writer = store::Writer::spawn(db.clone(), move |took, n| m.commit(took, n));
+    let (schedules, schedule_feed) = schedules::task::Schedules::channel();
     let state = Arc::new(AppState {
+        schedules,
         db,
         writer,
         metrics,
@@ -300,6 +305,11 @@ pub async fn serve(
         shutdown_rx.clone(),
     ));
     let sweeper = tokio::spawn(sweep_loop(Arc::clone(&state), shutdown_rx.clone()));
+    let tracker = tokio::spawn(schedules::task::run(
+        Arc::clone(&state),
+        schedule_feed,
+        shutdown_rx.clone(),
+    ));
     // Other listeners on the same PostgreSQL database queue jobs and write
     // events this one must act on.
     let doorbell = match &settings.db {
@@ -338,6 +348,7 @@ pub async fn serve(
     let _ = shutdown_tx.send(true);
     let _ = agents.await;
     let _ = sweeper.await;
+    let _ = tracker.await;
     let _ = operators.await;
     if let Some(d) = doorbell {
         let _ = tokio::task::spawn_blocking(move || d.join()).await;

@@ -33,6 +33,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0010_operators.sql"),
     include_str!("migrations/sqlite/0011_cron_host.sql"),
     include_str!("migrations/sqlite/0012_event_kinds.sql"),
+    include_str!("migrations/sqlite/0014_schedules.sql"),
 ];
 
 /// The PostgreSQL migrations, in order. The first is the SQLite schema as
@@ -45,6 +46,7 @@ pub(super) const PG_MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0004_operators.sql"),
     include_str!("migrations/postgres/0005_cron_host.sql"),
     include_str!("migrations/postgres/0006_event_kinds.sql"),
+    include_str!("migrations/postgres/0008_schedules.sql"),
 ];
 
 pub(super) fn migrate(conn: &Connection) -> Result<()> {

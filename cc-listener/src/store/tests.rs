@@ -11,6 +11,7 @@ mod jobs;
 mod keys;
 mod operators;
 mod reports;
+mod schedules;
 mod schema;
 mod shared;
 mod writer;
