@@ -2,7 +2,7 @@
 //! records what it finds missed.
 //!
 //! What reaches it, and from where:
-//! - a host's list and zone ([`Feed::Host`], read then from the store's
+//! - a host's list and zone ([`Schedules::host_changed`], read then from the store's
 //!   `effective_cron`): when the host registers and whenever its agent
 //!   sends a changed `cron_status` (which it does after applying every
 //!   pushed list: so a `cron set`, a fleet change or a retag reaches the
@@ -14,9 +14,11 @@
 //! - the time: a tick a second ([`TICK`]), so a miss is recorded within a
 //!   second of its deadline (plus the store's write).
 //!
-//! The feed is a bounded channel and never blocks a connection: when it
-//! is full a feed is dropped and counted in the log (a dropped report can
-//! make a run look missed; a dropped host change waits for the resync).
+//! Reports come through a bounded channel that never blocks a connection:
+//! when it is full a report is dropped and counted in the log (it can make
+//! a run look missed). Host changes are a set (a host changed twice is
+//! read once), so a reconnection storm of 100,000 hosts is 100,000 reads
+//! in pages, never a dropped change.
 //!
 //! Several listeners on one PostgreSQL database: each tracks the hosts it
 //! holds and the hosts no live listener holds, and skips (and stops
@@ -25,11 +27,12 @@
 //! by every listener: the `schedule_misses` row (primary key host, entry,
 //! due) lets one record it and write its event.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::{Fed, Tracker};
@@ -51,11 +54,9 @@ const RESYNC_PAGE: u32 = 1000;
 /// Missed-run rows kept (they only dedupe recent misses).
 const KEEP_MISSES_MS: i64 = 2 * 24 * 3600 * 1000;
 
-/// What the task is told.
+/// What the task is told, in order.
 #[derive(Debug)]
 pub enum Feed {
-    /// Read this host's list and zone again.
-    Host(String),
     /// A scheduled report of `entry_id` was stored; its run fired at
     /// `fire_ms`.
     Report {
@@ -70,6 +71,9 @@ pub enum Feed {
 pub struct Schedules {
     tx: mpsc::Sender<Feed>,
     dropped: Arc<AtomicU64>,
+    /// Hosts to read again, and the task's bell.
+    changed: Arc<Mutex<HashSet<String>>>,
+    bell: Arc<Notify>,
 }
 
 impl Schedules {
@@ -80,6 +84,8 @@ impl Schedules {
             Self {
                 tx,
                 dropped: Arc::default(),
+                changed: Arc::default(),
+                bell: Arc::default(),
             },
             rx,
         )
@@ -87,7 +93,24 @@ impl Schedules {
 
     /// `hostname`'s list or zone may have changed.
     pub fn host_changed(&self, hostname: &str) {
-        self.feed(Feed::Host(hostname.to_owned()));
+        let first = {
+            let mut set = self
+                .changed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            set.insert(hostname.to_owned()) && set.len() == 1
+        };
+        if first {
+            self.bell.notify_one();
+        }
+    }
+
+    fn take_changed(&self) -> Vec<String> {
+        let mut set = self
+            .changed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.drain().collect()
     }
 
     /// A scheduled report was stored.
@@ -131,11 +154,18 @@ pub async fn run(
                 None => return,
                 Some(Feed::Report { hostname, entry_id, fire_ms }) => {
                     if tracker.report(&hostname, &entry_id, fire_ms) == Fed::Unknown {
-                        // A list the tracker has not read yet.
-                        reload(&state, &mut tracker, hostname).await;
+                        // A list the tracker has not read yet: read now,
+                        // then count the report.
+                        reload(&state, &mut tracker, vec![hostname.clone()]).await;
+                        tracker.report(&hostname, &entry_id, fire_ms);
                     }
                 }
-                Some(Feed::Host(hostname)) => reload(&state, &mut tracker, hostname).await,
+            },
+            () = state.schedules.bell.notified() => {
+                let hosts = state.schedules.take_changed();
+                for page in hosts.chunks(RESYNC_PAGE as usize) {
+                    reload(&state, &mut tracker, page.to_vec()).await;
+                }
             },
             _ = ticker.tick() => {
                 tick(&state, &mut tracker).await;
@@ -188,19 +218,36 @@ async fn tick(state: &AppState, tracker: &mut Tracker) {
     state.metrics.schedules_tracked(tracker.entries());
 }
 
-async fn reload(state: &AppState, tracker: &mut Tracker, hostname: String) {
-    let h = hostname.clone();
-    match state.db.call(move |s| s.schedule_host(&h, now_ms())).await {
-        Ok(Some(host)) if !host.held_elsewhere => {
-            tracker.set_host(
-                &host.hostname,
-                host.time_zone.as_deref(),
-                &host.entries,
-                now_ms(),
-            );
+/// Reads `hosts`' lists again (one store call).
+async fn reload(state: &AppState, tracker: &mut Tracker, hosts: Vec<String>) {
+    let asked = hosts.clone();
+    let read = state
+        .db
+        .call(move |s| {
+            hosts
+                .iter()
+                .map(|h| s.schedule_host(h, now_ms()))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .await;
+    match read {
+        Ok(found) => {
+            for (hostname, host) in asked.iter().zip(found) {
+                match host {
+                    Some(host) if !host.held_elsewhere => tracker.set_host(
+                        &host.hostname,
+                        host.time_zone.as_deref(),
+                        &host.entries,
+                        now_ms(),
+                    ),
+                    _ => tracker.remove(hostname),
+                }
+            }
         }
-        Ok(_) => tracker.remove(&hostname),
-        Err(e) => warn!(%hostname, "reading a host's cron list for the tracker failed: {e:#}"),
+        Err(e) => warn!(
+            hosts = asked.len(),
+            "reading cron lists for the tracker failed: {e:#}"
+        ),
     }
 }
 
