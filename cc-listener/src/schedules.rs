@@ -162,10 +162,13 @@ impl Tracker {
     }
 
     /// `hostname`'s effective list is `entries`, read in `time_zone` (an
-    /// IANA name; unknown or absent: UTC): entries that stayed the same
-    /// keep their state, others start at the first run after `now_ms`.
-    /// Entries that do not validate are not tracked (they are refused
-    /// where they are set). An empty list stops tracking the host.
+    /// IANA name): entries that stayed the same keep their state, others
+    /// start at the first run after `now_ms`. Entries that do not validate
+    /// are not tracked (they are refused where they are set). An empty
+    /// list stops tracking the host, and so does a zone that is absent
+    /// (the agent could not tell, or is a spec-only agent) or unknown to
+    /// the listener: read in a guessed zone, a daily entry would be
+    /// "missed" every day while it runs fine.
     pub fn set_host(
         &mut self,
         hostname: &str,
@@ -173,9 +176,10 @@ impl Tracker {
         entries: &[CronEntry],
         now_ms: i64,
     ) {
-        let tz = time_zone
-            .and_then(|z| z.parse::<Tz>().ok())
-            .unwrap_or(Tz::UTC);
+        let Some(tz) = time_zone.and_then(|z| z.parse::<Tz>().ok()) else {
+            self.remove(hostname);
+            return;
+        };
         let mut old = match self.by_name.get(hostname) {
             Some(&slot) => self.slots[slot as usize].take(),
             None => None,

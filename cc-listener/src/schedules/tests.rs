@@ -1,6 +1,7 @@
 use super::*;
 
 const MIN: i64 = MINUTE_MS;
+const UTC: Option<&str> = Some("UTC");
 
 fn ms(rfc3339: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(rfc3339)
@@ -33,7 +34,7 @@ fn ids(m: &[Missed]) -> Vec<(String, String, i64)> {
 fn a_run_without_a_report_is_missed_at_its_deadline_and_not_before() {
     let t0 = ms("2026-12-07T10:00:30Z");
     let mut t = Tracker::new();
-    t.set_host("h", None, &[entry("e", "* * * * *")], t0);
+    t.set_host("h", UTC, &[entry("e", "* * * * *")], t0);
     let due = ms("2026-12-07T10:01:00Z");
     assert_eq!(t.due("h", "e"), Some(due));
     // Default grace: jitter (0) + 60 s.
@@ -51,7 +52,7 @@ fn a_report_in_the_due_minute_satisfies_the_run() {
     let t0 = ms("2026-12-07T10:00:30Z");
     let due = ms("2026-12-07T10:01:00Z");
     let mut t = Tracker::new();
-    t.set_host("h", None, &[entry("e", "* * * * *")], t0);
+    t.set_host("h", UTC, &[entry("e", "* * * * *")], t0);
     // Cron starts it a little late: still that minute.
     assert_eq!(t.report("h", "e", due + 1_300), Fed::Counted);
     // The same run again (a resent report): nothing new.
@@ -74,28 +75,28 @@ fn jitter_moves_the_deadline_by_the_hosts_offset_and_the_default_grace() {
     let mut t = Tracker::new();
     let hosts = ["web-1", "web-2", "db-1"];
     for h in hosts {
-        t.set_host(h, None, std::slice::from_ref(&e), t0);
+        t.set_host(h, UTC, std::slice::from_ref(&e), t0);
     }
     for h in hosts {
         let offset = jitter_offset(h, "backup", 600) as i64 * 1000;
         // Grace = jitter + 60 s.
         let deadline = due + offset + (600 + 60) * 1000;
         let mut t = Tracker::new();
-        t.set_host(h, None, std::slice::from_ref(&e), t0);
+        t.set_host(h, UTC, std::slice::from_ref(&e), t0);
         assert!(t.tick(deadline - 1).is_empty(), "{h}");
         assert_eq!(t.tick(deadline).len(), 1, "{h}");
         // A run that waited its offset: `startTime - waitedMs` is the
         // due minute, so it satisfies the run, received however late
         // before the deadline.
         let mut t = Tracker::new();
-        t.set_host(h, None, std::slice::from_ref(&e), t0);
+        t.set_host(h, UTC, std::slice::from_ref(&e), t0);
         assert_eq!(t.report(h, "backup", due + 800), Fed::Counted);
         assert!(t.tick(deadline).is_empty(), "{h}");
     }
     // An explicit grace replaces the default.
     let mut t = Tracker::new();
     let e = with(entry("backup", "0 2 * * *"), Some(600), Some(5));
-    t.set_host("web-1", None, &[e], t0);
+    t.set_host("web-1", UTC, &[e], t0);
     let offset = jitter_offset("web-1", "backup", 600) as i64 * 1000;
     assert!(t.tick(due + offset + 4_999).is_empty());
     assert_eq!(t.tick(due + offset + 5_000).len(), 1);
@@ -106,7 +107,7 @@ fn a_late_report_does_not_undo_a_miss_nor_satisfy_the_next_run() {
     let t0 = ms("2026-12-07T10:00:30Z");
     let due = ms("2026-12-07T10:01:00Z");
     let mut t = Tracker::new();
-    t.set_host("h", None, &[entry("e", "*/5 * * * *")], t0);
+    t.set_host("h", UTC, &[entry("e", "*/5 * * * *")], t0);
     assert_eq!(t.due("h", "e"), Some(ms("2026-12-07T10:05:00Z")));
     let due5 = ms("2026-12-07T10:05:00Z");
     assert_eq!(t.tick(due5 + 60_000).len(), 1);
@@ -125,7 +126,7 @@ fn reports_of_later_runs_are_kept_while_an_earlier_run_is_open() {
     let mut t = Tracker::new();
     t.set_host(
         "h",
-        None,
+        UTC,
         &[with(entry("e", "* * * * *"), None, Some(300))],
         t0,
     );
@@ -146,7 +147,7 @@ fn a_skipped_run_reported_is_not_missed() {
     let t0 = ms("2026-12-07T10:00:30Z");
     let due = ms("2026-12-07T10:01:00Z");
     let mut t = Tracker::new();
-    t.set_host("h", None, &[entry("e", "* * * * *")], t0);
+    t.set_host("h", UTC, &[entry("e", "* * * * *")], t0);
     assert_eq!(t.report("h", "e", due), Fed::Counted);
     assert!(t.tick(due + 60_000).is_empty());
 }
@@ -161,7 +162,7 @@ fn runs_are_due_in_the_hosts_time_zone() {
         &[entry("e", "0 3 * * *")],
         t0,
     );
-    t.set_host("utc", None, &[entry("e", "0 3 * * *")], t0);
+    t.set_host("utc", UTC, &[entry("e", "0 3 * * *")], t0);
     t.set_host(
         "nonsense",
         Some("Mars/Olympus"),
@@ -171,8 +172,22 @@ fn runs_are_due_in_the_hosts_time_zone() {
     // 03:00 in Berlin (CET, UTC+1) is 02:00 UTC.
     assert_eq!(t.due("berlin", "e"), Some(ms("2026-12-07T02:00:00Z")));
     assert_eq!(t.due("utc", "e"), Some(ms("2026-12-07T03:00:00Z")));
-    // A zone the listener does not know is read as UTC.
-    assert_eq!(t.due("nonsense", "e"), Some(ms("2026-12-07T03:00:00Z")));
+    // A zone the listener does not know, or none: not tracked (a guess
+    // would make a daily entry "missed" every day while it runs).
+    t.set_host("untold", None, &[entry("e", "0 3 * * *")], t0);
+    assert_eq!(t.due("nonsense", "e"), None);
+    assert_eq!(t.due("untold", "e"), None);
+    assert_eq!(t.hosts(), 2);
+    assert_eq!(t.tick(ms("2026-12-09T00:00:00Z")).len(), 4);
+    // Told its zone later: tracked from then on. 03:00 IST (UTC+5:30) is
+    // 21:30 UTC the day before.
+    t.set_host(
+        "untold",
+        Some("Asia/Kolkata"),
+        &[entry("e", "0 3 * * *")],
+        t0,
+    );
+    assert_eq!(t.due("untold", "e"), Some(ms("2026-12-07T21:30:00Z")));
 }
 
 /// Walks the runs an entry is expected at from `from`, `n` of them, all
@@ -246,7 +261,7 @@ fn a_reload_keeps_an_unchanged_entry_and_restarts_a_changed_one() {
     let mut t = Tracker::new();
     t.set_host(
         "h",
-        None,
+        UTC,
         &[entry("a", "* * * * *"), entry("b", "* * * * *")],
         t0,
     );
@@ -255,7 +270,7 @@ fn a_reload_keeps_an_unchanged_entry_and_restarts_a_changed_one() {
     // keeps its report; `b` changed schedule and starts afresh.
     t.set_host(
         "h",
-        None,
+        UTC,
         &[entry("a", "* * * * *"), entry("b", "*/2 * * * *")],
         due + 10_000,
     );
@@ -269,13 +284,13 @@ fn a_reload_keeps_an_unchanged_entry_and_restarts_a_changed_one() {
         ]
     );
     // Removed (an empty list): nothing more, and old heap items are stale.
-    t.set_host("h", None, &[], due + MIN + 61_000);
+    t.set_host("h", UTC, &[], due + MIN + 61_000);
     assert_eq!(t.hosts(), 0);
     assert!(t.tick(due + 100 * MIN).is_empty());
     // Invalid entries are not tracked; `@reboot` has no runs to miss.
     t.set_host(
         "h",
-        None,
+        UTC,
         &[entry("bad id!", "* * * * *"), entry("r", "@reboot")],
         t0,
     );
@@ -302,7 +317,7 @@ fn every_unreported_run_is_missed_exactly_once_and_no_reported_one_is() {
         let s = schedules[rnd(4) as usize];
         let grace = [None, Some(30), Some(200)][rnd(3) as usize];
         let host = format!("h{h}");
-        t.set_host(&host, None, &[with(entry("e", s), None, grace)], t0);
+        t.set_host(&host, UTC, &[with(entry("e", s), None, grace)], t0);
         plan.push((host, Schedule::parse(s).unwrap(), grace.unwrap_or(60)));
     }
     let end = t0 + 180 * MIN;
