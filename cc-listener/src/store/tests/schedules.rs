@@ -18,7 +18,7 @@ fn miss(host: &str, entry: &str, due_ms: i64) -> Missed {
 type CronEvent = (String, String, String, Option<i64>, Option<String>);
 
 fn cron_events(s: &Store) -> Vec<CronEvent> {
-    s.events(0, &EventFilter::default(), 100)
+    s.events(0, &EventFilter::default(), 1000)
         .unwrap()
         .into_iter()
         .filter(|e| e.kind == "cron")
@@ -164,4 +164,50 @@ fn a_scheduled_report_writes_done_or_skipped_with_the_report_and_status_reads_th
         );
         assert_eq!(last[2].detail.as_deref(), Some("host offline"));
     }
+}
+
+/// Two listeners on one PostgreSQL database both find the same runs of an
+/// unheld host missed, at the same time: each run is recorded, and its
+/// event written, exactly once.
+#[test]
+fn two_listeners_record_each_miss_once() {
+    let Some(cluster) = cc_testkit::pg::Cluster::start() else {
+        return;
+    };
+    let url = cluster.create_db("cc");
+    let a = Store::open_postgres(&url).unwrap().held_as("a").unwrap();
+    let b = Store::open_postgres(&url).unwrap().held_as("b").unwrap();
+    let now = crate::now_ms();
+    a.upsert_agent(&agent_info("gone"), now).unwrap();
+    let runs: Vec<Missed> = (0..200).map(|i| miss("gone", "e", i * 60_000)).collect();
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| {
+            runs.chunks(10)
+                .flat_map(|c| a.record_missed(c, now).unwrap())
+                .collect::<Vec<_>>()
+        });
+        let tb = s.spawn(|| {
+            runs.chunks(10)
+                .flat_map(|c| b.record_missed(c, now).unwrap())
+                .collect::<Vec<_>>()
+        });
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    let recorded = |v: &[MissOutcome]| {
+        v.iter()
+            .filter(|o| **o == MissOutcome::Recorded(Reason::HostOffline))
+            .count()
+    };
+    for (x, y) in ra.iter().zip(&rb) {
+        assert!(
+            matches!(
+                (x, y),
+                (MissOutcome::Recorded(_), MissOutcome::Duplicate)
+                    | (MissOutcome::Duplicate, MissOutcome::Recorded(_))
+            ),
+            "{x:?} {y:?}"
+        );
+    }
+    assert_eq!(recorded(&ra) + recorded(&rb), 200);
+    assert_eq!(cron_events(&a).len(), 200);
 }
