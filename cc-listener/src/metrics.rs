@@ -615,7 +615,7 @@ mod tests {
     fn every_metric_name_follows_the_conventions() {
         let text = Metrics::new().encode().unwrap();
         let fams = families(&text);
-        assert_eq!(fams.len(), 19, "{text}");
+        assert_eq!(fams.len(), 22, "{text}");
         for (name, ty) in &fams {
             assert!(name.starts_with("croncommander_"), "{name}");
             assert!(
@@ -780,6 +780,7 @@ mod tests {
         allowed.extend(ConnRefusal::ALL.iter().map(|v| v.as_str()));
         allowed.extend(OperatorClose::ALL.iter().map(|v| v.as_str()));
         allowed.extend(Channel::ALL.iter().map(|v| v.as_str()));
+        allowed.extend(MissedReason::ALL.iter().map(|v| v.as_str()));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((_, rest)) = line.split_once('{') else {
                 continue;
