@@ -94,6 +94,8 @@ pub enum Fed {
     Late,
     /// No tracked entry of that host has that id.
     Unknown,
+    /// The host is known but not tracked: its time zone is not.
+    Untracked,
 }
 
 struct Entry {
@@ -124,6 +126,8 @@ pub struct Tracker {
     /// Entries with a next run, all hosts together.
     live: usize,
     by_name: HashMap<Box<str>, u32>,
+    /// Hosts with a list whose zone is unknown (see [`Tracker::set_host`]).
+    zoneless: std::collections::HashSet<Box<str>>,
     slots: Vec<Option<Host>>,
     free: Vec<u32>,
     schedules: Vec<Schedule>,
@@ -178,8 +182,12 @@ impl Tracker {
     ) {
         let Some(tz) = time_zone.and_then(|z| z.parse::<Tz>().ok()) else {
             self.remove(hostname);
+            if !entries.is_empty() {
+                self.zoneless.insert(hostname.into());
+            }
             return;
         };
+        self.zoneless.remove(hostname);
         let mut old = match self.by_name.get(hostname) {
             Some(&slot) => self.slots[slot as usize].take(),
             None => None,
@@ -259,6 +267,7 @@ impl Tracker {
 
     /// Stops tracking `hostname` (its heap items go stale).
     pub fn remove(&mut self, hostname: &str) {
+        self.zoneless.remove(hostname);
         if let Some(slot) = self.by_name.remove(hostname) {
             if let Some(h) = self.slots[slot as usize].take() {
                 self.live -= live_count(&h);
@@ -271,6 +280,9 @@ impl Tracker {
     /// fired at `fire_ms` (the host's `startTime` − `waitedMs`).
     pub fn report(&mut self, hostname: &str, entry_id: &str, fire_ms: i64) -> Fed {
         let Some(&slot) = self.by_name.get(hostname) else {
+            if self.zoneless.contains(hostname) {
+                return Fed::Untracked;
+            }
             return Fed::Unknown;
         };
         let Some(host) = self.slots[slot as usize].as_mut() else {

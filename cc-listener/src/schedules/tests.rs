@@ -177,6 +177,9 @@ fn runs_are_due_in_the_hosts_time_zone() {
     t.set_host("untold", None, &[entry("e", "0 3 * * *")], t0);
     assert_eq!(t.due("nonsense", "e"), None);
     assert_eq!(t.due("untold", "e"), None);
+    // Its reports are not news (the listener does not read its list again
+    // for each).
+    assert_eq!(t.report("untold", "e", t0), Fed::Untracked);
     assert_eq!(t.hosts(), 2);
     assert_eq!(t.tick(ms("2026-12-09T00:00:00Z")).len(), 4);
     // Told its zone later: tracked from then on. 03:00 IST (UTC+5:30) is
