@@ -24,6 +24,7 @@ pub mod nextrun;
 pub mod notify;
 pub mod pending;
 pub mod pgtls;
+pub mod schedules;
 pub mod sql;
 pub mod store;
 pub mod ui;
@@ -167,6 +168,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The live named operators, by token hash (`auth::resolve`).
     pub operators: auth::Operators,
+    /// Feeds the missed-run tracker (`schedules::task`).
+    pub schedules: schedules::task::Schedules,
 }
 
 /// Reports refused per host (quota, unmatched): what `GET /agents` shows.
@@ -284,7 +287,9 @@ pub async fn serve(
     let metrics = Arc::new(metrics::Metrics::new());
     let m = Arc::clone(&metrics);
     let writer = store::Writer::spawn(db.clone(), move |took, n| m.commit(took, n));
+    let (schedules, schedule_feed) = schedules::task::Schedules::channel();
     let state = Arc::new(AppState {
+        schedules,
         db,
         writer,
         metrics,
@@ -312,6 +317,11 @@ pub async fn serve(
     // Fleet cron changes (through any listener) pushed to the hosts held here.
     let fleet = tokio::spawn(fleet::push::watch_loop(
         Arc::clone(&state),
+        shutdown_rx.clone(),
+    ));
+    let tracker = tokio::spawn(schedules::task::run(
+        Arc::clone(&state),
+        schedule_feed,
         shutdown_rx.clone(),
     ));
     // Other listeners on the same PostgreSQL database queue jobs and write
@@ -356,6 +366,7 @@ pub async fn serve(
         let _ = t.await;
     }
     let _ = fleet.await;
+    let _ = tracker.await;
     let _ = operators.await;
     if let Some(d) = doorbell {
         let _ = tokio::task::spawn_blocking(move || d.join()).await;

@@ -153,6 +153,30 @@ label_values! {
     }
 }
 
+label_values! {
+    /// Why a scheduled run was missed (`schedules::Reason`).
+    MissedReason {
+        HostOffline => "host_offline",
+        NoCronDaemon => "no_cron_daemon",
+        None => "none",
+    }
+}
+
+impl From<crate::schedules::Reason> for MissedReason {
+    fn from(r: crate::schedules::Reason) -> Self {
+        match r {
+            crate::schedules::Reason::HostOffline => Self::HostOffline,
+            crate::schedules::Reason::NoCronDaemon => Self::NoCronDaemon,
+            crate::schedules::Reason::None => Self::None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct MissedLabel {
+    pub reason: MissedReason,
+}
+
 /// The job states that are not final, as the `state` label of
 /// `croncommander_jobs_open`.
 const OPEN: [JobStatus; 3] = [JobStatus::Held, JobStatus::Queued, JobStatus::Sent];
@@ -237,6 +261,9 @@ pub struct Metrics {
     notifications_given_up: Counter,
     notifications_dropped: Counter,
     notify_queue: Gauge,
+    scheduled_missed: Family<MissedLabel, Counter>,
+    scheduled_skipped: Counter,
+    schedules_tracked: Gauge,
 }
 
 /// Registers fields of `$m` in `$r`, each under its name and help (and
@@ -295,6 +322,9 @@ impl Metrics {
             notifications_given_up: Counter::default(),
             notifications_dropped: Counter::default(),
             notify_queue: Gauge::default(),
+            scheduled_missed: Family::default(),
+            scheduled_skipped: Counter::default(),
+            schedules_tracked: Gauge::default(),
         };
         Self::register(&mut r, &m);
         Self::create_series(&m);
@@ -352,6 +382,12 @@ impl Metrics {
                 "Notifications not queued because the queue held notify_queue_max rows"
             notify_queue "croncommander_notify_queue"
                 "Webhook notifications queued now (all sinks, all listeners of the database)"
+            scheduled_missed "croncommander_scheduled_runs_missed"
+                "Scheduled runs of cron entries with no report by their due time + jitter offset + grace, recorded by this listener, by the reason it could see"
+            scheduled_skipped "croncommander_scheduled_runs_skipped"
+                "Scheduled runs reported skipped (exit 75: the previous run still held the entry's lock)"
+            schedules_tracked "croncommander_scheduled_entries_tracked"
+                "Cron entries (host, entry) whose scheduled runs this listener tracks now"
         }
     }
 
@@ -388,11 +424,34 @@ impl Metrics {
                 .operator_closed
                 .get_or_create(&OperatorCloseLabel { reason });
         }
+        for &reason in MissedReason::ALL {
+            let _ = m.scheduled_missed.get_or_create(&MissedLabel { reason });
+        }
         for &channel in Channel::ALL {
             let _ = m
                 .doorbell_notifications
                 .get_or_create(&ChannelLabel { channel });
         }
+    }
+
+    /// A scheduled run recorded missed.
+    pub fn scheduled_missed(&self, reason: crate::schedules::Reason) {
+        self.scheduled_missed
+            .get_or_create(&MissedLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// A scheduled run reported skipped.
+    pub fn scheduled_skipped(&self) {
+        self.scheduled_skipped.inc();
+    }
+
+    /// Entries the missed-run tracker holds now.
+    pub fn schedules_tracked(&self, n: usize) {
+        self.schedules_tracked
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The notification connection opened (`true`) or lost (`false`).
@@ -600,7 +659,7 @@ mod tests {
     fn every_metric_name_follows_the_conventions() {
         let text = Metrics::new().encode().unwrap();
         let fams = families(&text);
-        assert_eq!(fams.len(), 24, "{text}");
+        assert_eq!(fams.len(), 27, "{text}");
         for (name, ty) in &fams {
             assert!(name.starts_with("croncommander_"), "{name}");
             assert!(
@@ -765,6 +824,7 @@ mod tests {
         allowed.extend(ConnRefusal::ALL.iter().map(|v| v.as_str()));
         allowed.extend(OperatorClose::ALL.iter().map(|v| v.as_str()));
         allowed.extend(Channel::ALL.iter().map(|v| v.as_str()));
+        allowed.extend(MissedReason::ALL.iter().map(|v| v.as_str()));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((_, rest)) = line.split_once('{') else {
                 continue;

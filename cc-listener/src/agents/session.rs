@@ -140,6 +140,7 @@ impl Session<'_> {
         self.state
             .hub
             .set_cron_host(self.hostname.as_str(), self.conn_id, &c);
+        self.state.schedules.host_changed(self.hostname.as_str());
         self.cron_host = Some(c);
         Ok(Flow::Continue)
     }
@@ -178,6 +179,9 @@ impl Session<'_> {
             warn!(hostname = %self.hostname, "agent runs as root in user mode");
         }
         info!(hostname = %self.hostname, %peer, mode = ?info.execution_mode, is_root = info.is_root, "agent registered");
+        // Its list, its zone and who holds it: the missed-run tracker
+        // reads them again.
+        state.schedules.host_changed(self.hostname.as_str());
 
         let result = self.serve(&mut ws, &mut rx).await;
         // Grouped with other writes: when a listener stops, all its
@@ -419,6 +423,8 @@ impl Session<'_> {
                         s.note_cron_status(host.as_str(), &stored, now_ms())
                     })
                     .await?;
+                // The agent applied a list: the tracker reads it again.
+                self.state.schedules.host_changed(self.hostname.as_str());
                 self.cron_status = Some(status);
                 Ok(Flow::Continue)
             }
@@ -473,6 +479,19 @@ impl Session<'_> {
             }) => {
                 if let Some((kind, settled)) = new {
                     self.state.metrics.report_stored(kind);
+                    if kind == wire::ReportKind::Cron {
+                        // When cron started the run: before its jitter wait.
+                        let waited = i64::try_from(report.waited_ms.unwrap_or(0)).unwrap_or(0);
+                        let fire_ms = valid.start_time.unix_millis().saturating_sub(waited);
+                        self.state.schedules.reported(
+                            self.hostname.as_str(),
+                            &report.job_id,
+                            fire_ms,
+                        );
+                        if report.exit_code == crate::schedules::EXIT_SKIPPED {
+                            self.state.metrics.scheduled_skipped();
+                        }
+                    }
                     if settled {
                         self.state.metrics.job_done(report.duration_ms);
                     }

@@ -104,6 +104,15 @@ impl Store {
         if is_job {
             (settled, released) = Self::settle_in(tx, job_id, report_row, now_ms)?;
         }
+        if kind == ReportKind::Cron {
+            super::schedules::scheduled_report_event_in(
+                tx,
+                hostname.as_str(),
+                job_id.as_str(),
+                payload,
+                now_ms,
+            )?;
+        }
         Ok(ReportOutcome {
             stored: Stored::New,
             released,

@@ -34,6 +34,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0011_cron_host.sql"),
     include_str!("migrations/sqlite/0012_event_kinds.sql"),
     include_str!("migrations/sqlite/0013_fleet.sql"),
+    include_str!("migrations/sqlite/0014_schedules.sql"),
     include_str!("migrations/sqlite/0015_notify.sql"),
 ];
 
@@ -48,6 +49,7 @@ pub(super) const PG_MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0005_cron_host.sql"),
     include_str!("migrations/postgres/0006_event_kinds.sql"),
     include_str!("migrations/postgres/0007_fleet.sql"),
+    include_str!("migrations/postgres/0008_schedules.sql"),
     include_str!("migrations/postgres/0009_notify.sql"),
 ];
 

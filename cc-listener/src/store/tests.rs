@@ -13,6 +13,7 @@ mod keys;
 mod notify;
 mod operators;
 mod reports;
+mod schedules;
 mod schema;
 mod shared;
 mod writer;
