@@ -312,18 +312,7 @@ pub async fn serve(
         tls,
         shutdown_rx.clone(),
     ));
-    let sweeper = tokio::spawn(sweep_loop(Arc::clone(&state), shutdown_rx.clone()));
-    let notifier = notify::spawn(&state, &shutdown_rx);
-    // Fleet cron changes (through any listener) pushed to the hosts held here.
-    let fleet = tokio::spawn(fleet::push::watch_loop(
-        Arc::clone(&state),
-        shutdown_rx.clone(),
-    ));
-    let tracker = tokio::spawn(schedules::task::run(
-        Arc::clone(&state),
-        schedule_feed,
-        shutdown_rx.clone(),
-    ));
+    let background = spawn_background(&state, schedule_feed, &shutdown_rx);
     // Other listeners on the same PostgreSQL database queue jobs and write
     // events this one must act on.
     let doorbell = match &settings.db {
@@ -361,12 +350,9 @@ pub async fn serve(
     // Every task watches this: connections close with 1001.
     let _ = shutdown_tx.send(true);
     let _ = agents.await;
-    let _ = sweeper.await;
-    for t in notifier {
+    for t in background {
         let _ = t.await;
     }
-    let _ = fleet.await;
-    let _ = tracker.await;
     let _ = operators.await;
     if let Some(d) = doorbell {
         let _ = tokio::task::spawn_blocking(move || d.join()).await;
@@ -383,6 +369,31 @@ pub async fn serve(
     }
     let _ = tokio::task::spawn_blocking(move || drop(state)).await;
     Ok(())
+}
+
+/// The listener's background tasks, each ending with `shutdown`: the
+/// sweeper, the notifier, the fleet cron push and the missed-runs tracker.
+fn spawn_background(
+    state: &Arc<AppState>,
+    schedule_feed: tokio::sync::mpsc::Receiver<schedules::task::Feed>,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = vec![tokio::spawn(sweep_loop(
+        Arc::clone(state),
+        shutdown.clone(),
+    ))];
+    tasks.extend(notify::spawn(state, shutdown));
+    // Fleet cron changes (through any listener) pushed to the hosts held here.
+    tasks.push(tokio::spawn(fleet::push::watch_loop(
+        Arc::clone(state),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(schedules::task::run(
+        Arc::clone(state),
+        schedule_feed,
+        shutdown.clone(),
+    )));
+    tasks
 }
 
 /// Marks overdue jobs lost and stale queued jobs expired, has connected

@@ -539,7 +539,13 @@ async fn ccctl_plans_applies_and_shows_status() {
     assert!(ok, "{err}");
     let (ok, out, _) = run(&["cron", "get", "db1.test"]);
     assert!(ok);
-    assert_eq!(out, "mine [jitter=30,grace=90] @daily /bin/true\n");
+    // The entry line, then next runs as `#` comments (so it reads back).
+    assert_eq!(
+        out.lines().next(),
+        Some("mine [jitter=30,grace=90] @daily /bin/true"),
+        "{out}"
+    );
+    assert!(out.lines().skip(1).all(|l| l.starts_with('#')), "{out}");
     // A bad target is named with its line before anything is sent.
     std::fs::write(&file, "x web @hourly /bin/true\n").unwrap();
     let (ok, _, err) = run(&["cron", "plan", f]);

@@ -20,9 +20,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result, ensure};
-use cc_proto::JobId;
-use cc_proto::sign::Signed;
 use cc_proto::wire::{CronEntry, CronJob, CronRejection};
+use cc_proto::{JobId, sign::Signed};
 use tracing::info;
 
 use crate::config::{Config, check_root_owned};

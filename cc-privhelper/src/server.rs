@@ -409,7 +409,7 @@ fn answer(
                     let wait =
                         cc_proto::wire::jitter_offset(&cfg.hostname, id.as_str(), job.jitter);
                     let spec = JobSpec { id, command: job.command, timeout: job.timeout };
-                    scheduled(h, &spec, (job.jitter > 0).then(|| Duration::from_secs(wait)), audit)
+                    scheduled(h, &spec, (job.jitter > 0).then_some(wait), audit)
                 }
                 Err(why) => {
                     let none = cc_proto::CommandLine::new("-", &[]).map_err(|e| invalid(&e))?;
@@ -440,39 +440,26 @@ fn not_run(id: &JobId, command: &cc_proto::CommandLine, why: &str, code: i32) ->
 /// running set allows one waiting thread per entry, so waiting threads
 /// are bounded by the installed list (`MAX_CRON_ENTRIES`), and sixteen
 /// entries waiting out an hour's jitter do not turn the next runs away.
-fn scheduled(
-    h: &Helper,
-    spec: &JobSpec,
-    wait: Option<Duration>,
-    audit: &mut Audit,
-) -> ExecutionReport {
+fn scheduled(h: &Helper, spec: &JobSpec, wait: Option<u64>, audit: &mut Audit) -> ExecutionReport {
     let running = |f: &dyn Fn(&mut HashSet<String>) -> bool| {
         f(&mut h.running.lock().unwrap_or_else(|e| e.into_inner()))
     };
-    let (id, cmd) = (&spec.id, &spec.command);
+    let (id, cmd, skipped) =
+        (&spec.id, &spec.command, "skipped: the previous run is still running");
     if !running(&|r| r.insert(id.to_string())) {
-        return not_run(
-            id,
-            cmd,
-            "skipped: the previous run of this job is still running",
-            EXIT_SKIPPED,
-        );
+        return not_run(id, cmd, skipped, EXIT_SKIPPED);
     }
-    let waited = wait.map(|wait| {
-        let began = Instant::now();
-        let root = &h.slots[1];
+    let waited = wait.map(|secs| {
+        let (began, root) = (Instant::now(), &h.slots[1]);
         let released = root.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        std::thread::sleep(wait);
-        if released.is_ok() {
-            root.fetch_add(1, Ordering::AcqRel);
-        }
+        std::thread::sleep(Duration::from_secs(secs));
+        let _ = released.map(|_| root.fetch_add(1, Ordering::AcqRel));
         u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX)
     });
-    let mut done = run(h, spec, audit)
+    let done = run(h, spec, audit)
         .unwrap_or_else(|r| not_run(id, cmd, &r.message, cc_exec::EXIT_NOT_EXECUTABLE));
     running(&|r| r.remove(id.as_str()));
-    done.waited_ms = waited;
-    done
+    ExecutionReport { waited_ms: waited, ..done }
 }
 
 /// Exit code of a skipped scheduled run (EX_TEMPFAIL), as in user mode.

@@ -209,6 +209,38 @@ pub(super) struct Applied {
     awaiting_signature: Vec<String>,
 }
 
+/// The operators' signatures given with an apply, as stored: each for a
+/// system-mode host this set gives entries to, over exactly its new list.
+fn checked_signatures(
+    given: &HashMap<String, Signed>,
+    by_host: &HashMap<&str, &HostPlan>,
+) -> ApiResult<Vec<(String, String)>> {
+    let mut signatures = Vec::new();
+    for (host, signed) in given {
+        let st: CronStatement =
+            open_signed(signed, sign::CRON_LABEL, host, |t: &CronStatement| &t.host)?;
+        let Some(p) = by_host.get(host.as_str()).filter(|p| p.system) else {
+            return Err(ApiError::invalid(
+                "signed",
+                format!(
+                    "{host}: not a system-mode host this fleet set gives entries to: nothing to sign"
+                ),
+            ));
+        };
+        if Some(&st.entries) != p.entries.as_ref() {
+            return Err(ApiError::invalid(
+                "signed",
+                format!(
+                    "{host}: the signed list is not the host's new list (plan again and sign what it shows)"
+                ),
+            ));
+        }
+        let text = serde_json::to_string(signed).map_err(|e| ApiError::internal(e.into()))?;
+        signatures.push((host.clone(), text));
+    }
+    Ok(signatures)
+}
+
 pub(super) async fn put_fleet(
     State(state): State<Arc<AppState>>,
     axum::Extension(op): axum::Extension<Operator>,
@@ -239,30 +271,7 @@ pub(super) async fn put_fleet(
     if outside > 0 {
         return Err(refused(outside, affected.len(), &op));
     }
-    // Each signature: for this host, in system mode, over its new list.
-    let mut signatures = Vec::new();
-    for (host, signed) in &body.signed {
-        let st: CronStatement =
-            open_signed(signed, sign::CRON_LABEL, host, |t: &CronStatement| &t.host)?;
-        let Some(p) = by_host.get(host.as_str()).filter(|p| p.system) else {
-            return Err(ApiError::invalid(
-                "signed",
-                format!(
-                    "{host}: not a system-mode host this fleet set gives entries to: nothing to sign"
-                ),
-            ));
-        };
-        if Some(&st.entries) != p.entries.as_ref() {
-            return Err(ApiError::invalid(
-                "signed",
-                format!(
-                    "{host}: the signed list is not the host's new list (plan again and sign what it shows)"
-                ),
-            ));
-        }
-        let text = serde_json::to_string(signed).map_err(|e| ApiError::internal(e.into()))?;
-        signatures.push((host.clone(), text));
-    }
+    let mut signatures = checked_signatures(&body.signed, &by_host)?;
     // This listener signs what no operator did, when it was given a key.
     let mut awaiting = Vec::new();
     for p in planned.plan.iter().filter(|p| p.awaiting_signature) {
@@ -407,6 +416,29 @@ fn status_row(h: &FleetHost, fleet: &[FleetJob], generation: u64) -> StatusRow {
     }
 }
 
+/// Fills `row`'s `lastStatus` (each wanted entry's last scheduled run) and
+/// `missed` (the wanted entries whose last run was missed) from `last`.
+fn with_last_runs(row: &mut StatusRow, last: Vec<crate::store::LastScheduled>) {
+    for l in last {
+        if !row.wanted_ids.contains(&l.entry_id) {
+            continue;
+        }
+        if l.status == "missed" {
+            row.missed.push(l.entry_id.clone());
+        }
+        row.last_status.insert(
+            l.entry_id,
+            serde_json::json!({
+                "status": l.status,
+                "exitCode": l.exit_code,
+                "at": crate::rfc3339_ms(l.at_ms),
+                "detail": l.detail,
+                "missed24h": l.missed_24h,
+            }),
+        );
+    }
+}
+
 pub(super) async fn cron_status(
     State(state): State<Arc<AppState>>,
     axum::Extension(op): axum::Extension<Operator>,
@@ -429,12 +461,17 @@ pub(super) async fn cron_status(
                 Some(h) => s.fleet_hosts(Some(&[h.to_ascii_lowercase()]))?,
                 None => s.fleet_hosts(None)?,
             };
-            Ok(hosts
+            let now = crate::now_ms();
+            hosts
                 .iter()
                 .filter(|h| scope.contains(&h.hostname))
                 .filter(|h| q.tag.as_ref().is_none_or(|t| h.bound_tags.contains(t)))
-                .map(|h| status_row(h, &jobs, set.generation))
-                .collect::<Vec<_>>())
+                .map(|h| {
+                    let mut row = status_row(h, &jobs, set.generation);
+                    with_last_runs(&mut row, s.last_scheduled(&h.hostname, now)?);
+                    Ok(row)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
         })
         .await
         .map_err(ApiError::store)?;
