@@ -673,3 +673,94 @@ async fn ccctl_apply_system_signs_each_root_hosts_list() {
     let rows = l.get("/api/v1/cron/status?host=sys1.test").json();
     assert_eq!(rows[0]["awaitingSignature"], false, "{rows}");
 }
+
+/// The console shows what `cron status` shows: on the fleet page a host
+/// with drift or missed runs says so in its cron cell and its row is red;
+/// on the host page the effective list (fleet entries too) with drift, and
+/// each entry's last scheduled run — a failed or missed one in a red row
+/// with its reason. `cron status --failing --missed` select the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_shows_drift_and_failed_and_missed_runs_in_red() {
+    use cc_testkit::http::{console, console_login};
+    let dir = TempDir::new("fleet-console");
+    let l = ListenerProcess::start(bin(), dir.path(), "");
+    let mut web = agent(&l, "web1.test", &["web"], "user").await;
+    let _calm = agent(&l, "calm.test", &["db"], "user").await;
+    let set = [entry("nightly", "tag:web"), entry("hourly", "tag:web")];
+    assert_eq!(apply(&l, &set).status, 200);
+    next_refresh(&mut web, T).await.expect("the fleet list");
+    // The agent installed one of two: drift.
+    ws::send(
+        &mut web,
+        &json!({"type": "cron_status", "payload": {"installed": ["nightly"], "rejected": []}}),
+    )
+    .await;
+    // `nightly` ran and failed (a cron report: exit 2).
+    let mut report = cc_testkit::sim::suite_report("nightly");
+    report["payload"]["exitCode"] = json!(2);
+    ws::send(&mut web, &report).await;
+    l.wait_for(T, |l| {
+        let r = l.get("/api/v1/cron/status?host=web1.test").json();
+        (r[0]["lastStatus"]["nightly"]["status"] == "failed" && r[0]["installed"] == 1)
+            .then_some(())
+    });
+    // `hourly` was missed (as the tracker records one: a row and an event).
+    let db = rusqlite::Connection::open(dir.path().join("listener.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let now = cc_listener::now_ms();
+    db.execute_batch(&format!(
+        "INSERT INTO schedule_misses (hostname, entry_id, due_ms, reason, at_ms)
+         VALUES ('web1.test', 'hourly', {due}, 'host offline', {now});
+         INSERT INTO events (at_ms, kind, job_id, hostname, status, detail)
+         VALUES ({now}, 'cron', 'hourly', 'web1.test', 'missed', 'host offline');",
+        due = now - 120_000
+    ))
+    .unwrap();
+
+    let rows = l.get("/api/v1/cron/status?host=web1.test").json();
+    assert_eq!(rows[0]["missed"], json!(["hourly"]), "{rows}");
+    assert_eq!(rows[0]["drift"], true, "{rows}");
+    let cookie = console_login(l.admin_addr, cc_testkit::listener::TOKEN);
+    let fleet = console(l.admin_addr, "GET", "/ui/", "", Some(&cookie));
+    assert!(fleet.contains(r#"id="missed-warning""#), "{fleet}");
+    assert!(fleet.contains("1 host missed scheduled runs"), "{fleet}");
+    let row = |page: &str, attr: &str| -> String {
+        let start = page.find(attr).unwrap_or_else(|| panic!("{attr}: {page}"));
+        let open = page[..start].rfind("<tr").unwrap();
+        page[open..start + page[start..].find("</tr>").unwrap()].to_owned()
+    };
+    let web_row = row(&fleet, r#"data-host="web1.test""#);
+    let tag = |row: &str| row[..row.find('>').unwrap()].to_owned();
+    assert!(tag(&web_row).contains("missed"), "{web_row}");
+    assert!(web_row.contains("drift: wants 2"), "{web_row}");
+    assert!(web_row.contains("1 missed (24 h)"), "{web_row}");
+    let calm_row = row(&fleet, r#"data-host="calm.test""#);
+    assert!(
+        !calm_row.contains("missed") && !calm_row.contains("drift"),
+        "{calm_row}"
+    );
+
+    let host = console(
+        l.admin_addr,
+        "GET",
+        "/ui/hosts/web1.test",
+        "",
+        Some(&cookie),
+    );
+    assert!(host.starts_with("HTTP/1.1 200"), "{host}");
+    let at = host.find(r#"id="cron-drift""#).expect("the drift line");
+    let drift = &host[at..at + host[at..].find("</p>").unwrap()];
+    assert!(
+        drift.contains("wanted: 2") && drift.contains("drift"),
+        "{drift}"
+    );
+    let nightly = row(&host, r#"data-entry="nightly""#);
+    assert!(tag(&nightly).contains("missed"), "{nightly}");
+    assert!(nightly.contains("failed, exit 2"), "{nightly}");
+    let hourly = row(&host, r#"data-entry="hourly""#);
+    assert!(tag(&hourly).contains("missed"), "{hourly}");
+    assert!(
+        hourly.contains("missed: host offline (1 missed in 24 h)"),
+        "{hourly}"
+    );
+}

@@ -416,6 +416,40 @@ fn status_row(h: &FleetHost, fleet: &[FleetJob], generation: u64) -> StatusRow {
     }
 }
 
+/// What the console shows of a host's cron list beside its name.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CronHealth {
+    pub wanted: usize,
+    pub installed: Option<usize>,
+    pub generation: u64,
+    pub drift: bool,
+    pub awaiting_signature: bool,
+}
+
+/// [`CronHealth`] of every host `only` names (all with `None`), read in
+/// one pass as `GET /cron/status` reads it.
+pub(crate) fn cron_health(
+    s: &crate::store::Store,
+    only: Option<&[String]>,
+) -> anyhow::Result<HashMap<String, CronHealth>> {
+    let set = s.fleet_set()?;
+    let jobs = set.jobs();
+    Ok(s.fleet_hosts(only)?
+        .iter()
+        .map(|h| {
+            let r = status_row(h, &jobs, set.generation);
+            let health = CronHealth {
+                wanted: r.wanted,
+                installed: r.installed,
+                generation: r.generation,
+                drift: r.drift,
+                awaiting_signature: r.awaiting_signature,
+            };
+            (r.hostname, health)
+        })
+        .collect())
+}
+
 /// Fills `row`'s `lastStatus` (each wanted entry's last scheduled run) and
 /// `missed` (the wanted entries whose last run was missed) from `last`.
 fn with_last_runs(row: &mut StatusRow, last: Vec<crate::store::LastScheduled>) {

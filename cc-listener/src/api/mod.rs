@@ -67,6 +67,7 @@ pub(crate) use self::agents::agent_view;
 use self::agents::list_agents;
 use self::cron::{get_cron, put_cron};
 pub(crate) use self::events::{events, open_event_streams};
+pub(crate) use self::fleet::{CronHealth, cron_health};
 use self::fleet::{cron_status, get_fleet, plan_fleet, put_fleet};
 pub(crate) use self::jobs::get_job;
 use self::jobs::post_job;

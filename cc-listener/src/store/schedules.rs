@@ -269,6 +269,23 @@ impl Store {
         })
     }
 
+    /// Runs recorded missed since `since_ms`, per host (the console's fleet
+    /// page: hosts whose schedules are not kept stand out).
+    pub fn misses_by_host(&self, since_ms: i64) -> Result<std::collections::HashMap<String, u64>> {
+        self.read(|c| {
+            c.query(
+                "SELECT hostname, count(*) FROM schedule_misses WHERE at_ms >= ?1 GROUP BY hostname",
+                &p![since_ms],
+            )?
+            .iter()
+            .map(|r| {
+                let n: i64 = r.get(1)?;
+                Ok((r.get(0)?, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+        })
+    }
+
     /// Deletes missed-run rows recorded before `before_ms` (they only keep
     /// a miss from being recorded twice while its run is recent), at most
     /// `batch`.

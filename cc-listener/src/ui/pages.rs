@@ -66,6 +66,26 @@ fn cron_summary(status: Option<&str>) -> String {
     format!("{} installed, {} refused", n("installed"), n("rejected"))
 }
 
+/// A host's cron cell on the fleet page: what its agent said it
+/// installed, whether that is what the listener wants (drift), and its
+/// runs missed in the last 24 hours.
+struct CronCell {
+    summary: String,
+    health: crate::api::CronHealth,
+    missed: u64,
+}
+
+impl CronCell {
+    fn render(&self) -> Markup {
+        html! {
+            (self.summary)
+            @if self.health.drift { " · " span.bad { "drift: wants " (self.health.wanted) } }
+            @if self.health.awaiting_signature { " · " span.bad { "awaiting signature" } }
+            @if self.missed > 0 { " · " span.bad { (self.missed) " missed (24 h)" } }
+        }
+    }
+}
+
 pub(super) async fn fleet(
     State(state): State<Arc<AppState>>,
     axum::Extension(csrf): axum::Extension<Csrf>,
@@ -80,14 +100,33 @@ pub(super) async fn fleet(
         Ok(r) => r,
         Err(e) => return internal(&csrf, &e),
     };
+    let health = state
+        .db
+        .call(|s| {
+            let day_ago = crate::now_ms() - 24 * 3600 * 1000;
+            Ok((
+                crate::api::cron_health(s, None)?,
+                s.misses_by_host(day_ago)?,
+            ))
+        })
+        .await;
+    let (health, misses) = match health {
+        Ok(h) => h,
+        Err(e) => return internal(&csrf, &e),
+    };
     let total = rows.len();
     let views: Vec<_> = rows
         .into_iter()
         .map(|r| {
-            let cron = cron_summary(r.cron_status.as_deref());
+            let cron = CronCell {
+                summary: cron_summary(r.cron_status.as_deref()),
+                health: health.get(&r.hostname).cloned().unwrap_or_default(),
+                missed: misses.get(&r.hostname).copied().unwrap_or(0),
+            };
             (crate::api::agent_view(&state, r), cron)
         })
         .collect();
+    let missing = views.iter().filter(|(_, c)| c.missed > 0).count();
     let warned = views.iter().filter(|(v, _)| v.warning.is_some()).count();
     let no_cron = views
         .iter()
@@ -122,6 +161,12 @@ pub(super) async fn fleet(
                     " — their cron entries will not fire."
                 }
             }
+            @if missing > 0 {
+                div.alert role="alert" #missed-warning {
+                    strong { (missing) " host" @if missing != 1 { "s" } " missed scheduled runs" }
+                    " in the last 24 hours (rows in red; each host's page says which and why)."
+                }
+            }
             p.summary { (total) " agents, " (online) " online." }
             form.filters method="get" action="/ui/" {
                 label for="tag" { "Tag" }
@@ -139,14 +184,14 @@ pub(super) async fn fleet(
                     thead { tr { th { "Host" } th { "Online" } th { "Mode" } th { "Root" } th { "Tags" } th { "Last heartbeat" } th { "Cron" } } }
                     tbody {
                         @for (v, cron) in &shown {
-                            tr.warned[v.warning.is_some()] data-host=(v.hostname) {
+                            tr.warned[v.warning.is_some()] .missed[cron.missed > 0] data-host=(v.hostname) {
                                 td { a href={ "/ui/hosts/" (v.hostname) } { (v.hostname) } }
                                 td { @if v.connected { span.ok { "online" } } @else { span.muted { "offline" } } }
                                 td { (v.execution_mode) }
                                 td { @if v.is_root { "root" } @else { "no" } }
                                 td { (v.tags.join(", ")) }
                                 td { (v.last_heartbeat.as_deref().unwrap_or("—")) }
-                                td { @if v.cron_warning.is_some() { span.badge { "NO CRON DAEMON" } " " } (cron) }
+                                td data-field="cron" { @if v.cron_warning.is_some() { span.badge { "NO CRON DAEMON" } " " } (cron.render()) }
                             }
                             @if let Some(w) = &v.warning {
                                 tr.warning-row { td colspan="7" { div.warning-text { span.badge { "SECURITY WARNING" } " " (w) } } }
@@ -194,16 +239,23 @@ pub(super) async fn host(
         .db
         .call(move |s| {
             let agent = s.agents_between(&hq, &hq)?.pop();
-            let cron = s.get_cron(&hq)?.map(|(e, _)| e).unwrap_or_default();
-            let mut last = Vec::with_capacity(cron.len());
-            for e in &cron {
-                last.push(s.last_report(&hq, &e.id)?);
-            }
+            // What the listener wants the host to run: its own entries and
+            // the fleet's that match it.
+            let cron = s.effective_cron(&hq)?;
+            let mut runs = s.last_scheduled(&hq, crate::now_ms())?;
+            let last = cron
+                .iter()
+                .map(|e| {
+                    let i = runs.iter().position(|l| l.entry_id == e.id);
+                    i.map(|i| runs.swap_remove(i))
+                })
+                .collect::<Vec<_>>();
+            let health = crate::api::cron_health(s, Some(std::slice::from_ref(&hq)))?;
             let jobs = s.recent_jobs(Some(&hq), false, 50)?;
-            Ok((agent, cron, last, jobs))
+            Ok((agent, cron, last, health.into_values().next(), jobs))
         })
         .await;
-    let (agent, cron, last, jobs) = match loaded {
+    let (agent, cron, last, health, jobs) = match loaded {
         Ok(x) => x,
         Err(e) => return internal(&csrf, &e),
     };
@@ -233,17 +285,26 @@ pub(super) async fn host(
                 }
             }
             h2 { "Cron entries" }
+            @if let Some(h) = &health {
+                p.summary #cron-drift {
+                    "wanted: " (h.wanted) " (fleet generation " (h.generation) ") · the agent installed: "
+                    (h.installed.map_or("—".to_owned(), |n| n.to_string()))
+                    @if h.drift { " · " span.bad { "drift" } } @else { " · in step" }
+                    @if h.awaiting_signature { " · " span.bad { "awaiting signature" } }
+                }
+            }
             @if cron.is_empty() { p.muted { "none" } } @else {
-                div.scroll { table {
-                    thead { tr { th { "Id" } th { "Schedule" } th { "Command" } th { "Last run" } th { "Exit" } th { "Next run (" (zone.label) ")" } } }
+                div.scroll { table #cron {
+                    thead { tr { th { "Id" } th { "Schedule" } th { "Command" } th { "Last run" } th { "Result" } th { "Next run (" (zone.label) ")" } } }
                     tbody {
                         @for (e, l) in cron.iter().zip(&last) {
-                            tr {
+                            @let bad = l.as_ref().is_some_and(|l| l.status == "missed" || l.status == "failed");
+                            tr.missed[bad] data-entry=(e.id) {
                                 td { a href={ "/ui/hosts/" (host) "/cron/" (e.id) } title="its runs" { (e.id) } }
                                 td.mono { (e.schedule) }
                                 td.mono { (e.command) }
-                                td { (l.map_or("—".to_owned(), |(t, _)| rfc3339_ms(t))) }
-                                td { (l.map_or("—".to_owned(), |(_, c)| c.to_string())) }
+                                td { (l.as_ref().map_or("—".to_owned(), |l| rfc3339_ms(l.at_ms))) }
+                                td data-field="result" { (l.as_ref().map_or("—".to_owned(), last_result)) }
                                 td { (next_run(&host, e, &zone)) }
                             }
                         }
@@ -254,6 +315,20 @@ pub(super) async fn host(
             (jobs_table(&jobs))
         },
     )
+}
+
+/// A scheduled run's outcome in words: "done, exit 0", "failed, exit 2",
+/// "skipped", "missed: no cron daemon"; and how many were missed in 24 h.
+fn last_result(l: &crate::store::LastScheduled) -> String {
+    let mut out = match (l.status, l.exit_code, &l.detail) {
+        ("missed", _, Some(why)) => format!("missed: {why}"),
+        (status, Some(code), _) => format!("{status}, exit {code}"),
+        (status, ..) => status.to_owned(),
+    };
+    if l.missed_24h > 0 {
+        out.push_str(&format!(" ({} missed in 24 h)", l.missed_24h));
+    }
+    out
 }
 
 /// When an entry next fires on `host`, in the host's time zone (the one
