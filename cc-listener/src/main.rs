@@ -187,7 +187,7 @@ struct FileConfig {
     signing_key_file: Option<PathBuf>,
     ui_secure_cookie: Option<bool>,
     listener_name: Option<String>,
-    /// `[[notify]]` blocks: webhooks (docs/fleet-schedules-D.md).
+    /// `[[notify]]` blocks: webhooks (docs/fleet-schedules.md#notifications).
     notify: Option<Vec<cc_listener::notify::SinkConfig>>,
     notify_queue_max: Option<u64>,
     notify_max_attempts: Option<u32>,

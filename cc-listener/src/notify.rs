@@ -61,7 +61,7 @@ pub struct SinkConfig {
 /// The body a sink is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// `{"id","event","hostname",…}` (docs/fleet-schedules-D.md).
+    /// `{"id","event","hostname",…}` (docs/fleet-schedules.md#notifications).
     Json,
     /// `{"text": "…"}`, what a Slack-compatible incoming webhook takes.
     Slack,
