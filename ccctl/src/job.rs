@@ -25,23 +25,34 @@ pub(crate) fn print_job(j: &Value) {
     }
     let r = &j["report"];
     if r.is_object() {
-        outln!("exit     {}", r["exitCode"]);
-        outln!(
-            "ran as   {} (uid {})",
-            text(&r["executingUser"]),
-            r["executingUid"]
-        );
-        outln!("started  {}", text(&r["startTime"]));
-        outln!("took     {} ms", r["durationMs"]);
-        if let Some(w) = r["warning"].as_str() {
-            outln!("warning  {w}");
-        }
-        for stream in ["stdout", "stderr"] {
-            let out = r[stream].as_str().unwrap_or("");
-            if !out.is_empty() {
-                outln!("--- {stream} ---");
-                term::verbatim(out);
-            }
+        print_report(r);
+    }
+}
+
+/// A report's outcome and its output verbatim: the lines `ccctl job`
+/// prints under a job or a scheduled run (`waited` only for a run that
+/// waited for its jitter).
+fn print_report(r: &Value) {
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    outln!("exit     {}", r["exitCode"]);
+    outln!(
+        "ran as   {} (uid {})",
+        text(&r["executingUser"]),
+        r["executingUid"]
+    );
+    outln!("started  {}", text(&r["startTime"]));
+    outln!("took     {} ms", r["durationMs"]);
+    if let Some(ms) = r["waitedMs"].as_u64() {
+        outln!("waited   {ms} ms (jitter)");
+    }
+    if let Some(w) = r["warning"].as_str() {
+        outln!("warning  {w}");
+    }
+    for stream in ["stdout", "stderr"] {
+        let out = r[stream].as_str().unwrap_or("");
+        if !out.is_empty() {
+            outln!("--- {stream} ---");
+            term::verbatim(out);
         }
     }
 }
@@ -120,26 +131,6 @@ pub(crate) fn show_entry(
     outln!("host     {host}");
     outln!("command  {}", text(&r["command"]));
     outln!("received {}", text(&latest["receivedAt"]));
-    outln!("exit     {}", r["exitCode"]);
-    outln!(
-        "ran as   {} (uid {})",
-        text(&r["executingUser"]),
-        r["executingUid"]
-    );
-    outln!("started  {}", text(&r["startTime"]));
-    outln!("took     {} ms", r["durationMs"]);
-    if let Some(ms) = r["waitedMs"].as_u64() {
-        outln!("waited   {ms} ms (jitter)");
-    }
-    if let Some(w) = r["warning"].as_str() {
-        outln!("warning  {w}");
-    }
-    for stream in ["stdout", "stderr"] {
-        let out = r[stream].as_str().unwrap_or("");
-        if !out.is_empty() {
-            outln!("--- {stream} ---");
-            term::verbatim(out);
-        }
-    }
+    print_report(r);
     Ok(r["exitCode"] == 0)
 }
