@@ -436,12 +436,13 @@ mod tests {
         assert!(Target::parse(&terms(MAX_TARGET_TERMS)).is_ok());
         let e = Target::parse(&terms(MAX_TARGET_TERMS + 1)).unwrap_err();
         assert!(e.contains("at most"), "{e}");
-        let started = std::time::Instant::now();
-        assert!(Target::parse(&terms(200_000)).is_err());
+        // Refused by the bound, before any deduplication (which took
+        // quadratic time on such a body): the bound's own error.
+        let e = Target::parse(&terms(200_000)).unwrap_err();
+        assert!(e.contains("at most"), "{e}");
         // Cut where a character spans byte 64: no panic.
         let wide = format!("{}x{}", "*,".repeat(MAX_TARGET_TERMS), "é".repeat(40));
         assert!(Target::parse(&wide).is_err());
-        assert!(started.elapsed() < std::time::Duration::from_millis(100));
     }
 
     #[test]

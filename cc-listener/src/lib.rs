@@ -285,8 +285,11 @@ pub async fn serve(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let db = Db::new(store);
     let metrics = Arc::new(metrics::Metrics::new());
+    db.store().observe_writes(metrics.store_observer());
     let m = Arc::clone(&metrics);
-    let writer = store::Writer::spawn(db.clone(), move |took, n| m.commit(took, n));
+    let writer = store::Writer::spawn(db.clone(), move |took, n, waited| {
+        m.commit(took, n, waited);
+    });
     let (schedules, schedule_feed) = schedules::task::Schedules::channel();
     let state = Arc::new(AppState {
         schedules,

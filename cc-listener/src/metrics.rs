@@ -58,6 +58,21 @@ macro_rules! label_values {
 }
 
 label_values! {
+    /// Where a write to the store spends its time.
+    WritePhase {
+        /// Waiting in the writer's queue for its group to start.
+        Queue => "queue",
+        /// Waiting for this listener's writing connection.
+        Connection => "connection",
+        /// Its statements (on PostgreSQL, waits for other listeners' row
+        /// locks included).
+        Statements => "statements",
+        /// The commit: the database's log written to disk.
+        Commit => "commit",
+    }
+}
+
+label_values! {
     /// An agent's `executionMode`.
     Mode { User => "user", System => "system" }
 }
@@ -188,6 +203,11 @@ impl EncodeLabelValue for JobStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: WritePhase,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ModeLabel {
     pub mode: Mode,
 }
@@ -248,6 +268,9 @@ pub struct Metrics {
     store_commit: Histogram,
     store_commit_group: Histogram,
     store_write_queue: Gauge,
+    store_write_phase: Family<PhaseLabel, Histogram, fn() -> Histogram>,
+    store_write_retries: Counter,
+    db_lock_waiters: Gauge,
     agent_outbound_queued: Gauge,
     ws_refused: Family<WsRefusalLabel, Counter>,
     connections_refused: Family<ConnRefusalLabel, Counter>,
@@ -309,6 +332,9 @@ impl Metrics {
             // 1 to 512 (`store::MAX_GROUP`).
             store_commit_group: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             store_write_queue: Gauge::default(),
+            store_write_phase: Family::new_with_constructor(phase_histogram),
+            store_write_retries: Counter::default(),
+            db_lock_waiters: Gauge::default(),
             agent_outbound_queued: Gauge::default(),
             ws_refused: Family::default(),
             connections_refused: Family::default(),
@@ -356,6 +382,12 @@ impl Metrics {
                 "Writes (reports, job hand-overs, registrations, connection ends) committed together in one group"
             store_write_queue "croncommander_store_write_queue"
                 "Writes waiting for the store's writer now"
+            store_write_phase [Seconds] "croncommander_store_write_phase"
+                "Time of each write transaction by phase: queue (a grouped write waiting for its group), connection (waiting for this listener's writing connection), statements (round trips, and on PostgreSQL waits for other listeners' row locks), commit (the log written to disk)"
+            store_write_retries "croncommander_store_write_retries"
+                "PostgreSQL write transactions rolled back by the database because they met another (a deadlock) and run again"
+            db_lock_waiters "croncommander_db_lock_waiters"
+                "PostgreSQL: sessions of this database waiting for a lock now (sampled when the metrics are read); 0 on SQLite"
             agent_outbound_queued "croncommander_agent_outbound_queued"
                 "Messages waiting in connected agents' outbound queues now, all agents together"
             ws_refused "croncommander_ws_messages_refused"
@@ -396,6 +428,9 @@ impl Metrics {
     fn create_series(m: &Self) {
         for &mode in Mode::ALL {
             let _ = m.agents_connected.get_or_create(&ModeLabel { mode });
+        }
+        for &phase in WritePhase::ALL {
+            let _ = m.store_write_phase.get_or_create(&PhaseLabel { phase });
         }
         for &state in Final::ALL {
             let _ = m.jobs_finished.get_or_create(&FinalLabel { state });
@@ -537,9 +572,30 @@ impl Metrics {
     }
 
     /// One group commit of the store's writer: how long, how many writes.
-    pub fn commit(&self, took: Duration, group: usize) {
+    pub fn commit(&self, took: Duration, group: usize, waited: Duration) {
         self.store_commit.observe(took.as_secs_f64());
         self.store_commit_group.observe(group as f64);
+        self.write_phase(WritePhase::Queue, waited);
+    }
+
+    /// A write transaction's `phase` took `took`.
+    pub fn write_phase(&self, phase: WritePhase, took: Duration) {
+        self.store_write_phase
+            .get_or_create(&PhaseLabel { phase })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The store's timings ([`crate::store::Store::observe_writes`]).
+    pub fn store_observer(self: &Arc<Self>) -> crate::store::WriteObserver {
+        let m = Arc::clone(self);
+        Arc::new(move |phase, took| match phase {
+            crate::store::WritePhase::Connection => m.write_phase(WritePhase::Connection, took),
+            crate::store::WritePhase::Statements => m.write_phase(WritePhase::Statements, took),
+            crate::store::WritePhase::Commit => m.write_phase(WritePhase::Commit, took),
+            crate::store::WritePhase::Retried => {
+                m.store_write_retries.inc();
+            }
+        })
     }
 
     /// The registry in the OpenMetrics text format.
@@ -548,6 +604,11 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
+}
+
+/// 50 µs to about 1.6 s.
+fn phase_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
 }
 
 /// The OpenMetrics exposition `open` in the Prometheus text format: the
@@ -613,6 +674,12 @@ pub(crate) async fn scrape(State(state): State<Arc<AppState>>, headers: HeaderMa
     for (state, n) in open {
         m.jobs_open.get_or_create(&OpenLabel { state }).set(n);
     }
+    match state.db.read(|s| s.lock_waiters()).await {
+        Ok(n) => {
+            m.db_lock_waiters.set(n);
+        }
+        Err(e) => warn!("metrics: counting lock waits failed: {e:#}"),
+    }
     if !state.settings.notify.is_empty() {
         match state.db.read(|s| s.notify_depths()).await {
             Ok(d) => {
@@ -659,7 +726,7 @@ mod tests {
     fn every_metric_name_follows_the_conventions() {
         let text = Metrics::new().encode().unwrap();
         let fams = families(&text);
-        assert_eq!(fams.len(), 27, "{text}");
+        assert_eq!(fams.len(), 30, "{text}");
         for (name, ty) in &fams {
             assert!(name.starts_with("croncommander_"), "{name}");
             assert!(
@@ -810,7 +877,7 @@ mod tests {
         m.ws_refused(WsRefusal::Binary);
         m.connection_refused(ConnRefusal::Auth);
         m.operator_connection_closed(OperatorClose::HeaderTimeout);
-        m.commit(Duration::from_millis(3), 7);
+        m.commit(Duration::from_millis(3), 7, Duration::from_millis(1));
         m.doorbell(true);
         m.notification(Channel::Jobs);
         let text = m.encode().unwrap();
@@ -825,6 +892,7 @@ mod tests {
         allowed.extend(OperatorClose::ALL.iter().map(|v| v.as_str()));
         allowed.extend(Channel::ALL.iter().map(|v| v.as_str()));
         allowed.extend(MissedReason::ALL.iter().map(|v| v.as_str()));
+        allowed.extend(WritePhase::ALL.iter().map(|v| v.as_str()));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((_, rest)) = line.split_once('{') else {
                 continue;
@@ -837,7 +905,7 @@ mod tests {
                     assert!(v == "+Inf" || v.parse::<f64>().is_ok(), "{line}");
                 } else {
                     assert!(
-                        ["mode", "state", "kind", "reason", "channel"].contains(&k),
+                        ["mode", "state", "kind", "reason", "channel", "phase"].contains(&k),
                         "{line}: label {k}"
                     );
                     assert!(allowed.contains(&v), "{line}: value {v}");

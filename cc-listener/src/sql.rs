@@ -557,6 +557,20 @@ pub fn pg_error(e: postgres::Error) -> anyhow::Error {
     anyhow::Error::new(PgError(e))
 }
 
+/// Whether `e` is PostgreSQL giving up on a transaction that met
+/// another one (a deadlock, or a serialisation failure): the transaction
+/// was rolled back whole and may simply run again.
+pub fn is_retryable(e: &anyhow::Error) -> bool {
+    let pe = e
+        .downcast_ref::<PgError>()
+        .map(|p| &p.0)
+        .or_else(|| e.downcast_ref::<postgres::Error>());
+    pe.and_then(postgres::Error::code).is_some_and(|c| {
+        *c == postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+            || *c == postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
 /// Whether `e` is a unique (or other) constraint refusing a write, in
 /// either engine.
 pub fn is_constraint(e: &anyhow::Error) -> bool {

@@ -11,10 +11,10 @@
 //!
 //! Appends are serialised: each first updates the one row of
 //! `audit_head` (`last_seq = last_seq + 1 … RETURNING`), which on
-//! PostgreSQL takes that row's lock until the commit (and every write
-//! transaction there also holds the store's advisory write lock), so two
-//! listeners appending at once chain one after the other, never both
-//! after the same row. SQLite's single writer serialises them anyway.
+//! PostgreSQL takes that row's lock until the commit, so two listeners
+//! appending at once chain one after the other, never both after the
+//! same row (the second's `UPDATE` waits, then reads the head the first
+//! committed). SQLite's single writer serialises them anyway.
 //!
 //! What the chain does not do: someone who can write the database can
 //! rewrite every row after the one they change and the head, and the

@@ -139,8 +139,8 @@ impl Store {
             );
             // Copied events are the history; copying jobs must not add more.
             tx.batch(
-                "ALTER TABLE jobs DISABLE TRIGGER job_created;
-                 ALTER TABLE jobs DISABLE TRIGGER job_changed;",
+                "ALTER TABLE jobs DISABLE TRIGGER jobs_created;
+                 ALTER TABLE jobs DISABLE TRIGGER jobs_changed;",
             )?;
             let mut copied = Vec::new();
             for &(table, key, numeric, cols) in COPY_TABLES {
@@ -176,8 +176,8 @@ impl Store {
                 copied.push((table, n));
             }
             tx.batch(
-                "ALTER TABLE jobs ENABLE TRIGGER job_created;
-                 ALTER TABLE jobs ENABLE TRIGGER job_changed;",
+                "ALTER TABLE jobs ENABLE TRIGGER jobs_created;
+                 ALTER TABLE jobs ENABLE TRIGGER jobs_changed;",
             )?;
             // The chain's head and anchor come along: the copied log
             // verifies as it did.

@@ -103,11 +103,21 @@ impl Store {
             }
             let generation = current + 1;
             let g = i64::try_from(generation).context("generation overflow")?;
-            tx.exec(
+            // Written only over the generation read: of two applies that
+            // read it at once (two listeners), the second finds the row
+            // changed when it gets its lock, and writes nothing.
+            let written = tx.exec(
                 "INSERT INTO fleet_cron (one, generation, entries, updated_ms) VALUES (1, ?1, ?2, ?3)
-                 ON CONFLICT (one) DO UPDATE SET generation = ?1, entries = ?2, updated_ms = ?3",
-                &p![g, text, now_ms],
+                 ON CONFLICT (one) DO UPDATE SET generation = ?1, entries = ?2, updated_ms = ?3
+                 WHERE fleet_cron.generation = ?4",
+                &p![g, text, now_ms, i64::try_from(current).context("generation overflow")?],
             )?;
+            if written != 1 {
+                return Err(super::StoreError::Conflict(format!(
+                    "the fleet set changed while it was applied (after generation {current}): plan again"
+                ))
+                .into());
+            }
             for (host, signed) in signatures {
                 tx.exec(
                     "INSERT INTO fleet_signed (hostname, signed, updated_ms) VALUES (?1, ?2, ?3)

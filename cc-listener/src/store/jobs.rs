@@ -10,7 +10,7 @@
 //! |------|----|--------|-------|
 //! | (new) | `queued` | [`Store::create_job`]; [`Store::create_run`] for a run's first `batch` jobs (all without a batch) | the job id is unused |
 //! | (new) | `held` | [`Store::create_run`], a batched run's jobs past its batch | the job id is unused |
-//! | `held` | `queued` | `release_held`, after a report of one of the run's jobs ([`Store::store_report`]) or a sweep ([`Store::sweep`]) | `status = held`; fewer than `batch` of the run's jobs queued or sent; oldest first |
+//! | `held` | `queued` | `release_held`, after a report of one of the run's jobs ([`Store::store_report`]) or a sweep ([`Store::sweep`]) | `status = held`; fewer than `batch` of the run's jobs queued or sent, counted under the run's row lock; oldest first |
 //! | `queued` | `sent` | `take_in` ([`Store::take_for_host`], [`TakeWrite`](super::TakeWrite)) | `status = queued`, not expired; fewer than the agent's window sent; on a shared database, the listener and connection that hold the agent |
 //! | `sent` | `queued` | [`Store::requeue`] (the connection could not take it) | `status = sent` |
 //! | `sent` | `lost` | [`Store::sweep`] | `status = sent`, no report within timeout + grace |
@@ -197,8 +197,23 @@ impl Store {
     /// (its queued and sent jobs are what runs), oldest first; their queue
     /// time starts now. Returns their hosts.
     pub(super) fn release_held(tx: &mut dyn Sql, run_id: &str, now_ms: i64) -> Result<Vec<String>> {
+        // A run without a batch releases nothing, and takes no lock: a
+        // fan-out's reports, settled by several listeners at once, do not
+        // wait for each other here.
+        let batched: Option<i64> = tx
+            .one("SELECT batch FROM runs WHERE run_id = ?1", &p![run_id])?
+            .map(|r| r.get(0))
+            .transpose()?
+            .flatten();
+        if batched.is_none() {
+            return Ok(Vec::new());
+        }
+        // The run's row lock, held to the commit: two listeners settling
+        // jobs of one batched run count its jobs in flight one after the
+        // other (each `SELECT` below reads what the other committed), so
+        // together they never let more than `batch` run.
         let Some(row) = tx.one(
-            "SELECT batch, queue_ttl_ms FROM runs WHERE run_id = ?1",
+            "UPDATE runs SET batch = batch WHERE run_id = ?1 RETURNING batch, queue_ttl_ms",
             &p![run_id],
         )?
         else {

@@ -184,8 +184,14 @@ impl Store {
         hostname: &Hostname,
         tags: &[String],
     ) -> Result<Binding> {
+        // Read under the key's row lock (held to the commit): two
+        // listeners binding one key at once (two hosts racing with it)
+        // take turns, and the second sees what the first bound.
         let row = tx
-            .one("SELECT hostname, tags FROM api_keys WHERE id = ?1", &p![id])?
+            .one(
+                "UPDATE api_keys SET id = id WHERE id = ?1 RETURNING hostname, tags",
+                &p![id],
+            )?
             .context("no such key")?;
         let (bound, bound_tags): (Option<String>, Option<String>) = (row.get(0)?, row.get(1)?);
         match &bound {

@@ -111,9 +111,28 @@ impl From<std::path::PathBuf> for DbLocation {
     }
 }
 
-#[derive(Debug)]
+/// A phase of a write transaction, as [`Store::observe_writes`] is told it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePhase {
+    /// Waiting for this listener's writing connection (its other writes).
+    Connection,
+    /// `BEGIN` to the last statement: round trips, and on PostgreSQL the
+    /// waits for row locks other listeners' transactions hold.
+    Statements,
+    /// `COMMIT`: the database writing its log to disk.
+    Commit,
+    /// A transaction the database rolled back (a deadlock) and that runs
+    /// again: its whole time so far.
+    Retried,
+}
+
+/// Told each write transaction's phases ([`Store::observe_writes`]).
+pub type WriteObserver = Arc<dyn Fn(WritePhase, std::time::Duration) + Send + Sync>;
+
 pub struct Store {
     backend: Backend,
+    /// Where write timings go (the metrics), once set.
+    observer: std::sync::OnceLock<WriteObserver>,
     /// The SQLite file, when it is one (what [`Store::held_as`] locks).
     file: Option<std::path::PathBuf>,
     /// This listener's name, when it serves agents ([`Store::held_as`]).
@@ -121,6 +140,16 @@ pub struct Store {
     /// On SQLite, while it serves agents: the file's lock
     /// ([`Store::held_as`]).
     _serving: Option<FileLock>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .field("file", &self.file)
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An exclusive `flock(2)` on a SQLite file, held by the one process that
@@ -165,9 +194,9 @@ enum Backend {
     },
 }
 
-/// The advisory lock every PostgreSQL write transaction holds (see
-/// `Store::write`); any constant, the same in every listener.
-const PG_WRITE_LOCK: i64 = 0x6363_5752; // "ccWR"
+/// How many times a PostgreSQL write transaction that met another
+/// (deadlock) runs again before its error is returned.
+const RETRIES: u32 = 5;
 /// The advisory lock held while the schema is migrated.
 const PG_MIGRATE_LOCK: i64 = 0x6363_4d47; // "ccMG"
 
@@ -212,6 +241,7 @@ impl Store {
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
             },
+            observer: std::sync::OnceLock::new(),
             file: Some(path.to_owned()),
             holder: None,
             _serving: None,
@@ -231,6 +261,7 @@ impl Store {
                 writer: Box::new(Mutex::new(writer)),
                 reader: Box::new(Mutex::new(reader)),
             },
+            observer: std::sync::OnceLock::new(),
             file: None,
             holder: None,
             _serving: None,
@@ -328,39 +359,102 @@ impl Store {
 
     /// Runs `f` in a write transaction and commits it if `f` succeeds.
     ///
-    /// On PostgreSQL every write transaction first takes one advisory lock
-    /// (held to its commit), so the writes of all listeners sharing the
-    /// database commit one at a time, as in SQLite: event ids are then
-    /// assigned in commit order (a stream that read id N never misses a
-    /// smaller id committed later), and two listeners never hand out the
-    /// same job or settle it twice.
-    fn write<R>(&self, f: impl FnOnce(&mut dyn Sql) -> Result<R>) -> Result<R> {
+    /// On PostgreSQL, listeners sharing the database write at once: no
+    /// lock is common to all their writes. What made one fleet-wide lock
+    /// necessary is kept row by row (ARCHITECTURE.md, "Several
+    /// listeners"): a job changes status by a guarded `UPDATE` (handed out
+    /// once, settled once); a batched run's release takes that run's row;
+    /// the notifier's cursor and the audit chain's head are rows whose
+    /// lock their writers take first; and events are read in commit order
+    /// ([`Store::events`]). A transaction PostgreSQL rolled back because
+    /// it met another (a deadlock, detected by the server) runs again, up
+    /// to [`RETRIES`] times.
+    fn write<R>(&self, f: impl FnMut(&mut dyn Sql) -> Result<R>) -> Result<R> {
         self.write_with(Flush::Wait, f)
     }
 
+    /// PostgreSQL: sessions of this database waiting for a lock now (the
+    /// metrics' sample); SQLite: 0 (one writer, which waits for nobody).
+    pub fn lock_waiters(&self) -> Result<i64> {
+        match self.dialect() {
+            Dialect::Sqlite => Ok(0),
+            Dialect::Postgres => self.read(|c| {
+                crate::sql::scalar(
+                    c,
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+            }),
+        }
+    }
+
+    /// Sends every write transaction's timings, by [`WritePhase`], to
+    /// `observer` from now on (set once; later calls are ignored).
+    pub fn observe_writes(&self, observer: WriteObserver) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn observe(&self, phase: WritePhase, took: std::time::Duration) {
+        if let Some(o) = self.observer.get() {
+            o(phase, took);
+        }
+    }
+
     /// [`Store::write`], with the commit's wait for the disk chosen.
-    fn write_with<R>(&self, flush: Flush, f: impl FnOnce(&mut dyn Sql) -> Result<R>) -> Result<R> {
+    fn write_with<R>(
+        &self,
+        flush: Flush,
+        mut f: impl FnMut(&mut dyn Sql) -> Result<R>,
+    ) -> Result<R> {
+        let asked = std::time::Instant::now();
         match &self.backend {
             Backend::Sqlite { writer, .. } => {
                 let mut conn = lock(writer);
+                let began = std::time::Instant::now();
+                self.observe(WritePhase::Connection, began - asked);
                 let tx = write_tx(&mut conn)?;
                 let out = f(&mut Lite(&tx))?;
+                let committing = std::time::Instant::now();
                 tx.commit()?;
+                self.observe(WritePhase::Statements, committing - began);
+                self.observe(WritePhase::Commit, committing.elapsed());
                 Ok(out)
             }
             Backend::Postgres { url, writer, .. } => {
                 let mut conn = lock(writer);
-                reconnect_if_closed(&mut conn, url)?;
-                let lock = format!("SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})");
-                let mut tx = match flush {
-                    Flush::Wait => conn.transaction(&lock)?,
-                    Flush::Later => {
-                        conn.transaction(&format!("SET LOCAL synchronous_commit = off; {lock}"))?
+                let mut began = std::time::Instant::now();
+                self.observe(WritePhase::Connection, began - asked);
+                let mut tries = 0;
+                loop {
+                    reconnect_if_closed(&mut conn, url)?;
+                    let mut committing = began;
+                    let attempt = (|| {
+                        let mut tx = match flush {
+                            Flush::Wait => conn.transaction("")?,
+                            Flush::Later => {
+                                conn.transaction("SET LOCAL synchronous_commit = off")?
+                            }
+                        };
+                        let out = f(&mut *tx)?;
+                        committing = std::time::Instant::now();
+                        tx.commit()?;
+                        Ok(out)
+                    })();
+                    match attempt {
+                        Ok(out) => {
+                            self.observe(WritePhase::Statements, committing - began);
+                            self.observe(WritePhase::Commit, committing.elapsed());
+                            return Ok(out);
+                        }
+                        Err(e) if tries < RETRIES && crate::sql::is_retryable(&e) => {
+                            tries += 1;
+                            self.observe(WritePhase::Retried, began.elapsed());
+                            began = std::time::Instant::now();
+                        }
+                        Err(e) => return Err(e),
                     }
-                };
-                let out = f(&mut *tx)?;
-                tx.commit()?;
-                Ok(out)
+                }
             }
         }
     }

@@ -4,9 +4,10 @@
 //!
 //! Invariants: the cursor advances in the transaction that queues what
 //! the events it passes caused, so an event is turned into notifications
-//! exactly once (on PostgreSQL every write transaction holds the store's
-//! advisory lock: two listeners consuming at once take turns, and the
-//! second finds the cursor moved). A row is sent by whoever holds its
+//! exactly once (the consumer first takes the cursor row's lock: two
+//! listeners consuming at once take turns, and the second finds the
+//! cursor moved). The cursor reads the log in its order, below its
+//! horizon (`events`), so no event is skipped. A row is sent by whoever holds its
 //! claim; a claim expires, so a listener that died while sending leaves
 //! the row to the next (at least once, with the row's idempotency key).
 
@@ -209,34 +210,58 @@ impl Store {
         limit: u32,
     ) -> Result<Consumed> {
         self.write(|tx| {
+            // Taking the cursor's row lock first: two listeners consuming
+            // at once take turns, and the second reads the cursor the
+            // first moved (under READ COMMITTED the `UPDATE` reads the
+            // row as committed once the lock is free).
             let cursor: i64 = scalar(
                 tx,
-                "SELECT last_event_id FROM notify_cursor WHERE id = 1",
+                "UPDATE notify_cursor SET last_event_id = last_event_id WHERE id = 1
+                 RETURNING last_event_id",
                 &[],
             )?;
+            let start = super::events::place_of(tx, cursor)?;
+            let (from, start_tx) = match start {
+                Some(place) => ("(e.tx, e.id) > (?2, ?1)", place.tx),
+                None => ("e.id > ?1 AND CAST(?2 AS BIGINT) IS NOT NULL", 0),
+            };
+            let horizon = super::events::horizon(tx.dialect());
             let rows = tx.query(
-                "SELECT id, at_ms, kind, job_id, hostname, status, exit_code, detail
-                 FROM events WHERE id > ?1 AND kind IN ('cron', 'host')
-                 ORDER BY id LIMIT ?2",
-                &p![cursor, limit],
+                &format!(
+                    "SELECT e.id, e.at_ms, e.kind, e.job_id, e.hostname, e.status, e.exit_code,
+                            e.detail, e.tx
+                     FROM events e WHERE {from} AND e.tx < {horizon}
+                       AND e.kind IN ('cron', 'host')
+                     ORDER BY e.tx, e.id LIMIT ?3"
+                ),
+                &p![cursor, start_tx, limit],
             )?;
             let next = if rows.len() as u64 == u64::from(limit) {
                 rows.last().map_or(Ok(cursor), |r| r.get(0))?
             } else {
-                // Everything up to the log's end (job events included) is
-                // read: under the write lock no smaller id commits later.
-                scalar(tx, "SELECT coalesce(max(id), ?1) FROM events", &p![cursor])?
+                // Everything up to the final log's end (job events
+                // included) is read.
+                match super::events::last_place(tx)? {
+                    Some(end) if start.is_none_or(|s| end > s) => end.id,
+                    _ => cursor,
+                }
             };
             // The states of the batch's hosts, in one read: only subjects
             // not ok have a row, so a batch of runs that succeed, on hosts
             // with nothing wrong, reads one empty result and writes none.
-            let last = rows.last().map_or(Ok(cursor), |r| r.get(0))?;
+            let (last_tx, last_id) = match rows.last() {
+                Some(r) => (r.get(8)?, r.get(0)?),
+                None => (start_tx, cursor),
+            };
             let mut states = HashMap::new();
             for r in tx.query(
-                "SELECT s.hostname, s.aspect, s.subject, s.state FROM notify_state s
-                 WHERE s.hostname IN (SELECT e.hostname FROM events e
-                                      WHERE e.id > ?1 AND e.id <= ?2 AND e.kind IN ('cron', 'host'))",
-                &p![cursor, last],
+                &format!(
+                    "SELECT s.hostname, s.aspect, s.subject, s.state FROM notify_state s
+                     WHERE s.hostname IN (SELECT e.hostname FROM events e
+                                          WHERE {from} AND (e.tx, e.id) <= (?3, ?4)
+                                            AND e.kind IN ('cron', 'host'))"
+                ),
+                &p![cursor, start_tx, last_tx, last_id],
             )? {
                 states.insert((r.get(0)?, r.get(1)?, r.get(2)?), r.get::<String>(3)?);
             }
@@ -275,7 +300,10 @@ impl Store {
     }
 
     /// Claims up to `max` due rows for `claim_ms` (rows whose claim ran
-    /// out included: their sender died).
+    /// out included: their sender died). The condition is repeated outside
+    /// the subquery: on PostgreSQL a row another listener claimed while
+    /// this `UPDATE` waited for its lock is checked again as committed,
+    /// and left to that listener.
     pub fn notify_claim(&self, now_ms: i64, claim_ms: i64, max: u32) -> Result<Vec<Claimed>> {
         let claim = uuid::Uuid::new_v4().to_string();
         self.write(|tx| {
@@ -283,7 +311,8 @@ impl Store {
                 "UPDATE notify_queue SET claim = ?1, claim_until_ms = ?2
                  WHERE id IN (SELECT id FROM notify_queue
                               WHERE next_ms <= ?3 AND (claim_until_ms IS NULL OR claim_until_ms <= ?3)
-                              ORDER BY next_ms, id LIMIT ?4)",
+                              ORDER BY next_ms, id LIMIT ?4)
+                   AND next_ms <= ?3 AND (claim_until_ms IS NULL OR claim_until_ms <= ?3)",
                 &p![claim, now_ms + claim_ms, now_ms, max],
             )?;
             if n == 0 {

@@ -36,6 +36,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0013_fleet.sql"),
     include_str!("migrations/sqlite/0014_schedules.sql"),
     include_str!("migrations/sqlite/0015_notify.sql"),
+    include_str!("migrations/sqlite/0016_event_order.sql"),
 ];
 
 /// The PostgreSQL migrations, in order. The first is the SQLite schema as
@@ -51,6 +52,7 @@ pub(super) const PG_MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0007_fleet.sql"),
     include_str!("migrations/postgres/0008_schedules.sql"),
     include_str!("migrations/postgres/0009_notify.sql"),
+    include_str!("migrations/postgres/0010_event_order.sql"),
 ];
 
 pub(super) fn migrate(conn: &Connection) -> Result<()> {

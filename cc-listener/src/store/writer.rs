@@ -243,6 +243,8 @@ type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
 /// waits for.
 struct Queued<W: GroupWrite> {
     write: W,
+    /// When it was queued.
+    since: Instant,
     reply: Reply<W::Out>,
     /// Its answer, once applied in the group's transaction.
     out: Option<W::Out>,
@@ -254,6 +256,7 @@ fn enqueue<W: GroupWrite>(write: W) -> (Box<dyn Waiting>, Answer<W::Out>) {
     let (reply, answer) = oneshot::channel();
     let queued = Queued {
         write,
+        since: Instant::now(),
         reply,
         out: None,
     };
@@ -263,6 +266,8 @@ fn enqueue<W: GroupWrite>(write: W) -> (Box<dyn Waiting>, Answer<W::Out>) {
 /// A queued write of any kind, as its group runs it.
 pub(super) trait Waiting: Send {
     fn may_be_lost(&self) -> bool;
+    /// When it was queued.
+    fn since(&self) -> Instant;
     /// Applies the write in the group's transaction and keeps its answer.
     fn apply(&mut self, store: &Store, tx: &mut dyn Sql, now_ms: i64) -> Result<()>;
     /// Answers the caller once the group is over: `own` is the write's own
@@ -273,6 +278,10 @@ pub(super) trait Waiting: Send {
 impl<W: GroupWrite> Waiting for Queued<W> {
     fn may_be_lost(&self) -> bool {
         self.write.may_be_lost()
+    }
+
+    fn since(&self) -> Instant {
+        self.since
     }
 
     fn apply(&mut self, store: &Store, tx: &mut dyn Sql, now_ms: i64) -> Result<()> {
@@ -327,8 +336,9 @@ pub struct Writer(mpsc::Sender<Box<dyn Waiting>>);
 pub const MAX_GROUP: usize = 512;
 
 impl Writer {
-    /// `on_commit` is told each group's commit time and size.
-    pub fn spawn(db: Db, on_commit: impl Fn(Duration, usize) + Send + 'static) -> Self {
+    /// `on_commit` is told each group's time (its transaction and
+    /// commit), its size, and how long its oldest write waited for it.
+    pub fn spawn(db: Db, on_commit: impl Fn(Duration, usize, Duration) + Send + 'static) -> Self {
         let (tx, mut rx) = mpsc::channel::<Box<dyn Waiting>>(4 * MAX_GROUP);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -340,10 +350,15 @@ impl Writer {
                     }
                 }
                 let (n, started) = (group.len(), Instant::now());
+                let waited = group
+                    .iter()
+                    .map(|w| started - w.since())
+                    .max()
+                    .unwrap_or_default();
                 let answers = db
                     .call(move |s| Ok(commit_group(s, group, crate::now_ms())))
                     .await;
-                on_commit(started.elapsed(), n);
+                on_commit(started.elapsed(), n, waited);
                 // A storage task that failed (panicked) dropped its writes:
                 // their callers are told the writer dropped them.
                 for (pending, own) in answers.into_iter().flatten() {
