@@ -23,7 +23,8 @@
 //! `CC_BENCH_HEARTBEAT_SECS` (30), `CC_BENCH_IDLE_SECS` (two heartbeats),
 //! `CC_BENCH_PER_LOAD` (17000 agents per load process at most),
 //! `CC_BENCH_CONNECT_GATE` (64 handshakes in flight per load process),
-//! `CC_BENCH_ONLY` (`postgres` or `sqlite`; both by default).
+//! `CC_BENCH_ONLY` (`postgres`, `postgres-1` or `sqlite`; all three by
+//! default).
 //!
 //! Times cross processes as wall-clock microseconds (`SystemTime`): the
 //! load process stamps each `report_ack` as it arrives, the bench stamps
@@ -421,6 +422,8 @@ struct Figures {
     latencies: Vec<Duration>,
     jobs_time: Duration,
     fan_posted: Duration,
+    /// From the POST's answer to the first report acknowledged.
+    fan_first: Option<Duration>,
     fan_time: Duration,
     fan_stored: usize,
     fan_acked: usize,
@@ -572,6 +575,7 @@ fn sequential_jobs(
 /// What the fan-out measured.
 struct FanOut {
     posted: Duration,
+    first: Option<Duration>,
     time: Duration,
     stored: usize,
     acked: usize,
@@ -601,6 +605,8 @@ fn fan_out(
     .expect("POST /api/v1/runs: no answer within 900 s");
     assert_eq!(status, 202, "{body}");
     let posted = fan_started.elapsed();
+    let answered_us = now_us();
+    let mut first_at = u64::MAX;
     let answer: Value = serde_json::from_str(&body).unwrap();
     let run_id = answer["runId"].as_str().unwrap().to_owned();
     let mut wanted: HashSet<String> = answer["jobs"]
@@ -618,6 +624,7 @@ fn fan_out(
             Ok(Line::Ack(id, at)) => {
                 if wanted.remove(&id) {
                     last_at = last_at.max(at);
+                    first_at = first_at.min(at);
                 }
             }
             Ok(Line::Other(load, text)) => {
@@ -653,6 +660,9 @@ fn fan_out(
     };
     FanOut {
         posted,
+        // An ack stamped before the answer arrived counts as 0.
+        first: (first_at != u64::MAX)
+            .then(|| Duration::from_micros(first_at.saturating_sub(answered_us))),
         time,
         stored: stored(&run_id),
         acked: acks_wanted - wanted.len(),
@@ -738,8 +748,9 @@ fn measure(
     eprintln!("  fan-out to {agents}");
     let fan = fan_out(label, listeners, agents, &lines, &mut drops, stored);
     eprintln!(
-        "  FIGURE {label} fan-out: POST {:.2} s, all stored {:.2} s, {} acked, {} stored",
+        "  FIGURE {label} fan-out: POST {:.2} s, first ack {:?} after the answer, all stored {:.2} s, {} acked, {} stored",
         fan.posted.as_secs_f64(),
+        fan.first,
         fan.time.as_secs_f64(),
         fan.acked,
         fan.stored
@@ -772,6 +783,7 @@ fn measure(
         latencies,
         jobs_time,
         fan_posted: fan.posted,
+        fan_first: fan.first,
         fan_time: fan.time,
         fan_stored: fan.stored,
         fan_acked: fan.acked,
@@ -838,6 +850,13 @@ fn print(f: &Figures) {
         f.fan_stored,
         f.fan_acked
     );
+    match f.fan_first {
+        Some(d) => println!(
+            "  first report of the fan-out acknowledged {:.0} ms after the POST's answer (target <= 1000 ms)",
+            ms(d)
+        ),
+        None => println!("  no report of the fan-out was acknowledged"),
+    }
     println!(
         "  registrations in the listeners' logs: {} for {agents} agents; closed as silent for three heartbeat intervals: {}",
         f.registered, f.silent
@@ -885,9 +904,8 @@ fn listener_config(per_listener: usize, heartbeat_secs: u64) -> String {
     )
 }
 
-fn postgres_side() -> Option<Figures> {
-    let agents = env_or("CC_BENCH_AGENTS", 100_000) as usize;
-    let n = env_or("CC_BENCH_LISTENERS", 6).max(1) as usize;
+/// `agents` agents over `n` listeners sharing one PostgreSQL database.
+fn postgres_side(label: &str, agents: usize, n: usize) -> Option<Figures> {
     let heartbeat = env_or("CC_BENCH_HEARTBEAT_SECS", 30);
     let cluster = Cluster::start()?;
     let url = cluster.create_db("fleet");
@@ -918,9 +936,7 @@ fn postgres_side() -> Option<Figures> {
             .parse()
             .unwrap()
     };
-    let f = measure(
-        "postgres", &listeners, agents, &keys_file, keys_time, &stored,
-    );
+    let f = measure(label, &listeners, agents, &keys_file, keys_time, &stored);
     for (k, mut l) in listeners.into_iter().enumerate() {
         if !l.terminate().is_some_and(|s| s.success()) {
             eprintln!("listener {k} did not stop cleanly");
@@ -976,10 +992,23 @@ fn main() {
     }
     let only = std::env::var("CC_BENCH_ONLY").unwrap_or_default();
     let started = Instant::now();
-    if only.is_empty() || only == "postgres" {
-        match postgres_side() {
-            Some(f) => print(&f),
-            None => println!("fleet_multi [postgres]: skipped: no PostgreSQL server installed"),
+    let sqlite_agents = env_or("CC_BENCH_SQLITE_AGENTS", 19_000) as usize;
+    let sides = [
+        (
+            "postgres",
+            env_or("CC_BENCH_AGENTS", 100_000) as usize,
+            env_or("CC_BENCH_LISTENERS", 6).max(1) as usize,
+        ),
+        // The SQLite side's fleet on one PostgreSQL listener: what moving
+        // from SQLite to PostgreSQL costs a listener.
+        ("postgres-1", sqlite_agents, 1),
+    ];
+    for (label, agents, n) in sides {
+        if only.is_empty() || only == label {
+            match postgres_side(label, agents, n) {
+                Some(f) => print(&f),
+                None => println!("fleet_multi [{label}]: skipped: no PostgreSQL server installed"),
+            }
         }
     }
     if only.is_empty() || only == "sqlite" {

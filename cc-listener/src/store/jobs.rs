@@ -32,6 +32,9 @@ use super::{
     JobRow, JobSummary, NewJob, NewRun, Store, StoreError, conflict_on_constraint, json_list,
 };
 
+/// Jobs of a run stored per statement.
+const RUN_INSERT_ROWS: usize = 1000;
+
 /// Jobs handed to a spec-only agent per transaction.
 pub const TAKE_BATCH: i64 = 1000;
 
@@ -126,39 +129,69 @@ impl Store {
 
     /// Stores the jobs of `run` (just stored, its args as JSON `args`):
     /// with a batch, the first `batch` jobs are queued and the rest held.
+    /// [`RUN_INSERT_ROWS`] jobs per statement, passed as one JSON array:
+    /// a fan-out to 100,000 hosts is 100 round trips, not 100,000.
     pub(super) fn insert_run_jobs(
         tx: &mut dyn Sql,
         run: &NewRun,
         args: &str,
         jobs: &[NewJob],
     ) -> Result<()> {
-        for (i, job) in jobs.iter().enumerate() {
-            let held = run.batch.is_some_and(|b| i >= b as usize);
-            let status = if held {
-                JobStatus::Held
-            } else {
-                JobStatus::Queued
-            };
-            tx.exec(
+        let sql = match tx.dialect() {
+            crate::sql::Dialect::Postgres => {
                 "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status,
                                    created_ms, expires_ms, signed, run_id, submitter)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 SELECT e->>0, e->>1, ?2, ?3, ?4, e->>2, (e->>3)::bigint, (e->>4)::bigint, e->>5,
+                        ?5, ?6
+                 FROM jsonb_array_elements(CAST(?1 AS TEXT)::jsonb) WITH ORDINALITY AS t(e, n)
+                 ORDER BY t.n"
+            }
+            crate::sql::Dialect::Sqlite => {
+                "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status,
+                                   created_ms, expires_ms, signed, run_id, submitter)
+                 SELECT t.value ->> 0, t.value ->> 1, ?2, ?3, ?4, t.value ->> 2, t.value ->> 3,
+                        t.value ->> 4, t.value ->> 5, ?5, ?6
+                 FROM json_each(?1) AS t ORDER BY t.key"
+            }
+        };
+        for (chunk_no, chunk) in jobs.chunks(RUN_INSERT_ROWS).enumerate() {
+            let rows: Vec<serde_json::Value> = chunk
+                .iter()
+                .enumerate()
+                .map(|(k, job)| {
+                    let held = run
+                        .batch
+                        .is_some_and(|b| chunk_no * RUN_INSERT_ROWS + k >= b as usize);
+                    let status = if held {
+                        JobStatus::Held
+                    } else {
+                        JobStatus::Queued
+                    };
+                    let expires = if held { i64::MAX } else { job.expires_ms };
+                    serde_json::json!([
+                        job.job_id,
+                        job.hostname,
+                        status.as_str(),
+                        job.created_ms,
+                        expires,
+                        job.signed
+                    ])
+                })
+                .collect();
+            let rows = serde_json::to_string(&rows)?;
+            tx.exec(
+                sql,
                 &p![
-                    job.job_id,
-                    job.hostname,
+                    rows,
                     run.command,
                     args,
                     run.timeout_secs,
-                    status,
-                    job.created_ms,
-                    if held { i64::MAX } else { job.expires_ms },
-                    job.signed,
                     run.run_id,
                     run.submitter
                 ],
             )
             .map_err(|e| {
-                conflict_on_constraint(e, || format!("a job {} exists already", job.job_id))
+                conflict_on_constraint(e, || format!("a job of run {} exists already", run.run_id))
             })?;
         }
         Ok(())
@@ -174,16 +207,20 @@ impl Store {
         report_row: i64,
         now_ms: i64,
     ) -> Result<(bool, Vec<String>)> {
+        // The job's run, and whether that run has a batch, come back with
+        // the change: a run without one (a fan-out) needs nothing more.
         let settling = tx.one(
             "UPDATE jobs SET status = ?4, finished_ms = ?3, report_id = ?2
              WHERE job_id = ?1 AND report_id IS NULL
-             RETURNING run_id",
+             RETURNING run_id,
+                       (SELECT r.batch FROM runs r WHERE r.run_id = jobs.run_id) IS NOT NULL",
             &p![job_id, report_row, now_ms, JobStatus::Done],
         )?;
         let settled = settling.is_some();
         // A place in its run's batch may be free now.
         let run: Option<String> = match settling {
-            Some(r) => r.get(0)?,
+            Some(r) if r.get::<bool>(1)? => r.get(0)?,
+            Some(_) => None,
             None => scalar(tx, "SELECT run_id FROM jobs WHERE job_id = ?1", &p![job_id])?,
         };
         let released = match run {
@@ -303,29 +340,28 @@ impl Store {
         if room == 0 {
             return Ok(Vec::new());
         }
-        let rows = tx
+        // One statement: the oldest queued jobs, each moved only if it is
+        // still queued when its row lock is had (another listener's
+        // connection may have taken it meanwhile: it is not handed over
+        // twice). A queued job has no report yet.
+        let mut taken = tx
             .query(
-                &format!(
-                    "{JOB_SELECT} WHERE j.hostname = ?1 AND j.status = ?4 AND j.expires_ms > ?2
-                     ORDER BY j.rowid LIMIT ?3"
-                ),
-                &p![hostname, now_ms, room, JobStatus::Queued],
+                "UPDATE jobs SET status = ?5, sent_ms = ?2
+                 WHERE job_id IN (SELECT job_id FROM jobs
+                                  WHERE hostname = ?1 AND status = ?4 AND expires_ms > ?2
+                                  ORDER BY rowid LIMIT ?3)
+                   AND status = ?4
+                 RETURNING job_id, hostname, command, args, timeout_secs, status, created_ms,
+                           expires_ms, sent_ms, finished_ms, CAST(NULL AS TEXT), signed,
+                           submitter, rowid",
+                &p![hostname, now_ms, room, JobStatus::Queued, JobStatus::Sent],
             )?
             .iter()
-            .map(job_row)
+            .map(|r| Ok((r.get::<i64>(13)?, job_row(r)?)))
             .collect::<Result<Vec<_>>>()?;
-        let mut taken = Vec::with_capacity(rows.len());
-        for job in rows {
-            // Only what this transaction moved is handed over.
-            let moved = tx.exec(
-                "UPDATE jobs SET status = ?3, sent_ms = ?2 WHERE job_id = ?1 AND status = ?4",
-                &p![job.job_id, now_ms, JobStatus::Sent, JobStatus::Queued],
-            )?;
-            if moved == 1 {
-                taken.push(job);
-            }
-        }
-        Ok(taken)
+        // `RETURNING` gives no order: submission order is the rowid's.
+        taken.sort_by_key(|(rowid, _)| *rowid);
+        Ok(taken.into_iter().map(|(_, job)| job).collect())
     }
 
     /// Hosts with queued, unexpired jobs.

@@ -204,16 +204,23 @@ impl Store {
         }
         self.write_with(flush, |tx| {
             let mut outs = Vec::with_capacity(n);
+            // One round trip between two writes: the savepoint of one is
+            // released and the next one's made together.
+            tx.batch("SAVEPOINT write_op")?;
             for i in 0..n {
-                tx.batch("SAVEPOINT write_op")?;
+                let next = if i + 1 < n {
+                    "; SAVEPOINT write_op"
+                } else {
+                    ""
+                };
                 match apply(tx, i) {
                     Ok(o) => {
-                        tx.batch("RELEASE write_op")?;
+                        tx.batch(&format!("RELEASE write_op{next}"))?;
                         outs.push(Ok(o));
                     }
                     Err(e) => {
                         // Undoes this write only.
-                        tx.batch("ROLLBACK TO write_op; RELEASE write_op")?;
+                        tx.batch(&format!("ROLLBACK TO write_op; RELEASE write_op{next}"))?;
                         outs.push(Err(e));
                     }
                 }
