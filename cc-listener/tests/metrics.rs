@@ -456,7 +456,7 @@ fn counts_the_store_and_labels_nothing_else(m: &Parsed) {
     for s in &m.scrape.samples {
         for (k, v) in s.labels.iter() {
             assert!(
-                ["mode", "state", "kind", "reason", "channel"].contains(&k.as_str()),
+                ["mode", "state", "kind", "reason", "channel", "phase"].contains(&k.as_str()),
                 "{}: label {k}",
                 s.metric
             );
