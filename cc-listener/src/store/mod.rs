@@ -194,6 +194,10 @@ enum Backend {
     },
 }
 
+/// Set at the start of every PostgreSQL write transaction (same round trip
+/// as its `BEGIN`).
+const CUSTOM_PLANS: &str = "SET LOCAL plan_cache_mode = force_custom_plan";
+
 /// How many times a PostgreSQL write transaction that met another
 /// (deadlock) runs again before its error is returned.
 const RETRIES: u32 = 5;
@@ -430,11 +434,16 @@ impl Store {
                     reconnect_if_closed(&mut conn, url)?;
                     let mut committing = began;
                     let attempt = (|| {
+                        // Plans made for these values and the tables as
+                        // they are now: a generic plan kept from when the
+                        // tables were small scanned every queued job per
+                        // hand-over in a fan-out (the listener's statements
+                        // are prepared once and live as long as it).
                         let mut tx = match flush {
-                            Flush::Wait => conn.transaction("")?,
-                            Flush::Later => {
-                                conn.transaction("SET LOCAL synchronous_commit = off")?
-                            }
+                            Flush::Wait => conn.transaction(CUSTOM_PLANS)?,
+                            Flush::Later => conn.transaction(&format!(
+                                "{CUSTOM_PLANS}; SET LOCAL synchronous_commit = off"
+                            ))?,
                         };
                         let out = f(&mut *tx)?;
                         committing = std::time::Instant::now();

@@ -342,20 +342,69 @@ pub struct Writer(mpsc::Sender<Box<dyn Waiting>>);
 /// Most writes one transaction takes.
 pub const MAX_GROUP: usize = 512;
 
+/// The writes the writer has taken from its queue, in two lines: those
+/// somebody is told about (reports, registrations: an agent waits for its
+/// `report_ack`) go into the next group before hand-overs, which nobody
+/// waits on ([`GroupWrite::may_be_lost`]). A fan-out queues a hand-over
+/// per host at once; without this, the first report of it waited behind
+/// every one of them. Hand-overs are not starved: reports come only from
+/// jobs handed over.
+#[derive(Default)]
+struct Lines {
+    told: std::collections::VecDeque<Box<dyn Waiting>>,
+    untold: std::collections::VecDeque<Box<dyn Waiting>>,
+}
+
+impl Lines {
+    fn push(&mut self, w: Box<dyn Waiting>) {
+        if w.may_be_lost() {
+            self.untold.push_back(w);
+        } else {
+            self.told.push_back(w);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.told.is_empty() && self.untold.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.told.len() + self.untold.len()
+    }
+
+    /// Up to [`MAX_GROUP`] writes, the told ones first, each line in the
+    /// order it came.
+    fn next_group(&mut self) -> Vec<Box<dyn Waiting>> {
+        let n = self.told.len().min(MAX_GROUP);
+        let mut group: Vec<_> = self.told.drain(..n).collect();
+        let rest = (MAX_GROUP - group.len()).min(self.untold.len());
+        group.extend(self.untold.drain(..rest));
+        group
+    }
+}
+
 impl Writer {
     /// `on_commit` is told each group's time (its transaction and
     /// commit), its size, and how long its oldest write waited for it.
     pub fn spawn(db: Db, on_commit: impl Fn(Duration, usize, Duration) + Send + 'static) -> Self {
         let (tx, mut rx) = mpsc::channel::<Box<dyn Waiting>>(4 * MAX_GROUP);
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut group = vec![first];
-                while group.len() < MAX_GROUP {
+            let mut waiting = Lines::default();
+            loop {
+                if waiting.is_empty() {
+                    match rx.recv().await {
+                        Some(w) => waiting.push(w),
+                        None => break,
+                    }
+                }
+                // Bounded as the queue is: a caller still waits for room.
+                while waiting.len() < 4 * MAX_GROUP {
                     match rx.try_recv() {
-                        Ok(w) => group.push(w),
+                        Ok(w) => waiting.push(w),
                         Err(_) => break,
                     }
                 }
+                let group = waiting.next_group();
                 let (n, started) = (group.len(), Instant::now());
                 let waited = group
                     .iter()

@@ -3,3 +3,6 @@
 -- SQLite has one writer, whose ids are already in commit order: 0.
 ALTER TABLE events ADD COLUMN tx INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX events_by_tx ON events (tx, id);
+-- As PostgreSQL's migration 10: the holder check names host and listener.
+DROP INDEX agents_by_listener;
+CREATE INDEX agents_by_listener ON agents (listener, hostname);
