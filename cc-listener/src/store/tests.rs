@@ -12,6 +12,7 @@ mod jobs;
 mod keys;
 mod notify;
 mod operators;
+mod ordering;
 mod reports;
 mod schedules;
 mod schema;
