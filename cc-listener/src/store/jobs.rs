@@ -343,14 +343,16 @@ impl Store {
         // One statement: the oldest queued jobs, each moved only if it is
         // still queued when its row lock is had (another listener's
         // connection may have taken it meanwhile: it is not handed over
-        // twice). A queued job has no report yet.
+        // twice). A queued job has no report yet. The host named outside
+        // the subquery too: SQLite otherwise walked every queued job by
+        // the status index, per hand-over (a fan-out to 19,000: 32 s).
         let mut taken = tx
             .query(
                 "UPDATE jobs SET status = ?5, sent_ms = ?2
                  WHERE job_id IN (SELECT job_id FROM jobs
                                   WHERE hostname = ?1 AND status = ?4 AND expires_ms > ?2
                                   ORDER BY rowid LIMIT ?3)
-                   AND status = ?4
+                   AND hostname = ?1 AND status = ?4
                  RETURNING job_id, hostname, command, args, timeout_secs, status, created_ms,
                            expires_ms, sent_ms, finished_ms, CAST(NULL AS TEXT), signed,
                            submitter, rowid",
