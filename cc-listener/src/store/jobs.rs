@@ -568,7 +568,7 @@ const JOB_SELECT: &str = "SELECT j.job_id, j.hostname, j.command, j.args, j.time
     j.created_ms, j.expires_ms, j.sent_ms, j.finished_ms, r.payload, j.signed, j.submitter
     FROM jobs j LEFT JOIN reports r ON r.id = j.report_id";
 
-fn job_row(r: &Row) -> Result<JobRow> {
+pub(super) fn job_row(r: &Row) -> Result<JobRow> {
     Ok(JobRow {
         job_id: r.get(0)?,
         hostname: r.get(1)?,

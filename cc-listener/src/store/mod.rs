@@ -38,6 +38,7 @@ use crate::sql::{Lite, PgConn, Sql, p};
 
 mod agents;
 mod audit;
+mod batch;
 mod copy;
 mod error;
 mod events;

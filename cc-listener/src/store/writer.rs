@@ -164,34 +164,65 @@ impl Store {
     /// fsync — for writes that arrive together (group commit). Each runs
     /// in its own savepoint: one that fails is undone alone and gets its
     /// error; the others commit. If the commit itself fails, that is the
-    /// error, and none happened. [`Writer`] groups writes of every kind.
-    pub fn write_batch<W: GroupWrite>(
+    /// error, and none happened. [`Writer`] groups writes of every kind;
+    /// this runs a group as it does (on PostgreSQL, the set-based pass
+    /// first), answering each write's error as a [`StoreError`].
+    pub fn write_batch<W: GroupWrite + Clone>(
         &self,
         writes: &[W],
         now_ms: i64,
     ) -> Result<Vec<Result<W::Out>>> {
         let flush = flush_for(writes.iter().all(GroupWrite::may_be_lost));
-        self.grouped(flush, writes.len(), |tx, i| {
-            writes[i].apply(self, tx, now_ms)
-        })
+        let (mut group, answers): (Vec<_>, Vec<_>) =
+            writes.iter().map(|w| enqueue(w.clone())).unzip();
+        let set_based = self.dialect() == crate::sql::Dialect::Postgres;
+        let outs = self.grouped_with(
+            flush,
+            writes.len(),
+            &mut group,
+            |group, tx| {
+                if set_based {
+                    set_pass(self, tx, group, now_ms)
+                } else {
+                    Ok(Vec::new())
+                }
+            },
+            |group, tx, i| group[i].apply(self, tx, now_ms),
+        )?;
+        Ok(group
+            .into_iter()
+            .zip(outs)
+            .zip(answers)
+            .map(|((pending, own), mut answer)| {
+                pending.answer(own.map_err(|e| StoreError::of(&e)));
+                match answer.try_recv() {
+                    Ok(out) => out.map_err(anyhow::Error::new),
+                    Err(_) => Err(anyhow::anyhow!("the write was not answered")),
+                }
+            })
+            .collect())
     }
 
-    /// Runs `apply(tx, i)` for each `i` below `n` in one transaction. Each
-    /// runs in its own savepoint: one that fails is undone alone and gets
-    /// its error; the others commit. If the commit itself fails, that is
-    /// the error, and none happened. A group of one needs no savepoint
-    /// (two round trips to PostgreSQL fewer): if it fails, the transaction
-    /// is rolled back.
-    fn grouped<R>(
+    /// Runs `apply(state, tx, i)` for each `i` below `n` in one
+    /// transaction, after `first`, which may answer some of the writes
+    /// itself (entry `i` of what it returns, `Some`). Each other write runs
+    /// in its own savepoint: one that fails is undone alone and gets its
+    /// error; the others commit. If the commit itself fails, that is the
+    /// error, and none happened. A group of one needs no savepoint (two
+    /// round trips to PostgreSQL fewer): if it fails, the transaction is
+    /// rolled back.
+    fn grouped_with<S, R>(
         &self,
         flush: Flush,
         n: usize,
-        mut apply: impl FnMut(&mut dyn Sql, usize) -> Result<R>,
+        state: &mut S,
+        mut first: impl FnMut(&mut S, &mut dyn Sql) -> Result<Vec<Option<Result<R>>>>,
+        mut apply: impl FnMut(&mut S, &mut dyn Sql, usize) -> Result<R>,
     ) -> Result<Vec<Result<R>>> {
         if n == 1 {
             let mut failed = None;
             let out = self.write_with(flush, |tx| {
-                apply(tx, 0).map_err(|e| {
+                apply(state, tx, 0).map_err(|e| {
                     failed = Some(e);
                     anyhow::anyhow!("undone")
                 })
@@ -203,29 +234,36 @@ impl Store {
             };
         }
         self.write_with(flush, |tx| {
-            let mut outs = Vec::with_capacity(n);
+            let mut outs: Vec<Option<Result<R>>> = first(state, tx)?;
+            outs.resize_with(n, || None);
+            let rest: Vec<usize> = (0..n).filter(|&i| outs[i].is_none()).collect();
             // One round trip between two writes: the savepoint of one is
             // released and the next one's made together.
-            tx.batch("SAVEPOINT write_op")?;
-            for i in 0..n {
-                let next = if i + 1 < n {
+            if !rest.is_empty() {
+                tx.batch("SAVEPOINT write_op")?;
+            }
+            for (k, &i) in rest.iter().enumerate() {
+                let next = if k + 1 < rest.len() {
                     "; SAVEPOINT write_op"
                 } else {
                     ""
                 };
-                match apply(tx, i) {
+                match apply(state, tx, i) {
                     Ok(o) => {
                         tx.batch(&format!("RELEASE write_op{next}"))?;
-                        outs.push(Ok(o));
+                        outs[i] = Some(Ok(o));
                     }
                     Err(e) => {
                         // Undoes this write only.
                         tx.batch(&format!("ROLLBACK TO write_op; RELEASE write_op{next}"))?;
-                        outs.push(Err(e));
+                        outs[i] = Some(Err(e));
                     }
                 }
             }
-            Ok(outs)
+            Ok(outs
+                .into_iter()
+                .map(|o| o.unwrap_or_else(|| Err(anyhow::anyhow!("the write was not applied"))))
+                .collect())
         })
     }
 }
@@ -277,6 +315,12 @@ pub(super) trait Waiting: Send {
     fn since(&self) -> Instant;
     /// Applies the write in the group's transaction and keeps its answer.
     fn apply(&mut self, store: &Store, tx: &mut dyn Sql, now_ms: i64) -> Result<()>;
+    /// The write itself, for the set-based pass to recognise
+    /// ([`super::batch`]).
+    fn write_any(&self) -> &dyn std::any::Any;
+    /// Keeps `out`, the answer the set-based pass gave (a `W::Out`);
+    /// false if it is not of this write's kind.
+    fn set_out(&mut self, out: Box<dyn std::any::Any>) -> bool;
     /// Answers the caller once the group is over: `own` is the write's own
     /// failure, or the group's.
     fn answer(self: Box<Self>, own: Result<(), StoreError>);
@@ -289,6 +333,20 @@ impl<W: GroupWrite> Waiting for Queued<W> {
 
     fn since(&self) -> Instant {
         self.since
+    }
+
+    fn write_any(&self) -> &dyn std::any::Any {
+        &self.write
+    }
+
+    fn set_out(&mut self, out: Box<dyn std::any::Any>) -> bool {
+        match out.downcast::<W::Out>() {
+            Ok(o) => {
+                self.out = Some(*o);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     fn apply(&mut self, store: &Store, tx: &mut dyn Sql, now_ms: i64) -> Result<()> {
@@ -314,7 +372,21 @@ type Answers = Vec<(Box<dyn Waiting>, Result<(), StoreError>)>;
 fn commit_group(store: &Store, mut group: Vec<Box<dyn Waiting>>, now_ms: i64) -> Answers {
     let flush = flush_for(group.iter().all(|p| p.may_be_lost()));
     let n = group.len();
-    match store.grouped(flush, n, |tx, i| group[i].apply(store, tx, now_ms)) {
+    let set_based = store.dialect() == crate::sql::Dialect::Postgres;
+    let done = store.grouped_with(
+        flush,
+        n,
+        &mut group,
+        |group, tx| {
+            if set_based {
+                set_pass(store, tx, group, now_ms)
+            } else {
+                Ok(Vec::new())
+            }
+        },
+        |group, tx, i| group[i].apply(store, tx, now_ms),
+    );
+    match done {
         Ok(outs) => group
             .into_iter()
             .zip(outs)
@@ -328,6 +400,72 @@ fn commit_group(store: &Store, mut group: Vec<Box<dyn Waiting>>, now_ms: i64) ->
                 .collect()
         }
     }
+}
+
+/// The group's reports of jobs and hand-overs in a few set-based
+/// statements ([`super::batch`]), in a savepoint: if they fail, nothing of
+/// them stays and every write goes one by one. Returns, per write, its
+/// answer when this pass gave one.
+fn set_pass(
+    store: &Store,
+    tx: &mut dyn Sql,
+    group: &mut [Box<dyn Waiting>],
+    now_ms: i64,
+) -> Result<Vec<Option<Result<()>>>> {
+    let reports: Vec<(usize, &ReportWrite)> = group
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| w.write_any().downcast_ref::<ReportWrite>().map(|r| (i, r)))
+        .collect();
+    let takes: Vec<(usize, &TakeWrite)> = group
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| w.write_any().downcast_ref::<TakeWrite>().map(|t| (i, t)))
+        .collect();
+    if reports.len() + takes.len() < 2 {
+        return Ok(Vec::new());
+    }
+    tx.batch("SAVEPOINT set_pass")?;
+    let attempt = (|| -> Result<_> {
+        let r: Vec<&ReportWrite> = reports.iter().map(|(_, w)| *w).collect();
+        let r_out = super::batch::reports(tx, &r, now_ms)?;
+        let t_out = match store.holder.as_deref() {
+            Some(me) => {
+                let t: Vec<&TakeWrite> = takes.iter().map(|(_, w)| *w).collect();
+                let reported: std::collections::HashSet<&str> =
+                    r.iter().map(|w| w.hostname.as_str()).collect();
+                super::batch::takes(tx, me, &t, &reported, now_ms)?
+            }
+            None => takes.iter().map(|_| None).collect(),
+        };
+        Ok((r_out, t_out))
+    })();
+    let (r_out, t_out) = match attempt {
+        Ok(outs) => {
+            tx.batch("RELEASE set_pass")?;
+            outs
+        }
+        Err(_) => {
+            tx.batch("ROLLBACK TO set_pass; RELEASE set_pass")?;
+            return Ok(Vec::new());
+        }
+    };
+    let r_idx: Vec<usize> = reports.iter().map(|(i, _)| *i).collect();
+    let t_idx: Vec<usize> = takes.iter().map(|(i, _)| *i).collect();
+    let mut outs: Vec<Option<Result<()>>> = (0..group.len()).map(|_| None).collect();
+    for (i, d) in r_idx.into_iter().zip(r_out) {
+        outs[i] = d.map(|r| r.map(|o| keep(&mut group[i], o)));
+    }
+    for (i, d) in t_idx.into_iter().zip(t_out) {
+        outs[i] = d.map(|r| r.map(|o| keep(&mut group[i], o)));
+    }
+    Ok(outs)
+}
+
+/// Keeps `out` as the answer of `w` (which the set-based pass answered).
+fn keep<T: Send + 'static>(w: &mut Box<dyn Waiting>, out: T) {
+    let kept = w.set_out(Box::new(out));
+    debug_assert!(kept, "an answer of another kind");
 }
 
 /// Group commit for the writes connections make at a high rate (reports,
