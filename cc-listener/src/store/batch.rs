@@ -148,9 +148,9 @@ pub(super) fn reports(
     for &i in &new {
         let w = writes[i];
         let key = (w.hostname.as_str().to_owned(), w.dedupe_key.clone());
-        let id = *id_of
-            .get(&key)
-            .ok_or_else(|| StoreError::Backend("a stored report came back without its id".into()))?;
+        let id = *id_of.get(&key).ok_or_else(|| {
+            StoreError::Backend("a stored report came back without its id".into())
+        })?;
         settle.push((w.job_id.as_str().to_owned(), id));
     }
     let mut by_job: Vec<&(String, i64)> = settle.iter().collect();
@@ -162,7 +162,12 @@ pub(super) fn reports(
          RETURNING jobs.job_id, jobs.run_id,
                    (SELECT r.batch FROM runs r WHERE r.run_id = jobs.run_id) IS NOT NULL",
         &p![
-            serde_json::to_string(&by_job.iter().map(|(j, r)| json!([j, r])).collect::<Vec<_>>())?,
+            serde_json::to_string(
+                &by_job
+                    .iter()
+                    .map(|(j, r)| json!([j, r]))
+                    .collect::<Vec<_>>()
+            )?,
             now_ms,
             JobStatus::Done
         ],
@@ -182,11 +187,8 @@ pub(super) fn reports(
     for &i in &new {
         let job = writes[i].job_id.as_str();
         if !settled.contains(job) {
-            let run: Option<String> = crate::sql::scalar(
-                tx,
-                "SELECT run_id FROM jobs WHERE job_id = ?1",
-                &p![job],
-            )?;
+            let run: Option<String> =
+                crate::sql::scalar(tx, "SELECT run_id FROM jobs WHERE job_id = ?1", &p![job])?;
             if let Some(run) = run {
                 batched_runs.insert(run, ());
             }

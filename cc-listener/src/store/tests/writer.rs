@@ -202,3 +202,139 @@ fn only_hand_overs_commit_without_waiting_for_the_disk() {
         assert_eq!(setting(Flush::Wait), "on", "for that transaction only");
     }
 }
+
+/// On PostgreSQL a group's plain reports of jobs and its hand-overs go
+/// through the set-based pass (`store/batch.rs`); on SQLite one by one.
+/// Both give every write the same answer: jobs handed out oldest first
+/// within each window, a stale connection told the agent moved,
+/// duplicates and quota decided in the group's order, jobs settled once.
+#[test]
+fn the_set_based_pass_answers_as_one_by_one() {
+    for (_guard, s) in stores() {
+        let s = s.held_as("l-a").unwrap();
+        for (host, conn) in [("a", 1), ("b", 2), ("c", 3), ("d", 4)] {
+            let op = RegisterWrite {
+                info: agent_info(host),
+                conn,
+            };
+            assert!(s.write_batch(&[op], 1).unwrap()[0].is_ok());
+        }
+        for (id, host) in [
+            ("a1", "a"),
+            ("a2", "a"),
+            ("a3", "a"),
+            ("b1", "b"),
+            ("d1", "d"),
+        ] {
+            s.create_job(&queued(id.into(), host)).unwrap();
+        }
+        let take = |host: &str, window, conn| TakeWrite {
+            hostname: h(host),
+            window,
+            conn,
+        };
+        let takes = s
+            .write_batch(
+                &[
+                    take("a", Some(2), 1),
+                    take("b", None, 2),
+                    take("c", Some(1), 3),
+                    take("d", Some(1), 9),
+                ],
+                2,
+            )
+            .unwrap();
+        let ids = |r: &anyhow::Result<Vec<JobRow>>| -> Vec<String> {
+            r.as_ref()
+                .unwrap()
+                .iter()
+                .map(|j| j.job_id.clone())
+                .collect()
+        };
+        assert_eq!(ids(&takes[0]), ["a1", "a2"]);
+        assert_eq!(ids(&takes[1]), ["b1"]);
+        assert!(ids(&takes[2]).is_empty());
+        let moved = takes[3].as_ref().unwrap_err().downcast_ref::<StoreError>();
+        assert_eq!(moved, Some(&StoreError::Moved("d".into())));
+        assert_eq!(s.get_job("d1").unwrap().unwrap().status, JobStatus::Queued);
+        // A report stored before the group: the group's copy is a duplicate.
+        let limits = ReportLimits {
+            quota_bytes: 25,
+            unmatched: 10,
+        };
+        let old = ReportWrite {
+            hostname: h("a"),
+            job_id: j("a3"),
+            dedupe_key: "kdup".into(),
+            payload: "{}".into(),
+            limits,
+        };
+        assert_eq!(
+            s.write_batch(&[old.clone()], 3).unwrap()[0]
+                .as_ref()
+                .unwrap()
+                .stored,
+            Stored::New
+        );
+        let report = |host: &str, job: &str, key: &str| ReportWrite {
+            hostname: h(host),
+            job_id: j(job),
+            dedupe_key: key.into(),
+            payload: r#"{"a":1234}"#.into(),
+            limits,
+        };
+        let outs = s
+            .write_batch(
+                &[
+                    report("a", "a1", "ka1"),
+                    report("b", "b1", "kb1"),
+                    report("a", "a2", "ka2"),
+                    report("a", "a3", "ka3"),
+                    old,
+                ],
+                4,
+            )
+            .unwrap();
+        let got: Vec<(Stored, Option<NewReport>)> = outs
+            .iter()
+            .map(|o| {
+                let o = o.as_ref().unwrap();
+                (o.stored, o.new)
+            })
+            .collect();
+        let job = cc_proto::wire::ReportKind::Job;
+        assert_eq!(
+            got,
+            [
+                (Stored::New, Some((job, true))),
+                (Stored::New, Some((job, true))),
+                (Stored::New, Some((job, true))),
+                (
+                    Stored::Refused(Refusal::Quota {
+                        used: 22,
+                        size: 10,
+                        quota: 25
+                    }),
+                    None
+                ),
+                (Stored::Duplicate, None),
+            ]
+        );
+        for id in ["a1", "a2", "a3", "b1"] {
+            assert_eq!(
+                s.get_job(id).unwrap().unwrap().status,
+                JobStatus::Done,
+                "{id}"
+            );
+        }
+        assert_eq!(s.usage("a").unwrap().bytes, 22);
+        assert_eq!(s.usage("b").unwrap().bytes, 10);
+        let done = s
+            .events(0, &EventFilter::default(), 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.status == "done")
+            .count();
+        assert_eq!(done, 4, "one done event per job");
+    }
+}
