@@ -2,8 +2,10 @@
 //! that another one changed something it must act on.
 //!
 //! The store's trigger notifies, after each commit, `cc_jobs` with the
-//! hostname of every job that became queued, and `cc_events` once per
-//! transaction that changed a job's state (see the PostgreSQL schema in
+//! hostname of every job that became queued — or, when one statement
+//! queued jobs for more than 64 hosts (a fan-out), once with no hostname:
+//! then the listener reads the hosts with queued jobs from the table — and
+//! `cc_events` once per statement that changed a job's state (see the PostgreSQL schema in
 //! `store/migrations/postgres/`). One thread per listener holds a connection that `LISTEN`s
 //! on both: a job for a host whose agent this listener holds is handed
 //! over at once ([`Hub::nudge`](crate::hub::Hub::nudge); hosts it does not
@@ -82,7 +84,14 @@ fn listen(url: &str, state: &AppState, shutdown: &watch::Receiver<bool>) -> anyh
             match note.channel() {
                 "cc_jobs" => {
                     state.metrics.notification(Channel::Jobs);
-                    state.hub.nudge(note.payload());
+                    match note.payload() {
+                        // Jobs queued for many hosts at once (a fan-out):
+                        // one notification, the hosts read from the table.
+                        "" => reconcile(state),
+                        host => {
+                            state.hub.nudge(host);
+                        }
+                    }
                 }
                 "cc_events" => {
                     state.metrics.notification(Channel::Events);

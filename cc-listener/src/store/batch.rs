@@ -122,12 +122,27 @@ pub(super) fn reports(
          SELECT x.e->>0, x.e->>1, x.e->>2, ?2, ?3, x.e->>3, (x.e->>4)::bigint
          FROM jsonb_array_elements(CAST(?1 AS TEXT)::jsonb) WITH ORDINALITY AS x(e, n)
          ORDER BY x.n
+         ON CONFLICT (hostname, dedupe_key) DO NOTHING
          RETURNING id, hostname, dedupe_key",
         &p![serde_json::to_string(&rows)?, ReportKind::Job, now_ms],
     )?;
     let mut id_of: HashMap<(String, String), i64> = HashMap::new();
     for r in &ids {
         id_of.insert((r.get(1)?, r.get(2)?), r.get(0)?);
+    }
+    // One another listener stored since step 1 (the agent sent it to both,
+    // reconnecting) is a duplicate here, as it is one by one.
+    new.retain(|&i| {
+        let w = writes[i];
+        let key = (w.hostname.as_str().to_owned(), w.dedupe_key.clone());
+        let stored = id_of.contains_key(&key);
+        if !stored {
+            out[i] = Some(Ok(ReportOutcome::not_new(Stored::Duplicate)));
+        }
+        stored
+    });
+    if new.is_empty() {
+        return Ok(out);
     }
     // 4. Each host's usage, once, in hostname order (two listeners' groups
     // lock the rows they share in the same order).

@@ -22,7 +22,8 @@
 //! (every change of a job's status, with the table of them), `runs`,
 //! `reports` (quota, pruning), `events`, `operators` (tokens kept hashed),
 //! `audit` (the audit log's hash chain). Beside them: `writer` (group
-//! commit, [`Writer`]), `copy` (`cc-listener migrate`), `schema` (the
+//! commit, [`Writer`]), `batch` (a group's common writes as set-based
+//! statements on PostgreSQL), `copy` (`cc-listener migrate`), `schema` (the
 //! numbered migrations of each engine, `migrations/`), `error`
 //! ([`StoreError`]), `types` (rows and outcomes), and `fixtures` (seeding
 //! for tests and benchmarks, feature `fixtures`).

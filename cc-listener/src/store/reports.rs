@@ -86,12 +86,20 @@ impl Store {
                 quota: limits.quota_bytes,
             })));
         }
-        let report_row: i64 = scalar(
-            tx,
-            "INSERT INTO reports (hostname, job_id, dedupe_key, kind, received_ms, payload, size)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
-            &p![hostname, job_id, dedupe_key, kind, now_ms, payload, size],
-        )?;
+        // Another listener may have stored it since the read above (the
+        // agent sent it to both, reconnecting): then it is a duplicate.
+        let Some(report_row) = tx
+            .one(
+                "INSERT INTO reports (hostname, job_id, dedupe_key, kind, received_ms, payload, size)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (hostname, dedupe_key) DO NOTHING RETURNING id",
+                &p![hostname, job_id, dedupe_key, kind, now_ms, payload, size],
+            )?
+            .map(|r| r.get::<i64>(0))
+            .transpose()?
+        else {
+            return Ok(ReportOutcome::not_new(Stored::Duplicate));
+        };
         let mut released = Vec::new();
         let mut settled = false;
         tx.exec(

@@ -8,10 +8,16 @@
 //! follows its starting event (nothing missed, nothing twice, in the same
 //! order), each job must have been handed out once, and settled once.
 //!
-//! 4,000 jobs, not the 10,000 of the issue: with 10,000 the test took over
-//! two minutes in a debug build on two cores (the writes alone about 50 s),
-//! and 4,000 keep it near 45 s. Without the write lock it still fails
-//! every time (about one stream in ten misses events).
+//! 10,000 jobs, as the issue asks: about 73 s in a debug build on two
+//! cores (the writes 22 s, since a group's reports are set-based
+//! statements; before that the writes alone took about 50 s). With the
+//! reader's horizon removed (no lock either) it fails every time, about
+//! one stream in seven missing events.
+//!
+//! One job in four is reported by every store with the same key (an agent
+//! that sent its report to two listeners while reconnecting): it is stored
+//! once, a duplicate elsewhere, and never an error (seen failing before
+//! the insert was `ON CONFLICT DO NOTHING`: a unique violation).
 //!
 //! A write that deadlocks with another listener's (possible once writes
 //! no longer take turns) is done again, as an agent resends a report
@@ -28,7 +34,7 @@ use super::*;
 /// Listeners sharing the database.
 const LISTENERS: usize = 3;
 const HOSTS: usize = 50;
-const JOBS: usize = 4_000;
+const JOBS: usize = 10_000;
 const STREAMS: usize = 1_000;
 const STREAM_THREADS: usize = 8;
 /// Largest page a stream asks for (each read asks for 1 to this many).
@@ -319,7 +325,7 @@ fn settle(
             .into_iter()
             .map(|(job, hst)| ReportWrite {
                 hostname: h(&hst),
-                dedupe_key: format!("{job}-l{me}"),
+                dedupe_key: dedupe_key(&job, me),
                 payload: format!(r#"{{"jobId":"{job}","exitCode":0,"durationMs":5}}"#),
                 job_id: j(&job),
                 limits: ReportLimits::default(),
@@ -337,7 +343,11 @@ fn settle(
                     w.limits,
                 )
             });
-            assert_eq!(stored, Stored::New, "{}", w.dedupe_key);
+            assert!(
+                stored_once(stored, &w.dedupe_key),
+                "{stored:?} {}",
+                w.dedupe_key
+            );
             writes.clear();
         }
         for _ in 0..MAX_RETRIES {
@@ -351,7 +361,8 @@ fn settle(
             for (w, out) in writes.into_iter().zip(outs) {
                 match out {
                     Ok(o) => {
-                        assert_eq!(o.stored, Stored::New, "{}", w.dedupe_key);
+                        let key = &w.dedupe_key;
+                        assert!(stored_once(o.stored, key), "{:?} {key}", o.stored);
                         if o.new.is_some_and(|(_, settled)| settled) {
                             *settled_by_me.entry(w.job_id.to_string()).or_default() += 1;
                         }
@@ -370,6 +381,28 @@ fn settle(
         shared.advance(n);
     }
     settled_by_me
+}
+
+/// The report's key: one job in four is reported by every store with the
+/// same key (an agent that sent it to two listeners, reconnecting), the
+/// others with a key of the store's own.
+fn dedupe_key(job: &str, me: usize) -> String {
+    if job.bytes().map(usize::from).sum::<usize>() % 4 == 0 {
+        format!("{job}-same")
+    } else {
+        format!("{job}-l{me}")
+    }
+}
+
+/// A report with its own key is new; one sent to several stores with the
+/// same key is new at one of them and a duplicate at the others — never a
+/// failure.
+fn stored_once(stored: Stored, key: &str) -> bool {
+    match stored {
+        Stored::New => true,
+        Stored::Duplicate => key.ends_with("-same"),
+        Stored::Refused(_) => false,
+    }
 }
 
 /// Where a stream is.
@@ -546,6 +579,15 @@ fn write_all(stores: &[Store], plan: &[Creation], shared: &Shared, rng: &Rng) ->
     written
 }
 
+/// Tells the followers the writers are done when dropped, panic or not.
+struct Finish<'a>(&'a Shared);
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
 /// The ids of the events of `log` that `f` selects, in log order.
 fn selected(log: &[EventRow], f: &EventFilter) -> Vec<i64> {
     log.iter()
@@ -716,8 +758,11 @@ fn three_listeners_writing_at_once_keep_every_stream_whole_and_every_job_once() 
                 s.spawn(move || follow(stores, mine, shared, rng))
             })
             .collect();
+        // Finished even when a writer panics: the followers stop, and the
+        // panic is the test's failure instead of a hang.
+        let finished = Finish(&shared);
         let written = write_all(&stores, &plan, &shared, &rng);
-        shared.finish();
+        drop(finished);
         eprintln!("ordering: writers done in {:?}", started.elapsed());
         let streams: Vec<Cursor> = followers
             .into_iter()
