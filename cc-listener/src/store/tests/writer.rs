@@ -270,7 +270,7 @@ fn the_set_based_pass_answers_as_one_by_one() {
             limits,
         };
         assert_eq!(
-            s.write_batch(&[old.clone()], 3).unwrap()[0]
+            s.write_batch(std::slice::from_ref(&old), 3).unwrap()[0]
                 .as_ref()
                 .unwrap()
                 .stored,
