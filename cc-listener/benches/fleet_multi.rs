@@ -34,6 +34,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "fleet_multi/print.rs"]
+mod print;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -658,11 +660,12 @@ fn fan_out(
             wanted.len()
         );
     };
+    // An ack stamped before the answer arrived counts as 0.
+    let first =
+        (first_at != u64::MAX).then(|| Duration::from_micros(first_at - answered_us.min(first_at)));
     FanOut {
         posted,
-        // An ack stamped before the answer arrived counts as 0.
-        first: (first_at != u64::MAX)
-            .then(|| Duration::from_micros(first_at.saturating_sub(answered_us))),
+        first,
         time,
         stored: stored(&run_id),
         acked: acks_wanted - wanted.len(),
@@ -793,83 +796,6 @@ fn measure(
     }
 }
 
-fn print(f: &Figures) {
-    let agents = f.agents;
-    println!(
-        "fleet_multi [{}]: {agents} agents on {} listener(s), {} load process(es)",
-        f.label, f.listeners, f.loads
-    );
-    println!(
-        "  keys for {agents} hosts, one transaction   {:>9.1} s",
-        f.keys_time.as_secs_f64()
-    );
-    println!(
-        "  connect + register all agents           {:>9.1} s ({} connect retries)",
-        f.connect_time.as_secs_f64(),
-        f.connect_retries
-    );
-    println!(
-        "  slowest GET /metrics while connecting      {:>6.1} s ({} failed or over 60 s)",
-        f.slowest_scrape.as_secs_f64(),
-        f.scrape_failures
-    );
-    for (k, ((start, idle), held)) in f.rss_start.iter().zip(&f.rss_idle).zip(&f.held).enumerate() {
-        let per = idle.saturating_sub(*start) as f64 * 1024.0 / (*held).max(1) as f64;
-        println!(
-            "  listener {k}: {held:>6} agents, RSS {start:>7} -> {idle:>9} KiB: {per:>6.0} B ({:.1} KiB) per connection",
-            per / 1024.0
-        );
-    }
-    let start: u64 = f.rss_start.iter().sum();
-    let idle: u64 = f.rss_idle.iter().sum();
-    let per = idle.saturating_sub(start) as f64 * 1024.0 / agents as f64;
-    println!(
-        "  all listeners: RSS {start} -> {idle} KiB: {per:.0} B ({:.1} KiB) per connection",
-        per / 1024.0
-    );
-    let l = &f.latencies;
-    println!(
-        "  job round trip ({} jobs{}) p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms (target <= 10 ms), max {:.2} ms; {:.0} jobs/s",
-        f.jobs,
-        if f.listeners > 1 {
-            ", posted to another listener"
-        } else {
-            ""
-        },
-        ms(percentile(l, 0.50)),
-        ms(percentile(l, 0.90)),
-        ms(percentile(l, 0.99)),
-        ms(*l.last().unwrap()),
-        f.jobs as f64 / f.jobs_time.as_secs_f64()
-    );
-    println!(
-        "  fan-out of /bin/true to {agents}: POST answered in {:.2} s; every report stored in {:.2} s ({:.0} reports/s); {} stored, {} acknowledged",
-        f.fan_posted.as_secs_f64(),
-        f.fan_time.as_secs_f64(),
-        agents as f64 / f.fan_time.as_secs_f64(),
-        f.fan_stored,
-        f.fan_acked
-    );
-    match f.fan_first {
-        Some(d) => println!(
-            "  first report of the fan-out acknowledged {:.0} ms after the POST's answer (target <= 1000 ms)",
-            ms(d)
-        ),
-        None => println!("  no report of the fan-out was acknowledged"),
-    }
-    println!(
-        "  registrations in the listeners' logs: {} for {agents} agents; closed as silent for three heartbeat intervals: {}",
-        f.registered, f.silent
-    );
-    if !f.drops.is_empty() {
-        println!(
-            "  load processes noted {} failed connects or drops (first: {})",
-            f.drops.len(),
-            f.drops[0]
-        );
-    }
-}
-
 /// Keys for `agents` hosts in one transaction; written to `file` as
 /// `HOST KEY` lines.
 fn make_keys(store: &Store, agents: usize, file: &Path) -> Duration {
@@ -993,26 +919,26 @@ fn main() {
     let only = std::env::var("CC_BENCH_ONLY").unwrap_or_default();
     let started = Instant::now();
     let sqlite_agents = env_or("CC_BENCH_SQLITE_AGENTS", 19_000) as usize;
+    let (agents, n) = (
+        env_or("CC_BENCH_AGENTS", 100_000),
+        env_or("CC_BENCH_LISTENERS", 6),
+    );
+    // postgres-1: the SQLite side's fleet on one PostgreSQL listener.
     let sides = [
-        (
-            "postgres",
-            env_or("CC_BENCH_AGENTS", 100_000) as usize,
-            env_or("CC_BENCH_LISTENERS", 6).max(1) as usize,
-        ),
-        // The SQLite side's fleet on one PostgreSQL listener: what moving
-        // from SQLite to PostgreSQL costs a listener.
+        ("postgres", agents as usize, n.max(1) as usize),
         ("postgres-1", sqlite_agents, 1),
     ];
     for (label, agents, n) in sides {
         if only.is_empty() || only == label {
-            match postgres_side(label, agents, n) {
-                Some(f) => print(&f),
-                None => println!("fleet_multi [{label}]: skipped: no PostgreSQL server installed"),
-            }
+            let Some(f) = postgres_side(label, agents, n) else {
+                println!("fleet_multi [{label}]: skipped: no PostgreSQL server installed");
+                continue;
+            };
+            print::print(&f);
         }
     }
     if only.is_empty() || only == "sqlite" {
-        print(&sqlite_side());
+        print::print(&sqlite_side());
     }
     println!(
         "fleet_multi: whole run {:.0} s",

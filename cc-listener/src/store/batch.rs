@@ -45,6 +45,24 @@ pub(super) fn reports(
     if writes.is_empty() {
         return Ok(out);
     }
+    let mut new = decide(tx, writes, &mut out)?;
+    if new.is_empty() {
+        return Ok(out);
+    }
+    let id_of = insert_new(tx, writes, &mut new, &mut out, now_ms)?;
+    if !new.is_empty() {
+        settle_new(tx, writes, &new, &id_of, &mut out, now_ms)?;
+    }
+    Ok(out)
+}
+
+/// Steps 1 and 2: which reports are plain and new (returned, by index);
+/// duplicates and refusals answered in `out`.
+fn decide(
+    tx: &mut dyn Sql,
+    writes: &[&ReportWrite],
+    out: &mut [Decided<ReportOutcome>],
+) -> Result<Vec<usize>> {
     // 1. What decides where each report goes, in one round trip.
     let ask: Vec<_> = writes
         .iter()
@@ -100,9 +118,19 @@ pub(super) fn reports(
         used.insert(host, before + size);
         new.push(i);
     }
-    if new.is_empty() {
-        return Ok(out);
-    }
+    Ok(new)
+}
+
+/// Steps 3 and 4: the new reports stored and their hosts' usage grown;
+/// one another listener stored meanwhile becomes a duplicate (taken out
+/// of `new`). Returns each stored report's id by (host, key).
+fn insert_new(
+    tx: &mut dyn Sql,
+    writes: &[&ReportWrite],
+    new: &mut Vec<usize>,
+    out: &mut [Decided<ReportOutcome>],
+    now_ms: i64,
+) -> Result<HashMap<(String, String), i64>> {
     // 3. The new reports, in one statement.
     let rows: Vec<_> = new
         .iter()
@@ -142,12 +170,12 @@ pub(super) fn reports(
         stored
     });
     if new.is_empty() {
-        return Ok(out);
+        return Ok(id_of);
     }
     // 4. Each host's usage, once, in hostname order (two listeners' groups
     // lock the rows they share in the same order).
     let mut grown: BTreeMap<&str, u64> = BTreeMap::new();
-    for &i in &new {
+    for &i in new.iter() {
         *grown.entry(writes[i].hostname.as_str()).or_default() += writes[i].payload.len() as u64;
     }
     let grown: Vec<_> = grown.into_iter().map(|(h, b)| json!([h, b])).collect();
@@ -158,9 +186,22 @@ pub(super) fn reports(
          ON CONFLICT (hostname) DO UPDATE SET bytes = report_usage.bytes + excluded.bytes",
         &p![serde_json::to_string(&grown)?],
     )?;
+    Ok(id_of)
+}
+
+/// Steps 5 and 6: the reports' jobs settled, places freed in batched
+/// runs, and each report's answer.
+fn settle_new(
+    tx: &mut dyn Sql,
+    writes: &[&ReportWrite],
+    new: &[usize],
+    id_of: &HashMap<(String, String), i64>,
+    out: &mut [Decided<ReportOutcome>],
+    now_ms: i64,
+) -> Result<()> {
     // 5. Their jobs settled, once each (`report_id IS NULL`), in job order.
     let mut settle: Vec<(String, i64)> = Vec::with_capacity(new.len());
-    for &i in &new {
+    for &i in new.iter() {
         let w = writes[i];
         let key = (w.hostname.as_str().to_owned(), w.dedupe_key.clone());
         let id = *id_of.get(&key).ok_or_else(|| {
@@ -199,7 +240,7 @@ pub(super) fn reports(
     }
     // A job settled before (by another report) may still free a place in
     // its run's batch: as the one-by-one path, that run is looked at too.
-    for &i in &new {
+    for &i in new.iter() {
         let job = writes[i].job_id.as_str();
         if !settled.contains(job) {
             let run: Option<String> =
@@ -220,7 +261,7 @@ pub(super) fn reports(
         HashMap::new()
     } else {
         let mut m = HashMap::new();
-        for &i in &new {
+        for &i in new.iter() {
             let job = writes[i].job_id.as_str();
             let run: Option<String> =
                 crate::sql::scalar(tx, "SELECT run_id FROM jobs WHERE job_id = ?1", &p![job])?;
@@ -230,7 +271,7 @@ pub(super) fn reports(
         }
         m
     };
-    for &i in &new {
+    for &i in new.iter() {
         let job = writes[i].job_id.as_str();
         let freed = run_of
             .get(job)
@@ -242,7 +283,7 @@ pub(super) fn reports(
             new: Some((ReportKind::Job, settled.contains(job))),
         }));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The hand-overs in `takes` (the group's, in order) for hosts only one of

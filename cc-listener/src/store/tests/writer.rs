@@ -212,51 +212,7 @@ fn only_hand_overs_commit_without_waiting_for_the_disk() {
 fn the_set_based_pass_answers_as_one_by_one() {
     for (_guard, s) in stores() {
         let s = s.held_as("l-a").unwrap();
-        for (host, conn) in [("a", 1), ("b", 2), ("c", 3), ("d", 4)] {
-            let op = RegisterWrite {
-                info: agent_info(host),
-                conn,
-            };
-            assert!(s.write_batch(&[op], 1).unwrap()[0].is_ok());
-        }
-        for (id, host) in [
-            ("a1", "a"),
-            ("a2", "a"),
-            ("a3", "a"),
-            ("b1", "b"),
-            ("d1", "d"),
-        ] {
-            s.create_job(&queued(id.into(), host)).unwrap();
-        }
-        let take = |host: &str, window, conn| TakeWrite {
-            hostname: h(host),
-            window,
-            conn,
-        };
-        let takes = s
-            .write_batch(
-                &[
-                    take("a", Some(2), 1),
-                    take("b", None, 2),
-                    take("c", Some(1), 3),
-                    take("d", Some(1), 9),
-                ],
-                2,
-            )
-            .unwrap();
-        let ids = |r: &anyhow::Result<Vec<JobRow>>| -> Vec<String> {
-            r.as_ref()
-                .unwrap()
-                .iter()
-                .map(|j| j.job_id.clone())
-                .collect()
-        };
-        assert_eq!(ids(&takes[0]), ["a1", "a2"]);
-        assert_eq!(ids(&takes[1]), ["b1"]);
-        assert!(ids(&takes[2]).is_empty());
-        let moved = takes[3].as_ref().unwrap_err().downcast_ref::<StoreError>();
-        assert_eq!(moved, Some(&StoreError::Moved("d".into())));
-        assert_eq!(s.get_job("d1").unwrap().unwrap().status, JobStatus::Queued);
+        hand_overs_in_one_group(&s);
         // A report stored before the group: the group's copy is a duplicate.
         let limits = ReportLimits {
             quota_bytes: 25,
@@ -337,4 +293,54 @@ fn the_set_based_pass_answers_as_one_by_one() {
             .count();
         assert_eq!(done, 4, "one done event per job");
     }
+}
+
+/// The hand-over half of `the_set_based_pass_answers_as_one_by_one`:
+/// four hosts' takes in one group, one of them by a stale connection.
+fn hand_overs_in_one_group(s: &Store) {
+    for (host, conn) in [("a", 1), ("b", 2), ("c", 3), ("d", 4)] {
+        let op = RegisterWrite {
+            info: agent_info(host),
+            conn,
+        };
+        assert!(s.write_batch(&[op], 1).unwrap()[0].is_ok());
+    }
+    for (id, host) in [
+        ("a1", "a"),
+        ("a2", "a"),
+        ("a3", "a"),
+        ("b1", "b"),
+        ("d1", "d"),
+    ] {
+        s.create_job(&queued(id.into(), host)).unwrap();
+    }
+    let take = |host: &str, window, conn| TakeWrite {
+        hostname: h(host),
+        window,
+        conn,
+    };
+    let takes = s
+        .write_batch(
+            &[
+                take("a", Some(2), 1),
+                take("b", None, 2),
+                take("c", Some(1), 3),
+                take("d", Some(1), 9),
+            ],
+            2,
+        )
+        .unwrap();
+    let ids = |r: &anyhow::Result<Vec<JobRow>>| -> Vec<String> {
+        r.as_ref()
+            .unwrap()
+            .iter()
+            .map(|j| j.job_id.clone())
+            .collect()
+    };
+    assert_eq!(ids(&takes[0]), ["a1", "a2"]);
+    assert_eq!(ids(&takes[1]), ["b1"]);
+    assert!(ids(&takes[2]).is_empty());
+    let moved = takes[3].as_ref().unwrap_err().downcast_ref::<StoreError>();
+    assert_eq!(moved, Some(&StoreError::Moved("d".into())));
+    assert_eq!(s.get_job("d1").unwrap().unwrap().status, JobStatus::Queued);
 }
