@@ -24,7 +24,10 @@
 //! `CC_BENCH_PER_LOAD` (17000 agents per load process at most),
 //! `CC_BENCH_CONNECT_GATE` (64 handshakes in flight per load process),
 //! `CC_BENCH_ONLY` (`postgres`, `postgres-1` or `sqlite`; all three by
-//! default).
+//! default), `CC_BENCH_PG_STATEMENTS` (N: the N statements the sequential
+//! jobs and the fan-out each spent most time in, with the server started
+//! with `CC_PG_EXTRA_OPTS="-c shared_preload_libraries=pg_stat_statements
+//! -c pg_stat_statements.track=all"`).
 //!
 //! Times cross processes as wall-clock microseconds (`SystemTime`): the
 //! load process stamps each `report_ack` as it arrives, the bench stamps
@@ -620,6 +623,7 @@ fn fan_out(
     assert_eq!(wanted.len(), agents, "the run did not reach every agent");
     let fan_limit = Duration::from_secs(env_or("CC_BENCH_FANOUT_TIMEOUT_SECS", 900));
     let (mut last_at, mut last_note, mut last_poll) = (0, Instant::now(), Instant::now());
+    let mut last_ack = Instant::now();
     let acks_wanted = wanted.len();
     let time = loop {
         match lines.recv_timeout(Duration::from_millis(100)) {
@@ -627,6 +631,7 @@ fn fan_out(
                 if wanted.remove(&id) {
                     last_at = last_at.max(at);
                     first_at = first_at.min(at);
+                    last_ack = Instant::now();
                 }
             }
             Ok(Line::Other(load, text)) => {
@@ -639,7 +644,13 @@ fn fan_out(
         if wanted.is_empty() {
             break Duration::from_micros(last_at.saturating_sub(fan_t0));
         }
-        if last_poll.elapsed() > Duration::from_millis(500) {
+        // The database is counted only when acknowledgements stall (some
+        // were lost with their connections) or every 5 s: counting a
+        // run's reports is a join over all of them, and twice a second it
+        // cost the database a fifth of a core while it stored them.
+        let stalled = last_ack.elapsed() > Duration::from_millis(500);
+        let poll_every = Duration::from_millis(if stalled { 500 } else { 5000 });
+        if last_poll.elapsed() > poll_every {
             last_poll = Instant::now();
             let t = fan_started.elapsed();
             if stored(&run_id) == agents {
@@ -682,6 +693,7 @@ fn measure(
     keys_file: &Path,
     keys_time: Duration,
     stored: &dyn Fn(&str) -> usize,
+    around: &dyn Fn(&str, bool),
 ) -> Figures {
     let jobs = env_or("CC_BENCH_JOBS", 1_000) as usize;
     let heartbeat = Duration::from_secs(env_or("CC_BENCH_HEARTBEAT_SECS", 30));
@@ -736,8 +748,10 @@ fn measure(
 
     note_drops(&lines, &mut drops);
     eprintln!("  {jobs} sequential jobs");
+    around("sequential jobs", true);
     let (latencies, jobs_time) =
         sequential_jobs(label, listeners, agents, jobs, &holder, &lines, &mut drops);
+    around("sequential jobs", false);
     eprintln!(
         "  FIGURE {label} round trip p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms, {:.1} s",
         ms(percentile(&latencies, 0.5)),
@@ -749,7 +763,9 @@ fn measure(
 
     note_drops(&lines, &mut drops);
     eprintln!("  fan-out to {agents}");
+    around("fan-out", true);
     let fan = fan_out(label, listeners, agents, &lines, &mut drops, stored);
+    around("fan-out", false);
     eprintln!(
         "  FIGURE {label} fan-out: POST {:.2} s, first ack {:?} after the answer, all stored {:.2} s, {} acked, {} stored",
         fan.posted.as_secs_f64(),
@@ -761,14 +777,7 @@ fn measure(
     assert_eq!(fan.stored, agents, "{label}: not every report stored");
     let load_count = loads.len();
     drop(loads);
-    let (mut registered, mut silent) = (0, 0);
-    for l in listeners {
-        let log = l.log();
-        registered += log.matches("agent registered").count();
-        silent += log
-            .matches("closing: silent for three heartbeat intervals")
-            .count();
-    }
+    let (registered, silent) = log_counts(listeners);
     Figures {
         label: label.to_owned(),
         agents,
@@ -794,6 +803,19 @@ fn measure(
         silent,
         drops,
     }
+}
+
+/// Registrations, and connections closed as silent, in the listeners' logs.
+fn log_counts(listeners: &[ListenerProcess]) -> (usize, usize) {
+    let (mut registered, mut silent) = (0, 0);
+    for l in listeners {
+        let log = l.log();
+        registered += log.matches("agent registered").count();
+        silent += log
+            .matches("closing: silent for three heartbeat intervals")
+            .count();
+    }
+    (registered, silent)
 }
 
 /// Keys for `agents` hosts in one transaction; written to `file` as
@@ -862,7 +884,21 @@ fn postgres_side(label: &str, agents: usize, n: usize) -> Option<Figures> {
             .parse()
             .unwrap()
     };
-    let f = measure(label, &listeners, agents, &keys_file, keys_time, &stored);
+    // With `CC_BENCH_PG_STATEMENTS=N` (and the server started with
+    // `CC_PG_EXTRA_OPTS="-c shared_preload_libraries=pg_stat_statements"`):
+    // the N statements each phase (sequential jobs, fan-out) spent most
+    // time in.
+    let top = env_or("CC_BENCH_PG_STATEMENTS", 0);
+    let statements = |phase: &str, start: bool| print::statements(&cluster, top, phase, start);
+    let f = measure(
+        label,
+        &listeners,
+        agents,
+        &keys_file,
+        keys_time,
+        &stored,
+        &statements,
+    );
     for (k, mut l) in listeners.into_iter().enumerate() {
         if !l.terminate().is_some_and(|s| s.success()) {
             eprintln!("listener {k} did not stop cleanly");
@@ -903,7 +939,15 @@ fn sqlite_side() -> Figures {
         }
     };
     let listeners = [listener];
-    let f = measure("sqlite", &listeners, agents, &keys_file, keys_time, &stored);
+    let f = measure(
+        "sqlite",
+        &listeners,
+        agents,
+        &keys_file,
+        keys_time,
+        &stored,
+        &|_, _| {},
+    );
     let [mut listener] = listeners;
     if !listener.terminate().is_some_and(|s| s.success()) {
         eprintln!("the listener did not stop cleanly");

@@ -14,9 +14,11 @@
 //! Notifications are a doorbell, not a queue: PostgreSQL does not keep
 //! them for a listener that was not listening. So whenever the
 //! notification connection is (re)opened, the listener reconciles from the
-//! tables — every host with queued jobs is nudged and every stream reads —
-//! and the sweep does the same every `sweep_interval` in any case. A lost
-//! notification delays a job by at most one sweep; it never loses it.
+//! tables — every host with queued jobs is nudged and every stream reads.
+//! The sweep does the same at every sweep while this connection is down,
+//! and every tenth sweep in any case: a lost notification delays a job by
+//! at most ten sweeps (one while the connection is down); it never loses
+//! it.
 
 use std::sync::Arc;
 use std::time::Duration;

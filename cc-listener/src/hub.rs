@@ -12,6 +12,8 @@ use tokio::sync::mpsc;
 
 use cc_proto::wire::{AgentInfo, CronHost, ExecutionMode};
 
+use crate::store::Nudges;
+
 /// What a connection task is asked to do.
 #[derive(Debug)]
 pub enum Outbound {
@@ -40,6 +42,9 @@ pub struct Live {
     pub last_seen_ms: Arc<AtomicI64>,
     /// Last heartbeat message (ms since the epoch), 0 before the first.
     pub last_heartbeat_ms: Arc<AtomicI64>,
+    /// Its nudges: a nudge a hand-over already answered is dropped by the
+    /// connection ([`Nudges`]).
+    nudges: Arc<Nudges>,
     tx: mpsc::Sender<Outbound>,
 }
 
@@ -93,6 +98,7 @@ impl Hub {
         now_ms: i64,
         last_seen_ms: Arc<AtomicI64>,
         last_heartbeat_ms: Arc<AtomicI64>,
+        nudges: Arc<Nudges>,
         tx: mpsc::Sender<Outbound>,
     ) -> Option<u64> {
         let hostname = info.hostname.to_string();
@@ -103,6 +109,7 @@ impl Hub {
             connected_ms: now_ms,
             last_seen_ms,
             last_heartbeat_ms,
+            nudges,
             tx,
         };
         let old = self.lock().insert(hostname, live)?;
@@ -142,6 +149,9 @@ impl Hub {
     pub fn nudge(&self, hostname: &str) -> bool {
         match self.lock().get(hostname) {
             Some(live) => {
+                // Counted before the dispatch is queued: the hand-over it
+                // leads to reads the queue after this count.
+                live.nudges.give();
                 let _ = live.tx.try_send(Outbound::Dispatch);
                 true
             }

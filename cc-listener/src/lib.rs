@@ -399,6 +399,17 @@ fn spawn_background(
     tasks
 }
 
+/// How often the sweep deletes what is past the retention, at most.
+const PRUNE_EVERY_MS: i64 = 60_000;
+
+/// Most batches of each kind one prune deletes: as many as a sweep a
+/// second used to.
+const PRUNE_BATCHES: usize = 60;
+
+/// Every how many sweeps the sweep nudges every connected host with
+/// queued jobs even when nothing called for it.
+const NUDGE_PASS_EVERY: u64 = 10;
+
 /// Marks overdue jobs lost and stale queued jobs expired, has connected
 /// agents take their queued jobs, and drops connections whose key was
 /// revoked.
@@ -407,11 +418,14 @@ async fn sweep_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let grace = i64::try_from(state.settings.lost_grace.as_millis()).unwrap_or(i64::MAX / 2);
     let mut renewed = now_ms();
+    let (mut sweeps, mut pruned) = (0u64, i64::MIN);
+    let postgres = state.db.store().dialect() == store::Dialect::Postgres;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.changed() => return,
         }
+        sweeps += 1;
         // A third of the lease: two renewals may fail before it runs out.
         if now_ms() - renewed >= store::LEASE_MS / 3 {
             renewed = now_ms();
@@ -419,50 +433,84 @@ async fn sweep_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
                 warn!("renewing this listener's lease failed: {e:#}");
             }
         }
-        match state.db.call(move |s| s.sweep(now_ms(), grace)).await {
-            Ok((0, 0)) => {}
+        let swept = match state.db.call(move |s| s.sweep(now_ms(), grace)).await {
+            Ok((0, 0)) => false,
             Ok((lost, expired)) => {
                 state.metrics.jobs_swept(lost, expired);
                 info!(lost, expired, "jobs swept");
+                true
             }
-            Err(e) => warn!("sweep failed: {e:#}"),
-        }
-        if let Some(keep) = state.settings.report_retention {
+            Err(e) => {
+                warn!("sweep failed: {e:#}");
+                false
+            }
+        };
+        // Retention is counted in days: once a minute is enough, and each
+        // prune reads every ended job.
+        if let Some(keep) = state
+            .settings
+            .report_retention
+            .filter(|_| now_ms().saturating_sub(pruned) >= PRUNE_EVERY_MS)
+        {
+            pruned = now_ms();
             let before = now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX / 2);
-            match state.db.call(move |s| s.prune_reports(before, 1000)).await {
-                Ok(0) => {}
-                Ok(n) => info!(deleted = n, "reports past the retention deleted"),
-                Err(e) => warn!("deleting old reports failed: {e:#}"),
-            }
-            match state.db.call(move |s| s.prune_events(before, 5000)).await {
-                Ok(0) => {}
-                Ok(n) => info!(deleted = n, "events past the retention deleted"),
-                Err(e) => warn!("deleting old events failed: {e:#}"),
-            }
-            match state.db.call(move |s| s.prune_jobs(before, 1000)).await {
-                Ok(0) => {}
-                Ok(n) => info!(deleted = n, "jobs past the retention deleted"),
-                Err(e) => warn!("deleting old jobs failed: {e:#}"),
-            }
-            // The chain's anchor moves to the last row deleted.
-            match state.db.call(move |s| s.prune_audit(before, 5000)).await {
-                Ok(0) => {}
-                Ok(n) => info!(deleted = n, "audit rows past the retention deleted"),
-                Err(e) => warn!("deleting old audit rows failed: {e:#}"),
-            }
+            prune(&state, before).await;
         }
-        // Queued jobs of connected hosts: posted while the agent was
-        // connecting, or with room in a window a lost job freed.
-        match state.db.call(|s| s.hosts_with_queued(now_ms())).await {
-            Ok(hosts) => {
-                for h in hosts {
-                    state.hub.nudge(&h);
+        // Queued jobs of connected hosts: with room in a window a lost job
+        // freed or in a batch a lost or expired job freed (this sweep found
+        // some), or whose nudge was lost — on PostgreSQL while the
+        // notification connection was down (then every sweep), or by a
+        // fault nobody foresaw (every `NUDGE_PASS_EVERY`th sweep). Not every
+        // sweep: it reads every queued job, and a fan-out queues one per
+        // host.
+        let due =
+            swept || sweeps % NUDGE_PASS_EVERY == 0 || (postgres && !state.metrics.doorbell_up());
+        if due {
+            match state.db.call(|s| s.hosts_with_queued(now_ms())).await {
+                Ok(hosts) => {
+                    for h in hosts {
+                        state.hub.nudge(&h);
+                    }
                 }
+                Err(e) => warn!("reading queued jobs failed: {e:#}"),
             }
-            Err(e) => warn!("reading queued jobs failed: {e:#}"),
         }
         if let Err(e) = close_revoked(&state).await {
             warn!("reading revoked keys failed: {e:#}");
+        }
+    }
+}
+
+/// Deletes what ended before `before_ms`: reports, events, jobs, audit
+/// rows, each in batches (a transaction each) while a batch comes back
+/// full, up to [`PRUNE_BATCHES`] of them a pass.
+async fn prune(state: &AppState, before_ms: i64) {
+    type Prune = fn(&store::Store, i64, u32) -> Result<usize>;
+    let kinds: [(&str, u32, Prune); 4] = [
+        ("reports", 1000, store::Store::prune_reports),
+        ("events", 5000, store::Store::prune_events),
+        ("jobs", 1000, store::Store::prune_jobs),
+        // The chain's anchor moves to the last row deleted.
+        ("audit rows", 5000, store::Store::prune_audit),
+    ];
+    for (what, batch, run) in kinds {
+        let mut deleted = 0;
+        for _ in 0..PRUNE_BATCHES {
+            match state.db.call(move |s| run(s, before_ms, batch)).await {
+                Ok(n) => {
+                    deleted += n;
+                    if n < batch as usize {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!("deleting old {what} failed: {e:#}");
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            info!(deleted, "{what} past the retention deleted");
         }
     }
 }

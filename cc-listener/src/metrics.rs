@@ -497,6 +497,11 @@ impl Metrics {
         self.doorbell_connected.set(i64::from(connected));
     }
 
+    /// Whether the notification connection is open now.
+    pub fn doorbell_up(&self) -> bool {
+        self.doorbell_connected.get() == 1
+    }
+
     pub fn notification(&self, channel: Channel) {
         self.doorbell_notifications
             .get_or_create(&ChannelLabel { channel })

@@ -214,3 +214,39 @@ async fn the_doorbell_is_measured_and_comes_back_after_the_database_restarts() {
     drop(agent);
     drop(cluster);
 }
+
+/// The sweep nudges every host with queued jobs only now and then (it
+/// reads every queued job, and a fan-out queues one per host), but it
+/// still does: a job whose notification never came — written here with
+/// the trigger that notifies turned off — reaches its agent within ten
+/// sweeps.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_nobody_was_told_of_is_handed_over_by_the_sweep() {
+    let Some(cluster) = cc_testkit::pg::Cluster::start() else {
+        return;
+    };
+    let url = cluster.create_db("cc");
+    let dir = TempDir::new("shared-sweep");
+    let l = ListenerProcess::start_shared(bin(), dir.path(), &url, "sweep_interval_ms = 100\n");
+    let key = l.add_key("quiet.test");
+    let mut agent = ws::registered_as(&l, &key, &ws::register("quiet.test")).await;
+    l.wait_connected("quiet.test", true);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    cluster.psql(
+        "cc",
+        &format!(
+            "ALTER TABLE jobs DISABLE TRIGGER jobs_created; \
+             INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, \
+                               created_ms, expires_ms) \
+             VALUES ('untold-1', 'quiet.test', '/bin/true', '[]', 60, 'queued', {now}, {}); \
+             ALTER TABLE jobs ENABLE TRIGGER jobs_created",
+            now + 3_600_000
+        ),
+    );
+    let msg = ws::recv_type(&mut agent, "execute_job", T).await;
+    assert_eq!(msg["payload"]["jobId"], "untold-1", "{msg}");
+    drop(cluster);
+}

@@ -79,3 +79,29 @@ pub(super) fn print(f: &Figures) {
         );
     }
 }
+
+/// With `top` > 0: at a phase's `start`, forgets what pg_stat_statements
+/// counted; at its end, prints the `top` statements by time spent.
+pub(super) fn statements(cluster: &cc_testkit::pg::Cluster, top: u64, phase: &str, start: bool) {
+    if top == 0 {
+        return;
+    }
+    if start {
+        cluster.psql("fleet", "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+        cluster.psql("fleet", "SELECT pg_stat_statements_reset()");
+        return;
+    }
+    println!(
+        "  {phase}: statements by time (ms total, ms planning, calls, rows, ms mean, text)\n{}",
+        cluster.psql(
+            "fleet",
+            &format!(
+                "SELECT round(total_exec_time::numeric, 0) || ' | ' \
+                 || round(total_plan_time::numeric, 0) || ' | ' || calls || ' | ' || rows \
+                 || ' | ' || round(mean_exec_time::numeric, 3) || ' | ' \
+                 || left(regexp_replace(query, '\\s+', ' ', 'g'), 160) \
+                 FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT {top}"
+            )
+        )
+    );
+}

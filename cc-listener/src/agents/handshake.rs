@@ -232,6 +232,7 @@ where
         conn_id: state.hub.next_conn_id(),
         last_seen: Arc::new(AtomicI64::new(now_ms())),
         last_heartbeat: Arc::new(AtomicI64::new(0)),
+        nudges: Arc::default(),
         protocol_errors: 0,
         rate_tokens: state.settings.report_rate_bytes as f64 * 4.0,
         rate_at: tokio::time::Instant::now(),

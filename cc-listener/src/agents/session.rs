@@ -65,6 +65,9 @@ pub(super) struct Session<'a> {
     pub(super) conn_id: u64,
     pub(super) last_seen: Arc<AtomicI64>,
     pub(super) last_heartbeat: Arc<AtomicI64>,
+    /// Its nudges (shared with the hub): a dispatch every nudge of which a
+    /// committed hand-over already answered takes nothing.
+    pub(super) nudges: Arc<crate::store::Nudges>,
     pub(super) protocol_errors: u32,
     /// Report bytes this connection may still send before it is paced
     /// (negative: owed), as of `rate_at`.
@@ -171,6 +174,7 @@ impl Session<'_> {
             now_ms(),
             Arc::clone(&self.last_seen),
             Arc::clone(&self.last_heartbeat),
+            Arc::clone(&self.nudges),
             tx,
         ) {
             info!(hostname = %self.hostname, old_conn = old, "a newer connection replaces the old one");
@@ -222,6 +226,10 @@ impl Session<'_> {
         let mut shutdown = state.shutdown.clone();
         let silence_limit =
             i64::try_from(state.settings.heartbeat_interval.as_millis() * 3).unwrap_or(i64::MAX);
+        // Nine tenths of the interval: a connection heard only by the
+        // pong of the last ping is still pinged at every tick.
+        let ping_after =
+            i64::try_from(state.settings.ping_interval.as_millis() * 9 / 10).unwrap_or(i64::MAX);
         loop {
             let flow = tokio::select! {
                 incoming = ws.next() => {
@@ -261,6 +269,7 @@ impl Session<'_> {
                         ws.send(WsMessage::Text(text.into())).await?;
                         Flow::Continue
                     }
+                    Some(Outbound::Dispatch) if self.nudges.answered() => Flow::Continue,
                     Some(Outbound::Dispatch) => {
                         let started = now_ms();
                         self.dispatch(ws).await?;
@@ -272,10 +281,16 @@ impl Session<'_> {
                 },
                 _ = ticker.tick() => {
                     let heard = self.last_seen.load(Ordering::Relaxed).max(self.busy_until);
-                    if now_ms() - heard > silence_limit {
+                    let quiet = now_ms() - heard;
+                    if quiet > silence_limit {
                         Flow::Close(CloseCode::Away, "silent for three heartbeat intervals")
-                    } else {
+                    } else if quiet >= ping_after {
+                        // Only a connection quiet for a whole interval is
+                        // pinged: an agent's heartbeats already show it
+                        // alive, and 100,000 pongs a minute are load.
                         ws.send(WsMessage::Ping(Default::default())).await?;
+                        Flow::Continue
+                    } else {
                         Flow::Continue
                     }
                 }
@@ -535,8 +550,9 @@ impl Session<'_> {
                 if let Some(report_id) = report.report_id {
                     send(ws, &Message::ReportAck(ReportAck { report_id })).await?;
                 }
-                if outcome == Stored::New {
-                    // A slot of the window may be free now.
+                // A slot of the window may be free now: taken if the
+                // last hand-over filled the window or a job came since.
+                if outcome == Stored::New && self.nudges.room_wanted() {
                     self.dispatch(ws).await?;
                 }
             }
@@ -571,8 +587,10 @@ impl Session<'_> {
                 hostname: self.hostname.clone(),
                 window: self.window,
                 conn: self.conn_id,
+                nudges: Some(Arc::clone(&self.nudges)),
             };
             let jobs = self.state.writer.take(op).await?;
+            self.nudges.committed();
             let full_batch = jobs.len() as i64 == crate::store::TAKE_BATCH;
             for (i, job) in jobs.iter().enumerate() {
                 if let Err(e) = async { send_text(ws, job_text(job)?).await }.await {

@@ -302,6 +302,7 @@ pub(super) fn takes(
     let mut out: Vec<Decided<Vec<JobRow>>> = takes.iter().map(|_| None).collect();
     let mut count: HashMap<&str, usize> = HashMap::new();
     for t in takes {
+        t.mark();
         *count.entry(t.hostname.as_str()).or_default() += 1;
     }
     let alone: Vec<usize> = (0..takes.len())
@@ -326,7 +327,7 @@ pub(super) fn takes(
          ORDER BY x.n",
         &p![serde_json::to_string(&ask)?, me, JobStatus::Sent],
     )?;
-    let mut want = Vec::new();
+    let (mut want, mut rooms) = (Vec::new(), HashMap::new());
     for (&i, f) in alone.iter().zip(&facts) {
         let t = takes[i];
         if !f.get::<bool>(0)? {
@@ -338,8 +339,11 @@ pub(super) fn takes(
             (i64::from(w) - in_flight).clamp(0, super::TAKE_BATCH)
         });
         out[i] = Some(Ok(Vec::new()));
+        rooms.insert(i, room);
         if room > 0 {
             want.push(json!([t.hostname.as_str(), room]));
+        } else {
+            t.took(room, 0);
         }
     }
     if want.is_empty() {
@@ -379,6 +383,7 @@ pub(super) fn takes(
                 .unwrap_or_default();
             mine.sort_by_key(|(rowid, _)| *rowid);
             *jobs = mine.into_iter().map(|(_, j)| j).collect();
+            takes[i].took(rooms[&i], jobs.len());
         }
     }
     Ok(out)

@@ -298,7 +298,7 @@ impl Store {
         window: Option<u32>,
         now_ms: i64,
     ) -> Result<Vec<JobRow>> {
-        self.write(|tx| Self::take_in(tx, None, hostname, window, now_ms))
+        self.write(|tx| Ok(Self::take_in(tx, None, hostname, window, now_ms)?.0))
     }
 
     /// [`Store::take_for_host`] inside the caller's transaction; with
@@ -309,7 +309,7 @@ impl Store {
         hostname: &Hostname,
         window: Option<u32>,
         now_ms: i64,
-    ) -> Result<Vec<JobRow>> {
+    ) -> Result<(Vec<JobRow>, i64)> {
         // Whether this connection holds the agent, and how many jobs it
         // has in flight, in one round trip.
         let in_flight: i64 = match by {
@@ -338,7 +338,7 @@ impl Store {
             (i64::from(w) - in_flight).clamp(0, TAKE_BATCH)
         });
         if room == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), room));
         }
         // One statement: the oldest queued jobs, each moved only if it is
         // still queued when its row lock is had (another listener's
@@ -363,7 +363,7 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         // `RETURNING` gives no order: submission order is the rowid's.
         taken.sort_by_key(|(rowid, _)| *rowid);
-        Ok(taken.into_iter().map(|(_, job)| job).collect())
+        Ok((taken.into_iter().map(|(_, job)| job).collect(), room))
     }
 
     /// Hosts with queued, unexpired jobs.

@@ -53,6 +53,7 @@ pub(super) const PG_MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0008_schedules.sql"),
     include_str!("migrations/postgres/0009_notify.sql"),
     include_str!("migrations/postgres/0010_event_order.sql"),
+    include_str!("migrations/postgres/0011_fan_out_plans.sql"),
 ];
 
 pub(super) fn migrate(conn: &Connection) -> Result<()> {

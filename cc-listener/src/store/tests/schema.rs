@@ -93,7 +93,7 @@ fn both_engines_have_the_same_tables_and_columns() {
 #[test]
 fn migrations_are_numbered_files_and_the_version_counts_them() {
     use crate::store::schema::{MIGRATIONS, PG_MIGRATIONS};
-    assert_eq!((MIGRATIONS.len(), PG_MIGRATIONS.len()), (16, 10));
+    assert_eq!((MIGRATIONS.len(), PG_MIGRATIONS.len()), (16, 11));
     for (_guard, s) in stores() {
         let version: i64 = s
             .read(|c| match c.dialect() {

@@ -32,6 +32,7 @@ fn only_the_listener_holding_an_agent_hands_it_jobs() {
             hostname: h("h.test"),
             window: Some(10),
             conn,
+            nudges: None,
         };
         s.write_batch(&[op], 2).unwrap().remove(0)
     };
@@ -88,6 +89,7 @@ fn only_the_listener_holding_an_agent_resends_its_unreported_jobs() {
         hostname: h("h.test"),
         window: Some(10),
         conn: 1,
+        nudges: None,
     };
     assert!(a.write_batch(&[op], 2).unwrap()[0].is_ok());
     // The agent moves to b; a's connection is stale.

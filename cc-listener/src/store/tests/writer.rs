@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::store::writer::testing::{queue, run_group};
+use std::sync::Arc;
 
 fn report(key: &str, job: &str, payload: &str, limits: ReportLimits) -> ReportWrite {
     ReportWrite {
@@ -31,6 +32,7 @@ fn a_group_of_writes_is_each_write_in_order() {
                 hostname: h("h"),
                 window: Some(1),
                 conn: 0,
+                nudges: None,
             },
         );
         let reports: Vec<_> = [
@@ -111,6 +113,7 @@ fn a_failed_write_or_group_answers_with_the_store_error_kind() {
             hostname: h("h"),
             window: Some(1),
             conn: 7,
+            nudges: None,
         };
         let take = queue(&mut group, stale);
         let stored = queue(&mut group, report("1", "j", "{}", limits));
@@ -164,6 +167,7 @@ fn only_hand_overs_commit_without_waiting_for_the_disk() {
         hostname: h("h"),
         window: Some(1),
         conn: 1,
+        nudges: None,
     };
     assert!(take.may_be_lost());
     let report = report("d", "j", "{}", ReportLimits::default());
@@ -318,6 +322,7 @@ fn hand_overs_in_one_group(s: &Store) {
         hostname: h(host),
         window,
         conn,
+        nudges: None,
     };
     let takes = s
         .write_batch(
@@ -343,4 +348,119 @@ fn hand_overs_in_one_group(s: &Store) {
     let moved = takes[3].as_ref().unwrap_err().downcast_ref::<StoreError>();
     assert_eq!(moved, Some(&StoreError::Moved("d".into())));
     assert_eq!(s.get_job("d1").unwrap().unwrap().status, JobStatus::Queued);
+}
+
+/// A hand-over answers the nudges given before it read the queue (they
+/// were given for jobs it saw), and says whether it filled the agent's
+/// window: only then, or after a nudge since, does a report that frees
+/// room call for another. In a group (the set-based pass on PostgreSQL)
+/// and alone.
+#[test]
+fn a_hand_over_answers_the_nudges_given_before_it_read_the_queue() {
+    for (_guard, s) in stores() {
+        for (host, conn) in [("a", 1), ("b", 2), ("c", 3)] {
+            let op = RegisterWrite {
+                info: agent_info(host),
+                conn,
+            };
+            assert!(s.write_batch(&[op], 1).unwrap()[0].is_ok());
+        }
+        for (id, host) in [("a1", "a"), ("a2", "a"), ("b1", "b")] {
+            s.create_job(&queued(id.into(), host)).unwrap();
+        }
+        let nudges: Vec<Arc<Nudges>> = (0..3).map(|_| Arc::default()).collect();
+        let take = |host: &str, window, conn, n: &Arc<Nudges>| TakeWrite {
+            hostname: h(host),
+            window: Some(window),
+            conn,
+            nudges: Some(Arc::clone(n)),
+        };
+        for n in &nudges {
+            n.give();
+            assert!(!n.answered(), "{:?}", s.dialect());
+        }
+        let takes = [
+            take("a", 1, 1, &nudges[0]),
+            take("b", 4, 2, &nudges[1]),
+            take("c", 1, 3, &nudges[2]),
+        ];
+        for (t, n) in s.write_batch(&takes, 2).unwrap().iter().zip(&nudges) {
+            assert!(t.is_ok(), "{t:?}");
+            n.committed();
+            assert!(n.answered(), "{:?}", s.dialect());
+        }
+        // a: one of two taken, its window full; b: one, room for three
+        // more; c: nothing queued.
+        let wanted: Vec<bool> = nudges.iter().map(|n| n.room_wanted()).collect();
+        assert_eq!(wanted, [true, false, false], "{:?}", s.dialect());
+        nudges[1].give();
+        assert!(nudges[1].room_wanted(), "a nudge since: {:?}", s.dialect());
+
+        // Alone, with no room at all: the window stays full.
+        nudges[0].give();
+        let again = s.write_batch(&[take("a", 1, 1, &nudges[0])], 2).unwrap();
+        assert!(again[0].as_ref().unwrap().is_empty());
+        nudges[0].committed();
+        assert!(nudges[0].answered() && nudges[0].room_wanted());
+        // Alone, with room left over: b has b1 in flight, nothing queued.
+        let alone = s.write_batch(&[take("b", 4, 2, &nudges[1])], 2).unwrap();
+        assert!(alone[0].as_ref().unwrap().is_empty());
+        nudges[1].committed();
+        assert!(!nudges[1].room_wanted(), "{:?}", s.dialect());
+    }
+}
+
+/// A fan-out queues a hand-over for every host at once; a report that
+/// comes after them is in the next group, not behind them: hand-overs and
+/// the writes somebody waits for come through two queues. With one, the
+/// report waited for room behind every hand-over still to be queued (the
+/// first report of a 19,000-host fan-out: 2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_does_not_wait_behind_a_fan_outs_hand_overs() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempdir::Dir::new();
+    let store = Store::open(&dir.path().join("cc.db")).unwrap();
+    store.create_job(&queued("j".into(), "h")).unwrap();
+    let writer = Writer::spawn(Db::new(store), |_, _, _| {});
+    let n = 12 * MAX_GROUP;
+    let (started, answered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    for i in 0..n {
+        let (w, s, a) = (writer.clone(), Arc::clone(&started), Arc::clone(&answered));
+        tokio::spawn(async move {
+            let take = TakeWrite {
+                hostname: h(&format!("t{i}")),
+                window: Some(1),
+                conn: 0,
+                nudges: None,
+            };
+            // Counted in the same poll that queues the write or waits
+            // for room.
+            s.fetch_add(1, Ordering::SeqCst);
+            w.take(take).await.unwrap();
+            a.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    // Every hand-over is queued or waits for room in the queue.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while started.load(Ordering::SeqCst) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hand-overs never queued"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let limits = ReportLimits {
+        quota_bytes: 1 << 20,
+        unmatched: 10,
+    };
+    let at_send = answered.load(Ordering::SeqCst);
+    let out = writer.report(report("k", "j", "{}", limits)).await.unwrap();
+    assert_eq!(out.stored, Stored::New);
+    // The group running when it came, and the one it went into.
+    let meanwhile = answered.load(Ordering::SeqCst) - at_send;
+    assert!(
+        meanwhile <= 4 * MAX_GROUP,
+        "{meanwhile} of the {} hand-overs waiting were answered before the report",
+        n - at_send
+    );
 }
