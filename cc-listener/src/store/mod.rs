@@ -216,6 +216,24 @@ fn reconnect_if_closed(conn: &mut PgConn, url: &str) -> Result<()> {
     Ok(())
 }
 
+/// How a PostgreSQL write transaction's statements are planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plans {
+    /// For this transaction's values and the tables as they are now
+    /// (`force_custom_plan`): every write but a writer's group of one.
+    Fresh,
+    /// PostgreSQL's own choice (`auto`: a generic plan, kept, once it
+    /// costs no more than fresh ones): a group of one write from an
+    /// agent's connection. Each of its statements finds rows by a unique
+    /// key or by (host, status), and both `jobs` indexes on status name
+    /// the host (PostgreSQL migration 11), so no plan of them reads more
+    /// than one host's rows; planning each afresh cost about 0.5 ms of a
+    /// job's round trip. The set-based pass of a larger group must not:
+    /// its generic plan drove the hand-over from every queued job (47 s
+    /// for one group of a 20,000-host fan-out).
+    Kept,
+}
+
 /// Whether a commit waits until the database has its log on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flush {
@@ -376,7 +394,7 @@ impl Store {
     /// it met another (a deadlock, detected by the server) runs again, up
     /// to [`RETRIES`] times.
     fn write<R>(&self, f: impl FnMut(&mut dyn Sql) -> Result<R>) -> Result<R> {
-        self.write_with(Flush::Wait, f)
+        self.write_with(Flush::Wait, Plans::Fresh, f)
     }
 
     /// PostgreSQL: sessions of this database waiting for a lock now (the
@@ -411,6 +429,7 @@ impl Store {
     fn write_with<R>(
         &self,
         flush: Flush,
+        plans: Plans,
         mut f: impl FnMut(&mut dyn Sql) -> Result<R>,
     ) -> Result<R> {
         let asked = std::time::Instant::now();
@@ -441,10 +460,14 @@ impl Store {
                         // tables were small scanned every queued job per
                         // hand-over in a fan-out (the listener's statements
                         // are prepared once and live as long as it).
+                        let plans = match plans {
+                            Plans::Fresh => CUSTOM_PLANS,
+                            Plans::Kept => "",
+                        };
                         let mut tx = match flush {
-                            Flush::Wait => conn.transaction(CUSTOM_PLANS)?,
+                            Flush::Wait => conn.transaction(plans)?,
                             Flush::Later => conn.transaction(&format!(
-                                "{CUSTOM_PLANS}; SET LOCAL synchronous_commit = off"
+                                "{plans}; SET LOCAL synchronous_commit = off"
                             ))?,
                         };
                         let out = f(&mut *tx)?;

@@ -24,7 +24,7 @@ use cc_proto::{Hostname, JobId};
 
 use crate::sql::Sql;
 
-use super::{Binding, Db, Flush, JobRow, ReportLimits, ReportOutcome, Store, StoreError};
+use super::{Binding, Db, Flush, JobRow, Plans, ReportLimits, ReportOutcome, Store, StoreError};
 
 /// A write that may share its transaction with others
 /// ([`Store::write_batch`], [`Writer`]).
@@ -287,7 +287,7 @@ impl Store {
     /// error, and none happened. A group of one needs no savepoint (two
     /// round trips to PostgreSQL fewer): if it fails, the transaction is
     /// rolled back.
-    fn grouped_with<S, R>(
+    pub(super) fn grouped_with<S, R>(
         &self,
         flush: Flush,
         n: usize,
@@ -297,7 +297,7 @@ impl Store {
     ) -> Result<Vec<Result<R>>> {
         if n == 1 {
             let mut failed = None;
-            let out = self.write_with(flush, |tx| {
+            let out = self.write_with(flush, Plans::Kept, |tx| {
                 apply(state, tx, 0).map_err(|e| {
                     failed = Some(e);
                     anyhow::anyhow!("undone")
@@ -309,7 +309,7 @@ impl Store {
                 (Err(e), None) => Err(e),
             };
         }
-        self.write_with(flush, |tx| {
+        self.write_with(flush, Plans::Fresh, |tx| {
             let mut outs: Vec<Option<Result<R>>> = first(state, tx)?;
             outs.resize_with(n, || None);
             let rest: Vec<usize> = (0..n).filter(|&i| outs[i].is_none()).collect();

@@ -195,15 +195,54 @@ fn only_hand_overs_commit_without_waiting_for_the_disk() {
         if s.dialect() != Dialect::Postgres {
             continue;
         }
-        let setting = |flush| {
-            s.write_with(flush, |tx| {
-                scalar::<String>(tx, "SHOW synchronous_commit", &[])
+        let setting = |flush, plans| {
+            s.write_with(flush, plans, |tx| {
+                Ok((
+                    scalar::<String>(tx, "SHOW synchronous_commit", &[])?,
+                    scalar::<String>(tx, "SHOW plan_cache_mode", &[])?,
+                ))
             })
             .unwrap()
         };
-        assert_eq!(setting(Flush::Wait), "on");
-        assert_eq!(setting(Flush::Later), "off");
-        assert_eq!(setting(Flush::Wait), "on", "for that transaction only");
+        let fresh = "force_custom_plan";
+        for (flush, plans, want) in [
+            (Flush::Wait, Plans::Fresh, ("on", fresh)),
+            (Flush::Later, Plans::Fresh, ("off", fresh)),
+            (Flush::Later, Plans::Kept, ("off", "auto")),
+            (Flush::Wait, Plans::Kept, ("on", "auto")),
+            (Flush::Wait, Plans::Fresh, ("on", fresh)),
+        ] {
+            let (sync, plan) = setting(flush, plans);
+            assert_eq!((sync.as_str(), plan.as_str()), want, "{flush:?} {plans:?}");
+        }
+    }
+}
+
+/// A group of one write keeps PostgreSQL's plans; a larger one (the
+/// set-based pass) plans for its values: a generic plan of the set-based
+/// hand-over read every queued job per host.
+#[test]
+fn only_a_group_of_one_keeps_plans() {
+    for (_guard, s) in stores() {
+        if s.dialect() != Dialect::Postgres {
+            continue;
+        }
+        let modes = |n: usize| -> Vec<String> {
+            let mut state = ();
+            s.grouped_with(
+                Flush::Wait,
+                n,
+                &mut state,
+                |_, _| Ok((0..n).map(|_| None).collect()),
+                |_, tx, _| scalar::<String>(tx, "SHOW plan_cache_mode", &[]),
+            )
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+        };
+        assert_eq!(modes(1), ["auto"]);
+        assert_eq!(modes(2), ["force_custom_plan", "force_custom_plan"]);
     }
 }
 
