@@ -58,6 +58,17 @@ command -v cargo-nextest >/dev/null || { step "installing cargo-nextest"; cargo 
 command -v cargo-fuzz >/dev/null || { step "installing cargo-fuzz"; cargo install cargo-fuzz --locked; }
 command -v cargo-deb >/dev/null || { step "installing cargo-deb"; cargo install cargo-deb --locked; }
 
+# The suite's builds need several GB. Copies of earlier builds' binaries
+# that tests made runnable by other users (testkit's `reachable`) are made
+# again on demand: drop them, then say how much room is left, so a run
+# that dies of a full disk says so first.
+rm -rf "${TMPDIR:-/tmp}/cc-e2e-bins-$(id -u)"
+free_kib=$(df -Pk . | awk 'NR == 2 {print $4}')
+echo "free disk space where the suite builds: $((free_kib / 1024 / 1024)) GiB"
+if [ "$free_kib" -lt $((12 * 1024 * 1024)) ]; then
+    echo "warning: less than 12 GiB free here; the build and the suite may run out of room" >&2
+fi
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
