@@ -39,6 +39,8 @@
 mod common;
 #[path = "fleet_multi/print.rs"]
 mod print;
+#[path = "fleet_multi/stages.rs"]
+mod stages;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -62,6 +64,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use common::bin;
+use stages::Stages;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -161,6 +164,11 @@ impl Observer for LoadOut {
     fn ended(&self, host: &str, why: &str) {
         self.drops.fetch_add(1, Ordering::Relaxed);
         self.print(format!("drop {host} {why}"));
+    }
+
+    fn job(&self, _host: &str, job_id: &str) {
+        let at = now_us();
+        let _ = self.out.send(format!("got {job_id} {at}"));
     }
 
     fn acked(&self, report_id: &str) {
@@ -279,6 +287,8 @@ impl Drop for Load {
 }
 
 enum Line {
+    /// An agent got the job (`execute_job` arrived), at a wall-clock µs.
+    Got(String, u64),
     Ack(String, u64),
     Done {
         load: usize,
@@ -329,10 +339,14 @@ fn start_loads(
                     let Ok(line) = line else { return };
                     let mut f = line.split(' ');
                     let parsed = match f.next() {
-                        Some("ack") => {
+                        Some(kind @ ("ack" | "got")) => {
                             let id = f.next().unwrap_or_default().to_owned();
                             let at = f.next().and_then(|t| t.parse().ok()).unwrap_or(0);
-                            Line::Ack(id, at)
+                            if kind == "ack" {
+                                Line::Ack(id, at)
+                            } else {
+                                Line::Got(id, at)
+                            }
                         }
                         Some("done") => {
                             let mut num = || f.next().and_then(|t| t.parse().ok()).unwrap_or(0);
@@ -493,7 +507,7 @@ fn wait_all_registered(
                     eprintln!("  load {load}: {text}");
                     drops.push(text);
                 }
-                Line::Ack(..) => {}
+                Line::Ack(..) | Line::Got(..) => {}
             }
         }
         for (k, l) in listeners.iter().enumerate() {
@@ -545,6 +559,7 @@ fn sequential_jobs(
 ) -> (Vec<Duration>, Duration) {
     let n = listeners.len();
     let mut latencies = Vec::with_capacity(jobs);
+    let mut stages = Vec::with_capacity(jobs);
     let jobs_started = Instant::now();
     for i in 0..jobs {
         let host = (i * 7919) % agents;
@@ -554,10 +569,20 @@ fn sequential_jobs(
             &host_name(host),
             &json!({"command": "/bin/true", "timeout": 60}),
         );
+        let answered = now_us().saturating_sub(t0);
+        let mut got = 0;
         loop {
             match lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(Line::Got(id, at)) if id == job_id.as_str() => got = at.saturating_sub(t0),
                 Ok(Line::Ack(id, at)) if id == job_id.as_str() => {
-                    latencies.push(Duration::from_micros(at.saturating_sub(t0)));
+                    let acked = at.saturating_sub(t0);
+                    latencies.push(Duration::from_micros(acked));
+                    stages.push(Stages {
+                        t0,
+                        answered,
+                        got,
+                        acked,
+                    });
                     break;
                 }
                 Ok(Line::Other(load, text)) => {
@@ -573,6 +598,7 @@ fn sequential_jobs(
         }
     }
     let jobs_time = jobs_started.elapsed();
+    stages::print(label, &mut stages);
     latencies.sort();
     (latencies, jobs_time)
 }
@@ -846,10 +872,14 @@ fn listener_config(per_listener: usize, heartbeat_secs: u64) -> String {
     // unregistered connections (2,048) once it has sent a valid
     // `register`, so a storm of every agent at once finishes even while
     // registrations wait on the fleet-wide write lock.
-    format!(
+    let mut config = format!(
         "heartbeat_interval_secs = {heartbeat_secs}\nmax_connections = {}\nmax_unauthenticated_per_source = 20000\n",
         per_listener + 100
-    )
+    );
+    if let Ok(ms) = std::env::var("CC_BENCH_SWEEP_MS") {
+        config.push_str(&format!("sweep_interval_ms = {ms}\n"));
+    }
+    config
 }
 
 /// `agents` agents over `n` listeners sharing one PostgreSQL database.

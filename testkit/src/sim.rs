@@ -130,6 +130,8 @@ pub trait Observer: Send + Sync {
     fn gave_up(&self, _host: &str, _ever_connected: bool) {}
     /// A registered connection ended.
     fn ended(&self, _host: &str, _why: &str) {}
+    /// An `execute_job` for `job_id` arrived (its report is sent next).
+    fn job(&self, _host: &str, _job_id: &str) {}
     /// A `report_ack` for `report_id` arrived.
     fn acked(&self, _report_id: &str) {}
     /// Any other message arrived (a `cron_refresh`, say), parsed.
@@ -337,6 +339,7 @@ async fn session(
                 match v["type"].as_str() {
                     Some("execute_job") => {
                         let job_id = v["payload"]["jobId"].as_str().unwrap_or_default();
+                        obs.job(host, job_id);
                         let report = (how.report)(job_id);
                         let id = report["payload"]["reportId"].as_str().unwrap_or_default().to_owned();
                         let text = report.to_string();
