@@ -414,7 +414,11 @@ const NUDGE_PASS_EVERY: u64 = 10;
 /// agents take their queued jobs, and drops connections whose key was
 /// revoked.
 async fn sweep_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(state.settings.sweep_interval);
+    // Listeners started together would sweep together, every interval: a
+    // burst of every listener's statements at once on the shared
+    // database. Each starts at its own point in the interval instead.
+    let every = state.settings.sweep_interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase(every), every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let grace = i64::try_from(state.settings.lost_grace.as_millis()).unwrap_or(i64::MAX / 2);
     let mut renewed = now_ms();
@@ -478,6 +482,16 @@ async fn sweep_loop(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
         if let Err(e) = close_revoked(&state).await {
             warn!("reading revoked keys failed: {e:#}");
         }
+    }
+}
+
+/// A random point in `every`, the first sweep's delay (none without
+/// randomness: the sweep then starts at once, as it did before).
+fn phase(every: Duration) -> Duration {
+    let mut r = [0u8; 4];
+    match getrandom::fill(&mut r) {
+        Ok(()) => every.mul_f64(f64::from(u32::from_le_bytes(r)) / (f64::from(u32::MAX) + 1.0)),
+        Err(_) => Duration::ZERO,
     }
 }
 
@@ -599,6 +613,17 @@ pub fn read_token_file(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each listener's first sweep comes at its own point in the
+    /// interval: within it, and not the same point every time.
+    #[test]
+    fn sweeps_start_at_a_random_point_in_the_interval() {
+        let every = Duration::from_secs(1);
+        let phases: Vec<Duration> = (0..64).map(|_| phase(every)).collect();
+        assert!(phases.iter().all(|p| *p < every), "{phases:?}");
+        let spread = *phases.iter().max().unwrap() - *phases.iter().min().unwrap();
+        assert!(spread > every / 4, "64 phases within {spread:?}");
+    }
 
     #[test]
     fn db_takes_a_path_sqlite_or_postgres_and_never_shows_the_password() {

@@ -251,7 +251,7 @@ impl Store {
     /// (at most `batch`), keeping the last deleted row's hash as the
     /// anchor the next row chains from. Returns how many.
     pub fn prune_audit(&self, before_ms: i64, batch: u32) -> Result<usize> {
-        self.write(|tx| {
+        self.chore(|tx| {
             let oldest = tx.query(
                 "SELECT seq, at_ms, hash FROM audit ORDER BY seq LIMIT ?1",
                 &p![batch],

@@ -113,7 +113,7 @@ impl Store {
 
     /// Deletes events older than `before_ms`, at most `batch`.
     pub fn prune_events(&self, before_ms: i64, batch: u32) -> Result<usize> {
-        self.write(|tx| {
+        self.chore(|tx| {
             tx.exec(
                 "DELETE FROM events WHERE id IN
                  (SELECT id FROM events WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)",

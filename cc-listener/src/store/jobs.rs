@@ -368,7 +368,7 @@ impl Store {
 
     /// Hosts with queued, unexpired jobs.
     pub fn hosts_with_queued(&self, now_ms: i64) -> Result<Vec<String>> {
-        self.read(|c| {
+        self.chore_read(|c| {
             c.query(
                 "SELECT DISTINCT hostname FROM jobs WHERE status = ?2 AND expires_ms > ?1",
                 &p![now_ms, JobStatus::Queued],
@@ -474,7 +474,7 @@ impl Store {
     /// Marks sent jobs whose report is overdue (`timeout + grace`) lost,
     /// and queued jobs past their expiry expired. Returns (lost, expired).
     pub fn sweep(&self, now_ms: i64, grace_ms: i64) -> Result<(usize, usize)> {
-        self.write(|tx| {
+        self.chore(|tx| {
             let lost = tx.exec(
                 "UPDATE jobs SET status = ?3, finished_ms = ?1
                  WHERE status = ?4 AND sent_ms + timeout_secs * 1000 + ?2 < ?1",
@@ -505,7 +505,7 @@ impl Store {
     /// at most `batch` of them, then runs created before it that have no
     /// job left. Returns how many jobs.
     pub fn prune_jobs(&self, before_ms: i64, batch: u32) -> Result<usize> {
-        self.write(|tx| {
+        self.chore(|tx| {
             let n = tx.exec(
                 "DELETE FROM jobs WHERE job_id IN
                  (SELECT job_id FROM jobs WHERE status IN (?3, ?4, ?5) AND finished_ms < ?1

@@ -162,7 +162,7 @@ impl Store {
 
     /// Ids of revoked keys (few; checked against live connections).
     pub fn revoked_key_ids(&self) -> Result<std::collections::HashSet<i64>> {
-        self.read(|c| {
+        self.chore_read(|c| {
             c.query("SELECT id FROM api_keys WHERE revoked_ms IS NOT NULL", &[])?
                 .iter()
                 .map(|r| r.get(0))

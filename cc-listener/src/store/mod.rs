@@ -193,7 +193,20 @@ enum Backend {
         url: String,
         writer: Box<Mutex<PgConn>>,
         reader: Box<Mutex<PgConn>>,
+        /// The listener's own chores — the sweep, the prunes, the lease
+        /// — on a connection of their own ([`Store::chore`]).
+        chores: Box<Mutex<PgConn>>,
     },
+}
+
+/// Which of a PostgreSQL store's connections a write transaction uses
+/// (SQLite has one writer for both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum On {
+    /// Agents' and operators' writes: jobs created, handed over, settled.
+    Writer,
+    /// The listener's own periodic writes ([`Store::chore`]).
+    Chores,
 }
 
 /// Set at the start of every PostgreSQL write transaction (same round trip
@@ -279,11 +292,13 @@ impl Store {
         let mut writer = PgConn::connect(url)?;
         schema::migrate_postgres(&mut writer).context("migrating the PostgreSQL schema")?;
         let reader = PgConn::connect(url)?;
+        let chores = PgConn::connect(url)?;
         Ok(Self {
             backend: Backend::Postgres {
                 url: url.to_owned(),
                 writer: Box::new(Mutex::new(writer)),
                 reader: Box::new(Mutex::new(reader)),
+                chores: Box::new(Mutex::new(chores)),
             },
             observer: std::sync::OnceLock::new(),
             file: None,
@@ -330,7 +345,7 @@ impl Store {
         let Some(me) = &self.holder else {
             return Ok(());
         };
-        self.write(|tx| {
+        self.chore(|tx| {
             tx.exec(
                 "INSERT INTO listeners (name, lease_ms) VALUES (?1, ?2)
                  ON CONFLICT (name) DO UPDATE SET lease_ms = ?2",
@@ -397,6 +412,30 @@ impl Store {
         self.write_with(Flush::Wait, Plans::Fresh, f)
     }
 
+    /// [`Store::write`] for the listener's own periodic work (the sweep,
+    /// the prunes, the lease): on PostgreSQL on a connection of its own,
+    /// so that a sweep waiting on a row another listener holds, or one
+    /// slowed by a busy server, never holds up a job's hand-over or
+    /// report. They used the writer's connection until six listeners'
+    /// sweeps, each once a second, showed as the slow jobs of the
+    /// cross-listener round trip (BENCHMARKS.md). SQLite has one writer.
+    fn chore<R>(&self, f: impl FnMut(&mut dyn Sql) -> Result<R>) -> Result<R> {
+        self.write_on(On::Chores, Flush::Wait, Plans::Fresh, f)
+    }
+
+    /// [`Store::read`] for the listener's own periodic reads: on
+    /// PostgreSQL on the chores' connection, beside operators' reads.
+    fn chore_read<R>(&self, f: impl FnOnce(&mut dyn Sql) -> Result<R>) -> Result<R> {
+        match &self.backend {
+            Backend::Sqlite { .. } => self.read(f),
+            Backend::Postgres { url, chores, .. } => {
+                let mut conn = lock(chores);
+                reconnect_if_closed(&mut conn, url)?;
+                f(&mut conn.auto()?)
+            }
+        }
+    }
+
     /// PostgreSQL: sessions of this database waiting for a lock now (the
     /// metrics' sample); SQLite: 0 (one writer, which waits for nobody).
     pub fn lock_waiters(&self) -> Result<i64> {
@@ -430,6 +469,17 @@ impl Store {
         &self,
         flush: Flush,
         plans: Plans,
+        f: impl FnMut(&mut dyn Sql) -> Result<R>,
+    ) -> Result<R> {
+        self.write_on(On::Writer, flush, plans, f)
+    }
+
+    /// [`Store::write_with`] on connection `on`.
+    fn write_on<R>(
+        &self,
+        on: On,
+        flush: Flush,
+        plans: Plans,
         mut f: impl FnMut(&mut dyn Sql) -> Result<R>,
     ) -> Result<R> {
         let asked = std::time::Instant::now();
@@ -446,8 +496,16 @@ impl Store {
                 self.observe(WritePhase::Commit, committing.elapsed());
                 Ok(out)
             }
-            Backend::Postgres { url, writer, .. } => {
-                let mut conn = lock(writer);
+            Backend::Postgres {
+                url,
+                writer,
+                chores,
+                ..
+            } => {
+                let mut conn = lock(match on {
+                    On::Writer => writer,
+                    On::Chores => chores,
+                });
                 let mut began = std::time::Instant::now();
                 self.observe(WritePhase::Connection, began - asked);
                 let mut tries = 0;

@@ -145,7 +145,7 @@ impl Store {
     /// them, and gives their bytes back to their hosts' quota. A job whose
     /// report is gone stays `done`, without the report. Returns how many.
     pub fn prune_reports(&self, before_ms: i64, batch: u32) -> Result<usize> {
-        self.write(|tx| {
+        self.chore(|tx| {
             let gone = tx.query(
                 "DELETE FROM reports WHERE id IN
                  (SELECT id FROM reports WHERE received_ms < ?1 ORDER BY received_ms LIMIT ?2)

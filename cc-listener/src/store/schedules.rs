@@ -290,7 +290,7 @@ impl Store {
     /// a miss from being recorded twice while its run is recent), at most
     /// `batch`.
     pub fn prune_schedule_misses(&self, before_ms: i64, batch: u32) -> Result<usize> {
-        self.write(|tx| {
+        self.chore(|tx| {
             tx.exec(
                 "DELETE FROM schedule_misses WHERE (hostname, entry_id, due_ms) IN
                  (SELECT hostname, entry_id, due_ms FROM schedule_misses

@@ -199,3 +199,59 @@ fn a_follower_of_the_events_misses_none_while_two_listeners_write() {
     let missed = all.iter().filter(|id| !seen.contains(id)).count();
     assert_eq!(missed, 0, "events the follower never saw");
 }
+
+/// The sweep has a connection of its own: one that waits for a row
+/// another listener holds (or for a busy server) holds up no job's
+/// creation or hand-over on this listener. On the writer's connection, as
+/// it was, every write of this listener waited behind it.
+#[test]
+fn a_sweep_that_waits_for_a_row_holds_up_no_hand_over() {
+    let Some(cluster) = cc_testkit::pg::Cluster::start() else {
+        return;
+    };
+    let url = cluster.create_db("sweep");
+    let s = std::sync::Arc::new(Store::open_postgres(&url).unwrap());
+    let job = |id: &str, host: &str| NewJob {
+        timeout_secs: 1,
+        ..queued(id.into(), host)
+    };
+    // Sent at 0 with a 1 s timeout: overdue (lost) at 10 s.
+    s.create_job(&job("overdue", "a")).unwrap();
+    assert_eq!(s.take_for_host(&h("a"), None, 0).unwrap().len(), 1);
+    // Another session (another listener settling it, say) holds its row.
+    let mut other = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut holding = other.transaction().unwrap();
+    holding
+        .execute("SELECT 1 FROM jobs WHERE job_id = 'overdue' FOR UPDATE", &[])
+        .unwrap();
+    let sweeper = {
+        let s = std::sync::Arc::clone(&s);
+        std::thread::spawn(move || s.sweep(10_000, 0))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while s.lock_waiters().unwrap() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep never waited for the held row"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Meanwhile a job is created and handed over on this listener.
+    let (done, answer) = std::sync::mpsc::channel();
+    {
+        let s = std::sync::Arc::clone(&s);
+        std::thread::spawn(move || {
+            let taken = s
+                .create_job(&job("next", "b"))
+                .and_then(|()| s.take_for_host(&h("b"), None, 0));
+            let _ = done.send(taken.map(|t| t.len()));
+        });
+    }
+    let taken = answer
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("a job created and handed over while the sweep waits for a row");
+    assert_eq!(taken.unwrap(), 1);
+    assert!(!sweeper.is_finished(), "the sweep still waits for the row");
+    holding.rollback().unwrap();
+    assert_eq!(sweeper.join().unwrap().unwrap(), (1, 0));
+}
