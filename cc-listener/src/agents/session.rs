@@ -285,9 +285,10 @@ impl Session<'_> {
                     if quiet > silence_limit {
                         Flow::Close(CloseCode::Away, "silent for three heartbeat intervals")
                     } else if quiet >= ping_after {
-                        // Only a connection quiet for a whole interval is
-                        // pinged: an agent's heartbeats already show it
-                        // alive, and 100,000 pongs a minute are load.
+                        // Only a connection quiet for nine tenths of an
+                        // interval is pinged: an agent's heartbeats
+                        // already show it alive, and 100,000 pongs a
+                        // minute are load.
                         ws.send(WsMessage::Ping(Default::default())).await?;
                         Flow::Continue
                     } else {

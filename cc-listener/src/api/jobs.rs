@@ -19,7 +19,7 @@ use cc_proto::wire::ExecuteJob;
 
 use super::agents::{require_may_act, require_may_read};
 use super::signing::{open_signed, require_system_mode, sign_job};
-use super::{ApiError, ApiResult, body_json, hostname_param, require_known};
+use super::{ApiError, ApiResult, body_json, hostname_param, unknown_host};
 use crate::auth::Operator;
 use crate::store::{JobRow, JobStatus, NewJob};
 use crate::{AppState, now_ms, rfc3339_ms};
@@ -101,7 +101,6 @@ pub(super) async fn post_job(
     };
     let spec = job_spec(&exec)?;
     let job_id = spec.id.to_string();
-    require_known(&state, &host).await?;
     let now = now_ms();
     let signed = match signed {
         Some(s) => Some(serde_json::to_string(&s).map_err(|e| ApiError::internal(e.into()))?),
@@ -121,11 +120,16 @@ pub(super) async fn post_job(
     // Queued first; the agent's connection takes it from the store as the
     // agent's window allows (`agents::Session::dispatch`). A job id used
     // before (a signed statement sent twice) is the store's conflict: 409.
-    state
+    // A host no agent registered as, and no key names, is a 404, decided
+    // by the same statement.
+    let known = state
         .db
-        .call(move |s| s.create_job(&job))
+        .call(move |s| s.create_job_if_known(&job))
         .await
         .map_err(ApiError::store)?;
+    if !known {
+        return Err(unknown_host(&host));
+    }
     state.hub.nudge(&host);
     super::audit::note_id(&job_id);
     let status = JobStatus::Queued;

@@ -400,11 +400,16 @@ async fn require_known(state: &AppState, host: &str) -> ApiResult<()> {
     if known {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no agent {host:?} has registered"),
-        ))
+        Err(unknown_host(host))
     }
+}
+
+/// 404: no agent registered as `host`, and no key names it.
+fn unknown_host(host: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no agent {host:?} has registered"),
+    )
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -127,6 +127,39 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::create_job`] only if an agent registered as the job's host
+    /// or a key names it: `false` (nothing stored) otherwise. One
+    /// statement: an operator's `POST` used to ask first, on the reading
+    /// connection, one round trip and one wait more before the job.
+    pub fn create_job_if_known(&self, job: &NewJob) -> Result<bool> {
+        let args = serde_json::to_string(&job.args)?;
+        let stored = self.write(|tx| {
+            tx.exec(
+                "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms,
+                                   expires_ms, signed, submitter)
+                 SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), CAST(?3 AS TEXT), CAST(?4 AS TEXT),
+                        CAST(?5 AS BIGINT), CAST(?9 AS TEXT), CAST(?6 AS BIGINT),
+                        CAST(?7 AS BIGINT), CAST(?8 AS TEXT), CAST(?10 AS TEXT)
+                 WHERE EXISTS (SELECT 1 FROM agents WHERE hostname = ?2)
+                    OR EXISTS (SELECT 1 FROM api_keys WHERE hostname = ?2)",
+                &p![
+                    job.job_id,
+                    job.hostname,
+                    job.command,
+                    args,
+                    job.timeout_secs,
+                    job.created_ms,
+                    job.expires_ms,
+                    job.signed,
+                    JobStatus::Queued,
+                    job.submitter
+                ],
+            )
+            .map_err(|e| conflict_on_constraint(e, || format!("a job {} exists already", job.job_id)))
+        })?;
+        Ok(stored == 1)
+    }
+
     /// Stores the jobs of `run` (just stored, its args as JSON `args`):
     /// with a batch, the first `batch` jobs are queued and the rest held.
     /// [`RUN_INSERT_ROWS`] jobs per statement, passed as one JSON array:

@@ -33,6 +33,39 @@ fn sweep_marks_overdue_jobs_lost_and_old_queued_jobs_expired() {
     }
 }
 
+/// An operator's job is stored only for a host an agent registered as or
+/// a key names, in the statement that stores it; a job id used before is
+/// still a conflict.
+#[test]
+fn a_job_is_created_only_for_a_known_host() {
+    for (_guard, s) in stores() {
+        let for_host = |id: &str, host: &str| NewJob {
+            hostname: host.into(),
+            signed: Some("{}".into()),
+            submitter: Some("op".into()),
+            ..job(id)
+        };
+        assert!(!s.create_job_if_known(&for_host("j1", "nobody")).unwrap());
+        assert!(s.get_job("j1").unwrap().is_none(), "nothing stored");
+        s.add_key("k", Some("named"), 0).unwrap();
+        assert!(s.create_job_if_known(&for_host("j2", "named")).unwrap());
+        s.upsert_agent(&agent_info("registered"), 0).unwrap();
+        assert!(s.create_job_if_known(&for_host("j3", "registered")).unwrap());
+        let stored = s.get_job("j3").unwrap().unwrap();
+        assert_eq!(
+            (stored.hostname.as_str(), stored.status, stored.timeout_secs),
+            ("registered", JobStatus::Queued, 1)
+        );
+        assert_eq!((stored.created_ms, stored.expires_ms), (0, 500));
+        assert_eq!(stored.signed.as_deref(), Some("{}"));
+        let again = s.create_job_if_known(&for_host("j3", "named")).unwrap_err();
+        assert!(
+            matches!(again.downcast_ref(), Some(StoreError::Conflict(_))),
+            "{again:#}"
+        );
+    }
+}
+
 /// Issue "An agent restart loses no job": the listener hands a host no
 /// more than its window, oldest first, and the next as one settles.
 #[test]
