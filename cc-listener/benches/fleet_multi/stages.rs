@@ -28,10 +28,7 @@ pub(crate) fn print(label: &str, stages: &mut [Stages]) {
         return;
     }
     let line = |what: &str, f: &dyn Fn(&Stages) -> u64| {
-        let mut v: Vec<Duration> = stages
-            .iter()
-            .map(|s| Duration::from_micros(f(s)))
-            .collect();
+        let mut v: Vec<Duration> = stages.iter().map(|s| Duration::from_micros(f(s))).collect();
         v.sort();
         let p = |q| percentile(&v, q).as_secs_f64() * 1000.0;
         eprintln!(
