@@ -50,7 +50,10 @@ fn a_job_is_created_only_for_a_known_host() {
         s.add_key("k", Some("named"), 0).unwrap();
         assert!(s.create_job_if_known(&for_host("j2", "named")).unwrap());
         s.upsert_agent(&agent_info("registered"), 0).unwrap();
-        assert!(s.create_job_if_known(&for_host("j3", "registered")).unwrap());
+        assert!(
+            s.create_job_if_known(&for_host("j3", "registered"))
+                .unwrap()
+        );
         let stored = s.get_job("j3").unwrap().unwrap();
         assert_eq!(
             (stored.hostname.as_str(), stored.status, stored.timeout_secs),

@@ -222,7 +222,10 @@ fn a_sweep_that_waits_for_a_row_holds_up_no_hand_over() {
     let mut other = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let mut holding = other.transaction().unwrap();
     holding
-        .execute("SELECT 1 FROM jobs WHERE job_id = 'overdue' FOR UPDATE", &[])
+        .execute(
+            "SELECT 1 FROM jobs WHERE job_id = 'overdue' FOR UPDATE",
+            &[],
+        )
         .unwrap();
     let sweeper = {
         let s = std::sync::Arc::clone(&s);
