@@ -103,28 +103,7 @@ impl Store {
     /// Stores a new job, queued: [`Store::take_for_host`] hands it over.
     /// A job id used before is a [`StoreError::Conflict`].
     pub fn create_job(&self, job: &NewJob) -> Result<()> {
-        let args = serde_json::to_string(&job.args)?;
-        self.write(|tx| {
-            tx.exec(
-                "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms,
-                                   expires_ms, signed, submitter)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?9, ?6, ?7, ?8, ?10)",
-                &p![
-                    job.job_id,
-                    job.hostname,
-                    job.command,
-                    args,
-                    job.timeout_secs,
-                    job.created_ms,
-                    job.expires_ms,
-                    job.signed,
-                    JobStatus::Queued,
-                    job.submitter
-                ],
-            )
-            .map_err(|e| conflict_on_constraint(e, || format!("a job {} exists already", job.job_id)))
-        })?;
-        Ok(())
+        self.insert_job(job, false).map(|_| ())
     }
 
     /// [`Store::create_job`] only if an agent registered as the job's host
@@ -132,16 +111,30 @@ impl Store {
     /// statement: an operator's `POST` used to ask first, on the reading
     /// connection, one round trip and one wait more before the job.
     pub fn create_job_if_known(&self, job: &NewJob) -> Result<bool> {
+        self.insert_job(job, true)
+    }
+
+    /// Inserts `job`, queued (with `known_only`, only for a known host):
+    /// whether it was stored.
+    fn insert_job(&self, job: &NewJob, known_only: bool) -> Result<bool> {
+        // Each value cast: PostgreSQL types a `SELECT`'s parameters by
+        // them, not by the columns they go to.
+        const INSERT: &str = "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs,
+                                                status, created_ms, expires_ms, signed, submitter)
+             SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), CAST(?3 AS TEXT), CAST(?4 AS TEXT),
+                    CAST(?5 AS BIGINT), CAST(?9 AS TEXT), CAST(?6 AS BIGINT),
+                    CAST(?7 AS BIGINT), CAST(?8 AS TEXT), CAST(?10 AS TEXT)";
+        const KNOWN: &str = " WHERE EXISTS (SELECT 1 FROM agents WHERE hostname = ?2)
+                                 OR EXISTS (SELECT 1 FROM api_keys WHERE hostname = ?2)";
+        let sql = if known_only {
+            format!("{INSERT}{KNOWN}")
+        } else {
+            INSERT.to_owned()
+        };
         let args = serde_json::to_string(&job.args)?;
         let stored = self.write(|tx| {
             tx.exec(
-                "INSERT INTO jobs (job_id, hostname, command, args, timeout_secs, status, created_ms,
-                                   expires_ms, signed, submitter)
-                 SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), CAST(?3 AS TEXT), CAST(?4 AS TEXT),
-                        CAST(?5 AS BIGINT), CAST(?9 AS TEXT), CAST(?6 AS BIGINT),
-                        CAST(?7 AS BIGINT), CAST(?8 AS TEXT), CAST(?10 AS TEXT)
-                 WHERE EXISTS (SELECT 1 FROM agents WHERE hostname = ?2)
-                    OR EXISTS (SELECT 1 FROM api_keys WHERE hostname = ?2)",
+                &sql,
                 &p![
                     job.job_id,
                     job.hostname,
@@ -155,7 +148,9 @@ impl Store {
                     job.submitter
                 ],
             )
-            .map_err(|e| conflict_on_constraint(e, || format!("a job {} exists already", job.job_id)))
+            .map_err(|e| {
+                conflict_on_constraint(e, || format!("a job {} exists already", job.job_id))
+            })
         })?;
         Ok(stored == 1)
     }

@@ -598,16 +598,12 @@ impl Lines {
         untold: &mut mpsc::Receiver<Box<dyn Waiting>>,
         bound: usize,
     ) {
-        while self.told.len() < bound {
-            match told.try_recv() {
-                Ok(w) => self.told.push_back(w),
-                Err(_) => break,
-            }
-        }
-        while self.untold.len() < bound {
-            match untold.try_recv() {
-                Ok(w) => self.untold.push_back(w),
-                Err(_) => break,
+        for (line, queue) in [(&mut self.told, told), (&mut self.untold, untold)] {
+            while line.len() < bound {
+                match queue.try_recv() {
+                    Ok(w) => line.push_back(w),
+                    Err(_) => break,
+                }
             }
         }
     }
